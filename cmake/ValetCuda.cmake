@@ -1,0 +1,17 @@
+# Decides VALET_CUDA_ENABLED. The CUDA backend needs only the toolkit's headers and nvcc (to build
+# the kernels' fatbin): the driver is loaded at run time, so nothing links against libcuda.
+set(VALET_CUDA_ENABLED OFF)
+if(NOT VALET_WITH_CUDA STREQUAL "OFF")
+  if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)
+    set(CUDAToolkit_ROOT /usr/local/cuda)
+  endif()
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND AND CUDAToolkit_NVCC_EXECUTABLE)
+    set(VALET_CUDA_ENABLED ON)
+    message(STATUS "valet: CUDA backend ON (nvcc ${CUDAToolkit_VERSION} at ${CUDAToolkit_NVCC_EXECUTABLE})")
+  elseif(VALET_WITH_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "VALET_WITH_CUDA=ON but no CUDA toolkit (nvcc) was found")
+  else()
+    message(STATUS "valet: CUDA backend OFF (no nvcc found); the host backend is always built")
+  endif()
+endif()

@@ -1,0 +1,15 @@
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS valet valet_heap valet_kernels_headers EXPORT valetTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY heap/include/ runtime/include/ kernels/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(EXPORT valetTargets NAMESPACE valet:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/valet)
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/valetConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/valetConfig.cmake INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/valet)
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/valetConfigVersion.cmake COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/valetConfig.cmake ${PROJECT_BINARY_DIR}/valetConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/valet)

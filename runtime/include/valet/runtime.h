@@ -1,0 +1,36 @@
+// Opening backends (and, once a heap exists, heaps) in a process.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "valet/backend.h"
+
+namespace valet {
+
+enum class BackendChoice : std::uint8_t { automatic, cuda, host };
+
+Result<BackendChoice> parse_backend_choice(std::string_view text);  // "auto" | "cuda" | "host"
+const char* backend_choice_name(BackendChoice choice);
+
+struct BackendOptions {
+  BackendChoice choice = BackendChoice::automatic;
+  int device = 0;                                       // CUDA device ordinal
+  std::size_t host_capacity = std::size_t{2} << 30;     // emulated memory of the host backend
+  std::chrono::microseconds host_task_delay{0};         // injected delay of host streams
+};
+
+// True where this build has the CUDA backend, the driver loads, and `device` exists.
+bool cuda_usable(int device = 0);
+// Why CUDA is not usable (empty when it is).
+std::string cuda_unusable_reason(int device = 0);
+
+// Opens the chosen backend. `automatic` picks CUDA where it is usable and the host backend
+// otherwise; kind() of the result says which. Choosing `cuda` where it is not usable fails with
+// Errc::unsupported and the reason.
+Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options);
+
+}  // namespace valet
