@@ -75,7 +75,10 @@ class [[nodiscard]] Result {
     return std::get<0>(std::move(v_));
   }
   T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
 
   // Precondition: !ok().
   const Error& error() const {

@@ -1,0 +1,395 @@
+// One conformance suite for every backend (typed tests): what the heap relies on, checked against
+// the host emulation and against the CUDA driver. The CUDA instance skips without a usable GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "valet/cuda_backend.h"
+#include "valet/fault_injection.h"
+#include "valet/host_backend.h"
+#include "valet/kernels/pattern.h"
+
+namespace valet {
+namespace {
+
+constexpr std::size_t kPage = std::size_t{2} << 20;
+
+struct HostFactory {
+  static constexpr const char* kName = "Host";
+  static Result<std::unique_ptr<Backend>> open() {
+    auto b = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = 64 * kPage});
+    VALET_TRY(b->impl().status());
+    return std::unique_ptr<Backend>(std::move(b));
+  }
+  static std::size_t capacity_pages() { return 64; }
+};
+
+struct CudaFactory {
+  static constexpr const char* kName = "Cuda";
+  static Result<std::unique_ptr<Backend>> open() { return open_cuda_backend(0); }
+  static std::size_t capacity_pages() { return 0; }  // the device's own memory
+};
+
+struct FactoryNames {
+  template <class T>
+  static std::string GetName(int) {
+    return T::kName;
+  }
+};
+
+template <class Factory>
+class BackendConformance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto b = Factory::open();
+    if (!b.ok()) {
+      if (b.code() == Errc::unsupported) GTEST_SKIP() << b.error().to_string();
+      FAIL() << b.error().to_string();
+    }
+    backend_ = std::move(b).value();
+  }
+  void TearDown() override {
+    if (!backend_) return;
+    ASSERT_TRUE(backend_->synchronize_stream(Stream{}).ok());
+    for (auto [va, n] : mapped_) (void)backend_->unmap(va, n);
+    for (auto p : pages_) (void)backend_->release_page(p);
+    for (auto [va, n] : reservations_) EXPECT_TRUE(backend_->unreserve(va, n).ok());
+  }
+
+  DevicePtr reserve(std::size_t pages) {
+    auto r = backend_->reserve(pages * kPage);
+    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    reservations_.emplace_back(*r, pages * kPage);
+    return *r;
+  }
+  PhysicalPage create() {
+    auto p = backend_->create_page();
+    EXPECT_TRUE(p.ok()) << p.error().to_string();
+    pages_.push_back(*p);
+    return *p;
+  }
+  void map(DevicePtr va, PhysicalPage p) {
+    auto s = backend_->map(va, p);
+    ASSERT_TRUE(s.ok()) << s.error().to_string();
+    ASSERT_TRUE(backend_->set_access(va, kPage).ok());
+    mapped_.emplace_back(va, kPage);
+  }
+  void unmap(DevicePtr va) {
+    ASSERT_TRUE(backend_->unmap(va, kPage).ok());
+    auto it = std::find(mapped_.begin(), mapped_.end(), std::pair{va, kPage});
+    if (it != mapped_.end()) mapped_.erase(it);
+  }
+  void fill(DevicePtr va, std::size_t n, std::uint64_t seed) {
+    PatternRange r{va, n, seed};
+    ASSERT_TRUE(backend_->fill_pattern({&r, 1}, Stream{}).ok());
+    ASSERT_TRUE(backend_->synchronize_stream(Stream{}).ok());
+  }
+  std::uint64_t mismatches(DevicePtr va, std::size_t n, std::uint64_t seed) {
+    PatternRange r{va, n, seed};
+    auto v = backend_->verify_pattern({&r, 1}, Stream{});
+    EXPECT_TRUE(v.ok()) << v.error().to_string();
+    return v.ok() ? *v : ~0ull;
+  }
+
+  std::unique_ptr<Backend> backend_;
+  std::vector<std::pair<DevicePtr, std::size_t>> reservations_, mapped_;
+  std::vector<PhysicalPage> pages_;
+};
+
+using Factories = ::testing::Types<HostFactory, CudaFactory>;
+TYPED_TEST_SUITE(BackendConformance, Factories, FactoryNames);
+
+TYPED_TEST(BackendConformance, ReportsGranularityAndCapabilities) {
+  EXPECT_EQ(this->backend_->granularity(), kPage);
+  auto info = this->backend_->memory_info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_GT(info->total_bytes, 0u);
+  EXPECT_LE(info->free_bytes, info->total_bytes);
+  EXPECT_FALSE(this->backend_->name().empty());
+}
+
+TYPED_TEST(BackendConformance, RemapKeepsBytes) {
+  const DevicePtr a = this->reserve(2);
+  const PhysicalPage p = this->create();
+  this->map(a, p);
+  this->fill(a, kPage, 42);
+  this->unmap(a);
+  this->map(a + kPage, p);  // the same physical page elsewhere
+  EXPECT_EQ(this->mismatches(a + kPage, kPage, 42), 0u);
+}
+
+TYPED_TEST(BackendConformance, AliasedMappingsShowSameBytes) {
+  const DevicePtr a = this->reserve(1), b = this->reserve(1);
+  const PhysicalPage p = this->create();
+  this->map(a, p);
+  this->map(b, p);
+  this->fill(a, kPage, 7);
+  EXPECT_EQ(this->mismatches(b, kPage, 7), 0u);
+  const std::uint64_t word = 0x1122334455667788ull;
+  ASSERT_TRUE(this->backend_->write(b + 4096, &word, 8).ok());
+  std::uint64_t back = 0;
+  ASSERT_TRUE(this->backend_->read(&back, a + 4096, 8).ok());
+  EXPECT_EQ(back, word);
+}
+
+TYPED_TEST(BackendConformance, SwappingPagesMovesContents) {
+  const DevicePtr va = this->reserve(2);
+  const PhysicalPage p = this->create(), q = this->create();
+  this->map(va, p);
+  this->map(va + kPage, q);
+  this->fill(va, kPage, 1);
+  this->fill(va + kPage, kPage, 2);
+  this->unmap(va);
+  this->unmap(va + kPage);
+  this->map(va, q);
+  this->map(va + kPage, p);
+  EXPECT_EQ(this->mismatches(va, kPage, 2), 0u);
+  EXPECT_EQ(this->mismatches(va + kPage, kPage, 1), 0u);
+}
+
+TYPED_TEST(BackendConformance, RefusesWhatCudaRefuses) {
+  const DevicePtr va = this->reserve(2);
+  const PhysicalPage p = this->create(), q = this->create();
+  this->map(va, p);
+  EXPECT_EQ(this->backend_->map(va, q).code(), Errc::invalid_state) << "map onto a mapped page";
+  EXPECT_EQ(this->backend_->set_access(va + kPage, kPage).code(), Errc::invalid_state)
+      << "set access on an unmapped page";
+  EXPECT_EQ(this->backend_->unmap(va, 2 * kPage).code(), Errc::invalid_state) << "unmap of a half-mapped range";
+  EXPECT_EQ(this->backend_->unmap(va + kPage, kPage).code(), Errc::invalid_state) << "unmap of unmapped page";
+  this->unmap(va);
+  EXPECT_EQ(this->backend_->unmap(va, kPage).code(), Errc::invalid_state) << "double unmap";
+  EXPECT_EQ(this->backend_->release_page(PhysicalPage{0xdeadbeef}).code(), Errc::not_found);
+  EXPECT_EQ(this->backend_->query_event(Event{0x1234}).code(), Errc::not_found);
+  EXPECT_EQ(this->backend_->reserve(0).code(), Errc::invalid_argument);
+  // The page that was mapped and unmapped is still usable.
+  this->map(va + kPage, p);
+  this->fill(va + kPage, 4096, 3);
+  EXPECT_EQ(this->mismatches(va + kPage, 4096, 3), 0u);
+}
+
+TYPED_TEST(BackendConformance, ReleaseOfUnmappedPageAndDoubleRelease) {
+  auto p = this->backend_->create_page();
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(this->backend_->release_page(*p).ok());
+  EXPECT_EQ(this->backend_->release_page(*p).code(), Errc::not_found);
+}
+
+TYPED_TEST(BackendConformance, BatchedCopyOfMixedUnalignedRanges) {
+  constexpr std::size_t kPages = 16;
+  const DevicePtr src = this->reserve(kPages), dst = this->reserve(kPages);
+  for (std::size_t i = 0; i < kPages; ++i) {
+    this->map(src + i * kPage, this->create());
+    this->map(dst + i * kPage, this->create());
+  }
+  std::random_device rd;
+  const std::uint64_t seed = (std::uint64_t(rd()) << 32) | rd();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  // Thousands of non-overlapping ranges: odd lengths from 1 byte up, unaligned offsets, some
+  // crossing page boundaries. Sources and destinations are laid out in shuffled orders.
+  std::vector<std::size_t> lengths;
+  std::size_t total = 0;
+  while (true) {
+    const int kind = int(rng() % 10);
+    std::size_t n = kind < 5 ? 1 + rng() % 64 : kind < 9 ? 1 + rng() % 8192 : 1 + rng() % (128 << 10);
+    if (8 + total + n + 8 > kPages * kPage) break;
+    lengths.push_back(n);
+    total += n + 8;  // room for the gaps (< 8 bytes) that leave offsets unaligned
+    if (lengths.size() >= 4000) break;
+  }
+  const std::size_t count = lengths.size();
+  ASSERT_GT(count, 1000u);
+  auto layout = [&](DevicePtr base, std::vector<std::size_t> order) {
+    std::vector<DevicePtr> at(count);
+    DevicePtr cursor = base + rng() % 8;
+    for (std::size_t k : order) {
+      at[k] = cursor;
+      cursor += lengths[k] + rng() % 8;
+    }
+    EXPECT_LE(cursor, base + kPages * kPage);
+    return at;
+  };
+  std::vector<std::size_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  const auto src_at = layout(src, order);
+  std::shuffle(order.begin(), order.end(), rng);
+  const auto dst_at = layout(dst, order);
+
+  std::vector<PatternRange> fills, checks;
+  std::vector<CopyRange> copies;
+  for (std::size_t k = 0; k < count; ++k) {
+    fills.push_back({src_at[k], lengths[k], seed + k});
+    checks.push_back({dst_at[k], lengths[k], seed + k});
+    copies.push_back({src_at[k], dst_at[k], lengths[k]});
+  }
+  auto s = this->backend_->create_stream();
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(this->backend_->fill_pattern(fills, *s).ok());
+  ASSERT_TRUE(this->backend_->copy(copies, *s).ok());
+  copies.assign(copies.size(), CopyRange{});  // the span may be reused once copy() returned
+  auto bad = this->backend_->verify_pattern(checks, *s);
+  ASSERT_TRUE(bad.ok()) << bad.error().to_string();
+  EXPECT_EQ(*bad, 0u);
+  // And the verify really checks: one flipped byte is seen.
+  std::uint8_t byte = 0;
+  ASSERT_TRUE(this->backend_->read(&byte, dst_at[count / 2], 1).ok());
+  byte ^= 0xff;
+  ASSERT_TRUE(this->backend_->write(dst_at[count / 2], &byte, 1).ok());
+  bad = this->backend_->verify_pattern(checks, *s);
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(*bad, 1u);
+  ASSERT_TRUE(this->backend_->destroy_stream(*s).ok());
+}
+
+TYPED_TEST(BackendConformance, EventCompletesAfterQueuedWork) {
+  const DevicePtr va = this->reserve(4);
+  for (int i = 0; i < 4; ++i) this->map(va + i * kPage, this->create());
+  auto s = this->backend_->create_stream();
+  auto e = this->backend_->create_event();
+  ASSERT_TRUE(s.ok() && e.ok());
+  auto never = this->backend_->query_event(*e);
+  ASSERT_TRUE(never.ok());
+  EXPECT_TRUE(*never) << "an event never recorded is complete";
+  // Queue a lot of work, then the event: once the event reports done, the work must be visible.
+  for (int round = 0; round < 8; ++round) {
+    PatternRange r{va, 4 * kPage, std::uint64_t(100 + round)};
+    ASSERT_TRUE(this->backend_->fill_pattern({&r, 1}, *s).ok());
+    ASSERT_TRUE(this->backend_->record_event(*e, *s).ok());
+    ASSERT_TRUE(this->backend_->synchronize_event(*e).ok());
+    auto done = this->backend_->query_event(*e);
+    ASSERT_TRUE(done.ok());
+    EXPECT_TRUE(*done);
+    std::uint8_t b = 0;
+    ASSERT_TRUE(this->backend_->read(&b, va + 4 * kPage - 1, 1).ok());
+    EXPECT_EQ(b, kernels::pattern_byte(100 + round, 4 * kPage - 1));
+  }
+  // A second stream that waits on the event runs after the first stream's work.
+  auto s2 = this->backend_->create_stream();
+  ASSERT_TRUE(s2.ok());
+  PatternRange first{va, kPage, 500}, second{va, kPage, 501};
+  ASSERT_TRUE(this->backend_->fill_pattern({&first, 1}, *s).ok());
+  ASSERT_TRUE(this->backend_->record_event(*e, *s).ok());
+  ASSERT_TRUE(this->backend_->stream_wait_event(*s2, *e).ok());
+  ASSERT_TRUE(this->backend_->fill_pattern({&second, 1}, *s2).ok());
+  ASSERT_TRUE(this->backend_->synchronize_stream(*s2).ok());
+  EXPECT_EQ(this->mismatches(va, kPage, 501), 0u);
+  ASSERT_TRUE(this->backend_->destroy_event(*e).ok());
+  ASSERT_TRUE(this->backend_->destroy_stream(*s).ok());
+  ASSERT_TRUE(this->backend_->destroy_stream(*s2).ok());
+}
+
+TYPED_TEST(BackendConformance, FailureMidMultiPageMapUnwinds) {
+  // A fault injected at the third map: the caller unwinds what it did, and the backend is left
+  // exactly as before (every page unmapped and releasable, the range mappable again).
+  auto* raw = this->backend_.release();
+  auto faulty = std::make_unique<FaultInjectingBackend>(std::unique_ptr<Backend>(raw));
+  this->backend_ = std::move(faulty);
+  auto& fb = static_cast<FaultInjectingBackend&>(*this->backend_);
+  const DevicePtr va = this->reserve(4);
+  std::vector<PhysicalPage> pages;
+  for (int i = 0; i < 4; ++i) pages.push_back(this->create());
+  fb.fail_nth(FaultOp::map, 3);
+  std::size_t done = 0;
+  Status failure;
+  for (; done < 4; ++done) {
+    auto st = fb.map(va + done * kPage, pages[done]);
+    if (!st.ok()) {
+      failure = st;
+      break;
+    }
+  }
+  ASSERT_EQ(done, 2u);
+  EXPECT_EQ(failure.code(), Errc::driver_error);
+  ASSERT_TRUE(fb.unmap(va, done * kPage).ok());
+  EXPECT_EQ(fb.faults(FaultOp::map), 1u);
+  for (int i = 0; i < 4; ++i) this->map(va + i * kPage, pages[i]);
+  this->fill(va, 4 * kPage, 9);
+  EXPECT_EQ(this->mismatches(va, 4 * kPage, 9), 0u);
+}
+
+TYPED_TEST(BackendConformance, OutOfMemoryAtCapacityIsCleanAndLeaksNothing) {
+  if (TypeParam::capacity_pages() == 0) GTEST_SKIP() << "filling a real device's memory is not a unit test";
+  std::vector<PhysicalPage> pages;
+  Errc last = Errc::ok;
+  for (std::size_t i = 0; i <= TypeParam::capacity_pages(); ++i) {
+    auto p = this->backend_->create_page();
+    if (!p.ok()) {
+      last = p.code();
+      break;
+    }
+    pages.push_back(*p);
+  }
+  EXPECT_EQ(last, Errc::out_of_memory);
+  EXPECT_EQ(pages.size(), TypeParam::capacity_pages());
+  auto info = this->backend_->memory_info();
+  EXPECT_EQ(info->free_bytes, 0u);
+  for (auto p : pages) ASSERT_TRUE(this->backend_->release_page(p).ok());
+  info = this->backend_->memory_info();
+  EXPECT_EQ(info->free_bytes, info->total_bytes);
+  auto again = this->backend_->create_page();
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE(this->backend_->release_page(*again).ok());
+}
+
+// Host-only properties of the emulation.
+TEST(HostBackend, ReleasedMemoryGoesBackToTheOs) {
+  HostBackend b(HostBackendOptions{.capacity_bytes = 16 * kPage});
+  ASSERT_TRUE(b.status().ok());
+  const std::size_t before = b.allocated_bytes();
+  std::vector<PhysicalPage> pages;
+  for (int i = 0; i < 8; ++i) pages.push_back(*b.create_page());
+  EXPECT_GE(b.allocated_bytes(), before + 8 * kPage);
+  auto va = b.reserve(kPage);
+  ASSERT_TRUE(b.map(*va, pages[0]).ok());
+  ASSERT_TRUE(b.release_page(pages[0]).ok());  // still mapped: memory stays until unmapped
+  for (int i = 1; i < 8; ++i) ASSERT_TRUE(b.release_page(pages[i]).ok());
+  EXPECT_GE(b.allocated_bytes(), before + kPage);
+  EXPECT_LT(b.allocated_bytes(), before + 2 * kPage);
+  ASSERT_TRUE(b.unmap(*va, kPage).ok());
+  EXPECT_EQ(b.allocated_bytes(), before);
+  EXPECT_EQ(b.pages_in_use(), 0u);
+  ASSERT_TRUE(b.unreserve(*va, kPage).ok());
+}
+
+TEST(HostBackend, InjectedDelayHoldsEventsBack) {
+  HostBackend b(HostBackendOptions{.capacity_bytes = 4 * kPage});
+  auto va = *b.reserve(kPage);
+  auto p = *b.create_page();
+  ASSERT_TRUE(b.map(va, p).ok());
+  ASSERT_TRUE(b.set_access(va, kPage).ok());
+  b.set_task_delay(std::chrono::milliseconds(50));
+  auto s = *b.create_stream();
+  auto e = *b.create_event();
+  PatternRange r{va, kPage, 11};
+  ASSERT_TRUE(b.fill_pattern({&r, 1}, s).ok());
+  ASSERT_TRUE(b.record_event(e, s).ok());
+  EXPECT_FALSE(*b.query_event(e)) << "the delayed fill cannot have finished yet";
+  ASSERT_TRUE(b.synchronize_event(e).ok());
+  EXPECT_TRUE(*b.query_event(e));
+  b.set_task_delay(std::chrono::microseconds(0));
+  EXPECT_EQ(*b.verify_pattern({&r, 1}, s), 0u);
+  ASSERT_TRUE(b.destroy_stream(s).ok());
+  ASSERT_TRUE(b.unmap(va, kPage).ok());
+  ASSERT_TRUE(b.release_page(p).ok());
+}
+
+using HostBackendDeathTest = ::testing::Test;
+TEST_F(HostBackendDeathTest, TouchingUnmappedMemoryFaults) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  HostBackend b(HostBackendOptions{.capacity_bytes = 4 * kPage});
+  auto va = *b.reserve(kPage);
+  auto p = *b.create_page();
+  ASSERT_TRUE(b.map(va, p).ok());
+  ASSERT_TRUE(b.set_access(va, kPage).ok());
+  *reinterpret_cast<volatile int*>(va) = 1;  // mapped: fine
+  ASSERT_TRUE(b.unmap(va, kPage).ok());
+  EXPECT_DEATH(*reinterpret_cast<volatile int*>(va) = 2, "");
+  ASSERT_TRUE(b.release_page(p).ok());
+}
+
+}  // namespace
+}  // namespace valet
