@@ -1,4 +1,6 @@
+#include <cctype>
 #include <memory>
+#include <string>
 
 #include "valet/cuda_backend.h"
 #include "valet/host_backend.h"
@@ -39,6 +41,44 @@ Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options) {
       HostBackendOptions{.capacity_bytes = options.host_capacity, .task_delay = options.host_task_delay});
   VALET_TRY(host->impl().status());
   return std::unique_ptr<Backend>(std::move(host));
+}
+
+}  // namespace valet
+
+namespace valet {
+
+Result<std::unique_ptr<Heap>> open_heap(const Config& config) {
+  BackendOptions options;
+  options.choice = config.backend;
+  options.device = config.device;
+  options.host_capacity = config.capacity ? config.capacity : (std::size_t{2} << 30);
+  options.host_task_delay = config.host_task_delay;
+  auto backend = open_backend(options);
+  if (!backend.ok()) return backend.error();
+  return Heap::create(std::move(backend).value(), config);
+}
+
+Result<std::size_t> parse_size(std::string_view text) {
+  std::string s(text);
+  std::size_t pos = 0;
+  double number = 0;
+  try {
+    number = std::stod(s, &pos);
+  } catch (...) {
+    return make_error(Errc::invalid_argument, "not a size: '" + s + "'");
+  }
+  std::string suffix = s.substr(pos);
+  for (auto& ch : suffix) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  double scale = 1;
+  if (suffix.empty() || suffix == "b") scale = 1;
+  else if (suffix == "k" || suffix == "kb" || suffix == "kib") scale = 1024.0;
+  else if (suffix == "m" || suffix == "mb" || suffix == "mib") scale = 1024.0 * 1024;
+  else if (suffix == "g" || suffix == "gb" || suffix == "gib") scale = 1024.0 * 1024 * 1024;
+  else if (suffix == "t" || suffix == "tb" || suffix == "tib") scale = 1024.0 * 1024 * 1024 * 1024;
+  else return make_error(Errc::invalid_argument, "unknown size suffix in '" + s + "'");
+  const double bytes = number * scale;
+  if (!(bytes >= 0) || bytes > 1.8e19) return make_error(Errc::invalid_argument, "size out of range: '" + s + "'");
+  return std::size_t(bytes);
 }
 
 }  // namespace valet

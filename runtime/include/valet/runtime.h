@@ -8,10 +8,10 @@
 #include <string_view>
 
 #include "valet/backend.h"
+#include "valet/config.h"
+#include "valet/heap.h"
 
 namespace valet {
-
-enum class BackendChoice : std::uint8_t { automatic, cuda, host };
 
 Result<BackendChoice> parse_backend_choice(std::string_view text);  // "auto" | "cuda" | "host"
 const char* backend_choice_name(BackendChoice choice);
@@ -32,5 +32,13 @@ std::string cuda_unusable_reason(int device = 0);
 // otherwise; kind() of the result says which. Choosing `cuda` where it is not usable fails with
 // Errc::unsupported and the reason.
 Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options);
+
+// Opens the backend the config names (host: an emulated device of the config's capacity, 2 GiB
+// by default) and makes a heap on it.
+Result<std::unique_ptr<Heap>> open_heap(const Config& config);
+
+// Parses a size: a byte count or a number with a suffix (K, M, G, T, KiB, MiB, GiB, TiB, KB, MB,
+// GB: all powers of 1024). "8GiB", "512MiB", "1.5G", "4096".
+Result<std::size_t> parse_size(std::string_view text);
 
 }  // namespace valet

@@ -56,7 +56,7 @@ struct HostBackend::State {
   std::atomic<std::int64_t> delay_us{0};
   std::mutex work_mu;  // streams and events
   std::unordered_map<std::uintptr_t, std::unique_ptr<host::HostStream>> streams;
-  std::unordered_map<std::uintptr_t, std::unique_ptr<host::HostEvent>> events;
+  std::unordered_map<std::uintptr_t, std::shared_ptr<host::HostEvent>> events;
   std::unique_ptr<host::HostStream> default_stream;
 
   // Precondition: mu held. Is [va, va+bytes) inside one reservation?
@@ -93,10 +93,11 @@ struct HostBackend::State {
     auto it = streams.find(s.id);
     return it == streams.end() ? nullptr : it->second.get();
   }
-  host::HostEvent* event(Event e) {
+  // Shared: queued tasks keep an event alive after destroy_event, as the driver does.
+  std::shared_ptr<host::HostEvent> event(Event e) {
     std::lock_guard lock(work_mu);
     auto it = events.find(e.id);
-    return it == events.end() ? nullptr : it->second.get();
+    return it == events.end() ? nullptr : it->second;
   }
 
   Status check_ranges_accessible(DevicePtr a, std::size_t n, const char* what) const {
@@ -298,7 +299,7 @@ Status HostBackend::destroy_stream(Stream s) {
 }
 
 Result<Event> HostBackend::create_event() {
-  auto event = std::make_unique<host::HostEvent>();
+  auto event = std::make_shared<host::HostEvent>();
   const auto id = reinterpret_cast<std::uintptr_t>(event.get());
   std::lock_guard lock(s_->work_mu);
   s_->events.emplace(id, std::move(event));
@@ -312,7 +313,7 @@ Status HostBackend::destroy_event(Event e) {
 }
 
 Status HostBackend::record_event(Event e, Stream s) {
-  auto* ev = s_->event(e);
+  auto ev = s_->event(e);
   auto* st = s_->stream(s);
   if (!ev || !st) return make_error(Errc::not_found, "record_event: unknown event or stream");
   const std::uint64_t seq = ev->arm();
@@ -321,20 +322,20 @@ Status HostBackend::record_event(Event e, Stream s) {
 }
 
 Result<bool> HostBackend::query_event(Event e) {
-  auto* ev = s_->event(e);
+  auto ev = s_->event(e);
   if (!ev) return make_error(Errc::not_found, "query_event: unknown event");
   return ev->done();
 }
 
 Status HostBackend::synchronize_event(Event e) {
-  auto* ev = s_->event(e);
+  auto ev = s_->event(e);
   if (!ev) return make_error(Errc::not_found, "synchronize_event: unknown event");
   ev->wait();
   return {};
 }
 
 Status HostBackend::stream_wait_event(Stream s, Event e) {
-  auto* ev = s_->event(e);
+  auto ev = s_->event(e);
   auto* st = s_->stream(s);
   if (!ev || !st) return make_error(Errc::not_found, "stream_wait_event: unknown event or stream");
   const std::uint64_t seq = ev->armed();  // the most recent record

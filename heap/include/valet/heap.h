@@ -1,0 +1,158 @@
+// The heap users program against: objects named by handles, so that they can move.
+//
+// Error convention: every fallible call returns Result<T> or Status (valet/result.h); nothing
+// throws except Result::value() on a failed result. Errors per call:
+//   allocate  invalid_argument (0 bytes, or more than 2^48), out_of_memory (the message says what
+//             was asked, what is live and what is held), out_of_address_space, shut_down
+//   free      invalid_handle (null / unknown index), stale_handle (freed already: double free),
+//             foreign_handle (made by another heap), pinned (a pin is held), shut_down
+//   resize    as free, plus invalid_argument (0 bytes) and out_of_memory; a pinned object is
+//             never resized (pinned). On failure the object is unchanged.
+//   pin       as free (pin of a freed object: stale_handle)
+// Every call is thread-safe. After any error the heap is consistent (validate() passes).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "valet/backend.h"
+#include "valet/config.h"
+#include "valet/handle.h"
+#include "valet/result.h"
+#include "valet/stats.h"
+
+namespace valet {
+
+class Heap;
+namespace detail {
+struct HeapCore;
+}
+
+// A host pin: while it lives the object stays at address() (the compactor never moves or unmaps
+// a pinned object). Move-only; destroying or reset()ting it unpins.
+class Pin {
+ public:
+  Pin() = default;
+  Pin(Pin&& other) noexcept { *this = std::move(other); }
+  Pin& operator=(Pin&& other) noexcept;
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+  ~Pin() { reset(); }
+
+  DevicePtr address() const { return address_; }
+  std::size_t size() const { return size_; }
+  Handle handle() const { return handle_; }
+  bool valid() const { return core_ != nullptr; }
+  // Typed access: the object's memory as T (host-accessible backends only for dereferencing).
+  template <class T>
+  T* as() const {
+    return reinterpret_cast<T*>(address_);
+  }
+  template <class T>
+  std::span<T> span() const {
+    return {as<T>(), size_ / sizeof(T)};
+  }
+  void reset();
+
+ private:
+  friend class Heap;
+  friend struct detail::HeapCore;
+  detail::HeapCore* core_ = nullptr;
+  Handle handle_{};
+  DevicePtr address_ = 0;
+  std::size_t size_ = 0;
+};
+
+// A stream-ordered pin: the object stays at address() for work queued on `stream` until
+// release() (or destruction) — and, after that, until the stream has passed the point of the
+// release (an event recorded there), so work already queued against the object finishes first.
+class StreamPin {
+ public:
+  StreamPin() = default;
+  StreamPin(StreamPin&& other) noexcept { *this = std::move(other); }
+  StreamPin& operator=(StreamPin&& other) noexcept;
+  StreamPin(const StreamPin&) = delete;
+  StreamPin& operator=(const StreamPin&) = delete;
+  ~StreamPin() { (void)release(); }
+
+  DevicePtr address() const { return address_; }
+  std::size_t size() const { return size_; }
+  Handle handle() const { return handle_; }
+  Stream stream() const { return stream_; }
+  bool valid() const { return core_ != nullptr; }
+  template <class T>
+  T* as() const {
+    return reinterpret_cast<T*>(address_);
+  }
+  // Unpins at the current end of the stream. Fails only if the backend cannot record an event
+  // (the pin then falls back to waiting for the stream, so the object is never unpinned early).
+  Status release();
+
+ private:
+  friend class Heap;
+  friend struct detail::HeapCore;
+  detail::HeapCore* core_ = nullptr;
+  Handle handle_{};
+  Stream stream_{};
+  DevicePtr address_ = 0;
+  std::size_t size_ = 0;
+};
+
+// One compaction cycle's limits.
+struct CompactRequest {
+  std::uint64_t max_bytes = ~0ull;   // bytes moved at most
+  std::uint64_t max_pages = ~0ull;   // pages freed at most
+  // Pages are candidates when their occupancy is at most this fraction.
+  double max_occupancy = 0.75;
+  CompactionTrigger trigger = CompactionTrigger::explicit_request;
+};
+
+class Heap {
+ public:
+  // Makes a heap on `backend` (see runtime's open_heap() to pick the backend from the config).
+  static Result<std::unique_ptr<Heap>> create(std::unique_ptr<Backend> backend, const Config& config);
+  // Shuts down (see shutdown()). Destroying a heap while pins are held aborts the process with a
+  // message on stderr: the pins' memory would otherwise be freed under them.
+  ~Heap();
+  Heap(const Heap&) = delete;
+  Heap& operator=(const Heap&) = delete;
+
+  // Allocates an object of `bytes` (mapped and accessible at once).
+  Result<Handle> allocate(std::size_t bytes);
+  Status free(Handle h);
+  // Changes the object's size, keeping its first min(old, new) bytes and its handle. Large
+  // objects grow and shrink in place by mapping pages at their end, or move by remapping their
+  // pages (no copy); small objects move by copy when they change size class.
+  Status resize(Handle h, std::size_t bytes);
+  Result<Pin> pin(Handle h);
+  Result<StreamPin> pin(Handle h, Stream stream);
+  Result<std::size_t> size_of(Handle h) const;
+
+  // One synchronous evacuation cycle within the request's budget.
+  Result<CompactionRecord> compact(const CompactRequest& request = {});
+
+  HeapStats stats() const;
+  // Walks every invariant; internal error naming the first broken one.
+  Status validate() const;
+  // Brings the page reserve between its watermarks now.
+  Status maintain();
+
+  // Frees every object and gives every page and the address space back to the backend.
+  // Refused (pinned, nothing changed) while host pins are held; pending stream-ordered unpins
+  // are waited for. Afterwards every call fails with shut_down; handles are dead.
+  Status shutdown();
+  bool is_shut_down() const;
+
+  Backend& backend();
+  const Config& config() const;
+  std::uint32_t tag() const;
+
+ private:
+  explicit Heap(std::unique_ptr<detail::HeapCore> core);
+  std::unique_ptr<detail::HeapCore> core_;
+};
+
+}  // namespace valet

@@ -1,0 +1,65 @@
+// What a heap reports about itself: one structure, with a JSON form (valet/stats_json.h) used by
+// the replayer, the control server and the CLI alike.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace valet {
+
+// Why a compaction cycle ran.
+enum class CompactionTrigger : std::uint8_t { explicit_request, emergency, fragmentation, reserve_low, idle, safepoint };
+const char* trigger_name(CompactionTrigger t);
+
+// The record one compaction cycle leaves.
+struct CompactionRecord {
+  CompactionTrigger trigger = CompactionTrigger::explicit_request;
+  std::uint64_t objects_moved = 0;
+  std::uint64_t bytes_moved = 0;
+  std::uint64_t pages_freed = 0;     // physical pages given back (to the reserve or the backend)
+  std::uint64_t pages_meshed = 0;
+  std::uint64_t objects_skipped = 0; // candidates left in place: pinned, unpin pending, or moving
+  std::uint64_t duration_ns = 0;
+  std::uint64_t longest_pin_wait_ns = 0;  // longest wait a pin saw on this cycle's moves
+};
+
+struct CompactionTotals {
+  std::uint64_t cycles = 0;
+  std::uint64_t objects_moved = 0;
+  std::uint64_t bytes_moved = 0;
+  std::uint64_t pages_freed = 0;
+  std::uint64_t pages_meshed = 0;
+  std::uint64_t emergency_cycles = 0;
+};
+
+struct HeapStats {
+  std::string backend;
+  std::size_t capacity_bytes = 0;
+  std::size_t live_bytes = 0;         // sum of the sizes users asked for
+  std::size_t live_objects = 0;
+  std::size_t footprint_bytes = 0;    // the same objects rounded to their size class or pages
+  std::size_t mapped_bytes = 0;       // physical pages held, reserve included, a shared page once
+  std::size_t reserved_bytes = 0;     // virtual address space reserved
+  std::size_t reserve_bytes = 0;      // created pages held unused (the reserve)
+  double fragmentation = 0;           // 1 - live / mapped (0 when nothing is mapped)
+  std::size_t largest_allocatable_bytes = 0;
+  struct Pages {
+    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0;
+  } pages;
+  // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
+  // includes full pages.
+  std::array<std::uint64_t, 10> occupancy_histogram{};
+  struct Ops {
+    std::uint64_t allocate = 0, free = 0, resize = 0, pin = 0, failed_allocations = 0;
+  } ops;
+  struct DriverCalls {
+    std::uint64_t create = 0, release = 0, map = 0, unmap = 0, set_access = 0, copy = 0;
+  } driver_calls;
+  CompactionTotals compaction;
+  std::vector<CompactionRecord> recent_cycles;  // newest last
+};
+
+}  // namespace valet

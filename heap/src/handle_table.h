@@ -1,0 +1,98 @@
+// The handle table: one entry per object, indexed by Handle::index. Entries live in chunks that
+// never move, so a pin can read its entry without the heap lock while other threads add chunks.
+//
+// An entry's `state` word carries everything a lock-free pin must see at once:
+//   bits 0..23  pin count (host pins and stream pins not yet released)
+//   bit  24     LIVE       the entry holds an object
+//   bit  25     MOVING     a mover owns the object: pins wait, nobody else may move or free it
+//   bit  26     IN_FLIGHT  the object was repointed to a copy that may still be in progress; a
+//                          host pin waits for the move's fence, a stream pin makes its stream wait
+//   bits 32..63 generation of the object (a Handle with another generation is stale)
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "valet/backend.h"
+
+namespace valet::detail {
+
+namespace state {
+inline constexpr std::uint64_t kPinMask = (1u << 24) - 1;
+inline constexpr std::uint64_t kLive = 1ull << 24;
+inline constexpr std::uint64_t kMoving = 1ull << 25;
+inline constexpr std::uint64_t kInFlight = 1ull << 26;
+inline std::uint32_t generation(std::uint64_t s) { return std::uint32_t(s >> 32); }
+inline std::uint32_t pins(std::uint64_t s) { return std::uint32_t(s & kPinMask); }
+inline std::uint64_t make(std::uint32_t gen, std::uint64_t flags) { return (std::uint64_t(gen) << 32) | flags; }
+}  // namespace state
+
+enum class ObjectKind : std::uint8_t { slab, large };
+
+// Where an object lives. Slab: slot `index` of the slab page at virtual slot `page`. Large:
+// `pages` whole page slots from `page`.
+struct Location {
+  ObjectKind kind = ObjectKind::slab;
+  std::uint32_t page = 0;
+  std::uint32_t index = 0;  // slab slot index
+  std::uint32_t pages = 0;  // large: page count
+};
+
+// Completes when a move's copy has finished: shared by every object the move repointed, and
+// by pins waiting on it (the last owner destroys the event).
+struct MoveFence {
+  Backend* backend = nullptr;
+  Event event;
+  MoveFence(Backend* b, Event e) : backend(b), event(e) {}
+  ~MoveFence() { (void)backend->destroy_event(event); }
+  MoveFence(const MoveFence&) = delete;
+  MoveFence& operator=(const MoveFence&) = delete;
+};
+
+struct HandleEntry {
+  std::atomic<std::uint64_t> state{0};
+  std::atomic<DevicePtr> address{0};
+  // Fields below are written under the heap lock; pins read only `address` and `size` while
+  // holding a pin (which keeps them constant).
+  std::size_t size = 0;
+  Location loc;
+  std::shared_ptr<MoveFence> fence;  // set while IN_FLIGHT
+  std::vector<Event> pending_unpins;  // events of stream-ordered unpins not yet known complete
+};
+
+class HandleTable {
+ public:
+  static constexpr std::size_t kChunkBits = 12;
+  static constexpr std::size_t kChunk = std::size_t{1} << kChunkBits;
+  static constexpr std::size_t kMaxChunks = std::size_t{1} << 14;  // 64 M objects
+
+  HandleTable();
+  ~HandleTable();
+
+  // The entry of `index`, or nullptr past the end. Lock-free.
+  HandleEntry* get(std::uint32_t index) const {
+    const std::size_t c = index >> kChunkBits;
+    if (c >= kMaxChunks) return nullptr;
+    HandleEntry* chunk = chunks_[c].load(std::memory_order_acquire);
+    return chunk ? &chunk[index & (kChunk - 1)] : nullptr;
+  }
+
+  // Precondition: heap lock held. An unused index (its entry not LIVE), or nullopt when full.
+  bool acquire(std::uint32_t& index);
+  // Precondition: heap lock held; the entry is no longer LIVE.
+  void release(std::uint32_t index) { free_.push_back(index); }
+
+  // Indices handed out so far (live or free): entries [0, high_water()) exist.
+  std::uint32_t high_water() const { return high_water_; }
+
+ private:
+  std::unique_ptr<std::atomic<HandleEntry*>[]> chunks_;
+  std::vector<std::uint32_t> free_;
+  std::uint32_t high_water_ = 0;
+};
+
+}  // namespace valet::detail

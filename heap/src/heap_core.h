@@ -1,0 +1,117 @@
+// The heap's state and internal operations. heap.cpp holds the public calls, compaction.cpp the
+// moving of objects, heap_inspect.cpp stats and validate.
+//
+// Locking: one heap mutex (`mu`) guards the page pool, the slabs, the handle table's free list
+// and every entry field except `state` and `address`. Pins never take it: they work on the
+// entry's atomic state word (handle_table.h). A mover (resize, compaction) marks objects MOVING
+// by CAS from "unpinned", so a pin either got in first (the move is refused or skipped) or waits.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "handle_table.h"
+#include "page_pool.h"
+#include "slabs.h"
+#include "valet/heap.h"
+
+namespace valet::detail {
+
+// A freed object whose stream-ordered unpins have not completed: its memory is reused only once
+// every event has completed.
+struct DeferredFree {
+  Location loc;
+  std::size_t footprint = 0;
+  std::vector<Event> events;
+};
+
+struct HeapCore {
+  HeapCore(std::unique_ptr<Backend> backend, const Config& config, std::size_t capacity_pages);
+  ~HeapCore();
+
+  std::unique_ptr<Backend> backend;
+  Config config;
+  std::uint32_t tag = 0;
+  std::size_t capacity_pages = 0;
+  Stream work_stream{};  // copies of resize and compaction
+
+  mutable std::mutex mu;
+  PagePool pool;
+  Slabs slabs;
+  HandleTable handles;
+  std::atomic<bool> shut{false};
+
+  // Counters (under mu unless atomic).
+  std::size_t live_bytes = 0;
+  std::size_t footprint_bytes = 0;
+  std::size_t live_objects = 0;
+  HeapStats::Ops ops;
+  std::atomic<std::uint64_t> pin_count{0};
+  std::atomic<std::uint64_t> pin_wait_ns_max{0};
+  std::atomic<std::uint64_t> cycle_pin_wait_ns{0};  // longest pin wait since the cycle began
+  CompactionTotals compaction;
+  std::deque<CompactionRecord> recent_cycles;
+  std::vector<DeferredFree> deferred;
+  std::size_t in_transit = 0;  // old slots of a running move: taken, owned by nobody
+  std::vector<Event> spare_events;
+  std::mutex compaction_mu;  // one compaction cycle at a time
+
+  // Background reserve keeper.
+  std::thread keeper;
+  std::condition_variable keeper_cv;
+  bool keeper_stop = false;
+  bool keeper_wanted = false;
+
+  // --- handles (lock-free) ---
+  // Checks tag, index and generation; the entry if the handle names a live object.
+  Result<HandleEntry*> lookup(Handle h) const;
+  static std::uint64_t now_ns();
+  void note_pin_wait(std::uint64_t ns);
+  // Waits while the entry is MOVING; returns the state seen without MOVING (or a stale one).
+  std::uint64_t wait_not_moving(HandleEntry* e, std::uint32_t gen);
+  // Takes a pin reference (host or stream). On success the object cannot move until unpinned.
+  Result<HandleEntry*> acquire_pin(Handle h, std::uint64_t& state_seen);
+  // The fence of an IN_FLIGHT entry, if still set (takes mu briefly).
+  std::shared_ptr<MoveFence> fence_of(HandleEntry* e);
+  void unpin(HandleEntry* e) { e->state.fetch_sub(1, std::memory_order_release); }
+  // Records a stream-ordered unpin of `e` on `s`.
+  Status unpin_on_stream(HandleEntry* e, Stream s);
+
+  // --- under mu ---
+  Result<Handle> allocate_locked(std::size_t bytes);
+  Result<Location> place(std::size_t bytes, std::uint32_t owner);
+  // Returns a location's memory to its slab or to the page reserve.
+  void release_location(const Location& loc);
+  std::size_t footprint_of(const Location& loc) const;
+  DevicePtr address_of(const Location& loc) const;
+  Result<Event> take_event();
+  void recycle_event(Event e);
+  // Drops completed pending unpins of `e`; true when none remain.
+  bool reap_unpins(HandleEntry* e);
+  // Releases deferred frees whose events completed.
+  void reap_deferred();
+  // Keeps the reserve in bounds: inline when there is no keeper thread, else wakes it.
+  void after_release();
+  void want_refill();
+  Error out_of_memory(std::size_t asked, const Error& cause) const;
+
+  // Marks an unpinned, settled object MOVING. Fails (nothing changed) when it is pinned, moving
+  // or in flight, or a stream-ordered unpin is pending.
+  bool try_begin_move(HandleEntry* e);
+  void end_move(HandleEntry* e);
+
+  // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
+  Result<CompactionRecord> compact_locked(std::unique_lock<std::mutex>& lock, const CompactRequest& request);
+  void record_cycle(const CompactionRecord& r);
+
+  void keeper_loop();
+  void start_keeper();
+  void stop_keeper();
+};
+
+}  // namespace valet::detail

@@ -1,0 +1,140 @@
+// Heap::resize: large objects grow and shrink by mapping and unmapping pages at their end, or
+// move by remapping their pages to a new virtual range (no copy); other changes copy the object
+// to a new place of the right kind. The handle never changes.
+#include "heap_core.h"
+#include "size_classes.h"
+
+namespace valet {
+
+using detail::HandleEntry;
+using detail::HeapCore;
+using detail::Location;
+using detail::ObjectKind;
+namespace state = detail::state;
+
+namespace {
+
+std::uint32_t pages_for(std::size_t bytes) {
+  return std::uint32_t((bytes + detail::kPageSize - 1) / detail::kPageSize);
+}
+
+// Resizes a large object that stays large. Precondition: mu held, the object is MOVING.
+Status resize_large(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+  Location& loc = e->loc;
+  const std::uint32_t want = pages_for(bytes);
+  if (want == loc.pages) return {};
+  if (want < loc.pages) {
+    c.pool.give_back(loc.page + want, loc.pages - want);
+    loc.pages = want;
+    c.after_release();
+    return {};
+  }
+  const std::uint32_t extra = want - loc.pages;
+  auto grown = c.pool.extend_run(loc.page + loc.pages, extra, index);
+  if (!grown.ok()) return grown.error();
+  if (*grown) {
+    loc.pages = want;
+    return {};
+  }
+  // A neighbour is in the way: move the pages to a new virtual range and grow there.
+  auto moved = c.pool.relocate_run(loc.page, loc.pages, want, index);
+  if (!moved.ok()) return moved.error();
+  loc.page = *moved;
+  loc.pages = want;
+  return {};
+}
+
+// Moves the object to a new place of the right kind for `bytes`, copying min(old, new) bytes.
+// Precondition: mu held, the object is MOVING.
+Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+  auto dest = c.place(bytes, index);
+  if (!dest.ok()) return dest.error();
+  const CopyRange copy{e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)};
+  Status st = c.backend->copy({&copy, 1}, c.work_stream);
+  if (st.ok()) st = c.backend->synchronize_stream(c.work_stream);
+  if (!st.ok()) {
+    c.release_location(*dest);
+    return st;
+  }
+  c.release_location(e->loc);
+  e->loc = *dest;
+  return {};
+}
+
+}  // namespace
+
+Status Heap::resize(Handle h, std::size_t bytes) {
+  auto& c = *core_;
+  if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "resize: the heap was shut down");
+  if (bytes == 0) return make_error(Errc::invalid_argument, "resize: 0 bytes (free the object instead)");
+  if (bytes > (std::size_t{1} << 48)) return make_error(Errc::invalid_argument, "resize: size beyond any device");
+  std::unique_lock lock(c.mu);
+  HandleEntry* e = nullptr;
+  for (;;) {
+    auto looked = c.lookup(h);
+    if (!looked.ok()) return looked.error();
+    e = *looked;
+    const std::uint64_t s = e->state.load(std::memory_order_acquire);
+    if (state::pins(s) > 0) return make_error(Errc::pinned, "resize: the object is pinned");
+    if (s & (state::kMoving | state::kInFlight)) {
+      // A compaction cycle is moving it: wait for the move to settle.
+      auto fence = e->fence;
+      lock.unlock();
+      c.wait_not_moving(e, h.generation);
+      if (fence) (void)c.backend->synchronize_event(fence->event);
+      lock.lock();
+      if ((e->state.load() & state::kInFlight) && e->fence == fence) {
+        e->fence.reset();
+        e->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
+      }
+      continue;
+    }
+    if (c.try_begin_move(e)) break;
+    if (!e->pending_unpins.empty()) return make_error(Errc::pinned, "resize: a stream-ordered unpin is still pending");
+  }
+  if (bytes > c.capacity_pages * detail::kPageSize) {
+    c.end_move(e);
+    return make_error(Errc::out_of_memory, "resize: " + std::to_string(bytes) + " bytes exceeds the heap's capacity");
+  }
+  const std::size_t old_size = e->size;
+  const std::size_t old_footprint = c.footprint_of(e->loc);
+  const bool was_large = e->loc.kind == ObjectKind::large;
+  const bool stays_large = was_large && bytes > detail::kMaxSlabObject;
+  const bool same_class = !was_large && bytes <= detail::kMaxSlabObject &&
+                          detail::class_of(bytes) == detail::class_of(old_size);
+  Status st;
+  if (same_class) {
+    // Nothing moves.
+  } else if (stays_large) {
+    st = resize_large(c, h.index, e, bytes);
+  } else {
+    st = resize_by_copy(c, h.index, e, bytes);
+  }
+  if (!st.ok() && st.code() == Errc::out_of_memory && c.config.compact_on_oom) {
+    // Free pages by evacuating other objects (this one is MOVING, so it stays put), then retry.
+    CompactRequest req;
+    req.max_occupancy = 0.999;
+    req.trigger = CompactionTrigger::emergency;
+    lock.unlock();
+    {
+      std::lock_guard cl(c.compaction_mu);
+      lock.lock();
+      (void)c.compact_locked(lock, req);
+    }
+    st = stays_large ? resize_large(c, h.index, e, bytes) : resize_by_copy(c, h.index, e, bytes);
+  }
+  if (st.ok()) {
+    e->size = bytes;
+    e->address.store(c.address_of(e->loc), std::memory_order_relaxed);
+    c.live_bytes = c.live_bytes - old_size + bytes;
+    c.footprint_bytes = c.footprint_bytes - old_footprint + c.footprint_of(e->loc);
+    ++c.ops.resize;
+  } else if (st.code() == Errc::out_of_memory) {
+    ++c.ops.failed_allocations;
+    st = c.out_of_memory(bytes, st.error());
+  }
+  c.end_move(e);  // release-store: a pin that follows sees the new address and size
+  return st;
+}
+
+}  // namespace valet

@@ -1,0 +1,337 @@
+#include "page_pool.h"
+
+#include <algorithm>
+#include <string>
+
+namespace valet::detail {
+
+PagePool::PagePool(Backend& backend, std::size_t capacity_pages)
+    : backend_(backend), capacity_pages_(capacity_pages) {}
+
+PagePool::~PagePool() = default;
+
+Status PagePool::init(std::size_t slot_count) {
+  if (slot_count == 0 || slot_count > (std::size_t{1} << 31))
+    return make_error(Errc::invalid_argument, "page pool: bad arena size");
+  arena_bytes_ = slot_count * kPage;
+  auto base = backend_.reserve(arena_bytes_);
+  if (!base.ok()) return base.error();
+  base_ = *base;
+  slots_.assign(slot_count, SlotRecord{});
+  unmapped_.insert(0, std::uint32_t(slot_count));
+  return {};
+}
+
+Status PagePool::destroy() {
+  Status first;
+  auto note = [&](Status s) {
+    if (!s.ok() && first.ok()) first = s;
+  };
+  // Unmap every mapped run, then release every created page.
+  std::uint32_t s = 0;
+  while (s < slots_.size()) {
+    if (slots_[s].phys == kNoPhys) {
+      ++s;
+      continue;
+    }
+    std::uint32_t e = s;
+    while (e < slots_.size() && slots_[e].phys != kNoPhys) ++e;
+    note(unmap_run(s, e - s));
+    s = e;
+  }
+  for (std::uint32_t p = 0; p < phys_.size(); ++p)
+    if (phys_[p].in_use) note(release(p));
+  idle_.clear();
+  if (base_) note(backend_.unreserve(base_, arena_bytes_));
+  base_ = 0;
+  return first;
+}
+
+void PagePool::set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner) {
+  for (std::uint32_t i = start; i < start + n; ++i) {
+    slots_[i].kind = kind;
+    slots_[i].owner = owner;
+  }
+}
+
+Result<std::uint32_t> PagePool::create_page() {
+  if (created_ >= capacity_pages_)
+    return make_error(Errc::out_of_memory, "the heap holds its whole capacity (" +
+                                               std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
+  ++calls_.create;
+  auto page = backend_.create_page();
+  if (!page.ok()) return page.error();
+  std::uint32_t p;
+  if (!free_phys_.empty()) {
+    p = free_phys_.back();
+    free_phys_.pop_back();
+  } else {
+    p = std::uint32_t(phys_.size());
+    phys_.emplace_back();
+  }
+  phys_[p] = PhysRecord{*page, 0, true};
+  ++created_;
+  return p;
+}
+
+Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
+  ++calls_.map;
+  VALET_TRY(backend_.map(address(slot), phys_[p].page));
+  ++phys_[p].mappings;
+  slots_[slot].phys = p;
+  return {};
+}
+
+Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
+  ++calls_.unmap;
+  VALET_TRY(backend_.unmap(address(start), std::size_t(n) * kPage));
+  for (std::uint32_t s = start; s < start + n; ++s) {
+    const std::uint32_t p = slots_[s].phys;
+    slots_[s].phys = kNoPhys;
+    if (--phys_[p].mappings == 0) idle_.push_back(p);
+  }
+  return {};
+}
+
+Status PagePool::release(std::uint32_t p) {
+  ++calls_.release;
+  VALET_TRY(backend_.release_page(phys_[p].page));
+  phys_[p] = PhysRecord{};
+  free_phys_.push_back(p);
+  --created_;
+  return {};
+}
+
+Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve) {
+  // Gather n created, unmapped pages: idle ones, then pages moved out of the reserve (one unmap
+  // per reserve range), then new ones. Every step leaves the pool consistent if a later one fails.
+  while (from_reserve && idle_.size() < n && !reserve_.empty()) {
+    auto r = *reserve_.take_smallest();
+    const std::uint32_t k = std::min<std::uint32_t>(r.length, std::uint32_t(n - idle_.size()));
+    if (k < r.length) reserve_.insert(r.start + k, r.length - k);
+    if (auto st = unmap_run(r.start, k); !st.ok()) {
+      reserve_.insert(r.start, k);
+      return st;
+    }
+    set_kind(r.start, k, SlotKind::unmapped, 0);
+    unmapped_.insert(r.start, k);
+  }
+  while (idle_.size() < n) {
+    auto p = create_page();
+    if (!p.ok()) return p.error();
+    idle_.push_back(*p);
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (auto st = map_at(start + i, idle_.back()); !st.ok()) {
+      if (i > 0) (void)unmap_run(start, i);
+      return st;
+    }
+    idle_.pop_back();
+  }
+  ++calls_.set_access;
+  if (auto st = backend_.set_access(address(start), std::size_t(n) * kPage); !st.ok()) {
+    (void)unmap_run(start, n);
+    return st;
+  }
+  return {};
+}
+
+Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner) {
+  if (available_pages() < n)
+    return make_error(Errc::out_of_memory, "needs " + std::to_string(n) + " pages, " +
+                                               std::to_string(available_pages()) + " free within the capacity");
+  auto s = unmapped_.take_best_fit(n);
+  if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
+  if (auto st = back_run(*s, n); !st.ok()) {
+    unmapped_.insert(*s, n);
+    return st.error();
+  }
+  set_kind(*s, n, kind, owner);
+  return *s;
+}
+
+Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
+  if (auto s = reserve_.take_best_fit(1)) {
+    set_kind(*s, 1, kind, owner);
+    return *s;
+  }
+  return take_fresh(1, kind, owner);
+}
+
+Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
+  if (auto s = reserve_.take_best_fit(n)) {
+    set_kind(*s, n, SlotKind::large, owner);
+    return *s;
+  }
+  return take_fresh(n, SlotKind::large, owner);
+}
+
+Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner) {
+  if (std::uint64_t(at) + n > slots_.size()) return false;
+  for (std::uint32_t s = at; s < at + n; ++s)
+    if (slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) return false;
+  // Split [at, at+n) into maximal runs of one kind and take each out of its set.
+  struct Piece {
+    std::uint32_t start, length;
+    bool mapped;
+  };
+  std::vector<Piece> pieces;
+  for (std::uint32_t s = at; s < at + n;) {
+    const bool mapped = slots_[s].kind == SlotKind::reserve;
+    std::uint32_t e = s;
+    while (e < at + n && (slots_[e].kind == SlotKind::reserve) == mapped) ++e;
+    pieces.push_back({s, e - s, mapped});
+    s = e;
+  }
+  std::uint32_t unmapped_slots = 0;
+  for (const auto& p : pieces) {
+    (p.mapped ? reserve_ : unmapped_).take_exact(p.start, p.length);
+    if (!p.mapped) unmapped_slots += p.length;
+  }
+  auto undo = [&](std::size_t backed_upto) {
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const auto& p = pieces[i];
+      if (p.mapped) {
+        reserve_.insert(p.start, p.length);
+      } else {
+        if (i < backed_upto) (void)unmap_run(p.start, p.length);
+        unmapped_.insert(p.start, p.length);
+      }
+    }
+  };
+  // The pieces' own reserve pages are in use by this run now, so only the unmapped slots need
+  // other pages; they may come from elsewhere in the reserve.
+  if (unmapped_slots > available_pages()) {
+    undo(0);
+    return make_error(Errc::out_of_memory, "grow: needs " + std::to_string(unmapped_slots) + " pages, " +
+                                               std::to_string(available_pages()) + " free");
+  }
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    if (pieces[i].mapped) continue;
+    if (auto st = back_run(pieces[i].start, pieces[i].length); !st.ok()) {
+      undo(i);
+      return st.error();
+    }
+  }
+  set_kind(at, n, SlotKind::large, owner);
+  return true;
+}
+
+Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n, std::uint32_t length,
+                                             std::uint32_t owner) {
+  if (length - n > available_pages())
+    return make_error(Errc::out_of_memory, "grow: needs " + std::to_string(length - n) + " pages, " +
+                                               std::to_string(available_pages()) + " free");
+  auto dest = unmapped_.take_best_fit(length);
+  if (!dest) return make_error(Errc::out_of_address_space, "relocate: no free virtual run of " + std::to_string(length) + " pages");
+  auto fail = [&](std::uint32_t mapped, const Error& err) -> Result<std::uint32_t> {
+    if (mapped > 0) (void)unmap_run(*dest, mapped);
+    unmapped_.insert(*dest, length);
+    return err;
+  };
+  // Map the same pages at the destination first (a page may be mapped twice), so that a failure
+  // anywhere leaves the object where it was, intact; unmap the old range last.
+  for (std::uint32_t i = 0; i < n; ++i)
+    if (auto st = map_at(*dest + i, slots_[from + i].phys); !st.ok()) return fail(i, st.error());
+  ++calls_.set_access;
+  if (auto st = backend_.set_access(address(*dest), std::size_t(n) * kPage); !st.ok()) return fail(n, st.error());
+  if (length > n) {
+    if (auto st = back_run(*dest + n, length - n); !st.ok()) return fail(n, st.error());
+  }
+  if (auto st = unmap_run(from, n); !st.ok()) {
+    if (length > n) (void)unmap_run(*dest + n, length - n);
+    return fail(n, st.error());
+  }
+  set_kind(from, n, SlotKind::unmapped, 0);
+  unmapped_.insert(from, n);
+  set_kind(*dest, length, SlotKind::large, owner);
+  return *dest;
+}
+
+void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
+  set_kind(start, n, SlotKind::reserve, 0);
+  reserve_.insert(start, n);
+}
+
+Status PagePool::balance(std::size_t low, std::size_t high) {
+  if (reserve_pages() > high) {
+    const std::size_t target = (low + high) / 2;
+    while (!idle_.empty() && reserve_pages() > target) {
+      const std::uint32_t p = idle_.back();
+      VALET_TRY(release(p));
+      idle_.pop_back();
+    }
+    while (reserve_pages() > target) {
+      auto r = *reserve_.take_smallest();
+      const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, reserve_pages() + r.length - target));
+      if (k < r.length) reserve_.insert(r.start, r.length - k);
+      const std::uint32_t start = r.start + (r.length - k);
+      if (auto st = unmap_run(start, k); !st.ok()) {
+        reserve_.insert(start, k);
+        return st;
+      }
+      set_kind(start, k, SlotKind::unmapped, 0);
+      unmapped_.insert(start, k);
+      while (!idle_.empty()) {
+        VALET_TRY(release(idle_.back()));
+        idle_.pop_back();
+      }
+    }
+    return {};
+  }
+  // Map idle pages back into the reserve, and create pages up to the low watermark.
+  const std::size_t mapped_reserve = std::size_t(reserve_.total());
+  std::size_t want = idle_.size();
+  if (mapped_reserve + want < low) want = std::min(low - mapped_reserve, idle_.size() + (capacity_pages_ - created_));
+  if (want == 0) return {};
+  auto s = unmapped_.take_best_fit(std::uint32_t(want));
+  if (!s) return make_error(Errc::out_of_address_space, "reserve refill: no free virtual run");
+  if (auto st = back_run(*s, std::uint32_t(want), false); !st.ok()) {
+    unmapped_.insert(*s, std::uint32_t(want));
+    return st;
+  }
+  give_back(*s, std::uint32_t(want));
+  return {};
+}
+
+Status PagePool::validate() const {
+  auto fail = [](std::string what) { return make_error(Errc::internal, "page pool: " + what); };
+  std::uint64_t reserve_slots = 0, unmapped_slots = 0;
+  std::vector<std::uint32_t> maps(phys_.size(), 0);
+  for (std::uint32_t s = 0; s < slots_.size(); ++s) {
+    const auto& r = slots_[s];
+    if (r.kind == SlotKind::unmapped) {
+      if (r.phys != kNoPhys) return fail("unmapped slot " + std::to_string(s) + " has a page");
+      if (!unmapped_.find(s)) return fail("unmapped slot " + std::to_string(s) + " missing from the free set");
+      ++unmapped_slots;
+      continue;
+    }
+    if (r.phys == kNoPhys || r.phys >= phys_.size() || !phys_[r.phys].in_use)
+      return fail("slot " + std::to_string(s) + " in use without a live page");
+    ++maps[r.phys];
+    if (r.kind == SlotKind::reserve) {
+      if (!reserve_.find(s)) return fail("reserve slot " + std::to_string(s) + " missing from the reserve set");
+      ++reserve_slots;
+    } else if (reserve_.find(s) || unmapped_.find(s)) {
+      return fail("used slot " + std::to_string(s) + " listed as free");
+    }
+  }
+  if (reserve_slots != reserve_.total()) return fail("reserve set and slot table disagree");
+  if (unmapped_slots != unmapped_.total()) return fail("unmapped set and slot table disagree");
+  std::size_t in_use = 0;
+  for (std::uint32_t p = 0; p < phys_.size(); ++p) {
+    if (!phys_[p].in_use) continue;
+    ++in_use;
+    if (phys_[p].mappings != maps[p]) return fail("page " + std::to_string(p) + " mapping count is wrong");
+  }
+  for (std::uint32_t p : idle_)
+    if (p >= phys_.size() || !phys_[p].in_use || phys_[p].mappings != 0) return fail("idle page is mapped or dead");
+  std::size_t unmapped_live = 0;
+  for (std::uint32_t p = 0; p < phys_.size(); ++p) unmapped_live += phys_[p].in_use && phys_[p].mappings == 0;
+  if (unmapped_live != idle_.size()) return fail("a created page is mapped nowhere and not idle (leak)");
+  if (in_use != created_) return fail("created page count is wrong");
+  if (created_ > capacity_pages_) return fail("more pages than the capacity");
+  return {};
+}
+
+}  // namespace valet::detail

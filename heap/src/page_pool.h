@@ -1,0 +1,126 @@
+// The page pool: the heap's virtual arena of 2 MiB page slots and the physical pages behind them.
+// All mapping and remapping of the heap happens here (the one class that talks to the backend's
+// VMM calls), in the spirit of Mesh's MeshableArena.
+//
+// Every slot of the arena is in exactly one state:
+//   unmapped  no physical page; listed in `unmapped_` (a RangeSet)
+//   reserve   mapped to a created page nobody uses; listed in `reserve_`
+//   slab      a slab page of one size class
+//   large     one page of a large object
+// Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
+// reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
+//
+// Threading: every call requires the heap lock, except where a comment says otherwise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "range_set.h"
+#include "valet/backend.h"
+#include "valet/stats.h"
+
+namespace valet::detail {
+
+enum class SlotKind : std::uint8_t { unmapped, reserve, slab, large };
+
+inline constexpr std::uint32_t kNoPhys = ~0u;
+
+struct SlotRecord {
+  SlotKind kind = SlotKind::unmapped;
+  std::uint32_t phys = kNoPhys;  // index into the physical page records
+  std::uint32_t owner = 0;       // slab: slab id; large: handle index
+};
+
+struct PhysRecord {
+  PhysicalPage page;
+  std::uint32_t mappings = 0;  // slots mapping this page
+  bool in_use = false;
+};
+
+class PagePool {
+ public:
+  PagePool(Backend& backend, std::size_t capacity_pages);
+  ~PagePool();
+
+  // Reserves the virtual arena. Called once.
+  Status init(std::size_t slot_count);
+  // Gives every page and the arena back. Precondition: no slot is slab or large.
+  Status destroy();
+
+  DevicePtr base() const { return base_; }
+  DevicePtr address(std::uint32_t slot) const { return base_ + DevicePtr(slot) * kPage; }
+  std::uint32_t slot_of(DevicePtr a) const { return std::uint32_t((a - base_) / kPage); }
+  std::uint32_t slot_count() const { return std::uint32_t(slots_.size()); }
+  SlotRecord& slot(std::uint32_t s) { return slots_[s]; }
+  const SlotRecord& slot(std::uint32_t s) const { return slots_[s]; }
+  const PhysRecord& phys(std::uint32_t p) const { return phys_[p]; }
+
+  // One mapped page slot for a slab (from the reserve when it has one: no driver call).
+  Result<std::uint32_t> take_page(SlotKind kind, std::uint32_t owner);
+  // `n` contiguous mapped slots for a large object. From one reserve run when there is one (no
+  // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
+  // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
+  Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
+  // Grows a run in place by `n` slots at `at` (right after the run) when those slots are free
+  // (reserve or unmapped). Returns false (nothing changed) when they are not.
+  Result<bool> extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner);
+  // Moves the pages of run [from, from+n) to the start of a fresh virtual run of `length` >= n
+  // slots, without copying data, and backs the rest of it with other pages. On failure the run
+  // stays where it was, intact.
+  Result<std::uint32_t> relocate_run(std::uint32_t from, std::uint32_t n, std::uint32_t length, std::uint32_t owner);
+  // Returns slots [start, start+n) to the reserve (they stay mapped).
+  void give_back(std::uint32_t start, std::uint32_t n);
+
+  // Brings the reserve into [low, high]: creates pages up to `low` (within the capacity) and
+  // releases pages above `high` (down to the middle). Returns the first error; partial progress
+  // is kept and consistent.
+  Status balance(std::size_t low, std::size_t high);
+
+  std::size_t capacity_pages() const { return capacity_pages_; }
+  std::size_t created_pages() const { return created_; }
+  std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
+  std::size_t idle_pages() const { return idle_.size(); }
+  // Pages a large request could get now: reserve + idle + not yet created.
+  std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }
+  std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
+  const HeapStats::DriverCalls& driver_calls() const { return calls_; }
+
+  // Checks the pool's own invariants and its agreement with the slot table.
+  Status validate() const;
+
+ private:
+  static constexpr std::size_t kPage = std::size_t{2} << 20;
+
+  // Creates a page (within the capacity); it starts unmapped.
+  Result<std::uint32_t> create_page();
+  // Maps phys page `p` at `slot` (no access yet). Precondition: slot unmapped and not in a set.
+  Status map_at(std::uint32_t slot, std::uint32_t p);
+  // Unmaps [start, start+n) (all mapped); the pages become idle (mapping counts drop).
+  Status unmap_run(std::uint32_t start, std::uint32_t n);
+  Status release(std::uint32_t p);
+  // Fills the fresh unmapped run [start, start+n) with pages (idle ones, then reserve pages
+  // moved there when `from_reserve`, then new ones) and grants access. On failure everything is
+  // unwound: the run is unmapped again; pages taken from the reserve, and new pages, are idle.
+  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true);
+  // A fresh virtual run of n slots backed by pages (reserve pages moved there, idle, new).
+  Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
+  void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
+
+  Backend& backend_;
+  std::size_t capacity_pages_;
+  DevicePtr base_ = 0;
+  std::size_t arena_bytes_ = 0;
+  std::vector<SlotRecord> slots_;
+  std::vector<PhysRecord> phys_;
+  std::vector<std::uint32_t> free_phys_;  // unused indices of phys_
+  std::vector<std::uint32_t> idle_;       // created pages mapped nowhere
+  std::size_t created_ = 0;
+  RangeSet unmapped_;
+  RangeSet reserve_;
+  HeapStats::DriverCalls calls_;
+};
+
+}  // namespace valet::detail

@@ -1,0 +1,106 @@
+#include "slabs.h"
+
+namespace valet::detail {
+
+Slabs::Slabs() = default;
+
+Slabs::~Slabs() {
+  for (auto& cls : buckets_)
+    for (auto& list : cls) list.clear();
+}
+
+std::uint8_t Slabs::bucket_of(const SlabPage& p) {
+  if (p.used == 0) return 0;
+  if (p.used == p.capacity) return kBuckets - 1;
+  // Partly used pages spread over buckets 1 .. kBuckets-2 by occupancy.
+  return std::uint8_t(1 + (std::uint64_t(p.used) * (kBuckets - 2)) / p.capacity);
+}
+
+void Slabs::rebucket(SlabPage* p) {
+  const std::uint8_t b = bucket_of(*p);
+  if (b == p->bucket && p->hook.is_linked()) return;
+  if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
+  p->bucket = b;
+  buckets_[p->cls][b].push_back(*p);
+}
+
+SlabPage* Slabs::densest_with_room(std::uint32_t cls) {
+  for (std::size_t b = kBuckets - 1; b-- > 0;) {
+    auto& list = buckets_[cls][b];
+    if (!list.empty()) return &list.front();
+  }
+  return nullptr;
+}
+
+SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
+  std::uint32_t id;
+  if (!free_ids_.empty()) {
+    id = free_ids_.back();
+    free_ids_.pop_back();
+  } else {
+    id = std::uint32_t(pages_.size());
+    pages_.push_back(std::make_unique<SlabPage>());
+  }
+  SlabPage* p = pages_[id].get();
+  p->id = id;
+  p->slot = slot;
+  p->cls = cls;
+  p->capacity = class_slots(cls);
+  p->used = 0;
+  p->hint = 0;
+  p->live = true;
+  p->bitmap.assign((p->capacity + 63) / 64, 0);
+  // Bits past the capacity read as taken, so the search for a free slot never reaches them.
+  if (p->capacity % 64) p->bitmap.back() = ~0ull << (p->capacity % 64);
+  p->owners.assign(p->capacity, kNoOwner);
+  ++live_pages_;
+  rebucket(p);
+  return p;
+}
+
+void Slabs::detach(SlabPage* p) {
+  if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
+}
+
+void Slabs::destroy(SlabPage* p) {
+  detach(p);
+  p->live = false;
+  p->bitmap.clear();
+  p->bitmap.shrink_to_fit();
+  p->owners.clear();
+  p->owners.shrink_to_fit();
+  free_ids_.push_back(p->id);
+  --live_pages_;
+}
+
+std::uint32_t Slabs::take_slot(SlabPage* p, std::uint32_t owner) {
+  std::uint32_t w = p->hint;
+  while (~p->bitmap[w] == 0) ++w;  // a free slot exists, so this stops inside the bitmap
+  const std::uint32_t i = w * 64 + std::uint32_t(__builtin_ctzll(~p->bitmap[w]));
+  p->hint = w;
+  take_slot_at(p, i, owner);
+  return i;
+}
+
+void Slabs::take_slot_at(SlabPage* p, std::uint32_t i, std::uint32_t owner) {
+  p->bitmap[i >> 6] |= 1ull << (i & 63);
+  p->owners[i] = owner;
+  ++p->used;
+  rebucket(p);
+}
+
+void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
+  p->bitmap[i >> 6] &= ~(1ull << (i & 63));
+  p->owners[i] = kNoOwner;
+  --p->used;
+  if ((i >> 6) < p->hint) p->hint = i >> 6;
+  rebucket(p);
+}
+
+std::size_t Slabs::pages_of(std::uint32_t cls) const {
+  std::size_t n = 0;
+  for (const auto& list : buckets_[cls]) n += list.size();
+  return n;
+}
+
+}  // namespace valet::detail

@@ -1,0 +1,86 @@
+// Slab pages: a 2 MiB page cut into equal slots of one size class, with an occupancy bitmap and
+// the handle index of each slot's object (compaction walks it to find what to move).
+//
+// Pages of a class sit in Boost.Intrusive lists bucketed by occupancy, so the densest page with a
+// free slot is found in O(buckets) = O(1), and the sparsest pages (the compactor's candidates)
+// are known without a scan. Threading: everything here requires the heap lock.
+#pragma once
+
+#include <array>
+#include <boost/intrusive/list.hpp>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "size_classes.h"
+
+namespace valet::detail {
+
+inline constexpr std::uint32_t kNoOwner = 0;
+inline constexpr std::size_t kBuckets = 8;  // 0: empty ... 7: full
+
+struct SlabPage {
+  std::uint32_t id = 0;     // index in Slabs::pages_
+  std::uint32_t slot = 0;   // virtual page slot in the arena
+  std::uint32_t cls = 0;
+  std::uint32_t capacity = 0;
+  std::uint32_t used = 0;
+  std::uint32_t hint = 0;   // no free slot below word `hint` of the bitmap
+  std::uint8_t bucket = 0;
+  bool live = false;
+  std::vector<std::uint64_t> bitmap;
+  std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
+  boost::intrusive::list_member_hook<> hook;
+
+  bool test(std::uint32_t i) const { return (bitmap[i >> 6] >> (i & 63)) & 1u; }
+};
+
+class Slabs {
+ public:
+  using PageList = boost::intrusive::list<
+      SlabPage, boost::intrusive::member_hook<SlabPage, boost::intrusive::list_member_hook<>, &SlabPage::hook>,
+      boost::intrusive::constant_time_size<true>>;
+
+  Slabs();
+  ~Slabs();
+
+  // The densest page of `cls` with a free slot, or nullptr.
+  SlabPage* densest_with_room(std::uint32_t cls);
+  // Makes a new, empty slab page of `cls` at arena slot `slot`.
+  SlabPage* create(std::uint32_t cls, std::uint32_t slot);
+  // Forgets an empty page (its arena slot goes back to the pool by the caller).
+  void destroy(SlabPage* page);
+
+  // Takes the lowest free slot of `page` for handle `owner`. Precondition: used < capacity.
+  std::uint32_t take_slot(SlabPage* page, std::uint32_t owner);
+  // Takes slot `i` of `page`. Precondition: it is free.
+  void take_slot_at(SlabPage* page, std::uint32_t i, std::uint32_t owner);
+  void free_slot(SlabPage* page, std::uint32_t i);
+  // Takes a page out of its bucket (no allocation or move targets it) until attach().
+  void detach(SlabPage* page);
+  void attach(SlabPage* page) { rebucket(page); }
+  void set_owner(SlabPage* page, std::uint32_t i, std::uint32_t owner) { page->owners[i] = owner; }
+
+  SlabPage* page(std::uint32_t id) const { return id < pages_.size() ? pages_[id].get() : nullptr; }
+  std::size_t live_pages() const { return live_pages_; }
+  std::size_t pages_of(std::uint32_t cls) const;
+  const PageList& bucket(std::uint32_t cls, std::size_t b) const { return buckets_[cls][b]; }
+
+  template <class F>
+  void for_each_page(F&& f) const {
+    for (const auto& p : pages_)
+      if (p && p->live) f(*p);
+  }
+
+ private:
+  static std::uint8_t bucket_of(const SlabPage& p);
+  void rebucket(SlabPage* p);
+
+  std::vector<std::unique_ptr<SlabPage>> pages_;
+  std::vector<std::uint32_t> free_ids_;
+  std::size_t live_pages_ = 0;
+  std::array<std::array<PageList, kBuckets>, kClassCount> buckets_;
+};
+
+}  // namespace valet::detail

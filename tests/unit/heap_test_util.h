@@ -1,0 +1,63 @@
+// Helpers shared by the heap's tests: a host heap, and pattern writes and checks through pins.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+
+#include "valet/heap.h"
+#include "valet/host_backend.h"
+#include "valet/kernels/pattern.h"
+#include "valet/runtime.h"
+
+namespace valet::test {
+
+inline constexpr std::size_t kMiB = std::size_t{1} << 20;
+inline constexpr std::size_t kPage = 2 * kMiB;
+
+inline Config host_config(std::size_t capacity = 256 * kMiB) {
+  Config c;
+  c.backend = BackendChoice::host;
+  c.capacity = capacity;
+  c.background_reserve = false;
+  c.reserve_low_pages = 2;
+  c.reserve_high_pages = 8;
+  return c;
+}
+
+inline std::unique_ptr<Heap> make_heap(const Config& c = host_config()) {
+  auto h = open_heap(c);
+  EXPECT_TRUE(h.ok()) << h.error().to_string();
+  return std::move(h).value();
+}
+
+inline std::uint64_t seed_of(Handle h) { return (std::uint64_t(h.index) << 32) ^ h.generation ^ 0x5eed; }
+
+// Writes the object's pattern (through a pin) and waits for it.
+inline void fill(Heap& heap, Handle h, std::uint64_t seed) {
+  auto pin = heap.pin(h);
+  ASSERT_TRUE(pin.ok()) << pin.error().to_string();
+  PatternRange r{pin->address(), pin->size(), seed};
+  ASSERT_TRUE(heap.backend().fill_pattern({&r, 1}, Stream{}).ok());
+  ASSERT_TRUE(heap.backend().synchronize_stream(Stream{}).ok());
+}
+
+// Bytes of the object's first `bytes` (default: all) that differ from its pattern.
+inline std::uint64_t mismatches(Heap& heap, Handle h, std::uint64_t seed, std::size_t bytes = ~std::size_t{0}) {
+  auto pin = heap.pin(h);
+  EXPECT_TRUE(pin.ok()) << pin.error().to_string();
+  if (!pin.ok()) return ~0ull;
+  PatternRange r{pin->address(), std::min(bytes, pin->size()), seed};
+  auto bad = heap.backend().verify_pattern({&r, 1}, Stream{});
+  EXPECT_TRUE(bad.ok());
+  return bad.ok() ? *bad : ~0ull;
+}
+
+#define EXPECT_VALID(heap)                                  \
+  do {                                                      \
+    auto valid_ = (heap).validate();                        \
+    EXPECT_TRUE(valid_.ok()) << valid_.error().to_string(); \
+  } while (0)
+
+}  // namespace valet::test

@@ -1,0 +1,82 @@
+// The heap's internal structures on their own: size classes and the free-range sets.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "range_set.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+namespace {
+
+TEST(SizeClasses, EveryRequestFitsItsClassWithBoundedWaste) {
+  for (std::size_t bytes = 1; bytes <= kMaxSlabObject; bytes += 1 + bytes / 97) {
+    const std::uint32_t c = class_of(bytes);
+    ASSERT_LT(c, kClassCount);
+    ASSERT_GE(class_size(c), bytes);
+    if (c > 0) ASSERT_LT(class_size(c - 1), bytes) << "not the smallest class for " << bytes;
+    ASSERT_EQ(class_size(c) % 256, 0u);
+    if (bytes > 1024) ASSERT_LT(double(class_size(c) - bytes) / double(class_size(c)), 0.25) << bytes;
+    else ASSERT_LT(class_size(c) - bytes, 256u);
+  }
+  EXPECT_EQ(class_of(kMaxSlabObject), kClassCount - 1);
+  EXPECT_GE(class_slots(kClassCount - 1), 2u);
+}
+
+TEST(RangeSet, CoalescesAndFindsBestFit) {
+  RangeSet s;
+  s.insert(10, 5);
+  s.insert(20, 3);
+  s.insert(15, 5);  // joins both neighbours: [10, 23)
+  EXPECT_EQ(s.range_count(), 1u);
+  EXPECT_EQ(s.total(), 13u);
+  s.insert(100, 2);
+  EXPECT_EQ(*s.take_best_fit(2), 100u) << "best fit takes the smallest range that fits";
+  EXPECT_EQ(*s.take_best_fit(4), 10u);
+  EXPECT_FALSE(s.take_best_fit(10).has_value());
+  EXPECT_TRUE(s.take_exact(16, 2));  // splits [14, 23) into [14,16) and [18,23)
+  EXPECT_EQ(s.range_count(), 2u);
+  EXPECT_FALSE(s.take_exact(15, 2));
+  EXPECT_EQ(s.find(19)->start, 18u);
+  EXPECT_FALSE(s.find(16).has_value());
+  EXPECT_EQ(s.largest(), 5u);
+}
+
+TEST(RangeSet, MatchesAModelUnderRandomOperations) {
+  RangeSet s;
+  std::set<std::uint32_t> model;
+  std::mt19937 rng(1);
+  for (std::uint32_t i = 0; i < 1000; ++i) model.insert(i);
+  s.insert(0, 1000);
+  for (int op = 0; op < 5000; ++op) {
+    const std::uint32_t len = 1 + rng() % 8;
+    if (rng() % 2) {
+      auto start = s.take_best_fit(len);
+      if (!start) continue;
+      for (std::uint32_t k = *start; k < *start + len; ++k) ASSERT_EQ(model.erase(k), 1u);
+    } else {
+      const std::uint32_t at = rng() % 1000;
+      bool free = at + len <= 1000;
+      for (std::uint32_t k = at; free && k < at + len; ++k) free = !model.count(k);
+      if (!free) continue;
+      s.insert(at, len);
+      for (std::uint32_t k = at; k < at + len; ++k) model.insert(k);
+    }
+    ASSERT_EQ(s.total(), model.size());
+  }
+  std::uint64_t covered = 0;
+  std::uint32_t prev_end = 0;
+  bool first = true;
+  s.for_each([&](RangeSet::Range r) {
+    if (!first) EXPECT_GT(r.start, prev_end) << "adjacent ranges were not merged";
+    first = false;
+    prev_end = r.start + r.length;
+    for (std::uint32_t k = r.start; k < r.start + r.length; ++k) EXPECT_TRUE(model.count(k));
+    covered += r.length;
+  });
+  EXPECT_EQ(covered, model.size());
+}
+
+}  // namespace
+}  // namespace valet::detail
