@@ -43,6 +43,8 @@ namespace valet::cuda {
   X(cuMemSetAccess)                              \
   X(cuMemGetInfo)                                \
   X(cuMemAlloc)                                  \
+  X(cuMemAllocAsync)                             \
+  X(cuMemFreeAsync)                              \
   X(cuMemFree)                                   \
   X(cuMemHostAlloc)                              \
   X(cuMemFreeHost)                               \

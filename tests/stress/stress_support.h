@@ -1,0 +1,94 @@
+// Small pieces every part of valet-stress shares: what a test object is, how its pattern seed and
+// size are drawn, the run's counters, and the error sink that turns any surprise into a failure.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include "valet/handle.h"
+#include "valet/kernels/pattern.h"
+#include "valet/result.h"
+
+namespace valet::stress {
+
+using Rng = std::mt19937_64;
+
+// An object the test owns: its handle and what its bytes must be. Byte i of the object is
+// kernels::pattern_byte(seed, i) for i < size (the whole object, always).
+struct TrackedObject {
+  Handle handle;
+  std::uint64_t seed = 0;
+  std::size_t size = 0;
+};
+
+// The pattern seed of an object: a function of a run-unique id and the size, so two objects (or
+// one object before and after a resize) never share a pattern by accident.
+inline std::uint64_t pattern_seed(std::uint64_t object_id, std::size_t size) {
+  return kernels::pattern_mix(object_id * 0x9e3779b97f4a7c15ull ^ (std::uint64_t(size) << 1));
+}
+
+// Sizes from 1 byte to `max_bytes`, log-uniform: as many objects of 1-2 B as of 32-64 MB, so
+// small objects dominate by count and large ones by bytes (both matter to a compacting heap).
+inline std::size_t random_object_size(Rng& rng, std::size_t max_bytes) {
+  std::uniform_real_distribution<double> bits(0.0, std::log2(double(max_bytes)));
+  const double v = std::exp2(bits(rng));
+  const auto bytes = static_cast<std::size_t>(v);
+  return bytes < 1 ? 1 : (bytes > max_bytes ? max_bytes : bytes);
+}
+
+inline bool chance(Rng& rng, double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
+
+// Totals of the run (relaxed atomics: they are only read once the threads are done or parked).
+struct StressCounters {
+  std::atomic<std::uint64_t> ops{0};
+  std::atomic<std::uint64_t> allocations{0};
+  std::atomic<std::uint64_t> frees{0};
+  std::atomic<std::uint64_t> resizes{0};
+  std::atomic<std::uint64_t> host_pins{0};
+  std::atomic<std::uint64_t> stream_pins{0};
+  std::atomic<std::uint64_t> exchanges{0};          // handles passed to another thread
+  std::atomic<std::uint64_t> cross_thread_pins{0};  // pins of an object parked in the exchange
+  std::atomic<std::uint64_t> out_of_memory{0};      // clean out_of_memory from allocate/resize
+  std::atomic<std::uint64_t> fault_errors{0};       // clean driver_error surfaced by a call
+  std::atomic<std::uint64_t> refusals_checked{0};   // wrong calls that got their documented code
+  std::atomic<std::uint64_t> compact_calls{0};
+  std::atomic<std::uint64_t> bytes_verified{0};
+  std::atomic<std::uint64_t> objects_verified{0};
+  std::atomic<std::uint64_t> checkpoints{0};
+
+  void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+};
+
+// Collects failures: counts them all and prints the first few (the run goes on, so one report
+// shows how widespread a problem is).
+class ErrorSink {
+ public:
+  void report(const std::string& what) {
+    const std::uint64_t n = count_.fetch_add(1, std::memory_order_relaxed);
+    if (n < kPrinted) {
+      std::lock_guard lock(mu_);
+      std::fprintf(stderr, "valet-stress: ERROR: %s\n", what.c_str());
+    } else if (n == kPrinted) {
+      std::fprintf(stderr, "valet-stress: further errors are counted, not printed\n");
+    }
+  }
+  void report(const std::string& what, const Error& e) { report(what + ": " + e.to_string()); }
+  std::uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::uint64_t kPrinted = 25;
+  std::atomic<std::uint64_t> count_{0};
+  std::mutex mu_;
+};
+
+inline std::string describe(const TrackedObject& o) {
+  return "object {index " + std::to_string(o.handle.index) + ", generation " + std::to_string(o.handle.generation) +
+         ", size " + std::to_string(o.size) + ", seed " + std::to_string(o.seed) + "}";
+}
+
+}  // namespace valet::stress
