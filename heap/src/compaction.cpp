@@ -38,7 +38,7 @@ void HeapCore::record_cycle(const CompactionRecord& r) {
   while (recent_cycles.size() > 16) recent_cycles.pop_front();
 }
 
-Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<std::mutex>& lock, const CompactRequest& req) {
+Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& req) {
   const std::uint64_t t0 = now_ns();
   cycle_pin_wait_ns.store(0, std::memory_order_relaxed);
   CompactionRecord rec;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "handle_table.h"
+#include "heap_mutex.h"
 #include "page_pool.h"
 #include "slabs.h"
 #include "valet/heap.h"
@@ -40,7 +41,7 @@ struct HeapCore {
   std::size_t capacity_pages = 0;
   Stream work_stream{};  // copies of resize and compaction
 
-  mutable std::mutex mu;
+  mutable HeapMutex mu;
   PagePool pool;
   Slabs slabs;
   HandleTable handles;
@@ -63,7 +64,7 @@ struct HeapCore {
 
   // Background reserve keeper.
   std::thread keeper;
-  std::condition_variable keeper_cv;
+  std::condition_variable_any keeper_cv;
   bool keeper_stop = false;
   bool keeper_wanted = false;
 
@@ -106,7 +107,7 @@ struct HeapCore {
   void end_move(HandleEntry* e);
 
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
-  Result<CompactionRecord> compact_locked(std::unique_lock<std::mutex>& lock, const CompactRequest& request);
+  Result<CompactionRecord> compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& request);
   void record_cycle(const CompactionRecord& r);
 
   void keeper_loop();

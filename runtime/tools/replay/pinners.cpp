@@ -1,0 +1,80 @@
+// The pinner threads (see pinners.h).
+#include "pinners.h"
+
+#include <random>
+
+#include "signature.h"
+
+namespace valet::replay {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void raise_to(std::atomic<std::uint64_t>& max, std::uint64_t value) {
+  std::uint64_t seen = max.load(std::memory_order_relaxed);
+  while (value > seen && !max.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
+Pinners::Pinners(Heap& heap, const LiveSet& live, const PinnerOptions& options)
+    : heap_(heap), live_(live), options_(options) {
+  for (int t = 0; t < options_.threads; ++t)
+    threads_.emplace_back([this, seed = options_.seed * 0x9e37'79b9'7f4a'7c15ull + std::uint64_t(t)] { run(seed); });
+}
+
+void Pinners::stop() {
+  stopping_.store(true, std::memory_order_relaxed);
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+}
+
+PinnerCounters Pinners::counters() const {
+  PinnerCounters c;
+  c.pins = pins_.load();
+  c.stale = stale_.load();
+  c.errors = errors_.load();
+  c.signature_errors = signature_errors_.load();
+  c.max_wait_ns = max_wait_ns_.load();
+  std::lock_guard lock(error_mu_);
+  c.first_error = first_error_;
+  return c;
+}
+
+void Pinners::note_error(const std::string& message) {
+  std::lock_guard lock(error_mu_);
+  if (first_error_.empty()) first_error_ = message;
+}
+
+void Pinners::run(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    if (auto entry = live_.pick(rng)) {
+      const auto asked = Clock::now();
+      auto pin = heap_.pin(entry->handle);
+      const auto got = Clock::now();
+      raise_to(max_wait_ns_, std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(got - asked).count()));
+      if (pin.ok()) {
+        pins_.fetch_add(1, std::memory_order_relaxed);
+        if (options_.check_signature && Signatures::check_head(pin->as<const void>(), entry->id, entry->bytes) != 0) {
+          signature_errors_.fetch_add(1, std::memory_order_relaxed);
+          note_error("pin of object " + std::to_string(entry->id) + " saw a damaged signature");
+        }
+        // Hold the pin as a short kernel would.
+        while (Clock::now() - got < options_.hold) {
+        }
+        pin->reset();
+      } else if (pin.code() == Errc::stale_handle) {
+        stale_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        errors_.fetch_add(1, std::memory_order_relaxed);
+        note_error("pin of object " + std::to_string(entry->id) + ": " + pin.error().to_string());
+      }
+    }
+    std::this_thread::sleep_for(options_.gap);
+  }
+}
+
+}  // namespace valet::replay

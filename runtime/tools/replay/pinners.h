@@ -1,0 +1,64 @@
+// --pinners N: threads that pin random live objects for a few microseconds during the replay, the
+// way a service's kernels hold objects while they run, so that compaction meets pinned objects
+// and pins meet moves. Each pin's wait is measured around heap.pin().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "live_set.h"
+#include "valet/heap.h"
+
+namespace valet::replay {
+
+struct PinnerOptions {
+  int threads = 1;
+  std::chrono::microseconds hold{5};   // how long a pin is held (busy wait: sleeps are too coarse)
+  std::chrono::microseconds gap{100};  // pause between pins (sleep: leaves the cores to the replay)
+  std::uint64_t seed = 1;
+  // Check the first bytes of the object's --verify signature through the pin (host-accessible
+  // backends only): a pin must see the object's bytes wherever compaction has put it.
+  bool check_signature = false;
+};
+
+struct PinnerCounters {
+  std::uint64_t pins = 0;              // pins taken
+  std::uint64_t stale = 0;             // pins refused with stale_handle (object freed meanwhile)
+  std::uint64_t errors = 0;            // pins refused for any other reason
+  std::uint64_t signature_errors = 0;  // pins that saw a damaged signature head
+  std::uint64_t max_wait_ns = 0;       // longest heap.pin() call
+  std::string first_error;
+};
+
+class Pinners {
+ public:
+  Pinners(Heap& heap, const LiveSet& live, const PinnerOptions& options);
+  ~Pinners() { stop(); }
+  Pinners(const Pinners&) = delete;
+  Pinners& operator=(const Pinners&) = delete;
+
+  // Stops and joins the threads (idempotent). No pin is held afterwards.
+  void stop();
+  // Totals over every thread; complete once stop() has returned.
+  PinnerCounters counters() const;
+
+ private:
+  void run(std::uint64_t seed);
+  void note_error(const std::string& message);
+
+  Heap& heap_;
+  const LiveSet& live_;
+  PinnerOptions options_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> pins_{0}, stale_{0}, errors_{0}, signature_errors_{0}, max_wait_ns_{0};
+  mutable std::mutex error_mu_;
+  std::string first_error_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace valet::replay

@@ -1,0 +1,47 @@
+// --verify: a signature derived from each object's trace id, written into the object when it is
+// allocated and checked when it is freed (and at the end), so that a compaction that moves an
+// object without its bytes, or moves it under a pin, shows as a mismatch.
+//
+// The signature covers the object's first and last 8 bytes and one 8-byte word every 4 KiB in
+// between (objects of 16 bytes or less: every byte). Each of those ranges holds the backend's
+// fill pattern (valet/kernels/pattern.h) with a seed derived from the id and the range's offset,
+// so the same bytes can be written and checked either through a host pin's address or by the
+// backend's batched fill_pattern/verify_pattern (one launch for all the ranges of an object, where
+// per-word synchronous write()/read() transfers would cost one driver call every 4 KiB).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "valet/heap.h"
+
+namespace valet::replay {
+
+// Where the signature's bytes go: through the pin's address (host-accessible backends only), or
+// through the backend's pattern fill and verify (any backend).
+enum class SignaturePath : std::uint8_t { host_address, backend };
+
+class Signatures {
+ public:
+  Signatures(Heap& heap, SignaturePath path);
+
+  // Pins the object, writes its signature, and unpins it once the bytes are in place.
+  Status write(Handle h, std::uint64_t id, std::size_t bytes);
+  // Pins the object and counts the bytes of its signature that differ (0: intact).
+  Result<std::uint64_t> check(Handle h, std::uint64_t id, std::size_t bytes);
+
+  // The check a pinner makes through its own pin (host-accessible memory only): the first range
+  // of the signature at `address`. Bytes that differ.
+  static std::uint64_t check_head(const void* address, std::uint64_t id, std::size_t bytes);
+
+ private:
+  // The signature's ranges, at offsets from the object's start (PatternRange::dst = offset).
+  void ranges_of(std::uint64_t id, std::size_t bytes, std::vector<PatternRange>& out) const;
+
+  Heap& heap_;
+  SignaturePath path_;
+  std::vector<PatternRange> ranges_;  // reused between calls (one replayer thread uses this)
+};
+
+}  // namespace valet::replay
