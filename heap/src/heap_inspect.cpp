@@ -43,8 +43,7 @@ HeapStats Heap::stats() const {
   s.pages.reserve = c.pool.reserve_pages();
   s.pages.idle = c.pool.idle_pages();
   s.pages.slab = c.slabs.live_pages();
-  for (std::uint32_t i = 0; i < c.pool.slot_count(); ++i)
-    if (c.pool.slot(i).kind == SlotKind::large) ++s.pages.large;
+  s.pages.large = c.pool.slots_of_kind(SlotKind::large);
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];
@@ -55,6 +54,18 @@ HeapStats Heap::stats() const {
   s.compaction = c.compaction;
   s.recent_cycles.assign(c.recent_cycles.begin(), c.recent_cycles.end());
   return s;
+}
+
+std::vector<ClassOccupancy> Heap::occupancy() const {
+  const auto& c = *core_;
+  std::vector<ClassOccupancy> out(detail::kClassCount);
+  std::lock_guard lock(c.mu);
+  for (std::uint32_t k = 0; k < detail::kClassCount; ++k) {
+    out[k].class_size = std::uint32_t(detail::class_size(k));
+    out[k].slots_per_page = detail::class_slots(k);
+  }
+  c.slabs.for_each_page([&](const detail::SlabPage& p) { out[p.cls].used.push_back(p.used); });
+  return out;
 }
 
 Status Heap::validate() const {

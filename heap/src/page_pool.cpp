@@ -18,6 +18,7 @@ Status PagePool::init(std::size_t slot_count) {
   if (!base.ok()) return base.error();
   base_ = *base;
   slots_.assign(slot_count, SlotRecord{});
+  kind_counts_[std::size_t(SlotKind::unmapped)] = slot_count;
   unmapped_.insert(0, std::uint32_t(slot_count));
   return {};
 }
@@ -49,6 +50,8 @@ Status PagePool::destroy() {
 
 void PagePool::set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner) {
   for (std::uint32_t i = start; i < start + n; ++i) {
+    --kind_counts_[std::size_t(slots_[i].kind)];
+    ++kind_counts_[std::size_t(kind)];
     slots_[i].kind = kind;
     slots_[i].owner = owner;
   }

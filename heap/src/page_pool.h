@@ -86,6 +86,7 @@ class PagePool {
   // Pages a large request could get now: reserve + idle + not yet created.
   std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }
   std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
+  std::size_t slots_of_kind(SlotKind k) const { return kind_counts_[std::size_t(k)]; }
   const HeapStats::DriverCalls& driver_calls() const { return calls_; }
 
   // Checks the pool's own invariants and its agreement with the slot table.
@@ -121,6 +122,7 @@ class PagePool {
   RangeSet unmapped_;
   RangeSet reserve_;
   HeapStats::DriverCalls calls_;
+  std::size_t kind_counts_[4] = {0, 0, 0, 0};
 };
 
 }  // namespace valet::detail

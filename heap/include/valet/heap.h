@@ -135,6 +135,8 @@ class Heap {
   Result<CompactionRecord> compact(const CompactRequest& request = {});
 
   HeapStats stats() const;
+  // Per size class, the occupancy of every slab page (a snapshot, for compaction planners).
+  std::vector<ClassOccupancy> occupancy() const;
   // Walks every invariant; internal error naming the first broken one.
   Status validate() const;
   // Brings the page reserve between its watermarks now.

@@ -35,6 +35,13 @@ struct CompactionTotals {
   std::uint64_t emergency_cycles = 0;
 };
 
+// The slab pages of one size class, for planners: how full each page is.
+struct ClassOccupancy {
+  std::uint32_t class_size = 0;
+  std::uint32_t slots_per_page = 0;
+  std::vector<std::uint32_t> used;  // used slots of each page of the class
+};
+
 struct HeapStats {
   std::string backend;
   std::size_t capacity_bytes = 0;

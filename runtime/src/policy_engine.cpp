@@ -1,0 +1,141 @@
+#include "policy_engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "parallel.h"
+
+namespace valet::policy {
+namespace {
+
+constexpr double kPageBytes = double(std::size_t{2} << 20);
+
+// The greedy evacuation plan of one class at one occupancy level.
+Plan plan_class(const ClassOccupancy& c, double level) {
+  Plan p{level, 0, 0};
+  if (c.used.size() < 2 || c.slots_per_page == 0) return p;
+  std::vector<std::uint32_t> used = c.used;
+  std::sort(used.begin(), used.end());
+  std::uint64_t dest_free = 0;
+  for (auto u : used) dest_free += c.slots_per_page - u;
+  std::uint64_t moving = 0;
+  for (auto u : used) {
+    if (double(u) > level * c.slots_per_page) break;
+    const std::uint64_t own_free = c.slots_per_page - u;
+    if (moving + u > dest_free - own_free) break;
+    moving += u;
+    dest_free -= own_free;
+    ++p.pages_freed;
+  }
+  p.bytes_moved = moving * c.class_size;
+  return p;
+}
+
+}  // namespace
+
+std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const std::vector<double>& levels) {
+  std::vector<std::vector<Plan>> per_class(classes.size(), std::vector<Plan>(levels.size()));
+  in_bounded_arena(2, [&] {
+    parallel_chunks(classes.size(), 4, [&](std::size_t b, std::size_t e) {
+      for (std::size_t k = b; k < e; ++k)
+        for (std::size_t l = 0; l < levels.size(); ++l) per_class[k][l] = plan_class(classes[k], levels[l]);
+    });
+  });
+  std::vector<Plan> total(levels.size());
+  for (std::size_t l = 0; l < levels.size(); ++l) {
+    total[l].max_occupancy = levels[l];
+    for (const auto& pc : per_class) {
+      total[l].pages_freed += pc[l].pages_freed;
+      total[l].bytes_moved += pc[l].bytes_moved;
+    }
+  }
+  return total;
+}
+
+double slab_fragmentation(const std::vector<ClassOccupancy>& classes) {
+  double slot_bytes = 0, page_bytes = 0;
+  for (const auto& c : classes)
+    for (auto u : c.used) {
+      slot_bytes += double(u) * c.class_size;
+      page_bytes += kPageBytes;
+    }
+  return page_bytes > 0 ? 1.0 - slot_bytes / page_bytes : 0.0;
+}
+
+std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
+  const double rate_cap = double(s.max_bytes_per_second);
+  if (st.last_ns == 0) {
+    st.byte_tokens = rate_cap;  // start with one second of budget
+  } else if (obs.now_ns > st.last_ns) {
+    const double dt = double(obs.now_ns - st.last_ns) * 1e-9;
+    const double rate = double(obs.allocations - st.last_allocations) / dt;
+    st.alloc_rate = st.alloc_rate == 0 ? rate : 0.5 * st.alloc_rate + 0.5 * rate;
+    st.byte_tokens = std::min(rate_cap, st.byte_tokens + rate_cap * dt);
+  }
+  const bool failed_since = obs.failed_allocations > st.last_failed;
+  st.last_ns = obs.now_ns;
+  st.last_allocations = obs.allocations;
+  st.last_failed = obs.failed_allocations;
+  if (!s.background && !safepoint) return std::nullopt;
+
+  std::size_t slab_pages = 0;
+  double slot_bytes = 0;
+  for (const auto& c : obs.classes) {
+    slab_pages += c.used.size();
+    for (auto u : c.used) slot_bytes += double(u) * c.class_size;
+  }
+  const double frag = slab_fragmentation(obs.classes);
+  std::optional<CompactionTrigger> trigger;
+  std::uint64_t goal = s.min_reclaim_pages;
+  if (obs.free_pages < s.min_free_pages || failed_since) {
+    trigger = CompactionTrigger::reserve_low;
+    goal = std::max<std::uint64_t>(goal, s.min_free_pages > obs.free_pages ? s.min_free_pages - obs.free_pages : 1);
+  } else if (frag > s.fragmentation_threshold) {
+    trigger = CompactionTrigger::fragmentation;
+    // Pages to give back for the slab pages to reach the threshold.
+    const double target_pages = slot_bytes / (1.0 - s.fragmentation_threshold) / kPageBytes;
+    goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - target_pages)));
+  } else if (st.alloc_rate < s.idle_allocs_per_second) {
+    trigger = CompactionTrigger::idle;
+  }
+  if (!trigger) return std::nullopt;
+
+  double budget = st.byte_tokens;
+  if (st.copy_bytes_per_ns > 0) budget = std::min(budget, double(s.max_pause_us) * 1e3 * st.copy_bytes_per_ns);
+  if (budget < 65536) return std::nullopt;
+
+  std::vector<double> levels;
+  for (double l : {0.25, 0.5, s.max_occupancy})
+    if (l <= s.max_occupancy && (levels.empty() || l > levels.back())) levels.push_back(l);
+  const auto plans = plan_levels(obs.classes, levels);
+  // The cheapest plan that meets the goal within the budget; else the one that frees most.
+  const Plan* chosen = nullptr;
+  for (const auto& p : plans)
+    if (p.pages_freed >= goal && double(p.bytes_moved) <= budget) {
+      chosen = &p;
+      break;
+    }
+  if (!chosen)
+    for (const auto& p : plans)
+      if (!chosen || p.pages_freed > chosen->pages_freed) chosen = &p;
+  if (!chosen || chosen->pages_freed < s.min_reclaim_pages) return std::nullopt;
+
+  Decision d;
+  d.trigger = (safepoint && *trigger != CompactionTrigger::reserve_low) ? CompactionTrigger::safepoint : *trigger;
+  d.plan = *chosen;
+  d.request.max_occupancy = std::min(0.999, chosen->max_occupancy);
+  d.request.max_bytes = std::uint64_t(budget);
+  d.request.max_pages = s.max_pages_per_cycle;
+  d.request.trigger = d.trigger;
+  return d;
+}
+
+void account(EngineState& st, const CompactionRecord& r) {
+  st.byte_tokens -= double(r.bytes_moved);
+  if (r.bytes_moved >= (std::uint64_t{1} << 20) && r.duration_ns > 0) {
+    const double speed = double(r.bytes_moved) / double(r.duration_ns);
+    st.copy_bytes_per_ns = st.copy_bytes_per_ns == 0 ? speed : 0.7 * st.copy_bytes_per_ns + 0.3 * speed;
+  }
+}
+
+}  // namespace valet::policy

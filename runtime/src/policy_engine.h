@@ -1,0 +1,64 @@
+// The policy engine: looks at the heap and decides whether to run a compaction cycle now, why,
+// and with which limits. Deterministic: it reads a snapshot and a time supplied by the caller,
+// so tests drive it with a controlled clock.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "valet/compactor.h"
+
+namespace valet::policy {
+
+// What the engine sees at one moment.
+struct Observation {
+  std::uint64_t now_ns = 0;
+  std::uint64_t allocations = 0;          // ops.allocate so far
+  std::uint64_t failed_allocations = 0;   // ops.failed_allocations so far
+  std::uint64_t free_pages = 0;           // pages a large request could get (reserve + uncreated)
+  std::vector<ClassOccupancy> classes;    // slab pages per class
+};
+
+// One candidate plan: evacuate pages of occupancy <= max_occupancy.
+struct Plan {
+  double max_occupancy = 0;
+  std::uint64_t pages_freed = 0;   // pages the plan empties
+  std::uint64_t bytes_moved = 0;   // bytes it copies to do so
+};
+
+// Plans for every occupancy level in `levels`, scanning size classes in parallel (in the
+// engine's own bounded task arena). Same greedy rule as the heap's evacuation: sparsest pages
+// first while the denser pages of the class have room for their objects.
+std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const std::vector<double>& levels);
+
+// Fragmentation of the slab pages: 1 - bytes in slots / bytes of slab pages.
+double slab_fragmentation(const std::vector<ClassOccupancy>& classes);
+
+struct Decision {
+  CompactionTrigger trigger = CompactionTrigger::fragmentation;
+  CompactRequest request;
+  Plan plan;
+};
+
+// State the engine carries between observations (rates, the byte budget).
+struct EngineState {
+  std::uint64_t last_ns = 0;
+  std::uint64_t last_allocations = 0;
+  std::uint64_t last_failed = 0;
+  double alloc_rate = 0;        // allocations per second, smoothed
+  double byte_tokens = 0;       // bytes the budget allows now
+  double copy_bytes_per_ns = 0; // measured copy speed of past cycles (0: unknown)
+};
+
+// Decides from one observation. Updates `state` (rates and budget); returns a decision when a
+// trigger holds and a plan reclaims at least settings.min_reclaim_pages within the budget.
+// `safepoint` marks a call from Compactor::safepoint (the trigger is then `safepoint` when the
+// condition that fired is fragmentation or idleness).
+std::optional<Decision> decide(const PolicySettings& settings, const Observation& obs, EngineState& state,
+                               bool safepoint = false);
+
+// After a cycle: charge its bytes to the budget and learn the copy speed.
+void account(EngineState& state, const CompactionRecord& record);
+
+}  // namespace valet::policy

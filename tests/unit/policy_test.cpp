@@ -1,0 +1,219 @@
+// The policy engine with a controlled clock, and the background compactor on a live heap.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "heap_test_util.h"
+#include "policy_engine.h"
+#include "valet/compactor.h"
+
+namespace valet::test {
+namespace {
+
+using policy::Observation;
+
+constexpr std::uint64_t kSec = 1'000'000'000ull;
+
+// A class of 64 KiB objects (32 per page) with the given used counts per page.
+ClassOccupancy cls64k(std::vector<std::uint32_t> used) { return ClassOccupancy{65536, 32, std::move(used)}; }
+
+Observation obs(std::uint64_t t, std::uint64_t allocs, std::uint64_t free_pages, std::vector<ClassOccupancy> c,
+                std::uint64_t failed = 0) {
+  return Observation{t, allocs, failed, free_pages, std::move(c)};
+}
+
+PolicySettings busy_settings() {
+  PolicySettings s;
+  s.idle_allocs_per_second = 10;  // anything above counts as busy
+  return s;
+}
+
+TEST(PolicyEngine, QuietWhenNothingHolds) {
+  auto s = busy_settings();
+  policy::EngineState st;
+  // Dense pages, plenty of free pages, a busy heap: no trigger.
+  EXPECT_FALSE(policy::decide(s, obs(1 * kSec, 0, 100, {cls64k({32, 32, 31, 30})}), st));
+  EXPECT_FALSE(policy::decide(s, obs(2 * kSec, 5000, 100, {cls64k({32, 32, 31, 30})}), st));
+}
+
+TEST(PolicyEngine, FragmentationTriggersAndPlansTheCheapestLevel) {
+  auto s = busy_settings();
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  // Ten pages at 4/32: 87% fragmentation; the 0.25 level frees pages moving the least bytes.
+  auto d = policy::decide(s, obs(2 * kSec, 5000, 100, {cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})}), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::fragmentation);
+  EXPECT_DOUBLE_EQ(d->plan.max_occupancy, 0.25);
+  EXPECT_EQ(d->plan.pages_freed, 8u);  // 40 objects fit in 2 pages
+  EXPECT_EQ(d->plan.bytes_moved, 8u * 4 * 65536);
+  EXPECT_LE(d->request.max_occupancy, 0.25);
+}
+
+TEST(PolicyEngine, FragmentationBelowThresholdDoesNotTrigger) {
+  auto s = busy_settings();
+  s.fragmentation_threshold = 0.5;
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  EXPECT_FALSE(policy::decide(s, obs(2 * kSec, 5000, 100, {cls64k({20, 20, 20})}), st));  // 37.5%
+  EXPECT_TRUE(policy::decide(s, obs(3 * kSec, 10000, 100, {cls64k({10, 10, 10})}), st));  // 68.75%
+}
+
+TEST(PolicyEngine, LowFreePagesAndFailedAllocationsTrigger) {
+  auto s = busy_settings();
+  s.fragmentation_threshold = 0.99;  // keep fragmentation out of the way
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto d = policy::decide(s, obs(2 * kSec, 5000, 2, {cls64k({8, 8, 8, 8})}), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::reserve_low);
+  auto f = policy::decide(s, obs(3 * kSec, 10000, 100, {cls64k({8, 8, 8, 8})}, /*failed=*/1), st);
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->trigger, CompactionTrigger::reserve_low);
+  EXPECT_FALSE(policy::decide(s, obs(4 * kSec, 15000, 100, {cls64k({8, 8, 8, 8})}, 1), st))
+      << "the failure was already answered";
+}
+
+TEST(PolicyEngine, IdleWindowTriggersOnlyWhenSomethingIsReclaimable) {
+  PolicySettings s;
+  s.fragmentation_threshold = 0.99;
+  s.idle_allocs_per_second = 100;
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto d = policy::decide(s, obs(2 * kSec, 10, 100, {cls64k({8, 8, 8, 8})}), st);  // 10 allocs/s
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::idle);
+  EXPECT_FALSE(policy::decide(s, obs(3 * kSec, 20, 100, {cls64k({32, 32})}), st)) << "nothing to reclaim";
+}
+
+TEST(PolicyEngine, ByteBudgetIsChargedAndRefilled) {
+  auto s = busy_settings();
+  s.max_bytes_per_second = 4 << 20;  // 4 MiB/s
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto frag = std::vector<ClassOccupancy>{cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})};
+  auto d = policy::decide(s, obs(1 * kSec + 1, 0, 100, frag), st);
+  ASSERT_TRUE(d);
+  EXPECT_LE(d->request.max_bytes, 4u << 20);
+  CompactionRecord r;
+  r.bytes_moved = 4 << 20;
+  policy::account(st, r);
+  EXPECT_FALSE(policy::decide(s, obs(1 * kSec + 2, 0, 100, frag), st)) << "budget spent";
+  auto later = policy::decide(s, obs(2 * kSec, 0, 100, frag), st);
+  ASSERT_TRUE(later) << "a second later the budget is back";
+}
+
+TEST(PolicyEngine, PauseBudgetBoundsOneCycle) {
+  auto s = busy_settings();
+  s.max_pause_us = 100;
+  policy::EngineState st;
+  st.copy_bytes_per_ns = 1.0;  // 1 GB/s measured: 100 us moves at most 100 KB
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto d = policy::decide(s, obs(2 * kSec, 5000, 100, {cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})}), st);
+  ASSERT_TRUE(d);
+  EXPECT_LE(d->request.max_bytes, 100'000u);
+}
+
+TEST(PolicyEngine, OffMeansOnlySafepointsDecide) {
+  auto s = busy_settings();
+  s.background = false;
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto frag = std::vector<ClassOccupancy>{cls64k({4, 4, 4, 4, 4, 4})};
+  EXPECT_FALSE(policy::decide(s, obs(2 * kSec, 5000, 100, frag), st));
+  auto d = policy::decide(s, obs(3 * kSec, 10000, 100, frag), st, /*safepoint=*/true);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::safepoint);
+}
+
+TEST(PolicySettings, KeysValidateTheirValues) {
+  PolicySettings s;
+  EXPECT_TRUE(set_policy_value(s, "fragmentation_threshold", "0.3").ok());
+  EXPECT_DOUBLE_EQ(s.fragmentation_threshold, 0.3);
+  EXPECT_EQ(set_policy_value(s, "fragmentation_threshold", "1.5").code(), Errc::invalid_argument);
+  EXPECT_EQ(set_policy_value(s, "interval_ms", "-4").code(), Errc::invalid_argument);
+  EXPECT_EQ(set_policy_value(s, "interval_ms", "ten").code(), Errc::invalid_argument);
+  EXPECT_TRUE(set_policy_value(s, "background", "off").ok());
+  EXPECT_FALSE(s.background);
+  auto unknown = set_policy_value(s, "no_such_key", "1");
+  ASSERT_EQ(unknown.code(), Errc::invalid_argument);
+  EXPECT_NE(unknown.error().message.find("max_bytes_per_second"), std::string::npos) << "lists the valid keys";
+  EXPECT_EQ(policy_values(s).size(), policy_keys().size());
+}
+
+TEST(Compactor, BackgroundCyclesDefragmentALiveHeap) {
+  auto heap = make_heap();
+  PolicySettings s;
+  s.interval_ms = 5;
+  s.idle_allocs_per_second = 0;  // only the fragmentation trigger
+  auto compactor = Compactor::start(*heap, s);
+  ASSERT_TRUE(compactor.ok());
+  std::vector<Handle> all, keep;
+  std::vector<std::uint64_t> seeds;
+  for (int i = 0; i < 32 * 30; ++i) all.push_back(*heap->allocate(64 * 1024));
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i % 6 == 0) {
+      keep.push_back(all[i]);
+      seeds.push_back(std::uint64_t(i) * 7 + 1);
+      fill(*heap, all[i], seeds.back());
+    } else {
+      ASSERT_TRUE(heap->free(all[i]).ok());
+    }
+  }
+  for (int i = 0; i < 400 && heap->stats().pages.slab > 10; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_GT((*compactor)->counters().fragmentation, 0u);
+  EXPECT_GT(heap->stats().compaction.objects_moved, 0u);
+  EXPECT_LE(heap->stats().pages.slab, 10u);
+  (*compactor)->stop();
+  EXPECT_VALID(*heap);
+  for (std::size_t k = 0; k < keep.size(); ++k) EXPECT_EQ(mismatches(*heap, keep[k], seeds[k]), 0u);
+}
+
+TEST(Compactor, ExplicitRequestsWaitForTheirRecordAndPolicyChangesTakeEffect) {
+  auto heap = make_heap();
+  PolicySettings s;
+  s.background = false;
+  auto compactor = std::move(Compactor::start(*heap, s)).value();
+  std::vector<Handle> all;
+  for (int i = 0; i < 32 * 8; ++i) all.push_back(*heap->allocate(64 * 1024));
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (i % 4) ASSERT_TRUE(heap->free(all[i]).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(heap->stats().compaction.cycles, 0u) << "background off: nothing runs on its own";
+  auto rec = compactor->request(CompactRequest{}, /*wait=*/true);
+  ASSERT_TRUE(rec.ok());
+  EXPECT_GT(rec->objects_moved, 0u);
+  EXPECT_EQ(compactor->counters().explicit_requests, 1u);
+  ASSERT_TRUE(compactor->set("background", "true").ok());
+  EXPECT_TRUE(compactor->settings().background);
+  EXPECT_EQ(compactor->set("max_occupancy", "2").code(), Errc::invalid_argument);
+  compactor->stop();
+  EXPECT_EQ(compactor->request(CompactRequest{}, true).code(), Errc::shut_down);
+  EXPECT_VALID(*heap);
+}
+
+TEST(Compactor, StopsCleanlyMidCycleUnderLoad) {
+  auto heap = make_heap(host_config(512 * kMiB));
+  auto& host = static_cast<BackendModel<HostBackend>&>(heap->backend()).impl();
+  host.set_task_delay(std::chrono::milliseconds(20));  // cycles last a while
+  PolicySettings s;
+  s.interval_ms = 1;
+  s.idle_allocs_per_second = 1e9;  // always idle: cycle whenever something is reclaimable
+  s.min_reclaim_pages = 1;
+  std::vector<Handle> all;
+  for (int i = 0; i < 32 * 20; ++i) all.push_back(*heap->allocate(64 * 1024));
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (i % 3) ASSERT_TRUE(heap->free(all[i]).ok());
+  auto compactor = std::move(Compactor::start(*heap, s)).value();
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  compactor.reset();  // stops mid-cycle: the running cycle finishes its moves
+  host.set_task_delay(std::chrono::microseconds(0));
+  EXPECT_VALID(*heap);
+  for (std::size_t i = 0; i < all.size(); i += 3) EXPECT_TRUE(heap->pin(all[i]).ok());
+  ASSERT_TRUE(heap->shutdown().ok());
+  EXPECT_EQ(host.pages_in_use(), 0u);
+}
+
+}  // namespace
+}  // namespace valet::test
