@@ -44,6 +44,11 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   CompactionRecord rec;
   rec.trigger = req.trigger;
   reap_deferred();
+  // Kernels may be resolving handles through the device table: nothing moves until they are done.
+  if (table_blocks_moves()) {
+    rec.duration_ns = now_ns() - t0;
+    return rec;
+  }
 
   std::vector<Move> moves;
   std::vector<SlabPage*> sources;
@@ -140,6 +145,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
       slabs.set_owner(slabs.page(pool.slot(m.from.page).owner), m.from.index, kNoOwner);
     }
     in_transit += moves.size();
+    ++table_version;
     lock.unlock();
     const Status synced = backend->synchronize_event(fence->event);
     lock.lock();

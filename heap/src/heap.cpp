@@ -268,6 +268,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;
+  ++table_version;
   return Handle{index, gen, tag};
 }
 
@@ -458,6 +459,7 @@ Status Heap::free(Handle h) {
     c.live_bytes -= e->size;
     --c.live_objects;
     ++c.ops.free;
+    ++c.table_version;
     const std::size_t footprint = c.footprint_of(e->loc);
     if (!e->pending_unpins.empty() && !c.reap_unpins(e)) {
       // The memory stays taken, owned by nobody, until the streams pass their unpins.
@@ -550,6 +552,12 @@ Status Heap::shutdown() {
   c.stop_keeper();
   std::lock_guard cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
+  if (c.table_pins.load() > 0) {
+    c.shut.store(false);
+    lock.unlock();
+    c.start_keeper();
+    return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
+  }
   // Kill every live object; a held pin (host or stream, not yet released) refuses the shutdown.
   std::vector<std::uint32_t> killed;
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
@@ -591,6 +599,12 @@ Status Heap::shutdown() {
       note(c.backend->destroy_event(ev));
     }
   c.deferred.clear();
+  for (Event ev : c.table_pending) {
+    note(c.backend->synchronize_event(ev));
+    note(c.backend->destroy_event(ev));
+  }
+  c.table_pending.clear();
+  note(c.release_table_memory());
   for (Event ev : c.spare_events) note(c.backend->destroy_event(ev));
   c.spare_events.clear();
   // Every slot goes back as a whole: slab pages and large runs alike are unmapped and released.

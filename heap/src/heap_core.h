@@ -62,6 +62,19 @@ struct HeapCore {
   std::vector<Event> spare_events;
   std::mutex compaction_mu;  // one compaction cycle at a time
 
+  // The device copy of the handle table (device_table.cpp).
+  std::atomic<std::uint32_t> table_pins{0};  // scopes held now
+  std::vector<Event> table_pending;          // released scopes whose streams may not have passed
+  std::uint64_t table_version = 1;           // bumped whenever an address or generation changes
+  std::uint64_t uploaded_version = 0;
+  DevicePtr table_va = 0;
+  std::size_t table_reserved = 0, table_mapped = 0;
+  std::vector<PhysicalPage> table_pages;
+  // True while a table scope (held or pending) forbids moving objects. Precondition: mu held.
+  bool table_blocks_moves();
+  Status upload_table(kernels::DeviceHandleTable& out);
+  Status release_table_memory();
+
   // Background reserve keeper.
   std::thread keeper;
   std::condition_variable_any keeper_cv;

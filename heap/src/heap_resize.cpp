@@ -37,6 +37,7 @@ Status resize_large(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_
     return {};
   }
   // A neighbour is in the way: move the pages to a new virtual range and grow there.
+  if (c.table_blocks_moves()) return make_error(Errc::pinned, "resize: the device handle table is pinned");
   auto moved = c.pool.relocate_run(loc.page, loc.pages, want, index);
   if (!moved.ok()) return moved.error();
   loc.page = *moved;
@@ -47,6 +48,7 @@ Status resize_large(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_
 // Moves the object to a new place of the right kind for `bytes`, copying min(old, new) bytes.
 // Precondition: mu held, the object is MOVING.
 Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+  if (c.table_blocks_moves()) return make_error(Errc::pinned, "resize: the device handle table is pinned");
   auto dest = c.place(bytes, index);
   if (!dest.ok()) return dest.error();
   const CopyRange copy{e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)};
@@ -129,6 +131,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     c.live_bytes = c.live_bytes - old_size + bytes;
     c.footprint_bytes = c.footprint_bytes - old_footprint + c.footprint_of(e->loc);
     ++c.ops.resize;
+    ++c.table_version;
   } else if (st.code() == Errc::out_of_memory) {
     ++c.ops.failed_allocations;
     st = c.out_of_memory(bytes, st.error());

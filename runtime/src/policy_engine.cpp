@@ -101,7 +101,10 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   if (!trigger) return std::nullopt;
 
   double budget = st.byte_tokens;
-  if (st.copy_bytes_per_ns > 0) budget = std::min(budget, double(s.max_pause_us) * 1e3 * st.copy_bytes_per_ns);
+  // The pause budget bounds a cycle's copy time, but never below one page's worth of objects:
+  // a cycle that cannot empty a single page would run forever without effect.
+  if (st.copy_bytes_per_ns > 0)
+    budget = std::min(budget, std::max(kPageBytes, double(s.max_pause_us) * 1e3 * st.copy_bytes_per_ns));
   if (budget < 65536) return std::nullopt;
 
   std::vector<double> levels;

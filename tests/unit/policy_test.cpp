@@ -107,11 +107,16 @@ TEST(PolicyEngine, PauseBudgetBoundsOneCycle) {
   auto s = busy_settings();
   s.max_pause_us = 100;
   policy::EngineState st;
-  st.copy_bytes_per_ns = 1.0;  // 1 GB/s measured: 100 us moves at most 100 KB
+  st.copy_bytes_per_ns = 0.01;  // 10 MB/s measured: 100 us would move 1 KB; the floor is a page
   (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
   auto d = policy::decide(s, obs(2 * kSec, 5000, 100, {cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})}), st);
   ASSERT_TRUE(d);
-  EXPECT_LE(d->request.max_bytes, 100'000u);
+  EXPECT_EQ(d->request.max_bytes, 2u << 20);
+  st.copy_bytes_per_ns = 1000;  // 1 TB/s: 100 us moves 100 MB, more than the plan needs
+  d = policy::decide(s, obs(3 * kSec, 10000, 100, {cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})}), st);
+  ASSERT_TRUE(d);
+  EXPECT_LE(d->request.max_bytes, 100'000'000u);
+  EXPECT_GE(d->request.max_bytes, 99'000'000u);
 }
 
 TEST(PolicyEngine, OffMeansOnlySafepointsDecide) {

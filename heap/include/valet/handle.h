@@ -1,6 +1,7 @@
 // A handle names one heap object. Objects move (compaction, resize); handles do not.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 
@@ -19,6 +20,8 @@ struct Handle {
 };
 
 static_assert(sizeof(Handle) == 12);
+// Kernels receive handles as valet::kernels::DeviceHandle: the same three words in the same order.
+static_assert(offsetof(Handle, index) == 0 && offsetof(Handle, generation) == 4 && offsetof(Handle, heap) == 8);
 
 }  // namespace valet
 

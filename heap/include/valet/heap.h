@@ -21,6 +21,7 @@
 #include "valet/backend.h"
 #include "valet/config.h"
 #include "valet/handle.h"
+#include "valet/kernels/handle_table.h"
 #include "valet/result.h"
 #include "valet/stats.h"
 
@@ -101,6 +102,34 @@ class StreamPin {
   std::size_t size_ = 0;
 };
 
+// A pin of the whole handle table for device-side handle resolution (kernels/include/valet/
+// kernels/handle_table.h): kernels queued on `stream` may resolve any handle that was live when
+// the scope was taken. While the scope lives, and until `stream` has passed its release, the heap
+// moves no object (compaction skips its cycles; a resize that would move an object fails with
+// Errc::pinned), so a kernel never reads a stale or half-copied object. Move-only.
+class TableScope {
+ public:
+  TableScope() = default;
+  TableScope(TableScope&& other) noexcept { *this = std::move(other); }
+  TableScope& operator=(TableScope&& other) noexcept;
+  TableScope(const TableScope&) = delete;
+  TableScope& operator=(const TableScope&) = delete;
+  ~TableScope() { (void)release(); }
+
+  // The launch argument for kernels that resolve handles.
+  const kernels::DeviceHandleTable& table() const { return table_; }
+  Stream stream() const { return stream_; }
+  bool valid() const { return core_ != nullptr; }
+  // Ends the scope at the current end of the stream.
+  Status release();
+
+ private:
+  friend class Heap;
+  detail::HeapCore* core_ = nullptr;
+  Stream stream_{};
+  kernels::DeviceHandleTable table_{};
+};
+
 // One compaction cycle's limits.
 struct CompactRequest {
   std::uint64_t max_bytes = ~0ull;   // bytes moved at most
@@ -130,6 +159,8 @@ class Heap {
   Result<Pin> pin(Handle h);
   Result<StreamPin> pin(Handle h, Stream stream);
   Result<std::size_t> size_of(Handle h) const;
+  // Uploads the handle table (if it changed) and pins it for kernels queued on `stream`.
+  Result<TableScope> pin_table(Stream stream);
 
   // One synchronous evacuation cycle within the request's budget.
   Result<CompactionRecord> compact(const CompactRequest& request = {});
