@@ -1,0 +1,117 @@
+// Kernels resolve handles on the device while the background compactor runs; every byte they
+// read is checked. Skips cleanly where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "cuda/cuda_driver.h"
+#include "valet/compactor.h"
+#include "valet/runtime.h"
+
+extern const unsigned char valet_test_kernels_fatbin[];
+extern const std::size_t valet_test_kernels_fatbin_size;
+
+namespace valet {
+namespace {
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
+  if (!cuda_usable()) GTEST_SKIP() << "no usable GPU: " << cuda_unusable_reason();
+  Config c;
+  c.backend = BackendChoice::cuda;
+  c.capacity = 2048 * kMiB;
+  auto heap = std::move(open_heap(c)).value();
+  const cuda::Driver* d = *cuda::load_driver();
+  CUdevice dev;
+  CUcontext ctx;
+  ASSERT_EQ(d->cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+  ASSERT_EQ(d->cuDevicePrimaryCtxRetain(&ctx, dev), CUDA_SUCCESS);
+  ASSERT_EQ(d->cuCtxSetCurrent(ctx), CUDA_SUCCESS);
+  CUmodule module;
+  CUfunction kernel;
+  ASSERT_EQ(d->cuModuleLoadData(&module, valet_test_kernels_fatbin), CUDA_SUCCESS);
+  ASSERT_EQ(d->cuModuleGetFunction(&kernel, module, "valet_test_resolve_verify"), CUDA_SUCCESS);
+  auto stream = *heap->backend().create_stream();
+
+  PolicySettings aggressive;
+  aggressive.interval_ms = 1;
+  aggressive.fragmentation_threshold = 0.01;
+  aggressive.idle_allocs_per_second = 1e9;
+  aggressive.min_reclaim_pages = 1;
+  aggressive.max_occupancy = 0.95;
+  auto compactor = std::move(Compactor::start(*heap, aggressive)).value();
+
+  std::mt19937_64 rng(11);
+  std::vector<std::pair<Handle, std::uint64_t>> live;
+  std::uint64_t launches = 0, objects_checked = 0;
+  for (int round = 0; round < 40; ++round) {
+    // Churn: new objects with patterns, random frees (so pages thin out and objects move).
+    for (int i = 0; i < 300; ++i) {
+      const std::size_t bytes = 1 + rng() % (rng() % 10 == 0 ? 3 * kMiB : 100000);
+      auto h = heap->allocate(bytes);
+      ASSERT_TRUE(h.ok()) << h.error().to_string();
+      const std::uint64_t seed = rng();
+      auto p = heap->pin(*h);
+      PatternRange r{p->address(), p->size(), seed};
+      ASSERT_TRUE(heap->backend().fill_pattern({&r, 1}, Stream{}).ok());
+      live.emplace_back(*h, seed);
+    }
+    ASSERT_TRUE(heap->backend().synchronize_stream(Stream{}).ok());
+    for (int i = 0; i < 200 && !live.empty(); ++i) {
+      const std::size_t k = rng() % live.size();
+      ASSERT_TRUE(heap->free(live[k].first).ok());
+      live[k] = live.back();
+      live.pop_back();
+    }
+    // Arguments live in heap objects too.
+    const std::uint32_t n = std::uint32_t(live.size());
+    auto handles = *heap->allocate(n * sizeof(kernels::DeviceHandle));
+    auto seeds = *heap->allocate(n * sizeof(std::uint64_t));
+    auto counter = *heap->allocate(sizeof(std::uint64_t));
+    std::vector<kernels::DeviceHandle> hv;
+    std::vector<std::uint64_t> sv;
+    for (auto& [h, s] : live) {
+      hv.push_back({h.index, h.generation, h.heap});
+      sv.push_back(s);
+    }
+    const std::uint64_t zero = 0;
+    {
+      auto scope = heap->pin_table(stream);
+      ASSERT_TRUE(scope.ok()) << scope.error().to_string();
+      auto hp = heap->pin(handles), sp = heap->pin(seeds), cp = heap->pin(counter);
+      ASSERT_TRUE(heap->backend().write(hp->address(), hv.data(), hv.size() * sizeof(hv[0])).ok());
+      ASSERT_TRUE(heap->backend().write(sp->address(), sv.data(), sv.size() * sizeof(sv[0])).ok());
+      ASSERT_TRUE(heap->backend().write(cp->address(), &zero, sizeof zero).ok());
+      kernels::DeviceHandleTable table = scope->table();
+      CUdeviceptr hptr = hp->address(), sptr = sp->address(), cptr = cp->address();
+      unsigned int count = n;
+      void* args[] = {&table, &hptr, &sptr, &count, &cptr};
+      ASSERT_EQ(d->cuLaunchKernel(kernel, 264, 1, 1, 256, 1, 1, 0, reinterpret_cast<CUstream>(stream.id), args, nullptr),
+                CUDA_SUCCESS);
+      ++launches;
+      objects_checked += n;
+      // The scope and the pins end here, on the host, while the kernel may still run: the
+      // table scope's release is stream-ordered, so nothing moves until the kernel is done.
+      ASSERT_TRUE(scope->release().ok());
+    }
+    ASSERT_TRUE(heap->backend().synchronize_stream(stream).ok());
+    std::uint64_t bad = ~0ull;
+    ASSERT_TRUE(heap->backend().read(&bad, heap->pin(counter)->address(), sizeof bad).ok());
+    ASSERT_EQ(bad, 0u) << "round " << round;
+    for (Handle h : {handles, seeds, counter}) ASSERT_TRUE(heap->free(h).ok());
+  }
+  compactor->stop();
+  const auto stats = heap->stats();
+  std::printf("launches %llu, objects resolved and checked %llu, compaction cycles %llu, objects moved %llu\n",
+              (unsigned long long)launches, (unsigned long long)objects_checked,
+              (unsigned long long)stats.compaction.cycles, (unsigned long long)stats.compaction.objects_moved);
+  EXPECT_GT(stats.compaction.objects_moved, 0u) << "the compactor must have moved objects between launches";
+  ASSERT_TRUE(heap->validate().ok());
+  ASSERT_TRUE(heap->backend().destroy_stream(stream).ok());
+  d->cuModuleUnload(module);
+  d->cuDevicePrimaryCtxRelease(dev);
+}
+
+}  // namespace
+}  // namespace valet
