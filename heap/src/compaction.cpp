@@ -137,7 +137,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
     for (const Move& m : moves) {
       m.entry->loc = m.to;
       m.entry->address.store(address_of(m.to), std::memory_order_relaxed);
-      m.entry->fence = fence;
+      m.entry->fence.store(fence, std::memory_order_release);
       const std::uint64_t s = m.entry->state.load(std::memory_order_relaxed);
       m.entry->state.store((s | state::kInFlight) & ~state::kMoving, std::memory_order_release);
       m.entry->state.notify_all();
@@ -152,8 +152,8 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
     in_transit -= moves.size();
     for (const Move& m : moves) {
       slabs.free_slot(slabs.page(pool.slot(m.from.page).owner), m.from.index);
-      if (m.entry->fence == fence) {
-        m.entry->fence.reset();
+      if (m.entry->fence.load() == fence) {
+        m.entry->fence.store(nullptr);
         m.entry->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
       }
       rec.bytes_moved += m.bytes;

@@ -60,7 +60,8 @@ struct HandleEntry {
   // holding a pin (which keeps them constant).
   std::size_t size = 0;
   Location loc;
-  std::shared_ptr<MoveFence> fence;  // set while IN_FLIGHT
+  // Set while IN_FLIGHT. Atomic so that pins read it without the heap lock.
+  std::atomic<std::shared_ptr<MoveFence>> fence;
   std::vector<Event> pending_unpins;  // events of stream-ordered unpins not yet known complete
 };
 

@@ -84,10 +84,7 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h, std::uint64_t& seen) {
   return e;
 }
 
-std::shared_ptr<MoveFence> HeapCore::fence_of(HandleEntry* e) {
-  std::lock_guard lock(mu);
-  return e->fence;
-}
+std::shared_ptr<MoveFence> HeapCore::fence_of(HandleEntry* e) { return e->fence.load(std::memory_order_acquire); }
 
 Result<Event> HeapCore::take_event() {
   if (!spare_events.empty()) {
@@ -279,7 +276,15 @@ void HeapCore::keeper_loop() {
     if (keeper_stop) break;
     keeper_wanted = false;
     if (!deferred.empty()) reap_deferred();
-    (void)pool.balance(config.reserve_low_pages, config.reserve_high_pages);
+    // Release in batches, letting go of the lock between them: a large free can leave thousands
+    // of pages to give back (~50 us of driver calls each), and allocations must not wait for all.
+    do {
+      if (!pool.balance(config.reserve_low_pages, config.reserve_high_pages, 16).ok()) break;
+      if (!pool.over(config.reserve_high_pages) || keeper_stop) break;
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    } while (!keeper_stop);
   }
 }
 
@@ -447,11 +452,11 @@ Status Heap::free(Handle h) {
     }
     if (s & state::kInFlight) {
       // A compaction copy into this object's new place may still run: let it finish first.
-      auto fence = e->fence;
+      auto fence = e->fence.load();
       lock.unlock();
       if (fence) (void)c.backend->synchronize_event(fence->event);
       lock.lock();
-      if (e->fence == fence) e->fence.reset();
+      if (e->fence.load() == fence) e->fence.store(nullptr);
       e->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
       continue;
     }
@@ -484,11 +489,9 @@ Result<Pin> Heap::pin(Handle h) {
   auto e = c.acquire_pin(h, seen);
   if (!e.ok()) return e.error();
   if (seen & state::kInFlight) {
-    if (auto fence = c.fence_of(*e)) {
-      const std::uint64_t t0 = c.now_ns();
-      (void)c.backend->synchronize_event(fence->event);
-      c.note_pin_wait(c.now_ns() - t0);
-    }
+    const std::uint64_t t0 = c.now_ns();
+    if (auto fence = c.fence_of(*e)) (void)c.backend->synchronize_event(fence->event);
+    c.note_pin_wait(c.now_ns() - t0);
   }
   Pin p;
   p.core_ = &c;
@@ -591,7 +594,7 @@ Status Heap::shutdown() {
       note(c.backend->destroy_event(ev));
     }
     e->pending_unpins.clear();
-    e->fence.reset();
+    e->fence.store(nullptr);
   }
   for (auto& d : c.deferred)
     for (Event ev : d.events) {

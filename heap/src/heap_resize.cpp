@@ -80,13 +80,13 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     if (state::pins(s) > 0) return make_error(Errc::pinned, "resize: the object is pinned");
     if (s & (state::kMoving | state::kInFlight)) {
       // A compaction cycle is moving it: wait for the move to settle.
-      auto fence = e->fence;
+      auto fence = e->fence.load();
       lock.unlock();
       c.wait_not_moving(e, h.generation);
       if (fence) (void)c.backend->synchronize_event(fence->event);
       lock.lock();
-      if ((e->state.load() & state::kInFlight) && e->fence == fence) {
-        e->fence.reset();
+      if ((e->state.load() & state::kInFlight) && e->fence.load() == fence) {
+        e->fence.store(nullptr);
         e->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
       }
       continue;

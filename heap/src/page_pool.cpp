@@ -256,9 +256,10 @@ void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   reserve_.insert(start, n);
 }
 
-Status PagePool::balance(std::size_t low, std::size_t high) {
+Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_release) {
   if (reserve_pages() > high) {
-    const std::size_t target = (low + high) / 2;
+    const std::size_t mid = (low + high) / 2;
+    const std::size_t target = reserve_pages() - std::min(reserve_pages() - mid, max_release);
     while (!idle_.empty() && reserve_pages() > target) {
       const std::uint32_t p = idle_.back();
       VALET_TRY(release(p));

@@ -75,9 +75,11 @@ class PagePool {
   void give_back(std::uint32_t start, std::uint32_t n);
 
   // Brings the reserve into [low, high]: creates pages up to `low` (within the capacity) and
-  // releases pages above `high` (down to the middle). Returns the first error; partial progress
-  // is kept and consistent.
-  Status balance(std::size_t low, std::size_t high);
+  // releases pages above `high` (down to the middle), at most `max_release` pages per call (so a
+  // caller holding the heap lock can bound its hold). Returns the first error; partial progress
+  // is kept and consistent. `trimming()` tells whether more remains to release.
+  Status balance(std::size_t low, std::size_t high, std::size_t max_release = ~std::size_t{0});
+  bool over(std::size_t high) const { return reserve_pages() > high; }
 
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }

@@ -20,7 +20,7 @@ namespace valet::replay {
 
 struct LiveEntry {
   Handle handle;
-  std::uint64_t id = 0;     // the trace's id (the signature's seed)
+  std::uint64_t id = 0;  // the trace's id (the signature's seed)
   std::size_t bytes = 0;
 };
 

@@ -11,12 +11,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-void raise_to(std::atomic<std::uint64_t>& max, std::uint64_t value) {
-  std::uint64_t seen = max.load(std::memory_order_relaxed);
-  while (value > seen && !max.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
-  }
-}
-
 }  // namespace
 
 Pinners::Pinners(Heap& heap, const LiveSet& live, const PinnerOptions& options)
@@ -38,8 +32,12 @@ PinnerCounters Pinners::counters() const {
   c.errors = errors_.load();
   c.signature_errors = signature_errors_.load();
   c.max_wait_ns = max_wait_ns_.load();
+  c.waits_over_100us = waits_over_100us_.load();
+  c.waits_over_1ms = waits_over_1ms_.load();
   std::lock_guard lock(error_mu_);
   c.first_error = first_error_;
+  c.max_wait_line = max_wait_line_;
+  c.max_wait_end_line = max_wait_end_line_;
   return c;
 }
 
@@ -48,14 +46,30 @@ void Pinners::note_error(const std::string& message) {
   if (first_error_.empty()) first_error_ = message;
 }
 
+void Pinners::note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line) {
+  if (wait_ns > 100'000) waits_over_100us_.fetch_add(1, std::memory_order_relaxed);
+  if (wait_ns > 1'000'000) waits_over_1ms_.fetch_add(1, std::memory_order_relaxed);
+  if (wait_ns <= max_wait_ns_.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(error_mu_);  // rare: a new longest wait
+  if (wait_ns <= max_wait_ns_.load(std::memory_order_relaxed)) return;
+  max_wait_ns_.store(wait_ns, std::memory_order_relaxed);
+  max_wait_line_ = line;
+  max_wait_end_line_ = end_line;
+}
+
 void Pinners::run(std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   while (!stopping_.load(std::memory_order_relaxed)) {
     if (auto entry = live_.pick(rng)) {
+      auto replay_line = [&] {
+        return options_.replay_line ? options_.replay_line->load(std::memory_order_relaxed) : 0u;
+      };
+      const std::uint32_t line = replay_line();
       const auto asked = Clock::now();
       auto pin = heap_.pin(entry->handle);
       const auto got = Clock::now();
-      raise_to(max_wait_ns_, std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(got - asked).count()));
+      note_wait(std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(got - asked).count()), line,
+                replay_line());
       if (pin.ok()) {
         pins_.fetch_add(1, std::memory_order_relaxed);
         if (options_.check_signature && Signatures::check_head(pin->as<const void>(), entry->id, entry->bytes) != 0) {

@@ -24,14 +24,21 @@ struct PinnerOptions {
   // Check the first bytes of the object's --verify signature through the pin (host-accessible
   // backends only): a pin must see the object's bytes wherever compaction has put it.
   bool check_signature = false;
+  // The trace line the replayer is on (it stores it before each op), so that the longest wait
+  // can be placed in the trace: a wait behind a probe's allocation is not one behind a move.
+  const std::atomic<std::uint32_t>* replay_line = nullptr;
 };
 
 struct PinnerCounters {
-  std::uint64_t pins = 0;              // pins taken
-  std::uint64_t stale = 0;             // pins refused with stale_handle (object freed meanwhile)
-  std::uint64_t errors = 0;            // pins refused for any other reason
-  std::uint64_t signature_errors = 0;  // pins that saw a damaged signature head
-  std::uint64_t max_wait_ns = 0;       // longest heap.pin() call
+  std::uint64_t pins = 0;               // pins taken
+  std::uint64_t stale = 0;              // pins refused with stale_handle (object freed meanwhile)
+  std::uint64_t errors = 0;             // pins refused for any other reason
+  std::uint64_t signature_errors = 0;   // pins that saw a damaged signature head
+  std::uint64_t max_wait_ns = 0;        // longest heap.pin() call
+  std::uint32_t max_wait_line = 0;      // trace line being replayed when that call began
+  std::uint32_t max_wait_end_line = 0;  // ... and when it returned
+  std::uint64_t waits_over_100us = 0;   // heap.pin() calls longer than 100 µs
+  std::uint64_t waits_over_1ms = 0;
   std::string first_error;
 };
 
@@ -50,14 +57,17 @@ class Pinners {
  private:
   void run(std::uint64_t seed);
   void note_error(const std::string& message);
+  void note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line);
 
   Heap& heap_;
   const LiveSet& live_;
   PinnerOptions options_;
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> pins_{0}, stale_{0}, errors_{0}, signature_errors_{0}, max_wait_ns_{0};
+  std::atomic<std::uint64_t> waits_over_100us_{0}, waits_over_1ms_{0};
   mutable std::mutex error_mu_;
   std::string first_error_;
+  std::uint32_t max_wait_line_ = 0, max_wait_end_line_ = 0;  // under error_mu_
   std::vector<std::thread> threads_;
 };
 

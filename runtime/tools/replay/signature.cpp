@@ -30,7 +30,8 @@ void Signatures::ranges_of(std::uint64_t id, std::size_t bytes, std::vector<Patt
   }
   out.push_back({0, kWord, seed_of(id, 0)});
   // Words at every 4 KiB boundary that lies clear of the last word.
-  for (std::size_t at = kStride; at + kWord <= bytes - kWord; at += kStride) out.push_back({at, kWord, seed_of(id, at)});
+  for (std::size_t at = kStride; at + kWord <= bytes - kWord; at += kStride)
+    out.push_back({at, kWord, seed_of(id, at)});
   const std::size_t last = bytes - kWord;
   out.push_back({last, kWord, seed_of(id, last)});
 }

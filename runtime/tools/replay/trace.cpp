@@ -80,8 +80,8 @@ class LineSource {
         int code = Z_OK;
         const char* message = gzerror(file_, &code);
         if (code == Z_BUF_ERROR)
-          throw TraceError(0, "cannot read trace: the gzip stream ends early (after line " +
-                                  std::to_string(line_number_) + ")");
+          throw TraceError(
+              0, "cannot read trace: the gzip stream ends early (after line " + std::to_string(line_number_) + ")");
         if (code != Z_OK) throw TraceError(0, std::string("cannot read trace: ") + message);
         if (line.empty()) return false;
         ++line_number_;  // a last line without its newline

@@ -24,9 +24,9 @@ enum class OpKind : std::uint8_t { allocate, free, step, probe };
 
 struct TraceOp {
   OpKind kind = OpKind::step;
-  std::uint32_t line = 0;    // 1-based line of the file, for messages
-  std::uint64_t id = 0;      // allocate/free: the object's id as the trace writes it
-  std::uint64_t bytes = 0;   // allocate/probe: the size asked; free: the size of the freed object
+  std::uint32_t line = 0;   // 1-based line of the file, for messages
+  std::uint64_t id = 0;     // allocate/free: the object's id as the trace writes it
+  std::uint64_t bytes = 0;  // allocate/probe: the size asked; free: the size of the freed object
   // allocate/free: the object's dense number (the ordinal of its allocation), so the replayer
   // keeps its objects in a plain vector rather than a hash map keyed by trace ids (ids may be
   // reused after a free; object numbers never are).

@@ -1,0 +1,140 @@
+// valet-replay: replays a gpuheap-trace v1 through a Valet heap and prints what it measured.
+//
+// Exit status: 0 when the replay is clean; 1 when it ran but something failed (a signature
+// mismatch, a heap call that failed otherwise than the trace allows, peak mapped below peak
+// live, a heap that cannot be opened); 2 for a malformed trace or bad arguments.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "replayer.h"
+#include "trace.h"
+#include "valet/runtime.h"
+
+namespace {
+
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+constexpr const char* kDescription =
+    "Replays a gpuheap-trace v1 (plain or .gz; see gen_trace.py) through a Valet heap and prints one\n"
+    "summary line, or with --json one JSON object with the keys of torch_replay.py and more.\n"
+    "\n"
+    "Compaction at step lines (unless --no-compact): when mapped - live > max(32 MiB, 5% of mapped)\n"
+    "and at least 2 slab pages are under 80% occupancy, one heap.compact() with max_occupancy 0.8\n"
+    "runs; after a cycle that frees no page the rule rests for 50 steps. The heap's own emergency\n"
+    "compaction on a failing allocation is on too (--no-compact turns both off).";
+
+struct Arguments {
+  std::string trace;
+  std::string backend = "auto";
+  std::string capacity;
+  bool verify = false;
+  bool verify_through_backend = false;
+  int pinners = 1;
+  int pin_hold_us = 5;
+  int pin_gap_us = 100;
+  std::uint64_t seed = 1;
+  bool no_compact = false;
+  bool json = false;
+  std::string step_log;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace valet;
+  Arguments args;
+  CLI::App app{kDescription, "valet-replay"};
+  app.add_option("TRACE", args.trace, "The trace (gpuheap-trace v1, .gz accepted)")->required();
+  app.add_option("--backend", args.backend, "auto, cuda or host")
+      ->check(CLI::IsMember({"auto", "cuda", "host"}))
+      ->capture_default_str();
+  app.add_option("--capacity", args.capacity,
+                 "Memory the heap may hold: bytes, or a size such as 8GiB or 512MiB (default: the trace "
+                 "header's capacity=, else the backend's default)");
+  app.add_flag("--verify", args.verify, "Write a signature into every object and check it at free and at the end");
+  app.add_flag("--verify-through-backend", args.verify_through_backend,
+               "With --verify: write and check through the backend's pattern fill/verify even where the "
+               "memory is host-accessible (the path the CUDA backend takes)");
+  app.add_option("--pinners", args.pinners, "Threads that pin random live objects during the replay")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
+  app.add_option("--pin-hold-us", args.pin_hold_us, "How long a pinner holds each pin (microseconds)")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  app.add_option("--pin-gap-us", args.pin_gap_us, "Pause of a pinner between pins (microseconds)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
+  app.add_flag("--no-compact", args.no_compact, "No compaction: neither at steps nor on a failing allocation");
+  app.add_flag("--json", args.json, "Print one JSON object instead of the summary line");
+  app.add_option("--step-log", args.step_log,
+                 "Write one CSV row per step line: what the heap holds there (diagnostics)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+
+  Config config;
+  config.backend = parse_backend_choice(args.backend).value();  // checked by CLI11 above
+  config.compact_on_oom = !args.no_compact;
+  config.background_reserve = true;
+
+  replay::Trace trace;
+  try {
+    trace = replay::read_trace(args.trace);
+  } catch (const replay::TraceError& e) {
+    std::cerr << "valet-replay: " << args.trace << ": " << e.what() << "\n";
+    return kExitUsage;
+  }
+
+  if (!args.capacity.empty()) {
+    auto size = parse_size(args.capacity);
+    if (!size.ok()) {
+      std::cerr << "valet-replay: --capacity: " << size.error().message << "\n";
+      return kExitUsage;
+    }
+    config.capacity = *size;
+  } else if (trace.header_capacity) {
+    config.capacity = *trace.header_capacity;
+  }
+
+  auto heap = open_heap(config);
+  if (!heap.ok()) {
+    std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
+    return kExitFailed;
+  }
+
+  replay::ReplayOptions options;
+  options.compact_at_steps = !args.no_compact;
+  options.verify = args.verify;
+  options.step_log = args.step_log;
+  const bool host_accessible = (*heap)->backend().capabilities().host_accessible;
+  options.signature_path = host_accessible && !args.verify_through_backend ? replay::SignaturePath::host_address
+                                                                           : replay::SignaturePath::backend;
+  options.pinners.threads = args.pinners;
+  options.pinners.hold = std::chrono::microseconds(args.pin_hold_us);
+  options.pinners.gap = std::chrono::microseconds(args.pin_gap_us);
+  options.pinners.seed = args.seed;
+  options.pinners.check_signature = args.verify && host_accessible;
+
+  replay::ReplayReport report = replay::replay(**heap, trace, options);
+  report.trace = args.trace;
+  report.backend = (*heap)->backend().name();
+  report.capacity_bytes = (*heap)->config().capacity;
+  report.compaction = !args.no_compact;
+  report.verify = args.verify;
+  report.pinners = args.pinners;
+
+  if (args.json)
+    std::cout << replay::to_json(report).dump() << std::endl;
+  else
+    std::cout << replay::summary_line(report) << std::endl;
+  for (const std::string& p : report.problems) std::cerr << "valet-replay: " << p << "\n";
+  if (report.problems_omitted) std::cerr << "valet-replay: ... and " << report.problems_omitted << " more problems\n";
+  return report.failed() ? kExitFailed : 0;
+}

@@ -1,0 +1,284 @@
+// The replayer core (see replayer.h).
+#include "replayer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "live_set.h"
+#include "step_compaction.h"
+#include "step_log.h"
+
+namespace valet::replay {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
+  return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
+}
+
+// Median (mean of the middle two for an even count) and p99 (the sorted element at 0.99 n), as
+// torch_replay.py computes them, so the figures compare.
+void latency_figures(std::vector<std::uint64_t>& ns, ReplayReport& r) {
+  if (ns.empty()) return;
+  std::sort(ns.begin(), ns.end());
+  const std::size_t n = ns.size();
+  r.alloc_ns_median = n % 2 ? double(ns[n / 2]) : (double(ns[n / 2 - 1]) + double(ns[n / 2])) / 2;
+  r.alloc_ns_p99 = double(ns[std::min(n - 1, std::size_t(0.99 * double(n)))]);
+  r.alloc_ns_max = double(ns.back());
+}
+
+class Replayer {
+ public:
+  Replayer(Heap& heap, const Trace& trace, const ReplayOptions& options)
+      : heap_(heap),
+        trace_(trace),
+        options_(options),
+        pinner_options_(options.pinners),
+        objects_(trace.objects),
+        steps_(options.compact_at_steps) {
+    if (options_.verify) signatures_.emplace(heap_, options_.signature_path);
+    if (options_.pinners.threads > 0) {
+      live_set_ = std::make_unique<LiveSet>(trace.objects);
+      pinner_options_.replay_line = &current_line_;
+    }
+    alloc_ns_.reserve(trace.ops.size() / 2);
+    if (!options_.step_log.empty() && !step_log_.open(options_.step_log))
+      problem("cannot write the step log " + options_.step_log);
+  }
+
+  ReplayReport run() {
+    if (live_set_) pinners_ = std::make_unique<Pinners>(heap_, *live_set_, pinner_options_);
+    const auto start = Clock::now();
+    for (const TraceOp& op : trace_.ops) {
+      current_line_.store(op.line, std::memory_order_relaxed);
+      switch (op.kind) {
+        case OpKind::allocate:
+          on_allocate(op);
+          break;
+        case OpKind::free:
+          on_free(op);
+          break;
+        case OpKind::step:
+          on_step(op);
+          break;
+        case OpKind::probe:
+          on_probe(op);
+          break;
+      }
+    }
+    report_.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+    // No pin may outlive the replay: the heap aborts when destroyed under one.
+    if (pinners_) pinners_->stop();
+    free_leftovers();
+    if (auto st = heap_.validate(); !st.ok()) problem("validate after the replay: " + st.error().to_string());
+    finish();
+    return std::move(report_);
+  }
+
+ private:
+  struct ObjectSlot {
+    Handle handle;
+    bool live = false;
+  };
+
+  void problem(const std::string& message) {
+    ++report_.heap_errors;
+    report_.note_problem(message);
+  }
+  void problem_at(const TraceOp& op, const std::string& what, const Error& e) {
+    problem("line " + std::to_string(op.line) + ": " + what + ": " + e.to_string());
+  }
+
+  void on_allocate(const TraceOp& op) {
+    const auto asked = Clock::now();
+    auto h = heap_.allocate(op.bytes);
+    alloc_ns_.push_back(ns_between(asked, Clock::now()));
+    ++report_.ops;
+    if (!h.ok()) {
+      // The trace frees the object later; its slot stays not live and the free is skipped.
+      if (h.code() == Errc::out_of_memory)
+        ++report_.ooms;
+      else
+        problem_at(op, "allocate " + std::to_string(op.bytes) + " bytes", h.error());
+      return;
+    }
+    objects_[op.object] = {*h, true};
+    live_bytes_ += op.bytes;
+    report_.peak_live_bytes = std::max(report_.peak_live_bytes, live_bytes_);
+    report_.allocated_bytes += op.bytes;
+    if (signatures_)
+      if (auto st = signatures_->write(*h, op.id, op.bytes); !st.ok())
+        problem_at(op, "writing the signature", st.error());
+    // Pinners see the object only once its signature is in place.
+    if (live_set_) live_set_->insert(op.object, {*h, op.id, op.bytes});
+  }
+
+  void on_free(const TraceOp& op) {
+    ObjectSlot& slot = objects_[op.object];
+    if (!slot.live) return;  // its allocation was refused
+    if (live_set_) live_set_->erase(op.object);
+    check_signature(op, slot.handle);
+    if (auto st = free_when_unpinned(slot.handle); !st.ok()) problem_at(op, "free", st.error());
+    slot.live = false;
+    live_bytes_ -= op.bytes;
+  }
+
+  void on_step(const TraceOp& op) {
+    // Sampled before anything the heap does at this step.
+    const auto asked = Clock::now();
+    const HeapStats s = heap_.stats();
+    const std::uint64_t stats_ns = ns_between(asked, Clock::now());
+    note_mapped(s.mapped_bytes, op.line);
+    note_cycles(s);
+    sum_live_ += double(live_bytes_);
+    sum_mapped_ += double(s.mapped_bytes);
+    sum_reserve_ += double(s.reserve_bytes);
+    ++steps_seen_;
+    if (s.mapped_bytes) {
+      sum_unweighted_ += 1.0 - double(live_bytes_) / double(s.mapped_bytes);
+      ++unweighted_steps_;
+    }
+    auto cycle = steps_.maybe_compact_at_step(heap_, s);
+    if (cycle) {
+      if (cycle->ok())
+        report_.pin_wait_ns_max_cycles = std::max(report_.pin_wait_ns_max_cycles, (*cycle)->longest_pin_wait_ns);
+      else
+        problem_at(op, "compact", cycle->error());
+    }
+    if (step_log_.is_open())
+      step_log_.row(op.line, live_bytes_, s, stats_ns, cycle && cycle->ok() ? &**cycle : nullptr);
+  }
+
+  void on_probe(const TraceOp& op) {
+    note_mapped(heap_.stats().mapped_bytes, op.line);
+    ++report_.probes;
+    auto h = heap_.allocate(op.bytes);
+    if (!h.ok()) {
+      ++report_.probes_failed;
+      if (h.code() != Errc::out_of_memory) problem_at(op, "probe of " + std::to_string(op.bytes) + " bytes", h.error());
+      return;
+    }
+    if (auto st = free_when_unpinned(*h); !st.ok()) problem_at(op, "free of a probe", st.error());
+  }
+
+  // A pinner may hold the object for a few microseconds: wait for it, as a service's free waits
+  // for the kernels that use the object.
+  Status free_when_unpinned(Handle h) {
+    for (;;) {
+      Status st = heap_.free(h);
+      if (st.code() != Errc::pinned) return st;
+      ++report_.free_retries;
+      std::this_thread::yield();
+    }
+  }
+
+  void check_signature(const TraceOp& op, Handle h) {
+    if (!signatures_) return;
+    auto differ = signatures_->check(h, op.id, op.bytes);
+    if (!differ.ok()) return problem_at(op, "checking the signature", differ.error());
+    ++report_.verified_objects;
+    if (*differ == 0) return;
+    ++report_.verify_errors;
+    report_.note_problem("line " + std::to_string(op.line) + ": object " + std::to_string(op.id) + " (" +
+                         std::to_string(op.bytes) + " bytes): " + std::to_string(*differ) +
+                         " bytes of its signature differ");
+  }
+
+  void note_mapped(std::uint64_t mapped, std::uint32_t line) {
+    if (mapped <= report_.peak_mapped_bytes) return;
+    report_.peak_mapped_bytes = mapped;
+    report_.peak_mapped_line = line;
+  }
+
+  // The heap keeps its last 16 cycle records; emergency cycles run inside allocate(), so the
+  // replayer sees their pin waits here, at the next step.
+  void note_cycles(const HeapStats& s) {
+    for (const CompactionRecord& c : s.recent_cycles)
+      report_.pin_wait_ns_max_cycles = std::max(report_.pin_wait_ns_max_cycles, c.longest_pin_wait_ns);
+  }
+
+  // Objects the trace left live: checked and freed (the trace never resizes, so their signature
+  // is still the one written at allocation).
+  void free_leftovers() {
+    TraceOp at_end;
+    at_end.line = trace_.ops.empty() ? 0 : trace_.ops.back().line;
+    for (const TraceOp& op : trace_.ops) {
+      if (op.kind != OpKind::allocate || !objects_[op.object].live) continue;
+      TraceOp leftover = op;
+      leftover.line = at_end.line;
+      check_signature(leftover, objects_[op.object].handle);
+      if (auto st = heap_.free(objects_[op.object].handle); !st.ok())
+        problem_at(leftover, "free at the end", st.error());
+      objects_[op.object].live = false;
+      live_bytes_ -= op.bytes;
+    }
+  }
+
+  void finish() {
+    ReplayReport& r = report_;
+    const HeapStats s = heap_.stats();
+    note_cycles(s);
+    r.compactions = s.compaction.cycles;
+    r.emergency_compactions = s.compaction.emergency_cycles;
+    r.step_compactions = steps_.cycles();
+    r.bytes_moved = s.compaction.bytes_moved;
+    r.objects_moved = s.compaction.objects_moved;
+    r.pages_freed = s.compaction.pages_freed;
+    r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;
+    r.moved_fraction = r.allocated_bytes ? double(r.bytes_moved) / double(r.allocated_bytes) : 0.0;
+    r.mean_fragmentation = sum_mapped_ > 0 ? 1.0 - sum_live_ / sum_mapped_ : 0.0;
+    r.mean_reserve_bytes = steps_seen_ ? sum_reserve_ / double(steps_seen_) : 0.0;
+    r.mean_fragmentation_without_reserve =
+        sum_mapped_ > sum_reserve_ ? 1.0 - sum_live_ / (sum_mapped_ - sum_reserve_) : 0.0;
+    r.mean_fragmentation_unweighted = unweighted_steps_ ? sum_unweighted_ / double(unweighted_steps_) : 0.0;
+    latency_figures(alloc_ns_, r);
+    if (pinners_) {
+      const PinnerCounters c = pinners_->counters();
+      r.pins = c.pins;
+      r.pins_stale = c.stale;
+      r.pin_errors = c.errors;
+      r.pin_waits_over_100us = c.waits_over_100us;
+      r.pin_waits_over_1ms = c.waits_over_1ms;
+      r.verify_errors += c.signature_errors;
+      r.pin_wait_ns_max = std::max(r.pin_wait_ns_max, c.max_wait_ns);
+      r.pin_wait_max_lines[0] = c.max_wait_line;
+      r.pin_wait_max_lines[1] = c.max_wait_end_line;
+      if (!c.first_error.empty()) r.note_problem("pinner: " + c.first_error);
+    }
+    if (r.peak_mapped_bytes < r.peak_live_bytes)
+      r.note_problem("peak_mapped_bytes (" + std::to_string(r.peak_mapped_bytes) + ") < peak_live_bytes (" +
+                     std::to_string(r.peak_live_bytes) + "): the heap cannot hold less than what is live");
+  }
+
+  Heap& heap_;
+  const Trace& trace_;
+  const ReplayOptions& options_;
+  PinnerOptions pinner_options_;
+  std::atomic<std::uint32_t> current_line_{0};
+  std::vector<ObjectSlot> objects_;
+  StepCompaction steps_;
+  std::optional<Signatures> signatures_;
+  std::unique_ptr<LiveSet> live_set_;
+  std::unique_ptr<Pinners> pinners_;
+  StepLog step_log_;
+  ReplayReport report_;
+  std::vector<std::uint64_t> alloc_ns_;
+  std::uint64_t live_bytes_ = 0;
+  double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;
+  std::uint64_t unweighted_steps_ = 0, steps_seen_ = 0;
+};
+
+}  // namespace
+
+ReplayReport replay(Heap& heap, const Trace& trace, const ReplayOptions& options) {
+  return Replayer(heap, trace, options).run();
+}
+
+}  // namespace valet::replay

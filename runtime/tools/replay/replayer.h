@@ -1,0 +1,29 @@
+// The replayer core: runs a parsed trace against a heap and measures what report.h describes.
+#pragma once
+
+#include <string>
+
+#include "pinners.h"
+#include "report.h"
+#include "signature.h"
+#include "trace.h"
+#include "valet/heap.h"
+
+namespace valet::replay {
+
+struct ReplayOptions {
+  // Compaction at step lines (step_compaction.h). The heap's own emergency compaction is the
+  // heap's Config::compact_on_oom, set by whoever made the heap.
+  bool compact_at_steps = true;
+  bool verify = false;
+  SignaturePath signature_path = SignaturePath::host_address;
+  PinnerOptions pinners;  // threads = 0: no pinners
+  // Where to write one CSV row per step line (what the heap holds and why), or empty for none.
+  std::string step_log;
+};
+
+// Replays every line of `trace` on `heap`, then checks and frees what the trace left live and
+// validates the heap. The report's failed() says whether anything went wrong.
+ReplayReport replay(Heap& heap, const Trace& trace, const ReplayOptions& options);
+
+}  // namespace valet::replay

@@ -1,0 +1,71 @@
+// Printing a replay's report (see report.h).
+#include "report.h"
+
+#include <cstdio>
+
+namespace valet::replay {
+
+nlohmann::ordered_json to_json(const ReplayReport& r) {
+  nlohmann::ordered_json j;
+  j["trace"] = r.trace;
+  j["backend"] = r.backend;
+  j["capacity_bytes"] = r.capacity_bytes;
+  j["compaction"] = r.compaction;
+  j["verify"] = r.verify;
+  j["pinners"] = r.pinners;
+  j["ops"] = r.ops;
+  j["ooms"] = r.ooms;
+  j["allocated_bytes"] = r.allocated_bytes;
+  j["probes"] = r.probes;
+  j["probes_failed"] = r.probes_failed;
+  j["peak_live_bytes"] = r.peak_live_bytes;
+  j["peak_mapped_bytes"] = r.peak_mapped_bytes;
+  j["peak_mapped_line"] = r.peak_mapped_line;
+  j["mean_fragmentation"] = r.mean_fragmentation;
+  j["mean_fragmentation_unweighted"] = r.mean_fragmentation_unweighted;
+  j["mean_reserve_bytes"] = r.mean_reserve_bytes;
+  j["mean_fragmentation_without_reserve"] = r.mean_fragmentation_without_reserve;
+  j["alloc_ns_median"] = r.alloc_ns_median;
+  j["alloc_ns_p99"] = r.alloc_ns_p99;
+  j["alloc_ns_max"] = r.alloc_ns_max;
+  j["compactions"] = r.compactions;
+  j["emergency_compactions"] = r.emergency_compactions;
+  j["step_compactions"] = r.step_compactions;
+  j["bytes_moved"] = r.bytes_moved;
+  j["objects_moved"] = r.objects_moved;
+  j["pages_freed"] = r.pages_freed;
+  j["moved_fraction"] = r.moved_fraction;
+  j["pin_wait_ns_max"] = r.pin_wait_ns_max;
+  j["pin_wait_ns_max_cycles"] = r.pin_wait_ns_max_cycles;
+  j["pin_wait_max_lines"] = {r.pin_wait_max_lines[0], r.pin_wait_max_lines[1]};
+  j["pins"] = r.pins;
+  j["pins_stale"] = r.pins_stale;
+  j["pin_errors"] = r.pin_errors;
+  j["pin_waits_over_100us"] = r.pin_waits_over_100us;
+  j["pin_waits_over_1ms"] = r.pin_waits_over_1ms;
+  j["free_retries"] = r.free_retries;
+  j["verified_objects"] = r.verified_objects;
+  j["verify_errors"] = r.verify_errors;
+  j["heap_errors"] = r.heap_errors;
+  j["wall_s"] = r.wall_s;
+  return j;
+}
+
+std::string summary_line(const ReplayReport& r) {
+  const double gib = double(std::uint64_t{1} << 30);
+  char buf[640];
+  std::snprintf(buf, sizeof buf,
+                "valet:%s cap=%.1fGiB compaction=%s ops=%llu ooms=%llu probes_failed=%llu/%llu "
+                "mapped/live=%.3f frag=%.3f (unweighted %.3f) compactions=%llu moved=%.2f%% "
+                "pin_wait_max=%.1fus alloc_ns median=%.0f p99=%.0f verify_errors=%llu wall=%.2fs",
+                r.backend.c_str(), double(r.capacity_bytes) / gib, r.compaction ? "on" : "off",
+                (unsigned long long)r.ops, (unsigned long long)r.ooms, (unsigned long long)r.probes_failed,
+                (unsigned long long)r.probes,
+                r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0, r.mean_fragmentation,
+                r.mean_fragmentation_unweighted, (unsigned long long)r.compactions, 100.0 * r.moved_fraction,
+                double(r.pin_wait_ns_max) / 1e3, r.alloc_ns_median, r.alloc_ns_p99, (unsigned long long)r.verify_errors,
+                r.wall_s);
+  return buf;
+}
+
+}  // namespace valet::replay

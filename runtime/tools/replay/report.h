@@ -1,0 +1,89 @@
+// What one replay measured, and its two printed forms: one JSON object (--json; the keys of the
+// project's peer replayers, torch_replay.py above all, with the same meanings) and one summary line.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace valet::replay {
+
+struct ReplayReport {
+  // The run.
+  std::string trace;
+  std::string backend;  // the backend's name()
+  std::uint64_t capacity_bytes = 0;
+  bool compaction = true;
+  bool verify = false;
+  int pinners = 0;
+
+  // Allocations of `a` lines.
+  std::uint64_t ops = 0;              // allocations replayed (refused ones included)
+  std::uint64_t ooms = 0;             // allocations refused with out_of_memory
+  std::uint64_t allocated_bytes = 0;  // bytes of the allocations that succeeded
+  double wall_s = 0;                  // the replay of the trace's lines, pinners running
+  double alloc_ns_median = 0;         // heap.allocate() of `a` lines (steady_clock around the call)
+  double alloc_ns_p99 = 0;
+  double alloc_ns_max = 0;
+
+  // Probes: a real allocate followed by free.
+  std::uint64_t probes = 0;
+  std::uint64_t probes_failed = 0;
+
+  // Memory. Live: the replayer's own running sum of the sizes the trace asked for (allocations
+  // that succeeded; probes excluded). Mapped: stats().mapped_bytes (pages held at the backend,
+  // reserve included), sampled at every step line and before every probe.
+  std::uint64_t peak_live_bytes = 0;
+  std::uint64_t peak_mapped_bytes = 0;
+  std::uint64_t peak_mapped_line = 0;        // trace line where the mapped peak was sampled
+  double mean_fragmentation = 0;             // 1 - Σ live / Σ mapped over step lines
+  double mean_fragmentation_unweighted = 0;  // mean over step lines of 1 - live / mapped (mapped > 0)
+  // Diagnostics: the heap's page reserve (created pages nobody uses) at step lines, and the
+  // fragmentation left when it is not counted (what slab slack and page rounding cost).
+  double mean_reserve_bytes = 0;
+  double mean_fragmentation_without_reserve = 0;
+
+  // Compaction (heap totals at the end, every trigger).
+  std::uint64_t compactions = 0;  // cycles (stats().compaction.cycles)
+  std::uint64_t emergency_compactions = 0;
+  std::uint64_t step_compactions = 0;  // cycles the replayer asked for at step lines
+  std::uint64_t bytes_moved = 0;
+  std::uint64_t objects_moved = 0;
+  std::uint64_t pages_freed = 0;
+  std::uint64_t pin_wait_ns_max = 0;         // max of the pinners' own timing and the cycles' records
+  std::uint64_t pin_wait_ns_max_cycles = 0;  // the longest wait the heap's cycle records report
+  // Where the pinners' longest wait fell: the trace lines being replayed when it began and ended.
+  std::uint64_t pin_wait_max_lines[2] = {0, 0};
+  double moved_fraction = 0;  // bytes_moved / allocated_bytes
+
+  // Pins and checks.
+  std::uint64_t pins = 0;                  // pins the pinner threads took
+  std::uint64_t pins_stale = 0;            // pins of objects freed meanwhile (expected, ignored)
+  std::uint64_t pin_errors = 0;            // pins refused for any other reason
+  std::uint64_t pin_waits_over_100us = 0;  // pinners' heap.pin() calls longer than 100 µs
+  std::uint64_t pin_waits_over_1ms = 0;
+  std::uint64_t free_retries = 0;      // frees refused because a pinner held the object
+  std::uint64_t verified_objects = 0;  // signatures checked (at free and at the end)
+  std::uint64_t verify_errors = 0;     // objects (or pins) that found a damaged signature
+  std::uint64_t heap_errors = 0;       // calls that failed otherwise than the trace allows
+  std::vector<std::string> problems;   // the first messages, for stderr
+  std::uint64_t problems_omitted = 0;  // messages beyond the first kMaxProblems
+
+  static constexpr std::size_t kMaxProblems = 10;
+  void note_problem(std::string message) {
+    if (problems.size() < kMaxProblems)
+      problems.push_back(std::move(message));
+    else
+      ++problems_omitted;
+  }
+
+  bool failed() const {
+    return verify_errors > 0 || heap_errors > 0 || pin_errors > 0 || peak_mapped_bytes < peak_live_bytes;
+  }
+};
+
+nlohmann::ordered_json to_json(const ReplayReport& report);
+std::string summary_line(const ReplayReport& report);
+
+}  // namespace valet::replay

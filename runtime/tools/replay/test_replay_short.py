@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""CTest: generate a short trace, replay it (gzip-compressed) with --json --verify --pinners 2 on the
+host backend, and check the figures: every key present, no failed probe, no OOM, no signature
+mismatch, peak mapped >= peak live, exit status 0.
+
+usage: test_replay_short.py REPLAY GEN_TRACE WORKDIR [extra replay arguments...]
+"""
+import gzip, json, os, shutil, subprocess, sys
+
+KEYS = ["backend", "ops", "ooms", "wall_s", "probes", "probes_failed", "peak_live_bytes", "peak_mapped_bytes",
+        "mean_fragmentation", "mean_fragmentation_unweighted", "alloc_ns_median", "alloc_ns_p99", "compactions",
+        "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max", "moved_fraction", "verify_errors"]
+
+
+def main():
+    replay, gen, workdir = sys.argv[1:4]
+    extra = sys.argv[4:]
+    os.makedirs(workdir, exist_ok=True)
+    plain = os.path.join(workdir, "short.trace")
+    subprocess.run([sys.executable, gen, "--steps", "300", "--seed", "3", "--capacity-gib", "1",
+                    "--probe-every", "50", "-o", plain], check=True)
+    packed = plain + ".gz"
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    cmd = [replay, packed, "--json", "--verify", "--pinners", "2", "--backend", "host"] + extra
+    print("running:", " ".join(cmd), flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(run.stderr)
+    print(run.stdout)
+    failures = []
+    if run.returncode != 0:
+        failures.append(f"exit status {run.returncode}")
+    try:
+        out = json.loads(run.stdout)
+    except json.JSONDecodeError as e:
+        sys.exit(f"FAIL: stdout is not one JSON object: {e}")
+    failures += [f"key '{k}' missing" for k in KEYS if k not in out]
+    for key in ["probes_failed", "ooms", "verify_errors", "heap_errors", "pin_errors"]:
+        if out.get(key, 0) != 0:
+            failures.append(f"{key} = {out[key]}")
+    if out.get("peak_mapped_bytes", 0) < out.get("peak_live_bytes", 1):
+        failures.append("peak_mapped_bytes < peak_live_bytes")
+    if out.get("probes", 0) == 0 or out.get("ops", 0) == 0:
+        failures.append("nothing was replayed")
+    if out.get("verified_objects", 0) == 0:
+        failures.append("--verify checked no object")
+    if failures:
+        sys.exit("FAIL: " + "; ".join(failures))
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
