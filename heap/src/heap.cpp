@@ -210,7 +210,7 @@ void HeapCore::release_location(const Location& loc) {
     SlabPage* p = slabs.page(pool.slot(loc.page).owner);
     slabs.free_slot(p, loc.index);
     // Keep one empty page per class against allocate/free ping-pong; give back the others.
-    if (p->used == 0 && slabs.pages_of(p->cls) > 1) {
+    if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) {
       const std::uint32_t slot = p->slot;
       slabs.destroy(p);
       pool.give_back(slot, 1);
@@ -525,6 +525,7 @@ Result<StreamPin> Heap::pin(Handle h, Stream stream) {
 }
 
 Result<std::size_t> Heap::size_of(Handle h) const {
+  if (core_->shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
   std::lock_guard lock(core_->mu);
   auto e = core_->lookup(h);
   if (!e.ok()) return e.error();

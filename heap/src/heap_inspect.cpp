@@ -103,6 +103,7 @@ Status Heap::validate() const {
     if (p.capacity % 64 && (p.bitmap.back() >> (p.capacity % 64)) != (~0ull >> (p.capacity % 64)))
       bad = fail("bitmap padding bits were cleared");
     if (bits != p.used) bad = fail("slab page used count disagrees with its bitmap");
+    if (!p.evacuating && !p.hook.is_linked()) bad = fail("slab page " + std::to_string(p.id) + " is in no bucket");
     if (p.used == p.capacity && p.bucket != detail::kBuckets - 1 && p.hook.is_linked())
       bad = fail("a full page sits in a bucket with room");
   });

@@ -17,6 +17,7 @@ std::uint8_t Slabs::bucket_of(const SlabPage& p) {
 }
 
 void Slabs::rebucket(SlabPage* p) {
+  if (p->evacuating) return;
   const std::uint8_t b = bucket_of(*p);
   if (b == p->bucket && p->hook.is_linked()) return;
   if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
@@ -49,6 +50,7 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
   p->used = 0;
   p->hint = 0;
   p->live = true;
+  p->evacuating = false;
   p->bitmap.assign((p->capacity + 63) / 64, 0);
   // Bits past the capacity read as taken, so the search for a free slot never reaches them.
   if (p->capacity % 64) p->bitmap.back() = ~0ull << (p->capacity % 64);
@@ -60,10 +62,12 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
 
 void Slabs::detach(SlabPage* p) {
   if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
+  p->evacuating = true;
 }
 
 void Slabs::destroy(SlabPage* p) {
   detach(p);
+  p->evacuating = false;
   p->live = false;
   p->bitmap.clear();
   p->bitmap.shrink_to_fit();

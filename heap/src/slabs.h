@@ -29,6 +29,9 @@ struct SlabPage {
   std::uint32_t hint = 0;   // no free slot below word `hint` of the bitmap
   std::uint8_t bucket = 0;
   bool live = false;
+  // A compaction cycle is emptying this page: it stays out of the buckets (no allocation lands
+  // on it) and only the cycle may destroy it, even if frees empty it meanwhile.
+  bool evacuating = false;
   std::vector<std::uint64_t> bitmap;
   std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
   boost::intrusive::list_member_hook<> hook;
@@ -57,9 +60,13 @@ class Slabs {
   // Takes slot `i` of `page`. Precondition: it is free.
   void take_slot_at(SlabPage* page, std::uint32_t i, std::uint32_t owner);
   void free_slot(SlabPage* page, std::uint32_t i);
-  // Takes a page out of its bucket (no allocation or move targets it) until attach().
+  // Takes a page out of its bucket for a compaction cycle: no allocation or move targets it, and
+  // nothing but the cycle destroys it, until attach() (or destroy()).
   void detach(SlabPage* page);
-  void attach(SlabPage* page) { rebucket(page); }
+  void attach(SlabPage* page) {
+    page->evacuating = false;
+    rebucket(page);
+  }
   void set_owner(SlabPage* page, std::uint32_t i, std::uint32_t owner) { page->owners[i] = owner; }
 
   SlabPage* page(std::uint32_t id) const { return id < pages_.size() ? pages_[id].get() : nullptr; }
