@@ -128,6 +128,7 @@ class CompactorControl final : public CompactionControl {
 struct ControlServerOptions {
   // See control_socket_path(): empty means $VALET_CONTROL_SOCKET, else the discovery directory.
   std::string socket_path;
+  // Both must outlive the server (stop it first).
   std::shared_ptr<CompactionControl> compaction;  // none: `compact` runs Heap::compact()
   TraceRecorder* trace = nullptr;                  // none: trace_start is refused
   std::size_t max_request_bytes = std::size_t{64} << 10;

@@ -1,0 +1,190 @@
+// valet-serve: a long-running process that behaves like an LLM serving loop on a Valet heap
+// (serving_loop.h), with the control server on so that `valetctl` can watch and steer it, and the
+// background compactor running. Stops cleanly on SIGINT or SIGTERM: every object freed, the heap
+// shut down, every page given back, the control socket removed. Exit status 0 then; 1 when data
+// was found corrupted or the heap failed; 2 for bad options or a heap that cannot be opened.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "object_access.h"
+#include "serving_loop.h"
+#include "traced_heap.h"
+#include "valet/control_server.h"
+#include "valet/host_backend.h"
+#include "valet/runtime.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+volatile sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Our own handlers, also where the shell started us with SIGINT ignored (a background job).
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+double mib(std::size_t bytes) { return double(bytes) / double(1 << 20); }
+
+void status_line(const valet::Heap& heap, const serve::LoopCounters& c, double elapsed, bool tty) {
+  const auto s = heap.stats();
+  std::fprintf(stderr,
+               "%s[valet-serve %5.0fs] steps %llu  requests %zu running, %llu done  live %.1f MiB  mapped %.1f MiB  "
+               "frag %.3f  cycles %llu  probes %llu/%llu failed%s",
+               tty ? "\r\033[K" : "", elapsed, (unsigned long long)c.steps, c.running,
+               (unsigned long long)c.requests_finished, mib(s.live_bytes), mib(s.mapped_bytes), s.fragmentation,
+               (unsigned long long)s.compaction.cycles, (unsigned long long)c.probes_failed,
+               (unsigned long long)c.probes, tty ? "" : "\n");
+}
+
+// Physical pages the backend still holds (host backend only; -1 when unknown).
+long long backend_pages(valet::Heap& heap) {
+  if (auto* host = dynamic_cast<valet::BackendModel<valet::HostBackend>*>(&heap.backend()))
+    return (long long)host->impl().pages_in_use();
+  return -1;
+}
+
+struct Options {
+  std::string backend = "auto";
+  std::string capacity;
+  double seconds = 0;
+  std::string socket;
+  double step_ms = 5;
+  std::uint64_t seed = 1;
+};
+
+int run_service(const Options& o) {
+  auto choice = valet::parse_backend_choice(o.backend);
+  if (!choice.ok()) return std::fprintf(stderr, "valet-serve: %s\n", choice.error().message.c_str()), 2;
+  std::size_t capacity = 0;
+  if (!o.capacity.empty()) {
+    auto c = valet::parse_size(o.capacity);
+    if (!c.ok() || *c == 0) return std::fprintf(stderr, "valet-serve: --capacity: %s\n", c.ok() ? "must be positive" : c.error().message.c_str()), 2;
+    capacity = *c;
+  }
+  constexpr std::size_t kHostDefault = std::size_t{1} << 30;
+  valet::BackendOptions bo;
+  bo.choice = *choice;
+  bo.host_capacity = capacity ? capacity : kHostDefault;
+  auto backend = valet::open_backend(bo);
+  if (!backend.ok()) return std::fprintf(stderr, "valet-serve: %s\n", backend.error().to_string().c_str()), 2;
+  valet::Config config;
+  config.backend = *choice;
+  config.capacity = capacity ? capacity : ((*backend)->kind() == valet::BackendKind::host ? kHostDefault : 0);
+  auto heap_or = valet::Heap::create(std::move(backend).value(), config);
+  if (!heap_or.ok()) return std::fprintf(stderr, "valet-serve: %s\n", heap_or.error().to_string().c_str()), 2;
+  std::unique_ptr<valet::Heap> heap = std::move(heap_or).value();
+  const std::size_t heap_capacity = heap->stats().capacity_bytes;
+
+  valet::TraceRecorder trace("valet-serve", heap_capacity);
+  valet::ControlServerOptions server_options;
+  server_options.socket_path = o.socket;
+  server_options.trace = &trace;
+  server_options.log = [](const std::string& m) { std::fprintf(stderr, "\nvalet-serve: %s\n", m.c_str()); };
+
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+  std::unique_ptr<valet::Compactor> compactor;
+  if (auto c = valet::Compactor::start(*heap); c.ok()) compactor = std::move(c).value();
+  else std::fprintf(stderr, "valet-serve: no background compactor: %s\n", c.error().to_string().c_str());
+  auto server = compactor ? valet::ControlServer::start(*heap, *compactor, server_options)
+                          : valet::ControlServer::start(*heap, server_options);
+#else
+  // This build has no Compactor implementation: compaction runs on request only.
+  auto server = valet::ControlServer::start(*heap, server_options);
+#endif
+  if (!server.ok()) return std::fprintf(stderr, "valet-serve: control server: %s\n", server.error().to_string().c_str()), 2;
+
+  auto access = serve::ObjectAccess::open(*heap);
+  if (!access.ok()) return std::fprintf(stderr, "valet-serve: %s\n", access.error().to_string().c_str()), 2;
+  serve::TracedHeap traced(*heap, trace);
+  serve::ServingLoop loop(traced, *access, heap_capacity, o.seed);
+
+  std::fprintf(stderr, "valet-serve: pid %d, %s, capacity %.0f MiB, objects touched by %s\n", int(::getpid()),
+               heap->backend().name().c_str(), mib(heap_capacity), access->on_host() ? "host code" : "GPU kernels");
+  std::fprintf(stderr, "valet-serve: control socket %s (try: valetctl -s %s stats)\n", (*server)->socket_path().c_str(),
+               (*server)->socket_path().c_str());
+
+  const bool tty = ::isatty(STDERR_FILENO);
+  const auto start = Clock::now();
+  const auto step = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(o.step_ms));
+  auto next_step = start, next_status = start + std::chrono::seconds(1);
+  while (!g_stop_signal) {
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    if (o.seconds > 0 && elapsed >= o.seconds) break;
+    loop.step();
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+    if (compactor) compactor->safepoint();  // between steps no pin is held: a good moment
+#endif
+    if (Clock::now() >= next_status) {
+      status_line(*heap, loop.counters(), elapsed, tty);
+      next_status += std::chrono::seconds(1);
+    }
+    next_step = std::max(next_step + step, Clock::now() - step);
+    std::this_thread::sleep_until(next_step);
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  if (g_stop_signal)
+    std::fprintf(stderr, "valet-serve: %s received, stopping\n", g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+
+  // Stop in the reverse order of starting: no new commands, no trace, no cycles; then the objects.
+  (*server)->stop();
+  if (trace.recording()) (void)trace.stop();
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+  if (compactor) compactor->stop();
+#endif
+  const serve::LoopCounters c = loop.counters();
+  loop.free_all();
+  int rc = 0;
+  if (auto v = heap->validate(); !v.ok()) {
+    std::fprintf(stderr, "valet-serve: heap validation failed: %s\n", v.error().to_string().c_str());
+    rc = 1;
+  }
+  const auto final_stats = heap->stats();
+  if (auto st = heap->shutdown(); !st.ok()) {
+    std::fprintf(stderr, "valet-serve: shutdown failed: %s\n", st.error().to_string().c_str());
+    rc = 1;
+  }
+  const long long pages_left = backend_pages(*heap);
+  std::fprintf(stderr,
+               "valet-serve: stopped after %llu steps: %llu requests served, %llu rejected, %llu cut short; %llu objects "
+               "checked, %llu bytes corrupt; live at exit %zu objects (freed); heap shut down, %s\n",
+               (unsigned long long)c.steps, (unsigned long long)c.requests_finished,
+               (unsigned long long)c.requests_rejected, (unsigned long long)c.requests_cut,
+               (unsigned long long)c.checks, (unsigned long long)c.corrupt_bytes, final_stats.live_objects,
+               pages_left < 0 ? "pages returned to the driver"
+                              : (pages_left == 0 ? "every page back" : "PAGES STILL HELD"));
+  if (pages_left > 0 || c.corrupt_bytes || c.errors || final_stats.live_objects) rc = 1;
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  install_stop_handlers();
+  Options o;
+  CLI::App app{"valet-serve: an LLM serving loop on a Valet heap (KV caches that grow, small objects that linger,\n"
+               "per-step temporaries), steerable with valetctl through its control socket. Runs until SIGINT/SIGTERM."};
+  app.add_option("--backend", o.backend, "auto, cuda or host")->check(CLI::IsMember({"auto", "cuda", "host"}));
+  app.add_option("--capacity", o.capacity, "physical memory of the heap, e.g. 512MiB (host default 1GiB; "
+                                           "CUDA default: the device's free memory)");
+  app.add_option("--seconds", o.seconds, "run time in seconds (default: until stopped)")->check(CLI::NonNegativeNumber);
+  app.add_option("--socket", o.socket, "control socket path (default: $VALET_CONTROL_SOCKET, else "
+                                       "$XDG_RUNTIME_DIR/valet/<pid>.sock or /tmp/valet-$UID/<pid>.sock)");
+  app.add_option("--step-ms", o.step_ms, "milliseconds per serving step")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", o.seed, "seed of the workload");
+  CLI11_PARSE(app, argc, argv);
+  return run_service(o);
+}

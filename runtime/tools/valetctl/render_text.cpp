@@ -1,0 +1,139 @@
+#include "render_text.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace valetctl {
+
+using nlohmann::json;
+
+namespace {
+
+// Reads a number from the reply, 0 when absent (older or newer servers may lack a field).
+double num(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+}
+std::string str(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string("?");
+}
+std::string count(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+std::string fixed(double v, int digits) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+std::string duration_text(double ns) {
+  if (ns < 1e6) return fixed(ns / 1e3, 1) + " us";
+  if (ns < 1e9) return fixed(ns / 1e6, 2) + " ms";
+  return fixed(ns / 1e9, 2) + " s";
+}
+const json& section(const json& j, const char* key) {
+  static const json empty = json::object();
+  return j.contains(key) && j[key].is_object() ? j[key] : empty;
+}
+
+}  // namespace
+
+std::string bytes_text(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return u == 0 ? count(b) + " B" : fixed(b, 1) + " " + units[u];
+}
+
+std::string record_text(const json& r) {
+  return str(r, "trigger") + ": moved " + count(num(r, "objects_moved")) + " objects (" + bytes_text(num(r, "bytes_moved")) +
+         "), freed " + count(num(r, "pages_freed")) + " pages, meshed " + count(num(r, "pages_meshed")) + ", skipped " +
+         count(num(r, "objects_skipped")) + ", " + duration_text(num(r, "duration_ns")) +
+         (num(r, "longest_pin_wait_ns") > 0 ? ", longest pin wait " + duration_text(num(r, "longest_pin_wait_ns")) : "");
+}
+
+std::string stats_text(const json& s) {
+  std::string o;
+  auto line = [&](const std::string& text) { o += text + "\n"; };
+  line("valet service pid " + count(num(s, "pid")) + ", " + str(s, "backend") + ", up " + fixed(num(s, "uptime_s"), 1) + " s");
+  line("memory");
+  line("  live           " + bytes_text(num(s, "live_bytes")) + " in " + count(num(s, "live_objects")) +
+       " objects (footprint " + bytes_text(num(s, "footprint_bytes")) + ")");
+  line("  mapped         " + bytes_text(num(s, "mapped_bytes")) + " of " + bytes_text(num(s, "capacity_bytes")) +
+       " capacity (reserve " + bytes_text(num(s, "reserve_bytes")) + ")");
+  line("  reserved VA    " + bytes_text(num(s, "reserved_bytes")));
+  line("  fragmentation  " + fixed(num(s, "fragmentation"), 3) + "  (1 - live/mapped)");
+  line("  largest allocatable object  " + bytes_text(num(s, "largest_allocatable_bytes")));
+
+  const json& p = section(s, "pages");
+  line("pages (" + bytes_text(num(s, "page_bytes") ? num(s, "page_bytes") : 2 << 20) + " each)");
+  line("  slab " + count(num(p, "slab")) + ", large " + count(num(p, "large")) + ", reserve " + count(num(p, "reserve")) +
+       ", idle " + count(num(p, "idle")) + ", meshed " + count(num(p, "meshed")));
+  if (s.contains("occupancy_histogram") && s["occupancy_histogram"].is_array()) {
+    std::string h = "  slab occupancy ";
+    int bin = 0;
+    for (const auto& n : s["occupancy_histogram"]) {
+      h += " " + std::to_string(bin * 10) + "-" + std::to_string(bin * 10 + 10) + "%:" + n.dump();
+      ++bin;
+    }
+    line(h);
+  }
+  const json& ops = section(s, "ops");
+  line("operations");
+  line("  allocate " + count(num(ops, "allocate")) + ", free " + count(num(ops, "free")) + ", resize " +
+       count(num(ops, "resize")) + ", pin " + count(num(ops, "pin")) + ", failed allocations " +
+       count(num(ops, "failed_allocations")));
+  const json& d = section(s, "driver_calls");
+  line("  driver: create " + count(num(d, "create")) + ", release " + count(num(d, "release")) + ", map " +
+       count(num(d, "map")) + ", unmap " + count(num(d, "unmap")) + ", set_access " + count(num(d, "set_access")) +
+       ", copy " + count(num(d, "copy")));
+  const json& c = section(s, "compaction");
+  line("compaction");
+  line("  cycles " + count(num(c, "cycles")) + " (emergency " + count(num(c, "emergency_cycles")) + "), moved " +
+       count(num(c, "objects_moved")) + " objects (" + bytes_text(num(c, "bytes_moved")) + "), pages freed " +
+       count(num(c, "pages_freed")) + ", meshed " + count(num(c, "pages_meshed")));
+  const json& comp = section(s, "compactor");
+  if (comp.value("running", false)) {
+    const json& k = section(comp, "counters");
+    line("  compactor: running; cycles " + count(num(k, "cycles")) + " (fragmentation " + count(num(k, "fragmentation")) +
+         ", reserve low " + count(num(k, "reserve_low")) + ", idle " + count(num(k, "idle")) + ", requested " +
+         count(num(k, "explicit_requests")) + ", safepoints " + count(num(k, "safepoints")) + ")");
+  } else {
+    line("  compactor: none (compaction on request only)");
+  }
+  if (s.contains("recent_cycles") && s["recent_cycles"].is_array() && !s["recent_cycles"].empty()) {
+    line("  last cycles (newest last):");
+    const auto& cycles = s["recent_cycles"];
+    const std::size_t first = cycles.size() > 5 ? cycles.size() - 5 : 0;
+    for (std::size_t i = first; i < cycles.size(); ++i) line("    " + record_text(cycles[i]));
+  }
+  const json& t = section(s, "trace");
+  if (t.value("recording", false))
+    line("trace: recording to " + str(t, "path") + " (" + count(num(t, "lines")) + " lines)");
+  return o;
+}
+
+std::string compact_text(const json& r) {
+  if (!r.value("ran", true)) return "no cycle ran: " + str(r, "reason") + "\n";
+  std::string o = "compaction (" + str(r, "by") + ") " + record_text(section(r, "record")) + "\n";
+  if (r.contains("cycles") && r["cycles"].is_array() && r["cycles"].size() > 1)
+    o += "  in " + std::to_string(r["cycles"].size()) + " cycles\n";
+  o += "  fragmentation " + fixed(num(r, "fragmentation_before"), 3) + " -> " + fixed(num(r, "fragmentation_after"), 3) +
+       ", mapped " + bytes_text(num(r, "mapped_bytes_before")) + " -> " + bytes_text(num(r, "mapped_bytes_after")) + "\n";
+  if (r.contains("target_reached")) o += std::string("  target ") + (r["target_reached"].get<bool>() ? "reached" : "not reached") + "\n";
+  return o;
+}
+
+std::string policy_text(const json& policy) {
+  std::size_t width = 0;
+  for (const auto& [k, v] : policy.items()) width = std::max(width, k.size());
+  std::string o;
+  for (const auto& [k, v] : policy.items())
+    o += k + std::string(width - k.size(), ' ') + " = " + (v.is_string() ? v.get<std::string>() : v.dump()) + "\n";
+  return o;
+}
+
+}  // namespace valetctl
