@@ -49,6 +49,33 @@ bool verify_object(Heap& heap, Stream stream, const TrackedObject& o, const char
   return true;
 }
 
+bool verify_windows(Heap& heap, Stream stream, const TrackedObject& o, std::size_t window, Rng& rng,
+                    const char* context, StressCounters& counters, ErrorSink& errors) {
+  if (o.size <= 3 * window) return verify_object(heap, stream, o, context, counters, errors);
+  auto pin = heap.pin(o.handle);
+  if (!pin.ok() || pin->size() != o.size) {
+    errors.report(std::string(context) + ": cannot pin " + describe(o) +
+                  (pin.ok() ? " (pin reports size " + std::to_string(pin->size()) + ")" : ": " + pin.error().to_string()));
+    return false;
+  }
+  // Byte i of a range is a function of i alone, so a window at offset `off` (a multiple of 8) of
+  // a pattern with seed s is the pattern of seed s + off / 8.
+  auto at = [&](std::size_t off) { return PatternRange{pin->address() + off, window, o.seed + off / 8}; };
+  const std::size_t last = (o.size - window) & ~std::size_t{7};
+  const std::size_t middle = std::uniform_int_distribution<std::size_t>(0, last)(rng) & ~std::size_t{7};
+  const PatternRange ranges[] = {at(0), at(middle), at(last)};
+  auto bad = heap.backend().verify_pattern(ranges, stream);
+  if (!bad.ok() || *bad != 0) {
+    errors.report(std::string(context) + ": windows at 0, " + std::to_string(middle) + ", " + std::to_string(last) +
+                  " of " + describe(o) + ": " +
+                  (bad.ok() ? std::to_string(*bad) + " bytes differ" : bad.error().to_string()));
+    return false;
+  }
+  counters.add(counters.bytes_verified, 3 * window);
+  counters.add(counters.objects_verified);
+  return true;
+}
+
 std::size_t verify_objects(Heap& heap, Stream stream, std::span<const TrackedObject> objects, const char* context,
                            StressCounters& counters, ErrorSink& errors) {
   // Batches bounded in objects and bytes, so that pins stay few and a batch's failure is cheap

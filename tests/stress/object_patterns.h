@@ -28,6 +28,11 @@ Result<std::uint64_t> count_mismatches(Heap& heap, Stream stream, Handle h, std:
 bool verify_object(Heap& heap, Stream stream, const TrackedObject& o, const char* context, StressCounters& counters,
                    ErrorSink& errors);
 
+// Verifies the whole object when it is at most 3 windows long, else three windows of `window`
+// bytes: at the start, at a random 8-byte aligned offset, and at the end.
+bool verify_windows(Heap& heap, Stream stream, const TrackedObject& o, std::size_t window, Rng& rng,
+                    const char* context, StressCounters& counters, ErrorSink& errors);
+
 // Verifies many objects with few backend calls (host pins on all of them, then batched checks);
 // reports every object that differs. Returns the number of objects that failed.
 std::size_t verify_objects(Heap& heap, Stream stream, std::span<const TrackedObject> objects, const char* context,

@@ -32,14 +32,25 @@ inline std::uint64_t pattern_seed(std::uint64_t object_id, std::size_t size) {
   return kernels::pattern_mix(object_id * 0x9e3779b97f4a7c15ull ^ (std::uint64_t(size) << 1));
 }
 
-// Sizes from 1 byte to `max_bytes`, log-uniform: as many objects of 1-2 B as of 32-64 MB, so
-// small objects dominate by count and large ones by bytes (both matter to a compacting heap).
-inline std::size_t random_object_size(Rng& rng, std::size_t max_bytes) {
-  std::uniform_real_distribution<double> bits(0.0, std::log2(double(max_bytes)));
-  const double v = std::exp2(bits(rng));
-  const auto bytes = static_cast<std::size_t>(v);
-  return bytes < 1 ? 1 : (bytes > max_bytes ? max_bytes : bytes);
+inline std::size_t log_uniform_size(Rng& rng, std::size_t lo, std::size_t hi) {
+  std::uniform_real_distribution<double> bits(std::log2(double(lo)), std::log2(double(hi)));
+  const auto bytes = static_cast<std::size_t>(std::exp2(bits(rng)));
+  return bytes < lo ? lo : (bytes > hi ? hi : bytes);
 }
+
+// Sizes from 1 byte to `max_bytes`, skewed small, each band log-uniform: 25% from 1 B to 4 KiB,
+// 72% from 4 KiB to 1 MiB (slab objects), 3% from 1 MiB up (large objects). Evacuation only finds
+// work where one size class fills several 2 MiB pages, hence the weight of the middle band (a
+// 2 MiB page holds 8192 objects of 256 B but only 2 of 1 MiB).
+inline std::size_t random_object_size(Rng& rng, std::size_t max_bytes) {
+  constexpr std::size_t kSmall = std::size_t{4} << 10, kSlabMax = std::size_t{1} << 20;
+  const double band = std::uniform_real_distribution<double>(0, 1)(rng);
+  if (band < 0.25 || max_bytes <= kSmall) return log_uniform_size(rng, 1, std::min(max_bytes, kSmall));
+  if (band < 0.97 || max_bytes <= kSlabMax) return log_uniform_size(rng, kSmall, std::min(max_bytes, kSlabMax));
+  return log_uniform_size(rng, kSlabMax, max_bytes);
+}
+
+inline constexpr std::size_t kLargeObject = std::size_t{1} << 20;  // larger: whole pages
 
 inline bool chance(Rng& rng, double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
 

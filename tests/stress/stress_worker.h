@@ -55,11 +55,13 @@ class StressWorker {
     bool pinned() const { return held_pin.has_value() || held_stream_pin.has_value(); }
   };
 
+  void new_phase();
   void step();
   void op_allocate();
   void op_free();
   void op_resize();
   void op_pin_and_verify();
+  void op_purge();
   void op_stream_rewrite();
   void op_hold_or_release_pin();
   void op_exchange();
@@ -73,6 +75,7 @@ class StressWorker {
   void park_if_requested();
   std::size_t pick() { return std::uniform_int_distribution<std::size_t>(0, owned_.size() - 1)(rng_); }
   void remove(std::size_t i);
+  void account(std::size_t bytes, bool add);  // owned_bytes_ and owned_large_bytes_
   std::uint64_t new_id() { return shared_.next_object_id.fetch_add(1, std::memory_order_relaxed); }
 
   WorkerShared shared_;
@@ -82,7 +85,10 @@ class StressWorker {
   bool stream_dirty_ = false;  // stream-ordered fills queued and not yet known complete
   std::vector<Owned> owned_;
   std::size_t owned_bytes_ = 0;
+  std::size_t owned_large_bytes_ = 0;
   std::size_t held_pins_ = 0;
+  std::vector<std::size_t> popular_;  // the phase's popular sizes
+  std::uint64_t ops_left_in_phase_ = 0;
 };
 
 }  // namespace valet::stress

@@ -1,0 +1,55 @@
+#include "stress_heap.h"
+
+#include "valet/runtime.h"
+
+namespace valet::stress {
+
+Result<StressHeap> open_stress_heap(const StressOptions& o) {
+  StressHeap out;
+  std::unique_ptr<Backend> backend;
+  const bool want_cuda = o.backend == BackendChoice::cuda || (o.backend == BackendChoice::automatic && cuda_usable(o.device));
+  if (want_cuda) {
+    if (!cuda_usable(o.device)) {
+      out.skipped = "no usable CUDA device: " + cuda_unusable_reason(o.device);
+      return out;
+    }
+    BackendOptions bo;
+    bo.choice = BackendChoice::cuda;
+    bo.device = o.device;
+    auto cuda = open_backend(bo);
+    if (!cuda.ok()) return cuda.error();
+    backend = std::move(cuda).value();
+  } else {
+    // Built here rather than through open_heap() so that the HostBackend stays reachable under
+    // the fault adaptor (pages_in_use() after shutdown).
+    auto host = std::make_unique<BackendModel<HostBackend>>(
+        HostBackendOptions{.capacity_bytes = o.capacity, .task_delay = std::chrono::microseconds(o.host_delay_us)});
+    VALET_TRY(host->impl().status());
+    out.host = &host->impl();
+    backend = std::move(host);
+  }
+  if (o.faults) {
+    auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend));
+    out.faults = faulty.get();
+    backend = std::move(faulty);
+  }
+  Config config;
+  config.backend = want_cuda ? BackendChoice::cuda : BackendChoice::host;
+  config.device = o.device;
+  config.capacity = o.capacity;
+  config.host_task_delay = std::chrono::microseconds(o.host_delay_us);
+  auto heap = Heap::create(std::move(backend), config);
+  if (!heap.ok()) return heap.error();
+  out.heap = std::move(heap).value();
+  return out;
+}
+
+void arm_random_faults(FaultInjectingBackend& faults, double rate, std::uint64_t seed) {
+  std::uint64_t k = 0;
+  for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::copy})
+    faults.fail_randomly(op, rate, seed + 7919 * ++k);
+}
+
+std::uint64_t faults_injected(const StressHeap& h) { return h.faults ? h.faults->total_faults() : 0; }
+
+}  // namespace valet::stress

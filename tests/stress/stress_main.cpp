@@ -1,0 +1,240 @@
+// valet-stress: worker threads run a random mix of heap operations on objects whose every byte is
+// known, a compaction thread moves objects all the time, and the main thread stops the world
+// now and then to check every live object and the heap's invariants. At the end everything is
+// freed, the heap shut down, and (host backend) every page must be back with the backend.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "checkpoint_gate.h"
+#include "compaction_driver.h"
+#include "exchange_board.h"
+#include "object_patterns.h"
+#include "stress_heap.h"
+#include "stress_options.h"
+#include "stress_worker.h"
+#include "valet/stats_json.h"
+
+namespace valet::stress {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class StressRun {
+ public:
+  StressRun(const StressOptions& options, StressHeap& opened)
+      : o_(options), opened_(opened), heap_(*opened.heap), board_(4 * std::size_t(options.threads)),
+        gate_(options.threads + 1) {}
+
+  int execute();
+
+ private:
+  WorkerLimits limits_for(int worker) const;
+  void compaction_loop();
+  // Stop-the-world check: every object's bytes, validate(), and the heap's live counts.
+  void checkpoint(const char* when);
+  std::vector<TrackedObject> all_objects();
+  void finish();
+  void print_results(double seconds);
+
+  const StressOptions& o_;
+  StressHeap& opened_;
+  Heap& heap_;
+  StressCounters counters_;
+  ErrorSink errors_;
+  ExchangeBoard board_;
+  CheckpointGate gate_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_compaction_{false};
+  std::atomic<int> workers_done_{0};
+  std::atomic<std::uint64_t> next_object_id_{1};
+  std::vector<std::unique_ptr<StressWorker>> workers_;
+  Stream stream_{};
+  HeapStats final_stats_;
+};
+
+WorkerLimits StressRun::limits_for(int worker) const {
+  WorkerLimits l;
+  const std::size_t threads = std::size_t(o_.threads);
+  // Together the workers aim just under the capacity: allocations fail now and then, and the
+  // heap has to compact (emergency cycles) to serve them.
+  l.byte_budget = std::size_t(double(o_.capacity) * 0.8 / double(threads));
+  l.max_object_bytes = std::max<std::size_t>(1, std::min(o_.max_object, o_.capacity / (2 * threads)));
+  l.max_objects = 2048;
+  if (o_.ops) l.ops = o_.ops / threads + (std::size_t(worker) < o_.ops % threads ? 1 : 0);
+  return l;
+}
+
+void StressRun::compaction_loop() {
+  Rng rng(o_.seed ^ 0xc0c0c0c0ull);
+  while (!stop_compaction_.load(std::memory_order_relaxed)) {
+    if (gate_.requested()) gate_.park();
+    drive_compaction_once(heap_, rng, opened_.faults != nullptr, counters_, errors_);
+    if (o_.compact_pause_us)
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % (2 * o_.compact_pause_us + 1)));
+  }
+  gate_.leave();
+}
+
+std::vector<TrackedObject> StressRun::all_objects() {
+  std::vector<TrackedObject> all = board_.snapshot();
+  for (auto& w : workers_) {
+    auto mine = w->objects();
+    all.insert(all.end(), mine.begin(), mine.end());
+  }
+  return all;
+}
+
+void StressRun::checkpoint(const char* when) {
+  const auto objects = all_objects();
+  verify_objects(heap_, stream_, objects, when, counters_, errors_);
+  if (auto st = heap_.validate(); !st.ok()) errors_.report(std::string("validate ") + when, st.error());
+  std::size_t bytes = 0;
+  for (const auto& obj : objects) bytes += obj.size;
+  const HeapStats s = heap_.stats();
+  if (s.live_objects != objects.size() || s.live_bytes != bytes)
+    errors_.report(std::string(when) + ": the heap counts " + std::to_string(s.live_objects) + " objects of " +
+                   std::to_string(s.live_bytes) + " bytes, the test owns " + std::to_string(objects.size()) +
+                   " of " + std::to_string(bytes));
+  counters_.add(counters_.checkpoints);
+}
+
+void StressRun::finish() {
+  // Faults are off from here: the end checks the heap's state, not its error paths.
+  if (opened_.faults) opened_.faults->disarm_all();
+  checkpoint("final check");
+  const HeapStats at_end = heap_.stats();
+  auto objects = all_objects();
+  (void)board_.drain();
+  for (const TrackedObject& obj : objects)
+    if (auto st = heap_.free(obj.handle); !st.ok()) errors_.report("final free of " + describe(obj), st.error());
+  if (auto st = heap_.validate(); !st.ok()) errors_.report("validate after freeing everything", st.error());
+  const HeapStats emptied = heap_.stats();
+  if (emptied.live_objects != 0 || emptied.live_bytes != 0)
+    errors_.report("objects left after freeing everything: " + std::to_string(emptied.live_objects));
+  // The heap as the run left it (before the final frees), with the compaction totals of the end.
+  final_stats_ = at_end;
+  final_stats_.compaction = emptied.compaction;
+  if (auto st = heap_.backend().destroy_stream(stream_); !st.ok()) errors_.report("destroy_stream", st.error());
+  if (auto st = heap_.shutdown(); !st.ok()) errors_.report("shutdown", st.error());
+  if (heap_.allocate(1).code() != Errc::shut_down) errors_.report("allocate after shutdown did not fail with shut_down");
+  if (opened_.host && opened_.host->pages_in_use() != 0)
+    errors_.report("page leak: " + std::to_string(opened_.host->pages_in_use()) +
+                   " host pages still in use after shutdown");
+}
+
+int StressRun::execute() {
+  auto stream = heap_.backend().create_stream();
+  if (!stream.ok()) {
+    std::fprintf(stderr, "valet-stress: create_stream: %s\n", stream.error().to_string().c_str());
+    return 1;
+  }
+  stream_ = *stream;
+  if (opened_.faults) arm_random_faults(*opened_.faults, o_.fault_rate, o_.seed);
+  for (int t = 0; t < o_.threads; ++t) {
+    WorkerShared shared{heap_, counters_, errors_, board_, gate_, stop_, next_object_id_, opened_.faults != nullptr};
+    workers_.push_back(std::make_unique<StressWorker>(shared, limits_for(t), o_.seed * 1000003 + std::uint64_t(t)));
+  }
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (auto& w : workers_)
+    threads.emplace_back([&, worker = w.get()] {
+      worker->run();
+      workers_done_.fetch_add(1);
+    });
+  std::thread compactor([&] { compaction_loop(); });
+
+  const auto deadline = t0 + std::chrono::duration<double>(o_.seconds);
+  auto next_check = t0 + std::chrono::duration<double>(o_.checkpoint_seconds);
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto now = Clock::now();
+    if (workers_done_.load() == o_.threads || (!o_.ops && now >= deadline)) break;
+    if (now >= next_check) {
+      gate_.run_paused([&] { checkpoint("checkpoint"); });
+      next_check = Clock::now() + std::chrono::duration<double>(o_.checkpoint_seconds);
+    }
+  }
+  stop_ = true;
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  stop_compaction_ = true;
+  compactor.join();
+  finish();
+  print_results(seconds);
+  return errors_.count() == 0 ? 0 : 1;
+}
+
+void StressRun::print_results(double seconds) {
+  const auto& c = counters_;
+  const auto& comp = final_stats_.compaction;
+  auto get = [](const std::atomic<std::uint64_t>& a) { return a.load(); };
+  if (o_.json) {
+    nlohmann::json j;
+    j["backend"] = final_stats_.backend;
+    j["threads"] = o_.threads;
+    j["seed"] = o_.seed;
+    j["capacity"] = o_.capacity;
+    j["seconds"] = seconds;
+    j["ops"] = get(c.ops);
+    j["ops_per_second"] = double(get(c.ops)) / seconds;
+    j["allocations"] = get(c.allocations);
+    j["frees"] = get(c.frees);
+    j["resizes"] = get(c.resizes);
+    j["host_pins"] = get(c.host_pins);
+    j["stream_pins"] = get(c.stream_pins);
+    j["exchanges"] = get(c.exchanges);
+    j["cross_thread_pins"] = get(c.cross_thread_pins);
+    j["out_of_memory"] = get(c.out_of_memory);
+    j["refusals_checked"] = get(c.refusals_checked);
+    j["compact_calls"] = get(c.compact_calls);
+    j["compaction_cycles"] = comp.cycles;
+    j["emergency_cycles"] = comp.emergency_cycles;
+    j["objects_moved"] = comp.objects_moved;
+    j["bytes_moved"] = comp.bytes_moved;
+    j["pages_freed"] = comp.pages_freed;
+    j["pages_meshed"] = comp.pages_meshed;
+    j["bytes_verified"] = get(c.bytes_verified);
+    j["objects_verified"] = get(c.objects_verified);
+    j["checkpoints"] = get(c.checkpoints);
+    j["faults_injected"] = faults_injected(opened_);
+    j["fault_errors"] = get(c.fault_errors);
+    j["errors"] = errors_.count();
+    j["stats"] = to_json(final_stats_);
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf(
+      "valet-stress: %s, %s: %llu ops (%.0f/s), %llu compaction cycles (%llu emergency), %llu objects moved "
+      "(%.1f MiB), %llu pages meshed, %.1f GiB verified in %llu checks, %llu checkpoints, %llu faults injected "
+      "(%llu surfaced), %llu out-of-memory, %llu errors\n",
+      final_stats_.backend.c_str(), describe(o_).c_str(), (unsigned long long)get(c.ops), double(get(c.ops)) / seconds,
+      (unsigned long long)comp.cycles, (unsigned long long)comp.emergency_cycles,
+      (unsigned long long)comp.objects_moved, double(comp.bytes_moved) / (1 << 20),
+      (unsigned long long)comp.pages_meshed, double(get(c.bytes_verified)) / (1 << 30),
+      (unsigned long long)get(c.objects_verified), (unsigned long long)get(c.checkpoints),
+      (unsigned long long)faults_injected(opened_), (unsigned long long)get(c.fault_errors),
+      (unsigned long long)get(c.out_of_memory), (unsigned long long)errors_.count());
+}
+
+}  // namespace
+}  // namespace valet::stress
+
+int main(int argc, char** argv) {
+  using namespace valet::stress;
+  StressOptions options;
+  if (auto rc = parse_options(argc, argv, options)) return *rc;
+  auto opened = open_stress_heap(options);
+  if (!opened.ok()) {
+    std::fprintf(stderr, "valet-stress: cannot open the heap: %s\n", opened.error().to_string().c_str());
+    return 1;
+  }
+  if (!opened->skipped.empty()) {
+    std::printf("skipped: %s\n", opened->skipped.c_str());
+    return 0;
+  }
+  return StressRun(options, *opened).execute();
+}

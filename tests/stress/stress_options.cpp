@@ -1,0 +1,69 @@
+#include "stress_options.h"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <thread>
+
+#include "valet/runtime.h"
+
+namespace valet::stress {
+
+std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
+  CLI::App app{"valet-stress: many threads allocate, free, resize, pin and hand objects to each other while "
+               "compaction runs far more often than in production; every object's bytes are checked."};
+  std::string backend = "auto", capacity, max_object;
+  std::optional<double> seconds;
+  o.threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  auto* threads = app.add_option("--threads,-t", o.threads, "worker threads (default: the cores; --smoke: at most 4)")
+                      ->check(CLI::Range(1, 1024));
+  app.add_option("--seconds,-s", seconds, "run time (default 10; --smoke: 3)")->check(CLI::PositiveNumber);
+  app.add_option("--ops,-n", o.ops, "total operations instead of a run time");
+  app.add_option("--seed", o.seed, "seed of every random choice");
+  app.add_option("--backend", backend, "auto | cuda | host")->check(CLI::IsMember({"auto", "cuda", "host"}));
+  app.add_option("--device", o.device, "CUDA device ordinal");
+  app.add_option("--capacity", capacity, "heap capacity, e.g. 512MiB (default 1GiB; --smoke: 256MiB)");
+  app.add_option("--max-object", max_object, "largest object (default 64MiB)");
+  app.add_option("--checkpoint-seconds", o.checkpoint_seconds, "time between stop-the-world checks")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--compact-pause-us", o.compact_pause_us, "pause of the compaction thread between cycles");
+  app.add_option("--host-delay-us", o.host_delay_us, "host backend: delay before each queued copy/fill");
+  app.add_flag("--faults", o.faults, "inject backend failures (create_page, map, set_access, copy)");
+  app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
+  app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
+  app.add_flag("--json", o.json, "print one JSON object instead of the summary line");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  o.backend = *parse_backend_choice(backend);
+  if (o.smoke) {
+    o.seconds = 3;
+    o.capacity = std::size_t{256} << 20;
+    if (threads->count() == 0) o.threads = std::min(o.threads, 4);
+    o.checkpoint_seconds = std::min(o.checkpoint_seconds, 0.5);
+  }
+  if (seconds) o.seconds = *seconds;
+  for (auto [text, dest] : {std::pair{&capacity, &o.capacity}, std::pair{&max_object, &o.max_object}}) {
+    if (text->empty()) continue;
+    auto size = parse_size(*text);
+    if (!size.ok() || *size == 0) {
+      std::fprintf(stderr, "valet-stress: bad size '%s'\n", text->c_str());
+      return 2;
+    }
+    *dest = *size;
+  }
+  return std::nullopt;
+}
+
+std::string describe(const StressOptions& o) {
+  char seconds[32];
+  std::snprintf(seconds, sizeof seconds, "%g s", o.seconds);
+  return std::to_string(o.threads) + " threads, " +
+         (o.ops ? std::to_string(o.ops) + " ops" : std::string(seconds)) + ", seed " +
+         std::to_string(o.seed) + ", capacity " + std::to_string(o.capacity >> 20) + " MiB" +
+         (o.faults ? ", faults at " + std::to_string(o.fault_rate) : "");
+}
+
+}  // namespace valet::stress

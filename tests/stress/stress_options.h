@@ -1,0 +1,38 @@
+// valet-stress's command line (knobs in the style of mimalloc's test-stress).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "valet/config.h"
+
+namespace valet::stress {
+
+struct StressOptions {
+  int threads = 0;             // worker threads (the compaction thread comes on top)
+  double seconds = 10;         // run time, unless `ops` is set
+  std::uint64_t ops = 0;       // total operations over all workers (0: run for `seconds`)
+  std::uint64_t seed = 1;
+  BackendChoice backend = BackendChoice::automatic;
+  int device = 0;
+  std::size_t capacity = std::size_t{1} << 30;
+  std::size_t max_object = std::size_t{64} << 20;
+  double checkpoint_seconds = 1.0;        // time between stop-the-world checks
+  std::uint32_t compact_pause_us = 200;   // the compaction thread's pause between cycles
+  std::uint32_t host_delay_us = 0;        // host backend: delay before each queued task
+  bool faults = false;
+  double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
+  bool smoke = false;
+  bool json = false;
+};
+
+// Parses argv. On --help or a bad command line, prints what CLI11 prints and returns the exit
+// code to leave with; otherwise returns nullopt with `out` filled in.
+std::optional<int> parse_options(int argc, char** argv, StressOptions& out);
+
+// A one-line description of the run's settings, for the summary.
+std::string describe(const StressOptions& o);
+
+}  // namespace valet::stress
