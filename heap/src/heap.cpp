@@ -269,6 +269,17 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
   return Handle{index, gen, tag};
 }
 
+void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
+  CompactRequest req;
+  req.max_occupancy = 0.999;
+  req.trigger = CompactionTrigger::emergency;
+  // Lock order: the compaction lock before the heap lock.
+  lock.unlock();
+  std::lock_guard cl(compaction_mu);
+  lock.lock();
+  (void)compact_locked(lock, req);
+}
+
 void HeapCore::keeper_loop() {
   std::unique_lock lock(mu);
   while (!keeper_stop) {
@@ -417,17 +428,7 @@ Result<Handle> Heap::allocate(std::size_t bytes) {
   // Before reporting out-of-memory: release what deferred frees allow, then evacuate sparse
   // pages (bounded: one full cycle), and retry once.
   c.reap_deferred();
-  if (c.config.compact_on_oom) {
-    CompactRequest req;
-    req.max_occupancy = 0.999;
-    req.trigger = CompactionTrigger::emergency;
-    lock.unlock();
-    {
-      std::lock_guard cl(c.compaction_mu);
-      lock.lock();
-      (void)c.compact_locked(lock, req);
-    }
-  }
+  if (c.config.compact_on_oom) c.emergency_compact(lock);
   h = c.allocate_locked(bytes);
   if (h.ok()) return h;
   ++c.ops.failed_allocations;

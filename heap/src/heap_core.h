@@ -122,6 +122,9 @@ struct HeapCore {
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
   Result<CompactionRecord> compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& request);
   void record_cycle(const CompactionRecord& r);
+  // One unbounded evacuation cycle before an out-of-memory is reported (allocate, resize).
+  // Precondition: `lock` holds mu; it is released and retaken.
+  void emergency_compact(std::unique_lock<HeapMutex>& lock);
 
   void keeper_loop();
   void start_keeper();

@@ -114,15 +114,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   }
   if (!st.ok() && st.code() == Errc::out_of_memory && c.config.compact_on_oom) {
     // Free pages by evacuating other objects (this one is MOVING, so it stays put), then retry.
-    CompactRequest req;
-    req.max_occupancy = 0.999;
-    req.trigger = CompactionTrigger::emergency;
-    lock.unlock();
-    {
-      std::lock_guard cl(c.compaction_mu);
-      lock.lock();
-      (void)c.compact_locked(lock, req);
-    }
+    c.emergency_compact(lock);
     st = stays_large ? resize_large(c, h.index, e, bytes) : resize_by_copy(c, h.index, e, bytes);
   }
   if (st.ok()) {
