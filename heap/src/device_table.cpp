@@ -100,22 +100,8 @@ TableScope& TableScope::operator=(TableScope&& o) noexcept {
 Status TableScope::release() {
   if (!core_) return {};
   auto* c = std::exchange(core_, nullptr);
-  Result<Event> ev = make_error(Errc::internal, "unset");
-  {
-    std::lock_guard lock(c->mu);
-    ev = c->take_event();
-  }
-  Status st = ev.ok() ? c->backend->record_event(*ev, stream_) : Status(ev.error());
-  if (st.ok()) {
-    std::lock_guard lock(c->mu);
-    c->table_pending.push_back(*ev);  // before the count drops: movers see one or the other
-  } else {
-    if (ev.ok()) {
-      std::lock_guard lock(c->mu);
-      c->recycle_event(*ev);
-    }
-    (void)c->backend->synchronize_stream(stream_);
-  }
+  // Listed before the count drops: movers see one or the other.
+  Status st = c->record_release(stream_, c->table_pending);
   c->table_pins.fetch_sub(1, std::memory_order_release);
   return st;
 }

@@ -97,7 +97,7 @@ Result<Event> HeapCore::take_event() {
 
 void HeapCore::recycle_event(Event e) { spare_events.push_back(e); }
 
-Status HeapCore::unpin_on_stream(HandleEntry* e, Stream s) {
+Status HeapCore::record_release(Stream s, std::vector<Event>& pending) {
   Result<Event> ev = make_error(Errc::internal, "unset");
   {
     std::lock_guard lock(mu);
@@ -106,15 +106,21 @@ Status HeapCore::unpin_on_stream(HandleEntry* e, Stream s) {
   Status st = ev.ok() ? backend->record_event(*ev, s) : Status(ev.error());
   if (st.ok()) {
     std::lock_guard lock(mu);
-    e->pending_unpins.push_back(*ev);  // before the pin count drops: a mover sees one or the other
+    pending.push_back(*ev);
   } else {
-    // Without an event the only safe unpin is after the stream has drained.
+    // Without an event the only safe release is after the stream has drained.
     if (ev.ok()) {
       std::lock_guard lock(mu);
       recycle_event(*ev);
     }
     (void)backend->synchronize_stream(s);
   }
+  return st;
+}
+
+Status HeapCore::unpin_on_stream(HandleEntry* e, Stream s) {
+  // The event is listed before the pin count drops: a mover sees one or the other.
+  Status st = record_release(s, e->pending_unpins);
   unpin(e);
   return st;
 }

@@ -93,6 +93,9 @@ struct HeapCore {
   // The fence of an IN_FLIGHT entry, if still set (takes mu briefly).
   std::shared_ptr<MoveFence> fence_of(HandleEntry* e);
   void unpin(HandleEntry* e) { e->state.fetch_sub(1, std::memory_order_release); }
+  // Records an event at the current end of `s` into `pending` (under mu); if no event can be
+  // recorded, waits for the stream instead, so nothing is released early.
+  Status record_release(Stream s, std::vector<Event>& pending);
   // Records a stream-ordered unpin of `e` on `s`.
   Status unpin_on_stream(HandleEntry* e, Stream s);
 
