@@ -111,7 +111,12 @@ class Replayer {
     }
     objects_[op.object] = {*h, true};
     live_bytes_ += op.bytes;
-    report_.peak_live_bytes = std::max(report_.peak_live_bytes, live_bytes_);
+    if (live_bytes_ > report_.peak_live_bytes) {
+      // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
+      // sample mapped bytes at the live peak too, so the two peaks are compared at one moment.
+      report_.peak_live_bytes = live_bytes_;
+      note_mapped(heap_.stats().mapped_bytes, op.line);
+    }
     report_.allocated_bytes += op.bytes;
     if (signatures_)
       if (auto st = signatures_->write(*h, op.id, op.bytes); !st.ok())
