@@ -34,6 +34,7 @@ void HeapCore::record_cycle(const CompactionRecord& r) {
   compaction.bytes_moved += r.bytes_moved;
   compaction.pages_freed += r.pages_freed;
   compaction.pages_meshed += r.pages_meshed;
+  compaction.bytes_meshed += r.bytes_meshed;
   recent_cycles.push_back(r);
   while (recent_cycles.size() > 16) recent_cycles.pop_front();
 }
@@ -54,8 +55,10 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   std::vector<SlabPage*> sources;
   std::uint64_t bytes_left = req.max_bytes;
   std::uint64_t pages_left = req.max_pages;
+  // Meshing first: it frees pages without changing any address.
+  Status meshed = req.mesh ? mesh_locked(lock, pages_left, bytes_left, rec) : Status{};
   std::vector<SlabPage*> candidates;
-  for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0; ++cls) {
+  for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0 && req.evacuate; ++cls) {
     candidates.clear();
     std::uint64_t free_slots = 0;
     for (std::size_t b = 0; b < kBuckets; ++b)
@@ -104,14 +107,10 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
 
   auto finish_sources = [&] {
     for (SlabPage* p : sources) {
-      if (p->used == 0) {
-        const std::uint32_t slot = p->slot;
-        slabs.destroy(p);
-        pool.give_back(slot, 1);
+      if (p->used == 0 && retire_slab(p))
         ++rec.pages_freed;
-      } else {
+      else
         slabs.attach(p);
-      }
     }
   };
 
@@ -151,7 +150,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
     lock.lock();
     in_transit -= moves.size();
     for (const Move& m : moves) {
-      slabs.free_slot(slabs.page(pool.slot(m.from.page).owner), m.from.index);
+      free_slab_slot(m.from);
       if (m.entry->fence.load() == fence) {
         m.entry->fence.store(nullptr);
         m.entry->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
@@ -169,6 +168,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   rec.duration_ns = now_ns() - t0;
   rec.longest_pin_wait_ns = cycle_pin_wait_ns.load(std::memory_order_relaxed);
   record_cycle(rec);
+  if (!meshed.ok()) return meshed.error();
   return rec;
 }
 

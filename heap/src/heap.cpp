@@ -213,14 +213,9 @@ void HeapCore::release_location(const Location& loc) {
   if (loc.kind == ObjectKind::large) {
     pool.give_back(loc.page, loc.pages);
   } else {
-    SlabPage* p = slabs.page(pool.slot(loc.page).owner);
-    slabs.free_slot(p, loc.index);
+    SlabPage* p = free_slab_slot(loc);
     // Keep one empty page per class against allocate/free ping-pong; give back the others.
-    if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) {
-      const std::uint32_t slot = p->slot;
-      slabs.destroy(p);
-      pool.give_back(slot, 1);
-    }
+    if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
   }
   after_release();
 }

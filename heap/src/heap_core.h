@@ -104,6 +104,14 @@ struct HeapCore {
   Result<Location> place(std::size_t bytes, std::uint32_t owner);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
+  // Frees a slab slot through the virtual slot the object was addressed by; an alias nobody is
+  // addressed through any more is unmapped (mesh.cpp). Returns the slab page.
+  SlabPage* free_slab_slot(const Location& loc);
+  // Gives an empty slab page back: its aliases unmapped, its own slot to the reserve. false (the
+  // page stays, empty) when an alias cannot be unmapped now.
+  bool retire_slab(SlabPage* p);
+  // Virtual slab slots that map another slot's physical page.
+  std::size_t meshed_slots() const;
   std::size_t footprint_of(const Location& loc) const;
   DevicePtr address_of(const Location& loc) const;
   Result<Event> take_event();
@@ -125,6 +133,9 @@ struct HeapCore {
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
   Result<CompactionRecord> compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& request);
   void record_cycle(const CompactionRecord& r);
+  // Meshes pairs of slab pages within the budgets (mesh.cpp); counts into `rec`.
+  Status mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left, std::uint64_t& bytes_left,
+                     CompactionRecord& rec);
   // One unbounded evacuation cycle before an out-of-memory is reported (allocate, resize).
   // Precondition: `lock` holds mu; it is released and retaken.
   void emergency_compact(std::unique_lock<HeapMutex>& lock);

@@ -44,6 +44,7 @@ HeapStats Heap::stats() const {
   s.pages.idle = c.pool.idle_pages();
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
+  s.pages.meshed = c.meshed_slots();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];
@@ -87,6 +88,19 @@ Status Heap::validate() const {
       bad = fail("slab page " + std::to_string(p.id) + " and the slot table disagree");
       return;
     }
+    // Aliases map the page's physical page, name the page as owner, and are counted exactly.
+    if (p.sharers() > detail::kMaxSharers) bad = fail("slab page " + std::to_string(p.id) + " has too many sharers");
+    std::vector<std::uint32_t> through(p.aliases.size(), 0);
+    for (const auto& a : p.aliases) {
+      const auto& as = c.pool.slot(a.slot);
+      if (a.slot == p.slot || as.kind != SlotKind::slab || as.owner != p.id || as.phys != slot.phys)
+        bad = fail("alias " + std::to_string(a.slot) + " of slab page " + std::to_string(p.id) + " does not map its page");
+    }
+    auto alias_index = [&](std::uint32_t s) -> std::ptrdiff_t {
+      for (std::size_t k = 0; k < p.aliases.size(); ++k)
+        if (p.aliases[k].slot == s) return std::ptrdiff_t(k);
+      return -1;
+    };
     std::uint32_t bits = 0;
     for (std::uint32_t i = 0; i < p.capacity; ++i) {
       const bool taken = p.test(i);
@@ -95,11 +109,26 @@ Status Heap::validate() const {
       if (taken && p.owners[i] == detail::kNoOwner) ++unowned_taken;
       if (taken && p.owners[i] != detail::kNoOwner) {
         const HandleEntry* e = c.handles.get(p.owners[i]);
-        if (!e || !(e->state.load() & state::kLive) || e->loc.kind != ObjectKind::slab || e->loc.page != p.slot ||
-            e->loc.index != i)
+        const std::ptrdiff_t via = e ? alias_index(e->loc.page) : -1;
+        if (!e || !(e->state.load() & state::kLive) || e->loc.kind != ObjectKind::slab ||
+            (e->loc.page != p.slot && via < 0) || e->loc.index != i)
           bad = fail("slot " + std::to_string(i) + " of page " + std::to_string(p.slot) + " names the wrong object");
+        else if (via >= 0)
+          ++through[std::size_t(via)];
       }
     }
+    for (const auto& d : c.deferred)
+      if (d.loc.kind == ObjectKind::slab && c.pool.slot(d.loc.page).owner == p.id && d.loc.page != p.slot) {
+        const std::ptrdiff_t via = alias_index(d.loc.page);
+        if (via < 0)
+          bad = fail("a deferred free names a slot its page does not map");
+        else
+          ++through[std::size_t(via)];
+      }
+    // Old places of a running move are counted by the alias but known only to the move.
+    for (std::size_t k = 0; k < p.aliases.size(); ++k)
+      if (c.in_transit == 0 ? p.aliases[k].users != through[k] : p.aliases[k].users < through[k])
+        bad = fail("alias " + std::to_string(p.aliases[k].slot) + " user count is wrong");
     if (p.capacity % 64 && (p.bitmap.back() >> (p.capacity % 64)) != (~0ull >> (p.capacity % 64)))
       bad = fail("bitmap padding bits were cleared");
     if (bits != p.used) bad = fail("slab page used count disagrees with its bitmap");
@@ -165,7 +194,8 @@ Status Heap::validate() const {
 nlohmann::json to_json(const CompactionRecord& r) {
   return {{"trigger", trigger_name(r.trigger)},     {"objects_moved", r.objects_moved},
           {"bytes_moved", r.bytes_moved},           {"pages_freed", r.pages_freed},
-          {"pages_meshed", r.pages_meshed},         {"objects_skipped", r.objects_skipped},
+          {"pages_meshed", r.pages_meshed},         {"bytes_meshed", r.bytes_meshed},
+          {"objects_skipped", r.objects_skipped},
           {"duration_ns", r.duration_ns},           {"longest_pin_wait_ns", r.longest_pin_wait_ns}};
 }
 
@@ -196,7 +226,8 @@ nlohmann::json to_json(const HeapStats& s) {
       {"compaction",
        {{"cycles", s.compaction.cycles}, {"emergency_cycles", s.compaction.emergency_cycles},
         {"bytes_moved", s.compaction.bytes_moved}, {"objects_moved", s.compaction.objects_moved},
-        {"pages_meshed", s.compaction.pages_meshed}, {"pages_freed", s.compaction.pages_freed}}},
+        {"pages_meshed", s.compaction.pages_meshed}, {"bytes_meshed", s.compaction.bytes_meshed},
+        {"pages_freed", s.compaction.pages_freed}}},
       {"recent_cycles", cycles},
   };
 }

@@ -256,6 +256,48 @@ void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   reserve_.insert(start, n);
 }
 
+Status PagePool::remap_onto(std::uint32_t s, std::uint32_t onto) {
+  const std::uint32_t own = slots_[s].phys;
+  const std::uint32_t shared = slots_[onto].phys;
+  if (own == kNoPhys || shared == kNoPhys || own == shared)
+    return make_error(Errc::internal, "remap: slots not mapped to two pages");
+  VALET_TRY(unmap_run(s, 1));
+  // The own page went idle in unmap_run; it must not be handed out while we may need it back.
+  auto reclaim_own = [&] {
+    if (phys_[own].mappings == 0) idle_.erase(std::find(idle_.begin(), idle_.end(), own));
+  };
+  Status st = map_at(s, shared);
+  if (st.ok()) {
+    ++calls_.set_access;
+    st = backend_.set_access(address(s), kPage);
+    if (st.ok()) return {};
+    (void)unmap_run(s, 1);
+  }
+  // Put the slot's own page back where it was. A transient driver failure may hit the restore
+  // too, so it is retried a few times before giving up.
+  reclaim_own();
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    if (!map_at(s, own).ok()) continue;
+    ++calls_.set_access;
+    if (backend_.set_access(address(s), kPage).ok()) return st;
+    (void)unmap_run(s, 1);
+    reclaim_own();
+  }
+  idle_.push_back(own);
+  set_kind(s, 1, SlotKind::unmapped, 0);
+  unmapped_.insert(s, 1);
+  return make_error(Errc::internal, "remap: could not restore slot " + std::to_string(s) + " after: " + st.error().message);
+}
+
+Status PagePool::drop_alias(std::uint32_t s) {
+  if (slots_[s].phys == kNoPhys || phys_[slots_[s].phys].mappings < 2)
+    return make_error(Errc::internal, "drop_alias: slot " + std::to_string(s) + " is not a shared mapping");
+  VALET_TRY(unmap_run(s, 1));
+  set_kind(s, 1, SlotKind::unmapped, 0);
+  unmapped_.insert(s, 1);
+  return {};
+}
+
 Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_release) {
   if (reserve_pages() > high) {
     const std::size_t mid = (low + high) / 2;

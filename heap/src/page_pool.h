@@ -5,7 +5,8 @@
 // Every slot of the arena is in exactly one state:
 //   unmapped  no physical page; listed in `unmapped_` (a RangeSet)
 //   reserve   mapped to a created page nobody uses; listed in `reserve_`
-//   slab      a slab page of one size class
+//   slab      a slab page of one size class (after meshing, several slab slots may map one
+//             physical page: the page's own slot and its aliases)
 //   large     one page of a large object
 // Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
 // reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
@@ -73,6 +74,17 @@ class PagePool {
   Result<std::uint32_t> relocate_run(std::uint32_t from, std::uint32_t n, std::uint32_t length, std::uint32_t owner);
   // Returns slots [start, start+n) to the reserve (they stay mapped).
   void give_back(std::uint32_t start, std::uint32_t n);
+
+  // Meshing. Maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
+  // (one unmap, one map, one set_access), keeping `s`'s kind and owner. The page `s` mapped
+  // becomes idle once no slot maps it. If a step fails, `s` is mapped to its own page again and
+  // the error returned; only if that restore fails too is the error internal (the slot is then
+  // left unmapped and marked so, and the caller must not touch it again).
+  Status remap_onto(std::uint32_t s, std::uint32_t onto);
+  // Unmaps slot `s`, an alias of a page another slot still maps, and returns the slot to the
+  // free virtual space. On failure nothing changed.
+  Status drop_alias(std::uint32_t s);
+  std::uint32_t mappings_of(std::uint32_t s) const { return phys_[slots_[s].phys].mappings; }
 
   // Brings the reserve into [low, high]: creates pages up to `low` (within the capacity) and
   // releases pages above `high` (down to the middle), at most `max_release` pages per call (so a

@@ -48,13 +48,15 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
   p->cls = cls;
   p->capacity = class_slots(cls);
   p->used = 0;
-  p->hint = 0;
   p->live = true;
   p->evacuating = false;
+  p->descending = (id & 1u) != 0;
+  p->aliases.clear();
   p->bitmap.assign((p->capacity + 63) / 64, 0);
   // Bits past the capacity read as taken, so the search for a free slot never reaches them.
   if (p->capacity % 64) p->bitmap.back() = ~0ull << (p->capacity % 64);
   p->owners.assign(p->capacity, kNoOwner);
+  p->hint = p->descending ? std::uint32_t(p->bitmap.size() - 1) : 0;
   ++live_pages_;
   rebucket(p);
   return p;
@@ -73,14 +75,21 @@ void Slabs::destroy(SlabPage* p) {
   p->bitmap.shrink_to_fit();
   p->owners.clear();
   p->owners.shrink_to_fit();
+  p->aliases.clear();
   free_ids_.push_back(p->id);
   --live_pages_;
 }
 
 std::uint32_t Slabs::take_slot(SlabPage* p, std::uint32_t owner) {
-  std::uint32_t w = p->hint;
-  while (~p->bitmap[w] == 0) ++w;  // a free slot exists, so this stops inside the bitmap
-  const std::uint32_t i = w * 64 + std::uint32_t(__builtin_ctzll(~p->bitmap[w]));
+  // A free slot exists, so either scan stops inside the bitmap.
+  std::uint32_t w = p->hint, i;
+  if (p->descending) {
+    while (~p->bitmap[w] == 0) --w;
+    i = w * 64 + 63u - std::uint32_t(__builtin_clzll(~p->bitmap[w]));
+  } else {
+    while (~p->bitmap[w] == 0) ++w;
+    i = w * 64 + std::uint32_t(__builtin_ctzll(~p->bitmap[w]));
+  }
   p->hint = w;
   take_slot_at(p, i, owner);
   return i;
@@ -97,8 +106,17 @@ void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
   p->bitmap[i >> 6] &= ~(1ull << (i & 63));
   p->owners[i] = kNoOwner;
   --p->used;
-  if ((i >> 6) < p->hint) p->hint = i >> 6;
+  if (p->descending ? (i >> 6) > p->hint : (i >> 6) < p->hint) p->hint = i >> 6;
   rebucket(p);
+}
+
+bool disjoint(const SlabPage& a, const SlabPage& b) {
+  const std::size_t words = a.bitmap.size();
+  for (std::size_t w = 0; w + 1 < words; ++w)
+    if (a.bitmap[w] & b.bitmap[w]) return false;
+  std::uint64_t last = a.bitmap[words - 1] & b.bitmap[words - 1];
+  if (a.capacity % 64) last &= ~(~0ull << (a.capacity % 64));
+  return last == 0;
 }
 
 std::size_t Slabs::pages_of(std::uint32_t cls) const {

@@ -1,6 +1,17 @@
 // Slab pages: a 2 MiB page cut into equal slots of one size class, with an occupancy bitmap and
 // the handle index of each slot's object (compaction walks it to find what to move).
 //
+// Meshing (heap/src/mesh.cpp) can fold other pages of the class into a page: their objects keep
+// their virtual addresses, which are then "aliases", other virtual slots mapping this page's
+// physical page. The bitmap then covers every sharer at once (a slot is free only if it is free
+// in all of them), new objects are placed through the page's own slot, and an alias is unmapped
+// once no object is addressed through it any more.
+//
+// Half of the pages fill from the lowest slot up and half from the highest down (by id), so that
+// after frees the taken slots of an ascending and a descending page overlap far less often than
+// two pages filled the same way: this is what makes pairs meshable (Mesh randomizes for the same
+// reason; two-ended filling keeps the fast path a bit scan).
+//
 // Pages of a class sit in Boost.Intrusive lists bucketed by occupancy, so the densest page with a
 // free slot is found in O(buckets) = O(1), and the sparsest pages (the compactor's candidates)
 // are known without a scan. Threading: everything here requires the heap lock.
@@ -19,6 +30,15 @@ namespace valet::detail {
 
 inline constexpr std::uint32_t kNoOwner = 0;
 inline constexpr std::size_t kBuckets = 8;  // 0: empty ... 7: full
+// Virtual pages that may share one physical page (the page's own slot + its aliases).
+inline constexpr std::size_t kMaxSharers = 8;
+
+// Another virtual slot mapping a slab page's physical page, and how many live (or deferred, or
+// in-transit) objects are addressed through it.
+struct SlabAlias {
+  std::uint32_t slot = 0;
+  std::uint32_t users = 0;
+};
 
 struct SlabPage {
   std::uint32_t id = 0;     // index in Slabs::pages_
@@ -26,18 +46,30 @@ struct SlabPage {
   std::uint32_t cls = 0;
   std::uint32_t capacity = 0;
   std::uint32_t used = 0;
-  std::uint32_t hint = 0;   // no free slot below word `hint` of the bitmap
+  std::uint32_t hint = 0;   // ascending: no free slot below word `hint`; descending: above it
   std::uint8_t bucket = 0;
   bool live = false;
   // A compaction cycle is emptying this page: it stays out of the buckets (no allocation lands
   // on it) and only the cycle may destroy it, even if frees empty it meanwhile.
   bool evacuating = false;
+  bool descending = false;  // fills from the highest slot down
   std::vector<std::uint64_t> bitmap;
+  std::vector<SlabAlias> aliases;
   std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
   boost::intrusive::list_member_hook<> hook;
 
   bool test(std::uint32_t i) const { return (bitmap[i >> 6] >> (i & 63)) & 1u; }
+  std::size_t sharers() const { return 1 + aliases.size(); }
+  SlabAlias* alias(std::uint32_t s) {
+    for (auto& a : aliases)
+      if (a.slot == s) return &a;
+    return nullptr;
+  }
 };
+
+// True when no slot is taken in both pages (same class). Padding bits past the capacity are
+// taken in every page and are ignored.
+bool disjoint(const SlabPage& a, const SlabPage& b);
 
 class Slabs {
  public:

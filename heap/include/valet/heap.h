@@ -137,6 +137,11 @@ struct CompactRequest {
   // Pages are candidates when their occupancy is at most this fraction.
   double max_occupancy = 0.75;
   CompactionTrigger trigger = CompactionTrigger::explicit_request;
+  // Meshing folds pairs of slab pages whose taken slots do not overlap onto one physical page
+  // (no address changes); evacuation moves objects out of sparse pages. A cycle meshes first.
+  // Both count against max_bytes (bytes copied) and max_pages (pages given back).
+  bool mesh = true;
+  bool evacuate = true;
 };
 
 class Heap {
@@ -162,7 +167,7 @@ class Heap {
   // Uploads the handle table (if it changed) and pins it for kernels queued on `stream`.
   Result<TableScope> pin_table(Stream stream);
 
-  // One synchronous evacuation cycle within the request's budget.
+  // One synchronous compaction cycle (meshing, then evacuation) within the request's budget.
   Result<CompactionRecord> compact(const CompactRequest& request = {});
 
   HeapStats stats() const;

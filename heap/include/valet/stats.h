@@ -19,8 +19,9 @@ struct CompactionRecord {
   CompactionTrigger trigger = CompactionTrigger::explicit_request;
   std::uint64_t objects_moved = 0;
   std::uint64_t bytes_moved = 0;
-  std::uint64_t pages_freed = 0;     // physical pages given back (to the reserve or the backend)
-  std::uint64_t pages_meshed = 0;
+  std::uint64_t pages_freed = 0;     // slab pages emptied by evacuation, given back (reserve or backend)
+  std::uint64_t pages_meshed = 0;    // pages meshed onto another: each gave its physical page back
+  std::uint64_t bytes_meshed = 0;    // bytes copied by meshing (addresses unchanged)
   std::uint64_t objects_skipped = 0; // candidates left in place: pinned, unpin pending, or moving
   std::uint64_t duration_ns = 0;
   std::uint64_t longest_pin_wait_ns = 0;  // longest wait a pin saw on this cycle's moves
@@ -32,6 +33,7 @@ struct CompactionTotals {
   std::uint64_t bytes_moved = 0;
   std::uint64_t pages_freed = 0;
   std::uint64_t pages_meshed = 0;
+  std::uint64_t bytes_meshed = 0;
   std::uint64_t emergency_cycles = 0;
 };
 
@@ -54,6 +56,8 @@ struct HeapStats {
   double fragmentation = 0;           // 1 - live / mapped (0 when nothing is mapped)
   std::size_t largest_allocatable_bytes = 0;
   struct Pages {
+    // slab: slab pages (each with its own physical page); meshed: further virtual pages mapping
+    // a slab page's physical page (aliases left by meshing, no memory of their own).
     std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9

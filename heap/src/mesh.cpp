@@ -1,0 +1,196 @@
+// Meshing: two slab pages of one class whose taken slots do not overlap share one physical page.
+// The source page's objects are copied to the same offsets of the destination's physical page,
+// then the source's virtual page is remapped onto that physical page and its own page released.
+// No address changes, so no handle is repointed and a kernel holding an address is unaffected
+// once the remap is done (docs/meshing.md).
+//
+// Safety (docs/move-safety.md, rule 7): every object of the source page is claimed MOVING, as for
+// a move, from before the copy until after the remap, because between unmap and map an access
+// would fault and a late write to the source would be lost. A pin that arrives meanwhile waits;
+// a source with a pinned object, a pending stream-ordered unpin, or a deferred free is skipped.
+// The destination's objects are not disturbed (their bytes and mapping never change); the
+// destination only leaves the allocation buckets, so nothing new lands on the slots being filled.
+#include <algorithm>
+#include <random>
+
+#include "heap_core.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+
+namespace {
+
+struct MeshPair {
+  SlabPage* dst;
+  SlabPage* src;
+  std::vector<HandleEntry*> objects;  // the source's objects, claimed MOVING
+  std::uint64_t bytes = 0;
+};
+
+// Probes per class of the split matching (Mesh's SplitMesher): each ascending page is tried
+// against this many descending pages, so the search costs O(pages x probes x bitmap words)
+// instead of all pairs.
+constexpr std::size_t kProbes = 64;
+
+}  // namespace
+
+SlabPage* HeapCore::free_slab_slot(const Location& loc) {
+  SlabPage* p = slabs.page(pool.slot(loc.page).owner);
+  slabs.free_slot(p, loc.index);
+  if (loc.page != p->slot) {
+    SlabAlias* a = p->alias(loc.page);
+    // Unmapping is safe: nothing is addressed through the alias any more, and frees with queued
+    // work reach here only once that work has completed (deferred frees, move fences).
+    if (--a->users == 0 && pool.drop_alias(a->slot).ok()) {
+      *a = p->aliases.back();
+      p->aliases.pop_back();
+    }
+  }
+  return p;
+}
+
+bool HeapCore::retire_slab(SlabPage* p) {
+  // Aliases left with no users (an earlier unmap failed) go first; the page stays if one cannot.
+  while (!p->aliases.empty()) {
+    if (!pool.drop_alias(p->aliases.back().slot).ok()) return false;
+    p->aliases.pop_back();
+  }
+  const std::uint32_t slot = p->slot;
+  slabs.destroy(p);
+  pool.give_back(slot, 1);
+  return true;
+}
+
+std::size_t HeapCore::meshed_slots() const {
+  std::size_t n = 0;
+  slabs.for_each_page([&](const SlabPage& p) { n += p.aliases.size(); });
+  return n;
+}
+
+Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left,
+                             std::uint64_t& bytes_left, CompactionRecord& rec) {
+  std::vector<MeshPair> pairs;
+  std::vector<SlabPage*> asc, desc;
+  // Deterministic per cycle, different across cycles.
+  std::mt19937 rng(std::uint32_t(compaction.cycles * 2654435761u + 12345u));
+  for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0; ++cls) {
+    asc.clear();
+    desc.clear();
+    for (std::size_t b = 1; b + 1 < kBuckets; ++b)  // partly used pages only
+      for (auto& p : slabs.bucket(cls, b)) {
+        auto* page = const_cast<SlabPage*>(&p);
+        (page->descending ? desc : asc).push_back(page);
+      }
+    if (asc.size() + desc.size() < 2) continue;
+    // Pages filled the same way mesh rarely; if one side is empty, split the other in halves.
+    if (asc.empty() || desc.empty()) {
+      auto& all = asc.empty() ? desc : asc;
+      std::shuffle(all.begin(), all.end(), rng);
+      auto& other = asc.empty() ? asc : desc;
+      other.assign(all.begin() + std::ptrdiff_t(all.size() / 2), all.end());
+      all.resize(all.size() / 2);
+    }
+    std::shuffle(asc.begin(), asc.end(), rng);
+    std::shuffle(desc.begin(), desc.end(), rng);
+    std::vector<bool> asc_taken(asc.size()), desc_taken(desc.size());
+    const std::size_t probes = std::min(kProbes, desc.size());
+    for (std::size_t t = 0; t < probes && pages_left > 0; ++t) {
+      for (std::size_t i = 0; i < asc.size() && pages_left > 0; ++i) {
+        const std::size_t j = (i + t) % desc.size();
+        if (asc_taken[i] || desc_taken[j]) continue;
+        SlabPage* a = asc[i];
+        SlabPage* d = desc[j];
+        if (a->used + d->used > a->capacity) continue;
+        // The source is the page that copies less and has no aliases of its own; its sharers
+        // join the destination's.
+        SlabPage* src = a->used <= d->used ? a : d;
+        SlabPage* dst = src == a ? d : a;
+        if (!src->aliases.empty()) std::swap(src, dst);
+        if (!src->aliases.empty() || dst->sharers() + 1 > kMaxSharers) continue;
+        if (!disjoint(*a, *d)) continue;
+        const std::uint64_t bytes = std::uint64_t(src->used) * class_size(cls);
+        if (bytes > bytes_left) continue;
+        // Claim every object of the source; a deferred or in-transit slot (taken, no owner) or
+        // an object that refuses (pinned, unpin pending) leaves the pair alone.
+        MeshPair pair{dst, src, {}, 0};
+        bool ok = true;
+        for (std::uint32_t k = 0; k < src->capacity && ok; ++k) {
+          if (!src->test(k)) continue;
+          const std::uint32_t owner = src->owners[k];
+          HandleEntry* e = owner == kNoOwner ? nullptr : handles.get(owner);
+          if (!e || !try_begin_move(e)) {
+            ok = false;
+            break;
+          }
+          pair.objects.push_back(e);
+          pair.bytes += e->size;
+        }
+        if (!ok) {
+          for (HandleEntry* e : pair.objects) end_move(e);
+          ++rec.objects_skipped;
+          continue;
+        }
+        asc_taken[i] = desc_taken[j] = true;
+        slabs.detach(dst);
+        slabs.detach(src);
+        bytes_left -= bytes;
+        --pages_left;
+        pairs.push_back(std::move(pair));
+      }
+    }
+  }
+  if (pairs.empty()) return {};
+
+  auto release_pair = [&](MeshPair& pr) {
+    for (HandleEntry* e : pr.objects) end_move(e);
+    slabs.attach(pr.dst);
+    slabs.attach(pr.src);
+  };
+  // One batched copy of every source object to the same offset of its destination's page.
+  std::vector<CopyRange> copies;
+  for (const MeshPair& pr : pairs) {
+    const std::size_t size = class_size(pr.dst->cls);
+    for (HandleEntry* e : pr.objects)
+      copies.push_back({address_of(e->loc), pool.address(pr.dst->slot) + DevicePtr(e->loc.index) * size, e->size});
+  }
+  auto ev = take_event();
+  Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
+  if (st.ok()) st = backend->record_event(*ev, work_stream);
+  if (st.ok()) {
+    lock.unlock();
+    st = backend->synchronize_event(*ev);
+    lock.lock();
+  }
+  if (ev.ok()) recycle_event(*ev);
+  if (!st.ok()) {
+    (void)backend->synchronize_stream(work_stream);
+    for (MeshPair& pr : pairs) release_pair(pr);
+    return st;
+  }
+
+  Status first;
+  for (MeshPair& pr : pairs) {
+    SlabPage* src = pr.src;
+    SlabPage* dst = pr.dst;
+    if (Status r = pool.remap_onto(src->slot, dst->slot); !r.ok()) {
+      // The source slot maps its own page again, its bytes untouched: leave the pair as it was.
+      // The copies into the destination landed on free slots and are harmless.
+      if (first.ok()) first = r;
+      release_pair(pr);
+      continue;
+    }
+    dst->aliases.push_back({src->slot, src->used});
+    for (std::uint32_t k = 0; k < src->capacity; ++k)
+      if (src->test(k)) slabs.take_slot_at(dst, k, src->owners[k]);
+    pool.slot(src->slot).owner = dst->id;
+    slabs.destroy(src);
+    for (HandleEntry* e : pr.objects) end_move(e);
+    slabs.attach(dst);
+    ++rec.pages_meshed;
+    rec.bytes_meshed += pr.bytes;
+  }
+  after_release();
+  return first;
+}
+
+}  // namespace valet::detail
