@@ -1,4 +1,5 @@
 // Heap::stats, Heap::validate and the JSON form of the stats.
+#include <algorithm>
 #include <bit>
 #include <string>
 
@@ -66,6 +67,60 @@ std::vector<ClassOccupancy> Heap::occupancy() const {
     out[k].slots_per_page = detail::class_slots(k);
   }
   c.slabs.for_each_page([&](const detail::SlabPage& p) { out[p.cls].used.push_back(p.used); });
+  return out;
+}
+
+const char* page_kind_name(PageKind k) {
+  switch (k) {
+    case PageKind::slab: return "slab";
+    case PageKind::meshed: return "meshed";
+    case PageKind::large: return "large";
+    case PageKind::reserve: return "reserve";
+  }
+  return "?";
+}
+
+std::vector<PageInfo> Heap::page_map() const {
+  const auto& c = *core_;
+  std::lock_guard lock(c.mu);
+  std::vector<PageInfo> out;
+  if (c.shut) return out;
+  // Objects addressed through each slab slot (own slot or alias).
+  std::vector<std::uint32_t> through(c.pool.slot_count(), 0);
+  for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
+    const HandleEntry* e = c.handles.get(i);
+    if ((e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::slab) ++through[e->loc.page];
+  }
+  for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
+    const auto& slot = c.pool.slot(k);
+    PageInfo info;
+    info.slot = k;
+    switch (slot.kind) {
+      case SlotKind::unmapped: continue;
+      case SlotKind::reserve: info.kind = PageKind::reserve; break;
+      case SlotKind::large: {
+        info.kind = PageKind::large;
+        const HandleEntry* e = slot.owner ? c.handles.get(slot.owner) : nullptr;
+        if (e && (e->state.load() & state::kLive) && e->loc.kind == ObjectKind::large) {
+          const std::uint64_t begin = std::uint64_t(k - e->loc.page) * detail::kPageSize;
+          info.used_bytes = e->size > begin ? std::min<std::uint64_t>(e->size - begin, detail::kPageSize) : 0;
+        }
+        break;
+      }
+      case SlotKind::slab: {
+        const detail::SlabPage* p = c.slabs.page(slot.owner);
+        info.kind = p->slot == k ? PageKind::slab : PageKind::meshed;
+        info.class_size = std::uint32_t(detail::class_size(p->cls));
+        info.used_slots = p->used;
+        info.total_slots = p->capacity;
+        info.through_this = through[k];
+        info.maps_page_of = p->slot;
+        info.sharers = std::uint32_t(p->sharers());
+        break;
+      }
+    }
+    out.push_back(info);
+  }
   return out;
 }
 

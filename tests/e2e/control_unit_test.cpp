@@ -191,11 +191,19 @@ TEST_F(Protocol, StatsPagesAndIdEcho) {
     EXPECT_TRUE(s.contains(key)) << key;
   const json p = ask(R"({"v":1,"cmd":"pages"})");
   EXPECT_TRUE(p.value("ok", false));
-  EXPECT_FALSE(p["exact"].get<bool>());
+  EXPECT_TRUE(p["exact"].get<bool>());
   const auto& sum = p["summary"];
-  EXPECT_EQ(p["pages"].size(), sum["slab"].get<std::size_t>() + sum["large"].get<std::size_t>() +
-                                   sum["reserve"].get<std::size_t>());
+  EXPECT_EQ(p["pages"].size(), sum["slab"].get<std::size_t>() + sum["meshed"].get<std::size_t>() +
+                                   sum["large"].get<std::size_t>() + sum["reserve"].get<std::size_t>());
   EXPECT_EQ(sum["slab"], 1);
+  std::size_t slab_entries = 0;
+  for (const auto& e : p["pages"])
+    if (e["kind"] == "slab") {
+      ++slab_entries;
+      EXPECT_EQ(e["used_slots"], 1);
+      EXPECT_EQ(e["size_class"], 4096);
+    }
+  EXPECT_EQ(slab_entries, 1u);
   ASSERT_TRUE(heap->free(h).ok());
 }
 

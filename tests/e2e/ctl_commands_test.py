@@ -124,10 +124,15 @@ def body(args, workdir, services):
 
     # pages
     pg = ctl_json(ctlbin, *s, "pages")
-    require_keys(pg, ["page_bytes", "capacity_pages", "summary", "pages", "exact", "needs"], "pages")
+    require_keys(pg, ["page_bytes", "capacity_pages", "summary", "pages", "exact"], "pages")
+    check(pg["exact"] is True, "the page map comes from Heap::page_map(), exact")
     summ = pg["summary"]
-    check(len(pg["pages"]) == summ["slab"] + summ["large"] + summ["reserve"], "pages entries vs summary: %s" % summ)
-    check(all(p["kind"] in ("slab", "large", "reserve") and 0 <= p["occupancy"] <= 1 for p in pg["pages"]), "page entries")
+    check(len(pg["pages"]) == summ["slab"] + summ["meshed"] + summ["large"] + summ["reserve"],
+          "pages entries vs summary: %s" % summ)
+    check(all(p["kind"] in ("slab", "meshed", "large", "reserve") and 0 <= p["occupancy"] <= 1 for p in pg["pages"]),
+          "page entries")
+    slots = [p["slot"] for p in pg["pages"]]
+    check(slots == sorted(set(slots)), "page entries are distinct slots in address order")
     svg = os.path.join(workdir, "pages.svg")
     text, _ = ctl(ctlbin, *s, "pages", "--svg", svg)
     check("L" in text or summ["large"] == 0, "page map text: %r" % text[:500])

@@ -1,6 +1,7 @@
 // Meshing on the host backend: pages whose taken slots do not overlap share one physical page,
 // and every object stays at its address with its bytes (the Mesh allocator's own test: write a
 // pattern, mesh, read the same bytes at the same raw addresses).
+#include <algorithm>
 #include <random>
 #include <set>
 
@@ -67,6 +68,20 @@ TEST(Mesh, RawAddressesReadTheSameBytesAfterMeshing) {
   EXPECT_VALID(*heap);
   EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
   for (const auto& o : kept) EXPECT_EQ(heap->pin(o.h)->address(), o.address) << "meshing changed an address";
+  // The page map shows each alias and the slab page whose memory it shares.
+  std::size_t meshed = 0;
+  const auto map = heap->page_map();
+  for (const auto& p : map) {
+    if (p.kind != PageKind::meshed) continue;
+    ++meshed;
+    auto owner = std::find_if(map.begin(), map.end(), [&](const PageInfo& q) { return q.slot == p.maps_page_of; });
+    ASSERT_NE(owner, map.end());
+    EXPECT_EQ(owner->kind, PageKind::slab);
+    EXPECT_EQ(owner->sharers, 2u);
+    EXPECT_EQ(p.used_slots, owner->used_slots);
+    EXPECT_EQ(p.through_this + owner->through_this, owner->used_slots);
+  }
+  EXPECT_EQ(meshed, rec->pages_meshed);
   // The emptied physical pages went back: with the reserve trimmed, fewer pages are held.
   ASSERT_TRUE(heap->maintain().ok());
   const auto trimmed = heap->stats();

@@ -173,6 +173,8 @@ class Heap {
   HeapStats stats() const;
   // Per size class, the occupancy of every slab page (a snapshot, for compaction planners).
   std::vector<ClassOccupancy> occupancy() const;
+  // Every slot of the arena that is in use, in address order (a snapshot, for maps and tools).
+  std::vector<PageInfo> page_map() const;
   // Walks every invariant; internal error naming the first broken one.
   Status validate() const;
   // Brings the page reserve between its watermarks now.

@@ -44,6 +44,27 @@ struct ClassOccupancy {
   std::vector<std::uint32_t> used;  // used slots of each page of the class
 };
 
+// One virtual page slot of the heap's arena that is in use (Heap::page_map()).
+enum class PageKind : std::uint8_t {
+  slab,     // a slab page: its own physical page
+  meshed,   // a slab page's alias: maps the physical page of slot `maps_page_of`
+  large,    // one page of a large object
+  reserve,  // mapped, unused, ready for the next request
+};
+const char* page_kind_name(PageKind k);
+
+struct PageInfo {
+  std::uint64_t slot = 0;              // index of the 2 MiB slot in the arena (address order)
+  PageKind kind = PageKind::reserve;
+  std::uint32_t class_size = 0;        // slab, meshed: the size class in bytes
+  std::uint32_t used_slots = 0;        // slab, meshed: objects on the physical page (all sharers)
+  std::uint32_t total_slots = 0;
+  std::uint32_t through_this = 0;      // slab, meshed: objects addressed through this slot
+  std::uint64_t maps_page_of = 0;      // meshed: the slab slot whose physical page this maps
+  std::uint32_t sharers = 1;           // virtual slots mapping this slot's physical page
+  std::uint64_t used_bytes = 0;        // large: bytes of the object inside this page
+};
+
 struct HeapStats {
   std::string backend;
   std::size_t capacity_bytes = 0;

@@ -283,7 +283,7 @@ json policy_set(const json& request, const ServiceContext& ctx) {
 
 json pages(const json& request, const ServiceContext& ctx) {
   Fields f(request, "pages", {});
-  json r = derived_page_map(ctx.heap.stats(), ctx.heap.occupancy(), ctx.heap.backend().granularity());
+  json r = page_map_json(ctx.heap.stats(), ctx.heap.page_map(), ctx.heap.backend().granularity());
   mark_ok(r);
   return r;
 }

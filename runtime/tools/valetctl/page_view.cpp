@@ -14,7 +14,7 @@ using nlohmann::json;
 namespace {
 
 struct Cell {
-  char kind;         // 'L' large, 'S' slab, 'r' reserve, '.' free
+  char kind;         // 'L' large, 'S' slab, 'M' meshed (alias of a slab page), 'r' reserve, '.' free
   double occupancy;  // slab pages
 };
 
@@ -28,7 +28,8 @@ std::vector<Cell> cells_of(const json& reply) {
     for (const auto& p : reply["pages"]) {
       const std::string kind = p.value("kind", std::string("?"));
       const double occ = p.contains("occupancy") && p["occupancy"].is_number() ? p["occupancy"].get<double>() : 0.0;
-      cells.push_back({kind == "large" ? 'L' : kind == "slab" ? 'S' : kind == "reserve" ? 'r' : '?', occ});
+      cells.push_back(
+          {kind == "large" ? 'L' : kind == "slab" ? 'S' : kind == "meshed" ? 'M' : kind == "reserve" ? 'r' : '?', occ});
     }
   std::size_t free = 0;
   if (reply.contains("summary") && reply["summary"].contains("free") && reply["summary"]["free"].is_number_unsigned())
@@ -41,6 +42,7 @@ std::vector<Cell> cells_of(const json& reply) {
 Rgb colour_of(const Cell& c) {
   switch (c.kind) {
     case 'L': return {70, 110, 200};
+    case 'M': return {150, 90, 200};  // shares a slab page's physical page: no memory of its own
     case 'r': return {140, 140, 140};
     case '.': return {45, 45, 45};
     case 'S': {
@@ -54,6 +56,7 @@ Rgb colour_of(const Cell& c) {
 
 char letter_of(const Cell& c) {
   if (c.kind == 'S') return char('0' + std::clamp(int(c.occupancy * 10), 0, 9));
+  if (c.kind == 'M') return 'm';
   return c.kind;
 }
 
@@ -67,9 +70,9 @@ std::string header_of(const json& reply, std::size_t cells) {
   std::string h = std::to_string(cells) + " pages of " + bytes_text(page);
   if (reply.contains("summary")) {
     const auto& s = reply["summary"];
-    h += ": large " + s.value("large", json(0)).dump() + ", slab " + s.value("slab", json(0)).dump() + ", reserve " +
-         s.value("reserve", json(0)).dump() + ", free " + s.value("free", json(0)).dump() + " (idle " +
-         s.value("idle", json(0)).dump() + ", meshed " + s.value("meshed", json(0)).dump() + " not drawn)";
+    h += ": large " + s.value("large", json(0)).dump() + ", slab " + s.value("slab", json(0)).dump() + ", meshed " +
+         s.value("meshed", json(0)).dump() + ", reserve " + s.value("reserve", json(0)).dump() + ", free " +
+         s.value("free", json(0)).dump() + " (idle " + s.value("idle", json(0)).dump() + " not drawn)";
   }
   return h;
 }
@@ -109,9 +112,9 @@ std::string page_map_text(const json& reply, bool colour, int columns) {
       return "\033[38;5;" + std::to_string(ansi256(colour_of(c))) + "m\u2588\033[0m " + name + "  ";
     };
     o += swatch({'L', 0}, "large") + swatch({'S', 0.05}, "slab sparse") + swatch({'S', 0.5}, "slab half") +
-         swatch({'S', 0.95}, "slab dense") + swatch({'r', 0}, "reserve") + swatch({'.', 0}, "free") + "\n";
+         swatch({'S', 0.95}, "slab dense") + swatch({'M', 0}, "meshed") + swatch({'r', 0}, "reserve") + swatch({'.', 0}, "free") + "\n";
   } else {
-    o += "L large  0-9 slab page occupancy (tenths)  r reserve  . free capacity\n";
+    o += "L large  0-9 slab page occupancy (tenths)  m meshed (shares a slab page's memory)  r reserve  . free capacity\n";
   }
   return o;
 }
@@ -144,14 +147,14 @@ std::string page_map_svg(const json& reply, int columns) {
     const Cell& c = cells[i];
     o << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << kCell << "\" height=\"" << kCell << "\" fill=\""
       << fill(colour_of(c)) << "\"><title>page " << i << ": "
-      << (c.kind == 'L' ? "large" : c.kind == 'S' ? "slab" : c.kind == 'r' ? "reserve" : "free");
-    if (c.kind == 'S') o << " " << int(c.occupancy * 100 + 0.5) << "%";
+      << (c.kind == 'L' ? "large" : c.kind == 'S' ? "slab" : c.kind == 'M' ? "meshed" : c.kind == 'r' ? "reserve" : "free");
+    if (c.kind == 'S' || c.kind == 'M') o << " " << int(c.occupancy * 100 + 0.5) << "%";
     o << "</title></rect>\n";
   }
   const int ly = kHeader + rows * (kCell + kGap) + 14;
   int lx = kMargin;
   for (auto [c, name] : {std::pair{Cell{'L', 0}, "large"}, {Cell{'S', 0.05}, "slab sparse"}, {Cell{'S', 0.5}, "slab half"},
-                         {Cell{'S', 0.95}, "slab dense"}, {Cell{'r', 0}, "reserve"}, {Cell{'.', 0}, "free"}}) {
+                         {Cell{'S', 0.95}, "slab dense"}, {Cell{'M', 0}, "meshed"}, {Cell{'r', 0}, "reserve"}, {Cell{'.', 0}, "free"}}) {
     o << "<rect x=\"" << lx << "\" y=\"" << ly - 9 << "\" width=\"10\" height=\"10\" fill=\"" << fill(colour_of(c))
       << "\"/><text x=\"" << lx + 14 << "\" y=\"" << ly << "\">" << name << "</text>\n";
     lx += 14 + 8 * int(std::string(name).size()) + 12;
