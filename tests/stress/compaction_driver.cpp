@@ -20,6 +20,10 @@ void drive_compaction_once(Heap& heap, Rng& rng, bool faults_armed, StressCounte
   req.max_occupancy = std::uniform_real_distribution<double>(0.5, 0.95)(rng);
   req.max_bytes = random_budget(rng, 4096, std::uint64_t{512} << 20);
   req.max_pages = random_budget(rng, 1, 1024);
+  // Meshing alone, evacuation alone, or both (the default).
+  const int mix = std::uniform_int_distribution<int>(0, 3)(rng);
+  req.mesh = mix != 1;
+  req.evacuate = mix != 0;
   counters.add(counters.compact_calls);
   auto rec = heap.compact(req);
   if (!rec.ok()) {
@@ -27,9 +31,11 @@ void drive_compaction_once(Heap& heap, Rng& rng, bool faults_armed, StressCounte
       counters.add(counters.fault_errors);
     else
       errors.report("compact", rec.error());
-  } else if (rec->bytes_moved > req.max_bytes || rec->pages_freed > req.max_pages) {
-    errors.report("compact exceeded its budget: moved " + std::to_string(rec->bytes_moved) + " of " +
-                  std::to_string(req.max_bytes) + " bytes, freed " + std::to_string(rec->pages_freed) + " of " +
+  } else if (rec->bytes_moved + rec->bytes_meshed > req.max_bytes || rec->pages_freed + rec->pages_meshed > req.max_pages ||
+             (!req.mesh && rec->pages_meshed > 0) || (!req.evacuate && rec->objects_moved > 0)) {
+    errors.report("compact exceeded its request: moved " + std::to_string(rec->bytes_moved) + " + meshed " +
+                  std::to_string(rec->bytes_meshed) + " of " + std::to_string(req.max_bytes) + " bytes, freed " +
+                  std::to_string(rec->pages_freed) + " + meshed " + std::to_string(rec->pages_meshed) + " of " +
                   std::to_string(req.max_pages) + " pages");
   }
   if (chance(rng, 0.05)) {
