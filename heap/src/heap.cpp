@@ -384,6 +384,9 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: address_space_factor must be within [2, 64]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
   core->config.capacity = pages * detail::kPageSize;
+  core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes
+                           : core->backend->capabilities().real_device ? std::size_t{64} << 20
+                                                                        : std::size_t{2} << 20;
   const std::size_t slots = std::max<std::size_t>(pages * config.address_space_factor, 64);
   VALET_TRY(core->pool.init(slots));
   auto stream = core->backend->create_stream();

@@ -31,6 +31,22 @@ struct DeferredFree {
   std::vector<Event> events;
 };
 
+// One object of an evacuation batch: from its old slot to its new one.
+struct Move {
+  HandleEntry* entry;
+  Location from;
+  Location to;
+  std::size_t bytes;
+};
+
+// Two slab pages of one class to mesh: the source's objects go to the destination's page.
+struct MeshPair {
+  SlabPage* dst;
+  SlabPage* src;
+  std::vector<HandleEntry*> objects;  // the source's objects, claimed MOVING for its batch
+  std::uint64_t bytes = 0;
+};
+
 struct HeapCore {
   HeapCore(std::unique_ptr<Backend> backend, const Config& config, std::size_t capacity_pages);
   ~HeapCore();
@@ -40,6 +56,8 @@ struct HeapCore {
   std::uint32_t tag = 0;
   std::size_t capacity_pages = 0;
   Stream work_stream{};  // copies of resize and compaction
+  // Bytes one compaction batch copies at most (Config::move_batch_bytes, resolved at creation).
+  std::uint64_t move_batch_bytes = 0;
 
   mutable HeapMutex mu;
   PagePool pool;
@@ -133,9 +151,16 @@ struct HeapCore {
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
   Result<CompactionRecord> compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& request);
   void record_cycle(const CompactionRecord& r);
+  // Evacuation steps (compaction.cpp): the sparse pages to empty (detached), emptying them batch
+  // by batch, and one batch's copy, repoint and wait.
+  std::vector<SlabPage*> choose_sources(double max_occupancy, std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  Status evacuate(std::unique_lock<HeapMutex>& lock, const std::vector<SlabPage*>& sources, CompactionRecord& rec);
+  Status run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<Move>& moves, CompactionRecord& rec);
   // Meshes pairs of slab pages within the budgets (mesh.cpp); counts into `rec`.
   Status mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left, std::uint64_t& bytes_left,
                      CompactionRecord& rec);
+  // Claims every object of the pair's source MOVING; false (nothing claimed) if one refuses.
+  bool claim_source(MeshPair& pair);
   // One unbounded evacuation cycle before an out-of-memory is reported (allocate, resize).
   // Precondition: `lock` holds mu; it is released and retaken.
   void emergency_compact(std::unique_lock<HeapMutex>& lock);

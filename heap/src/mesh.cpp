@@ -20,13 +20,6 @@ namespace valet::detail {
 
 namespace {
 
-struct MeshPair {
-  SlabPage* dst;
-  SlabPage* src;
-  std::vector<HandleEntry*> objects;  // the source's objects, claimed MOVING
-  std::uint64_t bytes = 0;
-};
-
 // Probes per class of the split matching (Mesh's SplitMesher): each ascending page is tried
 // against this many descending pages, so the search costs O(pages x probes x bitmap words)
 // instead of all pairs.
@@ -110,87 +103,111 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         if (!disjoint(*a, *d)) continue;
         const std::uint64_t bytes = std::uint64_t(src->used) * class_size(cls);
         if (bytes > bytes_left) continue;
-        // Claim every object of the source; a deferred or in-transit slot (taken, no owner) or
-        // an object that refuses (pinned, unpin pending) leaves the pair alone.
-        MeshPair pair{dst, src, {}, 0};
-        bool ok = true;
-        for (std::uint32_t k = 0; k < src->capacity && ok; ++k) {
-          if (!src->test(k)) continue;
-          const std::uint32_t owner = src->owners[k];
-          HandleEntry* e = owner == kNoOwner ? nullptr : handles.get(owner);
-          if (!e || !try_begin_move(e)) {
-            ok = false;
-            break;
-          }
-          pair.objects.push_back(e);
-          pair.bytes += e->size;
-        }
-        if (!ok) {
-          for (HandleEntry* e : pair.objects) end_move(e);
-          ++rec.objects_skipped;
-          continue;
-        }
         asc_taken[i] = desc_taken[j] = true;
         slabs.detach(dst);
         slabs.detach(src);
         bytes_left -= bytes;
         --pages_left;
-        pairs.push_back(std::move(pair));
+        pairs.push_back({dst, src, {}, 0});
       }
     }
   }
-  if (pairs.empty()) return {};
 
+  // Batches of at most move_batch_bytes: a source's objects are claimed only when its batch
+  // starts, so a pin waits for one batch at most. Between batches the lock is released; the
+  // detached pages only lose objects meanwhile (frees), so the pairs stay disjoint.
   auto release_pair = [&](MeshPair& pr) {
     for (HandleEntry* e : pr.objects) end_move(e);
+    pr.objects.clear();
     slabs.attach(pr.dst);
     slabs.attach(pr.src);
   };
-  // One batched copy of every source object to the same offset of its destination's page.
-  std::vector<CopyRange> copies;
-  for (const MeshPair& pr : pairs) {
-    const std::size_t size = class_size(pr.dst->cls);
-    for (HandleEntry* e : pr.objects)
-      copies.push_back({address_of(e->loc), pool.address(pr.dst->slot) + DevicePtr(e->loc.index) * size, e->size});
-  }
-  auto ev = take_event();
-  Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
-  if (st.ok()) st = backend->record_event(*ev, work_stream);
-  if (st.ok()) {
-    lock.unlock();
-    st = backend->synchronize_event(*ev);
-    lock.lock();
-  }
-  if (ev.ok()) recycle_event(*ev);
-  if (!st.ok()) {
-    (void)backend->synchronize_stream(work_stream);
-    for (MeshPair& pr : pairs) release_pair(pr);
-    return st;
-  }
-
   Status first;
-  for (MeshPair& pr : pairs) {
-    SlabPage* src = pr.src;
-    SlabPage* dst = pr.dst;
-    if (Status r = pool.remap_onto(src->slot, dst->slot); !r.ok()) {
-      // The source slot maps its own page again, its bytes untouched: leave the pair as it was.
-      // The copies into the destination landed on free slots and are harmless.
-      if (first.ok()) first = r;
-      release_pair(pr);
-      continue;
+  std::vector<MeshPair*> batch;
+  std::vector<CopyRange> copies;
+  for (std::size_t next = 0; next < pairs.size();) {
+    batch.clear();
+    std::uint64_t batch_bytes = 0;
+    for (; next < pairs.size() && batch_bytes < move_batch_bytes; ++next) {
+      MeshPair& pr = pairs[next];
+      if (claim_source(pr)) {
+        batch.push_back(&pr);
+        batch_bytes += pr.bytes;
+      } else {
+        ++rec.objects_skipped;
+        release_pair(pr);
+      }
     }
-    dst->aliases.push_back({src->slot, src->used});
-    for (std::uint32_t k = 0; k < src->capacity; ++k)
-      if (src->test(k)) slabs.take_slot_at(dst, k, src->owners[k]);
-    pool.slot(src->slot).owner = dst->id;
-    slabs.destroy(src);
-    for (HandleEntry* e : pr.objects) end_move(e);
-    slabs.attach(dst);
-    ++rec.pages_meshed;
-    rec.bytes_meshed += pr.bytes;
+    if (batch.empty()) continue;
+    // One batched copy of the batch's source objects to the same offsets of their destinations.
+    copies.clear();
+    for (const MeshPair* pr : batch) {
+      const std::size_t size = class_size(pr->dst->cls);
+      for (HandleEntry* e : pr->objects)
+        copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
+    }
+    auto ev = take_event();
+    Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
+    if (st.ok()) st = backend->record_event(*ev, work_stream);
+    if (st.ok()) {
+      lock.unlock();
+      st = backend->synchronize_event(*ev);
+      lock.lock();
+    }
+    if (ev.ok()) recycle_event(*ev);
+    if (!st.ok()) {
+      (void)backend->synchronize_stream(work_stream);
+      for (MeshPair* pr : batch) release_pair(*pr);
+      for (; next < pairs.size(); ++next) release_pair(pairs[next]);
+      after_release();
+      return st;
+    }
+    for (MeshPair* pr : batch) {
+      SlabPage* src = pr->src;
+      SlabPage* dst = pr->dst;
+      if (Status r = pool.remap_onto(src->slot, dst->slot); !r.ok()) {
+        // The source slot maps its own page again, its bytes untouched: leave the pair as it
+        // was. The copies into the destination landed on free slots and are harmless.
+        if (first.ok()) first = r;
+        release_pair(*pr);
+        continue;
+      }
+      dst->aliases.push_back({src->slot, src->used});
+      for (std::uint32_t k = 0; k < src->capacity; ++k)
+        if (src->test(k)) slabs.take_slot_at(dst, k, src->owners[k]);
+      pool.slot(src->slot).owner = dst->id;
+      slabs.destroy(src);
+      for (HandleEntry* e : pr->objects) end_move(e);
+      slabs.attach(dst);
+      ++rec.pages_meshed;
+      rec.bytes_meshed += pr->bytes;
+    }
   }
   after_release();
   return first;
+}
+
+bool HeapCore::claim_source(MeshPair& pair) {
+  // A deferred or in-transit slot (taken, no owner: queued work may touch it) or an object that
+  // refuses (pinned, unpin pending, moving) leaves the pair alone; so does a source emptied by
+  // frees since the pair was found (nothing to mesh).
+  SlabPage* src = pair.src;
+  pair.objects.clear();
+  pair.bytes = 0;
+  if (src->used == 0) return false;
+  for (std::uint32_t k = 0; k < src->capacity; ++k) {
+    if (!src->test(k)) continue;
+    const std::uint32_t owner = src->owners[k];
+    HandleEntry* e = owner == kNoOwner ? nullptr : handles.get(owner);
+    if (!e || !try_begin_move(e)) {
+      for (HandleEntry* c : pair.objects) end_move(c);
+      pair.objects.clear();
+      return false;
+    }
+    pair.objects.push_back(e);
+    pair.bytes += e->size;
+  }
+  return true;
 }
 
 }  // namespace valet::detail
