@@ -1,5 +1,5 @@
 // Fuzz harness: the input bytes are an operation stream (allocate, free, resize, host pin/unpin,
-// stream-ordered pins and rewrites, compaction, misuse) run against a small host heap next to a
+// stream-ordered pins and rewrites, compaction: meshing and evacuation, misuse) run against a small host heap next to a
 // model of what every object must hold. After every operation the returned code must be one the
 // model allows and validate() must pass; freed and resized objects are checked, and at the end
 // every live object, then the shutdown (every page back with the backend). Any violation aborts
@@ -280,8 +280,14 @@ void FuzzRun::op_compact() {
   const std::uint8_t b = in_.u8(), p = in_.u8();
   req.max_bytes = b == 0 ? ~0ull : std::uint64_t{1} << (b % 30);
   req.max_pages = p == 0 ? ~0ull : p % 16;
+  // Meshing and evacuation together (the default), meshing alone, or evacuation alone.
+  const std::uint8_t mode = in_.u8() % 3;
+  req.mesh = mode != 2;
+  req.evacuate = mode != 1;
   auto rec = must(heap_->compact(req), "compact");
-  check(rec.bytes_moved <= req.max_bytes && rec.pages_freed <= req.max_pages, "compact exceeded its budget");
+  check(rec.bytes_moved + rec.bytes_meshed <= req.max_bytes && rec.pages_freed + rec.pages_meshed <= req.max_pages,
+        "compact exceeded its budget");
+  check((req.mesh || rec.pages_meshed == 0) && (req.evacuate || rec.objects_moved == 0), "compact ran a step it was not asked for");
 }
 
 void FuzzRun::op_sync() {
