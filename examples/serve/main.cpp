@@ -1,8 +1,10 @@
 // valet-serve: a long-running process that behaves like an LLM serving loop on a Valet heap
 // (serving_loop.h), with the control server on so that `valetctl` can watch and steer it, and the
-// background compactor running. Stops cleanly on SIGINT or SIGTERM: every object freed, the heap
-// shut down, every page given back, the control socket removed. Exit status 0 then; 1 when data
-// was found corrupted or the heap failed; 2 for bad options or a heap that cannot be opened.
+// background compactor running. Every few steps a handle sweep reads every object the loop holds
+// through its handle (on the CUDA backend with a kernel: device-side handle resolution). Stops
+// cleanly on SIGINT or SIGTERM: every object freed, the heap shut down, every page given back, the
+// control socket removed. Exit status 0 then; 1 when data was found corrupted (by a check or a
+// sweep) or the heap failed; 2 for bad options or a heap that cannot be opened.
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <memory>
 #include <thread>
 
+#include "handle_sweep.h"
 #include "object_access.h"
 #include "serving_loop.h"
 #include "traced_heap.h"
@@ -43,11 +46,12 @@ void status_line(const valet::Heap& heap, const serve::LoopCounters& c, double e
   const auto s = heap.stats();
   std::fprintf(stderr,
                "%s[valet-serve %5.0fs] steps %llu  requests %zu running, %llu done  live %.1f MiB  mapped %.1f MiB  "
-               "frag %.3f  cycles %llu  probes %llu/%llu failed%s",
+               "frag %.3f  cycles %llu  probes %llu/%llu failed  swept %llu objs %.0f MiB, %llu mismatched%s",
                tty ? "\r\033[K" : "", elapsed, (unsigned long long)c.steps, c.running,
                (unsigned long long)c.requests_finished, mib(s.live_bytes), mib(s.mapped_bytes), s.fragmentation,
                (unsigned long long)s.compaction.cycles, (unsigned long long)c.probes_failed,
-               (unsigned long long)c.probes, tty ? "" : "\n");
+               (unsigned long long)c.probes, (unsigned long long)c.swept_objects, mib(c.swept_bytes),
+               (unsigned long long)(c.swept_corrupt_bytes + c.swept_unresolved), tty ? "" : "\n");
 }
 
 // Physical pages the backend still holds (host backend only; -1 when unknown).
@@ -64,7 +68,12 @@ struct Options {
   std::string socket;
   double step_ms = 5;
   std::uint64_t seed = 1;
+  int sweep_every = -1;  // steps between handle sweeps; -1: the backend's default
 };
+
+// A sweep reads every live object: a kernel does that in microseconds, host code in milliseconds.
+constexpr int kSweepEveryGpu = 1;
+constexpr int kSweepEveryHost = 20;
 
 int run_service(const Options& o) {
   auto choice = valet::parse_backend_choice(o.backend);
@@ -109,11 +118,18 @@ int run_service(const Options& o) {
 
   auto access = serve::ObjectAccess::open(*heap);
   if (!access.ok()) return std::fprintf(stderr, "valet-serve: %s\n", access.error().to_string().c_str()), 2;
+  auto sweep = serve::HandleSweep::open(*heap, access->stream());
+  if (!sweep.ok()) return std::fprintf(stderr, "valet-serve: handle sweep: %s\n", sweep.error().to_string().c_str()), 2;
+  const int sweep_every = o.sweep_every >= 0 ? o.sweep_every : ((*sweep)->on_gpu() ? kSweepEveryGpu : kSweepEveryHost);
+  const char* sweeper = (*sweep)->on_gpu() ? "a GPU kernel" : "host code";
   serve::TracedHeap traced(*heap, trace);
-  serve::ServingLoop loop(traced, *access, heap_capacity, o.seed);
+  serve::ServingLoop loop(traced, *access, sweep->get(), std::uint64_t(sweep_every), heap_capacity, o.seed);
 
   std::fprintf(stderr, "valet-serve: pid %d, %s, capacity %.0f MiB, objects touched by %s\n", int(::getpid()),
                heap->backend().name().c_str(), mib(heap_capacity), access->on_host() ? "host code" : "GPU kernels");
+  if (sweep_every > 0)
+    std::fprintf(stderr, "valet-serve: every %d step%s, %s reads every live object through its handle\n", sweep_every,
+                 sweep_every == 1 ? "" : "s", sweeper);
   std::fprintf(stderr, "valet-serve: control socket %s (try: valetctl -s %s stats)\n", (*server)->socket_path().c_str(),
                (*server)->socket_path().c_str());
 
@@ -126,7 +142,11 @@ int run_service(const Options& o) {
     if (o.seconds > 0 && elapsed >= o.seconds) break;
     loop.step();
 #if defined(VALET_SERVE_HAS_COMPACTOR)
-    if (compactor) compactor->safepoint();  // between steps no pin is held: a good moment
+    // Between steps no pin is held: a good moment. A failed cycle leaves the heap consistent
+    // (validate() at exit says otherwise): the service goes on.
+    if (compactor)
+      if (auto r = compactor->safepoint(); !r.ok())
+        std::fprintf(stderr, "\nvalet-serve: safepoint: %s\n", r.error().to_string().c_str());
 #endif
     if (Clock::now() >= next_status) {
       status_line(*heap, loop.counters(), elapsed, tty);
@@ -148,6 +168,11 @@ int run_service(const Options& o) {
   const serve::LoopCounters c = loop.counters();
   loop.free_all();
   int rc = 0;
+  if (auto st = (*sweep)->close(); !st.ok()) {
+    std::fprintf(stderr, "valet-serve: freeing the sweep's argument object failed: %s\n",
+                 st.error().to_string().c_str());
+    rc = 1;
+  }
   if (auto v = heap->validate(); !v.ok()) {
     std::fprintf(stderr, "valet-serve: heap validation failed: %s\n", v.error().to_string().c_str());
     rc = 1;
@@ -159,6 +184,14 @@ int run_service(const Options& o) {
   }
   const long long pages_left = backend_pages(*heap);
   std::fprintf(stderr,
+               "valet-serve: handle sweeps by %s: %llu sweeps (%llu skipped: heap full), %llu objects read through "
+               "their handles (%.1f MiB checked), %llu bytes mismatched, %llu handles unresolved; %llu objects moved "
+               "by %llu compaction cycles meanwhile\n",
+               sweeper, (unsigned long long)c.sweeps, (unsigned long long)c.sweeps_skipped,
+               (unsigned long long)c.swept_objects, mib(c.swept_bytes), (unsigned long long)c.swept_corrupt_bytes,
+               (unsigned long long)c.swept_unresolved, (unsigned long long)final_stats.compaction.objects_moved,
+               (unsigned long long)final_stats.compaction.cycles);
+  std::fprintf(stderr,
                "valet-serve: stopped after %llu steps: %llu requests served, %llu rejected, %llu cut short; %llu objects "
                "checked, %llu bytes corrupt; live at exit %zu objects (freed); heap shut down, %s\n",
                (unsigned long long)c.steps, (unsigned long long)c.requests_finished,
@@ -166,7 +199,9 @@ int run_service(const Options& o) {
                (unsigned long long)c.checks, (unsigned long long)c.corrupt_bytes, final_stats.live_objects,
                pages_left < 0 ? "pages returned to the driver"
                               : (pages_left == 0 ? "every page back" : "PAGES STILL HELD"));
-  if (pages_left > 0 || c.corrupt_bytes || c.errors || final_stats.live_objects) rc = 1;
+  if (pages_left > 0 || c.corrupt_bytes || c.swept_corrupt_bytes || c.swept_unresolved || c.errors ||
+      final_stats.live_objects)
+    rc = 1;
   return rc;
 }
 
@@ -185,6 +220,11 @@ int main(int argc, char** argv) {
                                        "$XDG_RUNTIME_DIR/valet/<pid>.sock or /tmp/valet-$UID/<pid>.sock)");
   app.add_option("--step-ms", o.step_ms, "milliseconds per serving step")->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "seed of the workload");
+  app.add_option("--sweep-every", o.sweep_every,
+                 "steps between handle sweeps, which read every live object through its handle (0: none; default " +
+                     std::to_string(kSweepEveryGpu) + " with a GPU kernel, " + std::to_string(kSweepEveryHost) +
+                     " with host code)")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   return run_service(o);
 }

@@ -2,28 +2,29 @@
 // later, so that a compaction that moved an object, or a resize, that lost a byte is caught.
 //
 // Host backend: host code writes and reads the bytes through a Pin. CUDA backend: the backend's
-// fill_pattern/verify_pattern kernels through a StreamPin. The plan is for the CUDA path to read
-// objects through their handles with device-side handle resolution (kernels/) once it exists;
-// that change belongs in device_fill()/device_verify() and nowhere else.
+// fill_pattern/verify_pattern kernels through a StreamPin, queued on the serve stream. Reading
+// objects through their handles (device-side handle resolution) is the handle sweep's job
+// (handle_sweep.h), which runs on the same stream and checks the same bytes.
 //
 // Small objects are written whole. Larger ones (over kWholeLimit) get a stripe of kStripeBytes
 // every kStripeEvery bytes: every 2 MiB page of a large object is still covered, at a CPU cost a
-// serving loop can afford.
+// serving loop can afford. The layout is handle_check.h's, shared with the sweep's kernel.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "handle_check.h"
 #include "valet/heap.h"
 
 namespace serve {
 
 class ObjectAccess {
  public:
-  static constexpr std::size_t kWholeLimit = std::size_t{256} << 10;
-  static constexpr std::size_t kStripeEvery = std::size_t{64} << 10;
-  static constexpr std::size_t kStripeBytes = 512;
+  static constexpr std::size_t kWholeLimit = serve::kWholeLimit;
+  static constexpr std::size_t kStripeEvery = serve::kStripeEvery;
+  static constexpr std::size_t kStripeBytes = serve::kStripeBytes;
 
   // Picks host code where the backend's memory is host-accessible, kernels otherwise.
   static valet::Result<ObjectAccess> open(valet::Heap& heap);
@@ -38,6 +39,8 @@ class ObjectAccess {
   valet::Result<std::uint64_t> check(valet::Handle h, std::size_t bytes, std::uint64_t seed, std::size_t limit);
 
   bool on_host() const { return host_; }
+  // Where the accesses are queued (CUDA: a stream of the backend; host: Stream{}).
+  valet::Stream stream() const { return stream_; }
 
  private:
   ObjectAccess(valet::Heap& heap, bool host, valet::Stream stream) : heap_(&heap), host_(host), stream_(stream) {}

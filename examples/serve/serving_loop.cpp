@@ -28,9 +28,12 @@ const std::size_t kTempBytesPerToken[] = {2048, 4096, 8192, 11008 * 2};
 
 }  // namespace
 
-ServingLoop::ServingLoop(TracedHeap& heap, ObjectAccess& access, std::size_t capacity, std::uint64_t seed)
+ServingLoop::ServingLoop(TracedHeap& heap, ObjectAccess& access, HandleSweep* sweep, std::uint64_t sweep_every,
+                         std::size_t capacity, std::uint64_t seed)
     : heap_(heap),
       access_(access),
+      sweep_(sweep),
+      sweep_every_(sweep_every),
       capacity_(capacity),
       bytes_per_token_(std::max<std::size_t>(256, capacity / (kModelCapacity / kModelBytesPerToken))),
       temp_scale_(double(capacity) / double(kModelCapacity)),
@@ -181,6 +184,7 @@ void ServingLoop::step() {
     const auto& l = lingering_[rng_() % lingering_.size()];
     check(l.obj, l.obj.pattern_bytes);
   }
+  if (sweep_ && sweep_every_ && c_.steps % sweep_every_ == 0) sweep(temps);
 
   for (auto it = temps.rbegin(); it != temps.rend(); ++it) release(*it);
   for (auto it = requests_.begin(); it != requests_.end();) {
@@ -208,6 +212,41 @@ void ServingLoop::step() {
     }
   }
   c_.running = requests_.size();
+}
+
+void ServingLoop::sweep(const std::vector<Tracked>& temps) {
+  sweep_items_.clear();
+  auto add = [&](const Tracked& t) {
+    if (t.obj.handle.is_null()) return;
+    const valet::Handle h = t.obj.handle;
+    sweep_items_.push_back({{h.index, h.generation, h.heap}, t.pattern_bytes > kWholeLimit ? 1u : 0u, t.seed,
+                            t.pattern_bytes});
+  };
+  for (const auto& r : requests_) {
+    add(r.kv);
+    for (const auto& s : r.smalls) add(s);
+  }
+  for (const auto& l : lingering_) add(l.obj);
+  for (const auto& t : temps) add(t);
+
+  auto totals = sweep_->run(sweep_items_);
+  if (!totals.ok()) {
+    // A full heap has no room for the sweep's argument object: a skipped sweep, not a failure.
+    if (totals.code() == valet::Errc::out_of_memory) ++c_.sweeps_skipped;
+    return note_error(totals.error());
+  }
+  ++c_.sweeps;
+  c_.swept_objects += totals->objects;
+  c_.swept_bytes += totals->bytes_checked;
+  c_.swept_corrupt_bytes += totals->mismatched_bytes;
+  // Items the checker never reached (its argument object did not resolve) count as unresolved.
+  const std::uint64_t unresolved = sweep_items_.size() - std::min<std::uint64_t>(sweep_items_.size(), totals->objects);
+  c_.swept_unresolved += unresolved;
+  if (totals->mismatched_bytes || unresolved)
+    std::fprintf(stderr,
+                 "\nvalet-serve: HANDLE SWEEP MISMATCH: of %zu objects read through their handles, %llu did not "
+                 "resolve and %llu bytes differ from their patterns\n",
+                 sweep_items_.size(), (unsigned long long)unresolved, (unsigned long long)totals->mismatched_bytes);
 }
 
 void ServingLoop::free_all() {

@@ -6,7 +6,8 @@
 // fraction of the free memory. Sizes scale with the heap's capacity.
 //
 // Every object gets a pattern when written and is checked later (object_access.h), so a move or
-// resize that loses data is reported. Allocation failures are part of serving: a request that
+// resize that loses data is reported; every few steps a handle sweep (handle_sweep.h) checks every
+// object the loop holds, read through its handle. Allocation failures are part of serving: a request that
 // does not fit is rejected, one whose KV cache cannot grow ends early.
 #pragma once
 
@@ -16,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "handle_sweep.h"
 #include "object_access.h"
 #include "traced_heap.h"
 
@@ -26,13 +28,20 @@ struct LoopCounters {
   std::uint64_t requests_admitted = 0, requests_finished = 0, requests_rejected = 0, requests_cut = 0;
   std::uint64_t probes = 0, probes_failed = 0;
   std::uint64_t checks = 0, corrupt_bytes = 0;
+  // Handle sweeps: objects resolved through their handles and checked, the bytes read, the bytes
+  // that differ from the pattern, handles that did not resolve; sweeps skipped for lack of memory
+  // for their argument object.
+  std::uint64_t sweeps = 0, sweeps_skipped = 0;
+  std::uint64_t swept_objects = 0, swept_bytes = 0, swept_corrupt_bytes = 0, swept_unresolved = 0;
   std::uint64_t errors = 0;  // unexpected heap errors (anything but out_of_memory)
   std::size_t running = 0;   // requests in flight now
 };
 
 class ServingLoop {
  public:
-  ServingLoop(TracedHeap& heap, ObjectAccess& access, std::size_t capacity_bytes, std::uint64_t seed);
+  // `sweep` (may be null: no sweeps) runs every `sweep_every` steps (0: never).
+  ServingLoop(TracedHeap& heap, ObjectAccess& access, HandleSweep* sweep, std::uint64_t sweep_every,
+              std::size_t capacity_bytes, std::uint64_t seed);
   ~ServingLoop();  // free_all()
 
   // One serving tick: admissions, temporaries, one decoded token per request, completions.
@@ -67,9 +76,14 @@ class ServingLoop {
   std::size_t small_size();
   std::size_t lognormal(double median, std::size_t cap);
   void finish(Request& r);
+  // Every object held now (the step's temporaries included), through its handle.
+  void sweep(const std::vector<Tracked>& temps);
 
   TracedHeap& heap_;
   ObjectAccess& access_;
+  HandleSweep* sweep_;
+  std::uint64_t sweep_every_;
+  std::vector<CheckItem> sweep_items_;
   std::size_t capacity_;
   std::size_t bytes_per_token_;
   double temp_scale_;

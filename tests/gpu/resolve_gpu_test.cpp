@@ -4,8 +4,8 @@
 
 #include <random>
 
-#include "cuda/cuda_driver.h"
 #include "valet/compactor.h"
+#include "valet/cuda_backend.h"
 #include "valet/runtime.h"
 
 extern const unsigned char valet_test_kernels_fatbin[];
@@ -22,16 +22,10 @@ TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
   c.backend = BackendChoice::cuda;
   c.capacity = 2048 * kMiB;
   auto heap = std::move(open_heap(c)).value();
-  const cuda::Driver* d = *cuda::load_driver();
-  CUdevice dev;
-  CUcontext ctx;
-  ASSERT_EQ(d->cuDeviceGet(&dev, 0), CUDA_SUCCESS);
-  ASSERT_EQ(d->cuDevicePrimaryCtxRetain(&ctx, dev), CUDA_SUCCESS);
-  ASSERT_EQ(d->cuCtxSetCurrent(ctx), CUDA_SUCCESS);
-  CUmodule module;
-  CUfunction kernel;
-  ASSERT_EQ(d->cuModuleLoadData(&module, valet_test_kernels_fatbin), CUDA_SUCCESS);
-  ASSERT_EQ(d->cuModuleGetFunction(&kernel, module, "valet_test_resolve_verify"), CUDA_SUCCESS);
+  auto module = CudaModule::load(valet_test_kernels_fatbin, c.device);
+  ASSERT_TRUE(module.ok()) << module.error().to_string();
+  auto kernel = (*module)->kernel("valet_test_resolve_verify");
+  ASSERT_TRUE(kernel.ok()) << kernel.error().to_string();
   auto stream = *heap->backend().create_stream();
 
   PolicySettings aggressive;
@@ -84,11 +78,11 @@ TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
       ASSERT_TRUE(heap->backend().write(sp->address(), sv.data(), sv.size() * sizeof(sv[0])).ok());
       ASSERT_TRUE(heap->backend().write(cp->address(), &zero, sizeof zero).ok());
       kernels::DeviceHandleTable table = scope->table();
-      CUdeviceptr hptr = hp->address(), sptr = sp->address(), cptr = cp->address();
-      unsigned int count = n;
-      void* args[] = {&table, &hptr, &sptr, &count, &cptr};
-      ASSERT_EQ(d->cuLaunchKernel(kernel, 264, 1, 1, 256, 1, 1, 0, reinterpret_cast<CUstream>(stream.id), args, nullptr),
-                CUDA_SUCCESS);
+      const DevicePtr hptr = hp->address(), sptr = sp->address(), cptr = cp->address();
+      const unsigned int count = n;
+      auto launched = (*module)->launch(*kernel, LaunchShape{.grid = 264, .block = 256}, stream, table, hptr, sptr,
+                                        count, cptr);
+      ASSERT_TRUE(launched.ok()) << launched.error().to_string();
       ++launches;
       objects_checked += n;
       // The scope and the pins end here, on the host, while the kernel may still run: the
@@ -109,8 +103,6 @@ TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
   EXPECT_GT(stats.compaction.objects_moved, 0u) << "the compactor must have moved objects between launches";
   ASSERT_TRUE(heap->validate().ok());
   ASSERT_TRUE(heap->backend().destroy_stream(stream).ok());
-  d->cuModuleUnload(module);
-  d->cuDevicePrimaryCtxRelease(dev);
 }
 
 }  // namespace
