@@ -2,11 +2,13 @@
 // engine says so, runs compaction cycles on the heap.
 #include "valet/compactor.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "policy_engine.h"
@@ -21,7 +23,10 @@ struct Compactor::Impl {
   std::condition_variable cv;
   PolicySettings settings;
   policy::EngineState engine;  // touched only under `cycle_mu`
-  std::mutex cycle_mu;         // one decision+cycle at a time (thread or safepoint)
+  std::mutex cycle_mu;         // one decision+cycle at a time (thread, safepoint or request)
+  // Decisions and requested cycles so far (bumped under `cycle_mu`): the background thread
+  // drops an observation made before the latest of them.
+  std::atomic<std::uint64_t> decisions{0};
   struct Pending {
     CompactRequest request;
     std::promise<Result<CompactionRecord>> done;
@@ -48,21 +53,26 @@ struct Compactor::Impl {
     return o;
   }
 
-  // Observes, decides, and runs the chosen cycle. Returns true if a cycle ran.
-  bool policy_step(bool safepoint) {
-    std::lock_guard cl(cycle_mu);
+  // Decides on `obs` and runs the chosen cycle (the caller holds `cycle_mu`). Returns the
+  // cycle's record, nothing when the policy wants no cycle now, or the cycle's error.
+  Result<std::optional<CompactionRecord>> decide_and_run(const policy::Observation& obs, bool safepoint) {
     PolicySettings s;
     {
       std::lock_guard lock(mu);
       s = settings;
     }
-    auto d = policy::decide(s, observe(), engine, safepoint);
-    if (!d) return false;
+    decisions.fetch_add(1, std::memory_order_relaxed);
+    auto d = policy::decide(s, obs, engine, safepoint);
+    if (!d) return std::optional<CompactionRecord>{};
     auto rec = heap.compact(d->request);
-    if (!rec.ok()) return false;
-    policy::account(engine, *rec);
     std::lock_guard lock(mu);
+    if (!rec.ok()) {
+      ++counters.failed_cycles;
+      return rec.error();
+    }
+    policy::account(engine, *rec);
     ++counters.cycles;
+    if (safepoint) ++counters.safepoint_cycles;
     switch (d->trigger) {
       case CompactionTrigger::fragmentation: ++counters.fragmentation; break;
       case CompactionTrigger::reserve_low: ++counters.reserve_low; break;
@@ -70,7 +80,36 @@ struct Compactor::Impl {
       case CompactionTrigger::safepoint: ++counters.safepoints; break;
       default: break;
     }
-    return true;
+    return std::optional<CompactionRecord>{*rec};
+  }
+
+  // The background thread's step. It observes before taking `cycle_mu` (observing waits for the
+  // heap lock, and a safepoint must not find the thread holding `cycle_mu` through that wait),
+  // and drops its observation if a decision or a cycle (a safepoint's, a request's) came in
+  // between: that one saw a newer heap.
+  void background_step() {
+    const std::uint64_t seen = decisions.load(std::memory_order_relaxed);
+    const policy::Observation obs = observe();
+    std::lock_guard cl(cycle_mu);
+    if (decisions.load(std::memory_order_relaxed) != seen) return;
+    (void)decide_and_run(obs, false);
+  }
+
+  // A safepoint never waits for another cycle: if one is running (or being decided), the
+  // compactor is at work already and the caller goes on.
+  Result<std::optional<CompactionRecord>> safepoint_step() {
+    {
+      std::lock_guard lock(mu);
+      if (stopping) return make_error(Errc::shut_down, "the compactor was stopped");
+      ++counters.safepoint_calls;
+    }
+    std::unique_lock cl(cycle_mu, std::try_to_lock);
+    if (!cl.owns_lock()) {
+      std::lock_guard lock(mu);
+      ++counters.safepoint_busy;
+      return std::optional<CompactionRecord>{};
+    }
+    return decide_and_run(observe(), true);
   }
 
   void run() {
@@ -85,18 +124,22 @@ struct Compactor::Impl {
         Result<CompactionRecord> rec = make_error(Errc::internal, "unset");
         {
           std::lock_guard cl(cycle_mu);
+          decisions.fetch_add(1, std::memory_order_relaxed);
           rec = heap.compact(p.request);
           if (rec.ok()) policy::account(engine, *rec);
         }
-        p.done.set_value(rec);
+        // Counted before the requester is woken, so its counters() read includes this request.
         lock.lock();
         ++counters.explicit_requests;
         if (rec.ok()) ++counters.cycles;
+        lock.unlock();
+        p.done.set_value(rec);
+        lock.lock();
         continue;
       }
       if (!settings.background) continue;
       lock.unlock();
-      policy_step(false);
+      background_step();
       lock.lock();
     }
     // Requests that never ran get a clear answer.
@@ -167,7 +210,7 @@ Result<CompactionRecord> Compactor::request(const CompactRequest& request, bool 
   return done.get();
 }
 
-void Compactor::safepoint() { impl_->policy_step(true); }
+Result<std::optional<CompactionRecord>> Compactor::safepoint() { return impl_->safepoint_step(); }
 
 Compactor::Counters Compactor::counters() const {
   std::lock_guard lock(impl_->mu);

@@ -9,6 +9,9 @@ namespace valet::policy {
 namespace {
 
 constexpr double kPageBytes = double(std::size_t{2} << 20);
+// Copy speed assumed before any cycle has measured one: 1 GB/s, below what either backend copies
+// (the host backend's worker thread: several GB/s; an H100: ~2.8 TB/s).
+constexpr double kAssumedBytesPerNs = 1.0;
 
 // The greedy evacuation plan of one class at one occupancy level.
 Plan plan_class(const ClassOccupancy& c, double level) {
@@ -102,9 +105,12 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
 
   double budget = st.byte_tokens;
   // The pause budget bounds a cycle's copy time, but never below one page's worth of objects:
-  // a cycle that cannot empty a single page would run forever without effect.
-  if (st.copy_bytes_per_ns > 0)
-    budget = std::min(budget, std::max(kPageBytes, double(s.max_pause_us) * 1e3 * st.copy_bytes_per_ns));
+  // a cycle that cannot empty a single page would run forever without effect. Until a cycle has
+  // measured the copy speed, assume a slow one (kAssumedBytesPerNs): the first cycle then keeps
+  // to the pause budget too (it used to be bounded only by the byte budget, a second's worth of
+  // max_bytes_per_second), and measures the speed for the next ones.
+  const double speed = st.copy_bytes_per_ns > 0 ? st.copy_bytes_per_ns : kAssumedBytesPerNs;
+  budget = std::min(budget, std::max(kPageBytes, double(s.max_pause_us) * 1e3 * speed));
   if (budget < 65536) return std::nullopt;
 
   std::vector<double> levels;
@@ -130,6 +136,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   d.request.max_bytes = std::uint64_t(budget);
   d.request.max_pages = s.max_pages_per_cycle;
   d.request.trigger = d.trigger;
+  d.request.mesh = s.mesh;
   return d;
 }
 

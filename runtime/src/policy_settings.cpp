@@ -76,6 +76,13 @@ const std::vector<Field>& fields() {
       double_field("idle_allocs_per_second", &PolicySettings::idle_allocs_per_second, 0, 1e9, "a rate >= 0"),
       u64_field("interval_ms", &PolicySettings::interval_ms, 1, 60'000, "milliseconds in [1, 60000]"),
       u64_field("min_reclaim_pages", &PolicySettings::min_reclaim_pages, 1, 1u << 30, "a page count >= 1"),
+      {"mesh", [](const PolicySettings& s) { return std::string(s.mesh ? "true" : "false"); },
+       [](PolicySettings& s, const std::string& v) -> Status {
+         if (v == "true" || v == "on" || v == "1") s.mesh = true;
+         else if (v == "false" || v == "off" || v == "0") s.mesh = false;
+         else return bad("mesh", v, "true or false");
+         return {};
+       }},
   };
   return f;
 }

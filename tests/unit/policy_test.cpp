@@ -119,6 +119,22 @@ TEST(PolicyEngine, PauseBudgetBoundsOneCycle) {
   EXPECT_GE(d->request.max_bytes, 99'000'000u);
 }
 
+TEST(PolicyEngine, FirstCycleKeepsToThePauseBudgetBeforeTheSpeedIsKnown) {
+  auto s = busy_settings();
+  auto frag = std::vector<ClassOccupancy>{cls64k({4, 4, 4, 4, 4, 4, 4, 4, 4, 4})};
+  policy::EngineState st;  // no cycle yet: copy speed unknown, 1 GB/s assumed
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  auto d = policy::decide(s, obs(2 * kSec, 5000, 100, frag), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->request.max_bytes, 2u << 20) << "1000 us at 1 GB/s is 1 MB: the one-page floor holds";
+  s.max_pause_us = 10'000;
+  policy::EngineState st2;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st2);
+  d = policy::decide(s, obs(2 * kSec, 5000, 100, frag), st2);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->request.max_bytes, 10'000'000u);
+}
+
 TEST(PolicyEngine, OffMeansOnlySafepointsDecide) {
   auto s = busy_settings();
   s.background = false;
@@ -168,7 +184,10 @@ TEST(Compactor, BackgroundCyclesDefragmentALiveHeap) {
   for (int i = 0; i < 400 && heap->stats().pages.slab > 10; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_GT((*compactor)->counters().fragmentation, 0u);
-  EXPECT_GT(heap->stats().compaction.objects_moved, 0u);
+  // Cycles mesh first, within the same byte budget: with the first cycles held to the pause
+  // budget (one page's worth), meshing alone may get the pages down, without moving an object.
+  const auto totals = heap->stats().compaction;
+  EXPECT_GT(totals.objects_moved + totals.pages_meshed, 0u);
   EXPECT_LE(heap->stats().pages.slab, 10u);
   (*compactor)->stop();
   EXPECT_VALID(*heap);
@@ -195,6 +214,106 @@ TEST(Compactor, ExplicitRequestsWaitForTheirRecordAndPolicyChangesTakeEffect) {
   EXPECT_EQ(compactor->set("max_occupancy", "2").code(), Errc::invalid_argument);
   compactor->stop();
   EXPECT_EQ(compactor->request(CompactRequest{}, true).code(), Errc::shut_down);
+  EXPECT_VALID(*heap);
+}
+
+// safepoint(): a cycle in the caller's thread when a trigger holds, none otherwise, bounded by
+// the pause budget.
+TEST(Compactor, SafepointRunsACycleOnlyWhenATriggerHolds) {
+  auto heap = make_heap();
+  PolicySettings s;
+  s.background = false;          // only safepoints decide
+  s.idle_allocs_per_second = 0;  // no idle trigger: fragmentation (or failures) only
+  auto compactor = std::move(Compactor::start(*heap, s)).value();
+  std::vector<Handle> all;
+  for (int i = 0; i < 32 * 8; ++i) all.push_back(*heap->allocate(64 * 1024));  // 8 full pages
+
+  // Dense pages, plenty of free memory: no trigger, no cycle.
+  auto quiet = compactor->safepoint();
+  ASSERT_TRUE(quiet.ok()) << quiet.error().to_string();
+  EXPECT_FALSE(*quiet);
+  EXPECT_EQ(heap->stats().compaction.cycles, 0u);
+
+  // Three objects of four freed: 75% of the slab pages is free, over the 10% threshold.
+  std::vector<Handle> keep;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i % 4 == 0) {
+      keep.push_back(all[i]);
+      fill(*heap, all[i], seed_of(all[i]));
+    } else {
+      ASSERT_TRUE(heap->free(all[i]).ok());
+    }
+  }
+  auto ran = compactor->safepoint();
+  ASSERT_TRUE(ran.ok()) << ran.error().to_string();
+  ASSERT_TRUE(*ran) << "fragmentation over the threshold: the safepoint runs a cycle";
+  EXPECT_EQ((*ran)->trigger, CompactionTrigger::safepoint);
+  EXPECT_GT((*ran)->objects_moved + (*ran)->pages_meshed, 0u);
+  EXPECT_GT((*ran)->pages_freed + (*ran)->pages_meshed, 0u) << "moved " << (*ran)->objects_moved << " objects, " << (*ran)->bytes_moved << " B; meshed " << (*ran)->pages_meshed << " pages, " << (*ran)->bytes_meshed << " B; freed " << (*ran)->pages_freed << " pages";
+  // No cycle has measured the copy speed yet: 1000 us at an assumed 1 GB/s, floored at a page.
+  EXPECT_LE((*ran)->bytes_moved + (*ran)->bytes_meshed, 2 * kMiB) << "bounded by the pause budget";
+  EXPECT_EQ(heap->stats().compaction.cycles, 1u) << "synchronous: done when safepoint() returns";
+
+  // Safepoints go on until the pages are dense again, then run nothing.
+  std::uint64_t quiet_calls = 1;
+  for (int i = 0; i < 16; ++i) {
+    auto more = compactor->safepoint();
+    ASSERT_TRUE(more.ok());
+    if (!*more) {
+      ++quiet_calls;
+      break;
+    }
+  }
+  const auto cycles = heap->stats().compaction.cycles;
+  auto after = compactor->safepoint();
+  ASSERT_TRUE(after.ok());
+  ++quiet_calls;
+  EXPECT_FALSE(*after) << "dense again: nothing worth a cycle";
+  EXPECT_EQ(heap->stats().compaction.cycles, cycles);
+  EXPECT_LE(heap->stats().pages.slab, 3u) << "64 objects of 64 KiB fill 2 pages";
+
+  const auto c = compactor->counters();
+  EXPECT_EQ(c.safepoint_calls, c.safepoint_cycles + quiet_calls) << "every other call ran a cycle";
+  EXPECT_EQ(c.safepoints, c.safepoint_cycles);
+  EXPECT_EQ(c.cycles, c.safepoint_cycles);
+  compactor->stop();
+  EXPECT_EQ(compactor->safepoint().code(), Errc::shut_down);
+  EXPECT_VALID(*heap);
+  for (Handle h : keep) EXPECT_EQ(mismatches(*heap, h, seed_of(h)), 0u);
+}
+
+// A safepoint never waits for a cycle that is already running elsewhere.
+TEST(Compactor, SafepointDoesNotWaitForARunningCycle) {
+  auto heap = make_heap();
+  auto& host = static_cast<BackendModel<HostBackend>&>(heap->backend()).impl();
+  PolicySettings s;
+  s.background = false;
+  s.idle_allocs_per_second = 0;
+  s.fragmentation_threshold = 0.99;  // the safepoints themselves find nothing to do
+  auto compactor = std::move(Compactor::start(*heap, s)).value();
+  std::vector<Handle> all;
+  for (int i = 0; i < 32 * 8; ++i) all.push_back(*heap->allocate(64 * 1024));
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (i % 4) ASSERT_TRUE(heap->free(all[i]).ok());
+  const auto delay = std::chrono::milliseconds(300);
+  host.set_task_delay(delay);  // the requested cycle's copy takes that long
+  ASSERT_TRUE(compactor->request(CompactRequest{}, /*wait=*/false).ok());
+  bool saw_busy = false;
+  for (int i = 0; i < 2000 && !saw_busy; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = compactor->safepoint();
+    const auto took = std::chrono::steady_clock::now() - t0;
+    ASSERT_TRUE(r.ok());
+    EXPECT_FALSE(*r);
+    saw_busy = compactor->counters().safepoint_busy > 0;
+    if (saw_busy) EXPECT_LT(took, delay / 2) << "a busy safepoint returns at once";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(saw_busy) << "the requested cycle was never seen running";
+  host.set_task_delay(std::chrono::microseconds(0));
+  compactor->stop();
+  EXPECT_GE(compactor->counters().explicit_requests, 1u);
+  EXPECT_EQ(compactor->counters().safepoint_cycles, 0u);
   EXPECT_VALID(*heap);
 }
 

@@ -6,10 +6,13 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "replayer.h"
 #include "trace.h"
+#include "valet/compactor.h"
 #include "valet/runtime.h"
 
 namespace {
@@ -21,10 +24,11 @@ constexpr const char* kDescription =
     "Replays a gpuheap-trace v1 (plain or .gz; see gen_trace.py) through a Valet heap and prints one\n"
     "summary line, or with --json one JSON object with the keys of torch_replay.py and more.\n"
     "\n"
-    "Compaction at step lines (unless --no-compact): when mapped - live > max(32 MiB, 5% of mapped)\n"
-    "and at least 2 slab pages are under 80% occupancy, one heap.compact() with max_occupancy 0.8\n"
-    "runs; after a cycle that frees no page the rule rests for 50 steps. The heap's own emergency\n"
-    "compaction on a failing allocation is on too (--no-compact turns both off).";
+    "Compaction (unless --no-compact): the background compactor (valet::Compactor) runs on the heap\n"
+    "with the policy's default settings (change them with --policy KEY=VALUE), and the replayer calls\n"
+    "its safepoint() at every step line, where the policy may run one cycle bounded by its pause\n"
+    "budget. The heap's own emergency compaction on a failing allocation is on too. --no-compact:\n"
+    "no compactor and no emergency compaction, a heap that never moves an object.";
 
 struct Arguments {
   std::string trace;
@@ -39,6 +43,7 @@ struct Arguments {
   bool no_compact = false;
   bool json = false;
   std::string step_log;
+  std::vector<std::string> policy;
 };
 
 }  // namespace
@@ -68,7 +73,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
-  app.add_flag("--no-compact", args.no_compact, "No compaction: neither at steps nor on a failing allocation");
+  app.add_flag("--no-compact", args.no_compact,
+               "No compaction: no compactor (background or safepoints) and no emergency compaction");
+  app.add_option("--policy", args.policy,
+                 "KEY=VALUE: a compactor policy setting other than its default (repeatable; see "
+                 "valet::policy_keys(), e.g. fragmentation_threshold=0.1)")
+      ->excludes("--no-compact");
   app.add_flag("--json", args.json, "Print one JSON object instead of the summary line");
   app.add_option("--step-log", args.step_log,
                  "Write one CSV row per step line: what the heap holds there (diagnostics)");
@@ -109,8 +119,29 @@ int main(int argc, char** argv) {
     return kExitFailed;
   }
 
+  PolicySettings policy;
+  for (const std::string& kv : args.policy) {
+    const auto eq = kv.find('=');
+    Status st = eq == std::string::npos
+                    ? Status(make_error(Errc::invalid_argument, "expected KEY=VALUE, got '" + kv + "'"))
+                    : set_policy_value(policy, kv.substr(0, eq), kv.substr(eq + 1));
+    if (!st.ok()) {
+      std::cerr << "valet-replay: --policy: " << st.error().message << "\n";
+      return kExitUsage;
+    }
+  }
+  std::unique_ptr<Compactor> compactor;
+  if (!args.no_compact) {
+    auto started = Compactor::start(**heap, policy);
+    if (!started.ok()) {
+      std::cerr << "valet-replay: cannot start the compactor: " << started.error().to_string() << "\n";
+      return kExitFailed;
+    }
+    compactor = std::move(*started);
+  }
+
   replay::ReplayOptions options;
-  options.compact_at_steps = !args.no_compact;
+  options.compactor = compactor.get();
   options.verify = args.verify;
   options.step_log = args.step_log;
   const bool host_accessible = (*heap)->backend().capabilities().host_accessible;
@@ -127,6 +158,8 @@ int main(int argc, char** argv) {
   report.backend = (*heap)->backend().name();
   report.capacity_bytes = (*heap)->config().capacity;
   report.compaction = !args.no_compact;
+  if (compactor)
+    for (const auto& kv : policy_values(compactor->settings())) report.policy.push_back(kv);
   report.verify = args.verify;
   report.pinners = args.pinners;
 

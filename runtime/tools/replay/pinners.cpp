@@ -1,6 +1,8 @@
 // The pinner threads (see pinners.h).
 #include "pinners.h"
 
+#include <sys/resource.h>
+
 #include <random>
 
 #include "signature.h"
@@ -10,6 +12,12 @@ namespace valet::replay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Involuntary context switches of the calling thread so far (the scheduler took its core).
+long involuntary_switches() {
+  rusage u{};
+  return getrusage(RUSAGE_THREAD, &u) == 0 ? u.ru_nivcsw : -1;
+}
 
 }  // namespace
 
@@ -34,6 +42,8 @@ PinnerCounters Pinners::counters() const {
   c.max_wait_ns = max_wait_ns_.load();
   c.waits_over_100us = waits_over_100us_.load();
   c.waits_over_1ms = waits_over_1ms_.load();
+  c.preempted = preempted_.load();
+  c.max_wait_unpreempted_ns = max_wait_unpreempted_ns_.load();
   std::lock_guard lock(error_mu_);
   c.first_error = first_error_;
   c.max_wait_line = max_wait_line_;
@@ -46,9 +56,16 @@ void Pinners::note_error(const std::string& message) {
   if (first_error_.empty()) first_error_ = message;
 }
 
-void Pinners::note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line) {
+void Pinners::note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line, bool preempted) {
   if (wait_ns > 100'000) waits_over_100us_.fetch_add(1, std::memory_order_relaxed);
   if (wait_ns > 1'000'000) waits_over_1ms_.fetch_add(1, std::memory_order_relaxed);
+  if (preempted) {
+    preempted_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    std::uint64_t cur = max_wait_unpreempted_ns_.load(std::memory_order_relaxed);
+    while (wait_ns > cur && !max_wait_unpreempted_ns_.compare_exchange_weak(cur, wait_ns, std::memory_order_relaxed)) {
+    }
+  }
   if (wait_ns <= max_wait_ns_.load(std::memory_order_relaxed)) return;
   std::lock_guard lock(error_mu_);  // rare: a new longest wait
   if (wait_ns <= max_wait_ns_.load(std::memory_order_relaxed)) return;
@@ -65,11 +82,13 @@ void Pinners::run(std::uint64_t seed) {
         return options_.replay_line ? options_.replay_line->load(std::memory_order_relaxed) : 0u;
       };
       const std::uint32_t line = replay_line();
+      const long switches = involuntary_switches();
       const auto asked = Clock::now();
       auto pin = heap_.pin(entry->handle);
       const auto got = Clock::now();
+      const bool preempted = switches < 0 || involuntary_switches() != switches;
       note_wait(std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(got - asked).count()), line,
-                replay_line());
+                replay_line(), preempted);
       if (pin.ok()) {
         pins_.fetch_add(1, std::memory_order_relaxed);
         if (options_.check_signature && Signatures::check_head(pin->as<const void>(), entry->id, entry->bytes) != 0) {

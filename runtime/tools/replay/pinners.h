@@ -39,6 +39,12 @@ struct PinnerCounters {
   std::uint32_t max_wait_end_line = 0;  // ... and when it returned
   std::uint64_t waits_over_100us = 0;   // heap.pin() calls longer than 100 µs
   std::uint64_t waits_over_1ms = 0;
+  // The scheduler's share of those waits: heap.pin() calls during which the pinner thread was
+  // preempted (an involuntary context switch, getrusage(RUSAGE_THREAD)), and the longest call
+  // that was not: on a loaded host the longest waits are often a thread waiting for a core, not
+  // for the heap.
+  std::uint64_t preempted = 0;
+  std::uint64_t max_wait_unpreempted_ns = 0;
   std::string first_error;
 };
 
@@ -57,14 +63,14 @@ class Pinners {
  private:
   void run(std::uint64_t seed);
   void note_error(const std::string& message);
-  void note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line);
+  void note_wait(std::uint64_t wait_ns, std::uint32_t line, std::uint32_t end_line, bool preempted);
 
   Heap& heap_;
   const LiveSet& live_;
   PinnerOptions options_;
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> pins_{0}, stale_{0}, errors_{0}, signature_errors_{0}, max_wait_ns_{0};
-  std::atomic<std::uint64_t> waits_over_100us_{0}, waits_over_1ms_{0};
+  std::atomic<std::uint64_t> waits_over_100us_{0}, waits_over_1ms_{0}, preempted_{0}, max_wait_unpreempted_ns_{0};
   mutable std::mutex error_mu_;
   std::string first_error_;
   std::uint32_t max_wait_line_ = 0, max_wait_end_line_ = 0;  // under error_mu_

@@ -10,7 +10,6 @@
 #include <thread>
 
 #include "live_set.h"
-#include "step_compaction.h"
 #include "step_log.h"
 
 namespace valet::replay {
@@ -41,8 +40,7 @@ class Replayer {
         trace_(trace),
         options_(options),
         pinner_options_(options.pinners),
-        objects_(trace.objects),
-        steps_(options.compact_at_steps) {
+        objects_(trace.objects) {
     if (options_.verify) signatures_.emplace(heap_, options_.signature_path);
     if (options_.pinners.threads > 0) {
       live_set_ = std::make_unique<LiveSet>(trace.objects);
@@ -76,6 +74,8 @@ class Replayer {
     report_.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
     // No pin may outlive the replay: the heap aborts when destroyed under one.
     if (pinners_) pinners_->stop();
+    // Its counters are final from here, and nothing moves while the leftovers are checked.
+    if (options_.compactor) options_.compactor->stop();
     free_leftovers();
     if (auto st = heap_.validate(); !st.ok()) problem("validate after the replay: " + st.error().to_string());
     finish();
@@ -150,15 +150,24 @@ class Replayer {
       sum_unweighted_ += 1.0 - double(live_bytes_) / double(s.mapped_bytes);
       ++unweighted_steps_;
     }
-    auto cycle = steps_.maybe_compact_at_step(heap_, s);
-    if (cycle) {
-      if (cycle->ok())
-        report_.pin_wait_ns_max_cycles = std::max(report_.pin_wait_ns_max_cycles, (*cycle)->longest_pin_wait_ns);
-      else
-        problem_at(op, "compact", cycle->error());
+    // The step line is the loop's safepoint: the policy may run a (bounded) cycle here.
+    std::optional<CompactionRecord> cycle;
+    if (options_.compactor) {
+      const auto before = Clock::now();
+      auto sp = options_.compactor->safepoint();
+      const std::uint64_t sp_ns = ns_between(before, Clock::now());
+      report_.safepoint_ns_max = std::max(report_.safepoint_ns_max, sp_ns);
+      report_.safepoint_ns_total += sp_ns;
+      if (!sp.ok()) {
+        ++safepoint_failures_;
+        problem_at(op, "safepoint", sp.error());
+      } else if (*sp) {
+        cycle = **sp;
+        note_cycle(*cycle);
+        report_.safepoint_cycle_ns_max = std::max(report_.safepoint_cycle_ns_max, sp_ns);
+      }
     }
-    if (step_log_.is_open())
-      step_log_.row(op.line, live_bytes_, s, stats_ns, cycle && cycle->ok() ? &**cycle : nullptr);
+    if (step_log_.is_open()) step_log_.row(op.line, live_bytes_, s, stats_ns, cycle ? &*cycle : nullptr);
   }
 
   void on_probe(const TraceOp& op) {
@@ -205,8 +214,12 @@ class Replayer {
   // The heap keeps its last 16 cycle records; emergency cycles run inside allocate(), so the
   // replayer sees their pin waits here, at the next step.
   void note_cycles(const HeapStats& s) {
-    for (const CompactionRecord& c : s.recent_cycles)
-      report_.pin_wait_ns_max_cycles = std::max(report_.pin_wait_ns_max_cycles, c.longest_pin_wait_ns);
+    for (const CompactionRecord& c : s.recent_cycles) note_cycle(c);
+  }
+  void note_cycle(const CompactionRecord& c) {
+    if (c.longest_pin_wait_ns <= report_.pin_wait_ns_max_cycles) return;
+    report_.pin_wait_ns_max_cycles = c.longest_pin_wait_ns;
+    report_.pin_wait_max_cycle = c;
   }
 
   // Objects the trace left live: checked and freed (the trace never resizes, so their signature
@@ -232,12 +245,35 @@ class Replayer {
     note_cycles(s);
     r.compactions = s.compaction.cycles;
     r.emergency_compactions = s.compaction.emergency_cycles;
-    r.step_compactions = steps_.cycles();
+    r.pages_meshed = s.compaction.pages_meshed;
+    r.bytes_meshed = s.compaction.bytes_meshed;
+    if (options_.compactor) {
+      const Compactor::Counters c = options_.compactor->counters();
+      r.compactor = true;
+      r.compactor_cycles = c.cycles;
+      r.safepoint_calls = c.safepoint_calls;
+      r.safepoint_cycles = c.safepoint_cycles;
+      r.safepoint_busy = c.safepoint_busy;
+      r.background_cycles = c.fragmentation + c.reserve_low + c.idle + c.safepoints - c.safepoint_cycles;
+      r.cycles_fragmentation = c.fragmentation;
+      r.cycles_reserve_low = c.reserve_low;
+      r.cycles_idle = c.idle;
+      r.cycles_safepoint_trigger = c.safepoints;
+      r.failed_cycles = c.failed_cycles;
+      // Failed safepoint cycles were reported where they happened; background ones are here.
+      if (c.failed_cycles > safepoint_failures_) {
+        r.heap_errors += c.failed_cycles - safepoint_failures_;
+        r.note_problem(std::to_string(c.failed_cycles - safepoint_failures_) +
+                       " background compaction cycles failed (Heap::compact returned an error)");
+      }
+    }
     r.bytes_moved = s.compaction.bytes_moved;
     r.objects_moved = s.compaction.objects_moved;
     r.pages_freed = s.compaction.pages_freed;
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;
     r.moved_fraction = r.allocated_bytes ? double(r.bytes_moved) / double(r.allocated_bytes) : 0.0;
+    r.copied_fraction =
+        r.allocated_bytes ? double(r.bytes_moved + r.bytes_meshed) / double(r.allocated_bytes) : 0.0;
     r.mean_fragmentation = sum_mapped_ > 0 ? 1.0 - sum_live_ / sum_mapped_ : 0.0;
     r.mean_reserve_bytes = steps_seen_ ? sum_reserve_ / double(steps_seen_) : 0.0;
     r.mean_fragmentation_without_reserve =
@@ -251,6 +287,8 @@ class Replayer {
       r.pin_errors = c.errors;
       r.pin_waits_over_100us = c.waits_over_100us;
       r.pin_waits_over_1ms = c.waits_over_1ms;
+      r.pins_preempted = c.preempted;
+      r.pin_wait_ns_max_unpreempted = c.max_wait_unpreempted_ns;
       r.verify_errors += c.signature_errors;
       r.pin_wait_ns_max = std::max(r.pin_wait_ns_max, c.max_wait_ns);
       r.pin_wait_max_lines[0] = c.max_wait_line;
@@ -268,7 +306,6 @@ class Replayer {
   PinnerOptions pinner_options_;
   std::atomic<std::uint32_t> current_line_{0};
   std::vector<ObjectSlot> objects_;
-  StepCompaction steps_;
   std::optional<Signatures> signatures_;
   std::unique_ptr<LiveSet> live_set_;
   std::unique_ptr<Pinners> pinners_;
@@ -278,6 +315,7 @@ class Replayer {
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;
   std::uint64_t unweighted_steps_ = 0, steps_seen_ = 0;
+  std::uint64_t safepoint_failures_ = 0;
 };
 
 }  // namespace

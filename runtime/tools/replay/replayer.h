@@ -7,14 +7,18 @@
 #include "report.h"
 #include "signature.h"
 #include "trace.h"
+#include "valet/compactor.h"
 #include "valet/heap.h"
 
 namespace valet::replay {
 
 struct ReplayOptions {
-  // Compaction at step lines (step_compaction.h). The heap's own emergency compaction is the
-  // heap's Config::compact_on_oom, set by whoever made the heap.
-  bool compact_at_steps = true;
+  // The background compactor running on the heap, or null for none. The replayer calls its
+  // safepoint() at every step line (a step boundary is the serving loop's known-good moment),
+  // and stops it once the trace's lines are replayed, before it frees what the trace left live
+  // and validates the heap, so that its counters are final. The heap's own emergency compaction
+  // is the heap's Config::compact_on_oom, set by whoever made the heap.
+  Compactor* compactor = nullptr;
   bool verify = false;
   SignaturePath signature_path = SignaturePath::host_address;
   PinnerOptions pinners;  // threads = 0: no pinners

@@ -28,21 +28,56 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["alloc_ns_median"] = r.alloc_ns_median;
   j["alloc_ns_p99"] = r.alloc_ns_p99;
   j["alloc_ns_max"] = r.alloc_ns_max;
+  j["peak_mapped_over_live"] = r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0;
   j["compactions"] = r.compactions;
   j["emergency_compactions"] = r.emergency_compactions;
-  j["step_compactions"] = r.step_compactions;
   j["bytes_moved"] = r.bytes_moved;
   j["objects_moved"] = r.objects_moved;
   j["pages_freed"] = r.pages_freed;
+  j["pages_meshed"] = r.pages_meshed;
+  j["bytes_meshed"] = r.bytes_meshed;
+  if (r.compactor) {
+    nlohmann::ordered_json c;
+    c["cycles"] = r.compactor_cycles;
+    c["background_cycles"] = r.background_cycles;
+    c["safepoint_calls"] = r.safepoint_calls;
+    c["safepoint_cycles"] = r.safepoint_cycles;
+    c["safepoint_busy"] = r.safepoint_busy;
+    c["by_trigger"] = {{"fragmentation", r.cycles_fragmentation},
+                       {"reserve_low", r.cycles_reserve_low},
+                       {"idle", r.cycles_idle},
+                       {"safepoint", r.cycles_safepoint_trigger}};
+    c["failed_cycles"] = r.failed_cycles;
+    c["safepoint_ns_total"] = r.safepoint_ns_total;
+    c["safepoint_ns_max"] = r.safepoint_ns_max;
+    c["safepoint_cycle_ns_max"] = r.safepoint_cycle_ns_max;
+    nlohmann::ordered_json p = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : r.policy) p[k] = v;
+    c["policy"] = p;
+    j["compactor"] = c;
+  } else {
+    j["compactor"] = nullptr;
+  }
   j["moved_fraction"] = r.moved_fraction;
+  j["copied_fraction"] = r.copied_fraction;
   j["pin_wait_ns_max"] = r.pin_wait_ns_max;
   j["pin_wait_ns_max_cycles"] = r.pin_wait_ns_max_cycles;
+  if (r.pin_wait_ns_max_cycles) {
+    const CompactionRecord& c = r.pin_wait_max_cycle;
+    j["pin_wait_max_cycle"] = {{"trigger", trigger_name(c.trigger)}, {"objects_moved", c.objects_moved},
+                               {"bytes_moved", c.bytes_moved},       {"pages_freed", c.pages_freed},
+                               {"pages_meshed", c.pages_meshed},     {"bytes_meshed", c.bytes_meshed},
+                               {"objects_skipped", c.objects_skipped}, {"duration_ns", c.duration_ns},
+                               {"longest_pin_wait_ns", c.longest_pin_wait_ns}};
+  }
   j["pin_wait_max_lines"] = {r.pin_wait_max_lines[0], r.pin_wait_max_lines[1]};
   j["pins"] = r.pins;
   j["pins_stale"] = r.pins_stale;
   j["pin_errors"] = r.pin_errors;
   j["pin_waits_over_100us"] = r.pin_waits_over_100us;
   j["pin_waits_over_1ms"] = r.pin_waits_over_1ms;
+  j["pins_preempted"] = r.pins_preempted;
+  j["pin_wait_ns_max_unpreempted"] = r.pin_wait_ns_max_unpreempted;
   j["free_retries"] = r.free_retries;
   j["verified_objects"] = r.verified_objects;
   j["verify_errors"] = r.verify_errors;

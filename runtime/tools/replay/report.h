@@ -5,7 +5,10 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "valet/stats.h"
 
 namespace valet::replay {
 
@@ -45,17 +48,34 @@ struct ReplayReport {
   double mean_fragmentation_without_reserve = 0;
 
   // Compaction (heap totals at the end, every trigger).
-  std::uint64_t compactions = 0;  // cycles (stats().compaction.cycles)
+  std::uint64_t compactions = 0;  // cycles (stats().compaction.cycles): compactor + emergency
   std::uint64_t emergency_compactions = 0;
-  std::uint64_t step_compactions = 0;  // cycles the replayer asked for at step lines
-  std::uint64_t bytes_moved = 0;
+  std::uint64_t bytes_moved = 0;   // evacuation: bytes copied to new places (handles repointed)
   std::uint64_t objects_moved = 0;
   std::uint64_t pages_freed = 0;
+  std::uint64_t pages_meshed = 0;  // meshing: pages folded onto another's physical page
+  std::uint64_t bytes_meshed = 0;  // bytes meshing copied (addresses unchanged)
+
+  // The background compactor (Compactor::counters() at the end; all 0 with --no-compact).
+  bool compactor = false;
+  std::uint64_t compactor_cycles = 0;    // cycles it ran (background thread + safepoints)
+  std::uint64_t background_cycles = 0;   // ... on its own thread
+  std::uint64_t safepoint_calls = 0;     // safepoint() calls (one per step line)
+  std::uint64_t safepoint_cycles = 0;    // ... that ran a cycle in the replayer's thread
+  std::uint64_t safepoint_busy = 0;      // ... that found a background cycle running
+  std::uint64_t cycles_fragmentation = 0, cycles_reserve_low = 0, cycles_idle = 0, cycles_safepoint_trigger = 0;
+  std::uint64_t failed_cycles = 0;
+  std::uint64_t safepoint_ns_total = 0;      // time the replayer spent in safepoint() calls
+  std::uint64_t safepoint_ns_max = 0;        // longest safepoint() call (the step's pause)
+  std::uint64_t safepoint_cycle_ns_max = 0;  // longest safepoint() call that ran a cycle
+  std::vector<std::pair<std::string, std::string>> policy;  // the settings it ran with
   std::uint64_t pin_wait_ns_max = 0;         // max of the pinners' own timing and the cycles' records
   std::uint64_t pin_wait_ns_max_cycles = 0;  // the longest wait the heap's cycle records report
+  CompactionRecord pin_wait_max_cycle;       // ... and the record of that cycle
   // Where the pinners' longest wait fell: the trace lines being replayed when it began and ended.
   std::uint64_t pin_wait_max_lines[2] = {0, 0};
-  double moved_fraction = 0;  // bytes_moved / allocated_bytes
+  double moved_fraction = 0;   // bytes_moved / allocated_bytes
+  double copied_fraction = 0;  // (bytes_moved + bytes_meshed) / allocated_bytes
 
   // Pins and checks.
   std::uint64_t pins = 0;                  // pins the pinner threads took
@@ -63,6 +83,8 @@ struct ReplayReport {
   std::uint64_t pin_errors = 0;            // pins refused for any other reason
   std::uint64_t pin_waits_over_100us = 0;  // pinners' heap.pin() calls longer than 100 µs
   std::uint64_t pin_waits_over_1ms = 0;
+  std::uint64_t pins_preempted = 0;               // pin calls during which the pinner lost its core
+  std::uint64_t pin_wait_ns_max_unpreempted = 0;  // longest pin call that kept its core throughout
   std::uint64_t free_retries = 0;      // frees refused because a pinner held the object
   std::uint64_t verified_objects = 0;  // signatures checked (at free and at the end)
   std::uint64_t verify_errors = 0;     // objects (or pins) that found a damaged signature

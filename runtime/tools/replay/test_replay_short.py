@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """CTest: generate a short trace, replay it (gzip-compressed) with --json --verify --pinners 2 on the
 host backend, and check the figures: every key present, no failed probe, no OOM, no signature
-mismatch, peak mapped >= peak live, exit status 0.
+mismatch, peak mapped >= peak live, exit status 0; with compaction, that the background compactor
+ran and its safepoint() was called at every step line; with --no-compact, that nothing moved.
 
 usage: test_replay_short.py REPLAY GEN_TRACE WORKDIR [extra replay arguments...]
 """
 import gzip, json, os, shutil, subprocess, sys
 
 KEYS = ["backend", "ops", "ooms", "wall_s", "probes", "probes_failed", "peak_live_bytes", "peak_mapped_bytes",
-        "mean_fragmentation", "mean_fragmentation_unweighted", "alloc_ns_median", "alloc_ns_p99", "compactions",
-        "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max", "moved_fraction", "verify_errors"]
+        "peak_mapped_over_live", "mean_fragmentation", "mean_fragmentation_unweighted", "alloc_ns_median",
+        "alloc_ns_p99", "compactions", "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max",
+        "moved_fraction", "verify_errors", "compactor"]
+COMPACTOR_KEYS = ["cycles", "background_cycles", "safepoint_calls", "safepoint_cycles", "by_trigger", "failed_cycles",
+                  "policy"]
 
 
 def main():
@@ -19,6 +23,8 @@ def main():
     plain = os.path.join(workdir, "short.trace")
     subprocess.run([sys.executable, gen, "--steps", "300", "--seed", "3", "--capacity-gib", "1",
                     "--probe-every", "50", "-o", plain], check=True)
+    with open(plain) as f:
+        step_lines = sum(1 for line in f if line.strip() == "s")
     packed = plain + ".gz"
     with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -44,6 +50,23 @@ def main():
         failures.append("nothing was replayed")
     if out.get("verified_objects", 0) == 0:
         failures.append("--verify checked no object")
+    compactor = out.get("compactor")
+    if "--no-compact" in extra:
+        if compactor is not None:
+            failures.append("--no-compact: a compactor ran")
+        for key in ["compactions", "emergency_compactions", "bytes_moved", "pages_meshed"]:
+            if out.get(key, 0) != 0:
+                failures.append(f"--no-compact: {key} = {out[key]}")
+    elif not isinstance(compactor, dict):
+        failures.append("no compactor object in the report")
+    else:
+        failures += [f"compactor key '{k}' missing" for k in COMPACTOR_KEYS if k not in compactor]
+        if compactor.get("safepoint_calls") != step_lines:
+            failures.append(f"safepoint() called {compactor.get('safepoint_calls')} times for {step_lines} step lines")
+        if compactor.get("failed_cycles", 0) != 0:
+            failures.append(f"failed_cycles = {compactor['failed_cycles']}")
+        if compactor.get("cycles", 0) > out.get("compactions", 0):
+            failures.append("the compactor counts more cycles than the heap")
     if failures:
         sys.exit("FAIL: " + "; ".join(failures))
     print("ok")
