@@ -288,13 +288,20 @@ void HeapCore::keeper_loop() {
     if (keeper_stop) break;
     keeper_wanted = false;
     if (!deferred.empty()) reap_deferred();
-    // Release in batches, letting go of the lock between them: a large free can leave thousands
-    // of pages to give back (~50 us of driver calls each), and allocations must not wait for all.
+    // Release a page at a time for at most ~200 us per hold of the lock, then let go of it: a
+    // large free can leave thousands of pages to give back (~50 us of driver calls each on a GPU,
+    // ~0.7 ms on the host emulation), and allocations and compaction must not wait for all. The
+    // pause after each hold lets a waiter take the lock (the heap lock is not fair: an unlock
+    // followed at once by a lock would usually win it back).
     do {
-      if (!pool.balance(config.reserve_low_pages, config.reserve_high_pages, 16).ok()) break;
-      if (!pool.over(config.reserve_high_pages) || keeper_stop) break;
+      const std::uint64_t t0 = now_ns();
+      bool ok = true;
+      do {
+        ok = pool.balance(config.reserve_low_pages, config.reserve_high_pages, 1).ok();
+      } while (ok && pool.over(config.reserve_high_pages) && !keeper_stop && now_ns() - t0 < 200'000);
+      if (!ok || !pool.over(config.reserve_high_pages) || keeper_stop) break;
       lock.unlock();
-      std::this_thread::yield();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
       lock.lock();
     } while (!keeper_stop);
   }

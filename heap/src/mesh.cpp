@@ -146,12 +146,25 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       for (HandleEntry* e : pr->objects)
         copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
     }
+    std::vector<PagePool::RemapPlan> plans;
+    for (const MeshPair* pr : batch) plans.push_back(pool.plan_remap(pr->src->slot, pr->dst->slot));
     auto ev = take_event();
     Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
     if (st.ok()) st = backend->record_event(*ev, work_stream);
+    std::vector<Status> remapped(batch.size());
     if (st.ok()) {
+      // Without the heap lock: the copy, then the remaps (the sources are detached and their
+      // objects claimed, so nothing else touches their slots). Each source's claims end as soon
+      // as its slot maps memory again, whichever page that is: a pin waits for this batch's copy
+      // and three driver calls, never for whoever holds the heap lock.
       lock.unlock();
       st = backend->synchronize_event(*ev);
+      if (st.ok())
+        for (std::size_t k = 0; k < batch.size(); ++k) {
+          remapped[k] = pool.remap_calls(plans[k]);
+          if (!plans[k].lost)
+            for (HandleEntry* e : batch[k]->objects) end_move(e);
+        }
       lock.lock();
     }
     if (ev.ok()) recycle_event(*ev);
@@ -162,25 +175,50 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       after_release();
       return st;
     }
-    for (MeshPair* pr : batch) {
-      SlabPage* src = pr->src;
-      SlabPage* dst = pr->dst;
-      if (Status r = pool.remap_onto(src->slot, dst->slot); !r.ok()) {
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+      MeshPair& pr = *batch[k];
+      SlabPage* src = pr.src;
+      SlabPage* dst = pr.dst;
+      if (!remapped[k].ok() && !plans[k].lost) {
         // The source slot maps its own page again, its bytes untouched: leave the pair as it
         // was. The copies into the destination landed on free slots and are harmless.
-        if (first.ok()) first = r;
-        release_pair(*pr);
+        pool.count_calls(plans[k]);
+        if (first.ok()) first = remapped[k];
+        pr.objects.clear();  // already released
+        release_pair(pr);
         continue;
       }
+      if (plans[k].lost) {
+        // The source slot could be mapped to neither page. Its objects' bytes are in the
+        // destination's page at the same offsets, so they become the destination's objects
+        // there: repointed, like an evacuation (their handles move; nobody holds a pin).
+        pool.forget_slot(plans[k]);
+        const std::uint32_t moved = src->used;
+        for (std::uint32_t i = 0; i < src->capacity; ++i)
+          if (src->test(i)) slabs.take_slot_at(dst, i, src->owners[i]);
+        for (HandleEntry* e : pr.objects) {
+          e->loc.page = dst->slot;
+          e->address.store(address_of(e->loc), std::memory_order_release);
+          end_move(e);
+        }
+        ++table_version;
+        slabs.destroy(src);
+        slabs.attach(dst);
+        rec.objects_moved += moved;
+        rec.bytes_moved += pr.bytes;
+        ++rec.pages_freed;
+        if (first.ok()) first = remapped[k];
+        continue;
+      }
+      pool.commit_remap(plans[k]);
       dst->aliases.push_back({src->slot, src->used});
-      for (std::uint32_t k = 0; k < src->capacity; ++k)
-        if (src->test(k)) slabs.take_slot_at(dst, k, src->owners[k]);
+      for (std::uint32_t i = 0; i < src->capacity; ++i)
+        if (src->test(i)) slabs.take_slot_at(dst, i, src->owners[i]);
       pool.slot(src->slot).owner = dst->id;
       slabs.destroy(src);
-      for (HandleEntry* e : pr->objects) end_move(e);
       slabs.attach(dst);
       ++rec.pages_meshed;
-      rec.bytes_meshed += pr->bytes;
+      rec.bytes_meshed += pr.bytes;
     }
   }
   after_release();

@@ -256,37 +256,63 @@ void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   reserve_.insert(start, n);
 }
 
-Status PagePool::remap_onto(std::uint32_t s, std::uint32_t onto) {
-  const std::uint32_t own = slots_[s].phys;
-  const std::uint32_t shared = slots_[onto].phys;
-  if (own == kNoPhys || shared == kNoPhys || own == shared)
+PagePool::RemapPlan PagePool::plan_remap(std::uint32_t s, std::uint32_t onto) const {
+  RemapPlan r;
+  r.slot = s;
+  r.own = slots_[s].phys;
+  r.shared = slots_[onto].phys;
+  r.va = address(s);
+  r.own_page = phys_[r.own].page;
+  r.shared_page = phys_[r.shared].page;
+  return r;
+}
+
+Status PagePool::remap_calls(RemapPlan& r) const {
+  if (r.own == kNoPhys || r.shared == kNoPhys || r.own == r.shared)
     return make_error(Errc::internal, "remap: slots not mapped to two pages");
-  VALET_TRY(unmap_run(s, 1));
-  // The own page went idle in unmap_run; it must not be handed out while we may need it back.
-  auto reclaim_own = [&] {
-    if (phys_[own].mappings == 0) idle_.erase(std::find(idle_.begin(), idle_.end(), own));
-  };
-  Status st = map_at(s, shared);
+  ++r.unmaps;
+  VALET_TRY(backend_.unmap(r.va, kPage));
+  ++r.maps;
+  Status st = backend_.map(r.va, r.shared_page);
   if (st.ok()) {
-    ++calls_.set_access;
-    st = backend_.set_access(address(s), kPage);
+    ++r.accesses;
+    st = backend_.set_access(r.va, kPage);
     if (st.ok()) return {};
-    (void)unmap_run(s, 1);
+    ++r.unmaps;
+    (void)backend_.unmap(r.va, kPage);
   }
-  // Put the slot's own page back where it was. A transient driver failure may hit the restore
-  // too, so it is retried a few times before giving up.
-  reclaim_own();
+  // Put the slot's own page back where it was.
   for (int attempt = 0; attempt < 4; ++attempt) {
-    if (!map_at(s, own).ok()) continue;
-    ++calls_.set_access;
-    if (backend_.set_access(address(s), kPage).ok()) return st;
-    (void)unmap_run(s, 1);
-    reclaim_own();
+    ++r.maps;
+    if (!backend_.map(r.va, r.own_page).ok()) continue;
+    ++r.accesses;
+    if (backend_.set_access(r.va, kPage).ok()) return st;
+    ++r.unmaps;
+    (void)backend_.unmap(r.va, kPage);
   }
-  idle_.push_back(own);
-  set_kind(s, 1, SlotKind::unmapped, 0);
-  unmapped_.insert(s, 1);
-  return make_error(Errc::internal, "remap: could not restore slot " + std::to_string(s) + " after: " + st.error().message);
+  r.lost = true;
+  return st;
+}
+
+void PagePool::count_calls(const RemapPlan& r) {
+  calls_.unmap += r.unmaps;
+  calls_.map += r.maps;
+  calls_.set_access += r.accesses;
+}
+
+void PagePool::commit_remap(const RemapPlan& r) {
+  count_calls(r);
+  slots_[r.slot].phys = r.shared;
+  ++phys_[r.shared].mappings;
+  if (--phys_[r.own].mappings == 0) idle_.push_back(r.own);
+}
+
+void PagePool::forget_slot(const RemapPlan& r) {
+  count_calls(r);
+  slots_[r.slot].phys = kNoPhys;
+  if (--phys_[r.own].mappings == 0) idle_.push_back(r.own);
+  set_kind(r.slot, 1, SlotKind::unmapped, 0);
+  unmapped_.insert(r.slot, 1);
 }
 
 Status PagePool::drop_alias(std::uint32_t s) {

@@ -75,12 +75,29 @@ class PagePool {
   // Returns slots [start, start+n) to the reserve (they stay mapped).
   void give_back(std::uint32_t start, std::uint32_t n);
 
-  // Meshing. Maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
-  // (one unmap, one map, one set_access), keeping `s`'s kind and owner. The page `s` mapped
-  // becomes idle once no slot maps it. If a step fails, `s` is mapped to its own page again and
-  // the error returned; only if that restore fails too is the error internal (the slot is then
-  // left unmapped and marked so, and the caller must not touch it again).
-  Status remap_onto(std::uint32_t s, std::uint32_t onto);
+  // Meshing: maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
+  // (one unmap, one map, one set_access), in three steps so that the driver calls run without
+  // the heap lock:
+  //   plan_remap    (lock held) names the pages;
+  //   remap_calls   (no lock) the driver calls. Precondition: nothing else maps, unmaps or
+  //                 hands out `s` meanwhile (the caller owns it). If a step fails, `s` is mapped
+  //                 to its own page again (retried: failures may be transient) and the error
+  //                 returned; if even that fails, `s` is left unmapped: `lost` is set;
+  //   commit_remap  (lock held) the bookkeeping after success: the own page becomes idle once no
+  //                 slot maps it. forget_slot after `lost`: `s` becomes unmapped.
+  struct RemapPlan {
+    std::uint32_t slot = 0, own = kNoPhys, shared = kNoPhys;
+    DevicePtr va = 0;
+    PhysicalPage own_page{}, shared_page{};
+    std::uint32_t unmaps = 0, maps = 0, accesses = 0;  // driver calls made, counted at commit
+    bool lost = false;
+  };
+  RemapPlan plan_remap(std::uint32_t s, std::uint32_t onto) const;
+  Status remap_calls(RemapPlan& plan) const;
+  void commit_remap(const RemapPlan& plan);
+  void forget_slot(const RemapPlan& plan);
+  // Counts a plan's driver calls (commit_remap and forget_slot do; call it after a restore).
+  void count_calls(const RemapPlan& plan);
   // Unmaps slot `s`, an alias of a page another slot still maps, and returns the slot to the
   // free virtual space. On failure nothing changed.
   Status drop_alias(std::uint32_t s);
