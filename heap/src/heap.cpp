@@ -228,6 +228,21 @@ void HeapCore::want_refill() {
   }
 }
 
+void HeapCore::trim_reserve(std::unique_lock<HeapMutex>& lock) {
+  const std::size_t high = config.reserve_high_pages, mid = (config.reserve_low_pages + high) / 2;
+  while (pool.over(high) && !keeper_stop) {
+    // Idle pages (left by meshing or failed operations) cost one driver call each.
+    if (pool.idle_pages() > 0 && !pool.balance(config.reserve_low_pages, high, pool.idle_pages()).ok()) return;
+    if (!pool.over(high)) return;
+    auto batch = pool.begin_release(mid, 64);
+    if (batch.empty()) return;
+    lock.unlock();
+    pool.release_calls(batch);
+    lock.lock();
+    if (!pool.finish_release(batch).ok()) return;
+  }
+}
+
 void HeapCore::after_release() {
   if (pool.reserve_pages() <= config.reserve_high_pages) return;
   if (keeper.joinable()) {
@@ -288,22 +303,13 @@ void HeapCore::keeper_loop() {
     if (keeper_stop) break;
     keeper_wanted = false;
     if (!deferred.empty()) reap_deferred();
-    // Release a page at a time for at most ~200 us per hold of the lock, then let go of it: a
-    // large free can leave thousands of pages to give back (~50 us of driver calls each on a GPU,
-    // ~0.7 ms on the host emulation), and allocations and compaction must not wait for all. The
-    // pause after each hold lets a waiter take the lock (the heap lock is not fair: an unlock
-    // followed at once by a lock would usually win it back).
-    do {
-      const std::uint64_t t0 = now_ns();
-      bool ok = true;
-      do {
-        ok = pool.balance(config.reserve_low_pages, config.reserve_high_pages, 1).ok();
-      } while (ok && pool.over(config.reserve_high_pages) && !keeper_stop && now_ns() - t0 < 200'000);
-      if (!ok || !pool.over(config.reserve_high_pages) || keeper_stop) break;
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-      lock.lock();
-    } while (!keeper_stop);
+    // A large free can leave thousands of pages to give back (~50 us of driver calls each on a
+    // GPU, ~0.7 ms on the host emulation): they are released without the heap lock, so neither
+    // allocations nor compaction wait for them. Refilling stays under the lock (a few pages).
+    if (pool.over(config.reserve_high_pages))
+      trim_reserve(lock);
+    else
+      (void)pool.balance(config.reserve_low_pages, config.reserve_high_pages);
   }
 }
 
@@ -491,6 +497,10 @@ Status Heap::free(Handle h) {
       c.release_location(e->loc);
     }
     c.handles.release(h.index);
+    // A large object's pages above the reserve's high watermark go back to the backend now, in
+    // this call but without the heap lock: held memory follows live memory, and the freeing
+    // thread (which gave back gigabytes) pays for it rather than every later allocation.
+    if (e->loc.kind == detail::ObjectKind::large && c.pool.over(c.config.reserve_high_pages)) c.trim_reserve(lock);
     return {};
   }
 }
@@ -593,6 +603,12 @@ Status Heap::shutdown() {
     lock.unlock();
     c.start_keeper();
     return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
+  }
+  // A free still trimming the reserve without the lock finishes first.
+  while (c.pool.releasing_pages() > 0) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
   }
   // Queued work must finish before pages go: stream-ordered unpins, deferred frees, moves.
   (void)c.backend->synchronize_stream(c.work_stream);

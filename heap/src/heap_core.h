@@ -140,6 +140,9 @@ struct HeapCore {
   void reap_deferred();
   // Keeps the reserve in bounds: inline when there is no keeper thread, else wakes it.
   void after_release();
+  // Brings the reserve back under its high watermark (to the middle of the watermarks), the
+  // driver calls made without the heap lock, batch by batch. Precondition: `lock` holds mu.
+  void trim_reserve(std::unique_lock<HeapMutex>& lock);
   void want_refill();
   Error out_of_memory(std::size_t asked, const Error& cause) const;
 

@@ -256,6 +256,72 @@ void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   reserve_.insert(start, n);
 }
 
+PagePool::ReleaseBatch PagePool::begin_release(std::size_t high, std::size_t max_pages) {
+  ReleaseBatch b;
+  std::size_t want = reserve_.total() > high ? std::min<std::size_t>(reserve_.total() - high, max_pages) : 0;
+  while (want > 0 && !reserve_.empty()) {
+    auto r = *reserve_.take_smallest();
+    const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
+    if (k < r.length) reserve_.insert(r.start, r.length - k);
+    const std::uint32_t start = r.start + (r.length - k);
+    releasing_.insert(start, k);
+    b.runs.push_back({start, k, false});
+    for (std::uint32_t s = start; s < start + k; ++s) {
+      b.phys.push_back(slots_[s].phys);
+      b.pages.push_back(phys_[slots_[s].phys].page);
+    }
+    want -= k;
+  }
+  b.released.assign(b.phys.size(), false);
+  return b;
+}
+
+void PagePool::release_calls(ReleaseBatch& b) const {
+  std::size_t i = 0;
+  for (auto& run : b.runs) {
+    ++b.unmaps;
+    run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
+    for (std::uint32_t k = 0; k < run.length; ++k, ++i) {
+      if (!run.unmapped) continue;
+      ++b.releases;
+      b.released[i] = backend_.release_page(b.pages[i]).ok();
+    }
+  }
+}
+
+Status PagePool::finish_release(ReleaseBatch& b) {
+  Status first;
+  calls_.unmap += b.unmaps;
+  calls_.release += b.releases;
+  std::size_t i = 0;
+  for (const auto& run : b.runs) {
+    releasing_.take_exact(run.start, run.length);
+    if (!run.unmapped) {
+      reserve_.insert(run.start, run.length);
+      i += run.length;
+      if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: unmap failed");
+      continue;
+    }
+    for (std::uint32_t s = run.start; s < run.start + run.length; ++s, ++i) {
+      const std::uint32_t p = b.phys[i];
+      slots_[s].phys = kNoPhys;
+      --phys_[p].mappings;
+      if (b.released[i]) {
+        phys_[p] = PhysRecord{};
+        free_phys_.push_back(p);
+        --created_;
+      } else {
+        idle_.push_back(p);
+        if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
+      }
+    }
+    set_kind(run.start, run.length, SlotKind::unmapped, 0);
+    unmapped_.insert(run.start, run.length);
+  }
+  b.runs.clear();
+  return first;
+}
+
 PagePool::RemapPlan PagePool::plan_remap(std::uint32_t s, std::uint32_t onto) const {
   RemapPlan r;
   r.slot = s;
@@ -382,6 +448,7 @@ Status PagePool::validate() const {
       return fail("slot " + std::to_string(s) + " in use without a live page");
     ++maps[r.phys];
     if (r.kind == SlotKind::reserve) {
+      if (releasing_.find(s)) continue;  // being released without the lock
       if (!reserve_.find(s)) return fail("reserve slot " + std::to_string(s) + " missing from the reserve set");
       ++reserve_slots;
     } else if (reserve_.find(s) || unmapped_.find(s)) {

@@ -108,11 +108,35 @@ class PagePool {
   // caller holding the heap lock can bound its hold). Returns the first error; partial progress
   // is kept and consistent. `trimming()` tells whether more remains to release.
   Status balance(std::size_t low, std::size_t high, std::size_t max_release = ~std::size_t{0});
+
+  // Trimming without the heap lock held across driver calls (the keeper, and frees of large
+  // objects). begin_release (lock held) takes up to `max_pages` reserve pages above `high` out
+  // of the reserve: nothing can hand them out, and they still count as created. release_calls
+  // (no lock) unmaps and releases them. finish_release (lock held) books the outcome: released
+  // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
+  // failed are idle.
+  struct ReleaseBatch {
+    struct Run {
+      std::uint32_t start = 0, length = 0;
+      bool unmapped = false;
+    };
+    std::vector<Run> runs;
+    std::vector<std::uint32_t> phys;         // the runs' pages, in slot order
+    std::vector<PhysicalPage> pages;
+    std::vector<bool> released;
+    std::uint64_t unmaps = 0, releases = 0;  // driver calls made
+    bool empty() const { return runs.empty(); }
+  };
+  ReleaseBatch begin_release(std::size_t high, std::size_t max_pages);
+  void release_calls(ReleaseBatch& batch) const;
+  Status finish_release(ReleaseBatch& batch);
+  std::size_t releasing_pages() const { return std::size_t(releasing_.total()); }
   bool over(std::size_t high) const { return reserve_pages() > high; }
 
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
   std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
+  // Pages taken out of the reserve to be released (begin_release): still created.
   std::size_t idle_pages() const { return idle_.size(); }
   // Pages a large request could get now: reserve + idle + not yet created.
   std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }
@@ -152,6 +176,7 @@ class PagePool {
   std::size_t created_ = 0;
   RangeSet unmapped_;
   RangeSet reserve_;
+  RangeSet releasing_;  // reserve slots being unmapped and released without the lock
   HeapStats::DriverCalls calls_;
   std::size_t kind_counts_[4] = {0, 0, 0, 0};
 };

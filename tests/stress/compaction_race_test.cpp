@@ -46,7 +46,10 @@ TEST(CompactionRace, FreeingTheLastObjectOfASkippedSourcePageDuringTheCopy) {
   hh.host->set_task_delay(std::chrono::milliseconds(300));
 
   Result<CompactionRecord> rec = make_error(Errc::internal, "not run");
-  std::thread compactor([&] { rec = heap.compact(); });
+  // Evacuation only: the two 64 KiB pages would otherwise be meshed (no object moves).
+  CompactRequest evacuate_only;
+  evacuate_only.mesh = false;
+  std::thread compactor([&] { rec = heap.compact(evacuate_only); });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the cycle now waits for its copy
   pin_a->reset();
   pin_b->reset();
