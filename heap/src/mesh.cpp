@@ -211,10 +211,12 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         continue;
       }
       pool.commit_remap(plans[k]);
-      dst->aliases.push_back({src->slot, src->used});
+      // Frees while the lock was released may have emptied the source: then nothing is
+      // addressed through its slot and the alias goes at once (or with the page, if it fails).
+      if (src->used > 0 || !pool.drop_alias(src->slot).ok()) dst->aliases.push_back({src->slot, src->used});
       for (std::uint32_t i = 0; i < src->capacity; ++i)
         if (src->test(i)) slabs.take_slot_at(dst, i, src->owners[i]);
-      pool.slot(src->slot).owner = dst->id;
+      if (pool.slot(src->slot).kind == SlotKind::slab) pool.slot(src->slot).owner = dst->id;
       slabs.destroy(src);
       slabs.attach(dst);
       ++rec.pages_meshed;
