@@ -137,6 +137,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   d.request.max_pages = s.max_pages_per_cycle;
   d.request.trigger = d.trigger;
   d.request.mesh = s.mesh;
+  d.request.evacuate = s.evacuate;
   return d;
 }
 

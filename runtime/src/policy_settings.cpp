@@ -37,6 +37,16 @@ bool parse_double(const std::string& v, double& out) {
   return true;
 }
 
+Field bool_field(const char* key, bool PolicySettings::*m) {
+  return {key, [m](const PolicySettings& s) { return std::string(s.*m ? "true" : "false"); },
+          [=](PolicySettings& s, const std::string& v) -> Status {
+            if (v == "true" || v == "on" || v == "1") s.*m = true;
+            else if (v == "false" || v == "off" || v == "0") s.*m = false;
+            else return bad(key, v, "true or false");
+            return {};
+          }};
+}
+
 Field u64_field(const char* key, std::uint64_t PolicySettings::*m, std::uint64_t lo, std::uint64_t hi, const char* want) {
   return {key, [m](const PolicySettings& s) { return std::to_string(s.*m); },
           [=](PolicySettings& s, const std::string& v) -> Status {
@@ -76,13 +86,8 @@ const std::vector<Field>& fields() {
       double_field("idle_allocs_per_second", &PolicySettings::idle_allocs_per_second, 0, 1e9, "a rate >= 0"),
       u64_field("interval_ms", &PolicySettings::interval_ms, 1, 60'000, "milliseconds in [1, 60000]"),
       u64_field("min_reclaim_pages", &PolicySettings::min_reclaim_pages, 1, 1u << 30, "a page count >= 1"),
-      {"mesh", [](const PolicySettings& s) { return std::string(s.mesh ? "true" : "false"); },
-       [](PolicySettings& s, const std::string& v) -> Status {
-         if (v == "true" || v == "on" || v == "1") s.mesh = true;
-         else if (v == "false" || v == "off" || v == "0") s.mesh = false;
-         else return bad("mesh", v, "true or false");
-         return {};
-       }},
+      bool_field("mesh", &PolicySettings::mesh),
+      bool_field("evacuate", &PolicySettings::evacuate),
   };
   return f;
 }

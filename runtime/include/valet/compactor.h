@@ -39,6 +39,7 @@ struct PolicySettings {
   std::uint64_t interval_ms = 10;       // how often the engine looks at the heap
   std::uint64_t min_reclaim_pages = 2;  // a plan must free at least this many pages to run
   bool mesh = true;                     // cycles mesh pages first (CompactRequest::mesh)
+  bool evacuate = true;                 // cycles evacuate sparse pages (CompactRequest::evacuate)
 };
 
 // Keys, their current values and documentation, for the control server.
