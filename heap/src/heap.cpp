@@ -232,7 +232,7 @@ void HeapCore::trim_reserve(std::unique_lock<HeapMutex>& lock) {
   const std::size_t high = config.reserve_high_pages, mid = (config.reserve_low_pages + high) / 2;
   while (pool.over(high) && !keeper_stop) {
     // Idle pages (left by meshing or failed operations) cost one driver call each.
-    if (pool.idle_pages() > 0 && !pool.balance(config.reserve_low_pages, high, pool.idle_pages()).ok()) return;
+    if (!pool.release_idle(pool.idle_pages()).ok()) return;
     if (!pool.over(high)) return;
     auto batch = pool.begin_release(mid, 64);
     if (batch.empty()) return;

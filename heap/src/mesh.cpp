@@ -4,8 +4,8 @@
 // No address changes, so no handle is repointed and a kernel holding an address is unaffected
 // once the remap is done (docs/meshing.md).
 //
-// Safety (docs/move-safety.md, rule 7): every object of the source page is claimed MOVING, as for
-// a move, from before the copy until after the remap, because between unmap and map an access
+// Safety (docs/move-safety.md, rule 8): every object of the source page is claimed MOVING, as for
+// a move, from before the copy until its slot maps memory again after the remap, because between unmap and map an access
 // would fault and a late write to the source would be lost. A pin that arrives meanwhile waits;
 // a source with a pinned object, a pending stream-ordered unpin, or a deferred free is skipped.
 // The destination's objects are not disturbed (their bytes and mapping never change); the
@@ -194,16 +194,13 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         // there: repointed, like an evacuation (their handles move; nobody holds a pin).
         pool.forget_slot(plans[k]);
         const std::uint32_t moved = src->used;
-        for (std::uint32_t i = 0; i < src->capacity; ++i)
-          if (src->test(i)) slabs.take_slot_at(dst, i, src->owners[i]);
+        slabs.fold(dst, src);
         for (HandleEntry* e : pr.objects) {
           e->loc.page = dst->slot;
           e->address.store(address_of(e->loc), std::memory_order_release);
           end_move(e);
         }
         ++table_version;
-        slabs.destroy(src);
-        slabs.attach(dst);
         rec.objects_moved += moved;
         rec.bytes_moved += pr.bytes;
         ++rec.pages_freed;
@@ -214,11 +211,8 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       // Frees while the lock was released may have emptied the source: then nothing is
       // addressed through its slot and the alias goes at once (or with the page, if it fails).
       if (src->used > 0 || !pool.drop_alias(src->slot).ok()) dst->aliases.push_back({src->slot, src->used});
-      for (std::uint32_t i = 0; i < src->capacity; ++i)
-        if (src->test(i)) slabs.take_slot_at(dst, i, src->owners[i]);
       if (pool.slot(src->slot).kind == SlotKind::slab) pool.slot(src->slot).owner = dst->id;
-      slabs.destroy(src);
-      slabs.attach(dst);
+      slabs.fold(dst, src);
       ++rec.pages_meshed;
       rec.bytes_meshed += pr.bytes;
     }

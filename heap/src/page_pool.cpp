@@ -256,9 +256,9 @@ void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   reserve_.insert(start, n);
 }
 
-PagePool::ReleaseBatch PagePool::begin_release(std::size_t high, std::size_t max_pages) {
+PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages) {
   ReleaseBatch b;
-  std::size_t want = reserve_.total() > high ? std::min<std::size_t>(reserve_.total() - high, max_pages) : 0;
+  std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();
     const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
@@ -390,32 +390,24 @@ Status PagePool::drop_alias(std::uint32_t s) {
   return {};
 }
 
+Status PagePool::release_idle(std::size_t n) {
+  while (n > 0 && !idle_.empty()) {
+    VALET_TRY(release(idle_.back()));
+    idle_.pop_back();
+    --n;
+  }
+  return {};
+}
+
 Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_release) {
   if (reserve_pages() > high) {
     const std::size_t mid = (low + high) / 2;
     const std::size_t target = reserve_pages() - std::min(reserve_pages() - mid, max_release);
-    while (!idle_.empty() && reserve_pages() > target) {
-      const std::uint32_t p = idle_.back();
-      VALET_TRY(release(p));
-      idle_.pop_back();
-    }
-    while (reserve_pages() > target) {
-      auto r = *reserve_.take_smallest();
-      const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, reserve_pages() + r.length - target));
-      if (k < r.length) reserve_.insert(r.start, r.length - k);
-      const std::uint32_t start = r.start + (r.length - k);
-      if (auto st = unmap_run(start, k); !st.ok()) {
-        reserve_.insert(start, k);
-        return st;
-      }
-      set_kind(start, k, SlotKind::unmapped, 0);
-      unmapped_.insert(start, k);
-      while (!idle_.empty()) {
-        VALET_TRY(release(idle_.back()));
-        idle_.pop_back();
-      }
-    }
-    return {};
+    VALET_TRY(release_idle(reserve_pages() - target));
+    // The mapped reserve above the target: the batch the lockless trim uses, run in place.
+    auto batch = begin_release(target > idle_.size() ? target - idle_.size() : 0, ~std::size_t{0});
+    release_calls(batch);
+    return finish_release(batch);
   }
   // Map idle pages back into the reserve, and create pages up to the low watermark.
   const std::size_t mapped_reserve = std::size_t(reserve_.total());

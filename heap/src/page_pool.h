@@ -110,8 +110,9 @@ class PagePool {
   Status balance(std::size_t low, std::size_t high, std::size_t max_release = ~std::size_t{0});
 
   // Trimming without the heap lock held across driver calls (the keeper, and frees of large
-  // objects). begin_release (lock held) takes up to `max_pages` reserve pages above `high` out
-  // of the reserve: nothing can hand them out, and they still count as created. release_calls
+  // objects; balance() runs the same steps in place). begin_release (lock held) takes up to
+  // `max_pages` of the mapped reserve pages beyond the first `keep` out of the reserve: nothing
+  // can hand them out, and they still count as created. release_calls
   // (no lock) unmaps and releases them. finish_release (lock held) books the outcome: released
   // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
   // failed are idle.
@@ -127,16 +128,18 @@ class PagePool {
     std::uint64_t unmaps = 0, releases = 0;  // driver calls made
     bool empty() const { return runs.empty(); }
   };
-  ReleaseBatch begin_release(std::size_t high, std::size_t max_pages);
+  ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
+  // Pages taken out of the reserve by begin_release, not yet finished: still created.
   std::size_t releasing_pages() const { return std::size_t(releasing_.total()); }
   bool over(std::size_t high) const { return reserve_pages() > high; }
+  // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
+  Status release_idle(std::size_t n);
 
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
   std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
-  // Pages taken out of the reserve to be released (begin_release): still created.
   std::size_t idle_pages() const { return idle_.size(); }
   // Pages a large request could get now: reserve + idle + not yet created.
   std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }

@@ -102,6 +102,13 @@ void Slabs::take_slot_at(SlabPage* p, std::uint32_t i, std::uint32_t owner) {
   rebucket(p);
 }
 
+void Slabs::fold(SlabPage* dst, SlabPage* src) {
+  for (std::uint32_t i = 0; i < src->capacity; ++i)
+    if (src->test(i)) take_slot_at(dst, i, src->owners[i]);
+  destroy(src);
+  attach(dst);
+}
+
 void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
   p->bitmap[i >> 6] &= ~(1ull << (i & 63));
   p->owners[i] = kNoOwner;

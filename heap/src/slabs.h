@@ -100,6 +100,9 @@ class Slabs {
     rebucket(page);
   }
   void set_owner(SlabPage* page, std::uint32_t i, std::uint32_t owner) { page->owners[i] = owner; }
+  // Meshing: `dst` takes every taken slot of `src` at the same index and owner (their slots must
+  // be free in `dst`), `src` is destroyed, and `dst` returns to its bucket.
+  void fold(SlabPage* dst, SlabPage* src);
 
   SlabPage* page(std::uint32_t id) const { return id < pages_.size() ? pages_[id].get() : nullptr; }
   std::size_t live_pages() const { return live_pages_; }
