@@ -11,29 +11,6 @@ namespace {
 
 HostBackend& host_of(Heap& heap) { return static_cast<BackendModel<HostBackend>&>(heap.backend()).impl(); }
 
-struct Obj {
-  Handle h;
-  std::uint64_t seed;
-};
-
-// Allocates `count` objects of `bytes`, fills them, frees all but every `keep_every`-th.
-std::vector<Obj> fragment(Heap& heap, std::size_t count, std::size_t bytes, std::size_t keep_every, std::uint64_t seed) {
-  std::vector<Obj> kept;
-  std::mt19937_64 rng(seed);
-  std::vector<Handle> all;
-  for (std::size_t i = 0; i < count; ++i) all.push_back(*heap.allocate(bytes));
-  for (std::size_t i = 0; i < count; ++i) {
-    if (i % keep_every == 0) {
-      const std::uint64_t s = rng();
-      fill(heap, all[i], s);
-      kept.push_back({all[i], s});
-    } else {
-      EXPECT_TRUE(heap.free(all[i]).ok());
-    }
-  }
-  return kept;
-}
-
 TEST(Compaction, EvacuatesSparsePagesAndKeepsEveryByte) {
   auto heap = make_heap();
   auto kept = fragment(*heap, 32 * 40, 64 * 1024, 4, 1);  // 40 pages at 25% occupancy

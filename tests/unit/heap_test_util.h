@@ -5,6 +5,8 @@
 
 #include <cstring>
 #include <memory>
+#include <random>
+#include <vector>
 
 #include "valet/heap.h"
 #include "valet/host_backend.h"
@@ -52,6 +54,31 @@ inline std::uint64_t mismatches(Heap& heap, Handle h, std::uint64_t seed, std::s
   auto bad = heap.backend().verify_pattern({&r, 1}, Stream{});
   EXPECT_TRUE(bad.ok());
   return bad.ok() ? *bad : ~0ull;
+}
+
+struct Kept {
+  Handle h;
+  std::uint64_t seed;
+};
+
+// Allocates `count` objects of `bytes`, fills every `keep_every`-th with a pattern and frees the
+// rest: sparse slab pages (pages fill from opposite ends by parity, so neighbours can mesh).
+inline std::vector<Kept> fragment(Heap& heap, std::size_t count, std::size_t bytes, std::size_t keep_every,
+                                  std::uint64_t seed) {
+  std::vector<Kept> kept;
+  std::mt19937_64 rng(seed);
+  std::vector<Handle> all;
+  for (std::size_t i = 0; i < count; ++i) all.push_back(*heap.allocate(bytes));
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i % keep_every == 0) {
+      const std::uint64_t s = rng();
+      fill(heap, all[i], s);
+      kept.push_back({all[i], s});
+    } else {
+      EXPECT_TRUE(heap.free(all[i]).ok());
+    }
+  }
+  return kept;
 }
 
 #define EXPECT_VALID(heap)                                  \

@@ -202,7 +202,9 @@ TEST(Compactor, ExplicitRequestsWaitForTheirRecordAndPolicyChangesTakeEffect) {
   std::vector<Handle> all;
   for (int i = 0; i < 32 * 8; ++i) all.push_back(*heap->allocate(64 * 1024));
   for (std::size_t i = 0; i < all.size(); ++i)
-    if (i % 4) ASSERT_TRUE(heap->free(all[i]).ok());
+    if (i % 4) {
+      ASSERT_TRUE(heap->free(all[i]).ok());
+    }
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(heap->stats().compaction.cycles, 0u) << "background off: nothing runs on its own";
   auto rec = compactor->request(CompactRequest{}, /*wait=*/true);
@@ -294,7 +296,9 @@ TEST(Compactor, SafepointDoesNotWaitForARunningCycle) {
   std::vector<Handle> all;
   for (int i = 0; i < 32 * 8; ++i) all.push_back(*heap->allocate(64 * 1024));
   for (std::size_t i = 0; i < all.size(); ++i)
-    if (i % 4) ASSERT_TRUE(heap->free(all[i]).ok());
+    if (i % 4) {
+      ASSERT_TRUE(heap->free(all[i]).ok());
+    }
   const auto delay = std::chrono::milliseconds(300);
   host.set_task_delay(delay);  // the requested cycle's copy takes that long
   ASSERT_TRUE(compactor->request(CompactRequest{}, /*wait=*/false).ok());
@@ -306,7 +310,9 @@ TEST(Compactor, SafepointDoesNotWaitForARunningCycle) {
     ASSERT_TRUE(r.ok());
     EXPECT_FALSE(*r);
     saw_busy = compactor->counters().safepoint_busy > 0;
-    if (saw_busy) EXPECT_LT(took, delay / 2) << "a busy safepoint returns at once";
+    if (saw_busy) {
+      EXPECT_LT(took, delay / 2) << "a busy safepoint returns at once";
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_TRUE(saw_busy) << "the requested cycle was never seen running";
@@ -328,7 +334,9 @@ TEST(Compactor, StopsCleanlyMidCycleUnderLoad) {
   std::vector<Handle> all;
   for (int i = 0; i < 32 * 20; ++i) all.push_back(*heap->allocate(64 * 1024));
   for (std::size_t i = 0; i < all.size(); ++i)
-    if (i % 3) ASSERT_TRUE(heap->free(all[i]).ok());
+    if (i % 3) {
+      ASSERT_TRUE(heap->free(all[i]).ok());
+    }
   auto compactor = std::move(Compactor::start(*heap, s)).value();
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   compactor.reset();  // stops mid-cycle: the running cycle finishes its moves
