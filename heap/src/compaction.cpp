@@ -1,16 +1,18 @@
 // Evacuation: empty the sparsest slab pages of each class by moving their objects into the free
 // slots of denser pages of the same class, in batched copies, then give the emptied pages back.
 // The move-safety protocol (docs/move-safety.md), per batch:
-//   1. under the heap lock, each object to move is marked MOVING by CAS from "unpinned, settled,
-//      no stream-ordered unpin pending"; objects that refuse are skipped (their page stays);
-//   2. one batched copy is queued on the heap's work stream and a fence event recorded after it;
-//   3. each handle is repointed to its new place and marked IN_FLIGHT with the fence: from here a
-//      host pin waits for the fence, a stream pin makes its stream wait on it, a free waits;
-//   4. the lock is released while the copy runs; then the old slots are freed and IN_FLIGHT is
-//      cleared.
-// A batch holds at most move_batch_bytes (a whole cycle could be hundreds of MiB): a pin waits
-// for one batch's copy at most, since objects of later batches are not claimed yet. Emptied pages
-// go back to the reserve (trimmed to the backend above the high watermark) when the cycle ends.
+//   1. under the heap lock, each object to move is claimed MOVING and CANCELABLE by CAS from
+//      "unpinned, not moving, no stream-ordered unpin pending" (objects that refuse are skipped,
+//      their page stays), and a new slot is taken for it, owned by nobody (in transit);
+//   2. one batched copy is queued on the heap's work stream, and the lock is released until the
+//      copy has completed. Meanwhile a pin (host or stream) takes its object at the old place at
+//      once and cancels its move: no pin waits for a copy;
+//   3. under the lock, each move no pin cancelled is committed (CANCELABLE cleared by CAS; from
+//      here a pin waits a few stores), the handle repointed and the old slot freed; a cancelled
+//      move gives its new slot back.
+// A handle is never repointed before its bytes are in place, so no later use, host or stream,
+// needs to wait on the copy. A batch holds at most move_batch_bytes. Emptied pages go back to the
+// reserve (trimmed to the backend above the high watermark) when the cycle ends.
 #include <algorithm>
 
 #include "heap_core.h"
@@ -72,7 +74,8 @@ std::vector<SlabPage*> HeapCore::choose_sources(double max_occupancy, std::uint6
     for (std::size_t b = 0; b < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b)) {
         free_slots += p.capacity - p.used;
-        if (double(p.used) <= max_occupancy * p.capacity) candidates.push_back(const_cast<SlabPage*>(&p));
+        // Emptying a page on a large object's tail frees no memory: the object keeps the page.
+        if (!p.on_tail() && double(p.used) <= max_occupancy * p.capacity) candidates.push_back(const_cast<SlabPage*>(&p));
       }
     if (candidates.size() < 2) continue;
     std::sort(candidates.begin(), candidates.end(),
@@ -106,18 +109,20 @@ Status HeapCore::evacuate(std::unique_lock<HeapMutex>& lock, const std::vector<S
       const std::uint32_t owner = src->owners[i];
       if (owner == kNoOwner) continue;  // free, or a deferred free still waiting on a stream
       HandleEntry* e = handles.get(owner);
-      if (!try_begin_move(e)) {
+      if (!try_begin_move(e, /*cancelable=*/true)) {
         ++rec.objects_skipped;
         continue;
       }
       SlabPage* dst = slabs.densest_with_room(src->cls);
       if (!dst) {
-        end_move(e);
+        drop_claim(e);
         ++rec.objects_skipped;
         continue;
       }
-      const std::uint32_t j = slabs.take_slot(dst, owner);
-      batch.push_back({e, e->loc, Location{ObjectKind::slab, dst->slot, j, 0}, e->size});
+      // The new slot is taken but owned by nobody (in transit) until the move commits.
+      const std::uint32_t j = slabs.take_slot(dst, kNoOwner);
+      ++in_transit;
+      batch.push_back({e, owner, e->loc, Location{ObjectKind::slab, dst->slot, j, 0}, e->size});
       batch_bytes += e->size;
       if (batch_bytes >= move_batch_bytes) {
         VALET_TRY(run_moves(lock, batch, rec));
@@ -133,46 +138,46 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
   std::vector<CopyRange> copies;
   copies.reserve(moves.size());
   for (const Move& m : moves) copies.push_back({address_of(m.from), address_of(m.to), m.bytes});
-  auto ev = backend->create_event();
+  auto ev = take_event();
   Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
   if (st.ok()) st = backend->record_event(*ev, work_stream);
-  if (!st.ok()) {
-    // Nothing was repointed: give the destination slots back and let the objects be.
-    for (const Move& m : moves) {
-      slabs.free_slot(slabs.page(pool.slot(m.to.page).owner), m.to.index);
-      end_move(m.entry);
-    }
-    if (ev.ok()) (void)backend->destroy_event(*ev);
-    (void)backend->synchronize_stream(work_stream);
-    return st;
+  if (st.ok()) {
+    // The copy runs without the heap lock. The objects stay where they are, claimed cancelable:
+    // a pin meanwhile takes its object at the old place at once and cancels that move.
+    lock.unlock();
+    st = backend->synchronize_event(*ev);
+    lock.lock();
   }
-  auto fence = std::make_shared<MoveFence>(backend.get(), *ev);
+  if (st.ok()) {
+    recycle_event(*ev);
+  } else {
+    // Nothing is repointed; whatever was queued must be done before the new slots are reused.
+    (void)backend->synchronize_stream(work_stream);
+    if (ev.ok()) (void)backend->destroy_event(*ev);
+  }
+  in_transit -= moves.size();
+  bool repointed = false;
   for (const Move& m : moves) {
+    SlabPage* dst = slabs.page(pool.slot(m.to.page).owner);
+    if (!st.ok()) drop_claim(m.entry);
+    // Repoint only now that the copy is complete, and only if no pin cancelled the move: from
+    // commit_move to end_move (a few stores) a pin waits.
+    if (!st.ok() || !commit_move(m.entry)) {
+      slabs.free_slot(dst, m.to.index);
+      if (st.ok()) ++rec.objects_skipped;
+      continue;
+    }
+    slabs.set_owner(dst, m.to.index, m.owner);
+    free_slab_slot(m.from);
     m.entry->loc = m.to;
     m.entry->address.store(address_of(m.to), std::memory_order_relaxed);
-    m.entry->fence.store(fence, std::memory_order_release);
-    const std::uint64_t s = m.entry->state.load(std::memory_order_relaxed);
-    m.entry->state.store((s | state::kInFlight) & ~state::kMoving, std::memory_order_release);
-    m.entry->state.notify_all();
-    // The old slot stays taken (in transit) until the copy is done, but belongs to nobody.
-    slabs.set_owner(slabs.page(pool.slot(m.from.page).owner), m.from.index, kNoOwner);
-  }
-  in_transit += moves.size();
-  ++table_version;
-  lock.unlock();
-  const Status synced = backend->synchronize_event(fence->event);
-  lock.lock();
-  in_transit -= moves.size();
-  for (const Move& m : moves) {
-    free_slab_slot(m.from);
-    if (m.entry->fence.load() == fence) {
-      m.entry->fence.store(nullptr);
-      m.entry->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
-    }
+    end_move(m.entry);  // release: a pin that follows sees the new address
     rec.bytes_moved += m.bytes;
+    ++rec.objects_moved;
+    repointed = true;
   }
-  rec.objects_moved += moves.size();
-  return synced;
+  if (repointed) ++table_version;
+  return st;
 }
 
 }  // namespace valet::detail

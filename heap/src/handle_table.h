@@ -4,9 +4,11 @@
 // An entry's `state` word carries everything a lock-free pin must see at once:
 //   bits 0..23  pin count (host pins and stream pins not yet released)
 //   bit  24     LIVE       the entry holds an object
-//   bit  25     MOVING     a mover owns the object: pins wait, nobody else may move or free it
-//   bit  26     IN_FLIGHT  the object was repointed to a copy that may still be in progress; a
-//                          host pin waits for the move's fence, a stream pin makes its stream wait
+//   bit  25     MOVING     a mover owns the object: nobody else may move, resize or free it, and
+//                          pins wait, unless CANCELABLE is set too
+//   bit  26     CANCELABLE the mover is copying the object and has not repointed it: a pin takes
+//                          the object where it is at once and clears MOVING and CANCELABLE, which
+//                          cancels the move (the mover drops its copy)
 //   bits 32..63 generation of the object (a Handle with another generation is stale)
 #pragma once
 
@@ -25,7 +27,7 @@ namespace state {
 inline constexpr std::uint64_t kPinMask = (1u << 24) - 1;
 inline constexpr std::uint64_t kLive = 1ull << 24;
 inline constexpr std::uint64_t kMoving = 1ull << 25;
-inline constexpr std::uint64_t kInFlight = 1ull << 26;
+inline constexpr std::uint64_t kCancelable = 1ull << 26;
 inline std::uint32_t generation(std::uint64_t s) { return std::uint32_t(s >> 32); }
 inline std::uint32_t pins(std::uint64_t s) { return std::uint32_t(s & kPinMask); }
 inline std::uint64_t make(std::uint32_t gen, std::uint64_t flags) { return (std::uint64_t(gen) << 32) | flags; }
@@ -42,17 +44,6 @@ struct Location {
   std::uint32_t pages = 0;  // large: page count
 };
 
-// Completes when a move's copy has finished: shared by every object the move repointed, and
-// by pins waiting on it (the last owner destroys the event).
-struct MoveFence {
-  Backend* backend = nullptr;
-  Event event;
-  MoveFence(Backend* b, Event e) : backend(b), event(e) {}
-  ~MoveFence() { (void)backend->destroy_event(event); }
-  MoveFence(const MoveFence&) = delete;
-  MoveFence& operator=(const MoveFence&) = delete;
-};
-
 struct HandleEntry {
   std::atomic<std::uint64_t> state{0};
   std::atomic<DevicePtr> address{0};
@@ -60,8 +51,6 @@ struct HandleEntry {
   // holding a pin (which keeps them constant).
   std::size_t size = 0;
   Location loc;
-  // Set while IN_FLIGHT. Atomic so that pins read it without the heap lock.
-  std::atomic<std::shared_ptr<MoveFence>> fence;
   std::vector<Event> pending_unpins;  // events of stream-ordered unpins not yet known complete
 };
 

@@ -54,37 +54,41 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
   return e;
 }
 
-std::uint64_t HeapCore::wait_not_moving(HandleEntry* e, std::uint32_t gen) {
+std::uint64_t HeapCore::wait_not_moving(HandleEntry* e, std::uint32_t gen, bool until_cancelable) {
+  const std::uint64_t done_bits = until_cancelable ? state::kCancelable : 0;
   std::uint64_t s = e->state.load(std::memory_order_acquire);
-  if (!(s & state::kMoving)) return s;
-  const std::uint64_t t0 = now_ns();
-  while ((s & state::kMoving) && state::generation(s) == gen) {
+  while ((s & state::kMoving) && !(s & done_bits) && state::generation(s) == gen) {
     e->state.wait(s, std::memory_order_acquire);
     s = e->state.load(std::memory_order_acquire);
   }
-  note_pin_wait(now_ns() - t0);
   return s;
 }
 
-Result<HandleEntry*> HeapCore::acquire_pin(Handle h, std::uint64_t& seen) {
+Result<HandleEntry*> HeapCore::acquire_pin(Handle h) {
   if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "pin: the heap was shut down");
   auto looked = lookup(h);
   if (!looked.ok()) return looked;
   HandleEntry* e = *looked;
   std::uint64_t s = e->state.load(std::memory_order_acquire);
+  std::uint64_t next = 0;
   for (;;) {
-    if (s & state::kMoving) s = wait_not_moving(e, h.generation);
+    if ((s & state::kMoving) && !(s & state::kCancelable)) {
+      const std::uint64_t t0 = now_ns();
+      s = wait_not_moving(e, h.generation, true);
+      note_pin_wait(now_ns() - t0);
+    }
     if (state::generation(s) != h.generation || !(s & state::kLive))
       return make_error(Errc::stale_handle, "pin of a freed object");
     if (state::pins(s) == state::kPinMask) return make_error(Errc::invalid_state, "pin: too many pins on one object");
-    if (e->state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+    // A move still copying the object is cancelled: the object stays where it is (the mover has
+    // not repointed it), so the pin never waits for a copy.
+    next = (s & state::kCancelable) ? (s + 1) & ~(state::kMoving | state::kCancelable) : s + 1;
+    if (e->state.compare_exchange_weak(s, next, std::memory_order_acq_rel, std::memory_order_acquire)) break;
   }
-  seen = s + 1;
+  if (s & state::kCancelable) e->state.notify_all();  // a free or resize waiting on the move
   pin_count.fetch_add(1, std::memory_order_relaxed);
   return e;
 }
-
-std::shared_ptr<MoveFence> HeapCore::fence_of(HandleEntry* e) { return e->fence.load(std::memory_order_acquire); }
 
 Result<Event> HeapCore::take_event() {
   if (!spare_events.empty()) {
@@ -160,16 +164,34 @@ void HeapCore::reap_deferred() {
   }
 }
 
-bool HeapCore::try_begin_move(HandleEntry* e) {
+bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable) {
   std::uint64_t s = e->state.load(std::memory_order_acquire);
-  if (!(s & state::kLive) || (s & (state::kMoving | state::kInFlight)) || state::pins(s) != 0) return false;
-  if (!e->state.compare_exchange_strong(s, s | state::kMoving, std::memory_order_acq_rel)) return false;
-  // A stream-ordered unpin may still have queued work on the object.
-  if (!e->pending_unpins.empty() && !reap_unpins(e)) {
-    end_move(e);
-    return false;
-  }
-  return true;
+  if (!(s & state::kLive) || (s & state::kMoving) || state::pins(s) != 0) return false;
+  // A stream-ordered unpin may still have queued work on the object. Checked before the claim:
+  // a pin can only add events while it holds a pin, which the CAS below rules out.
+  if (!e->pending_unpins.empty() && !reap_unpins(e)) return false;
+  const std::uint64_t claim = state::kMoving | (cancelable ? state::kCancelable : 0);
+  return e->state.compare_exchange_strong(s, s | claim, std::memory_order_acq_rel);
+}
+
+bool HeapCore::commit_move(HandleEntry* e) {
+  std::uint64_t s = e->state.load(std::memory_order_acquire);
+  // A pin that came in cleared CANCELABLE (and MOVING); nobody else sets CANCELABLE meanwhile
+  // (one compaction cycle at a time, and the cycle claims each object once).
+  while ((s & state::kCancelable) && state::pins(s) == 0)
+    if (e->state.compare_exchange_weak(s, s & ~state::kCancelable, std::memory_order_acq_rel, std::memory_order_acquire))
+      return true;
+  return false;
+}
+
+void HeapCore::drop_claim(HandleEntry* e) {
+  std::uint64_t s = e->state.load(std::memory_order_acquire);
+  while (s & state::kCancelable)
+    if (e->state.compare_exchange_weak(s, s & ~(state::kMoving | state::kCancelable), std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      e->state.notify_all();
+      return;
+    }
 }
 
 void HeapCore::end_move(HandleEntry* e) {
@@ -192,6 +214,7 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     SlabPage* page = slabs.densest_with_room(cls);
+    if (!page) page = slab_on_tail(cls);
     if (!page) {
       auto slot = pool.take_page(SlotKind::slab, 0);
       if (!slot.ok()) return slot.error();
@@ -206,16 +229,18 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
   auto run = pool.take_run(n, owner);
   if (!run.ok()) return run.error();
   want_refill();
-  return Location{ObjectKind::large, *run, 0, n};
+  const Location loc{ObjectKind::large, *run, 0, n};
+  open_tail(loc, bytes);
+  return loc;
 }
 
 void HeapCore::release_location(const Location& loc) {
   if (loc.kind == ObjectKind::large) {
-    pool.give_back(loc.page, loc.pages);
+    release_large(loc);
   } else {
     SlabPage* p = free_slab_slot(loc);
     // Keep one empty page per class against allocate/free ping-pong; give back the others.
-    if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
+    if (p->holds_no_object() && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
   }
   after_release();
 }
@@ -468,16 +493,6 @@ Status Heap::free(Handle h) {
       lock.lock();
       continue;
     }
-    if (s & state::kInFlight) {
-      // A compaction copy into this object's new place may still run: let it finish first.
-      auto fence = e->fence.load();
-      lock.unlock();
-      if (fence) (void)c.backend->synchronize_event(fence->event);
-      lock.lock();
-      if (e->fence.load() == fence) e->fence.store(nullptr);
-      e->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
-      continue;
-    }
     if (!e->state.compare_exchange_strong(s, state::make(h.generation, 0), std::memory_order_acq_rel)) continue;
     c.live_bytes -= e->size;
     --c.live_objects;
@@ -507,14 +522,8 @@ Status Heap::free(Handle h) {
 
 Result<Pin> Heap::pin(Handle h) {
   auto& c = *core_;
-  std::uint64_t seen = 0;
-  auto e = c.acquire_pin(h, seen);
+  auto e = c.acquire_pin(h);
   if (!e.ok()) return e.error();
-  if (seen & state::kInFlight) {
-    const std::uint64_t t0 = c.now_ns();
-    if (auto fence = c.fence_of(*e)) (void)c.backend->synchronize_event(fence->event);
-    c.note_pin_wait(c.now_ns() - t0);
-  }
   Pin p;
   p.core_ = &c;
   p.handle_ = h;
@@ -525,18 +534,8 @@ Result<Pin> Heap::pin(Handle h) {
 
 Result<StreamPin> Heap::pin(Handle h, Stream stream) {
   auto& c = *core_;
-  std::uint64_t seen = 0;
-  auto e = c.acquire_pin(h, seen);
+  auto e = c.acquire_pin(h);
   if (!e.ok()) return e.error();
-  if (seen & state::kInFlight) {
-    if (auto fence = c.fence_of(*e)) {
-      // The stream waits for the move's copy; the host does not.
-      if (auto st = c.backend->stream_wait_event(stream, fence->event); !st.ok()) {
-        c.unpin(*e);
-        return st.error();
-      }
-    }
-  }
   StreamPin p;
   p.core_ = &c;
   p.handle_ = h;
@@ -623,7 +622,6 @@ Status Heap::shutdown() {
       note(c.backend->destroy_event(ev));
     }
     e->pending_unpins.clear();
-    e->fence.store(nullptr);
   }
   for (auto& d : c.deferred)
     for (Event ev : d.events) {

@@ -4,15 +4,18 @@
 // Locking: one heap mutex (`mu`) guards the page pool, the slabs, the handle table's free list
 // and every entry field except `state` and `address`. Pins never take it: they work on the
 // entry's atomic state word (handle_table.h). A mover (resize, compaction) marks objects MOVING
-// by CAS from "unpinned", so a pin either got in first (the move is refused or skipped) or waits.
+// by CAS from "unpinned", so a pin either got in first (the move is refused or skipped), or meets
+// a cancelable move (compaction's copy) and cancels it, or waits (a repoint or a remap).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "handle_table.h"
@@ -34,6 +37,7 @@ struct DeferredFree {
 // One object of an evacuation batch: from its old slot to its new one.
 struct Move {
   HandleEntry* entry;
+  std::uint32_t owner;  // the handle index
   Location from;
   Location to;
   std::size_t bytes;
@@ -80,6 +84,12 @@ struct HeapCore {
   std::vector<Event> spare_events;
   std::mutex compaction_mu;  // one compaction cycle at a time
 
+  // Shared tails (tails.cpp). open_tails: last-page slot of each large object whose last page
+  // has room for a slab page -> bytes the object uses there. shared_tails: last-page slot ->
+  // the slab page built on that page.
+  std::map<std::uint32_t, std::uint32_t> open_tails;
+  std::unordered_map<std::uint32_t, std::uint32_t> shared_tails;
+
   // The device copy of the handle table (device_table.cpp).
   std::atomic<std::uint32_t> table_pins{0};  // scopes held now
   std::vector<Event> table_pending;          // released scopes whose streams may not have passed
@@ -104,12 +114,11 @@ struct HeapCore {
   Result<HandleEntry*> lookup(Handle h) const;
   static std::uint64_t now_ns();
   void note_pin_wait(std::uint64_t ns);
-  // Waits while the entry is MOVING; returns the state seen without MOVING (or a stale one).
-  std::uint64_t wait_not_moving(HandleEntry* e, std::uint32_t gen);
+  // Waits while the entry is MOVING (for a pin: MOVING and not CANCELABLE); returns the state
+  // that ended the wait (or a stale one).
+  std::uint64_t wait_not_moving(HandleEntry* e, std::uint32_t gen, bool until_cancelable = false);
   // Takes a pin reference (host or stream). On success the object cannot move until unpinned.
-  Result<HandleEntry*> acquire_pin(Handle h, std::uint64_t& state_seen);
-  // The fence of an IN_FLIGHT entry, if still set (takes mu briefly).
-  std::shared_ptr<MoveFence> fence_of(HandleEntry* e);
+  Result<HandleEntry*> acquire_pin(Handle h);
   void unpin(HandleEntry* e) { e->state.fetch_sub(1, std::memory_order_release); }
   // Records an event at the current end of `s` into `pending` (under mu); if no event can be
   // recorded, waits for the stream instead, so nothing is released early.
@@ -122,6 +131,18 @@ struct HeapCore {
   Result<Location> place(std::size_t bytes, std::uint32_t owner);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
+  // Shared tails (tails.cpp). open_tail: offers a large object's last page to slab pages.
+  // slab_on_tail: a new slab page of `cls` on the roomiest open tail, or nullptr.
+  // release_large: gives a large location's pages back; a shared last page stays with its slab
+  // page. release_tail_page: unmaps an emptied slab page's own slot from the tail it shares
+  // (false: the unmap failed, nothing changed). unshare_tail: before a resize, moves the slab
+  // page on a large object's last page to a page of its own (same addresses); an error (nothing
+  // changed) when its objects cannot all be claimed or a driver call fails.
+  void open_tail(const Location& loc, std::size_t bytes);
+  SlabPage* slab_on_tail(std::uint32_t cls);
+  void release_large(const Location& loc);
+  bool release_tail_page(SlabPage* p);
+  Status unshare_tail(std::uint32_t tail_slot);
   // Frees a slab slot through the virtual slot the object was addressed by; an alias nobody is
   // addressed through any more is unmapped (mesh.cpp). Returns the slab page.
   SlabPage* free_slab_slot(const Location& loc);
@@ -146,9 +167,15 @@ struct HeapCore {
   void want_refill();
   Error out_of_memory(std::size_t asked, const Error& cause) const;
 
-  // Marks an unpinned, settled object MOVING. Fails (nothing changed) when it is pinned, moving
-  // or in flight, or a stream-ordered unpin is pending.
-  bool try_begin_move(HandleEntry* e);
+  // Marks an unpinned, settled object MOVING (and CANCELABLE: a pin may cancel the move until
+  // commit_move). Fails (nothing changed) when it is pinned or moving, or a stream-ordered unpin
+  // is pending.
+  bool try_begin_move(HandleEntry* e, bool cancelable = false);
+  // Ends the cancelable phase of a claim: from here pins wait until end_move. false when a pin
+  // cancelled the move: the object is no longer the caller's (do not end_move it).
+  bool commit_move(HandleEntry* e);
+  // Gives up a cancelable claim that no pin cancelled (nothing was repointed).
+  void drop_claim(HandleEntry* e);
   void end_move(HandleEntry* e);
 
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.

@@ -46,6 +46,7 @@ HeapStats Heap::stats() const {
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
   s.pages.meshed = c.meshed_slots();
+  s.pages.shared_tails = c.shared_tails.size();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];
@@ -105,6 +106,7 @@ std::vector<PageInfo> Heap::page_map() const {
           const std::uint64_t begin = std::uint64_t(k - e->loc.page) * detail::kPageSize;
           info.used_bytes = e->size > begin ? std::min<std::uint64_t>(e->size - begin, detail::kPageSize) : 0;
         }
+        info.sharers = c.pool.mappings_of(k);
         break;
       }
       case SlotKind::slab: {
@@ -114,8 +116,9 @@ std::vector<PageInfo> Heap::page_map() const {
         info.used_slots = p->used;
         info.total_slots = p->capacity;
         info.through_this = through[k];
-        info.maps_page_of = p->slot;
-        info.sharers = std::uint32_t(p->sharers());
+        info.maps_page_of = p->slot == k && p->on_tail() ? p->tail_slot : p->slot;
+        info.blocked_slots = p->blocked;
+        info.sharers = c.pool.mappings_of(k);
         break;
       }
     }
@@ -132,7 +135,7 @@ Status Heap::validate() const {
   VALET_TRY(c.pool.validate());
 
   // Slab pages: bitmaps, counts, buckets, slot table.
-  std::size_t unowned_taken = 0;
+  std::size_t unowned_taken = 0, blocked = 0;
   std::size_t slab_pages = 0;
   Status bad;
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
@@ -142,6 +145,25 @@ Status Heap::validate() const {
     if (slot.kind != SlotKind::slab || slot.owner != p.id) {
       bad = fail("slab page " + std::to_string(p.id) + " and the slot table disagree");
       return;
+    }
+    // A page on a shared tail maps the physical page of the large object's last slot, and its
+    // blocked slots cover the bytes the object uses there.
+    if (p.on_tail()) {
+      blocked += p.blocked;
+      const auto& ts = c.pool.slot(p.tail_slot);
+      const auto link = c.shared_tails.find(p.tail_slot);
+      if (link == c.shared_tails.end() || link->second != p.id || ts.kind != SlotKind::large || ts.phys != slot.phys)
+        bad = fail("slab page " + std::to_string(p.id) + " is not linked to the tail it shares");
+      for (std::uint32_t i = 0; i < p.blocked; ++i)
+        if (!p.test(i) || p.owners[i] != detail::kNoOwner) bad = fail("a blocked slot of a shared tail is free or owned");
+      const HandleEntry* e = ts.owner ? c.handles.get(ts.owner) : nullptr;
+      if (e && (e->state.load() & state::kLive) && e->loc.kind == ObjectKind::large) {
+        const std::uint64_t used = e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize;
+        if (std::uint64_t(p.blocked) * detail::class_size(p.cls) < used)
+          bad = fail("slab page " + std::to_string(p.id) + " does not block all of the tail's bytes");
+      }
+    } else if (p.blocked != 0) {
+      bad = fail("slab page " + std::to_string(p.id) + " blocks slots without a tail");
     }
     // Aliases map the page's physical page, name the page as owner, and are counted exactly.
     if (p.sharers() > detail::kMaxSharers) bad = fail("slab page " + std::to_string(p.id) + " has too many sharers");
@@ -180,9 +202,8 @@ Status Heap::validate() const {
         else
           ++through[std::size_t(via)];
       }
-    // Old places of a running move are counted by the alias but known only to the move.
     for (std::size_t k = 0; k < p.aliases.size(); ++k)
-      if (c.in_transit == 0 ? p.aliases[k].users != through[k] : p.aliases[k].users < through[k])
+      if (p.aliases[k].users != through[k])
         bad = fail("alias " + std::to_string(p.aliases[k].slot) + " user count is wrong");
     if (p.capacity % 64 && (p.bitmap.back() >> (p.capacity % 64)) != (~0ull >> (p.capacity % 64)))
       bad = fail("bitmap padding bits were cleared");
@@ -198,7 +219,7 @@ Status Heap::validate() const {
     deferred_footprint += d.footprint;
     if (d.loc.kind == ObjectKind::slab) ++deferred_slab;
   }
-  if (unowned_taken != deferred_slab + c.in_transit)
+  if (unowned_taken != deferred_slab + c.in_transit + blocked)
     return fail("taken slots without an owner (" + std::to_string(unowned_taken) + ") are not all deferred or in transit");
 
   // Every live object: its place names it back, its address is where it lives; sums are exact.
@@ -228,7 +249,23 @@ Status Heap::validate() const {
     if (!(s & state::kMoving) && e->address.load() != c.address_of(e->loc))
       return fail("object " + std::to_string(i) + " has a stale address");
   }
-  // Large slots belong to a live object or to a deferred free.
+  // Every shared tail is a large object's last slot with its slab page; open tails are unshared.
+  for (const auto& [tail, id] : c.shared_tails) {
+    const auto* p = c.slabs.page(id);
+    if (!p || !p->live || p->tail_slot != tail) return fail("shared tail " + std::to_string(tail) + " names no slab page on it");
+  }
+  for (const auto& [tail, used] : c.open_tails) {
+    const auto& slot = c.pool.slot(tail);
+    if (slot.kind != SlotKind::large || c.shared_tails.contains(tail) || c.pool.mappings_of(tail) != 1)
+      return fail("open tail " + std::to_string(tail) + " is not a large object's own last page");
+    const HandleEntry* e = slot.owner ? c.handles.get(slot.owner) : nullptr;
+    if (e && (e->state.load() & state::kLive) &&
+        (e->loc.page + e->loc.pages - 1 != tail || e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize != used))
+      return fail("open tail " + std::to_string(tail) + " disagrees with its object");
+  }
+  // Large slots belong to a live object or to a deferred free; only a last page is shared.
+  for (const auto& [tail, id] : c.shared_tails)
+    if (c.pool.slot(tail).kind != SlotKind::large) return fail("shared tail " + std::to_string(tail) + " is not a large page");
   for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
     const auto& slot = c.pool.slot(k);
     if (slot.kind != SlotKind::large || slot.owner == 0) continue;
@@ -270,7 +307,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"largest_allocatable_bytes", s.largest_allocatable_bytes},
       {"pages",
        {{"slab", s.pages.slab}, {"large", s.pages.large}, {"reserve", s.pages.reserve}, {"meshed", s.pages.meshed},
-        {"idle", s.pages.idle}}},
+        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}}},
       {"occupancy_histogram", s.occupancy_histogram},
       {"ops",
        {{"allocate", s.ops.allocate}, {"free", s.ops.free}, {"resize", s.ops.resize}, {"pin", s.ops.pin},

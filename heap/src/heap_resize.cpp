@@ -18,8 +18,27 @@ std::uint32_t pages_for(std::size_t bytes) {
   return std::uint32_t((bytes + detail::kPageSize - 1) / detail::kPageSize);
 }
 
+Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes);
+Status resize_large_unshared(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes);
+
 // Resizes a large object that stays large. Precondition: mu held, the object is MOVING.
 Status resize_large(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+  Location& loc = e->loc;
+  const std::uint32_t tail = loc.page + loc.pages - 1;
+  if (c.shared_tails.contains(tail) && !c.unshare_tail(tail).ok()) {
+    // The slab page on its last page cannot move off it now: the object moves instead, by copy,
+    // to pages of its own (releasing the old ones hands the shared page to the slab page).
+    return resize_by_copy(c, index, e, bytes);
+  }
+  // The last page changes (or its used part does): offered again once the resize is done.
+  c.open_tails.erase(tail);
+  Status st = resize_large_unshared(c, index, e, bytes);
+  c.open_tail(loc, st.ok() ? bytes : e->size);
+  return st;
+}
+
+// Resizes a large object whose last page is its own. Precondition as for resize_large.
+Status resize_large_unshared(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
   Location& loc = e->loc;
   const std::uint32_t want = pages_for(bytes);
   if (want == loc.pages) return {};
@@ -78,17 +97,11 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     e = *looked;
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (state::pins(s) > 0) return make_error(Errc::pinned, "resize: the object is pinned");
-    if (s & (state::kMoving | state::kInFlight)) {
+    if (s & state::kMoving) {
       // A compaction cycle is moving it: wait for the move to settle.
-      auto fence = e->fence.load();
       lock.unlock();
       c.wait_not_moving(e, h.generation);
-      if (fence) (void)c.backend->synchronize_event(fence->event);
       lock.lock();
-      if ((e->state.load() & state::kInFlight) && e->fence.load() == fence) {
-        e->fence.store(nullptr);
-        e->state.fetch_and(~state::kInFlight, std::memory_order_acq_rel);
-      }
       continue;
     }
     if (c.try_begin_move(e)) break;

@@ -5,9 +5,11 @@
 // once the remap is done (docs/meshing.md).
 //
 // Safety (docs/move-safety.md, rule 8): every object of the source page is claimed MOVING, as for
-// a move, from before the copy until its slot maps memory again after the remap, because between unmap and map an access
-// would fault and a late write to the source would be lost. A pin that arrives meanwhile waits;
-// a source with a pinned object, a pending stream-ordered unpin, or a deferred free is skipped.
+// a move, from before the copy until its slot maps memory again after the remap, because between
+// unmap and map an access would fault and a late write to the source would be lost. During the
+// copy the claims are cancelable: a pin takes its object at once and the pair is not meshed.
+// From the commit to the end of the remap (three driver calls) a pin waits. A source with a
+// pinned object, a pending stream-ordered unpin, or a deferred free is skipped.
 // The destination's objects are not disturbed (their bytes and mapping never change); the
 // destination only leaves the allocation buckets, so nothing new lands on the slots being filled.
 #include <algorithm>
@@ -33,7 +35,7 @@ SlabPage* HeapCore::free_slab_slot(const Location& loc) {
   if (loc.page != p->slot) {
     SlabAlias* a = p->alias(loc.page);
     // Unmapping is safe: nothing is addressed through the alias any more, and frees with queued
-    // work reach here only once that work has completed (deferred frees, move fences).
+    // work reach here only once that work has completed (deferred frees).
     if (--a->users == 0 && pool.drop_alias(a->slot).ok()) {
       *a = p->aliases.back();
       p->aliases.pop_back();
@@ -47,6 +49,12 @@ bool HeapCore::retire_slab(SlabPage* p) {
   while (!p->aliases.empty()) {
     if (!pool.drop_alias(p->aliases.back().slot).ok()) return false;
     p->aliases.pop_back();
+  }
+  // On a large object's tail, the physical page stays with the object.
+  if (p->on_tail()) {
+    if (!release_tail_page(p)) return false;
+    slabs.destroy(p);
+    return true;
   }
   const std::uint32_t slot = p->slot;
   slabs.destroy(p);
@@ -98,8 +106,10 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         // join the destination's.
         SlabPage* src = a->used <= d->used ? a : d;
         SlabPage* dst = src == a ? d : a;
-        if (!src->aliases.empty()) std::swap(src, dst);
-        if (!src->aliases.empty() || dst->sharers() + 1 > kMaxSharers) continue;
+        // A page on a large object's tail never moves off it (its blocked slots belong to the
+        // object); it can take another page's objects.
+        if (!src->aliases.empty() || src->on_tail()) std::swap(src, dst);
+        if (!src->aliases.empty() || src->on_tail() || dst->sharers() + 1 > kMaxSharers) continue;
         if (!disjoint(*a, *d)) continue;
         const std::uint64_t bytes = std::uint64_t(src->used) * class_size(cls);
         if (bytes > bytes_left) continue;
@@ -117,7 +127,7 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
   // starts, so a pin waits for one batch at most. Between batches the lock is released; the
   // detached pages only lose objects meanwhile (frees), so the pairs stay disjoint.
   auto release_pair = [&](MeshPair& pr) {
-    for (HandleEntry* e : pr.objects) end_move(e);
+    for (HandleEntry* e : pr.objects) drop_claim(e);
     pr.objects.clear();
     slabs.attach(pr.dst);
     slabs.attach(pr.src);
@@ -152,18 +162,33 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
     Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
     if (st.ok()) st = backend->record_event(*ev, work_stream);
     std::vector<Status> remapped(batch.size());
+    std::vector<bool> cancelled(batch.size());
     if (st.ok()) {
       // Without the heap lock: the copy, then the remaps (the sources are detached and their
-      // objects claimed, so nothing else touches their slots). Each source's claims end as soon
-      // as its slot maps memory again, whichever page that is: a pin waits for this batch's copy
-      // and three driver calls, never for whoever holds the heap lock.
+      // objects claimed, so nothing else touches their slots). During the copy a pin cancels
+      // its object's claim and so its pair; a pair still whole is committed (from here pins
+      // wait) and remapped, and its claims end as soon as its slot maps memory again, whichever
+      // page that is: a pin waits for three driver calls, never for a copy or the heap lock.
       lock.unlock();
       st = backend->synchronize_event(*ev);
       if (st.ok())
         for (std::size_t k = 0; k < batch.size(); ++k) {
+          auto& objects = batch[k]->objects;
+          std::size_t committed = 0;
+          while (committed < objects.size() && commit_move(objects[committed])) ++committed;
+          if (committed < objects.size()) {
+            // The source keeps its page: end the committed claims, drop the rest (the
+            // cancelled one is no longer ours).
+            for (std::size_t i = 0; i < objects.size(); ++i)
+              if (i < committed) end_move(objects[i]);
+              else if (i > committed) drop_claim(objects[i]);
+            objects.clear();
+            cancelled[k] = true;
+            continue;
+          }
           remapped[k] = pool.remap_calls(plans[k]);
           if (!plans[k].lost)
-            for (HandleEntry* e : batch[k]->objects) end_move(e);
+            for (HandleEntry* e : objects) end_move(e);
         }
       lock.lock();
     }
@@ -179,6 +204,13 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       MeshPair& pr = *batch[k];
       SlabPage* src = pr.src;
       SlabPage* dst = pr.dst;
+      if (cancelled[k]) {
+        // A pin took one of the source's objects during the copy: the pair stays as it was (the
+        // copies landed on free slots of the destination).
+        ++rec.objects_skipped;
+        release_pair(pr);
+        continue;
+      }
       if (!remapped[k].ok() && !plans[k].lost) {
         // The source slot maps its own page again, its bytes untouched: leave the pair as it
         // was. The copies into the destination landed on free slots and are harmless.
@@ -233,8 +265,8 @@ bool HeapCore::claim_source(MeshPair& pair) {
     if (!src->test(k)) continue;
     const std::uint32_t owner = src->owners[k];
     HandleEntry* e = owner == kNoOwner ? nullptr : handles.get(owner);
-    if (!e || !try_begin_move(e)) {
-      for (HandleEntry* c : pair.objects) end_move(c);
+    if (!e || !try_begin_move(e, /*cancelable=*/true)) {
+      for (HandleEntry* c : pair.objects) drop_claim(c);
       pair.objects.clear();
       return false;
     }

@@ -390,6 +390,24 @@ Status PagePool::drop_alias(std::uint32_t s) {
   return {};
 }
 
+Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std::uint32_t owner) {
+  if (slots_[of].phys == kNoPhys) return make_error(Errc::internal, "share_page: slot " + std::to_string(of) + " maps no page");
+  auto s = unmapped_.take_best_fit(1);
+  if (!s) return make_error(Errc::out_of_address_space, "share_page: no free virtual slot");
+  if (auto st = map_at(*s, slots_[of].phys); !st.ok()) {
+    unmapped_.insert(*s, 1);
+    return st.error();
+  }
+  ++calls_.set_access;
+  if (auto st = backend_.set_access(address(*s), kPage); !st.ok()) {
+    (void)unmap_run(*s, 1);
+    unmapped_.insert(*s, 1);
+    return st.error();
+  }
+  set_kind(*s, 1, kind, owner);
+  return *s;
+}
+
 Status PagePool::release_idle(std::size_t n) {
   while (n > 0 && !idle_.empty()) {
     VALET_TRY(release(idle_.back()));

@@ -102,6 +102,12 @@ class PagePool {
   // free virtual space. On failure nothing changed.
   Status drop_alias(std::uint32_t s);
   std::uint32_t mappings_of(std::uint32_t s) const { return phys_[slots_[s].phys].mappings; }
+  // Shared tails: maps the physical page of slot `of` at a free slot of the arena too (map and
+  // set_access) and gives that slot `kind` and `owner`. On failure nothing changed.
+  Result<std::uint32_t> share_page(std::uint32_t of, SlotKind kind, std::uint32_t owner);
+  // Changes the kind and owner of a mapped slot (no driver call): a large object's last slot
+  // that could not be unmapped stays as an alias of the slab page sharing its page.
+  void retag(std::uint32_t s, SlotKind kind, std::uint32_t owner) { set_kind(s, 1, kind, owner); }
 
   // Brings the reserve into [low, high]: creates pages up to `low` (within the capacity) and
   // releases pages above `high` (down to the middle), at most `max_release` pages per call (so a

@@ -52,6 +52,8 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
   p->evacuating = false;
   p->descending = (id & 1u) != 0;
   p->aliases.clear();
+  p->tail_slot = kNoTail;
+  p->blocked = 0;
   p->bitmap.assign((p->capacity + 63) / 64, 0);
   // Bits past the capacity read as taken, so the search for a free slot never reaches them.
   if (p->capacity % 64) p->bitmap.back() = ~0ull << (p->capacity % 64);
@@ -115,6 +117,18 @@ void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
   --p->used;
   if (p->descending ? (i >> 6) > p->hint : (i >> 6) < p->hint) p->hint = i >> 6;
   rebucket(p);
+}
+
+void Slabs::block_tail(SlabPage* p, std::uint32_t tail_slot, std::uint32_t n) {
+  for (std::uint32_t i = 0; i < n; ++i) take_slot_at(p, i, kNoOwner);
+  p->tail_slot = tail_slot;
+  p->blocked = n;
+}
+
+void Slabs::unblock_tail(SlabPage* p) {
+  for (std::uint32_t i = 0; i < p->blocked; ++i) free_slot(p, i);
+  p->tail_slot = kNoTail;
+  p->blocked = 0;
 }
 
 bool disjoint(const SlabPage& a, const SlabPage& b) {

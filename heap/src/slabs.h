@@ -12,6 +12,11 @@
 // two pages filled the same way: this is what makes pairs meshable (Mesh randomizes for the same
 // reason; two-ended filling keeps the fast path a bit scan).
 //
+// Shared tails (docs/meshing.md): a slab page may be built on the physical page of a large
+// object's last page, whose bytes [r, 2 MiB) the object does not use. The page's own slot then
+// maps that physical page too, and its lowest slots, those overlapping [0, r), are "blocked":
+// taken, owned by nobody, until the large object lets go of the page.
+//
 // Pages of a class sit in Boost.Intrusive lists bucketed by occupancy, so the densest page with a
 // free slot is found in O(buckets) = O(1), and the sparsest pages (the compactor's candidates)
 // are known without a scan. Threading: everything here requires the heap lock.
@@ -32,6 +37,7 @@ inline constexpr std::uint32_t kNoOwner = 0;
 inline constexpr std::size_t kBuckets = 8;  // 0: empty ... 7: full
 // Virtual pages that may share one physical page (the page's own slot + its aliases).
 inline constexpr std::size_t kMaxSharers = 8;
+inline constexpr std::uint32_t kNoTail = ~0u;
 
 // Another virtual slot mapping a slab page's physical page, and how many live (or deferred, or
 // in-transit) objects are addressed through it.
@@ -55,11 +61,18 @@ struct SlabPage {
   bool descending = false;  // fills from the highest slot down
   std::vector<std::uint64_t> bitmap;
   std::vector<SlabAlias> aliases;
+  // Shared tail: the arena slot of the large object's last page whose physical page this page
+  // is built on (kNoTail: none), and how many low slots that object's bytes block.
+  std::uint32_t tail_slot = kNoTail;
+  std::uint32_t blocked = 0;
   std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
   boost::intrusive::list_member_hook<> hook;
 
   bool test(std::uint32_t i) const { return (bitmap[i >> 6] >> (i & 63)) & 1u; }
   std::size_t sharers() const { return 1 + aliases.size(); }
+  bool on_tail() const { return tail_slot != kNoTail; }
+  // No object lives here (blocked slots hold no object).
+  bool holds_no_object() const { return used == blocked; }
   SlabAlias* alias(std::uint32_t s) {
     for (auto& a : aliases)
       if (a.slot == s) return &a;
@@ -92,6 +105,10 @@ class Slabs {
   // Takes slot `i` of `page`. Precondition: it is free.
   void take_slot_at(SlabPage* page, std::uint32_t i, std::uint32_t owner);
   void free_slot(SlabPage* page, std::uint32_t i);
+  // Shared tails: blocks slots [0, n) (free now) for the large object at arena slot `tail_slot`,
+  // and frees them again when it lets go.
+  void block_tail(SlabPage* page, std::uint32_t tail_slot, std::uint32_t n);
+  void unblock_tail(SlabPage* page);
   // Takes a page out of its bucket for a compaction cycle: no allocation or move targets it, and
   // nothing but the cycle destroys it, until attach() (or destroy()).
   void detach(SlabPage* page);

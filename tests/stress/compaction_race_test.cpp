@@ -37,7 +37,9 @@ TEST(CompactionRace, FreeingTheLastObjectOfASkippedSourcePageDuringTheCopy) {
   std::vector<Handle> big;
   for (int i = 0; i < 48; ++i) big.push_back(*heap.allocate(128 * 1024));
   for (int i = 16; i < 48; ++i)
-    if (i != 16 && i != 32) ASSERT_TRUE(heap.free(big[i]).ok());
+    if (i != 16 && i != 32) {
+      ASSERT_TRUE(heap.free(big[i]).ok());
+    }
   auto pin_a = heap.pin(big[16]);
   auto pin_b = heap.pin(big[32]);
   ASSERT_TRUE(pin_a.ok() && pin_b.ok());

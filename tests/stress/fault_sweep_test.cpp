@@ -144,7 +144,9 @@ std::uint64_t run_with_fault(FaultOp op, std::uint64_t k, std::map<std::string, 
   Workload w(*hh.heap);
   w.run();
   const std::uint64_t calls = hh.faults->calls(op) - calls_before;
-  if (k) EXPECT_EQ(hh.faults->faults(op), 1u) << "the fault at call " << k << " never fired";
+  if (k) {
+    EXPECT_EQ(hh.faults->faults(op), 1u) << "the fault at call " << k << " never fired";
+  }
   hh.faults->disarm_all();
   for (const Obj& o : w.objects()) {
     EXPECT_EQ(mismatches(*hh.heap, o), 0u);

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "heap_test_util.h"
+#include "valet/fault_injection.h"
 
 namespace valet::test {
 namespace {
@@ -143,7 +144,8 @@ TEST(Compaction, EmergencyCompactionTurnsAnOomIntoSuccess) {
 }
 
 TEST(Compaction, PinsDuringAMoveSeeCompleteObjects) {
-  // Copies are slow (injected delay) so pins land while objects are in flight.
+  // Copies are slow (injected delay) so pins land while objects are being copied: each such pin
+  // cancels its object's move, and every pin reads a complete object.
   auto heap = make_heap();
   auto& host = host_of(*heap);
   auto kept = fragment(*heap, 32 * 12, 64 * 1024, 4, 6);
@@ -153,6 +155,7 @@ TEST(Compaction, PinsDuringAMoveSeeCompleteObjects) {
   std::thread reader([&] {
     std::mt19937_64 rng(7);
     while (!done.load()) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
       auto& o = kept[rng() % kept.size()];
       auto p = heap->pin(o.h);
       PatternRange r{p->address(), p->size(), o.seed};
@@ -176,7 +179,107 @@ TEST(Compaction, PinsDuringAMoveSeeCompleteObjects) {
   EXPECT_VALID(*heap);
 }
 
-TEST(Compaction, StreamPinDuringAMoveMakesTheStreamWait) {
+// A pin (host or stream) of an object whose copy is under way returns at once with the object
+// where it is, and that object's move is cancelled; a later cycle moves it.
+void pin_during_copy_cancels_the_move(const CompactRequest& request, bool stream_pin) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 256 * kMiB;
+  auto backend = open_backend(options);
+  ASSERT_TRUE(backend.ok());
+  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
+  auto* counting = faulty.get();  // counts the copy calls; injects nothing
+  auto& host = static_cast<BackendModel<HostBackend>&>(counting->inner()).impl();
+  auto created = Heap::create(std::move(faulty), host_config());
+  ASSERT_TRUE(created.ok());
+  Heap& heap = **created;
+  // Two pages of 64 KiB objects: the first keeps one object, the second (filled from its top
+  // end) keeps eight, so the cycle either evacuates or meshes the lone object.
+  std::vector<Handle> all;
+  for (int i = 0; i < 64; ++i) all.push_back(*heap.allocate(64 * 1024));
+  std::vector<Kept> kept;
+  for (int i = 0; i < 64; ++i) {
+    if (i == 0 || (i >= 32 && i < 40)) {
+      fill(heap, all[std::size_t(i)], seed_of(all[std::size_t(i)]));
+      kept.push_back({all[std::size_t(i)], seed_of(all[std::size_t(i)])});
+    } else {
+      ASSERT_TRUE(heap.free(all[std::size_t(i)]).ok());
+    }
+  }
+  const Handle lone = all[0];
+  const DevicePtr before = heap.pin(lone)->address();
+  const std::uint64_t copies = counting->calls(FaultOp::copy);
+  host.set_task_delay(std::chrono::seconds(2));
+  std::atomic<bool> finished{false};
+  Result<CompactionRecord> rec = make_error(Errc::internal, "not run");
+  std::thread cycle([&] {
+    rec = heap.compact(request);
+    finished = true;
+  });
+  // The cycle has claimed the object and queued its copy, which sleeps for two seconds.
+  while (counting->calls(FaultOp::copy) == copies) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  DevicePtr seen = 0;
+  Stream s{};
+  if (stream_pin) {
+    s = *host.create_stream();
+    auto p = heap.pin(lone, s);
+    ASSERT_TRUE(p.ok());
+    seen = p->address();
+    EXPECT_FALSE(finished.load()) << "the stream pin waited for the copy";
+    ASSERT_TRUE(p->release().ok());
+  } else {
+    auto p = heap.pin(lone);
+    ASSERT_TRUE(p.ok());
+    seen = p->address();
+    EXPECT_FALSE(finished.load()) << "the pin waited for the copy";
+  }
+  EXPECT_EQ(seen, before) << "a pin during the copy must get the object where it is";
+  cycle.join();
+  host.set_task_delay(std::chrono::microseconds(0));
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_EQ(rec->objects_moved, 0u);
+  EXPECT_EQ(rec->pages_meshed, 0u);
+  EXPECT_GE(rec->objects_skipped, 1u);
+  EXPECT_VALID(heap);
+  EXPECT_EQ(heap.pin(lone)->address(), before);
+  for (const auto& k : kept) EXPECT_EQ(mismatches(heap, k.h, k.seed), 0u);
+  // Nothing pins it now: the next cycle moves (or meshes) it.
+  if (stream_pin) {
+    ASSERT_TRUE(host.synchronize_stream(s).ok());
+  }
+  auto again = heap.compact(request);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->objects_moved + again->pages_meshed, 1u);
+  EXPECT_VALID(heap);
+  for (const auto& k : kept) EXPECT_EQ(mismatches(heap, k.h, k.seed), 0u);
+  if (stream_pin) {
+    ASSERT_TRUE(host.destroy_stream(s).ok());
+  }
+}
+
+CompactRequest evacuate_only() {
+  CompactRequest r;
+  r.mesh = false;
+  return r;
+}
+
+CompactRequest mesh_only() {
+  CompactRequest r;
+  r.evacuate = false;
+  return r;
+}
+
+TEST(Compaction, APinDuringTheCopyCancelsTheMoveWithoutWaiting) {
+  pin_during_copy_cancels_the_move(evacuate_only(), false);
+}
+TEST(Compaction, AStreamPinDuringTheCopyCancelsTheMoveWithoutWaiting) {
+  pin_during_copy_cancels_the_move(evacuate_only(), true);
+}
+TEST(Compaction, APinDuringAMeshCopyCancelsThePairWithoutWaiting) {
+  pin_during_copy_cancels_the_move(mesh_only(), false);
+}
+
+TEST(Compaction, StreamPinsDuringAMoveSeeCompleteObjects) {
   auto heap = make_heap();
   auto& host = host_of(*heap);
   auto kept = fragment(*heap, 32 * 6, 64 * 1024, 4, 8);

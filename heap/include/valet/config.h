@@ -27,10 +27,14 @@ struct Config {
   // A background thread keeps the reserve between its watermarks. Off: refill and trim happen
   // inline (on allocation and free) and in maintain().
   bool background_reserve = true;
-  // Bytes one compaction batch copies at most (one copy, one fence). A pin that meets a move
-  // waits for one batch at most, so this bounds pin waits: 0 picks 64 MiB on a GPU (tens of
-  // microseconds of copy) and 2 MiB on the host emulation (a memcpy of ~0.5 ms).
+  // Bytes one compaction batch copies at most (one copy, one event). Pins never wait for a copy
+  // (they cancel the move of their object); the batch bounds the work a cancelled move wastes
+  // and how long a free of a moving object waits: 0 picks 64 MiB on a GPU (tens of microseconds
+  // of copy) and 2 MiB on the host emulation (a memcpy of ~0.5 ms).
   std::size_t move_batch_bytes = 0;
+  // Shared tails: new slab pages are built on the unused part of large objects' last pages
+  // (docs/meshing.md). Off: every slab page has a physical page of its own.
+  bool share_tails = true;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
   // Host backend only: delay injected before each queued copy/fill (ordering tests).

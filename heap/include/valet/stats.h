@@ -22,7 +22,7 @@ struct CompactionRecord {
   std::uint64_t pages_freed = 0;     // slab pages emptied by evacuation, given back (reserve or backend)
   std::uint64_t pages_meshed = 0;    // pages meshed onto another: each gave its physical page back
   std::uint64_t bytes_meshed = 0;    // bytes copied by meshing (addresses unchanged)
-  std::uint64_t objects_skipped = 0; // candidates left in place: pinned, unpin pending, or moving
+  std::uint64_t objects_skipped = 0; // left in place: pinned, unpin pending, moving, or a pin cancelled the move
   std::uint64_t duration_ns = 0;
   std::uint64_t longest_pin_wait_ns = 0;  // longest wait a pin saw on this cycle's moves
 };
@@ -60,7 +60,10 @@ struct PageInfo {
   std::uint32_t used_slots = 0;        // slab, meshed: objects on the physical page (all sharers)
   std::uint32_t total_slots = 0;
   std::uint32_t through_this = 0;      // slab, meshed: objects addressed through this slot
-  std::uint64_t maps_page_of = 0;      // meshed: the slab slot whose physical page this maps
+  std::uint64_t maps_page_of = 0;      // meshed: the slab slot whose physical page this maps;
+                                       // slab with blocked_slots: the large object's last slot
+  std::uint32_t blocked_slots = 0;     // slab on a large object's last page (shared tail): its
+                                       // low slots holding that object's bytes (in used_slots)
   std::uint32_t sharers = 1;           // virtual slots mapping this slot's physical page
   std::uint64_t used_bytes = 0;        // large: bytes of the object inside this page
 };
@@ -79,7 +82,8 @@ struct HeapStats {
   struct Pages {
     // slab: slab pages (each with its own physical page); meshed: further virtual pages mapping
     // a slab page's physical page (aliases left by meshing, no memory of their own).
-    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0;
+    // shared_tails: slab pages built on a large object's last page (no memory of their own).
+    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.

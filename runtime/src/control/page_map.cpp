@@ -18,11 +18,13 @@ nlohmann::json page_map_json(const HeapStats& s, const std::vector<PageInfo>& ma
         j["slots"] = p.total_slots;
         j["objects_here"] = p.through_this;
         j["sharers"] = p.sharers;
-        if (p.kind == PageKind::meshed) j["maps_page_of"] = p.maps_page_of;
+        if (p.kind == PageKind::meshed || p.blocked_slots) j["maps_page_of"] = p.maps_page_of;
+        if (p.blocked_slots) j["blocked_slots"] = p.blocked_slots;
         break;
       case PageKind::large:
         j["occupancy"] = page_bytes ? double(p.used_bytes) / double(page_bytes) : 0.0;
         j["used_bytes"] = p.used_bytes;
+        j["sharers"] = p.sharers;
         break;
       case PageKind::reserve: j["occupancy"] = 0.0; break;
     }

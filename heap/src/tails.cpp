@@ -1,0 +1,162 @@
+// Shared tails: a large object of k pages uses bytes [0, r) of its last page; the rest of that
+// physical page would be mapped and wasted for the object's whole life. Instead a new slab page
+// is built on it: the page is mapped at a second arena slot (the slab page's own slot) and the
+// slab's slots overlapping [0, r) are blocked. No byte is copied and no address changes; the
+// physical page is counted once (docs/meshing.md, "Shared tails").
+//
+// The link lives in two places: `open_tails` lists large objects whose last page could host a
+// slab page, `shared_tails` those whose last page one does (and the slab page's `tail_slot`
+// names the large object's last slot). Either side may go first:
+//   - the slab page empties: its own slot is unmapped (the large object keeps the page) and the
+//     tail is open again;
+//   - the large object is freed: its last slot is unmapped (the slab page keeps the page) and
+//     the blocked slots are freed;
+//   - the large object is resized: the slab page's objects move to a page of their own first
+//     (unshare_tail), or, if they cannot, the resize copies the object to unshared pages.
+#include "heap_core.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+
+namespace {
+
+// A last page with less room than this is not worth two driver calls and a slab page.
+constexpr std::uint32_t kMinTailRoom = std::uint32_t{256} << 10;
+
+std::uint32_t last_slot(const Location& loc) { return loc.page + loc.pages - 1; }
+
+}  // namespace
+
+void HeapCore::open_tail(const Location& loc, std::size_t bytes) {
+  if (loc.kind != ObjectKind::large || !config.share_tails) return;
+  const std::uint64_t used = bytes - std::uint64_t(loc.pages - 1) * kPageSize;
+  if (kPageSize - used >= kMinTailRoom) open_tails[last_slot(loc)] = std::uint32_t(used);
+}
+
+SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
+  if (open_tails.empty()) return nullptr;
+  // The roomiest tail (linear: there are as many as large objects, a few hundred at most in
+  // serving workloads, and a slab page is created far less often than an object).
+  auto best = open_tails.begin();
+  for (auto it = open_tails.begin(); it != open_tails.end(); ++it)
+    if (it->second < best->second) best = it;
+  const std::uint32_t size = std::uint32_t(class_size(cls));
+  const std::uint32_t blocked = (best->second + size - 1) / size;
+  if (blocked >= class_slots(cls)) return nullptr;
+  const std::uint32_t tail = best->first;
+  auto slot = pool.share_page(tail, SlotKind::slab, 0);
+  if (!slot.ok()) return nullptr;  // the caller takes a page of its own
+  SlabPage* page = slabs.create(cls, *slot);
+  pool.slot(*slot).owner = page->id;
+  slabs.block_tail(page, tail, blocked);
+  open_tails.erase(best);
+  shared_tails[tail] = page->id;
+  return page;
+}
+
+void HeapCore::release_large(const Location& loc) {
+  const std::uint32_t tail = last_slot(loc);
+  open_tails.erase(tail);
+  const auto it = shared_tails.find(tail);
+  if (it == shared_tails.end()) {
+    pool.give_back(loc.page, loc.pages);
+    return;
+  }
+  SlabPage* p = slabs.page(it->second);
+  shared_tails.erase(it);
+  if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
+  // The slab page keeps the physical page. If the last slot cannot be unmapped now it stays as
+  // an alias of the slab page with no users, unmapped when the page retires.
+  if (!pool.drop_alias(tail).ok()) {
+    pool.retag(tail, SlotKind::slab, p->id);
+    p->aliases.push_back({tail, 0});
+  }
+  slabs.unblock_tail(p);
+  if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
+}
+
+bool HeapCore::release_tail_page(SlabPage* p) {
+  if (!pool.drop_alias(p->slot).ok()) return false;
+  const std::uint32_t tail = p->tail_slot;
+  shared_tails.erase(tail);
+  slabs.unblock_tail(p);
+  // Open again for the next slab page, unless the object is already freed (a deferred free).
+  const std::uint32_t owner = pool.slot(tail).owner;
+  if (const HandleEntry* e = owner ? handles.get(owner) : nullptr;
+      e && (e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::large &&
+      last_slot(e->loc) == tail)
+    open_tail(e->loc, e->size);
+  return true;
+}
+
+Status HeapCore::unshare_tail(std::uint32_t tail) {
+  SlabPage* p = slabs.page(shared_tails.at(tail));
+  if (!p->aliases.empty() || p->evacuating)
+    return make_error(Errc::unsupported, "unshare: the slab page on the tail is meshed or being compacted");
+  if (table_blocks_moves()) return make_error(Errc::pinned, "unshare: the device handle table is pinned");
+  // The page's objects are claimed for the whole operation (a pin waits: one page's copy and a
+  // remap, as for meshing; this runs only when a large object with a shared tail is resized).
+  std::vector<HandleEntry*> objects;
+  std::vector<std::uint32_t> index;
+  for (std::uint32_t i = p->blocked; i < p->capacity; ++i) {
+    if (!p->test(i)) continue;
+    HandleEntry* e = p->owners[i] == kNoOwner ? nullptr : handles.get(p->owners[i]);
+    if (!e || !try_begin_move(e)) {
+      for (HandleEntry* c : objects) end_move(c);
+      return make_error(Errc::pinned, "unshare: an object of the slab page on the tail is pinned or in use");
+    }
+    objects.push_back(e);
+    index.push_back(i);
+  }
+  auto end_all = [&] {
+    for (HandleEntry* e : objects) end_move(e);
+  };
+  auto spare = pool.take_page(SlotKind::slab, p->id);
+  if (!spare.ok()) {
+    end_all();
+    return spare.error();
+  }
+  // Copy the objects to the same offsets of a page of their own, then map that page at the slab
+  // page's slot in place of the shared one: addresses do not change.
+  const std::size_t size = class_size(p->cls);
+  std::vector<CopyRange> copies;
+  for (std::size_t k = 0; k < objects.size(); ++k)
+    copies.push_back({pool.address(p->slot) + DevicePtr(index[k]) * size, pool.address(*spare) + DevicePtr(index[k]) * size,
+                      objects[k]->size});
+  Status st = copies.empty() ? Status{} : backend->copy(copies, work_stream);
+  if (st.ok()) st = backend->synchronize_stream(work_stream);
+  if (!st.ok()) {
+    pool.give_back(*spare, 1);
+    end_all();
+    return st;
+  }
+  auto plan = pool.plan_remap(p->slot, *spare);
+  const Status remapped = pool.remap_calls(plan);
+  if (!remapped.ok() && !plan.lost) {
+    pool.count_calls(plan);
+    pool.give_back(*spare, 1);
+    end_all();
+    return remapped;
+  }
+  if (plan.lost) {
+    // The slot maps nothing now; the objects' bytes are in the spare page at the same offsets:
+    // it becomes the page's slot and the objects are repointed (nobody holds a pin).
+    pool.forget_slot(plan);
+    p->slot = *spare;
+    for (HandleEntry* e : objects) {
+      e->loc.page = *spare;
+      e->address.store(address_of(e->loc), std::memory_order_release);
+    }
+    ++table_version;
+  } else {
+    pool.commit_remap(plan);
+    // The spare slot maps the new page too: unmapped now, or kept as an alias with no users.
+    if (!pool.drop_alias(*spare).ok()) p->aliases.push_back({*spare, 0});
+  }
+  shared_tails.erase(tail);
+  slabs.unblock_tail(p);
+  end_all();
+  return {};
+}
+
+}  // namespace valet::detail

@@ -1,0 +1,282 @@
+// Shared tails on the host backend: slab pages built on the unused part of a large object's last
+// page. Every test writes patterns, shares, frees, resizes, and reads the same bytes back (at the
+// same raw addresses where the design promises them).
+#include <algorithm>
+
+#include "heap_test_util.h"
+#include "valet/fault_injection.h"
+
+namespace valet::test {
+namespace {
+
+constexpr std::size_t kSmall = 64 * 1024;  // a 64 KiB class: 32 slots a page
+
+struct Obj {
+  Handle h;
+  std::uint64_t seed;
+  DevicePtr address;
+  std::size_t size;
+};
+
+Obj make(Heap& heap, std::size_t bytes) {
+  auto h = heap.allocate(bytes);
+  EXPECT_TRUE(h.ok()) << h.error().to_string();
+  const std::uint64_t seed = seed_of(*h);
+  fill(heap, *h, seed);
+  return {*h, seed, heap.pin(*h)->address(), bytes};
+}
+
+std::uint64_t raw_mismatches(Heap& heap, const std::vector<Obj>& objs) {
+  std::vector<PatternRange> r;
+  for (const auto& o : objs) r.push_back({o.address, o.size, o.seed});
+  auto bad = heap.backend().verify_pattern(r, Stream{});
+  EXPECT_TRUE(bad.ok());
+  return bad.ok() ? *bad : ~0ull;
+}
+
+const PageInfo* page_at(const std::vector<PageInfo>& map, std::uint64_t slot) {
+  auto it = std::find_if(map.begin(), map.end(), [&](const PageInfo& p) { return p.slot == slot; });
+  return it == map.end() ? nullptr : &*it;
+}
+
+// A large object using 512 KiB of its last page, then `n` small objects: the first slab page of
+// their class is built on the large object's last page.
+struct Shared {
+  Obj large;
+  std::vector<Obj> small;
+};
+
+Shared share(Heap& heap, std::size_t n) {
+  Shared s;
+  s.large = make(heap, 2 * kPage + 512 * 1024);
+  for (std::size_t i = 0; i < n; ++i) s.small.push_back(make(heap, kSmall));
+  return s;
+}
+
+TEST(SharedTails, ASlabPageIsBuiltOnALargeObjectsLastPage) {
+  auto heap = make_heap();
+  auto s = share(*heap, 20);
+  const auto stats = heap->stats();
+  EXPECT_EQ(stats.pages.shared_tails, 1u);
+  EXPECT_VALID(*heap);
+  // The large object's bytes and every small object's bytes, at their raw addresses.
+  std::vector<Obj> all = s.small;
+  all.push_back(s.large);
+  EXPECT_EQ(raw_mismatches(*heap, all), 0u);
+  // The slab page blocks the slots under the object's 512 KiB (8 of 32) and maps its last page.
+  const auto map = heap->page_map();
+  const PageInfo* slab = nullptr;
+  for (const auto& p : map)
+    if (p.kind == PageKind::slab && p.blocked_slots > 0) slab = &p;
+  ASSERT_NE(slab, nullptr);
+  EXPECT_EQ(slab->blocked_slots, 8u);
+  EXPECT_EQ(slab->used_slots, 8u + 20u);
+  EXPECT_EQ(slab->sharers, 2u);
+  const PageInfo* tail = page_at(map, slab->maps_page_of);
+  ASSERT_NE(tail, nullptr);
+  EXPECT_EQ(tail->kind, PageKind::large);
+  EXPECT_EQ(tail->sharers, 2u);
+  EXPECT_EQ(tail->used_bytes, 512u * 1024);
+}
+
+TEST(SharedTails, SharingSavesThePhysicalPage) {
+  Config off = host_config();
+  off.share_tails = false;
+  auto plain = make_heap(off);
+  auto shared = make_heap();
+  auto a = share(*plain, 20);
+  auto b = share(*shared, 20);
+  const auto sa = plain->stats(), sb = shared->stats();
+  EXPECT_EQ(sa.pages.shared_tails, 0u);
+  // Same objects, one physical page fewer (the reserve is refilled alike in both heaps).
+  EXPECT_EQ((sa.mapped_bytes - sa.reserve_bytes) - (sb.mapped_bytes - sb.reserve_bytes), kPage);
+  EXPECT_VALID(*plain);
+  EXPECT_VALID(*shared);
+}
+
+TEST(SharedTails, FreeingTheLargeObjectLeavesTheSlabPageWhole) {
+  auto heap = make_heap();
+  auto s = share(*heap, 20);
+  ASSERT_TRUE(heap->free(s.large.h).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  EXPECT_EQ(raw_mismatches(*heap, s.small), 0u);
+  // The blocked slots are free again: the page takes 12 more objects, and nothing overlaps.
+  for (int i = 0; i < 12; ++i) s.small.push_back(make(*heap, kSmall));
+  const auto map = heap->page_map();
+  std::size_t full_pages = 0;
+  for (const auto& p : map)
+    if (p.kind == PageKind::slab && p.used_slots == p.total_slots) ++full_pages;
+  EXPECT_EQ(full_pages, 1u);
+  EXPECT_EQ(raw_mismatches(*heap, s.small), 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(SharedTails, AnEmptiedSlabPageLeavesTheTailAndTheTailIsReused) {
+  auto heap = make_heap();
+  auto s = share(*heap, 4);
+  // A second page of another class first, so the emptied tail page is not the class's last page.
+  auto other = make(*heap, 8 * 1024);
+  for (const auto& o : s.small) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+  // The only page of the class stays (against allocate/free ping-pong) ...
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  // ... until another page of the class exists.
+  std::vector<Obj> more;
+  for (int i = 0; i < 40; ++i) more.push_back(make(*heap, kSmall));
+  for (const auto& o : more) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(raw_mismatches(*heap, {s.large, other}), 0u);
+  ASSERT_TRUE(heap->free(other.h).ok());
+  ASSERT_TRUE(heap->free(s.large.h).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(heap->stats().live_bytes, 0u);
+}
+
+TEST(SharedTails, TheTailOpensAgainWhenItsSlabPageRetires) {
+  auto heap = make_heap();
+  auto large = make(*heap, 3 * kPage + 256 * 1024);
+  // Two pages of the 64 KiB class; the first is on the tail. Emptying it retires it (another
+  // page of the class remains) and the next new slab page, of any class, takes the tail again.
+  std::vector<Obj> first, second;
+  for (int i = 0; i < 28; ++i) first.push_back(make(*heap, kSmall));  // 4 blocked + 28 = full
+  for (int i = 0; i < 3; ++i) second.push_back(make(*heap, kSmall));
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  for (const auto& o : first) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  EXPECT_VALID(*heap);
+  auto fresh = make(*heap, 32 * 1024);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  second.push_back(fresh);
+  second.push_back(large);
+  EXPECT_EQ(raw_mismatches(*heap, second), 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(SharedTails, GrowingAnObjectUnsharesItsTailFirst) {
+  auto heap = make_heap();
+  auto s = share(*heap, 20);
+  const auto before = heap->stats();
+  ASSERT_TRUE(heap->resize(s.large.h, 4 * kPage + 100).ok());
+  EXPECT_VALID(*heap);
+  // The slab page moved to a page of its own: small objects keep their addresses and bytes.
+  EXPECT_EQ(raw_mismatches(*heap, s.small), 0u);
+  for (const auto& o : s.small) EXPECT_EQ(heap->pin(o.h)->address(), o.address);
+  // The large object kept its first bytes.
+  EXPECT_EQ(mismatches(*heap, s.large.h, s.large.seed, s.large.size), 0u);
+  const auto after = heap->stats();
+  EXPECT_EQ(after.pages.shared_tails, 0u);
+  EXPECT_EQ(after.ops.resize, before.ops.resize + 1);
+  // Shrinking back: the object's last page is open to sharing again.
+  ASSERT_TRUE(heap->resize(s.large.h, 2 * kPage + 300 * 1024).ok());
+  auto next = make(*heap, 16 * 1024);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  EXPECT_EQ(mismatches(*heap, s.large.h, s.large.seed, 2 * kPage + 300 * 1024), 0u);
+  EXPECT_EQ(raw_mismatches(*heap, {next}), 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(SharedTails, GrowingWhileASharerIsPinnedCopiesTheObjectInstead) {
+  auto heap = make_heap();
+  auto s = share(*heap, 20);
+  auto held = heap->pin(s.small[3].h);
+  ASSERT_TRUE(held.ok());
+  ASSERT_TRUE(heap->resize(s.large.h, 3 * kPage).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(mismatches(*heap, s.large.h, s.large.seed, s.large.size), 0u);
+  EXPECT_EQ(raw_mismatches(*heap, s.small), 0u);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u) << "the old last page stays with the slab page";
+  held->reset();
+  EXPECT_VALID(*heap);
+}
+
+TEST(SharedTails, ALargeObjectResizedToASlabObjectLetsGoOfItsTail) {
+  auto heap = make_heap();
+  auto s = share(*heap, 10);
+  ASSERT_TRUE(heap->resize(s.large.h, 100 * 1024).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  EXPECT_EQ(mismatches(*heap, s.large.h, s.large.seed, 100 * 1024), 0u);
+  EXPECT_EQ(raw_mismatches(*heap, s.small), 0u);
+}
+
+TEST(SharedTails, CompactionKeepsTailPagesAndBytes) {
+  auto heap = make_heap();
+  std::vector<Obj> larges, small;
+  for (int i = 0; i < 6; ++i) larges.push_back(make(*heap, kPage + std::size_t(i + 1) * 128 * 1024));
+  for (int i = 0; i < 200; ++i) small.push_back(make(*heap, 48 * 1024));
+  EXPECT_GT(heap->stats().pages.shared_tails, 0u);
+  // Free most small objects so that pages are sparse, then compact (evacuation and meshing).
+  std::vector<Obj> kept;
+  for (std::size_t i = 0; i < small.size(); ++i) {
+    if (i % 7 == 0)
+      kept.push_back(small[i]);
+    else
+      ASSERT_TRUE(heap->free(small[i].h).ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto rec = heap->compact();
+    ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+    EXPECT_VALID(*heap);
+  }
+  for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  for (const auto& o : larges) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  for (const auto& o : larges) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+  for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+}
+
+// Every map, unmap, set_access and copy of sharing, freeing and unsharing fails once in turn:
+// the heap stays valid and no byte is lost.
+TEST(SharedTails, DriverFailuresLoseNothing) {
+  for (FaultOp op : {FaultOp::map, FaultOp::unmap, FaultOp::set_access, FaultOp::copy, FaultOp::create_page}) {
+    for (std::uint64_t k = 1; k <= 4; ++k) {
+      BackendOptions options;
+      options.choice = BackendChoice::host;
+      options.host_capacity = 256 * kMiB;
+      auto backend = open_backend(options);
+      ASSERT_TRUE(backend.ok());
+      auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
+      auto* fi = faulty.get();
+      auto created = Heap::create(std::move(faulty), host_config());
+      ASSERT_TRUE(created.ok());
+      Heap& heap = **created;
+      fi->fail_nth(op, k);
+      std::vector<Obj> objs;
+      auto large = heap.allocate(2 * kPage + 512 * 1024);
+      std::vector<Handle> smalls;
+      for (int i = 0; i < 20; ++i) {
+        auto h = heap.allocate(kSmall);
+        if (h.ok()) smalls.push_back(*h);
+      }
+      fi->disarm_all();
+      EXPECT_VALID(heap);
+      // Patterns now (fills use copies of their own), then share-resize-free under a new fault.
+      std::vector<Kept> kept;
+      for (Handle h : smalls) {
+        fill(heap, h, seed_of(h));
+        kept.push_back({h, seed_of(h)});
+      }
+      if (large.ok()) {
+        fill(heap, *large, seed_of(*large));
+        fi->fail_nth(op, k);
+        (void)heap.resize(*large, 3 * kPage + 4096);
+        fi->disarm_all();
+        EXPECT_VALID(heap);
+        EXPECT_EQ(mismatches(heap, *large, seed_of(*large), 2 * kPage + 512 * 1024), 0u) << fault_op_name(op) << " #" << k;
+      }
+      for (const auto& o : kept) EXPECT_EQ(mismatches(heap, o.h, o.seed), 0u) << fault_op_name(op) << " #" << k;
+      fi->fail_nth(op, k);
+      if (large.ok()) (void)heap.free(*large);
+      fi->disarm_all();
+      EXPECT_VALID(heap);
+      for (const auto& o : kept) EXPECT_EQ(mismatches(heap, o.h, o.seed), 0u) << fault_op_name(op) << " #" << k;
+      for (const auto& o : kept) ASSERT_TRUE(heap.free(o.h).ok());
+      EXPECT_VALID(heap);
+      ASSERT_TRUE(heap.shutdown().ok());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace valet::test
