@@ -48,7 +48,13 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   // Meshing first: it frees pages without changing any address.
   const Status meshed = req.mesh ? mesh_locked(lock, pages_left, bytes_left, rec) : Status{};
   std::vector<SlabPage*> sources;
-  if (req.evacuate) sources = choose_sources(req.max_occupancy, pages_left, bytes_left);
+  if (req.evacuate) {
+    // Pages whose objects fit the unused bytes of large objects' last pages go first: each frees
+    // a page whatever its occupancy. Then the sparsest pages of each class.
+    if (config.share_tails) choose_tail_sources(sources, pages_left, bytes_left);
+    const auto sparse = choose_sources(req.max_occupancy, pages_left, bytes_left);
+    sources.insert(sources.end(), sparse.begin(), sparse.end());
+  }
   const Status evacuated = evacuate(lock, sources, rec);
   for (SlabPage* p : sources) {
     if (p->used == 0 && retire_slab(p))

@@ -140,6 +140,15 @@ struct HeapCore {
   // changed) when its objects cannot all be claimed or a driver call fails.
   void open_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
+  SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot);
+  // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
+  // lie above that tail's bytes) for mesh_locked, within the budgets.
+  void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  // Evacuation onto tails: for open tails, the cheapest slab pages to empty whose objects fit a
+  // new slab page on the tail (made now); the pages are detached and added to `sources`.
+  void choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  // Bytes below a slab page's lowest taken slot (0 for a page that cannot move onto a tail).
+  static std::uint32_t low_free_bytes(const SlabPage& p);
   void release_large(const Location& loc);
   bool release_tail_page(SlabPage* p);
   Status unshare_tail(std::uint32_t tail_slot);

@@ -23,6 +23,7 @@ const char* trigger_name(CompactionTrigger t) {
     case CompactionTrigger::reserve_low: return "reserve_low";
     case CompactionTrigger::idle: return "idle";
     case CompactionTrigger::safepoint: return "safepoint";
+    case CompactionTrigger::tails: return "tails";
   }
   return "?";
 }
@@ -67,7 +68,19 @@ std::vector<ClassOccupancy> Heap::occupancy() const {
     out[k].class_size = std::uint32_t(detail::class_size(k));
     out[k].slots_per_page = detail::class_slots(k);
   }
-  c.slabs.for_each_page([&](const detail::SlabPage& p) { out[p.cls].used.push_back(p.used); });
+  // Pages on tails are left out: emptying them frees nothing (and their blocked slots are not
+  // objects), so planners must not count them as candidates.
+  c.slabs.for_each_page([&](const detail::SlabPage& p) {
+    if (!p.on_tail()) out[p.cls].used.push_back(p.used);
+  });
+  return out;
+}
+
+std::vector<std::uint32_t> Heap::open_tail_bytes() const {
+  const auto& c = *core_;
+  std::lock_guard lock(c.mu);
+  std::vector<std::uint32_t> out;
+  for (const auto& [slot, used] : c.open_tails) out.push_back(used);
   return out;
 }
 

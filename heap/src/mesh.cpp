@@ -72,6 +72,9 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
                              std::uint64_t& bytes_left, CompactionRecord& rec) {
   std::vector<MeshPair> pairs;
   std::vector<SlabPage*> asc, desc;
+  // Slab pages onto large objects' tails first: each pair frees a page without needing a
+  // second sparse page of the class.
+  if (config.share_tails) pair_with_tails(pairs, pages_left, bytes_left);
   // Deterministic per cycle, different across cycles.
   std::mt19937 rng(std::uint32_t(compaction.cycles * 2654435761u + 12345u));
   for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0; ++cls) {

@@ -13,6 +13,8 @@
 //     the blocked slots are freed;
 //   - the large object is resized: the slab page's objects move to a page of their own first
 //     (unshare_tail), or, if they cannot, the resize copies the object to unshared pages.
+#include <algorithm>
+
 #include "heap_core.h"
 #include "size_classes.h"
 
@@ -40,18 +42,71 @@ SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
   auto best = open_tails.begin();
   for (auto it = open_tails.begin(); it != open_tails.end(); ++it)
     if (it->second < best->second) best = it;
+  return slab_on_tail_at(cls, best->first);
+}
+
+SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
+  const auto open = open_tails.find(tail);
   const std::uint32_t size = std::uint32_t(class_size(cls));
-  const std::uint32_t blocked = (best->second + size - 1) / size;
+  const std::uint32_t blocked = (open->second + size - 1) / size;
   if (blocked >= class_slots(cls)) return nullptr;
-  const std::uint32_t tail = best->first;
   auto slot = pool.share_page(tail, SlotKind::slab, 0);
   if (!slot.ok()) return nullptr;  // the caller takes a page of its own
   SlabPage* page = slabs.create(cls, *slot);
   pool.slot(*slot).owner = page->id;
   slabs.block_tail(page, tail, blocked);
-  open_tails.erase(best);
+  open_tails.erase(open);
   shared_tails[tail] = page->id;
   return page;
+}
+
+std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
+  if (p.on_tail() || !p.aliases.empty() || p.used == 0) return 0;
+  std::uint32_t w = 0;
+  while (p.bitmap[w] == 0) ++w;  // a slot is taken, so the scan stops inside the bitmap
+  const std::uint32_t first = w * 64 + std::uint32_t(__builtin_ctzll(p.bitmap[w]));
+  return std::uint32_t(std::min<std::size_t>(first, p.capacity) * class_size(p.cls));
+}
+
+void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
+  if (open_tails.empty() || pages_left == 0) return;
+  // Candidates: partly used slab pages of their own whose objects all lie above some tail's
+  // bytes, by that free low span. Full pages have no free slot; empty ones nothing to move.
+  struct Candidate {
+    std::uint32_t low_free;
+    SlabPage* page;
+  };
+  std::vector<Candidate> candidates;
+  for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
+    for (std::size_t b = 1; b + 1 < kBuckets; ++b)
+      for (auto& p : slabs.bucket(cls, b))
+        if (const std::uint32_t lf = low_free_bytes(p); lf > 0) candidates.push_back({lf, const_cast<SlabPage*>(&p)});
+  if (candidates.empty()) return;
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) { return a.low_free < b.low_free; });
+  // The fullest tails first; each takes the candidate with the least room to spare that fits.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> tails;  // (bytes used, last slot)
+  for (const auto& [slot, used] : open_tails) tails.push_back({used, slot});
+  std::sort(tails.rbegin(), tails.rend());
+  std::vector<bool> taken(candidates.size(), false);
+  for (const auto& [used, tail] : tails) {
+    if (pages_left == 0) break;
+    auto it = std::lower_bound(candidates.begin(), candidates.end(), used,
+                               [](const Candidate& c, std::uint32_t v) { return c.low_free < v; });
+    for (auto k = std::size_t(it - candidates.begin()); k < candidates.size(); ++k) {
+      SlabPage* src = candidates[k].page;
+      const std::uint64_t bytes = std::uint64_t(src->used) * class_size(src->cls);
+      if (taken[k] || bytes > bytes_left) continue;
+      SlabPage* dst = slab_on_tail_at(src->cls, tail);
+      if (!dst) break;
+      taken[k] = true;
+      slabs.detach(dst);
+      slabs.detach(src);
+      bytes_left -= bytes;
+      --pages_left;
+      pairs.push_back({dst, src, {}, 0});
+      break;
+    }
+  }
 }
 
 void HeapCore::release_large(const Location& loc) {
@@ -87,6 +142,41 @@ bool HeapCore::release_tail_page(SlabPage* p) {
       last_slot(e->loc) == tail)
     open_tail(e->loc, e->size);
   return true;
+}
+
+void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
+  if (open_tails.empty() || pages_left == 0) return;
+  // The fullest tails first (they fit fewest pages); each takes, over all classes, the cheapest
+  // page to empty whose objects fit the slots a slab page on that tail would have.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> tails;  // (bytes used, last slot)
+  for (const auto& [slot, used] : open_tails) tails.push_back({used, slot});
+  std::sort(tails.rbegin(), tails.rend());
+  for (const auto& [used, tail] : tails) {
+    if (pages_left == 0) break;
+    SlabPage* best = nullptr;
+    std::uint64_t best_bytes = 0;
+    for (std::uint32_t cls = 0; cls < kClassCount; ++cls) {
+      const std::uint64_t size = class_size(cls);
+      const std::uint32_t blocked = std::uint32_t((used + size - 1) / size);
+      if (blocked >= class_slots(cls)) continue;
+      const std::uint32_t room = class_slots(cls) - blocked;
+      for (std::size_t b = 1; b < kBuckets; ++b)
+        for (auto& p : slabs.bucket(cls, b)) {
+          const std::uint64_t bytes = std::uint64_t(p.used) * size;
+          if (p.on_tail() || p.used > room || bytes > bytes_left || (best && bytes >= best_bytes)) continue;
+          best = const_cast<SlabPage*>(&p);
+          best_bytes = bytes;
+        }
+    }
+    if (!best) continue;
+    // The new page on the tail takes the source's objects (or others of the class: evacuation
+    // fills the densest pages first; the class has the room either way).
+    if (!slab_on_tail_at(best->cls, tail)) continue;
+    slabs.detach(best);
+    sources.push_back(best);
+    bytes_left -= best_bytes;
+    --pages_left;
+  }
 }
 
 Status HeapCore::unshare_tail(std::uint32_t tail) {

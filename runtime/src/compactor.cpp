@@ -50,6 +50,7 @@ struct Compactor::Impl {
     o.failed_allocations = s.ops.failed_allocations;
     o.free_pages = s.largest_allocatable_bytes / (std::size_t{2} << 20);
     o.classes = heap.occupancy();
+    o.open_tails = heap.open_tail_bytes();
     return o;
   }
 
@@ -78,6 +79,7 @@ struct Compactor::Impl {
       case CompactionTrigger::reserve_low: ++counters.reserve_low; break;
       case CompactionTrigger::idle: ++counters.idle; break;
       case CompactionTrigger::safepoint: ++counters.safepoints; break;
+      case CompactionTrigger::tails: ++counters.tails; break;
       default: break;
     }
     return std::optional<CompactionRecord>{*rec};

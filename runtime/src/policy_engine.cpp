@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "parallel.h"
 
@@ -55,6 +56,37 @@ std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const 
   return total;
 }
 
+Plan plan_tails(const std::vector<ClassOccupancy>& classes, const std::vector<std::uint32_t>& open_tails) {
+  Plan p{0, 0, 0};
+  if (open_tails.empty()) return p;
+  std::vector<std::multiset<std::uint32_t>> used(classes.size());  // non-empty pages per class
+  for (std::size_t k = 0; k < classes.size(); ++k)
+    for (auto u : classes[k].used)
+      if (u > 0) used[k].insert(u);
+  std::vector<std::uint32_t> tails = open_tails;
+  std::sort(tails.rbegin(), tails.rend());
+  for (std::uint32_t bytes : tails) {
+    std::size_t best = classes.size();
+    std::uint64_t best_bytes = 0;
+    for (std::size_t k = 0; k < classes.size(); ++k) {
+      const auto& c = classes[k];
+      if (used[k].empty() || c.class_size == 0) continue;
+      const std::uint64_t blocked = (bytes + c.class_size - 1) / c.class_size;
+      if (blocked >= c.slots_per_page || *used[k].begin() > c.slots_per_page - blocked) continue;
+      const std::uint64_t cost = std::uint64_t(*used[k].begin()) * c.class_size;
+      if (best == classes.size() || cost < best_bytes) {
+        best = k;
+        best_bytes = cost;
+      }
+    }
+    if (best == classes.size()) continue;
+    ++p.pages_freed;
+    p.bytes_moved += best_bytes;
+    used[best].erase(used[best].begin());
+  }
+  return p;
+}
+
 double slab_fragmentation(const std::vector<ClassOccupancy>& classes) {
   double slot_bytes = 0, page_bytes = 0;
   for (const auto& c : classes)
@@ -101,6 +133,10 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   } else if (st.alloc_rate < s.idle_allocs_per_second) {
     trigger = CompactionTrigger::idle;
   }
+  // Slab pages that can be emptied into large objects' unused last-page bytes free a page each,
+  // however full they are: worth a cycle of their own.
+  const Plan tails = s.evacuate ? plan_tails(obs.classes, obs.open_tails) : Plan{};
+  if (!trigger && tails.pages_freed >= s.min_reclaim_pages) trigger = CompactionTrigger::tails;
   if (!trigger) return std::nullopt;
 
   double budget = st.byte_tokens;
@@ -112,6 +148,21 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   const double speed = st.copy_bytes_per_ns > 0 ? st.copy_bytes_per_ns : kAssumedBytesPerNs;
   budget = std::min(budget, std::max(kPageBytes, double(s.max_pause_us) * 1e3 * speed));
   if (budget < 65536) return std::nullopt;
+
+  auto tails_decision = [&] {
+    Decision d;
+    d.trigger = CompactionTrigger::tails;
+    d.plan = tails;
+    d.request.max_bytes = std::uint64_t(budget);
+    d.request.max_pages = s.max_pages_per_cycle;
+    d.request.trigger = d.trigger;
+    d.request.mesh = s.mesh;
+    d.request.evacuate = true;
+    // Only the tails' sources: no sparse-page evacuation (nothing is that sparse).
+    d.request.max_occupancy = 1e-6;
+    return d;
+  };
+  if (*trigger == CompactionTrigger::tails) return tails_decision();
 
   std::vector<double> levels;
   for (double l : {0.25, 0.5, s.max_occupancy})
@@ -127,7 +178,10 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   if (!chosen)
     for (const auto& p : plans)
       if (!chosen || p.pages_freed > chosen->pages_freed) chosen = &p;
-  if (!chosen || chosen->pages_freed < s.min_reclaim_pages) return std::nullopt;
+  if (!chosen || chosen->pages_freed < s.min_reclaim_pages) {
+    if (tails.pages_freed >= s.min_reclaim_pages) return tails_decision();
+    return std::nullopt;
+  }
 
   Decision d;
   d.trigger = (safepoint && *trigger != CompactionTrigger::reserve_low) ? CompactionTrigger::safepoint : *trigger;

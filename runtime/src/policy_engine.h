@@ -18,6 +18,7 @@ struct Observation {
   std::uint64_t failed_allocations = 0;   // ops.failed_allocations so far
   std::uint64_t free_pages = 0;           // pages a large request could get (reserve + uncreated)
   std::vector<ClassOccupancy> classes;    // slab pages per class
+  std::vector<std::uint32_t> open_tails;  // Heap::open_tail_bytes()
 };
 
 // One candidate plan: evacuate pages of occupancy <= max_occupancy.
@@ -31,6 +32,12 @@ struct Plan {
 // engine's own bounded task arena). Same greedy rule as the heap's evacuation: sparsest pages
 // first while the denser pages of the class have room for their objects.
 std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const std::vector<double>& levels);
+
+// Slab pages that can be emptied into slab pages on open tails (the unused bytes of large
+// objects' last pages): a greedy matching of tails (fullest first) to the cheapest page, of any
+// class, whose objects fit the slots a slab page on that tail would have. pages_freed: the pages
+// that would go; bytes_moved: their objects' slot bytes.
+Plan plan_tails(const std::vector<ClassOccupancy>& classes, const std::vector<std::uint32_t>& open_tails);
 
 // Fragmentation of the slab pages: 1 - bytes in slots / bytes of slab pages.
 double slab_fragmentation(const std::vector<ClassOccupancy>& classes);

@@ -2,7 +2,8 @@
 # One device call that measures what docs/benchmarks.md quotes, all on the same card in the same
 # session: the GPU tests, the serving example with valetctl, the benchmarks (fast path against
 # cuMemAllocAsync and with the compactor on/off, batched copy against device-to-device copy,
-# relocation by remapping against a copy) and the six traces.
+# relocation by remapping against a copy), the six traces (Valet, PyTorch native and expandable,
+# and on p23 and p24 a heap that never moves objects and meshing alone), and the p23 series.
 #
 #   tests/bench/gpu_session.sh BIN_DIR OUT_DIR TRACE_DIR [ANCHOR]
 #     BIN_DIR    a CUDA build's bin/ (valet-conformance, valet-gpu-tests, valet-serve, valetctl,
@@ -57,8 +58,15 @@ step bench-relocate 60 "$bin/valet-bench-relocate"
   for t in p23 p24; do
     echo "{\"trace\":\"$t\",\"run\":\"valet-no-compact\",\"result\":$("$bin/valet-replay" "$traces/$t.trace" \
       --backend cuda --pinners 1 --no-compact --json)}"
+    echo "{\"trace\":\"$t\",\"run\":\"valet-mesh-only\",\"result\":$("$bin/valet-replay" "$traces/$t.trace" \
+      --backend cuda --pinners 1 --policy evacuate=false --json)}"
   done
   if [ -n "$anchor" ]; then
+    # Mapped and live bytes over the steps of p23 (docs/benchmarks.md's plot).
+    python3 "$here/traces/torch_series.py" "$traces/p23.trace" "$out/p23-torch-native-steps.csv"
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 "$here/traces/torch_series.py" "$traces/p23.trace" \
+      "$out/p23-torch-expandable-steps.csv"
+
     for t in t1 t2 h11 h12 p23 p24; do
       echo "{\"trace\":\"$t\",\"run\":\"torch-native\",\"result\":$(python3 "$anchor" "$traces/$t.trace" --json)}"
       echo "{\"trace\":\"$t\",\"run\":\"torch-expandable\",\"result\":$(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
@@ -68,8 +76,10 @@ step bench-relocate 60 "$bin/valet-bench-relocate"
 ) >"$out/traces-side.jsonl" 2>"$out/traces-side.err" &
 side=$!
 for t in t1 t2 h11 h12 p23 p24; do
+  steps=()
+  [ "$t" = p23 ] && steps=(--step-log "$out/p23-valet-steps.csv")
   echo "{\"trace\":\"$t\",\"run\":\"valet\",\"result\":$("$bin/valet-replay" "$traces/$t.trace" --backend cuda \
-    --pinners 1 --json 2>>"$out/traces.err")}" >>"$out/traces.jsonl"
+    --pinners 1 "${steps[@]}" --json 2>>"$out/traces.err")}" >>"$out/traces.jsonl"
   tail -c 300 "$out/traces.jsonl"
   echo
 done

@@ -19,7 +19,7 @@ ClassOccupancy cls64k(std::vector<std::uint32_t> used) { return ClassOccupancy{6
 
 Observation obs(std::uint64_t t, std::uint64_t allocs, std::uint64_t free_pages, std::vector<ClassOccupancy> c,
                 std::uint64_t failed = 0) {
-  return Observation{t, allocs, failed, free_pages, std::move(c)};
+  return Observation{t, allocs, failed, free_pages, std::move(c), {}};
 }
 
 PolicySettings busy_settings() {
@@ -145,6 +145,38 @@ TEST(PolicyEngine, OffMeansOnlySafepointsDecide) {
   auto d = policy::decide(s, obs(3 * kSec, 10000, 100, frag), st, /*safepoint=*/true);
   ASSERT_TRUE(d);
   EXPECT_EQ(d->trigger, CompactionTrigger::safepoint);
+}
+
+TEST(PolicyEngine, TailsTriggerOnlyWhenSlabPagesFitOpenTails) {
+  auto s = busy_settings();
+  policy::EngineState st;
+  // Dense pages (no fragmentation trigger), plenty of free pages, a busy heap: pages of 64 KiB
+  // objects holding 12, 16 and 30 objects.
+  auto classes = [] { return std::vector<ClassOccupancy>{cls64k({30, 12, 16})}; };
+  Observation o = obs(1 * kSec, 0, 100, classes());
+  EXPECT_FALSE(policy::decide(s, o, st)) << "no open tail";
+  // Tails using 1 MiB (16 slots left) and 300 KiB (27 slots left): the fuller takes the page of
+  // 12 objects, the other the page of 16 (the page of 30 fits neither).
+  o = obs(2 * kSec, 5000, 100, classes());
+  o.open_tails = {300u << 10, 1u << 20};
+  const auto plan = policy::plan_tails(o.classes, o.open_tails);
+  EXPECT_EQ(plan.pages_freed, 2u);
+  EXPECT_EQ(plan.bytes_moved, (12u + 16u) * 65536);
+  auto d = policy::decide(s, o, st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  EXPECT_TRUE(d->request.mesh);
+  EXPECT_TRUE(d->request.evacuate);
+  // Tails using 1.9 MiB (1 slot left) and 1 MiB: one match is below min_reclaim_pages (2).
+  o = obs(3 * kSec, 10000, 100, classes());
+  o.open_tails = {1945u << 10, 1u << 20};
+  EXPECT_EQ(policy::plan_tails(o.classes, o.open_tails).pages_freed, 1u);
+  EXPECT_FALSE(policy::decide(s, o, st));
+  // Evacuation off: no tails trigger.
+  s.evacuate = false;
+  o = obs(4 * kSec, 15000, 100, classes());
+  o.open_tails = {300u << 10, 900u << 10};
+  EXPECT_FALSE(policy::decide(s, o, st));
 }
 
 TEST(PolicySettings, KeysValidateTheirValues) {

@@ -226,6 +226,86 @@ TEST(SharedTails, CompactionKeepsTailPagesAndBytes) {
   for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
 }
 
+// Compaction moves a slab page onto an open tail (meshing: its objects copied to the same
+// offsets of the tail's physical page, its slot remapped there): addresses and bytes unchanged,
+// one physical page given back.
+TEST(SharedTails, MeshingMovesASlabPageOntoAnOpenTail) {
+  auto heap = make_heap();
+  // Page 0 fills slots 0.. upward, page 1 from slot 31 downward: page 1 keeps its first 10
+  // objects (slots 31..22), so its lowest 22 slots (1.375 MiB) are free.
+  std::vector<Obj> kept;
+  std::vector<Handle> all;
+  for (int i = 0; i < 64; ++i) all.push_back(*heap->allocate(kSmall));
+  for (int i = 0; i < 64; ++i) {
+    if (i < 32 || i >= 42) {
+      ASSERT_TRUE(heap->free(all[std::size_t(i)]).ok());
+    } else {
+      fill(*heap, all[std::size_t(i)], seed_of(all[std::size_t(i)]));
+      kept.push_back({all[std::size_t(i)], seed_of(all[std::size_t(i)]), heap->pin(all[std::size_t(i)])->address(), kSmall});
+    }
+  }
+  auto large = make(*heap, 2 * kPage + 512 * 1024);  // its tail is open: no slab page needs it
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  EXPECT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  const auto before = heap->stats();
+  CompactRequest mesh_only;
+  mesh_only.evacuate = false;
+  auto rec = heap->compact(mesh_only);
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_EQ(rec->pages_meshed, 1u);
+  EXPECT_EQ(rec->objects_moved, 0u);
+  EXPECT_VALID(*heap);
+  const auto after = heap->stats();
+  EXPECT_EQ(after.pages.shared_tails, 1u);
+  EXPECT_EQ(after.pages.meshed, 1u);
+  EXPECT_TRUE(heap->open_tail_bytes().empty());
+  EXPECT_EQ((before.mapped_bytes - before.reserve_bytes) - (after.mapped_bytes - after.reserve_bytes), kPage);
+  for (const auto& o : kept) EXPECT_EQ(heap->pin(o.h)->address(), o.address);
+  kept.push_back(large);
+  EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
+  kept.pop_back();
+  // The large object goes first: the slab page keeps the physical page, objects in place.
+  ASSERT_TRUE(heap->free(large.h).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
+  for (const auto& o : kept) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+}
+
+// Evacuation empties a page into a new slab page on an open tail, however its objects are laid
+// out: the objects move (handles repointed, bytes kept) and the page is given back.
+TEST(SharedTails, EvacuationEmptiesAPageIntoAnOpenTail) {
+  auto heap = make_heap();
+  std::vector<Obj> kept;
+  std::vector<Handle> all;
+  for (int i = 0; i < 32; ++i) all.push_back(*heap->allocate(kSmall));  // page 0: slots 0..31
+  for (int i = 0; i < 32; ++i) {
+    if (i < 5) {
+      fill(*heap, all[std::size_t(i)], seed_of(all[std::size_t(i)]));
+      kept.push_back({all[std::size_t(i)], seed_of(all[std::size_t(i)]), 0, kSmall});
+    } else {
+      ASSERT_TRUE(heap->free(all[std::size_t(i)]).ok());
+    }
+  }
+  auto large = make(*heap, kPage + 1024 * 1024);  // 1 MiB used on its last page: 16 slots free
+  const auto before = heap->stats();
+  CompactRequest evacuate_only;
+  evacuate_only.mesh = false;
+  auto rec = heap->compact(evacuate_only);
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_EQ(rec->objects_moved, 5u);
+  EXPECT_EQ(rec->pages_freed, 1u);
+  EXPECT_VALID(*heap);
+  const auto after = heap->stats();
+  EXPECT_EQ(after.pages.shared_tails, 1u);
+  EXPECT_EQ((before.mapped_bytes - before.reserve_bytes) - (after.mapped_bytes - after.reserve_bytes), kPage);
+  for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  EXPECT_EQ(mismatches(*heap, large.h, large.seed), 0u);
+  ASSERT_TRUE(heap->free(large.h).ok());
+  EXPECT_VALID(*heap);
+  for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+}
+
 // Every map, unmap, set_access and copy of sharing, freeing and unsharing fails once in turn:
 // the heap stays valid and no byte is lost.
 TEST(SharedTails, DriverFailuresLoseNothing) {

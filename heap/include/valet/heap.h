@@ -173,6 +173,10 @@ class Heap {
   HeapStats stats() const;
   // Per size class, the occupancy of every slab page (a snapshot, for compaction planners).
   std::vector<ClassOccupancy> occupancy() const;
+  // Shared tails: for each large object whose last page has room for a slab page, the bytes it
+  // uses there (a snapshot, for planners: a slab page on that tail would have its slots above
+  // those bytes).
+  std::vector<std::uint32_t> open_tail_bytes() const;
   // Every slot of the arena that is in use, in address order (a snapshot, for maps and tools).
   std::vector<PageInfo> page_map() const;
   // Walks every invariant; internal error naming the first broken one.

@@ -11,7 +11,8 @@
 namespace valet {
 
 // Why a compaction cycle ran.
-enum class CompactionTrigger : std::uint8_t { explicit_request, emergency, fragmentation, reserve_low, idle, safepoint };
+// tails: slab pages can move onto large objects' unused last-page bytes (docs/meshing.md).
+enum class CompactionTrigger : std::uint8_t { explicit_request, emergency, fragmentation, reserve_low, idle, safepoint, tails };
 const char* trigger_name(CompactionTrigger t);
 
 // The record one compaction cycle leaves.
@@ -41,7 +42,7 @@ struct CompactionTotals {
 struct ClassOccupancy {
   std::uint32_t class_size = 0;
   std::uint32_t slots_per_page = 0;
-  std::vector<std::uint32_t> used;  // used slots of each page of the class
+  std::vector<std::uint32_t> used;  // used slots of each page of the class (not those on tails)
 };
 
 // One virtual page slot of the heap's arena that is in use (Heap::page_map()).

@@ -90,8 +90,10 @@ class Compactor {
   struct Counters {
     // cycles: every cycle this compactor ran (policy and requests); then the policy's cycles by
     // trigger (`safepoints`: cycles whose trigger was recorded as `safepoint`, i.e. a
-    // fragmentation or idle trigger met at a safepoint; a low-reserve one keeps its trigger).
+    // fragmentation or idle trigger met at a safepoint; a low-reserve one keeps its trigger;
+    // `tails`: slab pages could move onto large objects' last pages, met anywhere).
     std::uint64_t cycles = 0, fragmentation = 0, reserve_low = 0, idle = 0, explicit_requests = 0, safepoints = 0;
+    std::uint64_t tails = 0;
     std::uint64_t safepoint_calls = 0;   // safepoint() calls
     std::uint64_t safepoint_cycles = 0;  // cycles run inside safepoint() (any trigger)
     std::uint64_t safepoint_busy = 0;    // safepoint() calls that found a cycle already running

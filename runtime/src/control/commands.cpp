@@ -126,7 +126,7 @@ double uptime_s(const ServiceContext& ctx) {
 json counters_json(const Compactor::Counters& c) {
   return {{"cycles", c.cycles},       {"fragmentation", c.fragmentation},
           {"reserve_low", c.reserve_low}, {"idle", c.idle},
-          {"explicit_requests", c.explicit_requests}, {"safepoints", c.safepoints}};
+          {"explicit_requests", c.explicit_requests}, {"safepoints", c.safepoints}, {"tails", c.tails}};
 }
 
 json trace_json(const TraceRecorder::Summary& t) {

@@ -77,14 +77,20 @@ struct HostBackend::State {
     return true;
   }
 
-  // Precondition: mu held. Gives a page's memory back to the OS and its slot to the free list.
-  void free_page(std::uint32_t index) {
+  // Precondition: mu held. Forgets a page; its index is reused only after return_memory().
+  void forget_page(std::uint32_t index) {
+    pages[index] = PageRecord{};
+    --in_use;
+  }
+  // Precondition: mu NOT held. Gives a forgotten page's memory back to the OS, then its index to
+  // the free list. The hole punch (~0.5 ms for 2 MiB) runs without the lock, so that maps and
+  // unmaps of other pages (a compaction's remap, which pins may wait for) never queue behind it.
+  void return_memory(std::uint32_t index) {
     // A failed punch only delays the return of memory; the page is still free for reuse.
     (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(index) * off_t(kPage),
                     off_t(kPage));
-    pages[index] = PageRecord{};
+    std::lock_guard lock(mu);
     free_pages.push_back(index);
-    --in_use;
   }
 
   host::HostStream* stream(Stream s) {
@@ -197,36 +203,50 @@ Status HostBackend::unreserve(DevicePtr va, std::size_t bytes) {
 
 Result<PhysicalPage> HostBackend::create_page() {
   VALET_TRY(s_->init);
-  std::lock_guard lock(s_->mu);
-  if (s_->free_pages.empty())
-    return make_error(Errc::out_of_memory, "create_page: the emulated device memory (" +
-                                               std::to_string(s_->options.capacity_bytes >> 20) +
-                                               " MiB) is full");
-  const std::uint32_t index = s_->free_pages.back();
-  // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it.
+  std::uint32_t index;
+  {
+    std::lock_guard lock(s_->mu);
+    if (s_->free_pages.empty())
+      return make_error(Errc::out_of_memory, "create_page: the emulated device memory (" +
+                                                 std::to_string(s_->options.capacity_bytes >> 20) +
+                                                 " MiB) is full");
+    index = s_->free_pages.back();
+    s_->free_pages.pop_back();
+  }
+  // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it. The
+  // index is off the free list, so nobody else touches it; the lock is not held meanwhile.
   if (fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(kPage)) != 0) {
-    if (errno == ENOSPC || errno == ENOMEM)
+    const int err = errno;
+    {
+      std::lock_guard lock(s_->mu);
+      s_->free_pages.push_back(index);
+    }
+    errno = err;
+    if (err == ENOSPC || err == ENOMEM)
       return make_error(Errc::out_of_memory, "create_page: the host has no memory left for the page");
     return sys_error("fallocate");
   }
-  s_->free_pages.pop_back();
+  std::lock_guard lock(s_->mu);
   s_->pages[index].created = true;
   ++s_->in_use;
   return PhysicalPage{std::uint64_t{index} + 1};
 }
 
 Status HostBackend::release_page(PhysicalPage page) {
-  std::lock_guard lock(s_->mu);
   const std::uint64_t index = page.id - 1;
-  if (page.id == 0 || index >= s_->pages.size() || !s_->pages[index].created ||
-      s_->pages[index].release_pending)
-    return make_error(Errc::not_found, "release_page: unknown or already released page");
-  auto& rec = s_->pages[index];
-  if (rec.mappings > 0) {
-    rec.release_pending = true;
-  } else {
-    s_->free_page(std::uint32_t(index));
+  {
+    std::lock_guard lock(s_->mu);
+    if (page.id == 0 || index >= s_->pages.size() || !s_->pages[index].created ||
+        s_->pages[index].release_pending)
+      return make_error(Errc::not_found, "release_page: unknown or already released page");
+    auto& rec = s_->pages[index];
+    if (rec.mappings > 0) {
+      rec.release_pending = true;
+      return {};
+    }
+    s_->forget_page(std::uint32_t(index));
   }
+  s_->return_memory(std::uint32_t(index));
   return {};
 }
 
@@ -248,21 +268,28 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
 }
 
 Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
-  std::lock_guard lock(s_->mu);
-  if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
-    return make_error(Errc::invalid_argument, "unmap: range not aligned to 2 MiB");
-  if (!s_->all_mapped(va, bytes, false))
-    return make_error(Errc::invalid_state, "unmap: part of the range is not mapped");
-  void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-  if (r == MAP_FAILED) return sys_error("mmap(PROT_NONE) over an unmapped range");
-  for (DevicePtr p = va; p < va + bytes; p += kPage) {
-    auto it = s_->mappings.find(p);
-    const std::uint32_t index = it->second.page;
-    s_->mappings.erase(it);
-    auto& rec = s_->pages[index];
-    if (--rec.mappings == 0 && rec.release_pending) s_->free_page(index);
+  std::vector<std::uint32_t> freed;
+  {
+    std::lock_guard lock(s_->mu);
+    if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
+      return make_error(Errc::invalid_argument, "unmap: range not aligned to 2 MiB");
+    if (!s_->all_mapped(va, bytes, false))
+      return make_error(Errc::invalid_state, "unmap: part of the range is not mapped");
+    void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) return sys_error("mmap(PROT_NONE) over an unmapped range");
+    for (DevicePtr p = va; p < va + bytes; p += kPage) {
+      auto it = s_->mappings.find(p);
+      const std::uint32_t index = it->second.page;
+      s_->mappings.erase(it);
+      auto& rec = s_->pages[index];
+      if (--rec.mappings == 0 && rec.release_pending) {
+        s_->forget_page(index);
+        freed.push_back(index);
+      }
+    }
   }
+  for (std::uint32_t index : freed) s_->return_memory(index);
   return {};
 }
 

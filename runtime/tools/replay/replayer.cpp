@@ -254,11 +254,12 @@ class Replayer {
       r.safepoint_calls = c.safepoint_calls;
       r.safepoint_cycles = c.safepoint_cycles;
       r.safepoint_busy = c.safepoint_busy;
-      r.background_cycles = c.fragmentation + c.reserve_low + c.idle + c.safepoints - c.safepoint_cycles;
+      r.background_cycles = c.fragmentation + c.reserve_low + c.idle + c.safepoints + c.tails - c.safepoint_cycles;
       r.cycles_fragmentation = c.fragmentation;
       r.cycles_reserve_low = c.reserve_low;
       r.cycles_idle = c.idle;
       r.cycles_safepoint_trigger = c.safepoints;
+      r.cycles_tails = c.tails;
       r.failed_cycles = c.failed_cycles;
       // Failed safepoint cycles were reported where they happened; background ones are here.
       if (c.failed_cycles > safepoint_failures_) {

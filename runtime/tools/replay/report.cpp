@@ -46,7 +46,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
     c["by_trigger"] = {{"fragmentation", r.cycles_fragmentation},
                        {"reserve_low", r.cycles_reserve_low},
                        {"idle", r.cycles_idle},
-                       {"safepoint", r.cycles_safepoint_trigger}};
+                       {"safepoint", r.cycles_safepoint_trigger},
+                       {"tails", r.cycles_tails}};
     c["failed_cycles"] = r.failed_cycles;
     c["safepoint_ns_total"] = r.safepoint_ns_total;
     c["safepoint_ns_max"] = r.safepoint_ns_max;

@@ -64,6 +64,7 @@ struct ReplayReport {
   std::uint64_t safepoint_cycles = 0;    // ... that ran a cycle in the replayer's thread
   std::uint64_t safepoint_busy = 0;      // ... that found a background cycle running
   std::uint64_t cycles_fragmentation = 0, cycles_reserve_low = 0, cycles_idle = 0, cycles_safepoint_trigger = 0;
+  std::uint64_t cycles_tails = 0;
   std::uint64_t failed_cycles = 0;
   std::uint64_t safepoint_ns_total = 0;      // time the replayer spent in safepoint() calls
   std::uint64_t safepoint_ns_max = 0;        // longest safepoint() call (the step's pause)

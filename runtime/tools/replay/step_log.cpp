@@ -7,7 +7,8 @@ bool StepLog::open(const std::string& path) {
   out_.open(path);
   if (!out_) return false;
   out_ << "line,step,live_bytes,heap_live_bytes,footprint_bytes,mapped_bytes,reserve_bytes,slab_pages,large_pages,"
-          "sparse_slab_pages,cycles,step_cycle_moved_bytes,step_cycle_pages_freed,step_cycle_ns,stats_ns\n";
+          "sparse_slab_pages,cycles,step_cycle_moved_bytes,step_cycle_pages_freed,step_cycle_ns,stats_ns,meshed_pages,"
+          "shared_tails\n";
   return true;
 }
 
@@ -18,7 +19,8 @@ void StepLog::row(std::uint32_t line, std::uint64_t live_bytes, const HeapStats&
   out_ << line << ',' << step_++ << ',' << live_bytes << ',' << s.live_bytes << ',' << s.footprint_bytes << ','
        << s.mapped_bytes << ',' << s.reserve_bytes << ',' << s.pages.slab << ',' << s.pages.large << ',' << sparse
        << ',' << s.compaction.cycles << ',' << (cycle ? cycle->bytes_moved : 0) << ','
-       << (cycle ? cycle->pages_freed : 0) << ',' << (cycle ? cycle->duration_ns : 0) << ',' << stats_ns << '\n';
+       << (cycle ? cycle->pages_freed : 0) << ',' << (cycle ? cycle->duration_ns : 0) << ',' << stats_ns << ','
+       << s.pages.meshed << ',' << s.pages.shared_tails << '\n';
 }
 
 }  // namespace valet::replay

@@ -100,7 +100,8 @@ std::string stats_text(const json& s) {
     const json& k = section(comp, "counters");
     line("  compactor: running; cycles " + count(num(k, "cycles")) + " (fragmentation " + count(num(k, "fragmentation")) +
          ", reserve low " + count(num(k, "reserve_low")) + ", idle " + count(num(k, "idle")) + ", requested " +
-         count(num(k, "explicit_requests")) + ", safepoints " + count(num(k, "safepoints")) + ")");
+         count(num(k, "explicit_requests")) + ", safepoints " + count(num(k, "safepoints")) + ", tails " +
+         count(num(k, "tails")) + ")");
   } else {
     line("  compactor: none (compaction on request only)");
   }
