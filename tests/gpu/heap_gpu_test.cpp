@@ -166,6 +166,65 @@ TEST_F(HeapOnGpu, MeshingKeepsRawAddressesAndBytes) {
   ASSERT_TRUE(heap_->validate().ok());
 }
 
+// Shared tails on real VMM: slab pages built on large objects' last pages (at allocation and
+// by compaction), the same physical page mapped twice; every byte checked at its raw address.
+TEST_F(HeapOnGpu, SharedTailsKeepEveryByte) {
+  struct Obj {
+    Handle h;
+    std::uint64_t seed;
+    DevicePtr address;
+    std::size_t size;
+  };
+  auto make = [&](std::size_t bytes, std::uint64_t seed) {
+    auto h = heap_->allocate(bytes);
+    EXPECT_TRUE(h.ok());
+    fill(*h, seed);
+    return Obj{*h, seed, heap_->pin(*h)->address(), bytes};
+  };
+  auto raw_bad = [&](const std::vector<Obj>& objs) {
+    std::vector<PatternRange> r;
+    for (const auto& o : objs) r.push_back({o.address, o.size, o.seed});
+    auto v = heap_->backend().verify_pattern(r, Stream{});
+    EXPECT_TRUE(v.ok());
+    return v.ok() ? *v : ~0ull;
+  };
+  // At allocation: the first 64 KiB page goes on the large object's tail.
+  std::vector<Obj> objs{make(4 * kMiB + 512 * 1024, 1)};
+  for (int i = 0; i < 20; ++i) objs.push_back(make(64 * 1024, 100 + i));
+  EXPECT_EQ(heap_->stats().pages.shared_tails, 1u);
+  EXPECT_EQ(raw_bad(objs), 0u);
+  // By compaction: a sparse page of 256 KiB objects empties into a second object's tail.
+  std::vector<Obj> sparse;
+  std::vector<Handle> gone;
+  for (int i = 0; i < 8; ++i) {
+    if (i < 3) {
+      sparse.push_back(make(256 * 1024, 200 + i));
+    } else {
+      gone.push_back(*heap_->allocate(256 * 1024));
+    }
+  }
+  for (Handle h : gone) ASSERT_TRUE(heap_->free(h).ok());
+  objs.push_back(make(2 * kMiB + 1024 * 1024, 2));  // 1 MiB free on its last page
+  auto rec = heap_->compact();
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  ASSERT_TRUE(heap_->validate().ok());
+  EXPECT_EQ(heap_->stats().pages.shared_tails, 2u);
+  EXPECT_EQ(raw_bad(objs), 0u);
+  for (const auto& o : sparse) EXPECT_EQ(bad(o.h, o.seed), 0u);
+  // Growing the first object un-shares its tail: the slab objects keep their raw addresses.
+  ASSERT_TRUE(heap_->resize(objs[0].h, 9 * kMiB).ok());
+  ASSERT_TRUE(heap_->validate().ok());
+  EXPECT_EQ(bad(objs[0].h, objs[0].seed, objs[0].size), 0u);
+  std::vector<Obj> rest(objs.begin() + 1, objs.end());
+  EXPECT_EQ(raw_bad(rest), 0u);
+  // Freeing the second large object leaves its tail's slab page whole.
+  ASSERT_TRUE(heap_->free(objs.back().h).ok());
+  rest.pop_back();
+  ASSERT_TRUE(heap_->validate().ok());
+  EXPECT_EQ(raw_bad(rest), 0u);
+  for (const auto& o : sparse) EXPECT_EQ(bad(o.h, o.seed), 0u);
+}
+
 TEST_F(HeapOnGpu, ShutdownGivesEveryPageBack) {
   auto info0 = heap_->backend().memory_info();
   for (int i = 0; i < 100; ++i) (void)*heap_->allocate(3 * kMiB);
