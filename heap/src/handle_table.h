@@ -9,6 +9,9 @@
 //   bit  26     CANCELABLE the mover is copying the object and has not repointed it: a pin takes
 //                          the object where it is at once and clears MOVING and CANCELABLE, which
 //                          cancels the move (the mover drops its copy)
+//   bit  27     ALIASED    meshing is remapping the object's page; its bytes are complete at
+//                          `alias` (the same offset of the destination page, which stays mapped):
+//                          a pin takes that address at once instead of waiting for the driver
 //   bits 32..63 generation of the object (a Handle with another generation is stale)
 #pragma once
 
@@ -28,6 +31,7 @@ inline constexpr std::uint64_t kPinMask = (1u << 24) - 1;
 inline constexpr std::uint64_t kLive = 1ull << 24;
 inline constexpr std::uint64_t kMoving = 1ull << 25;
 inline constexpr std::uint64_t kCancelable = 1ull << 26;
+inline constexpr std::uint64_t kAliased = 1ull << 27;
 inline std::uint32_t generation(std::uint64_t s) { return std::uint32_t(s >> 32); }
 inline std::uint32_t pins(std::uint64_t s) { return std::uint32_t(s & kPinMask); }
 inline std::uint64_t make(std::uint32_t gen, std::uint64_t flags) { return (std::uint64_t(gen) << 32) | flags; }
@@ -47,6 +51,7 @@ struct Location {
 struct HandleEntry {
   std::atomic<std::uint64_t> state{0};
   std::atomic<DevicePtr> address{0};
+  std::atomic<DevicePtr> alias{0};  // read by pins while ALIASED
   // Fields below are written under the heap lock; pins read only `address` and `size` while
   // holding a pin (which keeps them constant).
   std::size_t size = 0;

@@ -55,7 +55,7 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
 }
 
 std::uint64_t HeapCore::wait_not_moving(HandleEntry* e, std::uint32_t gen, bool until_cancelable) {
-  const std::uint64_t done_bits = until_cancelable ? state::kCancelable : 0;
+  const std::uint64_t done_bits = until_cancelable ? state::kCancelable | state::kAliased : 0;
   auto waiting = [&](std::uint64_t s) { return (s & state::kMoving) && !(s & done_bits) && state::generation(s) == gen; };
   std::uint64_t s = e->state.load(std::memory_order_acquire);
   // What a pin waits for is short (a commit's few stores, a remap's three VMM calls): yield for
@@ -73,7 +73,7 @@ std::uint64_t HeapCore::wait_not_moving(HandleEntry* e, std::uint32_t gen, bool 
   return s;
 }
 
-Result<HandleEntry*> HeapCore::acquire_pin(Handle h) {
+Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {
   if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "pin: the heap was shut down");
   auto looked = lookup(h);
   if (!looked.ok()) return looked;
@@ -81,7 +81,7 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h) {
   std::uint64_t s = e->state.load(std::memory_order_acquire);
   std::uint64_t next = 0;
   for (;;) {
-    if ((s & state::kMoving) && !(s & state::kCancelable)) {
+    if ((s & state::kMoving) && !(s & (state::kCancelable | state::kAliased))) {
       const std::uint64_t t0 = now_ns();
       s = wait_not_moving(e, h.generation, true);
       note_pin_wait(now_ns() - t0);
@@ -95,6 +95,9 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h) {
     if (e->state.compare_exchange_weak(s, next, std::memory_order_acq_rel, std::memory_order_acquire)) break;
   }
   if (s & state::kCancelable) e->state.notify_all();  // a free or resize waiting on the move
+  // Aliased: the page is being remapped; the bytes are complete at the alias, which stays mapped
+  // while the object lives (whether the remap succeeds, or fails and the object is repointed).
+  address = (s & state::kAliased) ? e->alias.load(std::memory_order_acquire) : e->address.load(std::memory_order_acquire);
   pin_count.fetch_add(1, std::memory_order_relaxed);
   return e;
 }
@@ -183,12 +186,15 @@ bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable) {
   return e->state.compare_exchange_strong(s, s | claim, std::memory_order_acq_rel);
 }
 
-bool HeapCore::commit_move(HandleEntry* e) {
+bool HeapCore::commit_move(HandleEntry* e, DevicePtr alias) {
+  if (alias) e->alias.store(alias, std::memory_order_relaxed);  // published by the CAS (release)
+  const std::uint64_t set = alias ? state::kAliased : 0;
   std::uint64_t s = e->state.load(std::memory_order_acquire);
   // A pin that came in cleared CANCELABLE (and MOVING); nobody else sets CANCELABLE meanwhile
   // (one compaction cycle at a time, and the cycle claims each object once).
   while ((s & state::kCancelable) && state::pins(s) == 0)
-    if (e->state.compare_exchange_weak(s, s & ~state::kCancelable, std::memory_order_acq_rel, std::memory_order_acquire))
+    if (e->state.compare_exchange_weak(s, (s & ~state::kCancelable) | set, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
       return true;
   return false;
 }
@@ -204,7 +210,7 @@ void HeapCore::drop_claim(HandleEntry* e) {
 }
 
 void HeapCore::end_move(HandleEntry* e) {
-  e->state.fetch_and(~state::kMoving, std::memory_order_release);
+  e->state.fetch_and(~(state::kMoving | state::kAliased), std::memory_order_release);
   e->state.notify_all();
 }
 
@@ -531,25 +537,27 @@ Status Heap::free(Handle h) {
 
 Result<Pin> Heap::pin(Handle h) {
   auto& c = *core_;
-  auto e = c.acquire_pin(h);
+  DevicePtr address = 0;
+  auto e = c.acquire_pin(h, address);
   if (!e.ok()) return e.error();
   Pin p;
   p.core_ = &c;
   p.handle_ = h;
-  p.address_ = (*e)->address.load(std::memory_order_acquire);
+  p.address_ = address;
   p.size_ = (*e)->size;
   return p;
 }
 
 Result<StreamPin> Heap::pin(Handle h, Stream stream) {
   auto& c = *core_;
-  auto e = c.acquire_pin(h);
+  DevicePtr address = 0;
+  auto e = c.acquire_pin(h, address);
   if (!e.ok()) return e.error();
   StreamPin p;
   p.core_ = &c;
   p.handle_ = h;
   p.stream_ = stream;
-  p.address_ = (*e)->address.load(std::memory_order_acquire);
+  p.address_ = address;
   p.size_ = (*e)->size;
   return p;
 }

@@ -117,8 +117,9 @@ struct HeapCore {
   // Waits while the entry is MOVING (for a pin: MOVING and not CANCELABLE); returns the state
   // that ended the wait (or a stale one).
   std::uint64_t wait_not_moving(HandleEntry* e, std::uint32_t gen, bool until_cancelable = false);
-  // Takes a pin reference (host or stream). On success the object cannot move until unpinned.
-  Result<HandleEntry*> acquire_pin(Handle h);
+  // Takes a pin reference (host or stream). On success the object cannot move until unpinned;
+  // `address` is where the pin may use it (its alias while a remap is under way).
+  Result<HandleEntry*> acquire_pin(Handle h, DevicePtr& address);
   void unpin(HandleEntry* e) { e->state.fetch_sub(1, std::memory_order_release); }
   // Records an event at the current end of `s` into `pending` (under mu); if no event can be
   // recorded, waits for the stream instead, so nothing is released early.
@@ -180,9 +181,10 @@ struct HeapCore {
   // commit_move). Fails (nothing changed) when it is pinned or moving, or a stream-ordered unpin
   // is pending.
   bool try_begin_move(HandleEntry* e, bool cancelable = false);
-  // Ends the cancelable phase of a claim: from here pins wait until end_move. false when a pin
-  // cancelled the move: the object is no longer the caller's (do not end_move it).
-  bool commit_move(HandleEntry* e);
+  // Ends the cancelable phase of a claim: from here pins wait until end_move, or, with an
+  // `alias` (meshing: the object's bytes are complete there), take that address. false when a
+  // pin cancelled the move: the object is no longer the caller's (do not end_move it).
+  bool commit_move(HandleEntry* e, DevicePtr alias = 0);
   // Gives up a cancelable claim that no pin cancelled (nothing was repointed).
   void drop_claim(HandleEntry* e);
   void end_move(HandleEntry* e);

@@ -169,16 +169,22 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
     if (st.ok()) {
       // Without the heap lock: the copy, then the remaps (the sources are detached and their
       // objects claimed, so nothing else touches their slots). During the copy a pin cancels
-      // its object's claim and so its pair; a pair still whole is committed (from here pins
-      // wait) and remapped, and its claims end as soon as its slot maps memory again, whichever
-      // page that is: a pin waits for three driver calls, never for a copy or the heap lock.
+      // its object's claim and so its pair; a pair still whole is committed with each object's
+      // alias, its complete copy in the destination page: during the remap a pin takes the
+      // alias at once, so no pin waits for a driver call (a VMM call can take milliseconds).
+      // The claims end when the slot maps the shared page; if the remap fails they end after
+      // the objects are repointed to their aliases (below), where pins may have written.
       lock.unlock();
       st = backend->synchronize_event(*ev);
       if (st.ok())
         for (std::size_t k = 0; k < batch.size(); ++k) {
           auto& objects = batch[k]->objects;
+          const DevicePtr dst_base = pool.address(batch[k]->dst->slot);
+          const std::size_t size = class_size(batch[k]->dst->cls);
           std::size_t committed = 0;
-          while (committed < objects.size() && commit_move(objects[committed])) ++committed;
+          while (committed < objects.size() &&
+                 commit_move(objects[committed], dst_base + DevicePtr(objects[committed]->loc.index) * size))
+            ++committed;
           if (committed < objects.size()) {
             // The source keeps its page: end the committed claims, drop the rest (the
             // cancelled one is no longer ours).
@@ -190,7 +196,7 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
             continue;
           }
           remapped[k] = pool.remap_calls(plans[k]);
-          if (!plans[k].lost)
+          if (remapped[k].ok())
             for (HandleEntry* e : objects) end_move(e);
         }
       lock.lock();
@@ -214,20 +220,18 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         release_pair(pr);
         continue;
       }
-      if (!remapped[k].ok() && !plans[k].lost) {
-        // The source slot maps its own page again, its bytes untouched: leave the pair as it
-        // was. The copies into the destination landed on free slots and are harmless.
-        pool.count_calls(plans[k]);
-        if (first.ok()) first = remapped[k];
-        pr.objects.clear();  // already released
-        release_pair(pr);
-        continue;
-      }
-      if (plans[k].lost) {
-        // The source slot could be mapped to neither page. Its objects' bytes are in the
-        // destination's page at the same offsets, so they become the destination's objects
-        // there: repointed, like an evacuation (their handles move; nobody holds a pin).
-        pool.forget_slot(plans[k]);
+      if (!remapped[k].ok()) {
+        // The remap failed. The objects' complete bytes are in the destination's page at the
+        // same offsets, and pins during the remap used them there: they become the
+        // destination's objects, repointed like an evacuation (pins already hold the alias).
+        // The source slot maps its own page again (it goes back to the reserve with the
+        // source page's record), or, if even that failed, nothing.
+        if (plans[k].lost) {
+          pool.forget_slot(plans[k]);
+        } else {
+          pool.count_calls(plans[k]);
+          pool.give_back(src->slot, 1);
+        }
         const std::uint32_t moved = src->used;
         slabs.fold(dst, src);
         for (HandleEntry* e : pr.objects) {

@@ -1,5 +1,7 @@
 #include "valet/fault_injection.h"
 
+#include <thread>
+
 #include <string>
 
 namespace valet {
@@ -37,6 +39,7 @@ void FaultInjectingBackend::disarm_all() {
   for (auto& s : slots_) {
     s.fire_at = 0;
     s.probability = 0;
+    s.delay = std::chrono::microseconds{0};
   }
 }
 
@@ -57,10 +60,21 @@ std::uint64_t FaultInjectingBackend::total_faults() const {
   return n;
 }
 
-Status FaultInjectingBackend::should_fail(FaultOp op) {
+void FaultInjectingBackend::delay_calls(FaultOp op, std::chrono::microseconds delay) {
   std::lock_guard lock(mu_);
+  slots_[std::size_t(op)].delay = delay;
+}
+
+Status FaultInjectingBackend::should_fail(FaultOp op) {
+  std::unique_lock lock(mu_);
   auto& s = slots_[std::size_t(op)];
   ++s.calls;
+  if (s.delay.count() > 0) {
+    const auto delay = s.delay;
+    lock.unlock();
+    std::this_thread::sleep_for(delay);
+    lock.lock();
+  }
   bool fire = s.fire_at != 0 && s.calls == s.fire_at;
   if (fire) s.fire_at = 0;
   if (!fire && s.probability > 0) fire = std::uniform_real_distribution<double>(0, 1)(rng_) < s.probability;

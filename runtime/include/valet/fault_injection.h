@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -30,6 +31,9 @@ class FaultInjectingBackend final : public Backend {
   // Every call of `op` fails with probability p (0 disables), drawn from a seeded generator.
   void fail_randomly(FaultOp op, double p, std::uint64_t seed);
   void disarm_all();
+  // Every call of `op` from now sleeps `delay` before it is forwarded (a slow driver call; tests
+  // of what waits for what). Zero removes the delay; disarm_all() removes every delay.
+  void delay_calls(FaultOp op, std::chrono::microseconds delay);
   // Calls of `op` seen and faults injected so far.
   std::uint64_t calls(FaultOp op) const;
   std::uint64_t faults(FaultOp op) const;
@@ -73,6 +77,7 @@ class FaultInjectingBackend final : public Backend {
     std::uint64_t faults = 0;
     std::uint64_t fire_at = 0;  // absolute call number that fails; 0: none
     double probability = 0;
+    std::chrono::microseconds delay{0};
   };
   std::unique_ptr<Backend> inner_;
   mutable std::mutex mu_;
