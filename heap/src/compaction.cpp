@@ -174,10 +174,11 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
       continue;
     }
     slabs.set_owner(dst, m.to.index, m.owner);
-    free_slab_slot(m.from);
     m.entry->loc = m.to;
     m.entry->address.store(address_of(m.to), std::memory_order_relaxed);
     end_move(m.entry);  // release: a pin that follows sees the new address
+    // The old slot last: freeing it may unmap an alias (a driver call no pin should wait for).
+    free_slab_slot(m.from);
     rec.bytes_moved += m.bytes;
     ++rec.objects_moved;
     repointed = true;
