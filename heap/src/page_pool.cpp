@@ -172,7 +172,9 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
 Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner) {
   if (std::uint64_t(at) + n > slots_.size()) return false;
   for (std::uint32_t s = at; s < at + n; ++s)
-    if (slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) return false;
+    // A reserve slot being released without the lock (releasing_) is not free: its page is
+    // about to be unmapped.
+    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s)) return false;
   // Split [at, at+n) into maximal runs of one kind and take each out of its set.
   struct Piece {
     std::uint32_t start, length;

@@ -4,8 +4,10 @@
 #include <random>
 #include <set>
 
+#include "page_pool.h"
 #include "range_set.h"
 #include "size_classes.h"
+#include "valet/runtime.h"
 
 namespace valet::detail {
 namespace {
@@ -76,6 +78,37 @@ TEST(RangeSet, MatchesAModelUnderRandomOperations) {
     covered += r.length;
   });
   EXPECT_EQ(covered, model.size());
+}
+
+// A large object growing in place must not take reserve slots that a lockless trim is
+// releasing (their pages are about to be unmapped), though their kind still reads "reserve".
+TEST(PagePool, GrowingInPlaceSkipsSlotsBeingReleased) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 64u << 20;
+  auto backend = open_backend(options);
+  ASSERT_TRUE(backend.ok());
+  PagePool pool(**backend, 16);
+  ASSERT_TRUE(pool.init(64).ok());
+  auto run = pool.take_run(3, 7);
+  ASSERT_TRUE(run.ok());
+  pool.give_back(*run + 1, 2);  // shrink to one page: its two neighbours are reserve
+  auto batch = pool.begin_release(0, 8);
+  ASSERT_FALSE(batch.empty());
+  ASSERT_EQ(pool.releasing_pages(), 2u);
+  auto grown = pool.extend_run(*run + 1, 2, 7);
+  ASSERT_TRUE(grown.ok());
+  EXPECT_FALSE(*grown) << "took slots whose pages are being released";
+  pool.release_calls(batch);
+  ASSERT_TRUE(pool.finish_release(batch).ok());
+  EXPECT_TRUE(pool.validate().ok());
+  // Released (now unmapped) slots can be grown into.
+  grown = pool.extend_run(*run + 1, 2, 7);
+  ASSERT_TRUE(grown.ok());
+  EXPECT_TRUE(*grown);
+  EXPECT_TRUE(pool.validate().ok());
+  pool.give_back(*run, 3);
+  EXPECT_TRUE(pool.destroy().ok());
 }
 
 }  // namespace

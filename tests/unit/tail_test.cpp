@@ -2,6 +2,7 @@
 // page. Every test writes patterns, shares, frees, resizes, and reads the same bytes back (at the
 // same raw addresses where the design promises them).
 #include <algorithm>
+#include <random>
 
 #include "heap_test_util.h"
 #include "valet/fault_injection.h"
@@ -304,6 +305,44 @@ TEST(SharedTails, EvacuationEmptiesAPageIntoAnOpenTail) {
   ASSERT_TRUE(heap->free(large.h).ok());
   EXPECT_VALID(*heap);
   for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+}
+
+// Random allocations, frees and resizes of large and slab objects with compaction cycles in
+// between: the heap is valid after every operation and every object keeps its bytes.
+TEST(SharedTails, RandomOperationsKeepEveryByte) {
+  auto heap = make_heap(host_config(512 * kMiB));
+  std::mt19937_64 rng(11);
+  std::vector<Obj> live;
+  for (int op = 0; op < 3000; ++op) {
+    const unsigned r = unsigned(rng() % 100);
+    if (r < 40 || live.size() < 8) {
+      const std::size_t bytes = rng() % 3 == 0 ? kPage / 2 + rng() % (6 * kPage) : 1 + rng() % (300 * 1024);
+      auto h = heap->allocate(bytes);
+      if (!h.ok()) continue;
+      fill(*heap, *h, seed_of(*h) + std::uint64_t(op));
+      live.push_back({*h, seed_of(*h) + std::uint64_t(op), 0, bytes});
+    } else if (r < 70) {
+      const std::size_t i = rng() % live.size();
+      ASSERT_TRUE(heap->free(live[i].h).ok());
+      live[i] = live.back();
+      live.pop_back();
+    } else if (r < 90) {
+      auto& o = live[rng() % live.size()];
+      const std::size_t bytes = rng() % 2 ? kPage / 2 + rng() % (6 * kPage) : 1 + rng() % (300 * 1024);
+      auto st = heap->resize(o.h, bytes);
+      if (st.ok()) {
+        ASSERT_EQ(mismatches(*heap, o.h, o.seed, std::min(bytes, o.size)), 0u) << "op " << op;
+        o.size = bytes;
+        fill(*heap, o.h, o.seed);
+      }
+    } else {
+      ASSERT_TRUE(heap->compact().ok());
+    }
+    auto v = heap->validate();
+    ASSERT_TRUE(v.ok()) << "op " << op << ": " << v.error().to_string();
+  }
+  for (const auto& o : live) ASSERT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  EXPECT_GT(heap->stats().pages.shared_tails + heap->stats().compaction.pages_freed, 0u);
 }
 
 // Every map, unmap, set_access and copy of sharing, freeing and unsharing fails once in turn:
