@@ -241,6 +241,8 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
     return Location{ObjectKind::slab, page->slot, i, 0};
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
+  // Its last page on a slab page's physical page, when one has the room (no page of its own).
+  if (auto loc = place_on_slab_page(bytes, n, owner)) return *loc;
   auto run = pool.take_run(n, owner);
   if (!run.ok()) return run.error();
   want_refill();

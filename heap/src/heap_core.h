@@ -142,6 +142,10 @@ struct HeapCore {
   void open_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
   SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot);
+  // A new large object's place whose last slot maps the physical page of a slab page with its
+  // low slots free for the object's bytes there (they become blocked); nullopt when no page fits
+  // or a driver call fails (the caller places it as usual).
+  std::optional<Location> place_on_slab_page(std::size_t bytes, std::uint32_t pages, std::uint32_t owner);
   // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
   // lie above that tail's bytes) for mesh_locked, within the budgets.
   void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left);

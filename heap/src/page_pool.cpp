@@ -169,6 +169,37 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   return take_fresh(n, SlotKind::large, owner);
 }
 
+Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {
+  if (n - 1 > available_pages())
+    return make_error(Errc::out_of_memory, "needs " + std::to_string(n - 1) + " pages, " +
+                                               std::to_string(available_pages()) + " free");
+  auto start = unmapped_.take_best_fit(n);
+  if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
+  const std::uint32_t last = *start + n - 1;
+  auto undo = [&](bool backed, bool last_mapped) {
+    if (last_mapped) (void)unmap_run(last, 1);
+    if (backed && n > 1) (void)unmap_run(*start, n - 1);
+    unmapped_.insert(*start, n);
+  };
+  if (n > 1) {
+    if (auto st = back_run(*start, n - 1); !st.ok()) {
+      unmapped_.insert(*start, n);  // back_run unwound its part
+      return st.error();
+    }
+  }
+  if (auto st = map_at(last, slots_[last_of].phys); !st.ok()) {
+    undo(true, false);
+    return st.error();
+  }
+  ++calls_.set_access;
+  if (auto st = backend_.set_access(address(last), kPage); !st.ok()) {
+    undo(true, true);
+    return st.error();
+  }
+  set_kind(*start, n, SlotKind::large, owner);
+  return *start;
+}
+
 Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner) {
   if (std::uint64_t(at) + n > slots_.size()) return false;
   for (std::uint32_t s = at; s < at + n; ++s)

@@ -65,6 +65,10 @@ class PagePool {
   // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
   // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
+  // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
+  // of slot `last_of` (a slab page's), the others backed as take_run's fresh runs are. On
+  // failure nothing changed (pages it created or moved may be idle).
+  Result<std::uint32_t> take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // Grows a run in place by `n` slots at `at` (right after the run) when those slots are free
   // (reserve or unmapped). Returns false (nothing changed) when they are not.
   Result<bool> extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner);

@@ -60,6 +60,35 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
   return page;
 }
 
+std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uint32_t pages, std::uint32_t owner) {
+  if (!config.share_tails) return std::nullopt;
+  const std::uint64_t used = bytes - std::uint64_t(pages - 1) * kPageSize;
+  if (kPageSize - used < kMinTailRoom) return std::nullopt;
+  // The page whose free low span fits the bytes most tightly (an empty page fits anything).
+  SlabPage* best = nullptr;
+  std::uint64_t best_room = 0;
+  for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
+    for (std::size_t b = 0; b + 1 < kBuckets; ++b)
+      for (auto& p : slabs.bucket(cls, b)) {
+        if (p.on_tail()) continue;
+        const std::uint64_t room = p.used == 0 ? kPageSize : low_free_bytes(p);
+        if (room >= used && (!best || room < best_room)) {
+          best = const_cast<SlabPage*>(&p);
+          best_room = room;
+        }
+      }
+  if (!best) return std::nullopt;
+  auto run = pool.take_run_onto(pages, owner, best->slot);
+  if (!run.ok()) return std::nullopt;
+  want_refill();
+  const Location loc{ObjectKind::large, *run, 0, pages};
+  const std::uint32_t tail = last_slot(loc);
+  const std::uint64_t size = class_size(best->cls);
+  slabs.block_tail(best, tail, std::uint32_t((used + size - 1) / size));
+  shared_tails[tail] = best->id;
+  return loc;
+}
+
 std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
   if (p.on_tail() || !p.aliases.empty() || p.used == 0) return 0;
   std::uint32_t w = 0;

@@ -227,27 +227,56 @@ TEST(SharedTails, CompactionKeepsTailPagesAndBytes) {
   for (const auto& o : kept) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
 }
 
+// Two pages of 64 KiB objects: the first (ascending) is emptied and retired, the second (filled
+// from slot 31 down) keeps its first 10 objects (slots 31..22) and, if `keep_low`, its last one
+// (slot 0). Returns the kept objects with their addresses; the low one last.
+std::vector<Obj> descending_page(Heap& heap, bool keep_low) {
+  std::vector<Obj> kept;
+  std::vector<Handle> all;
+  for (int i = 0; i < 64; ++i) all.push_back(*heap.allocate(kSmall));
+  for (int i = 0; i < 64; ++i) {
+    const Handle h = all[std::size_t(i)];
+    if ((i >= 32 && i < 42) || (keep_low && i == 63)) {
+      fill(heap, h, seed_of(h));
+      kept.push_back({h, seed_of(h), heap.pin(h)->address(), kSmall});
+    } else {
+      EXPECT_TRUE(heap.free(h).ok());
+    }
+  }
+  return kept;
+}
+
+// A new large object's last page goes on a slab page whose low slots are free for the bytes the
+// object uses there: no page of its own, no copy, every address unchanged.
+TEST(SharedTails, ALargeObjectsLastPageGoesOnASlabPageWithRoom) {
+  auto heap = make_heap();
+  auto kept = descending_page(*heap, false);
+  const auto before = heap->stats();
+  auto large = make(*heap, 2 * kPage + 512 * 1024);
+  const auto after = heap->stats();
+  EXPECT_EQ(after.pages.shared_tails, 1u);
+  // Two pages of its own, not three.
+  EXPECT_EQ((after.mapped_bytes - after.reserve_bytes) - (before.mapped_bytes - before.reserve_bytes), 2 * kPage);
+  EXPECT_VALID(*heap);
+  kept.push_back(large);
+  EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
+  kept.pop_back();
+  ASSERT_TRUE(heap->free(large.h).ok());
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
+}
+
 // Compaction moves a slab page onto an open tail (meshing: its objects copied to the same
 // offsets of the tail's physical page, its slot remapped there): addresses and bytes unchanged,
 // one physical page given back.
 TEST(SharedTails, MeshingMovesASlabPageOntoAnOpenTail) {
   auto heap = make_heap();
-  // Page 0 fills slots 0.. upward, page 1 from slot 31 downward: page 1 keeps its first 10
-  // objects (slots 31..22), so its lowest 22 slots (1.375 MiB) are free.
-  std::vector<Obj> kept;
-  std::vector<Handle> all;
-  for (int i = 0; i < 64; ++i) all.push_back(*heap->allocate(kSmall));
-  for (int i = 0; i < 64; ++i) {
-    if (i < 32 || i >= 42) {
-      ASSERT_TRUE(heap->free(all[std::size_t(i)]).ok());
-    } else {
-      fill(*heap, all[std::size_t(i)], seed_of(all[std::size_t(i)]));
-      kept.push_back({all[std::size_t(i)], seed_of(all[std::size_t(i)]), heap->pin(all[std::size_t(i)])->address(), kSmall});
-    }
-  }
-  auto large = make(*heap, 2 * kPage + 512 * 1024);  // its tail is open: no slab page needs it
+  auto kept = descending_page(*heap, true);  // slot 0 taken: no room for a tail yet
+  auto large = make(*heap, 2 * kPage + 512 * 1024);
   EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
   EXPECT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  ASSERT_TRUE(heap->free(kept.back().h).ok());  // now slots 0..21 are free
+  kept.pop_back();
   const auto before = heap->stats();
   CompactRequest mesh_only;
   mesh_only.evacuate = false;
