@@ -64,14 +64,17 @@ std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uin
   if (!config.share_tails) return std::nullopt;
   const std::uint64_t used = bytes - std::uint64_t(pages - 1) * kPageSize;
   if (kPageSize - used < kMinTailRoom) return std::nullopt;
-  // The page whose free low span fits the bytes most tightly (an empty page fits anything).
+  // The page whose free low span fits the bytes most tightly, leaving at least one slot free
+  // (an empty page's span is all its slots).
   SlabPage* best = nullptr;
   std::uint64_t best_room = 0;
   for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
     for (std::size_t b = 0; b + 1 < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b)) {
         if (p.on_tail()) continue;
-        const std::uint64_t room = p.used == 0 ? kPageSize : low_free_bytes(p);
+        const std::uint64_t size = class_size(cls);
+        const std::uint64_t room = p.used == 0 ? std::uint64_t(p.capacity) * size : low_free_bytes(p);
+        if ((used + size - 1) / size >= p.capacity) continue;
         if (room >= used && (!best || room < best_room)) {
           best = const_cast<SlabPage*>(&p);
           best_room = room;

@@ -266,6 +266,25 @@ TEST(SharedTails, ALargeObjectsLastPageGoesOnASlabPageWithRoom) {
   EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
 }
 
+// An empty page of a class whose slots do not fill 2 MiB (here 3 x 640 KiB) takes a tail only
+// if a slot stays free above the object's bytes.
+TEST(SharedTails, AnEmptyPageTakesATailOnlyWithASlotToSpare) {
+  auto heap = make_heap();
+  auto a = make(*heap, 600 * 1024);
+  auto b = make(*heap, 600 * 1024);
+  ASSERT_TRUE(heap->free(a.h).ok());
+  ASSERT_TRUE(heap->free(b.h).ok());  // the class's last page stays, empty
+  auto nearly_full = make(*heap, kPage + kPage - 300 * 1024);  // 1.7 MiB on its last page
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u) << "no slot would be left on the empty page";
+  auto fits = make(*heap, kPage + 1200 * 1024);  // 1.17 MiB: one slot left above it
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  EXPECT_VALID(*heap);
+  auto c = make(*heap, 600 * 1024);
+  EXPECT_EQ(raw_mismatches(*heap, {nearly_full, fits, c}), 0u);
+  for (const auto& o : {nearly_full, fits, c}) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+}
+
 // Compaction moves a slab page onto an open tail (meshing: its objects copied to the same
 // offsets of the tail's physical page, its slot remapped there): addresses and bytes unchanged,
 // one physical page given back.
