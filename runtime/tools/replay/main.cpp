@@ -41,6 +41,7 @@ struct Arguments {
   int pin_gap_us = 100;
   std::uint64_t seed = 1;
   bool no_compact = false;
+  bool no_share_tails = false;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -75,6 +76,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
   app.add_flag("--no-compact", args.no_compact,
                "No compaction: no compactor (background or safepoints) and no emergency compaction");
+  app.add_flag("--no-share-tails", args.no_share_tails,
+               "No shared tails (Config::share_tails off): every slab page and every large object's last "
+               "page has a physical page of its own");
   app.add_option("--policy", args.policy,
                  "KEY=VALUE: a compactor policy setting other than its default (repeatable; see "
                  "valet::policy_keys(), e.g. fragmentation_threshold=0.1)")
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
   Config config;
   config.backend = parse_backend_choice(args.backend).value();  // checked by CLI11 above
   config.compact_on_oom = !args.no_compact;
+  config.share_tails = !args.no_share_tails;
   config.background_reserve = true;
 
   replay::Trace trace;
@@ -158,6 +163,7 @@ int main(int argc, char** argv) {
   report.backend = (*heap)->backend().name();
   report.capacity_bytes = (*heap)->config().capacity;
   report.compaction = !args.no_compact;
+  report.share_tails = !args.no_share_tails;
   if (compactor)
     for (const auto& kv : policy_values(compactor->settings())) report.policy.push_back(kv);
   report.verify = args.verify;

@@ -11,6 +11,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["backend"] = r.backend;
   j["capacity_bytes"] = r.capacity_bytes;
   j["compaction"] = r.compaction;
+  j["share_tails"] = r.share_tails;
   j["verify"] = r.verify;
   j["pinners"] = r.pinners;
   j["ops"] = r.ops;

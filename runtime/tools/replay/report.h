@@ -18,6 +18,7 @@ struct ReplayReport {
   std::string backend;  // the backend's name()
   std::uint64_t capacity_bytes = 0;
   bool compaction = true;
+  bool share_tails = true;
   bool verify = false;
   int pinners = 0;
 
