@@ -186,17 +186,20 @@ bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable) {
   return e->state.compare_exchange_strong(s, s | claim, std::memory_order_acq_rel);
 }
 
-bool HeapCore::commit_move(HandleEntry* e, DevicePtr alias) {
-  if (alias) e->alias.store(alias, std::memory_order_relaxed);  // published by the CAS (release)
-  const std::uint64_t set = alias ? state::kAliased : 0;
+bool HeapCore::commit_move(HandleEntry* e) {
   std::uint64_t s = e->state.load(std::memory_order_acquire);
   // A pin that came in cleared CANCELABLE (and MOVING); nobody else sets CANCELABLE meanwhile
   // (one compaction cycle at a time, and the cycle claims each object once).
   while ((s & state::kCancelable) && state::pins(s) == 0)
-    if (e->state.compare_exchange_weak(s, (s & ~state::kCancelable) | set, std::memory_order_acq_rel,
-                                       std::memory_order_acquire))
+    if (e->state.compare_exchange_weak(s, s & ~state::kCancelable, std::memory_order_acq_rel, std::memory_order_acquire))
       return true;
   return false;
+}
+
+void HeapCore::publish_alias(HandleEntry* e, DevicePtr alias) {
+  e->alias.store(alias, std::memory_order_relaxed);
+  e->state.fetch_or(state::kAliased, std::memory_order_release);  // publishes the alias
+  e->state.notify_all();                                          // pins waiting since the commit
 }
 
 void HeapCore::drop_claim(HandleEntry* e) {

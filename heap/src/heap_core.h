@@ -185,10 +185,12 @@ struct HeapCore {
   // commit_move). Fails (nothing changed) when it is pinned or moving, or a stream-ordered unpin
   // is pending.
   bool try_begin_move(HandleEntry* e, bool cancelable = false);
-  // Ends the cancelable phase of a claim: from here pins wait until end_move, or, with an
-  // `alias` (meshing: the object's bytes are complete there), take that address. false when a
-  // pin cancelled the move: the object is no longer the caller's (do not end_move it).
-  bool commit_move(HandleEntry* e, DevicePtr alias = 0);
+  // Ends the cancelable phase of a claim: from here pins wait until end_move. false when a pin
+  // cancelled the move: the object is no longer the caller's (do not end_move it).
+  bool commit_move(HandleEntry* e);
+  // Meshing, after commit_move: the object's complete copy is at `alias` (the destination page,
+  // which stays mapped); until end_move a pin takes that address instead of waiting.
+  void publish_alias(HandleEntry* e, DevicePtr alias);
   // Gives up a cancelable claim that no pin cancelled (nothing was repointed).
   void drop_claim(HandleEntry* e);
   void end_move(HandleEntry* e);

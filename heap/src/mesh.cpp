@@ -181,10 +181,13 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
           auto& objects = batch[k]->objects;
           const DevicePtr dst_base = pool.address(batch[k]->dst->slot);
           const std::size_t size = class_size(batch[k]->dst->cls);
+          // Commit every claim first (pins wait meanwhile: a few CASes), and publish aliases only
+          // once the whole pair is committed: an alias of a pair that is then dropped would
+          // point at a free slot of the destination.
           std::size_t committed = 0;
-          while (committed < objects.size() &&
-                 commit_move(objects[committed], dst_base + DevicePtr(objects[committed]->loc.index) * size))
-            ++committed;
+          while (committed < objects.size() && commit_move(objects[committed])) ++committed;
+          if (committed == objects.size())
+            for (HandleEntry* e : objects) publish_alias(e, dst_base + DevicePtr(e->loc.index) * size);
           if (committed < objects.size()) {
             // The source keeps its page: end the committed claims, drop the rest (the
             // cancelled one is no longer ours).
