@@ -182,17 +182,11 @@ TEST(Compaction, PinsDuringAMoveSeeCompleteObjects) {
 // A pin (host or stream) of an object whose copy is under way returns at once with the object
 // where it is, and that object's move is cancelled; a later cycle moves it.
 void pin_during_copy_cancels_the_move(const CompactRequest& request, bool stream_pin) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 256 * kMiB;
-  auto backend = open_backend(options);
-  ASSERT_TRUE(backend.ok());
-  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
-  auto* counting = faulty.get();  // counts the copy calls; injects nothing
-  auto& host = static_cast<BackendModel<HostBackend>&>(counting->inner()).impl();
-  auto created = Heap::create(std::move(faulty), host_config());
-  ASSERT_TRUE(created.ok());
-  Heap& heap = **created;
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  auto* counting = fh.faults;  // counts the copy calls; injects nothing
+  auto& host = fh.host();
+  Heap& heap = *fh.heap;
   // Two pages of 64 KiB objects: the first keeps one object, the second (filled from its top
   // end) keeps eight, so the cycle either evacuates or meshes the lone object.
   std::vector<Handle> all;

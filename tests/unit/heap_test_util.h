@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "valet/fault_injection.h"
 #include "valet/heap.h"
 #include "valet/host_backend.h"
 #include "valet/kernels/pattern.h"
@@ -32,6 +33,30 @@ inline std::unique_ptr<Heap> make_heap(const Config& c = host_config()) {
   auto h = open_heap(c);
   EXPECT_TRUE(h.ok()) << h.error().to_string();
   return std::move(h).value();
+}
+
+// A host heap whose backend is wrapped in a FaultInjectingBackend, to count, fail or delay its
+// driver calls. `faults` lives as long as `heap`; `heap` is null if creation failed.
+struct FaultableHeap {
+  std::unique_ptr<Heap> heap;
+  FaultInjectingBackend* faults = nullptr;
+  HostBackend& host() { return static_cast<BackendModel<HostBackend>&>(faults->inner()).impl(); }
+};
+
+inline FaultableHeap make_faultable_heap(const Config& c = host_config()) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = c.capacity;
+  auto backend = open_backend(options);
+  EXPECT_TRUE(backend.ok());
+  if (!backend.ok()) return {};
+  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
+  FaultableHeap out;
+  out.faults = faulty.get();
+  auto created = Heap::create(std::move(faulty), c);
+  EXPECT_TRUE(created.ok());
+  if (created.ok()) out.heap = std::move(created).value();
+  return out;
 }
 
 inline std::uint64_t seed_of(Handle h) { return (std::uint64_t(h.index) << 32) ^ h.generation ^ 0x5eed; }

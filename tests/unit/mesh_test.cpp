@@ -163,16 +163,10 @@ TEST(Mesh, AMeshedPageIsEvacuatedLikeAnyOther) {
 // A pin that arrives while meshing remaps its object's page (an unmap made to take a second)
 // returns at once with the object's complete copy in the destination page, which stays valid.
 TEST(Mesh, APinDuringTheRemapTakesTheAliasWithoutWaiting) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 256 * kMiB;
-  auto backend = open_backend(options);
-  ASSERT_TRUE(backend.ok());
-  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
-  auto* fi = faulty.get();
-  auto created = Heap::create(std::move(faulty), host_config());
-  ASSERT_TRUE(created.ok());
-  Heap& heap = **created;
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  auto* fi = fh.faults;
+  Heap& heap = *fh.heap;
   auto kept = sparse_pages(heap, 2, 4, 5);  // one pair: 8 + 8 objects
   const std::uint64_t unmaps = fi->calls(FaultOp::unmap);
   fi->delay_calls(FaultOp::unmap, std::chrono::seconds(1));
@@ -215,15 +209,10 @@ TEST(Mesh, APinDuringTheRemapTakesTheAliasWithoutWaiting) {
 TEST(Mesh, DriverFailuresMidRemapLoseNothing) {
   for (FaultOp op : {FaultOp::unmap, FaultOp::map, FaultOp::set_access, FaultOp::copy}) {
     for (std::uint64_t k = 1; k <= 6; ++k) {
-      BackendOptions options;
-      options.choice = BackendChoice::host;
-      options.host_capacity = 256 * kMiB;
-      auto backend = open_backend(options);
-      ASSERT_TRUE(backend.ok());
-      auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
-      auto* fi = faulty.get();
-      auto heap = Heap::create(std::move(faulty), host_config());
-      ASSERT_TRUE(heap.ok());
+      auto fh = make_faultable_heap();
+      ASSERT_TRUE(fh.heap);
+      auto* fi = fh.faults;
+      auto* heap = &fh.heap;
       auto kept = sparse_pages(**heap, 4, 4, 7 + k);
       fi->fail_nth(op, k);
       auto rec = (*heap)->compact(mesh_only());

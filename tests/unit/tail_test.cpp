@@ -398,16 +398,10 @@ TEST(SharedTails, RandomOperationsKeepEveryByte) {
 TEST(SharedTails, DriverFailuresLoseNothing) {
   for (FaultOp op : {FaultOp::map, FaultOp::unmap, FaultOp::set_access, FaultOp::copy, FaultOp::create_page}) {
     for (std::uint64_t k = 1; k <= 4; ++k) {
-      BackendOptions options;
-      options.choice = BackendChoice::host;
-      options.host_capacity = 256 * kMiB;
-      auto backend = open_backend(options);
-      ASSERT_TRUE(backend.ok());
-      auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
-      auto* fi = faulty.get();
-      auto created = Heap::create(std::move(faulty), host_config());
-      ASSERT_TRUE(created.ok());
-      Heap& heap = **created;
+      auto fh = make_faultable_heap();
+      ASSERT_TRUE(fh.heap);
+      auto* fi = fh.faults;
+      Heap& heap = *fh.heap;
       fi->fail_nth(op, k);
       std::vector<Obj> objs;
       auto large = heap.allocate(2 * kPage + 512 * 1024);
