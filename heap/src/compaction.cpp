@@ -143,7 +143,20 @@ Status HeapCore::evacuate(std::unique_lock<HeapMutex>& lock, const std::vector<S
 Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<Move>& moves, CompactionRecord& rec) {
   std::vector<CopyRange> copies;
   copies.reserve(moves.size());
-  for (const Move& m : moves) copies.push_back({address_of(m.from), address_of(m.to), m.bytes});
+  // The slots the copy reads and writes stay mapped until it completed, whatever happens to
+  // their objects meanwhile (a pin may cancel a move and the object be freed: its alias must
+  // not be unmapped under the copy). The source pages are detached: none is destroyed meanwhile.
+  std::vector<std::uint32_t> touched;
+  std::vector<SlabPage*> source_pages;
+  touched.reserve(2 * moves.size());
+  for (const Move& m : moves) {
+    copies.push_back({address_of(m.from), address_of(m.to), m.bytes});
+    touched.push_back(m.from.page);
+    touched.push_back(m.to.page);
+    SlabPage* src = slabs.page(pool.slot(m.from.page).owner);
+    if (source_pages.empty() || source_pages.back() != src) source_pages.push_back(src);
+  }
+  pool.hold(touched);
   auto ev = take_event();
   Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
   if (st.ok()) st = backend->record_event(*ev, work_stream);
@@ -161,6 +174,7 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
     (void)backend->synchronize_stream(work_stream);
     if (ev.ok()) (void)backend->destroy_event(*ev);
   }
+  pool.unhold(touched);
   in_transit -= moves.size();
   bool repointed = false;
   for (const Move& m : moves) {
@@ -184,6 +198,8 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
     repointed = true;
   }
   if (repointed) ++table_version;
+  // Aliases whose last object was freed while the copy read through them go now.
+  for (SlabPage* p : source_pages) drop_unused_aliases(p);
   return st;
 }
 

@@ -160,6 +160,8 @@ struct HeapCore {
   // Frees a slab slot through the virtual slot the object was addressed by; an alias nobody is
   // addressed through any more is unmapped (mesh.cpp). Returns the slab page.
   SlabPage* free_slab_slot(const Location& loc);
+  // Unmaps the aliases of `p` that no object is addressed through and no queued work holds.
+  void drop_unused_aliases(SlabPage* p);
   // Gives an empty slab page back: its aliases unmapped, its own slot to the reserve. false (the
   // page stays, empty) when an alias cannot be unmapped now.
   bool retire_slab(SlabPage* p);

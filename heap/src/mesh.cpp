@@ -34,14 +34,28 @@ SlabPage* HeapCore::free_slab_slot(const Location& loc) {
   slabs.free_slot(p, loc.index);
   if (loc.page != p->slot) {
     SlabAlias* a = p->alias(loc.page);
-    // Unmapping is safe: nothing is addressed through the alias any more, and frees with queued
-    // work reach here only once that work has completed (deferred frees).
-    if (--a->users == 0 && pool.drop_alias(a->slot).ok()) {
+    // Nothing is addressed through the alias any more, and a user's stream work on it has
+    // completed (frees with pending stream-ordered unpins are deferred). A compaction copy may
+    // still be reading the object from it, though (a pin cancelled its move, then it was freed):
+    // then the alias stays, unused, until the copy's batch ends (drop_unused_aliases).
+    if (--a->users == 0 && !pool.held(a->slot) && pool.drop_alias(a->slot).ok()) {
       *a = p->aliases.back();
       p->aliases.pop_back();
     }
   }
   return p;
+}
+
+void HeapCore::drop_unused_aliases(SlabPage* p) {
+  for (std::size_t k = 0; k < p->aliases.size();) {
+    const SlabAlias a = p->aliases[k];
+    if (a.users == 0 && !pool.held(a.slot) && pool.drop_alias(a.slot).ok()) {
+      p->aliases[k] = p->aliases.back();
+      p->aliases.pop_back();
+    } else {
+      ++k;
+    }
+  }
 }
 
 bool HeapCore::retire_slab(SlabPage* p) {
@@ -160,7 +174,13 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
     }
     std::vector<PagePool::RemapPlan> plans;
-    for (const MeshPair* pr : batch) plans.push_back(pool.plan_remap(pr->src->slot, pr->dst->slot));
+    std::vector<std::uint32_t> touched;  // mapped until the copy completed (queued work)
+    for (const MeshPair* pr : batch) {
+      plans.push_back(pool.plan_remap(pr->src->slot, pr->dst->slot));
+      touched.push_back(pr->src->slot);
+      touched.push_back(pr->dst->slot);
+    }
+    pool.hold(touched);
     auto ev = take_event();
     Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
     if (st.ok()) st = backend->record_event(*ev, work_stream);
@@ -176,6 +196,7 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       // the objects are repointed to their aliases (below), where pins may have written.
       lock.unlock();
       st = backend->synchronize_event(*ev);
+      if (st.ok()) pool.unhold(touched);  // before the remaps: the copy no longer reads the sources
       if (st.ok())
         for (std::size_t k = 0; k < batch.size(); ++k) {
           auto& objects = batch[k]->objects;
@@ -207,6 +228,7 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
     if (ev.ok()) recycle_event(*ev);
     if (!st.ok()) {
       (void)backend->synchronize_stream(work_stream);
+      pool.unhold(touched);
       for (MeshPair* pr : batch) release_pair(*pr);
       for (; next < pairs.size(); ++next) release_pair(pairs[next]);
       after_release();

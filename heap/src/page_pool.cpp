@@ -86,6 +86,7 @@ Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
 }
 
 Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
+  VALET_TRY(refuse_held(start, n));
   ++calls_.unmap;
   VALET_TRY(backend_.unmap(address(start), std::size_t(n) * kPage));
   for (std::uint32_t s = start; s < start + n; ++s) {
@@ -312,6 +313,10 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
 void PagePool::release_calls(ReleaseBatch& b) const {
   std::size_t i = 0;
   for (auto& run : b.runs) {
+    if (!refuse_held(run.start, run.length).ok()) {  // stays in the reserve (finish_release)
+      i += run.length;
+      continue;
+    }
     ++b.unmaps;
     run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
     for (std::uint32_t k = 0; k < run.length; ++k, ++i) {
@@ -369,6 +374,7 @@ PagePool::RemapPlan PagePool::plan_remap(std::uint32_t s, std::uint32_t onto) co
 Status PagePool::remap_calls(RemapPlan& r) const {
   if (r.own == kNoPhys || r.shared == kNoPhys || r.own == r.shared)
     return make_error(Errc::internal, "remap: slots not mapped to two pages");
+  VALET_TRY(refuse_held(r.slot, 1));
   ++r.unmaps;
   VALET_TRY(backend_.unmap(r.va, kPage));
   ++r.maps;
@@ -439,6 +445,38 @@ Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std:
   }
   set_kind(*s, 1, kind, owner);
   return *s;
+}
+
+void PagePool::hold(std::span<const std::uint32_t> slots) {
+  std::lock_guard lock(holds_mu_);
+  for (std::uint32_t s : slots) ++holds_[s];
+}
+
+void PagePool::unhold(std::span<const std::uint32_t> slots) {
+  std::lock_guard lock(holds_mu_);
+  for (std::uint32_t s : slots) {
+    auto it = holds_.find(s);
+    if (it != holds_.end() && --it->second == 0) holds_.erase(it);
+  }
+}
+
+bool PagePool::held(std::uint32_t s) const {
+  std::lock_guard lock(holds_mu_);
+  return holds_.contains(s);
+}
+
+std::size_t PagePool::held_slots() const {
+  std::lock_guard lock(holds_mu_);
+  return holds_.size();
+}
+
+Status PagePool::refuse_held(std::uint32_t start, std::uint32_t n) const {
+  std::lock_guard lock(holds_mu_);
+  // Holds are few (one compaction batch's slots), runs may be long: walk the holds.
+  for (const auto& [s, count] : holds_)
+    if (s >= start && s - start < n)
+      return make_error(Errc::internal, "unmap of slot " + std::to_string(s) + " while queued work may touch it");
+  return {};
 }
 
 Status PagePool::release_idle(std::size_t n) {
@@ -512,6 +550,13 @@ Status PagePool::validate() const {
   for (std::uint32_t p = 0; p < phys_.size(); ++p) unmapped_live += phys_[p].in_use && phys_[p].mappings == 0;
   if (unmapped_live != idle_.size()) return fail("a created page is mapped nowhere and not idle (leak)");
   if (in_use != created_) return fail("created page count is wrong");
+  {
+    std::lock_guard lock(holds_mu_);
+    for (const auto& [s, count] : holds_)
+      if (s >= slots_.size() || slots_[s].phys == kNoPhys ||
+          (slots_[s].kind != SlotKind::slab && slots_[s].kind != SlotKind::large))
+        return fail("slot " + std::to_string(s) + " is held by queued work but maps no page in use");
+  }
   if (created_ > capacity_pages_) return fail("more pages than the capacity");
   return {};
 }

@@ -11,12 +11,21 @@
 // Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
 // reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
 //
+// Queued work: a copy that a mover queued and waits for without the heap lock reads and writes
+// slots of the arena. The mover holds those slots (`hold`) until the copy is known complete, and
+// no slot is unmapped while held: every unmapping call refuses a held slot (Errc::internal, a
+// broken rule), callers that may meet one defer (`held`), and validate() checks that every held
+// slot maps a page and is in use.
+//
 // Threading: every call requires the heap lock, except where a comment says otherwise.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "range_set.h"
@@ -147,6 +156,13 @@ class PagePool {
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
 
+  // Queued work (see the top of this file). Without the heap lock too: the holds have their own
+  // lock, taken after the heap lock, so a mover can end its hold as soon as its copy completed.
+  void hold(std::span<const std::uint32_t> slots);
+  void unhold(std::span<const std::uint32_t> slots);
+  bool held(std::uint32_t s) const;
+  std::size_t held_slots() const;
+
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
   std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
@@ -177,6 +193,8 @@ class PagePool {
   // A fresh virtual run of n slots backed by pages (reserve pages moved there, idle, new).
   Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
+  // An error if a slot of [start, start+n) is held by queued work (nothing may unmap it).
+  Status refuse_held(std::uint32_t start, std::uint32_t n) const;
 
   Backend& backend_;
   std::size_t capacity_pages_;
@@ -192,6 +210,8 @@ class PagePool {
   RangeSet releasing_;  // reserve slots being unmapped and released without the lock
   HeapStats::DriverCalls calls_;
   std::size_t kind_counts_[4] = {0, 0, 0, 0};
+  mutable std::mutex holds_mu_;
+  std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };
 
 }  // namespace valet::detail

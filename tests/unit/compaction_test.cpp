@@ -273,6 +273,72 @@ TEST(Compaction, APinDuringAMeshCopyCancelsThePairWithoutWaiting) {
   pin_during_copy_cancels_the_move(mesh_only(), false);
 }
 
+// An evacuation copy reads a meshed page's objects through its alias slot. If a pin cancels
+// one object's move during the copy and the object is then freed, the alias loses its last user:
+// it must stay mapped until the copy completed (on the host backend, unmapping it under the copy
+// is a segfault on the copy thread; on a GPU, an illegal address).
+TEST(Compaction, AnAliasStaysMappedUntilTheCopyReadingItCompleted) {
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  auto& host = fh.host();
+  Heap& heap = *fh.heap;
+  const std::size_t size = 64 * 1024;  // 32 a page
+  // Two pages, one object each, at opposite ends (pages fill from opposite ends): they mesh.
+  std::vector<Handle> all;
+  for (int i = 0; i < 64; ++i) all.push_back(*heap.allocate(size));
+  for (int i = 0; i < 64; ++i)
+    if (i != 0 && i != 32) ASSERT_TRUE(heap.free(all[std::size_t(i)]).ok());
+  const Handle a = all[0], b = all[32];
+  fill(heap, a, seed_of(a));
+  fill(heap, b, seed_of(b));
+  CompactRequest mesh;
+  mesh.evacuate = false;
+  auto meshed = heap.compact(mesh);
+  ASSERT_TRUE(meshed.ok()) << meshed.error().to_string();
+  ASSERT_EQ(meshed->pages_meshed, 1u);
+  // The meshed page is filled through its own slot, then a second page takes 30 objects, then
+  // the fillers go: the meshed page (2 objects) is the sparse one, the second page the
+  // destination of its two objects.
+  std::vector<Handle> fillers, dense;
+  for (int i = 0; i < 30; ++i) fillers.push_back(*heap.allocate(size));
+  for (int i = 0; i < 30; ++i) dense.push_back(*heap.allocate(size));
+  const std::uint64_t own_slot = heap.pin(fillers[0])->address() / kPage;
+  for (Handle h : fillers) ASSERT_TRUE(heap.free(h).ok());
+  const bool a_aliased = heap.pin(a)->address() / kPage != own_slot;
+  ASSERT_NE(a_aliased, heap.pin(b)->address() / kPage != own_slot) << "one object must be behind the alias";
+  const Handle through_alias = a_aliased ? a : b, other = a_aliased ? b : a;
+  EXPECT_VALID(heap);
+
+  const std::uint64_t copies = fh.faults->calls(FaultOp::copy);
+  host.set_task_delay(std::chrono::milliseconds(800));
+  CompactRequest evacuate;
+  evacuate.mesh = false;
+  evacuate.max_occupancy = 0.999;
+  Result<CompactionRecord> rec = make_error(Errc::internal, "not run");
+  std::thread cycle([&] { rec = heap.compact(evacuate); });
+  while (fh.faults->calls(FaultOp::copy) == copies) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // The copy of both objects is queued and sleeping. Pin the one behind the alias (its move is
+  // cancelled), let go, and free it: the alias has no user left while the copy still reads it.
+  {
+    auto pin = heap.pin(through_alias);
+    ASSERT_TRUE(pin.ok()) << pin.error().to_string();
+  }
+  ASSERT_TRUE(heap.free(through_alias).ok());
+  EXPECT_VALID(heap);  // held slots still map their pages
+  cycle.join();
+  host.set_task_delay(std::chrono::microseconds(0));
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_EQ(rec->objects_moved, 1u);
+  EXPECT_GE(rec->objects_skipped, 1u);
+  EXPECT_GE(rec->pages_freed, 1u) << "the emptied meshed page goes back";
+  EXPECT_VALID(heap);
+  EXPECT_EQ(heap.stats().pages.meshed, 0u) << "the unused alias was unmapped after the copy";
+  EXPECT_EQ(mismatches(heap, other, seed_of(other)), 0u);
+  for (Handle h : dense) ASSERT_TRUE(heap.free(h).ok());
+  ASSERT_TRUE(heap.free(other).ok());
+  EXPECT_VALID(heap);
+}
+
 TEST(Compaction, StreamPinsDuringAMoveSeeCompleteObjects) {
   auto heap = make_heap();
   auto& host = host_of(*heap);

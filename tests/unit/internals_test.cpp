@@ -111,5 +111,47 @@ TEST(PagePool, GrowingInPlaceSkipsSlotsBeingReleased) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// Slots that queued work (a compaction copy) may touch are never unmapped: the pool refuses to,
+// whichever call tries, and validate() catches a held slot that maps no page in use.
+TEST(PagePool, NoUnmapWhileQueuedWorkHoldsTheSlot) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 64u << 20;
+  auto backend = open_backend(options);
+  ASSERT_TRUE(backend.ok());
+  PagePool pool(**backend, 16);
+  ASSERT_TRUE(pool.init(64).ok());
+  auto page = pool.take_page(SlotKind::slab, 1);
+  ASSERT_TRUE(page.ok());
+  auto alias = pool.share_page(*page, SlotKind::slab, 1);
+  ASSERT_TRUE(alias.ok());
+  const std::uint32_t slots[] = {*alias};
+  pool.hold(slots);
+  EXPECT_TRUE(pool.held(*alias));
+  auto dropped = pool.drop_alias(*alias);
+  ASSERT_FALSE(dropped.ok()) << "unmapped a slot that queued work holds";
+  EXPECT_EQ(dropped.code(), Errc::internal);
+  auto plan = pool.plan_remap(*alias, *page);
+  EXPECT_FALSE(pool.remap_calls(plan).ok());
+  EXPECT_TRUE(pool.validate().ok());
+  pool.unhold(slots);
+  EXPECT_FALSE(pool.held(*alias));
+  EXPECT_TRUE(pool.drop_alias(*alias).ok());
+  EXPECT_TRUE(pool.validate().ok());
+  // A held slot given back to the reserve (where a trim may unmap it) breaks the invariant.
+  const std::uint32_t own[] = {*page};
+  pool.hold(own);
+  pool.give_back(*page, 1);
+  auto valid = pool.validate();
+  ASSERT_FALSE(valid.ok());
+  EXPECT_NE(valid.error().message.find("held by queued work"), std::string::npos) << valid.error().message;
+  auto batch = pool.begin_release(0, 8);
+  pool.release_calls(batch);
+  EXPECT_FALSE(pool.finish_release(batch).ok()) << "a reserve trim unmapped a held slot";
+  pool.unhold(own);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 }  // namespace
 }  // namespace valet::detail
