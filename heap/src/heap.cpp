@@ -86,8 +86,10 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {
       s = wait_not_moving(e, h.generation, true);
       note_pin_wait(now_ns() - t0);
     }
-    if (state::generation(s) != h.generation || !(s & state::kLive))
+    if (state::generation(s) != h.generation || !(s & state::kLive)) {
+      if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "pin: the heap was shut down");
       return make_error(Errc::stale_handle, "pin of a freed object");
+    }
     if (state::pins(s) == state::kPinMask) return make_error(Errc::invalid_state, "pin: too many pins on one object");
     // A move still copying the object is cancelled: the object stays where it is (the mover has
     // not repointed it), so the pin never waits for a copy.
@@ -502,6 +504,7 @@ Status Heap::free(Handle h) {
   if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "free: the heap was shut down");
   std::unique_lock lock(c.mu);
   for (;;) {
+    if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "free: the heap was shut down");
     auto looked = c.lookup(h);
     if (!looked.ok()) return looked.error();
     HandleEntry* e = *looked;
@@ -570,6 +573,7 @@ Result<StreamPin> Heap::pin(Handle h, Stream stream) {
 Result<std::size_t> Heap::size_of(Handle h) const {
   if (core_->shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
   std::lock_guard lock(core_->mu);
+  if (core_->shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
   auto e = core_->lookup(h);
   if (!e.ok()) return e.error();
   return (*e)->size;
@@ -579,6 +583,7 @@ Status Heap::maintain() {
   auto& c = *core_;
   if (c.shut.load()) return make_error(Errc::shut_down, "maintain: the heap was shut down");
   std::lock_guard lock(c.mu);
+  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "maintain: the heap was shut down");
   c.reap_deferred();
   return c.pool.balance(c.config.reserve_low_pages, c.config.reserve_high_pages);
 }
@@ -590,41 +595,48 @@ Result<CompactionRecord> Heap::compact(const CompactRequest& request) {
     return make_error(Errc::invalid_argument, "compact: max_occupancy must be within (0, 1)");
   std::lock_guard cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
+  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "compact: the heap was shut down");
   return c.compact_locked(lock, request);
 }
 
 Status Heap::shutdown() {
   auto& c = *core_;
-  if (c.shut.exchange(true)) return {};
-  c.stop_keeper();
-  std::lock_guard cl(c.compaction_mu);
+  if (c.shut.load(std::memory_order_acquire)) return {};
+  // Lock order: the compaction lock, then the heap lock. Holding both, no cycle runs and no
+  // allocate, free or resize is half done; calls arriving now wait for the outcome. A refused
+  // shutdown changes nothing, so nobody may see it: `shut` is set only once it is decided.
+  std::unique_lock cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
-  if (c.table_pins.load() > 0) {
-    c.shut.store(false);
-    lock.unlock();
-    c.start_keeper();
-    return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
-  }
-  // Kill every live object; a held pin (host or stream, not yet released) refuses the shutdown.
-  std::vector<std::uint32_t> killed;
+  if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
+  if (c.table_pins.load() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
+  // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
+  // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
+  // are ended: the waiting pins go on as if nothing happened.
+  std::vector<std::uint32_t> claimed;
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     HandleEntry* e = c.handles.get(i);
     std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (!(s & state::kLive)) continue;
     if (state::pins(s) == 0 && !(s & state::kMoving) &&
-        e->state.compare_exchange_strong(s, state::make(state::generation(s), 0), std::memory_order_acq_rel)) {
-      killed.push_back(i);
+        e->state.compare_exchange_strong(s, s | state::kMoving, std::memory_order_acq_rel)) {
+      claimed.push_back(i);
       continue;
     }
-    for (std::uint32_t k : killed) {
-      HandleEntry* back = c.handles.get(k);
-      back->state.store(state::make(state::generation(back->state.load()), state::kLive), std::memory_order_release);
-    }
-    c.shut.store(false);
-    lock.unlock();
-    c.start_keeper();
+    for (std::uint32_t k : claimed) c.end_move(c.handles.get(k));
     return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
   }
+  // Decided: from here every call fails with shut_down, and every handle is dead.
+  c.shut.store(true, std::memory_order_release);
+  for (std::uint32_t i : claimed) {
+    HandleEntry* e = c.handles.get(i);
+    e->state.store(state::make(state::generation(e->state.load(std::memory_order_relaxed)), 0), std::memory_order_release);
+    e->state.notify_all();
+  }
+  const std::vector<std::uint32_t>& killed = claimed;
+  // The keeper takes the heap lock: stop it with the lock released (nothing else can start).
+  lock.unlock();
+  c.stop_keeper();
+  lock.lock();
   // A free still trimming the reserve without the lock finishes first.
   while (c.pool.releasing_pages() > 0) {
     lock.unlock();

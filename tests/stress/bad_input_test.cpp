@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
+#include <atomic>
 
 #include "heap_checks.h"
 
@@ -169,6 +171,62 @@ TEST_F(BadInput, EveryCallAfterShutdownFailsWithShutDown) {
   EXPECT_EQ(heap_->size_of(v.h).code(), Errc::shut_down) << "heap.h: after shutdown every call fails with shut_down";
   EXPECT_TRUE(heap_->shutdown().ok()) << "shutdown is idempotent";
   EXPECT_HEAP_VALID(*heap_);
+}
+
+// A refused shutdown changes nothing, for anyone: while it is being refused (a pin is held),
+// other threads' allocations, frees and pins go on as before, and none fails with shut_down.
+TEST_F(BadInput, ARefusedShutdownIsInvisibleToOtherThreads) {
+  const Obj held = victim(3000);
+  auto pin = heap_->pin(held.h);
+  ASSERT_TRUE(pin.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> calls{0}, shut_down{0}, other{0};
+  auto worker = [&](std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<Handle> mine;
+    while (!stop.load(std::memory_order_relaxed)) {
+      Status st;
+      if (mine.size() < 64 && rng() % 3 != 0) {
+        auto h = heap_->allocate(64 + rng() % (3 * kMiB));
+        if (h.ok()) mine.push_back(*h);
+        st = h.ok() ? Status{} : Status(h.error());
+      } else if (!mine.empty()) {
+        const std::size_t i = rng() % mine.size();
+        {
+          auto p = heap_->pin(mine[i]);
+          st = p.ok() ? Status{} : Status(p.error());
+        }
+        if (st.ok()) st = heap_->free(mine[i]);
+        if (st.ok()) {
+          mine[i] = mine.back();
+          mine.pop_back();
+        }
+      }
+      ++calls;
+      if (st.code() == Errc::shut_down) ++shut_down;
+      else if (!st.ok() && st.code() != Errc::out_of_memory) ++other;
+    }
+    for (Handle h : mine) EXPECT_TRUE(heap_->free(h).ok()) << "an object was lost";
+  };
+  std::thread a(worker, 1), b(worker, 2);
+  int refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto st = heap_->shutdown();
+    ASSERT_EQ(st.code(), Errc::pinned);
+    ++refused;
+    EXPECT_FALSE(heap_->is_shut_down());
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  stop = true;
+  a.join();
+  b.join();
+  EXPECT_EQ(refused, 300);
+  EXPECT_GT(calls.load(), 300u);
+  EXPECT_EQ(shut_down.load(), 0u) << "a refused shutdown failed other threads' calls";
+  EXPECT_EQ(other.load(), 0u);
+  pin->reset();
+  EXPECT_EQ(mismatches(*heap_, held), 0u);
+  expect_nothing_lost();
 }
 
 TEST_F(BadInput, ForgedHandlesAreInvalidOrStaleNeverAccepted) {
