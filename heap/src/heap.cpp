@@ -343,6 +343,13 @@ void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
   (void)compact_locked(lock, req);
 }
 
+void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
+  reap_deferred();
+  retire_empty_slabs();  // to the reserve, where the retry finds them
+  // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
+  if (config.compact_on_oom) emergency_compact(lock);
+}
+
 void HeapCore::keeper_loop() {
   std::unique_lock lock(mu);
   while (!keeper_stop) {
@@ -489,10 +496,8 @@ Result<Handle> Heap::allocate(std::size_t bytes) {
   }
   auto h = c.allocate_locked(bytes);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
-  // Before reporting out-of-memory: release what deferred frees allow, then evacuate sparse
-  // pages (bounded: one full cycle), and retry once.
-  c.reap_deferred();
-  if (c.config.compact_on_oom) c.emergency_compact(lock);
+  // Out-of-memory is never reported while free pages are held: make room, and retry once.
+  c.make_room(lock);
   h = c.allocate_locked(bytes);
   if (h.ok()) return h;
   ++c.ops.failed_allocations;
@@ -585,6 +590,7 @@ Status Heap::maintain() {
   std::lock_guard lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "maintain: the heap was shut down");
   c.reap_deferred();
+  c.retire_empty_slabs();
   return c.pool.balance(c.config.reserve_low_pages, c.config.reserve_high_pages);
 }
 

@@ -165,6 +165,9 @@ struct HeapCore {
   // Gives an empty slab page back: its aliases unmapped, its own slot to the reserve. false (the
   // page stays, empty) when an alias cannot be unmapped now.
   bool retire_slab(SlabPage* p);
+  // Gives back every empty slab page that no compaction cycle is working on, the one each class
+  // keeps against allocate/free ping-pong included; returns how many went.
+  std::size_t retire_empty_slabs();
   // Virtual slab slots that map another slot's physical page.
   std::size_t meshed_slots() const;
   std::size_t footprint_of(const Location& loc) const;
@@ -213,6 +216,10 @@ struct HeapCore {
   // One unbounded evacuation cycle before an out-of-memory is reported (allocate, resize).
   // Precondition: `lock` holds mu; it is released and retaken.
   void emergency_compact(std::unique_lock<HeapMutex>& lock);
+  // Before an out-of-memory is reported (allocate, resize): releases what deferred frees allow,
+  // gives back empty slab pages, then, with Config::compact_on_oom, runs an emergency cycle.
+  // Precondition: `lock` holds mu; it may be released and retaken.
+  void make_room(std::unique_lock<HeapMutex>& lock);
 
   void keeper_loop();
   void start_keeper();

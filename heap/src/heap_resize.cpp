@@ -125,9 +125,10 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   } else {
     st = resize_by_copy(c, h.index, e, bytes);
   }
-  if (!st.ok() && st.code() == Errc::out_of_memory && c.config.compact_on_oom) {
-    // Free pages by evacuating other objects (this one is MOVING, so it stays put), then retry.
-    c.emergency_compact(lock);
+  if (!st.ok() && st.code() == Errc::out_of_memory) {
+    // Free pages (empty slab pages; with compact_on_oom, by evacuating other objects: this one
+    // is MOVING, so it stays put), then retry.
+    c.make_room(lock);
     st = stays_large ? resize_large(c, h.index, e, bytes) : resize_by_copy(c, h.index, e, bytes);
   }
   if (st.ok()) {

@@ -76,6 +76,16 @@ bool HeapCore::retire_slab(SlabPage* p) {
   return true;
 }
 
+std::size_t HeapCore::retire_empty_slabs() {
+  std::vector<SlabPage*> empty;
+  slabs.for_each_page([&](const SlabPage& p) {
+    if (p.holds_no_object() && !p.evacuating) empty.push_back(const_cast<SlabPage*>(&p));
+  });
+  std::size_t retired = 0;
+  for (SlabPage* p : empty) retired += retire_slab(p);
+  return retired;
+}
+
 std::size_t HeapCore::meshed_slots() const {
   std::size_t n = 0;
   slabs.for_each_page([&](const SlabPage& p) { n += p.aliases.size(); });

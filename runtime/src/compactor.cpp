@@ -51,6 +51,9 @@ struct Compactor::Impl {
     o.free_pages = s.largest_allocatable_bytes / (std::size_t{2} << 20);
     o.classes = heap.occupancy();
     o.open_tails = heap.open_tail_bytes();
+    o.live_bytes = s.live_bytes;
+    o.mapped_bytes = s.mapped_bytes;
+    o.reserve_bytes = s.reserve_bytes;
     return o;
   }
 

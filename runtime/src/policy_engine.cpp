@@ -17,8 +17,14 @@ constexpr double kAssumedBytesPerNs = 1.0;
 // The greedy evacuation plan of one class at one occupancy level.
 Plan plan_class(const ClassOccupancy& c, double level) {
   Plan p{level, 0, 0};
-  if (c.used.size() < 2 || c.slots_per_page == 0) return p;
-  std::vector<std::uint32_t> used = c.used;
+  if (c.slots_per_page == 0) return p;
+  // Empty pages go back without a move (a cycle gives back every empty slab page, the one a
+  // class keeps against allocate/free ping-pong included).
+  std::vector<std::uint32_t> used;
+  for (auto u : c.used)
+    if (u == 0) ++p.pages_freed;
+    else used.push_back(u);
+  if (used.size() < 2) return p;
   std::sort(used.begin(), used.end());
   std::uint64_t dest_free = 0;
   for (auto u : used) dest_free += c.slots_per_page - u;
@@ -97,6 +103,11 @@ double slab_fragmentation(const std::vector<ClassOccupancy>& classes) {
   return page_bytes > 0 ? 1.0 - slot_bytes / page_bytes : 0.0;
 }
 
+double heap_fragmentation(const Observation& obs) {
+  const double held = double(obs.mapped_bytes) - double(std::min(obs.reserve_bytes, obs.mapped_bytes));
+  return held > 0 ? std::max(0.0, 1.0 - double(obs.live_bytes) / held) : 0.0;
+}
+
 std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
   const double rate_cap = double(s.max_bytes_per_second);
   if (st.last_ns == 0) {
@@ -120,16 +131,22 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
     for (auto u : c.used) slot_bytes += double(u) * c.class_size;
   }
   const double frag = slab_fragmentation(obs.classes);
+  const double whole = heap_fragmentation(obs);
   std::optional<CompactionTrigger> trigger;
   std::uint64_t goal = s.min_reclaim_pages;
   if (obs.free_pages < s.min_free_pages || failed_since) {
     trigger = CompactionTrigger::reserve_low;
     goal = std::max<std::uint64_t>(goal, s.min_free_pages > obs.free_pages ? s.min_free_pages - obs.free_pages : 1);
-  } else if (frag > s.fragmentation_threshold) {
+  } else if (frag > s.fragmentation_threshold || whole > s.fragmentation_threshold) {
     trigger = CompactionTrigger::fragmentation;
-    // Pages to give back for the slab pages to reach the threshold.
-    const double target_pages = slot_bytes / (1.0 - s.fragmentation_threshold) / kPageBytes;
-    goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - target_pages)));
+    // Pages to give back for the slab pages, and for the heap, to reach the threshold.
+    const double keep = 1.0 - s.fragmentation_threshold;
+    if (frag > s.fragmentation_threshold)
+      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / kPageBytes)));
+    if (whole > s.fragmentation_threshold) {
+      const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / kPageBytes;
+      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / kPageBytes)));
+    }
   } else if (st.alloc_rate < s.idle_allocs_per_second) {
     trigger = CompactionTrigger::idle;
   }

@@ -19,6 +19,10 @@ struct Observation {
   std::uint64_t free_pages = 0;           // pages a large request could get (reserve + uncreated)
   std::vector<ClassOccupancy> classes;    // slab pages per class
   std::vector<std::uint32_t> open_tails;  // Heap::open_tail_bytes()
+  // The heap as its stats report it (HeapStats: fragmentation is 1 - live / mapped).
+  std::uint64_t live_bytes = 0;
+  std::uint64_t mapped_bytes = 0;
+  std::uint64_t reserve_bytes = 0;
 };
 
 // One candidate plan: evacuate pages of occupancy <= max_occupancy.
@@ -41,6 +45,10 @@ Plan plan_tails(const std::vector<ClassOccupancy>& classes, const std::vector<st
 
 // Fragmentation of the slab pages: 1 - bytes in slots / bytes of slab pages.
 double slab_fragmentation(const std::vector<ClassOccupancy>& classes);
+// Fragmentation of the whole heap as the stats report it, less the page reserve (the keeper's,
+// kept between its watermarks; no cycle gives it back): 1 - live / (mapped - reserve). It sees
+// what the slab figure does not: empty pages among many full ones, rounding of large objects.
+double heap_fragmentation(const Observation& obs);
 
 struct Decision {
   CompactionTrigger trigger = CompactionTrigger::fragmentation;

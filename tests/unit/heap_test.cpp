@@ -1,5 +1,6 @@
 // The heap's behaviour on the host backend: allocation, pins, resize, bad input, reserve, stats.
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -168,6 +169,66 @@ TEST(Heap, LargeRequestsSucceedWhenFreePagesAreScattered) {
   fill(*heap, *big, 9);
   EXPECT_EQ(mismatches(*heap, *big, 9), 0u);
   EXPECT_EQ(heap->allocate(2 * kMiB).code(), Errc::out_of_memory);
+  EXPECT_VALID(*heap);
+}
+
+// Out-of-memory is never reported while free pages are held. Each size class keeps an empty
+// slab page against allocate/free ping-pong; a request that needs those pages gets them, with or
+// without compaction on out-of-memory (giving back an empty page moves nothing). compact() and
+// maintain() give them back too.
+TEST(Heap, AnEmptiedHeapServesARequestThatFitsItsCapacity) {
+  for (bool compact_on_oom : {true, false}) {
+    SCOPED_TRACE(compact_on_oom ? "compact_on_oom" : "no compaction on out-of-memory");
+    auto cfg = host_config(128 * kMiB);
+    cfg.compact_on_oom = compact_on_oom;
+    auto heap = make_heap(cfg);
+    auto churn = [&] {
+      std::vector<Handle> hs;
+      for (int i = 0; i < 50; ++i) {
+        // 16 B .. 1 MiB, geometrically: one or two objects in each of most size classes.
+        auto h = heap->allocate(std::size_t(16.0 * std::pow(65536.0, i / 49.0)));
+        ASSERT_TRUE(h.ok()) << h.error().to_string();
+        hs.push_back(*h);
+      }
+      for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+    };
+    churn();
+    ASSERT_GE(heap->stats().pages.slab, 30u) << "the test needs empty slab pages held";
+    auto big = heap->allocate(96 * kMiB);
+    ASSERT_TRUE(big.ok()) << big.error().to_string();
+    EXPECT_VALID(*heap);
+    ASSERT_TRUE(heap->free(*big).ok());
+    churn();
+    ASSERT_TRUE(heap->compact().ok());
+    EXPECT_EQ(heap->stats().pages.slab, 0u) << "compact() kept empty slab pages";
+    churn();
+    ASSERT_TRUE(heap->maintain().ok());
+    EXPECT_EQ(heap->stats().pages.slab, 0u) << "maintain() kept empty slab pages";
+    EXPECT_VALID(*heap);
+  }
+}
+
+TEST(Heap, AHeapFilledToOutOfMemoryAndEmptiedServesItsWholeCapacity) {
+  auto heap = make_heap(host_config(128 * kMiB));
+  std::mt19937_64 rng(5);
+  std::vector<Handle> hs;
+  for (;;) {
+    const std::size_t bytes = (rng() % 4 == 0) ? 1 + rng() % (5 * kMiB) : 16 + rng() % (600 * 1024);
+    auto h = heap->allocate(bytes);
+    if (!h.ok()) {
+      ASSERT_EQ(h.code(), Errc::out_of_memory) << h.error().to_string();
+      break;
+    }
+    hs.push_back(*h);
+  }
+  ASSERT_GT(hs.size(), 20u);
+  for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+  auto big = heap->allocate(128 * kMiB - kPage);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->free(*big).ok());
+  auto whole = heap->allocate(128 * kMiB);
+  ASSERT_TRUE(whole.ok()) << whole.error().to_string();
   EXPECT_VALID(*heap);
 }
 

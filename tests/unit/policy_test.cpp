@@ -50,6 +50,52 @@ TEST(PolicyEngine, FragmentationTriggersAndPlansTheCheapestLevel) {
   EXPECT_LE(d->request.max_occupancy, 0.25);
 }
 
+// Empty slab pages, one per class (each class keeps one against ping-pong), are reclaimable
+// without a move: the planner counts them, so a cycle gives them back.
+TEST(PolicyEngine, LoneEmptyPagesOfManyClassesArePlannedForRelease) {
+  auto s = busy_settings();
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  std::vector<ClassOccupancy> classes;
+  for (std::uint32_t k = 0; k < 36; ++k) classes.push_back(ClassOccupancy{256u * (k + 1), (2u << 20) / (256u * (k + 1)), {0}});
+  auto d = policy::decide(s, obs(2 * kSec, 5000, 100, classes), st);
+  ASSERT_TRUE(d) << "36 empty pages held and no cycle planned";
+  EXPECT_EQ(d->trigger, CompactionTrigger::fragmentation);
+  EXPECT_EQ(d->plan.pages_freed, 36u);
+  EXPECT_EQ(d->plan.bytes_moved, 0u);
+}
+
+// The policy sees the fragmentation the stats report (less the reserve): slab pages that are
+// sparse only by a little, among large objects, still get a cycle when the heap as a whole is
+// over the threshold.
+TEST(PolicyEngine, FragmentationOfTheWholeHeapTriggersToo) {
+  auto s = busy_settings();
+  policy::EngineState st;
+  (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
+  // 100 slab pages at 30/32 and 4 at 20/32: 7.5% slab fragmentation, under the 10% threshold.
+  std::vector<std::uint32_t> used(100, 30);
+  for (int i = 0; i < 4; ++i) used.push_back(20);
+  auto o = obs(2 * kSec, 5000, 100, {cls64k(used)});
+  ASSERT_LT(policy::slab_fragmentation(o.classes), s.fragmentation_threshold);
+  // The heap also holds 100 pages of large objects using 85% of them, and an 8-page reserve.
+  const std::uint64_t page = 2u << 20;
+  o.reserve_bytes = 8 * page;
+  o.mapped_bytes = (104 + 100) * page + o.reserve_bytes;
+  o.live_bytes = (100 * 30 + 4 * 20) * 65536ull + 85 * page;
+  ASSERT_GT(policy::heap_fragmentation(o), s.fragmentation_threshold);
+  auto d = policy::decide(s, o, st);
+  ASSERT_TRUE(d) << "the heap is over the threshold and pages are reclaimable";
+  EXPECT_EQ(d->trigger, CompactionTrigger::fragmentation);
+  EXPECT_GE(d->plan.pages_freed, 2u);
+  // The reserve alone never triggers: it is the keeper's.
+  auto dense = obs(3 * kSec, 10000, 100, {cls64k({32, 32, 32, 32})});
+  dense.reserve_bytes = 16 * page;
+  dense.mapped_bytes = 4 * page + dense.reserve_bytes;
+  dense.live_bytes = 4 * page;
+  EXPECT_DOUBLE_EQ(policy::heap_fragmentation(dense), 0.0);
+  EXPECT_FALSE(policy::decide(s, dense, st));
+}
+
 TEST(PolicyEngine, FragmentationBelowThresholdDoesNotTrigger) {
   auto s = busy_settings();
   s.fragmentation_threshold = 0.5;
