@@ -13,3 +13,11 @@ configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/valetConfig.cmake.in
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/valetConfigVersion.cmake COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/valetConfig.cmake ${PROJECT_BINARY_DIR}/valetConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/valet)
+
+# The tools, where this build has them (VALET_BUILD_TESTS): the control client, the serving
+# example it steers, and the trace replayer.
+foreach(tool valetctl valet-serve valet-replay)
+  if(TARGET ${tool})
+    install(TARGETS ${tool} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  endif()
+endforeach()

@@ -88,8 +88,11 @@ int run_service(const Options& o) {
   valet::BackendOptions bo;
   bo.choice = *choice;
   bo.host_capacity = capacity ? capacity : kHostDefault;
-  auto backend = valet::open_backend(bo);
+  std::string why_not_cuda;
+  auto backend = valet::open_backend(bo, &why_not_cuda);
   if (!backend.ok()) return std::fprintf(stderr, "valet-serve: %s\n", backend.error().to_string().c_str()), 2;
+  if (!why_not_cuda.empty())  // auto fell back: say why, so that a missing GPU is no mystery
+    std::fprintf(stderr, "valet-serve: no usable GPU, running on the host backend: %s\n", why_not_cuda.c_str());
   valet::Config config;
   config.backend = *choice;
   config.capacity = capacity ? capacity : ((*backend)->kind() == valet::BackendKind::host ? kHostDefault : 0);

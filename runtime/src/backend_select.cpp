@@ -32,10 +32,12 @@ std::string cuda_unusable_reason(int device) {
 
 bool cuda_usable(int device) { return cuda_unusable_reason(device).empty(); }
 
-Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options) {
+Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options, std::string* why_not_cuda) {
+  if (why_not_cuda) why_not_cuda->clear();
   if (options.choice != BackendChoice::host) {
     auto cuda = open_cuda_backend(options.device);
     if (cuda.ok() || options.choice == BackendChoice::cuda) return cuda;
+    if (why_not_cuda) *why_not_cuda = cuda.error().message;
   }
   auto host = std::make_unique<BackendModel<HostBackend>>(
       HostBackendOptions{.capacity_bytes = options.host_capacity, .task_delay = options.host_task_delay});

@@ -8,7 +8,8 @@ namespace valet {
 namespace {
 
 Error no_cuda() {
-  return make_error(Errc::unsupported, "this build of Valet has no CUDA backend (VALET_WITH_CUDA was off)");
+  return make_error(Errc::unsupported,
+                    "this build of Valet has no CUDA backend (built with VALET_WITH_CUDA=OFF or without nvcc)");
 }
 
 }  // namespace

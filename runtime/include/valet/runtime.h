@@ -29,9 +29,10 @@ bool cuda_usable(int device = 0);
 std::string cuda_unusable_reason(int device = 0);
 
 // Opens the chosen backend. `automatic` picks CUDA where it is usable and the host backend
-// otherwise; kind() of the result says which. Choosing `cuda` where it is not usable fails with
-// Errc::unsupported and the reason.
-Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options);
+// otherwise; kind() of the result says which, and `why_not_cuda` (where given) receives the
+// reason CUDA was passed over (empty when it was not). Choosing `cuda` where it is not usable
+// fails with Errc::unsupported and the reason.
+Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options, std::string* why_not_cuda = nullptr);
 
 // Opens the backend the config names (host: an emulated device of the config's capacity, 2 GiB
 // by default) and makes a heap on it.

@@ -28,13 +28,21 @@ const char* query_status_name(CUdriverProcAddressQueryResult s) {
   return "unknown status";
 }
 
+// The last dlopen/dlsym error, naming libcuda.so.1 once: dlerror() usually names the library
+// itself ("libcuda.so.1: cannot open shared object file: ...", "/usr/lib/.../libcuda.so.1:
+// undefined symbol: ..."), and is prefixed with it only where it does not.
+std::string libcuda_error(const char* fallback) {
+  const char* why = dlerror();
+  std::string text = why ? why : fallback;
+  if (text.find("libcuda.so.1") == std::string::npos) text = "libcuda.so.1: " + text;
+  return text;
+}
+
 Loaded load() {
   Loaded out;
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
-    const char* why = dlerror();
-    out.error = make_error(Errc::unsupported,
-                           std::string("CUDA driver not found (libcuda.so.1: ") + (why ? why : "unknown error") + ")");
+    out.error = make_error(Errc::unsupported, "CUDA driver not found (" + libcuda_error("unknown error") + ")");
     return out;
   }
   // Never dlclose: other parts of the process (the CUDA runtime) may share the library, and
@@ -42,10 +50,8 @@ Loaded load() {
   dlerror();
   auto get_proc = reinterpret_cast<GetProcAddressFn>(dlsym(lib, "cuGetProcAddress_v2"));
   if (!get_proc) {
-    const char* why = dlerror();
-    out.error = make_error(Errc::unsupported,
-                           std::string("the CUDA driver is too old: no cuGetProcAddress_v2 in libcuda.so.1 (") +
-                               (why ? why : "symbol missing") + ")");
+    out.error = make_error(Errc::unsupported, "the CUDA driver is too old: no cuGetProcAddress_v2 (" +
+                                                  libcuda_error("symbol missing") + ")");
     return out;
   }
   // cuGetProcAddress refuses versions newer than the driver: say so plainly rather than failing
