@@ -92,6 +92,8 @@ struct ControlServerOptions {
   std::size_t max_request_bytes = std::size_t{64} << 10;
   // A client must complete each request within this long of connecting or of its last reply.
   std::chrono::milliseconds idle_timeout{5000};
+  // Connections open at once. When all are taken, a new one closes the connection that has been
+  // idle (no request in progress) the longest; only when none is idle is it refused.
   std::size_t max_clients = 64;
   // Where the server reports what it refuses (peers of other users, failed background cycles).
   // The library never writes to stdout; none: silent.
@@ -119,6 +121,7 @@ class ControlServer {
 
   struct Counters {
     std::uint64_t connections = 0, requests = 0, errors = 0, refused_peers = 0, timeouts = 0;
+    std::uint64_t evicted_idle = 0;  // idle connections closed to make room for new ones
   };
   Counters counters() const;
 
