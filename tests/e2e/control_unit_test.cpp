@@ -15,6 +15,7 @@
 #include <future>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "control/commands.h"
 #include "control/job_worker.h"
@@ -415,6 +416,59 @@ TEST(ControlServer, ServesAndCleansUp) {
   }
   (*server)->stop();
   EXPECT_NE(::lstat(path.c_str(), &st), 0);  // the socket file is gone
+}
+
+TEST(ControlServer, ANewClientTakesTheSlotOfTheLongestIdle) {
+  TempDir tmp;
+  auto heap = small_heap();
+  valet::ControlServerOptions o;
+  o.socket_path = (tmp.path / "s.sock").string();
+  o.max_clients = 4;
+  o.idle_timeout = std::chrono::milliseconds(20'000);  // no timeout frees a slot during the test
+  auto server = valet::ControlServer::start(*heap, o);
+  ASSERT_TRUE(server.ok()) << server.error().to_string();
+  const std::string stats = "{\"v\":1,\"cmd\":\"stats\"}\n";
+
+  // Four idle clients fill every slot; a fifth is served, and the oldest idle one is closed.
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) {
+    idle.push_back(connect_to(o.socket_path));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // accepted one by one, in order
+  }
+  for (int round = 0; round < 3; ++round) {
+    const int c = connect_to(o.socket_path);
+    send_all(c, stats);
+    const std::string r = read_line(c, 5000);
+    ASSERT_FALSE(r.empty()) << "no reply with every slot taken by idle clients";
+    EXPECT_TRUE(json::parse(r)["ok"].get<bool>()) << r;
+    ::close(c);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(read_line(idle[0], 2000).find("idle while the service was at its limit"), std::string::npos);
+  EXPECT_EQ(read_line(idle[0], 2000), "");  // then EOF
+  // The later clients found the slots of the ones before them (or, on a loaded machine where the
+  // server had not yet noticed a close, took another idle one's).
+  EXPECT_GE((*server)->counters().evicted_idle, 1u);
+  EXPECT_LE((*server)->counters().evicted_idle, 3u);
+  for (int fd : idle) ::close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+  // Clients in the middle of a request are not idle: with all four such, a fifth is refused.
+  std::vector<int> busy;
+  for (int i = 0; i < 4; ++i) {
+    busy.push_back(connect_to(o.socket_path));
+    send_all(busy.back(), "{\"v\":1,");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const int late = connect_to(o.socket_path);
+  send_all(late, stats);
+  EXPECT_NE(read_line(late, 5000).find("too many clients"), std::string::npos);
+  ::close(late);
+  for (int fd : busy) {
+    send_all(fd, "\"cmd\":\"info\"}\n");
+    EXPECT_TRUE(json::parse(read_line(fd))["ok"].get<bool>());
+    ::close(fd);
+  }
 }
 
 TEST(ControlServer, ReplacesAStaleSocketButNotAFile) {

@@ -127,9 +127,9 @@ def request(path, obj, timeout=10):
         return json.loads(read_line(s))
 
 
-def ctl(binary, *args, expect_rc=0, env=None, timeout=120):
+def ctl(binary, *args, expect_rc=0, env=None, timeout=120, cwd=None):
     """Runs valetctl; checks its exit status; returns (stdout, stderr)."""
-    p = subprocess.run([binary] + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+    p = subprocess.run([binary] + list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
     if expect_rc is not None:
         ok = p.returncode == expect_rc if expect_rc != "nonzero" else p.returncode != 0
         check(ok, "valetctl %s: exit %d (wanted %s)\nstdout: %s\nstderr: %s"

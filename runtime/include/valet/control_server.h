@@ -31,6 +31,7 @@
 
 #include "valet/compactor.h"
 #include "valet/heap.h"
+#include "valet/trace_recorder.h"
 
 namespace valet {
 
@@ -48,49 +49,6 @@ Status prepare_control_socket_dir(const std::string& dir);
 // The path a service listens on: `requested` when not empty, else $VALET_CONTROL_SOCKET when set
 // and not empty (both used exactly as given), else <control_socket_dir()>/<pid>.sock.
 std::string control_socket_path(const std::string& requested = {});
-
-// Records a live service's operations as a gpuheap-trace v1 (the format of
-// shared/workloads/gen_trace.py): `a <id> <bytes>`, `f <id>`, `s`, `p <bytes>`. The heap has no
-// operation hook, so the service calls on_*() from its own allocation wrapper; each call costs
-// one relaxed atomic load while not recording. Thread-safe.
-//
-// Objects allocated before start() are not in the trace: their frees are dropped, and a resize of
-// one is recorded as its first allocation. Trace ids are dense, in order of first appearance; a
-// resize is recorded as a reallocation (allocate the new size, free the old object), as the
-// trace format models KV-cache growth. stop() frees the objects still live, so every trace is
-// self-contained and replays to an empty heap.
-class TraceRecorder {
- public:
-  // `source` and `capacity_bytes` go into the trace's header line (replayers read capacity=).
-  explicit TraceRecorder(std::string source = "valet", std::size_t capacity_bytes = 0);
-  ~TraceRecorder();
-  TraceRecorder(const TraceRecorder&) = delete;
-  TraceRecorder& operator=(const TraceRecorder&) = delete;
-
-  struct Summary {
-    bool recording = false;
-    std::string path;
-    std::uint64_t allocations = 0, frees = 0, steps = 0, probes = 0, lines = 0;
-  };
-
-  // invalid_state while recording; system_error when the file cannot be created.
-  Status start(const std::string& path);
-  // invalid_state when not recording; system_error when the file could not be written fully.
-  Result<Summary> stop();
-  Summary summary() const;
-  bool recording() const { return recording_.load(std::memory_order_relaxed); }
-
-  void on_allocate(std::uint64_t id, std::size_t bytes);
-  void on_free(std::uint64_t id);
-  void on_resize(std::uint64_t id, std::size_t new_bytes);
-  void on_step();
-  void on_probe(std::size_t bytes);
-
- private:
-  struct State;
-  std::unique_ptr<State> s_;
-  std::atomic<bool> recording_{false};
-};
 
 // What the control server needs from a compaction engine. The server holds it through this
 // interface so that libvalet's control server does not depend on the Compactor's implementation
@@ -134,6 +92,8 @@ struct ControlServerOptions {
   std::size_t max_request_bytes = std::size_t{64} << 10;
   // A client must complete each request within this long of connecting or of its last reply.
   std::chrono::milliseconds idle_timeout{5000};
+  // Connections open at once. When all are taken, a new one closes the connection that has been
+  // idle (no request in progress) the longest; only when none is idle is it refused.
   std::size_t max_clients = 64;
   // Where the server reports what it refuses (peers of other users, failed background cycles).
   // The library never writes to stdout; none: silent.
@@ -161,6 +121,7 @@ class ControlServer {
 
   struct Counters {
     std::uint64_t connections = 0, requests = 0, errors = 0, refused_peers = 0, timeouts = 0;
+    std::uint64_t evicted_idle = 0;  // idle connections closed to make room for new ones
   };
   Counters counters() const;
 

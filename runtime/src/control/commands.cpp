@@ -9,8 +9,9 @@
 //   policy_get                the compactor's settings
 //   policy_set                set: {key: value, ...}, applied all or none
 //   pages                     the page map (page_map.h)
-//   trace_start               path (absolute)
-//   trace_stop
+//   trace_start               path (absolute, a new file: see create_trace_file()); replies with
+//                             `file`, the absolute name written, and the recording's figures
+//   trace_stop                `file` and the figures, dropped and deferred lines included
 #include "commands.h"
 
 #include <unistd.h>
@@ -130,9 +131,12 @@ json counters_json(const Compactor::Counters& c) {
 }
 
 json trace_json(const TraceRecorder::Summary& t) {
-  return {{"recording", t.recording}, {"path", t.path},   {"allocations", t.allocations},
-          {"frees", t.frees},         {"steps", t.steps}, {"probes", t.probes},
-          {"lines", t.lines}};
+  return {{"recording", t.recording},         {"path", t.path},
+          {"allocations", t.allocations},     {"frees", t.frees},
+          {"steps", t.steps},                 {"probes", t.probes},
+          {"lines", t.lines},                 {"dropped_lines", t.dropped_lines},
+          {"deferred_frees", t.deferred_frees}, {"written_bytes", t.written_bytes},
+          {"buffered_bytes", t.buffered_bytes}};
 }
 
 json info(const json& request, const ServiceContext& ctx) {
@@ -298,10 +302,13 @@ json trace_start(const json& request, const ServiceContext& ctx) {
   auto& t = recorder_of(ctx, "trace_start");
   const std::string path = f.string("path");
   // The service's working directory is not the client's: a relative path would surprise.
-  if (path.empty() || path[0] != '/') throw BadRequest{"trace_start: 'path' must be absolute, not '" + path + "'"};
+  // (The recorder checks the rest: no NUL, no '..', a new regular file only.)
+  if (path.empty() || path[0] != '/')
+    throw BadRequest{"trace_start: 'path' must be absolute, not '" + path.substr(0, path.find('\0')) + "'"};
   if (auto st = t.start(path); !st.ok()) throw BadRequest{"trace_start: " + st.error().message};
   json r = ok_reply();
   r["trace"] = trace_json(t.summary());
+  r["file"] = r["trace"]["path"];  // the absolute file name written, directories resolved
   return r;
 }
 
@@ -309,9 +316,13 @@ json trace_stop(const json& request, const ServiceContext& ctx) {
   Fields f(request, "trace_stop", {});
   auto& t = recorder_of(ctx, "trace_stop");
   auto summary = t.stop();
-  if (!summary.ok()) throw BadRequest{"trace_stop: " + summary.error().message};
+  // A failed stop still ends the recording: its figures (what was written, dropped) go along.
+  if (!summary.ok())
+    throw BadRequest{"trace_stop: " + summary.error().message,
+                     t.summary().path.empty() ? json::object() : json{{"trace", trace_json(t.summary())}}};
   json r = ok_reply();
   r["trace"] = trace_json(*summary);
+  r["file"] = summary->path;
   return r;
 }
 

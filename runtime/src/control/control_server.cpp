@@ -39,7 +39,11 @@ struct Connection {
   bool busy = false;             // a job owes this connection its reply
   bool closing = false;          // close once `out` is written and no job is pending
   bool dead = false;             // close now
+  std::uint64_t born = 0;        // the server round that accepted it
   Clock::time_point deadline;    // a complete request must arrive by then (when not busy)
+
+  // Waiting for its next request with nothing of one received: may give its slot to a newcomer.
+  bool idle() const { return !busy && !closing && !dead && out.empty() && in.empty() && discarded == 0; }
 };
 
 }  // namespace
@@ -53,12 +57,14 @@ struct ControlServer::Impl {
   std::atomic<bool> stopping{false};
   std::list<Connection> connections;
   std::uint64_t next_id = 1;
+  std::uint64_t round = 0;  // poll rounds run
   std::unique_ptr<control::JobWorker> worker;
   std::thread thread;
   std::mutex stop_mu;
   bool stopped = false;
 
-  std::atomic<std::uint64_t> n_connections{0}, n_requests{0}, n_errors{0}, n_refused{0}, n_timeouts{0};
+  std::atomic<std::uint64_t> n_connections{0}, n_requests{0}, n_errors{0}, n_refused{0}, n_timeouts{0},
+      n_evicted{0};
 
   Impl(Heap& h, ControlServerOptions o)
       : heap(h), options(std::move(o)), ctx{.heap = h,
@@ -78,6 +84,7 @@ struct ControlServer::Impl {
 
   void run();
   void accept_all();
+  bool make_room();
   void read_from(Connection& c);
   void process_lines(Connection& c);
   void answer(Connection& c, const std::string& line);
@@ -222,12 +229,35 @@ void ControlServer::Impl::accept_all() {
       log("control: refused a connection from " + who + " (only uid " + std::to_string(::geteuid()) + " may connect)");
       reply(c, error_reply("permission denied: only the service's own user may use this socket"));
       c.closing = true;
-    } else if (connections.size() >= options.max_clients) {
-      reply(c, error_reply("too many clients (" + std::to_string(options.max_clients) + "); try again later"));
+    } else if (!make_room()) {
+      reply(c, error_reply("too many clients (" + std::to_string(options.max_clients) +
+                           ", none of them idle); try again later"));
       c.closing = true;
     }
+    c.born = round;
     connections.push_back(std::move(c));
   }
+}
+
+// True when a new connection may be served: fewer than max_clients are open, or the one idle the
+// longest was closed to make room. Idle connections cost nothing to drop (no request of theirs is
+// lost), and dropping them keeps a crowd of silent clients from locking valetctl out. A
+// connection accepted in this round has not been read yet, so it is not taken for idle.
+bool ControlServer::Impl::make_room() {
+  std::size_t open = 0;
+  Connection* oldest = nullptr;
+  for (auto& c : connections) {
+    if (c.closing || c.dead) continue;
+    ++open;
+    if (c.idle() && c.born < round && (!oldest || c.deadline < oldest->deadline)) oldest = &c;
+  }
+  if (open < options.max_clients) return true;
+  if (!oldest) return false;
+  ++n_evicted;
+  reply(*oldest, error_reply("closed: idle while the service was at its limit of " +
+                             std::to_string(options.max_clients) + " clients; reconnect to send a request"));
+  oldest->closing = true;
+  return true;
 }
 
 void ControlServer::Impl::deliver_jobs() {
@@ -271,6 +301,7 @@ void ControlServer::Impl::run() {
   std::vector<pollfd> fds;
   std::vector<Connection*> polled;
   while (!stopping.load()) {
+    ++round;
     fds.clear();
     polled.clear();
     fds.push_back({wake_fd, POLLIN, 0});
@@ -379,7 +410,7 @@ const std::string& ControlServer::socket_path() const { return impl_->ctx.socket
 
 ControlServer::Counters ControlServer::counters() const {
   return {impl_->n_connections.load(), impl_->n_requests.load(), impl_->n_errors.load(), impl_->n_refused.load(),
-          impl_->n_timeouts.load()};
+          impl_->n_timeouts.load(), impl_->n_evicted.load()};
 }
 
 }  // namespace valet

@@ -185,7 +185,7 @@ void cmd_trace_start(const Args& a) {
   }
   const json r = call(a, {{"cmd", "trace_start"}, {"path", path}});
   if (a.json) print_json(r);
-  else std::cout << "recording a trace to " << path << "\n";
+  else std::cout << "recording a trace to " << r.value("file", path) << "\n";  // as the service resolved it
 }
 
 void cmd_trace_stop(const Args& a) {
