@@ -77,7 +77,8 @@ struct Driver {
 };
 
 // The process-wide driver table, loaded on first use. Errc::unsupported when libcuda.so.1 cannot
-// be loaded ("CUDA driver not found (libcuda.so.1: <dlerror>)") or lacks an entry point.
+// be loaded ("CUDA driver not found (<dlerror>)", which names libcuda.so.1 once) or lacks an
+// entry point.
 Result<const Driver*> load_driver();
 
 // "CUDA_ERROR_OUT_OF_MEMORY (2)"; works without a loaded driver too ("CUresult 2").

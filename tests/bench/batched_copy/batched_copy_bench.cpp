@@ -79,7 +79,7 @@ struct Driver {
 
 std::string load_driver(Driver& d) {
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) return std::string("CUDA driver not found (libcuda.so.1: ") + dlerror() + ")";
+  if (!lib) return std::string("CUDA driver not found (") + dlerror() + ")";  // dlerror names the library
   using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
   auto get = reinterpret_cast<GetProc>(dlsym(lib, "cuGetProcAddress_v2"));
   if (!get) return "no cuGetProcAddress_v2 in libcuda.so.1";
