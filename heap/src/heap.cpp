@@ -436,6 +436,14 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
   if (backend->granularity() != detail::kPageSize)
     return make_error(Errc::unsupported, "Heap::create: the backend's page size is not 2 MiB");
   std::size_t capacity = config.capacity;
+  if (capacity > 0) {
+    // More than the backend has cannot be backed, and would size the slot table for nothing.
+    auto info = backend->memory_info();
+    if (info.ok() && info->total_bytes > 0 && capacity > info->total_bytes)
+      return make_error(Errc::invalid_argument, "Heap::create: capacity " + std::to_string(capacity) +
+                                                    " bytes exceeds the backend's memory of " +
+                                                    std::to_string(info->total_bytes) + " bytes");
+  }
   if (capacity == 0) {
     auto info = backend->memory_info();
     if (!info.ok()) return info.error();

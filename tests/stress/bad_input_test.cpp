@@ -229,6 +229,20 @@ TEST_F(BadInput, ARefusedShutdownIsInvisibleToOtherThreads) {
   expect_nothing_lost();
 }
 
+// A capacity beyond what the backend has is refused at once, whatever its size (it used to size
+// the heap's slot table first).
+TEST(BadCapacity, BeyondTheBackendsMemoryIsRefused) {
+  for (std::size_t capacity : {std::size_t{1} << 40, std::size_t{1} << 62, ~std::size_t{0}}) {
+    auto host = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = 64 * kMiB});
+    Config c = small_host_config(64 * kMiB);
+    c.capacity = capacity;
+    auto heap = Heap::create(std::move(host), c);
+    ASSERT_FALSE(heap.ok()) << capacity;
+    EXPECT_EQ(heap.code(), Errc::invalid_argument);
+    EXPECT_NE(heap.error().message.find("exceeds the backend's memory"), std::string::npos) << heap.error().message;
+  }
+}
+
 TEST_F(BadInput, ForgedHandlesAreInvalidOrStaleNeverAccepted) {
   std::vector<Obj> live;
   for (int i = 0; i < 50; ++i) live.push_back(victim(100 + 37 * i));
