@@ -210,7 +210,7 @@ int run_service(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   install_stop_handlers();
   Options o;
   CLI::App app{"valet-serve: an LLM serving loop on a Valet heap (KV caches that grow, small objects that linger,\n"
@@ -230,4 +230,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   return run_service(o);
+} catch (const std::exception& e) {  // no exception escapes a tool: exit 2 with what it says
+  std::fprintf(stderr, "valet-serve: unexpected error: %s\n", e.what());
+  return 2;
 }

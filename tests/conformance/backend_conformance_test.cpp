@@ -2,7 +2,11 @@
 // the host emulation and against the CUDA driver. The CUDA instance skips without a usable GPU.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -375,6 +379,72 @@ TEST(HostBackend, InjectedDelayHoldsEventsBack) {
   ASSERT_TRUE(b.destroy_stream(s).ok());
   ASSERT_TRUE(b.unmap(va, kPage).ok());
   ASSERT_TRUE(b.release_page(p).ok());
+}
+
+// Resident memory of this process (/proc/self/statm), to see what a backend costs up front.
+std::size_t resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  unsigned long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? std::size_t(resident) * std::size_t(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+// Per-page state is made on first use: 64 TiB of emulated memory (2^25 pages) costs neither time
+// nor host memory up front, and the emulation still refuses what CUDA refuses, at both ends of a
+// 16 TiB reservation.
+TEST(HostBackend, HugeCapacityIsCheapAndStillChecked) {
+  const std::size_t rss_before = resident_bytes();
+  const auto start = std::chrono::steady_clock::now();
+  HostBackend b(HostBackendOptions{.capacity_bytes = std::size_t{1} << 46});
+  ASSERT_TRUE(b.status().ok()) << b.status().error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  EXPECT_LT(resident_bytes(), rss_before + (std::size_t{32} << 20)) << "per-page tables were built up front";
+  auto info = b.memory_info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->total_bytes, std::size_t{1} << 46);
+  EXPECT_EQ(info->free_bytes, info->total_bytes);
+
+  const std::size_t span = std::size_t{1} << 44;
+  auto va = b.reserve(span);
+  ASSERT_TRUE(va.ok()) << va.error().to_string();
+  const DevicePtr first = *va, last = *va + span - kPage;
+  auto p = b.create_page(), q = b.create_page();
+  ASSERT_TRUE(p.ok() && q.ok());
+  ASSERT_TRUE(b.map(first, *p).ok());
+  ASSERT_TRUE(b.map(last, *q).ok());
+  EXPECT_EQ(b.map(first, *q).code(), Errc::invalid_state) << "map onto a mapped address";
+  EXPECT_EQ(b.set_access(first + kPage, kPage).code(), Errc::invalid_state) << "access to an unmapped page";
+  ASSERT_TRUE(b.set_access(first, kPage).ok());
+  ASSERT_TRUE(b.set_access(last, kPage).ok());
+  const std::uint64_t word = 0x0123456789abcdefull;
+  std::uint64_t back = 0;
+  ASSERT_TRUE(b.write(last + kPage - 8, &word, 8).ok());
+  ASSERT_TRUE(b.read(&back, last + kPage - 8, 8).ok());
+  EXPECT_EQ(back, word);
+  EXPECT_EQ(b.unreserve(first, span).code(), Errc::invalid_state) << "unreserve under mapped pages";
+  ASSERT_TRUE(b.unmap(first, kPage).ok());
+  EXPECT_EQ(b.unmap(first, kPage).code(), Errc::invalid_state) << "double unmap";
+  ASSERT_TRUE(b.release_page(*p).ok());
+  EXPECT_EQ(b.release_page(*p).code(), Errc::not_found) << "double release";
+  EXPECT_EQ(b.map(first, *p).code(), Errc::not_found) << "map of a released page";
+  EXPECT_EQ(b.map(first, PhysicalPage{(std::uint64_t{1} << 25) + 1}).code(), Errc::not_found) << "page beyond the capacity";
+  ASSERT_TRUE(b.unmap(last, kPage).ok());
+  ASSERT_TRUE(b.release_page(*q).ok());
+  EXPECT_EQ(b.pages_in_use(), 0u);
+  ASSERT_TRUE(b.unreserve(first, span).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
+// Beyond the most address space it can reserve, the emulation refuses the capacity at once.
+TEST(HostBackend, RefusesCapacityItCannotBack) {
+  for (std::size_t capacity : {(std::size_t{1} << 46) + kPage, std::size_t{1} << 49, std::size_t{1} << 62}) {
+    HostBackend b(HostBackendOptions{.capacity_bytes = capacity});
+    EXPECT_EQ(b.status().code(), Errc::invalid_argument) << capacity;
+    if (!b.status().ok()) EXPECT_NE(b.status().error().message.find("64 TiB"), std::string::npos);
+    EXPECT_EQ(b.create_page().code(), Errc::invalid_argument);
+  }
 }
 
 using HostBackendDeathTest = ::testing::Test;

@@ -21,6 +21,9 @@ namespace valet {
 namespace {
 
 constexpr std::size_t kPage = HostBackend::kPageSize;
+// The most address space one reserve() takes, and so the most memory the emulation backs: pages
+// beyond it could never all be mapped at once. (Page indices are 32-bit: 2^25 pages fit.)
+constexpr std::size_t kMaxBytes = std::size_t{1} << 46;
 
 Error sys_error(const char* call) {
   return make_error(Errc::system_error, std::string(call) + " failed: " + std::strerror(errno));
@@ -32,7 +35,6 @@ bool aligned(std::uintptr_t v) { return v % kPage == 0; }
 
 struct HostBackend::State {
   struct PageRecord {
-    bool created = false;
     bool release_pending = false;  // released while still mapped: freed at the last unmap
     std::uint32_t mappings = 0;
   };
@@ -47,8 +49,11 @@ struct HostBackend::State {
   Status init;
 
   mutable std::mutex mu;  // pages, mappings, reservations
-  std::vector<PageRecord> pages;
-  std::vector<std::uint32_t> free_pages;
+  // Per-page state exists only for pages that exist: the capacity may be terabytes (a memfd of
+  // that size is sparse), and tables sized by it would cost gigabytes of host memory up front.
+  std::unordered_map<std::uint32_t, PageRecord> pages;  // created pages, by index
+  std::vector<std::uint32_t> free_pages;                // indices given back, reused first
+  std::uint32_t fresh_pages = 0;                        // indices [0, fresh_pages) have been used
   std::size_t in_use = 0;
   std::map<DevicePtr, std::size_t> reservations;
   std::unordered_map<DevicePtr, Mapping> mappings;  // by page-aligned address
@@ -77,9 +82,28 @@ struct HostBackend::State {
     return true;
   }
 
+  // Precondition: mu held. The record of a created page that is not being released, or null.
+  PageRecord* live_page(PhysicalPage page) {
+    if (page.id == 0 || page.id > page_count) return nullptr;
+    auto it = pages.find(std::uint32_t(page.id - 1));
+    return it == pages.end() || it->second.release_pending ? nullptr : &it->second;
+  }
+
+  // Precondition: mu held. Takes an index for a new page (a returned one first), or false.
+  bool take_index(std::uint32_t& index) {
+    if (!free_pages.empty()) {
+      index = free_pages.back();
+      free_pages.pop_back();
+      return true;
+    }
+    if (fresh_pages == page_count) return false;
+    index = fresh_pages++;
+    return true;
+  }
+
   // Precondition: mu held. Forgets a page; its index is reused only after return_memory().
   void forget_page(std::uint32_t index) {
-    pages[index] = PageRecord{};
+    pages.erase(index);
     --in_use;
   }
   // Precondition: mu NOT held. Gives a forgotten page's memory back to the OS, then its index to
@@ -125,6 +149,13 @@ HostBackend::HostBackend(HostBackendOptions options) : s_(std::make_unique<State
     s_->init = make_error(Errc::invalid_argument, "host backend: capacity below one 2 MiB page");
     return;
   }
+  if (options.capacity_bytes > kMaxBytes) {
+    s_->init = make_error(Errc::invalid_argument,
+                          "host backend: a capacity of " + std::to_string(options.capacity_bytes) +
+                              " bytes is more than the emulation can back (at most " +
+                              std::to_string(kMaxBytes >> 40) + " TiB, the most address space it reserves)");
+    return;
+  }
   s_->fd = memfd_create("valet-host-vmm", MFD_CLOEXEC);
   if (s_->fd < 0) {
     s_->init = sys_error("memfd_create");
@@ -134,9 +165,6 @@ HostBackend::HostBackend(HostBackendOptions options) : s_(std::make_unique<State
     s_->init = sys_error("ftruncate");
     return;
   }
-  s_->pages.resize(s_->page_count);
-  s_->free_pages.reserve(s_->page_count);
-  for (std::size_t i = s_->page_count; i-- > 0;) s_->free_pages.push_back(std::uint32_t(i));
 }
 
 HostBackend::~HostBackend() {
@@ -169,8 +197,7 @@ Result<DevicePtr> HostBackend::reserve(std::size_t bytes) {
   VALET_TRY(s_->init);
   if (bytes == 0 || bytes % kPage != 0)
     return make_error(Errc::invalid_argument, "reserve: size must be a non-zero multiple of 2 MiB");
-  if (bytes > (std::size_t{1} << 46))
-    return make_error(Errc::out_of_address_space, "reserve: more than 64 TiB asked");
+  if (bytes > kMaxBytes) return make_error(Errc::out_of_address_space, "reserve: more than 64 TiB asked");
   // Over-reserve by one page so the start can be aligned, then trim both ends.
   const std::size_t span = bytes + kPage;
   void* raw = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -193,9 +220,14 @@ Status HostBackend::unreserve(DevicePtr va, std::size_t bytes) {
   auto it = s_->reservations.find(va);
   if (it == s_->reservations.end() || it->second != bytes)
     return make_error(Errc::not_found, "unreserve: not a reservation of this size");
-  for (DevicePtr p = va; p < va + bytes; p += kPage)
-    if (s_->mappings.count(p))
-      return make_error(Errc::invalid_state, "unreserve: the range still has mapped pages");
+  // Walk whichever is smaller: the range's pages or the mappings (a reservation may be terabytes).
+  bool mapped = false;
+  if (bytes / kPage <= s_->mappings.size()) {
+    for (DevicePtr p = va; p < va + bytes && !mapped; p += kPage) mapped = s_->mappings.count(p) != 0;
+  } else {
+    for (const auto& m : s_->mappings) mapped = mapped || (m.first >= va && m.first < va + bytes);
+  }
+  if (mapped) return make_error(Errc::invalid_state, "unreserve: the range still has mapped pages");
   if (munmap(reinterpret_cast<void*>(va), bytes) != 0) return sys_error("munmap");
   s_->reservations.erase(it);
   return {};
@@ -206,12 +238,10 @@ Result<PhysicalPage> HostBackend::create_page() {
   std::uint32_t index;
   {
     std::lock_guard lock(s_->mu);
-    if (s_->free_pages.empty())
+    if (!s_->take_index(index))
       return make_error(Errc::out_of_memory, "create_page: the emulated device memory (" +
                                                  std::to_string(s_->options.capacity_bytes >> 20) +
                                                  " MiB) is full");
-    index = s_->free_pages.back();
-    s_->free_pages.pop_back();
   }
   // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it. The
   // index is off the free list, so nobody else touches it; the lock is not held meanwhile.
@@ -227,7 +257,7 @@ Result<PhysicalPage> HostBackend::create_page() {
     return sys_error("fallocate");
   }
   std::lock_guard lock(s_->mu);
-  s_->pages[index].created = true;
+  s_->pages[index] = State::PageRecord{};
   ++s_->in_use;
   return PhysicalPage{std::uint64_t{index} + 1};
 }
@@ -236,12 +266,10 @@ Status HostBackend::release_page(PhysicalPage page) {
   const std::uint64_t index = page.id - 1;
   {
     std::lock_guard lock(s_->mu);
-    if (page.id == 0 || index >= s_->pages.size() || !s_->pages[index].created ||
-        s_->pages[index].release_pending)
-      return make_error(Errc::not_found, "release_page: unknown or already released page");
-    auto& rec = s_->pages[index];
-    if (rec.mappings > 0) {
-      rec.release_pending = true;
+    State::PageRecord* rec = s_->live_page(page);
+    if (!rec) return make_error(Errc::not_found, "release_page: unknown or already released page");
+    if (rec->mappings > 0) {
+      rec->release_pending = true;
       return {};
     }
     s_->forget_page(std::uint32_t(index));
@@ -253,9 +281,8 @@ Status HostBackend::release_page(PhysicalPage page) {
 Status HostBackend::map(DevicePtr va, PhysicalPage page) {
   std::lock_guard lock(s_->mu);
   const std::uint64_t index = page.id - 1;
-  if (page.id == 0 || index >= s_->pages.size() || !s_->pages[index].created ||
-      s_->pages[index].release_pending)
-    return make_error(Errc::not_found, "map: unknown or released page");
+  State::PageRecord* rec = s_->live_page(page);
+  if (!rec) return make_error(Errc::not_found, "map: unknown or released page");
   if (!aligned(va) || !s_->reserved(va, kPage))
     return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
   if (s_->mappings.count(va)) return make_error(Errc::invalid_state, "map: the address is already mapped");
@@ -263,7 +290,7 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
                  off_t(index) * off_t(kPage));
   if (r == MAP_FAILED) return sys_error("mmap(MAP_SHARED|MAP_FIXED)");
   s_->mappings.emplace(va, State::Mapping{std::uint32_t(index), false});
-  ++s_->pages[index].mappings;
+  ++rec->mappings;
   return {};
 }
 
@@ -282,7 +309,7 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
       auto it = s_->mappings.find(p);
       const std::uint32_t index = it->second.page;
       s_->mappings.erase(it);
-      auto& rec = s_->pages[index];
+      auto& rec = s_->pages.find(index)->second;  // a mapped page keeps its record
       if (--rec.mappings == 0 && rec.release_pending) {
         s_->forget_page(index);
         freed.push_back(index);

@@ -2,11 +2,15 @@
 //
 // Exit status: 0 when the replay is clean; 1 when it ran but something failed (a signature
 // mismatch, a heap call that failed otherwise than the trace allows, peak mapped below peak
-// live, a heap that cannot be opened); 2 for a malformed trace or bad arguments.
+// live); 2 for bad arguments, a malformed, corrupt or empty trace, a capacity no heap can back,
+// a heap or compactor that cannot be started, or any other error.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
 #include <iostream>
+#include <new>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,11 +51,23 @@ struct Arguments {
   std::vector<std::string> policy;
 };
 
-}  // namespace
+// A heap addresses its virtual space in 2 MiB slots, at most 2^31 of them (PagePool::init), and
+// reserves address_space_factor slots per page of capacity: refuse what it could never reserve
+// before any backend sizes itself for it.
+valet::Status check_capacity(std::size_t capacity, const valet::Config& config) {
+  constexpr std::size_t kPage = std::size_t{2} << 20;
+  constexpr std::size_t kMaxSlots = std::size_t{1} << 31;
+  const std::size_t max_pages = kMaxSlots / config.address_space_factor;
+  if (capacity / kPage <= max_pages) return {};
+  return valet::make_error(valet::Errc::invalid_argument,
+                           "capacity " + std::to_string(capacity) + " bytes is more than a heap can address (at most " +
+                               std::to_string(max_pages * kPage) + " bytes: " + std::to_string(kMaxSlots) +
+                               " slots of 2 MiB, " + std::to_string(config.address_space_factor) +
+                               " per page of capacity)");
+}
 
-int main(int argc, char** argv) {
-  using namespace valet;
-  Arguments args;
+// Parses the command line into `args`; an exit status when the run ends there (--help, an error).
+std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   CLI::App app{kDescription, "valet-replay"};
   app.add_option("TRACE", args.trace, "The trace (gpuheap-trace v1, .gz accepted)")->required();
   app.add_option("--backend", args.backend, "auto, cuda or host")
@@ -92,6 +108,17 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
   }
+  if (!args.capacity.empty() && !valet::parse_size(args.capacity).ok()) {
+    std::cerr << "valet-replay: --capacity: " << valet::parse_size(args.capacity).error().message << "\n";
+    return kExitUsage;
+  }
+  return std::nullopt;
+}
+
+int run(int argc, char** argv) {
+  using namespace valet;
+  Arguments args;
+  if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
 
   Config config;
   config.backend = parse_backend_choice(args.backend).value();  // checked by CLI11 above
@@ -99,29 +126,26 @@ int main(int argc, char** argv) {
   config.share_tails = !args.no_share_tails;
   config.background_reserve = true;
 
-  replay::Trace trace;
-  try {
-    trace = replay::read_trace(args.trace);
-  } catch (const replay::TraceError& e) {
-    std::cerr << "valet-replay: " << args.trace << ": " << e.what() << "\n";
+  // The first of two passes: the whole trace is checked before the heap is touched.
+  auto checked = replay::check_trace(args.trace);
+  if (!checked.ok()) {
+    std::cerr << "valet-replay: " << replay::quote_bytes(args.trace, 4096) << ": " << checked.error().message << "\n";
     return kExitUsage;
   }
 
-  if (!args.capacity.empty()) {
-    auto size = parse_size(args.capacity);
-    if (!size.ok()) {
-      std::cerr << "valet-replay: --capacity: " << size.error().message << "\n";
-      return kExitUsage;
-    }
-    config.capacity = *size;
-  } else if (trace.header_capacity) {
-    config.capacity = *trace.header_capacity;
+  if (!args.capacity.empty())
+    config.capacity = *parse_size(args.capacity);  // checked with the arguments
+  else if (checked->header_capacity)
+    config.capacity = *checked->header_capacity;
+  if (auto st = check_capacity(config.capacity, config); !st.ok()) {
+    std::cerr << "valet-replay: " << st.error().message << "\n";
+    return kExitUsage;
   }
 
   auto heap = open_heap(config);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
-    return kExitFailed;
+    return kExitUsage;
   }
 
   PolicySettings policy;
@@ -140,7 +164,7 @@ int main(int argc, char** argv) {
     auto started = Compactor::start(**heap, policy);
     if (!started.ok()) {
       std::cerr << "valet-replay: cannot start the compactor: " << started.error().to_string() << "\n";
-      return kExitFailed;
+      return kExitUsage;
     }
     compactor = std::move(*started);
   }
@@ -158,7 +182,12 @@ int main(int argc, char** argv) {
   options.pinners.seed = args.seed;
   options.pinners.check_signature = args.verify && host_accessible;
 
-  replay::ReplayReport report = replay::replay(**heap, trace, options);
+  replay::TraceReader trace(args.trace);  // the second pass, streamed into the replay
+  replay::ReplayReport report = replay::replay(**heap, trace, *checked, options);
+  if (!report.trace_error.empty()) {
+    std::cerr << "valet-replay: " << replay::quote_bytes(args.trace, 4096) << ": " << report.trace_error << "\n";
+    return kExitUsage;
+  }
   report.trace = args.trace;
   report.backend = (*heap)->backend().name();
   report.capacity_bytes = (*heap)->config().capacity;
@@ -176,4 +205,21 @@ int main(int argc, char** argv) {
   for (const std::string& p : report.problems) std::cerr << "valet-replay: " << p << "\n";
   if (report.problems_omitted) std::cerr << "valet-replay: ... and " << report.problems_omitted << " more problems\n";
   return report.failed() ? kExitFailed : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Errors are values throughout; this catches what the standard library may still throw (an
+  // allocation the host cannot back, a thread that cannot start), so that no exception escapes.
+  try {
+    return run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "valet-replay: out of host memory\n";
+  } catch (const std::exception& e) {
+    std::cerr << "valet-replay: unexpected error: " << e.what() << "\n";
+  } catch (...) {
+    std::cerr << "valet-replay: unexpected error\n";
+  }
+  return kExitUsage;
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "latency.h"
 #include "live_set.h"
 #include "step_log.h"
 
@@ -24,54 +25,39 @@ std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
 
 // Median (mean of the middle two for an even count) and p99 (the sorted element at 0.99 n), as
 // torch_replay.py computes them, so the figures compare.
-void latency_figures(std::vector<std::uint64_t>& ns, ReplayReport& r) {
-  if (ns.empty()) return;
-  std::sort(ns.begin(), ns.end());
-  const std::size_t n = ns.size();
-  r.alloc_ns_median = n % 2 ? double(ns[n / 2]) : (double(ns[n / 2 - 1]) + double(ns[n / 2])) / 2;
-  r.alloc_ns_p99 = double(ns[std::min(n - 1, std::size_t(0.99 * double(n)))]);
-  r.alloc_ns_max = double(ns.back());
+void latency_figures(const LatencyHistogram& ns, ReplayReport& r) {
+  const std::uint64_t n = ns.count();
+  if (n == 0) return;
+  r.alloc_ns_median = n % 2 ? ns.at_rank(n / 2) : (ns.at_rank(n / 2 - 1) + ns.at_rank(n / 2)) / 2;
+  r.alloc_ns_p99 = ns.at_rank(std::min(n - 1, std::uint64_t(0.99 * double(n))));
+  r.alloc_ns_max = double(ns.max());
 }
+
+// Ops are read in batches between timed stretches, so that reading the trace (decompression and
+// parsing) stays out of wall_s, and memory stays bounded by the batch.
+constexpr std::size_t kBatch = 4096;
 
 class Replayer {
  public:
-  Replayer(Heap& heap, const Trace& trace, const ReplayOptions& options)
+  Replayer(Heap& heap, TraceReader& trace, const TraceSummary& checked, const ReplayOptions& options)
       : heap_(heap),
         trace_(trace),
+        checked_(checked),
         options_(options),
         pinner_options_(options.pinners),
-        objects_(trace.objects) {
+        objects_(checked.objects) {
     if (options_.verify) signatures_.emplace(heap_, options_.signature_path);
     if (options_.pinners.threads > 0) {
-      live_set_ = std::make_unique<LiveSet>(trace.objects);
+      live_set_ = std::make_unique<LiveSet>(checked.objects);
       pinner_options_.replay_line = &current_line_;
     }
-    alloc_ns_.reserve(trace.ops.size() / 2);
     if (!options_.step_log.empty() && !step_log_.open(options_.step_log))
       problem("cannot write the step log " + options_.step_log);
   }
 
   ReplayReport run() {
     if (live_set_) pinners_ = std::make_unique<Pinners>(heap_, *live_set_, pinner_options_);
-    const auto start = Clock::now();
-    for (const TraceOp& op : trace_.ops) {
-      current_line_.store(op.line, std::memory_order_relaxed);
-      switch (op.kind) {
-        case OpKind::allocate:
-          on_allocate(op);
-          break;
-        case OpKind::free:
-          on_free(op);
-          break;
-        case OpKind::step:
-          on_step(op);
-          break;
-        case OpKind::probe:
-          on_probe(op);
-          break;
-      }
-    }
-    report_.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+    replay_ops();
     // No pin may outlive the replay: the heap aborts when destroyed under one.
     if (pinners_) pinners_->stop();
     // Its counters are final from here, and nothing moves while the leftovers are checked.
@@ -85,8 +71,56 @@ class Replayer {
  private:
   struct ObjectSlot {
     Handle handle;
+    std::uint64_t id = 0;
+    std::uint64_t bytes = 0;
     bool live = false;
   };
+
+  void replay_ops() {
+    std::vector<TraceOp> batch(kBatch);
+    std::uint64_t ops = 0;
+    for (bool more = true; more;) {
+      std::size_t n = 0;
+      while (n < kBatch && (more = trace_.next(batch[n]))) {
+        const bool has_slot = batch[n].kind == OpKind::allocate || batch[n].kind == OpKind::free;
+        if (has_slot && batch[n].object >= objects_.size()) {
+          more = false;  // more objects live at once than when checked: the file changed
+          ops = checked_.ops + 1;
+          break;
+        }
+        ++n;
+      }
+      const auto start = Clock::now();
+      for (std::size_t i = 0; i < n; ++i) replay_op(batch[i]);
+      report_.wall_s += std::chrono::duration<double>(Clock::now() - start).count();
+      ops += n;
+      if (n) last_line_ = batch[n - 1].line;
+      if (ops > checked_.ops) break;
+    }
+    // The file was checked before the heap was touched: it changed since, or cannot be read now.
+    if (trace_.error())
+      report_.trace_error = trace_.error()->to_string();
+    else if (ops < checked_.ops)
+      report_.trace_error = "the trace changed since it was checked: it ends after " + std::to_string(ops) +
+                            " of its " + std::to_string(checked_.ops) + " operations";
+    else if (ops > checked_.ops)
+      report_.trace_error = "the trace changed since it was checked: it holds more than its " +
+                            std::to_string(checked_.ops) + " operations, or more objects live at once";
+  }
+
+  void replay_op(const TraceOp& op) {
+    current_line_.store(op.line, std::memory_order_relaxed);
+    switch (op.kind) {
+      case OpKind::allocate:
+        return on_allocate(op);
+      case OpKind::free:
+        return on_free(op);
+      case OpKind::step:
+        return on_step(op);
+      case OpKind::probe:
+        return on_probe(op);
+    }
+  }
 
   void problem(const std::string& message) {
     ++report_.heap_errors;
@@ -99,7 +133,7 @@ class Replayer {
   void on_allocate(const TraceOp& op) {
     const auto asked = Clock::now();
     auto h = heap_.allocate(op.bytes);
-    alloc_ns_.push_back(ns_between(asked, Clock::now()));
+    alloc_ns_.add(ns_between(asked, Clock::now()));
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -109,7 +143,7 @@ class Replayer {
         problem_at(op, "allocate " + std::to_string(op.bytes) + " bytes", h.error());
       return;
     }
-    objects_[op.object] = {*h, true};
+    objects_[op.object] = {*h, op.id, op.bytes, true};
     live_bytes_ += op.bytes;
     if (live_bytes_ > report_.peak_live_bytes) {
       // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
@@ -225,17 +259,17 @@ class Replayer {
   // Objects the trace left live: checked and freed (the trace never resizes, so their signature
   // is still the one written at allocation).
   void free_leftovers() {
-    TraceOp at_end;
-    at_end.line = trace_.ops.empty() ? 0 : trace_.ops.back().line;
-    for (const TraceOp& op : trace_.ops) {
-      if (op.kind != OpKind::allocate || !objects_[op.object].live) continue;
-      TraceOp leftover = op;
-      leftover.line = at_end.line;
-      check_signature(leftover, objects_[op.object].handle);
-      if (auto st = heap_.free(objects_[op.object].handle); !st.ok())
-        problem_at(leftover, "free at the end", st.error());
-      objects_[op.object].live = false;
-      live_bytes_ -= op.bytes;
+    for (ObjectSlot& slot : objects_) {
+      if (!slot.live) continue;
+      TraceOp leftover;
+      leftover.kind = OpKind::allocate;
+      leftover.line = last_line_;
+      leftover.id = slot.id;
+      leftover.bytes = slot.bytes;
+      check_signature(leftover, slot.handle);
+      if (auto st = heap_.free(slot.handle); !st.ok()) problem_at(leftover, "free at the end", st.error());
+      slot.live = false;
+      live_bytes_ -= slot.bytes;
     }
   }
 
@@ -302,7 +336,8 @@ class Replayer {
   }
 
   Heap& heap_;
-  const Trace& trace_;
+  TraceReader& trace_;
+  const TraceSummary& checked_;
   const ReplayOptions& options_;
   PinnerOptions pinner_options_;
   std::atomic<std::uint32_t> current_line_{0};
@@ -312,7 +347,8 @@ class Replayer {
   std::unique_ptr<Pinners> pinners_;
   StepLog step_log_;
   ReplayReport report_;
-  std::vector<std::uint64_t> alloc_ns_;
+  LatencyHistogram alloc_ns_;
+  std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;
   std::uint64_t unweighted_steps_ = 0, steps_seen_ = 0;
@@ -321,8 +357,8 @@ class Replayer {
 
 }  // namespace
 
-ReplayReport replay(Heap& heap, const Trace& trace, const ReplayOptions& options) {
-  return Replayer(heap, trace, options).run();
+ReplayReport replay(Heap& heap, TraceReader& trace, const TraceSummary& checked, const ReplayOptions& options) {
+  return Replayer(heap, trace, checked, options).run();
 }
 
 }  // namespace valet::replay

@@ -26,8 +26,10 @@ struct ReplayOptions {
   std::string step_log;
 };
 
-// Replays every line of `trace` on `heap`, then checks and frees what the trace left live and
-// validates the heap. The report's failed() says whether anything went wrong.
-ReplayReport replay(Heap& heap, const Trace& trace, const ReplayOptions& options);
+// Replays every op `trace` yields on `heap`, then checks and frees what the trace left live and
+// validates the heap. `checked`: what check_trace() found in the same file (object slots, ops).
+// The report's failed() says whether anything went wrong; its trace_error, that the trace could
+// not be read again as it was checked (the replay then stops early).
+ReplayReport replay(Heap& heap, TraceReader& trace, const TraceSummary& checked, const ReplayOptions& options);
 
 }  // namespace valet::replay

@@ -91,6 +91,9 @@ struct ReplayReport {
   std::uint64_t verified_objects = 0;  // signatures checked (at free and at the end)
   std::uint64_t verify_errors = 0;     // objects (or pins) that found a damaged signature
   std::uint64_t heap_errors = 0;       // calls that failed otherwise than the trace allows
+  // Set when the trace could not be replayed to its end as it was checked (the file changed or
+  // cannot be read): the replay stopped there, and its figures describe part of the trace.
+  std::string trace_error;
   std::vector<std::string> problems;   // the first messages, for stderr
   std::uint64_t problems_omitted = 0;  // messages beyond the first kMaxProblems
 

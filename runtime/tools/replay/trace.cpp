@@ -1,20 +1,13 @@
 // Reading and checking a gpuheap-trace v1 (see trace.h).
 #include "trace.h"
 
-#include <zlib.h>
+#include <sys/stat.h>
 
-#include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <limits>
-#include <memory>
 #include <string_view>
-#include <unordered_map>
 
 namespace valet::replay {
-
-TraceError::TraceError(std::size_t line, const std::string& what)
-    : std::runtime_error(line ? "line " + std::to_string(line) + ": " + what : what), line_(line) {}
 
 namespace {
 
@@ -47,149 +40,153 @@ Fields split(std::string_view text) {
   return f;
 }
 
-std::uint64_t parse_number(std::string_view text, std::size_t line, const char* what) {
+// The number, or nullopt with `why` set.
+std::optional<std::uint64_t> parse_number(std::string_view text, const char* what, std::string& why) {
   std::uint64_t value = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec == std::errc::result_out_of_range)
-    throw TraceError(line, std::string(what) + " '" + std::string(text) + "' is out of range");
-  if (ec != std::errc() || end != text.data() + text.size())
-    throw TraceError(line, std::string(what) + " '" + std::string(text) + "' is not a non-negative integer");
+  if (ec == std::errc::result_out_of_range) {
+    why = std::string(what) + " '" + quote_bytes(text) + "' is out of range";
+    return std::nullopt;
+  }
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    why = std::string(what) + " '" + quote_bytes(text) + "' is not a non-negative integer";
+    return std::nullopt;
+  }
   return value;
 }
 
-// Opens plain or gzip files alike: zlib reads data that is not gzip through unchanged.
-class LineSource {
- public:
-  explicit LineSource(const std::string& path) : file_(gzopen(path.c_str(), "rb")) {
-    if (!file_) {
-      const int err = errno;
-      throw TraceError(0, "cannot open trace '" + path + "': " + (err ? std::strerror(err) : "out of memory"));
-    }
-    gzbuffer(file_, 1 << 17);
-  }
-  ~LineSource() { gzclose(file_); }
-  LineSource(const LineSource&) = delete;
-  LineSource& operator=(const LineSource&) = delete;
+}  // namespace
 
-  // The next line without its newline, or false at the end of the file.
-  bool next(std::string& line) {
-    line.clear();
-    char buf[4096];
-    for (;;) {
-      if (!gzgets(file_, buf, sizeof buf)) {
-        int code = Z_OK;
-        const char* message = gzerror(file_, &code);
-        if (code == Z_BUF_ERROR)
-          throw TraceError(
-              0, "cannot read trace: the gzip stream ends early (after line " + std::to_string(line_number_) + ")");
-        if (code != Z_OK) throw TraceError(0, std::string("cannot read trace: ") + message);
-        if (line.empty()) return false;
-        ++line_number_;  // a last line without its newline
-        return true;
-      }
-      const std::size_t n = std::strlen(buf);
-      line.append(buf, n);
-      if (n > 0 && buf[n - 1] == '\n') {
-        line.pop_back();
-        ++line_number_;
-        return true;
-      }
-      if (line.size() > (std::size_t{1} << 16)) throw TraceError(line_number_ + 1, "line longer than 64 KiB");
-    }
-  }
-  std::size_t line_number() const { return line_number_; }
+TraceReader::TraceReader(const std::string& path) : source_(std::make_unique<LineSource>(path)) {
+  if (source_->error()) error_ = source_->error();
+}
 
- private:
-  gzFile file_;
-  std::size_t line_number_ = 0;
-};
+bool TraceReader::fail(std::size_t line, std::string message) {
+  if (!error_) error_ = LineError{line, false, std::move(message)};
+  return false;
+}
 
 // The header comment: checks the format's version and picks up `capacity=`.
-void read_header_comment(std::string_view comment, std::size_t line, Trace& trace) {
+bool TraceReader::read_header_comment(std::string_view comment, std::size_t line) {
   const std::size_t tag = comment.find("gpuheap-trace");
-  if (tag == std::string_view::npos) return;
+  if (tag == std::string_view::npos) return true;
   const Fields f = split(comment.substr(tag));
   if (f.count < 2 || f.field[1] != "v1")
-    throw TraceError(line, "unsupported trace format '" + std::string(comment.substr(tag)) +
-                               "' (this replayer reads gpuheap-trace v1)");
+    return fail(line, "unsupported trace format '" + quote_bytes(comment.substr(tag)) +
+                          "' (this replayer reads gpuheap-trace v1)");
   const std::size_t at = comment.find("capacity=");
-  if (at == std::string_view::npos) return;
+  if (at == std::string_view::npos) return true;
   std::string_view rest = comment.substr(at + 9);
   std::size_t end = 0;
   while (end < rest.size() && !is_blank(rest[end])) ++end;
-  trace.header_capacity = parse_number(rest.substr(0, end), line, "header capacity");
+  std::string why;
+  const auto capacity = parse_number(rest.substr(0, end), "header capacity", why);
+  if (!capacity) return fail(line, why);
+  summary_.header_capacity = *capacity;
+  return true;
 }
 
-struct LiveObject {
-  std::uint32_t object;
-  std::uint64_t bytes;
-};
-
-}  // namespace
-
-Trace read_trace(const std::string& path) {
-  Trace trace;
-  LineSource source(path);
-  std::unordered_map<std::uint64_t, LiveObject> live;  // trace id -> object
-  std::string text;
-  bool seen_op = false;
-  while (source.next(text)) {
-    const std::size_t line = source.line_number();
-    if (line > std::numeric_limits<std::uint32_t>::max()) throw TraceError(line, "trace longer than 2^32 lines");
+bool TraceReader::next(TraceOp& op) {
+  std::string_view text;
+  while (!error_ && source_->next(text)) {
+    const std::size_t line = source_->line_number();
+    if (line > std::numeric_limits<std::uint32_t>::max()) return fail(line, "trace longer than 2^32 lines");
     std::size_t start = 0;
     while (start < text.size() && is_blank(text[start])) ++start;
-    std::string_view body = std::string_view(text).substr(start);
+    const std::string_view body = text.substr(start);
     if (body.empty()) continue;
     if (body[0] == '#') {
       // Only comments before the first op form the header.
-      if (!seen_op) read_header_comment(body, line, trace);
+      if (!seen_op_ && !read_header_comment(body, line)) return false;
       continue;
     }
-    const Fields f = split(body);
-    const std::string_view op = f.field[0];
-    auto arity = [&](std::size_t want, const char* usage) {
-      if (f.count != want || f.overflow)
-        throw TraceError(line, "'" + std::string(op) + "' takes the form '" + usage + "'");
-    };
-    TraceOp t;
-    t.line = std::uint32_t(line);
-    if (op == "a") {
-      arity(3, "a <id> <bytes>");
-      t.kind = OpKind::allocate;
-      t.id = parse_number(f.field[1], line, "object id");
-      t.bytes = parse_number(f.field[2], line, "size");
-      if (t.bytes == 0) throw TraceError(line, "allocation of 0 bytes");
-      if (trace.objects == std::numeric_limits<std::uint32_t>::max())
-        throw TraceError(line, "more than 2^32 allocations");
-      t.object = trace.objects++;
-      const auto [it, fresh] = live.try_emplace(t.id, LiveObject{t.object, t.bytes});
-      if (!fresh) throw TraceError(line, "object " + std::to_string(t.id) + " is allocated while it is live");
-    } else if (op == "f") {
-      arity(2, "f <id>");
-      t.kind = OpKind::free;
-      t.id = parse_number(f.field[1], line, "object id");
-      const auto it = live.find(t.id);
-      if (it == live.end()) throw TraceError(line, "free of object " + std::to_string(t.id) + ", which is not live");
-      t.object = it->second.object;
-      t.bytes = it->second.bytes;
-      live.erase(it);
-    } else if (op == "s") {
-      arity(1, "s");
-      t.kind = OpKind::step;
-      ++trace.steps;
-    } else if (op == "p") {
-      arity(2, "p <bytes>");
-      t.kind = OpKind::probe;
-      t.bytes = parse_number(f.field[1], line, "probe size");
-      if (t.bytes == 0) throw TraceError(line, "probe of 0 bytes");
-      ++trace.probes;
-    } else {
-      throw TraceError(line, "unknown op '" + std::string(op) + "' (expected a, f, s, p or a # comment)");
-    }
-    seen_op = true;
-    trace.ops.push_back(t);
+    if (!parse(body, line, op)) return false;
+    seen_op_ = true;
+    ++summary_.ops;
+    return true;
   }
-  return trace;
+  if (source_->error()) error_ = source_->error();
+  return false;
+}
+
+bool TraceReader::parse(std::string_view body, std::size_t line, TraceOp& t) {
+  const Fields f = split(body);
+  const std::string_view op = f.field[0];
+  std::string why;
+  auto arity = [&](std::size_t want, const char* usage) {
+    if (f.count == want && !f.overflow) return true;
+    std::string message = quote_bytes(op);  // appended piecewise: GCC 12 warns (falsely) on a + chain here
+    message.insert(0, 1, '\'');
+    message.append("' takes the form '").append(usage).append("'");
+    return fail(line, std::move(message));
+  };
+  auto number = [&](std::size_t i, const char* what, std::uint64_t& out) {
+    const auto v = parse_number(f.field[i], what, why);
+    if (!v) return fail(line, why);
+    out = *v;
+    return true;
+  };
+  t = TraceOp{};
+  t.line = std::uint32_t(line);
+  if (op == "a") {
+    if (!arity(3, "a <id> <bytes>") || !number(1, "object id", t.id) || !number(2, "size", t.bytes)) return false;
+    t.kind = OpKind::allocate;
+    if (t.bytes == 0) return fail(line, "allocation of 0 bytes");
+    if (live_.size() == std::numeric_limits<std::uint32_t>::max()) return fail(line, "more than 2^32 objects live");
+    std::uint32_t slot = summary_.objects;
+    if (!free_slots_.empty()) slot = free_slots_.back();
+    const auto [it, fresh] = live_.try_emplace(t.id, LiveObject{slot, t.bytes});
+    if (!fresh) return fail(line, "object " + std::to_string(t.id) + " is allocated while it is live");
+    if (free_slots_.empty())
+      ++summary_.objects;
+    else
+      free_slots_.pop_back();
+    t.object = slot;
+  } else if (op == "f") {
+    if (!arity(2, "f <id>") || !number(1, "object id", t.id)) return false;
+    t.kind = OpKind::free;
+    const auto it = live_.find(t.id);
+    if (it == live_.end()) return fail(line, "free of object " + std::to_string(t.id) + ", which is not live");
+    t.object = it->second.object;
+    t.bytes = it->second.bytes;
+    free_slots_.push_back(t.object);
+    live_.erase(it);
+  } else if (op == "s") {
+    if (!arity(1, "s")) return false;
+    t.kind = OpKind::step;
+    ++summary_.steps;
+  } else if (op == "p") {
+    if (!arity(2, "p <bytes>") || !number(1, "probe size", t.bytes)) return false;
+    t.kind = OpKind::probe;
+    if (t.bytes == 0) return fail(line, "probe of 0 bytes");
+    ++summary_.probes;
+  } else {
+    return fail(line, "unknown op '" + quote_bytes(op) + "' (expected a, f, s, p or a # comment)");
+  }
+  return true;
+}
+
+void TraceReader::blame_damage() {
+  if (!error_ || error_->corrupt) return;
+  source_->check_rest();
+  if (source_->error() && source_->error()->corrupt) error_ = source_->error();
+}
+
+Result<TraceSummary> check_trace(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    return make_error(Errc::invalid_argument,
+                      "not a regular file: the trace is read twice (checked, then replayed); write it to a file first");
+  TraceReader reader(path);
+  TraceOp op;
+  while (reader.next(op)) {
+  }
+  if (reader.error()) {
+    reader.blame_damage();
+    return make_error(Errc::invalid_argument, reader.error()->to_string());
+  }
+  if (reader.summary().ops == 0) return make_error(Errc::invalid_argument, "the trace holds no operations");
+  return reader.summary();
 }
 
 }  // namespace valet::replay

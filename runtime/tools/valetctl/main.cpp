@@ -271,4 +271,9 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace valetctl
 
-int main(int argc, char** argv) { return valetctl::run(argc, argv); }
+int main(int argc, char** argv) try {
+  return valetctl::run(argc, argv);
+} catch (const std::exception& e) {  // no exception escapes a tool: exit 2 with what it says
+  std::cerr << "valetctl: unexpected error: " << e.what() << "\n";
+  return 2;
+}
