@@ -225,12 +225,17 @@ TEST_F(Protocol, PolicyNeedsACompactorAndIsSetAllOrNone) {
   EXPECT_NE(error_of(R"({"v":1,"cmd":"policy_get"})").find("no compactor"), std::string::npos);
   ctx.compaction = &fake;
   const json g = ask(R"({"v":1,"cmd":"policy_get"})");
-  EXPECT_EQ(g["policy"]["fragmentation_threshold"], "0.1");
+  // Numbers and booleans as JSON numbers and booleans, not their text.
+  ASSERT_TRUE(g["policy"]["fragmentation_threshold"].is_number_float()) << g.dump();
+  EXPECT_EQ(g["policy"]["fragmentation_threshold"].get<double>(), 0.1);
+  EXPECT_EQ(g["policy"]["background"], true);
   EXPECT_EQ(g["keys"].size(), 2u);
   const json s = ask(R"({"v":1,"cmd":"policy_set","set":{"fragmentation_threshold":0.25,"background":false}})");
   EXPECT_TRUE(s.value("ok", false)) << s.dump();
   EXPECT_EQ(fake.values["fragmentation_threshold"], "0.25");
   EXPECT_EQ(fake.values["background"], "false");
+  EXPECT_EQ(s["policy"]["fragmentation_threshold"], 0.25);
+  EXPECT_EQ(s["policy"]["background"], false);
   const json bad = ask(R"({"v":1,"cmd":"policy_set","set":{"background":true,"nonsense":1}})");
   EXPECT_FALSE(bad.value("ok", true));
   EXPECT_NE(bad["error"].get<std::string>().find("valid keys: background, fragmentation_threshold"), std::string::npos);
@@ -245,6 +250,35 @@ TEST_F(Protocol, PolicyNeedsACompactorAndIsSetAllOrNone) {
   const json c = ask(R"({"v":1,"cmd":"compact","wait":true})");
   EXPECT_EQ(c["by"], "compactor");
   EXPECT_EQ(c["record"]["objects_moved"], 3);
+}
+
+TEST_F(Protocol, PolicyOfTheRealCompactorHasTypedValues) {
+  auto compactor = valet::Compactor::start(*heap).value();
+  valet::CompactorControl control(*compactor);
+  ctx.compaction = &control;
+  const json g = ask(R"({"v":1,"cmd":"policy_get"})");
+  ASSERT_TRUE(g.value("ok", false)) << g.dump();
+  for (const auto& key : g["keys"]) {
+    const json& v = g["policy"][key.get<std::string>()];
+    EXPECT_TRUE(v.is_number() || v.is_boolean()) << key << " = " << v.dump();
+  }
+  EXPECT_TRUE(g["policy"]["mesh"].is_boolean());
+  EXPECT_TRUE(g["policy"]["interval_ms"].is_number_unsigned());
+  EXPECT_TRUE(g["policy"]["max_occupancy"].is_number_float());
+  compactor->stop();
+}
+
+TEST(PolicyValues, ShortestTextThatReadsBackExactly) {
+  valet::PolicySettings s;
+  s.fragmentation_threshold = 0.1;
+  s.idle_allocs_per_second = 1e-7;
+  auto values = valet::policy_values(s);
+  EXPECT_EQ(values.at("fragmentation_threshold"), "0.1");  // not "0.100000"
+  EXPECT_EQ(values.at("idle_allocs_per_second"), "1e-07");  // not "0.000000", which reads back as 0
+  valet::PolicySettings back;
+  for (const auto& [k, v] : values) ASSERT_TRUE(valet::set_policy_value(back, k, v).ok()) << k << "=" << v;
+  EXPECT_EQ(back.fragmentation_threshold, 0.1);
+  EXPECT_EQ(back.idle_allocs_per_second, 1e-7);
 }
 
 // --- the worker -------------------------------------------------------------------------------
