@@ -18,6 +18,7 @@
 
 #include "control/commands.h"
 #include "control/job_worker.h"
+#include "control/page_map.h"
 #include "valet/control_server.h"
 #include "valet/runtime.h"
 
@@ -279,6 +280,43 @@ TEST(PolicyValues, ShortestTextThatReadsBackExactly) {
   for (const auto& [k, v] : values) ASSERT_TRUE(valet::set_policy_value(back, k, v).ok()) << k << "=" << v;
   EXPECT_EQ(back.fragmentation_threshold, 0.1);
   EXPECT_EQ(back.idle_allocs_per_second, 1e-7);
+}
+
+// The page map's figures add up: virtual slots by kind to the slots listed, physical pages by use
+// to the pages created, and those with the pages not created to the capacity. A slab page on a
+// large object's last page and a meshed alias have no physical page of their own; an idle page
+// is created but mapped at no slot.
+TEST(PageMap, VirtualSlotsAndPhysicalPagesAddUp) {
+  using valet::PageKind;
+  std::vector<valet::PageInfo> map(6);
+  map[0] = {.slot = 0, .kind = PageKind::slab, .maps_page_of = 0};
+  map[1] = {.slot = 1, .kind = PageKind::meshed, .maps_page_of = 0};
+  map[2] = {.slot = 2, .kind = PageKind::large};
+  map[3] = {.slot = 3, .kind = PageKind::large};
+  map[4] = {.slot = 4, .kind = PageKind::slab, .maps_page_of = 3, .blocked_slots = 2};  // on 3's page
+  map[5] = {.slot = 5, .kind = PageKind::reserve};
+  valet::HeapStats stats;
+  constexpr std::size_t kPage = std::size_t{2} << 20;
+  stats.capacity_bytes = 16 * kPage;
+  stats.pages.idle = 1;
+  const json j = valet::control::page_map_json(stats, map, kPage);
+  EXPECT_EQ(j["capacity_pages"], 16);
+  EXPECT_EQ(j["virtual_slots"], 6);
+  EXPECT_EQ(j["pages"].size(), 6u);
+  const json& s = j["summary"];
+  EXPECT_EQ(s["slab"], 2);
+  EXPECT_EQ(s["shared_tails"], 1);
+  EXPECT_EQ(s["meshed"], 1);
+  EXPECT_EQ(s["large"], 2);
+  EXPECT_EQ(s["reserve"], 1);
+  EXPECT_EQ(s["idle"], 1);
+  // Physical: slab 1 (slot 0) + large 2 + reserve 1 + idle 1.
+  EXPECT_EQ(j["physical"]["slab"], 1);
+  EXPECT_EQ(j["physical"]["large"], 2);
+  EXPECT_EQ(j["physical"]["reserve"], 2);
+  EXPECT_EQ(j["physical_pages"], 5);
+  EXPECT_EQ(j["not_created"], 11);
+  EXPECT_EQ(j["pages"][4]["maps_page_of"], 3);
 }
 
 // --- the worker -------------------------------------------------------------------------------
