@@ -159,6 +159,22 @@ std::string compact_text(const json& r) {
   return o;
 }
 
+std::string table_text(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width;
+  for (const auto& row : rows)
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      if (width.size() <= i) width.push_back(0);
+      width[i] = std::max(width[i], row[i].size());
+    }
+  std::string o;
+  for (const auto& row : rows) {
+    for (std::size_t i = 0; i < row.size(); ++i)
+      o += i + 1 < row.size() ? row[i] + std::string(width[i] - row[i].size() + 2, ' ') : row[i];
+    o += "\n";
+  }
+  return o;
+}
+
 std::string policy_text(const json& policy) {
   std::size_t width = 0;
   for (const auto& [k, v] : policy.items()) width = std::max(width, k.size());
