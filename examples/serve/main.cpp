@@ -4,13 +4,15 @@
 // through its handle (on the CUDA backend with a kernel: device-side handle resolution). Stops
 // cleanly on SIGINT or SIGTERM: every object freed, the heap shut down, every page given back, the
 // control socket removed. Exit status 0 then; 1 when data was found corrupted (by a check or a
-// sweep) or the heap failed; 2 for bad options or a heap that cannot be opened.
+// sweep) or the heap failed; 2 for bad options or a heap that cannot be opened (docs/cli.md).
 #include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 
@@ -70,6 +72,22 @@ struct Options {
   std::uint64_t seed = 1;
   int sweep_every = -1;  // steps between handle sweeps; -1: the backend's default
 };
+
+// Accepts a number in [lo, hi] (an integer when `integer`) and says so in words with readable bounds:
+// "--seconds: must be a number of seconds in [0, 31622400], not -1".
+CLI::Validator number_in(double lo, double hi, const char* what, bool integer = false) {
+  char range[160];
+  std::snprintf(range, sizeof range, "%s in [%.15g, %.15g]", what, lo, hi);
+  return CLI::Validator(
+      [=, range = std::string(range)](std::string& input) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(input.c_str(), &end);
+        if (end == input.c_str() || *end || !(v >= lo && v <= hi) || (integer && v != std::floor(v)))
+          return "must be " + range + ", not " + input;
+        return {};
+      },
+      range);
+}
 
 // A sweep reads every live object: a kernel does that in microseconds, host code in milliseconds.
 constexpr int kSweepEveryGpu = 1;
@@ -218,17 +236,29 @@ int main(int argc, char** argv) try {
   app.add_option("--backend", o.backend, "auto, cuda or host")->check(CLI::IsMember({"auto", "cuda", "host"}));
   app.add_option("--capacity", o.capacity, "physical memory of the heap, e.g. 512MiB (host default 1GiB; "
                                            "CUDA default: the device's free memory)");
-  app.add_option("--seconds", o.seconds, "run time in seconds (default: until stopped)")->check(CLI::NonNegativeNumber);
+  app.add_option("--seconds", o.seconds, "run time in seconds (default, or 0: until stopped)")
+      ->check(number_in(0, 366 * 86400, "a number of seconds"));
   app.add_option("--socket", o.socket, "control socket path (default: $VALET_CONTROL_SOCKET, else "
                                        "$XDG_RUNTIME_DIR/valet/<pid>.sock or /tmp/valet-$UID/<pid>.sock)");
-  app.add_option("--step-ms", o.step_ms, "milliseconds per serving step")->check(CLI::NonNegativeNumber);
+  app.add_option("--step-ms", o.step_ms, "milliseconds per serving step")
+      ->check(number_in(0, 60000, "a number of milliseconds"));
   app.add_option("--seed", o.seed, "seed of the workload");
   app.add_option("--sweep-every", o.sweep_every,
                  "steps between handle sweeps, which read every live object through its handle (0: none; default " +
                      std::to_string(kSweepEveryGpu) + " with a GPU kernel, " + std::to_string(kSweepEveryHost) +
                      " with host code)")
-      ->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
+      ->check(number_in(0, 1e6, "a whole number of steps", true));
+  app.footer("Exit status: 0 stopped cleanly; 1 data found corrupted or the heap failed; 2 bad options or a heap "
+             "that cannot be opened. See docs/cli.md.");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // Bad usage exits 2 like every other tool of the project, in one line.
+    std::fprintf(stderr, "valet-serve: %s (see valet-serve --help)\n", e.what());
+    return 2;
+  }
   return run_service(o);
 } catch (const std::exception& e) {  // no exception escapes a tool: exit 2 with what it says
   std::fprintf(stderr, "valet-serve: unexpected error: %s\n", e.what());

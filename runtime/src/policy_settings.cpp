@@ -1,5 +1,6 @@
 // PolicySettings by key, for the control server and the CLI: names, values, validation.
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -37,6 +38,14 @@ bool parse_double(const std::string& v, double& out) {
   return true;
 }
 
+// The shortest text that reads back as the same double ("0.1", not "0.100000"): what people
+// write, and exact through set_policy_value's round trip.
+std::string shortest(double x) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
+
 Field bool_field(const char* key, bool PolicySettings::*m) {
   return {key, [m](const PolicySettings& s) { return std::string(s.*m ? "true" : "false"); },
           [=](PolicySettings& s, const std::string& v) -> Status {
@@ -58,7 +67,7 @@ Field u64_field(const char* key, std::uint64_t PolicySettings::*m, std::uint64_t
 }
 
 Field double_field(const char* key, double PolicySettings::*m, double lo, double hi, const char* want) {
-  return {key, [m](const PolicySettings& s) { return std::to_string(s.*m); },
+  return {key, [m](const PolicySettings& s) { return shortest(s.*m); },
           [=](PolicySettings& s, const std::string& v) -> Status {
             double x;
             if (!parse_double(v, x) || x < lo || x > hi) return bad(key, v, want);

@@ -19,6 +19,7 @@
 
 #include "control/commands.h"
 #include "control/job_worker.h"
+#include "control/page_map.h"
 #include "valet/control_server.h"
 #include "valet/runtime.h"
 
@@ -226,12 +227,17 @@ TEST_F(Protocol, PolicyNeedsACompactorAndIsSetAllOrNone) {
   EXPECT_NE(error_of(R"({"v":1,"cmd":"policy_get"})").find("no compactor"), std::string::npos);
   ctx.compaction = &fake;
   const json g = ask(R"({"v":1,"cmd":"policy_get"})");
-  EXPECT_EQ(g["policy"]["fragmentation_threshold"], "0.1");
+  // Numbers and booleans as JSON numbers and booleans, not their text.
+  ASSERT_TRUE(g["policy"]["fragmentation_threshold"].is_number_float()) << g.dump();
+  EXPECT_EQ(g["policy"]["fragmentation_threshold"].get<double>(), 0.1);
+  EXPECT_EQ(g["policy"]["background"], true);
   EXPECT_EQ(g["keys"].size(), 2u);
   const json s = ask(R"({"v":1,"cmd":"policy_set","set":{"fragmentation_threshold":0.25,"background":false}})");
   EXPECT_TRUE(s.value("ok", false)) << s.dump();
   EXPECT_EQ(fake.values["fragmentation_threshold"], "0.25");
   EXPECT_EQ(fake.values["background"], "false");
+  EXPECT_EQ(s["policy"]["fragmentation_threshold"], 0.25);
+  EXPECT_EQ(s["policy"]["background"], false);
   const json bad = ask(R"({"v":1,"cmd":"policy_set","set":{"background":true,"nonsense":1}})");
   EXPECT_FALSE(bad.value("ok", true));
   EXPECT_NE(bad["error"].get<std::string>().find("valid keys: background, fragmentation_threshold"), std::string::npos);
@@ -246,6 +252,72 @@ TEST_F(Protocol, PolicyNeedsACompactorAndIsSetAllOrNone) {
   const json c = ask(R"({"v":1,"cmd":"compact","wait":true})");
   EXPECT_EQ(c["by"], "compactor");
   EXPECT_EQ(c["record"]["objects_moved"], 3);
+}
+
+TEST_F(Protocol, PolicyOfTheRealCompactorHasTypedValues) {
+  auto compactor = valet::Compactor::start(*heap).value();
+  valet::CompactorControl control(*compactor);
+  ctx.compaction = &control;
+  const json g = ask(R"({"v":1,"cmd":"policy_get"})");
+  ASSERT_TRUE(g.value("ok", false)) << g.dump();
+  for (const auto& key : g["keys"]) {
+    const json& v = g["policy"][key.get<std::string>()];
+    EXPECT_TRUE(v.is_number() || v.is_boolean()) << key << " = " << v.dump();
+  }
+  EXPECT_TRUE(g["policy"]["mesh"].is_boolean());
+  EXPECT_TRUE(g["policy"]["interval_ms"].is_number_unsigned());
+  EXPECT_TRUE(g["policy"]["max_occupancy"].is_number_float());
+  compactor->stop();
+}
+
+TEST(PolicyValues, ShortestTextThatReadsBackExactly) {
+  valet::PolicySettings s;
+  s.fragmentation_threshold = 0.1;
+  s.idle_allocs_per_second = 1e-7;
+  auto values = valet::policy_values(s);
+  EXPECT_EQ(values.at("fragmentation_threshold"), "0.1");  // not "0.100000"
+  EXPECT_EQ(values.at("idle_allocs_per_second"), "1e-07");  // not "0.000000", which reads back as 0
+  valet::PolicySettings back;
+  for (const auto& [k, v] : values) ASSERT_TRUE(valet::set_policy_value(back, k, v).ok()) << k << "=" << v;
+  EXPECT_EQ(back.fragmentation_threshold, 0.1);
+  EXPECT_EQ(back.idle_allocs_per_second, 1e-7);
+}
+
+// The page map's figures add up: virtual slots by kind to the slots listed, physical pages by use
+// to the pages created, and those with the pages not created to the capacity. A slab page on a
+// large object's last page and a meshed alias have no physical page of their own; an idle page
+// is created but mapped at no slot.
+TEST(PageMap, VirtualSlotsAndPhysicalPagesAddUp) {
+  using valet::PageKind;
+  std::vector<valet::PageInfo> map(6);
+  map[0] = {.slot = 0, .kind = PageKind::slab, .maps_page_of = 0};
+  map[1] = {.slot = 1, .kind = PageKind::meshed, .maps_page_of = 0};
+  map[2] = {.slot = 2, .kind = PageKind::large};
+  map[3] = {.slot = 3, .kind = PageKind::large};
+  map[4] = {.slot = 4, .kind = PageKind::slab, .maps_page_of = 3, .blocked_slots = 2};  // on 3's page
+  map[5] = {.slot = 5, .kind = PageKind::reserve};
+  valet::HeapStats stats;
+  constexpr std::size_t kPage = std::size_t{2} << 20;
+  stats.capacity_bytes = 16 * kPage;
+  stats.pages.idle = 1;
+  const json j = valet::control::page_map_json(stats, map, kPage);
+  EXPECT_EQ(j["capacity_pages"], 16);
+  EXPECT_EQ(j["virtual_slots"], 6);
+  EXPECT_EQ(j["pages"].size(), 6u);
+  const json& s = j["summary"];
+  EXPECT_EQ(s["slab"], 2);
+  EXPECT_EQ(s["shared_tails"], 1);
+  EXPECT_EQ(s["meshed"], 1);
+  EXPECT_EQ(s["large"], 2);
+  EXPECT_EQ(s["reserve"], 1);
+  EXPECT_EQ(s["idle"], 1);
+  // Physical: slab 1 (slot 0) + large 2 + reserve 1 + idle 1.
+  EXPECT_EQ(j["physical"]["slab"], 1);
+  EXPECT_EQ(j["physical"]["large"], 2);
+  EXPECT_EQ(j["physical"]["reserve"], 2);
+  EXPECT_EQ(j["physical_pages"], 5);
+  EXPECT_EQ(j["not_created"], 11);
+  EXPECT_EQ(j["pages"][4]["maps_page_of"], 3);
 }
 
 // --- the worker -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <set>
 
@@ -156,14 +157,17 @@ json info(const json& request, const ServiceContext& ctx) {
 
 json stats(const json& request, const ServiceContext& ctx) {
   Fields f(request, "stats", {});
+  // The compactor's counters first: it counts a cycle after the heap recorded it, so read in this
+  // order every cycle the compactor counts is also in the heap's compaction.cycles.
+  const json compactor = ctx.compaction ? json{{"running", true}, {"counters", counters_json(ctx.compaction->counters())}}
+                                        : json{{"running", false}};
   json r = to_json(ctx.heap.stats());
   mark_ok(r);
   r["pid"] = int(::getpid());
   r["backend_kind"] = kind_name(ctx.heap.backend().kind());
   r["page_bytes"] = ctx.heap.backend().granularity();
   r["uptime_s"] = uptime_s(ctx);
-  r["compactor"] = ctx.compaction ? json{{"running", true}, {"counters", counters_json(ctx.compaction->counters())}}
-                                  : json{{"running", false}};
+  r["compactor"] = compactor;
   if (ctx.trace) r["trace"] = trace_json(ctx.trace->summary());
   return r;
 }
@@ -254,11 +258,27 @@ CompactionControl& compactor_of(const ServiceContext& ctx, const char* cmd) {
   return *ctx.compaction;
 }
 
+// The policy as JSON values of their own types: settings are held as text (the form they are set
+// in), but a reader of the reply wants 0.1 and true, not "0.1" and "true". Integers stay exact.
+json typed_policy(const std::map<std::string, std::string>& values) {
+  json out = json::object();
+  for (const auto& [key, text] : values) {
+    const char* end = text.data() + text.size();
+    std::uint64_t u = 0;
+    double d = 0;
+    if (text == "true" || text == "false") out[key] = text == "true";
+    else if (auto r = std::from_chars(text.data(), end, u); r.ec == std::errc() && r.ptr == end) out[key] = u;
+    else if (auto r = std::from_chars(text.data(), end, d); r.ec == std::errc() && r.ptr == end) out[key] = d;
+    else out[key] = text;
+  }
+  return out;
+}
+
 json policy_get(const json& request, const ServiceContext& ctx) {
   Fields f(request, "policy_get", {});
   auto& c = compactor_of(ctx, "policy_get");
   json r = ok_reply();
-  r["policy"] = c.policy();
+  r["policy"] = typed_policy(c.policy());
   r["keys"] = c.policy_keys();
   return r;
 }
@@ -281,7 +301,7 @@ json policy_set(const json& request, const ServiceContext& ctx) {
   if (auto st = c.set_policy(pairs); !st.ok())
     throw BadRequest{"policy_set: " + st.error().message + " (nothing was changed)", {{"valid_keys", keys}}};
   json r = ok_reply();
-  r["policy"] = c.policy();
+  r["policy"] = typed_policy(c.policy());
   return r;
 }
 

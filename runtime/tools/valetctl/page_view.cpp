@@ -34,6 +34,8 @@ std::vector<Cell> cells_of(const json& reply) {
   std::size_t free = 0;
   if (reply.contains("summary") && reply["summary"].contains("free") && reply["summary"]["free"].is_number_unsigned())
     free = reply["summary"]["free"].get<std::size_t>();
+  if (reply.contains("not_created") && reply["not_created"].is_number_unsigned())
+    free = reply["not_created"].get<std::size_t>();
   cells.insert(cells.end(), std::min<std::size_t>(free, 1u << 22), Cell{'.', 0.0});
   return cells;
 }
@@ -65,15 +67,29 @@ int ansi256(Rgb c) {
   return 16 + 36 * q(c.r) + 6 * q(c.g) + q(c.b);
 }
 
-std::string header_of(const json& reply, std::size_t cells) {
-  const double page = reply.value("page_bytes", double(2 << 20));
-  std::string h = std::to_string(cells) + " pages of " + bytes_text(page);
-  if (reply.contains("summary")) {
-    const auto& s = reply["summary"];
-    h += ": large " + s.value("large", json(0)).dump() + ", slab " + s.value("slab", json(0)).dump() + ", meshed " +
-         s.value("meshed", json(0)).dump() + ", reserve " + s.value("reserve", json(0)).dump() + ", free " +
-         s.value("free", json(0)).dump() + " (idle " + s.value("idle", json(0)).dump() + " not drawn)";
-  }
+std::size_t field(const json& j, const char* key, std::size_t fallback = 0) {
+  return j.contains(key) && j[key].is_number_unsigned() ? j[key].get<std::size_t>() : fallback;
+}
+
+// The figures of the map, each saying what it counts: virtual slots in use (one cell each),
+// physical pages behind them, and capacity not yet created (one '.' cell each).
+std::vector<std::string> header_of(const json& reply, std::size_t cells) {
+  static const json none = json::object();
+  const json& s = reply.contains("summary") && reply["summary"].is_object() ? reply["summary"] : none;
+  const json& ph = reply.contains("physical") && reply["physical"].is_object() ? reply["physical"] : none;
+  const std::size_t slots = field(reply, "virtual_slots", reply.contains("pages") ? reply["pages"].size() : 0);
+  const std::size_t page = field(reply, "page_bytes", std::size_t{2} << 20);
+  auto n = [](std::size_t v) { return std::to_string(v); };
+  std::vector<std::string> h;
+  h.push_back(n(field(reply, "capacity_pages")) + " pages of " + bytes_text(double(page)) + " capacity: " +
+              n(field(reply, "physical_pages", field(reply, "mapped_pages"))) + " physical pages created (slab " +
+              n(field(ph, "slab")) + ", large " + n(field(ph, "large")) + ", reserve " + n(field(ph, "reserve")) +
+              " of which idle " + n(field(s, "idle")) + "), " + n(field(reply, "not_created", field(s, "free"))) +
+              " not created");
+  h.push_back(n(slots) + " virtual slots in use: slab " + n(field(s, "slab")) + " (" + n(field(s, "shared_tails")) +
+              " on large objects' last pages), meshed " + n(field(s, "meshed")) + ", large " + n(field(s, "large")) +
+              ", reserve " + n(field(s, "reserve")));
+  h.push_back("map: one cell per slot in use, then one per page not created (" + n(cells) + " cells)");
   return h;
 }
 
@@ -93,7 +109,8 @@ std::string xml_escape(const std::string& s) {
 
 std::string page_map_text(const json& reply, bool colour, int columns) {
   const auto cells = cells_of(reply);
-  std::string o = header_of(reply, cells.size()) + "\n";
+  std::string o;
+  for (const auto& line : header_of(reply, cells.size())) o += line + "\n";
   if (!reply.value("exact", true))
     o += "(approximate: " + reply.value("source", std::string("derived")) + "; exact map needs " +
          reply.value("needs", std::string("a page map API")) + ")\n";
@@ -121,7 +138,8 @@ std::string page_map_text(const json& reply, bool colour, int columns) {
 
 std::string page_map_svg(const json& reply, int columns) {
   const auto cells = cells_of(reply);
-  constexpr int kCell = 10, kGap = 1, kMargin = 10, kHeader = 40, kLegend = 30;
+  constexpr int kCell = 10, kGap = 1, kMargin = 10, kHeader = 55, kLegend = 30;
+  const auto header = header_of(reply, cells.size());
   const int rows = int((cells.size() + std::size_t(columns) - 1) / std::size_t(columns));
   const int width = 2 * kMargin + columns * (kCell + kGap);
   const int height = kHeader + rows * (kCell + kGap) + kLegend + kMargin;
@@ -135,10 +153,10 @@ std::string page_map_svg(const json& reply, int columns) {
     << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
     << "\" font-family=\"monospace\" font-size=\"11\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n"
-    << "<text x=\"" << kMargin << "\" y=\"16\">" << xml_escape("valet heap: " + header_of(reply, cells.size()))
-    << "</text>\n";
+    << "<text x=\"" << kMargin << "\" y=\"16\">" << xml_escape("valet heap: " + header[0]) << "</text>\n"
+    << "<text x=\"" << kMargin << "\" y=\"31\">" << xml_escape(header[1]) << "</text>\n";
   if (!reply.value("exact", true))
-    o << "<text x=\"" << kMargin << "\" y=\"31\" fill=\"#777\">"
+    o << "<text x=\"" << kMargin << "\" y=\"46\" fill=\"#777\">"
       << xml_escape("approximate (derived from stats); exact map needs " + reply.value("needs", std::string("?")))
       << "</text>\n";
   for (std::size_t i = 0; i < cells.size(); ++i) {

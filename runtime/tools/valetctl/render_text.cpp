@@ -36,6 +36,63 @@ const json& section(const json& j, const char* key) {
   return j.contains(key) && j[key].is_object() ? j[key] : empty;
 }
 
+// Pages twice, each list adding up to the total it follows: the physical pages held (what
+// mapped_bytes counts) and the virtual slots in use. Meshed slots and slab pages built on a large
+// object's last page (shared tails) map another slot's physical page; idle pages are reserve
+// pages mapped at no slot; releasing ones are reserve pages being given back to the driver.
+template <class Line>
+void pages_text(const json& s, Line line) {
+  const json& p = section(s, "pages");
+  const double page = num(s, "page_bytes") ? num(s, "page_bytes") : double(2 << 20);
+  const double slab = num(p, "slab"), tails = num(p, "shared_tails"), large = num(p, "large");
+  const double reserve = num(p, "reserve"), idle = num(p, "idle"), meshed = num(p, "meshed");
+  const double releasing = num(p, "releasing");
+  line("pages (" + bytes_text(page) + " each)");
+  line("  physical  " + count(num(s, "mapped_bytes") / page) + " mapped of " + count(num(s, "capacity_bytes") / page) +
+       ": slab " + count(slab - tails) + ", large " + count(large) + ", reserve " + count(reserve) + " (idle " +
+       count(idle) + "), releasing " + count(releasing));
+  line("  virtual   " + count(slab + meshed + large + reserve - idle + releasing) + " slots in use: slab " + count(slab) +
+       ", meshed " + count(meshed) + ", large " + count(large) + ", reserve " + count(reserve - idle + releasing));
+  line("            " + count(meshed + tails) + " of them map another slot's page: meshed " + count(meshed) +
+       ", slab on a large object's last page " + count(tails));
+  if (s.contains("occupancy_histogram") && s["occupancy_histogram"].is_array()) {
+    std::string h = "  slab occupancy (" + count(slab) + " pages) ";
+    int bin = 0;
+    for (const auto& n : s["occupancy_histogram"]) {
+      h += " " + std::to_string(bin * 10) + "-" + std::to_string(bin * 10 + 10) + "%:" + n.dump();
+      ++bin;
+    }
+    line(h);
+  }
+}
+
+// Two cycle counts with different scopes: the heap's (every cycle any caller ran, emergency
+// ones included) and the background compactor's (the cycles it asked the heap for, by reason).
+template <class Line>
+void compaction_text(const json& s, Line line) {
+  const json& c = section(s, "compaction");
+  line("compaction");
+  line("  heap cycles " + count(num(c, "cycles")) + " (by any caller; emergency " + count(num(c, "emergency_cycles")) +
+       ", run by an allocation that did not fit)");
+  line("  moved " + count(num(c, "objects_moved")) + " objects (" + bytes_text(num(c, "bytes_moved")) + "), pages freed " +
+       count(num(c, "pages_freed")) + ", meshed " + count(num(c, "pages_meshed")));
+  const json& comp = section(s, "compactor");
+  if (!comp.value("running", false)) {
+    line("  compactor: none (compaction on request only)");
+    return;
+  }
+  const json& k = section(comp, "counters");
+  // Every cycle is either its policy's (counted by trigger) or a request's; a request whose cycle
+  // failed is counted as a request but ran no cycle.
+  const double policy = num(k, "fragmentation") + num(k, "reserve_low") + num(k, "idle") + num(k, "safepoints") + num(k, "tails");
+  const double requested = std::max(0.0, num(k, "cycles") - policy);
+  const double failed = num(k, "explicit_requests") - requested;
+  line("  compactor cycles " + count(num(k, "cycles")) + " = fragmentation " + count(num(k, "fragmentation")) +
+       " + reserve low " + count(num(k, "reserve_low")) + " + idle " + count(num(k, "idle")) + " + safepoints " +
+       count(num(k, "safepoints")) + " + tails " + count(num(k, "tails")) + " + requested " + count(requested) +
+       (failed > 0 ? " (" + count(failed) + " more requests failed)" : std::string()));
+}
+
 }  // namespace
 
 std::string bytes_text(double b) {
@@ -68,19 +125,7 @@ std::string stats_text(const json& s) {
   line("  fragmentation  " + fixed(num(s, "fragmentation"), 3) + "  (1 - live/mapped)");
   line("  largest allocatable object  " + bytes_text(num(s, "largest_allocatable_bytes")));
 
-  const json& p = section(s, "pages");
-  line("pages (" + bytes_text(num(s, "page_bytes") ? num(s, "page_bytes") : 2 << 20) + " each)");
-  line("  slab " + count(num(p, "slab")) + ", large " + count(num(p, "large")) + ", reserve " + count(num(p, "reserve")) +
-       ", idle " + count(num(p, "idle")) + ", meshed " + count(num(p, "meshed")));
-  if (s.contains("occupancy_histogram") && s["occupancy_histogram"].is_array()) {
-    std::string h = "  slab occupancy ";
-    int bin = 0;
-    for (const auto& n : s["occupancy_histogram"]) {
-      h += " " + std::to_string(bin * 10) + "-" + std::to_string(bin * 10 + 10) + "%:" + n.dump();
-      ++bin;
-    }
-    line(h);
-  }
+  pages_text(s, line);
   const json& ops = section(s, "ops");
   line("operations");
   line("  allocate " + count(num(ops, "allocate")) + ", free " + count(num(ops, "free")) + ", resize " +
@@ -90,21 +135,7 @@ std::string stats_text(const json& s) {
   line("  driver: create " + count(num(d, "create")) + ", release " + count(num(d, "release")) + ", map " +
        count(num(d, "map")) + ", unmap " + count(num(d, "unmap")) + ", set_access " + count(num(d, "set_access")) +
        ", copy " + count(num(d, "copy")));
-  const json& c = section(s, "compaction");
-  line("compaction");
-  line("  cycles " + count(num(c, "cycles")) + " (emergency " + count(num(c, "emergency_cycles")) + "), moved " +
-       count(num(c, "objects_moved")) + " objects (" + bytes_text(num(c, "bytes_moved")) + "), pages freed " +
-       count(num(c, "pages_freed")) + ", meshed " + count(num(c, "pages_meshed")));
-  const json& comp = section(s, "compactor");
-  if (comp.value("running", false)) {
-    const json& k = section(comp, "counters");
-    line("  compactor: running; cycles " + count(num(k, "cycles")) + " (fragmentation " + count(num(k, "fragmentation")) +
-         ", reserve low " + count(num(k, "reserve_low")) + ", idle " + count(num(k, "idle")) + ", requested " +
-         count(num(k, "explicit_requests")) + ", safepoints " + count(num(k, "safepoints")) + ", tails " +
-         count(num(k, "tails")) + ")");
-  } else {
-    line("  compactor: none (compaction on request only)");
-  }
+  compaction_text(s, line);
   if (s.contains("recent_cycles") && s["recent_cycles"].is_array() && !s["recent_cycles"].empty()) {
     line("  last cycles (newest last):");
     const auto& cycles = s["recent_cycles"];
@@ -125,6 +156,22 @@ std::string compact_text(const json& r) {
   o += "  fragmentation " + fixed(num(r, "fragmentation_before"), 3) + " -> " + fixed(num(r, "fragmentation_after"), 3) +
        ", mapped " + bytes_text(num(r, "mapped_bytes_before")) + " -> " + bytes_text(num(r, "mapped_bytes_after")) + "\n";
   if (r.contains("target_reached")) o += std::string("  target ") + (r["target_reached"].get<bool>() ? "reached" : "not reached") + "\n";
+  return o;
+}
+
+std::string table_text(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width;
+  for (const auto& row : rows)
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      if (width.size() <= i) width.push_back(0);
+      width[i] = std::max(width[i], row[i].size());
+    }
+  std::string o;
+  for (const auto& row : rows) {
+    for (std::size_t i = 0; i < row.size(); ++i)
+      o += i + 1 < row.size() ? row[i] + std::string(width[i] - row[i].size() + 2, ' ') : row[i];
+    o += "\n";
+  }
   return o;
 }
 

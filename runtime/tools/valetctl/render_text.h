@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace valetctl {
 
@@ -14,6 +15,9 @@ std::string stats_text(const nlohmann::json& stats);
 std::string record_text(const nlohmann::json& record);
 // The reply of a waited `compact`.
 std::string compact_text(const nlohmann::json& reply);
+// Rows as aligned columns: each column as wide as its widest cell, two spaces between columns,
+// the last column not padded.
+std::string table_text(const std::vector<std::vector<std::string>>& rows);
 // `policy get`: one "key = value" line each.
 std::string policy_text(const nlohmann::json& policy);
 
