@@ -41,6 +41,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   // Kernels may be resolving handles through the device table: nothing moves until they are done.
   if (table_blocks_moves()) {
     rec.duration_ns = now_ns() - t0;
+    record_cycle(rec);  // a cycle that could move nothing: its callers count it too
     return rec;
   }
   // Empty slab pages go first: they free pages without moving anything (the page each class

@@ -44,6 +44,7 @@ HeapStats Heap::stats() const {
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
   s.pages.reserve = c.pool.reserve_pages();
   s.pages.idle = c.pool.idle_pages();
+  s.pages.releasing = c.pool.releasing_pages();
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
   s.pages.meshed = c.meshed_slots();
@@ -320,7 +321,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"largest_allocatable_bytes", s.largest_allocatable_bytes},
       {"pages",
        {{"slab", s.pages.slab}, {"large", s.pages.large}, {"reserve", s.pages.reserve}, {"meshed", s.pages.meshed},
-        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}}},
+        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}, {"releasing", s.pages.releasing}}},
       {"occupancy_histogram", s.occupancy_histogram},
       {"ops",
        {{"allocate", s.ops.allocate}, {"free", s.ops.free}, {"resize", s.ops.resize}, {"pin", s.ops.pin},

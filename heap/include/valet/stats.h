@@ -81,10 +81,13 @@ struct HeapStats {
   double fragmentation = 0;           // 1 - live / mapped (0 when nothing is mapped)
   std::size_t largest_allocatable_bytes = 0;
   struct Pages {
-    // slab: slab pages (each with its own physical page); meshed: further virtual pages mapping
-    // a slab page's physical page (aliases left by meshing, no memory of their own).
-    // shared_tails: slab pages built on a large object's last page (no memory of their own).
-    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0;
+    // slab: slab pages (those counted in shared_tails have no physical page of their own);
+    // meshed: further virtual pages mapping a slab page's physical page (aliases left by
+    // meshing, no memory of their own). shared_tails: slab pages built on a large object's last
+    // page. reserve includes idle (created, mapped nowhere). releasing: reserve pages being given
+    // back to the backend without the heap lock (still mapped, no longer usable).
+    // Physical pages: (slab - shared_tails) + large + reserve + releasing = mapped pages.
+    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0, releasing = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.
