@@ -47,9 +47,9 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   // Empty slab pages go first: they free pages without moving anything (the page each class
   // keeps against allocate/free ping-pong included: a cycle is a moment of pressure or of
   // tidying, and the next allocation of the class takes a reserve page again).
-  rec.pages_freed += retire_empty_slabs();
+  rec.pages_freed += retire_empty_slabs(req.max_pages);
   std::uint64_t bytes_left = req.max_bytes;
-  std::uint64_t pages_left = req.max_pages;
+  std::uint64_t pages_left = req.max_pages - rec.pages_freed;
   // Meshing first: it frees pages without changing any address.
   const Status meshed = req.mesh ? mesh_locked(lock, pages_left, bytes_left, rec) : Status{};
   std::vector<SlabPage*> sources;

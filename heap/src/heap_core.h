@@ -166,8 +166,8 @@ struct HeapCore {
   // page stays, empty) when an alias cannot be unmapped now.
   bool retire_slab(SlabPage* p);
   // Gives back every empty slab page that no compaction cycle is working on, the one each class
-  // keeps against allocate/free ping-pong included; returns how many went.
-  std::size_t retire_empty_slabs();
+  // keeps against allocate/free ping-pong included (at most `max_pages`); returns how many went.
+  std::size_t retire_empty_slabs(std::uint64_t max_pages = ~std::uint64_t{0});
   // Virtual slab slots that map another slot's physical page.
   std::size_t meshed_slots() const;
   std::size_t footprint_of(const Location& loc) const;

@@ -76,13 +76,16 @@ bool HeapCore::retire_slab(SlabPage* p) {
   return true;
 }
 
-std::size_t HeapCore::retire_empty_slabs() {
+std::size_t HeapCore::retire_empty_slabs(std::uint64_t max_pages) {
   std::vector<SlabPage*> empty;
   slabs.for_each_page([&](const SlabPage& p) {
     if (p.holds_no_object() && !p.evacuating) empty.push_back(const_cast<SlabPage*>(&p));
   });
   std::size_t retired = 0;
-  for (SlabPage* p : empty) retired += retire_slab(p);
+  for (SlabPage* p : empty) {
+    if (retired == max_pages) break;
+    retired += retire_slab(p);
+  }
   return retired;
 }
 
