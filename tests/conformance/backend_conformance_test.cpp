@@ -442,7 +442,9 @@ TEST(HostBackend, RefusesCapacityItCannotBack) {
   for (std::size_t capacity : {(std::size_t{1} << 46) + kPage, std::size_t{1} << 49, std::size_t{1} << 62}) {
     HostBackend b(HostBackendOptions{.capacity_bytes = capacity});
     EXPECT_EQ(b.status().code(), Errc::invalid_argument) << capacity;
-    if (!b.status().ok()) EXPECT_NE(b.status().error().message.find("64 TiB"), std::string::npos);
+    if (!b.status().ok()) {
+      EXPECT_NE(b.status().error().message.find("64 TiB"), std::string::npos);
+    }
     EXPECT_EQ(b.create_page().code(), Errc::invalid_argument);
   }
 }
