@@ -286,8 +286,11 @@ TEST(Compaction, AnAliasStaysMappedUntilTheCopyReadingItCompleted) {
   // Two pages, one object each, at opposite ends (pages fill from opposite ends): they mesh.
   std::vector<Handle> all;
   for (int i = 0; i < 64; ++i) all.push_back(*heap.allocate(size));
-  for (int i = 0; i < 64; ++i)
-    if (i != 0 && i != 32) ASSERT_TRUE(heap.free(all[std::size_t(i)]).ok());
+  for (int i = 0; i < 64; ++i) {
+    if (i != 0 && i != 32) {
+      ASSERT_TRUE(heap.free(all[std::size_t(i)]).ok());
+    }
+  }
   const Handle a = all[0], b = all[32];
   fill(heap, a, seed_of(a));
   fill(heap, b, seed_of(b));

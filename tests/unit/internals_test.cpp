@@ -17,10 +17,15 @@ TEST(SizeClasses, EveryRequestFitsItsClassWithBoundedWaste) {
     const std::uint32_t c = class_of(bytes);
     ASSERT_LT(c, kClassCount);
     ASSERT_GE(class_size(c), bytes);
-    if (c > 0) ASSERT_LT(class_size(c - 1), bytes) << "not the smallest class for " << bytes;
+    if (c > 0) {
+      ASSERT_LT(class_size(c - 1), bytes) << "not the smallest class for " << bytes;
+    }
     ASSERT_EQ(class_size(c) % 256, 0u);
-    if (bytes > 1024) ASSERT_LT(double(class_size(c) - bytes) / double(class_size(c)), 0.25) << bytes;
-    else ASSERT_LT(class_size(c) - bytes, 256u);
+    if (bytes > 1024) {
+      ASSERT_LT(double(class_size(c) - bytes) / double(class_size(c)), 0.25) << bytes;
+    } else {
+      ASSERT_LT(class_size(c) - bytes, 256u);
+    }
   }
   EXPECT_EQ(class_of(kMaxSlabObject), kClassCount - 1);
   EXPECT_GE(class_slots(kClassCount - 1), 2u);
@@ -71,7 +76,9 @@ TEST(RangeSet, MatchesAModelUnderRandomOperations) {
   std::uint32_t prev_end = 0;
   bool first = true;
   s.for_each([&](RangeSet::Range r) {
-    if (!first) EXPECT_GT(r.start, prev_end) << "adjacent ranges were not merged";
+    if (!first) {
+      EXPECT_GT(r.start, prev_end) << "adjacent ranges were not merged";
+    }
     first = false;
     prev_end = r.start + r.length;
     for (std::uint32_t k = r.start; k < r.start + r.length; ++k) EXPECT_TRUE(model.count(k));
