@@ -163,6 +163,7 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
   }
   pool.hold(touched);
   auto ev = take_event();
+  if (ev.ok()) pool.count_copy();
   Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
   if (st.ok()) st = backend->record_event(*ev, work_stream);
   if (st.ok()) {

@@ -71,6 +71,7 @@ Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::siz
   auto dest = c.place(bytes, index);
   if (!dest.ok()) return dest.error();
   const CopyRange copy{e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)};
+  c.pool.count_copy();
   Status st = c.backend->copy({&copy, 1}, c.work_stream);
   if (st.ok()) st = c.backend->synchronize_stream(c.work_stream);
   if (!st.ok()) {

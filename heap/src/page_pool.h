@@ -172,6 +172,8 @@ class PagePool {
   std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
   std::size_t slots_of_kind(SlotKind k) const { return kind_counts_[std::size_t(k)]; }
   const HeapStats::DriverCalls& driver_calls() const { return calls_; }
+  // The heap's copies are queued by its movers, not here; they are counted with the other calls.
+  void count_copy() { ++calls_.copy; }
 
   // Checks the pool's own invariants and its agreement with the slot table.
   Status validate() const;

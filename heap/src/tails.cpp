@@ -245,6 +245,7 @@ Status HeapCore::unshare_tail(std::uint32_t tail) {
   for (std::size_t k = 0; k < objects.size(); ++k)
     copies.push_back({pool.address(p->slot) + DevicePtr(index[k]) * size, pool.address(*spare) + DevicePtr(index[k]) * size,
                       objects[k]->size});
+  if (!copies.empty()) pool.count_copy();
   Status st = copies.empty() ? Status{} : backend->copy(copies, work_stream);
   if (st.ok()) st = backend->synchronize_stream(work_stream);
   if (!st.ok()) {
