@@ -112,6 +112,7 @@ Result<TableScope> Heap::pin_table(Stream stream) {
   // No cycle runs while the table is built: every address read is settled.
   std::lock_guard cl(c.compaction_mu);
   std::lock_guard lock(c.mu);
+  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;
   VALET_TRY(c.upload_table(scope.table_));
   c.table_pins.fetch_add(1, std::memory_order_acq_rel);

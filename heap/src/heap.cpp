@@ -340,6 +340,7 @@ void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
   lock.unlock();
   std::lock_guard cl(compaction_mu);
   lock.lock();
+  if (shut.load(std::memory_order_relaxed)) return;  // a shutdown ran while the lock was released
   (void)compact_locked(lock, req);
 }
 
@@ -384,6 +385,74 @@ void HeapCore::stop_keeper() {
   }
   keeper_cv.notify_all();
   keeper.join();
+}
+
+Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed) {
+  if (table_pins.load() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
+  // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
+  // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
+  // are ended: the waiting pins go on as if nothing happened. A refused shutdown changes
+  // nothing, so nobody may see it: `shut` is set only once it is decided.
+  for (std::uint32_t i = 1; i < handles.high_water(); ++i) {
+    HandleEntry* e = handles.get(i);
+    std::uint64_t s = e->state.load(std::memory_order_acquire);
+    if (!(s & state::kLive)) continue;
+    if (state::pins(s) == 0 && !(s & state::kMoving) &&
+        e->state.compare_exchange_strong(s, s | state::kMoving, std::memory_order_acq_rel)) {
+      killed.push_back(i);
+      continue;
+    }
+    for (std::uint32_t k : killed) end_move(handles.get(k));
+    killed.clear();
+    return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
+  }
+  // Decided: from here every call fails with shut_down, and every handle is dead.
+  shut.store(true, std::memory_order_release);
+  for (std::uint32_t i : killed) {
+    HandleEntry* e = handles.get(i);
+    e->state.store(state::make(state::generation(e->state.load(std::memory_order_relaxed)), 0), std::memory_order_release);
+    e->state.notify_all();
+  }
+  return {};
+}
+
+Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
+  // Queued work must finish before pages go: stream-ordered unpins, deferred frees, moves.
+  (void)backend->synchronize_stream(work_stream);
+  Status first;
+  auto note = [&](Status s) {
+    if (!s.ok() && first.ok()) first = s;
+  };
+  for (std::uint32_t i : killed) {
+    HandleEntry* e = handles.get(i);
+    for (Event ev : e->pending_unpins) {
+      note(backend->synchronize_event(ev));
+      note(backend->destroy_event(ev));
+    }
+    e->pending_unpins.clear();
+  }
+  for (auto& d : deferred)
+    for (Event ev : d.events) {
+      note(backend->synchronize_event(ev));
+      note(backend->destroy_event(ev));
+    }
+  deferred.clear();
+  for (Event ev : table_pending) {
+    note(backend->synchronize_event(ev));
+    note(backend->destroy_event(ev));
+  }
+  table_pending.clear();
+  note(release_table_memory());
+  for (Event ev : spare_events) note(backend->destroy_event(ev));
+  spare_events.clear();
+  // Every slot goes back as a whole: slab pages and large runs alike are unmapped and released.
+  std::vector<SlabPage*> pages;
+  slabs.for_each_page([&](const SlabPage& p) { pages.push_back(const_cast<SlabPage*>(&p)); });
+  for (auto* p : pages) slabs.destroy(p);
+  note(pool.destroy());
+  note(backend->destroy_stream(work_stream));
+  live_bytes = footprint_bytes = live_objects = 0;
+  return first;
 }
 
 }  // namespace detail
@@ -506,6 +575,7 @@ Result<Handle> Heap::allocate(std::size_t bytes) {
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   c.make_room(lock);
+  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "allocate: the heap was shut down");
   h = c.allocate_locked(bytes);
   if (h.ok()) return h;
   ++c.ops.failed_allocations;
@@ -617,36 +687,12 @@ Status Heap::shutdown() {
   auto& c = *core_;
   if (c.shut.load(std::memory_order_acquire)) return {};
   // Lock order: the compaction lock, then the heap lock. Holding both, no cycle runs and no
-  // allocate, free or resize is half done; calls arriving now wait for the outcome. A refused
-  // shutdown changes nothing, so nobody may see it: `shut` is set only once it is decided.
+  // allocate, free or resize is half done; calls arriving now wait for the outcome.
   std::unique_lock cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
-  if (c.table_pins.load() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
-  // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
-  // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
-  // are ended: the waiting pins go on as if nothing happened.
-  std::vector<std::uint32_t> claimed;
-  for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
-    HandleEntry* e = c.handles.get(i);
-    std::uint64_t s = e->state.load(std::memory_order_acquire);
-    if (!(s & state::kLive)) continue;
-    if (state::pins(s) == 0 && !(s & state::kMoving) &&
-        e->state.compare_exchange_strong(s, s | state::kMoving, std::memory_order_acq_rel)) {
-      claimed.push_back(i);
-      continue;
-    }
-    for (std::uint32_t k : claimed) c.end_move(c.handles.get(k));
-    return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
-  }
-  // Decided: from here every call fails with shut_down, and every handle is dead.
-  c.shut.store(true, std::memory_order_release);
-  for (std::uint32_t i : claimed) {
-    HandleEntry* e = c.handles.get(i);
-    e->state.store(state::make(state::generation(e->state.load(std::memory_order_relaxed)), 0), std::memory_order_release);
-    e->state.notify_all();
-  }
-  const std::vector<std::uint32_t>& killed = claimed;
+  std::vector<std::uint32_t> killed;
+  VALET_TRY(c.decide_shutdown(killed));
   // The keeper takes the heap lock: stop it with the lock released (nothing else can start).
   lock.unlock();
   c.stop_keeper();
@@ -657,42 +703,7 @@ Status Heap::shutdown() {
     std::this_thread::yield();
     lock.lock();
   }
-  // Queued work must finish before pages go: stream-ordered unpins, deferred frees, moves.
-  (void)c.backend->synchronize_stream(c.work_stream);
-  Status first;
-  auto note = [&](Status s) {
-    if (!s.ok() && first.ok()) first = s;
-  };
-  for (std::uint32_t i : killed) {
-    HandleEntry* e = c.handles.get(i);
-    for (Event ev : e->pending_unpins) {
-      note(c.backend->synchronize_event(ev));
-      note(c.backend->destroy_event(ev));
-    }
-    e->pending_unpins.clear();
-  }
-  for (auto& d : c.deferred)
-    for (Event ev : d.events) {
-      note(c.backend->synchronize_event(ev));
-      note(c.backend->destroy_event(ev));
-    }
-  c.deferred.clear();
-  for (Event ev : c.table_pending) {
-    note(c.backend->synchronize_event(ev));
-    note(c.backend->destroy_event(ev));
-  }
-  c.table_pending.clear();
-  note(c.release_table_memory());
-  for (Event ev : c.spare_events) note(c.backend->destroy_event(ev));
-  c.spare_events.clear();
-  // Every slot goes back as a whole: slab pages and large runs alike are unmapped and released.
-  std::vector<detail::SlabPage*> pages;
-  c.slabs.for_each_page([&](const detail::SlabPage& p) { pages.push_back(const_cast<detail::SlabPage*>(&p)); });
-  for (auto* p : pages) c.slabs.destroy(p);
-  note(c.pool.destroy());
-  note(c.backend->destroy_stream(c.work_stream));
-  c.live_bytes = c.footprint_bytes = c.live_objects = 0;
-  return first;
+  return c.tear_down(killed);
 }
 
 bool Heap::is_shut_down() const { return core_->shut.load(); }

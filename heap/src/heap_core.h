@@ -160,6 +160,9 @@ struct HeapCore {
   // Frees a slab slot through the virtual slot the object was addressed by; an alias nobody is
   // addressed through any more is unmapped (mesh.cpp). Returns the slab page.
   SlabPage* free_slab_slot(const Location& loc);
+  // Unmaps alias `k` of `p` if no object is addressed through it and no queued work holds it
+  // (it leaves the list: the last alias takes index k); false if it stays.
+  bool try_drop_alias(SlabPage* p, std::size_t k);
   // Unmaps the aliases of `p` that no object is addressed through and no queued work holds.
   void drop_unused_aliases(SlabPage* p);
   // Gives an empty slab page back: its aliases unmapped, its own slot to the reserve. false (the
@@ -220,6 +223,12 @@ struct HeapCore {
   // gives back empty slab pages, then, with Config::compact_on_oom, runs an emergency cycle.
   // Precondition: `lock` holds mu; it may be released and retaken.
   void make_room(std::unique_lock<HeapMutex>& lock);
+
+  // Shutdown (heap.cpp). decide_shutdown: under compaction_mu and mu, claims every live object
+  // and marks the heap shut, or refuses (pinned) with nothing changed; `killed` lists the
+  // objects it ended. tear_down: waits for queued work and gives everything back.
+  Status decide_shutdown(std::vector<std::uint32_t>& killed);
+  Status tear_down(const std::vector<std::uint32_t>& killed);
 
   void keeper_loop();
   void start_keeper();

@@ -93,6 +93,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   std::unique_lock lock(c.mu);
   HandleEntry* e = nullptr;
   for (;;) {
+    if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "resize: the heap was shut down");
     auto looked = c.lookup(h);
     if (!looked.ok()) return looked.error();
     e = *looked;

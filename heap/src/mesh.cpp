@@ -38,24 +38,23 @@ SlabPage* HeapCore::free_slab_slot(const Location& loc) {
     // completed (frees with pending stream-ordered unpins are deferred). A compaction copy may
     // still be reading the object from it, though (a pin cancelled its move, then it was freed):
     // then the alias stays, unused, until the copy's batch ends (drop_unused_aliases).
-    if (--a->users == 0 && !pool.held(a->slot) && pool.drop_alias(a->slot).ok()) {
-      *a = p->aliases.back();
-      p->aliases.pop_back();
-    }
+    --a->users;
+    try_drop_alias(p, std::size_t(a - p->aliases.data()));
   }
   return p;
 }
 
+bool HeapCore::try_drop_alias(SlabPage* p, std::size_t k) {
+  const SlabAlias a = p->aliases[k];
+  if (a.users != 0 || pool.held(a.slot) || !pool.drop_alias(a.slot).ok()) return false;
+  p->aliases[k] = p->aliases.back();
+  p->aliases.pop_back();
+  return true;
+}
+
 void HeapCore::drop_unused_aliases(SlabPage* p) {
-  for (std::size_t k = 0; k < p->aliases.size();) {
-    const SlabAlias a = p->aliases[k];
-    if (a.users == 0 && !pool.held(a.slot) && pool.drop_alias(a.slot).ok()) {
-      p->aliases[k] = p->aliases.back();
-      p->aliases.pop_back();
-    } else {
-      ++k;
-    }
-  }
+  for (std::size_t k = 0; k < p->aliases.size();)
+    if (!try_drop_alias(p, k)) ++k;
 }
 
 bool HeapCore::retire_slab(SlabPage* p) {
@@ -81,12 +80,13 @@ std::size_t HeapCore::retire_empty_slabs(std::uint64_t max_pages) {
   slabs.for_each_page([&](const SlabPage& p) {
     if (p.holds_no_object() && !p.evacuating) empty.push_back(const_cast<SlabPage*>(&p));
   });
-  std::size_t retired = 0;
+  std::size_t freed = 0;
   for (SlabPage* p : empty) {
-    if (retired == max_pages) break;
-    retired += retire_slab(p);
+    if (freed == max_pages) break;
+    const bool frees_a_page = !p->on_tail();  // a tail's page stays with its large object
+    if (retire_slab(p) && frees_a_page) ++freed;
   }
-  return retired;
+  return freed;
 }
 
 std::size_t HeapCore::meshed_slots() const {

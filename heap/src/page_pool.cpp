@@ -313,7 +313,8 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
 void PagePool::release_calls(ReleaseBatch& b) const {
   std::size_t i = 0;
   for (auto& run : b.runs) {
-    if (!refuse_held(run.start, run.length).ok()) {  // stays in the reserve (finish_release)
+    if (!refuse_held(run.start, run.length).ok()) {  // back to the reserve (finish_release)
+      run.held = true;
       i += run.length;
       continue;
     }
@@ -337,7 +338,7 @@ Status PagePool::finish_release(ReleaseBatch& b) {
     if (!run.unmapped) {
       reserve_.insert(run.start, run.length);
       i += run.length;
-      if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: unmap failed");
+      if (!run.held && first.ok()) first = make_error(Errc::driver_error, "reserve trim: unmap failed");
       continue;
     }
     for (std::uint32_t s = run.start; s < run.start + run.length; ++s, ++i) {

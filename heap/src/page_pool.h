@@ -139,6 +139,7 @@ class PagePool {
     struct Run {
       std::uint32_t start = 0, length = 0;
       bool unmapped = false;
+      bool held = false;  // queued work holds a slot of it: left alone, back to the reserve
     };
     std::vector<Run> runs;
     std::vector<std::uint32_t> phys;         // the runs' pages, in slot order

@@ -132,6 +132,9 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   }
   const double frag = slab_fragmentation(obs.classes);
   const double whole = heap_fragmentation(obs);
+  // Over the threshold for the whole heap only: much of that may be what no cycle reclaims
+  // (size-class rounding, large objects' last pages), so only the cheapest level is planned.
+  bool cheapest_only = false;
   std::optional<CompactionTrigger> trigger;
   std::uint64_t goal = s.min_reclaim_pages;
   if (obs.free_pages < s.min_free_pages || failed_since) {
@@ -143,6 +146,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
     const double keep = 1.0 - s.fragmentation_threshold;
     if (frag > s.fragmentation_threshold)
       goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / kPageBytes)));
+    cheapest_only = frag <= s.fragmentation_threshold;
     if (whole > s.fragmentation_threshold) {
       const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / kPageBytes;
       goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / kPageBytes)));
@@ -184,6 +188,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   std::vector<double> levels;
   for (double l : {0.25, 0.5, s.max_occupancy})
     if (l <= s.max_occupancy && (levels.empty() || l > levels.back())) levels.push_back(l);
+  if (cheapest_only) levels.resize(1);
   const auto plans = plan_levels(obs.classes, levels);
   // The cheapest plan that meets the goal within the budget; else the one that frees most.
   const Plan* chosen = nullptr;

@@ -72,21 +72,34 @@ TEST(PolicyEngine, FragmentationOfTheWholeHeapTriggersToo) {
   auto s = busy_settings();
   policy::EngineState st;
   (void)policy::decide(s, obs(1 * kSec, 0, 100, {}), st);
-  // 100 slab pages at 30/32 and 4 at 20/32: 7.5% slab fragmentation, under the 10% threshold.
+  // 100 slab pages at 30/32 and 4 at 6/32: 9.1% slab fragmentation, under the 10% threshold.
   std::vector<std::uint32_t> used(100, 30);
-  for (int i = 0; i < 4; ++i) used.push_back(20);
+  for (int i = 0; i < 4; ++i) used.push_back(6);
   auto o = obs(2 * kSec, 5000, 100, {cls64k(used)});
   ASSERT_LT(policy::slab_fragmentation(o.classes), s.fragmentation_threshold);
   // The heap also holds 100 pages of large objects using 85% of them, and an 8-page reserve.
   const std::uint64_t page = 2u << 20;
   o.reserve_bytes = 8 * page;
   o.mapped_bytes = (104 + 100) * page + o.reserve_bytes;
-  o.live_bytes = (100 * 30 + 4 * 20) * 65536ull + 85 * page;
+  o.live_bytes = (100 * 30 + 4 * 6) * 65536ull + 85 * page;
   ASSERT_GT(policy::heap_fragmentation(o), s.fragmentation_threshold);
   auto d = policy::decide(s, o, st);
   ASSERT_TRUE(d) << "the heap is over the threshold and pages are reclaimable";
   EXPECT_EQ(d->trigger, CompactionTrigger::fragmentation);
   EXPECT_GE(d->plan.pages_freed, 2u);
+  // Much of the heap's figure may be rounding no cycle reclaims: only the cheapest level is
+  // planned, never pages near max_occupancy.
+  EXPECT_DOUBLE_EQ(d->plan.max_occupancy, 0.25);
+  o.now_ns = 3 * kSec;
+  o.allocations = 10000;
+  // 4 pages at 24/32 (emptying each copies 3/4 of a page), the rest at 30/32: nothing is cheap.
+  std::vector<std::uint32_t> mostly_full(100, 30);
+  mostly_full.insert(mostly_full.end(), 4, 24);
+  o.classes = {cls64k(mostly_full)};
+  o.live_bytes = (100 * 30 + 4 * 24) * 65536ull + 85 * page;
+  ASSERT_LT(policy::slab_fragmentation(o.classes), s.fragmentation_threshold);
+  ASSERT_GT(policy::heap_fragmentation(o), s.fragmentation_threshold);
+  EXPECT_FALSE(policy::decide(s, o, st)) << "moved pages near max_occupancy for waste no cycle reclaims";
   // The reserve alone never triggers: it is the keeper's.
   auto dense = obs(3 * kSec, 10000, 100, {cls64k({32, 32, 32, 32})});
   dense.reserve_bytes = 16 * page;
