@@ -145,8 +145,10 @@ TEST(TraceFile, AFifoIsRefusedAtOnceWithOrWithoutAReader) {
   ASSERT_TRUE(out.reply["ok"].get<bool>()) << out.reply.dump();
   EXPECT_EQ(out.reply["file"], fs::canonical(tmp.path).string() + "/ok.trace");
   out = valet::control::handle_request(R"({"v":1,"cmd":"trace_stop"})", ctx);
-  EXPECT_EQ(out.reply["file"], fs::canonical(tmp.path).string() + "/ok.trace");
-  EXPECT_EQ(out.reply["trace"]["dropped_lines"], 0);
+  ASSERT_TRUE(out.job);  // trace_stop waits for the writer on the worker
+  const nlohmann::json stopped = out.job();
+  EXPECT_EQ(stopped["file"], fs::canonical(tmp.path).string() + "/ok.trace");
+  EXPECT_EQ(stopped["trace"]["dropped_lines"], 0);
 }
 
 // A sink that takes nothing until released: a disk that stopped answering.
