@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "handle_sweep.h"
+#include "number_in.h"
 #include "object_access.h"
 #include "serving_loop.h"
 #include "traced_heap.h"
@@ -73,21 +74,8 @@ struct Options {
   int sweep_every = -1;  // steps between handle sweeps; -1: the backend's default
 };
 
-// Accepts a number in [lo, hi] (an integer when `integer`) and says so in words with readable bounds:
-// "--seconds: must be a number of seconds in [0, 31622400], not -1".
-CLI::Validator number_in(double lo, double hi, const char* what, bool integer = false) {
-  char range[160];
-  std::snprintf(range, sizeof range, "%s in [%.15g, %.15g]", what, lo, hi);
-  return CLI::Validator(
-      [=, range = std::string(range)](std::string& input) -> std::string {
-        char* end = nullptr;
-        const double v = std::strtod(input.c_str(), &end);
-        if (end == input.c_str() || *end || !(v >= lo && v <= hi) || (integer && v != std::floor(v)))
-          return "must be " + range + ", not " + input;
-        return {};
-      },
-      range);
-}
+// "--seconds: must be a number of seconds in [0, 31622400], not -1" (shared with valetctl).
+using valet::cli::number_in;
 
 // A sweep reads every live object: a kernel does that in microseconds, host code in milliseconds.
 constexpr int kSweepEveryGpu = 1;

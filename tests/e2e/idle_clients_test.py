@@ -27,7 +27,9 @@ def body(args, workdir, services):
         t0 = time.time()
         st = ctl_json(args.ctl, "-s", sock, "stats", timeout=30)
         elapsed = time.time() - t0
-        check(elapsed < 3, "valetctl stats took %.1fs with %d idle connections open" % (elapsed, CROWD))
+        # A server that waited on the idle crowd would take valetctl's whole timeout (30 s); the
+        # bound leaves room for starting a process on a loaded machine or a sanitizer build.
+        check(elapsed < 15, "valetctl stats took %.1fs with %d idle connections open" % (elapsed, CROWD))
         check(st["pid"] == svc.proc.pid, "stats from the wrong service: %r" % st["pid"])
     r = request(sock, {"v": 1, "cmd": "info"})
     check(r.get("ok") is True, "info with the crowd open: %r" % r)

@@ -11,11 +11,13 @@ import time
 from e2e_util import Service, check, ctl, ctl_json, main, request
 
 
-def trace_start(sock, path, timeout=10):
+def trace_start(sock, path, timeout=30):
+    # A start that blocked on the path (a FIFO without a reader) would take the whole timeout; the
+    # bound leaves room for a loaded machine or a sanitizer build.
     t0 = time.time()
     r = request(sock, {"v": 1, "cmd": "trace_start", "path": path}, timeout=timeout)
     elapsed = time.time() - t0
-    check(elapsed < 3, "trace_start to %r took %.1fs" % (path, elapsed))
+    check(elapsed < 15, "trace_start to %r took %.1fs" % (path, elapsed))
     return r
 
 

@@ -145,8 +145,10 @@ TEST(TraceFile, AFifoIsRefusedAtOnceWithOrWithoutAReader) {
   ASSERT_TRUE(out.reply["ok"].get<bool>()) << out.reply.dump();
   EXPECT_EQ(out.reply["file"], fs::canonical(tmp.path).string() + "/ok.trace");
   out = valet::control::handle_request(R"({"v":1,"cmd":"trace_stop"})", ctx);
-  EXPECT_EQ(out.reply["file"], fs::canonical(tmp.path).string() + "/ok.trace");
-  EXPECT_EQ(out.reply["trace"]["dropped_lines"], 0);
+  ASSERT_TRUE(out.job);  // trace_stop waits for the writer on the worker
+  const nlohmann::json stopped = out.job();
+  EXPECT_EQ(stopped["file"], fs::canonical(tmp.path).string() + "/ok.trace");
+  EXPECT_EQ(stopped["trace"]["dropped_lines"], 0);
 }
 
 // A sink that takes nothing until released: a disk that stopped answering.
@@ -214,10 +216,12 @@ TEST(TraceRecorder, AStalledSinkNeverBlocksRecording) {
     for (std::uint64_t id = 1; id <= 100; ++id) t.on_free(id);
     return Clock::now() - t0;
   });
-  const bool finished = work.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  // A blocked call would wait for the sink forever; the bound on the time is loose (a loaded
+  // machine, a sanitizer build) and only catches calls that each wait a while for the writer.
+  const bool finished = work.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
   if (!finished) gate->release();  // let the stuck call go before failing
   ASSERT_TRUE(finished) << "recording calls blocked behind a stalled sink";
-  EXPECT_LT(work.get(), std::chrono::seconds(5));
+  EXPECT_LT(work.get(), std::chrono::seconds(15));
   auto s = t.summary();
   EXPECT_GT(s.dropped_lines, 200'000u);
   EXPECT_GE(s.deferred_frees, 100u);  // objects 1..100, and any whose free came just as it filled
@@ -245,6 +249,18 @@ TEST(TraceRecorder, AStalledSinkNeverBlocksRecording) {
   EXPECT_EQ(done->written_bytes, text.size());
 }
 
+// Waits (boundedly) until the stalled sink has taken the trace's last line.
+bool wait_for_end(StalledSink::Gate& gate) {
+  for (int i = 0; i < 2000; ++i) {
+    {
+      std::lock_guard lock(gate.mu);
+      if (gate.data.find("# end") != std::string::npos) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
 TEST(TraceRecorder, StopDoesNotWaitForAStuckSink) {
   auto gate = std::make_shared<StalledSink::Gate>();
   valet::TraceRecorder t("unit", 1 << 20, {.buffer_bytes = 1 << 16, .stop_timeout = std::chrono::milliseconds(300)});
@@ -252,28 +268,81 @@ TEST(TraceRecorder, StopDoesNotWaitForAStuckSink) {
   for (std::uint64_t id = 1; id <= 50; ++id) t.on_allocate(id, 128);
   const auto t0 = Clock::now();
   auto stopped = t.stop();
-  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(15));  // 300 ms, unless it waited for the sink
   ASSERT_FALSE(stopped.ok());
   EXPECT_NE(stopped.error().message.find("incomplete"), std::string::npos) << stopped.error().message;
   EXPECT_FALSE(t.recording());
   EXPECT_FALSE(t.summary().recording);
-  // The recorder is free again at once; the stuck writer finishes on its own once the sink does.
+
+  // While the stuck writer has not finished, no new recording starts (each would leave one more
+  // writer thread, file and buffer behind), and a refused start creates no file.
   auto gate2 = std::make_shared<StalledSink::Gate>();
   gate2->release();
-  ASSERT_TRUE(t.start(std::make_unique<StalledSink>(gate2), "next").ok());
+  auto again = t.start(std::make_unique<StalledSink>(gate2), "next");
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.code(), valet::Errc::invalid_state);
+  EXPECT_NE(again.error().message.find("the previous trace stuck is still being written"), std::string::npos)
+      << again.error().message;
+  TempDir dir;
+  const auto file = dir.path / "refused.trace";
+  EXPECT_EQ(t.start(file.string()).code(), valet::Errc::invalid_state);
+  EXPECT_FALSE(fs::exists(file));
+
+  // Once the sink takes the bytes, the stuck writer finishes on its own and the recorder is free.
+  gate->release();
+  ASSERT_TRUE(wait_for_end(*gate));
+  valet::Status restarted = valet::make_error(valet::Errc::invalid_state, "not tried");
+  for (int i = 0; i < 2000 && !restarted.ok(); ++i) {
+    restarted = t.start(std::make_unique<StalledSink>(gate2), "next");
+    if (!restarted.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(restarted.ok()) << restarted.error().message;
   t.on_step();
   ASSERT_TRUE(t.stop().ok());
-  gate->release();
-  for (int i = 0; i < 1000; ++i) {
-    {
-      std::lock_guard lock(gate->mu);
-      if (gate->data.find("# end") != std::string::npos) break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
   std::lock_guard lock(gate->mu);
   std::string why;
   EXPECT_EQ(replay_check(gate->data, &why), 100) << why;
+}
+
+// trace_stop waits for the writer on the control server's worker, never on its own thread: the
+// request is answered by a job, and handling it returns at once however stuck the file is.
+TEST(TraceRecorder, TraceStopNeverWaitsOnTheServerThread) {
+  valet::Config config;
+  config.backend = valet::BackendChoice::host;
+  config.capacity = std::size_t{64} << 20;
+  auto heap = valet::open_heap(config).value();
+  auto gate = std::make_shared<StalledSink::Gate>();
+  // A long timeout: a server thread that waited for the writer would take all of it.
+  valet::TraceRecorder t("unit", 1 << 20, {.buffer_bytes = 1 << 16, .stop_timeout = std::chrono::seconds(30)});
+  valet::control::ServiceContext ctx{.heap = *heap, .compaction = nullptr, .trace = &t, .socket_path = "/s",
+                                     .started = Clock::now(), .log = {}};
+  ASSERT_TRUE(t.start(std::make_unique<StalledSink>(gate), "stuck").ok());
+  t.on_allocate(1, 4096);
+  auto handled = std::async(std::launch::async,
+                            [&] { return valet::control::handle_request(R"({"v":1,"cmd":"trace_stop","id":7})", ctx); });
+  const bool returned = handled.wait_for(std::chrono::seconds(15)) == std::future_status::ready;
+  if (!returned) gate->release();  // let it go before failing
+  ASSERT_TRUE(returned) << "trace_stop waited for a stuck trace file on the server's thread";
+  auto out = handled.get();
+  EXPECT_TRUE(out.reply.is_null()) << out.reply.dump();
+  ASSERT_TRUE(out.job);
+  // The job (the worker's part) waits for the writer, here until the sink takes the bytes.
+  auto job = std::async(std::launch::async, [&] { return out.job(); });
+  gate->release();
+  ASSERT_EQ(job.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  const nlohmann::json r = job.get();
+  EXPECT_EQ(r.value("ok", false), true) << r.dump();
+  EXPECT_EQ(r.value("cmd", ""), "trace_stop");
+  EXPECT_EQ(r.value("id", 0), 7);
+  EXPECT_EQ(r.value("file", ""), "stuck");
+  EXPECT_FALSE(t.recording());
+
+  // A failure in the job is an error reply with the recording's figures, as before.
+  auto failed = valet::control::handle_request(R"({"v":1,"cmd":"trace_stop"})", ctx);
+  ASSERT_TRUE(failed.job);
+  const nlohmann::json e = failed.job();
+  EXPECT_EQ(e.value("ok", true), false);
+  EXPECT_NE(e.value("error", "").find("not recording"), std::string::npos) << e.dump();
 }
 
 }  // namespace

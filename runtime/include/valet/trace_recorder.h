@@ -5,7 +5,7 @@
 // writer thread of the recorder's own drains it into the sink. A slow or stuck sink therefore
 // costs the service nothing but the lines that do not fit, which are dropped and counted (see
 // Summary). stop() waits for the writer only up to Options::stop_timeout, so a stuck sink cannot
-// hold up the control thread or shutdown either.
+// hold up shutdown for long (the control server calls stop() on its worker, never on its thread).
 #pragma once
 
 #include <atomic>
@@ -79,14 +79,16 @@ class TraceRecorder {
     std::uint64_t buffered_bytes = 0;  // waiting for the sink
   };
 
-  // Creates the file with create_trace_file(). invalid_state while recording; invalid_argument
-  // for a refused path; system_error when the file cannot be created.
+  // Creates the file with create_trace_file(). invalid_state while recording, or while the last
+  // recording's writer has not finished (see stop()); invalid_argument for a refused path;
+  // system_error when the file cannot be created.
   Status start(const std::string& path);
   // Records to any sink; `description` is reported as Summary::path.
   Status start(std::unique_ptr<TraceSink> sink, const std::string& description);
   // invalid_state when not recording; system_error when the sink failed, or did not take the
   // trace's last lines within Options::stop_timeout (the writer then finishes, or stays stuck, on
-  // its own; the recorder is free to start again at once). Never waits longer than that.
+  // its own; start() refuses until it has finished). Never waits longer than that, but may wait
+  // that long: a caller that must not wait (the control server's thread) calls it elsewhere.
   Result<Summary> stop();
   Summary summary() const;
   bool recording() const { return recording_.load(std::memory_order_relaxed); }

@@ -332,18 +332,24 @@ json trace_start(const json& request, const ServiceContext& ctx) {
   return r;
 }
 
-json trace_stop(const json& request, const ServiceContext& ctx) {
+// Ends the recording and waits (up to the recorder's stop_timeout) for its writer to take the
+// last lines: on the worker, so that a stuck trace file never holds up the server's thread.
+Outcome trace_stop(const json& request, const ServiceContext& ctx) {
   Fields f(request, "trace_stop", {});
   auto& t = recorder_of(ctx, "trace_stop");
-  auto summary = t.stop();
-  // A failed stop still ends the recording: its figures (what was written, dropped) go along.
-  if (!summary.ok())
-    throw BadRequest{"trace_stop: " + summary.error().message,
-                     t.summary().path.empty() ? json::object() : json{{"trace", trace_json(t.summary())}}};
-  json r = ok_reply();
-  r["trace"] = trace_json(*summary);
-  r["file"] = summary->path;
-  return r;
+  Outcome out;
+  out.job = [&t] {
+    auto summary = t.stop();
+    // A failed stop still ends the recording: its figures (what was written, dropped) go along.
+    if (!summary.ok())
+      throw BadRequest{"trace_stop: " + summary.error().message,
+                       t.summary().path.empty() ? json::object() : json{{"trace", trace_json(t.summary())}}};
+    json r = ok_reply();
+    r["trace"] = trace_json(*summary);
+    r["file"] = summary->path;
+    return r;
+  };
+  return out;
 }
 
 Outcome dispatch(const json& request, const std::string& cmd, const ServiceContext& ctx) {
@@ -355,7 +361,7 @@ Outcome dispatch(const json& request, const std::string& cmd, const ServiceConte
   if (cmd == "policy_set") return now(policy_set(request, ctx));
   if (cmd == "pages") return now(pages(request, ctx));
   if (cmd == "trace_start") return now(trace_start(request, ctx));
-  if (cmd == "trace_stop") return now(trace_stop(request, ctx));
+  if (cmd == "trace_stop") return trace_stop(request, ctx);
   throw BadRequest{"unknown command '" + cmd + "' (commands: " + joined(command_names()) + ")"};
 }
 
@@ -412,6 +418,7 @@ Outcome handle_request(std::string_view line, const ServiceContext& ctx) {
           r = job();
         } catch (const BadRequest& e) {
           r = error_reply(e.message);
+          for (auto& [k, v] : e.extra.items()) r[k] = v;
         } catch (const std::exception& e) {
           r = error_reply(std::string("internal error: ") + e.what());
         }

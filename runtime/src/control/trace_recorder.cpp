@@ -85,6 +85,11 @@ struct TraceRecorder::State {
   Options options;
   mutable std::mutex mu;
   std::shared_ptr<Channel> channel;  // while recording
+  // The last recording's channel once stop() took it: while its writer has not finished (stop()
+  // may have given up waiting for a stuck sink), no new recording starts, so a hung filesystem
+  // holds one writer (its thread, file and buffer) at most, never one per start/stop.
+  std::weak_ptr<Channel> previous;
+  std::string previous_path;
   std::thread writer;
   std::uint64_t generation = 0;  // recordings started, so a late stop() updates only its own
   Summary summary;
@@ -135,6 +140,20 @@ struct TraceRecorder::State {
     ++summary.dropped_lines;
     return false;
   }
+  // invalid_state while a recording may not start. Called under `mu`.
+  Status startable() const {
+    if (channel) return make_error(Errc::invalid_state, "already recording a trace to " + summary.path);
+    if (auto prev = previous.lock()) {
+      std::lock_guard lock(prev->mu);
+      if (!prev->done)
+        return make_error(Errc::invalid_state,
+                          "the previous trace " + previous_path + " is still being written (" +
+                              std::to_string(prev->pending.size()) +
+                              " bytes not yet written; its file system may be stuck): a new trace can start once "
+                              "it finishes");
+    }
+    return {};
+  }
   // The summary with the writer's figures.
   Summary current() const {
     Summary s = summary;
@@ -163,7 +182,10 @@ TraceRecorder::~TraceRecorder() {
 
 Status TraceRecorder::start(const std::string& path) {
   // Checked before the file is made, so that a refused start leaves nothing behind.
-  if (recording()) return make_error(Errc::invalid_state, "already recording a trace to " + summary().path);
+  {
+    std::lock_guard lock(s_->mu);
+    if (Status st = s_->startable(); !st.ok()) return st;
+  }
   std::string resolved;
   auto sink = create_trace_file(path, &resolved);
   if (!sink.ok()) return sink.error();
@@ -175,7 +197,7 @@ Status TraceRecorder::start(const std::string& path) {
 Status TraceRecorder::start(std::unique_ptr<TraceSink> sink, const std::string& description) {
   if (!sink) return make_error(Errc::invalid_argument, "no trace sink given");
   std::lock_guard lock(s_->mu);
-  if (s_->channel) return make_error(Errc::invalid_state, "already recording a trace to " + s_->summary.path);
+  if (Status st = s_->startable(); !st.ok()) return st;
   auto channel = std::make_shared<Channel>();
   channel->limit = std::max<std::size_t>(s_->options.buffer_bytes, 1);
   channel->sink = std::move(sink);
@@ -227,6 +249,8 @@ Result<TraceRecorder::Summary> TraceRecorder::stop() {
     s.summary.recording = false;
     s.trace_ids.clear();
     channel = std::move(s.channel);
+    s.previous = channel;
+    s.previous_path = s.summary.path;
     writer = std::move(s.writer);
     summary = s.summary;
     generation = s.generation;
@@ -242,7 +266,9 @@ Result<TraceRecorder::Summary> TraceRecorder::stop() {
   if (finished) {
     writer.join();
   } else {
-    writer.detach();  // it owns the channel and the sink; it ends when (if ever) the sink does
+    // It owns the channel and the sink and ends when (if ever) the sink does; until then start()
+    // refuses (State::previous), so stuck writers never pile up.
+    writer.detach();
     result = make_error(Errc::system_error,
                         "the trace " + summary.path + " is incomplete: its writer did not finish within " +
                             std::to_string(s_->options.stop_timeout.count()) + " ms (" +

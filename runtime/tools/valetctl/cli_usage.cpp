@@ -1,18 +1,9 @@
 #include "cli_usage.h"
 
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
 
 namespace valetctl {
 
 namespace {
-
-std::string shortest(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.15g", x);
-  return buf;
-}
 
 std::string names_of(CLI::App& app) {
   std::string out;
@@ -44,20 +35,6 @@ bool takes_next(CLI::App* at, const std::string& token) {
 }
 
 }  // namespace
-
-CLI::Validator number_in(double lo, double hi, const std::string& what, bool integer) {
-  const std::string range = what + " in [" + shortest(lo) + ", " + shortest(hi) + "]";
-  return CLI::Validator(
-      [lo, hi, integer, range](std::string& input) -> std::string {
-        const char* begin = input.c_str();
-        char* end = nullptr;
-        const double v = std::strtod(begin, &end);
-        const bool parsed = end != begin && *end == '\0';
-        if (!parsed || !(v >= lo && v <= hi) || (integer && v != std::floor(v))) return "must be " + range + ", not " + input;
-        return {};
-      },
-      range);
-}
 
 std::optional<std::string> command_error(CLI::App& app, int argc, const char* const* argv) {
   CLI::App* at = &app;

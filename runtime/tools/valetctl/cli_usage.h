@@ -6,12 +6,12 @@
 #include <optional>
 #include <string>
 
+#include "number_in.h"
+
 namespace valetctl {
 
-// Accepts a number in [lo, hi] (an integer when `integer`), and says so in words, with the bounds
-// as people write them: number_in(0.05, 3600, "a number of seconds") refuses -1 with
-// "--interval: must be a number of seconds in [0.05, 3600], not -1".
-CLI::Validator number_in(double lo, double hi, const std::string& what, bool integer = false);
+// The validator of numeric options, shared with valet-serve (runtime/tools/common/number_in.h).
+using valet::cli::number_in;
 
 // When argv names a command that `app` (or the command group it names first) does not have:
 // "unknown command 'frobnicate' (commands: list, stats, ...)"; when it names no command where
