@@ -20,23 +20,17 @@
 #include "control/commands.h"
 #include "control/job_worker.h"
 #include "control/page_map.h"
+#include "test_files.h"
 #include "valet/control_server.h"
 #include "valet/runtime.h"
 
 namespace {
 
+using valet::test::slurp;
+using valet::test::TempDir;
+
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-// A private temporary directory, removed at the end.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/valet-ctl-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::unique_ptr<valet::Heap> small_heap() {
   valet::Config config;
@@ -349,13 +343,6 @@ TEST(JobWorker, RunsInOrderAndMergesQueuedBackgroundJobs) {
 }
 
 // --- the trace recorder ------------------------------------------------------------------------
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 // The trace's operation lines (comments dropped).
 std::string ops_of(const std::string& text) {

@@ -18,29 +18,17 @@
 #include <thread>
 
 #include "control/commands.h"
+#include "test_files.h"
 #include "valet/control_server.h"
 #include "valet/runtime.h"
 
 namespace {
 
+using valet::test::slurp;
+using valet::test::TempDir;
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/valet-trace-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 valet::Errc start_code(const std::string& path) {
   valet::TraceRecorder t("unit", 1 << 20);
