@@ -58,11 +58,10 @@ void HeapCore::drop_unused_aliases(SlabPage* p) {
 }
 
 bool HeapCore::retire_slab(SlabPage* p) {
-  // Aliases left with no users (an earlier unmap failed) go first; the page stays if one cannot.
-  while (!p->aliases.empty()) {
-    if (!pool.drop_alias(p->aliases.back().slot).ok()) return false;
-    p->aliases.pop_back();
-  }
+  // Aliases left with no users (an earlier unmap failed, or queued work held them) go first;
+  // the page stays if one cannot.
+  drop_unused_aliases(p);
+  if (!p->aliases.empty()) return false;
   // On a large object's tail, the physical page stays with the object.
   if (p->on_tail()) {
     if (!release_tail_page(p)) return false;
