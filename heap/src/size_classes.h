@@ -13,9 +13,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "valet/types.h"
+
 namespace valet::detail {
 
-inline constexpr std::size_t kPageSize = std::size_t{2} << 20;
+inline constexpr std::size_t kPageSize = kPageBytes;
 inline constexpr std::size_t kMinClass = 256;
 inline constexpr std::size_t kMaxSlabObject = std::size_t{1} << 20;
 

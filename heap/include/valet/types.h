@@ -6,6 +6,10 @@
 
 namespace valet {
 
+// The unit of physical memory and of every mapping: one 2 MiB page (the granularity of CUDA VMM
+// allocations on current GPUs, and what the host emulation copies). The one definition.
+inline constexpr std::size_t kPageBytes = std::size_t{2} << 20;
+
 // An address in the backend's memory: a CUdeviceptr on CUDA, a process address on the host backend.
 using DevicePtr = std::uintptr_t;
 
