@@ -203,7 +203,7 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
     ++rec.objects_moved;
     repointed = true;
   }
-  if (repointed) ++table_version;
+  if (repointed) table.changed();
   // Aliases whose last object was freed while the copy read through them go now.
   for (SlabPage* p : source_pages) drop_unused_aliases(p);
   return st;

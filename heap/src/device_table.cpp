@@ -1,12 +1,8 @@
-// The device copy of the handle table and the scopes that pin it (Heap::pin_table).
-//
-// The table lives in its own virtual range (room for every handle index), mapped a page at a
-// time as the handle table grows; those pages are outside the heap's capacity accounting. It is
-// rebuilt and written only when an address or generation changed since the last upload.
-#include <cstring>
+#include "device_table.h"
+
+#include <string>
 
 #include "heap_core.h"
-#include "size_classes.h"
 
 namespace valet {
 
@@ -16,73 +12,59 @@ namespace state = detail::state;
 
 namespace detail {
 
-bool HeapCore::table_blocks_moves() {
-  if (table_pins.load(std::memory_order_acquire) > 0) return true;
-  for (std::size_t i = 0; i < table_pending.size();) {
-    auto done = backend->query_event(table_pending[i]);
-    if (done.ok() && !*done) {
-      ++i;
-      continue;
-    }
-    recycle_event(table_pending[i]);
-    table_pending[i] = table_pending.back();
-    table_pending.pop_back();
-  }
-  return !table_pending.empty();
+bool DeviceTable::blocks_moves() {
+  if (scopes_.load(std::memory_order_acquire) > 0) return true;
+  return !releases_.reap(pending_);
 }
 
-Status HeapCore::upload_table(kernels::DeviceHandleTable& out) {
+Status DeviceTable::grow_to(std::size_t bytes) {
+  if (range_.va == 0) {
+    const std::size_t max = HandleTable::kMaxChunks * HandleTable::kChunk * sizeof(kernels::DeviceHandleEntry);
+    VALET_TRY(pool_.reserve_outside(range_, (max + kPageBytes - 1) / kPageBytes * kPageBytes));
+  }
+  while (range_.mapped_bytes() < bytes || range_.mapped_bytes() == 0) VALET_TRY(pool_.grow_outside(range_));
+  return {};
+}
+
+Status DeviceTable::open_scope(const HandleTable& handles, std::uint32_t heap_tag, kernels::DeviceHandleTable& out) {
   const std::uint32_t count = handles.high_water();
   const std::size_t bytes = std::size_t(count) * sizeof(kernels::DeviceHandleEntry);
-  if (!table_va) {
-    const std::size_t max = HandleTable::kMaxChunks * HandleTable::kChunk * sizeof(kernels::DeviceHandleEntry);
-    table_reserved = (max + kPageSize - 1) / kPageSize * kPageSize;
-    auto va = backend->reserve(table_reserved);
-    if (!va.ok()) return va.error();
-    table_va = *va;
-  }
-  while (table_mapped < bytes || table_mapped == 0) {
-    auto page = backend->create_page();
-    if (!page.ok()) return page.error();
-    if (auto st = backend->map(table_va + table_mapped, *page); !st.ok()) {
-      (void)backend->release_page(*page);
-      return st;
-    }
-    if (auto st = backend->set_access(table_va + table_mapped, kPageSize); !st.ok()) {
-      (void)backend->unmap(table_va + table_mapped, kPageSize);
-      (void)backend->release_page(*page);
-      return st;
-    }
-    table_pages.push_back(*page);
-    table_mapped += kPageSize;
-  }
-  if (uploaded_version != table_version && count > 0) {
+  VALET_TRY(grow_to(bytes));
+  if (uploaded_version_ != version_ && count > 0) {
     std::vector<kernels::DeviceHandleEntry> entries(count, kernels::DeviceHandleEntry{0, 0, 0, 0});
     for (std::uint32_t i = 1; i < count; ++i) {
       const HandleEntry* e = handles.get(i);
       const std::uint64_t s = e->state.load(std::memory_order_acquire);
-      if (!(s & state::kLive)) continue;
+      if (!state::live(s)) continue;
       entries[i] = {e->address.load(std::memory_order_acquire), state::generation(s), 0, e->size};
     }
-    VALET_TRY(backend->write(table_va, entries.data(), bytes));
-    uploaded_version = table_version;
+    VALET_TRY(pool_.write_outside(range_, entries.data(), bytes));
+    uploaded_version_ = version_;
   }
-  out = kernels::DeviceHandleTable{reinterpret_cast<const kernels::DeviceHandleEntry*>(table_va), count, tag};
+  out = kernels::DeviceHandleTable{reinterpret_cast<const kernels::DeviceHandleEntry*>(range_.va), count, heap_tag};
+  scopes_.fetch_add(1, std::memory_order_acq_rel);
   return {};
 }
 
-Status HeapCore::release_table_memory() {
-  Status first;
-  if (table_mapped) first = backend->unmap(table_va, table_mapped);
-  for (PhysicalPage p : table_pages)
-    if (auto st = backend->release_page(p); !st.ok() && first.ok()) first = st;
-  table_pages.clear();
-  table_mapped = 0;
-  if (table_va) {
-    if (auto st = backend->unreserve(table_va, table_reserved); !st.ok() && first.ok()) first = st;
-  }
-  table_va = 0;
+Status DeviceTable::release_scope(HeapMutex& mu, Stream stream) {
+  // Listed before the count drops: movers see one or the other.
+  Status st = releases_.record(mu, stream, pending_);
+  scopes_.fetch_sub(1, std::memory_order_release);
+  return st;
+}
+
+Status DeviceTable::destroy() {
+  Status first = releases_.destroy_all(pending_);
+  if (auto st = pool_.release_outside(range_); !st.ok() && first.ok()) first = st;
   return first;
+}
+
+Status DeviceTable::validate() const {
+  auto fail = [](const char* what) { return make_error(Errc::internal, std::string("validate: device table: ") + what); };
+  if (range_.mapped_bytes() > range_.reserved) return fail("more mapped than reserved");
+  if (range_.va == 0 && range_.reserved != 0) return fail("a reservation without an address");
+  if (uploaded_version_ > version_) return fail("the uploaded copy is newer than the table");
+  return {};
 }
 
 }  // namespace detail
@@ -100,10 +82,7 @@ TableScope& TableScope::operator=(TableScope&& o) noexcept {
 Status TableScope::release() {
   if (!core_) return {};
   auto* c = std::exchange(core_, nullptr);
-  // Listed before the count drops: movers see one or the other.
-  Status st = c->record_release(stream_, c->table_pending);
-  c->table_pins.fetch_sub(1, std::memory_order_release);
-  return st;
+  return c->table.release_scope(c->mu, stream_);
 }
 
 Result<TableScope> Heap::pin_table(Stream stream) {
@@ -114,8 +93,7 @@ Result<TableScope> Heap::pin_table(Stream stream) {
   std::lock_guard lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;
-  VALET_TRY(c.upload_table(scope.table_));
-  c.table_pins.fetch_add(1, std::memory_order_acq_rel);
+  VALET_TRY(c.table.open_scope(c.handles, c.tag, scope.table_));
   scope.core_ = &c;
   scope.stream_ = stream;
   return scope;

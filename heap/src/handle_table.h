@@ -1,18 +1,6 @@
 // The handle table: one entry per object, indexed by Handle::index. Entries live in chunks that
 // never move, so a pin can read its entry without the heap lock while other threads add chunks.
-//
-// An entry's `state` word carries everything a lock-free pin must see at once:
-//   bits 0..23  pin count (host pins and stream pins not yet released)
-//   bit  24     LIVE       the entry holds an object
-//   bit  25     MOVING     a mover owns the object: nobody else may move, resize or free it, and
-//                          pins wait, unless CANCELABLE is set too
-//   bit  26     CANCELABLE the mover is copying the object and has not repointed it: a pin takes
-//                          the object where it is at once and clears MOVING and CANCELABLE, which
-//                          cancels the move (the mover drops its copy)
-//   bit  27     ALIASED    meshing is remapping the object's page; its bytes are complete at
-//                          `alias` (the same offset of the destination page, which stays mapped):
-//                          a pin takes that address at once instead of waiting for the driver
-//   bits 32..63 generation of the object (a Handle with another generation is stale)
+// An entry's `state` word and its transitions are the move claims (move_claims.h).
 #pragma once
 
 #include <atomic>
@@ -22,20 +10,10 @@
 #include <mutex>
 #include <vector>
 
+#include "move_claims.h"
 #include "valet/backend.h"
 
 namespace valet::detail {
-
-namespace state {
-inline constexpr std::uint64_t kPinMask = (1u << 24) - 1;
-inline constexpr std::uint64_t kLive = 1ull << 24;
-inline constexpr std::uint64_t kMoving = 1ull << 25;
-inline constexpr std::uint64_t kCancelable = 1ull << 26;
-inline constexpr std::uint64_t kAliased = 1ull << 27;
-inline std::uint32_t generation(std::uint64_t s) { return std::uint32_t(s >> 32); }
-inline std::uint32_t pins(std::uint64_t s) { return std::uint32_t(s & kPinMask); }
-inline std::uint64_t make(std::uint32_t gen, std::uint64_t flags) { return (std::uint64_t(gen) << 32) | flags; }
-}  // namespace state
 
 enum class ObjectKind : std::uint8_t { slab, large };
 

@@ -18,21 +18,17 @@
 #include <unordered_map>
 #include <vector>
 
+#include "device_table.h"
 #include "handle_table.h"
 #include "heap_mutex.h"
+#include "move_claims.h"
 #include "page_pool.h"
+#include "reserve_keeper.h"
 #include "slabs.h"
+#include "stream_releases.h"
 #include "valet/heap.h"
 
 namespace valet::detail {
-
-// A freed object whose stream-ordered unpins have not completed: its memory is reused only once
-// every event has completed.
-struct DeferredFree {
-  Location loc;
-  std::size_t footprint = 0;
-  std::vector<Event> events;
-};
 
 // One object of an evacuation batch: from its old slot to its new one.
 struct Move {
@@ -67,6 +63,8 @@ struct HeapCore {
   PagePool pool;
   Slabs slabs;
   HandleTable handles;
+  StreamReleases releases{*backend};
+  DeviceTable table{pool, releases};
   std::atomic<bool> shut{false};
 
   // Counters (under mu unless atomic).
@@ -79,9 +77,7 @@ struct HeapCore {
   std::atomic<std::uint64_t> cycle_pin_wait_ns{0};  // longest pin wait since the cycle began
   CompactionTotals compaction;
   std::deque<CompactionRecord> recent_cycles;
-  std::vector<DeferredFree> deferred;
-  std::size_t in_transit = 0;  // old slots of a running move: taken, owned by nobody
-  std::vector<Event> spare_events;
+  std::size_t in_transit = 0;  // new slots of a running move: taken, owned by nobody
   std::mutex compaction_mu;  // one compaction cycle at a time
 
   // Shared tails (tails.cpp). open_tails: last-page slot of each large object whose last page
@@ -90,40 +86,15 @@ struct HeapCore {
   std::map<std::uint32_t, std::uint32_t> open_tails;
   std::unordered_map<std::uint32_t, std::uint32_t> shared_tails;
 
-  // The device copy of the handle table (device_table.cpp).
-  std::atomic<std::uint32_t> table_pins{0};  // scopes held now
-  std::vector<Event> table_pending;          // released scopes whose streams may not have passed
-  std::uint64_t table_version = 1;           // bumped whenever an address or generation changes
-  std::uint64_t uploaded_version = 0;
-  DevicePtr table_va = 0;
-  std::size_t table_reserved = 0, table_mapped = 0;
-  std::vector<PhysicalPage> table_pages;
-  // True while a table scope (held or pending) forbids moving objects. Precondition: mu held.
-  bool table_blocks_moves();
-  Status upload_table(kernels::DeviceHandleTable& out);
-  Status release_table_memory();
-
-  // Background reserve keeper.
-  std::thread keeper;
-  std::condition_variable_any keeper_cv;
-  bool keeper_stop = false;
-  bool keeper_wanted = false;
-
   // --- handles (lock-free) ---
   // Checks tag, index and generation; the entry if the handle names a live object.
   Result<HandleEntry*> lookup(Handle h) const;
   static std::uint64_t now_ns();
   void note_pin_wait(std::uint64_t ns);
-  // Waits while the entry is MOVING (for a pin: MOVING and not CANCELABLE); returns the state
-  // that ended the wait (or a stale one).
-  std::uint64_t wait_not_moving(HandleEntry* e, std::uint32_t gen, bool until_cancelable = false);
   // Takes a pin reference (host or stream). On success the object cannot move until unpinned;
   // `address` is where the pin may use it (its alias while a remap is under way).
   Result<HandleEntry*> acquire_pin(Handle h, DevicePtr& address);
-  void unpin(HandleEntry* e) { e->state.fetch_sub(1, std::memory_order_release); }
-  // Records an event at the current end of `s` into `pending` (under mu); if no event can be
-  // recorded, waits for the stream instead, so nothing is released early.
-  Status record_release(Stream s, std::vector<Event>& pending);
+  void unpin(HandleEntry* e) { claims::remove_pin(e->state); }
   // Records a stream-ordered unpin of `e` on `s`.
   Status unpin_on_stream(HandleEntry* e, Stream s);
 
@@ -175,33 +146,24 @@ struct HeapCore {
   std::size_t meshed_slots() const;
   std::size_t footprint_of(const Location& loc) const;
   DevicePtr address_of(const Location& loc) const;
-  Result<Event> take_event();
-  void recycle_event(Event e);
+  Result<Event> take_event() { return releases.take_event(); }
+  void recycle_event(Event e) { releases.recycle_event(e); }
   // Drops completed pending unpins of `e`; true when none remain.
-  bool reap_unpins(HandleEntry* e);
+  bool reap_unpins(HandleEntry* e) { return releases.reap(e->pending_unpins); }
   // Releases deferred frees whose events completed.
   void reap_deferred();
-  // Keeps the reserve in bounds: inline when there is no keeper thread, else wakes it.
-  void after_release();
-  // Brings the reserve back under its high watermark (to the middle of the watermarks), the
-  // driver calls made without the heap lock, batch by batch. Precondition: `lock` holds mu.
-  void trim_reserve(std::unique_lock<HeapMutex>& lock);
-  void want_refill();
+  void after_release() { keeper.after_release(); }
+  void want_refill() { keeper.want_refill(); }
+  bool table_blocks_moves() { return table.blocks_moves(); }
   Error out_of_memory(std::size_t asked, const Error& cause) const;
 
-  // Marks an unpinned, settled object MOVING (and CANCELABLE: a pin may cancel the move until
-  // commit_move). Fails (nothing changed) when it is pinned or moving, or a stream-ordered unpin
-  // is pending.
+  // Move claims (move_claims.h) on an entry. try_begin_move also refuses while a stream-ordered
+  // unpin of the object is pending (its queued work may still touch the object).
   bool try_begin_move(HandleEntry* e, bool cancelable = false);
-  // Ends the cancelable phase of a claim: from here pins wait until end_move. false when a pin
-  // cancelled the move: the object is no longer the caller's (do not end_move it).
-  bool commit_move(HandleEntry* e);
-  // Meshing, after commit_move: the object's complete copy is at `alias` (the destination page,
-  // which stays mapped); until end_move a pin takes that address instead of waiting.
-  void publish_alias(HandleEntry* e, DevicePtr alias);
-  // Gives up a cancelable claim that no pin cancelled (nothing was repointed).
-  void drop_claim(HandleEntry* e);
-  void end_move(HandleEntry* e);
+  bool commit_move(HandleEntry* e) { return claims::commit(e->state); }
+  void publish_alias(HandleEntry* e, DevicePtr alias) { claims::publish_alias(e->state, e->alias, alias); }
+  void drop_claim(HandleEntry* e) { claims::drop(e->state); }
+  void end_move(HandleEntry* e) { claims::end(e->state); }
 
   // Compaction (compaction.cpp). Precondition: `lock` holds mu; it may be released and retaken.
   Result<CompactionRecord> compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& request);
@@ -230,9 +192,8 @@ struct HeapCore {
   Status decide_shutdown(std::vector<std::uint32_t>& killed);
   Status tear_down(const std::vector<std::uint32_t>& killed);
 
-  void keeper_loop();
-  void start_keeper();
-  void stop_keeper();
+  // Declared last: its thread uses the members above, and it is stopped first.
+  ReserveKeeper keeper{mu, pool, config, [this] { reap_deferred(); }};
 };
 
 }  // namespace valet::detail

@@ -147,6 +147,9 @@ Status Heap::validate() const {
   auto fail = [](const std::string& what) { return make_error(Errc::internal, "validate: " + what); };
   if (c.shut) return {};
   VALET_TRY(c.pool.validate());
+  VALET_TRY(c.releases.validate());
+  VALET_TRY(c.table.validate());
+  VALET_TRY(c.keeper.validate());
 
   // Slab pages: bitmaps, counts, buckets, slot table.
   std::size_t unowned_taken = 0, blocked = 0;
@@ -208,7 +211,7 @@ Status Heap::validate() const {
           ++through[std::size_t(via)];
       }
     }
-    for (const auto& d : c.deferred)
+    for (const auto& d : c.releases.deferred())
       if (d.loc.kind == ObjectKind::slab && c.pool.slot(d.loc.page).owner == p.id && d.loc.page != p.slot) {
         const std::ptrdiff_t via = alias_index(d.loc.page);
         if (via < 0)
@@ -229,7 +232,7 @@ Status Heap::validate() const {
   VALET_TRY(bad);
   if (slab_pages != c.slabs.live_pages()) return fail("slab page count is wrong");
   std::size_t deferred_slab = 0, deferred_footprint = 0;
-  for (const auto& d : c.deferred) {
+  for (const auto& d : c.releases.deferred()) {
     deferred_footprint += d.footprint;
     if (d.loc.kind == ObjectKind::slab) ++deferred_slab;
   }

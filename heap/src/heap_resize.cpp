@@ -102,7 +102,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     if (s & state::kMoving) {
       // A compaction cycle is moving it: wait for the move to settle.
       lock.unlock();
-      c.wait_not_moving(e, h.generation);
+      detail::claims::wait_not_moving(e->state, h.generation);
       lock.lock();
       continue;
     }
@@ -139,7 +139,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     c.live_bytes = c.live_bytes - old_size + bytes;
     c.footprint_bytes = c.footprint_bytes - old_footprint + c.footprint_of(e->loc);
     ++c.ops.resize;
-    ++c.table_version;
+    c.table.changed();
   } else if (st.code() == Errc::out_of_memory) {
     ++c.ops.failed_allocations;
     st = c.out_of_memory(bytes, st.error());

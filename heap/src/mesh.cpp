@@ -277,7 +277,7 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
           e->address.store(address_of(e->loc), std::memory_order_release);
           end_move(e);
         }
-        ++table_version;
+        table.changed();
         rec.objects_moved += moved;
         rec.bytes_moved += pr.bytes;
         ++rec.pages_freed;

@@ -176,6 +176,23 @@ class PagePool {
   // The heap's copies are queued by its movers, not here; they are counted with the other calls.
   void count_copy() { ++calls_.copy; }
 
+  // Memory outside the arena and the capacity accounting (the device handle table): a range of
+  // its own, mapped a page at a time at its end, through the same door and counted with the
+  // pool's other driver calls. Every call unwinds what it did on failure.
+  struct OutsideRange {
+    DevicePtr va = 0;
+    std::size_t reserved = 0;
+    std::vector<PhysicalPage> pages;
+    std::size_t mapped_bytes() const { return pages.size() * kPageBytes; }
+  };
+  Status reserve_outside(OutsideRange& r, std::size_t bytes);
+  // Maps one more page at the end of the mapped part (created, mapped, accessible).
+  Status grow_outside(OutsideRange& r);
+  // Writes host bytes at the start of the range (mapped).
+  Status write_outside(const OutsideRange& r, const void* src, std::size_t bytes);
+  // Unmaps, releases and unreserves all of it; the first error, everything attempted.
+  Status release_outside(OutsideRange& r);
+
   // Checks the pool's own invariants and its agreement with the slot table.
   Status validate() const;
 

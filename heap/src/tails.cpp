@@ -270,7 +270,7 @@ Status HeapCore::unshare_tail(std::uint32_t tail) {
       e->loc.page = *spare;
       e->address.store(address_of(e->loc), std::memory_order_release);
     }
-    ++table_version;
+    table.changed();
   } else {
     pool.commit_remap(plan);
     // The spare slot maps the new page too: unmapped now, or kept as an alias with no users.

@@ -1,0 +1,157 @@
+// A heap's life: creation (validating the config, reserving the arena, filling the reserve,
+// starting the keeper) and shutdown (decided under both locks before anything changes, then torn
+// down once queued work has finished).
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "heap_core.h"
+
+namespace valet {
+namespace detail {
+namespace {
+
+std::atomic<std::uint32_t> g_next_tag{1};
+
+}  // namespace
+
+HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_pages)
+    : backend(std::move(b)), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
+      pool(*backend, cap_pages) {}
+
+HeapCore::~HeapCore() { keeper.stop(); }
+
+Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed) {
+  if (table.held_scopes() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
+  // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
+  // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
+  // are ended: the waiting pins go on as if nothing happened. A refused shutdown changes
+  // nothing, so nobody may see it: `shut` is set only once it is decided.
+  for (std::uint32_t i = 1; i < handles.high_water(); ++i) {
+    HandleEntry* e = handles.get(i);
+    if (!state::live(e->state.load(std::memory_order_acquire))) continue;
+    if (claims::claim_for_shutdown(e->state)) {
+      killed.push_back(i);
+      continue;
+    }
+    for (std::uint32_t k : killed) end_move(handles.get(k));
+    killed.clear();
+    return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
+  }
+  // Decided: from here every call fails with shut_down, and every handle is dead.
+  shut.store(true, std::memory_order_release);
+  for (std::uint32_t i : killed) claims::kill(handles.get(i)->state);
+  return {};
+}
+
+Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
+  // Queued work must finish before pages go: stream-ordered unpins, deferred frees, moves.
+  (void)backend->synchronize_stream(work_stream);
+  Status first;
+  auto note = [&](Status s) {
+    if (!s.ok() && first.ok()) first = s;
+  };
+  for (std::uint32_t i : killed) note(releases.destroy_all(handles.get(i)->pending_unpins));
+  note(table.destroy());
+  note(releases.destroy_all());
+  // Every slot goes back as a whole: slab pages and large runs alike are unmapped and released.
+  std::vector<SlabPage*> pages;
+  slabs.for_each_page([&](const SlabPage& p) { pages.push_back(const_cast<SlabPage*>(&p)); });
+  for (auto* p : pages) slabs.destroy(p);
+  note(pool.destroy());
+  note(backend->destroy_stream(work_stream));
+  live_bytes = footprint_bytes = live_objects = 0;
+  return first;
+}
+
+}  // namespace detail
+
+using detail::HeapCore;
+
+Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, const Config& config) {
+  if (!backend) return make_error(Errc::invalid_argument, "Heap::create: no backend");
+  if (backend->granularity() != detail::kPageSize)
+    return make_error(Errc::unsupported, "Heap::create: the backend's page size is not 2 MiB");
+  std::size_t capacity = config.capacity;
+  if (capacity > 0) {
+    // More than the backend has cannot be backed, and would size the slot table for nothing.
+    auto info = backend->memory_info();
+    if (info.ok() && info->total_bytes > 0 && capacity > info->total_bytes)
+      return make_error(Errc::invalid_argument, "Heap::create: capacity " + std::to_string(capacity) +
+                                                    " bytes exceeds the backend's memory of " +
+                                                    std::to_string(info->total_bytes) + " bytes");
+  }
+  if (capacity == 0) {
+    auto info = backend->memory_info();
+    if (!info.ok()) return info.error();
+    // Leave room for the CUDA context, kernels and other users of the device.
+    const std::size_t margin = backend->capabilities().real_device ? (std::size_t{512} << 20) : 0;
+    capacity = info->free_bytes > margin ? info->free_bytes - margin : 0;
+  }
+  const std::size_t pages = capacity / detail::kPageSize;
+  if (pages == 0) return make_error(Errc::invalid_argument, "Heap::create: capacity below one 2 MiB page");
+  if (config.reserve_low_pages > config.reserve_high_pages)
+    return make_error(Errc::invalid_argument, "Heap::create: reserve_low_pages > reserve_high_pages");
+  if (config.address_space_factor < 2 || config.address_space_factor > 64)
+    return make_error(Errc::invalid_argument, "Heap::create: address_space_factor must be within [2, 64]");
+  auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
+  core->config.capacity = pages * detail::kPageSize;
+  core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes
+                           : core->backend->capabilities().real_device ? std::size_t{64} << 20
+                                                                        : std::size_t{2} << 20;
+  const std::size_t slots = std::max<std::size_t>(pages * config.address_space_factor, 64);
+  VALET_TRY(core->pool.init(slots));
+  auto stream = core->backend->create_stream();
+  if (!stream.ok()) {
+    (void)core->pool.destroy();
+    return stream.error();
+  }
+  core->work_stream = *stream;
+  {
+    std::lock_guard lock(core->mu);
+    (void)core->keeper.balance();
+  }
+  core->keeper.start();
+  return std::unique_ptr<Heap>(new Heap(std::move(core)));
+}
+
+Heap::Heap(std::unique_ptr<HeapCore> core) : core_(std::move(core)) {}
+
+Heap::~Heap() {
+  auto st = shutdown();
+  if (st.code() == Errc::pinned) {
+    std::fprintf(stderr, "valet: heap destroyed while pins are held (%s); aborting\n", st.error().to_string().c_str());
+    std::abort();
+  }
+  if (!st.ok()) std::fprintf(stderr, "valet: shutdown: %s\n", st.error().to_string().c_str());
+}
+
+Status Heap::shutdown() {
+  auto& c = *core_;
+  if (c.shut.load(std::memory_order_acquire)) return {};
+  // Lock order: the compaction lock, then the heap lock. Holding both, no cycle runs and no
+  // allocate, free or resize is half done; calls arriving now wait for the outcome.
+  std::unique_lock cl(c.compaction_mu);
+  std::unique_lock lock(c.mu);
+  if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
+  std::vector<std::uint32_t> killed;
+  VALET_TRY(c.decide_shutdown(killed));
+  // The keeper takes the heap lock: stop it with the lock released (nothing else can start).
+  lock.unlock();
+  c.keeper.stop();
+  lock.lock();
+  // A free still trimming the reserve without the lock finishes first.
+  while (c.pool.releasing_pages() > 0) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+  return c.tear_down(killed);
+}
+
+bool Heap::is_shut_down() const { return core_->shut.load(); }
+Backend& Heap::backend() { return *core_->backend; }
+const Config& Heap::config() const { return core_->config; }
+std::uint32_t Heap::tag() const { return core_->tag; }
+
+}  // namespace valet
