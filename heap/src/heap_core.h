@@ -22,6 +22,7 @@
 #include "handle_table.h"
 #include "heap_mutex.h"
 #include "move_claims.h"
+#include "move_executor.h"
 #include "page_pool.h"
 #include "reserve_keeper.h"
 #include "slabs.h"
@@ -65,6 +66,7 @@ struct HeapCore {
   HandleTable handles;
   StreamReleases releases{*backend};
   DeviceTable table{pool, releases};
+  MoveExecutor mover{*backend, pool, releases};
   std::atomic<bool> shut{false};
 
   // Counters (under mu unless atomic).
@@ -109,7 +111,8 @@ struct HeapCore {
   // page. release_tail_page: unmaps an emptied slab page's own slot from the tail it shares
   // (false: the unmap failed, nothing changed). unshare_tail: before a resize, moves the slab
   // page on a large object's last page to a page of its own (same addresses); an error (nothing
-  // changed) when its objects cannot all be claimed or a driver call fails.
+  // changed) when its objects cannot all be claimed or a driver call fails. It copies and remaps
+  // without the heap lock (tail_unshare.cpp); `lock` holds mu and is released and retaken.
   void open_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
   SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot);
@@ -127,7 +130,7 @@ struct HeapCore {
   static std::uint32_t low_free_bytes(const SlabPage& p);
   void release_large(const Location& loc);
   bool release_tail_page(SlabPage* p);
-  Status unshare_tail(std::uint32_t tail_slot);
+  Status unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail_slot);
   // Frees a slab slot through the virtual slot the object was addressed by; an alias nobody is
   // addressed through any more is unmapped (mesh.cpp). Returns the slab page.
   SlabPage* free_slab_slot(const Location& loc);
@@ -186,10 +189,11 @@ struct HeapCore {
   // Precondition: `lock` holds mu; it may be released and retaken.
   void make_room(std::unique_lock<HeapMutex>& lock);
 
-  // Shutdown (heap.cpp). decide_shutdown: under compaction_mu and mu, claims every live object
+  // Shutdown (heap_lifecycle.cpp). decide_shutdown: under compaction_mu and mu, claims every live object
   // and marks the heap shut, or refuses (pinned) with nothing changed; `killed` lists the
   // objects it ended. tear_down: waits for queued work and gives everything back.
-  Status decide_shutdown(std::vector<std::uint32_t>& killed);
+  // `settling` names an unpinned object a resize is moving (wait for it, then decide again).
+  Status decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling);
   Status tear_down(const std::vector<std::uint32_t>& killed);
 
   // Declared last: its thread uses the members above, and it is stopped first.

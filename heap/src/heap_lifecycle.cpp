@@ -21,7 +21,8 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
 
 HeapCore::~HeapCore() { keeper.stop(); }
 
-Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed) {
+Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling) {
+  settling = nullptr;
   if (table.held_scopes() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
   // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
   // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
@@ -36,6 +37,10 @@ Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed) {
     }
     for (std::uint32_t k : killed) end_move(handles.get(k));
     killed.clear();
+    // Unpinned but moving: a resize is copying it without the heap lock (no cycle runs: the
+    // caller holds compaction_mu). The caller waits for it to settle and decides again.
+    const std::uint64_t s = e->state.load(std::memory_order_acquire);
+    if (state::pins(s) == 0 && (s & state::kMoving)) settling = e;
     return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
   }
   // Decided: from here every call fails with shut_down, and every handle is dead.
@@ -107,6 +112,7 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return stream.error();
   }
   core->work_stream = *stream;
+  core->mover.set_stream(*stream);
   {
     std::lock_guard lock(core->mu);
     (void)core->keeper.balance();
@@ -135,7 +141,17 @@ Status Heap::shutdown() {
   std::unique_lock lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
   std::vector<std::uint32_t> killed;
-  VALET_TRY(c.decide_shutdown(killed));
+  for (;;) {
+    detail::HandleEntry* settling = nullptr;
+    const Status decided = c.decide_shutdown(killed, settling);
+    if (decided.ok()) break;
+    if (!settling) return decided;
+    const std::uint32_t gen = detail::state::generation(settling->state.load(std::memory_order_acquire));
+    lock.unlock();
+    detail::claims::wait_not_moving(settling->state, gen);
+    lock.lock();
+    if (c.shut.load(std::memory_order_relaxed)) return {};
+  }
   // The keeper takes the heap lock: stop it with the lock released (nothing else can start).
   lock.unlock();
   c.keeper.stop();

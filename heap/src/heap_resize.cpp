@@ -18,17 +18,20 @@ std::uint32_t pages_for(std::size_t bytes) {
   return std::uint32_t((bytes + detail::kPageSize - 1) / detail::kPageSize);
 }
 
-Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes);
+Status resize_by_copy(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std::uint32_t index, HandleEntry* e,
+                      std::size_t bytes);
 Status resize_large_unshared(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes);
 
-// Resizes a large object that stays large. Precondition: mu held, the object is MOVING.
-Status resize_large(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+// Resizes a large object that stays large. Precondition: `lock` holds mu (unsharing its tail
+// releases it during the copy), the object is MOVING.
+Status resize_large(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std::uint32_t index, HandleEntry* e,
+                    std::size_t bytes) {
   Location& loc = e->loc;
   const std::uint32_t tail = loc.page + loc.pages - 1;
-  if (c.shared_tails.contains(tail) && !c.unshare_tail(tail).ok()) {
+  if (c.shared_tails.contains(tail) && !c.unshare_tail(lock, tail).ok()) {
     // The slab page on its last page cannot move off it now: the object moves instead, by copy,
     // to pages of its own (releasing the old ones hands the shared page to the slab page).
-    return resize_by_copy(c, index, e, bytes);
+    return resize_by_copy(c, lock, index, e, bytes);
   }
   // The last page changes (or its used part does): offered again once the resize is done.
   c.open_tails.erase(tail);
@@ -64,20 +67,37 @@ Status resize_large_unshared(HeapCore& c, std::uint32_t index, HandleEntry* e, s
   return {};
 }
 
-// Moves the object to a new place of the right kind for `bytes`, copying min(old, new) bytes.
-// Precondition: mu held, the object is MOVING.
-Status resize_by_copy(HeapCore& c, std::uint32_t index, HandleEntry* e, std::size_t bytes) {
+// The arena slots a location reads or writes.
+void add_slots(const Location& loc, std::vector<std::uint32_t>& out) {
+  const std::uint32_t n = loc.kind == ObjectKind::large ? loc.pages : 1;
+  for (std::uint32_t k = 0; k < n; ++k) out.push_back(loc.page + k);
+}
+
+// Moves the object to a new place of the right kind for `bytes`, copying min(old, new) bytes
+// through the move executor, without the heap lock: the object is claimed (pins and frees wait)
+// and its new place is in transit, owned by nobody, until the copy completed.
+// Precondition: `lock` holds mu (released and retaken), the object is MOVING.
+Status resize_by_copy(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std::uint32_t index, HandleEntry* e,
+                      std::size_t bytes) {
   if (c.table_blocks_moves()) return make_error(Errc::pinned, "resize: the device handle table is pinned");
-  auto dest = c.place(bytes, index);
+  auto dest = c.place(bytes, detail::kNoOwner);
   if (!dest.ok()) return dest.error();
-  const CopyRange copy{e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)};
-  c.pool.count_copy();
-  Status st = c.backend->copy({&copy, 1}, c.work_stream);
-  if (st.ok()) st = c.backend->synchronize_stream(c.work_stream);
+  const bool slab = dest->kind == ObjectKind::slab;
+  if (slab) ++c.in_transit;
+  detail::CopyBatch batch;
+  batch.copies.push_back({e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)});
+  add_slots(e->loc, batch.slots);
+  add_slots(*dest, batch.slots);
+  const Status st = c.mover.run(lock, batch);
+  if (slab) --c.in_transit;
   if (!st.ok()) {
     c.release_location(*dest);
     return st;
   }
+  if (slab)
+    c.slabs.set_owner(c.slabs.page(c.pool.slot(dest->page).owner), dest->index, index);
+  else
+    for (std::uint32_t k = 0; k < dest->pages; ++k) c.pool.slot(dest->page + k).owner = index;
   c.release_location(e->loc);
   e->loc = *dest;
   return {};
@@ -123,15 +143,15 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   if (same_class) {
     // Nothing moves.
   } else if (stays_large) {
-    st = resize_large(c, h.index, e, bytes);
+    st = resize_large(c, lock, h.index, e, bytes);
   } else {
-    st = resize_by_copy(c, h.index, e, bytes);
+    st = resize_by_copy(c, lock, h.index, e, bytes);
   }
   if (!st.ok() && st.code() == Errc::out_of_memory) {
     // Free pages (empty slab pages; with compact_on_oom, by evacuating other objects: this one
     // is MOVING, so it stays put), then retry.
     c.make_room(lock);
-    st = stays_large ? resize_large(c, h.index, e, bytes) : resize_by_copy(c, h.index, e, bytes);
+    st = stays_large ? resize_large(c, lock, h.index, e, bytes) : resize_by_copy(c, lock, h.index, e, bytes);
   }
   if (st.ok()) {
     e->size = bytes;
