@@ -1,0 +1,220 @@
+// Heap::validate: every component checks its own invariants (page pool, stream releases, device
+// table, keeper), then the checks that span components: slab pages against the slot table, the
+// handle table and the tails; every live object against its place; the counters.
+#include <string>
+
+#include "heap_core.h"
+#include "size_classes.h"
+
+namespace valet {
+
+using detail::HandleEntry;
+using detail::HeapCore;
+using detail::ObjectKind;
+using detail::SlabPage;
+using detail::SlotKind;
+namespace state = detail::state;
+
+namespace {
+
+Error fail(const std::string& what) { return make_error(Errc::internal, "validate: " + what); }
+
+bool live(const HandleEntry* e) { return e && state::live(e->state.load(std::memory_order_acquire)); }
+
+// What the slab walk counts for the checks that follow it.
+struct SlabTally {
+  std::size_t unowned_taken = 0, blocked = 0, pages = 0;
+};
+
+// A page on a shared tail maps the physical page of the large object's last slot, and its
+// blocked slots cover the bytes the object uses there.
+Status check_tail_link(const HeapCore& c, const SlabPage& p) {
+  const auto& slot = c.pool.slot(p.slot);
+  if (!p.on_tail()) {
+    if (p.blocked != 0) return fail("slab page " + std::to_string(p.id) + " blocks slots without a tail");
+    return {};
+  }
+  const auto& ts = c.pool.slot(p.tail_slot);
+  const auto link = c.shared_tails.find(p.tail_slot);
+  if (link == c.shared_tails.end() || link->second != p.id || ts.kind != SlotKind::large || ts.phys != slot.phys)
+    return fail("slab page " + std::to_string(p.id) + " is not linked to the tail it shares");
+  for (std::uint32_t i = 0; i < p.blocked; ++i)
+    if (!p.test(i) || p.owners[i] != detail::kNoOwner) return fail("a blocked slot of a shared tail is free or owned");
+  const HandleEntry* e = ts.owner ? c.handles.get(ts.owner) : nullptr;
+  if (live(e) && e->loc.kind == ObjectKind::large) {
+    const std::uint64_t used = e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize;
+    if (std::uint64_t(p.blocked) * detail::class_size(p.cls) < used)
+      return fail("slab page " + std::to_string(p.id) + " does not block all of the tail's bytes");
+  }
+  return {};
+}
+
+std::ptrdiff_t alias_index(const SlabPage& p, std::uint32_t s) {
+  for (std::size_t k = 0; k < p.aliases.size(); ++k)
+    if (p.aliases[k].slot == s) return std::ptrdiff_t(k);
+  return -1;
+}
+
+// Aliases map the page's physical page and name the page as owner; every taken slot names the
+// object that lives there (through the page's slot or an alias), and each alias's user count is
+// exactly the objects and deferred frees addressed through it.
+Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, SlabTally& tally) {
+  const auto& slot = c.pool.slot(p.slot);
+  if (p.sharers() > detail::kMaxSharers) return fail("slab page " + std::to_string(p.id) + " has too many sharers");
+  for (const auto& a : p.aliases) {
+    const auto& as = c.pool.slot(a.slot);
+    if (a.slot == p.slot || as.kind != SlotKind::slab || as.owner != p.id || as.phys != slot.phys)
+      return fail("alias " + std::to_string(a.slot) + " of slab page " + std::to_string(p.id) + " does not map its page");
+  }
+  std::vector<std::uint32_t> through(p.aliases.size(), 0);
+  for (std::uint32_t i = 0; i < p.capacity; ++i) {
+    if (!p.test(i)) continue;
+    if (p.owners[i] == detail::kNoOwner) {
+      ++tally.unowned_taken;
+      continue;
+    }
+    const HandleEntry* e = c.handles.get(p.owners[i]);
+    const std::ptrdiff_t via = e ? alias_index(p, e->loc.page) : -1;
+    if (!live(e) || e->loc.kind != ObjectKind::slab || (e->loc.page != p.slot && via < 0) || e->loc.index != i)
+      return fail("slot " + std::to_string(i) + " of page " + std::to_string(p.slot) + " names the wrong object");
+    if (via >= 0) ++through[std::size_t(via)];
+  }
+  for (const auto& d : c.releases.deferred())
+    if (d.loc.kind == ObjectKind::slab && c.pool.slot(d.loc.page).owner == p.id && d.loc.page != p.slot) {
+      const std::ptrdiff_t via = alias_index(p, d.loc.page);
+      if (via < 0) return fail("a deferred free names a slot its page does not map");
+      ++through[std::size_t(via)];
+    }
+  for (std::size_t k = 0; k < p.aliases.size(); ++k)
+    if (p.aliases[k].users != through[k]) return fail("alias " + std::to_string(p.aliases[k].slot) + " user count is wrong");
+  return {};
+}
+
+// The page's own bookkeeping: bitmap against count and owners, padding bits, bucket.
+Status check_slab_internals(const SlabPage& p) {
+  std::uint32_t bits = 0;
+  for (std::uint32_t i = 0; i < p.capacity; ++i) {
+    bits += p.test(i);
+    if (!p.test(i) && p.owners[i] != detail::kNoOwner) return fail("a free slot has an owner");
+  }
+  if (p.capacity % 64 && (p.bitmap.back() >> (p.capacity % 64)) != (~0ull >> (p.capacity % 64)))
+    return fail("bitmap padding bits were cleared");
+  if (bits != p.used) return fail("slab page used count disagrees with its bitmap");
+  if (!p.evacuating && !p.hook.is_linked()) return fail("slab page " + std::to_string(p.id) + " is in no bucket");
+  if (p.used == p.capacity && p.bucket != detail::kBuckets - 1 && p.hook.is_linked())
+    return fail("a full page sits in a bucket with room");
+  return {};
+}
+
+// Slab pages against the slot table, the tails and the handle table.
+Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
+  Status bad;
+  c.slabs.for_each_page([&](const SlabPage& p) {
+    if (!bad.ok()) return;
+    ++tally.pages;
+    const auto& slot = c.pool.slot(p.slot);
+    if (slot.kind != SlotKind::slab || slot.owner != p.id) {
+      bad = fail("slab page " + std::to_string(p.id) + " and the slot table disagree");
+      return;
+    }
+    tally.blocked += p.on_tail() ? p.blocked : 0;
+    bad = check_slab_internals(p);
+    if (bad.ok()) bad = check_tail_link(c, p);
+    if (bad.ok()) bad = check_slots_and_aliases(c, p, tally);
+  });
+  VALET_TRY(bad);
+  if (tally.pages != c.slabs.live_pages()) return fail("slab page count is wrong");
+  std::size_t deferred_slab = 0;
+  for (const auto& d : c.releases.deferred()) deferred_slab += d.loc.kind == ObjectKind::slab;
+  if (tally.unowned_taken != deferred_slab + c.in_transit + tally.blocked)
+    return fail("taken slots without an owner (" + std::to_string(tally.unowned_taken) +
+                ") are not all deferred or in transit");
+  return {};
+}
+
+// Every live object: its place names it back, its address is where it lives; sums are exact.
+Status check_objects(const HeapCore& c) {
+  std::size_t live_bytes = 0, footprint = 0, objects = 0;
+  for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
+    const HandleEntry* e = c.handles.get(i);
+    const std::uint64_t s = e->state.load(std::memory_order_acquire);
+    if (!state::live(s)) continue;
+    ++objects;
+    live_bytes += e->size;
+    if (e->loc.kind == ObjectKind::slab) {
+      const auto& slot = c.pool.slot(e->loc.page);
+      if (slot.kind != SlotKind::slab) return fail("object " + std::to_string(i) + " points at a non-slab page");
+      const auto* p = c.slabs.page(slot.owner);
+      if (!p || p->owners[e->loc.index] != i) return fail("object " + std::to_string(i) + " is not its slot's owner");
+      if (e->size > detail::class_size(p->cls)) return fail("object larger than its size class");
+    } else {
+      if (std::uint64_t(e->size) > std::uint64_t(e->loc.pages) * detail::kPageSize)
+        return fail("large object larger than its pages");
+      for (std::uint32_t k = 0; k < e->loc.pages; ++k) {
+        const auto& slot = c.pool.slot(e->loc.page + k);
+        if (slot.kind != SlotKind::large || slot.owner != i)
+          return fail("page " + std::to_string(k) + " of large object " + std::to_string(i) + " is not its own");
+      }
+    }
+    footprint += c.footprint_of(e->loc);
+    if (!(s & state::kMoving) && e->address.load() != c.address_of(e->loc))
+      return fail("object " + std::to_string(i) + " has a stale address");
+  }
+  std::size_t deferred_footprint = 0;
+  for (const auto& d : c.releases.deferred()) deferred_footprint += d.footprint;
+  if (objects != c.live_objects) return fail("live object count is wrong");
+  if (live_bytes != c.live_bytes) return fail("live byte count is wrong");
+  if (footprint + deferred_footprint != c.footprint_bytes) return fail("footprint count is wrong");
+  return {};
+}
+
+// Every shared tail is a large object's last slot with its slab page; open tails are unshared
+// last pages of their objects; large slots belong to a live object or to a deferred free.
+Status check_tails_and_large_slots(const HeapCore& c) {
+  for (const auto& [tail, id] : c.shared_tails) {
+    const auto* p = c.slabs.page(id);
+    if (!p || !p->live || p->tail_slot != tail) return fail("shared tail " + std::to_string(tail) + " names no slab page on it");
+    if (c.pool.slot(tail).kind != SlotKind::large) return fail("shared tail " + std::to_string(tail) + " is not a large page");
+  }
+  for (const auto& [tail, used] : c.open_tails) {
+    const auto& slot = c.pool.slot(tail);
+    if (slot.kind != SlotKind::large || c.shared_tails.contains(tail) || c.pool.mappings_of(tail) != 1)
+      return fail("open tail " + std::to_string(tail) + " is not a large object's own last page");
+    const HandleEntry* e = slot.owner ? c.handles.get(slot.owner) : nullptr;
+    if (live(e) && (e->loc.page + e->loc.pages - 1 != tail ||
+                    e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize != used))
+      return fail("open tail " + std::to_string(tail) + " disagrees with its object");
+  }
+  for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
+    const auto& slot = c.pool.slot(k);
+    if (slot.kind != SlotKind::large || slot.owner == 0) continue;
+    const HandleEntry* e = c.handles.get(slot.owner);
+    if (!live(e) || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
+      return fail("large page " + std::to_string(k) + " names an object that does not hold it");
+  }
+  return {};
+}
+
+}  // namespace
+
+Status Heap::validate() const {
+  const auto& c = *core_;
+  std::lock_guard lock(c.mu);
+  if (c.shut) return {};
+  // Each component's own invariants first.
+  VALET_TRY(c.pool.validate());
+  VALET_TRY(c.releases.validate());
+  VALET_TRY(c.table.validate());
+  VALET_TRY(c.keeper.validate());
+  // Then what spans components.
+  SlabTally tally;
+  VALET_TRY(check_slab_pages(c, tally));
+  VALET_TRY(check_objects(c));
+  VALET_TRY(check_tails_and_large_slots(c));
+  const std::size_t mapped = c.pool.created_pages() * detail::kPageSize;
+  if (c.live_bytes > mapped) return fail("more live bytes than mapped bytes");
+  if (mapped > c.capacity_pages * detail::kPageSize) return fail("more mapped bytes than the capacity");
+  return {};
+}
+
+}  // namespace valet
