@@ -23,6 +23,8 @@
 
 namespace valet::detail {
 
+struct HeapInternals;
+
 class DeviceTable {
  public:
   DeviceTable(PagePool& pool, StreamReleases& releases) : pool_(pool), releases_(releases) {}
@@ -47,6 +49,7 @@ class DeviceTable {
   Status validate() const;
 
  private:
+  friend struct HeapInternals;
   Status grow_to(std::size_t bytes);
 
   PagePool& pool_;

@@ -200,4 +200,11 @@ struct HeapCore {
   ReserveKeeper keeper{mu, pool, config, [this] { reap_deferred(); }};
 };
 
+// Tests reach a heap's components through this (unit tests of invariants and of components).
+struct HeapInternals {
+  static HeapCore& of(Heap& h) { return *h.core_; }
+  static std::uint64_t& uploaded_version(DeviceTable& t) { return t.uploaded_version_; }
+  static std::uint64_t& table_version(DeviceTable& t) { return t.version_; }
+};
+
 }  // namespace valet::detail

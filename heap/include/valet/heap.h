@@ -30,6 +30,7 @@ namespace valet {
 class Heap;
 namespace detail {
 struct HeapCore;
+struct HeapInternals;  // tests' access to a heap's components (heap/src/heap_core.h)
 }
 
 // A host pin: while it lives the object stays at address() (the compactor never moves or unmaps
@@ -196,6 +197,7 @@ class Heap {
 
  private:
   explicit Heap(std::unique_ptr<detail::HeapCore> core);
+  friend struct detail::HeapInternals;
   std::unique_ptr<detail::HeapCore> core_;
 };
 

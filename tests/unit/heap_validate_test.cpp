@@ -1,0 +1,180 @@
+// validate() catches what it claims to: each test breaks one invariant of a healthy heap through
+// its internals, expects validate() to name it, and repairs it (so that the heap shuts down
+// cleanly). The components' own invariants have their own tests; these are the checks that span
+// components (heap_validate.cpp) and the small components of the heap core.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "heap_core.h"
+#include "heap_test_util.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+namespace {
+
+using test::kMiB;
+
+class HeapValidate : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    heap_ = test::make_heap();
+    ASSERT_TRUE(heap_);
+    // A large object whose last page is shared with a slab page (its tail), small objects of
+    // another class on a page of their own (so full that no large object's tail fits below
+    // them), and a large object with an open tail.
+    shared_large_ = *heap_->allocate(2 * kMiB + 512 * 1024);
+    for (int i = 0; i < 3; ++i) small_.push_back(*heap_->allocate(4096));  // built on the tail
+    for (int i = 0; i < 600; ++i) other_.push_back(*heap_->allocate(3000));
+    open_large_ = *heap_->allocate(4 * kMiB + kMiB);
+    ASSERT_TRUE(heap_->validate().ok()) << heap_->validate().error().to_string();
+  }
+
+  HeapCore& core() { return HeapInternals::of(*heap_); }
+  HandleEntry* entry(Handle h) { return core().handles.get(h.index); }
+  SlabPage* page_of(Handle h) { return core().slabs.page(core().pool.slot(entry(h)->loc.page).owner); }
+
+  // Breaks an invariant, expects validate() to name it, repairs it, expects validate() to pass.
+  void expect_caught(const std::string& words, const std::function<void()>& brk, const std::function<void()>& repair) {
+    {
+      std::lock_guard lock(core().mu);
+      brk();
+    }
+    const Status st = heap_->validate();
+    EXPECT_FALSE(st.ok()) << "not caught: " << words;
+    if (!st.ok()) {
+      EXPECT_NE(st.error().message.find(words), std::string::npos) << st.error().to_string();
+    }
+    {
+      std::lock_guard lock(core().mu);
+      repair();
+    }
+    EXPECT_TRUE(heap_->validate().ok()) << "the repair of \"" << words << "\" did not restore the heap";
+  }
+
+  std::unique_ptr<Heap> heap_;
+  Handle shared_large_, open_large_;
+  std::vector<Handle> small_, other_;
+};
+
+TEST_F(HeapValidate, AHealthyHeapPasses) { EXPECT_TRUE(heap_->validate().ok()); }
+
+TEST_F(HeapValidate, CountersThatDisagreeWithTheObjects) {
+  expect_caught("live byte count", [&] { ++core().live_bytes; }, [&] { --core().live_bytes; });
+  expect_caught("live object count", [&] { ++core().live_objects; }, [&] { --core().live_objects; });
+  expect_caught("footprint count", [&] { core().footprint_bytes += 256; }, [&] { core().footprint_bytes -= 256; });
+  expect_caught("are not all deferred or in transit", [&] { ++core().in_transit; }, [&] { --core().in_transit; });
+}
+
+TEST_F(HeapValidate, AnObjectThatIsNotWhereItsHandleSays) {
+  HandleEntry* e = entry(other_[0]);
+  expect_caught("stale address", [&] { e->address.fetch_add(256); }, [&] { e->address.fetch_sub(256); });
+  SlabPage* p = page_of(other_[0]);
+  const std::uint32_t i = e->loc.index;
+  expect_caught("names the wrong object", [&] { p->owners[i] = other_[1].index; }, [&] { p->owners[i] = other_[0].index; });
+  HandleEntry* big = entry(open_large_);
+  auto& slot = core().pool.slot(big->loc.page);
+  expect_caught("is not its own", [&] { slot.owner = shared_large_.index; }, [&] { slot.owner = open_large_.index; });
+  const std::size_t size = e->size;
+  expect_caught("larger than its size class", [&] { e->size = class_size(p->cls) + 1; }, [&] { e->size = size; });
+  const std::size_t big_size = big->size;
+  expect_caught("large object larger than its pages", [&] { big->size = big->loc.pages * kPageSize + 1; },
+                [&] { big->size = big_size; });
+  const std::size_t capacity = core().capacity_pages;
+  expect_caught("more mapped bytes than the capacity", [&] { core().capacity_pages = 1; },
+                [&] { core().capacity_pages = capacity; });
+}
+
+TEST_F(HeapValidate, ASlabPageWhoseBookkeepingIsWrong) {
+  SlabPage* p = page_of(other_[0]);
+  expect_caught("used count disagrees with its bitmap", [&] { ++p->used; }, [&] { --p->used; });
+  std::uint32_t free_slot = 0;
+  while (p->test(free_slot)) ++free_slot;
+  expect_caught("a free slot has an owner", [&] { p->owners[free_slot] = other_[0].index; },
+                [&] { p->owners[free_slot] = kNoOwner; });
+  expect_caught("in no bucket",
+                [&] {
+                  core().slabs.detach(p);
+                  p->evacuating = false;
+                },
+                [&] { core().slabs.attach(p); });
+  expect_caught("blocks slots without a tail", [&] { p->blocked = 1; }, [&] { p->blocked = 0; });
+  auto& own = core().pool.slot(p->slot);
+  expect_caught("and the slot table disagree", [&] { own.owner += 1000; }, [&] { own.owner -= 1000; });
+  // 3000 bytes -> the 3072 class: 682 slots, so the last bitmap word has padding bits.
+  ASSERT_NE(p->capacity % 64, 0u);
+  const std::uint64_t pad = 1ull << 63;
+  expect_caught("padding bits were cleared", [&] { p->bitmap.back() &= ~pad; }, [&] { p->bitmap.back() |= pad; });
+}
+
+TEST_F(HeapValidate, AliasesThatDoNotMapTheirPage) {
+  SlabPage* p = page_of(other_[0]);
+  const std::uint32_t elsewhere = entry(open_large_)->loc.page;
+  expect_caught("does not map its page", [&] { p->aliases.push_back({elsewhere, 0}); }, [&] { p->aliases.pop_back(); });
+  // A real second mapping of the page, listed with a user that no object accounts for.
+  std::uint32_t alias = 0;
+  expect_caught("user count is wrong",
+                [&] {
+                  alias = *core().pool.share_page(p->slot, SlotKind::slab, p->id);
+                  p->aliases.push_back({alias, 1});
+                },
+                [&] {
+                  p->aliases.pop_back();
+                  ASSERT_TRUE(core().pool.drop_alias(alias).ok());
+                });
+  expect_caught("too many sharers",
+                [&] {
+                  for (std::size_t k = 0; k < kMaxSharers; ++k) p->aliases.push_back({elsewhere, 0});
+                },
+                [&] { p->aliases.clear(); });
+}
+
+TEST_F(HeapValidate, TailsThatAreNotWhatTheySay) {
+  SlabPage* tail_page = page_of(small_[0]);
+  ASSERT_TRUE(tail_page->on_tail()) << "the small objects were expected on the large object's tail";
+  const std::uint32_t tail = tail_page->tail_slot;
+  auto& shared = core().shared_tails;
+  expect_caught("is not linked to the tail it shares", [&] { shared.erase(tail); },
+                [&] { shared[tail] = tail_page->id; });
+  expect_caught("a blocked slot of a shared tail is free or owned", [&] { tail_page->owners[0] = small_[0].index; },
+                [&] { tail_page->owners[0] = kNoOwner; });
+  const std::uint32_t blocked = tail_page->blocked;
+  expect_caught("does not block all of the tail's bytes", [&] { tail_page->blocked = 1; },
+                [&] { tail_page->blocked = blocked; });
+  const std::uint32_t not_a_tail = entry(open_large_)->loc.page;  // its first page, not its last
+  expect_caught("names no slab page on it", [&] { shared[not_a_tail] = 1u << 30; }, [&] { shared.erase(not_a_tail); });
+  auto& open = core().open_tails;
+  const HandleEntry* big = entry(open_large_);
+  const std::uint32_t last = big->loc.page + big->loc.pages - 1;
+  ASSERT_TRUE(open.contains(last));
+  expect_caught("disagrees with its object", [&] { ++open[last]; }, [&] { --open[last]; });
+  const std::uint32_t slab_slot = page_of(other_[0])->slot;
+  expect_caught("is not a large object's own last page", [&] { open[slab_slot] = 100; }, [&] { open.erase(slab_slot); });
+}
+
+TEST_F(HeapValidate, ALargeSlotThatNoObjectHolds) {
+  std::uint32_t stray = 0;
+  expect_caught("names an object that does not hold it",
+                [&] { stray = *core().pool.take_page(SlotKind::large, open_large_.index); },
+                [&] { core().pool.give_back(stray, 1); });
+}
+
+TEST_F(HeapValidate, TheSmallComponentsCheckThemselves) {
+  auto& c = core();
+  expect_caught("low watermark is above", [&] { c.config.reserve_low_pages = c.config.reserve_high_pages + 1; },
+                [&] { c.config.reserve_low_pages = 2; });
+  expect_caught("uploaded copy is newer", [&] { HeapInternals::uploaded_version(c.table) = 1u << 20; },
+                [&] { HeapInternals::uploaded_version(c.table) = 0; });
+  // A deferred free must wait on an event (checked on a component of its own: a corrupt list in
+  // the heap would be released at shutdown).
+  StreamReleases releases(heap_->backend());
+  EXPECT_TRUE(releases.validate().ok());
+  releases.defer({Location{}, 0, {}});
+  const Status st = releases.validate();
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("waits on no event"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace valet::detail
