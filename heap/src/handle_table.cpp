@@ -1,5 +1,7 @@
 #include "handle_table.h"
 
+#include <string>
+
 namespace valet::detail {
 
 HandleTable::HandleTable() : chunks_(new std::atomic<HandleEntry*>[kMaxChunks]) {
@@ -24,6 +26,42 @@ bool HandleTable::acquire(std::uint32_t& index) {
   // Index 0 of the table is never used: a zeroed Handle must never name an object.
   if (index == 0) index = high_water_++;
   return true;
+}
+
+}  // namespace valet::detail
+
+namespace valet::detail {
+
+namespace {
+Error bad(const std::string& what) { return make_error(Errc::internal, "handle table: " + what); }
+std::string s(std::uint64_t v) { return std::to_string(v); }
+}  // namespace
+
+Status HandleTable::validate() const {
+  if (std::uint64_t(high_water_) > kMaxChunks * kChunk) return bad("high water " + s(high_water_) + " past the table's end");
+  const std::size_t chunks = (std::size_t(high_water_) + kChunk - 1) >> kChunkBits;
+  for (std::size_t c = 0; c < kMaxChunks; ++c)
+    if ((chunks_[c].load(std::memory_order_acquire) != nullptr) != (c < chunks))
+      return bad("chunk " + s(c) + (c < chunks ? " is missing below" : " exists above") + " the high water " + s(high_water_));
+  if (high_water_ > 0 && get(0)->state.load(std::memory_order_acquire) != 0) return bad("entry 0 is in use");
+  std::vector<bool> listed(high_water_, false);
+  for (std::uint32_t i : free_) {
+    if (i == 0 || i >= high_water_) return bad("free index " + s(i) + " is not in [1, high water " + s(high_water_) + ")");
+    if (listed[i]) return bad("free index " + s(i) + " is listed twice");
+    listed[i] = true;
+    const HandleEntry* e = get(i);
+    const std::uint64_t st = e->state.load(std::memory_order_acquire);
+    if (st & state::kLive) return bad("free index " + s(i) + " names a LIVE entry");
+    if ((st & 0xffffffffu) != 0)
+      return bad("free index " + s(i) + " has state flags or pins (state " + s(st & 0xffffffffu) + ")");
+    if (!e->pending_unpins.empty()) return bad("free index " + s(i) + " still has pending stream unpins");
+  }
+  std::size_t live = 0;
+  for (std::uint32_t i = 1; i < high_water_; ++i) live += (get(i)->state.load(std::memory_order_acquire) & state::kLive) != 0;
+  const std::size_t used = high_water_ > 0 ? high_water_ - 1 : 0;
+  if (live + free_.size() != used)
+    return bad(s(used - live - free_.size()) + " entries below the high water are neither LIVE nor free (leaked indices)");
+  return {};
 }
 
 }  // namespace valet::detail

@@ -3,6 +3,7 @@
 // An entry's `state` word and its transitions are the move claims (move_claims.h).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "invariants.h"
 #include "move_claims.h"
 #include "valet/backend.h"
 
@@ -57,12 +59,25 @@ class HandleTable {
   // Precondition: heap lock held. An unused index (its entry not LIVE), or nullopt when full.
   bool acquire(std::uint32_t& index);
   // Precondition: heap lock held; the entry is no longer LIVE.
-  void release(std::uint32_t index) { free_.push_back(index); }
+  void release(std::uint32_t index) {
+    VALET_ASSERT(index != 0 && index < high_water_ && !(get(index)->state.load(std::memory_order_relaxed) & state::kLive));
+    VALET_EXPENSIVE_ASSERT(std::find(free_.begin(), free_.end(), index) == free_.end());
+    free_.push_back(index);
+  }
 
   // Indices handed out so far (live or free): entries [0, high_water()) exist.
   std::uint32_t high_water() const { return high_water_; }
+  std::size_t free_count() const { return free_.size(); }
+
+  // Checks the table's own invariants (precondition: heap lock held); an error names the first
+  // broken one. The chunks below the high water exist and none above it; entry 0 is never used;
+  // every free index is below the high water, listed once, and its entry is settled (not LIVE,
+  // no flags, no pins, no pending unpins); every entry below the high water is LIVE or free.
+  Status validate() const;
 
  private:
+  friend struct HandleTableTestPeer;  // tests: corrupts the free list and the high water
+
   std::unique_ptr<std::atomic<HandleEntry*>[]> chunks_;
   std::vector<std::uint32_t> free_;
   std::uint32_t high_water_ = 0;

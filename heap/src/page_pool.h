@@ -17,6 +17,11 @@
 // broken rule), callers that may meet one defer (`held`), and validate() checks that every held
 // slot maps a page and is in use.
 //
+// validate() (page_pool_validate.cpp) checks all of this from scratch: each slot's state against
+// the range sets and the kind counts, each page's mapping count against the slots mapping it,
+// idle and unused page records, the created count against the capacity, and held slots mapped.
+// The reserve's trimming and refilling (the release batch, balance) are in page_pool_release.cpp.
+//
 // Threading: every call requires the heap lock, except where a comment says otherwise.
 #pragma once
 
@@ -28,6 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "lock_order.h"
 #include "range_set.h"
 #include "valet/backend.h"
 #include "valet/stats.h"
@@ -197,7 +203,8 @@ class PagePool {
   Status validate() const;
 
  private:
-  static constexpr std::size_t kPage = std::size_t{2} << 20;
+  friend struct PagePoolTestPeer;  // tests: corrupts the sets and page records
+  static constexpr std::size_t kPage = kPageBytes;
 
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
@@ -215,6 +222,10 @@ class PagePool {
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
   // An error if a slot of [start, start+n) is held by queued work (nothing may unmap it).
   Status refuse_held(std::uint32_t start, std::uint32_t n) const;
+  // validate()'s two halves: slot states (counting each page's mappings into `maps`), then the
+  // page records against those counts.
+  Status validate_slots(std::vector<std::uint32_t>& maps) const;
+  Status validate_pages(const std::vector<std::uint32_t>& maps) const;
 
   Backend& backend_;
   std::size_t capacity_pages_;
@@ -230,7 +241,7 @@ class PagePool {
   RangeSet releasing_;  // reserve slots being unmapped and released without the lock
   HeapStats::DriverCalls calls_;
   std::size_t kind_counts_[4] = {0, 0, 0, 0};
-  mutable std::mutex holds_mu_;
+  mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };
 

@@ -1,5 +1,7 @@
 #include "slabs.h"
 
+#include "invariants.h"
+
 namespace valet::detail {
 
 Slabs::Slabs() = default;
@@ -70,6 +72,7 @@ void Slabs::detach(SlabPage* p) {
 }
 
 void Slabs::destroy(SlabPage* p) {
+  VALET_ASSERT(p->live);
   detach(p);
   p->evacuating = false;
   p->live = false;
@@ -84,6 +87,7 @@ void Slabs::destroy(SlabPage* p) {
 
 std::uint32_t Slabs::take_slot(SlabPage* p, std::uint32_t owner) {
   // A free slot exists, so either scan stops inside the bitmap.
+  VALET_ASSERT(p->used < p->capacity);
   std::uint32_t w = p->hint, i;
   if (p->descending) {
     while (~p->bitmap[w] == 0) --w;
@@ -98,6 +102,7 @@ std::uint32_t Slabs::take_slot(SlabPage* p, std::uint32_t owner) {
 }
 
 void Slabs::take_slot_at(SlabPage* p, std::uint32_t i, std::uint32_t owner) {
+  VALET_ASSERT(i < p->capacity && !p->test(i));
   p->bitmap[i >> 6] |= 1ull << (i & 63);
   p->owners[i] = owner;
   ++p->used;
@@ -105,13 +110,17 @@ void Slabs::take_slot_at(SlabPage* p, std::uint32_t i, std::uint32_t owner) {
 }
 
 void Slabs::fold(SlabPage* dst, SlabPage* src) {
+  VALET_ASSERT(dst != src && dst->cls == src->cls);
+  VALET_EXPENSIVE_ASSERT(disjoint(*dst, *src));
   for (std::uint32_t i = 0; i < src->capacity; ++i)
     if (src->test(i)) take_slot_at(dst, i, src->owners[i]);
   destroy(src);
   attach(dst);
+  VALET_EXPENSIVE_ASSERT(validate_page(*dst).ok());
 }
 
 void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
+  VALET_ASSERT(i < p->capacity && p->test(i));
   p->bitmap[i >> 6] &= ~(1ull << (i & 63));
   p->owners[i] = kNoOwner;
   --p->used;
@@ -120,6 +129,7 @@ void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
 }
 
 void Slabs::block_tail(SlabPage* p, std::uint32_t tail_slot, std::uint32_t n) {
+  VALET_ASSERT(!p->on_tail() && n < p->capacity);
   for (std::uint32_t i = 0; i < n; ++i) take_slot_at(p, i, kNoOwner);
   p->tail_slot = tail_slot;
   p->blocked = n;

@@ -20,6 +20,12 @@
 // Pages of a class sit in Boost.Intrusive lists bucketed by occupancy, so the densest page with a
 // free slot is found in O(buckets) = O(1), and the sparsest pages (the compactor's candidates)
 // are known without a scan. Threading: everything here requires the heap lock.
+//
+// validate() (slabs_validate.cpp) checks every invariant above that the slabs alone can see:
+// each page's bitmap against its count, padding, owner table, blocked slots and fill hint; its
+// bucket against its occupancy and the bucket lists against the pages; the page table and its
+// free ids. What needs the page pool or the handle table (slot kinds, aliases' mappings, owners
+// naming live objects) is the heap's validate().
 #pragma once
 
 #include <array>
@@ -30,6 +36,7 @@
 #include <vector>
 
 #include "size_classes.h"
+#include "valet/result.h"
 
 namespace valet::detail {
 
@@ -132,7 +139,15 @@ class Slabs {
       if (p && p->live) f(*p);
   }
 
+  // Checks the slabs' own invariants (see the top of this file); an error names the first
+  // broken one. Walks every slot of every page: for validate() and expensive assertions.
+  Status validate() const;
+  // The checks of one live page alone (no lists, no other pages).
+  static Status validate_page(const SlabPage& p);
+
  private:
+  friend struct SlabsTestPeer;  // tests: corrupts the bucket lists and the page table
+
   static std::uint8_t bucket_of(const SlabPage& p);
   void rebucket(SlabPage* p);
 

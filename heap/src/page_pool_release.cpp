@@ -1,0 +1,115 @@
+// The page pool's reserve trimming and refilling (page_pool.h): the lockless release batch
+// (begin_release, release_calls, finish_release), idle pages, and balance(), which runs the
+// same batch in place.
+#include <algorithm>
+
+#include "page_pool.h"
+
+namespace valet::detail {
+
+PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages) {
+  ReleaseBatch b;
+  std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
+  while (want > 0 && !reserve_.empty()) {
+    auto r = *reserve_.take_smallest();
+    const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
+    if (k < r.length) reserve_.insert(r.start, r.length - k);
+    const std::uint32_t start = r.start + (r.length - k);
+    releasing_.insert(start, k);
+    b.runs.push_back({start, k, false});
+    for (std::uint32_t s = start; s < start + k; ++s) {
+      b.phys.push_back(slots_[s].phys);
+      b.pages.push_back(phys_[slots_[s].phys].page);
+    }
+    want -= k;
+  }
+  b.released.assign(b.phys.size(), false);
+  return b;
+}
+
+void PagePool::release_calls(ReleaseBatch& b) const {
+  std::size_t i = 0;
+  for (auto& run : b.runs) {
+    if (!refuse_held(run.start, run.length).ok()) {  // back to the reserve (finish_release)
+      run.held = true;
+      i += run.length;
+      continue;
+    }
+    ++b.unmaps;
+    run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
+    for (std::uint32_t k = 0; k < run.length; ++k, ++i) {
+      if (!run.unmapped) continue;
+      ++b.releases;
+      b.released[i] = backend_.release_page(b.pages[i]).ok();
+    }
+  }
+}
+
+Status PagePool::finish_release(ReleaseBatch& b) {
+  Status first;
+  calls_.unmap += b.unmaps;
+  calls_.release += b.releases;
+  std::size_t i = 0;
+  for (const auto& run : b.runs) {
+    releasing_.take_exact(run.start, run.length);
+    if (!run.unmapped) {
+      reserve_.insert(run.start, run.length);
+      i += run.length;
+      if (!run.held && first.ok()) first = make_error(Errc::driver_error, "reserve trim: unmap failed");
+      continue;
+    }
+    for (std::uint32_t s = run.start; s < run.start + run.length; ++s, ++i) {
+      const std::uint32_t p = b.phys[i];
+      slots_[s].phys = kNoPhys;
+      --phys_[p].mappings;
+      if (b.released[i]) {
+        phys_[p] = PhysRecord{};
+        free_phys_.push_back(p);
+        --created_;
+      } else {
+        idle_.push_back(p);
+        if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
+      }
+    }
+    set_kind(run.start, run.length, SlotKind::unmapped, 0);
+    unmapped_.insert(run.start, run.length);
+  }
+  b.runs.clear();
+  return first;
+}
+
+Status PagePool::release_idle(std::size_t n) {
+  while (n > 0 && !idle_.empty()) {
+    VALET_TRY(release(idle_.back()));
+    idle_.pop_back();
+    --n;
+  }
+  return {};
+}
+
+Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_release) {
+  if (reserve_pages() > high) {
+    const std::size_t mid = (low + high) / 2;
+    const std::size_t target = reserve_pages() - std::min(reserve_pages() - mid, max_release);
+    VALET_TRY(release_idle(reserve_pages() - target));
+    // The mapped reserve above the target: the batch the lockless trim uses, run in place.
+    auto batch = begin_release(target > idle_.size() ? target - idle_.size() : 0, ~std::size_t{0});
+    release_calls(batch);
+    return finish_release(batch);
+  }
+  // Map idle pages back into the reserve, and create pages up to the low watermark.
+  const std::size_t mapped_reserve = std::size_t(reserve_.total());
+  std::size_t want = idle_.size();
+  if (mapped_reserve + want < low) want = std::min(low - mapped_reserve, idle_.size() + (capacity_pages_ - created_));
+  if (want == 0) return {};
+  auto s = unmapped_.take_best_fit(std::uint32_t(want));
+  if (!s) return make_error(Errc::out_of_address_space, "reserve refill: no free virtual run");
+  if (auto st = back_run(*s, std::uint32_t(want), false); !st.ok()) {
+    unmapped_.insert(*s, std::uint32_t(want));
+    return st;
+  }
+  give_back(*s, std::uint32_t(want));
+  return {};
+}
+
+}  // namespace valet::detail

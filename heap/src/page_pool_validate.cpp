@@ -1,0 +1,92 @@
+// PagePool::validate: the pool's own invariants (page_pool.h), checked from scratch.
+#include <mutex>
+#include <string>
+
+#include "page_pool.h"
+
+namespace valet::detail {
+
+namespace {
+Error bad(const std::string& what) { return make_error(Errc::internal, "page pool: " + what); }
+std::string s(std::uint64_t v) { return std::to_string(v); }
+}  // namespace
+
+// Every slot is in exactly one state, and the range sets list exactly the slots of theirs:
+// unmapped slots map nothing and are in `unmapped_`; reserve slots map a live page and are in
+// `reserve_` or (being released without the lock) in `releasing_`; slab and large slots map a
+// live page and are in no set. Counts each page's mappings into `maps`.
+Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
+  std::uint64_t reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0;
+  std::size_t kinds[4] = {0, 0, 0, 0};
+  for (std::uint32_t i = 0; i < slots_.size(); ++i) {
+    const auto& r = slots_[i];
+    ++kinds[std::size_t(r.kind)];
+    if (r.kind == SlotKind::unmapped) {
+      if (r.phys != kNoPhys) return bad("unmapped slot " + s(i) + " has a page");
+      if (!unmapped_.find(i)) return bad("unmapped slot " + s(i) + " missing from the free set");
+      if (reserve_.find(i) || releasing_.find(i)) return bad("unmapped slot " + s(i) + " listed in the reserve");
+      ++unmapped_slots;
+      continue;
+    }
+    if (r.phys == kNoPhys || r.phys >= phys_.size() || !phys_[r.phys].in_use)
+      return bad("slot " + s(i) + " in use without a live page");
+    ++maps[r.phys];
+    if (r.kind == SlotKind::reserve) {
+      if (releasing_.find(i)) {  // being released without the lock
+        if (reserve_.find(i)) return bad("reserve slot " + s(i) + " both in the reserve and being released");
+        ++releasing_slots;
+        continue;
+      }
+      if (!reserve_.find(i)) return bad("reserve slot " + s(i) + " missing from the reserve set");
+      ++reserve_slots;
+    } else if (reserve_.find(i) || unmapped_.find(i) || releasing_.find(i)) {
+      return bad("used slot " + s(i) + " listed as free");
+    }
+  }
+  if (reserve_slots != reserve_.total()) return bad("reserve set and slot table disagree");
+  if (unmapped_slots != unmapped_.total()) return bad("unmapped set and slot table disagree");
+  if (releasing_slots != releasing_.total()) return bad("releasing set and slot table disagree");
+  for (std::size_t k = 0; k < 4; ++k)
+    if (kinds[k] != kind_counts_[k])
+      return bad("slot kind " + s(k) + " counted " + s(kind_counts_[k]) + " times, the slot table has " + s(kinds[k]));
+  return {};
+}
+
+// Page records: mapping counts as counted from the slots, idle pages exactly the live ones mapped
+// nowhere, unused records really unused, and the created count.
+Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps) const {
+  std::size_t in_use = 0, unmapped_live = 0;
+  for (std::uint32_t p = 0; p < phys_.size(); ++p) {
+    if (!phys_[p].in_use) continue;
+    ++in_use;
+    if (phys_[p].mappings != maps[p])
+      return bad("page " + s(p) + " mapping count is wrong (" + s(phys_[p].mappings) + ", slots map it " + s(maps[p]) + " times)");
+    unmapped_live += phys_[p].mappings == 0;
+  }
+  std::vector<bool> idle(phys_.size(), false);
+  for (std::uint32_t p : idle_) {
+    if (p >= phys_.size() || !phys_[p].in_use || phys_[p].mappings != 0) return bad("idle page is mapped or dead");
+    if (idle[p]) return bad("idle page " + s(p) + " listed twice");
+    idle[p] = true;
+  }
+  if (unmapped_live != idle_.size()) return bad("a created page is mapped nowhere and not idle (leak)");
+  for (std::uint32_t p : free_phys_)
+    if (p >= phys_.size() || phys_[p].in_use) return bad("unused page record " + s(p) + " is in use");
+  if (in_use != created_) return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live)");
+  if (created_ > capacity_pages_) return bad("more pages than the capacity");
+  return {};
+}
+
+Status PagePool::validate() const {
+  std::vector<std::uint32_t> maps(phys_.size(), 0);
+  VALET_TRY(validate_slots(maps));
+  VALET_TRY(validate_pages(maps));
+  std::lock_guard lock(holds_mu_);
+  for (const auto& [slot, count] : holds_)
+    if (slot >= slots_.size() || slots_[slot].phys == kNoPhys ||
+        (slots_[slot].kind != SlotKind::slab && slots_[slot].kind != SlotKind::large))
+      return bad("slot " + s(slot) + " is held by queued work but maps no page in use");
+  return {};
+}
+
+}  // namespace valet::detail
