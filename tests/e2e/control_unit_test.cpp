@@ -34,9 +34,8 @@ namespace fs = std::filesystem;
 
 std::unique_ptr<valet::Heap> small_heap() {
   valet::Config config;
-  config.backend = valet::BackendChoice::host;
   config.capacity = std::size_t{64} << 20;
-  return valet::open_heap(config).value();
+  return valet::open_heap(valet::BackendOptions{.choice = valet::BackendChoice::host}, config).value();
 }
 
 // A compaction engine for the policy commands, standing in for the Compactor.

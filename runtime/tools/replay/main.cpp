@@ -144,8 +144,9 @@ int run(int argc, char** argv) {
   if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
   if (args.generate) return valet::replay::run_generate(args.generator);
 
+  BackendOptions backend;
+  backend.choice = parse_backend_choice(args.backend).value();  // checked by CLI11 above
   Config config;
-  config.backend = parse_backend_choice(args.backend).value();  // checked by CLI11 above
   config.compact_on_oom = !args.no_compact;
   config.share_tails = !args.no_share_tails;
   config.background_reserve = true;
@@ -166,7 +167,7 @@ int run(int argc, char** argv) {
     return kExitUsage;
   }
 
-  auto heap = open_heap(config);
+  auto heap = open_heap(backend, config);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
     return kExitUsage;
