@@ -6,10 +6,11 @@
 #include <valet/runtime.h>
 
 int main() {
+  valet::BackendOptions backend;
+  backend.choice = valet::BackendChoice::host;  // runs anywhere
   valet::Config config;
-  config.backend = valet::BackendChoice::host;  // runs anywhere
   config.capacity = std::size_t{256} << 20;
-  auto heap = valet::open_heap(config);
+  auto heap = valet::open_heap(backend, config);
   if (!heap.ok()) {
     std::fprintf(stderr, "valet-consumer: %s\n", heap.error().to_string().c_str());
     return 1;

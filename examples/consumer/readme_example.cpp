@@ -10,8 +10,8 @@ int fail(const char* call, const valet::Error& e) {
 }
 
 int main() {
-  valet::Config config;                            // backend auto: CUDA where usable, else host
-  auto heap_or = valet::open_heap(config);         // a Result<std::unique_ptr<valet::Heap>>
+  valet::Config config;                            // the heap's settings, defaults here
+  auto heap_or = valet::open_heap(config);         // on CUDA where usable, else the host backend
   if (!heap_or) return fail("open_heap", heap_or.error());
   valet::Heap& heap = *heap_or.value();            // value(): known to be ok here
   auto compactor = valet::Compactor::start(heap);  // background compaction
@@ -25,7 +25,8 @@ int main() {
     std::vector<float> ones(pin->size() / sizeof(float), 1.0f);
     if (auto st = heap.backend().write(pin->address(), ones.data(), pin->size()); !st)
       return fail("write", st.error());
-    // launch_my_kernel(pin->as<float>(), ...): kernels may use the address here
+    // launch_my_kernel(pin->address(), ...): kernels may use the address here (as<T>()
+    // gives typed host pointers, only where the backend's memory is host-accessible)
   }
   if (auto st = heap.resize(*h, 8 << 20); !st)   // same handle; large objects grow by remapping
     return fail("resize", st.error());

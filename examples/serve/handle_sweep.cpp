@@ -21,11 +21,11 @@ valet::kernels::DeviceHandle device_handle(valet::Handle h) { return {h.index, h
 
 }  // namespace
 
-valet::Result<std::unique_ptr<HandleSweep>> HandleSweep::open(valet::Heap& heap, valet::Stream stream) {
+valet::Result<std::unique_ptr<HandleSweep>> HandleSweep::open(valet::Heap& heap, valet::Stream stream, int device) {
   std::unique_ptr<HandleSweep> sweep(new HandleSweep(heap, stream));
   if (heap.backend().capabilities().host_accessible) return sweep;
 #if defined(VALET_SERVE_KERNELS)
-  auto module = valet::CudaModule::load(valet_serve_kernels_fatbin, heap.config().device);
+  auto module = valet::CudaModule::load(valet_serve_kernels_fatbin, device);
   if (!module.ok()) return module.error();
   auto kernel = (*module)->kernel("valet_serve_check");
   if (!kernel.ok()) return kernel.error();

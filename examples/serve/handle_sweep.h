@@ -26,8 +26,9 @@ class HandleSweep {
  public:
   // The kernel on the CUDA backend (Errc::unsupported when this valet-serve was built without
   // nvcc, or the driver cannot load the kernel), host code on the host backend. `stream`: where
-  // the object accesses are queued (ObjectAccess::stream()).
-  static valet::Result<std::unique_ptr<HandleSweep>> open(valet::Heap& heap, valet::Stream stream);
+  // the object accesses are queued (ObjectAccess::stream()); `device`: the CUDA device the heap's
+  // backend was opened on (BackendOptions::device), where the kernel is loaded.
+  static valet::Result<std::unique_ptr<HandleSweep>> open(valet::Heap& heap, valet::Stream stream, int device);
   ~HandleSweep();  // close()
   HandleSweep(const HandleSweep&) = delete;
   HandleSweep& operator=(const HandleSweep&) = delete;

@@ -100,7 +100,6 @@ int run_service(const Options& o) {
   if (!why_not_cuda.empty())  // auto fell back: say why, so that a missing GPU is no mystery
     std::fprintf(stderr, "valet-serve: no usable GPU, running on the host backend: %s\n", why_not_cuda.c_str());
   valet::Config config;
-  config.backend = *choice;
   config.capacity = capacity ? capacity : ((*backend)->kind() == valet::BackendKind::host ? kHostDefault : 0);
   auto heap_or = valet::Heap::create(std::move(backend).value(), config);
   if (!heap_or.ok()) return std::fprintf(stderr, "valet-serve: %s\n", heap_or.error().to_string().c_str()), 2;
@@ -127,7 +126,7 @@ int run_service(const Options& o) {
 
   auto access = serve::ObjectAccess::open(*heap);
   if (!access.ok()) return std::fprintf(stderr, "valet-serve: %s\n", access.error().to_string().c_str()), 2;
-  auto sweep = serve::HandleSweep::open(*heap, access->stream());
+  auto sweep = serve::HandleSweep::open(*heap, access->stream(), bo.device);
   if (!sweep.ok()) return std::fprintf(stderr, "valet-serve: handle sweep: %s\n", sweep.error().to_string().c_str()), 2;
   const int sweep_every = o.sweep_every >= 0 ? o.sweep_every : ((*sweep)->on_gpu() ? kSweepEveryGpu : kSweepEveryHost);
   const char* sweeper = (*sweep)->on_gpu() ? "a GPU kernel" : "host code";

@@ -8,7 +8,9 @@ namespace serve {
 
 namespace {
 
-// The model's constants, as in gen_trace.py (its defaults describe an 8 GiB device).
+// The model's constants: rates, lengths and growth as in the defaults of `valet-replay generate`
+// (which describe an 8 GiB device); the small-object menus and the phase and probe cadence are
+// this loop's own, chosen so that a short live run goes through several phases and probes.
 constexpr double kArrivalsPerStep = 0.6;
 constexpr double kPromptMedian = 384, kOutputMedian = 192;
 constexpr std::size_t kPromptMax = 8192, kOutputMax = 4096;
@@ -82,7 +84,8 @@ void ServingLoop::release(Tracked& t) {
   t.obj.handle = {};
 }
 
-// Grows a KV cache in place of gen_trace's reallocation: the kept prefix must survive.
+// Grows a KV cache with resize() where a trace reallocates it (the trace format has no resize):
+// the kept prefix must survive.
 bool ServingLoop::grow(Tracked& t, std::size_t bytes) {
   const std::size_t old = t.obj.bytes;
   if (auto st = heap_.resize(t.obj, bytes); !st.ok()) {

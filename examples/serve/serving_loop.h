@@ -1,5 +1,5 @@
-// The workload of valet-serve: an LLM serving loop on the heap, the model of
-// shared/workloads/gen_trace.py run live. Requests arrive at random; each owns a KV cache that
+// The workload of valet-serve: an LLM serving loop on the heap, the model of the trace generator
+// (`valet-replay generate`, runtime/tools/replay/workload.h) run live. Requests arrive at random; each owns a KV cache that
 // grows with resize() as tokens are generated, and a few small objects (sampling state, logits
 // rows) of a size mix that shifts now and then while old objects linger; every step allocates and
 // frees temporaries that follow the batch; now and then a probe asks for one large object of a
@@ -88,7 +88,7 @@ class ServingLoop {
   std::size_t bytes_per_token_;
   double temp_scale_;
   std::mt19937_64 rng_;
-  std::size_t live_bytes_ = 0;  // bytes the loop holds (its own admission control, as in gen_trace.py)
+  std::size_t live_bytes_ = 0;  // bytes the loop holds (its own admission control, as in the trace generator)
   std::vector<Request> requests_;
   std::deque<Lingering> lingering_;
   LoopCounters c_;

@@ -49,16 +49,15 @@ Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options, std
 
 namespace valet {
 
-Result<std::unique_ptr<Heap>> open_heap(const Config& config) {
-  BackendOptions options;
-  options.choice = config.backend;
-  options.device = config.device;
-  options.host_capacity = config.capacity ? config.capacity : (std::size_t{2} << 30);
-  options.host_task_delay = config.host_task_delay;
-  auto backend = open_backend(options);
-  if (!backend.ok()) return backend.error();
-  return Heap::create(std::move(backend).value(), config);
+Result<std::unique_ptr<Heap>> open_heap(const BackendOptions& backend, const Config& config) {
+  BackendOptions options = backend;
+  if (config.capacity) options.host_capacity = config.capacity;
+  auto opened = open_backend(options);
+  if (!opened.ok()) return opened.error();
+  return Heap::create(std::move(opened).value(), config);
 }
+
+Result<std::unique_ptr<Heap>> open_heap(const Config& config) { return open_heap(BackendOptions{}, config); }
 
 Result<std::size_t> parse_size(std::string_view text) {
   std::string s(text);

@@ -16,9 +16,8 @@ namespace valet::test {
 
 inline std::unique_ptr<valet::Heap> small_heap() {
   valet::Config config;
-  config.backend = valet::BackendChoice::host;
   config.capacity = std::size_t{64} << 20;
-  return valet::open_heap(config).value();
+  return valet::open_heap(valet::BackendOptions{.choice = valet::BackendChoice::host}, config).value();
 }
 
 inline int connect_to(const std::string& path) {

@@ -118,9 +118,8 @@ TEST(TraceFile, AFifoIsRefusedAtOnceWithOrWithoutAReader) {
   ::close(reader);
   // The protocol's reply names the problem.
   valet::Config config;
-  config.backend = valet::BackendChoice::host;
   config.capacity = std::size_t{64} << 20;
-  auto heap = valet::open_heap(config).value();
+  auto heap = valet::open_heap(valet::BackendOptions{.choice = valet::BackendChoice::host}, config).value();
   valet::TraceRecorder trace("unit", 1 << 20);
   valet::control::ServiceContext ctx{.heap = *heap, .compaction = nullptr, .trace = &trace, .socket_path = "/s",
                                      .started = Clock::now(), .log = {}};
@@ -296,9 +295,8 @@ TEST(TraceRecorder, StopDoesNotWaitForAStuckSink) {
 // request is answered by a job, and handling it returns at once however stuck the file is.
 TEST(TraceRecorder, TraceStopNeverWaitsOnTheServerThread) {
   valet::Config config;
-  config.backend = valet::BackendChoice::host;
   config.capacity = std::size_t{64} << 20;
-  auto heap = valet::open_heap(config).value();
+  auto heap = valet::open_heap(valet::BackendOptions{.choice = valet::BackendChoice::host}, config).value();
   auto gate = std::make_shared<StalledSink::Gate>();
   // A long timeout: a server thread that waited for the writer would take all of it.
   valet::TraceRecorder t("unit", 1 << 20, {.buffer_bytes = 1 << 16, .stop_timeout = std::chrono::seconds(30)});

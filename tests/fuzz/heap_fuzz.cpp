@@ -359,7 +359,6 @@ void FuzzRun::run() {
   // The first byte shapes the heap: reserve watermarks and emergency compaction.
   const std::uint8_t shape = in_.u8();
   Config config;
-  config.backend = BackendChoice::host;
   config.capacity = kCapacity;
   config.background_reserve = false;
   config.compact_on_oom = shape & 1;

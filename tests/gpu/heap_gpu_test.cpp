@@ -18,9 +18,8 @@ class HeapOnGpu : public ::testing::Test {
   void SetUp() override {
     if (!cuda_usable()) GTEST_SKIP() << "no usable GPU: " << cuda_unusable_reason();
     Config c;
-    c.backend = BackendChoice::cuda;
-    c.capacity = 2048 * kMiB;
-    auto h = open_heap(c);
+      c.capacity = 2048 * kMiB;
+    auto h = open_heap(BackendOptions{.choice = BackendChoice::cuda}, c);
     ASSERT_TRUE(h.ok()) << h.error().to_string();
     heap_ = std::move(h).value();
     ASSERT_EQ(heap_->backend().kind(), BackendKind::cuda);

@@ -19,10 +19,9 @@ constexpr std::size_t kMiB = std::size_t{1} << 20;
 TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
   if (!cuda_usable()) GTEST_SKIP() << "no usable GPU: " << cuda_unusable_reason();
   Config c;
-  c.backend = BackendChoice::cuda;
   c.capacity = 2048 * kMiB;
-  auto heap = std::move(open_heap(c)).value();
-  auto module = CudaModule::load(valet_test_kernels_fatbin, c.device);
+  auto heap = std::move(open_heap(BackendOptions{.choice = BackendChoice::cuda}, c)).value();
+  auto module = CudaModule::load(valet_test_kernels_fatbin, 0);
   ASSERT_TRUE(module.ok()) << module.error().to_string();
   auto kernel = (*module)->kernel("valet_test_resolve_verify");
   ASSERT_TRUE(kernel.ok()) << kernel.error().to_string();

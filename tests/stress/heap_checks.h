@@ -24,7 +24,6 @@ struct HostHeap {
 
 inline Config small_host_config(std::size_t capacity = 128 * kMiB) {
   Config c;
-  c.backend = BackendChoice::host;
   c.capacity = capacity;
   c.background_reserve = false;  // deterministic: the k-th backend call is the same on every run
   c.reserve_low_pages = 2;

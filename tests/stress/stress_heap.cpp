@@ -34,10 +34,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
     backend = std::move(faulty);
   }
   Config config;
-  config.backend = want_cuda ? BackendChoice::cuda : BackendChoice::host;
-  config.device = o.device;
   config.capacity = o.capacity;
-  config.host_task_delay = std::chrono::microseconds(o.host_delay_us);
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "valet/config.h"
+#include "valet/runtime.h"  // BackendChoice
 
 namespace valet::stress {
 

@@ -21,7 +21,6 @@ inline constexpr std::size_t kPage = 2 * kMiB;
 
 inline Config host_config(std::size_t capacity = 256 * kMiB) {
   Config c;
-  c.backend = BackendChoice::host;
   c.capacity = capacity;
   c.background_reserve = false;
   c.reserve_low_pages = 2;
@@ -29,8 +28,11 @@ inline Config host_config(std::size_t capacity = 256 * kMiB) {
   return c;
 }
 
+// A heap of `c` on the host backend (of the heap's capacity).
 inline std::unique_ptr<Heap> make_heap(const Config& c = host_config()) {
-  auto h = open_heap(c);
+  BackendOptions host;
+  host.choice = BackendChoice::host;
+  auto h = open_heap(host, c);
   EXPECT_TRUE(h.ok()) << h.error().to_string();
   return std::move(h).value();
 }

@@ -1,18 +1,13 @@
-// How a heap is made.
+// How a heap is made. Which backend it runs on, and how that backend is opened, is the
+// runtime's business (valet::BackendOptions and open_heap() in valet/runtime.h): a heap sees its
+// backend only through valet/backend.h.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
-#include <cstdint>
 
 namespace valet {
 
-enum class BackendChoice : std::uint8_t { automatic, cuda, host };
-
 struct Config {
-  // Which backend open_heap() picks (runtime/): auto = CUDA where usable, else the host emulation.
-  BackendChoice backend = BackendChoice::automatic;
-  int device = 0;
   // Bytes of physical memory the heap may hold. 0: what the device has free (less a margin for
   // the CUDA context), or 2 GiB on the host backend. Rounded down to whole 2 MiB pages.
   std::size_t capacity = 0;
@@ -37,8 +32,6 @@ struct Config {
   bool share_tails = true;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
-  // Host backend only: delay injected before each queued copy/fill (ordering tests).
-  std::chrono::microseconds host_task_delay{0};
 };
 
 }  // namespace valet

@@ -48,14 +48,22 @@ class Pin {
   std::size_t size() const { return size_; }
   Handle handle() const { return handle_; }
   bool valid() const { return core_ != nullptr; }
-  // Typed access: the object's memory as T (host-accessible backends only for dereferencing).
+  // True where host code may dereference address(): the heap's backend reports
+  // capabilities().host_accessible (the host emulation does; CUDA device memory does not). False
+  // for an empty pin.
+  bool host_accessible() const;
+  // Host access, typed: the object's memory as T*, or nullptr where host_accessible() is false
+  // (dereferencing device memory on the host would fault). Device code takes address() instead,
+  // e.g. reinterpret_cast<float*>(pin.address()) as a kernel's argument.
   template <class T>
   T* as() const {
-    return reinterpret_cast<T*>(address_);
+    return host_accessible() ? reinterpret_cast<T*>(address_) : nullptr;
   }
+  // as<T>() as a span of whole Ts: empty where as<T>() is nullptr.
   template <class T>
   std::span<T> span() const {
-    return {as<T>(), size_ / sizeof(T)};
+    T* first = as<T>();
+    return first ? std::span<T>(first, size_ / sizeof(T)) : std::span<T>();
   }
   void reset();
 

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -13,14 +14,20 @@
 
 namespace valet {
 
+// Which backend open_backend() and open_heap() open: auto = CUDA where usable, else the host
+// emulation.
+enum class BackendChoice : std::uint8_t { automatic, cuda, host };
+
 Result<BackendChoice> parse_backend_choice(std::string_view text);  // "auto" | "cuda" | "host"
 const char* backend_choice_name(BackendChoice choice);
 
 struct BackendOptions {
   BackendChoice choice = BackendChoice::automatic;
   int device = 0;                                       // CUDA device ordinal
-  std::size_t host_capacity = std::size_t{2} << 30;     // emulated memory of the host backend
-  std::chrono::microseconds host_task_delay{0};         // injected delay of host streams
+  // Emulated memory of the host backend (open_heap() uses the heap's capacity instead where the
+  // Config sets one).
+  std::size_t host_capacity = std::size_t{2} << 30;
+  std::chrono::microseconds host_task_delay{0};         // host only: delay before each queued copy/fill
 };
 
 // True where this build has the CUDA backend, the driver loads, and `device` exists.
@@ -34,8 +41,11 @@ std::string cuda_unusable_reason(int device = 0);
 // fails with Errc::unsupported and the reason.
 Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options, std::string* why_not_cuda = nullptr);
 
-// Opens the backend the config names (host: an emulated device of the config's capacity, 2 GiB
-// by default) and makes a heap on it.
+// Opens the backend `backend` chooses and makes a heap of `config` on it. The host backend
+// emulates a device of the heap's capacity (config.capacity; backend.host_capacity, 2 GiB by
+// default, where that is 0).
+Result<std::unique_ptr<Heap>> open_heap(const BackendOptions& backend, const Config& config);
+// The same with the default BackendOptions: CUDA where usable, else the host emulation.
 Result<std::unique_ptr<Heap>> open_heap(const Config& config);
 
 // Parses a size: a byte count or a number with a suffix (K, M, G, T, KiB, MiB, GiB, TiB, KB, MB,

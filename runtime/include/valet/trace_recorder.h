@@ -1,5 +1,5 @@
-// Records a live service's operations as a gpuheap-trace v1 (the format of
-// shared/workloads/gen_trace.py): `a <id> <bytes>`, `f <id>`, `s`, `p <bytes>`.
+// Records a live service's operations as a gpuheap-trace v1 (the format valet-replay replays and
+// `valet-replay generate` writes): `a <id> <bytes>`, `f <id>`, `s`, `p <bytes>`.
 //
 // The recording side never waits for the file: lines go into a bounded in-memory buffer, and a
 // writer thread of the recorder's own drains it into the sink. A slow or stuck sink therefore

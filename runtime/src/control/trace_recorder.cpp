@@ -311,7 +311,7 @@ void TraceRecorder::on_resize(std::uint64_t id, std::size_t new_bytes) {
   std::lock_guard lock(s_->mu);
   if (!s_->channel) return;
   // The trace format models growth as reallocation: the new buffer exists before the old one
-  // goes, as in gen_trace.py. An object from before the recording simply appears here.
+  // goes, as in the traces `valet-replay generate` writes. An object from before the recording simply appears here.
   auto it = s_->trace_ids.find(id);
   if (it == s_->trace_ids.end()) return s_->allocate(id, new_bytes);
   const std::uint64_t old = it->second;

@@ -1,4 +1,5 @@
-// valet-replay: replays a gpuheap-trace v1 through a Valet heap and prints what it measured.
+// valet-replay: replays a gpuheap-trace v1 through a Valet heap and prints what it measured;
+// `valet-replay generate` writes one (a synthetic LLM-serving workload, workload.h).
 //
 // Exit status: 0 when the replay is clean; 1 when it ran but something failed (a signature
 // mismatch, a heap call that failed otherwise than the trace allows, peak mapped below peak
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "generate_command.h"
 #include "replayer.h"
 #include "trace.h"
 #include "valet/compactor.h"
@@ -25,8 +27,9 @@ constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 
 constexpr const char* kDescription =
-    "Replays a gpuheap-trace v1 (plain or .gz; see gen_trace.py) through a Valet heap and prints one\n"
-    "summary line, or with --json one JSON object with the keys of torch_replay.py and more.\n"
+    "Replays a gpuheap-trace v1 (plain or .gz) through a Valet heap and prints one summary line, or\n"
+    "with --json one JSON object with the keys of torch_replay.py and more. `valet-replay generate\n"
+    "-o FILE` writes such a trace (`valet-replay generate --help` lists its options).\n"
     "\n"
     "Compaction (unless --no-compact): the background compactor (valet::Compactor) runs on the heap\n"
     "with the policy's default settings (change them with --policy KEY=VALUE), and the replayer calls\n"
@@ -35,6 +38,8 @@ constexpr const char* kDescription =
     "no compactor and no emergency compaction, a heap that never moves an object.";
 
 struct Arguments {
+  bool generate = false;  // the generate command: `generator` holds its arguments
+  valet::replay::GenerateArguments generator;
   std::string trace;
   std::string backend = "auto";
   std::string capacity;
@@ -55,7 +60,7 @@ struct Arguments {
 // reserves address_space_factor slots per page of capacity: refuse what it could never reserve
 // before any backend sizes itself for it.
 valet::Status check_capacity(std::size_t capacity, const valet::Config& config) {
-  constexpr std::size_t kPage = std::size_t{2} << 20;
+  constexpr std::size_t kPage = valet::kPageBytes;
   constexpr std::size_t kMaxSlots = std::size_t{1} << 31;
   const std::size_t max_pages = kMaxSlots / config.address_space_factor;
   if (capacity / kPage <= max_pages) return {};
@@ -69,7 +74,8 @@ valet::Status check_capacity(std::size_t capacity, const valet::Config& config) 
 // Parses the command line into `args`; an exit status when the run ends there (--help, an error).
 std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   CLI::App app{kDescription, "valet-replay"};
-  app.add_option("TRACE", args.trace, "The trace (gpuheap-trace v1, .gz accepted)")->required();
+  // Not required(): `valet-replay generate ...` gives none; checked after parsing instead.
+  app.add_option("TRACE", args.trace, "The trace (gpuheap-trace v1, .gz accepted)");
   app.add_option("--backend", args.backend, "auto, cuda or host")
       ->check(CLI::IsMember({"auto", "cuda", "host"}))
       ->capture_default_str();
@@ -102,11 +108,28 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--json", args.json, "Print one JSON object instead of the summary line");
   app.add_option("--step-log", args.step_log,
                  "Write one CSV row per step line: what the heap holds there (diagnostics)");
+  CLI::App* generate = valet::replay::add_generate_command(app, args.generator);
+  app.require_subcommand(0, 1);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
+  }
+  if (generate->parsed()) {
+    // The replay's options mean nothing to the generator: refuse them rather than ignore them.
+    for (const CLI::Option* option : app.get_options())
+      if (option->count() > 0) {
+        std::cerr << "valet-replay: " << option->get_name() << " is a replay option; generate takes its own "
+                  << "(valet-replay generate --help)\n";
+        return kExitUsage;
+      }
+    args.generate = true;
+    return std::nullopt;
+  }
+  if (args.trace.empty()) {
+    std::cerr << "valet-replay: a TRACE to replay is required (or the generate command; --help lists both)\n";
+    return kExitUsage;
   }
   if (!args.capacity.empty() && !valet::parse_size(args.capacity).ok()) {
     std::cerr << "valet-replay: --capacity: " << valet::parse_size(args.capacity).error().message << "\n";
@@ -119,9 +142,11 @@ int run(int argc, char** argv) {
   using namespace valet;
   Arguments args;
   if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
+  if (args.generate) return valet::replay::run_generate(args.generator);
 
+  BackendOptions backend;
+  backend.choice = parse_backend_choice(args.backend).value();  // checked by CLI11 above
   Config config;
-  config.backend = parse_backend_choice(args.backend).value();  // checked by CLI11 above
   config.compact_on_oom = !args.no_compact;
   config.share_tails = !args.no_share_tails;
   config.background_reserve = true;
@@ -142,7 +167,7 @@ int run(int argc, char** argv) {
     return kExitUsage;
   }
 
-  auto heap = open_heap(config);
+  auto heap = open_heap(backend, config);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
     return kExitUsage;

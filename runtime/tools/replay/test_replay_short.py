@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""CTest: generate a short trace, replay it (gzip-compressed) with --json --verify --pinners 2 on the
+"""CTest: generate a short trace (valet-replay generate), replay it (gzip-compressed) with --json --verify --pinners 2 on the
 host backend, and check the figures: every key present, no failed probe, no OOM, no signature
 mismatch, peak mapped >= peak live, exit status 0; with compaction, that the background compactor
 ran and its safepoint() was called at every step line; with --no-compact, that nothing moved.
 
-usage: test_replay_short.py REPLAY GEN_TRACE WORKDIR [extra replay arguments...]
+usage: test_replay_short.py REPLAY WORKDIR [extra replay arguments...]
 """
 import gzip, json, os, shutil, subprocess, sys
 
@@ -17,11 +17,11 @@ COMPACTOR_KEYS = ["cycles", "background_cycles", "safepoint_calls", "safepoint_c
 
 
 def main():
-    replay, gen, workdir = sys.argv[1:4]
-    extra = sys.argv[4:]
+    replay, workdir = sys.argv[1:3]
+    extra = sys.argv[3:]
     os.makedirs(workdir, exist_ok=True)
     plain = os.path.join(workdir, "short.trace")
-    subprocess.run([sys.executable, gen, "--steps", "300", "--seed", "3", "--capacity-gib", "1",
+    subprocess.run([replay, "generate", "--steps", "300", "--seed", "3", "--capacity", "1GiB",
                     "--probe-every", "50", "-o", plain], check=True)
     with open(plain) as f:
         step_lines = sum(1 for line in f if line.strip() == "s")

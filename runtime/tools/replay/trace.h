@@ -3,7 +3,8 @@
 // check_trace() first (a malformed or corrupt trace is refused with its line number before the
 // heap is touched), then a second TraceReader feeds the replay.
 //
-// Format (written by gen_trace.py): one op a line, '#' starts a comment.
+// Format (written by `valet-replay generate`, workload.h, and by valet::TraceRecorder from a live
+// service): one op a line, '#' starts a comment.
 //   a <id> <bytes>   allocate object <id> of <bytes> bytes
 //   f <id>           free object <id>
 //   s                step boundary (a serving tick has ended)

@@ -4,6 +4,8 @@
 //
 //   valet-bench-alloc [--backend auto|cuda|host] [--pairs N]
 //   valet-bench-alloc --compactor-ab [--backend ...] [--rounds R] [--round-ms MS]
+// (--help lists the options; a bad one exits with status 2 and a message, a heap that cannot be
+// opened with status 1.)
 //
 // --compactor-ab: the fast path with the background compactor running (valet::Compactor, policy
 // defaults) against no compactor (valet-replay --no-compact), on one heap in one process. Rounds
@@ -17,10 +19,11 @@
 // median over k of (k-th on round / k-th off round) of the rounds' median group means, the
 // cycles the compactor ran and the pairs each mode timed. The heap's emergency compaction is on in both modes (no allocation fails here,
 // so it never runs).
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -164,40 +167,9 @@ int compactor_ab(valet::Heap& h, int rounds, int round_ms) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::string backend = "auto";
-  int pairs = 20000;
-  int rounds = 10;
-  int round_ms = 100;
-  bool ab = false;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
-    else if (!std::strcmp(argv[i], "--pairs") && i + 1 < argc) pairs = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::max(2, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--round-ms") && i + 1 < argc) round_ms = std::max(10, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--compactor-ab")) ab = true;
-    else {
-      std::fprintf(stderr,
-                   "usage: valet-bench-alloc [--backend auto|cuda|host] [--pairs N]\n"
-                   "       valet-bench-alloc --compactor-ab [--backend auto|cuda|host] [--rounds R] [--round-ms MS]\n");
-      return 2;
-    }
-  }
-  valet::Config cfg;
-  cfg.backend = *valet::parse_backend_choice(backend);
-  cfg.capacity = 4096 * kMiB;
-  cfg.reserve_low_pages = 16;
-  cfg.reserve_high_pages = 64;
-  auto heap = valet::open_heap(cfg);
-  if (!heap.ok()) {
-    std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
-    return 1;
-  }
-  auto& h = **heap;
-  std::printf("backend: %s\n", h.backend().name().c_str());
-  if (ab) return compactor_ab(h, rounds, round_ms);
+// The fast path: allocate+free pairs of several sizes, one thread and 8, against a background
+// of live objects (and the driver's pool beside them on a GPU).
+void fast_path(valet::Heap& h, int pairs) {
   // A background of live objects, so the fast path runs against a populated heap.
   std::vector<valet::Handle> background;
   for (int i = 0; i < 4096; ++i) background.push_back(*h.allocate(256 + (i * 7919) % 200000));
@@ -238,47 +210,115 @@ int main(int argc, char** argv) {
 #endif
     std::printf("\n");
   }
-  // Large objects with the reserve empty: every page created and mapped on the spot.
-  {
-    valet::Config cold = cfg;
-    cold.reserve_low_pages = 0;
-    cold.reserve_high_pages = 0;
-    cold.background_reserve = false;
-    background.clear();
-    heap->reset();  // one heap on the device at a time
-    auto cold_heap = valet::open_heap(cold);
-    std::printf("\nlarge allocation, empty reserve (create+map+access per page):\n");
-    std::printf("%-10s %14s", "bytes", "valet_med_ns");
+}
+
+// Large objects with the reserve empty: every page created and mapped on the spot (against
+// cuMemAlloc on a GPU). The caller has closed its own heap first: one heap on the device at a time.
+int cold_large(const valet::BackendOptions& backend, const valet::Config& cfg) {
+  valet::Config cold = cfg;
+  cold.reserve_low_pages = 0;
+  cold.reserve_high_pages = 0;
+  cold.background_reserve = false;
+  auto cold_heap = valet::open_heap(backend, cold);
+  if (!cold_heap.ok()) {
+    std::fprintf(stderr, "valet-bench-alloc: %s\n", cold_heap.error().to_string().c_str());
+    return 1;
+  }
 #if defined(VALET_HAVE_CUDA)
-    if (gpu) std::printf(" %14s %8s", "cuMemAlloc_ns", "ratio");
+  const bool gpu = (*cold_heap)->backend().kind() == valet::BackendKind::cuda;
+  const valet::cuda::Driver* drv = gpu ? *valet::cuda::load_driver() : nullptr;
+#endif
+  std::printf("\nlarge allocation, empty reserve (create+map+access per page):\n");
+  std::printf("%-10s %14s", "bytes", "valet_med_ns");
+#if defined(VALET_HAVE_CUDA)
+  if (gpu) std::printf(" %14s %8s", "cuMemAlloc_ns", "ratio");
+#endif
+  std::printf("\n");
+  for (std::size_t bytes : {2 * kMiB, 8 * kMiB, 64 * kMiB, 512 * kMiB}) {
+    std::vector<double> ns;
+    for (int i = 0; i < 15; ++i) {
+      const auto t0 = Clock::now();
+      auto o = (*cold_heap)->allocate(bytes);
+      ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count());
+      if (o.ok()) (void)(*cold_heap)->free(*o);
+    }
+    auto v = summarize(ns);
+    std::printf("%-10zu %14.0f", bytes, v.median_ns);
+#if defined(VALET_HAVE_CUDA)
+    if (gpu) {
+      std::vector<double> cu;
+      for (int i = 0; i < 15; ++i) {
+        CUdeviceptr p;
+        const auto t0 = Clock::now();
+        drv->cuMemAlloc(&p, bytes);
+        cu.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count());
+        drv->cuMemFree(p);
+      }
+      auto c = summarize(cu);
+      std::printf(" %14.0f %8.2f", c.median_ns, v.median_ns / c.median_ns);
+    }
 #endif
     std::printf("\n");
-    for (std::size_t bytes : {2 * kMiB, 8 * kMiB, 64 * kMiB, 512 * kMiB}) {
-      std::vector<double> ns;
-      for (int i = 0; i < 15; ++i) {
-        const auto t0 = Clock::now();
-        auto o = (*cold_heap)->allocate(bytes);
-        ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count());
-        (void)(*cold_heap)->free(*o);
-      }
-      auto v = summarize(ns);
-      std::printf("%-10zu %14.0f", bytes, v.median_ns);
-#if defined(VALET_HAVE_CUDA)
-      if (gpu) {
-        std::vector<double> cu;
-        for (int i = 0; i < 15; ++i) {
-          CUdeviceptr p;
-          const auto t0 = Clock::now();
-          drv->cuMemAlloc(&p, bytes);
-          cu.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count());
-          drv->cuMemFree(p);
-        }
-        auto c = summarize(cu);
-        std::printf(" %14.0f %8.2f", c.median_ns, v.median_ns / c.median_ns);
-      }
-#endif
-      std::printf("\n");
-    }
   }
   return 0;
+}
+
+struct Arguments {
+  std::string backend = "auto";
+  int pairs = 20000;
+  bool compactor_ab = false;
+  int rounds = 10;
+  int round_ms = 100;
+};
+
+// Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
+// error: 2, with CLI11's message).
+std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
+  CLI::App app{
+      "Allocation fast path: allocate+free pairs on a Valet heap (median and p99, one thread and 8), beside\n"
+      "the driver's stream-ordered pool on a GPU, then large allocations with an empty reserve. With\n"
+      "--compactor-ab: the fast path with the background compactor running against none, in alternating rounds.",
+      "valet-bench-alloc"};
+  app.add_option("--backend", args.backend, "auto, cuda or host")
+      ->check(CLI::IsMember({"auto", "cuda", "host"}))
+      ->capture_default_str();
+  app.add_option("--pairs", args.pairs, "Pairs timed per size (the 8-thread run times pairs/8 per thread)")
+      ->check(CLI::Range(8, 100000000))
+      ->capture_default_str();
+  app.add_flag("--compactor-ab", args.compactor_ab, "Compactor on against off instead of the fast path and cold runs");
+  app.add_option("--rounds", args.rounds, "--compactor-ab: rounds per mode and size")
+      ->check(CLI::Range(2, 100000))
+      ->capture_default_str();
+  app.add_option("--round-ms", args.round_ms, "--compactor-ab: length of a round in milliseconds")
+      ->check(CLI::Range(10, 3600000))
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Arguments args;
+  if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
+  valet::BackendOptions backend;
+  backend.choice = valet::parse_backend_choice(args.backend).value();  // checked by CLI11
+  valet::Config cfg;
+  cfg.capacity = 4096 * kMiB;
+  cfg.reserve_low_pages = 16;
+  cfg.reserve_high_pages = 64;
+  auto heap = valet::open_heap(backend, cfg);
+  if (!heap.ok()) {
+    std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
+    return 1;
+  }
+  std::printf("backend: %s\n", (*heap)->backend().name().c_str());
+  if (args.compactor_ab) return compactor_ab(**heap, args.rounds, args.round_ms);
+  fast_path(**heap, args.pairs);
+  heap->reset();  // one heap on the device at a time
+  return cold_large(backend, cfg);
 }

@@ -31,13 +31,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  valet::BackendOptions backend_options;
+  backend_options.choice = *valet::parse_backend_choice(backend);
   valet::Config cfg;
-  cfg.backend = *valet::parse_backend_choice(backend);
   cfg.capacity = (3 * mib + 256) * kMiB;
   cfg.background_reserve = false;
   cfg.reserve_low_pages = 0;
   cfg.reserve_high_pages = 0;
-  auto opened = valet::open_heap(cfg);
+  auto opened = valet::open_heap(backend_options, cfg);
   if (!opened.ok()) {
     std::fprintf(stderr, "valet-bench-relocate: %s\n", opened.error().to_string().c_str());
     return 1;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Replays the six public traces (t1 t2 h11 h12 p23 p24; parameters in docs/benchmarks.md) through
+# Generates the six traces (t1 t2 h11 h12 p23 p24, with `valet-replay generate`; parameters below and
+# in docs/benchmarks.md) into OUT_DIR where they are not there yet, and replays them through
 # Valet twice in the same session: with compaction (the background compactor with its policy
 # defaults, safepoint() at every step line; run "valet") and with --no-compact (a heap that never
 # moves an object; run "valet-no-compact"); and, where PyTorch with CUDA is available, through
@@ -13,7 +14,6 @@
 set -euo pipefail
 bin=$1; out=$2; shift 2
 here=$(cd "$(dirname "$0")" && pwd)
-gen=${GEN_TRACE:-$here/../../../runtime/tools/replay/gen_trace.py}
 mkdir -p "$out"
 declare -A params=(
   [t1]="--seed 1" [t2]="--seed 2"
@@ -37,7 +37,7 @@ done
 replay() { "$bin/valet-replay" "$@" --json || true; }
 for t in ${TRACES:-t1 t2 h11 h12 p23 p24}; do
   trace="$out/$t.trace"
-  [ -s "$trace" ] || python3 "$gen" ${params[$t]} -o "$trace"
+  [ -s "$trace" ] || "$bin/valet-replay" generate ${params[$t]} -o "$trace" >/dev/null
   echo "{\"trace\":\"$t\",\"run\":\"valet\",\"result\":$(replay "$trace" "$@")}" | tee -a "$out/results.jsonl"
   if [ "${NO_COMPACT:-1}" != 0 ]; then
     echo "{\"trace\":\"$t\",\"run\":\"valet-no-compact\",\"result\":$(replay "$trace" ${plain[@]+"${plain[@]}"} --no-compact)}" |

@@ -1,3 +1,5 @@
+// The JSON form of HeapStats and CompactionRecord (valet/stats.h), as valetctl, the control server
+// and the tools print them. Part of the runtime: the heap links no JSON library.
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -1,0 +1,48 @@
+// The JSON form of a heap's stats (valet/stats_json.h): the heap itself reports plain structures
+// and links no JSON library; the runtime, its control server and its tools speak JSON.
+#include "valet/stats_json.h"
+
+namespace valet {
+
+nlohmann::json to_json(const CompactionRecord& r) {
+  return {{"trigger", trigger_name(r.trigger)},     {"objects_moved", r.objects_moved},
+          {"bytes_moved", r.bytes_moved},           {"pages_freed", r.pages_freed},
+          {"pages_meshed", r.pages_meshed},         {"bytes_meshed", r.bytes_meshed},
+          {"objects_skipped", r.objects_skipped},
+          {"duration_ns", r.duration_ns},           {"longest_pin_wait_ns", r.longest_pin_wait_ns}};
+}
+
+nlohmann::json to_json(const HeapStats& s) {
+  nlohmann::json cycles = nlohmann::json::array();
+  for (const auto& r : s.recent_cycles) cycles.push_back(to_json(r));
+  return {
+      {"backend", s.backend},
+      {"capacity_bytes", s.capacity_bytes},
+      {"live_bytes", s.live_bytes},
+      {"live_objects", s.live_objects},
+      {"footprint_bytes", s.footprint_bytes},
+      {"mapped_bytes", s.mapped_bytes},
+      {"reserved_bytes", s.reserved_bytes},
+      {"reserve_bytes", s.reserve_bytes},
+      {"fragmentation", s.fragmentation},
+      {"largest_allocatable_bytes", s.largest_allocatable_bytes},
+      {"pages",
+       {{"slab", s.pages.slab}, {"large", s.pages.large}, {"reserve", s.pages.reserve}, {"meshed", s.pages.meshed},
+        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}, {"releasing", s.pages.releasing}}},
+      {"occupancy_histogram", s.occupancy_histogram},
+      {"ops",
+       {{"allocate", s.ops.allocate}, {"free", s.ops.free}, {"resize", s.ops.resize}, {"pin", s.ops.pin},
+        {"failed_allocations", s.ops.failed_allocations}}},
+      {"driver_calls",
+       {{"create", s.driver_calls.create}, {"release", s.driver_calls.release}, {"map", s.driver_calls.map},
+        {"unmap", s.driver_calls.unmap}, {"set_access", s.driver_calls.set_access}, {"copy", s.driver_calls.copy}}},
+      {"compaction",
+       {{"cycles", s.compaction.cycles}, {"emergency_cycles", s.compaction.emergency_cycles},
+        {"bytes_moved", s.compaction.bytes_moved}, {"objects_moved", s.compaction.objects_moved},
+        {"pages_meshed", s.compaction.pages_meshed}, {"bytes_meshed", s.compaction.bytes_meshed},
+        {"pages_freed", s.compaction.pages_freed}}},
+      {"recent_cycles", cycles},
+  };
+}
+
+}  // namespace valet
