@@ -15,8 +15,8 @@
 // bytes, so it never crosses into an unmapped page.
 #include <cstdint>
 
-#include "descriptors.cuh"
 #include "valet/kernels/pattern.h"
+#include "valet/kernels/work_items.h"
 
 namespace {
 

@@ -1,26 +1,11 @@
 #include "valet/fault_injection.h"
 
-#include <thread>
-
 #include <string>
+#include <thread>
 
 namespace valet {
 
-const char* fault_op_name(FaultOp op) {
-  switch (op) {
-    case FaultOp::reserve: return "reserve";
-    case FaultOp::create_page: return "create_page";
-    case FaultOp::release_page: return "release_page";
-    case FaultOp::map: return "map";
-    case FaultOp::unmap: return "unmap";
-    case FaultOp::set_access: return "set_access";
-    case FaultOp::copy: return "copy";
-    case FaultOp::count: break;
-  }
-  return "?";
-}
-
-FaultInjectingBackend::FaultInjectingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+FaultInjectingBackend::FaultInjectingBackend(std::unique_ptr<Backend> inner) : BackendAdaptor(std::move(inner)) {}
 
 void FaultInjectingBackend::fail_nth(FaultOp op, std::uint64_t k) {
   std::lock_guard lock(mu_);
@@ -65,7 +50,7 @@ void FaultInjectingBackend::delay_calls(FaultOp op, std::chrono::microseconds de
   slots_[std::size_t(op)].delay = delay;
 }
 
-Status FaultInjectingBackend::should_fail(FaultOp op) {
+Status FaultInjectingBackend::before(DriverOp op) {
   std::unique_lock lock(mu_);
   auto& s = slots_[std::size_t(op)];
   ++s.calls;
@@ -82,35 +67,6 @@ Status FaultInjectingBackend::should_fail(FaultOp op) {
   ++s.faults;
   return make_error(Errc::driver_error, std::string("injected fault in ") + fault_op_name(op) + " (call " +
                                             std::to_string(s.calls) + ")");
-}
-
-Result<DevicePtr> FaultInjectingBackend::reserve(std::size_t bytes) {
-  VALET_TRY(should_fail(FaultOp::reserve));
-  return inner_->reserve(bytes);
-}
-Result<PhysicalPage> FaultInjectingBackend::create_page() {
-  VALET_TRY(should_fail(FaultOp::create_page));
-  return inner_->create_page();
-}
-Status FaultInjectingBackend::release_page(PhysicalPage p) {
-  VALET_TRY(should_fail(FaultOp::release_page));
-  return inner_->release_page(p);
-}
-Status FaultInjectingBackend::map(DevicePtr va, PhysicalPage p) {
-  VALET_TRY(should_fail(FaultOp::map));
-  return inner_->map(va, p);
-}
-Status FaultInjectingBackend::unmap(DevicePtr va, std::size_t bytes) {
-  VALET_TRY(should_fail(FaultOp::unmap));
-  return inner_->unmap(va, bytes);
-}
-Status FaultInjectingBackend::set_access(DevicePtr va, std::size_t bytes) {
-  VALET_TRY(should_fail(FaultOp::set_access));
-  return inner_->set_access(va, bytes);
-}
-Status FaultInjectingBackend::copy(std::span<const CopyRange> r, Stream s) {
-  VALET_TRY(should_fail(FaultOp::copy));
-  return inner_->copy(r, s);
 }
 
 }  // namespace valet

@@ -1,5 +1,8 @@
 // One conformance suite for every backend (typed tests): what the heap relies on, checked against
-// the host emulation and against the CUDA driver. The CUDA instance skips without a usable GPU.
+// every implementation of the Backend interface: the host emulation, the decorators the heap may
+// be given (the fault injector disarmed, the call counter) over it, and the CUDA driver. A
+// decorator must be invisible: it passes exactly what the backend under it passes. The CUDA
+// instance skips without a usable GPU.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -12,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "valet/counting_backend.h"
 #include "valet/cuda_backend.h"
 #include "valet/fault_injection.h"
 #include "valet/host_backend.h"
@@ -20,7 +24,7 @@
 namespace valet {
 namespace {
 
-constexpr std::size_t kPage = std::size_t{2} << 20;
+constexpr std::size_t kPage = kPageBytes;
 
 struct HostFactory {
   static constexpr const char* kName = "Host";
@@ -30,6 +34,27 @@ struct HostFactory {
     return std::unique_ptr<Backend>(std::move(b));
   }
   static std::size_t capacity_pages() { return 64; }
+};
+
+// The host backend under a decorator (BackendAdaptor): a FaultInjectingBackend with nothing
+// armed, or a CountingBackend.
+template <class Decorator>
+Result<std::unique_ptr<Backend>> open_decorated_host() {
+  auto host = HostFactory::open();
+  if (!host.ok()) return host.error();
+  return std::unique_ptr<Backend>(std::make_unique<Decorator>(std::move(host).value()));
+}
+
+struct FaultsDisarmedFactory {
+  static constexpr const char* kName = "HostFaultsDisarmed";
+  static Result<std::unique_ptr<Backend>> open() { return open_decorated_host<FaultInjectingBackend>(); }
+  static std::size_t capacity_pages() { return HostFactory::capacity_pages(); }
+};
+
+struct CountingFactory {
+  static constexpr const char* kName = "HostCounted";
+  static Result<std::unique_ptr<Backend>> open() { return open_decorated_host<CountingBackend>(); }
+  static std::size_t capacity_pages() { return HostFactory::capacity_pages(); }
 };
 
 struct CudaFactory {
@@ -104,7 +129,7 @@ class BackendConformance : public ::testing::Test {
   std::vector<PhysicalPage> pages_;
 };
 
-using Factories = ::testing::Types<HostFactory, CudaFactory>;
+using Factories = ::testing::Types<HostFactory, FaultsDisarmedFactory, CountingFactory, CudaFactory>;
 TYPED_TEST_SUITE(BackendConformance, Factories, FactoryNames);
 
 TYPED_TEST(BackendConformance, ReportsGranularityAndCapabilities) {

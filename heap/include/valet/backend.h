@@ -1,10 +1,17 @@
-// The backend: the heap's only door to memory.
+// The backend: the heap's only door to memory, and the tools tests use beside it.
 //
 // Two implementations exist (runtime/): the CUDA driver API and a host emulation of VMM. Each is a
-// plain class checked at compile time by the VmmBackend concept below; the heap holds one through
-// the type-erased Backend interface (BackendModel<B> adapts a concrete class), so adaptors such
-// as fault injection can wrap any of them. Driver calls cost microseconds, so one virtual call
-// on top of them costs nothing that matters.
+// plain class checked at compile time by the concepts below; programs hold one through the
+// type-erased Backend (BackendModel<B> adapts a concrete class), so adaptors such as fault
+// injection and call counting (valet/backend_adaptor.h) can wrap any of them. Driver calls cost
+// microseconds, so one virtual call on top of them costs nothing that matters.
+//
+// The interface has two halves:
+// - VmmDoor: what the heap calls (reserve, create, map, unmap, set access, release, streams,
+//   events, copy, write). Every call of it is one DriverOp (valet/driver_op.h).
+// - DeviceTools: what tests, benches and tools call beside the heap (which backend this is, pattern
+//   fill and verify, synchronous read, cross-stream waits). The heap never calls these.
+// Backend is both, so code that holds a Backend (a heap's backend(), a test) reaches both halves.
 //
 // Common rules (every implementation):
 // - Addresses and lengths of reserve/map/unmap/set_access are multiples of granularity().
@@ -19,6 +26,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -29,53 +37,56 @@
 
 namespace valet {
 
+// A concrete class that implements the VMM door (see VmmDoor for each call's contract).
 template <class B>
-concept VmmBackend = requires(B& b, const B& cb, DevicePtr va, std::size_t n, PhysicalPage page,
-                              Stream s, Event e, std::span<const CopyRange> copies,
-                              std::span<const PatternRange> patterns, void* host,
-                              const void* chost) {
-  { cb.kind() } -> std::same_as<BackendKind>;
+concept VmmDoorImpl = requires(B& b, const B& cb, DevicePtr va, std::size_t n, PhysicalPage page,
+                               Stream s, Event e, std::span<const CopyRange> copies, const void* chost) {
   { cb.name() } -> std::convertible_to<std::string>;
   { cb.granularity() } -> std::same_as<std::size_t>;
   { cb.capabilities() } -> std::same_as<Capabilities>;
   { b.memory_info() } -> std::same_as<Result<MemoryInfo>>;
-  // Virtual address space.
   { b.reserve(n) } -> std::same_as<Result<DevicePtr>>;
   { b.unreserve(va, n) } -> std::same_as<Status>;
-  // Physical pages (one page = granularity() bytes).
   { b.create_page() } -> std::same_as<Result<PhysicalPage>>;
   { b.release_page(page) } -> std::same_as<Status>;
   { b.map(va, page) } -> std::same_as<Status>;
   { b.unmap(va, n) } -> std::same_as<Status>;
   { b.set_access(va, n) } -> std::same_as<Status>;
-  // Asynchronous work.
   { b.create_stream() } -> std::same_as<Result<Stream>>;
   { b.destroy_stream(s) } -> std::same_as<Status>;
+  { b.synchronize_stream(s) } -> std::same_as<Status>;
   { b.create_event() } -> std::same_as<Result<Event>>;
   { b.destroy_event(e) } -> std::same_as<Status>;
   { b.record_event(e, s) } -> std::same_as<Status>;
   { b.query_event(e) } -> std::same_as<Result<bool>>;
   { b.synchronize_event(e) } -> std::same_as<Status>;
-  { b.stream_wait_event(s, e) } -> std::same_as<Status>;
-  { b.synchronize_stream(s) } -> std::same_as<Status>;
   { b.copy(copies, s) } -> std::same_as<Status>;
-  { b.fill_pattern(patterns, s) } -> std::same_as<Status>;
-  { b.verify_pattern(patterns, s) } -> std::same_as<Result<std::uint64_t>>;
-  // Synchronous transfers between host memory and mapped backend memory.
-  { b.read(host, va, n) } -> std::same_as<Status>;
   { b.write(va, chost, n) } -> std::same_as<Status>;
 };
 
-// The type-erased interface the heap programs against. Each function documents the contract
-// every implementation keeps.
-class Backend {
- public:
-  virtual ~Backend() = default;
+// A concrete class that implements the device tools (see DeviceTools).
+template <class B>
+concept DeviceToolsImpl = requires(B& b, const B& cb, DevicePtr va, std::size_t n, Stream s, Event e,
+                                   std::span<const PatternRange> patterns, void* host) {
+  { cb.kind() } -> std::same_as<BackendKind>;
+  { b.stream_wait_event(s, e) } -> std::same_as<Status>;
+  { b.fill_pattern(patterns, s) } -> std::same_as<Status>;
+  { b.verify_pattern(patterns, s) } -> std::same_as<Result<std::uint64_t>>;
+  { b.read(host, va, n) } -> std::same_as<Status>;
+};
 
-  virtual BackendKind kind() const = 0;
+// A whole backend: both halves.
+template <class B>
+concept VmmBackend = VmmDoorImpl<B> && DeviceToolsImpl<B>;
+
+// The heap's door to memory. Each function documents the contract every implementation keeps.
+class VmmDoor {
+ public:
+  virtual ~VmmDoor() = default;
+
   // A short description, e.g. "host (memfd emulation)" or "cuda: NVIDIA H100 80GB HBM3".
   virtual std::string name() const = 0;
-  // Size of one physical page and the unit of every mapping call (2 MiB).
+  // Size of one physical page and the unit of every mapping call (kPageBytes).
   virtual std::size_t granularity() const = 0;
   virtual Capabilities capabilities() const = 0;
   // Free and total memory of the device (host: of the emulated capacity).
@@ -104,6 +115,7 @@ class Backend {
   // Streams run queued work in order; work on different streams may run concurrently.
   virtual Result<Stream> create_stream() = 0;
   virtual Status destroy_stream(Stream s) = 0;  // waits for the stream's queued work first
+  virtual Status synchronize_stream(Stream s) = 0;
   virtual Result<Event> create_event() = 0;
   virtual Status destroy_event(Event e) = 0;
   // The event completes once everything queued on `s` before this call has completed.
@@ -111,25 +123,36 @@ class Backend {
   // true once the last recorded point completed (an event never recorded is complete).
   virtual Result<bool> query_event(Event e) = 0;
   virtual Status synchronize_event(Event e) = 0;
-  // Work queued on `s` after this call waits until `e`'s recorded point has completed.
-  virtual Status stream_wait_event(Stream s, Event e) = 0;
-  virtual Status synchronize_stream(Stream s) = 0;
 
   // Queues one batched copy of every range on `s` (one launch on a GPU). Ranges may have any
   // length from 1 byte and any alignment; they must not overlap each other. The span may be
   // reused as soon as the call returns.
   virtual Status copy(std::span<const CopyRange> ranges, Stream s) = 0;
+  // Synchronous copy from host memory to mapped, accessible backend memory, ordered after all
+  // work queued on the default stream.
+  virtual Status write(DevicePtr dst, const void* host_src, std::size_t bytes) = 0;
+};
+
+// What tests, benches and tools use beside the door. The heap never calls these.
+class DeviceTools {
+ public:
+  virtual ~DeviceTools() = default;
+
+  virtual BackendKind kind() const = 0;
+  // Work queued on `s` after this call waits until `e`'s recorded point has completed.
+  virtual Status stream_wait_event(Stream s, Event e) = 0;
   // Queues a fill of each range with its pattern (see PatternRange).
   virtual Status fill_pattern(std::span<const PatternRange> ranges, Stream s) = 0;
   // Queues a check of each range against its pattern on `s`, waits for it, and returns the
   // number of bytes that differ (0: all match).
   virtual Result<std::uint64_t> verify_pattern(std::span<const PatternRange> ranges, Stream s) = 0;
-
-  // Synchronous copies between host memory and mapped, accessible backend memory. They are
-  // ordered after all work queued on the default stream.
+  // Synchronous copy from mapped, accessible backend memory to host memory, ordered after all
+  // work queued on the default stream.
   virtual Status read(void* host_dst, DevicePtr src, std::size_t bytes) = 0;
-  virtual Status write(DevicePtr dst, const void* host_src, std::size_t bytes) = 0;
 };
+
+// A whole backend, as the heap is given one and as tests reach it through heap.backend().
+class Backend : public VmmDoor, public DeviceTools {};
 
 // Adapts a concrete backend checked by VmmBackend to the Backend interface.
 template <VmmBackend B>
@@ -140,7 +163,7 @@ class BackendModel final : public Backend {
 
   B& impl() { return impl_; }
 
-  BackendKind kind() const override { return impl_.kind(); }
+  // The door.
   std::string name() const override { return impl_.name(); }
   std::size_t granularity() const override { return impl_.granularity(); }
   Capabilities capabilities() const override { return impl_.capabilities(); }
@@ -154,14 +177,20 @@ class BackendModel final : public Backend {
   Status set_access(DevicePtr va, std::size_t bytes) override { return impl_.set_access(va, bytes); }
   Result<Stream> create_stream() override { return impl_.create_stream(); }
   Status destroy_stream(Stream s) override { return impl_.destroy_stream(s); }
+  Status synchronize_stream(Stream s) override { return impl_.synchronize_stream(s); }
   Result<Event> create_event() override { return impl_.create_event(); }
   Status destroy_event(Event e) override { return impl_.destroy_event(e); }
   Status record_event(Event e, Stream s) override { return impl_.record_event(e, s); }
   Result<bool> query_event(Event e) override { return impl_.query_event(e); }
   Status synchronize_event(Event e) override { return impl_.synchronize_event(e); }
-  Status stream_wait_event(Stream s, Event e) override { return impl_.stream_wait_event(s, e); }
-  Status synchronize_stream(Stream s) override { return impl_.synchronize_stream(s); }
   Status copy(std::span<const CopyRange> r, Stream s) override { return impl_.copy(r, s); }
+  Status write(DevicePtr dst, const void* src, std::size_t n) override {
+    return impl_.write(dst, src, n);
+  }
+
+  // The tools.
+  BackendKind kind() const override { return impl_.kind(); }
+  Status stream_wait_event(Stream s, Event e) override { return impl_.stream_wait_event(s, e); }
   Status fill_pattern(std::span<const PatternRange> r, Stream s) override {
     return impl_.fill_pattern(r, s);
   }
@@ -169,9 +198,6 @@ class BackendModel final : public Backend {
     return impl_.verify_pattern(r, s);
   }
   Status read(void* dst, DevicePtr src, std::size_t n) override { return impl_.read(dst, src, n); }
-  Status write(DevicePtr dst, const void* src, std::size_t n) override {
-    return impl_.write(dst, src, n);
-  }
 
  private:
   B impl_;

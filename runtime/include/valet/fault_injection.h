@@ -1,30 +1,30 @@
 // A backend adaptor that fails chosen calls, for tests of every error path (RMM's
-// failure_callback_resource_adaptor in spirit). It wraps any Backend and forwards everything;
-// an armed fault makes one call fail with Errc::driver_error ("injected fault") without
-// forwarding it, exactly as if the driver had refused it.
+// failure_callback_resource_adaptor in spirit). It wraps any Backend and forwards everything
+// (BackendAdaptor); an armed fault makes one door call fail with Errc::driver_error ("injected
+// fault") without forwarding it, exactly as if the driver had refused it. Any door operation
+// (DriverOp) can be failed, delayed and counted; the device tools are never failed.
 #pragma once
 
 #include <array>
 #include <chrono>
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <random>
 
-#include "valet/backend.h"
+#include "valet/backend_adaptor.h"
+#include "valet/driver_op.h"
 
 namespace valet {
 
-enum class FaultOp : std::uint8_t { reserve, create_page, release_page, map, unmap, set_access, copy, count };
+// The operations a fault can be armed on: the door's.
+using FaultOp = DriverOp;
 
-const char* fault_op_name(FaultOp op);
+inline const char* fault_op_name(FaultOp op) { return driver_op_name(op); }
 
-class FaultInjectingBackend final : public Backend {
+class FaultInjectingBackend final : public BackendAdaptor {
  public:
   explicit FaultInjectingBackend(std::unique_ptr<Backend> inner);
-
-  Backend& inner() { return *inner_; }
 
   // The k-th call of `op` from now (k >= 1) fails. One armed fault per op; 0 disarms.
   void fail_nth(FaultOp op, std::uint64_t k);
@@ -39,39 +39,13 @@ class FaultInjectingBackend final : public Backend {
   std::uint64_t faults(FaultOp op) const;
   std::uint64_t total_faults() const;
 
-  BackendKind kind() const override { return inner_->kind(); }
-  std::string name() const override { return "fault-injecting " + inner_->name(); }
-  std::size_t granularity() const override { return inner_->granularity(); }
-  Capabilities capabilities() const override { return inner_->capabilities(); }
-  Result<MemoryInfo> memory_info() override { return inner_->memory_info(); }
-  Result<DevicePtr> reserve(std::size_t bytes) override;
-  Status unreserve(DevicePtr va, std::size_t bytes) override { return inner_->unreserve(va, bytes); }
-  Result<PhysicalPage> create_page() override;
-  Status release_page(PhysicalPage p) override;
-  Status map(DevicePtr va, PhysicalPage p) override;
-  Status unmap(DevicePtr va, std::size_t bytes) override;
-  Status set_access(DevicePtr va, std::size_t bytes) override;
-  Result<Stream> create_stream() override { return inner_->create_stream(); }
-  Status destroy_stream(Stream s) override { return inner_->destroy_stream(s); }
-  Result<Event> create_event() override { return inner_->create_event(); }
-  Status destroy_event(Event e) override { return inner_->destroy_event(e); }
-  Status record_event(Event e, Stream s) override { return inner_->record_event(e, s); }
-  Result<bool> query_event(Event e) override { return inner_->query_event(e); }
-  Status synchronize_event(Event e) override { return inner_->synchronize_event(e); }
-  Status stream_wait_event(Stream s, Event e) override { return inner_->stream_wait_event(s, e); }
-  Status synchronize_stream(Stream s) override { return inner_->synchronize_stream(s); }
-  Status copy(std::span<const CopyRange> r, Stream s) override;
-  Status fill_pattern(std::span<const PatternRange> r, Stream s) override { return inner_->fill_pattern(r, s); }
-  Result<std::uint64_t> verify_pattern(std::span<const PatternRange> r, Stream s) override {
-    return inner_->verify_pattern(r, s);
-  }
-  Status read(void* dst, DevicePtr src, std::size_t n) override { return inner_->read(dst, src, n); }
-  Status write(DevicePtr dst, const void* src, std::size_t n) override { return inner_->write(dst, src, n); }
+  std::string name() const override { return "fault-injecting " + inner().name(); }
+
+ protected:
+  // Counts the call, sleeps its delay, and returns an error if a fault fires.
+  Status before(DriverOp op) override;
 
  private:
-  // Counts the call; returns an error if a fault fires.
-  Status should_fail(FaultOp op);
-
   struct Slot {
     std::uint64_t calls = 0;
     std::uint64_t faults = 0;
@@ -79,9 +53,8 @@ class FaultInjectingBackend final : public Backend {
     double probability = 0;
     std::chrono::microseconds delay{0};
   };
-  std::unique_ptr<Backend> inner_;
   mutable std::mutex mu_;
-  std::array<Slot, std::size_t(FaultOp::count)> slots_{};
+  std::array<Slot, kDriverOpCount> slots_{};
   std::mt19937_64 rng_{0};
 };
 

@@ -28,7 +28,7 @@ struct HostBackendOptions {
 
 class HostBackend {
  public:
-  static constexpr std::size_t kPageSize = std::size_t{2} << 20;
+  static constexpr std::size_t kPageSize = kPageBytes;
 
   explicit HostBackend(HostBackendOptions options = {});
   ~HostBackend();

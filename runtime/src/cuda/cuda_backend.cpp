@@ -6,10 +6,10 @@
 
 #include <algorithm>
 
-#include "../../../kernels/src/descriptors.cuh"  // kBlockThreads: the block size of every kernel
 #include "cuda/cuda_backend_state.h"
 #include "cuda/cuda_context.h"
 #include "valet/cuda_backend.h"
+#include "valet/kernels/work_items.h"  // kBlockThreads: the block size of every kernel
 
 // The kernels' fatbin, embedded by kernels/CMakeLists.txt (cmake/EmbedFile.cmake).
 extern const unsigned char valet_kernels_fatbin[];

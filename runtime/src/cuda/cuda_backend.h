@@ -9,7 +9,7 @@
 // - Work: Stream{0} is the legacy default stream (CU_STREAM_LEGACY); streams from create_stream
 //   are non-blocking CUstreams; any other value is taken as a CUstream of this device's primary
 //   context made by the caller (e.g. by the CUDA runtime) and used as is once checked.
-// - Batched copy, fill and verify: the ranges are cut into items (kernels/src/descriptors.cuh),
+// - Batched copy, fill and verify: the ranges are cut into items (valet/kernels/work_items.h),
 //   staged in pinned host memory, copied to a device buffer with cuMemcpyHtoDAsync on the same
 //   stream and processed by one kernel launch per staging buffer. Staging buffers come from a
 //   small pool and are reused once an event recorded after their kernel has completed.
@@ -27,7 +27,7 @@ namespace valet::cuda {
 
 class CudaBackend {
  public:
-  static constexpr std::size_t kPageSize = std::size_t{2} << 20;
+  static constexpr std::size_t kPageSize = kPageBytes;
 
   struct State;
 

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../../../kernels/src/descriptors.cuh"  // the kernels' item layout (shared with the .cu)
 #include "cuda/cuda_backend_state.h"
 #include "cuda/cuda_context.h"
+#include "valet/kernels/work_items.h"  // the kernels' item layout (shared with the .cu)
 
 namespace valet::cuda {
 namespace {

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../../../kernels/src/descriptors.cuh"  // kItemBytes: the items a range is cut into
 #include "cuda/cuda_backend_state.h"
 #include "cuda/cuda_context.h"
+#include "valet/kernels/work_items.h"  // kItemBytes: the items a range is cut into
 
 namespace valet::cuda {
 namespace {

@@ -1,7 +1,9 @@
-// The layout of the work items that the host stages for the kernels in valet_kernels.cu.
+// The layout of the work items that the host stages for the library's kernels
+// (kernels/src/valet_kernels.cu): the batched copy, the pattern fill and the pattern verify.
 //
 // Shared, as plain C++ without device qualifiers, by the kernels and by the CUDA backend
-// (runtime/src/cuda/cuda_backend.cpp includes this file), so both sides agree on it.
+// (runtime/src/cuda/), so both sides agree on it: a public header of the kernels layer, since the
+// runtime may include kernels' headers but not its sources.
 #pragma once
 
 #include <cstddef>

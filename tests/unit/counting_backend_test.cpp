@@ -1,0 +1,142 @@
+// CountingBackend: totals over every thread, exact counts per calling thread, and the reading
+// "calls this thread made since then" that a test of the allocation path needs.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <barrier>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "valet/counting_backend.h"
+#include "valet/fault_injection.h"
+#include "valet/host_backend.h"
+
+namespace valet {
+namespace {
+
+constexpr std::size_t kPage = kPageBytes;
+
+std::unique_ptr<Backend> make_host(std::size_t pages = 8) {
+  auto b = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = pages * kPage});
+  EXPECT_TRUE(b->impl().status().ok());
+  return b;
+}
+
+TEST(CountingBackend, CountsEachDoorCallByOpWhetherItSucceedsOrNot) {
+  CountingBackend c(make_host());
+  EXPECT_EQ(c.name(), c.inner().name()) << "counting is invisible";
+  EXPECT_EQ(c.totals().total(), 0u);
+  auto va = c.reserve(kPage);
+  auto p = c.create_page();
+  ASSERT_TRUE(va.ok() && p.ok());
+  EXPECT_EQ(c.unmap(*va, kPage).code(), Errc::invalid_state);  // refused by the backend: counted
+  ASSERT_TRUE(c.map(*va, *p).ok());
+  ASSERT_TRUE(c.set_access(*va, kPage).ok());
+  PatternRange r{*va, kPage, 3};
+  ASSERT_TRUE(c.fill_pattern({&r, 1}, Stream{}).ok());  // a tool: not counted
+  EXPECT_EQ(*c.verify_pattern({&r, 1}, Stream{}), 0u);
+  ASSERT_TRUE(c.unmap(*va, kPage).ok());
+  ASSERT_TRUE(c.release_page(*p).ok());
+  ASSERT_TRUE(c.unreserve(*va, kPage).ok());
+
+  const DriverCallCounts t = c.totals();
+  EXPECT_EQ(t[DriverOp::reserve], 1u);
+  EXPECT_EQ(t[DriverOp::create_page], 1u);
+  EXPECT_EQ(t[DriverOp::map], 1u);
+  EXPECT_EQ(t[DriverOp::set_access], 1u);
+  EXPECT_EQ(t[DriverOp::unmap], 2u);
+  EXPECT_EQ(t[DriverOp::release_page], 1u);
+  EXPECT_EQ(t[DriverOp::unreserve], 1u);
+  EXPECT_EQ(t.total(), 8u);
+  EXPECT_EQ(c.calls(DriverOp::unmap), 2u);
+  EXPECT_EQ(c.calls(DriverOp::copy), 0u);
+  EXPECT_EQ(c.this_thread().by_op, t.by_op) << "every call was made on this thread";
+}
+
+TEST(CountingBackend, ThreadScopeSeesOnlyThisThreadsCallsSinceItBegan) {
+  CountingBackend c(make_host());
+  ASSERT_TRUE(c.memory_info().ok());  // before the scope: not in it
+  ThreadDriverCalls scope(c);
+  EXPECT_EQ(scope.made().total(), 0u);
+  std::thread other([&] {
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(c.memory_info().ok());
+  });
+  other.join();
+  EXPECT_EQ(scope.made().total(), 0u) << "another thread's calls leaked into this thread's count";
+  auto e = c.create_event();
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE(c.query_event(*e).ok());
+  ASSERT_TRUE(c.destroy_event(*e).ok());
+  const DriverCallCounts made = scope.made();
+  EXPECT_EQ(made.total(), 3u);
+  EXPECT_EQ(made[DriverOp::create_event], 1u);
+  EXPECT_EQ(made[DriverOp::query_event], 1u);
+  EXPECT_EQ(made[DriverOp::destroy_event], 1u);
+  EXPECT_EQ(c.calls(DriverOp::memory_info), 11u);
+}
+
+// Threads making different numbers of calls at the same time: each thread's own count is exact,
+// and the totals are their sum.
+TEST(CountingBackend, PerThreadCountsAreExactUnderConcurrency) {
+  constexpr int kThreads = 8;
+  CountingBackend c(make_host());
+  std::barrier start(kThreads);
+  std::vector<std::uint64_t> own(kThreads), own_records(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      ThreadDriverCalls scope(c);
+      for (int i = 0; i < 200 * (t + 1); ++i) {
+        auto e = c.create_event();
+        if (!e.ok() || !c.record_event(*e, Stream{}).ok() || !c.synchronize_event(*e).ok() ||
+            !c.destroy_event(*e).ok())
+          failures.fetch_add(1);
+      }
+      own[t] = scope.made().total();
+      own_records[t] = scope.made()[DriverOp::record_event];
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  std::uint64_t sum = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(own[t], 4u * 200 * (t + 1)) << "thread " << t;
+    EXPECT_EQ(own_records[t], 200u * (t + 1)) << "thread " << t;
+    sum += own[t];
+  }
+  EXPECT_EQ(c.totals().total(), sum);
+  EXPECT_EQ(c.this_thread().total(), 0u) << "the main thread made no call";
+}
+
+// A thread that calls through many backends, most of them short-lived (a test making a heap per
+// case), keeps each live backend's count exact.
+TEST(CountingBackend, BackendsOnOneThreadAreCountedApart) {
+  CountingBackend kept(make_host());
+  ASSERT_TRUE(kept.memory_info().ok());
+  for (int i = 0; i < 50; ++i) {
+    CountingBackend brief(make_host(1));
+    for (int k = 0; k <= i % 3; ++k) ASSERT_TRUE(brief.memory_info().ok());
+    EXPECT_EQ(brief.this_thread().total(), std::uint64_t(i % 3 + 1));
+    ASSERT_TRUE(kept.memory_info().ok());
+  }
+  EXPECT_EQ(kept.this_thread().total(), 51u);
+  EXPECT_EQ(kept.totals().total(), 51u);
+}
+
+// Stacked over the fault injector, the counter sees the calls that then fail.
+TEST(CountingBackend, CountsCallsThatFailBelowIt) {
+  auto faulty = std::make_unique<FaultInjectingBackend>(make_host());
+  FaultInjectingBackend& f = *faulty;
+  CountingBackend c(std::move(faulty));
+  f.fail_nth(FaultOp::create_page, 1);
+  EXPECT_EQ(c.create_page().code(), Errc::driver_error);
+  EXPECT_EQ(c.calls(DriverOp::create_page), 1u);
+  EXPECT_EQ(f.calls(FaultOp::create_page), 1u);
+  EXPECT_EQ(f.faults(FaultOp::create_page), 1u);
+}
+
+}  // namespace
+}  // namespace valet
