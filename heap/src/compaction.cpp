@@ -33,6 +33,7 @@ void HeapCore::record_cycle(const CompactionRecord& r) {
 }
 
 Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& req) {
+  mu.assert_held();
   const std::uint64_t t0 = now_ns();
   cycle_pin_wait_ns.store(0, std::memory_order_relaxed);
   CompactionRecord rec;
@@ -163,7 +164,6 @@ Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<
   }
   pool.hold(touched);
   auto ev = take_event();
-  if (ev.ok()) pool.count_copy();
   Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
   if (st.ok()) st = backend->record_event(*ev, work_stream);
   if (st.ok()) {

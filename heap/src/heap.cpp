@@ -30,6 +30,7 @@ bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable) {
 }
 
 void HeapCore::reap_deferred() {
+  mu.assert_held();
   releases.reap_deferred([&](const DeferredFree& d) {
     footprint_bytes -= d.footprint;
     release_location(d.loc);
@@ -48,6 +49,7 @@ std::size_t HeapCore::footprint_of(const Location& loc) const {
 }
 
 Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
+  mu.assert_held();
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     SlabPage* page = slabs.densest_with_room(cls);
@@ -74,6 +76,7 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
 }
 
 void HeapCore::release_location(const Location& loc) {
+  mu.assert_held();
   if (loc.kind == ObjectKind::large) {
     release_large(loc);
   } else {
@@ -94,6 +97,7 @@ Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
 }
 
 Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
+  mu.assert_held();
   std::uint32_t index;
   if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
   auto loc = place(bytes, index);
@@ -127,6 +131,7 @@ void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
 }
 
 void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
+  mu.assert_held();
   reap_deferred();
   retire_empty_slabs();  // to the reserve, where the retry finds them
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.

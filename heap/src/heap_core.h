@@ -21,12 +21,14 @@
 #include "device_table.h"
 #include "handle_table.h"
 #include "heap_mutex.h"
+#include "lock_order.h"
 #include "move_claims.h"
 #include "move_executor.h"
 #include "page_pool.h"
 #include "reserve_keeper.h"
 #include "slabs.h"
 #include "stream_releases.h"
+#include "valet/counting_backend.h"
 #include "valet/heap.h"
 
 namespace valet::detail {
@@ -52,7 +54,9 @@ struct HeapCore {
   HeapCore(std::unique_ptr<Backend> backend, const Config& config, std::size_t capacity_pages);
   ~HeapCore();
 
-  std::unique_ptr<Backend> backend;
+  // The backend behind the one counting door: every driver call the heap makes is counted by
+  // operation (stats().driver_calls, and per calling thread).
+  std::unique_ptr<CountingBackend> backend;
   Config config;
   std::uint32_t tag = 0;
   std::size_t capacity_pages = 0;
@@ -80,7 +84,8 @@ struct HeapCore {
   CompactionTotals compaction;
   std::deque<CompactionRecord> recent_cycles;
   std::size_t in_transit = 0;  // new slots of a running move: taken, owned by nobody
-  std::mutex compaction_mu;  // one compaction cycle at a time
+  std::size_t moving_pages = 0;  // whole pages a move in flight took (stats().pages.moving)
+  CompactionMutex compaction_mu;  // one compaction cycle at a time; taken before mu (lock_order.h)
 
   // Shared tails (tails.cpp). open_tails: last-page slot of each large object whose last page
   // has room for a slab page -> bytes the object uses there. shared_tails: last-page slot ->

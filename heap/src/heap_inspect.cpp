@@ -45,6 +45,7 @@ HeapStats Heap::stats() const {
   s.pages.reserve = c.pool.reserve_pages();
   s.pages.idle = c.pool.idle_pages();
   s.pages.releasing = c.pool.releasing_pages();
+  s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
   s.pages.meshed = c.meshed_slots();
@@ -55,7 +56,13 @@ HeapStats Heap::stats() const {
   });
   s.ops = c.ops;
   s.ops.pin = c.pin_count.load(std::memory_order_relaxed);
-  s.driver_calls = c.pool.driver_calls();
+  const DriverCallCounts calls = c.backend->totals();
+  s.driver_calls.create = calls[DriverOp::create_page];
+  s.driver_calls.release = calls[DriverOp::release_page];
+  s.driver_calls.map = calls[DriverOp::map];
+  s.driver_calls.unmap = calls[DriverOp::unmap];
+  s.driver_calls.set_access = calls[DriverOp::set_access];
+  s.driver_calls.copy = calls[DriverOp::copy];
   s.compaction = c.compaction;
   s.recent_cycles.assign(c.recent_cycles.begin(), c.recent_cycles.end());
   return s;

@@ -16,7 +16,7 @@ std::atomic<std::uint32_t> g_next_tag{1};
 }  // namespace
 
 HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_pages)
-    : backend(std::move(b)), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
+    : backend(std::make_unique<CountingBackend>(std::move(b))), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
       pool(*backend, cap_pages) {}
 
 HeapCore::~HeapCore() { keeper.stop(); }
@@ -166,7 +166,7 @@ Status Heap::shutdown() {
 }
 
 bool Heap::is_shut_down() const { return core_->shut.load(); }
-Backend& Heap::backend() { return *core_->backend; }
+Backend& Heap::backend() { return core_->backend->inner(); }
 const Config& Heap::config() const { return core_->config; }
 std::uint32_t Heap::tag() const { return core_->tag; }
 

@@ -194,7 +194,6 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
     }
     pool.hold(touched);
     auto ev = take_event();
-    if (ev.ok()) pool.count_copy();
     Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
     if (st.ok()) st = backend->record_event(*ev, work_stream);
     std::vector<Status> remapped(batch.size());
@@ -267,7 +266,6 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
         if (plans[k].lost) {
           pool.forget_slot(plans[k]);
         } else {
-          pool.count_calls(plans[k]);
           pool.give_back(src->slot, 1);
         }
         const std::uint32_t moved = src->used;

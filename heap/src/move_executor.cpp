@@ -6,10 +6,7 @@ Status MoveExecutor::queue(const CopyBatch& batch, Event& ev) {
   pool_.hold(batch.slots);
   auto taken = releases_.take_event();
   Status st = taken.ok() ? Status{} : Status(taken.error());
-  if (st.ok() && !batch.copies.empty()) {
-    pool_.count_copy();
-    st = backend_.copy(batch.copies, stream_);
-  }
+  if (st.ok() && !batch.copies.empty()) st = backend_.copy(batch.copies, stream_);
   if (st.ok()) st = backend_.record_event(*taken, stream_);
   if (st.ok()) {
     ev = *taken;

@@ -36,7 +36,7 @@ struct CopyBatch {
 
 class MoveExecutor {
  public:
-  MoveExecutor(Backend& backend, PagePool& pool, StreamReleases& releases)
+  MoveExecutor(VmmDoor& backend, PagePool& pool, StreamReleases& releases)
       : backend_(backend), pool_(pool), releases_(releases) {}
 
   void set_stream(Stream s) { stream_ = s; }
@@ -46,6 +46,7 @@ class MoveExecutor {
   // retaken (held again on return, success or not).
   template <class AfterCopy>
   Status run(std::unique_lock<HeapMutex>& lock, const CopyBatch& batch, AfterCopy&& after_copy) {
+    lock.mutex()->assert_held();
     Event ev{};
     VALET_TRY(queue(batch, ev));
     lock.unlock();
@@ -68,7 +69,7 @@ class MoveExecutor {
   // the holds.
   Status finish(const CopyBatch& batch, Event ev, Status st);
 
-  Backend& backend_;
+  VmmDoor& backend_;
   PagePool& pool_;
   StreamReleases& releases_;
   Stream stream_{};

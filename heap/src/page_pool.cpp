@@ -5,7 +5,7 @@
 
 namespace valet::detail {
 
-PagePool::PagePool(Backend& backend, std::size_t capacity_pages)
+PagePool::PagePool(VmmDoor& backend, std::size_t capacity_pages)
     : backend_(backend), capacity_pages_(capacity_pages) {}
 
 PagePool::~PagePool() = default;
@@ -61,7 +61,6 @@ Result<std::uint32_t> PagePool::create_page() {
   if (created_ >= capacity_pages_)
     return make_error(Errc::out_of_memory, "the heap holds its whole capacity (" +
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
-  ++calls_.create;
   auto page = backend_.create_page();
   if (!page.ok()) return page.error();
   std::uint32_t p;
@@ -78,7 +77,6 @@ Result<std::uint32_t> PagePool::create_page() {
 }
 
 Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
-  ++calls_.map;
   VALET_TRY(backend_.map(address(slot), phys_[p].page));
   ++phys_[p].mappings;
   slots_[slot].phys = p;
@@ -87,7 +85,6 @@ Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
 
 Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
   VALET_TRY(refuse_held(start, n));
-  ++calls_.unmap;
   VALET_TRY(backend_.unmap(address(start), std::size_t(n) * kPage));
   for (std::uint32_t s = start; s < start + n; ++s) {
     const std::uint32_t p = slots_[s].phys;
@@ -98,7 +95,6 @@ Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
 }
 
 Status PagePool::release(std::uint32_t p) {
-  ++calls_.release;
   VALET_TRY(backend_.release_page(phys_[p].page));
   phys_[p] = PhysRecord{};
   free_phys_.push_back(p);
@@ -132,7 +128,6 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
     }
     idle_.pop_back();
   }
-  ++calls_.set_access;
   if (auto st = backend_.set_access(address(start), std::size_t(n) * kPage); !st.ok()) {
     (void)unmap_run(start, n);
     return st;
@@ -192,7 +187,6 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
     undo(true, false);
     return st.error();
   }
-  ++calls_.set_access;
   if (auto st = backend_.set_access(address(last), kPage); !st.ok()) {
     undo(true, true);
     return st.error();
@@ -270,7 +264,6 @@ Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n
   // anywhere leaves the object where it was, intact; unmap the old range last.
   for (std::uint32_t i = 0; i < n; ++i)
     if (auto st = map_at(*dest + i, slots_[from + i].phys); !st.ok()) return fail(i, st.error());
-  ++calls_.set_access;
   if (auto st = backend_.set_access(address(*dest), std::size_t(n) * kPage); !st.ok()) return fail(n, st.error());
   if (length > n) {
     if (auto st = back_run(*dest + n, length - n); !st.ok()) return fail(n, st.error());
@@ -305,45 +298,30 @@ Status PagePool::remap_calls(RemapPlan& r) const {
   if (r.own == kNoPhys || r.shared == kNoPhys || r.own == r.shared)
     return make_error(Errc::internal, "remap: slots not mapped to two pages");
   VALET_TRY(refuse_held(r.slot, 1));
-  ++r.unmaps;
   VALET_TRY(backend_.unmap(r.va, kPage));
-  ++r.maps;
   Status st = backend_.map(r.va, r.shared_page);
   if (st.ok()) {
-    ++r.accesses;
     st = backend_.set_access(r.va, kPage);
     if (st.ok()) return {};
-    ++r.unmaps;
     (void)backend_.unmap(r.va, kPage);
   }
   // Put the slot's own page back where it was.
   for (int attempt = 0; attempt < 4; ++attempt) {
-    ++r.maps;
     if (!backend_.map(r.va, r.own_page).ok()) continue;
-    ++r.accesses;
     if (backend_.set_access(r.va, kPage).ok()) return st;
-    ++r.unmaps;
     (void)backend_.unmap(r.va, kPage);
   }
   r.lost = true;
   return st;
 }
 
-void PagePool::count_calls(const RemapPlan& r) {
-  calls_.unmap += r.unmaps;
-  calls_.map += r.maps;
-  calls_.set_access += r.accesses;
-}
-
 void PagePool::commit_remap(const RemapPlan& r) {
-  count_calls(r);
   slots_[r.slot].phys = r.shared;
   ++phys_[r.shared].mappings;
   if (--phys_[r.own].mappings == 0) idle_.push_back(r.own);
 }
 
 void PagePool::forget_slot(const RemapPlan& r) {
-  count_calls(r);
   slots_[r.slot].phys = kNoPhys;
   if (--phys_[r.own].mappings == 0) idle_.push_back(r.own);
   set_kind(r.slot, 1, SlotKind::unmapped, 0);
@@ -367,7 +345,6 @@ Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std:
     unmapped_.insert(*s, 1);
     return st.error();
   }
-  ++calls_.set_access;
   if (auto st = backend_.set_access(address(*s), kPage); !st.ok()) {
     (void)unmap_run(*s, 1);
     unmapped_.insert(*s, 1);

@@ -58,7 +58,7 @@ struct PhysRecord {
 
 class PagePool {
  public:
-  PagePool(Backend& backend, std::size_t capacity_pages);
+  PagePool(VmmDoor& backend, std::size_t capacity_pages);
   ~PagePool();
 
   // Reserves the virtual arena. Called once.
@@ -108,15 +108,12 @@ class PagePool {
     std::uint32_t slot = 0, own = kNoPhys, shared = kNoPhys;
     DevicePtr va = 0;
     PhysicalPage own_page{}, shared_page{};
-    std::uint32_t unmaps = 0, maps = 0, accesses = 0;  // driver calls made, counted at commit
     bool lost = false;
   };
   RemapPlan plan_remap(std::uint32_t s, std::uint32_t onto) const;
   Status remap_calls(RemapPlan& plan) const;
   void commit_remap(const RemapPlan& plan);
   void forget_slot(const RemapPlan& plan);
-  // Counts a plan's driver calls (commit_remap and forget_slot do; call it after a restore).
-  void count_calls(const RemapPlan& plan);
   // Unmaps slot `s`, an alias of a page another slot still maps, and returns the slot to the
   // free virtual space. On failure nothing changed.
   Status drop_alias(std::uint32_t s);
@@ -151,7 +148,6 @@ class PagePool {
     std::vector<std::uint32_t> phys;         // the runs' pages, in slot order
     std::vector<PhysicalPage> pages;
     std::vector<bool> released;
-    std::uint64_t unmaps = 0, releases = 0;  // driver calls made
     bool empty() const { return runs.empty(); }
   };
   ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages);
@@ -178,9 +174,6 @@ class PagePool {
   std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }
   std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
   std::size_t slots_of_kind(SlotKind k) const { return kind_counts_[std::size_t(k)]; }
-  const HeapStats::DriverCalls& driver_calls() const { return calls_; }
-  // The heap's copies are queued by its movers, not here; they are counted with the other calls.
-  void count_copy() { ++calls_.copy; }
 
   // Memory outside the arena and the capacity accounting (the device handle table): a range of
   // its own, mapped a page at a time at its end, through the same door and counted with the
@@ -227,7 +220,7 @@ class PagePool {
   Status validate_slots(std::vector<std::uint32_t>& maps) const;
   Status validate_pages(const std::vector<std::uint32_t>& maps) const;
 
-  Backend& backend_;
+  VmmDoor& backend_;
   std::size_t capacity_pages_;
   DevicePtr base_ = 0;
   std::size_t arena_bytes_ = 0;
@@ -239,7 +232,6 @@ class PagePool {
   RangeSet unmapped_;
   RangeSet reserve_;
   RangeSet releasing_;  // reserve slots being unmapped and released without the lock
-  HeapStats::DriverCalls calls_;
   std::size_t kind_counts_[4] = {0, 0, 0, 0};
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders

@@ -16,18 +16,12 @@ Status PagePool::grow_outside(OutsideRange& r) {
     return make_error(Errc::out_of_address_space, "the device handle table's range is full");
   const DevicePtr at = r.va + r.mapped_bytes();
   auto page = backend_.create_page();
-  ++calls_.create;
   if (!page.ok()) return page.error();
-  ++calls_.map;
   if (auto st = backend_.map(at, *page); !st.ok()) {
-    ++calls_.release;
     (void)backend_.release_page(*page);
     return st;
   }
-  ++calls_.set_access;
   if (auto st = backend_.set_access(at, kPageBytes); !st.ok()) {
-    calls_.unmap += 1;
-    calls_.release += 1;
     (void)backend_.unmap(at, kPageBytes);
     (void)backend_.release_page(*page);
     return st;
@@ -47,11 +41,9 @@ Status PagePool::release_outside(OutsideRange& r) {
     if (!st.ok() && first.ok()) first = st;
   };
   if (!r.pages.empty()) {
-    ++calls_.unmap;
     note(backend_.unmap(r.va, r.mapped_bytes()));
   }
   for (PhysicalPage p : r.pages) {
-    ++calls_.release;
     note(backend_.release_page(p));
   }
   r.pages.clear();

@@ -35,11 +35,9 @@ void PagePool::release_calls(ReleaseBatch& b) const {
       i += run.length;
       continue;
     }
-    ++b.unmaps;
     run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
     for (std::uint32_t k = 0; k < run.length; ++k, ++i) {
       if (!run.unmapped) continue;
-      ++b.releases;
       b.released[i] = backend_.release_page(b.pages[i]).ok();
     }
   }
@@ -47,8 +45,6 @@ void PagePool::release_calls(ReleaseBatch& b) const {
 
 Status PagePool::finish_release(ReleaseBatch& b) {
   Status first;
-  calls_.unmap += b.unmaps;
-  calls_.release += b.releases;
   std::size_t i = 0;
   for (const auto& run : b.runs) {
     releasing_.take_exact(run.start, run.length);

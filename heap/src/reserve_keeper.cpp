@@ -32,11 +32,13 @@ void ReserveKeeper::wake() {
 }
 
 void ReserveKeeper::want_refill() {
+  mu_.assert_held();
   if (pool_.reserve_pages() >= config_.reserve_low_pages) return;
   if (thread_.joinable()) wake();
 }
 
 void ReserveKeeper::after_release() {
+  mu_.assert_held();
   if (pool_.reserve_pages() <= config_.reserve_high_pages) return;
   if (thread_.joinable())
     wake();
@@ -47,6 +49,7 @@ void ReserveKeeper::after_release() {
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
 void ReserveKeeper::trim(std::unique_lock<HeapMutex>& lock) {
+  mu_.assert_held();
   const std::size_t high = config_.reserve_high_pages, mid = (config_.reserve_low_pages + high) / 2;
   while (pool_.over(high) && !stop_) {
     // Idle pages (left by meshing or failed operations) cost one driver call each.

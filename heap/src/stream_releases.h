@@ -25,7 +25,7 @@ struct DeferredFree {
 
 class StreamReleases {
  public:
-  explicit StreamReleases(Backend& backend) : backend_(backend) {}
+  explicit StreamReleases(VmmDoor& backend) : backend_(backend) {}
 
   // An event to record (a spare one, or a new one: a driver call).
   Result<Event> take_event();
@@ -67,7 +67,7 @@ class StreamReleases {
  private:
   bool all_complete(const std::vector<Event>& events);
 
-  Backend& backend_;
+  VmmDoor& backend_;
   std::vector<Event> spare_;
   std::vector<DeferredFree> deferred_;
 };

@@ -8,6 +8,7 @@
 namespace valet::detail {
 
 Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail) {
+  mu.assert_held();
   SlabPage* p = slabs.page(shared_tails.at(tail));
   if (!p->aliases.empty() || p->evacuating)
     return make_error(Errc::unsupported, "unshare: the slab page on the tail is meshed or being compacted");
@@ -46,11 +47,12 @@ Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t t
   slabs.detach(p);
   auto plan = pool.plan_remap(p->slot, *spare);
   Status remapped;
+  ++moving_pages;
   const Status copied = mover.run(lock, batch, [&] { remapped = pool.remap_calls(plan); });
+  --moving_pages;
   slabs.attach(p);
   const Status failed = !copied.ok() ? copied : (!remapped.ok() && !plan.lost) ? remapped : Status{};
   if (!failed.ok()) {
-    if (copied.ok()) pool.count_calls(plan);
     pool.give_back(*spare, 1);
     end_all();
     return failed;

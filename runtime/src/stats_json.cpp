@@ -28,7 +28,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"largest_allocatable_bytes", s.largest_allocatable_bytes},
       {"pages",
        {{"slab", s.pages.slab}, {"large", s.pages.large}, {"reserve", s.pages.reserve}, {"meshed", s.pages.meshed},
-        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}, {"releasing", s.pages.releasing}}},
+        {"idle", s.pages.idle}, {"shared_tails", s.pages.shared_tails}, {"releasing", s.pages.releasing}, {"moving", s.pages.moving}}},
       {"occupancy_histogram", s.occupancy_histogram},
       {"ops",
        {{"allocate", s.ops.allocate}, {"free", s.ops.free}, {"resize", s.ops.resize}, {"pin", s.ops.pin},

@@ -58,7 +58,7 @@ def check_stats_figures(st, where, all_cycles_recorded=True):
     cycle the compactor counted is in the heap's count, with the emergency ones beside it; the
     compactor's cycles are its policy's by trigger plus the requested ones."""
     p, page = st["pages"], st["page_bytes"]
-    physical = (p["slab"] - p["shared_tails"]) + p["large"] + p["reserve"] + p.get("releasing", 0)
+    physical = (p["slab"] - p["shared_tails"]) + p["large"] + p["reserve"] + p.get("releasing", 0) + p.get("moving", 0)
     # Reserve pages being given back without the heap lock are mapped until they are gone; a heap
     # that does not report them as "releasing" can only be held to "no more than mapped".
     exact = physical * page == st["mapped_bytes"] if "releasing" in p else physical * page <= st["mapped_bytes"]
@@ -83,13 +83,14 @@ def check_stats_figures(st, where, all_cycles_recorded=True):
 def check_stats_text(text, st):
     """The human summary prints each list beside the total it adds up to."""
     m = re.search(r"physical\s+(\d+) mapped of (\d+): slab (\d+), large (\d+), reserve (\d+) \(idle \d+\), "
-                  r"releasing (\d+)", text)
+                  r"releasing (\d+), moving (\d+)", text)
     check(m, "stats text has no physical pages line:\n%s" % text)
     total, capacity, *parts = map(int, m.groups())
     adds_up = total == sum(parts) if "releasing" in st["pages"] else total >= sum(parts)
     check(adds_up and capacity == st["capacity_bytes"] // st["page_bytes"],
           "physical pages line does not add up: %r" % m.group(0))
-    m = re.search(r"virtual\s+(\d+) slots in use: slab (\d+), meshed (\d+), large (\d+), reserve (\d+)", text)
+    m = re.search(r"virtual\s+(\d+) slots in use: slab (\d+), meshed (\d+), large (\d+), reserve (\d+), "
+                  r"moving (\d+)", text)
     check(m, "stats text has no virtual slots line:\n%s" % text)
     total, *parts = map(int, m.groups())
     check(total == sum(parts), "virtual slots line does not add up: %r" % m.group(0))

@@ -72,7 +72,8 @@ TEST_F(HeapValidate, AnObjectThatIsNotWhereItsHandleSays) {
   expect_caught("stale address", [&] { e->address.fetch_add(256); }, [&] { e->address.fetch_sub(256); });
   SlabPage* p = page_of(other_[0]);
   const std::uint32_t i = e->loc.index;
-  expect_caught("names the wrong object", [&] { p->owners[i] = other_[1].index; }, [&] { p->owners[i] = other_[0].index; });
+  // Another live object, one that owns no slab slot (the slabs' own check sees nothing wrong).
+  expect_caught("names the wrong object", [&] { p->owners[i] = open_large_.index; }, [&] { p->owners[i] = other_[0].index; });
   HandleEntry* big = entry(open_large_);
   auto& slot = core().pool.slot(big->loc.page);
   expect_caught("is not its own", [&] { slot.owner = shared_large_.index; }, [&] { slot.owner = open_large_.index; });
@@ -81,31 +82,28 @@ TEST_F(HeapValidate, AnObjectThatIsNotWhereItsHandleSays) {
   const std::size_t big_size = big->size;
   expect_caught("large object larger than its pages", [&] { big->size = big->loc.pages * kPageSize + 1; },
                 [&] { big->size = big_size; });
-  const std::size_t capacity = core().capacity_pages;
-  expect_caught("more mapped bytes than the capacity", [&] { core().capacity_pages = 1; },
-                [&] { core().capacity_pages = capacity; });
 }
 
 TEST_F(HeapValidate, ASlabPageWhoseBookkeepingIsWrong) {
   SlabPage* p = page_of(other_[0]);
-  expect_caught("used count disagrees with its bitmap", [&] { ++p->used; }, [&] { --p->used; });
+  expect_caught("disagrees with its bitmap", [&] { ++p->used; }, [&] { --p->used; });
   std::uint32_t free_slot = 0;
   while (p->test(free_slot)) ++free_slot;
-  expect_caught("a free slot has an owner", [&] { p->owners[free_slot] = other_[0].index; },
+  expect_caught("has owner", [&] { p->owners[free_slot] = other_[0].index; },
                 [&] { p->owners[free_slot] = kNoOwner; });
-  expect_caught("in no bucket",
+  expect_caught("is in no bucket and not being evacuated",
                 [&] {
                   core().slabs.detach(p);
                   p->evacuating = false;
                 },
                 [&] { core().slabs.attach(p); });
-  expect_caught("blocks slots without a tail", [&] { p->blocked = 1; }, [&] { p->blocked = 0; });
+  expect_caught("slots without a tail", [&] { p->blocked = 1; }, [&] { p->blocked = 0; });
   auto& own = core().pool.slot(p->slot);
   expect_caught("and the slot table disagree", [&] { own.owner += 1000; }, [&] { own.owner -= 1000; });
   // 3000 bytes -> the 3072 class: 682 slots, so the last bitmap word has padding bits.
   ASSERT_NE(p->capacity % 64, 0u);
   const std::uint64_t pad = 1ull << 63;
-  expect_caught("padding bits were cleared", [&] { p->bitmap.back() &= ~pad; }, [&] { p->bitmap.back() |= pad; });
+  expect_caught("padding bits past the capacity were cleared", [&] { p->bitmap.back() &= ~pad; }, [&] { p->bitmap.back() |= pad; });
 }
 
 TEST_F(HeapValidate, AliasesThatDoNotMapTheirPage) {
@@ -123,7 +121,7 @@ TEST_F(HeapValidate, AliasesThatDoNotMapTheirPage) {
                   p->aliases.pop_back();
                   ASSERT_TRUE(core().pool.drop_alias(alias).ok());
                 });
-  expect_caught("too many sharers",
+  expect_caught("sharers, at most",
                 [&] {
                   for (std::size_t k = 0; k < kMaxSharers; ++k) p->aliases.push_back({elsewhere, 0});
                 },
@@ -137,7 +135,7 @@ TEST_F(HeapValidate, TailsThatAreNotWhatTheySay) {
   auto& shared = core().shared_tails;
   expect_caught("is not linked to the tail it shares", [&] { shared.erase(tail); },
                 [&] { shared[tail] = tail_page->id; });
-  expect_caught("a blocked slot of a shared tail is free or owned", [&] { tail_page->owners[0] = small_[0].index; },
+  expect_caught("blocked slot 0 is free or owned", [&] { tail_page->owners[0] = small_[0].index; },
                 [&] { tail_page->owners[0] = kNoOwner; });
   const std::uint32_t blocked = tail_page->blocked;
   expect_caught("does not block all of the tail's bytes", [&] { tail_page->blocked = 1; },

@@ -85,9 +85,11 @@ struct HeapStats {
     // meshed: further virtual pages mapping a slab page's physical page (aliases left by
     // meshing, no memory of their own). shared_tails: slab pages built on a large object's last
     // page. reserve includes idle (created, mapped nowhere). releasing: reserve pages being given
-    // back to the backend without the heap lock (still mapped, no longer usable).
-    // Physical pages: (slab - shared_tails) + large + reserve + releasing = mapped pages.
-    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0, releasing = 0;
+    // back to the backend without the heap lock (still mapped, no longer usable). moving: pages a
+    // move in flight has taken and not yet handed over (unsharing a tail copies into one without
+    // the heap lock).
+    // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving = mapped pages.
+    std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0, releasing = 0, moving = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.

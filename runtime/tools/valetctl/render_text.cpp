@@ -39,20 +39,22 @@ const json& section(const json& j, const char* key) {
 // Pages twice, each list adding up to the total it follows: the physical pages held (what
 // mapped_bytes counts) and the virtual slots in use. Meshed slots and slab pages built on a large
 // object's last page (shared tails) map another slot's physical page; idle pages are reserve
-// pages mapped at no slot; releasing ones are reserve pages being given back to the driver.
+// pages mapped at no slot; releasing ones are reserve pages being given back to the driver;
+// moving ones were taken by a move in flight.
 template <class Line>
 void pages_text(const json& s, Line line) {
   const json& p = section(s, "pages");
   const double page = num(s, "page_bytes") ? num(s, "page_bytes") : double(2 << 20);
   const double slab = num(p, "slab"), tails = num(p, "shared_tails"), large = num(p, "large");
   const double reserve = num(p, "reserve"), idle = num(p, "idle"), meshed = num(p, "meshed");
-  const double releasing = num(p, "releasing");
+  const double releasing = num(p, "releasing"), moving = num(p, "moving");
   line("pages (" + bytes_text(page) + " each)");
   line("  physical  " + count(num(s, "mapped_bytes") / page) + " mapped of " + count(num(s, "capacity_bytes") / page) +
        ": slab " + count(slab - tails) + ", large " + count(large) + ", reserve " + count(reserve) + " (idle " +
-       count(idle) + "), releasing " + count(releasing));
-  line("  virtual   " + count(slab + meshed + large + reserve - idle + releasing) + " slots in use: slab " + count(slab) +
-       ", meshed " + count(meshed) + ", large " + count(large) + ", reserve " + count(reserve - idle + releasing));
+       count(idle) + "), releasing " + count(releasing) + ", moving " + count(moving));
+  line("  virtual   " + count(slab + meshed + large + reserve - idle + releasing + moving) + " slots in use: slab " +
+       count(slab) + ", meshed " + count(meshed) + ", large " + count(large) + ", reserve " +
+       count(reserve - idle + releasing) + ", moving " + count(moving));
   line("            " + count(meshed + tails) + " of them map another slot's page: meshed " + count(meshed) +
        ", slab on a large object's last page " + count(tails));
   if (s.contains("occupancy_histogram") && s["occupancy_histogram"].is_array()) {
