@@ -17,6 +17,7 @@
 
 #include "heap_core.h"
 #include "size_classes.h"
+#include "valet/evacuation_plan.h"
 
 namespace valet::detail {
 
@@ -79,34 +80,30 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
 
 std::vector<SlabPage*> HeapCore::choose_sources(double max_occupancy, std::uint64_t& pages_left,
                                                 std::uint64_t& bytes_left) {
-  std::vector<SlabPage*> sources, candidates;
-  for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0; ++cls) {
-    candidates.clear();
-    std::uint64_t free_slots = 0;
+  // The rule is valet/evacuation_plan.h's, the one the policy engine predicts with: here it runs
+  // on the pages in the buckets (those of this cycle's tail sources are detached already).
+  std::vector<SlabPage*> sources, pages;
+  planner::Budget budget{pages_left, bytes_left};
+  for (std::uint32_t cls = 0; cls < kClassCount && budget.pages > 0; ++cls) {
+    ClassOccupancy occupancy{std::uint32_t(class_size(cls)), class_slots(cls), {}, 0};
+    pages.clear();
     for (std::size_t b = 0; b < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b)) {
-        free_slots += p.capacity - p.used;
         // Emptying a page on a large object's tail frees no memory: the object keeps the page.
-        if (!p.on_tail() && double(p.used) <= max_occupancy * p.capacity) candidates.push_back(const_cast<SlabPage*>(&p));
+        if (p.on_tail()) {
+          occupancy.tail_free_slots += p.capacity - p.used;
+          continue;
+        }
+        occupancy.used.push_back(p.used);
+        pages.push_back(const_cast<SlabPage*>(&p));
       }
-    if (candidates.size() < 2) continue;
-    std::sort(candidates.begin(), candidates.end(),
-              [](const SlabPage* a, const SlabPage* b) { return a->used < b->used; });
-    // Sparsest first, while the pages left behind have room for everything moved so far.
-    std::uint64_t moving = 0, dest_free = free_slots;
-    const std::size_t chosen_begin = sources.size();
-    for (SlabPage* p : candidates) {
-      const std::uint64_t page_bytes = std::uint64_t(p->used) * class_size(cls);
-      if (pages_left == 0 || page_bytes > bytes_left) break;
-      if (moving + p->used > dest_free - (p->capacity - p->used)) break;
-      moving += p->used;
-      dest_free -= p->capacity - p->used;
-      bytes_left -= page_bytes;
-      --pages_left;
-      sources.push_back(p);
+    for (std::uint32_t k : planner::choose_sparse_pages(occupancy, max_occupancy, budget).pages) {
+      slabs.detach(pages[k]);
+      sources.push_back(pages[k]);
     }
-    for (std::size_t k = chosen_begin; k < sources.size(); ++k) slabs.detach(sources[k]);
   }
+  pages_left = budget.pages;
+  bytes_left = budget.bytes;
   return sources;
 }
 

@@ -77,9 +77,10 @@ std::vector<ClassOccupancy> Heap::occupancy() const {
     out[k].slots_per_page = detail::class_slots(k);
   }
   // Pages on tails are left out: emptying them frees nothing (and their blocked slots are not
-  // objects), so planners must not count them as candidates.
+  // objects), so planners must not count them as candidates; their free slots take objects.
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     if (!p.on_tail()) out[p.cls].used.push_back(p.used);
+    else out[p.cls].tail_free_slots += p.capacity - p.used;
   });
   return out;
 }

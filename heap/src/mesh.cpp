@@ -16,18 +16,10 @@
 #include <random>
 
 #include "heap_core.h"
+#include "mesh_search.h"
 #include "size_classes.h"
 
 namespace valet::detail {
-
-namespace {
-
-// Probes per class of the split matching (Mesh's SplitMesher): each ascending page is tried
-// against this many descending pages, so the search costs O(pages x probes x bitmap words)
-// instead of all pairs.
-constexpr std::size_t kProbes = 64;
-
-}  // namespace
 
 SlabPage* HeapCore::free_slab_slot(const Location& loc) {
   SlabPage* p = slabs.page(pool.slot(loc.page).owner);
@@ -97,60 +89,32 @@ std::size_t HeapCore::meshed_slots() const {
 Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left,
                              std::uint64_t& bytes_left, CompactionRecord& rec) {
   std::vector<MeshPair> pairs;
-  std::vector<SlabPage*> asc, desc;
+  std::vector<SlabPage*> pages;
+  std::vector<MeshCandidate> candidates;
   // Slab pages onto large objects' tails first: each pair frees a page without needing a
   // second sparse page of the class.
   if (config.share_tails) pair_with_tails(pairs, pages_left, bytes_left);
   // Deterministic per cycle, different across cycles.
   std::mt19937 rng(std::uint32_t(compaction.cycles * 2654435761u + 12345u));
-  for (std::uint32_t cls = 0; cls < kClassCount && pages_left > 0; ++cls) {
-    asc.clear();
-    desc.clear();
+  planner::Budget budget{pages_left, bytes_left};
+  for (std::uint32_t cls = 0; cls < kClassCount && budget.pages > 0; ++cls) {
+    pages.clear();
+    candidates.clear();
     for (std::size_t b = 1; b + 1 < kBuckets; ++b)  // partly used pages only
       for (auto& p : slabs.bucket(cls, b)) {
-        auto* page = const_cast<SlabPage*>(&p);
-        (page->descending ? desc : asc).push_back(page);
+        pages.push_back(const_cast<SlabPage*>(&p));
+        const bool movable = p.aliases.empty() && !p.on_tail();
+        candidates.push_back({p.used, std::uint32_t(p.sharers()), p.descending, movable, p.bitmap});
       }
-    if (asc.size() + desc.size() < 2) continue;
-    // Pages filled the same way mesh rarely; if one side is empty, split the other in halves.
-    if (asc.empty() || desc.empty()) {
-      auto& all = asc.empty() ? desc : asc;
-      std::shuffle(all.begin(), all.end(), rng);
-      auto& other = asc.empty() ? asc : desc;
-      other.assign(all.begin() + std::ptrdiff_t(all.size() / 2), all.end());
-      all.resize(all.size() / 2);
-    }
-    std::shuffle(asc.begin(), asc.end(), rng);
-    std::shuffle(desc.begin(), desc.end(), rng);
-    std::vector<bool> asc_taken(asc.size()), desc_taken(desc.size());
-    const std::size_t probes = std::min(kProbes, desc.size());
-    for (std::size_t t = 0; t < probes && pages_left > 0; ++t) {
-      for (std::size_t i = 0; i < asc.size() && pages_left > 0; ++i) {
-        const std::size_t j = (i + t) % desc.size();
-        if (asc_taken[i] || desc_taken[j]) continue;
-        SlabPage* a = asc[i];
-        SlabPage* d = desc[j];
-        if (a->used + d->used > a->capacity) continue;
-        // The source is the page that copies less and has no aliases of its own; its sharers
-        // join the destination's.
-        SlabPage* src = a->used <= d->used ? a : d;
-        SlabPage* dst = src == a ? d : a;
-        // A page on a large object's tail never moves off it (its blocked slots belong to the
-        // object); it can take another page's objects.
-        if (!src->aliases.empty() || src->on_tail()) std::swap(src, dst);
-        if (!src->aliases.empty() || src->on_tail() || dst->sharers() + 1 > kMaxSharers) continue;
-        if (!disjoint(*a, *d)) continue;
-        const std::uint64_t bytes = std::uint64_t(src->used) * class_size(cls);
-        if (bytes > bytes_left) continue;
-        asc_taken[i] = desc_taken[j] = true;
-        slabs.detach(dst);
-        slabs.detach(src);
-        bytes_left -= bytes;
-        --pages_left;
-        pairs.push_back({dst, src, {}, 0});
-      }
+    const auto found = find_mesh_pairs(candidates, class_slots(cls), class_size(cls), kMaxSharers, rng, budget);
+    for (const MeshMatch& m : found) {
+      slabs.detach(pages[m.dst]);
+      slabs.detach(pages[m.src]);
+      pairs.push_back({pages[m.dst], pages[m.src], {}, 0});
     }
   }
+  pages_left = budget.pages;
+  bytes_left = budget.bytes;
 
   // Batches of at most move_batch_bytes: a source's objects are claimed only when its batch
   // starts, so a pin waits for one batch at most. Between batches the lock is released; the

@@ -17,6 +17,7 @@
 
 #include "heap_core.h"
 #include "size_classes.h"
+#include "valet/evacuation_plan.h"
 
 namespace valet::detail {
 
@@ -178,37 +179,38 @@ bool HeapCore::release_tail_page(SlabPage* p) {
 
 void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
   if (open_tails.empty() || pages_left == 0) return;
-  // The fullest tails first (they fit fewest pages); each takes, over all classes, the cheapest
-  // page to empty whose objects fit the slots a slab page on that tail would have.
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> tails;  // (bytes used, last slot)
-  for (const auto& [slot, used] : open_tails) tails.push_back({used, slot});
-  std::sort(tails.rbegin(), tails.rend());
-  for (const auto& [used, tail] : tails) {
-    if (pages_left == 0) break;
-    SlabPage* best = nullptr;
-    std::uint64_t best_bytes = 0;
-    for (std::uint32_t cls = 0; cls < kClassCount; ++cls) {
-      const std::uint64_t size = class_size(cls);
-      const std::uint32_t blocked = std::uint32_t((used + size - 1) / size);
-      if (blocked >= class_slots(cls)) continue;
-      const std::uint32_t room = class_slots(cls) - blocked;
-      for (std::size_t b = 1; b < kBuckets; ++b)
-        for (auto& p : slabs.bucket(cls, b)) {
-          const std::uint64_t bytes = std::uint64_t(p.used) * size;
-          if (p.on_tail() || p.used > room || bytes > bytes_left || (best && bytes >= best_bytes)) continue;
-          best = const_cast<SlabPage*>(&p);
-          best_bytes = bytes;
+  // The rule is valet/evacuation_plan.h's, the one the policy engine predicts with. Candidates:
+  // the pages of their own that hold objects, per class in bucket order.
+  std::vector<ClassOccupancy> classes(kClassCount);
+  std::vector<std::vector<SlabPage*>> pages(kClassCount);
+  for (std::uint32_t cls = 0; cls < kClassCount; ++cls) {
+    classes[cls].class_size = std::uint32_t(class_size(cls));
+    classes[cls].slots_per_page = class_slots(cls);
+    for (std::size_t b = 1; b < kBuckets; ++b)
+      for (auto& p : slabs.bucket(cls, b))
+        if (!p.on_tail()) {
+          classes[cls].used.push_back(p.used);
+          pages[cls].push_back(const_cast<SlabPage*>(&p));
         }
-    }
-    if (!best) continue;
-    // The new page on the tail takes the source's objects (or others of the class: evacuation
-    // fills the densest pages first; the class has the room either way).
-    if (!slab_on_tail_at(best->cls, tail)) continue;
-    slabs.detach(best);
-    sources.push_back(best);
-    bytes_left -= best_bytes;
-    --pages_left;
   }
+  std::vector<std::uint32_t> tail_bytes, tail_slots;  // in slot order
+  for (const auto& [slot, used] : open_tails) {
+    tail_bytes.push_back(used);
+    tail_slots.push_back(slot);
+  }
+  planner::Budget budget{pages_left, bytes_left};
+  // The new page on the tail takes the source's objects (or others of the class: evacuation
+  // fills the densest pages first; the class has the room either way). If it cannot be made,
+  // the tail is passed over and the page stays a candidate.
+  const auto chosen = planner::choose_tail_pages(classes, tail_bytes, budget, [&](const planner::TailMatch& m) {
+    return slab_on_tail_at(m.cls, tail_slots[m.tail]) != nullptr;
+  });
+  for (const auto& m : chosen.matches) {
+    slabs.detach(pages[m.cls][m.page]);
+    sources.push_back(pages[m.cls][m.page]);
+  }
+  pages_left = budget.pages;
+  bytes_left = budget.bytes;
 }
 
 }  // namespace valet::detail

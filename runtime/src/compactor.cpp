@@ -48,7 +48,7 @@ struct Compactor::Impl {
     const HeapStats s = heap.stats();
     o.allocations = s.ops.allocate;
     o.failed_allocations = s.ops.failed_allocations;
-    o.free_pages = s.largest_allocatable_bytes / (std::size_t{2} << 20);
+    o.free_pages = s.largest_allocatable_bytes / kPageBytes;
     o.classes = heap.occupancy();
     o.open_tails = heap.open_tail_bytes();
     o.live_bytes = s.live_bytes;

@@ -2,44 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 
 #include "parallel.h"
+#include "valet/evacuation_plan.h"
+#include "valet/types.h"
 
 namespace valet::policy {
 namespace {
 
-constexpr double kPageBytes = double(std::size_t{2} << 20);
 // Copy speed assumed before any cycle has measured one: 1 GB/s, below what either backend copies
 // (the host backend's worker thread: several GB/s; an H100: ~2.8 TB/s).
 constexpr double kAssumedBytesPerNs = 1.0;
-
-// The greedy evacuation plan of one class at one occupancy level.
-Plan plan_class(const ClassOccupancy& c, double level) {
-  Plan p{level, 0, 0};
-  if (c.slots_per_page == 0) return p;
-  // Empty pages go back without a move (a cycle gives back every empty slab page, the one a
-  // class keeps against allocate/free ping-pong included).
-  std::vector<std::uint32_t> used;
-  for (auto u : c.used)
-    if (u == 0) ++p.pages_freed;
-    else used.push_back(u);
-  if (used.size() < 2) return p;
-  std::sort(used.begin(), used.end());
-  std::uint64_t dest_free = 0;
-  for (auto u : used) dest_free += c.slots_per_page - u;
-  std::uint64_t moving = 0;
-  for (auto u : used) {
-    if (double(u) > level * c.slots_per_page) break;
-    const std::uint64_t own_free = c.slots_per_page - u;
-    if (moving + u > dest_free - own_free) break;
-    moving += u;
-    dest_free -= own_free;
-    ++p.pages_freed;
-  }
-  p.bytes_moved = moving * c.class_size;
-  return p;
-}
 
 }  // namespace
 
@@ -48,7 +21,10 @@ std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const 
   in_bounded_arena(2, [&] {
     parallel_chunks(classes.size(), 4, [&](std::size_t b, std::size_t e) {
       for (std::size_t k = b; k < e; ++k)
-        for (std::size_t l = 0; l < levels.size(); ++l) per_class[k][l] = plan_class(classes[k], levels[l]);
+        for (std::size_t l = 0; l < levels.size(); ++l) {
+          const auto c = planner::predict_class(classes[k], levels[l]);
+          per_class[k][l] = Plan{levels[l], c.pages_freed, c.bytes_moved};
+        }
     });
   });
   std::vector<Plan> total(levels.size());
@@ -63,34 +39,9 @@ std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const 
 }
 
 Plan plan_tails(const std::vector<ClassOccupancy>& classes, const std::vector<std::uint32_t>& open_tails) {
-  Plan p{0, 0, 0};
-  if (open_tails.empty()) return p;
-  std::vector<std::multiset<std::uint32_t>> used(classes.size());  // non-empty pages per class
-  for (std::size_t k = 0; k < classes.size(); ++k)
-    for (auto u : classes[k].used)
-      if (u > 0) used[k].insert(u);
-  std::vector<std::uint32_t> tails = open_tails;
-  std::sort(tails.rbegin(), tails.rend());
-  for (std::uint32_t bytes : tails) {
-    std::size_t best = classes.size();
-    std::uint64_t best_bytes = 0;
-    for (std::size_t k = 0; k < classes.size(); ++k) {
-      const auto& c = classes[k];
-      if (used[k].empty() || c.class_size == 0) continue;
-      const std::uint64_t blocked = (bytes + c.class_size - 1) / c.class_size;
-      if (blocked >= c.slots_per_page || *used[k].begin() > c.slots_per_page - blocked) continue;
-      const std::uint64_t cost = std::uint64_t(*used[k].begin()) * c.class_size;
-      if (best == classes.size() || cost < best_bytes) {
-        best = k;
-        best_bytes = cost;
-      }
-    }
-    if (best == classes.size()) continue;
-    ++p.pages_freed;
-    p.bytes_moved += best_bytes;
-    used[best].erase(used[best].begin());
-  }
-  return p;
+  planner::Budget unbounded;
+  const auto choice = planner::choose_tail_pages(classes, open_tails, unbounded);
+  return Plan{0, choice.matches.size(), choice.bytes_moved};
 }
 
 double slab_fragmentation(const std::vector<ClassOccupancy>& classes) {
@@ -98,7 +49,7 @@ double slab_fragmentation(const std::vector<ClassOccupancy>& classes) {
   for (const auto& c : classes)
     for (auto u : c.used) {
       slot_bytes += double(u) * c.class_size;
-      page_bytes += kPageBytes;
+      page_bytes += double(kPageBytes);
     }
   return page_bytes > 0 ? 1.0 - slot_bytes / page_bytes : 0.0;
 }
@@ -110,6 +61,7 @@ double heap_fragmentation(const Observation& obs) {
 
 std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
   const double rate_cap = double(s.max_bytes_per_second);
+  const double page = double(kPageBytes);
   if (st.last_ns == 0) {
     st.byte_tokens = rate_cap;  // start with one second of budget
   } else if (obs.now_ns > st.last_ns) {
@@ -145,11 +97,11 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
     // Pages to give back for the slab pages, and for the heap, to reach the threshold.
     const double keep = 1.0 - s.fragmentation_threshold;
     if (frag > s.fragmentation_threshold)
-      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / kPageBytes)));
+      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / page)));
     cheapest_only = frag <= s.fragmentation_threshold;
     if (whole > s.fragmentation_threshold) {
-      const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / kPageBytes;
-      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / kPageBytes)));
+      const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / page;
+      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / page)));
     }
   } else if (st.alloc_rate < s.idle_allocs_per_second) {
     trigger = CompactionTrigger::idle;
@@ -167,7 +119,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   // to the pause budget too (it used to be bounded only by the byte budget, a second's worth of
   // max_bytes_per_second), and measures the speed for the next ones.
   const double speed = st.copy_bytes_per_ns > 0 ? st.copy_bytes_per_ns : kAssumedBytesPerNs;
-  budget = std::min(budget, std::max(kPageBytes, double(s.max_pause_us) * 1e3 * speed));
+  budget = std::min(budget, std::max(page, double(s.max_pause_us) * 1e3 * speed));
   if (budget < 65536) return std::nullopt;
 
   auto tails_decision = [&] {

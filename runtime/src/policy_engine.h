@@ -33,14 +33,16 @@ struct Plan {
 };
 
 // Plans for every occupancy level in `levels`, scanning size classes in parallel (in the
-// engine's own bounded task arena). Same greedy rule as the heap's evacuation: sparsest pages
-// first while the denser pages of the class have room for their objects.
+// engine's own bounded task arena). The heap's own rule (planner::predict_class in
+// valet/evacuation_plan.h): empty pages go back, then the sparsest pages while the class's other
+// pages have room for their objects. Without budgets: decide() compares each plan with its own.
 std::vector<Plan> plan_levels(const std::vector<ClassOccupancy>& classes, const std::vector<double>& levels);
 
 // Slab pages that can be emptied into slab pages on open tails (the unused bytes of large
-// objects' last pages): a greedy matching of tails (fullest first) to the cheapest page, of any
-// class, whose objects fit the slots a slab page on that tail would have. pages_freed: the pages
-// that would go; bytes_moved: their objects' slot bytes.
+// objects' last pages): the heap's own greedy matching (planner::choose_tail_pages) of tails
+// (fullest first) to the cheapest page, of any class, whose objects fit the slots a slab page on
+// that tail would have, without budgets. pages_freed: the pages that would go; bytes_moved:
+// their objects' slot bytes.
 Plan plan_tails(const std::vector<ClassOccupancy>& classes, const std::vector<std::uint32_t>& open_tails);
 
 // Fragmentation of the slab pages: 1 - bytes in slots / bytes of slab pages.

@@ -43,6 +43,9 @@ struct ClassOccupancy {
   std::uint32_t class_size = 0;
   std::uint32_t slots_per_page = 0;
   std::vector<std::uint32_t> used;  // used slots of each page of the class (not those on tails)
+  // Free slots of the class's pages on large objects' tails: they take moved objects, but
+  // emptying one frees nothing, so they are never candidates (valet/evacuation_plan.h).
+  std::uint64_t tail_free_slots = 0;
 };
 
 // One virtual page slot of the heap's arena that is in use (Heap::page_map()).
