@@ -144,40 +144,21 @@ Status HeapCore::evacuate(std::unique_lock<HeapMutex>& lock, const std::vector<S
 }
 
 Status HeapCore::run_moves(std::unique_lock<HeapMutex>& lock, const std::vector<Move>& moves, CompactionRecord& rec) {
-  std::vector<CopyRange> copies;
-  copies.reserve(moves.size());
   // The slots the copy reads and writes stay mapped until it completed, whatever happens to
   // their objects meanwhile (a pin may cancel a move and the object be freed: its alias must
   // not be unmapped under the copy). The source pages are detached: none is destroyed meanwhile.
-  std::vector<std::uint32_t> touched;
+  CopyBatch batch;
   std::vector<SlabPage*> source_pages;
-  touched.reserve(2 * moves.size());
   for (const Move& m : moves) {
-    copies.push_back({address_of(m.from), address_of(m.to), m.bytes});
-    touched.push_back(m.from.page);
-    touched.push_back(m.to.page);
+    batch.copies.push_back({address_of(m.from), address_of(m.to), m.bytes});
+    batch.slots.push_back(m.from.page);
+    batch.slots.push_back(m.to.page);
     SlabPage* src = slabs.page(pool.slot(m.from.page).owner);
     if (source_pages.empty() || source_pages.back() != src) source_pages.push_back(src);
   }
-  pool.hold(touched);
-  auto ev = take_event();
-  Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
-  if (st.ok()) st = backend->record_event(*ev, work_stream);
-  if (st.ok()) {
-    // The copy runs without the heap lock. The objects stay where they are, claimed cancelable:
-    // a pin meanwhile takes its object at the old place at once and cancels that move.
-    lock.unlock();
-    st = backend->synchronize_event(*ev);
-    lock.lock();
-  }
-  if (st.ok()) {
-    recycle_event(*ev);
-  } else {
-    // Nothing is repointed; whatever was queued must be done before the new slots are reused.
-    (void)backend->synchronize_stream(work_stream);
-    if (ev.ok()) (void)backend->destroy_event(*ev);
-  }
-  pool.unhold(touched);
+  // The copy runs without the heap lock. The objects stay where they are, claimed cancelable: a
+  // pin meanwhile takes its object at the old place at once and cancels that move.
+  const Status st = mover.run(lock, batch);
   in_transit -= moves.size();
   bool repointed = false;
   for (const Move& m : moves) {

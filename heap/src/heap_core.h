@@ -27,6 +27,7 @@
 #include "page_pool.h"
 #include "reserve_keeper.h"
 #include "slabs.h"
+#include "tail_links.h"
 #include "stream_releases.h"
 #include "valet/counting_backend.h"
 #include "valet/heap.h"
@@ -48,6 +49,11 @@ struct MeshPair {
   SlabPage* src;
   std::vector<HandleEntry*> objects;  // the source's objects, claimed MOVING for its batch
   std::uint64_t bytes = 0;
+  // Its batch's outcome: the remap's plan, a pin that cancelled the pair during the copy, and
+  // the remap's status.
+  PagePool::RemapPlan plan{};
+  bool cancelled = false;
+  Status remapped;
 };
 
 struct HeapCore {
@@ -87,11 +93,7 @@ struct HeapCore {
   std::size_t moving_pages = 0;  // whole pages a move in flight took (stats().pages.moving)
   CompactionMutex compaction_mu;  // one compaction cycle at a time; taken before mu (lock_order.h)
 
-  // Shared tails (tails.cpp). open_tails: last-page slot of each large object whose last page
-  // has room for a slab page -> bytes the object uses there. shared_tails: last-page slot ->
-  // the slab page built on that page.
-  std::map<std::uint32_t, std::uint32_t> open_tails;
-  std::unordered_map<std::uint32_t, std::uint32_t> shared_tails;
+  TailLinks tails;  // open and shared tails (tail_links.h); the operations are tails.cpp's
 
   // --- handles (lock-free) ---
   // Checks tag, index and generation; the entry if the handle names a live object.
@@ -154,8 +156,6 @@ struct HeapCore {
   std::size_t meshed_slots() const;
   std::size_t footprint_of(const Location& loc) const;
   DevicePtr address_of(const Location& loc) const;
-  Result<Event> take_event() { return releases.take_event(); }
-  void recycle_event(Event e) { releases.recycle_event(e); }
   // Drops completed pending unpins of `e`; true when none remain.
   bool reap_unpins(HandleEntry* e) { return releases.reap(e->pending_unpins); }
   // Releases deferred frees whose events completed.
@@ -184,6 +184,15 @@ struct HeapCore {
   // Meshes pairs of slab pages within the budgets (mesh.cpp); counts into `rec`.
   Status mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left, std::uint64_t& bytes_left,
                      CompactionRecord& rec);
+  // Meshing's steps (mesh.cpp): the pairs to mesh (detached), within the budgets; one batch's
+  // copy and remaps through the move executor; the unlocked commit and remap of one pair; its
+  // bookkeeping under the lock again; giving a pair up.
+  std::vector<MeshPair> find_mesh_pairs_locked(std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  Status mesh_batch(std::unique_lock<HeapMutex>& lock, const std::vector<MeshPair*>& batch, CompactionRecord& rec,
+                    Status& first);
+  void commit_and_remap(MeshPair& pair);
+  void book_pair(MeshPair& pair, CompactionRecord& rec, Status& first);
+  void release_pair(MeshPair& pair);
   // Claims every object of the pair's source MOVING; false (nothing claimed) if one refuses.
   bool claim_source(MeshPair& pair);
   // One unbounded evacuation cycle before an out-of-memory is reported (allocate, resize).
@@ -210,6 +219,8 @@ struct HeapInternals {
   static HeapCore& of(Heap& h) { return *h.core_; }
   static std::uint64_t& uploaded_version(DeviceTable& t) { return t.uploaded_version_; }
   static std::uint64_t& table_version(DeviceTable& t) { return t.version_; }
+  static std::map<std::uint32_t, std::uint32_t>& open_tails(TailLinks& t) { return t.open_; }
+  static std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails(TailLinks& t) { return t.shared_; }
 };
 
 }  // namespace valet::detail

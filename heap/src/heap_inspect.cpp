@@ -49,7 +49,7 @@ HeapStats Heap::stats() const {
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
   s.pages.meshed = c.meshed_slots();
-  s.pages.shared_tails = c.shared_tails.size();
+  s.pages.shared_tails = c.tails.shared_count();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];
@@ -89,7 +89,7 @@ std::vector<std::uint32_t> Heap::open_tail_bytes() const {
   const auto& c = *core_;
   std::lock_guard lock(c.mu);
   std::vector<std::uint32_t> out;
-  for (const auto& [slot, used] : c.open_tails) out.push_back(used);
+  for (const auto& [slot, used] : c.tails.open_tails()) out.push_back(used);
   return out;
 }
 

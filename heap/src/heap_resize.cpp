@@ -28,13 +28,13 @@ Status resize_large(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std:
                     std::size_t bytes) {
   Location& loc = e->loc;
   const std::uint32_t tail = loc.page + loc.pages - 1;
-  if (c.shared_tails.contains(tail) && !c.unshare_tail(lock, tail).ok()) {
+  if (c.tails.is_shared(tail) && !c.unshare_tail(lock, tail).ok()) {
     // The slab page on its last page cannot move off it now: the object moves instead, by copy,
     // to pages of its own (releasing the old ones hands the shared page to the slab page).
     return resize_by_copy(c, lock, index, e, bytes);
   }
   // The last page changes (or its used part does): offered again once the resize is done.
-  c.open_tails.erase(tail);
+  c.tails.close(tail);
   Status st = resize_large_unshared(c, index, e, bytes);
   c.open_tail(loc, st.ok() ? bytes : e->size);
   return st;

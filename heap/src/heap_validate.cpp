@@ -32,8 +32,8 @@ Status check_tail_link(const HeapCore& c, const SlabPage& p) {
   const auto& slot = c.pool.slot(p.slot);
   if (!p.on_tail()) return {};
   const auto& ts = c.pool.slot(p.tail_slot);
-  const auto link = c.shared_tails.find(p.tail_slot);
-  if (link == c.shared_tails.end() || link->second != p.id || ts.kind != SlotKind::large || ts.phys != slot.phys)
+  const auto link = c.tails.shared_page(p.tail_slot);
+  if (!link || *link != p.id || ts.kind != SlotKind::large || ts.phys != slot.phys)
     return fail("slab page " + std::to_string(p.id) + " is not linked to the tail it shares");
   const HandleEntry* e = ts.owner ? c.handles.get(ts.owner) : nullptr;
   if (live(e) && e->loc.kind == ObjectKind::large) {
@@ -143,23 +143,8 @@ Status check_objects(const HeapCore& c) {
   return {};
 }
 
-// Every shared tail is a large object's last slot with its slab page; open tails are unshared
-// last pages of their objects; large slots belong to a live object or to a deferred free.
-Status check_tails_and_large_slots(const HeapCore& c) {
-  for (const auto& [tail, id] : c.shared_tails) {
-    const auto* p = c.slabs.page(id);
-    if (!p || !p->live || p->tail_slot != tail) return fail("shared tail " + std::to_string(tail) + " names no slab page on it");
-    if (c.pool.slot(tail).kind != SlotKind::large) return fail("shared tail " + std::to_string(tail) + " is not a large page");
-  }
-  for (const auto& [tail, used] : c.open_tails) {
-    const auto& slot = c.pool.slot(tail);
-    if (slot.kind != SlotKind::large || c.shared_tails.contains(tail) || c.pool.mappings_of(tail) != 1)
-      return fail("open tail " + std::to_string(tail) + " is not a large object's own last page");
-    const HandleEntry* e = slot.owner ? c.handles.get(slot.owner) : nullptr;
-    if (live(e) && (e->loc.page + e->loc.pages - 1 != tail ||
-                    e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize != used))
-      return fail("open tail " + std::to_string(tail) + " disagrees with its object");
-  }
+// Large slots belong to a live object or to a deferred free (owner 0 while in transit).
+Status check_large_slots(const HeapCore& c) {
   for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
     const auto& slot = c.pool.slot(k);
     if (slot.kind != SlotKind::large || slot.owner == 0) continue;
@@ -187,7 +172,8 @@ Status Heap::validate() const {
   SlabTally tally;
   VALET_TRY(check_slab_pages(c, tally));
   VALET_TRY(check_objects(c));
-  VALET_TRY(check_tails_and_large_slots(c));
+  VALET_TRY(c.tails.validate(c.pool, c.slabs, c.handles));
+  VALET_TRY(check_large_slots(c));
   const std::size_t mapped = c.pool.created_pages() * detail::kPageSize;
   if (c.live_bytes > mapped) return fail("more live bytes than mapped bytes");
   return {};

@@ -21,73 +21,7 @@
 
 namespace valet::detail {
 
-SlabPage* HeapCore::free_slab_slot(const Location& loc) {
-  SlabPage* p = slabs.page(pool.slot(loc.page).owner);
-  slabs.free_slot(p, loc.index);
-  if (loc.page != p->slot) {
-    SlabAlias* a = p->alias(loc.page);
-    // Nothing is addressed through the alias any more, and a user's stream work on it has
-    // completed (frees with pending stream-ordered unpins are deferred). A compaction copy may
-    // still be reading the object from it, though (a pin cancelled its move, then it was freed):
-    // then the alias stays, unused, until the copy's batch ends (drop_unused_aliases).
-    --a->users;
-    try_drop_alias(p, std::size_t(a - p->aliases.data()));
-  }
-  return p;
-}
-
-bool HeapCore::try_drop_alias(SlabPage* p, std::size_t k) {
-  const SlabAlias a = p->aliases[k];
-  if (a.users != 0 || pool.held(a.slot) || !pool.drop_alias(a.slot).ok()) return false;
-  p->aliases[k] = p->aliases.back();
-  p->aliases.pop_back();
-  return true;
-}
-
-void HeapCore::drop_unused_aliases(SlabPage* p) {
-  for (std::size_t k = 0; k < p->aliases.size();)
-    if (!try_drop_alias(p, k)) ++k;
-}
-
-bool HeapCore::retire_slab(SlabPage* p) {
-  // Aliases left with no users (an earlier unmap failed, or queued work held them) go first;
-  // the page stays if one cannot.
-  drop_unused_aliases(p);
-  if (!p->aliases.empty()) return false;
-  // On a large object's tail, the physical page stays with the object.
-  if (p->on_tail()) {
-    if (!release_tail_page(p)) return false;
-    slabs.destroy(p);
-    return true;
-  }
-  const std::uint32_t slot = p->slot;
-  slabs.destroy(p);
-  pool.give_back(slot, 1);
-  return true;
-}
-
-std::size_t HeapCore::retire_empty_slabs(std::uint64_t max_pages) {
-  std::vector<SlabPage*> empty;
-  slabs.for_each_page([&](const SlabPage& p) {
-    if (p.holds_no_object() && !p.evacuating) empty.push_back(const_cast<SlabPage*>(&p));
-  });
-  std::size_t freed = 0;
-  for (SlabPage* p : empty) {
-    if (freed == max_pages) break;
-    const bool frees_a_page = !p->on_tail();  // a tail's page stays with its large object
-    if (retire_slab(p) && frees_a_page) ++freed;
-  }
-  return freed;
-}
-
-std::size_t HeapCore::meshed_slots() const {
-  std::size_t n = 0;
-  slabs.for_each_page([&](const SlabPage& p) { n += p.aliases.size(); });
-  return n;
-}
-
-Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left,
-                             std::uint64_t& bytes_left, CompactionRecord& rec) {
+std::vector<MeshPair> HeapCore::find_mesh_pairs_locked(std::uint64_t& pages_left, std::uint64_t& bytes_left) {
   std::vector<MeshPair> pairs;
   std::vector<SlabPage*> pages;
   std::vector<MeshCandidate> candidates;
@@ -110,24 +44,29 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
     for (const MeshMatch& m : found) {
       slabs.detach(pages[m.dst]);
       slabs.detach(pages[m.src]);
-      pairs.push_back({pages[m.dst], pages[m.src], {}, 0});
+      pairs.push_back({pages[m.dst], pages[m.src]});
     }
   }
   pages_left = budget.pages;
   bytes_left = budget.bytes;
+  return pairs;
+}
 
+void HeapCore::release_pair(MeshPair& pair) {
+  for (HandleEntry* e : pair.objects) drop_claim(e);
+  pair.objects.clear();
+  slabs.attach(pair.dst);
+  slabs.attach(pair.src);
+}
+
+Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& pages_left,
+                             std::uint64_t& bytes_left, CompactionRecord& rec) {
+  std::vector<MeshPair> pairs = find_mesh_pairs_locked(pages_left, bytes_left);
   // Batches of at most move_batch_bytes: a source's objects are claimed only when its batch
   // starts, so a pin waits for one batch at most. Between batches the lock is released; the
   // detached pages only lose objects meanwhile (frees), so the pairs stay disjoint.
-  auto release_pair = [&](MeshPair& pr) {
-    for (HandleEntry* e : pr.objects) drop_claim(e);
-    pr.objects.clear();
-    slabs.attach(pr.dst);
-    slabs.attach(pr.src);
-  };
   Status first;
   std::vector<MeshPair*> batch;
-  std::vector<CopyRange> copies;
   for (std::size_t next = 0; next < pairs.size();) {
     batch.clear();
     std::uint64_t batch_bytes = 0;
@@ -142,122 +81,114 @@ Status HeapCore::mesh_locked(std::unique_lock<HeapMutex>& lock, std::uint64_t& p
       }
     }
     if (batch.empty()) continue;
-    // One batched copy of the batch's source objects to the same offsets of their destinations.
-    copies.clear();
-    for (const MeshPair* pr : batch) {
-      const std::size_t size = class_size(pr->dst->cls);
-      for (HandleEntry* e : pr->objects)
-        copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
-    }
-    std::vector<PagePool::RemapPlan> plans;
-    std::vector<std::uint32_t> touched;  // mapped until the copy completed (queued work)
-    for (const MeshPair* pr : batch) {
-      plans.push_back(pool.plan_remap(pr->src->slot, pr->dst->slot));
-      touched.push_back(pr->src->slot);
-      touched.push_back(pr->dst->slot);
-    }
-    pool.hold(touched);
-    auto ev = take_event();
-    Status st = ev.ok() ? backend->copy(copies, work_stream) : Status(ev.error());
-    if (st.ok()) st = backend->record_event(*ev, work_stream);
-    std::vector<Status> remapped(batch.size());
-    std::vector<bool> cancelled(batch.size());
-    if (st.ok()) {
-      // Without the heap lock: the copy, then the remaps (the sources are detached and their
-      // objects claimed, so nothing else touches their slots). During the copy a pin cancels
-      // its object's claim and so its pair; a pair still whole is committed with each object's
-      // alias, its complete copy in the destination page: during the remap a pin takes the
-      // alias at once, so no pin waits for a driver call (a VMM call can take milliseconds).
-      // The claims end when the slot maps the shared page; if the remap fails they end after
-      // the objects are repointed to their aliases (below), where pins may have written.
-      lock.unlock();
-      st = backend->synchronize_event(*ev);
-      if (st.ok()) pool.unhold(touched);  // before the remaps: the copy no longer reads the sources
-      if (st.ok())
-        for (std::size_t k = 0; k < batch.size(); ++k) {
-          auto& objects = batch[k]->objects;
-          const DevicePtr dst_base = pool.address(batch[k]->dst->slot);
-          const std::size_t size = class_size(batch[k]->dst->cls);
-          // Commit every claim first (pins wait meanwhile: a few CASes), and publish aliases only
-          // once the whole pair is committed: an alias of a pair that is then dropped would
-          // point at a free slot of the destination.
-          std::size_t committed = 0;
-          while (committed < objects.size() && commit_move(objects[committed])) ++committed;
-          if (committed == objects.size())
-            for (HandleEntry* e : objects) publish_alias(e, dst_base + DevicePtr(e->loc.index) * size);
-          if (committed < objects.size()) {
-            // The source keeps its page: end the committed claims, drop the rest (the
-            // cancelled one is no longer ours).
-            for (std::size_t i = 0; i < objects.size(); ++i)
-              if (i < committed) end_move(objects[i]);
-              else if (i > committed) drop_claim(objects[i]);
-            objects.clear();
-            cancelled[k] = true;
-            continue;
-          }
-          remapped[k] = pool.remap_calls(plans[k]);
-          if (remapped[k].ok())
-            for (HandleEntry* e : objects) end_move(e);
-        }
-      lock.lock();
-    }
-    if (ev.ok()) recycle_event(*ev);
+    const Status st = mesh_batch(lock, batch, rec, first);
     if (!st.ok()) {
-      (void)backend->synchronize_stream(work_stream);
-      pool.unhold(touched);
-      for (MeshPair* pr : batch) release_pair(*pr);
       for (; next < pairs.size(); ++next) release_pair(pairs[next]);
       after_release();
       return st;
     }
-    for (std::size_t k = 0; k < batch.size(); ++k) {
-      MeshPair& pr = *batch[k];
-      SlabPage* src = pr.src;
-      SlabPage* dst = pr.dst;
-      if (cancelled[k]) {
-        // A pin took one of the source's objects during the copy: the pair stays as it was (the
-        // copies landed on free slots of the destination).
-        ++rec.objects_skipped;
-        release_pair(pr);
-        continue;
-      }
-      if (!remapped[k].ok()) {
-        // The remap failed. The objects' complete bytes are in the destination's page at the
-        // same offsets, and pins during the remap used them there: they become the
-        // destination's objects, repointed like an evacuation (pins already hold the alias).
-        // The source slot maps its own page again (it goes back to the reserve with the
-        // source page's record), or, if even that failed, nothing.
-        if (plans[k].lost) {
-          pool.forget_slot(plans[k]);
-        } else {
-          pool.give_back(src->slot, 1);
-        }
-        const std::uint32_t moved = src->used;
-        slabs.fold(dst, src);
-        for (HandleEntry* e : pr.objects) {
-          e->loc.page = dst->slot;
-          e->address.store(address_of(e->loc), std::memory_order_release);
-          end_move(e);
-        }
-        table.changed();
-        rec.objects_moved += moved;
-        rec.bytes_moved += pr.bytes;
-        ++rec.pages_freed;
-        if (first.ok()) first = remapped[k];
-        continue;
-      }
-      pool.commit_remap(plans[k]);
-      // Frees while the lock was released may have emptied the source: then nothing is
-      // addressed through its slot and the alias goes at once (or with the page, if it fails).
-      if (src->used > 0 || !pool.drop_alias(src->slot).ok()) dst->aliases.push_back({src->slot, src->used});
-      if (pool.slot(src->slot).kind == SlotKind::slab) pool.slot(src->slot).owner = dst->id;
-      slabs.fold(dst, src);
-      ++rec.pages_meshed;
-      rec.bytes_meshed += pr.bytes;
-    }
   }
   after_release();
   return first;
+}
+
+Status HeapCore::mesh_batch(std::unique_lock<HeapMutex>& lock, const std::vector<MeshPair*>& batch,
+                            CompactionRecord& rec, Status& first) {
+  // One batched copy of the batch's source objects to the same offsets of their destinations.
+  CopyBatch copy;
+  for (MeshPair* pr : batch) {
+    const std::size_t size = class_size(pr->dst->cls);
+    for (HandleEntry* e : pr->objects)
+      copy.copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
+    pr->plan = pool.plan_remap(pr->src->slot, pr->dst->slot);
+    copy.slots.push_back(pr->src->slot);
+    copy.slots.push_back(pr->dst->slot);
+  }
+  // Without the heap lock: the copy, then the remaps (the sources are detached and their objects
+  // claimed, so nothing else touches their slots). During the copy a pin cancels its object's
+  // claim and so its pair; a pair still whole is committed with each object's alias, its
+  // complete copy in the destination page: during the remap a pin takes the alias at once, so no
+  // pin waits for a driver call (a VMM call can take milliseconds). The claims end when the slot
+  // maps the shared page; if the remap fails they end after the objects are repointed to their
+  // aliases (book_pair), where pins may have written.
+  const Status st = mover.run(lock, copy, [&] {
+    for (MeshPair* pr : batch) commit_and_remap(*pr);
+  });
+  if (!st.ok()) {
+    for (MeshPair* pr : batch) release_pair(*pr);
+    return st;
+  }
+  for (MeshPair* pr : batch) book_pair(*pr, rec, first);
+  return {};
+}
+
+void HeapCore::commit_and_remap(MeshPair& pr) {
+  auto& objects = pr.objects;
+  const DevicePtr dst_base = pool.address(pr.dst->slot);
+  const std::size_t size = class_size(pr.dst->cls);
+  // Commit every claim first (pins wait meanwhile: a few CASes), and publish aliases only once
+  // the whole pair is committed: an alias of a pair that is then dropped would point at a free
+  // slot of the destination.
+  std::size_t committed = 0;
+  while (committed < objects.size() && commit_move(objects[committed])) ++committed;
+  if (committed < objects.size()) {
+    // The source keeps its page: end the committed claims, drop the rest (the cancelled one is
+    // no longer ours).
+    for (std::size_t i = 0; i < objects.size(); ++i)
+      if (i < committed) end_move(objects[i]);
+      else if (i > committed) drop_claim(objects[i]);
+    objects.clear();
+    pr.cancelled = true;
+    return;
+  }
+  for (HandleEntry* e : objects) publish_alias(e, dst_base + DevicePtr(e->loc.index) * size);
+  pr.remapped = pool.remap_calls(pr.plan);
+  if (pr.remapped.ok())
+    for (HandleEntry* e : objects) end_move(e);
+}
+
+void HeapCore::book_pair(MeshPair& pr, CompactionRecord& rec, Status& first) {
+  SlabPage* src = pr.src;
+  SlabPage* dst = pr.dst;
+  if (pr.cancelled) {
+    // A pin took one of the source's objects during the copy: the pair stays as it was (the
+    // copies landed on free slots of the destination).
+    ++rec.objects_skipped;
+    release_pair(pr);
+    return;
+  }
+  if (!pr.remapped.ok()) {
+    // The remap failed. The objects' complete bytes are in the destination's page at the same
+    // offsets, and pins during the remap used them there: they become the destination's
+    // objects, repointed like an evacuation (pins already hold the alias). The source slot maps
+    // its own page again (it goes back to the reserve with the source page's record), or, if
+    // even that failed, nothing.
+    if (pr.plan.lost)
+      pool.forget_slot(pr.plan);
+    else
+      pool.give_back(src->slot, 1);
+    const std::uint32_t moved = src->used;
+    slabs.fold(dst, src);
+    for (HandleEntry* e : pr.objects) {
+      e->loc.page = dst->slot;
+      e->address.store(address_of(e->loc), std::memory_order_release);
+      end_move(e);
+    }
+    table.changed();
+    rec.objects_moved += moved;
+    rec.bytes_moved += pr.bytes;
+    ++rec.pages_freed;
+    if (first.ok()) first = pr.remapped;
+    return;
+  }
+  pool.commit_remap(pr.plan);
+  // Frees while the lock was released may have emptied the source: then nothing is addressed
+  // through its slot and the alias goes at once (or with the page, if it fails).
+  if (src->used > 0 || !pool.drop_alias(src->slot).ok()) dst->aliases.push_back({src->slot, src->used});
+  if (pool.slot(src->slot).kind == SlotKind::slab) pool.slot(src->slot).owner = dst->id;
+  slabs.fold(dst, src);
+  ++rec.pages_meshed;
+  rec.bytes_meshed += pr.bytes;
 }
 
 bool HeapCore::claim_source(MeshPair& pair) {

@@ -9,7 +9,7 @@ namespace valet::detail {
 
 Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail) {
   mu.assert_held();
-  SlabPage* p = slabs.page(shared_tails.at(tail));
+  SlabPage* p = slabs.page(*tails.shared_page(tail));
   if (!p->aliases.empty() || p->evacuating)
     return make_error(Errc::unsupported, "unshare: the slab page on the tail is meshed or being compacted");
   if (table_blocks_moves()) return make_error(Errc::pinned, "unshare: the device handle table is pinned");
@@ -72,7 +72,7 @@ Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t t
     // The spare slot maps the new page too: unmapped now, or kept as an alias with no users.
     if (!pool.drop_alias(*spare).ok()) p->aliases.push_back({*spare, 0});
   }
-  shared_tails.erase(tail);
+  tails.unshare(tail);
   slabs.unblock_tail(p);
   end_all();
   return {};

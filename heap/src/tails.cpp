@@ -4,9 +4,9 @@
 // slab's slots overlapping [0, r) are blocked. No byte is copied and no address changes; the
 // physical page is counted once (docs/meshing.md, "Shared tails").
 //
-// The link lives in two places: `open_tails` lists large objects whose last page could host a
-// slab page, `shared_tails` those whose last page one does (and the slab page's `tail_slot`
-// names the large object's last slot). Either side may go first:
+// The link lives in two places: TailLinks (tail_links.h) lists the open tails (large objects
+// whose last page could host a slab page) and the shared ones (whose last page one does), and the
+// slab page's `tail_slot` names the large object's last slot. Either side may go first:
 //   - the slab page empties: its own slot is unmapped (the large object keeps the page) and the
 //     tail is open again;
 //   - the large object is freed: its last slot is unmapped (the slab page keeps the page) and
@@ -33,31 +33,25 @@ std::uint32_t last_slot(const Location& loc) { return loc.page + loc.pages - 1; 
 void HeapCore::open_tail(const Location& loc, std::size_t bytes) {
   if (loc.kind != ObjectKind::large || !config.share_tails) return;
   const std::uint64_t used = bytes - std::uint64_t(loc.pages - 1) * kPageSize;
-  if (kPageSize - used >= kMinTailRoom) open_tails[last_slot(loc)] = std::uint32_t(used);
+  if (kPageSize - used >= kMinTailRoom) tails.open(last_slot(loc), std::uint32_t(used));
 }
 
 SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
-  if (open_tails.empty()) return nullptr;
-  // The roomiest tail (linear: there are as many as large objects, a few hundred at most in
-  // serving workloads, and a slab page is created far less often than an object).
-  auto best = open_tails.begin();
-  for (auto it = open_tails.begin(); it != open_tails.end(); ++it)
-    if (it->second < best->second) best = it;
-  return slab_on_tail_at(cls, best->first);
+  const auto tail = tails.roomiest();
+  return tail ? slab_on_tail_at(cls, *tail) : nullptr;
 }
 
 SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
-  const auto open = open_tails.find(tail);
+  const std::uint32_t used = *tails.open_bytes(tail);
   const std::uint32_t size = std::uint32_t(class_size(cls));
-  const std::uint32_t blocked = (open->second + size - 1) / size;
+  const std::uint32_t blocked = (used + size - 1) / size;
   if (blocked >= class_slots(cls)) return nullptr;
   auto slot = pool.share_page(tail, SlotKind::slab, 0);
   if (!slot.ok()) return nullptr;  // the caller takes a page of its own
   SlabPage* page = slabs.create(cls, *slot);
   pool.slot(*slot).owner = page->id;
   slabs.block_tail(page, tail, blocked);
-  open_tails.erase(open);
-  shared_tails[tail] = page->id;
+  tails.share(tail, page->id);
   return page;
 }
 
@@ -89,7 +83,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uin
   const std::uint32_t tail = last_slot(loc);
   const std::uint64_t size = class_size(best->cls);
   slabs.block_tail(best, tail, std::uint32_t((used + size - 1) / size));
-  shared_tails[tail] = best->id;
+  tails.share(tail, best->id);
   return loc;
 }
 
@@ -102,7 +96,7 @@ std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
 }
 
 void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
-  if (open_tails.empty() || pages_left == 0) return;
+  if (!tails.any_open() || pages_left == 0) return;
   // Candidates: partly used slab pages of their own whose objects all lie above some tail's
   // bytes, by that free low span. Full pages have no free slot; empty ones nothing to move.
   struct Candidate {
@@ -117,11 +111,11 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
   if (candidates.empty()) return;
   std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) { return a.low_free < b.low_free; });
   // The fullest tails first; each takes the candidate with the least room to spare that fits.
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> tails;  // (bytes used, last slot)
-  for (const auto& [slot, used] : open_tails) tails.push_back({used, slot});
-  std::sort(tails.rbegin(), tails.rend());
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> fullest;  // (bytes used, last slot)
+  for (const auto& [slot, used] : tails.open_tails()) fullest.push_back({used, slot});
+  std::sort(fullest.rbegin(), fullest.rend());
   std::vector<bool> taken(candidates.size(), false);
-  for (const auto& [used, tail] : tails) {
+  for (const auto& [used, tail] : fullest) {
     if (pages_left == 0) break;
     auto it = std::lower_bound(candidates.begin(), candidates.end(), used,
                                [](const Candidate& c, std::uint32_t v) { return c.low_free < v; });
@@ -144,14 +138,14 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
 
 void HeapCore::release_large(const Location& loc) {
   const std::uint32_t tail = last_slot(loc);
-  open_tails.erase(tail);
-  const auto it = shared_tails.find(tail);
-  if (it == shared_tails.end()) {
+  tails.close(tail);
+  const auto shared = tails.shared_page(tail);
+  if (!shared) {
     pool.give_back(loc.page, loc.pages);
     return;
   }
-  SlabPage* p = slabs.page(it->second);
-  shared_tails.erase(it);
+  SlabPage* p = slabs.page(*shared);
+  tails.unshare(tail);
   if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
   // The slab page keeps the physical page. If the last slot cannot be unmapped now it stays as
   // an alias of the slab page with no users, unmapped when the page retires.
@@ -166,7 +160,7 @@ void HeapCore::release_large(const Location& loc) {
 bool HeapCore::release_tail_page(SlabPage* p) {
   if (!pool.drop_alias(p->slot).ok()) return false;
   const std::uint32_t tail = p->tail_slot;
-  shared_tails.erase(tail);
+  tails.unshare(tail);
   slabs.unblock_tail(p);
   // Open again for the next slab page, unless the object is already freed (a deferred free).
   const std::uint32_t owner = pool.slot(tail).owner;
@@ -178,7 +172,7 @@ bool HeapCore::release_tail_page(SlabPage* p) {
 }
 
 void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
-  if (open_tails.empty() || pages_left == 0) return;
+  if (!tails.any_open() || pages_left == 0) return;
   // The rule is valet/evacuation_plan.h's, the one the policy engine predicts with. Candidates:
   // the pages of their own that hold objects, per class in bucket order.
   std::vector<ClassOccupancy> classes(kClassCount);
@@ -194,7 +188,7 @@ void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_
         }
   }
   std::vector<std::uint32_t> tail_bytes, tail_slots;  // in slot order
-  for (const auto& [slot, used] : open_tails) {
+  for (const auto& [slot, used] : tails.open_tails()) {
     tail_bytes.push_back(used);
     tail_slots.push_back(slot);
   }

@@ -132,7 +132,7 @@ TEST_F(HeapValidate, TailsThatAreNotWhatTheySay) {
   SlabPage* tail_page = page_of(small_[0]);
   ASSERT_TRUE(tail_page->on_tail()) << "the small objects were expected on the large object's tail";
   const std::uint32_t tail = tail_page->tail_slot;
-  auto& shared = core().shared_tails;
+  auto& shared = HeapInternals::shared_tails(core().tails);
   expect_caught("is not linked to the tail it shares", [&] { shared.erase(tail); },
                 [&] { shared[tail] = tail_page->id; });
   expect_caught("blocked slot 0 is free or owned", [&] { tail_page->owners[0] = small_[0].index; },
@@ -142,7 +142,7 @@ TEST_F(HeapValidate, TailsThatAreNotWhatTheySay) {
                 [&] { tail_page->blocked = blocked; });
   const std::uint32_t not_a_tail = entry(open_large_)->loc.page;  // its first page, not its last
   expect_caught("names no slab page on it", [&] { shared[not_a_tail] = 1u << 30; }, [&] { shared.erase(not_a_tail); });
-  auto& open = core().open_tails;
+  auto& open = HeapInternals::open_tails(core().tails);
   const HandleEntry* big = entry(open_large_);
   const std::uint32_t last = big->loc.page + big->loc.pages - 1;
   ASSERT_TRUE(open.contains(last));

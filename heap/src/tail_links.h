@@ -1,0 +1,58 @@
+// Tail links: which large objects' last pages could host a slab page (open tails) and which do
+// (shared tails). The state of shared tails, owned here; the operations that map pages and build
+// slab pages on tails are the heap's (tails.cpp, tail_unshare.cpp).
+//
+// A tail is named by the arena slot of the large object's last page.
+//   open    tail -> bytes the object uses on that page (its room: kPageBytes - bytes)
+//   shared  tail -> id of the slab page built on that page's physical page
+// A tail is never both. Threading: requires the heap lock.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <unordered_map>
+
+#include "handle_table.h"
+#include "page_pool.h"
+#include "slabs.h"
+
+namespace valet::detail {
+
+class TailLinks {
+ public:
+  // Offers `tail` to slab pages: the object uses `used` bytes of it.
+  void open(std::uint32_t tail, std::uint32_t used) { open_[tail] = used; }
+  // The tail is no longer offered (the object is resized or freed).
+  void close(std::uint32_t tail) { open_.erase(tail); }
+  // A slab page now lives on `tail` (it is no longer open).
+  void share(std::uint32_t tail, std::uint32_t slab_page) {
+    open_.erase(tail);
+    shared_[tail] = slab_page;
+  }
+  // The slab page left `tail` (or the object let go of it).
+  void unshare(std::uint32_t tail) { shared_.erase(tail); }
+
+  std::optional<std::uint32_t> open_bytes(std::uint32_t tail) const;
+  std::optional<std::uint32_t> shared_page(std::uint32_t tail) const;
+  bool is_shared(std::uint32_t tail) const { return shared_.contains(tail); }
+  // The open tail with the most room, if any.
+  std::optional<std::uint32_t> roomiest() const;
+
+  bool any_open() const { return !open_.empty(); }
+  std::size_t shared_count() const { return shared_.size(); }
+  // Open tails in slot order: (tail, bytes used).
+  const std::map<std::uint32_t, std::uint32_t>& open_tails() const { return open_; }
+  const std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails() const { return shared_; }
+
+  // Every shared tail is a large slot whose slab page is live and names it back; every open tail
+  // is a large object's own, unshared last page and records the bytes that object uses there.
+  Status validate(const PagePool& pool, const Slabs& slabs, const HandleTable& handles) const;
+
+ private:
+  friend struct HeapInternals;
+  std::map<std::uint32_t, std::uint32_t> open_;
+  std::unordered_map<std::uint32_t, std::uint32_t> shared_;
+};
+
+}  // namespace valet::detail
