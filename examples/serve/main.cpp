@@ -81,7 +81,9 @@ using valet::cli::number_in;
 constexpr int kSweepEveryGpu = 1;
 constexpr int kSweepEveryHost = 20;
 
-int run_service(const Options& o) {
+// The heap on the backend the options choose, or the exit status (2) after saying why not.
+// `device` receives the CUDA device ordinal the handle sweep runs on.
+int open_service_heap(const Options& o, std::unique_ptr<valet::Heap>& heap, int& device) {
   auto choice = valet::parse_backend_choice(o.backend);
   if (!choice.ok()) return std::fprintf(stderr, "valet-serve: %s\n", choice.error().message.c_str()), 2;
   std::size_t capacity = 0;
@@ -94,6 +96,7 @@ int run_service(const Options& o) {
   valet::BackendOptions bo;
   bo.choice = *choice;
   bo.host_capacity = capacity ? capacity : kHostDefault;
+  device = bo.device;
   std::string why_not_cuda;
   auto backend = valet::open_backend(bo, &why_not_cuda);
   if (!backend.ok()) return std::fprintf(stderr, "valet-serve: %s\n", backend.error().to_string().c_str()), 2;
@@ -103,44 +106,61 @@ int run_service(const Options& o) {
   config.capacity = capacity ? capacity : ((*backend)->kind() == valet::BackendKind::host ? kHostDefault : 0);
   auto heap_or = valet::Heap::create(std::move(backend).value(), config);
   if (!heap_or.ok()) return std::fprintf(stderr, "valet-serve: %s\n", heap_or.error().to_string().c_str()), 2;
-  std::unique_ptr<valet::Heap> heap = std::move(heap_or).value();
-  const std::size_t heap_capacity = heap->stats().capacity_bytes;
+  heap = std::move(heap_or).value();
+  return 0;
+}
 
-  valet::TraceRecorder trace("valet-serve", heap_capacity);
+// What runs beside the serving loop: the control server, and the background compactor where this
+// build has one. Stopped in the reverse order of starting.
+struct Background {
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+  std::unique_ptr<valet::Compactor> compactor;
+#endif
+  std::unique_ptr<valet::ControlServer> server;
+
+  // Between steps no pin is held: a good moment for a compaction cycle. A failed cycle leaves the
+  // heap consistent (validate() at exit says otherwise): the service goes on.
+  void safepoint() {
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+    if (compactor)
+      if (auto r = compactor->safepoint(); !r.ok())
+        std::fprintf(stderr, "\nvalet-serve: safepoint: %s\n", r.error().to_string().c_str());
+#endif
+  }
+
+  // No new commands, no trace, no cycles.
+  void stop(valet::TraceRecorder& trace) {
+    server->stop();
+    if (trace.recording()) (void)trace.stop();
+#if defined(VALET_SERVE_HAS_COMPACTOR)
+    if (compactor) compactor->stop();
+#endif
+  }
+};
+
+// Starts the compactor (where built) and the control server; 0, or 2 after saying why not.
+int start_background(valet::Heap& heap, valet::TraceRecorder& trace, const Options& o, Background& bg) {
   valet::ControlServerOptions server_options;
   server_options.socket_path = o.socket;
   server_options.trace = &trace;
   server_options.log = [](const std::string& m) { std::fprintf(stderr, "\nvalet-serve: %s\n", m.c_str()); };
-
 #if defined(VALET_SERVE_HAS_COMPACTOR)
-  std::unique_ptr<valet::Compactor> compactor;
-  if (auto c = valet::Compactor::start(*heap); c.ok()) compactor = std::move(c).value();
+  if (auto c = valet::Compactor::start(heap); c.ok()) bg.compactor = std::move(c).value();
   else std::fprintf(stderr, "valet-serve: no background compactor: %s\n", c.error().to_string().c_str());
-  auto server = compactor ? valet::ControlServer::start(*heap, *compactor, server_options)
-                          : valet::ControlServer::start(*heap, server_options);
+  auto server = bg.compactor ? valet::ControlServer::start(heap, *bg.compactor, server_options)
+                             : valet::ControlServer::start(heap, server_options);
 #else
   // This build has no Compactor implementation: compaction runs on request only.
-  auto server = valet::ControlServer::start(*heap, server_options);
+  auto server = valet::ControlServer::start(heap, server_options);
 #endif
   if (!server.ok()) return std::fprintf(stderr, "valet-serve: control server: %s\n", server.error().to_string().c_str()), 2;
+  bg.server = std::move(server).value();
+  return 0;
+}
 
-  auto access = serve::ObjectAccess::open(*heap);
-  if (!access.ok()) return std::fprintf(stderr, "valet-serve: %s\n", access.error().to_string().c_str()), 2;
-  auto sweep = serve::HandleSweep::open(*heap, access->stream(), bo.device);
-  if (!sweep.ok()) return std::fprintf(stderr, "valet-serve: handle sweep: %s\n", sweep.error().to_string().c_str()), 2;
-  const int sweep_every = o.sweep_every >= 0 ? o.sweep_every : ((*sweep)->on_gpu() ? kSweepEveryGpu : kSweepEveryHost);
-  const char* sweeper = (*sweep)->on_gpu() ? "a GPU kernel" : "host code";
-  serve::TracedHeap traced(*heap, trace);
-  serve::ServingLoop loop(traced, *access, sweep->get(), std::uint64_t(sweep_every), heap_capacity, o.seed);
-
-  std::fprintf(stderr, "valet-serve: pid %d, %s, capacity %.0f MiB, objects touched by %s\n", int(::getpid()),
-               heap->backend().name().c_str(), mib(heap_capacity), access->on_host() ? "host code" : "GPU kernels");
-  if (sweep_every > 0)
-    std::fprintf(stderr, "valet-serve: every %d step%s, %s reads every live object through its handle\n", sweep_every,
-                 sweep_every == 1 ? "" : "s", sweeper);
-  std::fprintf(stderr, "valet-serve: control socket %s (try: valetctl -s %s stats)\n", (*server)->socket_path().c_str(),
-               (*server)->socket_path().c_str());
-
+// Steps the loop every o.step_ms until the run time is over or a stop signal came; a status line
+// every second.
+void serve_until_stopped(const Options& o, const valet::Heap& heap, serve::ServingLoop& loop, Background& bg) {
   const bool tty = ::isatty(STDERR_FILENO);
   const auto start = Clock::now();
   const auto step = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(o.step_ms));
@@ -149,15 +169,9 @@ int run_service(const Options& o) {
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     if (o.seconds > 0 && elapsed >= o.seconds) break;
     loop.step();
-#if defined(VALET_SERVE_HAS_COMPACTOR)
-    // Between steps no pin is held: a good moment. A failed cycle leaves the heap consistent
-    // (validate() at exit says otherwise): the service goes on.
-    if (compactor)
-      if (auto r = compactor->safepoint(); !r.ok())
-        std::fprintf(stderr, "\nvalet-serve: safepoint: %s\n", r.error().to_string().c_str());
-#endif
+    bg.safepoint();
     if (Clock::now() >= next_status) {
-      status_line(*heap, loop.counters(), elapsed, tty);
+      status_line(heap, loop.counters(), elapsed, tty);
       next_status += std::chrono::seconds(1);
     }
     next_step = std::max(next_step + step, Clock::now() - step);
@@ -166,31 +180,11 @@ int run_service(const Options& o) {
   if (tty) std::fprintf(stderr, "\n");
   if (g_stop_signal)
     std::fprintf(stderr, "valet-serve: %s received, stopping\n", g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+}
 
-  // Stop in the reverse order of starting: no new commands, no trace, no cycles; then the objects.
-  (*server)->stop();
-  if (trace.recording()) (void)trace.stop();
-#if defined(VALET_SERVE_HAS_COMPACTOR)
-  if (compactor) compactor->stop();
-#endif
-  const serve::LoopCounters c = loop.counters();
-  loop.free_all();
-  int rc = 0;
-  if (auto st = (*sweep)->close(); !st.ok()) {
-    std::fprintf(stderr, "valet-serve: freeing the sweep's argument object failed: %s\n",
-                 st.error().to_string().c_str());
-    rc = 1;
-  }
-  if (auto v = heap->validate(); !v.ok()) {
-    std::fprintf(stderr, "valet-serve: heap validation failed: %s\n", v.error().to_string().c_str());
-    rc = 1;
-  }
-  const auto final_stats = heap->stats();
-  if (auto st = heap->shutdown(); !st.ok()) {
-    std::fprintf(stderr, "valet-serve: shutdown failed: %s\n", st.error().to_string().c_str());
-    rc = 1;
-  }
-  const long long pages_left = backend_pages(*heap);
+// The two closing lines: what the sweeps found, and what the service did and left behind.
+void print_summary(const serve::LoopCounters& c, const valet::HeapStats& final_stats, const char* sweeper,
+                   long long pages_left) {
   std::fprintf(stderr,
                "valet-serve: handle sweeps by %s: %llu sweeps (%llu skipped: heap full), %llu objects read through "
                "their handles (%.1f MiB checked), %llu bytes mismatched, %llu handles unresolved; %llu objects moved "
@@ -207,10 +201,66 @@ int run_service(const Options& o) {
                (unsigned long long)c.checks, (unsigned long long)c.corrupt_bytes, final_stats.live_objects,
                pages_left < 0 ? "pages returned to the driver"
                               : (pages_left == 0 ? "every page back" : "PAGES STILL HELD"));
+}
+
+// Frees every object, validates and shuts the heap down, and reports. The exit status: 0, or 1
+// where data was found corrupted, a step failed, or something was left behind.
+int release_and_report(valet::Heap& heap, serve::ServingLoop& loop, serve::HandleSweep& sweep, const char* sweeper) {
+  const serve::LoopCounters c = loop.counters();
+  loop.free_all();
+  int rc = 0;
+  if (auto st = sweep.close(); !st.ok()) {
+    std::fprintf(stderr, "valet-serve: freeing the sweep's argument object failed: %s\n",
+                 st.error().to_string().c_str());
+    rc = 1;
+  }
+  if (auto v = heap.validate(); !v.ok()) {
+    std::fprintf(stderr, "valet-serve: heap validation failed: %s\n", v.error().to_string().c_str());
+    rc = 1;
+  }
+  const auto final_stats = heap.stats();
+  if (auto st = heap.shutdown(); !st.ok()) {
+    std::fprintf(stderr, "valet-serve: shutdown failed: %s\n", st.error().to_string().c_str());
+    rc = 1;
+  }
+  const long long pages_left = backend_pages(heap);
+  print_summary(c, final_stats, sweeper, pages_left);
   if (pages_left > 0 || c.corrupt_bytes || c.swept_corrupt_bytes || c.swept_unresolved || c.errors ||
       final_stats.live_objects)
     rc = 1;
   return rc;
+}
+
+int run_service(const Options& o) {
+  std::unique_ptr<valet::Heap> heap;
+  int device = 0;
+  if (int rc = open_service_heap(o, heap, device)) return rc;
+  const std::size_t heap_capacity = heap->stats().capacity_bytes;
+  valet::TraceRecorder trace("valet-serve", heap_capacity);
+  Background bg;
+  if (int rc = start_background(*heap, trace, o, bg)) return rc;
+
+  auto access = serve::ObjectAccess::open(*heap);
+  if (!access.ok()) return std::fprintf(stderr, "valet-serve: %s\n", access.error().to_string().c_str()), 2;
+  auto sweep = serve::HandleSweep::open(*heap, access->stream(), device);
+  if (!sweep.ok()) return std::fprintf(stderr, "valet-serve: handle sweep: %s\n", sweep.error().to_string().c_str()), 2;
+  const int sweep_every = o.sweep_every >= 0 ? o.sweep_every : ((*sweep)->on_gpu() ? kSweepEveryGpu : kSweepEveryHost);
+  const char* sweeper = (*sweep)->on_gpu() ? "a GPU kernel" : "host code";
+  serve::TracedHeap traced(*heap, trace);
+  serve::ServingLoop loop(traced, *access, sweep->get(), std::uint64_t(sweep_every), heap_capacity, o.seed);
+
+  std::fprintf(stderr, "valet-serve: pid %d, %s, capacity %.0f MiB, objects touched by %s\n", int(::getpid()),
+               heap->backend().name().c_str(), mib(heap_capacity), access->on_host() ? "host code" : "GPU kernels");
+  if (sweep_every > 0)
+    std::fprintf(stderr, "valet-serve: every %d step%s, %s reads every live object through its handle\n", sweep_every,
+                 sweep_every == 1 ? "" : "s", sweeper);
+  std::fprintf(stderr, "valet-serve: control socket %s (try: valetctl -s %s stats)\n", bg.server->socket_path().c_str(),
+               bg.server->socket_path().c_str());
+
+  serve_until_stopped(o, *heap, loop, bg);
+  // Stop in the reverse order of starting: no new commands, no trace, no cycles; then the objects.
+  bg.stop(trace);
+  return release_and_report(*heap, loop, **sweep, sweeper);
 }
 
 }  // namespace

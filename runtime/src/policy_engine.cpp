@@ -59,9 +59,13 @@ double heap_fragmentation(const Observation& obs) {
   return held > 0 ? std::max(0.0, 1.0 - double(obs.live_bytes) / held) : 0.0;
 }
 
-std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
+namespace {
+
+// Ages the state by the time since the last observation: the allocation rate (smoothed) and the
+// byte tokens (refilled at max_bytes_per_second, at most one second's worth). True where an
+// allocation failed since the last observation.
+bool observe(const PolicySettings& s, const Observation& obs, EngineState& st) {
   const double rate_cap = double(s.max_bytes_per_second);
-  const double page = double(kPageBytes);
   if (st.last_ns == 0) {
     st.byte_tokens = rate_cap;  // start with one second of budget
   } else if (obs.now_ns > st.last_ns) {
@@ -74,8 +78,21 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   st.last_ns = obs.now_ns;
   st.last_allocations = obs.allocations;
   st.last_failed = obs.failed_allocations;
-  if (!s.background && !safepoint) return std::nullopt;
+  return failed_since;
+}
 
+// Why a cycle is wanted (none: not wanted), and the pages it should give back.
+struct Want {
+  std::optional<CompactionTrigger> trigger;
+  std::uint64_t goal = 0;
+  // Over the threshold for the whole heap only: much of that may be what no cycle reclaims
+  // (size-class rounding, large objects' last pages), so only the cheapest level is planned.
+  bool cheapest_only = false;
+};
+
+// The triggers in order of urgency: a low reserve (or a failed allocation), fragmentation, idleness.
+Want want_cycle(const PolicySettings& s, const Observation& obs, const EngineState& st, bool failed_since) {
+  const double page = double(kPageBytes);
   std::size_t slab_pages = 0;
   double slot_bytes = 0;
   for (const auto& c : obs.classes) {
@@ -84,76 +101,94 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   }
   const double frag = slab_fragmentation(obs.classes);
   const double whole = heap_fragmentation(obs);
-  // Over the threshold for the whole heap only: much of that may be what no cycle reclaims
-  // (size-class rounding, large objects' last pages), so only the cheapest level is planned.
-  bool cheapest_only = false;
-  std::optional<CompactionTrigger> trigger;
-  std::uint64_t goal = s.min_reclaim_pages;
+  Want w;
+  w.goal = s.min_reclaim_pages;
   if (obs.free_pages < s.min_free_pages || failed_since) {
-    trigger = CompactionTrigger::reserve_low;
-    goal = std::max<std::uint64_t>(goal, s.min_free_pages > obs.free_pages ? s.min_free_pages - obs.free_pages : 1);
+    w.trigger = CompactionTrigger::reserve_low;
+    w.goal = std::max<std::uint64_t>(w.goal, s.min_free_pages > obs.free_pages ? s.min_free_pages - obs.free_pages : 1);
   } else if (frag > s.fragmentation_threshold || whole > s.fragmentation_threshold) {
-    trigger = CompactionTrigger::fragmentation;
+    w.trigger = CompactionTrigger::fragmentation;
     // Pages to give back for the slab pages, and for the heap, to reach the threshold.
     const double keep = 1.0 - s.fragmentation_threshold;
     if (frag > s.fragmentation_threshold)
-      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / page)));
-    cheapest_only = frag <= s.fragmentation_threshold;
+      w.goal = std::max<std::uint64_t>(w.goal, std::uint64_t(std::ceil(double(slab_pages) - slot_bytes / keep / page)));
+    w.cheapest_only = frag <= s.fragmentation_threshold;
     if (whole > s.fragmentation_threshold) {
       const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / page;
-      goal = std::max<std::uint64_t>(goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / page)));
+      w.goal = std::max<std::uint64_t>(w.goal, std::uint64_t(std::ceil(held_pages - double(obs.live_bytes) / keep / page)));
     }
   } else if (st.alloc_rate < s.idle_allocs_per_second) {
-    trigger = CompactionTrigger::idle;
+    w.trigger = CompactionTrigger::idle;
   }
-  // Slab pages that can be emptied into large objects' unused last-page bytes free a page each,
-  // however full they are: worth a cycle of their own.
-  const Plan tails = s.evacuate ? plan_tails(obs.classes, obs.open_tails) : Plan{};
-  if (!trigger && tails.pages_freed >= s.min_reclaim_pages) trigger = CompactionTrigger::tails;
-  if (!trigger) return std::nullopt;
+  return w;
+}
 
-  double budget = st.byte_tokens;
+// Bytes the next cycle may move: the byte tokens, bounded by the pause budget.
+double cycle_budget(const PolicySettings& s, const EngineState& st) {
   // The pause budget bounds a cycle's copy time, but never below one page's worth of objects:
   // a cycle that cannot empty a single page would run forever without effect. Until a cycle has
   // measured the copy speed, assume a slow one (kAssumedBytesPerNs): the first cycle then keeps
   // to the pause budget too (it used to be bounded only by the byte budget, a second's worth of
   // max_bytes_per_second), and measures the speed for the next ones.
   const double speed = st.copy_bytes_per_ns > 0 ? st.copy_bytes_per_ns : kAssumedBytesPerNs;
-  budget = std::min(budget, std::max(page, double(s.max_pause_us) * 1e3 * speed));
-  if (budget < 65536) return std::nullopt;
+  return std::min(st.byte_tokens, std::max(double(kPageBytes), double(s.max_pause_us) * 1e3 * speed));
+}
 
-  auto tails_decision = [&] {
-    Decision d;
-    d.trigger = CompactionTrigger::tails;
-    d.plan = tails;
-    d.request.max_bytes = std::uint64_t(budget);
-    d.request.max_pages = s.max_pages_per_cycle;
-    d.request.trigger = d.trigger;
-    d.request.mesh = s.mesh;
-    d.request.evacuate = true;
-    // Only the tails' sources: no sparse-page evacuation (nothing is that sparse).
-    d.request.max_occupancy = 1e-6;
-    return d;
-  };
-  if (*trigger == CompactionTrigger::tails) return tails_decision();
+Decision tails_decision(const PolicySettings& s, const Plan& tails, double budget) {
+  Decision d;
+  d.trigger = CompactionTrigger::tails;
+  d.plan = tails;
+  d.request.max_bytes = std::uint64_t(budget);
+  d.request.max_pages = s.max_pages_per_cycle;
+  d.request.trigger = d.trigger;
+  d.request.mesh = s.mesh;
+  d.request.evacuate = true;
+  // Only the tails' sources: no sparse-page evacuation (nothing is that sparse).
+  d.request.max_occupancy = 1e-6;
+  return d;
+}
 
+// The occupancy levels planned: 0.25, 0.5 and max_occupancy, those not above max_occupancy.
+std::vector<double> occupancy_levels(const PolicySettings& s, bool cheapest_only) {
   std::vector<double> levels;
   for (double l : {0.25, 0.5, s.max_occupancy})
     if (l <= s.max_occupancy && (levels.empty() || l > levels.back())) levels.push_back(l);
   if (cheapest_only) levels.resize(1);
-  const auto plans = plan_levels(obs.classes, levels);
-  // The cheapest plan that meets the goal within the budget; else the one that frees most.
+  return levels;
+}
+
+// The cheapest plan that meets the goal within the budget; else the one that frees most.
+const Plan* choose_plan(const std::vector<Plan>& plans, std::uint64_t goal, double budget) {
+  for (const auto& p : plans)
+    if (p.pages_freed >= goal && double(p.bytes_moved) <= budget) return &p;
   const Plan* chosen = nullptr;
   for (const auto& p : plans)
-    if (p.pages_freed >= goal && double(p.bytes_moved) <= budget) {
-      chosen = &p;
-      break;
-    }
-  if (!chosen)
-    for (const auto& p : plans)
-      if (!chosen || p.pages_freed > chosen->pages_freed) chosen = &p;
+    if (!chosen || p.pages_freed > chosen->pages_freed) chosen = &p;
+  return chosen;
+}
+
+}  // namespace
+
+std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
+  const bool failed_since = observe(s, obs, st);
+  if (!s.background && !safepoint) return std::nullopt;
+
+  const Want want = want_cycle(s, obs, st, failed_since);
+  std::optional<CompactionTrigger> trigger = want.trigger;
+  // Slab pages that can be emptied into large objects' unused last-page bytes free a page each,
+  // however full they are: worth a cycle of their own.
+  const Plan tails = s.evacuate ? plan_tails(obs.classes, obs.open_tails) : Plan{};
+  if (!trigger && tails.pages_freed >= s.min_reclaim_pages) trigger = CompactionTrigger::tails;
+  if (!trigger) return std::nullopt;
+
+  const double budget = cycle_budget(s, st);
+  if (budget < 65536) return std::nullopt;
+  if (*trigger == CompactionTrigger::tails) return tails_decision(s, tails, budget);
+
+  const auto plans = plan_levels(obs.classes, occupancy_levels(s, want.cheapest_only));
+  const Plan* chosen = choose_plan(plans, want.goal, budget);
   if (!chosen || chosen->pages_freed < s.min_reclaim_pages) {
-    if (tails.pages_freed >= s.min_reclaim_pages) return tails_decision();
+    if (tails.pages_freed >= s.min_reclaim_pages) return tails_decision(s, tails, budget);
     return std::nullopt;
   }
 

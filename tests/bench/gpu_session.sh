@@ -5,18 +5,25 @@
 # relocation by remapping against a copy), the six traces (Valet, PyTorch native and expandable,
 # and on p23 and p24 a heap that never moves objects and meshing alone), and the p23 series.
 #
-#   tests/bench/gpu_session.sh BIN_DIR OUT_DIR TRACE_DIR [ANCHOR]
+#   tests/bench/gpu_session.sh BIN_DIR OUT_DIR TRACE_DIR [REPLAYER]
 #     BIN_DIR    a CUDA build's bin/ (valet-conformance, valet-gpu-tests, valet-serve, valetctl,
 #                valet-replay, valet-bench-*); a libtbb.so.12 beside them is used where missing
 #     TRACE_DIR  t1 t2 h11 h12 p23 p24 .trace files (tests/bench/traces/run_traces.sh makes them)
-#     ANCHOR     ../shared/anchors/torch_replay.py: PyTorch's caching allocator on the same traces
+#     REPLAYER   optional: a script that replays a trace through PyTorch's caching allocator (not
+#                part of Valet), called as `python3 REPLAYER TRACE --json`; also taken from the
+#                environment variable VALET_BASELINE_REPLAYER. There is no default: without one, the
+#                PyTorch runs are left out.
 #
 # The Valet trace replays run one at a time (their pin waits are measured); the --no-compact
 # replays of p23 and p24 and the PyTorch replays run beside them, since they report memory
 # figures only. Each step's output is OUT_DIR/<step>.txt; a step that fails is reported and the
 # session goes on.
 set -uo pipefail
-bin=$(cd "$1" && pwd); out=$2; traces=$3; anchor=${4:-}
+bin=$(cd "$1" && pwd); out=$2; traces=$3; replayer=${4:-${VALET_BASELINE_REPLAYER:-}}
+if [ -n "$replayer" ] && [ ! -f "$replayer" ]; then
+  echo "gpu_session.sh: REPLAYER $replayer: no such file" >&2
+  exit 2
+fi
 mkdir -p "$out"
 export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,16 +68,16 @@ step bench-relocate 60 "$bin/valet-bench-relocate"
     echo "{\"trace\":\"$t\",\"run\":\"valet-mesh-only\",\"result\":$("$bin/valet-replay" "$traces/$t.trace" \
       --backend cuda --pinners 1 --policy evacuate=false --json)}"
   done
-  if [ -n "$anchor" ]; then
+  if [ -n "$replayer" ]; then
     # Mapped and live bytes over the steps of p23 (docs/benchmarks.md's plot).
     python3 "$here/traces/torch_series.py" "$traces/p23.trace" "$out/p23-torch-native-steps.csv"
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 "$here/traces/torch_series.py" "$traces/p23.trace" \
       "$out/p23-torch-expandable-steps.csv"
 
     for t in t1 t2 h11 h12 p23 p24; do
-      echo "{\"trace\":\"$t\",\"run\":\"torch-native\",\"result\":$(python3 "$anchor" "$traces/$t.trace" --json)}"
+      echo "{\"trace\":\"$t\",\"run\":\"torch-native\",\"result\":$(python3 "$replayer" "$traces/$t.trace" --json)}"
       echo "{\"trace\":\"$t\",\"run\":\"torch-expandable\",\"result\":$(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
-        python3 "$anchor" "$traces/$t.trace" --json)}"
+        python3 "$replayer" "$traces/$t.trace" --json)}"
     done
   fi
 ) >"$out/traces-side.jsonl" 2>"$out/traces-side.err" &

@@ -155,7 +155,8 @@ struct CompactRequest {
 
 class Heap {
  public:
-  // Makes a heap on `backend` (see runtime's open_heap() to pick the backend from the config).
+  // Makes a heap on `backend` (runtime's open_heap() opens the backend its BackendOptions choose,
+  // then calls this).
   static Result<std::unique_ptr<Heap>> create(std::unique_ptr<Backend> backend, const Config& config);
   // Shuts down (see shutdown()). Destroying a heap while pins are held aborts the process with a
   // message on stderr: the pins' memory would otherwise be freed under them.

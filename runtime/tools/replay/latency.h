@@ -1,6 +1,6 @@
 // Allocation latencies in bounded memory: a histogram, exact to the nanosecond below 64 us (where
 // nearly every allocation falls) and within 1/256 of the value above, so that a trace of any
-// length costs the same ~600 KiB. Ranks follow torch_replay.py's figures (see replayer.cpp).
+// length costs the same ~600 KiB. Ranks follow the PyTorch baseline replayer's (see replayer.cpp).
 #pragma once
 
 #include <algorithm>

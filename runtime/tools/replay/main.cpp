@@ -28,8 +28,8 @@ constexpr int kExitUsage = 2;
 
 constexpr const char* kDescription =
     "Replays a gpuheap-trace v1 (plain or .gz) through a Valet heap and prints one summary line, or\n"
-    "with --json one JSON object with the keys of torch_replay.py and more. `valet-replay generate\n"
-    "-o FILE` writes such a trace (`valet-replay generate --help` lists its options).\n"
+    "with --json one JSON object (the keys of a PyTorch baseline replayer, and more). `valet-replay\n"
+    "generate -o FILE` writes such a trace (`valet-replay generate --help` lists its options).\n"
     "\n"
     "Compaction (unless --no-compact): the background compactor (valet::Compactor) runs on the heap\n"
     "with the policy's default settings (change them with --policy KEY=VALUE), and the replayer calls\n"
@@ -138,42 +138,26 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   return std::nullopt;
 }
 
-int run(int argc, char** argv) {
-  using namespace valet;
-  Arguments args;
-  if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
-  if (args.generate) return valet::replay::run_generate(args.generator);
-
-  BackendOptions backend;
-  backend.choice = parse_backend_choice(args.backend).value();  // checked by CLI11 above
-  Config config;
+// The heap's configuration: the options, and the capacity from --capacity, else the trace header.
+// An exit status where the capacity is more than a heap can address.
+std::optional<int> make_config(const Arguments& args, const valet::replay::TraceSummary& checked, valet::Config& config) {
   config.compact_on_oom = !args.no_compact;
   config.share_tails = !args.no_share_tails;
   config.background_reserve = true;
-
-  // The first of two passes: the whole trace is checked before the heap is touched.
-  auto checked = replay::check_trace(args.trace);
-  if (!checked.ok()) {
-    std::cerr << "valet-replay: " << replay::quote_bytes(args.trace, 4096) << ": " << checked.error().message << "\n";
-    return kExitUsage;
-  }
-
   if (!args.capacity.empty())
-    config.capacity = *parse_size(args.capacity);  // checked with the arguments
-  else if (checked->header_capacity)
-    config.capacity = *checked->header_capacity;
+    config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments
+  else if (checked.header_capacity)
+    config.capacity = *checked.header_capacity;
   if (auto st = check_capacity(config.capacity, config); !st.ok()) {
     std::cerr << "valet-replay: " << st.error().message << "\n";
     return kExitUsage;
   }
+  return std::nullopt;
+}
 
-  auto heap = open_heap(backend, config);
-  if (!heap.ok()) {
-    std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
-    return kExitUsage;
-  }
-
-  PolicySettings policy;
+// The compactor's policy: the defaults with every --policy KEY=VALUE applied, or an exit status.
+std::optional<int> parse_policy(const Arguments& args, valet::PolicySettings& policy) {
+  using namespace valet;
   for (const std::string& kv : args.policy) {
     const auto eq = kv.find('=');
     Status st = eq == std::string::npos
@@ -184,6 +168,72 @@ int run(int argc, char** argv) {
       return kExitUsage;
     }
   }
+  return std::nullopt;
+}
+
+valet::replay::ReplayOptions replay_options(const Arguments& args, valet::Heap& heap, valet::Compactor* compactor) {
+  using namespace valet;
+  replay::ReplayOptions options;
+  options.compactor = compactor;
+  options.verify = args.verify;
+  options.step_log = args.step_log;
+  const bool host_accessible = heap.backend().capabilities().host_accessible;
+  options.signature_path = host_accessible && !args.verify_through_backend ? replay::SignaturePath::host_address
+                                                                           : replay::SignaturePath::backend;
+  options.pinners.threads = args.pinners;
+  options.pinners.hold = std::chrono::microseconds(args.pin_hold_us);
+  options.pinners.gap = std::chrono::microseconds(args.pin_gap_us);
+  options.pinners.seed = args.seed;
+  options.pinners.check_signature = args.verify && host_accessible;
+  return options;
+}
+
+// Completes the report with the run's settings, prints it and its problems; the exit status.
+int print_report(valet::replay::ReplayReport& report, const Arguments& args, valet::Heap& heap,
+                 const valet::Compactor* compactor) {
+  report.trace = args.trace;
+  report.backend = heap.backend().name();
+  report.capacity_bytes = heap.config().capacity;
+  report.compaction = !args.no_compact;
+  report.share_tails = !args.no_share_tails;
+  if (compactor)
+    for (const auto& kv : valet::policy_values(compactor->settings())) report.policy.push_back(kv);
+  report.verify = args.verify;
+  report.pinners = args.pinners;
+
+  if (args.json)
+    std::cout << valet::replay::to_json(report).dump() << std::endl;
+  else
+    std::cout << valet::replay::summary_line(report) << std::endl;
+  for (const std::string& p : report.problems) std::cerr << "valet-replay: " << p << "\n";
+  if (report.problems_omitted) std::cerr << "valet-replay: ... and " << report.problems_omitted << " more problems\n";
+  return report.failed() ? kExitFailed : 0;
+}
+
+int run(int argc, char** argv) {
+  using namespace valet;
+  Arguments args;
+  if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
+  if (args.generate) return valet::replay::run_generate(args.generator);
+
+  BackendOptions backend;
+  backend.choice = parse_backend_choice(args.backend).value();  // checked by CLI11 above
+  // The first of two passes: the whole trace is checked before the heap is touched.
+  auto checked = replay::check_trace(args.trace);
+  if (!checked.ok()) {
+    std::cerr << "valet-replay: " << replay::quote_bytes(args.trace, 4096) << ": " << checked.error().message << "\n";
+    return kExitUsage;
+  }
+  Config config;
+  if (auto exit_status = make_config(args, *checked, config)) return *exit_status;
+  auto heap = open_heap(backend, config);
+  if (!heap.ok()) {
+    std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
+    return kExitUsage;
+  }
+
+  PolicySettings policy;
+  if (auto exit_status = parse_policy(args, policy)) return *exit_status;
   std::unique_ptr<Compactor> compactor;
   if (!args.no_compact) {
     auto started = Compactor::start(**heap, policy);
@@ -194,42 +244,13 @@ int run(int argc, char** argv) {
     compactor = std::move(*started);
   }
 
-  replay::ReplayOptions options;
-  options.compactor = compactor.get();
-  options.verify = args.verify;
-  options.step_log = args.step_log;
-  const bool host_accessible = (*heap)->backend().capabilities().host_accessible;
-  options.signature_path = host_accessible && !args.verify_through_backend ? replay::SignaturePath::host_address
-                                                                           : replay::SignaturePath::backend;
-  options.pinners.threads = args.pinners;
-  options.pinners.hold = std::chrono::microseconds(args.pin_hold_us);
-  options.pinners.gap = std::chrono::microseconds(args.pin_gap_us);
-  options.pinners.seed = args.seed;
-  options.pinners.check_signature = args.verify && host_accessible;
-
   replay::TraceReader trace(args.trace);  // the second pass, streamed into the replay
-  replay::ReplayReport report = replay::replay(**heap, trace, *checked, options);
+  replay::ReplayReport report = replay::replay(**heap, trace, *checked, replay_options(args, **heap, compactor.get()));
   if (!report.trace_error.empty()) {
     std::cerr << "valet-replay: " << replay::quote_bytes(args.trace, 4096) << ": " << report.trace_error << "\n";
     return kExitUsage;
   }
-  report.trace = args.trace;
-  report.backend = (*heap)->backend().name();
-  report.capacity_bytes = (*heap)->config().capacity;
-  report.compaction = !args.no_compact;
-  report.share_tails = !args.no_share_tails;
-  if (compactor)
-    for (const auto& kv : policy_values(compactor->settings())) report.policy.push_back(kv);
-  report.verify = args.verify;
-  report.pinners = args.pinners;
-
-  if (args.json)
-    std::cout << replay::to_json(report).dump() << std::endl;
-  else
-    std::cout << replay::summary_line(report) << std::endl;
-  for (const std::string& p : report.problems) std::cerr << "valet-replay: " << p << "\n";
-  if (report.problems_omitted) std::cerr << "valet-replay: ... and " << report.problems_omitted << " more problems\n";
-  return report.failed() ? kExitFailed : 0;
+  return print_report(report, args, **heap, compactor.get());
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
 }
 
 // Median (mean of the middle two for an even count) and p99 (the sorted element at 0.99 n), as
-// torch_replay.py computes them, so the figures compare.
+// the PyTorch baseline replayer computes them, so the figures compare.
 void latency_figures(const LatencyHistogram& ns, ReplayReport& r) {
   const std::uint64_t n = ns.count();
   if (n == 0) return;

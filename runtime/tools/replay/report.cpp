@@ -5,6 +5,43 @@
 
 namespace valet::replay {
 
+namespace {
+
+// The background compactor's counters and its policy settings; null for a run without one.
+nlohmann::ordered_json compactor_json(const ReplayReport& r) {
+  if (!r.compactor) return nullptr;
+  nlohmann::ordered_json c;
+  c["cycles"] = r.compactor_cycles;
+  c["background_cycles"] = r.background_cycles;
+  c["safepoint_calls"] = r.safepoint_calls;
+  c["safepoint_cycles"] = r.safepoint_cycles;
+  c["safepoint_busy"] = r.safepoint_busy;
+  c["by_trigger"] = {{"fragmentation", r.cycles_fragmentation},
+                     {"reserve_low", r.cycles_reserve_low},
+                     {"idle", r.cycles_idle},
+                     {"safepoint", r.cycles_safepoint_trigger},
+                     {"tails", r.cycles_tails}};
+  c["failed_cycles"] = r.failed_cycles;
+  c["safepoint_ns_total"] = r.safepoint_ns_total;
+  c["safepoint_ns_max"] = r.safepoint_ns_max;
+  c["safepoint_cycle_ns_max"] = r.safepoint_cycle_ns_max;
+  nlohmann::ordered_json p = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : r.policy) p[k] = v;
+  c["policy"] = p;
+  return c;
+}
+
+// One compaction cycle's record.
+nlohmann::ordered_json cycle_json(const CompactionRecord& c) {
+  return {{"trigger", trigger_name(c.trigger)}, {"objects_moved", c.objects_moved},
+          {"bytes_moved", c.bytes_moved},       {"pages_freed", c.pages_freed},
+          {"pages_meshed", c.pages_meshed},     {"bytes_meshed", c.bytes_meshed},
+          {"objects_skipped", c.objects_skipped}, {"duration_ns", c.duration_ns},
+          {"longest_pin_wait_ns", c.longest_pin_wait_ns}};
+}
+
+}  // namespace
+
 nlohmann::ordered_json to_json(const ReplayReport& r) {
   nlohmann::ordered_json j;
   j["trace"] = r.trace;
@@ -37,41 +74,12 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["pages_freed"] = r.pages_freed;
   j["pages_meshed"] = r.pages_meshed;
   j["bytes_meshed"] = r.bytes_meshed;
-  if (r.compactor) {
-    nlohmann::ordered_json c;
-    c["cycles"] = r.compactor_cycles;
-    c["background_cycles"] = r.background_cycles;
-    c["safepoint_calls"] = r.safepoint_calls;
-    c["safepoint_cycles"] = r.safepoint_cycles;
-    c["safepoint_busy"] = r.safepoint_busy;
-    c["by_trigger"] = {{"fragmentation", r.cycles_fragmentation},
-                       {"reserve_low", r.cycles_reserve_low},
-                       {"idle", r.cycles_idle},
-                       {"safepoint", r.cycles_safepoint_trigger},
-                       {"tails", r.cycles_tails}};
-    c["failed_cycles"] = r.failed_cycles;
-    c["safepoint_ns_total"] = r.safepoint_ns_total;
-    c["safepoint_ns_max"] = r.safepoint_ns_max;
-    c["safepoint_cycle_ns_max"] = r.safepoint_cycle_ns_max;
-    nlohmann::ordered_json p = nlohmann::ordered_json::object();
-    for (const auto& [k, v] : r.policy) p[k] = v;
-    c["policy"] = p;
-    j["compactor"] = c;
-  } else {
-    j["compactor"] = nullptr;
-  }
+  j["compactor"] = compactor_json(r);
   j["moved_fraction"] = r.moved_fraction;
   j["copied_fraction"] = r.copied_fraction;
   j["pin_wait_ns_max"] = r.pin_wait_ns_max;
   j["pin_wait_ns_max_cycles"] = r.pin_wait_ns_max_cycles;
-  if (r.pin_wait_ns_max_cycles) {
-    const CompactionRecord& c = r.pin_wait_max_cycle;
-    j["pin_wait_max_cycle"] = {{"trigger", trigger_name(c.trigger)}, {"objects_moved", c.objects_moved},
-                               {"bytes_moved", c.bytes_moved},       {"pages_freed", c.pages_freed},
-                               {"pages_meshed", c.pages_meshed},     {"bytes_meshed", c.bytes_meshed},
-                               {"objects_skipped", c.objects_skipped}, {"duration_ns", c.duration_ns},
-                               {"longest_pin_wait_ns", c.longest_pin_wait_ns}};
-  }
+  if (r.pin_wait_ns_max_cycles) j["pin_wait_max_cycle"] = cycle_json(r.pin_wait_max_cycle);
   j["pin_wait_max_lines"] = {r.pin_wait_max_lines[0], r.pin_wait_max_lines[1]};
   j["pins"] = r.pins;
   j["pins_stale"] = r.pins_stale;

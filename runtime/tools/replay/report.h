@@ -1,5 +1,6 @@
 // What one replay measured, and its two printed forms: one JSON object (--json; the keys of the
-// project's peer replayers, torch_replay.py above all, with the same meanings) and one summary line.
+// PyTorch baseline replayer that gpu_session.sh runs beside it, with the same meanings) and one
+// summary line.
 #pragma once
 
 #include <cstdint>

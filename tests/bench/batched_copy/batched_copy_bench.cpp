@@ -15,28 +15,74 @@
 // destination, and a self-check copies thousands of odd-sized unaligned ranges.
 //
 // Usage: valet-bench-batched-copy [--total-mib N] [--iters N] [--device N]
-// Exits 0 with "skipped: <reason>" when no CUDA device is usable.
+// (--help lists the options; a bad one exits with status 2 and a message.) Exits 0 with
+// "skipped: <reason>" when no CUDA device is usable.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "valet/cuda_backend.h"
+#include "valet/types.h"
+
+namespace {
+
+struct Args {
+  std::size_t total_mib = 1024;
+  int iters = 10;
+  int device = 0;
+};
+
+// Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
+// error: 2, with CLI11's message). The options are checked on every build, CUDA or not.
+std::optional<int> parse_arguments(int argc, char** argv, Args& args) {
+  CLI::App app{"Bandwidth of the CUDA backend's batched copy for many small objects scattered over a large\n"
+               "region, next to one large device-to-device copy of the same bytes.",
+               "valet-bench-batched-copy"};
+  app.add_option("--total-mib", args.total_mib, "MiB copied per object size (rounded up to whole pages)")
+      ->check(CLI::Range(std::size_t{2}, std::size_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--iters", args.iters, "Iterations of the end-to-end timing")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--device", args.device, "CUDA device ordinal")->check(CLI::Range(0, 1023))->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  const std::size_t page_mib = valet::kPageBytes >> 20;
+  args.total_mib = (args.total_mib + page_mib - 1) / page_mib * page_mib;  // whole pages
+  return std::nullopt;
+}
+
+int run_bench(const Args& args);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  if (auto exit_status = parse_arguments(argc, argv, args)) return *exit_status;
+  return run_bench(args);
+}
 
 #if !defined(VALET_BENCH_HAVE_CUDA_H)
 
-int main() {
+namespace {
+int run_bench(const Args&) {
   std::printf("skipped: this build has no CUDA backend (no CUDA toolkit at configure time)\n");
   return 0;
 }
+}  // namespace
 
 #else
 
@@ -47,8 +93,6 @@ namespace {
 
 using namespace valet;
 using Clock = std::chrono::steady_clock;
-
-constexpr std::size_t kPage = std::size_t{2} << 20;
 
 // --- The few driver calls the benchmark makes itself (same loading rules as the library) -----
 
@@ -133,7 +177,7 @@ Region make_region(Backend& b, std::size_t bytes) {
   Region r;
   r.bytes = bytes;
   r.base = check(b.reserve(bytes), "reserve");
-  for (std::size_t off = 0; off < bytes; off += kPage) {
+  for (std::size_t off = 0; off < bytes; off += kPageBytes) {
     r.pages.push_back(check(b.create_page(), "create_page"));
     check(b.map(r.base + off, r.pages.back()), "map");
   }
@@ -281,81 +325,70 @@ void self_check(Backend& b, Stream s, const Region& src, const Region& dst, std:
   if (src_bad || dst_bad || one_bad != 1) die("self-check FAILED");
 }
 
-struct Args {
-  std::size_t total_mib = 1024;
-  int iters = 10;
-  int device = 0;
-};
+// --- The benchmark -----------------------------------------------------------------------------
 
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto next = [&]() -> long {
-      if (i + 1 >= argc) die("missing value after " + k);
-      return std::strtol(argv[++i], nullptr, 10);
-    };
-    if (k == "--total-mib") a.total_mib = std::size_t(std::max(2L, next()));
-    else if (k == "--iters") a.iters = int(std::max(1L, next()));
-    else if (k == "--device") a.device = int(next());
-    else if (k == "--help" || k == "-h") {
-      std::printf("usage: valet-bench-batched-copy [--total-mib N (1024)] [--iters N (10)] [--device N (0)]\n");
-      std::exit(0);
-    } else {
-      die("unknown argument " + k);
-    }
-  }
-  a.total_mib = (a.total_mib + 1) / 2 * 2;  // whole 2 MiB pages
-  return a;
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
+// The CUDA backend of the device, or null after printing "skipped: ..." where there is no usable
+// device, driver, or enough free memory for `total` bytes of sources and twice that of destinations.
+std::unique_ptr<Backend> open_or_skip(const Args& args, std::size_t total) {
   auto opened = open_cuda_backend(args.device);
   if (!opened.ok()) {
     std::printf("skipped: %s\n", opened.error().message.c_str());
-    return 0;
+    return nullptr;
   }
   std::unique_ptr<Backend> backend = std::move(opened).value();
-  Backend& b = *backend;
   if (const std::string why = load_driver(g_drv); !why.empty()) {
     std::printf("skipped: %s\n", why.c_str());
-    return 0;
+    return nullptr;
   }
-  const std::size_t total = args.total_mib << 20;
-  const auto info = check(b.memory_info(), "memory_info");
+  const auto info = check(backend->memory_info(), "memory_info");
   if (info.free_bytes < 3 * total + (std::size_t{512} << 20)) {
     std::printf("skipped: needs %zu MiB of free device memory, %zu MiB free (try --total-mib)\n",
                 (3 * total + (std::size_t{512} << 20)) >> 20, info.free_bytes >> 20);
-    return 0;
+    return nullptr;
   }
+  return backend;
+}
 
-  // The benchmark's own stream, made with the driver in the primary context, is handed to the
-  // backend as is (as a CUDA runtime stream would be).
+// The benchmark's own stream and events, made with the driver in the primary context. The stream
+// is handed to the backend as is (as a CUDA runtime stream would be).
+struct Session {
   CUdevice dev = 0;
   CUcontext ctx = nullptr;
-  check_cu(g_drv.cuInit(0), "cuInit");
-  check_cu(g_drv.cuDeviceGet(&dev, args.device), "cuDeviceGet");
-  check_cu(g_drv.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
-  check_cu(g_drv.cuCtxPushCurrent(ctx), "cuCtxPushCurrent");
   Timer t;
-  check_cu(g_drv.cuStreamCreate(&t.stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-  check_cu(g_drv.cuEventCreate(&t.start, CU_EVENT_DEFAULT), "cuEventCreate");
-  check_cu(g_drv.cuEventCreate(&t.stop, CU_EVENT_DEFAULT), "cuEventCreate");
-  const Stream s{reinterpret_cast<std::uintptr_t>(t.stream)};
 
-  std::printf("device: %s\n", b.name().c_str());
-  std::printf("total per size: %zu MiB; destinations scattered over %zu MiB; %d iterations (e2e), "
-              "4 per gated round (gpu, median of 5)\n",
-              args.total_mib, 2 * args.total_mib, args.iters);
-  Region src = make_region(b, total);
-  Region dst = make_region(b, 2 * total);
+  explicit Session(int device) {
+    check_cu(g_drv.cuInit(0), "cuInit");
+    check_cu(g_drv.cuDeviceGet(&dev, device), "cuDeviceGet");
+    check_cu(g_drv.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+    check_cu(g_drv.cuCtxPushCurrent(ctx), "cuCtxPushCurrent");
+    check_cu(g_drv.cuStreamCreate(&t.stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+    check_cu(g_drv.cuEventCreate(&t.start, CU_EVENT_DEFAULT), "cuEventCreate");
+    check_cu(g_drv.cuEventCreate(&t.stop, CU_EVENT_DEFAULT), "cuEventCreate");
+  }
+  Stream stream() const { return Stream{reinterpret_cast<std::uintptr_t>(t.stream)}; }
 
-  self_check(b, s, src, dst, std::min<std::size_t>(total, std::size_t{64} << 20));
+  // Destroys the stream and events and pops the context (the stream's work is done: see
+  // run_bench); the primary context is released after the backend is gone (release_context()).
+  void close() {
+    g_drv.cuEventDestroy(t.start);
+    g_drv.cuEventDestroy(t.stop);
+    g_drv.cuStreamDestroy(t.stream);
+    CUcontext popped = nullptr;
+    g_drv.cuCtxPopCurrent(&popped);
+  }
+  void release_context() { g_drv.cuDevicePrimaryCtxRelease(dev); }
+};
 
-  // The plain large copies of the same total: a one-range batch and cuMemcpyDtoDAsync.
+// Milliseconds per copy of the plain large copies of the whole total: a one-range batch and
+// cuMemcpyDtoDAsync, gated (GPU time) and end to end.
+struct PlainCopies {
+  double dtod_gpu = 0, dtod_e2e = 0, one_gpu = 0, one_e2e = 0;
+};
+
+PlainCopies time_plain_copies(Backend& b, Session& session, const Region& src, const Region& dst, std::size_t total,
+                              int iters) {
+  const Stream s = session.stream();
+  Timer& t = session.t;
   const CopyRange whole{src.base, dst.base, total};
   auto one_range = [&] { check(b.copy({&whole, 1}, s), "copy (one range)"); };
   auto dtod = [&] { check_cu(g_drv.cuMemcpyDtoDAsync(dst.base, src.base, total, t.stream), "cuMemcpyDtoDAsync"); };
@@ -363,72 +396,96 @@ int main(int argc, char** argv) {
     one_range();
     dtod();
   }
-  const double dtod_gpu = t.median_gated_ms(5, 4, dtod);
-  const double dtod_e2e = t.e2e_ms(args.iters, dtod, nullptr);
-  const double one_gpu = t.median_gated_ms(5, 4, one_range);
-  const double one_e2e = t.e2e_ms(args.iters, one_range, nullptr);
+  PlainCopies p;
+  p.dtod_gpu = t.median_gated_ms(5, 4, dtod);
+  p.dtod_e2e = t.e2e_ms(iters, dtod, nullptr);
+  p.one_gpu = t.median_gated_ms(5, 4, one_range);
+  p.one_e2e = t.e2e_ms(iters, one_range, nullptr);
+  return p;
+}
+
+// One row of the table: objects of `size` bytes copied from the sources to slots scattered over
+// the destinations, checked before and after the timings. False where a copy produced wrong bytes.
+bool bench_object_size(Backend& b, Session& session, const Region& src, const Region& dst, std::size_t size,
+                       std::size_t total, int iters, const PlainCopies& plain, std::mt19937_64& rng) {
+  const Stream s = session.stream();
+  const std::size_t count = total / size;
+  const std::size_t slots = dst.bytes / size;
+  std::vector<std::size_t> slot(slots);
+  std::iota(slot.begin(), slot.end(), 0);
+  std::shuffle(slot.begin(), slot.end(), rng);
+  std::vector<CopyRange> copies(count);
+  std::vector<PatternRange> fills(count), checks(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const DevicePtr from = src.base + i * size, to = dst.base + slot[i] * size;
+    copies[i] = {from, to, size};
+    fills[i] = {from, size, 1000 * size + i};
+    checks[i] = {to, size, 1000 * size + i};
+  }
+  check(b.fill_pattern(fills, s), "fill_pattern");
+  auto batch = [&] { check(b.copy(copies, s), "copy (batch)"); };
+  batch();
+  bool ok = true;
+  const std::uint64_t bad = check(b.verify_pattern(checks, s), "verify_pattern");
+  if (bad) {
+    std::printf("%zu KiB objects: %llu bytes differ after the batched copy\n", size >> 10, (unsigned long long)bad);
+    ok = false;
+  }
+  batch();  // warm the staging pool for the gated rounds
+  double host_ms = 0;
+  const double e2e = session.t.e2e_ms(iters, batch, &host_ms);
+  const double gpu = session.t.median_gated_ms(5, 4, batch);
+  if (check(b.verify_pattern(checks, s), "verify_pattern")) ok = false;
+  char label[32];
+  std::snprintf(label, sizeof label, "%zu KiB", size >> 10);
+  std::printf("%-8s %9zu %11.0f %11.0f %9.3f | %11.0f %11.0f | %8.0f%% %8.0f%%\n", label, count, gbps(total, gpu),
+              gbps(total, e2e), host_ms, gbps(total, plain.one_gpu), gbps(total, plain.dtod_gpu),
+              100.0 * plain.dtod_gpu / gpu, 100.0 * plain.dtod_e2e / e2e);
+  return ok;
+}
+
+int run_bench(const Args& args) {
+  const std::size_t total = args.total_mib << 20;
+  std::unique_ptr<Backend> backend = open_or_skip(args, total);
+  if (!backend) return 0;
+  Backend& b = *backend;
+  Session session(args.device);
+
+  std::printf("device: %s\n", b.name().c_str());
+  std::printf("total per size: %zu MiB; destinations scattered over %zu MiB; %d iterations (e2e), "
+              "4 per gated round (gpu, median of 5)\n",
+              args.total_mib, 2 * args.total_mib, args.iters);
+  Region src = make_region(b, total);
+  Region dst = make_region(b, 2 * total);
+  self_check(b, session.stream(), src, dst, std::min<std::size_t>(total, std::size_t{64} << 20));
+  const PlainCopies plain = time_plain_copies(b, session, src, dst, total, args.iters);
 
   std::printf("\n%-8s %9s %11s %11s %9s | %11s %11s | %9s %9s\n", "object", "objects", "batch gpu", "batch e2e",
               "host/call", "1-range gpu", "DtoD gpu", "gpu/DtoD", "e2e/DtoD");
   std::printf("%-8s %9s %11s %11s %9s | %11s %11s | %9s %9s\n", "", "", "GB/s", "GB/s", "ms", "GB/s", "GB/s", "",
               "");
-
   std::mt19937_64 rng(2024);
   bool all_ok = true;
-  for (const std::size_t size : {std::size_t{4} << 10, std::size_t{64} << 10, std::size_t{1} << 20}) {
-    const std::size_t count = total / size;
-    const std::size_t slots = dst.bytes / size;
-    std::vector<std::size_t> slot(slots);
-    std::iota(slot.begin(), slot.end(), 0);
-    std::shuffle(slot.begin(), slot.end(), rng);
-    std::vector<CopyRange> copies(count);
-    std::vector<PatternRange> fills(count), checks(count);
-    for (std::size_t i = 0; i < count; ++i) {
-      const DevicePtr from = src.base + i * size, to = dst.base + slot[i] * size;
-      copies[i] = {from, to, size};
-      fills[i] = {from, size, 1000 * size + i};
-      checks[i] = {to, size, 1000 * size + i};
-    }
-    check(b.fill_pattern(fills, s), "fill_pattern");
-    auto batch = [&] { check(b.copy(copies, s), "copy (batch)"); };
-    batch();
-    const std::uint64_t bad = check(b.verify_pattern(checks, s), "verify_pattern");
-    if (bad) {
-      std::printf("%zu KiB objects: %llu bytes differ after the batched copy\n", size >> 10, (unsigned long long)bad);
-      all_ok = false;
-    }
-    batch();  // warm the staging pool for the gated rounds
-    double host_ms = 0;
-    const double e2e = t.e2e_ms(args.iters, batch, &host_ms);
-    const double gpu = t.median_gated_ms(5, 4, batch);
-    const std::uint64_t bad_after = check(b.verify_pattern(checks, s), "verify_pattern");
-    if (bad_after) all_ok = false;
-    char label[32];
-    std::snprintf(label, sizeof label, "%zu KiB", size >> 10);
-    std::printf("%-8s %9zu %11.0f %11.0f %9.3f | %11.0f %11.0f | %8.0f%% %8.0f%%\n", label, count, gbps(total, gpu),
-                gbps(total, e2e), host_ms, gbps(total, one_gpu), gbps(total, dtod_gpu),
-                100.0 * dtod_gpu / gpu, 100.0 * dtod_e2e / e2e);
-  }
+  for (const std::size_t size : {std::size_t{4} << 10, std::size_t{64} << 10, std::size_t{1} << 20})
+    all_ok = bench_object_size(b, session, src, dst, size, total, args.iters, plain, rng) && all_ok;
   std::printf("\none large copy of %zu MiB: 1-range batch %.0f GB/s gpu, %.0f GB/s e2e; cuMemcpyDtoDAsync %.0f GB/s "
               "gpu, %.0f GB/s e2e (bytes read + written)\n",
-              args.total_mib, gbps(total, one_gpu), gbps(total, one_e2e), gbps(total, dtod_gpu),
-              gbps(total, dtod_e2e));
+              args.total_mib, gbps(total, plain.one_gpu), gbps(total, plain.one_e2e), gbps(total, plain.dtod_gpu),
+              gbps(total, plain.dtod_e2e));
 
-  check_cu(g_drv.cuStreamSynchronize(t.stream), "cuStreamSynchronize");
+  check_cu(g_drv.cuStreamSynchronize(session.t.stream), "cuStreamSynchronize");
   free_region(b, src);
   free_region(b, dst);
-  g_drv.cuEventDestroy(t.start);
-  g_drv.cuEventDestroy(t.stop);
-  g_drv.cuStreamDestroy(t.stream);
-  CUcontext popped = nullptr;
-  g_drv.cuCtxPopCurrent(&popped);
+  session.close();
   backend.reset();
-  g_drv.cuDevicePrimaryCtxRelease(dev);
+  session.release_context();
   if (!all_ok) {
     std::printf("FAILED: a batched copy produced wrong bytes\n");
     return 1;
   }
   return 0;
 }
+
+}  // namespace
 
 #endif  // VALET_BENCH_HAVE_CUDA_H

@@ -4,13 +4,15 @@
 # Valet twice in the same session: with compaction (the background compactor with its policy
 # defaults, safepoint() at every step line; run "valet") and with --no-compact (a heap that never
 # moves an object; run "valet-no-compact"); and, where PyTorch with CUDA is available, through
-# PyTorch's caching allocator (native and expandable_segments) with the anchor replayer. One JSON
+# PyTorch's caching allocator (native and expandable_segments) with the script ANCHOR names. One JSON
 # line per run in OUT_DIR/results.jsonl, then a table of the figures the targets of issue #6 name.
 #
 #   tests/bench/traces/run_traces.sh BIN_DIR OUT_DIR [valet-replay options...]
 #   e.g. tests/bench/traces/run_traces.sh build/bin out --backend host --pinners 1
-#   ANCHOR=path/to/torch_replay.py  TRACES="t1 p23"  to narrow it down;  NO_COMPACT=0  to skip
-#   the --no-compact runs. --policy KEY=VALUE options apply to the compacting runs only.
+#   TRACES="t1 p23"  to narrow it down;  NO_COMPACT=0  to skip the --no-compact runs;
+#   ANCHOR=SCRIPT  a script that replays a trace through PyTorch's caching allocator (not part of
+#   Valet; `python3 SCRIPT TRACE --json`), no default: without it the PyTorch runs are left out.
+#   --policy KEY=VALUE options apply to the compacting runs only.
 set -euo pipefail
 bin=$1; out=$2; shift 2
 here=$(cd "$(dirname "$0")" && pwd)
