@@ -12,7 +12,8 @@
 //   3. (heap lock held) the mover commits what no pin cancelled: repoints or aliases, and frees
 //      the old places; a cancelled or failed move gives its new place back.
 // A copy that cannot be queued or completed returns its error after the work stream has drained
-// (nothing queued outlives the holds); `after_copy` does not run then.
+// (nothing queued outlives the holds; the wait too runs without the lock); `after_copy` does not
+// run then.
 #pragma once
 
 #include <mutex>
@@ -48,12 +49,14 @@ class MoveExecutor {
   Status run(std::unique_lock<HeapMutex>& lock, const CopyBatch& batch, AfterCopy&& after_copy) {
     lock.mutex()->assert_held();
     Event ev{};
-    VALET_TRY(queue(batch, ev));
+    const Status queued = queue(batch, ev);
     lock.unlock();
-    Status st = backend_.synchronize_event(ev);
+    Status st = queued.ok() ? backend_.synchronize_event(ev) : queued;
     if (st.ok()) {
       pool_.unhold(batch.slots);  // the copy no longer touches them
       after_copy();
+    } else {
+      drain();  // whatever was queued is done before the slots may be unmapped or reused
     }
     lock.lock();
     return finish(batch, ev, st);
@@ -63,10 +66,13 @@ class MoveExecutor {
   }
 
  private:
-  // Holds the slots and queues the copy with its event; on failure nothing is held or queued.
+  // Holds the slots and queues the copy with its event (`ev`: the event, also on failure when
+  // it was taken; a null event when none could be). The slots stay held until finish().
   Status queue(const CopyBatch& batch, Event& ev);
-  // Under the lock again: recycles the event, or after a failure drains the stream and ends
-  // the holds.
+  // Waits for the work stream (no lock held).
+  void drain();
+  // Under the lock again: recycles the event; after a failure (the stream drained) destroys it
+  // and ends the holds.
   Status finish(const CopyBatch& batch, Event ev, Status st);
 
   VmmDoor& backend_;

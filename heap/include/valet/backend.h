@@ -116,6 +116,7 @@ class VmmDoor {
   virtual Result<Stream> create_stream() = 0;
   virtual Status destroy_stream(Stream s) = 0;  // waits for the stream's queued work first
   virtual Status synchronize_stream(Stream s) = 0;
+  // A new event; never Event{0}, which stands for "no event".
   virtual Result<Event> create_event() = 0;
   virtual Status destroy_event(Event e) = 0;
   // The event completes once everything queued on `s` before this call has completed.

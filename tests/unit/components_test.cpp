@@ -1,0 +1,180 @@
+// The heap core's small components on their own: move claims on one state word, the tail links,
+// and the reserve keeper over a page pool.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "move_claims.h"
+#include "page_pool.h"
+#include "reserve_keeper.h"
+#include "slabs.h"
+#include "tail_links.h"
+#include "valet/runtime.h"
+
+namespace valet::detail {
+namespace {
+
+StateWord live_word(std::uint32_t gen = 7) { return StateWord{state::make(gen, state::kLive)}; }
+
+TEST(MoveClaims, AClaimExcludesOtherMoversAndEndsCleanly) {
+  StateWord w = live_word();
+  ASSERT_TRUE(claims::try_claim(w, false));
+  EXPECT_FALSE(claims::try_claim(w, false)) << "two movers own one object";
+  claims::end(w);
+  EXPECT_EQ(w.load(), state::make(7, state::kLive));
+  StateWord freed{state::make(7, 0)};
+  EXPECT_FALSE(claims::try_claim(freed, false)) << "claimed an object that is not live";
+}
+
+TEST(MoveClaims, APinnedObjectIsNotClaimed) {
+  StateWord w = live_word();
+  std::uint64_t before = 0, waited = 0;
+  ASSERT_TRUE(claims::add_pin(w, 7, before, waited).ok());
+  EXPECT_FALSE(claims::try_claim(w, true));
+  claims::remove_pin(w);
+  EXPECT_TRUE(claims::try_claim(w, true));
+}
+
+TEST(MoveClaims, APinCancelsACancelableMoveWithoutWaiting) {
+  StateWord w = live_word();
+  ASSERT_TRUE(claims::try_claim(w, /*cancelable=*/true));
+  std::uint64_t before = 0, waited = 0;
+  ASSERT_TRUE(claims::add_pin(w, 7, before, waited).ok());
+  EXPECT_TRUE(before & state::kCancelable);
+  EXPECT_FALSE(claims::commit(w)) << "the mover committed a move a pin cancelled";
+  EXPECT_FALSE(w.load() & state::kMoving);
+  EXPECT_EQ(state::pins(w.load()), 1u);
+}
+
+TEST(MoveClaims, ACommittedMoveMakesPinsWaitUntilItEnds) {
+  StateWord w = live_word();
+  ASSERT_TRUE(claims::try_claim(w, true));
+  ASSERT_TRUE(claims::commit(w));
+  std::atomic<bool> ended{false};
+  std::thread mover([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ended = true;
+    claims::end(w);
+  });
+  std::uint64_t before = 0, waited = 0;
+  ASSERT_TRUE(claims::add_pin(w, 7, before, waited).ok());
+  EXPECT_TRUE(ended) << "the pin overtook a committed move";
+  mover.join();
+  EXPECT_FALSE(before & state::kMoving);
+}
+
+TEST(MoveClaims, AnAliasedMoveHandsPinsTheAliasAtOnce) {
+  StateWord w = live_word();
+  std::atomic<DevicePtr> alias{0};
+  ASSERT_TRUE(claims::try_claim(w, true));
+  ASSERT_TRUE(claims::commit(w));
+  claims::publish_alias(w, alias, 0x1234);
+  std::uint64_t before = 0, waited = 0;
+  ASSERT_TRUE(claims::add_pin(w, 7, before, waited).ok());
+  EXPECT_TRUE(before & state::kAliased);
+  EXPECT_EQ(alias.load(), 0x1234u);
+  claims::remove_pin(w);
+  claims::end(w);
+  EXPECT_EQ(w.load(), state::make(7, state::kLive));
+}
+
+TEST(MoveClaims, DroppingAClaimAndFreeingAndShuttingDown) {
+  StateWord w = live_word();
+  ASSERT_TRUE(claims::try_claim(w, true));
+  claims::drop(w);
+  EXPECT_EQ(w.load(), state::make(7, state::kLive));
+  EXPECT_FALSE(claims::try_free(w, state::make(7, state::kLive | 1), 7)) << "freed with a stale expectation";
+  ASSERT_TRUE(claims::try_free(w, state::make(7, state::kLive), 7));
+  EXPECT_FALSE(state::live(w.load()));
+  EXPECT_EQ(claims::make_live(w), 8u) << "a reused entry takes the next generation";
+  std::uint64_t before = 0, waited = 0;
+  EXPECT_EQ(claims::add_pin(w, 7, before, waited).code(), Errc::stale_handle);
+  ASSERT_TRUE(claims::claim_for_shutdown(w));
+  claims::kill(w);
+  EXPECT_EQ(w.load(), state::make(8, 0));
+}
+
+TEST(TailLinks, OpenSharedAndTheRoomiest) {
+  TailLinks t;
+  EXPECT_FALSE(t.roomiest());
+  t.open(10, 1u << 20);
+  t.open(20, 300u << 10);
+  EXPECT_EQ(*t.roomiest(), 20u) << "the tail with the fewest bytes used has the most room";
+  t.share(20, 3);
+  EXPECT_FALSE(t.open_bytes(20)) << "a tail is open or shared, never both";
+  EXPECT_EQ(*t.shared_page(20), 3u);
+  EXPECT_EQ(*t.roomiest(), 10u);
+  t.unshare(20);
+  t.close(10);
+  EXPECT_FALSE(t.any_open());
+  EXPECT_EQ(t.shared_count(), 0u);
+}
+
+TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 32u << 20;
+  auto backend = open_backend(options);
+  ASSERT_TRUE(backend.ok());
+  PagePool pool(**backend, 16);
+  ASSERT_TRUE(pool.init(64).ok());
+  Slabs slabs;
+  HandleTable handles;
+  TailLinks t;
+  EXPECT_TRUE(t.validate(pool, slabs, handles).ok());
+  t.open(5, 4096);  // slot 5 is unmapped
+  EXPECT_FALSE(t.validate(pool, slabs, handles).ok());
+  t.close(5);
+  t.share(6, 0);  // no slab page 0
+  EXPECT_FALSE(t.validate(pool, slabs, handles).ok());
+  t.unshare(6);
+  EXPECT_TRUE(t.validate(pool, slabs, handles).ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 64u << 20;
+  auto backend = open_backend(options);
+  ASSERT_TRUE(backend.ok());
+  PagePool pool(**backend, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  HeapMutex mu;
+  Config config;
+  config.reserve_low_pages = 4;
+  config.reserve_high_pages = 8;
+  int wakes = 0;
+  ReserveKeeper keeper(mu, pool, config, [&] { ++wakes; });
+  ASSERT_TRUE(keeper.validate().ok());
+  keeper.start();
+  {
+    std::lock_guard lock(mu);
+    keeper.want_refill();
+  }
+  auto reserve = [&] {
+    std::lock_guard lock(mu);
+    return pool.reserve_pages();
+  };
+  for (int i = 0; i < 500 && reserve() < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_GE(reserve(), 4u) << "the keeper did not refill";
+  // Twenty pages handed back at once: the keeper trims them to the middle of the watermarks.
+  {
+    std::lock_guard lock(mu);
+    auto run = pool.take_run(20, 1);
+    ASSERT_TRUE(run.ok());
+    pool.give_back(*run, 20);
+    keeper.after_release();
+  }
+  for (int i = 0; i < 1000 && reserve() > 8; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_LE(reserve(), 8u) << "the keeper did not trim";
+  keeper.stop();
+  EXPECT_GT(wakes, 0);
+  std::lock_guard lock(mu);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+}  // namespace
+}  // namespace valet::detail
