@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "clock.h"
 #include "device_table.h"
 #include "handle_table.h"
 #include "heap_mutex.h"
@@ -58,7 +59,6 @@ struct MeshPair {
 
 struct HeapCore {
   HeapCore(std::unique_ptr<Backend> backend, const Config& config, std::size_t capacity_pages);
-  ~HeapCore();
 
   // The backend behind the one counting door: every driver call the heap makes is counted by
   // operation (stats().driver_calls, and per calling thread).
@@ -66,7 +66,6 @@ struct HeapCore {
   Config config;
   std::uint32_t tag = 0;
   std::size_t capacity_pages = 0;
-  Stream work_stream{};  // copies of resize and compaction
   // Bytes one compaction batch copies at most (Config::move_batch_bytes, resolved at creation).
   std::uint64_t move_batch_bytes = 0;
 
@@ -76,7 +75,7 @@ struct HeapCore {
   HandleTable handles;
   StreamReleases releases{*backend};
   DeviceTable table{pool, releases};
-  MoveExecutor mover{*backend, pool, releases};
+  MoveExecutor mover{*backend, pool, releases};  // its stream carries every copy of a move
   std::atomic<bool> shut{false};
 
   // Counters (under mu unless atomic).
@@ -98,7 +97,6 @@ struct HeapCore {
   // --- handles (lock-free) ---
   // Checks tag, index and generation; the entry if the handle names a live object.
   Result<HandleEntry*> lookup(Handle h) const;
-  static std::uint64_t now_ns();
   void note_pin_wait(std::uint64_t ns);
   // Takes a pin reference (host or stream). On success the object cannot move until unpinned;
   // `address` is where the pin may use it (its alias while a remap is under way).
@@ -218,7 +216,6 @@ struct HeapCore {
 struct HeapInternals {
   static HeapCore& of(Heap& h) { return *h.core_; }
   static std::uint64_t& uploaded_version(DeviceTable& t) { return t.uploaded_version_; }
-  static std::uint64_t& table_version(DeviceTable& t) { return t.version_; }
   static std::map<std::uint32_t, std::uint32_t>& open_tails(TailLinks& t) { return t.open_; }
   static std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails(TailLinks& t) { return t.shared_; }
 };

@@ -19,8 +19,6 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
     : backend(std::make_unique<CountingBackend>(std::move(b))), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
       pool(*backend, cap_pages) {}
 
-HeapCore::~HeapCore() { keeper.stop(); }
-
 Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling) {
   settling = nullptr;
   if (table.held_scopes() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
@@ -51,7 +49,7 @@ Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry
 
 Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
   // Queued work must finish before pages go: stream-ordered unpins, deferred frees, moves.
-  (void)backend->synchronize_stream(work_stream);
+  (void)backend->synchronize_stream(mover.stream());
   Status first;
   auto note = [&](Status s) {
     if (!s.ok() && first.ok()) first = s;
@@ -64,7 +62,7 @@ Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
   slabs.for_each_page([&](const SlabPage& p) { pages.push_back(const_cast<SlabPage*>(&p)); });
   for (auto* p : pages) slabs.destroy(p);
   note(pool.destroy());
-  note(backend->destroy_stream(work_stream));
+  note(backend->destroy_stream(mover.stream()));
   live_bytes = footprint_bytes = live_objects = 0;
   return first;
 }
@@ -111,7 +109,6 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     (void)core->pool.destroy();
     return stream.error();
   }
-  core->work_stream = *stream;
   core->mover.set_stream(*stream);
   {
     std::lock_guard lock(core->mu);

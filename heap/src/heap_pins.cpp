@@ -1,18 +1,11 @@
 // Looking handles up and pinning objects: lock-free (move claims, move_claims.h), except that a
 // stream pin's release records its event under the heap lock.
-#include <chrono>
 #include <string>
 
 #include "heap_core.h"
 
 namespace valet {
 namespace detail {
-
-std::uint64_t HeapCore::now_ns() {
-  return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now().time_since_epoch())
-                           .count());
-}
 
 void HeapCore::note_pin_wait(std::uint64_t ns) {
   for (auto* max : {&pin_wait_ns_max, &cycle_pin_wait_ns}) {

@@ -1,17 +1,10 @@
 #include "move_claims.h"
 
-#include <chrono>
 #include <thread>
 
+#include "clock.h"
+
 namespace valet::detail::claims {
-namespace {
-
-std::uint64_t now_ns() {
-  return std::uint64_t(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
-
-}  // namespace
 
 bool try_claim(StateWord& w, bool cancelable) {
   std::uint64_t s = w.load(std::memory_order_acquire);

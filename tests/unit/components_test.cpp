@@ -17,6 +17,14 @@ namespace {
 
 StateWord live_word(std::uint32_t gen = 7) { return StateWord{state::make(gen, state::kLive)}; }
 
+std::unique_ptr<Backend> host_backend(std::size_t capacity) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = capacity;
+  auto backend = open_backend(options);
+  return backend.ok() ? std::move(backend).value() : nullptr;
+}
+
 TEST(MoveClaims, AClaimExcludesOtherMoversAndEndsCleanly) {
   StateWord w = live_word();
   ASSERT_TRUE(claims::try_claim(w, false));
@@ -112,12 +120,9 @@ TEST(TailLinks, OpenSharedAndTheRoomiest) {
 }
 
 TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 32u << 20;
-  auto backend = open_backend(options);
-  ASSERT_TRUE(backend.ok());
-  PagePool pool(**backend, 16);
+  auto backend = host_backend(32u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 16);
   ASSERT_TRUE(pool.init(64).ok());
   Slabs slabs;
   HandleTable handles;
@@ -134,12 +139,9 @@ TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
 }
 
 TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 64u << 20;
-  auto backend = open_backend(options);
-  ASSERT_TRUE(backend.ok());
-  PagePool pool(**backend, 32);
+  auto backend = host_backend(64u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 32);
   ASSERT_TRUE(pool.init(128).ok());
   HeapMutex mu;
   Config config;
