@@ -20,6 +20,7 @@
 
 #include "valet/backend.h"
 #include "valet/config.h"
+#include "valet/counting_backend.h"
 #include "valet/handle.h"
 #include "valet/kernels/handle_table.h"
 #include "valet/result.h"
@@ -201,6 +202,9 @@ class Heap {
   bool is_shut_down() const;
 
   Backend& backend();
+  // The counting door every driver call of this heap goes through: ThreadDriverCalls over it
+  // tells how many driver calls one thread made in a window (valet/counting_backend.h).
+  const CountingBackend& driver_calls() const;
   const Config& config() const;
   std::uint32_t tag() const;
 
