@@ -1,6 +1,7 @@
 // Allocation latencies in bounded memory: a histogram, exact to the nanosecond below 64 us (where
 // nearly every allocation falls) and within 1/256 of the value above, so that a trace of any
-// length costs the same ~600 KiB. Ranks follow the PyTorch baseline replayer's (see replayer.cpp).
+// length costs the same ~600 KiB. Ranks follow the PyTorch baseline replayer's: the median is the
+// mean of the middle two for an even count, a percentile q the sorted element at rank q * n.
 #pragma once
 
 #include <algorithm>
@@ -38,6 +39,19 @@ class LatencyHistogram {
       r -= log_[b];
     }
     return double(max_);
+  }
+
+  // The median; 0 with no sample.
+  double median() const {
+    const std::uint64_t n = count_;
+    if (n == 0) return 0;
+    return n % 2 ? at_rank(n / 2) : (at_rank(n / 2 - 1) + at_rank(n / 2)) / 2;
+  }
+  // The sample at rank q * n (0 < q < 1), as the baseline computes p99; 0 with no sample.
+  double percentile(double q) const {
+    const std::uint64_t n = count_;
+    if (n == 0) return 0;
+    return at_rank(std::min(n - 1, std::uint64_t(q * double(n))));
   }
 
  private:

@@ -23,14 +23,16 @@ std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
   return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
 }
 
-// Median (mean of the middle two for an even count) and p99 (the sorted element at 0.99 n), as
-// the PyTorch baseline replayer computes them, so the figures compare.
-void latency_figures(const LatencyHistogram& ns, ReplayReport& r) {
-  const std::uint64_t n = ns.count();
-  if (n == 0) return;
-  r.alloc_ns_median = n % 2 ? ns.at_rank(n / 2) : (ns.at_rank(n / 2 - 1) + ns.at_rank(n / 2)) / 2;
-  r.alloc_ns_p99 = ns.at_rank(std::min(n - 1, std::uint64_t(0.99 * double(n))));
-  r.alloc_ns_max = double(ns.max());
+// Median and percentiles as the PyTorch baseline replayer computes them (latency.h), so the
+// figures compare.
+void latency_figures(const LatencyHistogram& alloc, const LatencyHistogram& free, ReplayReport& r) {
+  r.alloc_ns_median = alloc.median();
+  r.alloc_ns_p99 = alloc.percentile(0.99);
+  r.alloc_ns_p999 = alloc.percentile(0.999);
+  r.alloc_ns_max = double(alloc.max());
+  r.free_ns_median = free.median();
+  r.free_ns_p99 = free.percentile(0.99);
+  r.free_ns_max = double(free.max());
 }
 
 // Ops are read in batches between timed stretches, so that reading the trace (decompression and
@@ -44,6 +46,7 @@ class Replayer {
         trace_(trace),
         checked_(checked),
         options_(options),
+        door_(heap.driver_calls()),
         pinner_options_(options.pinners),
         objects_(checked.objects) {
     if (options_.verify) signatures_.emplace(heap_, options_.signature_path);
@@ -130,10 +133,19 @@ class Replayer {
     problem("line " + std::to_string(op.line) + ": " + what + ": " + e.to_string());
   }
 
+  // Adds the driver calls this thread made since `window` began to the alloc path's count. The
+  // window opens right before a heap call and is read right after it, outside the timed span.
+  void count_driver_calls(const ThreadDriverCalls& window) {
+    const DriverCallCounts made = window.made();
+    for (std::size_t i = 0; i < kDriverOpCount; ++i) report_.alloc_path_driver_calls.by_op[i] += made.by_op[i];
+  }
+
   void on_allocate(const TraceOp& op) {
+    const ThreadDriverCalls window(door_);
     const auto asked = Clock::now();
     auto h = heap_.allocate(op.bytes);
     alloc_ns_.add(ns_between(asked, Clock::now()));
+    count_driver_calls(window);
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -164,7 +176,12 @@ class Replayer {
     if (!slot.live) return;  // its allocation was refused
     if (live_set_) live_set_->erase(op.object);
     check_signature(op, slot.handle);
-    if (auto st = free_when_unpinned(slot.handle); !st.ok()) problem_at(op, "free", st.error());
+    const ThreadDriverCalls window(door_);
+    const auto asked = Clock::now();
+    const Status st = free_when_unpinned(slot.handle);
+    free_ns_.add(ns_between(asked, Clock::now()));
+    count_driver_calls(window);
+    if (!st.ok()) problem_at(op, "free", st.error());
     slot.live = false;
     live_bytes_ -= op.bytes;
   }
@@ -207,13 +224,17 @@ class Replayer {
   void on_probe(const TraceOp& op) {
     note_mapped(heap_.stats().mapped_bytes, op.line);
     ++report_.probes;
+    // A probe's allocate and free are on the alloc path too (counted, not timed).
+    const ThreadDriverCalls window(door_);
     auto h = heap_.allocate(op.bytes);
+    const Status st = h.ok() ? free_when_unpinned(*h) : ok_status();
+    count_driver_calls(window);
     if (!h.ok()) {
       ++report_.probes_failed;
       if (h.code() != Errc::out_of_memory) problem_at(op, "probe of " + std::to_string(op.bytes) + " bytes", h.error());
       return;
     }
-    if (auto st = free_when_unpinned(*h); !st.ok()) problem_at(op, "free of a probe", st.error());
+    if (!st.ok()) problem_at(op, "free of a probe", st.error());
   }
 
   // A pinner may hold the object for a few microseconds: wait for it, as a service's free waits
@@ -314,7 +335,7 @@ class Replayer {
     r.mean_fragmentation_without_reserve =
         sum_mapped_ > sum_reserve_ ? 1.0 - sum_live_ / (sum_mapped_ - sum_reserve_) : 0.0;
     r.mean_fragmentation_unweighted = unweighted_steps_ ? sum_unweighted_ / double(unweighted_steps_) : 0.0;
-    latency_figures(alloc_ns_, r);
+    latency_figures(alloc_ns_, free_ns_, r);
     if (pinners_) {
       const PinnerCounters c = pinners_->counters();
       r.pins = c.pins;
@@ -339,6 +360,7 @@ class Replayer {
   TraceReader& trace_;
   const TraceSummary& checked_;
   const ReplayOptions& options_;
+  const CountingBackend& door_;  // the heap's counting door: the alloc path's driver calls
   PinnerOptions pinner_options_;
   std::atomic<std::uint32_t> current_line_{0};
   std::vector<ObjectSlot> objects_;
@@ -348,6 +370,7 @@ class Replayer {
   StepLog step_log_;
   ReplayReport report_;
   LatencyHistogram alloc_ns_;
+  LatencyHistogram free_ns_;
   std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;

@@ -40,6 +40,18 @@ nlohmann::ordered_json cycle_json(const CompactionRecord& c) {
           {"longest_pin_wait_ns", c.longest_pin_wait_ns}};
 }
 
+// The alloc path's driver calls: the total, then one count per DriverOp, zeros included.
+nlohmann::ordered_json driver_calls_json(const DriverCallCounts& calls) {
+  nlohmann::ordered_json j;
+  j["total"] = calls.total();
+  for (std::size_t i = 0; i < kDriverOpCount; ++i) j[driver_op_name(DriverOp(i))] = calls.by_op[i];
+  return j;
+}
+
+double driver_calls_per_op(const ReplayReport& r) {
+  return r.ops ? double(r.alloc_path_driver_calls.total()) / double(r.ops) : 0.0;
+}
+
 }  // namespace
 
 nlohmann::ordered_json to_json(const ReplayReport& r) {
@@ -65,7 +77,13 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["mean_fragmentation_without_reserve"] = r.mean_fragmentation_without_reserve;
   j["alloc_ns_median"] = r.alloc_ns_median;
   j["alloc_ns_p99"] = r.alloc_ns_p99;
+  j["alloc_ns_p999"] = r.alloc_ns_p999;
   j["alloc_ns_max"] = r.alloc_ns_max;
+  j["free_ns_median"] = r.free_ns_median;
+  j["free_ns_p99"] = r.free_ns_p99;
+  j["free_ns_max"] = r.free_ns_max;
+  j["alloc_path_driver_calls"] = driver_calls_json(r.alloc_path_driver_calls);
+  j["alloc_path_driver_calls_per_op"] = driver_calls_per_op(r);
   j["peak_mapped_over_live"] = r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0;
   j["compactions"] = r.compactions;
   j["emergency_compactions"] = r.emergency_compactions;
@@ -98,17 +116,19 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
 
 std::string summary_line(const ReplayReport& r) {
   const double gib = double(std::uint64_t{1} << 30);
-  char buf[640];
+  char buf[768];
   std::snprintf(buf, sizeof buf,
                 "valet:%s cap=%.1fGiB compaction=%s ops=%llu ooms=%llu probes_failed=%llu/%llu "
                 "mapped/live=%.3f frag=%.3f (unweighted %.3f) compactions=%llu moved=%.2f%% "
-                "pin_wait_max=%.1fus alloc_ns median=%.0f p99=%.0f verify_errors=%llu wall=%.2fs",
+                "pin_wait_max=%.1fus alloc_ns median=%.0f p99=%.0f free_ns p99=%.0f driver_calls/op=%.4f "
+                "verify_errors=%llu wall=%.2fs",
                 r.backend.c_str(), double(r.capacity_bytes) / gib, r.compaction ? "on" : "off",
                 (unsigned long long)r.ops, (unsigned long long)r.ooms, (unsigned long long)r.probes_failed,
                 (unsigned long long)r.probes,
                 r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0, r.mean_fragmentation,
                 r.mean_fragmentation_unweighted, (unsigned long long)r.compactions, 100.0 * r.moved_fraction,
-                double(r.pin_wait_ns_max) / 1e3, r.alloc_ns_median, r.alloc_ns_p99, (unsigned long long)r.verify_errors,
+                double(r.pin_wait_ns_max) / 1e3, r.alloc_ns_median, r.alloc_ns_p99, r.free_ns_p99,
+                driver_calls_per_op(r), (unsigned long long)r.verify_errors,
                 r.wall_s);
   return buf;
 }

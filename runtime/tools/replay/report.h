@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "valet/counting_backend.h"
 #include "valet/stats.h"
 
 namespace valet::replay {
@@ -30,7 +31,18 @@ struct ReplayReport {
   double wall_s = 0;                  // the replay of the trace's lines, pinners running
   double alloc_ns_median = 0;         // heap.allocate() of `a` lines (steady_clock around the call)
   double alloc_ns_p99 = 0;
+  double alloc_ns_p999 = 0;
   double alloc_ns_max = 0;
+  // Frees of `f` lines, timed as the caller sees them: from the first heap.free() to the one that
+  // succeeds, retries included (a pinner may hold the object: free_retries counts those).
+  double free_ns_median = 0;
+  double free_ns_p99 = 0;
+  double free_ns_max = 0;
+  // Driver calls made on the replaying thread inside heap.allocate() and heap.free() of `a`, `f`
+  // and `p` lines (a probe's allocate and its free), counted at the heap's counting door in the
+  // window of each call only: not stats(), safepoint(), signature writes, pinner threads, the
+  // heap's background threads, nor the frees of the objects left live at the end.
+  DriverCallCounts alloc_path_driver_calls;
 
   // Probes: a real allocate followed by free.
   std::uint64_t probes = 0;

@@ -1,19 +1,68 @@
 #!/usr/bin/env python3
 """CTest: generate a short trace (valet-replay generate), replay it (gzip-compressed) with --json --verify --pinners 2 on the
 host backend, and check the figures: every key present, no failed probe, no OOM, no signature
-mismatch, peak mapped >= peak live, exit status 0; with compaction, that the background compactor
+mismatch, peak mapped >= peak live, exit status 0; the latency figures ordered (median <= p99 <=
+p999 <= max); the alloc path's driver calls: one integer count >= 0 per DriverOp name that
+heap/include/valet/driver_op.h spells, their sum as `total`, and total / ops as the per-op figure; with compaction, that the background compactor
 ran and its safepoint() was called at every step line; with --no-compact, that nothing moved.
 
 usage: test_replay_short.py REPLAY WORKDIR [extra replay arguments...]
 """
-import gzip, json, os, shutil, subprocess, sys
+import gzip, json, os, re, shutil, subprocess, sys
 
 KEYS = ["backend", "ops", "ooms", "wall_s", "probes", "probes_failed", "peak_live_bytes", "peak_mapped_bytes",
         "peak_mapped_over_live", "mean_fragmentation", "mean_fragmentation_unweighted", "alloc_ns_median",
-        "alloc_ns_p99", "compactions", "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max",
+        "alloc_ns_p99", "alloc_ns_p999", "alloc_ns_max", "free_ns_median", "free_ns_p99", "free_ns_max",
+        "alloc_path_driver_calls", "alloc_path_driver_calls_per_op", "compactions", "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max",
         "moved_fraction", "verify_errors", "compactor"]
 COMPACTOR_KEYS = ["cycles", "background_cycles", "safepoint_calls", "safepoint_cycles", "by_trigger", "failed_cycles",
                   "policy"]
+
+DRIVER_OP_H = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "heap", "include", "valet",
+                           "driver_op.h")
+
+
+def driver_op_names():
+    """The call kinds as driver_op_name() spells them (the report names its counts so)."""
+    with open(DRIVER_OP_H) as f:
+        names = re.findall(r'case DriverOp::(\w+): return "(\w+)";', f.read())
+    if not names or any(a != b for a, b in names):
+        sys.exit(f"FAIL: cannot read the DriverOp names from {DRIVER_OP_H}")
+    return [a for a, _ in names]
+
+
+def latency_failures(out):
+    """The latency figures: numbers >= 0, in order."""
+    failures = []
+    for prefix, ranks in [("alloc_ns", ["median", "p99", "p999", "max"]), ("free_ns", ["median", "p99", "max"])]:
+        values = [out.get(f"{prefix}_{r}") for r in ranks]
+        if not all(isinstance(v, (int, float)) and v >= 0 for v in values):
+            failures.append(f"{prefix} figures are not numbers >= 0: {values}")
+        elif values != sorted(values):
+            failures.append(f"{prefix} figures out of order ({', '.join(ranks)}): {values}")
+    if out.get("free_ns_max", 0) <= 0:
+        failures.append("no free was timed")
+    return failures
+
+
+def driver_call_failures(out):
+    """alloc_path_driver_calls: total and one integer count >= 0 per kind; the per-op figure."""
+    calls = out.get("alloc_path_driver_calls")
+    if not isinstance(calls, dict):
+        return [f"alloc_path_driver_calls is not an object: {calls!r}"]
+    failures = []
+    kinds = driver_op_names()
+    if sorted(calls) != sorted(kinds + ["total"]):
+        failures.append(f"alloc_path_driver_calls has keys {sorted(calls)}, not total and {kinds}")
+    bad = {k: v for k, v in calls.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0}
+    if bad:
+        return failures + [f"alloc_path_driver_calls counts that are not integers >= 0: {bad}"]
+    if calls.get("total") != sum(calls.get(k, 0) for k in kinds):
+        failures.append(f"alloc_path_driver_calls total {calls.get('total')} is not the sum of the kinds")
+    per_op, ops = out.get("alloc_path_driver_calls_per_op"), out.get("ops", 0)
+    if not isinstance(per_op, (int, float)) or ops <= 0 or abs(per_op - calls.get("total", 0) / ops) > 1e-9 * (1 + per_op):
+        failures.append(f"alloc_path_driver_calls_per_op {per_op} is not total / ops ({calls.get('total')} / {ops})")
+    return failures
 
 
 def main():
@@ -50,6 +99,8 @@ def main():
         failures.append("nothing was replayed")
     if out.get("verified_objects", 0) == 0:
         failures.append("--verify checked no object")
+    failures += latency_failures(out)
+    failures += driver_call_failures(out)
     compactor = out.get("compactor")
     if "--no-compact" in extra:
         if compactor is not None:
