@@ -5,7 +5,8 @@
 # defaults, safepoint() at every step line; run "valet") and with --no-compact (a heap that never
 # moves an object; run "valet-no-compact"); and, where PyTorch with CUDA is available, through
 # PyTorch's caching allocator (native and expandable_segments) with the script ANCHOR names. One JSON
-# line per run in OUT_DIR/results.jsonl, then a table of the figures the targets of issue #6 name.
+# line per run in OUT_DIR/results.jsonl, then a table of the memory and speed figures (free p99 and
+# the driver calls per allocation made on the alloc path are Valet's alone: '-' for PyTorch).
 #
 #   tests/bench/traces/run_traces.sh BIN_DIR OUT_DIR [valet-replay options...]
 #   e.g. tests/bench/traces/run_traces.sh build/bin out --backend host --pinners 1
@@ -53,9 +54,17 @@ done
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+
+
+def figure(r, key, spec):
+    """A figure that only some runs report (not PyTorch's, nor older results.jsonl lines): '-' there."""
+    return format(r[key], spec) if isinstance(r.get(key), (int, float)) else "-"
+
+
 print("\n| trace | run | probes failed | OOMs | peak mapped / live | mean fragmentation | (without reserve) "
-      "| moved fraction | longest pin wait (ns) | cycles (background / safepoint) | alloc median (ns) | alloc p99 (ns) |")
-print("|" + "---|" * 12)
+      "| moved fraction | longest pin wait (ns) | cycles (background / safepoint) | alloc median (ns) | alloc p99 (ns) "
+      "| free p99 (ns) | driver calls per op (alloc path) |")
+print("|" + "---|" * 14)
 for run in runs:
     r, c = run["result"], run["result"].get("compactor") or {}
     ratio = r["peak_mapped_bytes"] / r["peak_live_bytes"] if r.get("peak_live_bytes") else 0
@@ -64,5 +73,6 @@ for run in runs:
     print(f'| {run["trace"]} | {run["run"]} | {r["probes_failed"]}/{r["probes"]} | {r.get("ooms", "-")} | {ratio:.3f} '
           f'| {r["mean_fragmentation"]:.3f} | {r.get("mean_fragmentation_without_reserve", float("nan")):.3f} '
           f'| {r.get("moved_fraction", 0):.5f} | {r.get("pin_wait_ns_max", "-")} | {cycles} '
-          f'| {r.get("alloc_ns_median", 0):.0f} | {r.get("alloc_ns_p99", 0):.0f} |')
+          f'| {r.get("alloc_ns_median", 0):.0f} | {r.get("alloc_ns_p99", 0):.0f} '
+          f'| {figure(r, "free_ns_p99", ".0f")} | {figure(r, "alloc_path_driver_calls_per_op", ".4f")} |')
 PY
