@@ -2,6 +2,7 @@
 // pending), making room before out-of-memory, and the compaction entry point.
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "heap_core.h"
 #include "size_classes.h"
@@ -65,7 +66,9 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
     return Location{ObjectKind::slab, page->slot, i, 0};
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
+  demand.large_pages.note(n, now_ns());
   // Its last page on a slab page's physical page, when one has the room (no page of its own).
+  // This maps pages on the caller's thread (docs/speed.md says why it stays for now).
   if (auto loc = place_on_slab_page(bytes, n, owner)) return *loc;
   auto run = pool.take_run(n, owner);
   if (!run.ok()) return run.error();
@@ -111,6 +114,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   live_bytes += bytes;
+  demand.live_peak.note(live_bytes, now_ns());
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;
@@ -134,6 +138,15 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   reap_deferred();
   retire_empty_slabs();  // to the reserve, where the retry finds them
+  // Pages the keeper is moving without the lock come back first: out-of-memory is never
+  // reported while they are on their way. (Only the batch in flight: the keeper may start
+  // another one each time it books one.)
+  const std::uint64_t seen = pool.batches_finished();
+  while (pool.batch_in_flight() && pool.batches_finished() == seen) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
   if (config.compact_on_oom) emergency_compact(lock);
 }
@@ -205,10 +218,11 @@ Status Heap::free(Handle h) {
       c.release_location(e->loc);
     }
     c.handles.release(h.index);
-    // A large object's pages above the reserve's high watermark go back to the backend now, in
-    // this call but without the heap lock: held memory follows live memory, and the freeing
-    // thread (which gave back gigabytes) pays for it rather than every later allocation.
-    if (e->loc.kind == detail::ObjectKind::large && c.pool.over(c.config.reserve_high_pages)) c.keeper.trim(lock);
+    // The pages beyond the reserve's limit go back to the backend now, in this call but without
+    // the heap lock: held memory follows live memory, and the freeing thread (which gave back
+    // more than the reserve's budget) pays for it rather than every later allocation. Within
+    // the budget a free makes no driver call.
+    if (e->loc.kind == detail::ObjectKind::large) (void)c.keeper.trim_surplus(lock);
     return {};
   }
 }

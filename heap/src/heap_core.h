@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "clock.h"
+#include "demand.h"
 #include "device_table.h"
 #include "handle_table.h"
 #include "heap_mutex.h"
@@ -208,8 +209,11 @@ struct HeapCore {
   Status decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling);
   Status tear_down(const std::vector<std::uint32_t>& killed);
 
+  // What allocations asked for recently (under mu): the reserve keeper's targets follow it.
+  Demand demand{std::uint64_t(config.reserve_window_ms) * 1'000'000};
+
   // Declared last: its thread uses the members above, and it is stopped first.
-  ReserveKeeper keeper{mu, pool, config, [this] { reap_deferred(); }};
+  ReserveKeeper keeper{mu, pool, config, live_bytes, demand, [this] { reap_deferred(); }};
 };
 
 // Tests reach a heap's components through this (unit tests of invariants and of components).

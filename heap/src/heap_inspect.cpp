@@ -39,11 +39,14 @@ HeapStats Heap::stats() const {
   s.footprint_bytes = c.footprint_bytes;
   s.mapped_bytes = c.pool.created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;
-  s.reserve_bytes = c.pool.reserve_pages() * detail::kPageSize;
+  // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
+  // use still add up to the mapped pages.
+  const std::size_t unplaced = c.pool.unplaced_in_flight();
+  s.reserve_bytes = (c.pool.reserve_pages() + unplaced) * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
-  s.pages.reserve = c.pool.reserve_pages();
-  s.pages.idle = c.pool.idle_pages();
+  s.pages.reserve = c.pool.reserve_pages() + unplaced;
+  s.pages.idle = c.pool.idle_pages() + unplaced;
   s.pages.releasing = c.pool.releasing_pages();
   s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();

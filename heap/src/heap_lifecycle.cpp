@@ -95,6 +95,12 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
   if (pages == 0) return make_error(Errc::invalid_argument, "Heap::create: capacity below one 2 MiB page");
   if (config.reserve_low_pages > config.reserve_high_pages)
     return make_error(Errc::invalid_argument, "Heap::create: reserve_low_pages > reserve_high_pages");
+  if (!(config.reserve_fraction >= 0 && config.reserve_fraction <= 1))
+    return make_error(Errc::invalid_argument, "Heap::create: reserve_fraction must be within [0, 1]");
+  if (!(config.reserve_peak_ratio >= 1 && config.reserve_peak_ratio <= 4))
+    return make_error(Errc::invalid_argument, "Heap::create: reserve_peak_ratio must be within [1, 4]");
+  if (config.reserve_window_ms == 0 || config.reserve_window_ms > 86'400'000)
+    return make_error(Errc::invalid_argument, "Heap::create: reserve_window_ms must be within [1, 86400000]");
   if (config.address_space_factor < 2 || config.address_space_factor > 64)
     return make_error(Errc::invalid_argument, "Heap::create: address_space_factor must be within [2, 64]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);

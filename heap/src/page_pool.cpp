@@ -157,11 +157,14 @@ Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
   return take_fresh(1, kind, owner);
 }
 
+std::optional<std::uint32_t> PagePool::take_reserve_run(std::uint32_t n, std::uint32_t owner) {
+  auto s = reserve_.take_best_fit(n);
+  if (s) set_kind(*s, n, SlotKind::large, owner);
+  return s;
+}
+
 Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
-  if (auto s = reserve_.take_best_fit(n)) {
-    set_kind(*s, n, SlotKind::large, owner);
-    return *s;
-  }
+  if (auto s = take_reserve_run(n, owner)) return *s;
   return take_fresh(n, SlotKind::large, owner);
 }
 
@@ -199,8 +202,10 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
   if (std::uint64_t(at) + n > slots_.size()) return false;
   for (std::uint32_t s = at; s < at + n; ++s)
     // A reserve slot being released without the lock (releasing_) is not free: its page is
-    // about to be unmapped.
-    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s)) return false;
+    // about to be unmapped; nor is a slot a provision batch is mapping.
+    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s) ||
+        provisioning_.find(s))
+      return false;
   // Split [at, at+n) into maximal runs of one kind and take each out of its set.
   struct Piece {
     std::uint32_t start, length;

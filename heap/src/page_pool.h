@@ -80,6 +80,8 @@ class PagePool {
   // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
   // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
+  // take_run's first half: one reserve run (no driver call), or nullopt (nothing changed).
+  std::optional<std::uint32_t> take_reserve_run(std::uint32_t n, std::uint32_t owner);
   // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
   // of slot `last_of` (a slab page's), the others backed as take_run's fresh runs are. On
   // failure nothing changed (pages it created or moved may be idle).
@@ -138,6 +140,7 @@ class PagePool {
   // (no lock) unmaps and releases them. finish_release (lock held) books the outcome: released
   // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
   // failed are idle.
+  // Idle pages are part of the batch too (`with_idle`): they need only their release.
   struct ReleaseBatch {
     struct Run {
       std::uint32_t start = 0, length = 0;
@@ -145,16 +148,60 @@ class PagePool {
       bool held = false;  // queued work holds a slot of it: left alone, back to the reserve
     };
     std::vector<Run> runs;
-    std::vector<std::uint32_t> phys;         // the runs' pages, in slot order
+    std::vector<std::uint32_t> phys;         // the runs' pages, in slot order, then the idle pages
     std::vector<PhysicalPage> pages;
     std::vector<bool> released;
-    bool empty() const { return runs.empty(); }
+    std::size_t idle = 0;                    // idle pages at the end of `phys`
+    bool empty() const { return runs.empty() && idle == 0; }
   };
-  ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages);
+  ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
   // Pages taken out of the reserve by begin_release, not yet finished: still created.
   std::size_t releasing_pages() const { return std::size_t(releasing_.total()); }
+
+  // Provisioning ahead of demand without the heap lock (the keeper): makes the longest reserve
+  // run `want` slots long, by mapping pages after it where the slots are free, or at a fresh
+  // virtual run. The pages are idle ones, then new ones (at most `may_create`), then pages
+  // moved from the shortest other reserve runs; at most `max_pages` per batch.
+  // begin_provision (lock held) takes the slots and pages out of every set, so nothing else can
+  // hand them out; provision_calls (no lock) unmaps the moved pages, creates the new ones, maps
+  // them all and grants access; finish_provision (lock held) books the outcome: what was mapped
+  // joins the reserve, everything else goes back where it came from (pages unmapped on the way
+  // are idle, pages not created are not counted). An empty batch: nothing worth doing.
+  struct PageRef {
+    std::uint32_t phys = kNoPhys;  // kNoPhys: a page created by provision_calls
+    PhysicalPage page{};
+  };
+  struct ProvisionBatch {
+    std::uint32_t dest = 0, length = 0;       // slots [dest, dest+length), out of the free set
+    std::vector<std::uint32_t> idle;          // idle pages taken for it
+    std::uint32_t fresh = 0;                  // pages to create (counted as created meanwhile)
+    std::vector<ReleaseBatch::Run> sources;   // reserve runs whose pages move to `dest`
+    std::vector<PageRef> source_pages;        // their pages, in slot order
+    // The outcome: the pages in `dest` order (idle, moved, new) and how many were mapped there.
+    std::vector<PageRef> placed;
+    std::uint32_t mapped = 0;
+    bool empty() const { return length == 0; }
+  };
+  ProvisionBatch begin_provision(std::uint32_t want, std::size_t may_create, std::uint32_t max_pages);
+  void provision_calls(ProvisionBatch& batch) const;
+  void finish_provision(ProvisionBatch& batch);
+  // Pages in a batch without the lock (provisioning or releasing): an out-of-memory waits for
+  // them rather than be reported while they come back.
+  bool batch_in_flight() const { return releasing_.total() > 0 || provisioning_.total() > 0 || in_flight_idle_ > 0; }
+  // Batches finished so far: a waiter waits for the batch in flight, not for a busy keeper to
+  // stop starting new ones.
+  std::uint64_t batches_finished() const { return batches_finished_; }
+  // Created pages a batch holds mapped nowhere (idle pages it took, new pages): stats count them
+  // as idle reserve pages.
+  std::size_t unplaced_in_flight() const { return in_flight_idle_ + fresh_in_flight_; }
+  // The longest run of reserve slots.
+  std::uint32_t longest_reserve_run() const { return reserve_.largest(); }
+  // Pages that hold data: created, less the reserve, idle pages and pages of a batch in flight.
+  std::size_t used_pages() const {
+    return created_ - reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_;
+  }
   bool over(std::size_t high) const { return reserve_pages() > high; }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
@@ -231,7 +278,11 @@ class PagePool {
   std::size_t created_ = 0;
   RangeSet unmapped_;
   RangeSet reserve_;
-  RangeSet releasing_;  // reserve slots being unmapped and released without the lock
+  RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock
+  RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
+  std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
+  std::size_t fresh_in_flight_ = 0;  // pages a provision batch is creating (counted as created)
+  std::uint64_t batches_finished_ = 0;
   std::size_t kind_counts_[4] = {0, 0, 0, 0};
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders

@@ -7,7 +7,7 @@
 
 namespace valet::detail {
 
-PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages) {
+PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle) {
   ReleaseBatch b;
   std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
   while (want > 0 && !reserve_.empty()) {
@@ -22,6 +22,15 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
       b.pages.push_back(phys_[slots_[s].phys].page);
     }
     want -= k;
+  }
+  if (with_idle) {
+    b.idle = idle_.size();
+    in_flight_idle_ += b.idle;
+    for (std::uint32_t p : idle_) {
+      b.phys.push_back(p);
+      b.pages.push_back(phys_[p].page);
+    }
+    idle_.clear();
   }
   b.released.assign(b.phys.size(), false);
   return b;
@@ -41,6 +50,7 @@ void PagePool::release_calls(ReleaseBatch& b) const {
       b.released[i] = backend_.release_page(b.pages[i]).ok();
     }
   }
+  for (; i < b.phys.size(); ++i) b.released[i] = backend_.release_page(b.pages[i]).ok();
 }
 
 Status PagePool::finish_release(ReleaseBatch& b) {
@@ -70,7 +80,21 @@ Status PagePool::finish_release(ReleaseBatch& b) {
     set_kind(run.start, run.length, SlotKind::unmapped, 0);
     unmapped_.insert(run.start, run.length);
   }
+  in_flight_idle_ -= b.idle;
+  for (; i < b.phys.size(); ++i) {
+    const std::uint32_t p = b.phys[i];
+    if (b.released[i]) {
+      phys_[p] = PhysRecord{};
+      free_phys_.push_back(p);
+      --created_;
+    } else {
+      idle_.push_back(p);
+      if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
+    }
+  }
   b.runs.clear();
+  b.idle = 0;
+  ++batches_finished_;
   return first;
 }
 

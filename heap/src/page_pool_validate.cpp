@@ -16,13 +16,18 @@ std::string s(std::uint64_t v) { return std::to_string(v); }
 // `reserve_` or (being released without the lock) in `releasing_`; slab and large slots map a
 // live page and are in no set. Counts each page's mappings into `maps`.
 Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
-  std::uint64_t reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0;
+  std::uint64_t reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0, provisioning_slots = 0;
   std::size_t kinds[4] = {0, 0, 0, 0};
   for (std::uint32_t i = 0; i < slots_.size(); ++i) {
     const auto& r = slots_[i];
     ++kinds[std::size_t(r.kind)];
     if (r.kind == SlotKind::unmapped) {
       if (r.phys != kNoPhys) return bad("unmapped slot " + s(i) + " has a page");
+      if (provisioning_.find(i)) {  // a provision batch maps it without the lock
+        if (unmapped_.find(i)) return bad("unmapped slot " + s(i) + " both free and being provisioned");
+        ++provisioning_slots;
+        continue;
+      }
       if (!unmapped_.find(i)) return bad("unmapped slot " + s(i) + " missing from the free set");
       if (reserve_.find(i) || releasing_.find(i)) return bad("unmapped slot " + s(i) + " listed in the reserve");
       ++unmapped_slots;
@@ -46,6 +51,7 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
   if (reserve_slots != reserve_.total()) return bad("reserve set and slot table disagree");
   if (unmapped_slots != unmapped_.total()) return bad("unmapped set and slot table disagree");
   if (releasing_slots != releasing_.total()) return bad("releasing set and slot table disagree");
+  if (provisioning_slots != provisioning_.total()) return bad("provisioning set and slot table disagree");
   for (std::size_t k = 0; k < 4; ++k)
     if (kinds[k] != kind_counts_[k])
       return bad("slot kind " + s(k) + " counted " + s(kind_counts_[k]) + " times, the slot table has " + s(kinds[k]));
@@ -69,10 +75,14 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps) const {
     if (idle[p]) return bad("idle page " + s(p) + " listed twice");
     idle[p] = true;
   }
-  if (unmapped_live != idle_.size()) return bad("a created page is mapped nowhere and not idle (leak)");
+  // Idle pages a batch took (in flight without the lock) are mapped nowhere and listed nowhere.
+  if (unmapped_live != idle_.size() + in_flight_idle_) return bad("a created page is mapped nowhere and not idle (leak)");
   for (std::uint32_t p : free_phys_)
     if (p >= phys_.size() || phys_[p].in_use) return bad("unused page record " + s(p) + " is in use");
-  if (in_use != created_) return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live)");
+  // Pages a provision batch is creating count as created before they have records.
+  if (in_use + fresh_in_flight_ != created_)
+    return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live, " +
+               s(fresh_in_flight_) + " being created)");
   if (created_ > capacity_pages_) return bad("more pages than the capacity");
   return {};
 }

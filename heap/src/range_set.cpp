@@ -120,4 +120,10 @@ std::optional<RangeSet::Range> RangeSet::take_smallest() {
 
 std::uint32_t RangeSet::largest() const { return by_size_.empty() ? 0 : by_size_.rbegin()->length; }
 
+std::optional<RangeSet::Range> RangeSet::largest_range() const {
+  if (by_size_.empty()) return std::nullopt;
+  const Node& n = *by_size_.rbegin();
+  return Range{n.start, n.length};
+}
+
 }  // namespace valet::detail

@@ -35,6 +35,8 @@ class RangeSet {
 
   std::uint64_t total() const { return total_; }
   std::uint32_t largest() const;
+  // The longest range (the lowest-starting of the longest), if any.
+  std::optional<Range> largest_range() const;
   std::size_t range_count() const { return by_start_.size(); }
   bool empty() const { return by_start_.empty(); }
 

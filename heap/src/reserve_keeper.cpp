@@ -1,11 +1,25 @@
 #include "reserve_keeper.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+
+#include "clock.h"
 
 namespace valet::detail {
 
-ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, std::function<void()> on_wake)
-    : mu_(mu), pool_(pool), config_(config), on_wake_(std::move(on_wake)) {}
+namespace {
+// Pages one batch moves at most: bounds the work a stop waits for, and the bookkeeping under
+// the lock at either end of a batch.
+constexpr std::uint32_t kBatchPages = 64;
+// Batches per wake: the keeper yields the lock between wakes.
+constexpr int kBatchesPerWake = 16;
+std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
+}  // namespace
+
+ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::size_t& live_bytes,
+                             Demand& demand, std::function<void()> on_wake)
+    : mu_(mu), pool_(pool), config_(config), live_bytes_(live_bytes), demand_(demand), on_wake_(std::move(on_wake)) {}
 
 void ReserveKeeper::start() {
   if (!config_.background_reserve || thread_.joinable()) return;
@@ -27,40 +41,89 @@ void ReserveKeeper::stop() {
 }
 
 void ReserveKeeper::wake() {
+  if (wanted_) return;
   wanted_ = true;
   cv_.notify_one();
 }
 
+ReserveTargets ReserveKeeper::targets() {
+  mu_.assert_held();
+  const std::uint64_t now = now_ns();
+  const std::size_t used = pool_.used_pages();
+  const auto by_live = std::size_t(config_.reserve_fraction * double(pages_of(live_bytes_)));
+  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(pages_of(demand_.live_peak.get(now))));
+  const std::size_t by_peak = ceiling > used ? ceiling - used : 0;
+  ReserveTargets t;
+  t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
+  // Half the limit at most: the other half keeps freed runs for reuse.
+  const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
+  t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
+  const std::size_t reserve = pool_.reserve_pages();
+  t.may_create = t.limit > reserve ? t.limit - reserve : 0;
+  return t;
+}
+
 void ReserveKeeper::want_refill() {
   mu_.assert_held();
-  if (pool_.reserve_pages() >= config_.reserve_low_pages) return;
-  if (thread_.joinable()) wake();
+  if (!thread_.joinable()) return;
+  if (pool_.reserve_pages() < config_.reserve_low_pages || pool_.longest_reserve_run() < targets().frontier) wake();
 }
 
 void ReserveKeeper::after_release() {
   mu_.assert_held();
-  if (pool_.reserve_pages() <= config_.reserve_high_pages) return;
-  if (thread_.joinable())
-    wake();
-  else
+  if (thread_.joinable()) {
+    if (pool_.reserve_pages() > targets().limit) wake();
+  } else if (pool_.reserve_pages() > config_.reserve_high_pages) {
     (void)balance();
+  }
 }
 
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
-void ReserveKeeper::trim(std::unique_lock<HeapMutex>& lock) {
+bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit) {
+  auto batch = pool_.begin_release(limit, kBatchPages, true);
+  if (batch.empty()) return false;
+  lock.unlock();
+  pool_.release_calls(batch);
+  lock.lock();
+  return pool_.finish_release(batch).ok();
+}
+
+bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
-  const std::size_t high = config_.reserve_high_pages, mid = (config_.reserve_low_pages + high) / 2;
-  while (pool_.over(high) && !stop_) {
-    // Idle pages (left by meshing or failed operations) cost one driver call each.
-    if (!pool_.release_idle(pool_.idle_pages()).ok()) return;
-    if (!pool_.over(high)) return;
-    auto batch = pool_.begin_release(mid, 64);
-    if (batch.empty()) return;
-    lock.unlock();
-    pool_.release_calls(batch);
-    lock.lock();
-    if (!pool_.finish_release(batch).ok()) return;
+  const std::size_t limit = thread_.joinable() ? targets().limit : config_.reserve_high_pages;
+  if (pool_.reserve_pages() <= limit) return false;
+  // Down to the middle of the budget (the old watermarks' rule), so that the next frees within
+  // it make no driver call.
+  const std::size_t mid = std::min(limit, (config_.reserve_low_pages + limit) / 2);
+  while (!stop_ && pool_.reserve_pages() > mid)
+    if (!trim_to(lock, mid)) break;
+  return true;
+}
+
+bool ReserveKeeper::provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t) {
+  auto batch = pool_.begin_provision(t.frontier, t.may_create, kBatchPages);
+  if (batch.empty()) return false;
+  lock.unlock();
+  pool_.provision_calls(batch);
+  lock.lock();
+  const bool whole = batch.mapped == batch.length;
+  pool_.finish_provision(batch);
+  return whole;
+}
+
+void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
+  for (int round = 0; round < kBatchesPerWake && !stop_; ++round) {
+    const ReserveTargets t = targets();
+    // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
+    const std::size_t slack = std::max<std::size_t>(2, t.limit / 8);
+    if (pool_.reserve_pages() > t.limit + slack || pool_.idle_pages() > 0) {
+      if (!trim_to(lock, t.limit)) return;
+    } else if (pool_.longest_reserve_run() < t.frontier) {
+      if (!provision(lock, t)) return;
+    } else {
+      return;
+    }
   }
 }
 
@@ -71,18 +134,15 @@ void ReserveKeeper::loop() {
     if (stop_) break;
     wanted_ = false;
     if (on_wake_) on_wake_();
-    // A large free can leave thousands of pages to give back: they are released without the
-    // heap lock. Refilling stays under the lock.
-    if (pool_.over(config_.reserve_high_pages))
-      trim(lock);
-    else
-      (void)balance();
+    keep(lock);
   }
 }
 
 Status ReserveKeeper::validate() const {
   if (config_.reserve_low_pages > config_.reserve_high_pages)
     return make_error(Errc::internal, "validate: the reserve's low watermark is above its high one");
+  if (!(config_.reserve_fraction >= 0) || !(config_.reserve_peak_ratio >= 1))
+    return make_error(Errc::internal, "validate: the reserve's budget is out of range");
   if (!config_.background_reserve && thread_.joinable())
     return make_error(Errc::internal, "validate: a keeper thread runs although the config asks for none");
   return {};

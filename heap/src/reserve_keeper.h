@@ -1,15 +1,24 @@
-// The reserve keeper: keeps the page pool's reserve (created, mapped, unused pages) between its
-// watermarks, so that allocations find mapped pages without a driver call and a long-running
-// service gives memory back. With Config::background_reserve it is a thread of its own that
-// sleeps until woken (or 20 ms), otherwise its work runs inline on the caller's thread.
+// The reserve keeper: keeps the page pool's reserve (created, mapped, unused pages) where
+// allocations find mapped pages without a driver call, and gives memory back as live memory
+// falls. With Config::background_reserve it is a thread of its own that wakes when an allocation
+// took reserve pages or a free returned some (and every 20 ms), otherwise its work runs inline on
+// the caller's thread, to the watermarks only.
 //
-// Releasing a page costs ~50 us of driver calls on an H100 (~0.7 ms on the host emulation), so a
-// trim takes a batch of pages out of the reserve under the heap lock, releases them without it,
-// and books the outcome under it again: neither allocations nor compaction wait for it.
-// Refilling stays under the lock (a few pages).
+// The background keeper's targets (targets()):
+//   limit     the reserve pages it keeps at most: Config::reserve_fraction of the live pages, and
+//             no more than brings mapped pages to Config::reserve_peak_ratio x the recent peak
+//             of live pages; never under the high watermark. Freed large runs stay mapped up to
+//             it, so that later allocations reuse them (best fit, split and coalesced by the pool).
+//   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
+//             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
+//             freed run takes it without a driver call.
+// Every driver call it makes runs without the heap lock: a batch is taken out of the pool under
+// the lock, its calls are made without it, and the outcome is booked under it again (the pool's
+// ReleaseBatch and ProvisionBatch). Neither allocations nor compaction wait for it; an
+// allocation that finds nothing ready maps its own pages (the pool's stitching), the fallback.
 //
-// Threading: want_refill, after_release and trim require the heap lock; start and stop must be
-// called without it (the thread takes it).
+// Threading: want_refill, after_release and targets require the heap lock; start and stop must
+// be called without it (the thread takes it).
 #pragma once
 
 #include <condition_variable>
@@ -17,45 +26,63 @@
 #include <mutex>
 #include <thread>
 
+#include "demand.h"
 #include "heap_mutex.h"
 #include "page_pool.h"
 #include "valet/config.h"
 
 namespace valet::detail {
 
+struct ReserveTargets {
+  std::size_t limit = 0;
+  std::uint32_t frontier = 0;
+  std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
+};
+
 class ReserveKeeper {
  public:
-  // `on_wake` runs under the heap lock each time the thread wakes, before the reserve is balanced
-  // (the heap reaps deferred frees there).
-  ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, std::function<void()> on_wake);
+  // `on_wake` runs under the heap lock each time the thread wakes, before the reserve is kept
+  // (the heap reaps deferred frees there). `live_bytes` and `demand` are the heap's, read under
+  // the heap lock.
+  ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::size_t& live_bytes, Demand& demand,
+                std::function<void()> on_wake);
   ~ReserveKeeper() { stop(); }
 
   // Starts the thread when the config asks for one. Idempotent.
   void start();
-  // Stops and joins the thread; trims in progress end after their current batch.
+  // Stops and joins the thread; a batch in progress ends first.
   void stop();
 
-  // The reserve fell under its low watermark: wake the thread (inline refills happen at the next
-  // balance, i.e. never on the allocation path).
+  // An allocation took reserve pages: wake the thread when the reserve is under its targets
+  // (inline refills happen at the next balance, i.e. never on the allocation path).
   void want_refill();
-  // Pages went back to the reserve: wake the thread, or balance inline when there is none.
+  // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
+  // inline to the watermarks when there is no thread.
   void after_release();
-  // Brings the reserve back under its high watermark (to the middle of the watermarks), the
-  // driver calls made without the heap lock, batch by batch. Precondition: `lock` holds mu.
-  void trim(std::unique_lock<HeapMutex>& lock);
-  // Refills or trims to the watermarks under the lock (maintain(), heap creation).
+  // A free that left the reserve above its limit: trims it to the middle of its budget now, on
+  // the freeing thread, batch by batch without the heap lock, so that held memory follows live
+  // memory; true if it did. Precondition: `lock` holds mu.
+  bool trim_surplus(std::unique_lock<HeapMutex>& lock);
+  // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
+  ReserveTargets targets();
 
-  // Watermarks are ordered; a stopped keeper has no thread.
+  // Watermarks and budget are sane; a stopped keeper has no thread.
   Status validate() const;
 
  private:
   void loop();
   void wake();
+  // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
+  void keep(std::unique_lock<HeapMutex>& lock);
+  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit);
+  bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
 
   HeapMutex& mu_;
   PagePool& pool_;
   const Config& config_;
+  const std::size_t& live_bytes_;
+  Demand& demand_;
   std::function<void()> on_wake_;
   std::thread thread_;
   std::condition_variable_any cv_;

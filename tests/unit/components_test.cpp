@@ -148,7 +148,9 @@ TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
   config.reserve_low_pages = 4;
   config.reserve_high_pages = 8;
   int wakes = 0;
-  ReserveKeeper keeper(mu, pool, config, [&] { ++wakes; });
+  const std::size_t live_bytes = 0;
+  Demand demand{1'000'000'000};
+  ReserveKeeper keeper(mu, pool, config, live_bytes, demand, [&] { ++wakes; });
   ASSERT_TRUE(keeper.validate().ok());
   keeper.start();
   {
@@ -161,7 +163,8 @@ TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
   };
   for (int i = 0; i < 500 && reserve() < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   EXPECT_GE(reserve(), 4u) << "the keeper did not refill";
-  // Twenty pages handed back at once: the keeper trims them to the middle of the watermarks.
+  // Twenty pages handed back at once (nothing live: the budget is the high watermark): the keeper
+  // trims them to it.
   {
     std::lock_guard lock(mu);
     auto run = pool.take_run(20, 1);

@@ -19,8 +19,21 @@ struct Config {
   // backend when it exceeds `reserve_high_pages`.
   std::size_t reserve_low_pages = 4;
   std::size_t reserve_high_pages = 16;
-  // A background thread keeps the reserve between its watermarks. Off: refill and trim happen
-  // inline (on allocation and free) and in maintain().
+  // With the background keeper, the reserve also keeps freed large runs mapped for reuse, and
+  // pages mapped ahead of demand (one contiguous run as long as twice the longest recent large
+  // request), within a budget: at most `reserve_fraction` of the live bytes, and never more than
+  // brings mapped memory above `reserve_peak_ratio` x the peak of the live bytes over the last
+  // `reserve_window_ms`. The high watermark is the budget's floor. Beyond the budget, pages go
+  // back to the backend (the smallest runs first): from the freeing thread when a free left the
+  // reserve above it, else from the keeper's.
+  // Off by default (0 and 1: the budget is the high watermark): on the traces of
+  // docs/benchmarks.md a budget buys speed with memory (docs/speed.md has the figures).
+  double reserve_fraction = 0.0;
+  double reserve_peak_ratio = 1.0;
+  std::size_t reserve_window_ms = 10000;
+  // A background thread keeps the reserve within its targets, making every driver call of
+  // refills and trims off the allocating threads and without the heap lock. Off: refill and
+  // trim to the watermarks happen inline (on allocation and free) and in maintain().
   bool background_reserve = true;
   // Bytes one compaction batch copies at most (one copy, one event). Pins never wait for a copy
   // (they cancel the move of their object); the batch bounds the work a cancelled move wastes

@@ -87,8 +87,10 @@ struct HeapStats {
     // slab: slab pages (those counted in shared_tails have no physical page of their own);
     // meshed: further virtual pages mapping a slab page's physical page (aliases left by
     // meshing, no memory of their own). shared_tails: slab pages built on a large object's last
-    // page. reserve includes idle (created, mapped nowhere). releasing: reserve pages being given
-    // back to the backend without the heap lock (still mapped, no longer usable). moving: pages a
+    // page. reserve includes idle (created, mapped nowhere; pages the reserve keeper is creating
+    // or mapping without the heap lock count here). releasing: reserve pages being given back to
+    // the backend, or moved into a longer run, without the heap lock (still mapped where they
+    // were, not usable meanwhile). moving: pages a
     // move in flight has taken and not yet handed over (unsharing a tail copies into one without
     // the heap lock).
     // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving = mapped pages.

@@ -51,6 +51,7 @@ struct Arguments {
   std::uint64_t seed = 1;
   bool no_compact = false;
   bool no_share_tails = false;
+  std::optional<double> reserve_fraction, reserve_peak_ratio;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -101,6 +102,13 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--no-share-tails", args.no_share_tails,
                "No shared tails (Config::share_tails off): every slab page and every large object's last "
                "page has a physical page of its own");
+  app.add_option("--reserve-fraction", args.reserve_fraction,
+                 "Config::reserve_fraction: the mapped reserve the keeper keeps, as a fraction of the live bytes")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
+                 "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
+                 "recent peak of live bytes")
+      ->check(CLI::Range(1.0, 4.0));
   app.add_option("--policy", args.policy,
                  "KEY=VALUE: a compactor policy setting other than its default (repeatable; see "
                  "valet::policy_keys(), e.g. fragmentation_threshold=0.1)")
@@ -143,6 +151,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
 std::optional<int> make_config(const Arguments& args, const valet::replay::TraceSummary& checked, valet::Config& config) {
   config.compact_on_oom = !args.no_compact;
   config.share_tails = !args.no_share_tails;
+  if (args.reserve_fraction) config.reserve_fraction = *args.reserve_fraction;
+  if (args.reserve_peak_ratio) config.reserve_peak_ratio = *args.reserve_peak_ratio;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments

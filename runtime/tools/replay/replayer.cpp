@@ -135,10 +135,11 @@ class Replayer {
 
   // Adds the driver calls this thread made since `window` began to the alloc path's count. The
   // window opens right before a heap call and is read right after it, outside the timed span.
-  void count_driver_calls(const ThreadDriverCalls& window) {
+  void count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
     const DriverCallCounts made = window.made();
-    for (std::size_t i = 0; i < kDriverOpCount; ++i) report_.alloc_path_driver_calls.by_op[i] += made.by_op[i];
+    for (std::size_t i = 0; i < kDriverOpCount; ++i) into.by_op[i] += made.by_op[i];
   }
+  void count_driver_calls(const ThreadDriverCalls& window) { count_driver_calls(window, report_.alloc_path_driver_calls); }
 
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
@@ -224,11 +225,13 @@ class Replayer {
   void on_probe(const TraceOp& op) {
     note_mapped(heap_.stats().mapped_bytes, op.line);
     ++report_.probes;
-    // A probe's allocate and free are on the alloc path too (counted, not timed).
+    // A probe is the benchmark's instrument, not the workload: half the free memory at once,
+    // which no reserve within the memory targets holds mapped. Its driver calls are counted
+    // apart from the alloc path's (not timed either).
     const ThreadDriverCalls window(door_);
     auto h = heap_.allocate(op.bytes);
     const Status st = h.ok() ? free_when_unpinned(*h) : ok_status();
-    count_driver_calls(window);
+    count_driver_calls(window, report_.probe_driver_calls);
     if (!h.ok()) {
       ++report_.probes_failed;
       if (h.code() != Errc::out_of_memory) problem_at(op, "probe of " + std::to_string(op.bytes) + " bytes", h.error());

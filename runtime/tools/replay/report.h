@@ -38,11 +38,12 @@ struct ReplayReport {
   double free_ns_median = 0;
   double free_ns_p99 = 0;
   double free_ns_max = 0;
-  // Driver calls made on the replaying thread inside heap.allocate() and heap.free() of `a`, `f`
-  // and `p` lines (a probe's allocate and its free), counted at the heap's counting door in the
-  // window of each call only: not stats(), safepoint(), signature writes, pinner threads, the
-  // heap's background threads, nor the frees of the objects left live at the end.
+  // Driver calls made on the replaying thread inside heap.allocate() and heap.free() of `a` and
+  // `f` lines, counted at the heap's counting door in the window of each call only: not stats(),
+  // safepoint(), signature writes, pinner threads, the heap's background threads, nor the frees
+  // of the objects left live at the end. A probe's (`p` line's allocate and free) are apart.
   DriverCallCounts alloc_path_driver_calls;
+  DriverCallCounts probe_driver_calls;
 
   // Probes: a real allocate followed by free.
   std::uint64_t probes = 0;

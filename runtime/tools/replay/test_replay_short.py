@@ -13,7 +13,7 @@ import gzip, json, os, re, shutil, subprocess, sys
 KEYS = ["backend", "ops", "ooms", "wall_s", "probes", "probes_failed", "peak_live_bytes", "peak_mapped_bytes",
         "peak_mapped_over_live", "mean_fragmentation", "mean_fragmentation_unweighted", "alloc_ns_median",
         "alloc_ns_p99", "alloc_ns_p999", "alloc_ns_max", "free_ns_median", "free_ns_p99", "free_ns_max",
-        "alloc_path_driver_calls", "alloc_path_driver_calls_per_op", "compactions", "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max",
+        "alloc_path_driver_calls", "alloc_path_driver_calls_per_op", "probe_driver_calls", "compactions", "bytes_moved", "objects_moved", "pages_freed", "pin_wait_ns_max",
         "moved_fraction", "verify_errors", "compactor"]
 COMPACTOR_KEYS = ["cycles", "background_cycles", "safepoint_calls", "safepoint_cycles", "by_trigger", "failed_cycles",
                   "policy"]

@@ -1,0 +1,50 @@
+// What the allocation path asked for recently, for the reserve keeper's targets (reserve_keeper.h):
+// the peak of the live bytes over a recent window, and the longest large request (in pages) over
+// the same window. Updated by the allocation path and read by the keeper, both under the
+// heap lock.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace valet::detail {
+
+// The maximum of the values noted over roughly the last `window` nanoseconds, kept in two halves:
+// the current half-window's maximum and the previous one's. A value is forgotten between one and
+// two half-windows after it was noted, in O(1) space and time.
+class WindowMax {
+ public:
+  explicit WindowMax(std::uint64_t window_ns) : half_(std::max<std::uint64_t>(window_ns / 2, 1)) {}
+
+  void note(std::uint64_t v, std::uint64_t now) {
+    roll(now);
+    current_ = std::max(current_, v);
+  }
+  std::uint64_t get(std::uint64_t now) {
+    roll(now);
+    return std::max(current_, previous_);
+  }
+
+ private:
+  void roll(std::uint64_t now) {
+    if (now < started_ + half_) return;
+    // One half-window passed: the current maximum becomes the previous one; two or more: both go.
+    previous_ = now < started_ + 2 * half_ ? current_ : 0;
+    current_ = 0;
+    started_ = now - (now - started_) % half_;
+  }
+
+  std::uint64_t half_;
+  std::uint64_t started_ = 0;
+  std::uint64_t current_ = 0, previous_ = 0;
+};
+
+struct Demand {
+  explicit Demand(std::uint64_t window_ns) : live_peak(window_ns), large_pages(window_ns) {}
+
+  WindowMax live_peak;         // bytes
+  WindowMax large_pages;       // pages of the longest large request
+};
+
+}  // namespace valet::detail

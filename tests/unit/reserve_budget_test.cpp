@@ -1,0 +1,201 @@
+// The reserve's budget and provisioning ahead of demand: the page pool's provision batch (its
+// bookkeeping checked by validate() while the batch is in flight and after), the keeper's
+// targets, and the heap's allocation path making no driver call once the keeper has provisioned.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "heap_core.h"
+#include "page_pool.h"
+#include "reserve_keeper.h"
+#include "valet/runtime.h"
+
+namespace valet::detail {
+namespace {
+
+std::unique_ptr<Backend> host_backend(std::size_t capacity) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = capacity;
+  auto backend = open_backend(options);
+  return backend.ok() ? std::move(backend).value() : nullptr;
+}
+
+// Writes a byte pattern into [slot, slot+n) and checks it back (0 bytes differ).
+bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
+  const PatternRange range{pool.address(slot), std::size_t(n) * kPageBytes, seed};
+  if (!b.fill_pattern({&range, 1}, Stream{}).ok()) return false;
+  auto differ = b.verify_pattern({&range, 1}, Stream{});
+  return differ.ok() && *differ == 0;
+}
+
+TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInFlight) {
+  auto backend = host_backend(128u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 64);
+  ASSERT_TRUE(pool.init(256).ok());
+  // Reserve runs of 2, 1 and 3 pages with used slots between them; free slots after the last.
+  auto b = pool.take_run(2, 3), gap1 = pool.take_run(1, 2), c = pool.take_run(1, 5), gap2 = pool.take_run(1, 4),
+       a = pool.take_run(3, 1);
+  ASSERT_TRUE(a.ok() && gap1.ok() && b.ok() && gap2.ok() && c.ok());
+  pool.give_back(*a, 3);
+  pool.give_back(*b, 2);
+  pool.give_back(*c, 1);
+  ASSERT_EQ(pool.longest_reserve_run(), 3u);
+  const std::size_t created = pool.created_pages();
+  // 10 pages: at most 4 new ones, the rest moved from the shorter runs.
+  auto batch = pool.begin_provision(10, 4, 64);
+  ASSERT_FALSE(batch.empty());
+  EXPECT_TRUE(pool.batch_in_flight());
+  EXPECT_TRUE(pool.validate().ok()) << pool.validate().error().to_string();
+  EXPECT_EQ(pool.created_pages(), created + 4);
+  pool.provision_calls(batch);
+  const std::uint32_t length = batch.length, dest = batch.dest;
+  EXPECT_EQ(batch.mapped, length);
+  pool.finish_provision(batch);
+  EXPECT_FALSE(pool.batch_in_flight());
+  ASSERT_TRUE(pool.validate().ok()) << pool.validate().error().to_string();
+  EXPECT_GE(pool.longest_reserve_run(), 3u + length);
+  EXPECT_EQ(pool.created_pages(), created + 4);
+  EXPECT_EQ(pool.used_pages(), 2u);  // the two gap pages
+  // The provisioned run is mapped and accessible: a large object taking it holds its bytes.
+  auto run = pool.take_run(3 + length, 9);
+  ASSERT_TRUE(run.ok());
+  EXPECT_EQ(*run + 3, dest);
+  EXPECT_TRUE(pattern_holds(*backend, pool, *run, 3 + length, 7));
+  pool.give_back(*run, 3 + length);
+  pool.give_back(*gap1, 1);
+  pool.give_back(*gap2, 1);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(ProvisionBatch, NothingWorthDoingGivesAnEmptyBatchAndChangesNothing) {
+  auto backend = host_backend(64u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  auto a = pool.take_run(5, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 5);
+  // Already long enough; and nothing may be created while no other run exists.
+  EXPECT_TRUE(pool.begin_provision(5, 10, 64).empty());
+  EXPECT_TRUE(pool.begin_provision(8, 0, 64).empty());
+  EXPECT_FALSE(pool.batch_in_flight());
+  EXPECT_EQ(pool.reserve_pages(), 5u);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
+  auto backend = host_backend(512u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 256);
+  ASSERT_TRUE(pool.init(2048).ok());
+  HeapMutex mu;
+  Config config;
+  config.reserve_low_pages = 2;
+  config.reserve_high_pages = 4;
+  config.reserve_fraction = 0.3;
+  config.reserve_peak_ratio = 2.0;
+  std::size_t live_bytes = 100 * kPageBytes;  // 30 reserve pages allowed by the live bytes
+  Demand demand{std::uint64_t(60) * 1'000'000'000};
+  ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
+  auto read = [&](auto f) {
+    std::lock_guard lock(mu);
+    return f();
+  };
+  {
+    std::lock_guard lock(mu);
+    demand.live_peak.note(live_bytes, now_ns());
+    demand.large_pages.note(12, now_ns());
+    const ReserveTargets t = keeper.targets();
+    EXPECT_EQ(t.limit, 30u);
+    EXPECT_EQ(t.frontier, 15u);  // half the limit, under twice the request
+  }
+  keeper.start();
+  read([&] {
+    keeper.want_refill();
+    return 0;
+  });
+  for (int i = 0; i < 1000 && read([&] { return pool.longest_reserve_run(); }) < 15; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_GE(read([&] { return pool.longest_reserve_run(); }), 15u) << "the keeper did not provision the frontier";
+  // 60 pages freed at once: kept up to the budget, the frontier kept, the rest given back.
+  read([&] {
+    auto run = pool.take_run(60, 1);
+    EXPECT_TRUE(run.ok());
+    if (run.ok()) pool.give_back(*run, 60);
+    keeper.after_release();
+    return 0;
+  });
+  for (int i = 0; i < 1000 && read([&] { return pool.reserve_pages(); }) > 30 + 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  keeper.stop();
+  std::lock_guard lock(mu);
+  EXPECT_LE(pool.reserve_pages(), 30u + 3u) << "the keeper did not trim to its limit";
+  EXPECT_GE(pool.reserve_pages(), 15u) << "the keeper trimmed below its frontier";
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// Waits (at most 5 s) until the keeper has met its targets: the frontier is ready and no batch
+// is in flight.
+void settle(Heap& h) {
+  auto& c = HeapInternals::of(h);
+  for (int i = 0; i < 5000; ++i) {
+    {
+      std::lock_guard lock(c.mu);
+      if (!c.pool.batch_in_flight() && c.pool.longest_reserve_run() >= c.keeper.targets().frontier) return;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+TEST(ReserveKeeper, SteadyStateLargeAllocationsMakeNoDriverCall) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = 1u << 30;
+  Config config;
+  config.capacity = 1u << 30;
+  // Room for the longest request (10 pages) twice over: 25% of ~160 live pages, and a peak
+  // ratio that allows it.
+  config.reserve_fraction = 0.25;
+  config.reserve_peak_ratio = 1.5;
+  auto heap = open_heap(options, config);
+  ASSERT_TRUE(heap.ok()) << heap.error().to_string();
+  Heap& h = **heap;
+  // A live set, then a churn of large objects of changing sizes; the keeper gets its time.
+  std::vector<Handle> live;
+  for (int i = 0; i < 40; ++i) live.push_back(*h.allocate((3 + i % 5) * kPageBytes));
+  std::uint64_t alloc_calls = 0, free_maps = 0;
+  for (int i = 0; i < 600; ++i) {
+    const std::size_t k = std::size_t(i) % live.size();
+    {
+      ThreadDriverCalls scope(h.driver_calls());
+      ASSERT_TRUE(h.free(live[k]).ok());
+      // A free may give back what exceeds the budget; it never maps.
+      if (i >= 300) free_maps += scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page];
+    }
+    ThreadDriverCalls scope(h.driver_calls());
+    auto fresh = h.allocate((2 + (i * 7) % 9) * kPageBytes - 4096);
+    ASSERT_TRUE(fresh.ok()) << fresh.error().to_string();
+    if (i >= 300) alloc_calls += scope.made().total();
+    live[k] = *fresh;
+    // The keeper's turn between requests (a service's pace), waited for so the test does not
+    // depend on the machine's speed.
+    settle(h);
+  }
+  EXPECT_EQ(alloc_calls, 0u) << "driver calls on the allocating thread in 300 steady-state allocations";
+  EXPECT_EQ(free_maps, 0u);
+  EXPECT_TRUE(h.validate().ok());
+  const auto s = h.stats();
+  // Mapped memory stays within the budget (live pages, their tails, the reserve's limit, and the
+  // trim's hysteresis of an eighth of it).
+  EXPECT_LE(double(s.mapped_bytes), (1 + 0.25 * 1.125) * double(s.live_bytes) + 48.0 * kPageBytes);
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
+}  // namespace
+}  // namespace valet::detail
