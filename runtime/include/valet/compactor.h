@@ -45,7 +45,7 @@ struct PolicySettings {
   // started, tails cycles go on while they free min_reclaim_pages and give pages back (drain).
   // Tails open a page or two at a time: without it the compactor ran a cycle, with its remaps,
   // nearly every step of a serving loop (docs/meshing.md, "When the tails trigger fires").
-  std::uint64_t tails_min_pages = 2;
+  std::uint64_t tails_min_pages = 10;
   double tails_min_fraction = 0;
   std::uint64_t tails_interval_ms = 0;
   bool mesh = true;                     // cycles mesh pages first (CompactRequest::mesh)
