@@ -134,7 +134,28 @@ double cycle_budget(const PolicySettings& s, const EngineState& st) {
   return std::min(st.byte_tokens, std::max(double(kPageBytes), double(s.max_pause_us) * 1e3 * speed));
 }
 
-Decision tails_decision(const PolicySettings& s, const Plan& tails, double budget) {
+// Whether the tails warrant a cycle of their own now (see decide() in the header). Draining ends
+// when the tails free fewer than min_reclaim_pages; a start waits for the interval.
+bool tails_due(const PolicySettings& s, const Observation& obs, const Plan& tails, EngineState& st) {
+  if (tails.pages_freed < s.min_reclaim_pages) {
+    st.tails_draining = false;
+    return false;
+  }
+  if (st.tails_draining) return true;
+  if (tails.pages_freed < tails_start_pages(s, obs)) return false;
+  const std::uint64_t interval_ns = s.tails_interval_ms * 1'000'000;
+  return st.last_tails_ns == 0 || obs.now_ns >= st.last_tails_ns + interval_ns;
+}
+
+// A tails cycle. On the background thread it may move the whole plan on top of the pause
+// budget (within the byte tokens): the pause budget bounds how long a safepoint holds its caller,
+// and a pin waits for one move batch at most whatever the cycle's size. At the pause budget alone
+// a cycle emptied about one page, so the tails took a cycle, with its remaps, per page.
+Decision tails_decision(const PolicySettings& s, const Observation& obs, EngineState& st, const Plan& tails,
+                        double budget, bool safepoint) {
+  st.tails_draining = true;
+  st.last_tails_ns = std::max<std::uint64_t>(obs.now_ns, 1);
+  if (!safepoint) budget = std::max(budget, std::min(st.byte_tokens, budget + double(tails.bytes_moved)));
   Decision d;
   d.trigger = CompactionTrigger::tails;
   d.plan = tails;
@@ -169,6 +190,12 @@ const Plan* choose_plan(const std::vector<Plan>& plans, std::uint64_t goal, doub
 
 }  // namespace
 
+std::uint64_t tails_start_pages(const PolicySettings& s, const Observation& obs) {
+  const double held_pages = double(obs.mapped_bytes - std::min(obs.reserve_bytes, obs.mapped_bytes)) / double(kPageBytes);
+  const auto by_fraction = std::uint64_t(std::ceil(s.tails_min_fraction * held_pages));
+  return std::max({s.min_reclaim_pages, s.tails_min_pages, by_fraction});
+}
+
 std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, EngineState& st, bool safepoint) {
   const bool failed_since = observe(s, obs, st);
   if (!s.background && !safepoint) return std::nullopt;
@@ -176,19 +203,29 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   const Want want = want_cycle(s, obs, st, failed_since);
   std::optional<CompactionTrigger> trigger = want.trigger;
   // Slab pages that can be emptied into large objects' unused last-page bytes free a page each,
-  // however full they are: worth a cycle of their own.
+  // however full they are: worth a cycle of their own once enough of them wait (tails_due: a
+  // cycle per page or two, each with its remaps, was most of the compactor's work).
+  // They are no pressure: with the background thread on, a safepoint leaves them to it rather
+  // than make its caller pay.
   const Plan tails = s.evacuate ? plan_tails(obs.classes, obs.open_tails) : Plan{};
-  if (!trigger && tails.pages_freed >= s.min_reclaim_pages) trigger = CompactionTrigger::tails;
+  const bool tails_here = !(safepoint && s.background);
+  const bool tails_wanted = tails_here && tails_due(s, obs, tails, st);
+  if (!trigger && tails_wanted) trigger = CompactionTrigger::tails;
   if (!trigger) return std::nullopt;
 
   const double budget = cycle_budget(s, st);
   if (budget < 65536) return std::nullopt;
-  if (*trigger == CompactionTrigger::tails) return tails_decision(s, tails, budget);
+  if (*trigger == CompactionTrigger::tails) return tails_decision(s, obs, st, tails, budget, safepoint);
 
   const auto plans = plan_levels(obs.classes, occupancy_levels(s, want.cheapest_only));
   const Plan* chosen = choose_plan(plans, want.goal, budget);
   if (!chosen || chosen->pages_freed < s.min_reclaim_pages) {
-    if (tails.pages_freed >= s.min_reclaim_pages) return tails_decision(s, tails, budget);
+    // Another trigger held but its plan frees too little: the tails may still be worth a cycle.
+    // A low reserve or an idle heap takes them at min_reclaim_pages; fragmentation (which can
+    // stay over the threshold for long where no plan helps) keeps to the hysteresis.
+    const bool pressed = *trigger == CompactionTrigger::reserve_low || *trigger == CompactionTrigger::idle;
+    if (pressed ? tails.pages_freed >= s.min_reclaim_pages : tails_wanted)
+      return tails_decision(s, obs, st, tails, budget, safepoint);
     return std::nullopt;
   }
 
@@ -206,6 +243,9 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
 
 void account(EngineState& st, const CompactionRecord& r) {
   st.byte_tokens -= double(r.bytes_moved);
+  // A tails cycle that gave no page back (the plan's matches were taken by meshing, or could not
+  // be made) ends the draining: the same plan would only repeat it.
+  if (r.trigger == CompactionTrigger::tails && r.pages_freed + r.pages_meshed == 0) st.tails_draining = false;
   if (r.bytes_moved >= (std::uint64_t{1} << 20) && r.duration_ns > 0) {
     const double speed = double(r.bytes_moved) / double(r.duration_ns);
     st.copy_bytes_per_ns = st.copy_bytes_per_ns == 0 ? speed : 0.7 * st.copy_bytes_per_ns + 0.3 * speed;

@@ -66,16 +66,30 @@ struct EngineState {
   double alloc_rate = 0;        // allocations per second, smoothed
   double byte_tokens = 0;       // bytes the budget allows now
   double copy_bytes_per_ns = 0; // measured copy speed of past cycles (0: unknown)
+  // The tails trigger's hysteresis: when the last tails decision was made (0: never), and
+  // whether the tails are being drained (a tails cycle started and they still free pages).
+  std::uint64_t last_tails_ns = 0;
+  bool tails_draining = false;
 };
 
-// Decides from one observation. Updates `state` (rates and budget); returns a decision when a
-// trigger holds and a plan reclaims at least settings.min_reclaim_pages within the budget.
+// The pages the tails must be able to free before a tails cycle starts (draining aside):
+// max(min_reclaim_pages, tails_min_pages, ceil(tails_min_fraction x pages held less the reserve)).
+std::uint64_t tails_start_pages(const PolicySettings& settings, const Observation& obs);
+
+// Decides from one observation. Updates `state` (rates, budget, tails hysteresis); returns a
+// decision when a trigger holds and a plan reclaims at least settings.min_reclaim_pages within the
+// budget. The `tails` trigger holds when the tails free tails_start_pages() and tails_interval_ms
+// has passed since the last tails decision, or, while draining, when they free min_reclaim_pages
+// (a tails cycle that gives no page back ends the drain: account()). With `background` on, a
+// safepoint leaves the tails to the background thread, whose tails cycles may move their whole
+// plan on top of the pause budget.
 // `safepoint` marks a call from Compactor::safepoint (the trigger is then `safepoint` when the
 // condition that fired is fragmentation or idleness).
 std::optional<Decision> decide(const PolicySettings& settings, const Observation& obs, EngineState& state,
                                bool safepoint = false);
 
-// After a cycle: charge its bytes to the budget and learn the copy speed.
+// After a cycle: charge its bytes to the budget, learn the copy speed, and end the tails' drain
+// if it was a tails cycle that gave no page back.
 void account(EngineState& state, const CompactionRecord& record);
 
 }  // namespace valet::policy

@@ -95,6 +95,9 @@ const std::vector<Field>& fields() {
       double_field("idle_allocs_per_second", &PolicySettings::idle_allocs_per_second, 0, 1e9, "a rate >= 0"),
       u64_field("interval_ms", &PolicySettings::interval_ms, 1, 60'000, "milliseconds in [1, 60000]"),
       u64_field("min_reclaim_pages", &PolicySettings::min_reclaim_pages, 1, 1u << 30, "a page count >= 1"),
+      u64_field("tails_min_pages", &PolicySettings::tails_min_pages, 1, 1u << 30, "a page count >= 1"),
+      double_field("tails_min_fraction", &PolicySettings::tails_min_fraction, 0.0, 1.0, "a fraction in [0, 1]"),
+      u64_field("tails_interval_ms", &PolicySettings::tails_interval_ms, 0, 60'000, "milliseconds in [0, 60000]"),
       bool_field("mesh", &PolicySettings::mesh),
       bool_field("evacuate", &PolicySettings::evacuate),
   };

@@ -208,6 +208,7 @@ TEST(PolicyEngine, OffMeansOnlySafepointsDecide) {
 
 TEST(PolicyEngine, TailsTriggerOnlyWhenSlabPagesFitOpenTails) {
   auto s = busy_settings();
+  s.tails_min_pages = s.min_reclaim_pages;  // the matching, without the hysteresis
   policy::EngineState st;
   // Dense pages (no fragmentation trigger), plenty of free pages, a busy heap: pages of 64 KiB
   // objects holding 12, 16 and 30 objects.
@@ -236,6 +237,170 @@ TEST(PolicyEngine, TailsTriggerOnlyWhenSlabPagesFitOpenTails) {
   o = obs(4 * kSec, 15000, 100, classes());
   o.open_tails = {300u << 10, 900u << 10};
   EXPECT_FALSE(policy::decide(s, o, st));
+}
+
+// `pages` pages of 64 KiB objects holding 12 objects each, among 40 full pages of 4 KiB objects
+// (so the slab pages' fragmentation stays under the threshold), and `tails` open tails using 1 MiB:
+// each tail takes one of the 64 KiB pages (16 slots left), so the tails free min(pages, tails).
+Observation tails_obs(std::uint64_t t, std::uint64_t allocs, std::size_t pages, std::size_t tails) {
+  Observation o = obs(t, allocs, 100,
+                      {cls64k(std::vector<std::uint32_t>(pages, 12)),
+                       ClassOccupancy{4096, 512, std::vector<std::uint32_t>(40, 512)}});
+  o.open_tails.assign(tails, 1u << 20);
+  return o;
+}
+
+TEST(PolicyEngine, TailsWaitUntilTheyFreeTailsMinPages) {
+  auto s = busy_settings();
+  s.tails_min_pages = 4;
+  policy::EngineState st;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  // Three pages could go (above min_reclaim_pages, under tails_min_pages): no cycle.
+  auto o = tails_obs(2 * kSec, 5000, 3, 3);
+  ASSERT_EQ(policy::plan_tails(o.classes, o.open_tails).pages_freed, 3u);
+  EXPECT_FALSE(policy::decide(s, o, st));
+  // Four: a tails cycle.
+  auto d = policy::decide(s, tails_obs(3 * kSec, 10000, 4, 4), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  EXPECT_EQ(d->plan.pages_freed, 4u);
+  // Draining: the cycle left two (its budget, or new tails); they go now, at min_reclaim_pages.
+  d = policy::decide(s, tails_obs(3 * kSec + 1000, 10001, 2, 2), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  // One left: below min_reclaim_pages, draining ends; three again wait for the fourth.
+  EXPECT_FALSE(policy::decide(s, tails_obs(4 * kSec, 15000, 1, 1), st));
+  EXPECT_FALSE(policy::decide(s, tails_obs(5 * kSec, 20000, 3, 3), st));
+  EXPECT_TRUE(policy::decide(s, tails_obs(6 * kSec, 25000, 5, 5), st));
+}
+
+// Fragmentation over the threshold that no plan can lower (no page can be emptied into the
+// others) used to let the tails run at min_reclaim_pages on every observation: it keeps to the
+// hysteresis too. A low reserve takes them at once.
+TEST(PolicyEngine, TailsKeepTheirHysteresisUnderFragmentationNoPlanHelps) {
+  auto s = busy_settings();
+  s.tails_min_pages = 4;
+  policy::EngineState st;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  // Three pages of 12/32 and nothing else of the class: 62% fragmentation of the 64 KiB pages,
+  // but the sparsest page's 12 objects find 40 free slots in the other two, the second's none.
+  auto frag = [](std::uint64_t t, std::uint64_t allocs, std::uint64_t free_pages) {
+    Observation o = obs(t, allocs, free_pages, {cls64k({12, 12, 12})});
+    o.open_tails.assign(3, 1u << 20);
+    return o;
+  };
+  auto o = frag(2 * kSec, 5000, 100);
+  ASSERT_GT(policy::slab_fragmentation(o.classes), s.fragmentation_threshold);
+  ASSERT_LT(policy::plan_levels(o.classes, {s.max_occupancy})[0].pages_freed, s.min_reclaim_pages);
+  ASSERT_EQ(policy::plan_tails(o.classes, o.open_tails).pages_freed, 3u);
+  EXPECT_FALSE(policy::decide(s, o, st));
+  // The reserve runs low: the tails go at min_reclaim_pages.
+  auto d = policy::decide(s, frag(3 * kSec, 10000, 2), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+}
+
+TEST(PolicyEngine, TailsMinFractionScalesWithTheHeldPages) {
+  auto s = busy_settings();
+  s.tails_min_fraction = 0.01;
+  s.tails_min_pages = s.min_reclaim_pages;  // the fraction alone
+  policy::EngineState st;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  // 500 pages held (plus a reserve of 100, not counted): 1% is 5 pages.
+  auto o = tails_obs(2 * kSec, 5000, 4, 4);
+  o.mapped_bytes = 600 * kPageBytes;
+  o.reserve_bytes = 100 * kPageBytes;
+  o.live_bytes = 590 * kPageBytes;  // under the fragmentation threshold
+  EXPECT_EQ(policy::tails_start_pages(s, o), 5u);
+  EXPECT_FALSE(policy::decide(s, o, st));
+  o = tails_obs(3 * kSec, 10000, 5, 5);
+  o.mapped_bytes = 600 * kPageBytes;
+  o.reserve_bytes = 100 * kPageBytes;
+  o.live_bytes = 590 * kPageBytes;
+  auto d = policy::decide(s, o, st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  // min_reclaim_pages stays the floor on a small heap.
+  o.mapped_bytes = 10 * kPageBytes;
+  o.reserve_bytes = 0;
+  EXPECT_EQ(policy::tails_start_pages(s, o), s.min_reclaim_pages);
+}
+
+TEST(PolicyEngine, TailsCyclesStartNoSoonerThanTailsInterval) {
+  auto s = busy_settings();
+  s.tails_interval_ms = 100;
+  s.tails_min_pages = 3;
+  policy::EngineState st;
+  constexpr std::uint64_t kMs = 1'000'000;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  ASSERT_TRUE(policy::decide(s, tails_obs(2 * kSec, 5000, 3, 3), st));
+  // The tails drained (one left), then three more 50 ms after the start: too soon.
+  EXPECT_FALSE(policy::decide(s, tails_obs(2 * kSec + 10 * kMs, 5050, 1, 1), st));
+  EXPECT_FALSE(policy::decide(s, tails_obs(2 * kSec + 50 * kMs, 5200, 3, 3), st));
+  EXPECT_FALSE(policy::decide(s, tails_obs(2 * kSec + 99 * kMs, 5400, 3, 3), st));
+  // 100 ms after the last start: a new one.
+  auto d = policy::decide(s, tails_obs(2 * kSec + 100 * kMs, 5600, 3, 3), st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  // Draining within the interval goes on: two left right after.
+  EXPECT_TRUE(policy::decide(s, tails_obs(2 * kSec + 101 * kMs, 5610, 2, 2), st));
+}
+
+TEST(PolicyEngine, TailsCyclesDrainWhileTheyGiveBackPages) {
+  auto s = busy_settings();
+  s.tails_min_pages = 4;
+  policy::EngineState st;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  ASSERT_TRUE(policy::decide(s, tails_obs(2 * kSec, 5000, 4, 4), st));
+  // The cycle gave a page back: the three left go on.
+  CompactionRecord r;
+  r.trigger = CompactionTrigger::tails;
+  r.pages_freed = 1;
+  policy::account(st, r);
+  ASSERT_TRUE(policy::decide(s, tails_obs(2 * kSec + 1000, 5001, 3, 3), st));
+  // That one gave none (meshing took its tails, say): the same three wait for a fourth.
+  r.pages_freed = 0;
+  policy::account(st, r);
+  EXPECT_FALSE(policy::decide(s, tails_obs(2 * kSec + 2000, 5002, 3, 3), st));
+}
+
+TEST(PolicyEngine, TailsRunOnTheBackgroundThreadWithTheirWholePlan) {
+  auto s = busy_settings();
+  s.max_pause_us = 100;  // 100 KB at the assumed 1 GB/s: below one page, so one page's worth
+  s.tails_min_pages = 6;
+  policy::EngineState st;
+  (void)policy::decide(s, tails_obs(1 * kSec, 0, 0, 0), st);
+  const auto o = tails_obs(2 * kSec, 5000, 6, 6);
+  const auto plan = policy::plan_tails(o.classes, o.open_tails);
+  ASSERT_EQ(plan.bytes_moved, 6u * 12 * 65536);
+  // A safepoint with the background thread on leaves them to it.
+  policy::EngineState at_safepoint = st;
+  EXPECT_FALSE(policy::decide(s, o, at_safepoint, /*safepoint=*/true));
+  // The background thread: the pause budget (one page's worth) plus the plan's bytes.
+  auto d = policy::decide(s, o, st);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  EXPECT_EQ(d->request.max_bytes, kPageBytes + plan.bytes_moved);
+  // With the background thread off, a safepoint takes them, within the pause budget.
+  s.background = false;
+  d = policy::decide(s, tails_obs(3 * kSec, 10000, 6, 6), at_safepoint, /*safepoint=*/true);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->trigger, CompactionTrigger::tails);
+  EXPECT_EQ(d->request.max_bytes, kPageBytes);
+}
+
+TEST(PolicySettings, TailsKeysValidateTheirValues) {
+  PolicySettings s;
+  EXPECT_TRUE(set_policy_value(s, "tails_min_pages", "6").ok());
+  EXPECT_EQ(s.tails_min_pages, 6u);
+  EXPECT_EQ(set_policy_value(s, "tails_min_pages", "0").code(), Errc::invalid_argument);
+  EXPECT_TRUE(set_policy_value(s, "tails_min_fraction", "0.002").ok());
+  EXPECT_DOUBLE_EQ(s.tails_min_fraction, 0.002);
+  EXPECT_EQ(set_policy_value(s, "tails_min_fraction", "2").code(), Errc::invalid_argument);
+  EXPECT_TRUE(set_policy_value(s, "tails_interval_ms", "0").ok());
+  EXPECT_EQ(s.tails_interval_ms, 0u);
+  EXPECT_EQ(set_policy_value(s, "tails_interval_ms", "70000").code(), Errc::invalid_argument);
+  EXPECT_EQ(policy_values(s).at("tails_min_fraction"), "0.002");
 }
 
 TEST(PolicySettings, KeysValidateTheirValues) {

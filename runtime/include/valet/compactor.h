@@ -38,6 +38,16 @@ struct PolicySettings {
   double idle_allocs_per_second = 50;   // below this allocation rate the heap counts as idle
   std::uint64_t interval_ms = 10;       // how often the engine looks at the heap
   std::uint64_t min_reclaim_pages = 2;  // a plan must free at least this many pages to run
+  // Hysteresis of the `tails` trigger (slab pages that could move onto large objects' unused
+  // last pages). A tails cycle starts once the tails could free at least
+  // max(min_reclaim_pages, tails_min_pages, tails_min_fraction x the pages the heap holds less
+  // its reserve), and no sooner than tails_interval_ms after the previous one started; once
+  // started, tails cycles go on while they free min_reclaim_pages and give pages back (drain).
+  // Tails open a page or two at a time: without it the compactor ran a cycle, with its remaps,
+  // nearly every step of a serving loop (docs/meshing.md, "When the tails trigger fires").
+  std::uint64_t tails_min_pages = 10;
+  double tails_min_fraction = 0;
+  std::uint64_t tails_interval_ms = 0;
   bool mesh = true;                     // cycles mesh pages first (CompactRequest::mesh)
   bool evacuate = true;                 // cycles evacuate sparse pages (CompactRequest::evacuate)
 };
