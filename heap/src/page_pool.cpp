@@ -63,6 +63,11 @@ Result<std::uint32_t> PagePool::create_page() {
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
   auto page = backend_.create_page();
   if (!page.ok()) return page.error();
+  ++created_;
+  return add_record(*page);
+}
+
+std::uint32_t PagePool::add_record(PhysicalPage page) {
   std::uint32_t p;
   if (!free_phys_.empty()) {
     p = free_phys_.back();
@@ -71,9 +76,14 @@ Result<std::uint32_t> PagePool::create_page() {
     p = std::uint32_t(phys_.size());
     phys_.emplace_back();
   }
-  phys_[p] = PhysRecord{*page, 0, true};
-  ++created_;
+  phys_[p] = PhysRecord{page, 0, true};
   return p;
+}
+
+void PagePool::forget_record(std::uint32_t p) {
+  phys_[p] = PhysRecord{};
+  free_phys_.push_back(p);
+  --created_;
 }
 
 Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
@@ -96,9 +106,7 @@ Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
 
 Status PagePool::release(std::uint32_t p) {
   VALET_TRY(backend_.release_page(phys_[p].page));
-  phys_[p] = PhysRecord{};
-  free_phys_.push_back(p);
-  --created_;
+  forget_record(p);
   return {};
 }
 
@@ -157,14 +165,11 @@ Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
   return take_fresh(1, kind, owner);
 }
 
-std::optional<std::uint32_t> PagePool::take_reserve_run(std::uint32_t n, std::uint32_t owner) {
-  auto s = reserve_.take_best_fit(n);
-  if (s) set_kind(*s, n, SlotKind::large, owner);
-  return s;
-}
-
 Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
-  if (auto s = take_reserve_run(n, owner)) return *s;
+  if (auto s = reserve_.take_best_fit(n)) {
+    set_kind(*s, n, SlotKind::large, owner);
+    return *s;
+  }
   return take_fresh(n, SlotKind::large, owner);
 }
 

@@ -80,8 +80,6 @@ class PagePool {
   // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
   // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
-  // take_run's first half: one reserve run (no driver call), or nullopt (nothing changed).
-  std::optional<std::uint32_t> take_reserve_run(std::uint32_t n, std::uint32_t owner);
   // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
   // of slot `last_of` (a slab page's), the others backed as take_run's fresh runs are. On
   // failure nothing changed (pages it created or moved may be idle).
@@ -130,7 +128,7 @@ class PagePool {
   // Brings the reserve into [low, high]: creates pages up to `low` (within the capacity) and
   // releases pages above `high` (down to the middle), at most `max_release` pages per call (so a
   // caller holding the heap lock can bound its hold). Returns the first error; partial progress
-  // is kept and consistent. `trimming()` tells whether more remains to release.
+  // is kept and consistent.
   Status balance(std::size_t low, std::size_t high, std::size_t max_release = ~std::size_t{0});
 
   // Trimming without the heap lock held across driver calls (the keeper, and frees of large
@@ -202,7 +200,6 @@ class PagePool {
   std::size_t used_pages() const {
     return created_ - reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_;
   }
-  bool over(std::size_t high) const { return reserve_pages() > high; }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
 
@@ -248,6 +245,14 @@ class PagePool {
 
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
+  // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
+  // caller counts it as created.
+  std::uint32_t add_record(PhysicalPage page);
+  // After `p`'s release by the backend: its record becomes unused and it is no longer created.
+  void forget_record(std::uint32_t p);
+  // A release batch's outcome for page `p` (mapped nowhere now): forgotten if the backend
+  // released it, else idle, the first failure noted in `first`.
+  void book_release(std::uint32_t p, bool released, Status& first);
   // Maps phys page `p` at `slot` (no access yet). Precondition: slot unmapped and not in a set.
   Status map_at(std::uint32_t slot, std::uint32_t p);
   // Unmaps [start, start+n) (all mapped); the pages become idle (mapping counts drop).

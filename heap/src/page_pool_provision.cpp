@@ -116,16 +116,7 @@ void PagePool::finish_provision(ProvisionBatch& b) {
   for (auto& ref : b.placed) {
     if (ref.phys != kNoPhys) continue;
     ++created_now;
-    std::uint32_t p;
-    if (!free_phys_.empty()) {
-      p = free_phys_.back();
-      free_phys_.pop_back();
-    } else {
-      p = std::uint32_t(phys_.size());
-      phys_.emplace_back();
-    }
-    phys_[p] = PhysRecord{ref.page, 0, true};
-    ref.phys = p;
+    ref.phys = add_record(ref.page);
   }
   created_ -= b.fresh - created_now;
   // The moved runs' slots: unmapped, or (unmap failed) back in the reserve, untouched.

@@ -65,37 +65,28 @@ Status PagePool::finish_release(ReleaseBatch& b) {
       continue;
     }
     for (std::uint32_t s = run.start; s < run.start + run.length; ++s, ++i) {
-      const std::uint32_t p = b.phys[i];
       slots_[s].phys = kNoPhys;
-      --phys_[p].mappings;
-      if (b.released[i]) {
-        phys_[p] = PhysRecord{};
-        free_phys_.push_back(p);
-        --created_;
-      } else {
-        idle_.push_back(p);
-        if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
-      }
+      --phys_[b.phys[i]].mappings;
+      book_release(b.phys[i], b.released[i], first);
     }
     set_kind(run.start, run.length, SlotKind::unmapped, 0);
     unmapped_.insert(run.start, run.length);
   }
   in_flight_idle_ -= b.idle;
-  for (; i < b.phys.size(); ++i) {
-    const std::uint32_t p = b.phys[i];
-    if (b.released[i]) {
-      phys_[p] = PhysRecord{};
-      free_phys_.push_back(p);
-      --created_;
-    } else {
-      idle_.push_back(p);
-      if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
-    }
-  }
+  for (; i < b.phys.size(); ++i) book_release(b.phys[i], b.released[i], first);
   b.runs.clear();
   b.idle = 0;
   ++batches_finished_;
   return first;
+}
+
+void PagePool::book_release(std::uint32_t p, bool released, Status& first) {
+  if (released) {
+    forget_record(p);
+    return;
+  }
+  idle_.push_back(p);
+  if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
 }
 
 Status PagePool::release_idle(std::size_t n) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <thread>
 
+#include "heap_test_util.h"
 #include "move_claims.h"
 #include "page_pool.h"
 #include "reserve_keeper.h"
@@ -16,14 +17,6 @@ namespace valet::detail {
 namespace {
 
 StateWord live_word(std::uint32_t gen = 7) { return StateWord{state::make(gen, state::kLive)}; }
-
-std::unique_ptr<Backend> host_backend(std::size_t capacity) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = capacity;
-  auto backend = open_backend(options);
-  return backend.ok() ? std::move(backend).value() : nullptr;
-}
 
 TEST(MoveClaims, AClaimExcludesOtherMoversAndEndsCleanly) {
   StateWord w = live_word();
@@ -120,7 +113,7 @@ TEST(TailLinks, OpenSharedAndTheRoomiest) {
 }
 
 TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
-  auto backend = host_backend(32u << 20);
+  auto backend = test::open_host_backend(32u << 20);
   ASSERT_TRUE(backend);
   PagePool pool(*backend, 16);
   ASSERT_TRUE(pool.init(64).ok());
@@ -139,7 +132,7 @@ TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
 }
 
 TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
-  auto backend = host_backend(64u << 20);
+  auto backend = test::open_host_backend(64u << 20);
   ASSERT_TRUE(backend);
   PagePool pool(*backend, 32);
   ASSERT_TRUE(pool.init(128).ok());

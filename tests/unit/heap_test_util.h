@@ -28,6 +28,16 @@ inline Config host_config(std::size_t capacity = 256 * kMiB) {
   return c;
 }
 
+// A host backend of `capacity` bytes, for tests of components on their own (null if it cannot
+// be opened).
+inline std::unique_ptr<Backend> open_host_backend(std::size_t capacity) {
+  BackendOptions options;
+  options.choice = BackendChoice::host;
+  options.host_capacity = capacity;
+  auto backend = open_backend(options);
+  return backend.ok() ? std::move(backend).value() : nullptr;
+}
+
 // A heap of `c` on the host backend (of the heap's capacity).
 inline std::unique_ptr<Heap> make_heap(const Config& c = host_config()) {
   BackendOptions host;
@@ -46,13 +56,10 @@ struct FaultableHeap {
 };
 
 inline FaultableHeap make_faultable_heap(const Config& c = host_config()) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = c.capacity;
-  auto backend = open_backend(options);
-  EXPECT_TRUE(backend.ok());
-  if (!backend.ok()) return {};
-  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend).value());
+  auto backend = open_host_backend(c.capacity);
+  EXPECT_TRUE(backend);
+  if (!backend) return {};
+  auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend));
   FaultableHeap out;
   out.faults = faulty.get();
   auto created = Heap::create(std::move(faulty), c);

@@ -4,6 +4,7 @@
 #include <random>
 #include <set>
 
+#include "heap_test_util.h"
 #include "page_pool.h"
 #include "valet/counting_backend.h"
 #include "range_set.h"
@@ -89,13 +90,7 @@ TEST(RangeSet, MatchesAModelUnderRandomOperations) {
 }
 
 // A host backend of 64 MiB for a page pool of 16 pages (null if it cannot be opened).
-std::unique_ptr<Backend> host_backend() {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 64u << 20;
-  auto backend = open_backend(options);
-  return backend.ok() ? std::move(backend).value() : nullptr;
-}
+std::unique_ptr<Backend> host_backend() { return test::open_host_backend(64u << 20); }
 
 // A large object growing in place must not take reserve slots that a lockless trim is
 // releasing (their pages are about to be unmapped), though their kind still reads "reserve".

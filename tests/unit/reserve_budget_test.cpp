@@ -7,20 +7,13 @@
 #include <thread>
 
 #include "heap_core.h"
+#include "heap_test_util.h"
 #include "page_pool.h"
 #include "reserve_keeper.h"
 #include "valet/runtime.h"
 
 namespace valet::detail {
 namespace {
-
-std::unique_ptr<Backend> host_backend(std::size_t capacity) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = capacity;
-  auto backend = open_backend(options);
-  return backend.ok() ? std::move(backend).value() : nullptr;
-}
 
 // Writes a byte pattern into [slot, slot+n) and checks it back (0 bytes differ).
 bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
@@ -31,7 +24,7 @@ bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t
 }
 
 TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInFlight) {
-  auto backend = host_backend(128u << 20);
+  auto backend = test::open_host_backend(128u << 20);
   ASSERT_TRUE(backend);
   PagePool pool(*backend, 64);
   ASSERT_TRUE(pool.init(256).ok());
@@ -72,7 +65,7 @@ TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInF
 }
 
 TEST(ProvisionBatch, NothingWorthDoingGivesAnEmptyBatchAndChangesNothing) {
-  auto backend = host_backend(64u << 20);
+  auto backend = test::open_host_backend(64u << 20);
   ASSERT_TRUE(backend);
   PagePool pool(*backend, 32);
   ASSERT_TRUE(pool.init(128).ok());
@@ -89,7 +82,7 @@ TEST(ProvisionBatch, NothingWorthDoingGivesAnEmptyBatchAndChangesNothing) {
 }
 
 TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
-  auto backend = host_backend(512u << 20);
+  auto backend = test::open_host_backend(512u << 20);
   ASSERT_TRUE(backend);
   PagePool pool(*backend, 256);
   ASSERT_TRUE(pool.init(2048).ok());
@@ -154,18 +147,15 @@ void settle(Heap& h) {
 }
 
 TEST(ReserveKeeper, SteadyStateLargeAllocationsMakeNoDriverCall) {
-  BackendOptions options;
-  options.choice = BackendChoice::host;
-  options.host_capacity = 1u << 30;
   Config config;
   config.capacity = 1u << 30;
   // Room for the longest request (10 pages) twice over: 25% of ~160 live pages, and a peak
   // ratio that allows it.
   config.reserve_fraction = 0.25;
   config.reserve_peak_ratio = 1.5;
-  auto heap = open_heap(options, config);
-  ASSERT_TRUE(heap.ok()) << heap.error().to_string();
-  Heap& h = **heap;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
   // A live set, then a churn of large objects of changing sizes; the keeper gets its time.
   std::vector<Handle> live;
   for (int i = 0; i < 40; ++i) live.push_back(*h.allocate((3 + i % 5) * kPageBytes));
