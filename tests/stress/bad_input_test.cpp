@@ -243,6 +243,30 @@ TEST(BadCapacity, BeyondTheBackendsMemoryIsRefused) {
   }
 }
 
+// A reserve budget outside its range is refused by name, nothing created.
+TEST(BadReserveBudget, OutOfRangeSettingsAreRefusedByName) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Case {
+    double fraction, peak_ratio;
+    std::size_t window_ms;
+    const char* name;
+  };
+  for (const Case& k : {Case{-0.1, 1.0, 1000, "reserve_fraction"}, Case{1.5, 1.0, 1000, "reserve_fraction"},
+                        Case{nan, 1.0, 1000, "reserve_fraction"}, Case{0.0, 0.9, 1000, "reserve_peak_ratio"},
+                        Case{0.0, 5.0, 1000, "reserve_peak_ratio"}, Case{0.0, nan, 1000, "reserve_peak_ratio"},
+                        Case{0.0, 1.0, 0, "reserve_window_ms"}}) {
+    auto host = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = 64 * kMiB});
+    Config c = small_host_config(64 * kMiB);
+    c.reserve_fraction = k.fraction;
+    c.reserve_peak_ratio = k.peak_ratio;
+    c.reserve_window_ms = k.window_ms;
+    auto heap = Heap::create(std::move(host), c);
+    ASSERT_FALSE(heap.ok()) << k.name;
+    EXPECT_EQ(heap.code(), Errc::invalid_argument);
+    EXPECT_NE(heap.error().message.find(k.name), std::string::npos) << heap.error().message;
+  }
+}
+
 TEST_F(BadInput, ForgedHandlesAreInvalidOrStaleNeverAccepted) {
   std::vector<Obj> live;
   for (int i = 0; i < 50; ++i) live.push_back(victim(100 + 37 * i));
