@@ -40,9 +40,14 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   CompactionRecord rec;
   rec.trigger = req.trigger;
   // Frees cached for their streams become reusable by every stream once their streams pass
-  // them (reaped by a later cycle or allocation).
-  (void)flush_stream_frees(lock);
-  reap_deferred();
+  // them (reaped by a later cycle or allocation). At a safe point no work is queued: they come
+  // back now, so their slots do not keep pages out of meshing.
+  if (req.safe_point) {
+    wait_deferred(lock);
+  } else {
+    (void)flush_stream_frees(lock);
+    reap_deferred();
+  }
   // Meshing may take fixed objects' pages as sources only at a safe point (docs/pytorch.md).
   safe_point_cycle = req.safe_point;
   struct EndSafePoint {

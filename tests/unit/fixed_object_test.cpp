@@ -19,7 +19,7 @@ struct RawObject {
 // `count` fixed objects of `bytes`, every `keep_every`-th kept with a pattern written at its raw
 // address, the others freed: sparse pages whose neighbours fill from opposite ends (meshable).
 std::vector<RawObject> sparse_fixed(Heap& heap, std::size_t count, std::size_t bytes, std::size_t keep_every,
-                                    std::uint64_t seed) {
+                                    std::uint64_t seed, const Stream* free_on = nullptr) {
   std::mt19937_64 rng(seed);
   std::vector<FixedObject> all;
   for (std::size_t i = 0; i < count; ++i) {
@@ -30,7 +30,7 @@ std::vector<RawObject> sparse_fixed(Heap& heap, std::size_t count, std::size_t b
   std::vector<RawObject> kept;
   for (std::size_t i = 0; i < all.size(); ++i) {
     if (i % keep_every != 0) {
-      EXPECT_TRUE(heap.free(all[i].handle).ok());
+      EXPECT_TRUE((free_on ? heap.free(all[i].handle, *free_on) : heap.free(all[i].handle)).ok());
       continue;
     }
     const RawObject o{all[i].handle, all[i].address, all[i].size, rng()};
@@ -97,6 +97,20 @@ TEST(FixedObjects, MeshingAtASafePointKeepsEveryAddressAndByte) {
   EXPECT_VALID(*heap);
   EXPECT_EQ(heap->stats().fixed_objects, 0u);
   EXPECT_EQ(heap->stats().pages.meshed, 0u);
+}
+
+TEST(FixedObjects, FreesCachedForAStreamComeBackAtASafePointAndTheirPagesMesh) {
+  auto heap = make_heap();
+  const Stream s = *heap->backend().create_stream();
+  auto kept = sparse_fixed(*heap, 32 * 16, 64 * 1024, 4, 5, &s);
+  EXPECT_GT(heap->stats().stream_cached_bytes, 0u);
+  ASSERT_TRUE(heap->backend().synchronize_stream(s).ok());  // the caller's side of a safe point
+  auto rec = heap->compact(at_safe_point());
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_EQ(heap->stats().stream_cached_bytes + heap->stats().stream_deferred_bytes, 0u);
+  EXPECT_GE(rec->pages_meshed, 6u);
+  EXPECT_EQ(raw_mismatches(*heap, kept), 0u);
+  EXPECT_VALID(*heap);
 }
 
 TEST(FixedObjects, MovableObjectsBesideThemStillMove) {
