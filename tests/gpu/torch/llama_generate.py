@@ -34,7 +34,11 @@ def make_probe(torch, transformers):
     """A logits processor that changes nothing: it keeps the first step's scores of each round and
     samples the driver's view of memory in use at every decode step."""
 
-    class Probe(transformers.LogitsProcessor):
+    base = getattr(transformers, "LogitsProcessor", None)
+    if base is None:
+        from transformers.generation import LogitsProcessor as base
+
+    class Probe(base):
         def __init__(self):
             self.first_scores = None
             self.peak_used = 0

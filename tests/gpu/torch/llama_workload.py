@@ -51,7 +51,10 @@ def prompt(torch, round_index, batch, length, vocab, seed=0):
 
 def generate(torch, model, input_ids, new_tokens, processor=None):
     """Greedy generation of exactly `new_tokens` tokens; returns the generated ids (on the GPU)."""
-    from transformers import LogitsProcessorList
+    try:
+        from transformers import LogitsProcessorList
+    except ImportError:
+        from transformers.generation import LogitsProcessorList
 
     ids = input_ids.to("cuda")
     mask = torch.ones_like(ids)
