@@ -149,7 +149,7 @@ def grow_by_cat(c, alloc, steps, compact_every):
     grown = c.pattern(ident, 777)
     for step in range(steps):
         n = grown.numel()
-        piece = c.pattern(ident, 1000 + 37 * step * step, offset=n)
+        piece = c.pattern(ident, 1000 + 997 * step * step, offset=n)  # to ~36 MiB: crosses pages
         grown = torch.cat([grown, piece])
         c.note_pointer(grown, f"grown tensor at step {step}")
         if not torch.equal(grown, c.pattern(ident, grown.numel())):

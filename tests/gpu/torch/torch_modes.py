@@ -40,7 +40,7 @@ def skip(reason):
 
 def emit(record):
     """The program's one result line."""
-    print(json.dumps(record, sort_keys=False), flush=True)
+    print(json.dumps(record, default=str), flush=True)  # default=str: records from the library
 
 
 def import_torch(mode):
