@@ -39,7 +39,16 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   cycle_pin_wait_ns.store(0, std::memory_order_relaxed);
   CompactionRecord rec;
   rec.trigger = req.trigger;
+  // Frees cached for their streams become reusable by every stream once their streams pass
+  // them (reaped by a later cycle or allocation).
+  (void)releases.flush(lock);
   reap_deferred();
+  // Meshing may take fixed objects' pages as sources only at a safe point (docs/pytorch.md).
+  safe_point_cycle = req.safe_point;
+  struct EndSafePoint {
+    bool& flag;
+    ~EndSafePoint() { flag = false; }
+  } end_safe_point{safe_point_cycle};
   // Kernels may be resolving handles through the device table: nothing moves until they are done.
   if (table_blocks_moves()) {
     rec.duration_ns = now_ns() - t0;
@@ -90,7 +99,9 @@ std::vector<SlabPage*> HeapCore::choose_sources(double max_occupancy, std::uint6
     for (std::size_t b = 0; b < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b)) {
         // Emptying a page on a large object's tail frees no memory: the object keeps the page.
-        if (p.on_tail()) {
+        // Nor does emptying a page that holds fixed objects (they stay): its free slots still
+        // take objects, like a tail's.
+        if (p.on_tail() || p.fixed > 0) {
           occupancy.tail_free_slots += p.capacity - p.used;
           continue;
         }

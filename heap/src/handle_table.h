@@ -36,6 +36,9 @@ struct HandleEntry {
   // holding a pin (which keeps them constant).
   std::size_t size = 0;
   Location loc;
+  // A fixed object (Heap::allocate_fixed): no move claim is granted for it except meshing's at a
+  // safe point, which keeps its address.
+  bool fixed = false;
   std::vector<Event> pending_unpins;  // events of stream-ordered unpins not yet known complete
 };
 

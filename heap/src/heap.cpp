@@ -21,7 +21,8 @@ std::string mib(std::size_t bytes) {
 
 }  // namespace
 
-bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable) {
+bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable, bool fixed_ok) {
+  if (e->fixed && !fixed_ok) return false;
   // A stream-ordered unpin may still have queued work on the object. Checked before the claim:
   // a pin can only add events while it holds a pin, which the claim rules out.
   const std::uint64_t s = e->state.load(std::memory_order_acquire);
@@ -99,11 +100,33 @@ Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
                         " of a capacity of " + mib(capacity_pages * kPageSize) + "; " + cause.message);
 }
 
-Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
+std::uint64_t HeapCore::cache_key(const Location& loc, std::size_t bytes) const {
+  if (loc.kind == ObjectKind::large) return StreamReleases::large_key(bytes);
+  return slabs.page(pool.slot(loc.page).owner)->cls;
+}
+
+std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner) {
+  const std::uint64_t key = bytes <= kMaxSlabObject ? class_of(bytes) : StreamReleases::large_key(bytes);
+  auto cached = releases.take_cached(stream, key);
+  if (!cached) return std::nullopt;
+  const Location& loc = cached->loc;
+  // Its footprint was counted all along (a cached free holds its memory): the caller adds it again.
+  footprint_bytes -= cached->footprint;
+  if (loc.kind == ObjectKind::slab)
+    slabs.set_owner(slabs.page(pool.slot(loc.page).owner), loc.index, owner);
+  else
+    for (std::uint32_t k = 0; k < loc.pages; ++k) pool.slot(loc.page + k).owner = owner;
+  return loc;
+}
+
+Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream, bool fixed) {
   mu.assert_held();
   std::uint32_t index;
   if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
-  auto loc = place(bytes, index);
+  // Memory this stream freed is reused at once: the stream's own order puts the new user's work
+  // after the old one's.
+  std::optional<Location> reused = stream ? reuse_cached(bytes, *stream, index) : std::nullopt;
+  auto loc = reused ? Result<Location>(*reused) : place(bytes, index);
   if (!loc.ok()) {
     handles.release(index);
     return loc.error();
@@ -111,6 +134,12 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes) {
   HandleEntry* e = handles.get(index);
   e->size = bytes;
   e->loc = *loc;
+  e->fixed = fixed;
+  if (fixed) {
+    ++fixed_objects;
+    fixed_bytes += bytes;
+    if (loc->kind == ObjectKind::slab) ++slabs.page(pool.slot(loc->page).owner)->fixed;
+  }
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   live_bytes += bytes;
@@ -134,9 +163,25 @@ void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
   (void)compact_locked(lock, req);
 }
 
+void HeapCore::wait_deferred(std::unique_lock<HeapMutex>& lock) {
+  mu.assert_held();
+  (void)releases.flush(lock);
+  std::vector<Event> events;
+  for (const auto& d : releases.deferred()) events.insert(events.end(), d.events.begin(), d.events.end());
+  if (!events.empty()) {
+    // An event recycled meanwhile is recorded again later: waiting for it only waits longer.
+    lock.unlock();
+    for (const Event ev : events) (void)backend->synchronize_event(ev);
+    lock.lock();
+  }
+  reap_deferred();
+}
+
 void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
-  reap_deferred();
+  // Memory freed on streams comes back once their work passed the frees (as a caching allocator
+  // synchronizes before it reports out-of-memory).
+  wait_deferred(lock);
   retire_empty_slabs();  // to the reserve, where the retry finds them
   // Pages the keeper is moving without the lock come back first: out-of-memory is never
   // reported while they are on their way. (Only the batch in flight: the keeper may start
@@ -151,48 +196,41 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   if (config.compact_on_oom) emergency_compact(lock);
 }
 
-}  // namespace detail
-
-using detail::HandleEntry;
-using detail::HeapCore;
-namespace state = detail::state;
-namespace claims = detail::claims;
-
-Result<Handle> Heap::allocate(std::size_t bytes) {
-  auto& c = *core_;
-  if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "allocate: the heap was shut down");
-  if (bytes == 0) return make_error(Errc::invalid_argument, "allocate: 0 bytes");
-  if (bytes > detail::kMaxObject)
-    return make_error(Errc::invalid_argument, "allocate: " + std::to_string(bytes) + " bytes is beyond any device");
-  std::unique_lock lock(c.mu);
-  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "allocate: the heap was shut down");
-  if (bytes > c.capacity_pages * detail::kPageSize) {
-    ++c.ops.failed_allocations;
-    return make_error(Errc::out_of_memory, "allocate: " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
-                                               std::to_string(c.capacity_pages * detail::kPageSize) + " bytes");
+Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
+  const std::string op = what;
+  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (bytes == 0) return make_error(Errc::invalid_argument, op + ": 0 bytes");
+  if (bytes > kMaxObject)
+    return make_error(Errc::invalid_argument, op + ": " + std::to_string(bytes) + " bytes is beyond any device");
+  std::unique_lock lock(mu);
+  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (bytes > capacity_pages * kPageSize) {
+    ++ops.failed_allocations;
+    return make_error(Errc::out_of_memory, op + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
+                                               std::to_string(capacity_pages * kPageSize) + " bytes");
   }
-  auto h = c.allocate_locked(bytes);
+  auto h = allocate_locked(bytes, stream, fixed);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
-  c.make_room(lock);
-  if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "allocate: the heap was shut down");
-  h = c.allocate_locked(bytes);
+  make_room(lock);
+  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  h = allocate_locked(bytes, stream, fixed);
   if (h.ok()) return h;
-  ++c.ops.failed_allocations;
-  return c.out_of_memory(bytes, h.error());
+  ++ops.failed_allocations;
+  return out_of_memory(bytes, h.error());
 }
 
-Status Heap::free(Handle h) {
-  auto& c = *core_;
-  if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "free: the heap was shut down");
-  std::unique_lock lock(c.mu);
+Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
+  const std::string op = what;
+  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  std::unique_lock lock(mu);
   for (;;) {
-    if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "free: the heap was shut down");
-    auto looked = c.lookup(h);
+    if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+    auto looked = lookup(h);
     if (!looked.ok()) return looked.error();
     HandleEntry* e = *looked;
     std::uint64_t s = e->state.load(std::memory_order_acquire);
-    if (state::pins(s) > 0) return make_error(Errc::pinned, "free: the object is pinned");
+    if (state::pins(s) > 0) return make_error(Errc::pinned, op + ": the object is pinned");
     if (s & state::kMoving) {
       lock.unlock();
       claims::wait_not_moving(e->state, h.generation);
@@ -200,32 +238,80 @@ Status Heap::free(Handle h) {
       continue;
     }
     if (!claims::try_free(e->state, s, h.generation)) continue;
-    c.live_bytes -= e->size;
-    --c.live_objects;
-    ++c.ops.free;
-    c.table.changed();
-    const std::size_t footprint = c.footprint_of(e->loc);
-    if (!e->pending_unpins.empty() && !c.reap_unpins(e)) {
-      // The memory stays taken, owned by nobody, until the streams pass their unpins.
-      if (e->loc.kind == detail::ObjectKind::slab)
-        c.slabs.set_owner(c.slabs.page(c.pool.slot(e->loc.page).owner), e->loc.index, detail::kNoOwner);
-      else
-        for (std::uint32_t k = 0; k < e->loc.pages; ++k) c.pool.slot(e->loc.page + k).owner = 0;
-      c.releases.defer({e->loc, footprint, std::move(e->pending_unpins)});
-      e->pending_unpins.clear();
-    } else {
-      c.footprint_bytes -= footprint;
-      c.release_location(e->loc);
+    live_bytes -= e->size;
+    --live_objects;
+    ++ops.free;
+    table.changed();
+    const std::size_t footprint = footprint_of(e->loc);
+    const bool slab = e->loc.kind == ObjectKind::slab;
+    SlabPage* page = slab ? slabs.page(pool.slot(e->loc.page).owner) : nullptr;
+    if (e->fixed) {
+      --fixed_objects;
+      fixed_bytes -= e->size;
+      if (slab) --page->fixed;
+      e->fixed = false;
     }
-    c.handles.release(h.index);
+    const bool unpins_pending = !e->pending_unpins.empty() && !reap_unpins(e);
+    if (unpins_pending || stream) {
+      // The memory stays taken, owned by nobody: until the streams pass their unpins, or, for a
+      // stream-ordered free, reused only by its stream until an event covers it.
+      const std::uint64_t key = cache_key(e->loc, e->size);
+      if (slab)
+        slabs.set_owner(page, e->loc.index, kNoOwner);
+      else
+        for (std::uint32_t k = 0; k < e->loc.pages; ++k) pool.slot(e->loc.page + k).owner = 0;
+      if (unpins_pending) {
+        // Both the unpins' streams and this free's stream must pass (a rare case: one event
+        // recorded under the lock).
+        if (stream) (void)releases.record_locked(*stream, e->pending_unpins);
+        releases.defer({e->loc, footprint, std::move(e->pending_unpins)});
+        e->pending_unpins.clear();
+      } else {
+        releases.cache(*stream, key, e->loc, footprint);
+      }
+    } else {
+      footprint_bytes -= footprint;
+      release_location(e->loc);
+    }
+    const Location loc = e->loc;
+    handles.release(h.index);
+    if (stream && releases.cached_footprint(*stream) > config.stream_cache_bytes) {
+      // The stream holds more than its share: one event covers everything it cached, and what
+      // earlier events covered and completed goes back to every stream.
+      (void)releases.flush(lock, *stream);
+      reap_deferred();
+    }
     // The pages beyond the reserve's limit go back to the backend now, in this call but without
     // the heap lock: held memory follows live memory, and the freeing thread (which gave back
     // more than the reserve's budget) pays for it rather than every later allocation. Within
     // the budget a free makes no driver call.
-    if (e->loc.kind == detail::ObjectKind::large) (void)c.keeper.trim_surplus(lock);
+    if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock);
     return {};
   }
 }
+
+}  // namespace detail
+
+using detail::HandleEntry;
+using detail::HeapCore;
+
+Result<Handle> Heap::allocate(std::size_t bytes) { return core_->allocate_object(bytes, nullptr, false, "allocate"); }
+
+Result<Handle> Heap::allocate(std::size_t bytes, Stream stream) {
+  return core_->allocate_object(bytes, &stream, false, "allocate");
+}
+
+Result<FixedObject> Heap::allocate_fixed(std::size_t bytes, Stream stream) {
+  auto h = core_->allocate_object(bytes, &stream, true, "allocate_fixed");
+  if (!h.ok()) return h.error();
+  // A fixed object never moves: its address is read once, here (it was set under the lock).
+  const HandleEntry* e = core_->handles.get(h->index);
+  return FixedObject{*h, e->address.load(std::memory_order_acquire), bytes};
+}
+
+Status Heap::free(Handle h) { return core_->free_object(h, nullptr, "free"); }
+
+Status Heap::free(Handle h, Stream stream) { return core_->free_object(h, &stream, "free"); }
 
 Result<std::size_t> Heap::size_of(Handle h) const {
   if (core_->shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "size_of: the heap was shut down");

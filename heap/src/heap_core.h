@@ -83,6 +83,7 @@ struct HeapCore {
   std::size_t live_bytes = 0;
   std::size_t footprint_bytes = 0;
   std::size_t live_objects = 0;
+  std::size_t fixed_objects = 0, fixed_bytes = 0;  // of the live objects, the fixed ones
   HeapStats::Ops ops;
   std::atomic<std::uint64_t> pin_count{0};
   std::atomic<std::uint64_t> pin_wait_ns_max{0};
@@ -92,6 +93,9 @@ struct HeapCore {
   std::size_t in_transit = 0;  // new slots of a running move: taken, owned by nobody
   std::size_t moving_pages = 0;  // whole pages a move in flight took (stats().pages.moving)
   CompactionMutex compaction_mu;  // one compaction cycle at a time; taken before mu (lock_order.h)
+  // The running cycle is at a safe point (CompactRequest::safe_point): meshing may take pages
+  // holding fixed objects as sources. Written under compaction_mu and mu.
+  bool safe_point_cycle = false;
 
   TailLinks tails;  // open and shared tails (tail_links.h); the operations are tails.cpp's
 
@@ -107,7 +111,20 @@ struct HeapCore {
   Status unpin_on_stream(HandleEntry* e, Stream s);
 
   // --- under mu ---
-  Result<Handle> allocate_locked(std::size_t bytes);
+  // `stream`: the allocation's stream (a free cached for it may be reused); `fixed`: a fixed
+  // object (allocate_fixed).
+  Result<Handle> allocate_locked(std::size_t bytes, const Stream* stream = nullptr, bool fixed = false);
+  // A cached free of `stream` that fits `bytes` exactly as a new placement would (same slab
+  // class, or a large object of the same size), taken for handle `owner`; nullopt if none.
+  std::optional<Location> reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner);
+  // The key a free of `loc` (an object of `bytes`) is cached under (StreamReleases::cache).
+  std::uint64_t cache_key(const Location& loc, std::size_t bytes) const;
+  // The public allocate and free (heap.cpp); `stream` may be null.
+  Result<Handle> allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what);
+  Status free_object(Handle h, const Stream* stream, const char* what);
+  // Covers the frees cached for streams with events and waits (without the heap lock) until
+  // every deferred free's events completed, then reaps them: before out-of-memory is reported.
+  void wait_deferred(std::unique_lock<HeapMutex>& lock);
   Result<Location> place(std::size_t bytes, std::uint32_t owner);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
@@ -166,7 +183,8 @@ struct HeapCore {
 
   // Move claims (move_claims.h) on an entry. try_begin_move also refuses while a stream-ordered
   // unpin of the object is pending (its queued work may still touch the object).
-  bool try_begin_move(HandleEntry* e, bool cancelable = false);
+  // A fixed object is refused unless `fixed_ok` (meshing at a safe point, which keeps addresses).
+  bool try_begin_move(HandleEntry* e, bool cancelable = false, bool fixed_ok = false);
   bool commit_move(HandleEntry* e) { return claims::commit(e->state); }
   void publish_alias(HandleEntry* e, DevicePtr alias) { claims::publish_alias(e->state, e->alias, alias); }
   void drop_claim(HandleEntry* e) { claims::drop(e->state); }

@@ -36,6 +36,10 @@ HeapStats Heap::stats() const {
   s.capacity_bytes = c.capacity_pages * detail::kPageSize;
   s.live_bytes = c.live_bytes;
   s.live_objects = c.live_objects;
+  s.fixed_objects = c.fixed_objects;
+  s.fixed_bytes = c.fixed_bytes;
+  s.stream_cached_bytes = c.releases.cached_footprint();
+  for (const auto& d : c.releases.deferred()) s.stream_deferred_bytes += d.footprint;
   s.footprint_bytes = c.footprint_bytes;
   s.mapped_bytes = c.pool.created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;

@@ -119,6 +119,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     e = *looked;
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (state::pins(s) > 0) return make_error(Errc::pinned, "resize: the object is pinned");
+    if (e->fixed) return make_error(Errc::pinned, "resize: the object is fixed (allocate_fixed): it never moves");
     if (s & state::kMoving) {
       // A compaction cycle is moving it: wait for the move to settle.
       lock.unlock();

@@ -73,12 +73,22 @@ Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, SlabTally& 
       return fail("slot " + std::to_string(i) + " of page " + std::to_string(p.slot) + " names the wrong object");
     if (via >= 0) ++through[std::size_t(via)];
   }
-  for (const auto& d : c.releases.deferred())
-    if (d.loc.kind == ObjectKind::slab && c.pool.slot(d.loc.page).owner == p.id && d.loc.page != p.slot) {
-      const std::ptrdiff_t via = alias_index(p, d.loc.page);
-      if (via < 0) return fail("a deferred free names a slot its page does not map");
+  Status held_ok;
+  c.releases.for_each_held([&](const detail::Location& loc, std::size_t) {
+    if (loc.kind == ObjectKind::slab && c.pool.slot(loc.page).owner == p.id && loc.page != p.slot) {
+      const std::ptrdiff_t via = alias_index(p, loc.page);
+      if (via < 0) {
+        if (held_ok.ok()) held_ok = fail("a deferred or cached free names a slot its page does not map");
+        return;
+      }
       ++through[std::size_t(via)];
     }
+  });
+  VALET_TRY(held_ok);
+  std::uint32_t fixed = 0;
+  for (std::uint32_t i = 0; i < p.capacity; ++i)
+    if (p.test(i) && p.owners[i] != detail::kNoOwner) fixed += c.handles.get(p.owners[i])->fixed;
+  if (fixed != p.fixed) return fail("slab page " + std::to_string(p.id) + " fixed object count is wrong");
   for (std::size_t k = 0; k < p.aliases.size(); ++k)
     if (p.aliases[k].users != through[k]) return fail("alias " + std::to_string(p.aliases[k].slot) + " user count is wrong");
   return {};
@@ -100,7 +110,7 @@ Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
   });
   VALET_TRY(bad);
   std::size_t deferred_slab = 0;
-  for (const auto& d : c.releases.deferred()) deferred_slab += d.loc.kind == ObjectKind::slab;
+  c.releases.for_each_held([&](const detail::Location& loc, std::size_t) { deferred_slab += loc.kind == ObjectKind::slab; });
   if (tally.unowned_taken != deferred_slab + c.in_transit + tally.blocked)
     return fail("taken slots without an owner (" + std::to_string(tally.unowned_taken) +
                 ") are not all deferred or in transit");
@@ -109,13 +119,17 @@ Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
 Status check_objects(const HeapCore& c) {
-  std::size_t live_bytes = 0, footprint = 0, objects = 0;
+  std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0;
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (!state::live(s)) continue;
     ++objects;
     live_bytes += e->size;
+    if (e->fixed) {
+      ++fixed;
+      fixed_bytes += e->size;
+    }
     if (e->loc.kind == ObjectKind::slab) {
       const auto& slot = c.pool.slot(e->loc.page);
       if (slot.kind != SlotKind::slab) return fail("object " + std::to_string(i) + " points at a non-slab page");
@@ -136,8 +150,9 @@ Status check_objects(const HeapCore& c) {
       return fail("object " + std::to_string(i) + " has a stale address");
   }
   std::size_t deferred_footprint = 0;
-  for (const auto& d : c.releases.deferred()) deferred_footprint += d.footprint;
+  c.releases.for_each_held([&](const detail::Location&, std::size_t f) { deferred_footprint += f; });
   if (objects != c.live_objects) return fail("live object count is wrong");
+  if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
   if (live_bytes != c.live_bytes) return fail("live byte count is wrong");
   if (footprint + deferred_footprint != c.footprint_bytes) return fail("footprint count is wrong");
   return {};

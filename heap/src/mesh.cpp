@@ -37,7 +37,7 @@ std::vector<MeshPair> HeapCore::find_mesh_pairs_locked(std::uint64_t& pages_left
     for (std::size_t b = 1; b + 1 < kBuckets; ++b)  // partly used pages only
       for (auto& p : slabs.bucket(cls, b)) {
         pages.push_back(const_cast<SlabPage*>(&p));
-        const bool movable = p.aliases.empty() && !p.on_tail();
+        const bool movable = p.aliases.empty() && !p.on_tail() && (p.fixed == 0 || safe_point_cycle);
         candidates.push_back({p.used, std::uint32_t(p.sharers()), p.descending, movable, p.bitmap});
       }
     const auto found = find_mesh_pairs(candidates, class_slots(cls), class_size(cls), kMaxSharers, rng, budget);
@@ -157,6 +157,17 @@ void HeapCore::book_pair(MeshPair& pr, CompactionRecord& rec, Status& first) {
     release_pair(pr);
     return;
   }
+  if (!pr.remapped.ok() && !pr.plan.lost && src->fixed > 0) {
+    // The remap failed and the source's slot maps its own page again. Fixed objects must keep
+    // their addresses, and at a safe point nobody wrote their aliases: they stay where they
+    // were, with the bytes they had; the copies in the destination were on free slots.
+    for (HandleEntry* e : pr.objects) end_move(e);
+    pr.objects.clear();
+    slabs.attach(dst);
+    slabs.attach(src);
+    if (first.ok()) first = pr.remapped;
+    return;
+  }
   if (!pr.remapped.ok()) {
     // The remap failed. The objects' complete bytes are in the destination's page at the same
     // offsets, and pins during the remap used them there: they become the destination's
@@ -203,7 +214,7 @@ bool HeapCore::claim_source(MeshPair& pair) {
     if (!src->test(k)) continue;
     const std::uint32_t owner = src->owners[k];
     HandleEntry* e = owner == kNoOwner ? nullptr : handles.get(owner);
-    if (!e || !try_begin_move(e, /*cancelable=*/true)) {
+    if (!e || !try_begin_move(e, /*cancelable=*/true, /*fixed_ok=*/safe_point_cycle)) {
       for (HandleEntry* c : pair.objects) drop_claim(c);
       pair.objects.clear();
       return false;

@@ -114,6 +114,8 @@ void Slabs::fold(SlabPage* dst, SlabPage* src) {
   VALET_EXPENSIVE_ASSERT(disjoint(*dst, *src));
   for (std::uint32_t i = 0; i < src->capacity; ++i)
     if (src->test(i)) take_slot_at(dst, i, src->owners[i]);
+  dst->fixed += src->fixed;
+  src->fixed = 0;
   destroy(src);
   attach(dst);
   VALET_EXPENSIVE_ASSERT(validate_page(*dst).ok());

@@ -72,6 +72,9 @@ struct SlabPage {
   // is built on (kNoTail: none), and how many low slots that object's bytes block.
   std::uint32_t tail_slot = kNoTail;
   std::uint32_t blocked = 0;
+  // Fixed objects here (they never move: evacuating the page cannot empty it, and meshing it as
+  // a source waits for a safe point).
+  std::uint32_t fixed = 0;
   std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
   boost::intrusive::list_member_hook<> hook;
 

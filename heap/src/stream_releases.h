@@ -7,6 +7,10 @@
 // driver call that records the event runs without it).
 #pragma once
 
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "handle_table.h"
@@ -23,17 +27,29 @@ struct DeferredFree {
   std::vector<Event> events;
 };
 
+// A stream-ordered free (Heap::free(h, stream)) that no event covers yet: its stream may reuse
+// it at once (stream order), nobody else may. `seq` orders the frees of the cache.
+struct CachedFree {
+  Location loc;
+  std::size_t footprint = 0;
+  std::uint64_t seq = 0;
+};
+
 class StreamReleases {
  public:
   explicit StreamReleases(VmmDoor& backend) : backend_(backend) {}
 
   // An event to record (a spare one, or a new one: a driver call).
   Result<Event> take_event();
-  void recycle_event(Event e) { spare_.push_back(e); }
+  // Back to the spares, once no deferred free shares it any more (a flush covers many frees
+  // with one event).
+  void recycle_event(Event e);
 
   // Records an event at the current end of `s` into `pending`. If no event can be recorded,
   // waits for the stream instead, so nothing is released early. Takes `mu` itself.
   Status record(HeapMutex& mu, Stream s, std::vector<Event>& pending);
+  // The same under the heap lock, which the caller holds.
+  Status record_locked(Stream s, std::vector<Event>& pending);
   // Drops the completed events of `pending` (recycled); true when none remain.
   bool reap(std::vector<Event>& pending);
 
@@ -43,8 +59,9 @@ class StreamReleases {
   // Hands every deferred free whose events completed to `release` and forgets it.
   template <class Release>
   void reap_deferred(Release&& release) {
+    std::unordered_map<std::uintptr_t, bool> done;  // one query per event, however many share it
     for (std::size_t i = 0; i < deferred_.size();) {
-      if (!all_complete(deferred_[i].events)) {
+      if (!all_complete(deferred_[i].events, done)) {
         ++i;
         continue;
       }
@@ -56,20 +73,71 @@ class StreamReleases {
     }
   }
 
+  // --- The stream caches: stream-ordered frees no event covers yet ---
+  // `key` names what may reuse the memory: a slab class, or a large object's exact size
+  // (large_key), so a reuse never changes a page's layout.
+  static std::uint64_t large_key(std::size_t bytes) { return (std::uint64_t{1} << 63) | bytes; }
+  void cache(Stream s, std::uint64_t key, const Location& loc, std::size_t footprint);
+  // A cached free of `s` with `key`, the newest first (its pages are the most likely in cache).
+  std::optional<CachedFree> take_cached(Stream s, std::uint64_t key);
+  std::size_t cached_footprint() const { return cached_footprint_; }
+  std::size_t cached_footprint(Stream s) const;
+  // Covers the cached frees of `only` (of every stream when empty) with an event recorded now on
+  // their stream and moves them to the deferred frees. Precondition: `lock` holds the heap lock;
+  // the driver calls run without it (frees cached meanwhile wait for the next flush; reuses
+  // meanwhile are fine). If no event can be recorded the frees stay cached and the error is
+  // returned.
+  Status flush(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only = std::nullopt);
+  // Every free that holds memory on a stream's behalf, deferred or cached: f(loc, footprint).
+  template <class F>
+  void for_each_held(F&& f) const {
+    for (const auto& d : deferred_) f(d.loc, d.footprint);
+    for (const auto& [id, sc] : caches_)
+      for (const auto& [key, list] : sc.by_key)
+        for (const auto& c : list) f(c.loc, c.footprint);
+  }
+  std::size_t held_count() const;
+
   // Shutdown: waits for and destroys every event (those of `pending` lists too); the first
   // error is returned, everything is attempted.
   Status destroy_all(std::vector<Event>& pending);
+  // Waits for every stream with cached frees and every deferred free's events, hands each
+  // cached free to `release`, and destroys every event.
+  template <class Release>
+  Status drain_all(Release&& release) {
+    Status first;
+    for (auto& [id, sc] : caches_) {
+      if (auto st = backend_.synchronize_stream(Stream{id}); !st.ok() && first.ok()) first = st;
+      for (auto& [key, list] : sc.by_key)
+        for (auto& c : list) release(c.loc, c.footprint);
+    }
+    caches_.clear();
+    cached_footprint_ = 0;
+    if (auto st = destroy_all(); !st.ok() && first.ok()) first = st;
+    return first;
+  }
   Status destroy_all();
 
-  // Every deferred free waits on at least one event; no spare event is also pending.
+  // Every deferred free waits on at least one event; no spare event is also pending; a shared
+  // event's count is the number of deferred frees that wait on it; the cached footprint adds up.
   Status validate() const;
 
  private:
-  bool all_complete(const std::vector<Event>& events);
+  struct StreamCache {
+    std::unordered_map<std::uint64_t, std::vector<CachedFree>> by_key;
+    std::size_t footprint = 0;
+  };
+  bool all_complete(const std::vector<Event>& events, std::unordered_map<std::uintptr_t, bool>& done);
+  // Moves the frees of `s` cached before `bound` to the deferred frees, waiting on `ev`.
+  void defer_cached(Stream s, std::uint64_t bound, Event ev);
 
   VmmDoor& backend_;
   std::vector<Event> spare_;
   std::vector<DeferredFree> deferred_;
+  std::unordered_map<std::uintptr_t, std::uint32_t> shared_;  // event -> deferred frees on it (> 1)
+  std::unordered_map<std::uintptr_t, StreamCache> caches_;    // by stream id
+  std::size_t cached_footprint_ = 0;
+  std::uint64_t next_seq_ = 1;
 };
 
 }  // namespace valet::detail

@@ -107,7 +107,8 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
   for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
     for (std::size_t b = 1; b + 1 < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b))
-        if (const std::uint32_t lf = low_free_bytes(p); lf > 0) candidates.push_back({lf, const_cast<SlabPage*>(&p)});
+        if (const std::uint32_t lf = low_free_bytes(p); lf > 0 && (p.fixed == 0 || safe_point_cycle))
+          candidates.push_back({lf, const_cast<SlabPage*>(&p)});
   if (candidates.empty()) return;
   std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) { return a.low_free < b.low_free; });
   // The fullest tails first; each takes the candidate with the least room to spare that fits.
@@ -182,7 +183,7 @@ void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_
     classes[cls].slots_per_page = class_slots(cls);
     for (std::size_t b = 1; b < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b))
-        if (!p.on_tail()) {
+        if (!p.on_tail() && p.fixed == 0) {  // a page with fixed objects cannot be emptied
           classes[cls].used.push_back(p.used);
           pages[cls].push_back(const_cast<SlabPage*>(&p));
         }

@@ -43,6 +43,10 @@ struct Config {
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;
+  // Stream-ordered frees (Heap::free(h, stream)): the footprint one stream may hold for its own
+  // reuse before an event is recorded on it and the memory goes to every stream once the event
+  // completes. Larger: fewer events (driver calls) on the free path; smaller: less memory held.
+  std::size_t stream_cache_bytes = std::size_t{64} << 20;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
 };

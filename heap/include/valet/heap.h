@@ -9,6 +9,7 @@
 //   resize    as free, plus invalid_argument (0 bytes) and out_of_memory; a pinned object is
 //             never resized (pinned). On failure the object is unchanged.
 //   pin       as free (pin of a freed object: stale_handle)
+//   allocate_fixed  as allocate; a fixed object's resize fails with pinned
 // Every call is thread-safe. After any error the heap is consistent (validate() passes).
 #pragma once
 
@@ -152,6 +153,21 @@ struct CompactRequest {
   // Both count against max_bytes (bytes copied) and max_pages (pages given back).
   bool mesh = true;
   bool evacuate = true;
+  // The caller vouches that no queued device work and no host access touches the heap during
+  // the call (e.g. after torch.cuda.synchronize()): meshing may then fold the pages of fixed
+  // objects too (their addresses stay; their physical pages change). Evacuation never moves a
+  // fixed object.
+  bool safe_point = false;
+};
+
+// A fixed object (for raw-pointer users, e.g. PyTorch tensors): compaction never moves it and
+// resize refuses it, so `address` stays valid until it is freed. Meshing may fold its page onto
+// another physical page beneath the same address, only in a compaction at a safe point
+// (CompactRequest::safe_point). Freed with Heap::free(handle) or Heap::free(handle, stream).
+struct FixedObject {
+  Handle handle{};
+  DevicePtr address = 0;
+  std::size_t size = 0;
 };
 
 class Heap {
@@ -167,7 +183,20 @@ class Heap {
 
   // Allocates an object of `bytes` (mapped and accessible at once).
   Result<Handle> allocate(std::size_t bytes);
+  // The same with `stream` as the stream whose work uses the object: memory that free(h, stream)
+  // gave back on the same stream is reused at once (stream order makes that safe).
+  Result<Handle> allocate(std::size_t bytes, Stream stream);
+  // A fixed object of `bytes` (see FixedObject), placed like any other (shared tails included).
+  // Every slab class that a multiple of 512 bytes maps to is a multiple of 512 and large objects
+  // start on a page, so a request rounded up to 512 bytes gets a 512-byte-aligned address.
+  Result<FixedObject> allocate_fixed(std::size_t bytes, Stream stream = {});
   Status free(Handle h);
+  // Stream-ordered free: the handle dies now. Later allocations on `stream` may reuse the memory
+  // at once; other streams, the compactor and page release only after the work queued on
+  // `stream` before this call has completed (an event recorded on it; one event covers all the
+  // frees a stream accumulated, up to Config::stream_cache_bytes). The stream must stay alive
+  // until that work has completed.
+  Status free(Handle h, Stream stream);
   // Changes the object's size, keeping its first min(old, new) bytes and its handle. Large
   // objects grow and shrink in place by mapping pages at their end, or move by remapping their
   // pages (no copy); small objects move by copy when they change size class.

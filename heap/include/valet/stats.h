@@ -83,6 +83,12 @@ struct HeapStats {
   std::size_t reserve_bytes = 0;      // created pages held unused (the reserve)
   double fragmentation = 0;           // 1 - live / mapped (0 when nothing is mapped)
   std::size_t largest_allocatable_bytes = 0;
+  std::size_t fixed_objects = 0;        // live fixed objects (Heap::allocate_fixed) and their bytes
+  std::size_t fixed_bytes = 0;
+  // Footprint of stream-ordered frees held for their streams: cached (reusable by their stream
+  // only) and deferred (until their events complete).
+  std::size_t stream_cached_bytes = 0;
+  std::size_t stream_deferred_bytes = 0;
   struct Pages {
     // slab: slab pages (those counted in shared_tails have no physical page of their own);
     // meshed: further virtual pages mapping a slab page's physical page (aliases left by
