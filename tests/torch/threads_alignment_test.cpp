@@ -37,7 +37,7 @@ TEST_F(Threads, EightThreadsAllocateAndFreeOneAnothersPointers) {
     for (int step = 0; step < kSteps; ++step) {
       const std::uint64_t r = rng();
       if (mine.size() < 48 && r % 3 != 0) {
-        std::size_t size = 8 * (1 + rng() % 4096);          // up to 32 KiB
+        std::size_t size = 8 * (2 + rng() % 4095);          // 16 bytes to 32 KiB: two tag words
         if (r % 97 == 0) size = (std::size_t{1} << 20) * (1 + rng() % 3);  // a few large objects
         auto* p = static_cast<std::uint64_t*>(valet_torch_malloc(size, 0, nullptr));
         if (!p) {
