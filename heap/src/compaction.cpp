@@ -41,7 +41,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   rec.trigger = req.trigger;
   // Frees cached for their streams become reusable by every stream once their streams pass
   // them (reaped by a later cycle or allocation).
-  (void)releases.flush(lock);
+  (void)flush_stream_frees(lock);
   reap_deferred();
   // Meshing may take fixed objects' pages as sources only at a safe point (docs/pytorch.md).
   safe_point_cycle = req.safe_point;

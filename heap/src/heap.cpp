@@ -163,9 +163,19 @@ void HeapCore::emergency_compact(std::unique_lock<HeapMutex>& lock) {
   (void)compact_locked(lock, req);
 }
 
+Status HeapCore::flush_stream_frees(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only) {
+  std::vector<CachedFree> gone;
+  const Status st = releases.flush(lock, only, gone);
+  for (const CachedFree& c : gone) {
+    footprint_bytes -= c.footprint;
+    release_location(c.loc);
+  }
+  return st;
+}
+
 void HeapCore::wait_deferred(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
-  (void)releases.flush(lock);
+  (void)flush_stream_frees(lock);
   std::vector<Event> events;
   for (const auto& d : releases.deferred()) events.insert(events.end(), d.events.begin(), d.events.end());
   if (!events.empty()) {
@@ -278,7 +288,7 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
     if (stream && releases.cached_footprint(*stream) > config.stream_cache_bytes) {
       // The stream holds more than its share: one event covers everything it cached, and what
       // earlier events covered and completed goes back to every stream.
-      (void)releases.flush(lock, *stream);
+      (void)flush_stream_frees(lock, *stream);
       reap_deferred();
     }
     // The pages beyond the reserve's limit go back to the backend now, in this call but without

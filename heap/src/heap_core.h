@@ -125,6 +125,8 @@ struct HeapCore {
   // Covers the frees cached for streams with events and waits (without the heap lock) until
   // every deferred free's events completed, then reaps them: before out-of-memory is reported.
   void wait_deferred(std::unique_lock<HeapMutex>& lock);
+  // StreamReleases::flush, releasing the frees of streams that no longer exist.
+  Status flush_stream_frees(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only = std::nullopt);
   Result<Location> place(std::size_t bytes, std::uint32_t owner);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);

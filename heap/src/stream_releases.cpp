@@ -85,7 +85,8 @@ void StreamReleases::defer_cached(Stream s, std::uint64_t bound, Event ev) {
     shared_[ev.id] = covered;
 }
 
-Status StreamReleases::flush(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only) {
+Status StreamReleases::flush(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only,
+                             std::vector<CachedFree>& gone) {
   std::vector<Stream> streams;
   for (const auto& [id, sc] : caches_)
     if (!only || only->id == id) streams.push_back(Stream{id});
@@ -99,7 +100,15 @@ Status StreamReleases::flush(std::unique_lock<HeapMutex>& lock, std::optional<St
     lock.lock();
     if (!st.ok()) {
       recycle_event(*ev);
-      if (first.ok()) first = st;
+      if (st.code() == Errc::not_found) {
+        if (auto it = caches_.find(s.id); it != caches_.end()) {
+          for (auto& [key, list] : it->second.by_key) gone.insert(gone.end(), list.begin(), list.end());
+          cached_footprint_ -= it->second.footprint;
+          caches_.erase(it);
+        }
+      } else if (first.ok()) {
+        first = st;
+      }
       continue;
     }
     defer_cached(s, bound, *ev);

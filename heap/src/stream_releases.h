@@ -86,8 +86,10 @@ class StreamReleases {
   // their stream and moves them to the deferred frees. Precondition: `lock` holds the heap lock;
   // the driver calls run without it (frees cached meanwhile wait for the next flush; reuses
   // meanwhile are fine). If no event can be recorded the frees stay cached and the error is
-  // returned.
-  Status flush(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only = std::nullopt);
+  // returned, except on a stream the backend no longer knows: its owner destroyed it, which it
+  // may do only after the work that used the memory (Heap::free(h, stream)); those frees are
+  // appended to `gone` for the caller to release.
+  Status flush(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only, std::vector<CachedFree>& gone);
   // Every free that holds memory on a stream's behalf, deferred or cached: f(loc, footprint).
   template <class F>
   void for_each_held(F&& f) const {
@@ -107,7 +109,9 @@ class StreamReleases {
   Status drain_all(Release&& release) {
     Status first;
     for (auto& [id, sc] : caches_) {
-      if (auto st = backend_.synchronize_stream(Stream{id}); !st.ok() && first.ok()) first = st;
+      // A stream its owner destroyed has nothing left to wait for (see flush).
+      if (auto st = backend_.synchronize_stream(Stream{id}); !st.ok() && st.code() != Errc::not_found && first.ok())
+        first = st;
       for (auto& [key, list] : sc.by_key)
         for (auto& c : list) release(c.loc, c.footprint);
     }

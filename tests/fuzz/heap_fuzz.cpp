@@ -68,6 +68,7 @@ struct Object {
   int host_pins = 0;
   int stream_pins = 0;        // held, not released
   bool unpin_pending = false; // a stream-ordered unpin may not have passed yet
+  DevicePtr fixed_at = 0;     // a fixed object's address (allocate_fixed): it never changes
   bool pinned() const { return host_pins > 0 || stream_pins > 0; }
 };
 
@@ -168,6 +169,7 @@ void FuzzRun::fill(Object& o, bool stream_ordered) {
 std::uint64_t FuzzRun::mismatches(const Object& o, std::size_t bytes, std::size_t filled_size) {
   auto pin = must(heap_->pin(o.h), "pin for a check");
   check(pin.size() == o.size, "pin reports size " + std::to_string(pin.size()) + ", expected " + std::to_string(o.size));
+  check(o.fixed_at == 0 || pin.address() == o.fixed_at, "a fixed object moved");
   auto ranges = pattern_ranges(pin.address(), filled_size ? filled_size : o.size, o.seed);
   const DevicePtr end = pin.address() + std::min(bytes, o.size);
   std::erase_if(ranges, [&](const PatternRange& r) { return r.dst >= end; });
@@ -177,15 +179,31 @@ std::uint64_t FuzzRun::mismatches(const Object& o, std::size_t bytes, std::size_
 
 void FuzzRun::op_allocate() {
   const std::size_t bytes = decode_size(in_);
-  const bool stream_ordered = in_.u8() & 1;
+  // Bit 0: fill on a stream; bit 1: a fixed object; bit 2: allocate on stream a (its frees reused).
+  const std::uint8_t flags = in_.u8();
+  const bool stream_ordered = flags & 1;
   if (live_.size() >= kMaxLive) return;
-  auto h = heap_->allocate(bytes);
+  DevicePtr fixed_at = 0;
+  Result<Handle> h = make_error(Errc::internal, "unset");
+  if (flags & 2) {
+    auto f = heap_->allocate_fixed(bytes, (flags & 4) ? a_ : Stream{});
+    if (f.ok()) {
+      check(f->size == bytes && f->address != 0, "allocate_fixed describes another object");
+      fixed_at = f->address;
+      h = f->handle;
+    } else {
+      h = f.error();
+    }
+  } else {
+    h = (flags & 4) ? heap_->allocate(bytes, a_) : heap_->allocate(bytes);
+  }
   if (bytes == 0 || bytes > (std::size_t{1} << 48))
     return expect(h.code(), {Errc::invalid_argument}, "allocate of an absurd size");
   if (bytes > kCapacity) return expect(h.code(), {Errc::out_of_memory}, "allocate beyond the capacity");
   if (!h.ok()) return expect(h.code(), {Errc::out_of_memory}, "allocate");
   check(must(heap_->size_of(*h), "size_of") == bytes, "size_of disagrees after allocate");
   live_.push_back(Object{*h, bytes});
+  live_.back().fixed_at = fixed_at;
   fill(live_.back(), stream_ordered);
 }
 
@@ -194,7 +212,11 @@ void FuzzRun::op_free() {
   if (!o) return;
   if (o->pinned()) return expect(heap_->free(o->h).code(), {Errc::pinned}, "free of a pinned object");
   check(mismatches(*o, o->size) == 0, "contents changed before free");
-  must(heap_->free(o->h), "free");
+  // Stream-ordered on a (where the checks run), or at once.
+  if (in_.u8() & 1)
+    must(heap_->free(o->h, a_), "free on a stream");
+  else
+    must(heap_->free(o->h), "free");
   freed_.push_back(o->h);
   *o = live_.back();
   live_.pop_back();
@@ -208,8 +230,8 @@ void FuzzRun::op_resize() {
   auto st = heap_->resize(o->h, bytes);
   if (bytes == 0 || bytes > (std::size_t{1} << 48)) {
     expect(st.code(), {Errc::invalid_argument}, "resize to an absurd size");
-  } else if (o->pinned()) {
-    expect(st.code(), {Errc::pinned}, "resize of a pinned object");
+  } else if (o->pinned() || o->fixed_at != 0) {
+    expect(st.code(), {Errc::pinned}, "resize of a pinned or fixed object");
   } else if (o->unpin_pending) {
     expect(st.code(), {Errc::ok, Errc::pinned, Errc::out_of_memory}, "resize with an unpin pending");
   } else if (bytes > kCapacity) {
@@ -284,6 +306,13 @@ void FuzzRun::op_compact() {
   const std::uint8_t mode = in_.u8() % 3;
   req.mesh = mode != 2;
   req.evacuate = mode != 1;
+  // A safe point (fixed objects' pages meshed too) only where the caller can vouch for it: no
+  // queued work on the streams (the pins of stream b hold their objects anyway).
+  req.safe_point = mode == 0 && (b & 1);
+  if (req.safe_point) {
+    must(heap_->backend().synchronize_stream(a_), "synchronize_stream a");
+    must(heap_->backend().synchronize_stream(b_), "synchronize_stream b");
+  }
   auto rec = must(heap_->compact(req), "compact");
   check(rec.bytes_moved + rec.bytes_meshed <= req.max_bytes && rec.pages_freed + rec.pages_meshed <= req.max_pages,
         "compact exceeded its budget");

@@ -53,6 +53,8 @@ bool verify_windows(Heap& heap, Stream stream, const TrackedObject& o, std::size
                     const char* context, StressCounters& counters, ErrorSink& errors) {
   if (o.size <= 3 * window) return verify_object(heap, stream, o, context, counters, errors);
   auto pin = heap.pin(o.handle);
+  if (pin.ok() && o.fixed_at != 0 && pin->address() != o.fixed_at)
+    errors.report(std::string(context) + ": fixed object " + describe(o) + " moved");
   if (!pin.ok() || pin->size() != o.size) {
     errors.report(std::string(context) + ": cannot pin " + describe(o) +
                   (pin.ok() ? " (pin reports size " + std::to_string(pin->size()) + ")" : ": " + pin.error().to_string()));

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "valet/handle.h"
+#include "valet/types.h"
 #include "valet/kernels/pattern.h"
 #include "valet/result.h"
 
@@ -24,6 +25,7 @@ struct TrackedObject {
   Handle handle;
   std::uint64_t seed = 0;
   std::size_t size = 0;
+  DevicePtr fixed_at = 0;  // a fixed object's address (Heap::allocate_fixed): it must never change
 };
 
 // The pattern seed of an object: a function of a run-unique id and the size, so two objects (or

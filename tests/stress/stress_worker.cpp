@@ -155,12 +155,26 @@ void StressWorker::op_allocate() {
   }
   auto& heap = shared_.heap;
   shared_.counters.add(shared_.counters.allocations);
-  auto h = heap.allocate(bytes);
+  // Some objects are fixed (raw-pointer users' kind: never moved) and some are allocated on this
+  // thread's stream, where its stream-ordered frees are reused at once.
+  DevicePtr fixed_at = 0;
+  Result<Handle> h = make_error(Errc::internal, "unset");
+  if (chance(rng_, 0.15)) {
+    auto f = heap.allocate_fixed(bytes, stream_);
+    if (f.ok()) {
+      fixed_at = f->address;
+      h = f->handle;
+    } else {
+      h = f.error();
+    }
+  } else {
+    h = chance(rng_, 0.3) ? heap.allocate(bytes, stream_) : heap.allocate(bytes);
+  }
   if (!h.ok()) {
     (void)clean_failure(h.error(), "allocate");
     return;
   }
-  const TrackedObject o{*h, pattern_seed(new_id(), bytes), bytes};
+  const TrackedObject o{*h, pattern_seed(new_id(), bytes), bytes, fixed_at};
   if (chance(rng_, 0.05)) {
     auto size = heap.size_of(o.handle);
     if (!size.ok() || *size != bytes) shared_.errors.report("size_of after allocate disagrees: " + describe(o));
@@ -190,7 +204,8 @@ void StressWorker::op_free() {
   // must not reuse the memory before the stream passes the fill), so half of those go unverified.
   if (!stream_dirty_ || chance(rng_, 0.5)) verify_object(heap, stream_, o, "before free", shared_.counters, shared_.errors);
   shared_.counters.add(shared_.counters.frees);
-  if (auto st = heap.free(o.handle); !st.ok()) {
+  // Stream-ordered frees on this thread's stream (behind its queued fills) or plain ones.
+  if (auto st = chance(rng_, 0.4) ? heap.free(o.handle, stream_) : heap.free(o.handle); !st.ok()) {
     shared_.errors.report("free of " + describe(o), st.error());
     return;  // keep it: the final sweep reports it again if it is really lost
   }
@@ -207,8 +222,8 @@ void StressWorker::op_resize() {
   const std::size_t i = pick();
   Owned& w = owned_[i];
   const TrackedObject old = w.object;
-  if (w.pinned()) {
-    expect_code(heap.resize(old.handle, old.size + 1).code(), Errc::pinned, "resize of a pinned object", old);
+  if (w.pinned() || old.fixed_at != 0) {
+    expect_code(heap.resize(old.handle, old.size + 1).code(), Errc::pinned, "resize of a pinned or fixed object", old);
     return;
   }
   std::size_t bytes = chance(rng_, 0.5)
@@ -272,6 +287,8 @@ void StressWorker::op_pin_and_verify() {
     shared_.errors.report("stream pin of " + describe(o), pin.error());
     return;
   }
+  if (o.fixed_at != 0 && pin->address() != o.fixed_at)
+    shared_.errors.report("fixed object " + describe(o) + " moved");
   const PatternRange r{pin->address(), o.size, o.seed};
   auto bad = pin->size() == o.size ? heap.backend().verify_pattern({&r, 1}, stream_)
                                    : Result<std::uint64_t>(make_error(Errc::data_mismatch, "pin reports another size"));

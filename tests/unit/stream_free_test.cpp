@@ -154,6 +154,19 @@ TEST(StreamFree, BadInputChangesNothing) {
   EXPECT_VALID(*heap);
 }
 
+TEST(StreamFree, FreesOfAStreamItsOwnerDestroyedGoBackToEveryone) {
+  auto heap = make_heap();
+  const Stream s = *heap->backend().create_stream();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(heap->free(*heap->allocate(3 * kPage, s), s).ok());
+  EXPECT_GT(heap->stats().stream_cached_bytes, 0u);
+  ASSERT_TRUE(heap->backend().destroy_stream(s).ok());  // waits for its work first
+  ASSERT_TRUE(heap->compact().ok());
+  EXPECT_EQ(heap->stats().stream_cached_bytes + heap->stats().stream_deferred_bytes, 0u);
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
 TEST(StreamFree, ManyThreadsFreeingAndReusingOnTheirStreamsKeepTheHeapValid) {
   Config c = host_config(512 * kMiB);
   c.stream_cache_bytes = 4 * kMiB;
