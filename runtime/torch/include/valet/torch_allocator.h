@@ -77,8 +77,10 @@ VALET_TORCH_API char* valet_torch_compact(int device);
  * "allocated_rounded_bytes" (the same rounded to 512), their peaks, "allocations",
  * "mapped_bytes" (physical memory held), "peak_mapped_bytes", "reserved_address_bytes",
  * "capacity_bytes", "fragmentation", "largest_allocatable_bytes", "fixed_objects",
- * "fixed_bytes", "stream_cached_bytes", and "heap" (the heap's whole stats). "active": false
- * (and no figures) where no heap exists on `device`. */
+ * "fixed_bytes", "stream_cached_bytes" (freed on a stream, not yet reusable by every stream),
+ * and "heap" (the heap's whole stats). "active": false (and no figures) where no heap exists on
+ * `device`. "peak_mapped_bytes" is sampled whenever the heap has created pages since the last
+ * sample (at allocations and stats calls). */
 VALET_TORCH_API char* valet_torch_stats(int device);
 
 /* The page map of `device` as JSON (the fields of `valetctl pages --json`), or "active": false. */
