@@ -21,3 +21,12 @@ foreach(tool valetctl valet-serve valet-replay)
     install(TARGETS ${tool} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   endif()
 endforeach()
+
+# PyTorch's pluggable allocator (a plugin PyTorch dlopens, so not in the export set), its header,
+# and its Python package: <libdir>/valet/python/valet_torch finds <libdir>/libvalet_torch.so.
+if(TARGET valet_torch)
+  install(TARGETS valet_torch LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(FILES runtime/torch/include/valet/torch_allocator.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/valet)
+  install(DIRECTORY python/valet_torch DESTINATION ${CMAKE_INSTALL_LIBDIR}/valet/python
+    PATTERN __pycache__ EXCLUDE)
+endif()
