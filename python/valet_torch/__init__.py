@@ -131,7 +131,10 @@ def install(capacity=None, policy=None, library=None):
         raise ValetError("valet_torch.install() must come before the program's first CUDA allocation: "
                          "PyTorch has initialized CUDA and its allocator already, which cannot be swapped")
     configure(capacity, policy, library)
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(_lib_path, "valet_torch_malloc", "valet_torch_free")
+    # The throwing entry point: PyTorch does not check for NULL, and an exception becomes a
+    # RuntimeError("CUDA out of memory. ...") in Python (torch_allocator.h says more).
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(_lib_path, "valet_torch_malloc_or_throw",
+                                                         "valet_torch_free")
     try:
         torch.cuda.memory.change_current_allocator(allocator)
     except RuntimeError as e:

@@ -2,6 +2,7 @@
 // one line on stderr and change nothing; out-of-memory and bad settings return NULL (PyTorch then
 // raises its out-of-memory error) and never abort the process.
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -12,6 +13,7 @@ namespace valet::torch::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 std::size_t lines(const std::string& s) { return std::size_t(std::count(s.begin(), s.end(), '\n')); }
 
@@ -97,6 +99,26 @@ TEST_F(Errors, OutOfMemoryReturnsNullAndTheHeapStaysUsable) {
   void* again = valet_torch_malloc(8 << 20, 0, nullptr);
   EXPECT_NE(again, nullptr) << last_error();
   valet_torch_free(again, 8 << 20, 0, nullptr);
+  EXPECT_EQ(test_hooks::validate(0), "");
+}
+
+TEST_F(Errors, TheThrowingEntryPointRaisesOutOfMemoryAndLosesNothing) {
+  use_heap("16MiB", "background=false");
+  EXPECT_EQ(valet_torch_malloc_or_throw(0, 0, nullptr), nullptr);  // size 0: NULL, as PyTorch expects
+  void* p = valet_torch_malloc_or_throw(4 << 20, 0, nullptr);
+  ASSERT_NE(p, nullptr);
+  try {
+    (void)valet_torch_malloc_or_throw(64 << 20, 0, nullptr);
+    ADD_FAILURE() << "64 MiB from a 16 MiB heap did not throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_THAT(e.what(), StartsWith("CUDA out of memory. Tried to allocate 67108864 bytes on device 0"));
+    EXPECT_THAT(e.what(), HasSubstr("out_of_memory"));
+  }
+  EXPECT_EQ(stats()["allocations"], 1u);  // the live object is untouched
+  valet_torch_free(p, 4 << 20, 0, nullptr);
+  void* again = valet_torch_malloc_or_throw(12 << 20, 0, nullptr);
+  EXPECT_NE(again, nullptr);
+  valet_torch_free(again, 12 << 20, 0, nullptr);
   EXPECT_EQ(test_hooks::validate(0), "");
 }
 

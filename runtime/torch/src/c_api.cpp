@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "registry.h"
@@ -64,6 +65,13 @@ void* valet_torch_malloc(size_t size, int device, void* stream) {
     valet::torch::set_last_error("valet_torch_malloc: unknown exception");
   }
   return nullptr;
+}
+
+void* valet_torch_malloc_or_throw(size_t size, int device, void* stream) {
+  void* p = valet_torch_malloc(size, device, stream);
+  if (p || size == 0) return p;
+  throw std::runtime_error("CUDA out of memory. Tried to allocate " + std::to_string(size) + " bytes on device " +
+                           std::to_string(device) + " (Valet): " + valet::torch::last_error());
 }
 
 void valet_torch_free(void* ptr, size_t size, int device, void* stream) {

@@ -1,10 +1,8 @@
 #include "device_heap.h"
 
-#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <limits>
-#include <thread>
 
 #include "control/page_map.h"
 #include "valet/driver_op.h"
@@ -18,9 +16,6 @@ namespace {
 // Safe-point compaction runs cycles until one changes nothing, at most this many: a cycle's
 // budget (CompactRequest's defaults) bounds each, and this bounds the call.
 constexpr int kMaxSafePointCycles = 8;
-// How long a safe point waits for the events of stream-ordered frees. The caller vouched that the
-// device is idle, so they complete at once; the bound only keeps a broken promise from hanging.
-constexpr auto kStreamFreeWait = std::chrono::milliseconds(250);
 
 std::string hex(std::uintptr_t p) {
   char buf[32];
@@ -143,14 +138,6 @@ std::string DeviceHeap::free(void* ptr, std::size_t size, Stream stream) {
   return {};
 }
 
-void DeviceHeap::await_stream_frees() {
-  const auto deadline = std::chrono::steady_clock::now() + kStreamFreeWait;
-  while (heap_->stats().stream_deferred_bytes > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
-    (void)heap_->maintain();  // reaps the frees whose events completed
-  }
-}
-
 Result<nlohmann::json> DeviceHeap::compact_at_safe_point() {
   std::lock_guard lock(compact_mutex_);
   sample_mapped_peak(true);
@@ -166,10 +153,8 @@ Result<nlohmann::json> DeviceHeap::compact_at_safe_point() {
     ++cycles;
     return record->pages_meshed > 0 || record->pages_freed > 0 || record->objects_moved > 0;
   };
-  // The first cycle also records an event on every stream with cached frees; at a safe point
-  // those streams are idle, so the events complete at once and the next cycles can use the slots.
-  VALET_TRY(cycle());
-  await_stream_frees();
+  // Each safe-point cycle first waits for the events of stream-ordered frees (the streams are
+  // idle, so they complete at once), so those slots keep no page out of meshing.
   while (cycles < kMaxSafePointCycles) {
     auto progressed = cycle();
     if (!progressed.ok()) return progressed.error();

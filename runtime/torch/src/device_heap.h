@@ -56,8 +56,6 @@ class DeviceHeap {
   DeviceHeap(int device, std::unique_ptr<Heap> heap);
   void count_allocation(std::size_t requested, std::size_t rounded);
   void sample_mapped_peak(bool force);
-  // Waits (bounded) until the frees cached for streams are reusable by every stream.
-  void await_stream_frees();
 
   const int device_;
   std::unique_ptr<Heap> heap_;

@@ -4,7 +4,8 @@
 #   VALET_TORCH_LIBRARY=build/lib/libvalet_torch.so TRACE_DIR=traces tests/gpu/torch/run_all.sh OUT_DIR
 #
 # Builds nothing. Runs, one allocator per process, each printing one JSON line:
-#   1. tensor_checks.py on valet (every byte after every compaction, 512-byte alignment);
+#   1. tensor_checks.py on valet (every byte after every compaction, 512-byte alignment), and
+#      oom_check.py (out of memory is PyTorch's RuntimeError and loses no tensor);
 #   2. llama_generate.py in float32 and bfloat16 for valet, native and expandable, then
 #      compare_runs.py (float32 token ids identical; bfloat16 first-step logits within
 #      expandable's differences);
@@ -92,6 +93,7 @@ want() { [[ " ${STEPS:-tensor llama cap record replay} " == *" $1 "* ]]; }
 tc_rounds=3
 [ "$quick" = 1 ] && tc_rounds=1
 want tensor && step tensor-checks-valet 120 python3 "$here/tensor_checks.py" --allocator valet --rounds "$tc_rounds"
+want tensor && step oom-valet 60 python3 "$here/oom_check.py"
 
 want llama && for dtype in float32 bfloat16; do
   for mode in valet native expandable; do

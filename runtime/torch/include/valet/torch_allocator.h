@@ -51,6 +51,17 @@ extern "C" {
  * valet_torch_last_error() says why. Thread-safe. */
 VALET_TORCH_API void* valet_torch_malloc(size_t size, int device, void* stream);
 
+#ifdef __cplusplus
+/* valet_torch_malloc, except that out of memory (or a heap that cannot be made) throws a C++
+ * std::runtime_error whose message begins "CUDA out of memory." instead of returning NULL. This
+ * is the entry point valet_torch.install() hands PyTorch: its CUDAPluggableAllocator (2.11 and
+ * earlier) does not check the pointer it gets, so NULL would become a tensor at address 0 and an
+ * illegal-address fault in the next kernel, while an exception reaches Python as a RuntimeError
+ * with the message programs look for, as the native allocator's OutOfMemoryError does. For C++
+ * callers only; size 0 still gives NULL. */
+VALET_TORCH_API void* valet_torch_malloc_or_throw(size_t size, int device, void* stream);
+#endif
+
 /* Frees `ptr`, given with the size, device and stream of its allocation (as PyTorch does). The
  * free is stream-ordered: allocations on `stream` may reuse the memory at once, other streams
  * only after the work queued on `stream` before this call has completed. The lookup of `ptr` is
