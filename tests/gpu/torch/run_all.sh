@@ -90,7 +90,7 @@ PY
 
 # STEPS narrows the run to some of: tensor llama cap record replay (default: all of them).
 want() { [[ " ${STEPS:-tensor llama cap record replay} " == *" $1 "* ]]; }
-tc_rounds=3
+tc_rounds=${TC_ROUNDS:-3}
 [ "$quick" = 1 ] && tc_rounds=1
 want tensor && step tensor-checks-valet 120 python3 "$here/tensor_checks.py" --allocator valet --rounds "$tc_rounds"
 want tensor && step oom-valet 60 python3 "$here/oom_check.py"
@@ -137,7 +137,7 @@ want replay || traces=()
 for t in ${traces[@]+"${traces[@]}"}; do
   name=$(basename "$t")
   for mode in valet native expandable; do
-    step "replay-${name%%.trace*}-$mode" 60 python3 "$bench/torch_trace_replay.py" "$t" --allocator "$mode" --json
+    step "replay-${name%%.trace*}-$mode" 90 python3 "$bench/torch_trace_replay.py" "$t" --allocator "$mode" --json
   done
 done
 

@@ -232,13 +232,23 @@ def main():
     compactions = []
 
     def safe_point(when):
+        t0 = time.perf_counter()
         rec = alloc.safe_point()
         if rec is not None:
             compactions.append(rec)
+        t1 = time.perf_counter()
         c.check(when)
+        torch.cuda.synchronize()
+        # progress on stderr: where the time goes (safe point vs. checks), for a run cut short
+        print(f"[{t1 - start:7.1f} s] {when}: {len(c.live)} live, safe point {t1 - t0:.2f} s, "
+              f"check {time.perf_counter() - t1:.2f} s", file=sys.stderr, flush=True)
 
     for r in range(args.rounds):
+        t0 = time.perf_counter()
         allocate_sizes(c, rng)
+        torch.cuda.synchronize()
+        print(f"[{time.perf_counter() - start:7.1f} s] round {r}: {len(c.live)} live after allocation "
+              f"({time.perf_counter() - t0:.2f} s)", file=sys.stderr, flush=True)
         add_views(c)
         c.check(f"round {r}: after allocation")
         safe_point(f"round {r}: compaction with all live")
