@@ -121,6 +121,11 @@ std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream,
 
 Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream, bool fixed) {
   mu.assert_held();
+  // Frees whose streams have passed them go back to everyone before anything new is placed, as
+  // a caching allocator processes its events at every allocation: otherwise a large free (a
+  // probe, a KV cache) waits for the next flush while new allocations map new pages. A query
+  // per distinct event, only while some free waits.
+  if (!releases.deferred().empty()) reap_deferred();
   std::uint32_t index;
   if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
   // Memory this stream freed is reused at once: the stream's own order puts the new user's work

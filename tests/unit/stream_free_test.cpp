@@ -103,6 +103,31 @@ TEST(StreamFree, OtherStreamsWaitUntilTheStreamPassedTheFree) {
   ASSERT_TRUE(heap.shutdown().ok());
 }
 
+TEST(StreamFree, AnAllocationTakesBackTheFreesTheStreamHasPassedBeforeItMapsMore) {
+  Config c = host_config();
+  c.stream_cache_bytes = 0;  // every stream-ordered free is covered by an event at once
+  auto fh = make_faultable_heap(c);
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  const Stream s = *heap.backend().create_stream();
+  StreamBlocker busy;
+  busy.block(fh.host(), s);
+  Handle big = *heap.allocate(32 * kMiB, s);
+  ASSERT_TRUE(heap.free(big, s).ok());  // deferred: s has not passed it
+  EXPECT_EQ(heap.stats().stream_deferred_bytes, 32 * kMiB);
+  busy.release();
+  ASSERT_TRUE(heap.backend().synchronize_stream(s).ok());
+  // No maintain(), no flush, no out-of-memory: the next allocation alone reaps the free and
+  // places the new object in its pages rather than mapping more.
+  const std::size_t mapped = heap.stats().mapped_bytes;
+  Handle next = *heap.allocate(24 * kMiB, s);
+  EXPECT_EQ(heap.stats().stream_deferred_bytes, 0u);
+  EXPECT_LE(heap.stats().mapped_bytes, mapped);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.free(next).ok());
+  ASSERT_TRUE(heap.shutdown().ok());
+}
+
 TEST(StreamFree, OutOfMemoryWaitsForTheStreamsBeforeItIsReported) {
   auto fh = make_faultable_heap(host_config(64 * kMiB));
   ASSERT_TRUE(fh.heap);

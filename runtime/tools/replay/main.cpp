@@ -51,6 +51,8 @@ struct Arguments {
   std::uint64_t seed = 1;
   bool no_compact = false;
   bool no_share_tails = false;
+  bool fixed = false;
+  bool stream_frees = false;
   std::optional<double> reserve_fraction, reserve_peak_ratio;
   bool json = false;
   std::string step_log;
@@ -99,6 +101,11 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
   app.add_flag("--no-compact", args.no_compact,
                "No compaction: no compactor (background or safepoints) and no emergency compaction");
+  app.add_flag("--fixed", args.fixed,
+               "Every object a fixed object (Heap::allocate_fixed), its size rounded up to 512 bytes: what "
+               "libvalet_torch.so does for PyTorch's tensors");
+  app.add_flag("--stream-frees", args.stream_frees,
+               "Every free stream-ordered on the default stream (Heap::free(h, stream)), as PyTorch frees");
   app.add_flag("--no-share-tails", args.no_share_tails,
                "No shared tails (Config::share_tails off): every slab page and every large object's last "
                "page has a physical page of its own");
@@ -187,6 +194,8 @@ valet::replay::ReplayOptions replay_options(const Arguments& args, valet::Heap& 
   options.compactor = compactor;
   options.verify = args.verify;
   options.step_log = args.step_log;
+  options.fixed = args.fixed;
+  if (args.stream_frees) options.free_stream = valet::Stream{};
   const bool host_accessible = heap.backend().capabilities().host_accessible;
   options.signature_path = host_accessible && !args.verify_through_backend ? replay::SignaturePath::host_address
                                                                            : replay::SignaturePath::backend;

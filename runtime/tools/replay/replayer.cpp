@@ -144,7 +144,7 @@ class Replayer {
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
     const auto asked = Clock::now();
-    auto h = heap_.allocate(op.bytes);
+    auto h = allocate(op.bytes);
     alloc_ns_.add(ns_between(asked, Clock::now()));
     count_driver_calls(window);
     ++report_.ops;
@@ -229,7 +229,7 @@ class Replayer {
     // which no reserve within the memory targets holds mapped. Its driver calls are counted
     // apart from the alloc path's (not timed either).
     const ThreadDriverCalls window(door_);
-    auto h = heap_.allocate(op.bytes);
+    auto h = allocate(op.bytes);
     const Status st = h.ok() ? free_when_unpinned(*h) : ok_status();
     count_driver_calls(window, report_.probe_driver_calls);
     if (!h.ok()) {
@@ -240,11 +240,19 @@ class Replayer {
     if (!st.ok()) problem_at(op, "free of a probe", st.error());
   }
 
+  Result<Handle> allocate(std::size_t bytes) {
+    if (!options_.fixed) return heap_.allocate(bytes);
+    constexpr std::size_t kAlign = 512;  // libvalet_torch's rounding (PyTorch's alignment)
+    auto obj = heap_.allocate_fixed((bytes + kAlign - 1) / kAlign * kAlign);
+    if (!obj.ok()) return obj.error();
+    return obj->handle;
+  }
+
   // A pinner may hold the object for a few microseconds: wait for it, as a service's free waits
   // for the kernels that use the object.
   Status free_when_unpinned(Handle h) {
     for (;;) {
-      Status st = heap_.free(h);
+      Status st = options_.free_stream ? heap_.free(h, *options_.free_stream) : heap_.free(h);
       if (st.code() != Errc::pinned) return st;
       ++report_.free_retries;
       std::this_thread::yield();

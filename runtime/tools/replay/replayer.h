@@ -1,6 +1,7 @@
 // The replayer core: runs a parsed trace against a heap and measures what report.h describes.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "pinners.h"
@@ -24,6 +25,11 @@ struct ReplayOptions {
   PinnerOptions pinners;  // threads = 0: no pinners
   // Where to write one CSV row per step line (what the heap holds and why), or empty for none.
   std::string step_log;
+  // Every object (probes too) a fixed object of its size rounded up to 512 bytes, as
+  // libvalet_torch.so allocates PyTorch's tensors.
+  bool fixed = false;
+  // Frees ordered on this stream (Heap::free(h, stream)), or plain frees.
+  std::optional<Stream> free_stream;
 };
 
 // Replays every op `trace` yields on `heap`, then checks and frees what the trace left live and

@@ -59,6 +59,7 @@ def main():
         check(t.data_ptr() != 0, f"tensor {i}: data_ptr 0 returned instead of an error")
         t.fill_(i % 251)
         held.append((i % 251, t))
+    t = None  # the loop variable kept the last tensor alive
     check(first_failure is not None, "the capacity was never reached")
     if first_failure is not None:
         check(first_failure.startswith("CUDA out of memory."), f"the first failure says {first_failure[:200]!r}")
