@@ -31,12 +31,15 @@ bool HeapCore::try_begin_move(HandleEntry* e, bool cancelable, bool fixed_ok) {
   return claims::try_claim(e->state, cancelable);
 }
 
-void HeapCore::reap_deferred() {
+std::size_t HeapCore::reap_deferred() {
   mu.assert_held();
+  std::size_t released = 0;
   releases.reap_deferred([&](const DeferredFree& d) {
     footprint_bytes -= d.footprint;
+    released += d.footprint;
     release_location(d.loc);
   });
+  return released;
 }
 
 DevicePtr HeapCore::address_of(const Location& loc) const {
@@ -121,11 +124,6 @@ std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream,
 
 Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream, bool fixed) {
   mu.assert_held();
-  // Frees whose streams have passed them go back to everyone before anything new is placed, as
-  // a caching allocator processes its events at every allocation: otherwise a large free (a
-  // probe, a KV cache) waits for the next flush while new allocations map new pages. A query
-  // per distinct event, only while some free waits.
-  if (!releases.deferred().empty()) reap_deferred();
   std::uint32_t index;
   if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
   // Memory this stream freed is reused at once: the stream's own order puts the new user's work
@@ -224,7 +222,16 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
     return make_error(Errc::out_of_memory, op + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
                                                std::to_string(capacity_pages * kPageSize) + " bytes");
   }
+  // Frees whose streams have passed them go back to everyone before anything new is placed, as
+  // a caching allocator processes its events at every allocation: otherwise a large free (a
+  // probe, a KV cache) waits for the next flush while new allocations map new pages. A query
+  // per distinct event, only while some free waits. Where more came back than a stream caches
+  // (a free larger than the cache: a probe, a KV cache), what the new object did not take beyond
+  // the reserve's budget is given back at once, as the free would have done without a stream;
+  // smaller returns are left to the keeper, so the reserve is not trimmed and refilled by turns.
+  const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
   auto h = allocate_locked(bytes, stream, fixed);
+  if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   make_room(lock);

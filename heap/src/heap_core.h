@@ -177,7 +177,7 @@ struct HeapCore {
   // Drops completed pending unpins of `e`; true when none remain.
   bool reap_unpins(HandleEntry* e) { return releases.reap(e->pending_unpins); }
   // Releases deferred frees whose events completed.
-  void reap_deferred();
+  std::size_t reap_deferred();  // the footprint released
   void after_release() { keeper.after_release(); }
   void want_refill() { keeper.want_refill(); }
   bool table_blocks_moves() { return table.blocks_moves(); }
