@@ -215,6 +215,8 @@ int print_report(valet::replay::ReplayReport& report, const Arguments& args, val
   report.capacity_bytes = heap.config().capacity;
   report.compaction = !args.no_compact;
   report.share_tails = !args.no_share_tails;
+  report.fixed = args.fixed;
+  report.stream_frees = args.stream_frees;
   if (compactor)
     for (const auto& kv : valet::policy_values(compactor->settings())) report.policy.push_back(kv);
   report.verify = args.verify;

@@ -61,6 +61,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["capacity_bytes"] = r.capacity_bytes;
   j["compaction"] = r.compaction;
   j["share_tails"] = r.share_tails;
+  j["fixed"] = r.fixed;
+  j["stream_frees"] = r.stream_frees;
   j["verify"] = r.verify;
   j["pinners"] = r.pinners;
   j["ops"] = r.ops;

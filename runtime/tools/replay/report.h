@@ -21,6 +21,8 @@ struct ReplayReport {
   std::uint64_t capacity_bytes = 0;
   bool compaction = true;
   bool share_tails = true;
+  bool fixed = false;         // --fixed: every object a fixed object (the PyTorch path)
+  bool stream_frees = false;  // --stream-frees: frees ordered on the default stream
   bool verify = false;
   int pinners = 0;
 
