@@ -14,8 +14,11 @@ A .gz trace is read through gzip.
 Figures (one JSON line with --json; the names follow valet-replay's report where they mean the
 same): alloc median/p99/max ns and free median/p99 ns (time.perf_counter_ns around torch.empty and
 around dropping the last reference), probes ok/failed, ooms (trace allocations that failed), peak
-live bytes (the trace's own running sum), peak reserved (native: max_memory_reserved(); valet:
-memory_stats()["reserved_bytes.all.peak"]), their ratio, the mean fragmentation over the step
+live bytes (the trace's own running sum), peak reserved (native: memory_reserved(); valet:
+memory_stats()["reserved_bytes.all.current"]) sampled where valet-replay samples mapped bytes (at
+step lines, at each new peak of live bytes, and before each probe, so that the memory an allocator
+maps to serve a probe is not counted: one that fails the probe maps nothing), their ratio, the
+allocator's own peak with probes (native: max_memory_reserved(); valet: reserved_bytes.all.peak), the mean fragmentation over the step
 lines ((reserved - allocated) / reserved, and valet-replay's 1 - sum live / sum reserved), wall s.
 Valet: valet_torch.compact() every K step lines (0: never; the background compactor runs anyway).
 Without --allocator the mode follows PYTORCH_CUDA_ALLOC_CONF, so tests/bench/gpu_session.sh and
@@ -78,6 +81,16 @@ class Replay:
         self.probes = self.probes_failed = self.ooms = self.steps = 0
         self.frag, self.sum_reserved, self.sum_allocated = [], 0, 0
         self.compactions, self.compact_ns = 0, []
+        self.peak_held = 0  # reserved bytes sampled as valet-replay samples mapped bytes
+
+    def held_now(self):
+        """Physical memory the allocator holds now: valet's mapped bytes, native's reserved."""
+        if self.alloc.valet is not None:
+            return self.alloc.figures()["reserved"]
+        return self.torch.cuda.memory_reserved()
+
+    def sample_held(self, held=None):
+        self.peak_held = max(self.peak_held, self.held_now() if held is None else held)
 
     def allocate(self, ident, n):
         torch = self.torch
@@ -96,7 +109,10 @@ class Replay:
         self.live[ident] = x
         self.sizes[ident] = n
         self.live_bytes += n
-        self.peak_live = max(self.peak_live, self.live_bytes)
+        if self.live_bytes > self.peak_live:
+            self.peak_live = self.live_bytes
+            # Live bytes peak inside a step: sample what is held at that moment too (untimed).
+            self.sample_held()
 
     def free(self, ident):
         x = self.live.pop(ident, None)
@@ -108,6 +124,9 @@ class Replay:
         self.live_bytes -= self.sizes.pop(ident)
 
     def probe(self, n):
+        # Sampled before the probe: the probe is the benchmark's instrument, and the memory an
+        # allocator maps to serve it (one that fails it maps nothing) is not the workload's.
+        self.sample_held()
         self.probes += 1
         x = torch_modes.empty_bytes(self.torch, n)
         if x is None:
@@ -123,6 +142,7 @@ class Replay:
             self.compactions += 1
         f = self.alloc.figures()
         reserved, allocated = f["reserved"], f["allocated"]
+        self.sample_held(reserved)
         self.frag.append((reserved - allocated) / reserved if reserved else 0.0)
         self.sum_reserved += reserved
         self.sum_allocated += self.live_bytes
@@ -173,9 +193,12 @@ def main():
         "alloc_ns_median": torch_modes.median(a), "alloc_ns_p99": torch_modes.percentile(a, 0.99),
         "alloc_ns_max": float(a[-1]) if a else 0.0,
         "free_ns_median": torch_modes.median(fr), "free_ns_p99": torch_modes.percentile(fr, 0.99),
-        "peak_live_bytes": replay.peak_live, "peak_reserved_bytes": peak_reserved,
-        "peak_mapped_bytes": peak_reserved,
-        "peak_mapped_over_live": peak_reserved / replay.peak_live if replay.peak_live else 0.0,
+        "peak_live_bytes": replay.peak_live, "peak_reserved_bytes": replay.peak_held,
+        "peak_mapped_bytes": replay.peak_held,
+        "peak_mapped_over_live": replay.peak_held / replay.peak_live if replay.peak_live else 0.0,
+        # The allocator's own peak, which counts the memory it mapped for probes it served.
+        "peak_reserved_with_probes_bytes": peak_reserved,
+        "peak_with_probes_over_live": peak_reserved / replay.peak_live if replay.peak_live else 0.0,
         "mean_fragmentation": sum(replay.frag) / len(replay.frag) if replay.frag else 0.0,
         "mean_fragmentation_weighted":
             1.0 - replay.sum_allocated / replay.sum_reserved if replay.sum_reserved else 0.0,

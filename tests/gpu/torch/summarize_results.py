@@ -13,6 +13,10 @@ def fmt(value, spec=""):
     return "-" if value is None else format(value, spec)
 
 
+def _ratio(x):
+    return "—" if x is None else f"{x:.3f}"
+
+
 def main():
     runs = []
     for line in open(sys.argv[1]):
@@ -46,15 +50,16 @@ def main():
               f"| {r['peak_device_used_bytes'] / GIB:.3f} | {r['peak_reserved_bytes'] / GIB:.3f} "
               f"| {r['peak_allocated_bytes'] / GIB:.3f} | {r['wall_s']:.1f} |")
 
-    print("\n| trace | allocator | probes failed | ooms | peak reserved / live | mean frag. | alloc median (ns) "
-          "| alloc p99 (ns) | free p99 (ns) | wall (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| trace | allocator | probes failed | ooms | peak reserved / live | with probes | mean frag. "
+          "| alloc median (ns) | alloc p99 (ns) | free p99 (ns) | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         r = run.get("result") or {}
         if not r.get("run", "").startswith("torch-"):
             continue
         print(f"| {r['trace']} | {r['allocator']} | {r['probes_failed']}/{r['probes']} | {r['ooms']} "
-              f"| {r['peak_mapped_over_live']:.3f} | {r['mean_fragmentation']:.3f} | {r['alloc_ns_median']:.0f} "
+              f"| {r['peak_mapped_over_live']:.3f} | {_ratio(r.get('peak_with_probes_over_live'))} "
+              f"| {r['mean_fragmentation']:.3f} | {r['alloc_ns_median']:.0f} "
               f"| {r['alloc_ns_p99']:.0f} | {r['free_ns_p99']:.0f} | {r['wall_s']:.1f} |")
     failed = [run["step"] for run in runs if run.get("rc") not in (0, 77, None)]
     print(f"\nsteps with a non-zero exit status: {', '.join(failed) if failed else 'none'}")
