@@ -42,6 +42,7 @@ HeapStats Heap::stats() const {
   for (const auto& d : c.releases.deferred()) s.stream_deferred_bytes += d.footprint;
   s.footprint_bytes = c.footprint_bytes;
   s.mapped_bytes = c.pool.created_pages() * detail::kPageSize;
+  s.peak_mapped_bytes = c.pool.peak_created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;
   // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
   // use still add up to the mapped pages.

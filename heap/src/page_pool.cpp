@@ -64,6 +64,7 @@ Result<std::uint32_t> PagePool::create_page() {
   auto page = backend_.create_page();
   if (!page.ok()) return page.error();
   ++created_;
+  note_created_peak();
   return add_record(*page);
 }
 

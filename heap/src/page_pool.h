@@ -25,6 +25,7 @@
 // Threading: every call requires the heap lock, except where a comment says otherwise.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -212,6 +213,10 @@ class PagePool {
 
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
+  // The most pages created at once (as created_pages counts them: a provision batch's new pages
+  // from the moment it is booked), since the pool began or the last reset_created_peak().
+  std::size_t peak_created_pages() const { return peak_created_; }
+  void reset_created_peak() { peak_created_ = created_; }
   std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
   std::size_t idle_pages() const { return idle_.size(); }
   // Pages a large request could get now: reserve + idle + not yet created.
@@ -281,6 +286,8 @@ class PagePool {
   std::vector<std::uint32_t> free_phys_;  // unused indices of phys_
   std::vector<std::uint32_t> idle_;       // created pages mapped nowhere
   std::size_t created_ = 0;
+  std::size_t peak_created_ = 0;
+  void note_created_peak() { peak_created_ = std::max(peak_created_, created_); }
   RangeSet unmapped_;
   RangeSet reserve_;
   RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock

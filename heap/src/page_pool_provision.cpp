@@ -77,6 +77,7 @@ PagePool::ProvisionBatch PagePool::begin_provision(std::uint32_t want, std::size
   b.fresh = fresh;
   created_ += fresh;
   fresh_in_flight_ += fresh;
+  note_created_peak();  // counted as mapped (created_pages) from here, so in the peak too
   return b;
 }
 

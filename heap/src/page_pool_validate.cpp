@@ -84,6 +84,7 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps) const {
     return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live, " +
                s(fresh_in_flight_) + " being created)");
   if (created_ > capacity_pages_) return bad("more pages than the capacity");
+  if (peak_created_ < created_) return bad("the peak of created pages (" + s(peak_created_) + ") is below the count");
   return {};
 }
 

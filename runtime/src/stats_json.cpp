@@ -22,6 +22,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"live_objects", s.live_objects},
       {"footprint_bytes", s.footprint_bytes},
       {"mapped_bytes", s.mapped_bytes},
+      {"peak_mapped_bytes", s.peak_mapped_bytes},
       {"reserved_bytes", s.reserved_bytes},
       {"reserve_bytes", s.reserve_bytes},
       {"fragmentation", s.fragmentation},

@@ -32,6 +32,21 @@ TEST(Heap, AllocatesSmallAndLargeObjectsThatHoldTheirBytes) {
   EXPECT_EQ(heap->stats().live_bytes, 0u);
 }
 
+TEST(Heap, PeakMappedBytesHoldsTheMostEverMappedAfterThePagesGoBack) {
+  auto heap = make_heap();
+  EXPECT_GE(heap->stats().peak_mapped_bytes, heap->stats().mapped_bytes);
+  auto big = heap->allocate(64 * kMiB);
+  ASSERT_TRUE(big.ok());
+  const std::size_t mapped_with_big = heap->stats().mapped_bytes;
+  EXPECT_GE(mapped_with_big, 64 * kMiB);
+  ASSERT_TRUE(heap->free(*big).ok());
+  ASSERT_TRUE(heap->maintain().ok());  // the freed pages beyond the reserve go back
+  const HeapStats after = heap->stats();
+  EXPECT_LT(after.mapped_bytes, mapped_with_big);
+  EXPECT_GE(after.peak_mapped_bytes, mapped_with_big);  // every creation counted, not a sample
+  EXPECT_LE(after.peak_mapped_bytes, after.capacity_bytes);
+}
+
 TEST(Heap, SlabObjectsAre256ByteAlignedAndDistinct) {
   auto heap = make_heap();
   std::vector<DevicePtr> addrs;

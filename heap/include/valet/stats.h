@@ -79,6 +79,7 @@ struct HeapStats {
   std::size_t live_objects = 0;
   std::size_t footprint_bytes = 0;    // the same objects rounded to their size class or pages
   std::size_t mapped_bytes = 0;       // physical pages held, reserve included, a shared page once
+  std::size_t peak_mapped_bytes = 0;  // the most mapped_bytes ever held, at any moment (not sampled)
   std::size_t reserved_bytes = 0;     // virtual address space reserved
   std::size_t reserve_bytes = 0;      // created pages held unused (the reserve)
   double fragmentation = 0;           // 1 - live / mapped (0 when nothing is mapped)

@@ -5,7 +5,6 @@
 #include <limits>
 
 #include "control/page_map.h"
-#include "valet/driver_op.h"
 #include "valet/runtime.h"
 #include "valet/stats_json.h"
 
@@ -98,7 +97,6 @@ Result<void*> DeviceHeap::allocate(std::size_t size, Stream stream) {
     return make_error(Errc::internal, "the heap returned " + hex(p) + (p % kTorchAlignment ? ", not 512-byte aligned" : ", which is live already"));
   }
   count_allocation(size, rounded);
-  sample_mapped_peak(false);
   return reinterpret_cast<void*>(p);
 }
 
@@ -106,13 +104,6 @@ void DeviceHeap::count_allocation(std::size_t requested, std::size_t rounded) {
   raise_peak(peak_requested_, requested_.fetch_add(requested, std::memory_order_relaxed) + requested);
   raise_peak(peak_rounded_, rounded_.fetch_add(rounded, std::memory_order_relaxed) + rounded);
   count_.fetch_add(1, std::memory_order_relaxed);
-}
-
-void DeviceHeap::sample_mapped_peak(bool force) {
-  const std::uint64_t creates = heap_->driver_calls().calls(DriverOp::create_page);
-  if (!force && creates_seen_.exchange(creates, std::memory_order_relaxed) == creates) return;
-  if (force) creates_seen_.store(creates, std::memory_order_relaxed);
-  raise_peak(peak_mapped_, heap_->stats().mapped_bytes);
 }
 
 std::string DeviceHeap::free(void* ptr, std::size_t size, Stream stream) {
@@ -140,7 +131,6 @@ std::string DeviceHeap::free(void* ptr, std::size_t size, Stream stream) {
 
 Result<nlohmann::json> DeviceHeap::compact_at_safe_point() {
   std::lock_guard lock(compact_mutex_);
-  sample_mapped_peak(true);
   const std::size_t before = heap_->stats().mapped_bytes;
   CompactionRecord sum;
   int cycles = 0;
@@ -171,7 +161,6 @@ Result<nlohmann::json> DeviceHeap::compact_at_safe_point() {
 }
 
 nlohmann::json DeviceHeap::stats_json() {
-  sample_mapped_peak(true);
   const HeapStats s = heap_->stats();
   return {
       {"active", true},
@@ -183,7 +172,7 @@ nlohmann::json DeviceHeap::stats_json() {
       {"peak_allocated_bytes", peak_requested_.load(std::memory_order_relaxed)},
       {"peak_allocated_rounded_bytes", peak_rounded_.load(std::memory_order_relaxed)},
       {"mapped_bytes", s.mapped_bytes},
-      {"peak_mapped_bytes", std::max<std::uint64_t>(peak_mapped_.load(std::memory_order_relaxed), s.mapped_bytes)},
+      {"peak_mapped_bytes", s.peak_mapped_bytes},  // the heap's own peak: every page creation counts
       {"reserved_address_bytes", s.reserved_bytes},
       {"capacity_bytes", s.capacity_bytes},
       {"fragmentation", s.fragmentation},

@@ -55,7 +55,6 @@ class DeviceHeap {
  private:
   DeviceHeap(int device, std::unique_ptr<Heap> heap);
   void count_allocation(std::size_t requested, std::size_t rounded);
-  void sample_mapped_peak(bool force);
 
   const int device_;
   std::unique_ptr<Heap> heap_;
@@ -65,10 +64,7 @@ class DeviceHeap {
   std::mutex compact_mutex_;  // one safe-point compaction at a time
 
   std::atomic<std::uint64_t> requested_{0}, rounded_{0}, count_{0};
-  std::atomic<std::uint64_t> peak_requested_{0}, peak_rounded_{0}, peak_mapped_{0};
-  // Pages created by the heap's backend when the mapped peak was last sampled: mapped memory
-  // grows only by creating pages, so a sample is due only when this count moved.
-  std::atomic<std::uint64_t> creates_seen_{~0ull};
+  std::atomic<std::uint64_t> peak_requested_{0}, peak_rounded_{0};
 };
 
 // Raises `peak` to at least `value`.

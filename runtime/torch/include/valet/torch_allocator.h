@@ -90,8 +90,8 @@ VALET_TORCH_API char* valet_torch_compact(int device);
  * "capacity_bytes", "fragmentation", "largest_allocatable_bytes", "fixed_objects",
  * "fixed_bytes", "stream_cached_bytes" (freed on a stream, not yet reusable by every stream),
  * and "heap" (the heap's whole stats). "active": false (and no figures) where no heap exists on
- * `device`. "peak_mapped_bytes" is sampled whenever the heap has created pages since the last
- * sample (at allocations and stats calls). */
+ * `device`. "peak_mapped_bytes" is the heap's own peak of mapped memory (every page creation
+ * counts, not a sample). */
 VALET_TORCH_API char* valet_torch_stats(int device);
 
 /* The page map of `device` as JSON (the fields of `valetctl pages --json`), or "active": false. */
