@@ -34,6 +34,7 @@ deadline=$((SECONDS + ${BUDGET_S:-470}))
 quick=${QUICK:-0}
 rounds=12 trace_rounds=12
 [ "$quick" = 1 ] && rounds=4 trace_rounds=3
+trace_rounds=${TRACE_ROUNDS:-$trace_rounds}
 
 python3 - <<'PY' || exit $?
 import sys
