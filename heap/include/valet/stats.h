@@ -28,6 +28,20 @@ struct CompactionRecord {
   std::uint64_t longest_pin_wait_ns = 0;  // longest wait a pin saw on this cycle's moves
 };
 
+// Sums the cycles of one request that ran several (the trigger stays `a`'s; the longest pin wait
+// is the longest of both).
+inline CompactionRecord& operator+=(CompactionRecord& a, const CompactionRecord& b) {
+  a.objects_moved += b.objects_moved;
+  a.bytes_moved += b.bytes_moved;
+  a.pages_freed += b.pages_freed;
+  a.pages_meshed += b.pages_meshed;
+  a.bytes_meshed += b.bytes_meshed;
+  a.objects_skipped += b.objects_skipped;
+  a.duration_ns += b.duration_ns;
+  a.longest_pin_wait_ns = a.longest_pin_wait_ns > b.longest_pin_wait_ns ? a.longest_pin_wait_ns : b.longest_pin_wait_ns;
+  return a;
+}
+
 struct CompactionTotals {
   std::uint64_t cycles = 0;
   std::uint64_t objects_moved = 0;

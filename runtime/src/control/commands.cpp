@@ -172,17 +172,6 @@ json stats(const json& request, const ServiceContext& ctx) {
   return r;
 }
 
-CompactionRecord& operator+=(CompactionRecord& a, const CompactionRecord& b) {
-  a.objects_moved += b.objects_moved;
-  a.bytes_moved += b.bytes_moved;
-  a.pages_freed += b.pages_freed;
-  a.pages_meshed += b.pages_meshed;
-  a.objects_skipped += b.objects_skipped;
-  a.duration_ns += b.duration_ns;
-  a.longest_pin_wait_ns = std::max(a.longest_pin_wait_ns, b.longest_pin_wait_ns);
-  return a;
-}
-
 // Runs compaction cycles on the worker thread: one, or with a target fragmentation, until the
 // target is met, a cycle achieves nothing, or kMaxCycles ran.
 json compact_now(const ServiceContext& ctx, const CompactRequest& req, std::optional<double> target) {

@@ -22,17 +22,6 @@ std::string hex(std::uintptr_t p) {
   return buf;
 }
 
-void add_to(CompactionRecord& sum, const CompactionRecord& r) {
-  sum.objects_moved += r.objects_moved;
-  sum.bytes_moved += r.bytes_moved;
-  sum.pages_freed += r.pages_freed;
-  sum.pages_meshed += r.pages_meshed;
-  sum.bytes_meshed += r.bytes_meshed;
-  sum.objects_skipped += r.objects_skipped;
-  sum.duration_ns += r.duration_ns;
-  sum.longest_pin_wait_ns = std::max(sum.longest_pin_wait_ns, r.longest_pin_wait_ns);
-}
-
 Result<std::unique_ptr<Backend>> open_device_backend(int device, const DeviceSettings& s, Config& config) {
   BackendOptions options;
   options.choice = s.backend;
@@ -139,7 +128,7 @@ Result<nlohmann::json> DeviceHeap::compact_at_safe_point() {
     request.safe_point = true;  // the caller synchronized: pages of fixed objects may be meshed
     auto record = heap_->compact(request);
     if (!record.ok()) return record.error();
-    add_to(sum, *record);
+    sum += *record;
     ++cycles;
     return record->pages_meshed > 0 || record->pages_freed > 0 || record->objects_moved > 0;
   };
