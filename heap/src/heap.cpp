@@ -335,6 +335,24 @@ Status Heap::free(Handle h) { return core_->free_object(h, nullptr, "free"); }
 
 Status Heap::free(Handle h, Stream stream) { return core_->free_object(h, &stream, "free"); }
 
+Status Heap::flush_stream(Stream stream) {
+  auto& c = *core_;
+  if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "flush_stream: the heap was shut down");
+  std::unique_lock lock(c.mu);
+  for (;;) {
+    if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "flush_stream: the heap was shut down");
+    VALET_TRY(c.flush_stream_frees(lock, stream));
+    // Another flush (a compaction cycle's, another thread's free) may still be recording on the
+    // stream without the lock: the stream must outlive that record too.
+    if (!c.releases.recording(stream) && c.releases.cached_footprint(stream) == 0) break;
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+  c.reap_deferred();
+  return {};
+}
+
 Result<std::size_t> Heap::size_of(Handle h) const {
   if (core_->shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
   std::lock_guard lock(core_->mu);

@@ -95,9 +95,11 @@ Status StreamReleases::flush(std::unique_lock<HeapMutex>& lock, std::optional<St
     const std::uint64_t bound = next_seq_;
     Result<Event> ev = take_event();
     if (!ev.ok()) return ev.error();
+    ++recording_[s.id];
     lock.unlock();
     const Status st = backend_.record_event(*ev, s);
     lock.lock();
+    if (auto r = recording_.find(s.id); --r->second == 0) recording_.erase(r);
     if (!st.ok()) {
       recycle_event(*ev);
       if (st.code() == Errc::not_found) {

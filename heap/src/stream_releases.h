@@ -82,6 +82,8 @@ class StreamReleases {
   std::optional<CachedFree> take_cached(Stream s, std::uint64_t key);
   std::size_t cached_footprint() const { return cached_footprint_; }
   std::size_t cached_footprint(Stream s) const;
+  // Whether a flush is recording an event on `s` now (without the heap lock).
+  bool recording(Stream s) const { return recording_.count(s.id) != 0; }
   // Covers the cached frees of `only` (of every stream when empty) with an event recorded now on
   // their stream and moves them to the deferred frees. Precondition: `lock` holds the heap lock;
   // the driver calls run without it (frees cached meanwhile wait for the next flush; reuses
@@ -142,6 +144,7 @@ class StreamReleases {
   std::unordered_map<std::uintptr_t, StreamCache> caches_;    // by stream id
   std::size_t cached_footprint_ = 0;
   std::uint64_t next_seq_ = 1;
+  std::unordered_map<std::uintptr_t, std::uint32_t> recording_;  // records in flight, by stream id
 };
 
 }  // namespace valet::detail

@@ -192,6 +192,57 @@ TEST(StreamFree, FreesOfAStreamItsOwnerDestroyedGoBackToEveryone) {
   ASSERT_TRUE(heap->shutdown().ok());
 }
 
+TEST(StreamFree, FlushStreamLeavesNothingToRecordOnTheStreamItsOwnerDestroys) {
+  auto heap = make_heap();
+  const Stream s = *heap->backend().create_stream();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(heap->free(*heap->allocate(3 * kPage, s), s).ok());
+  EXPECT_GT(heap->stats().stream_cached_bytes, 0u);
+  ASSERT_TRUE(heap->flush_stream(s).ok());
+  EXPECT_EQ(heap->stats().stream_cached_bytes, 0u);
+  ASSERT_TRUE(heap->backend().synchronize_stream(s).ok());
+  ASSERT_TRUE(heap->backend().destroy_stream(s).ok());
+  const std::uint64_t records = heap->driver_calls().calls(DriverOp::record_event);
+  ASSERT_TRUE(heap->compact().ok());
+  ASSERT_TRUE(heap->maintain().ok());
+  EXPECT_EQ(heap->driver_calls().calls(DriverOp::record_event), records) << "recorded on a destroyed stream";
+  EXPECT_EQ(heap->stats().stream_cached_bytes + heap->stats().stream_deferred_bytes, 0u);
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
+TEST(StreamFree, StreamsCreatedFreedOnFlushedAndDestroyedWhileCompactionFlushesEveryStream) {
+  auto heap = make_heap(host_config(256 * kMiB));
+  std::atomic<bool> stop{false};
+  std::thread compactor([&] {
+    while (!stop.load()) (void)heap->compact();  // each cycle flushes every stream's frees
+  });
+  std::vector<std::thread> owners;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    owners.emplace_back([&, t] {
+      for (int round = 0; round < 30; ++round) {
+        auto s = heap->backend().create_stream();
+        if (!s.ok()) { ++failures; return; }
+        for (int i = 0; i < 6; ++i) {
+          auto h = heap->allocate(std::size_t(1 + (i + t) % 3) * kPage + 4096 * i, *s);
+          if (!h.ok() || !heap->free(*h, *s).ok()) ++failures;
+        }
+        if (!heap->flush_stream(*s).ok()) ++failures;
+        if (!heap->backend().synchronize_stream(*s).ok()) ++failures;
+        if (!heap->backend().destroy_stream(*s).ok()) ++failures;
+      }
+    });
+  for (auto& o : owners) o.join();
+  stop.store(true);
+  compactor.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_TRUE(heap->maintain().ok());
+  EXPECT_EQ(heap->stats().stream_cached_bytes, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
 TEST(StreamFree, ManyThreadsFreeingAndReusingOnTheirStreamsKeepTheHeapValid) {
   Config c = host_config(512 * kMiB);
   c.stream_cache_bytes = 4 * kMiB;

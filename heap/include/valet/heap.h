@@ -197,6 +197,13 @@ class Heap {
   // frees a stream accumulated, up to Config::stream_cache_bytes). The stream must stay alive
   // until that work has completed.
   Status free(Handle h, Stream stream);
+  // Call before destroying a stream on which objects were freed (free(h, stream)): covers the
+  // stream's cached frees with an event recorded now and waits for any such record in flight,
+  // so that the heap never touches the stream afterwards (the events complete on their own; a
+  // stream the backend no longer knows gives its frees back to everyone). No frees on `stream`
+  // may race with this call. Errors: shut_down; the backend's record error (the frees then stay
+  // cached, and the stream must not be destroyed before a call succeeds).
+  Status flush_stream(Stream stream);
   // Changes the object's size, keeping its first min(old, new) bytes and its handle. Large
   // objects grow and shrink in place by mapping pages at their end, or move by remapping their
   // pages (no copy); small objects move by copy when they change size class.

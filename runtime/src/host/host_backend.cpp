@@ -14,7 +14,7 @@ using host::sys_error;
 HostBackend::HostBackend(HostBackendOptions options) : s_(std::make_unique<State>()) {
   s_->options = options;
   s_->delay_us.store(options.task_delay.count());
-  s_->default_stream = std::make_unique<host::HostStream>(&s_->delay_us);
+  s_->default_stream = std::make_shared<host::HostStream>(&s_->delay_us);
   s_->page_count = options.capacity_bytes / kPage;
   if (s_->page_count == 0) {
     s_->init = make_error(Errc::invalid_argument, "host backend: capacity below one 2 MiB page");

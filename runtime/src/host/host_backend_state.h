@@ -65,9 +65,11 @@ struct HostBackend::State {
 
   std::atomic<std::int64_t> delay_us{0};
   std::mutex work_mu;  // streams and events
-  std::unordered_map<std::uintptr_t, std::unique_ptr<host::HostStream>> streams;
+  // Shared, as events are: a call that found a stream keeps it alive while it enqueues, even if
+  // another thread destroys the stream meanwhile (the last holder drains and frees it).
+  std::unordered_map<std::uintptr_t, std::shared_ptr<host::HostStream>> streams;
   std::unordered_map<std::uintptr_t, std::shared_ptr<host::HostEvent>> events;
-  std::unique_ptr<host::HostStream> default_stream;
+  std::shared_ptr<host::HostStream> default_stream;
 
   // Precondition: mu held. Is [va, va+bytes) inside one reservation?
   bool reserved(DevicePtr va, std::size_t bytes) const {
@@ -122,11 +124,11 @@ struct HostBackend::State {
     free_pages.push_back(index);
   }
 
-  host::HostStream* stream(Stream s) {
-    if (s.id == 0) return default_stream.get();
+  std::shared_ptr<host::HostStream> stream(Stream s) {
+    if (s.id == 0) return default_stream;
     std::lock_guard lock(work_mu);
     auto it = streams.find(s.id);
-    return it == streams.end() ? nullptr : it->second.get();
+    return it == streams.end() ? nullptr : it->second;
   }
   // Shared: queued tasks keep an event alive after destroy_event, as the driver does.
   std::shared_ptr<host::HostEvent> event(Event e) {

@@ -4,7 +4,7 @@
 namespace valet {
 
 Result<Stream> HostBackend::create_stream() {
-  auto stream = std::make_unique<host::HostStream>(&s_->delay_us);
+  auto stream = std::make_shared<host::HostStream>(&s_->delay_us);
   const auto id = reinterpret_cast<std::uintptr_t>(stream.get());
   std::lock_guard lock(s_->work_mu);
   s_->streams.emplace(id, std::move(stream));
@@ -12,7 +12,7 @@ Result<Stream> HostBackend::create_stream() {
 }
 
 Status HostBackend::destroy_stream(Stream s) {
-  std::unique_ptr<host::HostStream> doomed;
+  std::shared_ptr<host::HostStream> doomed;
   {
     std::lock_guard lock(s_->work_mu);
     auto it = s_->streams.find(s.id);
@@ -20,7 +20,7 @@ Status HostBackend::destroy_stream(Stream s) {
     doomed = std::move(it->second);
     s_->streams.erase(it);
   }
-  return {};  // ~HostStream drains the queue
+  return {};  // the last holder (this call, or one enqueueing on it now) drains its queue
 }
 
 Result<Event> HostBackend::create_event() {
@@ -39,7 +39,7 @@ Status HostBackend::destroy_event(Event e) {
 
 Status HostBackend::record_event(Event e, Stream s) {
   auto ev = s_->event(e);
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!ev || !st) return make_error(Errc::not_found, "record_event: unknown event or stream");
   const std::uint64_t seq = ev->arm();
   st->enqueue([ev, seq] { ev->reach(seq); }, false);
@@ -61,7 +61,7 @@ Status HostBackend::synchronize_event(Event e) {
 
 Status HostBackend::stream_wait_event(Stream s, Event e) {
   auto ev = s_->event(e);
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!ev || !st) return make_error(Errc::not_found, "stream_wait_event: unknown event or stream");
   const std::uint64_t seq = ev->armed();  // the most recent record
   st->enqueue([ev, seq] { ev->wait_for(seq); }, false);
@@ -69,14 +69,14 @@ Status HostBackend::stream_wait_event(Stream s, Event e) {
 }
 
 Status HostBackend::synchronize_stream(Stream s) {
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!st) return make_error(Errc::not_found, "synchronize_stream: unknown stream");
   st->synchronize();
   return {};
 }
 
 Status HostBackend::enqueue_host_task(Stream s, std::function<void()> task) {
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!st) return make_error(Errc::not_found, "enqueue_host_task: unknown stream");
   st->enqueue(std::move(task), true);
   return {};

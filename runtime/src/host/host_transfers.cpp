@@ -8,7 +8,7 @@
 namespace valet {
 
 Status HostBackend::copy(std::span<const CopyRange> ranges, Stream s) {
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!st) return make_error(Errc::not_found, "copy: unknown stream");
   {
     std::lock_guard lock(s_->mu);
@@ -62,7 +62,7 @@ std::uint64_t verify_one(const PatternRange& r) {
 }  // namespace
 
 Status HostBackend::fill_pattern(std::span<const PatternRange> ranges, Stream s) {
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!st) return make_error(Errc::not_found, "fill_pattern: unknown stream");
   {
     std::lock_guard lock(s_->mu);
@@ -80,7 +80,7 @@ Status HostBackend::fill_pattern(std::span<const PatternRange> ranges, Stream s)
 }
 
 Result<std::uint64_t> HostBackend::verify_pattern(std::span<const PatternRange> ranges, Stream s) {
-  auto* st = s_->stream(s);
+  auto st = s_->stream(s);
   if (!st) return make_error(Errc::not_found, "verify_pattern: unknown stream");
   {
     std::lock_guard lock(s_->mu);
