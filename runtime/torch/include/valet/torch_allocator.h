@@ -1,8 +1,10 @@
 /* Valet as PyTorch's pluggable CUDA allocator (libvalet_torch.so).
  *
  * PyTorch loads the library with
- *   torch.cuda.memory.CUDAPluggableAllocator(path, "valet_torch_malloc", "valet_torch_free")
+ *   torch.cuda.memory.CUDAPluggableAllocator(path, "valet_torch_malloc_or_throw", "valet_torch_free")
  * and calls the pair for every tensor; python/valet_torch wraps the rest (docs/pytorch.md).
+ * (valet_torch_malloc, which returns NULL on failure, is the plain C entry point; PyTorch 2.11
+ * does not check for NULL, see valet_torch_malloc_or_throw.)
  *
  * Every object handed out is a fixed object of the heap (valet/heap.h): compaction never moves
  * it, so the raw pointer a tensor holds stays valid until it is freed. Meshing may fold its page
