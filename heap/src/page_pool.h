@@ -214,9 +214,8 @@ class PagePool {
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
-  // from the moment it is booked), since the pool began or the last reset_created_peak().
+  // from the moment it is booked), since the pool began.
   std::size_t peak_created_pages() const { return peak_created_; }
-  void reset_created_peak() { peak_created_ = created_; }
   std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
   std::size_t idle_pages() const { return idle_.size(); }
   // Pages a large request could get now: reserve + idle + not yet created.

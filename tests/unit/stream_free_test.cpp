@@ -25,6 +25,13 @@ struct StreamBlocker {
   void release() { go->store(true); }
 };
 
+// Streams cache nothing: every stream-ordered free is covered by an event at once.
+Config uncached_streams() {
+  Config c = host_config();
+  c.stream_cache_bytes = 0;
+  return c;
+}
+
 DevicePtr address_of(Heap& heap, Handle h) {
   auto pin = heap.pin(h);
   return pin.ok() ? pin->address() : 0;
@@ -62,9 +69,7 @@ TEST(StreamFree, TheFreeingStreamReusesTheMemoryAtOnce) {
 }
 
 TEST(StreamFree, OtherStreamsWaitUntilTheStreamPassedTheFree) {
-  Config c = host_config();
-  c.stream_cache_bytes = 0;  // every stream-ordered free is covered by an event at once
-  auto fh = make_faultable_heap(c);
+  auto fh = make_faultable_heap(uncached_streams());
   ASSERT_TRUE(fh.heap);
   Heap& heap = *fh.heap;
   const Stream s = *heap.backend().create_stream();
@@ -104,9 +109,7 @@ TEST(StreamFree, OtherStreamsWaitUntilTheStreamPassedTheFree) {
 }
 
 TEST(StreamFree, AnAllocationTakesBackTheFreesTheStreamHasPassedBeforeItMapsMore) {
-  Config c = host_config();
-  c.stream_cache_bytes = 0;  // every stream-ordered free is covered by an event at once
-  auto fh = make_faultable_heap(c);
+  auto fh = make_faultable_heap(uncached_streams());
   ASSERT_TRUE(fh.heap);
   Heap& heap = *fh.heap;
   const Stream s = *heap.backend().create_stream();
@@ -207,8 +210,10 @@ TEST(StreamFree, FlushStreamLeavesNothingToRecordOnTheStreamItsOwnerDestroys) {
   EXPECT_EQ(heap->driver_calls().calls(DriverOp::record_event), records) << "recorded on a destroyed stream";
   EXPECT_EQ(heap->stats().stream_cached_bytes + heap->stats().stream_deferred_bytes, 0u);
   EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_TRUE(heap->flush_stream(s).ok());  // a stream with nothing cached (even one gone): nothing to do
   EXPECT_VALID(*heap);
   ASSERT_TRUE(heap->shutdown().ok());
+  EXPECT_EQ(heap->flush_stream(s).code(), Errc::shut_down);
 }
 
 TEST(StreamFree, StreamsCreatedFreedOnFlushedAndDestroyedWhileCompactionFlushesEveryStream) {

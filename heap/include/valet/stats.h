@@ -2,6 +2,7 @@
 // the replayer, the control server and the CLI alike.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -38,7 +39,7 @@ inline CompactionRecord& operator+=(CompactionRecord& a, const CompactionRecord&
   a.bytes_meshed += b.bytes_meshed;
   a.objects_skipped += b.objects_skipped;
   a.duration_ns += b.duration_ns;
-  a.longest_pin_wait_ns = a.longest_pin_wait_ns > b.longest_pin_wait_ns ? a.longest_pin_wait_ns : b.longest_pin_wait_ns;
+  a.longest_pin_wait_ns = std::max(a.longest_pin_wait_ns, b.longest_pin_wait_ns);
   return a;
 }
 

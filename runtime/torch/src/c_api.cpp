@@ -1,6 +1,7 @@
 // The C ABI of libvalet_torch.so (valet/torch_allocator.h). Nothing may escape into PyTorch or
 // Python: every entry point turns errors (and any exception) into NULL, -1 or a line on stderr,
-// and keeps the reason for valet_torch_last_error().
+// and keeps the reason for valet_torch_last_error(). The one exception by design is
+// valet_torch_malloc_or_throw, whose out-of-memory exception is how PyTorch must be told.
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
