@@ -103,16 +103,35 @@ Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
                         " of a capacity of " + mib(capacity_pages * kPageSize) + "; " + cause.message);
 }
 
-std::uint64_t HeapCore::cache_key(const Location& loc, std::size_t bytes) const {
-  if (loc.kind == ObjectKind::large) return StreamReleases::large_key(bytes);
+std::uint64_t HeapCore::cache_key(const Location& loc) const {
+  if (loc.kind == ObjectKind::large) return StreamReleases::large_key(loc.pages);
   return slabs.page(pool.slot(loc.page).owner)->cls;
 }
 
+bool HeapCore::tail_fits(const Location& loc, std::size_t bytes) const {
+  const auto shared = tails.shared_page(loc.page + loc.pages - 1);
+  if (!shared) return true;
+  // A slab page shares the last page: its blocked low slots must cover the new object's bytes
+  // there (they covered the old object's).
+  const SlabPage* p = slabs.page(*shared);
+  return bytes - std::uint64_t(loc.pages - 1) * kPageSize <= std::uint64_t(p->blocked) * class_size(p->cls);
+}
+
 std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner) {
-  const std::uint64_t key = bytes <= kMaxSlabObject ? class_of(bytes) : StreamReleases::large_key(bytes);
-  auto cached = releases.take_cached(stream, key);
+  // Large objects: any cached free of the same page count whose last page the new bytes fit,
+  // not only one of the same size (PyTorch's tensor sizes rarely repeat exactly).
+  const bool large = bytes > kMaxSlabObject;
+  const auto pages = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
+  auto cached = large ? releases.take_cached(stream, StreamReleases::large_key(pages),
+                                             [&](const Location& l) { return tail_fits(l, bytes); })
+                      : releases.take_cached(stream, class_of(bytes));
   if (!cached) return std::nullopt;
   const Location& loc = cached->loc;
+  if (large && !tails.shared_page(loc.page + loc.pages - 1)) {
+    // The last page's free room changed with the size: offer it to slab pages anew.
+    tails.close(loc.page + loc.pages - 1);
+    open_tail(loc, bytes);
+  }
   // Its footprint was counted all along (a cached free holds its memory): the caller adds it again.
   footprint_bytes -= cached->footprint;
   if (loc.kind == ObjectKind::slab)
@@ -277,7 +296,7 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
     if (unpins_pending || stream) {
       // The memory stays taken, owned by nobody: until the streams pass their unpins, or, for a
       // stream-ordered free, reused only by its stream until an event covers it.
-      const std::uint64_t key = cache_key(e->loc, e->size);
+      const std::uint64_t key = cache_key(e->loc);
       if (slab)
         slabs.set_owner(page, e->loc.index, kNoOwner);
       else

@@ -114,11 +114,15 @@ struct HeapCore {
   // `stream`: the allocation's stream (a free cached for it may be reused); `fixed`: a fixed
   // object (allocate_fixed).
   Result<Handle> allocate_locked(std::size_t bytes, const Stream* stream = nullptr, bool fixed = false);
-  // A cached free of `stream` that fits `bytes` exactly as a new placement would (same slab
-  // class, or a large object of the same size), taken for handle `owner`; nullopt if none.
+  // A cached free of `stream` that takes `bytes` as a new placement would (the same slab class,
+  // or a large object of the same page count whose last page fits them), taken for handle
+  // `owner`; nullopt if none.
   std::optional<Location> reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner);
-  // The key a free of `loc` (an object of `bytes`) is cached under (StreamReleases::cache).
-  std::uint64_t cache_key(const Location& loc, std::size_t bytes) const;
+  // Whether `bytes` fit large location `loc`'s last page as it is laid out now (a slab page
+  // sharing it blocks only the old object's bytes there).
+  bool tail_fits(const Location& loc, std::size_t bytes) const;
+  // The key a free of `loc` is cached under (StreamReleases::cache).
+  std::uint64_t cache_key(const Location& loc) const;
   // The public allocate and free (heap.cpp); `stream` may be null.
   Result<Handle> allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what);
   Status free_object(Handle h, const Stream* stream, const char* what);

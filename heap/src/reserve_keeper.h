@@ -59,7 +59,7 @@ class ReserveKeeper {
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();
-  // A free that left the reserve above its limit: trims it to the middle of its budget now, on
+  // A free that left the reserve above its limit: trims it down to the limit now, on
   // the freeing thread, batch by batch without the heap lock, so that held memory follows live
   // memory; true if it did. Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);

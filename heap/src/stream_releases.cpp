@@ -31,18 +31,13 @@ void StreamReleases::cache(Stream s, std::uint64_t key, const Location& loc, std
   cached_footprint_ += footprint;
 }
 
-std::optional<CachedFree> StreamReleases::take_cached(Stream s, std::uint64_t key) {
-  auto it = caches_.find(s.id);
-  if (it == caches_.end()) return std::nullopt;
-  auto k = it->second.by_key.find(key);
-  if (k == it->second.by_key.end() || k->second.empty()) return std::nullopt;
-  CachedFree c = k->second.back();
-  k->second.pop_back();
+void StreamReleases::forget_taken(CacheMap::iterator it,
+                                  std::unordered_map<std::uint64_t, std::vector<CachedFree>>::iterator k,
+                                  std::size_t footprint) {
   if (k->second.empty()) it->second.by_key.erase(k);
-  it->second.footprint -= c.footprint;
-  cached_footprint_ -= c.footprint;
+  it->second.footprint -= footprint;
+  cached_footprint_ -= footprint;
   if (it->second.by_key.empty()) caches_.erase(it);
-  return c;
 }
 
 std::size_t StreamReleases::cached_footprint(Stream s) const {

@@ -74,12 +74,31 @@ class StreamReleases {
   }
 
   // --- The stream caches: stream-ordered frees no event covers yet ---
-  // `key` names what may reuse the memory: a slab class, or a large object's exact size
-  // (large_key), so a reuse never changes a page's layout.
-  static std::uint64_t large_key(std::size_t bytes) { return (std::uint64_t{1} << 63) | bytes; }
+  // `key` names what may reuse the memory: a slab class, or a large object's page count
+  // (large_key); the caller checks that a large reuse keeps its last page's layout (fits).
+  static std::uint64_t large_key(std::uint32_t pages) { return (std::uint64_t{1} << 63) | pages; }
   void cache(Stream s, std::uint64_t key, const Location& loc, std::size_t footprint);
-  // A cached free of `s` with `key`, the newest first (its pages are the most likely in cache).
-  std::optional<CachedFree> take_cached(Stream s, std::uint64_t key);
+  // A cached free of `s` with `key` for which `fits(loc)` holds, the newest first (its pages are
+  // the most likely in cache).
+  template <class Fits>
+  std::optional<CachedFree> take_cached(Stream s, std::uint64_t key, Fits&& fits) {
+    auto it = caches_.find(s.id);
+    if (it == caches_.end()) return std::nullopt;
+    auto k = it->second.by_key.find(key);
+    if (k == it->second.by_key.end()) return std::nullopt;
+    auto& list = k->second;
+    for (std::size_t i = list.size(); i-- > 0;) {
+      if (!fits(list[i].loc)) continue;
+      CachedFree c = list[i];
+      list.erase(list.begin() + std::ptrdiff_t(i));
+      forget_taken(it, k, c.footprint);
+      return c;
+    }
+    return std::nullopt;
+  }
+  std::optional<CachedFree> take_cached(Stream s, std::uint64_t key) {
+    return take_cached(s, key, [](const Location&) { return true; });
+  }
   std::size_t cached_footprint() const { return cached_footprint_; }
   std::size_t cached_footprint(Stream s) const;
   // Whether a flush is recording an event on `s` now (without the heap lock).
@@ -133,6 +152,10 @@ class StreamReleases {
     std::unordered_map<std::uint64_t, std::vector<CachedFree>> by_key;
     std::size_t footprint = 0;
   };
+  using CacheMap = std::unordered_map<std::uintptr_t, StreamCache>;
+  // A free was taken from stream cache `it`, key `k`: the footprints drop, empty entries go.
+  void forget_taken(CacheMap::iterator it, std::unordered_map<std::uint64_t, std::vector<CachedFree>>::iterator k,
+                    std::size_t footprint);
   bool all_complete(const std::vector<Event>& events, std::unordered_map<std::uintptr_t, bool>& done);
   // Moves the frees of `s` cached before `bound` to the deferred frees, waiting on `ev`.
   void defer_cached(Stream s, std::uint64_t bound, Event ev);
@@ -141,7 +164,7 @@ class StreamReleases {
   std::vector<Event> spare_;
   std::vector<DeferredFree> deferred_;
   std::unordered_map<std::uintptr_t, std::uint32_t> shared_;  // event -> deferred frees on it (> 1)
-  std::unordered_map<std::uintptr_t, StreamCache> caches_;    // by stream id
+  CacheMap caches_;    // by stream id
   std::size_t cached_footprint_ = 0;
   std::uint64_t next_seq_ = 1;
   std::unordered_map<std::uintptr_t, std::uint32_t> recording_;  // records in flight, by stream id

@@ -68,6 +68,45 @@ TEST(StreamFree, TheFreeingStreamReusesTheMemoryAtOnce) {
   ASSERT_TRUE(heap.shutdown().ok());
 }
 
+// A large free is reused by its stream for any size of the same page count whose bytes fit
+// its last page as laid out now: a slab page that moved onto the freed object's last page
+// blocks only the old bytes there, so a larger last part must go elsewhere.
+TEST(StreamFree, ALargeFreeIsReusedByItsStreamAtAnySizeOfTheSamePageCountThatFitsItsLastPage) {
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  const Stream s = *heap.backend().create_stream();
+  StreamBlocker busy;
+  busy.block(fh.host(), s);
+  Handle a = *heap.allocate(6 * kMiB + 512, s);  // 4 pages, 512 bytes used in the last
+  const DevicePtr where = address_of(heap, a);
+  ASSERT_TRUE(heap.free(a, s).ok());
+  Handle b = *heap.allocate(7 * kMiB, s);  // 4 pages too
+  EXPECT_EQ(address_of(heap, b), where);
+  EXPECT_EQ(heap.stats().stream_cached_bytes, 0u);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.free(b, s).ok());
+  Handle c = *heap.allocate(6 * kMiB + 512, s);
+  EXPECT_EQ(address_of(heap, c), where);
+  ASSERT_TRUE(heap.free(c, s).ok());
+  // The freed object's last page is an open tail: the first page of a new class goes onto it
+  // and blocks one 64 KiB slot, the bytes the object used there.
+  const std::size_t shared_before = heap.stats().pages.shared_tails;
+  Handle small = *heap.allocate(64 * 1024);
+  EXPECT_EQ(heap.stats().pages.shared_tails, shared_before + 1);
+  EXPECT_VALID(heap);
+  Handle d = *heap.allocate(7 * kMiB, s);  // 1 MiB in the last page: the slab page is there
+  EXPECT_NE(address_of(heap, d), where);
+  Handle e = *heap.allocate(6 * kMiB + 60 * 1024, s);  // within the blocked slot: reused
+  EXPECT_EQ(address_of(heap, e), where);
+  EXPECT_VALID(heap);
+  for (Handle h : {small, d, e}) ASSERT_TRUE(heap.free(h).ok());
+  busy.release();
+  ASSERT_TRUE(heap.backend().synchronize_stream(s).ok());
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.shutdown().ok());
+}
+
 TEST(StreamFree, OtherStreamsWaitUntilTheStreamPassedTheFree) {
   auto fh = make_faultable_heap(uncached_streams());
   ASSERT_TRUE(fh.heap);
