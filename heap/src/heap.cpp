@@ -108,15 +108,6 @@ std::uint64_t HeapCore::cache_key(const Location& loc) const {
   return slabs.page(pool.slot(loc.page).owner)->cls;
 }
 
-bool HeapCore::tail_fits(const Location& loc, std::size_t bytes) const {
-  const auto shared = tails.shared_page(loc.page + loc.pages - 1);
-  if (!shared) return true;
-  // A slab page shares the last page: its blocked low slots must cover the new object's bytes
-  // there (they covered the old object's).
-  const SlabPage* p = slabs.page(*shared);
-  return bytes - std::uint64_t(loc.pages - 1) * kPageSize <= std::uint64_t(p->blocked) * class_size(p->cls);
-}
-
 std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner) {
   // Large objects: any cached free of the same page count whose last page the new bytes fit,
   // not only one of the same size (PyTorch's tensor sizes rarely repeat exactly).
@@ -127,11 +118,7 @@ std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream,
                       : releases.take_cached(stream, class_of(bytes));
   if (!cached) return std::nullopt;
   const Location& loc = cached->loc;
-  if (large && !tails.shared_page(loc.page + loc.pages - 1)) {
-    // The last page's free room changed with the size: offer it to slab pages anew.
-    tails.close(loc.page + loc.pages - 1);
-    open_tail(loc, bytes);
-  }
+  if (large) reopen_tail(loc, bytes);
   // Its footprint was counted all along (a cached free holds its memory): the caller adds it again.
   footprint_bytes -= cached->footprint;
   if (loc.kind == ObjectKind::slab)

@@ -118,9 +118,6 @@ struct HeapCore {
   // or a large object of the same page count whose last page fits them), taken for handle
   // `owner`; nullopt if none.
   std::optional<Location> reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner);
-  // Whether `bytes` fit large location `loc`'s last page as it is laid out now (a slab page
-  // sharing it blocks only the old object's bytes there).
-  bool tail_fits(const Location& loc, std::size_t bytes) const;
   // The key a free of `loc` is cached under (StreamReleases::cache).
   std::uint64_t cache_key(const Location& loc) const;
   // The public allocate and free (heap.cpp); `stream` may be null.
@@ -143,6 +140,11 @@ struct HeapCore {
   // changed) when its objects cannot all be claimed or a driver call fails. It copies and remaps
   // without the heap lock (tail_unshare.cpp); `lock` holds mu and is released and retaken.
   void open_tail(const Location& loc, std::size_t bytes);
+  // A stream's cached large free taken for a new size (tails.cpp). tail_fits: whether `bytes`
+  // fit `loc`'s last page as it is laid out now (a slab page sharing it blocks only the old
+  // object's bytes there). reopen_tail: an open tail is offered again with the new size's room.
+  bool tail_fits(const Location& loc, std::size_t bytes) const;
+  void reopen_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
   SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot);
   // A new large object's place whose last slot maps the physical page of a slab page with its

@@ -31,9 +31,7 @@ void StreamReleases::cache(Stream s, std::uint64_t key, const Location& loc, std
   cached_footprint_ += footprint;
 }
 
-void StreamReleases::forget_taken(CacheMap::iterator it,
-                                  std::unordered_map<std::uint64_t, std::vector<CachedFree>>::iterator k,
-                                  std::size_t footprint) {
+void StreamReleases::forget_taken(CacheMap::iterator it, KeyedFrees::iterator k, std::size_t footprint) {
   if (k->second.empty()) it->second.by_key.erase(k);
   it->second.footprint -= footprint;
   cached_footprint_ -= footprint;

@@ -148,14 +148,14 @@ class StreamReleases {
   Status validate() const;
 
  private:
+  using KeyedFrees = std::unordered_map<std::uint64_t, std::vector<CachedFree>>;
   struct StreamCache {
-    std::unordered_map<std::uint64_t, std::vector<CachedFree>> by_key;
+    KeyedFrees by_key;
     std::size_t footprint = 0;
   };
   using CacheMap = std::unordered_map<std::uintptr_t, StreamCache>;
   // A free was taken from stream cache `it`, key `k`: the footprints drop, empty entries go.
-  void forget_taken(CacheMap::iterator it, std::unordered_map<std::uint64_t, std::vector<CachedFree>>::iterator k,
-                    std::size_t footprint);
+  void forget_taken(CacheMap::iterator it, KeyedFrees::iterator k, std::size_t footprint);
   bool all_complete(const std::vector<Event>& events, std::unordered_map<std::uintptr_t, bool>& done);
   // Moves the frees of `s` cached before `bound` to the deferred frees, waiting on `ev`.
   void defer_cached(Stream s, std::uint64_t bound, Event ev);

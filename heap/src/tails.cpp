@@ -28,12 +28,32 @@ constexpr std::uint32_t kMinTailRoom = std::uint32_t{256} << 10;
 
 std::uint32_t last_slot(const Location& loc) { return loc.page + loc.pages - 1; }
 
+// The bytes an object of `bytes` over `pages` pages uses in its last page.
+std::uint64_t used_in_last_page(std::size_t bytes, std::uint32_t pages) {
+  return bytes - std::uint64_t(pages - 1) * kPageSize;
+}
+
 }  // namespace
 
 void HeapCore::open_tail(const Location& loc, std::size_t bytes) {
   if (loc.kind != ObjectKind::large || !config.share_tails) return;
-  const std::uint64_t used = bytes - std::uint64_t(loc.pages - 1) * kPageSize;
+  const std::uint64_t used = used_in_last_page(bytes, loc.pages);
   if (kPageSize - used >= kMinTailRoom) tails.open(last_slot(loc), std::uint32_t(used));
+}
+
+void HeapCore::reopen_tail(const Location& loc, std::size_t bytes) {
+  if (tails.shared_page(last_slot(loc))) return;  // its slab page's blocked slots stay as they are
+  tails.close(last_slot(loc));
+  open_tail(loc, bytes);
+}
+
+bool HeapCore::tail_fits(const Location& loc, std::size_t bytes) const {
+  const auto shared = tails.shared_page(last_slot(loc));
+  if (!shared) return true;
+  // A slab page shares the last page: its blocked low slots must cover the new object's bytes
+  // there (they covered the old object's).
+  const SlabPage* p = slabs.page(*shared);
+  return used_in_last_page(bytes, loc.pages) <= std::uint64_t(p->blocked) * class_size(p->cls);
 }
 
 SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
@@ -57,7 +77,7 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
 
 std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uint32_t pages, std::uint32_t owner) {
   if (!config.share_tails) return std::nullopt;
-  const std::uint64_t used = bytes - std::uint64_t(pages - 1) * kPageSize;
+  const std::uint64_t used = used_in_last_page(bytes, pages);
   if (kPageSize - used < kMinTailRoom) return std::nullopt;
   // The page whose free low span fits the bytes most tightly, leaving at least one slot free
   // (an empty page's span is all its slots).
