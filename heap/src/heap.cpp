@@ -70,7 +70,7 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
     return Location{ObjectKind::slab, page->slot, i, 0};
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
-  demand.large_pages.note(n, now_ns());
+  if (Demand::ordinary(n, pool.used_pages())) demand.large_pages.note(n, now_ns());
   // Its last page on a slab page's physical page, when one has the room (no page of its own).
   // This maps pages on the caller's thread (docs/speed.md says why it stays for now).
   if (auto loc = place_on_slab_page(bytes, n, owner)) return *loc;
@@ -152,7 +152,8 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   live_bytes += bytes;
-  demand.live_peak.note(live_bytes, now_ns());
+  if (const std::size_t used = pool.used_pages(); Demand::ordinary(loc->pages, used - std::min<std::size_t>(used, loc->pages)))
+    demand.used_peak.note(used, now_ns());
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;

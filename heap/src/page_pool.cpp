@@ -171,6 +171,14 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
     set_kind(*s, n, SlotKind::large, owner);
     return *s;
   }
+  // No reserve run is long enough: grow one in place where free slots surround it, so that only
+  // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
+  // a map and access again for each).
+  if (auto w = best_window(n)) {
+    auto grown = extend_run(w->start, n, owner);
+    if (!grown.ok()) return grown.error();
+    if (*grown) return w->start;
+  }
   return take_fresh(n, SlotKind::large, owner);
 }
 
@@ -178,6 +186,30 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   if (n - 1 > available_pages())
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n - 1) + " pages, " +
                                                std::to_string(available_pages()) + " free");
+  // The body around reserve pages where free slots allow, as take_run does, its last slot an
+  // unmapped one: only the shared page and the body's missing pages are mapped.
+  if (auto w = n > 1 ? best_window(n, true) : std::nullopt) {
+    const std::uint32_t last = w->start + n - 1;
+    if (unmapped_.take_exact(last, 1)) {
+      auto grown = extend_run(w->start, n - 1, owner);
+      if (grown.ok() && *grown) {
+        auto st = map_at(last, slots_[last_of].phys);
+        if (st.ok()) {
+          st = backend_.set_access(address(last), kPage);
+          if (!st.ok()) (void)unmap_run(last, 1);
+        }
+        if (st.ok()) {
+          set_kind(w->start, n, SlotKind::large, owner);
+          return w->start;
+        }
+        give_back(w->start, n - 1);  // mapped and accessible: the body's pages stay in the reserve
+        unmapped_.insert(last, 1);
+        return st.error();
+      }
+      unmapped_.insert(last, 1);
+      if (!grown.ok()) return grown.error();
+    }
+  }
   auto start = unmapped_.take_best_fit(n);
   if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   const std::uint32_t last = *start + n - 1;

@@ -81,6 +81,14 @@ class PagePool {
   // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
   // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
+  // Where `n` contiguous free slots (reserve or unmapped, nothing in use) hold the most reserve
+  // slots, around one of the longest reserve runs: a run placed there maps only its unmapped
+  // slots (page_pool_window.cpp). With `last_unmapped`, the window's last slot is an unmapped
+  // one (a shared tail's page goes there). nullopt when no such window holds a reserve slot.
+  struct Window {
+    std::uint32_t start = 0, mapped = 0;  // mapped: reserve slots inside it
+  };
+  std::optional<Window> best_window(std::uint32_t n, bool last_unmapped = false) const;
   // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
   // of slot `last_of` (a slab page's), the others backed as take_run's fresh runs are. On
   // failure nothing changed (pages it created or moved may be idle).

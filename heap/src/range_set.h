@@ -40,6 +40,12 @@ class RangeSet {
   std::size_t range_count() const { return by_start_.size(); }
   bool empty() const { return by_start_.empty(); }
 
+  // Calls f(range) for the ranges from the longest down, until f returns false.
+  template <class F>
+  void for_each_longest(F&& f) const {
+    for (auto it = by_size_.rbegin(); it != by_size_.rend(); ++it)
+      if (!f(Range{it->start, it->length})) return;
+  }
   template <class F>
   void for_each(F&& f) const {
     for (const auto& n : by_start_) f(Range{n.start, n.length});

@@ -51,10 +51,11 @@ ReserveTargets ReserveKeeper::targets() {
   const std::uint64_t now = now_ns();
   const std::size_t used = pool_.used_pages();
   const auto by_live = std::size_t(config_.reserve_fraction * double(pages_of(live_bytes_)));
-  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(pages_of(demand_.live_peak.get(now))));
+  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(demand_.used_peak.get(now)));
   const std::size_t by_peak = ceiling > used ? ceiling - used : 0;
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
+  t.ceiling = std::max(config_.reserve_high_pages, by_peak);
   // Half the limit at most: the other half keeps freed runs for reuse.
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
@@ -93,6 +94,15 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
   const std::size_t limit = thread_.joinable() ? targets().limit : config_.reserve_high_pages;
   if (pool_.reserve_pages() <= limit) return false;
+  // Above the limit but under the ceiling, the keeper trims, off this thread: mapped memory
+  // stays under the recent peak of the pages in use meanwhile. Above the ceiling (after a
+  // request that was not ordinary demand, demand.h, or once the peak left the window) it goes
+  // at once, or mapped memory would pass that peak for as long as the keeper takes.
+  const ReserveTargets t = targets();
+  if (thread_.joinable() && pool_.reserve_pages() <= std::min(t.ceiling, limit + std::max<std::size_t>(16, limit / 2))) {
+    wake();
+    return false;
+  }
   // Down to the limit, not below: pages trimmed under it are the ones the next allocations
   // would have reused, and recreating them costs more driver calls than the next free's trim
   // saves (host replays: 16 % fewer calls on the allocation path, the same peak).

@@ -35,6 +35,10 @@ namespace valet::detail {
 
 struct ReserveTargets {
   std::size_t limit = 0;
+  // The reserve pages that keep mapped memory within the recent peak of the pages in use (the
+  // peak ratio's bound alone): a free that leaves the reserve above it trims on its own thread;
+  // between the limit and it, the keeper trims.
+  std::size_t ceiling = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };
