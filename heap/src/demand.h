@@ -1,6 +1,6 @@
 // What the allocation path asked for recently, for the reserve keeper's targets (reserve_keeper.h):
-// the peak of the pages in use over a recent window, and the longest large request (in pages)
-// over the same window. Updated by the allocation path and read by the keeper, both under the
+// the peak of the live bytes over a recent window, and the longest large request (in pages) over
+// the same window, both over ordinary requests only. Updated by the allocation path and read by the keeper, both under the
 // heap lock.
 #pragma once
 
@@ -41,7 +41,7 @@ class WindowMax {
 };
 
 struct Demand {
-  explicit Demand(std::uint64_t window_ns) : used_peak(window_ns), large_pages(window_ns) {}
+  explicit Demand(std::uint64_t window_ns) : live_peak(window_ns), large_pages(window_ns) {}
 
   // A request of more than an eighth of the pages in use before it (and more than
   // kOrdinaryPages) is not ordinary demand: no reserve within the memory targets could hold it
@@ -53,7 +53,7 @@ struct Demand {
     return pages <= std::max(kOrdinaryPages, used_pages / 8);
   }
 
-  WindowMax used_peak;    // pages in use (the pool's used pages) after ordinary allocations
+  WindowMax live_peak;    // live bytes after ordinary allocations
   WindowMax large_pages;  // pages of the longest ordinary large request
 };
 

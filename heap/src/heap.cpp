@@ -153,7 +153,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
   const std::uint32_t gen = claims::make_live(e->state);
   live_bytes += bytes;
   if (const std::size_t used = pool.used_pages(); Demand::ordinary(loc->pages, used - std::min<std::size_t>(used, loc->pages)))
-    demand.used_peak.note(used, now_ns());
+    demand.live_peak.note(live_bytes, now_ns());
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;

@@ -12,8 +12,12 @@ namespace {
 // Pages one batch moves at most: bounds the work a stop waits for, and the bookkeeping under
 // the lock at either end of a batch.
 constexpr std::uint32_t kBatchPages = 64;
+// The keeper trims in smaller batches: the pages of a batch in flight are still mapped and out of
+// every allocation's reach, and the keeper's trims run while allocations go on (the freeing
+// thread's own trims end before its free returns).
+constexpr std::uint32_t kKeeperTrimPages = 8;
 // Batches per wake: the keeper yields the lock between wakes.
-constexpr int kBatchesPerWake = 16;
+constexpr int kBatchesPerWake = 64;
 std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
 }  // namespace
 
@@ -51,7 +55,10 @@ ReserveTargets ReserveKeeper::targets() {
   const std::uint64_t now = now_ns();
   const std::size_t used = pool_.used_pages();
   const auto by_live = std::size_t(config_.reserve_fraction * double(pages_of(live_bytes_)));
-  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(demand_.used_peak.get(now)));
+  // What keeps mapped memory within ratio x the recent peak of the (ordinary) live bytes: as
+  // live memory falls below its peak, the reserve keeps what the next allocations will likely
+  // take back; near the peak, nothing beyond the watermark, whatever the pages in use waste.
+  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(pages_of(demand_.live_peak.get(now))));
   const std::size_t by_peak = ceiling > used ? ceiling - used : 0;
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
@@ -81,8 +88,8 @@ void ReserveKeeper::after_release() {
 
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
-bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit) {
-  auto batch = pool_.begin_release(limit, kBatchPages, true);
+bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages) {
+  auto batch = pool_.begin_release(limit, batch_pages, true);
   if (batch.empty()) return false;
   lock.unlock();
   pool_.release_calls(batch);
@@ -107,7 +114,7 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   // would have reused, and recreating them costs more driver calls than the next free's trim
   // saves (host replays: 16 % fewer calls on the allocation path, the same peak).
   while (!stop_ && pool_.reserve_pages() > limit)
-    if (!trim_to(lock, limit)) break;
+    if (!trim_to(lock, limit, kBatchPages)) break;
   return true;
 }
 
@@ -128,7 +135,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
     const std::size_t slack = std::max<std::size_t>(2, t.limit / 8);
     if (pool_.reserve_pages() > t.limit + slack || pool_.idle_pages() > 0) {
-      if (!trim_to(lock, t.limit)) return;
+      if (!trim_to(lock, t.limit, kKeeperTrimPages)) return;
     } else if (pool_.longest_reserve_run() < t.frontier) {
       if (!provision(lock, t)) return;
     } else {

@@ -79,7 +79,7 @@ class ReserveKeeper {
   void wake();
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
-  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit);
+  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages);
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
 
   HeapMutex& mu_;

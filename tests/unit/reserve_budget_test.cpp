@@ -101,7 +101,7 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   };
   {
     std::lock_guard lock(mu);
-    demand.used_peak.note(100, now_ns());  // 100 pages in use at the peak: the ratio allows 200
+    demand.live_peak.note(live_bytes, now_ns());  // at the peak: the ratio allows 100 pages more
     demand.large_pages.note(12, now_ns());
     const ReserveTargets t = keeper.targets();
     EXPECT_EQ(t.limit, 30u);

@@ -22,14 +22,14 @@ struct Config {
   // With the background keeper, the reserve also keeps freed large runs mapped for reuse, and
   // pages mapped ahead of demand (one contiguous run as long as twice the longest recent large
   // request), within a budget: at most `reserve_fraction` of the live bytes, and never more than
-  // brings mapped memory above `reserve_peak_ratio` x the peak of the pages in use over the last
+  // brings mapped memory above `reserve_peak_ratio` x the peak of the live bytes over the last
   // `reserve_window_ms` (requests of more than an eighth of the pages in use left out). The high
   // watermark is the budget's floor. Beyond the budget, pages go back to the backend (the
   // smallest runs first): the keeper trims a small surplus, and a free that left the reserve
   // more than half the budget (at least 16 pages) above it, or above the peak ratio's bound,
   // trims on its own thread. docs/speed.md has the figures behind the defaults.
   double reserve_fraction = 0.02;
-  double reserve_peak_ratio = 1.0;
+  double reserve_peak_ratio = 1.04;
   std::size_t reserve_window_ms = 10000;
   // A background thread keeps the reserve within its targets, making every driver call of
   // refills and trims off the allocating threads and without the heap lock. Off: refill and

@@ -275,6 +275,16 @@ class Replayer {
     if (mapped <= report_.peak_mapped_bytes) return;
     report_.peak_mapped_bytes = mapped;
     report_.peak_mapped_line = line;
+    // What those pages were (a second reading, at once: the heap's background threads may have
+    // moved a page or two between them).
+    const HeapStats s = heap_.stats();
+    auto& pp = report_.peak_mapped_pages;
+    pp.live = (live_bytes_ + kPageBytes - 1) / kPageBytes;
+    pp.large = s.pages.large;
+    pp.slab_own = s.pages.slab - s.pages.shared_tails;
+    pp.reserve = s.pages.reserve;
+    pp.releasing = s.pages.releasing;
+    pp.moving = s.pages.moving;
   }
 
   // The heap keeps its last 16 cycle records; emergency cycles run inside allocate(), so the

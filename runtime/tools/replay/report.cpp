@@ -73,6 +73,9 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["peak_live_bytes"] = r.peak_live_bytes;
   j["peak_mapped_bytes"] = r.peak_mapped_bytes;
   j["peak_mapped_line"] = r.peak_mapped_line;
+  const auto& pp = r.peak_mapped_pages;
+  j["peak_mapped_pages"] = {{"live", pp.live},       {"large", pp.large},         {"slab_own", pp.slab_own},
+                            {"reserve", pp.reserve}, {"releasing", pp.releasing}, {"moving", pp.moving}};
   j["mean_fragmentation"] = r.mean_fragmentation;
   j["mean_fragmentation_unweighted"] = r.mean_fragmentation_unweighted;
   j["mean_reserve_bytes"] = r.mean_reserve_bytes;

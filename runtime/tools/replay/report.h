@@ -57,6 +57,10 @@ struct ReplayReport {
   std::uint64_t peak_live_bytes = 0;
   std::uint64_t peak_mapped_bytes = 0;
   std::uint64_t peak_mapped_line = 0;        // trace line where the mapped peak was sampled
+  // What the mapped pages were at that sample (HeapStats::pages; live in pages, rounded up).
+  struct PeakPages {
+    std::uint64_t live = 0, large = 0, slab_own = 0, reserve = 0, releasing = 0, moving = 0;
+  } peak_mapped_pages;
   double mean_fragmentation = 0;             // 1 - Σ live / Σ mapped over step lines
   double mean_fragmentation_unweighted = 0;  // mean over step lines of 1 - live / mapped (mapped > 0)
   // Diagnostics: the heap's page reserve (created pages nobody uses) at step lines, and the
