@@ -147,7 +147,8 @@ class PagePool {
   // (no lock) unmaps and releases them. finish_release (lock held) books the outcome: released
   // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
   // failed are idle.
-  // Idle pages are part of the batch too (`with_idle`): they need only their release.
+  // Idle pages are part of the batch too (`with_idle`, up to `max_pages` of them): they need only
+  // their release.
   struct ReleaseBatch {
     struct Run {
       std::uint32_t start = 0, length = 0;

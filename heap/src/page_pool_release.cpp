@@ -24,13 +24,14 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
     want -= k;
   }
   if (with_idle) {
-    b.idle = idle_.size();
+    // At most a batch's worth: pages in flight still count as created (and mapped).
+    b.idle = std::min(idle_.size(), max_pages);
     in_flight_idle_ += b.idle;
-    for (std::uint32_t p : idle_) {
-      b.phys.push_back(p);
-      b.pages.push_back(phys_[p].page);
+    for (std::size_t k = idle_.size() - b.idle; k < idle_.size(); ++k) {
+      b.phys.push_back(idle_[k]);
+      b.pages.push_back(phys_[idle_[k]].page);
     }
-    idle_.clear();
+    idle_.resize(idle_.size() - b.idle);
   }
   b.released.assign(b.phys.size(), false);
   return b;
