@@ -99,14 +99,16 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
 
 bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
-  const std::size_t limit = thread_.joinable() ? targets().limit : config_.reserve_high_pages;
+  const bool keeper = thread_.joinable();
+  const ReserveTargets t = keeper ? targets() : ReserveTargets{config_.reserve_high_pages, config_.reserve_high_pages};
+  const std::size_t limit = t.limit;
   if (pool_.reserve_pages() <= limit) return false;
-  // Above the limit but under the ceiling, the keeper trims, off this thread: mapped memory
-  // stays under the recent peak of the pages in use meanwhile. Above the ceiling (after a
-  // request that was not ordinary demand, demand.h, or once the peak left the window) it goes
-  // at once, or mapped memory would pass that peak for as long as the keeper takes.
-  const ReserveTargets t = targets();
-  if (thread_.joinable() && pool_.reserve_pages() <= std::min(t.ceiling, limit + std::max<std::size_t>(16, limit / 2))) {
+  // A surplus of up to half the limit (at least 16 pages) is the keeper's to trim, off this
+  // thread: the next allocations take most of it back. A larger one, or one above the peak
+  // bound (mapped memory within reserve_peak_ratio x the recent peak of ordinary live bytes:
+  // after a request that was not ordinary demand, demand.h, or once the peak left the window),
+  // goes now, or mapped memory would stay above it for as long as the keeper takes.
+  if (keeper && pool_.reserve_pages() <= std::min(t.ceiling, limit + std::max<std::size_t>(16, limit / 2))) {
     wake();
     return false;
   }

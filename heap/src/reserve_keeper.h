@@ -7,8 +7,10 @@
 // The background keeper's targets (targets()):
 //   limit     the reserve pages it keeps at most: Config::reserve_fraction of the live pages, and
 //             no more than brings mapped pages to Config::reserve_peak_ratio x the recent peak
-//             of live pages; never under the high watermark. Freed large runs stay mapped up to
-//             it, so that later allocations reuse them (best fit, split and coalesced by the pool).
+//             of ordinary live bytes (demand.h); never under the high watermark. Freed large runs
+//             stay mapped up to it, so that later allocations reuse them (best fit, split and
+//             coalesced by the pool, runs grown in place).
+//   ceiling   the peak bound alone: a free that leaves the reserve above it trims at once.
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
 //             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
 //             freed run takes it without a driver call.
@@ -35,9 +37,9 @@ namespace valet::detail {
 
 struct ReserveTargets {
   std::size_t limit = 0;
-  // The reserve pages that keep mapped memory within the recent peak of the pages in use (the
-  // peak ratio's bound alone): a free that leaves the reserve above it trims on its own thread;
-  // between the limit and it, the keeper trims.
+  // The reserve pages that keep mapped memory within reserve_peak_ratio x the recent peak of
+  // ordinary live bytes (the peak bound alone, no fraction): a free that leaves the reserve above
+  // it trims on its own thread.
   std::size_t ceiling = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
@@ -63,9 +65,10 @@ class ReserveKeeper {
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();
-  // A free that left the reserve above its limit: trims it down to the limit now, on
-  // the freeing thread, batch by batch without the heap lock, so that held memory follows live
-  // memory; true if it did. Precondition: `lock` holds mu.
+  // A free that left the reserve above its limit: wakes the keeper for a small surplus; trims a
+  // larger one (or one above the peak bound) down to the limit now, on the freeing thread, batch
+  // by batch without the heap lock, so that held memory follows live memory; true if it trimmed.
+  // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
