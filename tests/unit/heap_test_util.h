@@ -80,6 +80,15 @@ inline void fill(Heap& heap, Handle h, std::uint64_t seed) {
 }
 
 // Bytes of the object's first `bytes` (default: all) that differ from its pattern.
+// Writes a byte pattern into [at, at + bytes) through the backend and reads it back: true when
+// no byte differs (the range is mapped and accessible, and its pages hold what was written).
+inline bool pattern_holds(Backend& b, DevicePtr at, std::size_t bytes, std::uint64_t seed) {
+  const PatternRange range{at, bytes, seed};
+  if (!b.fill_pattern({&range, 1}, Stream{}).ok()) return false;
+  auto differ = b.verify_pattern({&range, 1}, Stream{});
+  return differ.ok() && *differ == 0;
+}
+
 inline std::uint64_t mismatches(Heap& heap, Handle h, std::uint64_t seed, std::size_t bytes = ~std::size_t{0}) {
   auto pin = heap.pin(h);
   EXPECT_TRUE(pin.ok()) << pin.error().to_string();

@@ -15,12 +15,9 @@
 namespace valet::detail {
 namespace {
 
-// Writes a byte pattern into [slot, slot+n) and checks it back (0 bytes differ).
+// The pattern check over [slot, slot + n) of the pool's arena.
 bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
-  const PatternRange range{pool.address(slot), std::size_t(n) * kPageBytes, seed};
-  if (!b.fill_pattern({&range, 1}, Stream{}).ok()) return false;
-  auto differ = b.verify_pattern({&range, 1}, Stream{});
-  return differ.ok() && *differ == 0;
+  return test::pattern_holds(b, pool.address(slot), std::size_t(n) * kPageBytes, seed);
 }
 
 TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInFlight) {
