@@ -1,7 +1,7 @@
 // What the allocation path asked for recently, for the reserve keeper's targets (reserve_keeper.h):
 // the peak of the live bytes over a recent window, and the longest large request (in pages) over
-// the same window, both over ordinary requests only. Updated by the allocation path and read by the keeper, both under the
-// heap lock.
+// the same window, both over ordinary requests only. Updated by the allocation path and read by
+// the keeper, both under the heap lock.
 #pragma once
 
 #include <algorithm>

@@ -134,6 +134,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
   if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
   // Memory this stream freed is reused at once: the stream's own order puts the new user's work
   // after the old one's.
+  const std::size_t used_before = pool.used_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream, index) : std::nullopt;
   auto loc = reused ? Result<Location>(*reused) : place(bytes, index);
   if (!loc.ok()) {
@@ -152,8 +153,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   live_bytes += bytes;
-  if (const std::size_t used = pool.used_pages(); Demand::ordinary(loc->pages, used - std::min<std::size_t>(used, loc->pages)))
-    demand.live_peak.note(live_bytes, now_ns());
+  if (Demand::ordinary(loc->pages, used_before)) demand.live_peak.note(live_bytes, now_ns());
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;

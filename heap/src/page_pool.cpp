@@ -94,6 +94,15 @@ Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
   return {};
 }
 
+Status PagePool::map_alias(std::uint32_t slot, std::uint32_t of) {
+  VALET_TRY(map_at(slot, slots_[of].phys));
+  if (auto st = backend_.set_access(address(slot), kPage); !st.ok()) {
+    (void)unmap_run(slot, 1);
+    return st;
+  }
+  return {};
+}
+
 Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
   VALET_TRY(refuse_held(start, n));
   VALET_TRY(backend_.unmap(address(start), std::size_t(n) * kPage));
@@ -193,18 +202,13 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
     if (unmapped_.take_exact(last, 1)) {
       auto grown = extend_run(w->start, n - 1, owner);
       if (grown.ok() && *grown) {
-        auto st = map_at(last, slots_[last_of].phys);
-        if (st.ok()) {
-          st = backend_.set_access(address(last), kPage);
-          if (!st.ok()) (void)unmap_run(last, 1);
+        if (auto st = map_alias(last, last_of); !st.ok()) {
+          give_back(w->start, n - 1);  // mapped and accessible: the body's pages stay in the reserve
+          unmapped_.insert(last, 1);
+          return st.error();
         }
-        if (st.ok()) {
-          set_kind(w->start, n, SlotKind::large, owner);
-          return w->start;
-        }
-        give_back(w->start, n - 1);  // mapped and accessible: the body's pages stay in the reserve
-        unmapped_.insert(last, 1);
-        return st.error();
+        set_kind(w->start, n, SlotKind::large, owner);
+        return w->start;
       }
       unmapped_.insert(last, 1);
       if (!grown.ok()) return grown.error();
@@ -213,23 +217,15 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   auto start = unmapped_.take_best_fit(n);
   if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   const std::uint32_t last = *start + n - 1;
-  auto undo = [&](bool backed, bool last_mapped) {
-    if (last_mapped) (void)unmap_run(last, 1);
-    if (backed && n > 1) (void)unmap_run(*start, n - 1);
-    unmapped_.insert(*start, n);
-  };
   if (n > 1) {
     if (auto st = back_run(*start, n - 1); !st.ok()) {
       unmapped_.insert(*start, n);  // back_run unwound its part
       return st.error();
     }
   }
-  if (auto st = map_at(last, slots_[last_of].phys); !st.ok()) {
-    undo(true, false);
-    return st.error();
-  }
-  if (auto st = backend_.set_access(address(last), kPage); !st.ok()) {
-    undo(true, true);
+  if (auto st = map_alias(last, last_of); !st.ok()) {
+    if (n > 1) (void)unmap_run(*start, n - 1);
+    unmapped_.insert(*start, n);
     return st.error();
   }
   set_kind(*start, n, SlotKind::large, owner);
@@ -384,12 +380,7 @@ Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std:
   if (slots_[of].phys == kNoPhys) return make_error(Errc::internal, "share_page: slot " + std::to_string(of) + " maps no page");
   auto s = unmapped_.take_best_fit(1);
   if (!s) return make_error(Errc::out_of_address_space, "share_page: no free virtual slot");
-  if (auto st = map_at(*s, slots_[of].phys); !st.ok()) {
-    unmapped_.insert(*s, 1);
-    return st.error();
-  }
-  if (auto st = backend_.set_access(address(*s), kPage); !st.ok()) {
-    (void)unmap_run(*s, 1);
+  if (auto st = map_alias(*s, of); !st.ok()) {
     unmapped_.insert(*s, 1);
     return st.error();
   }

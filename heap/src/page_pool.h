@@ -268,6 +268,10 @@ class PagePool {
   void book_release(std::uint32_t p, bool released, Status& first);
   // Maps phys page `p` at `slot` (no access yet). Precondition: slot unmapped and not in a set.
   Status map_at(std::uint32_t slot, std::uint32_t p);
+  // Maps the physical page of slot `of` at slot `slot` too and grants access there (a shared
+  // tail's last slot, a slab page built on a tail). Precondition: `slot` unmapped and not in a
+  // set. On failure `slot` is unmapped again.
+  Status map_alias(std::uint32_t slot, std::uint32_t of);
   // Unmaps [start, start+n) (all mapped); the pages become idle (mapping counts drop).
   Status unmap_run(std::uint32_t start, std::uint32_t n);
   Status release(std::uint32_t p);

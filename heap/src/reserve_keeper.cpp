@@ -16,6 +16,8 @@ constexpr std::uint32_t kBatchPages = 64;
 // every allocation's reach, and the keeper's trims run while allocations go on (the freeing
 // thread's own trims end before its free returns).
 constexpr std::uint32_t kKeeperTrimPages = 8;
+// The surplus over the limit a free leaves to the keeper: half the limit, at least this many.
+constexpr std::size_t kKeeperSurplusPages = 16;
 // Batches per wake: the keeper yields the lock between wakes.
 constexpr int kBatchesPerWake = 64;
 std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
@@ -108,7 +110,7 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   // bound (mapped memory within reserve_peak_ratio x the recent peak of ordinary live bytes:
   // after a request that was not ordinary demand, demand.h, or once the peak left the window),
   // goes now, or mapped memory would stay above it for as long as the keeper takes.
-  if (keeper && pool_.reserve_pages() <= std::min(t.ceiling, limit + std::max<std::size_t>(16, limit / 2))) {
+  if (keeper && pool_.reserve_pages() <= std::min(t.ceiling, limit + std::max(kKeeperSurplusPages, limit / 2))) {
     wake();
     return false;
   }
