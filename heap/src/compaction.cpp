@@ -48,6 +48,9 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
     (void)flush_stream_frees(lock);
     reap_deferred();
   }
+  // Objects the threads cached go back to their slabs: a cached slot can be neither moved nor
+  // meshed, and would keep its page from being emptied.
+  drain_caches();
   // Meshing may take fixed objects' pages as sources only at a safe point (docs/pytorch.md).
   safe_point_cycle = req.safe_point;
   struct EndSafePoint {

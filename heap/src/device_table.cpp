@@ -93,7 +93,13 @@ Result<TableScope> Heap::pin_table(Stream stream) {
   std::lock_guard lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;
-  VALET_TRY(c.table.open_scope(c.handles, c.tag, scope.table_));
+  {
+    // What the thread caches changed marks the table changed; and no object becomes live
+    // while the table is built.
+    detail::FastPathGate gate(c.caches);
+    c.fold_caches();
+    VALET_TRY(c.table.open_scope(c.handles, c.tag, scope.table_));
+  }
   scope.core_ = &c;
   scope.stream_ = stream;
   return scope;

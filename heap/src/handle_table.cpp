@@ -37,7 +37,7 @@ Error bad(const std::string& what) { return make_error(Errc::internal, "handle t
 std::string s(std::uint64_t v) { return std::to_string(v); }
 }  // namespace
 
-Status HandleTable::validate() const {
+Status HandleTable::validate(const std::vector<bool>& cached) const {
   if (std::uint64_t(high_water_) > kMaxChunks * kChunk) return bad("high water " + s(high_water_) + " past the table's end");
   const std::size_t chunks = (std::size_t(high_water_) + kChunk - 1) >> kChunkBits;
   for (std::size_t c = 0; c < kMaxChunks; ++c)
@@ -48,6 +48,7 @@ Status HandleTable::validate() const {
   for (std::uint32_t i : free_) {
     if (i == 0 || i >= high_water_) return bad("free index " + s(i) + " is not in [1, high water " + s(high_water_) + ")");
     if (listed[i]) return bad("free index " + s(i) + " is listed twice");
+    if (i < cached.size() && cached[i]) return bad("free index " + s(i) + " is also held by a thread cache");
     listed[i] = true;
     const HandleEntry* e = get(i);
     const std::uint64_t st = e->state.load(std::memory_order_acquire);
@@ -56,11 +57,18 @@ Status HandleTable::validate() const {
       return bad("free index " + s(i) + " has state flags or pins (state " + s(st & 0xffffffffu) + ")");
     if (!e->pending_unpins.empty()) return bad("free index " + s(i) + " still has pending stream unpins");
   }
-  std::size_t live = 0;
-  for (std::uint32_t i = 1; i < high_water_; ++i) live += (get(i)->state.load(std::memory_order_acquire) & state::kLive) != 0;
+  std::size_t live = 0, held = 0;
+  for (std::uint32_t i = 1; i < high_water_; ++i) {
+    const bool is_live = (get(i)->state.load(std::memory_order_acquire) & state::kLive) != 0;
+    const bool is_cached = i < cached.size() && cached[i];
+    if (is_live && is_cached) return bad("entry " + s(i) + " is LIVE and held by a thread cache");
+    live += is_live;
+    held += is_cached;
+  }
   const std::size_t used = high_water_ > 0 ? high_water_ - 1 : 0;
-  if (live + free_.size() != used)
-    return bad(s(used - live - free_.size()) + " entries below the high water are neither LIVE nor free (leaked indices)");
+  if (live + held + free_.size() != used)
+    return bad(s(used - live - held - free_.size()) +
+               " entries below the high water are neither LIVE, free nor cached (leaked indices)");
   return {};
 }
 

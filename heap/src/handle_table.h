@@ -28,7 +28,7 @@ struct Location {
   std::uint32_t pages = 0;  // large: page count
 };
 
-struct HandleEntry {
+struct alignas(64) HandleEntry {
   std::atomic<std::uint64_t> state{0};
   std::atomic<DevicePtr> address{0};
   std::atomic<DevicePtr> alias{0};  // read by pins while ALIASED
@@ -40,6 +40,10 @@ struct HandleEntry {
   // safe point, which keeps its address.
   bool fixed = false;
   std::vector<Event> pending_unpins;  // events of stream-ordered unpins not yet known complete
+  // Set (before its pin drops) when a stream-ordered unpin is recorded, cleared when the object
+  // is freed: a free on a thread cache's fast path (thread_caches.h), which must not read
+  // `pending_unpins` without the heap lock, takes the locked path while it is set.
+  std::atomic<bool> unpins_recorded{false};
 };
 
 class HandleTable {
@@ -75,8 +79,9 @@ class HandleTable {
   // Checks the table's own invariants (precondition: heap lock held); an error names the first
   // broken one. The chunks below the high water exist and none above it; entry 0 is never used;
   // every free index is below the high water, listed once, and its entry is settled (not LIVE,
-  // no flags, no pins, no pending unpins); every entry below the high water is LIVE or free.
-  Status validate() const;
+  // no flags, no pins, no pending unpins); every entry below the high water is LIVE, free or
+  // held by a thread cache (`cached[i]`, sized to the high water or empty when none is).
+  Status validate(const std::vector<bool>& cached = {}) const;
 
  private:
   friend struct HandleTableTestPeer;  // tests: corrupts the free list and the high water

@@ -202,6 +202,7 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   // Memory freed on streams comes back once their work passed the frees (as a caching allocator
   // synchronizes before it reports out-of-memory).
   wait_deferred(lock);
+  drain_caches();        // the threads' cached small objects back to their slabs
   retire_empty_slabs();  // to the reserve, where the retry finds them
   // Pages the keeper is moving without the lock come back first: out-of-memory is never
   // reported while they are on their way. (Only the batch in flight: the keeper may start
@@ -222,8 +223,13 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   if (bytes == 0) return make_error(Errc::invalid_argument, op + ": 0 bytes");
   if (bytes > kMaxObject)
     return make_error(Errc::invalid_argument, op + ": " + std::to_string(bytes) + " bytes is beyond any device");
+  // A small object this thread freed before: no heap lock (heap_caches.cpp).
+  const bool cacheable = !stream && !fixed && bytes <= kMaxSlabObject && caches.enabled();
+  if (cacheable)
+    if (auto cached = allocate_cached(bytes)) return *cached;
   std::unique_lock lock(mu);
   if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (cacheable) fold_mine();  // its counters, and a cache for its next frees
   if (bytes > capacity_pages * kPageSize) {
     ++ops.failed_allocations;
     return make_error(Errc::out_of_memory, op + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
@@ -252,6 +258,10 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
 Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
   const std::string op = what;
   if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  // Into this thread's cache: no heap lock (heap_caches.cpp).
+  const bool cacheable = !stream && caches.enabled();
+  if (cacheable)
+    if (auto done = free_cached(h)) return *done;
   std::unique_lock lock(mu);
   for (;;) {
     if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
@@ -267,56 +277,64 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
       continue;
     }
     if (!claims::try_free(e->state, s, h.generation)) continue;
-    live_bytes -= e->size;
-    --live_objects;
-    ++ops.free;
-    table.changed();
-    const std::size_t footprint = footprint_of(e->loc);
-    const bool slab = e->loc.kind == ObjectKind::slab;
-    SlabPage* page = slab ? slabs.page(pool.slot(e->loc.page).owner) : nullptr;
-    if (e->fixed) {
-      --fixed_objects;
-      fixed_bytes -= e->size;
-      if (slab) --page->fixed;
-      e->fixed = false;
-    }
-    const bool unpins_pending = !e->pending_unpins.empty() && !reap_unpins(e);
-    if (unpins_pending || stream) {
-      // The memory stays taken, owned by nobody: until the streams pass their unpins, or, for a
-      // stream-ordered free, reused only by its stream until an event covers it.
-      const std::uint64_t key = cache_key(e->loc);
-      if (slab)
-        slabs.set_owner(page, e->loc.index, kNoOwner);
-      else
-        for (std::uint32_t k = 0; k < e->loc.pages; ++k) pool.slot(e->loc.page + k).owner = 0;
-      if (unpins_pending) {
-        // Both the unpins' streams and this free's stream must pass (a rare case: one event
-        // recorded under the lock).
-        if (stream) (void)releases.record_locked(*stream, e->pending_unpins);
-        releases.defer({e->loc, footprint, std::move(e->pending_unpins)});
-        e->pending_unpins.clear();
-      } else {
-        releases.cache(*stream, key, e->loc, footprint);
-      }
-    } else {
-      footprint_bytes -= footprint;
-      release_location(e->loc);
-    }
-    const Location loc = e->loc;
-    handles.release(h.index);
-    if (stream && releases.cached_footprint(*stream) > config.stream_cache_bytes) {
-      // The stream holds more than its share: one event covers everything it cached, and what
-      // earlier events covered and completed goes back to every stream.
-      (void)flush_stream_frees(lock, *stream);
-      reap_deferred();
-    }
-    // The pages beyond the reserve's limit go back to the backend now, in this call but without
-    // the heap lock: held memory follows live memory, and the freeing thread (which gave back
-    // more than the reserve's budget) pays for it rather than every later allocation. Within
-    // the budget a free makes no driver call.
-    if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock);
-    return {};
+    // A small object goes to this thread's cache (made now if it has none) as on the fast path.
+    if (cacheable && keep_locked(h.index, e)) return {};
+    return finish_free(lock, h, e, stream);
   }
+}
+
+Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, HandleEntry* e, const Stream* stream) {
+  mu.assert_held();
+  live_bytes -= e->size;
+  --live_objects;
+  ++ops.free;
+  table.changed();
+  const std::size_t footprint = footprint_of(e->loc);
+  const bool slab = e->loc.kind == ObjectKind::slab;
+  SlabPage* page = slab ? slabs.page(pool.slot(e->loc.page).owner) : nullptr;
+  if (e->fixed) {
+    --fixed_objects;
+    fixed_bytes -= e->size;
+    if (slab) --page->fixed;
+    e->fixed = false;
+  }
+  const bool unpins_pending = !e->pending_unpins.empty() && !reap_unpins(e);
+  e->unpins_recorded.store(false, std::memory_order_relaxed);  // the pending ones leave with the free
+  if (unpins_pending || stream) {
+    // The memory stays taken, owned by nobody: until the streams pass their unpins, or, for a
+    // stream-ordered free, reused only by its stream until an event covers it.
+    const std::uint64_t key = cache_key(e->loc);
+    if (slab)
+      slabs.set_owner(page, e->loc.index, kNoOwner);
+    else
+      for (std::uint32_t k = 0; k < e->loc.pages; ++k) pool.slot(e->loc.page + k).owner = 0;
+    if (unpins_pending) {
+      // Both the unpins' streams and this free's stream must pass (a rare case: one event
+      // recorded under the lock).
+      if (stream) (void)releases.record_locked(*stream, e->pending_unpins);
+      releases.defer({e->loc, footprint, std::move(e->pending_unpins)});
+      e->pending_unpins.clear();
+    } else {
+      releases.cache(*stream, key, e->loc, footprint);
+    }
+  } else {
+    footprint_bytes -= footprint;
+    release_location(e->loc);
+  }
+  const Location loc = e->loc;
+  handles.release(h.index);
+  if (stream && releases.cached_footprint(*stream) > config.stream_cache_bytes) {
+    // The stream holds more than its share: one event covers everything it cached, and what
+    // earlier events covered and completed goes back to every stream.
+    (void)flush_stream_frees(lock, *stream);
+    reap_deferred();
+  }
+  // The pages beyond the reserve's limit go back to the backend now, in this call but without
+  // the heap lock: held memory follows live memory, and the freeing thread (which gave back
+  // more than the reserve's budget) pays for it rather than every later allocation. Within
+  // the budget a free makes no driver call.
+  if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock);
+  return {};
 }
 
 }  // namespace detail
@@ -375,6 +393,7 @@ Status Heap::maintain() {
   std::lock_guard lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "maintain: the heap was shut down");
   c.reap_deferred();
+  c.drain_caches();
   c.retire_empty_slabs();
   return c.keeper.balance();
 }

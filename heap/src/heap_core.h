@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "slabs.h"
 #include "tail_links.h"
 #include "stream_releases.h"
+#include "thread_caches.h"
 #include "valet/counting_backend.h"
 #include "valet/heap.h"
 
@@ -78,8 +80,10 @@ struct HeapCore {
   DeviceTable table{pool, releases};
   MoveExecutor mover{*backend, pool, releases};  // its stream carries every copy of a move
   std::atomic<bool> shut{false};
+  // Freed small objects kept per thread (thread_caches.h); mutable: validate and stats gate them.
+  mutable ThreadCaches caches{config.thread_cache_bytes};
 
-  // Counters (under mu unless atomic).
+  // Counters (under mu unless atomic; the thread caches' deltas are folded in under the heap lock).
   std::size_t live_bytes = 0;
   std::size_t footprint_bytes = 0;
   std::size_t live_objects = 0;
@@ -123,6 +127,36 @@ struct HeapCore {
   // The public allocate and free (heap.cpp); `stream` may be null.
   Result<Handle> allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what);
   Status free_object(Handle h, const Stream* stream, const char* what);
+  // The rest of a free once claims::try_free made the object `e` (handle `h`) the caller's.
+  Status finish_free(std::unique_lock<HeapMutex>& lock, Handle h, HandleEntry* e, const Stream* stream);
+
+  // --- thread caches (thread_caches.cpp's policy, heap_caches.cpp) ---
+  // Lock-free of the heap lock: a small object from the calling thread's cache (nullopt: none
+  // cached of its class, or the fast paths are gated); a free into it (nullopt: take the locked
+  // path, nothing changed; otherwise the free's outcome).
+  std::optional<Handle> allocate_cached(std::size_t bytes);
+  std::optional<Status> free_cached(Handle h);
+  // Under mu. fold: a cache's counter deltas into the heap's (its lock held, or gated);
+  // fold_caches: every cache's (gated). drain_caches: gives every cached object back to its
+  // slab (gated inside). spill: makes room in `c` for one more object of class `cls` (the oldest
+  // half of a full class goes, then the oldest objects of the largest classes within the byte
+  // limit).
+  void fold(ThreadCache& c);
+  void fold_mine();  // the calling thread's cache (made now if it has none)
+  void fold_caches();
+  void drain_caches();
+  void spill(ThreadCache& c, std::uint32_t cls);
+  void give_back_cached(const CachedSlot& s);
+  // The class a freed object is cached under, or kNotCacheable (a large or fixed object, one
+  // with stream unpins recorded, one larger than the cache). fits: `c` has room for one more
+  // of `cls`. keep: caches freed entry `e` (`c`'s lock held, or the heap lock and gated).
+  // keep_locked: a free on the locked path caches its object in the calling thread's cache
+  // (making room), if it is cacheable; false: it is not.
+  static constexpr std::uint32_t kNotCacheable = ~0u;
+  std::uint32_t cache_class(const HandleEntry* e) const;
+  bool fits(const ThreadCache& c, std::uint32_t cls) const;
+  void keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e);
+  bool keep_locked(std::uint32_t index, HandleEntry* e);
   // Covers the frees cached for streams with events and waits (without the heap lock) until
   // every deferred free's events completed, then reaps them: before out-of-memory is reported.
   void wait_deferred(std::unique_lock<HeapMutex>& lock);

@@ -29,8 +29,13 @@ const char* trigger_name(CompactionTrigger t) {
 }
 
 HeapStats Heap::stats() const {
-  const auto& c = *core_;
+  auto& c = *core_;
   std::lock_guard lock(c.mu);
+  // The thread caches' counter deltas folded in (a stats call is not a still picture otherwise).
+  if (!c.shut) {
+    detail::FastPathGate gate(c.caches);
+    c.fold_caches();
+  }
   HeapStats s;
   s.backend = c.backend->name();
   s.capacity_bytes = c.capacity_pages * detail::kPageSize;

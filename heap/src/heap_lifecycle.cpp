@@ -22,6 +22,9 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
 Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling) {
   settling = nullptr;
   if (table.held_scopes() > 0) return make_error(Errc::pinned, "shutdown: a handle-table scope is held; release it first");
+  // No fast path may make an object live behind the claims below: they stay gated once the
+  // shutdown is decided (every later call fails on `shut`), and open again if it is refused.
+  caches.gate();
   // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
   // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
   // are ended: the waiting pins go on as if nothing happened. A refused shutdown changes
@@ -39,6 +42,7 @@ Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry
     // caller holds compaction_mu). The caller waits for it to settle and decides again.
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (state::pins(s) == 0 && (s & state::kMoving)) settling = e;
+    caches.ungate();
     return make_error(Errc::pinned, "shutdown: object " + std::to_string(i) + " is pinned; release its pins first");
   }
   // Decided: from here every call fails with shut_down, and every handle is dead.

@@ -49,7 +49,9 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {
 }
 
 Status HeapCore::unpin_on_stream(HandleEntry* e, Stream s) {
-  // The event is listed before the pin count drops: a mover sees one or the other.
+  // The event is listed before the pin count drops: a mover sees one or the other (and a free
+  // on a thread cache's fast path sees the flag).
+  e->unpins_recorded.store(true, std::memory_order_relaxed);
   Status st = releases.record(mu, s, e->pending_unpins);
   unpin(e);
   return st;

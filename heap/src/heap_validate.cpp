@@ -26,6 +26,59 @@ struct SlabTally {
   std::size_t unowned_taken = 0, blocked = 0;
 };
 
+// The objects the thread caches hold (thread_caches.h), and the counters' deltas they hold.
+struct CacheTally {
+  std::vector<bool> held;  // by handle index
+  std::size_t footprint = 0;
+  std::int64_t live_bytes = 0, live_objects = 0;
+  std::uint64_t allocs = 0, frees = 0;
+};
+
+// A cached object: a settled entry no one else lists, still the owner of its slab slot, at the
+// address the cache will hand out; the cache's byte count is its bins' class sizes.
+Status check_caches(const HeapCore& c, CacheTally& t) {
+  t.held.assign(c.handles.high_water(), false);
+  Status bad;
+  c.caches.for_each([&](const detail::ThreadCache& tc) {
+    std::size_t bytes = 0;
+    t.live_bytes += tc.live_bytes;
+    t.live_objects += tc.live_objects;
+    t.allocs += tc.allocs;
+    t.frees += tc.frees;
+    for (std::uint32_t cls = 0; cls < detail::kClassCount && bad.ok(); ++cls)
+      for (const detail::CachedSlot& cs : tc.bins[cls]) {
+        bytes += detail::class_size(cls);
+        const std::string name = "cached object " + std::to_string(cs.index);
+        if (cs.index == 0 || cs.index >= t.held.size() || t.held[cs.index]) {
+          bad = fail(name + " is out of range or cached twice");
+          return;
+        }
+        t.held[cs.index] = true;
+        const HandleEntry* e = c.handles.get(cs.index);
+        const std::uint64_t st = e->state.load(std::memory_order_acquire);
+        if ((st & 0xffffffffu) != 0 || e->fixed || !e->pending_unpins.empty()) {
+          bad = fail(name + " is not a settled free entry");
+          return;
+        }
+        const auto& slot = c.pool.slot(cs.loc.page);
+        const SlabPage* p = slot.kind == SlotKind::slab ? c.slabs.page(slot.owner) : nullptr;
+        if (cs.loc.kind != ObjectKind::slab || !p || e->loc.kind != ObjectKind::slab || e->loc.page != cs.loc.page ||
+            e->loc.index != cs.loc.index || cs.loc.index >= p->capacity || !p->test(cs.loc.index) ||
+            p->owners[cs.loc.index] != cs.index) {
+          bad = fail(name + " does not own the slab slot it names");
+          return;
+        }
+        if (detail::class_size(cls) > detail::class_size(p->cls) || cs.address != c.address_of(cs.loc)) {
+          bad = fail(name + " is in the wrong class or has a stale address");
+          return;
+        }
+        t.footprint += c.footprint_of(cs.loc);
+      }
+    if (bad.ok() && bytes != tc.bytes) bad = fail("a thread cache's byte count is wrong");
+  });
+  return bad;
+}
+
 // A page on a shared tail maps the physical page of the large object's last slot, and its
 // blocked slots cover the bytes the object uses there.
 Status check_tail_link(const HeapCore& c, const SlabPage& p) {
@@ -53,7 +106,7 @@ std::ptrdiff_t alias_index(const SlabPage& p, std::uint32_t s) {
 // Aliases map the page's physical page and name the page as owner; every taken slot names the
 // object that lives there (through the page's slot or an alias), and each alias's user count is
 // exactly the objects and deferred frees addressed through it.
-Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, SlabTally& tally) {
+Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, const CacheTally& cached, SlabTally& tally) {
   const auto& slot = c.pool.slot(p.slot);
   for (const auto& a : p.aliases) {
     const auto& as = c.pool.slot(a.slot);
@@ -69,7 +122,8 @@ Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, SlabTally& 
     }
     const HandleEntry* e = c.handles.get(p.owners[i]);
     const std::ptrdiff_t via = e ? alias_index(p, e->loc.page) : -1;
-    if (!live(e) || e->loc.kind != ObjectKind::slab || (e->loc.page != p.slot && via < 0) || e->loc.index != i)
+    const bool held = p.owners[i] < cached.held.size() && cached.held[p.owners[i]];
+    if (!(live(e) || held) || e->loc.kind != ObjectKind::slab || (e->loc.page != p.slot && via < 0) || e->loc.index != i)
       return fail("slot " + std::to_string(i) + " of page " + std::to_string(p.slot) + " names the wrong object");
     if (via >= 0) ++through[std::size_t(via)];
   }
@@ -95,7 +149,7 @@ Status check_slots_and_aliases(const HeapCore& c, const SlabPage& p, SlabTally& 
 }
 
 // Slab pages against the slot table, the tails and the handle table.
-Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
+Status check_slab_pages(const HeapCore& c, const CacheTally& cached, SlabTally& tally) {
   Status bad;
   c.slabs.for_each_page([&](const SlabPage& p) {
     if (!bad.ok()) return;
@@ -106,7 +160,7 @@ Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
     }
     tally.blocked += p.on_tail() ? p.blocked : 0;
     bad = check_tail_link(c, p);
-    if (bad.ok()) bad = check_slots_and_aliases(c, p, tally);
+    if (bad.ok()) bad = check_slots_and_aliases(c, p, cached, tally);
   });
   VALET_TRY(bad);
   std::size_t deferred_slab = 0;
@@ -118,7 +172,7 @@ Status check_slab_pages(const HeapCore& c, SlabTally& tally) {
 }
 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
-Status check_objects(const HeapCore& c) {
+Status check_objects(const HeapCore& c, const CacheTally& cached) {
   std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0;
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
@@ -151,10 +205,11 @@ Status check_objects(const HeapCore& c) {
   }
   std::size_t deferred_footprint = 0;
   c.releases.for_each_held([&](const detail::Location&, std::size_t f) { deferred_footprint += f; });
-  if (objects != c.live_objects) return fail("live object count is wrong");
+  // The heap's counters with the caches' deltas not yet folded in.
+  if (std::int64_t(objects) != std::int64_t(c.live_objects) + cached.live_objects) return fail("live object count is wrong");
   if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
-  if (live_bytes != c.live_bytes) return fail("live byte count is wrong");
-  if (footprint + deferred_footprint != c.footprint_bytes) return fail("footprint count is wrong");
+  if (std::int64_t(live_bytes) != std::int64_t(c.live_bytes) + cached.live_bytes) return fail("live byte count is wrong");
+  if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes) return fail("footprint count is wrong");
   return {};
 }
 
@@ -176,21 +231,25 @@ Status Heap::validate() const {
   const auto& c = *core_;
   std::lock_guard lock(c.mu);
   if (c.shut) return {};
+  // A still picture: no thread cache's fast path runs meanwhile.
+  detail::FastPathGate gate(c.caches);
   // Each component's own invariants first.
   VALET_TRY(c.pool.validate());
   VALET_TRY(c.slabs.validate());
-  VALET_TRY(c.handles.validate());
+  CacheTally cached;
+  VALET_TRY(check_caches(c, cached));
+  VALET_TRY(c.handles.validate(cached.held));
   VALET_TRY(c.releases.validate());
   VALET_TRY(c.table.validate());
   VALET_TRY(c.keeper.validate());
   // Then what spans components.
   SlabTally tally;
-  VALET_TRY(check_slab_pages(c, tally));
-  VALET_TRY(check_objects(c));
+  VALET_TRY(check_slab_pages(c, cached, tally));
+  VALET_TRY(check_objects(c, cached));
   VALET_TRY(c.tails.validate(c.pool, c.slabs, c.handles));
   VALET_TRY(check_large_slots(c));
   const std::size_t mapped = c.pool.created_pages() * detail::kPageSize;
-  if (c.live_bytes > mapped) return fail("more live bytes than mapped bytes");
+  if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped)) return fail("more live bytes than mapped bytes");
   return {};
 }
 

@@ -12,6 +12,7 @@ const char* lock_name(LockRank rank) {
     case LockRank::compactor_cycle: return "the compactor's cycle_mu";
     case LockRank::compaction: return "compaction_mu";
     case LockRank::heap: return "mu (the heap lock)";
+    case LockRank::thread_cache: return "a thread cache's mu";
     case LockRank::pool_holds: return "the page pool's holds_mu";
     case LockRank::backend: return "a backend lock";
   }
@@ -21,7 +22,7 @@ const char* lock_name(LockRank rank) {
 namespace lock_order {
 namespace {
 
-constexpr const char* kOrder = "cycle_mu -> compaction_mu -> mu -> holds_mu -> backend locks";
+constexpr const char* kOrder = "cycle_mu -> compaction_mu -> mu -> a thread cache's mu -> holds_mu -> backend locks";
 
 struct Held {
   LockRank rank;

@@ -6,6 +6,9 @@
 //   compaction       HeapCore::compaction_mu: one compaction cycle (or shutdown, or table
 //                    upload) at a time; taken before the heap lock
 //   heap             HeapCore::mu, the heap lock (HeapMutex, heap_mutex.h)
+//   thread_cache     ThreadCache::mu (thread_caches.h): a thread's own cache of freed small
+//                    objects; taken alone by its thread's fast paths, or under the heap lock (one
+//                    cache at a time) when the heap gates, drains or folds them
 //   pool_holds       PagePool::holds_mu_: the slots queued work holds; taken under the heap lock
 //                    or alone, never around a driver call
 //   backend          locks inside a Backend (the host backend's, the fault injector's): the heap
@@ -34,8 +37,9 @@ enum class LockRank : std::uint8_t {
   compactor_cycle = 1,
   compaction = 2,
   heap = 3,
-  pool_holds = 4,
-  backend = 5,
+  thread_cache = 4,
+  pool_holds = 5,
+  backend = 6,
 };
 
 inline constexpr bool kLockChecks = kExpensiveChecks;

@@ -106,4 +106,6 @@ bool try_free(StateWord& w, std::uint64_t expected, std::uint32_t gen) {
   return w.compare_exchange_strong(expected, state::make(gen, 0), std::memory_order_acq_rel);
 }
 
+void undo_free(StateWord& w, std::uint64_t was) { w.store(was, std::memory_order_release); }
+
 }  // namespace valet::detail::claims

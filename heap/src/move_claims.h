@@ -83,6 +83,10 @@ std::uint32_t make_live(StateWord& w);
 // Ends a live, unpinned, settled object of generation `gen` (a free). false when the word
 // changed meanwhile (the caller looks again).
 bool try_free(StateWord& w, std::uint64_t expected, std::uint32_t gen);
+// Undoes a try_free that found the object was not to be freed there (a thread cache's fast path
+// hands the free to the locked path): `was` is the word try_free replaced. Only the caller can
+// have changed the word since (a free entry takes no pin and no claim).
+void undo_free(StateWord& w, std::uint64_t was);
 
 }  // namespace claims
 

@@ -9,6 +9,10 @@ namespace valet::detail {
 
 Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail) {
   mu.assert_held();
+  // Cached slots on the page could not be claimed: they go back first (which may empty the page
+  // and end the sharing).
+  drain_caches();
+  if (!tails.is_shared(tail)) return {};
   SlabPage* p = slabs.page(*tails.shared_page(tail));
   if (!p->aliases.empty() || p->evacuating)
     return make_error(Errc::unsupported, "unshare: the slab page on the tail is meshed or being compacted");

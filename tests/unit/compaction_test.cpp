@@ -279,7 +279,7 @@ TEST(Compaction, APinDuringAMeshCopyCancelsThePairWithoutWaiting) {
 // it must stay mapped until the copy completed (on the host backend, unmapping it under the copy
 // is a segfault on the copy thread; on a GPU, an illegal address).
 TEST(Compaction, AnAliasStaysMappedUntilTheCopyReadingItCompleted) {
-  auto fh = make_faultable_heap();
+  auto fh = make_faultable_heap(uncached());
   ASSERT_TRUE(fh.heap);
   auto& host = fh.host();
   Heap& heap = *fh.heap;

@@ -177,7 +177,7 @@ TEST(PlanMatchesHeap, PredictedLevelsAreWhatTheHeapEvacuates) {
   std::uint64_t pages_freed = 0;
   for (std::uint64_t seed : {1u, 2u, 3u})
     for (double level : {0.25, 0.5, 0.8}) {
-      auto heap = make_heap();
+      auto heap = make_heap(uncached());
       (void)fragmented(*heap, seed);
       ASSERT_TRUE(heap->open_tail_bytes().empty());
       const auto plan = policy::plan_levels(heap->occupancy(), {level});
@@ -194,7 +194,7 @@ TEST(PlanMatchesHeap, PredictedLevelsAreWhatTheHeapEvacuates) {
 }
 
 TEST(PlanMatchesHeap, FreeSlotsOnTailsTakeObjects) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   // Two large objects using 512 KiB of their last pages: the first two slab pages of the 64 KiB
   // class are built there (8 slots blocked, 24 free each), then four pages of their own.
   std::vector<Handle> large = {*heap->allocate(2 * kPageBytes + (512u << 10)), *heap->allocate(2 * kPageBytes + (512u << 10))};

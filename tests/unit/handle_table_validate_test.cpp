@@ -120,7 +120,7 @@ TEST_F(HandleTableValidate, CatchesALeakedIndex) {
   // Acquired but neither made LIVE nor released: lost to every later allocation.
   std::uint32_t i = 0;
   ASSERT_TRUE(table.acquire(i));
-  EXPECT_CAUGHT(table, "1 entries below the high water are neither LIVE nor free (leaked indices)");
+  EXPECT_CAUGHT(table, "1 entries below the high water are neither LIVE, free nor cached (leaked indices)");
 }
 
 TEST_F(HandleTableValidate, CatchesEntryZeroInUse) {

@@ -28,6 +28,13 @@ inline Config host_config(std::size_t capacity = 256 * kMiB) {
   return c;
 }
 
+// Frees that reach their slab pages at once (no thread cache keeps them): for tests that watch
+// what a free does to pages, aliases and tails.
+inline Config uncached(Config c = host_config()) {
+  c.thread_cache_bytes = 0;
+  return c;
+}
+
 // A host backend of `capacity` bytes, for tests of components on their own (null if it cannot
 // be opened).
 inline std::unique_ptr<Backend> open_host_backend(std::size_t capacity) {

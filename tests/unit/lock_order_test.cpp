@@ -120,7 +120,7 @@ TEST_F(LockOrder, HeapLockUnderABackendLockAborts) {
         std::lock_guard b(backend);
         std::lock_guard c(mu);
       },
-      "taking mu \\(the heap lock\\) \\(rank 3\\) while holding a backend lock \\(rank 5\\)");
+      "taking mu \\(the heap lock\\) \\(rank 3\\) while holding a backend lock \\(rank 6\\)");
 }
 
 TEST_F(LockOrder, TwoLocksOfOneRankAbort) {

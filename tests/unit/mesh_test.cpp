@@ -106,7 +106,7 @@ TEST(Mesh, AllocationIntoAMeshedPageNeverOverwritesASharer) {
 }
 
 TEST(Mesh, AnAliasIsUnmappedWhenItsLastObjectGoesAndTheLastMappingReleasesThePage) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   auto kept = sparse_pages(*heap, 2, 4, 4);  // one ascending, one descending page
   auto rec = heap->compact(mesh_only());
   ASSERT_TRUE(rec.ok());
@@ -144,7 +144,7 @@ TEST(Mesh, APinnedObjectKeepsItsPageOutOfMeshing) {
 }
 
 TEST(Mesh, AMeshedPageIsEvacuatedLikeAnyOther) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   auto kept = sparse_pages(*heap, 16, 8, 6);
   ASSERT_GT(heap->compact(mesh_only())->pages_meshed, 0u);
   CompactRequest evacuate;

@@ -135,7 +135,7 @@ TEST(SharedTails, AnEmptiedSlabPageLeavesTheTailAndTheTailIsReused) {
 }
 
 TEST(SharedTails, TheTailOpensAgainWhenItsSlabPageRetires) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   auto large = make(*heap, 3 * kPage + 256 * 1024);
   // Two pages of the 64 KiB class; the first is on the tail. Emptying it retires it (another
   // page of the class remains) and the next new slab page, of any class, takes the tail again.
@@ -249,7 +249,7 @@ std::vector<Obj> descending_page(Heap& heap, bool keep_low) {
 // A new large object's last page goes on a slab page whose low slots are free for the bytes the
 // object uses there: no page of its own, no copy, every address unchanged.
 TEST(SharedTails, ALargeObjectsLastPageGoesOnASlabPageWithRoom) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   auto kept = descending_page(*heap, false);
   const auto before = heap->stats();
   auto large = make(*heap, 2 * kPage + 512 * 1024);
@@ -269,7 +269,7 @@ TEST(SharedTails, ALargeObjectsLastPageGoesOnASlabPageWithRoom) {
 // An empty page of a class whose slots do not fill 2 MiB (here 3 x 640 KiB) takes a tail only
 // if a slot stays free above the object's bytes.
 TEST(SharedTails, AnEmptyPageTakesATailOnlyWithASlotToSpare) {
-  auto heap = make_heap();
+  auto heap = make_heap(uncached());
   auto a = make(*heap, 600 * 1024);
   auto b = make(*heap, 600 * 1024);
   ASSERT_TRUE(heap->free(a.h).ok());

@@ -47,6 +47,11 @@ struct Config {
   // reuse before an event is recorded on it and the memory goes to every stream once the event
   // completes. Larger: fewer events (driver calls) on the free path; smaller: less memory held.
   std::size_t stream_cache_bytes = std::size_t{64} << 20;
+  // Thread caches: each thread keeps up to this many bytes of the small objects (1 MiB and less)
+  // it freed, and its next allocations of their size classes take them back without the heap
+  // lock (at most 32 objects per class). They stay counted in the footprint while cached;
+  // compaction cycles take them back first. 0: every allocate and free takes the heap lock.
+  std::size_t thread_cache_bytes = std::size_t{1} << 20;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
 };

@@ -1,0 +1,114 @@
+// Thread caches: each thread keeps the small objects it freed, per size class, and its next
+// allocations of the class take them back without the heap lock (docs/design.md, "Thread
+// caches"). With one heap lock, eight threads allocating and freeing small objects serialize
+// on it; with the caches, a steady allocate/free of small objects touches only the thread's own
+// cache lock, which nobody else takes except briefly under the heap lock.
+//
+// What a cached object is: a slab slot taken and still owned by its handle index (the slot's
+// owner in the slab page is the index), the entry not LIVE, its generation that of the freed
+// object (a handle to the freed object is stale at once). Its footprint stays counted: the slot
+// is unavailable to anyone else until it is reused or drained. A cached slot is never moved or
+// meshed: every mover claims the slot's owner first, and a claim of a non-live entry fails. The
+// places that need every slot movable (a compaction cycle, an unshare of a tail, the last resort
+// before out-of-memory) drain the caches first.
+//
+// Threading. A cache's contents and counter deltas are guarded by its own lock (`mu`), which
+// its thread takes for every fast allocate or free, and which the heap takes only with the heap
+// lock held (lock order: heap, then thread_cache). The heap "gates" the fast paths when it
+// needs a still picture of the handle table (validate, stats, shutdown, a drain): gate() sets a
+// flag and passes through every cache's lock once; a fast path checks the flag under its lock and
+// takes the locked path instead, which waits for the heap lock. While gated, the heap lock's
+// holder reads and changes every cache directly.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "handle_table.h"
+#include "heap_mutex.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+
+// One freed object kept for reuse: its handle index, its place and its address.
+struct CachedSlot {
+  std::uint32_t index = 0;
+  Location loc;
+  DevicePtr address = 0;
+};
+
+using ThreadCacheMutex = RankedMutex<LockRank::thread_cache>;
+
+struct alignas(64) ThreadCache {
+  // Objects of one class kept at most (and the byte limit of Config::thread_cache_bytes).
+  static constexpr std::size_t kPerClass = 32;
+
+  explicit ThreadCache(std::thread::id t) : thread(t) {}
+
+  ThreadCacheMutex mu;
+  const std::thread::id thread;  // the thread it serves (a new thread may inherit a gone one's id)
+  std::array<std::vector<CachedSlot>, kClassCount> bins;
+  std::size_t bytes = 0;  // class sizes of the cached slots
+  // The heap's counters this cache changed since they were last folded in (fold_into).
+  std::int64_t live_bytes = 0, live_objects = 0;
+  std::uint64_t allocs = 0, frees = 0;
+  bool changed = false;  // an address or generation changed (the device table must be rebuilt)
+
+  bool holds_nothing() const { return bytes == 0; }
+};
+
+class ThreadCaches {
+ public:
+  explicit ThreadCaches(std::size_t bytes_per_thread) : limit_(bytes_per_thread) {}
+
+  bool enabled() const { return limit_ > 0; }
+  std::size_t limit() const { return limit_; }
+
+  // The calling thread's cache of this heap, or nullptr if it has none yet. Lock-free.
+  ThreadCache* mine() const;
+  // Precondition: heap lock held. The calling thread's cache, made now if it has none.
+  ThreadCache* mine_or_make();
+
+  // Whether fast paths must take the locked path (read under a cache's lock).
+  bool gated() const { return gate_.load(std::memory_order_relaxed) != 0; }
+  // Precondition: heap lock held. After gate(), no fast path is in flight and none starts until
+  // the matching ungate(); the caches are the heap lock holder's to read and change.
+  void gate();
+  void ungate();
+
+  // Precondition: heap lock held and gated. Every cache in turn.
+  template <typename F>
+  void for_each(F&& f) {
+    for (auto& c : caches_) f(*c);
+  }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (const auto& c : caches_) f(static_cast<const ThreadCache&>(*c));
+  }
+
+ private:
+  std::size_t limit_;
+  std::uint64_t id_ = next_id();  // never reused: a thread's record of a gone heap matches nothing
+  std::vector<std::unique_ptr<ThreadCache>> caches_;  // under the heap lock
+  std::atomic<int> gate_{0};
+
+  static std::uint64_t next_id();
+};
+
+// RAII: gates the fast paths for a scope (heap lock held throughout).
+class FastPathGate {
+ public:
+  explicit FastPathGate(ThreadCaches& c) : c_(c) { c_.gate(); }
+  ~FastPathGate() { c_.ungate(); }
+  FastPathGate(const FastPathGate&) = delete;
+  FastPathGate& operator=(const FastPathGate&) = delete;
+
+ private:
+  ThreadCaches& c_;
+};
+
+}  // namespace valet::detail

@@ -1,0 +1,244 @@
+// Thread caches (heap/src/thread_caches.h): a thread's small frees are taken back by its next
+// allocations without the heap lock; cached objects stay counted, are never moved, go back at
+// compaction, and every handle rule (stale, double free, pinned, stream unpins) still holds.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <future>
+#include <random>
+#include <thread>
+
+#include "heap_core.h"
+#include "heap_test_util.h"
+
+namespace valet::test {
+namespace {
+
+using detail::HeapInternals;
+
+DevicePtr address_of(Heap& heap, Handle h) {
+  auto pin = heap.pin(h);
+  return pin.ok() ? pin->address() : 0;
+}
+
+// Holds the heap lock on another thread until the returned promise is set.
+struct HeapLockHolder {
+  std::promise<void> release;
+  std::thread thread;
+  explicit HeapLockHolder(Heap& heap) {
+    std::promise<void> held;
+    auto held_f = held.get_future();
+    thread = std::thread([&heap, &held, f = release.get_future()]() mutable {
+      std::lock_guard lock(HeapInternals::of(heap).mu);
+      held.set_value();
+      f.wait_for(std::chrono::seconds(10));
+    });
+    held_f.wait();
+  }
+  ~HeapLockHolder() {
+    release.set_value();
+    thread.join();
+  }
+};
+
+TEST(ThreadCache, AFreedSmallObjectIsTakenBackByItsThreadWithoutTheHeapLock) {
+  auto heap = make_heap();
+  // The first free registers this thread's cache (under the lock); the second is cached.
+  ASSERT_TRUE(heap->free(*heap->allocate(4096)).ok());
+  const Handle old = *heap->allocate(4096);
+  const DevicePtr at = address_of(*heap, old);
+  ASSERT_TRUE(heap->free(old).ok());
+  Result<Handle> again = make_error(Errc::internal, "not run");
+  std::chrono::steady_clock::duration took{};
+  {
+    // With the heap lock held by another thread (for up to 10 s), only the cache can serve this
+    // allocation at once.
+    HeapLockHolder holder(*heap);
+    const auto t0 = std::chrono::steady_clock::now();
+    again = heap->allocate(4000);
+    took = std::chrono::steady_clock::now() - t0;
+  }
+  EXPECT_LT(took, std::chrono::seconds(5)) << "the allocation waited for the heap lock";
+  ASSERT_TRUE(again.ok()) << again.error().to_string();
+  EXPECT_EQ(address_of(*heap, *again), at) << "the cached slot was reused";
+  EXPECT_EQ(again->index, old.index);
+  EXPECT_NE(again->generation, old.generation);
+  // The old handle is dead: a double free and a pin of it fail, and the new object is intact.
+  EXPECT_EQ(heap->free(old).code(), Errc::stale_handle);
+  EXPECT_EQ(heap->pin(old).code(), Errc::stale_handle);
+  fill(*heap, *again, 7);
+  EXPECT_EQ(mismatches(*heap, *again, 7), 0u);
+  const HeapStats s = heap->stats();
+  EXPECT_EQ(s.live_bytes, 4000u);
+  EXPECT_EQ(s.live_objects, 1u);
+  EXPECT_EQ(s.ops.allocate, 3u);
+  EXPECT_EQ(s.ops.free, 2u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->free(*again).ok());
+  EXPECT_EQ(heap->stats().live_bytes, 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(ThreadCache, CachedObjectsStayInTheFootprintAndGoBackAtCompaction) {
+  auto heap = make_heap();
+  std::vector<Handle> hs;
+  for (int i = 0; i < 64; ++i) hs.push_back(*heap->allocate(2048));
+  for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+  HeapStats s = heap->stats();
+  EXPECT_EQ(s.live_bytes, 0u);
+  EXPECT_GT(s.footprint_bytes, 0u) << "cached slots are held, and counted";
+  EXPECT_LE(s.footprint_bytes, detail::ThreadCache::kPerClass * 2048) << "at most one class's worth";
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->compact().ok());
+  s = heap->stats();
+  EXPECT_EQ(s.footprint_bytes, 0u) << "a compaction cycle takes the cached objects back";
+  EXPECT_EQ(s.pages.slab, 0u) << "and gives their emptied page back";
+  EXPECT_VALID(*heap);
+}
+
+TEST(ThreadCache, ACacheIsBoundedPerClassAndInBytes) {
+  auto heap = make_heap();
+  std::vector<Handle> small, big;
+  for (int i = 0; i < 100; ++i) small.push_back(*heap->allocate(256));
+  for (int i = 0; i < 3; ++i) big.push_back(*heap->allocate(600 * 1024));  // the 640 KiB class
+  const std::size_t big_footprint = heap->stats().footprint_bytes - 100 * 256;
+  for (Handle h : small) ASSERT_TRUE(heap->free(h).ok());
+  EXPECT_LE(heap->stats().footprint_bytes - big_footprint, detail::ThreadCache::kPerClass * 256);
+  for (Handle h : big) ASSERT_TRUE(heap->free(h).ok());
+  // Within 1 MiB: one 640 KiB object, and what is left of the small ones.
+  EXPECT_LE(heap->stats().footprint_bytes, std::size_t{1} << 20);
+  EXPECT_GE(heap->stats().footprint_bytes, 640u * 1024) << "the latest free is the one kept";
+  EXPECT_VALID(*heap);
+}
+
+TEST(ThreadCache, OffEveryFreeReachesItsSlabAtOnce) {
+  auto heap = make_heap(uncached());
+  const Handle h = *heap->allocate(4096);
+  ASSERT_TRUE(heap->free(h).ok());
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(ThreadCache, APinnedObjectIsNotFreedAndAStreamUnpinSendsItsFreeToTheLockedPath) {
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  ASSERT_TRUE(heap.free(*heap.allocate(8192)).ok());  // this thread has a cache now
+  const Handle h = *heap.allocate(8192);
+  fill(heap, h, 3);
+  {
+    auto pin = heap.pin(h);
+    ASSERT_TRUE(pin.ok());
+    EXPECT_EQ(heap.free(h).code(), Errc::pinned);
+  }
+  EXPECT_EQ(mismatches(heap, h, 3), 0u) << "a refused free changed nothing";
+  // An unpin queued on a stream that has not passed it: the free is deferred, not cached.
+  const Stream s = *heap.backend().create_stream();
+  std::atomic<bool> go{false};
+  ASSERT_TRUE(fh.host()
+                  .enqueue_host_task(s,
+                                     [&go] {
+                                       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                       while (!go.load() && std::chrono::steady_clock::now() < until)
+                                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                     })
+                  .ok());
+  {
+    auto sp = heap.pin(h, s);
+    ASSERT_TRUE(sp.ok());
+    ASSERT_TRUE(sp->release().ok());
+  }
+  ASSERT_TRUE(heap.free(h).ok());
+  EXPECT_GT(heap.stats().stream_deferred_bytes, 0u) << "the free waits for the stream";
+  const Handle next = *heap.allocate(8192);
+  EXPECT_NE(address_of(heap, next), 0u);
+  EXPECT_VALID(heap);
+  go.store(true);
+  ASSERT_TRUE(heap.backend().synchronize_stream(s).ok());
+  ASSERT_TRUE(heap.maintain().ok());
+  EXPECT_EQ(heap.stats().stream_deferred_bytes, 0u);
+  ASSERT_TRUE(heap.free(next).ok());
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.shutdown().ok());
+}
+
+// Eight threads allocate, write, check and free small objects (and some large ones) while
+// another thread compacts and validates: every byte holds, every count adds up.
+TEST(ThreadCache, ManyThreadsAgainstALiveCompactorKeepEveryByte) {
+  Config cfg = host_config(512 * kMiB);
+  auto heap = make_heap(cfg);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> bad{0}, checked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(std::uint64_t(t) + 1);
+      std::vector<std::pair<Handle, std::uint64_t>> mine;
+      for (int i = 0; i < 3000; ++i) {
+        if (mine.size() < 24 && (mine.empty() || rng() % 2)) {
+          const std::size_t bytes = rng() % 50 == 0 ? 3 * kMiB : 256 + rng() % (300 * 1024);
+          auto h = heap->allocate(bytes);
+          if (!h.ok()) continue;
+          const std::uint64_t seed = rng();
+          auto pin = heap->pin(*h);
+          if (!pin.ok() || !pattern_holds(heap->backend(), pin->address(), std::min<std::size_t>(pin->size(), 4096), seed))
+            if (bad++ < 3) std::fprintf(stderr, "alloc pin/pattern %s\n", pin.ok() ? "pattern" : pin.error().to_string().c_str());
+          mine.emplace_back(*h, seed);
+        } else {
+          const std::size_t k = rng() % mine.size();
+          auto pin = heap->pin(mine[k].first);
+          if (!pin.ok() && bad++ < 3) std::fprintf(stderr, "pin %s\n", pin.error().to_string().c_str());
+          pin = make_error(Errc::internal, "unpinned");
+          if (auto st = heap->free(mine[k].first); !st.ok() && bad++ < 3) std::fprintf(stderr, "free %s\n", st.error().to_string().c_str());
+          ++checked;
+          mine.erase(mine.begin() + std::ptrdiff_t(k));
+        }
+      }
+      for (auto& [h, s] : mine)
+        if (!heap->free(h).ok()) ++bad;
+    });
+  std::thread compactor([&] {
+    while (!stop.load()) {
+      (void)heap->compact();
+      if (auto st = heap->validate(); !st.ok() && bad++ < 3) std::fprintf(stderr, "%s\n", st.error().to_string().c_str());
+    }
+  });
+  for (auto& t : threads) t.join();
+  stop.store(true);
+  compactor.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(checked.load(), 1000u);
+  const HeapStats s = heap->stats();
+  EXPECT_EQ(s.live_bytes, 0u);
+  EXPECT_EQ(s.live_objects, 0u);
+  EXPECT_EQ(s.ops.allocate, s.ops.free);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->compact().ok());
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
+TEST(ThreadCache, ShutdownWithObjectsCachedOnManyThreadsGivesEverythingBack) {
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 2; ++i) {
+        std::vector<Handle> hs;
+        for (int k = 0; k < 20; ++k) hs.push_back(*heap.allocate(1024 * (k + 1)));
+        for (Handle h : hs) ASSERT_TRUE(heap.free(h).ok());
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_GT(heap.stats().footprint_bytes, 0u);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.shutdown().ok());
+  EXPECT_EQ(heap.allocate(256).code(), Errc::shut_down);
+  EXPECT_EQ(fh.host().pages_in_use(), 0u) << "every page went back to the backend";
+}
+
+}  // namespace
+}  // namespace valet::test
