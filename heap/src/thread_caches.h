@@ -18,7 +18,7 @@
 // needs a still picture of the handle table (validate, stats, shutdown, a drain): gate() sets a
 // flag and passes through every cache's lock once; a fast path checks the flag under its lock and
 // takes the locked path instead, which waits for the heap lock. While gated, the heap lock's
-// holder reads and changes every cache directly.
+// holder reads and changes every cache, each under its lock (for_each), one at a time.
 #pragma once
 
 #include <array>
@@ -49,7 +49,7 @@ struct alignas(64) ThreadCache {
 
   explicit ThreadCache(std::thread::id t) : thread(t) {}
 
-  ThreadCacheMutex mu;
+  mutable ThreadCacheMutex mu;
   const std::thread::id thread;  // the thread it serves (a new thread may inherit a gone one's id)
   std::array<std::vector<CachedSlot>, kClassCount> bins;
   std::size_t bytes = 0;  // class sizes of the cached slots
@@ -80,14 +80,21 @@ class ThreadCaches {
   void gate();
   void ungate();
 
-  // Precondition: heap lock held and gated. Every cache in turn.
+  // Precondition: heap lock held and gated. Every cache in turn, under its lock: the fast paths
+  // that follow the gate see what `f` changed.
   template <typename F>
   void for_each(F&& f) {
-    for (auto& c : caches_) f(*c);
+    for (auto& c : caches_) {
+      std::lock_guard lock(c->mu);
+      f(*c);
+    }
   }
   template <typename F>
   void for_each(F&& f) const {
-    for (const auto& c : caches_) f(static_cast<const ThreadCache&>(*c));
+    for (const auto& c : caches_) {
+      std::lock_guard lock(c->mu);
+      f(static_cast<const ThreadCache&>(*c));
+    }
   }
 
  private:

@@ -174,5 +174,33 @@ TEST_F(HeapValidate, TheSmallComponentsCheckThemselves) {
   EXPECT_NE(st.error().message.find("waits on no event"), std::string::npos);
 }
 
+// A thread cache's objects: freed, settled, each the owner of its slot, counted once.
+TEST_F(HeapValidate, ThreadCacheObjectsThatAreNotWhatTheySay) {
+  // Two frees: the first makes this thread's cache, the second is cached.
+  ASSERT_TRUE(heap_->free(other_[0]).ok());
+  ASSERT_TRUE(heap_->free(other_[1]).ok());
+  ThreadCache* mine = nullptr;
+  {
+    std::lock_guard lock(core().mu);
+    FastPathGate gate(core().caches);
+    core().caches.for_each([&](ThreadCache& c) {
+      if (!c.holds_nothing()) mine = &c;
+    });
+  }
+  ASSERT_NE(mine, nullptr);
+  const std::uint32_t cls = class_of(3000);
+  ASSERT_FALSE(mine->bins[cls].empty());
+  CachedSlot& cached = mine->bins[cls].back();
+  expect_caught("is not a settled free entry", [&] { cached.index = other_[2].index; },
+                [&] { cached.index = other_[1].index; });
+  expect_caught("does not own the slab slot it names", [&] { ++cached.loc.index; }, [&] { --cached.loc.index; });
+  expect_caught("has a stale address", [&] { cached.address += 256; }, [&] { cached.address -= 256; });
+  expect_caught("byte count is wrong", [&] { mine->bytes += 256; }, [&] { mine->bytes -= 256; });
+  expect_caught("live byte count is wrong", [&] { mine->live_bytes += 1; }, [&] { mine->live_bytes -= 1; });
+  // Last: the copy may move the bin's storage.
+  const CachedSlot twice = cached;
+  expect_caught("cached twice", [&] { mine->bins[cls].push_back(twice); }, [&] { mine->bins[cls].pop_back(); });
+}
+
 }  // namespace
 }  // namespace valet::detail
