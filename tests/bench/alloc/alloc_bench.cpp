@@ -142,6 +142,7 @@ struct Arguments {
   bool compactor_ab = false;
   int rounds = 10;
   int round_ms = 100;
+  std::size_t thread_cache_bytes = valet::Config{}.thread_cache_bytes;
 };
 
 // Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
@@ -171,6 +172,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
       ->capture_default_str();
   app.add_option("--round-ms", args.round_ms, "--compactor-ab: length of a round in milliseconds")
       ->check(CLI::Range(10, 3600000))
+      ->capture_default_str();
+  app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
+                 "Config::thread_cache_bytes of the heap (0: no thread caches, every pair takes the heap lock)")
       ->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -208,6 +212,7 @@ int main(int argc, char** argv) {
   cfg.capacity = 4096 * kMiB;
   cfg.reserve_low_pages = 16;
   cfg.reserve_high_pages = 64;
+  cfg.thread_cache_bytes = args.thread_cache_bytes;
   auto heap = valet::open_heap(backend, cfg);
   if (!heap.ok()) {
     std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
