@@ -98,7 +98,7 @@ Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
   if (cause.code != Errc::out_of_memory) return cause;
   return make_error(Errc::out_of_memory,
                     "cannot allocate " + std::to_string(asked) + " bytes (" + mib(asked) + "): live " +
-                        mib(live_bytes) + " in " + std::to_string(live_objects) + " objects (footprint " +
+                        mib(live_bytes_known()) + " in " + std::to_string(std::max<std::int64_t>(0, live_objects)) + " objects (footprint " +
                         mib(footprint_bytes) + "), held " + mib(pool.created_pages() * kPageSize) +
                         " of a capacity of " + mib(capacity_pages * kPageSize) + "; " + cause.message);
 }
@@ -152,8 +152,8 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
   }
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
-  live_bytes += bytes;
-  if (Demand::ordinary(loc->pages, used_before)) demand.live_peak.note(live_bytes, now_ns());
+  live_bytes += std::int64_t(bytes);
+  if (Demand::ordinary(loc->pages, used_before)) demand.live_peak.note(live_bytes_known(), now_ns());
   footprint_bytes += footprint_of(*loc);
   ++live_objects;
   ++ops.allocate;
@@ -285,7 +285,7 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
 
 Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, HandleEntry* e, const Stream* stream) {
   mu.assert_held();
-  live_bytes -= e->size;
+  live_bytes -= std::int64_t(e->size);
   --live_objects;
   ++ops.free;
   table.changed();
@@ -382,6 +382,8 @@ Result<std::size_t> Heap::size_of(Handle h) const {
   if (core_->shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
   std::lock_guard lock(core_->mu);
   if (core_->shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "size_of: the heap was shut down");
+  // No thread cache frees and reuses the object's entry while its size is read.
+  detail::FastPathGate gate(core_->caches);
   auto e = core_->lookup(h);
   if (!e.ok()) return e.error();
   return (*e)->size;

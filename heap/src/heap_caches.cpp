@@ -96,8 +96,8 @@ void HeapCore::fold_mine() {
 
 void HeapCore::fold(ThreadCache& c) {
   mu.assert_held();
-  live_bytes = std::size_t(std::int64_t(live_bytes) + c.live_bytes);
-  live_objects = std::size_t(std::int64_t(live_objects) + c.live_objects);
+  live_bytes += c.live_bytes;
+  live_objects += c.live_objects;
   ops.allocate += c.allocs;
   ops.free += c.frees;
   if (c.changed) table.changed();
@@ -131,6 +131,7 @@ void HeapCore::drain_caches() {
     }
     c.bytes = 0;
   });
+  caches.drop_orphans();
   for (const CachedSlot& s : out) give_back_cached(s);
 }
 

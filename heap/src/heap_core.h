@@ -84,9 +84,12 @@ struct HeapCore {
   mutable ThreadCaches caches{config.thread_cache_bytes};
 
   // Counters (under mu unless atomic; the thread caches' deltas are folded in under the heap lock).
-  std::size_t live_bytes = 0;
+  // Signed: a thread cache's deltas not yet folded in may be positive while a locked free
+  // subtracts (the sum is exact; live_bytes_known() clamps what the heap alone holds).
+  std::int64_t live_bytes = 0;
   std::size_t footprint_bytes = 0;
-  std::size_t live_objects = 0;
+  std::int64_t live_objects = 0;
+  std::size_t live_bytes_known() const { return live_bytes > 0 ? std::size_t(live_bytes) : 0; }
   std::size_t fixed_objects = 0, fixed_bytes = 0;  // of the live objects, the fixed ones
   HeapStats::Ops ops;
   std::atomic<std::uint64_t> pin_count{0};

@@ -39,8 +39,8 @@ HeapStats Heap::stats() const {
   HeapStats s;
   s.backend = c.backend->name();
   s.capacity_bytes = c.capacity_pages * detail::kPageSize;
-  s.live_bytes = c.live_bytes;
-  s.live_objects = c.live_objects;
+  s.live_bytes = c.live_bytes_known();
+  s.live_objects = std::size_t(std::max<std::int64_t>(0, c.live_objects));
   s.fixed_objects = c.fixed_objects;
   s.fixed_bytes = c.fixed_bytes;
   s.stream_cached_bytes = c.releases.cached_footprint();
@@ -121,12 +121,18 @@ std::vector<PageInfo> Heap::page_map() const {
   std::lock_guard lock(c.mu);
   std::vector<PageInfo> out;
   if (c.shut) return out;
-  // Objects addressed through each slab slot (own slot or alias).
+  // Objects addressed through each slab slot (own slot or alias), the threads' cached ones too
+  // (their slots are taken): a still picture.
+  detail::FastPathGate gate(c.caches);
   std::vector<std::uint32_t> through(c.pool.slot_count(), 0);
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
     if ((e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::slab) ++through[e->loc.page];
   }
+  c.caches.for_each([&](const detail::ThreadCache& tc) {
+    for (const auto& bin : tc.bins)
+      for (const detail::CachedSlot& cs : bin) ++through[cs.loc.page];
+  });
   for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
     const auto& slot = c.pool.slot(k);
     PageInfo info;

@@ -25,6 +25,7 @@ Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry
   // No fast path may make an object live behind the claims below: they stay gated once the
   // shutdown is decided (every later call fails on `shut`), and open again if it is refused.
   caches.gate();
+  fold_caches();  // the counters stay readable once the heap is shut
   // Claim every live object as a move (not cancelable): a pin arriving meanwhile waits for the
   // outcome rather than seeing the object freed. A held pin refuses the shutdown, and the claims
   // are ended: the waiting pins go on as if nothing happened. A refused shutdown changes
@@ -67,7 +68,8 @@ Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
   for (auto* p : pages) slabs.destroy(p);
   note(pool.destroy());
   note(backend->destroy_stream(mover.stream()));
-  live_bytes = footprint_bytes = live_objects = 0;
+  live_bytes = live_objects = 0;
+  footprint_bytes = 0;
   return first;
 }
 

@@ -157,7 +157,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   if (st.ok()) {
     e->size = bytes;
     e->address.store(c.address_of(e->loc), std::memory_order_relaxed);
-    c.live_bytes = c.live_bytes - old_size + bytes;
+    c.live_bytes += std::int64_t(bytes) - std::int64_t(old_size);
     c.footprint_bytes = c.footprint_bytes - old_footprint + c.footprint_of(e->loc);
     ++c.ops.resize;
     c.table.changed();

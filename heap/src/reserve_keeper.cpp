@@ -23,7 +23,7 @@ constexpr int kBatchesPerWake = 64;
 std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
 }  // namespace
 
-ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::size_t& live_bytes,
+ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::int64_t& live_bytes,
                              Demand& demand, std::function<void()> on_wake)
     : mu_(mu), pool_(pool), config_(config), live_bytes_(live_bytes), demand_(demand), on_wake_(std::move(on_wake)) {}
 
@@ -56,7 +56,7 @@ ReserveTargets ReserveKeeper::targets() {
   mu_.assert_held();
   const std::uint64_t now = now_ns();
   const std::size_t used = pool_.used_pages();
-  const auto by_live = std::size_t(config_.reserve_fraction * double(pages_of(live_bytes_)));
+  const auto by_live = std::size_t(config_.reserve_fraction * double(pages_of(std::uint64_t(std::max<std::int64_t>(0, live_bytes_)))));
   // What keeps mapped memory within ratio x the recent peak of the (ordinary) live bytes: as
   // live memory falls below its peak, the reserve keeps what the next allocations will likely
   // take back; near the peak, nothing beyond the watermark, whatever the pages in use waste.

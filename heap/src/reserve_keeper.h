@@ -50,7 +50,7 @@ class ReserveKeeper {
   // `on_wake` runs under the heap lock each time the thread wakes, before the reserve is kept
   // (the heap reaps deferred frees there). `live_bytes` and `demand` are the heap's, read under
   // the heap lock.
-  ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::size_t& live_bytes, Demand& demand,
+  ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::int64_t& live_bytes, Demand& demand,
                 std::function<void()> on_wake);
   ~ReserveKeeper() { stop(); }
 
@@ -88,7 +88,7 @@ class ReserveKeeper {
   HeapMutex& mu_;
   PagePool& pool_;
   const Config& config_;
-  const std::size_t& live_bytes_;
+  const std::int64_t& live_bytes_;
   Demand& demand_;
   std::function<void()> on_wake_;
   std::thread thread_;

@@ -10,7 +10,8 @@ namespace valet::detail {
 Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail) {
   mu.assert_held();
   // Cached slots on the page could not be claimed: they go back first (which may empty the page
-  // and end the sharing).
+  // and end the sharing), and no thread caches a slot of it until its objects are claimed.
+  std::optional<FastPathGate> gate(std::in_place, caches);
   drain_caches();
   if (!tails.is_shared(tail)) return {};
   SlabPage* p = slabs.page(*tails.shared_page(tail));
@@ -31,6 +32,7 @@ Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t t
     objects.push_back(e);
     index.push_back(i);
   }
+  gate.reset();
   auto end_all = [&] {
     for (HandleEntry* e : objects) end_move(e);
   };

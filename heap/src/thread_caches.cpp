@@ -8,7 +8,7 @@ namespace {
 // lock when it comes back to that heap.
 struct Known {
   std::uint64_t heap = 0;
-  ThreadCache* cache = nullptr;
+  std::shared_ptr<ThreadCache> cache;  // its share ends with the thread: the heap then drops it
 };
 constexpr std::size_t kKnown = 4;
 thread_local std::array<Known, kKnown> known{};
@@ -22,7 +22,7 @@ std::uint64_t ThreadCaches::next_id() {
 
 ThreadCache* ThreadCaches::mine() const {
   for (const Known& k : known)
-    if (k.heap == id_) return k.cache;
+    if (k.heap == id_) return k.cache.get();
   return nullptr;
 }
 
@@ -30,16 +30,16 @@ ThreadCache* ThreadCaches::mine_or_make() {
   if (ThreadCache* c = mine()) return c;
   // A thread that used more heaps than its record holds comes back to the cache it had.
   const std::thread::id me = std::this_thread::get_id();
-  ThreadCache* c = nullptr;
+  std::shared_ptr<ThreadCache> c;
   for (auto& k : caches_)
-    if (k->thread == me) c = k.get();
+    if (k->thread == me) c = k;
   if (!c) {
-    caches_.push_back(std::make_unique<ThreadCache>(me));
-    c = caches_.back().get();
+    c = std::make_shared<ThreadCache>(me);
+    caches_.push_back(c);
   }
   known[next_known] = {id_, c};
   next_known = (next_known + 1) % kKnown;
-  return c;
+  return c.get();
 }
 
 void ThreadCaches::gate() {
@@ -53,5 +53,14 @@ void ThreadCaches::gate() {
 }
 
 void ThreadCaches::ungate() { gate_.fetch_sub(1, std::memory_order_relaxed); }
+
+void ThreadCaches::drop_orphans() {
+  // A thread's record holds the other share while the thread lives; only the thread itself
+  // drops it (at exit, or replacing it under the heap lock), never during one of its fast paths.
+  std::erase_if(caches_, [](const std::shared_ptr<ThreadCache>& c) {
+    return c.use_count() == 1 && c->holds_nothing() && c->live_bytes == 0 && c->live_objects == 0 && c->allocs == 0 &&
+           c->frees == 0;
+  });
+}
 
 }  // namespace valet::detail

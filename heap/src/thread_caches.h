@@ -79,7 +79,12 @@ class ThreadCaches {
   // the matching ungate(); the caches are the heap lock holder's to read and change.
   void gate();
   void ungate();
+  // Precondition: heap lock held and gated. Removes the empty caches that no thread can reach
+  // any more (their threads exited); folded and drained caches only.
+  void drop_orphans();
 
+  // Precondition: heap lock held. Caches registered.
+  std::size_t count() const { return caches_.size(); }
   // Precondition: heap lock held and gated. Every cache in turn, under its lock: the fast paths
   // that follow the gate see what `f` changed.
   template <typename F>
@@ -100,7 +105,9 @@ class ThreadCaches {
  private:
   std::size_t limit_;
   std::uint64_t id_ = next_id();  // never reused: a thread's record of a gone heap matches nothing
-  std::vector<std::unique_ptr<ThreadCache>> caches_;  // under the heap lock
+  // Under the heap lock. Shared with the thread's own record (thread_caches.cpp): a cache whose
+  // thread has exited (or dropped its record) is the registry's alone, and drop_orphans() ends it.
+  std::vector<std::shared_ptr<ThreadCache>> caches_;
   std::atomic<int> gate_{0};
 
   static std::uint64_t next_id();

@@ -240,5 +240,57 @@ TEST(ThreadCache, ShutdownWithObjectsCachedOnManyThreadsGivesEverythingBack) {
   EXPECT_EQ(fh.host().pages_in_use(), 0u) << "every page went back to the backend";
 }
 
+// A locked free of an object a cache handed out (here a stream-ordered free, which never takes
+// the fast path) before the cache's counters were folded: the counters stay exact, never below 0.
+TEST(ThreadCache, ALockedFreeOfAFastAllocationKeepsTheCountersExact) {
+  auto heap = make_heap();
+  ASSERT_TRUE(heap->free(*heap->allocate(100)).ok());
+  (void)heap->stats();  // folds
+  const Handle h = *heap->allocate(100);  // from the cache, not yet counted by the heap
+  const Stream s = *heap->backend().create_stream();
+  ASSERT_TRUE(heap->free(h, s).ok());
+  {
+    auto& core = HeapInternals::of(*heap);
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.live_bytes_known(), 0u) << "what the heap alone knows is clamped at 0";
+  }
+  const HeapStats st = heap->stats();
+  EXPECT_EQ(st.live_bytes, 0u);
+  EXPECT_EQ(st.live_objects, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->backend().synchronize_stream(s).ok());
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
+TEST(ThreadCache, StatsAfterShutdownCountEveryOperation) {
+  auto heap = make_heap();
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(heap->free(*heap->allocate(512)).ok());
+  ASSERT_TRUE(heap->shutdown().ok());
+  const HeapStats s = heap->stats();
+  EXPECT_EQ(s.ops.allocate, 100u);
+  EXPECT_EQ(s.ops.free, 100u);
+}
+
+TEST(ThreadCache, TheCachesOfThreadsThatExitedGoAtTheNextCycle) {
+  auto heap = make_heap();
+  auto& core = HeapInternals::of(*heap);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&] {
+        std::vector<Handle> hs;
+        for (int k = 0; k < 16; ++k) hs.push_back(*heap->allocate(4096 * (k + 1)));
+        for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+      });
+    for (auto& t : threads) t.join();
+    EXPECT_GT(heap->stats().footprint_bytes, 0u) << "the exited threads' caches still hold their frees";
+    ASSERT_TRUE(heap->compact().ok());
+    EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.caches.count(), 0u) << "no cache is left for a thread that exited";
+  }
+  EXPECT_VALID(*heap);
+}
+
 }  // namespace
 }  // namespace valet::test
