@@ -80,6 +80,9 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
     sources.insert(sources.end(), sparse.begin(), sparse.end());
   }
   const Status evacuated = evacuate(lock, sources, rec);
+  // Objects freed into the threads' caches while the batches copied hold slots of the sources
+  // (a cached slot is never moved): they go back now, so that those pages can be retired.
+  if (!sources.empty()) drain_caches();
   for (SlabPage* p : sources) {
     if (p->used == 0 && retire_slab(p))
       ++rec.pages_freed;
