@@ -52,6 +52,8 @@ class ReserveKeeper {
   // the heap lock.
   ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::int64_t& live_bytes, Demand& demand,
                 std::function<void()> on_wake);
+  // A counter of another type would bind a temporary, gone after the constructor.
+  ReserveKeeper(HeapMutex&, PagePool&, const Config&, std::int64_t&&, Demand&, std::function<void()>) = delete;
   ~ReserveKeeper() { stop(); }
 
   // Starts the thread when the config asks for one. Idempotent.

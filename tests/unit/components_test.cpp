@@ -141,7 +141,7 @@ TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
   config.reserve_low_pages = 4;
   config.reserve_high_pages = 8;
   int wakes = 0;
-  const std::size_t live_bytes = 0;
+  const std::int64_t live_bytes = 0;
   Demand demand{1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, [&] { ++wakes; });
   ASSERT_TRUE(keeper.validate().ok());

@@ -89,7 +89,7 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   config.reserve_high_pages = 4;
   config.reserve_fraction = 0.3;
   config.reserve_peak_ratio = 2.0;
-  std::size_t live_bytes = 100 * kPageBytes;  // 30 reserve pages allowed by the live bytes
+  std::int64_t live_bytes = 100 * kPageBytes;  // 30 reserve pages allowed by the live bytes
   Demand demand{std::uint64_t(60) * 1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
   auto read = [&](auto f) {
