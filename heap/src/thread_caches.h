@@ -53,7 +53,7 @@ struct alignas(64) ThreadCache {
   const std::thread::id thread;  // the thread it serves (a new thread may inherit a gone one's id)
   std::array<std::vector<CachedSlot>, kClassCount> bins;
   std::size_t bytes = 0;  // class sizes of the cached slots
-  // The heap's counters this cache changed since they were last folded in (fold_into).
+  // The heap's counters this cache changed since they were last folded in (HeapCore::fold).
   std::int64_t live_bytes = 0, live_objects = 0;
   std::uint64_t allocs = 0, frees = 0;
   bool changed = false;  // an address or generation changed (the device table must be rebuilt)
