@@ -153,8 +153,8 @@ Status HeapCore::evacuate(std::unique_lock<HeapMutex>& lock, const std::vector<S
       // The new slot is taken but owned by nobody (in transit) until the move commits.
       const std::uint32_t j = slabs.take_slot(dst, kNoOwner);
       ++in_transit;
-      batch.push_back({e, owner, e->loc, Location{ObjectKind::slab, dst->slot, j, 0}, e->size});
-      batch_bytes += e->size;
+      batch.push_back({e, owner, e->loc, Location{ObjectKind::slab, dst->slot, j, 0}, e->size()});
+      batch_bytes += e->size();
       if (batch_bytes >= move_batch_bytes) {
         VALET_TRY(run_moves(lock, batch, rec));
         batch.clear();

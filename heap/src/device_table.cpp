@@ -36,7 +36,7 @@ Status DeviceTable::open_scope(const HandleTable& handles, std::uint32_t heap_ta
       const HandleEntry* e = handles.get(i);
       const std::uint64_t s = e->state.load(std::memory_order_acquire);
       if (!state::live(s)) continue;
-      entries[i] = {e->address.load(std::memory_order_acquire), state::generation(s), 0, e->size};
+      entries[i] = {e->address.load(std::memory_order_acquire), state::generation(s), 0, e->size()};
     }
     VALET_TRY(pool_.write_outside(range_, entries.data(), bytes));
     uploaded_version_ = version_;

@@ -32,9 +32,14 @@ struct alignas(64) HandleEntry {
   std::atomic<std::uint64_t> state{0};
   std::atomic<DevicePtr> address{0};
   std::atomic<DevicePtr> alias{0};  // read by pins while ALIASED
-  // Fields below are written under the heap lock; pins read only `address` and `size` while
-  // holding a pin (which keeps them constant).
-  std::size_t size = 0;
+  // The object's bytes: written under the heap lock, or by a thread cache's fast allocation
+  // without it (the entry is that thread's then, but a mover whose claim a pin cancelled may still
+  // read it: its pair is dropped, yet the read must not race), so a relaxed atomic. Pins read it
+  // while holding a pin (which keeps it constant).
+  std::size_t size() const { return size_bytes.load(std::memory_order_relaxed); }
+  void set_size(std::size_t bytes) { size_bytes.store(bytes, std::memory_order_relaxed); }
+  std::atomic<std::size_t> size_bytes{0};
+  // Fields below are written under the heap lock.
   Location loc;
   // A fixed object (Heap::allocate_fixed): no move claim is granted for it except meshing's at a
   // safe point, which keeps its address.

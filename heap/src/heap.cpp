@@ -142,7 +142,7 @@ Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream
     return loc.error();
   }
   HandleEntry* e = handles.get(index);
-  e->size = bytes;
+  e->set_size(bytes);
   e->loc = *loc;
   e->fixed = fixed;
   if (fixed) {
@@ -285,7 +285,7 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
 
 Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, HandleEntry* e, const Stream* stream) {
   mu.assert_held();
-  live_bytes -= std::int64_t(e->size);
+  live_bytes -= std::int64_t(e->size());
   --live_objects;
   ++ops.free;
   table.changed();
@@ -294,7 +294,7 @@ Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, Handle
   SlabPage* page = slab ? slabs.page(pool.slot(e->loc.page).owner) : nullptr;
   if (e->fixed) {
     --fixed_objects;
-    fixed_bytes -= e->size;
+    fixed_bytes -= e->size();
     if (slab) --page->fixed;
     e->fixed = false;
   }
@@ -386,7 +386,7 @@ Result<std::size_t> Heap::size_of(Handle h) const {
   detail::FastPathGate gate(core_->caches);
   auto e = core_->lookup(h);
   if (!e.ok()) return e.error();
-  return (*e)->size;
+  return (*e)->size();
 }
 
 Status Heap::maintain() {

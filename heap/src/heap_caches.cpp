@@ -20,7 +20,7 @@ std::optional<Handle> HeapCore::allocate_cached(std::size_t bytes) {
   HandleEntry* e = handles.get(s.index);
   // Nobody reads a cached entry's fields without gating the caches first; a mover or a pin
   // reads them after acquiring the state word, which make_live publishes.
-  e->size = bytes;
+  e->set_size(bytes);
   e->address.store(s.address, std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   c->live_bytes += std::int64_t(bytes);
@@ -57,9 +57,9 @@ std::optional<Status> HeapCore::free_cached(Handle h) {
 
 std::uint32_t HeapCore::cache_class(const HandleEntry* e) const {
   if (e->loc.kind != ObjectKind::slab || e->fixed || e->unpins_recorded.load(std::memory_order_acquire) ||
-      e->size > kMaxSlabObject || class_size(class_of(e->size)) > caches.limit())
+      e->size() > kMaxSlabObject || class_size(class_of(e->size())) > caches.limit())
     return kNotCacheable;
-  return class_of(e->size);
+  return class_of(e->size());
 }
 
 bool HeapCore::fits(const ThreadCache& c, std::uint32_t cls) const {
@@ -69,7 +69,7 @@ bool HeapCore::fits(const ThreadCache& c, std::uint32_t cls) const {
 void HeapCore::keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e) {
   c.bins[cls].push_back({index, e->loc, e->address.load(std::memory_order_relaxed)});
   c.bytes += class_size(cls);
-  c.live_bytes -= std::int64_t(e->size);
+  c.live_bytes -= std::int64_t(e->size());
   --c.live_objects;
   ++c.frees;
   c.changed = true;

@@ -145,7 +145,7 @@ std::vector<PageInfo> Heap::page_map() const {
         const HandleEntry* e = slot.owner ? c.handles.get(slot.owner) : nullptr;
         if (e && (e->state.load() & state::kLive) && e->loc.kind == ObjectKind::large) {
           const std::uint64_t begin = std::uint64_t(k - e->loc.page) * detail::kPageSize;
-          info.used_bytes = e->size > begin ? std::min<std::uint64_t>(e->size - begin, detail::kPageSize) : 0;
+          info.used_bytes = e->size() > begin ? std::min<std::uint64_t>(e->size() - begin, detail::kPageSize) : 0;
         }
         info.sharers = c.pool.mappings_of(k);
         break;

@@ -107,7 +107,7 @@ Result<Pin> Heap::pin(Handle h) {
   p.core_ = &c;
   p.handle_ = h;
   p.address_ = address;
-  p.size_ = (*e)->size;
+  p.size_ = (*e)->size();
   return p;
 }
 
@@ -121,7 +121,7 @@ Result<StreamPin> Heap::pin(Handle h, Stream stream) {
   p.handle_ = h;
   p.stream_ = stream;
   p.address_ = address;
-  p.size_ = (*e)->size;
+  p.size_ = (*e)->size();
   return p;
 }
 

@@ -36,7 +36,7 @@ Status resize_large(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std:
   // The last page changes (or its used part does): offered again once the resize is done.
   c.tails.close(tail);
   Status st = resize_large_unshared(c, index, e, bytes);
-  c.open_tail(loc, st.ok() ? bytes : e->size);
+  c.open_tail(loc, st.ok() ? bytes : e->size());
   return st;
 }
 
@@ -85,7 +85,7 @@ Status resize_by_copy(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, st
   const bool slab = dest->kind == ObjectKind::slab;
   if (slab) ++c.in_transit;
   detail::CopyBatch batch;
-  batch.copies.push_back({e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size)});
+  batch.copies.push_back({e->address.load(std::memory_order_relaxed), c.address_of(*dest), std::min(bytes, e->size())});
   add_slots(e->loc, batch.slots);
   add_slots(*dest, batch.slots);
   const Status st = c.mover.run(lock, batch);
@@ -134,7 +134,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     c.end_move(e);
     return make_error(Errc::out_of_memory, "resize: " + std::to_string(bytes) + " bytes exceeds the heap's capacity");
   }
-  const std::size_t old_size = e->size;
+  const std::size_t old_size = e->size();
   const std::size_t old_footprint = c.footprint_of(e->loc);
   const bool was_large = e->loc.kind == ObjectKind::large;
   const bool stays_large = was_large && bytes > detail::kMaxSlabObject;
@@ -155,7 +155,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
     st = stays_large ? resize_large(c, lock, h.index, e, bytes) : resize_by_copy(c, lock, h.index, e, bytes);
   }
   if (st.ok()) {
-    e->size = bytes;
+    e->set_size(bytes);
     e->address.store(c.address_of(e->loc), std::memory_order_relaxed);
     c.live_bytes += std::int64_t(bytes) - std::int64_t(old_size);
     c.footprint_bytes = c.footprint_bytes - old_footprint + c.footprint_of(e->loc);

@@ -90,7 +90,7 @@ Status check_tail_link(const HeapCore& c, const SlabPage& p) {
     return fail("slab page " + std::to_string(p.id) + " is not linked to the tail it shares");
   const HandleEntry* e = ts.owner ? c.handles.get(ts.owner) : nullptr;
   if (live(e) && e->loc.kind == ObjectKind::large) {
-    const std::uint64_t used = e->size - std::uint64_t(e->loc.pages - 1) * detail::kPageSize;
+    const std::uint64_t used = e->size() - std::uint64_t(e->loc.pages - 1) * detail::kPageSize;
     if (std::uint64_t(p.blocked) * detail::class_size(p.cls) < used)
       return fail("slab page " + std::to_string(p.id) + " does not block all of the tail's bytes");
   }
@@ -179,19 +179,19 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (!state::live(s)) continue;
     ++objects;
-    live_bytes += e->size;
+    live_bytes += e->size();
     if (e->fixed) {
       ++fixed;
-      fixed_bytes += e->size;
+      fixed_bytes += e->size();
     }
     if (e->loc.kind == ObjectKind::slab) {
       const auto& slot = c.pool.slot(e->loc.page);
       if (slot.kind != SlotKind::slab) return fail("object " + std::to_string(i) + " points at a non-slab page");
       const auto* p = c.slabs.page(slot.owner);
       if (!p || p->owners[e->loc.index] != i) return fail("object " + std::to_string(i) + " is not its slot's owner");
-      if (e->size > detail::class_size(p->cls)) return fail("object larger than its size class");
+      if (e->size() > detail::class_size(p->cls)) return fail("object larger than its size class");
     } else {
-      if (std::uint64_t(e->size) > std::uint64_t(e->loc.pages) * detail::kPageSize)
+      if (std::uint64_t(e->size()) > std::uint64_t(e->loc.pages) * detail::kPageSize)
         return fail("large object larger than its pages");
       for (std::uint32_t k = 0; k < e->loc.pages; ++k) {
         const auto& slot = c.pool.slot(e->loc.page + k);

@@ -99,7 +99,7 @@ Status HeapCore::mesh_batch(std::unique_lock<HeapMutex>& lock, const std::vector
   for (MeshPair* pr : batch) {
     const std::size_t size = class_size(pr->dst->cls);
     for (HandleEntry* e : pr->objects)
-      copy.copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size});
+      copy.copies.push_back({address_of(e->loc), pool.address(pr->dst->slot) + DevicePtr(e->loc.index) * size, e->size()});
     pr->plan = pool.plan_remap(pr->src->slot, pr->dst->slot);
     copy.slots.push_back(pr->src->slot);
     copy.slots.push_back(pr->dst->slot);
@@ -220,7 +220,7 @@ bool HeapCore::claim_source(MeshPair& pair) {
       return false;
     }
     pair.objects.push_back(e);
-    pair.bytes += e->size;
+    pair.bytes += e->size();
   }
   return true;
 }

@@ -47,7 +47,7 @@ Status TailLinks::validate(const PagePool& pool, const Slabs& slabs, const Handl
     const std::uint32_t owner = pool.slot(tail).owner;
     const HandleEntry* e = owner ? handles.get(owner) : nullptr;
     if (e && state::live(e->state.load(std::memory_order_acquire)) &&
-        (e->loc.page + e->loc.pages - 1 != tail || e->size - std::uint64_t(e->loc.pages - 1) * kPageSize != used))
+        (e->loc.page + e->loc.pages - 1 != tail || e->size() - std::uint64_t(e->loc.pages - 1) * kPageSize != used))
       return fail("open tail " + std::to_string(tail) + " disagrees with its object");
   }
   return {};

@@ -48,7 +48,7 @@ Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t t
   CopyBatch batch;
   for (std::size_t k = 0; k < objects.size(); ++k)
     batch.copies.push_back({pool.address(p->slot) + DevicePtr(index[k]) * size,
-                            pool.address(*spare) + DevicePtr(index[k]) * size, objects[k]->size});
+                            pool.address(*spare) + DevicePtr(index[k]) * size, objects[k]->size()});
   batch.slots = {p->slot, *spare};
   slabs.detach(p);
   auto plan = pool.plan_remap(p->slot, *spare);

@@ -188,7 +188,7 @@ bool HeapCore::release_tail_page(SlabPage* p) {
   if (const HandleEntry* e = owner ? handles.get(owner) : nullptr;
       e && (e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::large &&
       last_slot(e->loc) == tail)
-    open_tail(e->loc, e->size);
+    open_tail(e->loc, e->size());
   return true;
 }
 

@@ -52,7 +52,7 @@ void ThreadCaches::gate() {
   }
 }
 
-void ThreadCaches::ungate() { gate_.fetch_sub(1, std::memory_order_relaxed); }
+void ThreadCaches::ungate() { gate_.fetch_sub(1, std::memory_order_release); }
 
 void ThreadCaches::drop_orphans() {
   // A thread's record holds the other share while the thread lives; only the thread itself

@@ -73,8 +73,10 @@ class ThreadCaches {
   // Precondition: heap lock held. The calling thread's cache, made now if it has none.
   ThreadCache* mine_or_make();
 
-  // Whether fast paths must take the locked path (read under a cache's lock).
-  bool gated() const { return gate_.load(std::memory_order_relaxed) != 0; }
+  // Whether fast paths must take the locked path (read under a cache's lock). Acquire: a fast
+  // path that sees the gate lifted sees everything its holder did before ungate() (validate's
+  // reads of an entry that the fast path then rewrites: without it, a data race).
+  bool gated() const { return gate_.load(std::memory_order_acquire) != 0; }
   // Precondition: heap lock held. After gate(), no fast path is in flight and none starts until
   // the matching ungate(); the caches are the heap lock holder's to read and change.
   void gate();
