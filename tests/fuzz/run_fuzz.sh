@@ -28,7 +28,7 @@ done
 # coverage instrumentation: they run after every operation and are not what is fuzzed.
 CC=clang-16 CXX=clang++-16 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DVALET_FUZZ=ON -DVALET_SANITIZE=address,undefined -DVALET_BUILD_TESTS=ON -DVALET_WITH_CUDA=OFF \
-  -DVALET_TEST_DIRS=fuzz \
+  -DVALET_TEST_DIRS=fuzz -DCMAKE_UNITY_BUILD=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link -fsanitize-coverage-ignorelist=$PWD/tests/fuzz/coverage_ignorelist.txt" \
   >/dev/null
 cmake --build "$dir" -j"$jobs" --target valet-heap-fuzz

@@ -17,12 +17,10 @@
 namespace valet {
 namespace {
 
-constexpr std::size_t kPage = kPageBytes;
-
 using HostModel = BackendModel<HostBackend>;
 
-std::unique_ptr<HostModel> make_host(std::size_t pages = 8) {
-  auto b = std::make_unique<HostModel>(HostBackendOptions{.capacity_bytes = pages * kPage});
+std::unique_ptr<HostModel> make_host_model(std::size_t pages = 8) {
+  auto b = std::make_unique<HostModel>(HostBackendOptions{.capacity_bytes = pages * kPageBytes});
   EXPECT_TRUE(b->impl().status().ok());
   return b;
 }
@@ -55,21 +53,21 @@ TEST(DriverOp, EveryOperationHasItsOwnName) {
 
 // One call of each door operation, in DriverOp order: the hook sees each under its own value.
 TEST(BackendAdaptor, EachDoorCallReachesTheHookOnceUnderItsOwnOp) {
-  RecordingAdaptor a(make_host());
+  RecordingAdaptor a(make_host_model());
   ASSERT_TRUE(a.memory_info().ok());
-  auto va = a.reserve(2 * kPage);
+  auto va = a.reserve(2 * kPageBytes);
   ASSERT_TRUE(va.ok());
-  ASSERT_TRUE(a.unreserve(*va, 2 * kPage).ok());
-  va = a.inner().reserve(kPage);  // not through the adaptor: unseen
+  ASSERT_TRUE(a.unreserve(*va, 2 * kPageBytes).ok());
+  va = a.inner().reserve(kPageBytes);  // not through the adaptor: unseen
   ASSERT_TRUE(va.ok());
   auto page = a.create_page();
   ASSERT_TRUE(page.ok());
   auto spare = a.inner().create_page();
   ASSERT_TRUE(a.release_page(*spare).ok());
   ASSERT_TRUE(a.map(*va, *page).ok());
-  ASSERT_TRUE(a.unmap(*va, kPage).ok());
+  ASSERT_TRUE(a.unmap(*va, kPageBytes).ok());
   ASSERT_TRUE(a.inner().map(*va, *page).ok());
-  ASSERT_TRUE(a.set_access(*va, kPage).ok());
+  ASSERT_TRUE(a.set_access(*va, kPageBytes).ok());
   auto s = a.create_stream();
   ASSERT_TRUE(s.ok());
   ASSERT_TRUE(a.destroy_stream(*s).ok());
@@ -81,7 +79,7 @@ TEST(BackendAdaptor, EachDoorCallReachesTheHookOnceUnderItsOwnOp) {
   ASSERT_TRUE(a.record_event(*e, Stream{}).ok());
   ASSERT_TRUE(a.query_event(*e).ok());
   ASSERT_TRUE(a.synchronize_event(*e).ok());
-  CopyRange c{*va, *va + kPage / 2, 64};
+  CopyRange c{*va, *va + kPageBytes / 2, 64};
   ASSERT_TRUE(a.copy({&c, 1}, Stream{}).ok());
   const std::uint64_t word = 42;
   ASSERT_TRUE(a.write(*va, &word, 8).ok());
@@ -92,11 +90,11 @@ TEST(BackendAdaptor, EachDoorCallReachesTheHookOnceUnderItsOwnOp) {
 
   // Properties and tools are not driver calls of the door: no hook.
   a.seen.clear();
-  EXPECT_EQ(a.granularity(), kPage);
+  EXPECT_EQ(a.granularity(), kPageBytes);
   EXPECT_TRUE(a.capabilities().host_accessible);
   EXPECT_EQ(a.kind(), BackendKind::host);
   EXPECT_EQ(a.name(), a.inner().name());
-  PatternRange r{*va, kPage, 5};
+  PatternRange r{*va, kPageBytes, 5};
   ASSERT_TRUE(a.fill_pattern({&r, 1}, Stream{}).ok());
   EXPECT_EQ(*a.verify_pattern({&r, 1}, Stream{}), 0u);
   std::uint64_t back = 0;
@@ -105,13 +103,13 @@ TEST(BackendAdaptor, EachDoorCallReachesTheHookOnceUnderItsOwnOp) {
   EXPECT_TRUE(a.seen.empty());
 
   ASSERT_TRUE(a.inner().destroy_event(*e).ok());
-  ASSERT_TRUE(a.inner().unmap(*va, kPage).ok());
+  ASSERT_TRUE(a.inner().unmap(*va, kPageBytes).ok());
   ASSERT_TRUE(a.inner().release_page(*page).ok());
-  ASSERT_TRUE(a.inner().unreserve(*va, kPage).ok());
+  ASSERT_TRUE(a.inner().unreserve(*va, kPageBytes).ok());
 }
 
 TEST(BackendAdaptor, HookErrorFailsTheCallWithoutForwardingIt) {
-  auto host = make_host();
+  auto host = make_host_model();
   HostBackend& raw = host->impl();
   RecordingAdaptor a(std::move(host));
   a.refused = {DriverOp::create_page, DriverOp::reserve, DriverOp::map};
@@ -121,24 +119,24 @@ TEST(BackendAdaptor, HookErrorFailsTheCallWithoutForwardingIt) {
   EXPECT_EQ(page.code(), Errc::invalid_state);
   EXPECT_EQ(page.error().message, "refused create_page");
   EXPECT_EQ(raw.pages_in_use(), 0u) << "the refused call reached the backend";
-  EXPECT_EQ(a.reserve(kPage).code(), Errc::invalid_state);
+  EXPECT_EQ(a.reserve(kPageBytes).code(), Errc::invalid_state);
 
-  auto va = raw.reserve(kPage);
+  auto va = raw.reserve(kPageBytes);
   auto p = raw.create_page();
   ASSERT_TRUE(va.ok() && p.ok());
   EXPECT_EQ(a.map(*va, *p).code(), Errc::invalid_state);
   // Not mapped: the inner backend refuses set_access, and unmap, on an unmapped page.
-  EXPECT_EQ(raw.set_access(*va, kPage).code(), Errc::invalid_state);
+  EXPECT_EQ(raw.set_access(*va, kPageBytes).code(), Errc::invalid_state);
   a.refused.clear();
   ASSERT_TRUE(a.map(*va, *p).ok());
-  ASSERT_TRUE(a.unmap(*va, kPage).ok());
+  ASSERT_TRUE(a.unmap(*va, kPageBytes).ok());
   ASSERT_TRUE(a.release_page(*p).ok());
-  ASSERT_TRUE(a.unreserve(*va, kPage).ok());
+  ASSERT_TRUE(a.unreserve(*va, kPageBytes).ok());
   EXPECT_EQ(raw.pages_in_use(), 0u);
 }
 
 TEST(FaultInjectingBackend, FailNthFailsExactlyThatCallOfThatOp) {
-  FaultInjectingBackend f(make_host());
+  FaultInjectingBackend f(make_host_model());
   EXPECT_EQ(f.name().rfind("fault-injecting host", 0), 0u) << f.name();
   f.fail_nth(FaultOp::create_page, 3);
   std::vector<PhysicalPage> pages;
@@ -160,7 +158,7 @@ TEST(FaultInjectingBackend, FailNthFailsExactlyThatCallOfThatOp) {
 
 // Every door operation can be failed, not only the ones the heap's fault tests sweep.
 TEST(FaultInjectingBackend, AnyDoorOperationCanBeFailed) {
-  FaultInjectingBackend f(make_host());
+  FaultInjectingBackend f(make_host_model());
   auto e = f.create_event();
   ASSERT_TRUE(e.ok());
   f.fail_nth(FaultOp::synchronize_event, 1);
@@ -177,7 +175,7 @@ TEST(FaultInjectingBackend, AnyDoorOperationCanBeFailed) {
 
 TEST(FaultInjectingBackend, RandomFaultsRepeatWithTheSeedAndDisarm) {
   auto pattern = [](std::uint64_t seed) {
-    FaultInjectingBackend f(make_host());
+    FaultInjectingBackend f(make_host_model());
     f.fail_randomly(FaultOp::memory_info, 0.5, seed);
     std::string outcome;
     for (int i = 0; i < 64; ++i) outcome += f.memory_info().ok() ? '.' : 'x';
@@ -193,7 +191,7 @@ TEST(FaultInjectingBackend, RandomFaultsRepeatWithTheSeedAndDisarm) {
 }
 
 TEST(FaultInjectingBackend, DelayedCallsWaitBeforeForwarding) {
-  FaultInjectingBackend f(make_host());
+  FaultInjectingBackend f(make_host_model());
   // Long enough that a loaded machine's scheduling noise cannot stand in for it.
   constexpr auto kDelay = std::chrono::milliseconds(200);
   f.delay_calls(FaultOp::query_event, kDelay);

@@ -10,16 +10,12 @@
 namespace valet::test {
 namespace {
 
-HostBackend& host_of(Heap& heap) { return static_cast<BackendModel<HostBackend>&>(heap.backend()).impl(); }
-
 TEST(Compaction, EvacuatesSparsePagesAndKeepsEveryByte) {
   auto heap = make_heap();
   auto kept = fragment(*heap, 32 * 40, 64 * 1024, 4, 1);  // 40 pages at 25% occupancy
   auto before = heap->stats();
   EXPECT_GE(before.pages.slab, 40u);
-  CompactRequest evacuate_only;
-  evacuate_only.mesh = false;
-  auto rec = heap->compact(evacuate_only);
+  auto rec = heap->compact(evacuate_only());
   ASSERT_TRUE(rec.ok()) << rec.error().to_string();
   EXPECT_GT(rec->objects_moved, 0u);
   EXPECT_EQ(rec->bytes_moved, rec->objects_moved * 64 * 1024);
@@ -250,18 +246,6 @@ void pin_during_copy_cancels_the_move(const CompactRequest& request, bool stream
   if (stream_pin) {
     ASSERT_TRUE(host.destroy_stream(s).ok());
   }
-}
-
-CompactRequest evacuate_only() {
-  CompactRequest r;
-  r.mesh = false;
-  return r;
-}
-
-CompactRequest mesh_only() {
-  CompactRequest r;
-  r.evacuate = false;
-  return r;
 }
 
 TEST(Compaction, APinDuringTheCopyCancelsTheMoveWithoutWaiting) {

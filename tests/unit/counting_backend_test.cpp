@@ -15,30 +15,28 @@
 namespace valet {
 namespace {
 
-constexpr std::size_t kPage = kPageBytes;
-
-std::unique_ptr<Backend> make_host(std::size_t pages = 8) {
-  auto b = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = pages * kPage});
+std::unique_ptr<Backend> make_host_backend(std::size_t pages = 8) {
+  auto b = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = pages * kPageBytes});
   EXPECT_TRUE(b->impl().status().ok());
   return b;
 }
 
 TEST(CountingBackend, CountsEachDoorCallByOpWhetherItSucceedsOrNot) {
-  CountingBackend c(make_host());
+  CountingBackend c(make_host_backend());
   EXPECT_EQ(c.name(), c.inner().name()) << "counting is invisible";
   EXPECT_EQ(c.totals().total(), 0u);
-  auto va = c.reserve(kPage);
+  auto va = c.reserve(kPageBytes);
   auto p = c.create_page();
   ASSERT_TRUE(va.ok() && p.ok());
-  EXPECT_EQ(c.unmap(*va, kPage).code(), Errc::invalid_state);  // refused by the backend: counted
+  EXPECT_EQ(c.unmap(*va, kPageBytes).code(), Errc::invalid_state);  // refused by the backend: counted
   ASSERT_TRUE(c.map(*va, *p).ok());
-  ASSERT_TRUE(c.set_access(*va, kPage).ok());
-  PatternRange r{*va, kPage, 3};
+  ASSERT_TRUE(c.set_access(*va, kPageBytes).ok());
+  PatternRange r{*va, kPageBytes, 3};
   ASSERT_TRUE(c.fill_pattern({&r, 1}, Stream{}).ok());  // a tool: not counted
   EXPECT_EQ(*c.verify_pattern({&r, 1}, Stream{}), 0u);
-  ASSERT_TRUE(c.unmap(*va, kPage).ok());
+  ASSERT_TRUE(c.unmap(*va, kPageBytes).ok());
   ASSERT_TRUE(c.release_page(*p).ok());
-  ASSERT_TRUE(c.unreserve(*va, kPage).ok());
+  ASSERT_TRUE(c.unreserve(*va, kPageBytes).ok());
 
   const DriverCallCounts t = c.totals();
   EXPECT_EQ(t[DriverOp::reserve], 1u);
@@ -55,7 +53,7 @@ TEST(CountingBackend, CountsEachDoorCallByOpWhetherItSucceedsOrNot) {
 }
 
 TEST(CountingBackend, ThreadScopeSeesOnlyThisThreadsCallsSinceItBegan) {
-  CountingBackend c(make_host());
+  CountingBackend c(make_host_backend());
   ASSERT_TRUE(c.memory_info().ok());  // before the scope: not in it
   ThreadDriverCalls scope(c);
   EXPECT_EQ(scope.made().total(), 0u);
@@ -80,7 +78,7 @@ TEST(CountingBackend, ThreadScopeSeesOnlyThisThreadsCallsSinceItBegan) {
 // and the totals are their sum.
 TEST(CountingBackend, PerThreadCountsAreExactUnderConcurrency) {
   constexpr int kThreads = 8;
-  CountingBackend c(make_host());
+  CountingBackend c(make_host_backend());
   std::barrier start(kThreads);
   std::vector<std::uint64_t> own(kThreads), own_records(kThreads);
   std::atomic<int> failures{0};
@@ -114,10 +112,10 @@ TEST(CountingBackend, PerThreadCountsAreExactUnderConcurrency) {
 // A thread that calls through many backends, most of them short-lived (a test making a heap per
 // case), keeps each live backend's count exact.
 TEST(CountingBackend, BackendsOnOneThreadAreCountedApart) {
-  CountingBackend kept(make_host());
+  CountingBackend kept(make_host_backend());
   ASSERT_TRUE(kept.memory_info().ok());
   for (int i = 0; i < 50; ++i) {
-    CountingBackend brief(make_host(1));
+    CountingBackend brief(make_host_backend(1));
     for (int k = 0; k <= i % 3; ++k) ASSERT_TRUE(brief.memory_info().ok());
     EXPECT_EQ(brief.this_thread().total(), std::uint64_t(i % 3 + 1));
     ASSERT_TRUE(kept.memory_info().ok());
@@ -128,7 +126,7 @@ TEST(CountingBackend, BackendsOnOneThreadAreCountedApart) {
 
 // Stacked over the fault injector, the counter sees the calls that then fail.
 TEST(CountingBackend, CountsCallsThatFailBelowIt) {
-  auto faulty = std::make_unique<FaultInjectingBackend>(make_host());
+  auto faulty = std::make_unique<FaultInjectingBackend>(make_host_backend());
   FaultInjectingBackend& f = *faulty;
   CountingBackend c(std::move(faulty));
   f.fail_nth(FaultOp::create_page, 1);

@@ -8,8 +8,6 @@
 namespace valet::test {
 namespace {
 
-HostBackend& host_of(Heap& heap) { return static_cast<BackendModel<HostBackend>&>(heap.backend()).impl(); }
-
 kernels::DeviceHandle dev(Handle h) { return {h.index, h.generation, h.heap}; }
 
 TEST(DeviceTable, KernelsResolveLiveHandlesAndRefuseOthers) {

@@ -86,7 +86,6 @@ inline void fill(Heap& heap, Handle h, std::uint64_t seed) {
   ASSERT_TRUE(heap.backend().synchronize_stream(Stream{}).ok());
 }
 
-// Bytes of the object's first `bytes` (default: all) that differ from its pattern.
 // Writes a byte pattern into [at, at + bytes) through the backend and reads it back: true when
 // no byte differs (the range is mapped and accessible, and its pages hold what was written).
 inline bool pattern_holds(Backend& b, DevicePtr at, std::size_t bytes, std::uint64_t seed) {
@@ -96,6 +95,13 @@ inline bool pattern_holds(Backend& b, DevicePtr at, std::size_t bytes, std::uint
   return differ.ok() && *differ == 0;
 }
 
+// The same check over slots [slot, slot + n) of a page pool's arena (tests of the pool itself).
+template <class Pool>
+bool pattern_holds(Backend& b, const Pool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
+  return pattern_holds(b, pool.address(slot), std::size_t(n) * kPageBytes, seed);
+}
+
+// Bytes of the object's first `bytes` (default: all) that differ from its pattern.
 inline std::uint64_t mismatches(Heap& heap, Handle h, std::uint64_t seed, std::size_t bytes = ~std::size_t{0}) {
   auto pin = heap.pin(h);
   EXPECT_TRUE(pin.ok()) << pin.error().to_string();
@@ -136,5 +142,20 @@ inline std::vector<Kept> fragment(Heap& heap, std::size_t count, std::size_t byt
     auto valid_ = (heap).validate();                        \
     EXPECT_TRUE(valid_.ok()) << valid_.error().to_string(); \
   } while (0)
+
+// The host backend beneath a heap opened on it (tests that delay its streams or count its pages).
+inline HostBackend& host_of(Heap& heap) { return static_cast<BackendModel<HostBackend>&>(heap.backend()).impl(); }
+
+// Compaction requests of one mechanism each.
+inline CompactRequest mesh_only() {
+  CompactRequest r;
+  r.evacuate = false;
+  return r;
+}
+inline CompactRequest evacuate_only() {
+  CompactRequest r;
+  r.mesh = false;
+  return r;
+}
 
 }  // namespace valet::test

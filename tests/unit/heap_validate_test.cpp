@@ -77,11 +77,11 @@ TEST_F(HeapValidate, AnObjectThatIsNotWhereItsHandleSays) {
   HandleEntry* big = entry(open_large_);
   auto& slot = core().pool.slot(big->loc.page);
   expect_caught("is not its own", [&] { slot.owner = shared_large_.index; }, [&] { slot.owner = open_large_.index; });
-  const std::size_t size = e->size;
-  expect_caught("larger than its size class", [&] { e->size = class_size(p->cls) + 1; }, [&] { e->size = size; });
-  const std::size_t big_size = big->size;
-  expect_caught("large object larger than its pages", [&] { big->size = big->loc.pages * kPageSize + 1; },
-                [&] { big->size = big_size; });
+  const std::size_t size = e->size();
+  expect_caught("larger than its size class", [&] { e->set_size(class_size(p->cls) + 1); }, [&] { e->set_size(size); });
+  const std::size_t big_size = big->size();
+  expect_caught("large object larger than its pages", [&] { big->set_size(big->loc.pages * kPageSize + 1); },
+                [&] { big->set_size(big_size); });
 }
 
 TEST_F(HeapValidate, ASlabPageWhoseBookkeepingIsWrong) {

@@ -19,12 +19,6 @@ struct Placed {
   std::size_t size;
 };
 
-CompactRequest mesh_only() {
-  CompactRequest r;
-  r.evacuate = false;
-  return r;
-}
-
 // `pages` pages of 64 KiB objects (32 a page), every `keep_every`-th kept: neighbouring pages
 // fill from opposite ends, so their kept sets do not overlap and pairs are meshable. Each object
 // with the raw address it has now.

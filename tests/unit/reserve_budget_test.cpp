@@ -15,11 +15,6 @@
 namespace valet::detail {
 namespace {
 
-// The pattern check over [slot, slot + n) of the pool's arena.
-bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
-  return test::pattern_holds(b, pool.address(slot), std::size_t(n) * kPageBytes, seed);
-}
-
 TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInFlight) {
   auto backend = test::open_host_backend(128u << 20);
   ASSERT_TRUE(backend);
@@ -53,7 +48,7 @@ TEST(ProvisionBatch, ExtendsTheLongestRunWithIdleNewAndMovedPagesAndValidatesInF
   auto run = pool.take_run(3 + length, 9);
   ASSERT_TRUE(run.ok());
   EXPECT_EQ(*run + 3, dest);
-  EXPECT_TRUE(pattern_holds(*backend, pool, *run, 3 + length, 7));
+  EXPECT_TRUE(test::pattern_holds(*backend, pool, *run, 3 + length, 7));
   pool.give_back(*run, 3 + length);
   pool.give_back(*gap1, 1);
   pool.give_back(*gap2, 1);

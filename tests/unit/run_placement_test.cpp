@@ -26,11 +26,6 @@ std::vector<std::uint32_t> pages_at(const PagePool& pool, std::uint32_t start, s
   return out;
 }
 
-// The pattern check over [slot, slot + n) of the pool's arena.
-bool pattern_holds(Backend& b, PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
-  return test::pattern_holds(b, pool.address(slot), std::size_t(n) * kPageBytes, seed);
-}
-
 TEST(RunPlacement, ALongerRequestGrowsAReserveRunInPlaceAndMapsOnlyTheMissingPages) {
   CountedPool c(64);
   PagePool& pool = c.pool;
@@ -50,7 +45,7 @@ TEST(RunPlacement, ALongerRequestGrowsAReserveRunInPlaceAndMapsOnlyTheMissingPag
   EXPECT_EQ(made[DriverOp::unmap], 0u);
   EXPECT_EQ(made[DriverOp::set_access], 1u);
   ASSERT_TRUE(pool.validate().ok()) << pool.validate().error().to_string();
-  EXPECT_TRUE(pattern_holds(c.door, pool, *run, 6, 3));
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *run, 6, 3));
   pool.give_back(*run, 6);
   EXPECT_TRUE(pool.validate().ok());
   EXPECT_TRUE(pool.destroy().ok());
@@ -72,7 +67,7 @@ TEST(RunPlacement, AWindowNeverCoversASlotInUse) {
   EXPECT_EQ(pool.slot(*slab).kind, SlotKind::slab);
   EXPECT_EQ(pool.slot(*slab).phys, slab_page);
   ASSERT_TRUE(pool.validate().ok()) << pool.validate().error().to_string();
-  EXPECT_TRUE(pattern_holds(c.door, pool, *run, 6, 5));
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *run, 6, 5));
   pool.give_back(*run, 6);
   pool.give_back(*slab, 1);
   EXPECT_TRUE(pool.validate().ok());
@@ -101,7 +96,7 @@ TEST(RunPlacement, ASharedTailsBodyTakesAReserveRunAndMapsOnlyTheSharedPage) {
   EXPECT_EQ(made[DriverOp::create_page] + made[DriverOp::unmap], 0u);
   ASSERT_TRUE(pool.validate().ok()) << pool.validate().error().to_string();
   // The body's bytes are the object's; the last page's are shared with the slab page's slot.
-  EXPECT_TRUE(pattern_holds(c.door, pool, *run, 4, 9));
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *run, 4, 9));
   const PatternRange tail{pool.address(*run + 4), kPageBytes, 11};
   ASSERT_TRUE(c.door.fill_pattern({&tail, 1}, Stream{}).ok());
   const PatternRange seen{pool.address(*slab), kPageBytes, 11};

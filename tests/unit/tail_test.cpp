@@ -297,9 +297,7 @@ TEST(SharedTails, MeshingMovesASlabPageOntoAnOpenTail) {
   ASSERT_TRUE(heap->free(kept.back().h).ok());  // now slots 0..21 are free
   kept.pop_back();
   const auto before = heap->stats();
-  CompactRequest mesh_only;
-  mesh_only.evacuate = false;
-  auto rec = heap->compact(mesh_only);
+  auto rec = heap->compact(mesh_only());
   ASSERT_TRUE(rec.ok()) << rec.error().to_string();
   EXPECT_EQ(rec->pages_meshed, 1u);
   EXPECT_EQ(rec->objects_moved, 0u);
@@ -338,9 +336,7 @@ TEST(SharedTails, EvacuationEmptiesAPageIntoAnOpenTail) {
   }
   auto large = make(*heap, kPage + 1024 * 1024);  // 1 MiB used on its last page: 16 slots free
   const auto before = heap->stats();
-  CompactRequest evacuate_only;
-  evacuate_only.mesh = false;
-  auto rec = heap->compact(evacuate_only);
+  auto rec = heap->compact(evacuate_only());
   ASSERT_TRUE(rec.ok()) << rec.error().to_string();
   EXPECT_EQ(rec->objects_moved, 5u);
   EXPECT_EQ(rec->pages_freed, 1u);
