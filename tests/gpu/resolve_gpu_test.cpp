@@ -17,7 +17,7 @@ extern const std::size_t valet_test_kernels_fatbin_size;
 namespace valet {
 namespace {
 
-constexpr std::size_t kMiB = std::size_t{1} << 20;
+constexpr std::size_t kMebibyte = std::size_t{1} << 20;
 
 // Objects the test holds, with the seed of each one's pattern.
 using LiveObjects = std::vector<std::pair<Handle, std::uint64_t>>;
@@ -36,7 +36,7 @@ PolicySettings aggressive_policy() {
 // Churn: new objects with patterns, random frees (so pages thin out and objects move).
 void churn(Heap& heap, std::mt19937_64& rng, LiveObjects& live) {
   for (int i = 0; i < 300; ++i) {
-    const std::size_t bytes = 1 + rng() % (rng() % 10 == 0 ? 3 * kMiB : 100000);
+    const std::size_t bytes = 1 + rng() % (rng() % 10 == 0 ? 3 * kMebibyte : 100000);
     auto h = heap.allocate(bytes);
     ASSERT_TRUE(h.ok()) << h.error().to_string();
     const std::uint64_t seed = rng();
@@ -101,7 +101,7 @@ void check_round(Heap& heap, CudaModule& module, CudaModule::Kernel kernel, Stre
 TEST(ResolveOnGpu, KernelsReadObjectsThroughHandlesWhileTheCompactorRuns) {
   if (!cuda_usable()) GTEST_SKIP() << "no usable GPU: " << cuda_unusable_reason();
   Config c;
-  c.capacity = 2048 * kMiB;
+  c.capacity = 2048 * kMebibyte;
   auto heap = std::move(open_heap(BackendOptions{.choice = BackendChoice::cuda}, c)).value();
   auto module = CudaModule::load(valet_test_kernels_fatbin, 0);
   ASSERT_TRUE(module.ok()) << module.error().to_string();

@@ -11,11 +11,11 @@ namespace valet::cuda {
 namespace {
 
 using kernels::abi::CopyItem;
+using kernels::abi::items_of;
 using kernels::abi::kBlockThreads;
 using kernels::abi::kItemBytes;
 using kernels::abi::PatternItem;
 
-std::uint64_t items_of(std::size_t bytes) { return (bytes + kItemBytes - 1) / kItemBytes; }
 
 PatternItem pattern_item(const PatternRange& r, std::uint64_t k) {
   const std::uint64_t off = k * kItemBytes;

@@ -5,16 +5,12 @@
 
 #include "cuda/cuda_backend_state.h"
 #include "cuda/cuda_context.h"
-#include "valet/kernels/work_items.h"  // kItemBytes: the items a range is cut into
+#include "valet/kernels/work_items.h"  // items_of: the items a range is cut into
 
 namespace valet::cuda {
 namespace {
 
 bool page_aligned(std::uintptr_t v) { return v % kPage == 0; }
-
-std::uint64_t items_of(std::size_t bytes) {
-  return (bytes + kernels::abi::kItemBytes - 1) / kernels::abi::kItemBytes;
-}
 
 }  // namespace
 
@@ -98,7 +94,7 @@ Status CudaBackend::State::check_patterns(std::span<const PatternRange> ranges, 
   std::uint64_t total = 0;
   for (const PatternRange& r : ranges) {
     if (!accessible(r.dst, r.bytes, cache)) VALET_TRY(check_accessible(r.dst, r.bytes, what, cache));
-    total += items_of(r.bytes);
+    total += kernels::abi::items_of(r.bytes);
   }
   *items = total;
   return {};

@@ -14,6 +14,8 @@ namespace valet::kernels::abi {
 // The most bytes one item covers: the host cuts larger ranges into items of this size (a multiple
 // of 16, so every item of one range keeps the range's alignment). One warp handles one item.
 inline constexpr std::uint64_t kItemBytes = std::uint64_t{32} << 10;
+// The items a range of `bytes` is cut into.
+inline constexpr std::uint64_t items_of(std::uint64_t bytes) { return (bytes + kItemBytes - 1) / kItemBytes; }
 
 // Threads per block of every kernel (8 warps).
 inline constexpr unsigned kBlockThreads = 256;
