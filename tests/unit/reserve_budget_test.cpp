@@ -83,7 +83,7 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   config.reserve_low_pages = 2;
   config.reserve_high_pages = 4;
   config.reserve_fraction = 0.3;
-  config.reserve_peak_ratio = 2.0;
+  config.reserve_peak_ratio = 2.3;
   std::int64_t live_bytes = 100 * kPageBytes;  // 30 reserve pages allowed by the live bytes
   Demand demand{std::uint64_t(60) * 1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
@@ -202,6 +202,76 @@ TEST(ReserveKeeper, ARequestOfMostOfTheHeapIsNotDemandItsPagesGoBackAtItsFree) {
   ASSERT_TRUE(h.free(*probe).ok());
   const auto s = h.stats();
   EXPECT_LE(s.reserve_bytes, 32 * kPageBytes) << "the probe's pages stayed mapped after its free";
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
+// A free's surplus over the reserve's limit: up to a third of the way from the limit to the peak
+// bound it is the keeper's (the freeing thread makes no driver call); beyond that the freeing
+// thread gives back what exceeds the third at once, and the keeper the rest.
+TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
+  Config config;
+  config.capacity = 1u << 30;  // 512 pages
+  config.reserve_fraction = 0.05;
+  config.reserve_peak_ratio = 2.3;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  struct Reading {
+    std::size_t limit, third, reserve;
+  };
+  auto read = [&] {
+    std::lock_guard lock(c.mu);
+    const ReserveTargets t = c.keeper.targets();
+    return Reading{t.limit, t.limit + (std::max(t.ceiling, t.limit) - t.limit) / 3, c.pool.reserve_pages()};
+  };
+  // Waits (at most 5 s) until the keeper has trimmed to its limit (and its hysteresis).
+  auto trimmed = [&] {
+    for (int i = 0; i < 5000; ++i) {
+      const Reading r = read();
+      bool idle;
+      {
+        std::lock_guard lock(c.mu);
+        idle = !c.pool.batch_in_flight();
+      }
+      if (idle && r.reserve <= r.limit + std::max<std::size_t>(2, r.limit / 8)) return r;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return read();
+  };
+  // ~200 live pages in whole pages (no tails to unshare at a free), a 30-page object (ordinary
+  // demand: under an eighth of the pages in use) and a 120-page one.
+  std::vector<Handle> live;
+  for (int i = 0; i < 50; ++i) live.push_back(*h.allocate(4 * kPageBytes));
+  auto mid = h.allocate(30 * kPageBytes);
+  auto big = h.allocate(120 * kPageBytes);
+  ASSERT_TRUE(mid.ok() && big.ok());
+  settle(h);
+  Reading before = trimmed();
+  ASSERT_GT(before.third, before.limit + 30 + 8) << "the test's budget leaves no room for its case";
+  ASSERT_LE(before.reserve + 30 + 2, before.third);
+  {
+    // Within the keeper's share: no driver call here (the former rule trimmed this one: more
+    // than 16 pages over the 16-page limit).
+    ThreadDriverCalls scope(h.driver_calls());
+    ASSERT_TRUE(h.free(*mid).ok());
+    EXPECT_EQ(scope.made().total(), 0u) << "a free within the keeper's share made driver calls";
+  }
+  before = trimmed();
+  // Its free raises the bound by its pages, the third by a third of them: still beyond it.
+  ASSERT_GT(before.reserve + 2 * 120 / 3, before.third + 4);
+  {
+    // Beyond it: this thread releases pages, and leaves no more than the third mapped.
+    ThreadDriverCalls scope(h.driver_calls());
+    ASSERT_TRUE(h.free(*big).ok());
+    EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the keeper's share left it all to the keeper; before: limit " << before.limit << " third " << before.third << " reserve " << before.reserve << "; after: " << read().limit << " " << read().third << " " << read().reserve;
+    EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
+    const Reading after = read();
+    EXPECT_LE(after.reserve, after.third) << "the free left more than the keeper's share mapped";
+  }
+  const Reading settled = trimmed();
+  EXPECT_LE(settled.reserve, settled.limit + std::max<std::size_t>(2, settled.limit / 8)) << "the keeper did not trim the rest";
   EXPECT_TRUE(h.validate().ok());
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
