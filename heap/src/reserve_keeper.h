@@ -42,6 +42,9 @@ struct ReserveTargets {
   // ordinary live bytes (the peak bound alone, no fraction): a free that leaves the reserve more
   // than a third of the way from the limit to it trims on its own thread.
   std::size_t ceiling = 0;
+  // The reserve a free leaves to the keeper: a third of the way from the limit to the ceiling.
+  // A free that leaves more trims down to it on its own thread (trim_surplus).
+  std::size_t free_keeps = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };

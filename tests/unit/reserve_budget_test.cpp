@@ -83,7 +83,7 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   config.reserve_low_pages = 2;
   config.reserve_high_pages = 4;
   config.reserve_fraction = 0.3;
-  config.reserve_peak_ratio = 2.3;
+  config.reserve_peak_ratio = 2.0;
   std::int64_t live_bytes = 100 * kPageBytes;  // 30 reserve pages allowed by the live bytes
   Demand demand{std::uint64_t(60) * 1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
@@ -220,22 +220,19 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
   auto& c = HeapInternals::of(h);
   struct Reading {
     std::size_t limit, third, reserve;
+    bool in_flight;
   };
   auto read = [&] {
     std::lock_guard lock(c.mu);
     const ReserveTargets t = c.keeper.targets();
-    return Reading{t.limit, t.limit + (std::max(t.ceiling, t.limit) - t.limit) / 3, c.pool.reserve_pages()};
+    EXPECT_EQ(t.free_keeps, t.limit + (t.ceiling - t.limit) / 3) << "not a third of the way to the peak bound";
+    return Reading{t.limit, t.free_keeps, c.pool.reserve_pages(), c.pool.batch_in_flight()};
   };
   // Waits (at most 5 s) until the keeper has trimmed to its limit (and its hysteresis).
   auto trimmed = [&] {
     for (int i = 0; i < 5000; ++i) {
       const Reading r = read();
-      bool idle;
-      {
-        std::lock_guard lock(c.mu);
-        idle = !c.pool.batch_in_flight();
-      }
-      if (idle && r.reserve <= r.limit + std::max<std::size_t>(2, r.limit / 8)) return r;
+      if (!r.in_flight && r.reserve <= r.limit + std::max<std::size_t>(2, r.limit / 8)) return r;
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     return read();
@@ -265,9 +262,11 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
     // Beyond it: this thread releases pages, and leaves no more than the third mapped.
     ThreadDriverCalls scope(h.driver_calls());
     ASSERT_TRUE(h.free(*big).ok());
-    EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the keeper's share left it all to the keeper; before: limit " << before.limit << " third " << before.third << " reserve " << before.reserve << "; after: " << read().limit << " " << read().third << " " << read().reserve;
-    EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
     const Reading after = read();
+    EXPECT_GT(scope.made()[DriverOp::release_page], 0u)
+        << "a free far beyond the keeper's share left it all to the keeper (reserve " << before.reserve << " -> "
+        << after.reserve << ", third " << before.third << " -> " << after.third << ")";
+    EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
     EXPECT_LE(after.reserve, after.third) << "the free left more than the keeper's share mapped";
   }
   const Reading settled = trimmed();

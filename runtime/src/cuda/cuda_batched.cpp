@@ -16,7 +16,6 @@ using kernels::abi::kBlockThreads;
 using kernels::abi::kItemBytes;
 using kernels::abi::PatternItem;
 
-
 PatternItem pattern_item(const PatternRange& r, std::uint64_t k) {
   const std::uint64_t off = k * kItemBytes;
   return PatternItem{r.dst + off, std::min<std::uint64_t>(kItemBytes, r.bytes - off), r.seed, off};
