@@ -204,17 +204,25 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   wait_deferred(lock);
   drain_caches();        // the threads' cached small objects back to their slabs
   retire_empty_slabs();  // to the reserve, where the retry finds them
-  // Pages the keeper is moving without the lock come back first: out-of-memory is never
-  // reported while they are on their way. (Only the batch in flight: the keeper may start
-  // another one each time it books one.)
-  const std::uint64_t seen = pool.batches_finished();
-  while (pool.batch_in_flight() && pool.batches_finished() == seen) {
+  // Pages moving without the lock come back first: out-of-memory is never reported while they
+  // are on their way. The caller paused the keeper (KeeperPause), so no new batch of its starts
+  // meanwhile; a free on another thread may still trim, and its batch is waited for too.
+  while (pool.batch_in_flight() || pool.drops_in_flight()) {
     lock.unlock();
     std::this_thread::yield();
     lock.lock();
   }
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
   if (config.compact_on_oom) emergency_compact(lock);
+  // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a
+  // page only an alias still maps comes back idle, where the retry finds it.
+  auto drops = pool.begin_drops();
+  if (!drops.empty()) {
+    lock.unlock();
+    pool.drop_calls(drops);
+    lock.lock();
+    pool.finish_drops(drops);
+  }
 }
 
 Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
@@ -247,6 +255,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
+  const KeeperPause paused(keeper);  // until the retry is done
   make_room(lock);
   if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
   h = allocate_locked(bytes, stream, fixed);

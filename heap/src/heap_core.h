@@ -261,8 +261,10 @@ struct HeapCore {
   // Precondition: `lock` holds mu; it is released and retaken.
   void emergency_compact(std::unique_lock<HeapMutex>& lock);
   // Before an out-of-memory is reported (allocate, resize): releases what deferred frees allow,
-  // gives back empty slab pages, then, with Config::compact_on_oom, runs an emergency cycle.
-  // Precondition: `lock` holds mu; it may be released and retaken.
+  // gives back empty slab pages, waits for every batch in flight, then, with
+  // Config::compact_on_oom, runs an emergency cycle, and unmaps the aliases let go of.
+  // Precondition: `lock` holds mu; it may be released and retaken; the caller holds a
+  // KeeperPause until its retry is done.
   void make_room(std::unique_lock<HeapMutex>& lock);
 
   // Shutdown (heap_lifecycle.cpp). decide_shutdown: under compaction_mu and mu, claims every live object

@@ -57,7 +57,7 @@ HeapStats Heap::stats() const {
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
   s.pages.reserve = c.pool.reserve_pages() + unplaced;
   s.pages.idle = c.pool.idle_pages() + unplaced;
-  s.pages.releasing = c.pool.releasing_pages();
+  s.pages.releasing = c.pool.releasing_pages() + c.pool.pages_only_dropping();
   s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
@@ -138,7 +138,8 @@ std::vector<PageInfo> Heap::page_map() const {
     PageInfo info;
     info.slot = k;
     switch (slot.kind) {
-      case SlotKind::unmapped: continue;
+      case SlotKind::unmapped:
+      case SlotKind::dropping: continue;  // an alias on its way out: its page shows where it is owned
       case SlotKind::reserve: info.kind = PageKind::reserve; break;
       case SlotKind::large: {
         info.kind = PageKind::large;
@@ -147,7 +148,7 @@ std::vector<PageInfo> Heap::page_map() const {
           const std::uint64_t begin = std::uint64_t(k - e->loc.page) * detail::kPageSize;
           info.used_bytes = e->size() > begin ? std::min<std::uint64_t>(e->size() - begin, detail::kPageSize) : 0;
         }
-        info.sharers = c.pool.mappings_of(k);
+        info.sharers = c.pool.live_mappings_of(k);
         break;
       }
       case SlotKind::slab: {
@@ -159,7 +160,7 @@ std::vector<PageInfo> Heap::page_map() const {
         info.through_this = through[k];
         info.maps_page_of = p->slot == k && p->on_tail() ? p->tail_slot : p->slot;
         info.blocked_slots = p->blocked;
-        info.sharers = c.pool.mappings_of(k);
+        info.sharers = c.pool.live_mappings_of(k);
         break;
       }
     }

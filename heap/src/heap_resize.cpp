@@ -151,6 +151,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   if (!st.ok() && st.code() == Errc::out_of_memory) {
     // Free pages (empty slab pages; with compact_on_oom, by evacuating other objects: this one
     // is MOVING, so it stays put), then retry.
+    const detail::KeeperPause paused(c.keeper);  // until the retry is done
     c.make_room(lock);
     st = stays_large ? resize_large(c, lock, h.index, e, bytes) : resize_by_copy(c, lock, h.index, e, bytes);
   }

@@ -77,7 +77,7 @@ std::uint32_t PagePool::add_record(PhysicalPage page) {
     p = std::uint32_t(phys_.size());
     phys_.emplace_back();
   }
-  phys_[p] = PhysRecord{page, 0, true};
+  phys_[p] = PhysRecord{page, 0, 0, true};
   return p;
 }
 
@@ -191,7 +191,71 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   return take_fresh(n, SlotKind::large, owner);
 }
 
+bool PagePool::reserve_before(std::uint32_t d, std::uint32_t n) const {
+  if (d < n - 1) return false;
+  if (n == 1) return true;
+  const auto r = reserve_.find(d - 1);
+  return r && r->start + n - 1 <= d;
+}
+
+std::vector<std::uint32_t> PagePool::dropped_run_pages(std::uint32_t n) const {
+  std::vector<std::uint32_t> pages;
+  for (std::uint32_t d : drops_)
+    if (reserve_before(d, n)) pages.push_back(slots_[d].phys);
+  return pages;
+}
+
+std::optional<std::uint32_t> PagePool::take_dropped_run(std::uint32_t n, std::uint32_t last_of) {
+  const std::uint32_t page = slots_[last_of].phys;
+  for (std::size_t i = 0; i < drops_.size(); ++i) {
+    const std::uint32_t d = drops_[i];
+    if (slots_[d].phys != page || !reserve_before(d, n)) continue;
+    const std::uint32_t start = d - (n - 1);
+    if (n > 1) reserve_.take_exact(start, n - 1);
+    drops_[i] = drops_.back();
+    drops_.pop_back();
+    --phys_[page].dropping;
+    return start;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::uint32_t> PagePool::retarget_dropped_run(std::uint32_t n, std::uint32_t last_of) {
+  for (std::size_t i = 0; i < drops_.size(); ++i) {
+    const std::uint32_t d = drops_[i];
+    if (!reserve_before(d, n) || held(d)) continue;
+    const std::uint32_t start = d - (n - 1), old = slots_[d].phys;
+    if (!backend_.unmap(address(d), kPage).ok()) return std::nullopt;  // it stays queued
+    drops_[i] = drops_.back();
+    drops_.pop_back();
+    slots_[d].phys = kNoPhys;
+    --phys_[old].dropping;
+    if (--phys_[old].mappings == 0) idle_.push_back(old);
+    set_kind(d, 1, SlotKind::unmapped, 0);
+    if (!map_alias(d, last_of).ok()) {
+      unmapped_.insert(d, 1);
+      return std::nullopt;
+    }
+    if (n > 1) reserve_.take_exact(start, n - 1);
+    return start;
+  }
+  return std::nullopt;
+}
+
 Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {
+  // A freed object's run whose last slot still maps this page (its alias not yet unmapped):
+  // taken as it is, no driver call.
+  if (auto start = take_dropped_run(n, last_of)) {
+    set_kind(*start, n, SlotKind::large, owner);
+    return *start;
+  }
+  // A freed object's run whose last slot maps another page: that slot is remapped (its unmap,
+  // which the keeper would have made, then the alias's map and access), so that the run is
+  // reused where it lies, as it was before the alias drop was deferred.
+  if (auto start = retarget_dropped_run(n, last_of)) {
+    set_kind(*start, n, SlotKind::large, owner);
+    return *start;
+  }
   if (n - 1 > available_pages())
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n - 1) + " pages, " +
                                                std::to_string(available_pages()) + " free");
@@ -370,6 +434,12 @@ void PagePool::forget_slot(const RemapPlan& r) {
 Status PagePool::drop_alias(std::uint32_t s) {
   if (slots_[s].phys == kNoPhys || phys_[slots_[s].phys].mappings < 2)
     return make_error(Errc::internal, "drop_alias: slot " + std::to_string(s) + " is not a shared mapping");
+  if (defer_drops_) {
+    ++phys_[slots_[s].phys].dropping;
+    set_kind(s, 1, SlotKind::dropping, 0);
+    drops_.push_back(s);
+    return {};
+  }
   VALET_TRY(unmap_run(s, 1));
   set_kind(s, 1, SlotKind::unmapped, 0);
   unmapped_.insert(s, 1);

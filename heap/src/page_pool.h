@@ -8,6 +8,8 @@
 //   slab      a slab page of one size class (after meshing, several slab slots may map one
 //             physical page: the page's own slot and its aliases)
 //   large     one page of a large object
+//   dropping  an alias mapping (meshing, shared tails) nobody addresses any more, waiting for the
+//             keeper to unmap it (drop_alias with deferred drops): listed in no set
 // Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
 // reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
 //
@@ -41,7 +43,8 @@
 
 namespace valet::detail {
 
-enum class SlotKind : std::uint8_t { unmapped, reserve, slab, large };
+enum class SlotKind : std::uint8_t { unmapped, reserve, slab, large, dropping };
+inline constexpr std::size_t kSlotKinds = 5;
 
 inline constexpr std::uint32_t kNoPhys = ~0u;
 
@@ -54,6 +57,7 @@ struct SlotRecord {
 struct PhysRecord {
   PhysicalPage page;
   std::uint32_t mappings = 0;  // slots mapping this page
+  std::uint32_t dropping = 0;  // of them, dropping slots (an unmap queued for the keeper)
   bool in_use = false;
 };
 
@@ -124,9 +128,36 @@ class PagePool {
   void commit_remap(const RemapPlan& plan);
   void forget_slot(const RemapPlan& plan);
   // Unmaps slot `s`, an alias of a page another slot still maps, and returns the slot to the
-  // free virtual space. On failure nothing changed.
+  // free virtual space. On failure nothing changed. With deferred drops (set_deferred_drops) it
+  // makes no driver call: the slot becomes `dropping`, out of every use, and a drop batch
+  // unmaps it later (the keeper's); the page stays mapped there until then.
   Status drop_alias(std::uint32_t s);
+  // While on, drop_alias defers its unmap (a keeper thread runs the drop batches): frees and
+  // compaction then make no driver call to drop an alias.
+  void set_deferred_drops(bool on) { defer_drops_ = on; }
+  // Unmapping deferred alias slots without the heap lock: begin_drops (lock held) takes the
+  // queued slots, drop_calls (no lock) unmaps them (a slot queued work holds is left alone),
+  // finish_drops (lock held) books the outcome: unmapped slots are free (a page no slot maps any
+  // more is idle), the others are queued again.
+  struct DropBatch {
+    std::vector<std::uint32_t> slots;
+    std::vector<bool> unmapped;
+    bool empty() const { return slots.empty(); }
+  };
+  // Empty while another batch is in flight (one at a time).
+  DropBatch begin_drops();
+  bool drops_in_flight() const { return !drops_in_flight_.empty(); }
+  void drop_calls(DropBatch& batch) const;
+  void finish_drops(DropBatch& batch);
+  std::size_t queued_drops() const { return drops_.size(); }
+  // Pages that only dropping slots map (their owner's slot let go of them first): on their way
+  // to being idle, counted with the pages being released.
+  std::size_t pages_only_dropping() const;
   std::uint32_t mappings_of(std::uint32_t s) const { return phys_[slots_[s].phys].mappings; }
+  // The slots that map `s`'s page and are in use (not dropping).
+  std::uint32_t live_mappings_of(std::uint32_t s) const {
+    return phys_[slots_[s].phys].mappings - phys_[slots_[s].phys].dropping;
+  }
   // Shared tails: maps the physical page of slot `of` at a free slot of the arena too (map and
   // set_access) and gives that slot `kind` and `owner`. On failure nothing changed.
   Result<std::uint32_t> share_page(std::uint32_t of, SlotKind kind, std::uint32_t owner);
@@ -256,6 +287,24 @@ class PagePool {
   friend struct PagePoolTestPeer;  // tests: corrupts the sets and page records
   static constexpr std::size_t kPage = kPageBytes;
 
+  // take_run_onto's first choice: a queued dropping slot that maps `last_of`'s page with n - 1
+  // reserve slots before it (a freed object's run and its shared tail, as the free left them).
+  // Takes them out of the reserve and the queue and returns the run's start; the caller sets
+  // their kind. nullopt when there is none.
+  std::optional<std::uint32_t> take_dropped_run(std::uint32_t n, std::uint32_t last_of);
+  // take_run_onto's second choice: such a run whose dropping slot maps another page; that slot
+  // is unmapped and mapped to `last_of`'s page (three driver calls, the unmap being the one the
+  // keeper would have made). The run's start, or nullopt (nothing changed but a failed slot
+  // unmapped and free) when there is none or a call failed.
+  std::optional<std::uint32_t> retarget_dropped_run(std::uint32_t n, std::uint32_t last_of);
+  // Slots [d - (n - 1), d) are in the reserve.
+  bool reserve_before(std::uint32_t d, std::uint32_t n) const;
+
+ public:
+  // The pages that queued dropping slots map where take_run_onto(n, ...) would find such a run.
+  std::vector<std::uint32_t> dropped_run_pages(std::uint32_t n) const;
+
+ private:
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
@@ -284,10 +333,10 @@ class PagePool {
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
   // An error if a slot of [start, start+n) is held by queued work (nothing may unmap it).
   Status refuse_held(std::uint32_t start, std::uint32_t n) const;
-  // validate()'s two halves: slot states (counting each page's mappings into `maps`), then the
-  // page records against those counts.
-  Status validate_slots(std::vector<std::uint32_t>& maps) const;
-  Status validate_pages(const std::vector<std::uint32_t>& maps) const;
+  // validate()'s two halves: slot states (counting each page's mappings into `maps`, and its
+  // dropping slots into `dropping`), then the page records against those counts.
+  Status validate_slots(std::vector<std::uint32_t>& maps, std::vector<std::uint32_t>& dropping) const;
+  Status validate_pages(const std::vector<std::uint32_t>& maps, const std::vector<std::uint32_t>& dropping) const;
 
   VmmDoor& backend_;
   std::size_t capacity_pages_;
@@ -307,7 +356,10 @@ class PagePool {
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision batch is creating (counted as created)
   std::uint64_t batches_finished_ = 0;
-  std::size_t kind_counts_[4] = {0, 0, 0, 0};
+  std::size_t kind_counts_[kSlotKinds] = {};
+  bool defer_drops_ = false;
+  std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)
+  std::vector<std::uint32_t> drops_in_flight_;  // dropping slots of the batch in flight
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };

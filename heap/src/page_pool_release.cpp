@@ -10,11 +10,18 @@ namespace valet::detail {
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle) {
   ReleaseBatch b;
   std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
+  std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();
-    const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
-    if (k < r.length) reserve_.insert(r.start, r.length - k);
-    const std::uint32_t start = r.start + (r.length - k);
+    std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
+    std::uint32_t start = r.start + (r.length - k);
+    // A page a dropping alias still maps stays (released, its record would go while a slot
+    // maps it): only the slots after the last such page leave.
+    for (std::uint32_t s = start; s < r.start + r.length; ++s)
+      if (phys_[slots_[s].phys].dropping > 0) start = s + 1;
+    k = r.start + r.length - start;
+    if (start > r.start) kept.push_back({r.start, start - r.start});
+    if (k == 0) continue;
     releasing_.insert(start, k);
     b.runs.push_back({start, k, false});
     for (std::uint32_t s = start; s < start + k; ++s) {
@@ -23,6 +30,7 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
     }
     want -= k;
   }
+  for (const auto& r : kept) reserve_.insert(r.start, r.length);
   if (with_idle) {
     // At most a batch's worth: pages in flight still count as created (and mapped).
     b.idle = std::min(idle_.size(), max_pages);
@@ -79,6 +87,47 @@ Status PagePool::finish_release(ReleaseBatch& b) {
   b.idle = 0;
   ++batches_finished_;
   return first;
+}
+
+PagePool::DropBatch PagePool::begin_drops() {
+  DropBatch b;
+  if (!drops_in_flight_.empty()) return b;
+  b.slots.swap(drops_);
+  b.unmapped.assign(b.slots.size(), false);
+  drops_in_flight_.insert(drops_in_flight_.end(), b.slots.begin(), b.slots.end());
+  return b;
+}
+
+void PagePool::drop_calls(DropBatch& b) const {
+  for (std::size_t i = 0; i < b.slots.size(); ++i)
+    b.unmapped[i] = refuse_held(b.slots[i], 1).ok() && backend_.unmap(address(b.slots[i]), kPage).ok();
+}
+
+void PagePool::finish_drops(DropBatch& b) {
+  drops_in_flight_.clear();  // one batch at a time (the keeper's)
+  for (std::size_t i = 0; i < b.slots.size(); ++i) {
+    const std::uint32_t s = b.slots[i];
+    if (!b.unmapped[i]) {  // held by queued work, or the unmap failed: the next batch tries again
+      drops_.push_back(s);
+      continue;
+    }
+    const std::uint32_t p = slots_[s].phys;
+    slots_[s].phys = kNoPhys;
+    --phys_[p].dropping;
+    if (--phys_[p].mappings == 0) idle_.push_back(p);
+    set_kind(s, 1, SlotKind::unmapped, 0);
+    unmapped_.insert(s, 1);
+  }
+  b = DropBatch{};
+}
+
+std::size_t PagePool::pages_only_dropping() const {
+  std::vector<std::uint32_t> pages;  // a page mapped at two dropping slots counts once
+  for (const auto* list : {&drops_, &drops_in_flight_})
+    for (std::uint32_t d : *list)
+      if (const PhysRecord& r = phys_[slots_[d].phys]; r.mappings == r.dropping) pages.push_back(slots_[d].phys);
+  std::sort(pages.begin(), pages.end());
+  return std::size_t(std::unique(pages.begin(), pages.end()) - pages.begin());
 }
 
 void PagePool::book_release(std::uint32_t p, bool released, Status& first) {

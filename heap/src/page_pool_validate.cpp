@@ -13,11 +13,12 @@ std::string s(std::uint64_t v) { return std::to_string(v); }
 
 // Every slot is in exactly one state, and the range sets list exactly the slots of theirs:
 // unmapped slots map nothing and are in `unmapped_`; reserve slots map a live page and are in
-// `reserve_` or (being released without the lock) in `releasing_`; slab and large slots map a
-// live page and are in no set. Counts each page's mappings into `maps`.
-Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
+// `reserve_` or (being released without the lock) in `releasing_`; slab, large and dropping
+// slots map a live page and are in no set, and the dropping ones are exactly the queued drops and
+// those in flight. Counts each page's mappings into `maps`.
+Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<std::uint32_t>& dropping) const {
   std::uint64_t reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0, provisioning_slots = 0;
-  std::size_t kinds[4] = {0, 0, 0, 0};
+  std::size_t kinds[kSlotKinds] = {};
   for (std::uint32_t i = 0; i < slots_.size(); ++i) {
     const auto& r = slots_[i];
     ++kinds[std::size_t(r.kind)];
@@ -36,6 +37,7 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
     if (r.phys == kNoPhys || r.phys >= phys_.size() || !phys_[r.phys].in_use)
       return bad("slot " + s(i) + " in use without a live page");
     ++maps[r.phys];
+    if (r.kind == SlotKind::dropping) ++dropping[r.phys];
     if (r.kind == SlotKind::reserve) {
       if (releasing_.find(i)) {  // being released without the lock
         if (reserve_.find(i)) return bad("reserve slot " + s(i) + " both in the reserve and being released");
@@ -52,7 +54,13 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
   if (unmapped_slots != unmapped_.total()) return bad("unmapped set and slot table disagree");
   if (releasing_slots != releasing_.total()) return bad("releasing set and slot table disagree");
   if (provisioning_slots != provisioning_.total()) return bad("provisioning set and slot table disagree");
-  for (std::size_t k = 0; k < 4; ++k)
+  if (kinds[std::size_t(SlotKind::dropping)] != drops_.size() + drops_in_flight_.size())
+    return bad(s(kinds[std::size_t(SlotKind::dropping)]) + " dropping slots, " + s(drops_.size()) + " queued and " +
+               s(drops_in_flight_.size()) + " in flight");
+  for (const auto* list : {&drops_, &drops_in_flight_})
+    for (std::uint32_t d : *list)
+      if (d >= slots_.size() || slots_[d].kind != SlotKind::dropping) return bad("a drop names a slot that is not dropping");
+  for (std::size_t k = 0; k < kSlotKinds; ++k)
     if (kinds[k] != kind_counts_[k])
       return bad("slot kind " + s(k) + " counted " + s(kind_counts_[k]) + " times, the slot table has " + s(kinds[k]));
   return {};
@@ -60,13 +68,15 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps) const {
 
 // Page records: mapping counts as counted from the slots, idle pages exactly the live ones mapped
 // nowhere, unused records really unused, and the created count.
-Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps) const {
+Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps, const std::vector<std::uint32_t>& dropping) const {
   std::size_t in_use = 0, unmapped_live = 0;
   for (std::uint32_t p = 0; p < phys_.size(); ++p) {
     if (!phys_[p].in_use) continue;
     ++in_use;
     if (phys_[p].mappings != maps[p])
       return bad("page " + s(p) + " mapping count is wrong (" + s(phys_[p].mappings) + ", slots map it " + s(maps[p]) + " times)");
+    if (phys_[p].dropping != dropping[p])
+      return bad("page " + s(p) + " dropping count is wrong (" + s(phys_[p].dropping) + ", dropping slots map it " + s(dropping[p]) + " times)");
     unmapped_live += phys_[p].mappings == 0;
   }
   std::vector<bool> idle(phys_.size(), false);
@@ -89,13 +99,14 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps) const {
 }
 
 Status PagePool::validate() const {
-  std::vector<std::uint32_t> maps(phys_.size(), 0);
-  VALET_TRY(validate_slots(maps));
-  VALET_TRY(validate_pages(maps));
+  std::vector<std::uint32_t> maps(phys_.size(), 0), dropping(phys_.size(), 0);
+  VALET_TRY(validate_slots(maps, dropping));
+  VALET_TRY(validate_pages(maps, dropping));
   std::lock_guard lock(holds_mu_);
   for (const auto& [slot, count] : holds_)
     if (slot >= slots_.size() || slots_[slot].phys == kNoPhys ||
-        (slots_[slot].kind != SlotKind::slab && slots_[slot].kind != SlotKind::large))
+        (slots_[slot].kind != SlotKind::slab && slots_[slot].kind != SlotKind::large &&
+         slots_[slot].kind != SlotKind::dropping))  // a dropping slot stays mapped while held
       return bad("slot " + s(slot) + " is held by queued work but maps no page in use");
   return {};
 }

@@ -33,6 +33,8 @@ void ReserveKeeper::start() {
   {
     std::lock_guard lock(mu_);
     stop_ = false;
+    // Alias slots that frees and compaction let go of are the thread's to unmap from now on.
+    pool_.set_deferred_drops(true);
   }
   thread_ = std::thread([this] { loop(); });
 }
@@ -84,7 +86,14 @@ void ReserveKeeper::want_refill() {
 void ReserveKeeper::after_release() {
   mu_.assert_held();
   if (thread_.joinable()) {
-    if (pool_.reserve_pages() > targets().limit) wake();
+    if (pool_.reserve_pages() > targets().limit) {
+      wake();
+    } else if (pool_.queued_drops() > 0 && !drops_wanted_) {
+      // Only the drops: the thread does not top the reserve up on this wake (that waits for
+      // an allocation's want_refill or the periodic wake, as before drops were deferred).
+      drops_wanted_ = true;
+      cv_.notify_one();
+    }
   } else if (pool_.reserve_pages() > config_.reserve_high_pages) {
     (void)balance();
   }
@@ -136,8 +145,20 @@ bool ReserveKeeper::provision(std::unique_lock<HeapMutex>& lock, const ReserveTa
   return whole;
 }
 
+bool ReserveKeeper::drop_aliases(std::unique_lock<HeapMutex>& lock) {
+  auto batch = pool_.begin_drops();
+  if (batch.empty()) return false;
+  lock.unlock();
+  pool_.drop_calls(batch);
+  lock.lock();
+  pool_.finish_drops(batch);
+  return true;
+}
+
 void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
-  for (int round = 0; round < kBatchesPerWake && !stop_; ++round) {
+  if (paused_ > 0) return;  // resume() wakes the thread again
+  (void)drop_aliases(lock);  // a slot still held by queued work waits for the next wake
+  for (int round = 0; round < kBatchesPerWake && !stop_ && paused_ == 0; ++round) {
     const ReserveTargets t = targets();
     // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
     const std::size_t slack = std::max<std::size_t>(2, t.limit / 8);
@@ -154,12 +175,21 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
 void ReserveKeeper::loop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
-    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || wanted_; });
+    const bool woken = cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || wanted_ || drops_wanted_; });
     if (stop_) break;
-    wanted_ = false;
+    const bool drops_only = woken && !wanted_;
+    wanted_ = drops_wanted_ = false;
+    if (drops_only) {
+      if (paused_ == 0) (void)drop_aliases(lock);
+      continue;
+    }
     if (on_wake_) on_wake_();
     keep(lock);
   }
+  // From here frees drop aliases themselves; the queued ones go now (what queued work still
+  // holds stays queued: the pool's destroy() unmaps it at the end).
+  pool_.set_deferred_drops(false);
+  (void)drop_aliases(lock);
 }
 
 Status ReserveKeeper::validate() const {

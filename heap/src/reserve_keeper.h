@@ -15,6 +15,9 @@
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
 //             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
 //             freed run takes it without a driver call.
+// While the thread runs it also unmaps the alias slots that frees and compaction let go of
+// (meshed slab pages' aliases, shared tails' last slots: PagePool::drop_alias defers them), so
+// that a free makes no driver call for them.
 // Every driver call it makes runs without the heap lock: a batch is taken out of the pool under
 // the lock, its calls are made without it, and the outcome is booked under it again (the pool's
 // ReleaseBatch and ProvisionBatch). Neither allocations nor compaction wait for it; an
@@ -79,6 +82,14 @@ class ReserveKeeper {
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
+  // While paused (pause() calls not yet matched by resume()) the thread starts no batch: the
+  // out-of-memory path waits for the batches in flight and retries with every page in reach,
+  // rather than race a keeper that takes pages out again. Require the heap lock.
+  void pause() { mu_.assert_held(); ++paused_; }
+  void resume() {
+    mu_.assert_held();
+    if (--paused_ == 0 && thread_.joinable()) wake();
+  }
   ReserveTargets targets();
 
   // Watermarks and budget are sane; a stopped keeper has no thread.
@@ -90,6 +101,9 @@ class ReserveKeeper {
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
   bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages);
+  // Unmaps the alias slots queued by drop_alias (deferred while the thread runs), without the
+  // heap lock. `lock` holds mu.
+  bool drop_aliases(std::unique_lock<HeapMutex>& lock);
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
 
   HeapMutex& mu_;
@@ -102,6 +116,21 @@ class ReserveKeeper {
   std::condition_variable_any cv_;
   bool stop_ = false;    // under mu
   bool wanted_ = false;  // under mu
+  bool drops_wanted_ = false;  // under mu: woken for queued alias drops alone
+  int paused_ = 0;       // under mu
+};
+
+// Pauses the keeper for a scope (the out-of-memory path's retry). Constructed and destroyed
+// with the heap lock held.
+class KeeperPause {
+ public:
+  explicit KeeperPause(ReserveKeeper& keeper) : keeper_(keeper) { keeper_.pause(); }
+  ~KeeperPause() { keeper_.resume(); }
+  KeeperPause(const KeeperPause&) = delete;
+  KeeperPause& operator=(const KeeperPause&) = delete;
+
+ private:
+  ReserveKeeper& keeper_;
 };
 
 }  // namespace valet::detail

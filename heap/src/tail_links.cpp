@@ -42,7 +42,7 @@ Status TailLinks::validate(const PagePool& pool, const Slabs& slabs, const Handl
   }
   for (const auto& [tail, used] : open_) {
     if (tail >= pool.slot_count() || pool.slot(tail).kind != SlotKind::large || shared_.contains(tail) ||
-        pool.mappings_of(tail) != 1)
+        pool.live_mappings_of(tail) != 1)
       return fail("open tail " + std::to_string(tail) + " is not a large object's own last page");
     const std::uint32_t owner = pool.slot(tail).owner;
     const HandleEntry* e = owner ? handles.get(owner) : nullptr;

@@ -80,20 +80,26 @@ std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uin
   const std::uint64_t used = used_in_last_page(bytes, pages);
   if (kPageSize - used < kMinTailRoom) return std::nullopt;
   // The page whose free low span fits the bytes most tightly, leaving at least one slot free
-  // (an empty page's span is all its slots).
+  // (an empty page's span is all its slots). But first a page that a freed object's run still
+  // ends on (its alias not yet unmapped by the keeper, the body's pages in the reserve before
+  // it): that run is taken as it is, with no driver call.
+  const std::vector<std::uint32_t> cached = pool.dropped_run_pages(pages);
   SlabPage* best = nullptr;
   std::uint64_t best_room = 0;
-  for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
-    for (std::size_t b = 0; b + 1 < kBuckets; ++b)
+  bool best_cached = false;
+  for (std::uint32_t cls = 0; cls < kClassCount && !best_cached; ++cls)
+    for (std::size_t b = 0; b + 1 < kBuckets && !best_cached; ++b)
       for (auto& p : slabs.bucket(cls, b)) {
         if (p.on_tail()) continue;
         const std::uint64_t size = class_size(cls);
         const std::uint64_t room = p.used == 0 ? std::uint64_t(p.capacity) * size : low_free_bytes(p);
-        if ((used + size - 1) / size >= p.capacity) continue;
-        if (room >= used && (!best || room < best_room)) {
+        if ((used + size - 1) / size >= p.capacity || room < used) continue;
+        best_cached = std::find(cached.begin(), cached.end(), pool.slot(p.slot).phys) != cached.end();
+        if (best_cached || !best || room < best_room) {
           best = const_cast<SlabPage*>(&p);
           best_room = room;
         }
+        if (best_cached) break;
       }
   if (!best) return std::nullopt;
   auto run = pool.take_run_onto(pages, owner, best->slot);

@@ -167,9 +167,14 @@ TEST(Heap, LargeObjectsGrowInPlaceOrMoveByRemapping) {
 
 TEST(Heap, LargeRequestsSucceedWhenFreePagesAreScattered) {
   // Fill the capacity with 1-page objects, free every other one: a 20-page request must be
-  // stitched from scattered free pages.
+  // stitched from scattered free pages. With the keeper's thread too: its trims of the freed
+  // pages are in flight when the request comes, and the out-of-memory path must wait for them
+  // without the keeper starting the next one.
+  for (bool keeper : {false, true}) {
+  SCOPED_TRACE(keeper ? "with the keeper's thread" : "no keeper thread");
   auto cfg = host_config(64 * kMiB);
   cfg.compact_on_oom = false;
+  cfg.background_reserve = keeper;
   auto heap = make_heap(cfg);
   std::vector<Handle> hs;
   for (;;) {
@@ -185,6 +190,7 @@ TEST(Heap, LargeRequestsSucceedWhenFreePagesAreScattered) {
   EXPECT_EQ(mismatches(*heap, *big, 9), 0u);
   EXPECT_EQ(heap->allocate(2 * kMiB).code(), Errc::out_of_memory);
   EXPECT_VALID(*heap);
+  }
 }
 
 // Out-of-memory is never reported while free pages are held. Each size class keeps an empty

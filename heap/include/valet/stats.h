@@ -112,7 +112,8 @@ struct HeapStats {
     // page. reserve includes idle (created, mapped nowhere; pages the reserve keeper is creating
     // or mapping without the heap lock count here). releasing: reserve pages being given back to
     // the backend, or moved into a longer run, without the heap lock (still mapped where they
-    // were, not usable meanwhile). moving: pages a
+    // were, not usable meanwhile), and pages mapped only at alias slots the keeper has yet to
+    // unmap. moving: pages a
     // move in flight has taken and not yet handed over (unsharing a tail copies into one without
     // the heap lock).
     // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving = mapped pages.

@@ -1,0 +1,220 @@
+// Deferred alias drops: while the reserve keeper's thread runs, an alias slot that nobody
+// addresses any more (a shared tail's last slot, a meshed page's alias, a slab page built on a
+// tail) is not unmapped by the thread that let go of it but queued for the keeper, which unmaps it
+// without the heap lock. These tests check the pool's bookkeeping at every step (validate()), that
+// a page an alias still maps is never released, and that a free makes no unmap of its own.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "heap_core.h"
+#include "heap_test_util.h"
+#include "page_pool.h"
+#include "valet/counting_backend.h"
+#include "valet/runtime.h"
+
+namespace valet::detail {
+namespace {
+
+#define EXPECT_POOL_VALID(pool)                                  \
+  do {                                                           \
+    const Status st_ = (pool).validate();                        \
+    EXPECT_TRUE(st_.ok()) << st_.error().to_string();            \
+  } while (0)
+
+TEST(DeferredAliasDrops, AnAliasWaitsMappedAndItsPageIsNotReleasedMeanwhile) {
+  auto backend = test::open_host_backend(64u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  // A one-page large object and an alias of its page (as a slab page built on its tail).
+  auto own = pool.take_run(1, 7);
+  ASSERT_TRUE(own.ok());
+  ASSERT_TRUE(backend->fill_pattern(std::vector<PatternRange>{{pool.address(*own), kPageBytes, 11}}, Stream{}).ok());
+  auto alias = pool.share_page(*own, SlotKind::slab, 3);
+  ASSERT_TRUE(alias.ok());
+  EXPECT_EQ(pool.mappings_of(*own), 2u);
+  // Dropped: no driver call, the slot is out of every use, the page still mapped there.
+  ASSERT_TRUE(pool.drop_alias(*alias).ok());
+  EXPECT_EQ(pool.slot(*alias).kind, SlotKind::dropping);
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.live_mappings_of(*own), 1u);
+  EXPECT_POOL_VALID(pool);
+  auto still = backend->verify_pattern(std::vector<PatternRange>{{pool.address(*alias), kPageBytes, 11}}, Stream{});
+  ASSERT_TRUE(still.ok());
+  EXPECT_EQ(*still, 0u) << "the alias must stay mapped until its drop";
+  // The object goes: its page joins the reserve, but a trim leaves it while the alias maps it.
+  pool.give_back(*own, 1);
+  const std::size_t created = pool.created_pages();
+  auto trim = pool.begin_release(0, 64, true);
+  EXPECT_TRUE(trim.empty()) << "a page a dropping alias still maps was taken for release";
+  pool.release_calls(trim);
+  EXPECT_TRUE(pool.finish_release(trim).ok());
+  EXPECT_EQ(pool.created_pages(), created);
+  EXPECT_POOL_VALID(pool);
+  // Queued work holds the alias: the drop batch leaves it queued.
+  const std::uint32_t a = *alias;
+  pool.hold(std::span(&a, 1));
+  auto held = pool.begin_drops();
+  pool.drop_calls(held);
+  pool.finish_drops(held);
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.slot(a).kind, SlotKind::dropping);
+  EXPECT_POOL_VALID(pool);
+  pool.unhold(std::span(&a, 1));
+  // The next batch unmaps it; then the trim may release the page.
+  auto drops = pool.begin_drops();
+  EXPECT_POOL_VALID(pool);  // in flight
+  pool.drop_calls(drops);
+  pool.finish_drops(drops);
+  EXPECT_EQ(pool.queued_drops(), 0u);
+  EXPECT_EQ(pool.slot(a).kind, SlotKind::unmapped);
+  EXPECT_EQ(pool.mappings_of(*own), 1u);
+  EXPECT_POOL_VALID(pool);
+  auto trim2 = pool.begin_release(0, 64, true);
+  EXPECT_FALSE(trim2.empty());
+  pool.release_calls(trim2);
+  EXPECT_TRUE(pool.finish_release(trim2).ok());
+  EXPECT_EQ(pool.created_pages(), created - 1);
+  EXPECT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(DeferredAliasDrops, APageOnlyADroppingAliasMapsBecomesIdleWhenItGoes) {
+  auto backend = test::open_host_backend(64u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto own = pool.take_page(SlotKind::slab, 1), other = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(own.ok() && other.ok());
+  auto alias = pool.share_page(*own, SlotKind::slab, 1);
+  ASSERT_TRUE(alias.ok());
+  ASSERT_TRUE(pool.drop_alias(*alias).ok());
+  // Meshing remaps the own slot onto the other page: only the dropping alias maps the page now.
+  auto plan = pool.plan_remap(*own, *other);
+  ASSERT_TRUE(pool.remap_calls(plan).ok());
+  pool.commit_remap(plan);
+  EXPECT_EQ(pool.pages_only_dropping(), 1u);
+  EXPECT_EQ(pool.idle_pages(), 0u);
+  EXPECT_POOL_VALID(pool);
+  auto drops = pool.begin_drops();
+  pool.drop_calls(drops);
+  pool.finish_drops(drops);
+  EXPECT_EQ(pool.pages_only_dropping(), 0u);
+  EXPECT_EQ(pool.idle_pages(), 1u);
+  EXPECT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A large object of two pages and a shared last slot (on slab page `onto`'s page), freed as the
+// heap frees it: body to the reserve, the last slot's alias dropped (deferred). Its start.
+std::uint32_t freed_tail_run(PagePool& pool, std::uint32_t onto) {
+  auto run = pool.take_run_onto(3, 9, onto);
+  EXPECT_TRUE(run.ok());
+  pool.give_back(*run, 2);
+  EXPECT_TRUE(pool.drop_alias(*run + 2).ok());
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  return *run;
+}
+
+TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
+  CountingBackend counting(test::open_host_backend(64u << 20));
+  PagePool pool(counting, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(s.ok() && t.ok());
+  ASSERT_TRUE(counting.fill_pattern(std::vector<PatternRange>{{pool.address(*s), kPageBytes, 21},
+                                                              {pool.address(*t), kPageBytes, 22}},
+                                    Stream{})
+                  .ok());
+  const std::uint32_t at = freed_tail_run(pool, *s);
+  // The same slab page: the run as it lies, its alias kept, no driver call.
+  {
+    ThreadDriverCalls scope(counting);
+    auto again = pool.take_run_onto(3, 10, *s);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, at);
+    EXPECT_EQ(scope.made().total(), 0u);
+  }
+  EXPECT_EQ(pool.queued_drops(), 0u);
+  EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::large);
+  EXPECT_EQ(pool.live_mappings_of(*s), 2u);
+  EXPECT_POOL_VALID(pool);
+  pool.give_back(at, 2);
+  ASSERT_TRUE(pool.drop_alias(at + 2).ok());
+  // Another slab page: the same run, its last slot remapped (unmap, map, access).
+  {
+    ThreadDriverCalls scope(counting);
+    auto other = pool.take_run_onto(3, 11, *t);
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ(*other, at);
+    EXPECT_EQ(scope.made()[DriverOp::unmap], 1u);
+    EXPECT_EQ(scope.made()[DriverOp::map], 1u);
+    EXPECT_EQ(scope.made()[DriverOp::set_access], 1u);
+  }
+  EXPECT_EQ(pool.mappings_of(*s), 1u);
+  EXPECT_EQ(pool.mappings_of(*t), 2u);
+  EXPECT_POOL_VALID(pool);
+  // The last slot shows the other page's bytes.
+  auto differ = counting.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 22}}, Stream{});
+  ASSERT_TRUE(differ.ok());
+  EXPECT_EQ(*differ, 0u);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// Waits (at most 5 s) until the keeper has unmapped every queued alias.
+bool drops_done(Heap& h) {
+  auto& c = HeapInternals::of(h);
+  for (int i = 0; i < 5000; ++i) {
+    {
+      std::lock_guard lock(c.mu);
+      if (c.pool.slots_of_kind(SlotKind::dropping) == 0) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return false;
+}
+
+// The unmaps a free of a large object makes on the freeing thread, whose tail a slab page shares
+// (20 small objects on it), with or without the keeper's thread; the small objects' bytes after.
+std::uint64_t unmaps_of_a_shared_tails_free(bool keeper) {
+  Config config = test::uncached();
+  config.background_reserve = keeper;
+  auto heap = test::make_heap(config);
+  auto large = heap->allocate(2 * kPageBytes + 512 * 1024);
+  EXPECT_TRUE(large.ok());
+  std::vector<Handle> small;
+  for (int i = 0; i < 20; ++i) {
+    auto h = heap->allocate(64 * 1024);
+    EXPECT_TRUE(h.ok());
+    test::fill(*heap, *h, test::seed_of(*h));
+    small.push_back(*h);
+  }
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  std::uint64_t unmaps;
+  {
+    ThreadDriverCalls scope(heap->driver_calls());
+    EXPECT_TRUE(heap->free(*large).ok());
+    unmaps = scope.made()[DriverOp::unmap];
+  }
+  EXPECT_VALID(*heap);
+  EXPECT_TRUE(drops_done(*heap)) << "the keeper did not drop the alias";
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  for (Handle h : small) EXPECT_EQ(test::mismatches(*heap, h, test::seed_of(h)), 0u);
+  for (Handle h : small) EXPECT_TRUE(heap->free(h).ok());
+  EXPECT_VALID(*heap);
+  return unmaps;
+}
+
+TEST(DeferredAliasDrops, AFreeLeavesItsSharedTailsUnmapToTheKeeper) {
+  EXPECT_EQ(unmaps_of_a_shared_tails_free(false), 1u) << "without a keeper the free unmaps its alias itself";
+  EXPECT_EQ(unmaps_of_a_shared_tails_free(true), 0u) << "with a keeper the free makes no unmap";
+}
+
+}  // namespace
+}  // namespace valet::detail
