@@ -16,9 +16,8 @@ constexpr std::uint32_t kBatchPages = 64;
 // every allocation's reach, and the keeper's trims run while allocations go on (the freeing
 // thread's own trims end before its free returns).
 constexpr std::uint32_t kKeeperTrimPages = 8;
-// A free leaves to the keeper the surplus up to 1/kFreeLeavesToKeeper of the way from the limit
-// to the peak bound (ReserveTargets::free_keeps).
-constexpr std::size_t kFreeLeavesToKeeper = 3;
+// The keeper's periodic turn, when nothing woke it.
+constexpr std::chrono::milliseconds kPeriod{20};
 // Batches per wake: the keeper yields the lock between wakes.
 constexpr int kBatchesPerWake = 64;
 std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
@@ -68,7 +67,7 @@ ReserveTargets ReserveKeeper::targets() {
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
   t.ceiling = std::max(config_.reserve_high_pages, by_peak);  // >= limit
-  t.free_keeps = t.limit + (t.ceiling - t.limit) / kFreeLeavesToKeeper;
+  t.free_keeps = t.limit + (t.ceiling - t.limit) / ReserveTargets::kFreeLeavesToKeeper;
   // Half the limit at most: the other half keeps freed runs for reuse.
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
@@ -116,14 +115,14 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   const ReserveTargets t = keeper ? targets() : ReserveTargets{config_.reserve_high_pages, config_.reserve_high_pages};
   const std::size_t to = keeper ? t.free_keeps : t.limit;
   if (pool_.reserve_pages() <= t.limit) return false;
-  // Without a keeper, down to the watermark now. With one, a surplus up to a third of the way
+  // Without a keeper, down to the watermark now. With one, a surplus up to a quarter of the way
   // from the limit to the peak bound (mapped memory within reserve_peak_ratio x the recent peak of
   // ordinary live bytes) is the keeper's to trim, off this thread: the next allocations take
   // much of it back before the keeper gets to it. Beyond that share this thread trims down to it,
-  // not to the limit, so the next free need not trim again (docs/speed.md, session 19: a third
-  // against the former rule, trim to the limit past half the limit: 15-22 % fewer driver calls
-  // on the allocation path, free p99 a third to a half lower, fragmentation 0.065-0.069 against
-  // 0.059-0.065; a half went past 0.07 on the 2-core host, where the keeper lags).
+  // not to the limit, so the next free need not trim again (docs/speed.md: a third in session
+  // 19, against trimming to the limit past half the limit: 15-22 % fewer driver calls on the
+  // allocation path, free p99 a third to a half lower; a quarter since session 20, when alias
+  // drops went to the keeper and held ~0.2 points more fragmentation on the H200).
   if (keeper && pool_.reserve_pages() <= to) {
     wake();
     return false;
@@ -157,7 +156,6 @@ bool ReserveKeeper::drop_aliases(std::unique_lock<HeapMutex>& lock) {
 
 void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
   if (paused_ > 0) return;  // resume() wakes the thread again
-  (void)drop_aliases(lock);  // a slot still held by queued work waits for the next wake
   for (int round = 0; round < kBatchesPerWake && !stop_ && paused_ == 0; ++round) {
     const ReserveTargets t = targets();
     // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
@@ -174,17 +172,24 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
 
 void ReserveKeeper::loop() {
   std::unique_lock lock(mu_);
+  auto kept = std::chrono::steady_clock::now();
   while (!stop_) {
-    const bool woken = cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || wanted_ || drops_wanted_; });
+    const bool woken = cv_.wait_for(lock, kPeriod, [&] { return stop_ || wanted_ || drops_wanted_; });
     if (stop_) break;
-    const bool drops_only = woken && !wanted_;
+    // A wake for drops alone does not put the periodic turn off.
+    const bool drops_only = woken && !wanted_ && std::chrono::steady_clock::now() - kept < kPeriod;
     wanted_ = drops_wanted_ = false;
     if (drops_only) {
       if (paused_ == 0) (void)drop_aliases(lock);
       continue;
     }
+    kept = std::chrono::steady_clock::now();
     if (on_wake_) on_wake_();
     keep(lock);
+    // The drops after the reserve's work: they hold no memory of their own (the pages stay
+    // mapped by their owners), while a trim that waits keeps mapped memory above its budget.
+    // A slot still held by queued work waits for the next wake.
+    if (paused_ == 0) (void)drop_aliases(lock);
   }
   // From here frees drop aliases themselves; the queued ones go now (what queued work still
   // holds stays queued: the pool's destroy() unmaps it at the end).

@@ -206,10 +206,11 @@ TEST(ReserveKeeper, ARequestOfMostOfTheHeapIsNotDemandItsPagesGoBackAtItsFree) {
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
-// A free's surplus over the reserve's limit: up to a third of the way from the limit to the peak
-// bound it is the keeper's (the freeing thread makes no driver call); beyond that the freeing
-// thread gives back what exceeds the third at once, and the keeper the rest.
-TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
+// A free's surplus over the reserve's limit: up to the keeper's share of the way from the limit
+// to the peak bound (ReserveTargets::kFreeLeavesToKeeper) it is the keeper's (the freeing thread
+// makes no driver call); beyond that the freeing thread gives back what exceeds the share at
+// once, and the keeper the rest.
+TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondTheKeepersShareOfTheWayToThePeakBound) {
   Config config;
   config.capacity = 1u << 30;  // 512 pages
   config.reserve_fraction = 0.05;
@@ -218,14 +219,15 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
   ASSERT_TRUE(heap);
   Heap& h = *heap;
   auto& c = HeapInternals::of(h);
+  constexpr std::size_t kShare = ReserveTargets::kFreeLeavesToKeeper;
   struct Reading {
-    std::size_t limit, third, reserve;
+    std::size_t limit, keeps, reserve;
     bool in_flight;
   };
   auto read = [&] {
     std::lock_guard lock(c.mu);
     const ReserveTargets t = c.keeper.targets();
-    EXPECT_EQ(t.free_keeps, t.limit + (t.ceiling - t.limit) / 3) << "not a third of the way to the peak bound";
+    EXPECT_EQ(t.free_keeps, t.limit + (t.ceiling - t.limit) / kShare) << "not the keeper's share of the way to the peak bound";
     return Reading{t.limit, t.free_keeps, c.pool.reserve_pages(), c.pool.batch_in_flight()};
   };
   // Waits (at most 5 s) until the keeper has trimmed to its limit (and its hysteresis).
@@ -246,8 +248,8 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
   ASSERT_TRUE(mid.ok() && big.ok());
   settle(h);
   Reading before = trimmed();
-  ASSERT_GT(before.third, before.limit + 30 + 8) << "the test's budget leaves no room for its case";
-  ASSERT_LE(before.reserve + 30 + 2, before.third);
+  ASSERT_GT(before.keeps, before.limit + 30 + 8) << "the test's budget leaves no room for its case";
+  ASSERT_LE(before.reserve + 30 + 2, before.keeps);
   {
     // Within the keeper's share: no driver call here (the former rule trimmed this one: more
     // than 16 pages over the 16-page limit).
@@ -256,18 +258,18 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondAThirdOfTheWayToThePeakBound) {
     EXPECT_EQ(scope.made().total(), 0u) << "a free within the keeper's share made driver calls";
   }
   before = trimmed();
-  // Its free raises the bound by its pages, the third by a third of them: still beyond it.
-  ASSERT_GT(before.reserve + 2 * 120 / 3, before.third + 4);
+  // Its free raises the bound by its pages, the share by that share of them: still beyond it.
+  ASSERT_GT(before.reserve + 120 - 120 / kShare, before.keeps + 4);
   {
-    // Beyond it: this thread releases pages, and leaves no more than the third mapped.
+    // Beyond it: this thread releases pages, and leaves no more than the share mapped.
     ThreadDriverCalls scope(h.driver_calls());
     ASSERT_TRUE(h.free(*big).ok());
     const Reading after = read();
     EXPECT_GT(scope.made()[DriverOp::release_page], 0u)
         << "a free far beyond the keeper's share left it all to the keeper (reserve " << before.reserve << " -> "
-        << after.reserve << ", third " << before.third << " -> " << after.third << ")";
+        << after.reserve << ", share " << before.keeps << " -> " << after.keeps << ")";
     EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
-    EXPECT_LE(after.reserve, after.third) << "the free left more than the keeper's share mapped";
+    EXPECT_LE(after.reserve, after.keeps) << "the free left more than the keeper's share mapped";
   }
   const Reading settled = trimmed();
   EXPECT_LE(settled.reserve, settled.limit + std::max<std::size_t>(2, settled.limit / 8)) << "the keeper did not trim the rest";
