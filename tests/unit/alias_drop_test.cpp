@@ -12,6 +12,7 @@
 #include "heap_test_util.h"
 #include "page_pool.h"
 #include "valet/counting_backend.h"
+#include "valet/fault_injection.h"
 #include "valet/runtime.h"
 
 namespace valet::detail {
@@ -163,6 +164,44 @@ TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
   auto differ = counting.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 22}}, Stream{});
   ASSERT_TRUE(differ.ok());
   EXPECT_EQ(*differ, 0u);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
+  FaultInjectingBackend faults(test::open_host_backend(64u << 20));
+  PagePool pool(faults, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(s.ok() && t.ok());
+  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(*s), kPageBytes, 31}}, Stream{}).ok());
+  const std::uint32_t at = freed_tail_run(pool, *s);
+  // The keeper's unmap fails: the slot stays queued, mapped, and the page's bytes there.
+  faults.fail_nth(DriverOp::unmap, 1);
+  auto drops = pool.begin_drops();
+  pool.drop_calls(drops);
+  pool.finish_drops(drops);
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::dropping);
+  EXPECT_POOL_VALID(pool);
+  auto same = faults.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 31}}, Stream{});
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(*same, 0u);
+  // A run for another page's tail: the remap's unmap fails too; the run is placed elsewhere and
+  // the slot stays queued.
+  faults.fail_nth(DriverOp::unmap, 1);
+  auto other = pool.take_run_onto(3, 12, *t);
+  ASSERT_TRUE(other.ok()) << other.error().to_string();
+  EXPECT_NE(*other, at);
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_POOL_VALID(pool);
+  // The next batch succeeds.
+  auto again = pool.begin_drops();
+  pool.drop_calls(again);
+  pool.finish_drops(again);
+  EXPECT_EQ(pool.queued_drops(), 0u);
+  EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::unmapped);
+  EXPECT_POOL_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
