@@ -191,6 +191,18 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   return take_fresh(n, SlotKind::large, owner);
 }
 
+bool PagePool::unmap_dropped(std::uint32_t s) {
+  if (!dropped_.find(s) || held(s) || !backend_.unmap(address(s), kPage).ok()) return false;
+  unqueue_drop(std::size_t(std::find(drops_.begin(), drops_.end(), s) - drops_.begin()));
+  const std::uint32_t p = slots_[s].phys;
+  slots_[s].phys = kNoPhys;
+  --phys_[p].dropping;
+  if (--phys_[p].mappings == 0) idle_.push_back(p);
+  set_kind(s, 1, SlotKind::unmapped, 0);
+  unmapped_.insert(s, 1);
+  return true;
+}
+
 bool PagePool::reserve_before(std::uint32_t d, std::uint32_t n) const {
   if (d < n - 1) return false;
   if (n == 1) return true;
@@ -212,8 +224,7 @@ std::optional<std::uint32_t> PagePool::take_dropped_run(std::uint32_t n, std::ui
     if (slots_[d].phys != page || !reserve_before(d, n)) continue;
     const std::uint32_t start = d - (n - 1);
     if (n > 1) reserve_.take_exact(start, n - 1);
-    drops_[i] = drops_.back();
-    drops_.pop_back();
+    unqueue_drop(i);
     --phys_[page].dropping;
     return start;
   }
@@ -226,8 +237,7 @@ std::optional<std::uint32_t> PagePool::retarget_dropped_run(std::uint32_t n, std
     if (!reserve_before(d, n) || held(d)) continue;
     const std::uint32_t start = d - (n - 1), old = slots_[d].phys;
     if (!backend_.unmap(address(d), kPage).ok()) return std::nullopt;  // it stays queued
-    drops_[i] = drops_.back();
-    drops_.pop_back();
+    unqueue_drop(i);
     slots_[d].phys = kNoPhys;
     --phys_[old].dropping;
     if (--phys_[old].mappings == 0) idle_.push_back(old);
@@ -263,6 +273,7 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   // unmapped one: only the shared page and the body's missing pages are mapped.
   if (auto w = n > 1 ? best_window(n, true) : std::nullopt) {
     const std::uint32_t last = w->start + n - 1;
+    if (slots_[last].kind == SlotKind::dropping) (void)unmap_dropped(last);
     if (unmapped_.take_exact(last, 1)) {
       auto grown = extend_run(w->start, n - 1, owner);
       if (grown.ok() && *grown) {
@@ -298,6 +309,10 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
 
 Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner) {
   if (std::uint64_t(at) + n > slots_.size()) return false;
+  // Aliases waiting for the keeper inside the window are free slots to placement (best_window
+  // counts them so): unmapped now.
+  for (std::uint32_t s = at; s < at + n; ++s)
+    if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
   for (std::uint32_t s = at; s < at + n; ++s)
     // A reserve slot being released without the lock (releasing_) is not free: its page is
     // about to be unmapped; nor is a slot a provision batch is mapping.
@@ -437,7 +452,7 @@ Status PagePool::drop_alias(std::uint32_t s) {
   if (defer_drops_) {
     ++phys_[slots_[s].phys].dropping;
     set_kind(s, 1, SlotKind::dropping, 0);
-    drops_.push_back(s);
+    queue_drop(s);
     return {};
   }
   VALET_TRY(unmap_run(s, 1));

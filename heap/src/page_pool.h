@@ -297,6 +297,10 @@ class PagePool {
   // keeper would have made). The run's start, or nullopt (nothing changed but a failed slot
   // unmapped and free) when there is none or a call failed.
   std::optional<std::uint32_t> retarget_dropped_run(std::uint32_t n, std::uint32_t last_of);
+  // A queued dropping slot that placement wants as a free slot: unmapped now (the call the
+  // keeper would have made), free. false (nothing changed) if it is not queued, is held, or the
+  // unmap failed.
+  bool unmap_dropped(std::uint32_t s);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;
 
@@ -359,6 +363,17 @@ class PagePool {
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
   std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)
+  RangeSet dropped_;                  // the same slots, for placement's lookups (best_window)
+  void queue_drop(std::uint32_t s) {
+    drops_.push_back(s);
+    dropped_.insert(s, 1);
+  }
+  // Takes drops_[i] off the queue (swapping the last into its place).
+  void unqueue_drop(std::size_t i) {
+    dropped_.take_exact(drops_[i], 1);
+    drops_[i] = drops_.back();
+    drops_.pop_back();
+  }
   std::vector<std::uint32_t> drops_in_flight_;  // dropping slots of the batch in flight
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders

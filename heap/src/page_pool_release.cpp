@@ -93,6 +93,7 @@ PagePool::DropBatch PagePool::begin_drops() {
   DropBatch b;
   if (!drops_in_flight_.empty()) return b;
   b.slots.swap(drops_);
+  for (std::uint32_t d : b.slots) dropped_.take_exact(d, 1);
   b.unmapped.assign(b.slots.size(), false);
   drops_in_flight_.insert(drops_in_flight_.end(), b.slots.begin(), b.slots.end());
   return b;
@@ -108,7 +109,7 @@ void PagePool::finish_drops(DropBatch& b) {
   for (std::size_t i = 0; i < b.slots.size(); ++i) {
     const std::uint32_t s = b.slots[i];
     if (!b.unmapped[i]) {  // held by queued work, or the unmap failed: the next batch tries again
-      drops_.push_back(s);
+      queue_drop(s);
       continue;
     }
     const std::uint32_t p = slots_[s].phys;

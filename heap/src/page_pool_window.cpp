@@ -31,6 +31,7 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
   auto piece_at = [&](std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) -> std::optional<Piece> {
     bool mapped = false;
     auto r = unmapped_.find(slot);
+    if (!r) r = dropped_.find(slot);  // an alias waiting for the keeper: unmapped on demand
     if (!r) {
       r = reserve_.find(slot);
       mapped = true;
