@@ -85,7 +85,8 @@ class PagePool {
   // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
   // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
-  // Where `n` contiguous free slots (reserve or unmapped, nothing in use) hold the most reserve
+  // Where `n` contiguous free slots (reserve, unmapped, or queued dropping slots, which are
+  // unmapped when taken; nothing in use) hold the most reserve
   // slots, around one of the longest reserve runs: a run placed there maps only its unmapped
   // slots (page_pool_window.cpp). With `last_unmapped`, the window's last slot is an unmapped
   // one (a shared tail's page goes there). nullopt when no such window holds a reserve slot.
