@@ -197,6 +197,16 @@ void HeapCore::wait_deferred(std::unique_lock<HeapMutex>& lock) {
   reap_deferred();
 }
 
+void HeapCore::drop_queued_aliases(std::unique_lock<HeapMutex>& lock) {
+  mu.assert_held();
+  auto drops = pool.begin_drops();
+  if (drops.empty()) return;
+  lock.unlock();
+  pool.drop_calls(drops);
+  lock.lock();
+  pool.finish_drops(drops);
+}
+
 void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   // Memory freed on streams comes back once their work passed the frees (as a caching allocator
@@ -216,13 +226,7 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   if (config.compact_on_oom) emergency_compact(lock);
   // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a
   // page only an alias still maps comes back idle, where the retry finds it.
-  auto drops = pool.begin_drops();
-  if (!drops.empty()) {
-    lock.unlock();
-    pool.drop_calls(drops);
-    lock.lock();
-    pool.finish_drops(drops);
-  }
+  drop_queued_aliases(lock);
 }
 
 Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
@@ -401,11 +405,13 @@ Result<std::size_t> Heap::size_of(Handle h) const {
 Status Heap::maintain() {
   auto& c = *core_;
   if (c.shut.load()) return make_error(Errc::shut_down, "maintain: the heap was shut down");
-  std::lock_guard lock(c.mu);
+  std::unique_lock lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "maintain: the heap was shut down");
   c.reap_deferred();
   c.drain_caches();
   c.retire_empty_slabs();
+  // Aliases queued for a keeper (deferred drops) are unmapped here too.
+  c.drop_queued_aliases(lock);
   return c.keeper.balance();
 }
 

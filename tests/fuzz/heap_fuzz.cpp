@@ -13,6 +13,7 @@
 #include <memory>
 #include <vector>
 
+#include "heap_core.h"
 #include "valet/heap.h"
 #include "valet/host_backend.h"
 
@@ -385,7 +386,7 @@ void FuzzRun::finish() {
 }
 
 void FuzzRun::run() {
-  // The first byte shapes the heap: reserve watermarks and emergency compaction.
+  // The first byte shapes the heap: reserve watermarks, emergency compaction, deferred drops.
   const std::uint8_t shape = in_.u8();
   Config config;
   config.capacity = kCapacity;
@@ -397,6 +398,14 @@ void FuzzRun::run() {
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();
   heap_ = must(Heap::create(std::move(backend), config), "Heap::create");
+  if (shape & 0x40) {
+    // Alias drops deferred as a keeper's thread defers them, without the thread (the run stays
+    // deterministic): they queue until maintain() (op_sync) or an out-of-memory retry unmaps
+    // them, and placement takes queued slots meanwhile.
+    auto& core = detail::HeapInternals::of(*heap_);
+    std::lock_guard lock(core.mu);
+    core.pool.set_deferred_drops(true);
+  }
   a_ = must(heap_->backend().create_stream(), "create_stream");
   b_ = must(heap_->backend().create_stream(), "create_stream");
 
