@@ -197,16 +197,6 @@ void HeapCore::wait_deferred(std::unique_lock<HeapMutex>& lock) {
   reap_deferred();
 }
 
-void HeapCore::drop_queued_aliases(std::unique_lock<HeapMutex>& lock) {
-  mu.assert_held();
-  auto drops = pool.begin_drops();
-  if (drops.empty()) return;
-  lock.unlock();
-  pool.drop_calls(drops);
-  lock.lock();
-  pool.finish_drops(drops);
-}
-
 void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   // Memory freed on streams comes back once their work passed the frees (as a caching allocator
@@ -226,7 +216,7 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   if (config.compact_on_oom) emergency_compact(lock);
   // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a
   // page only an alias still maps comes back idle, where the retry finds it.
-  drop_queued_aliases(lock);
+  (void)keeper.drop_aliases(lock);
 }
 
 Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
@@ -411,7 +401,7 @@ Status Heap::maintain() {
   c.drain_caches();
   c.retire_empty_slabs();
   // Aliases queued for a keeper (deferred drops) are unmapped here too.
-  c.drop_queued_aliases(lock);
+  (void)c.keeper.drop_aliases(lock);
   return c.keeper.balance();
 }
 

@@ -266,9 +266,6 @@ struct HeapCore {
   // Precondition: `lock` holds mu; it may be released and retaken; the caller holds a
   // KeeperPause until its retry is done.
   void make_room(std::unique_lock<HeapMutex>& lock);
-  // Unmaps the aliases queued by deferred drops (one batch, without the lock for its calls;
-  // nothing if another batch is in flight). Precondition: `lock` holds mu.
-  void drop_queued_aliases(std::unique_lock<HeapMutex>& lock);
 
   // Shutdown (heap_lifecycle.cpp). decide_shutdown: under compaction_mu and mu, claims every live object
   // and marks the heap shut, or refuses (pinned) with nothing changed; `killed` lists the

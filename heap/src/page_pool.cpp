@@ -194,11 +194,7 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
 bool PagePool::unmap_dropped(std::uint32_t s) {
   if (!dropped_.find(s) || held(s) || !backend_.unmap(address(s), kPage).ok()) return false;
   unqueue_drop(std::size_t(std::find(drops_.begin(), drops_.end(), s) - drops_.begin()));
-  const std::uint32_t p = slots_[s].phys;
-  slots_[s].phys = kNoPhys;
-  --phys_[p].dropping;
-  if (--phys_[p].mappings == 0) idle_.push_back(p);
-  set_kind(s, 1, SlotKind::unmapped, 0);
+  book_dropped(s);
   unmapped_.insert(s, 1);
   return true;
 }
@@ -235,13 +231,10 @@ std::optional<std::uint32_t> PagePool::retarget_dropped_run(std::uint32_t n, std
   for (std::size_t i = 0; i < drops_.size(); ++i) {
     const std::uint32_t d = drops_[i];
     if (!reserve_before(d, n) || held(d)) continue;
-    const std::uint32_t start = d - (n - 1), old = slots_[d].phys;
+    const std::uint32_t start = d - (n - 1);
     if (!backend_.unmap(address(d), kPage).ok()) return std::nullopt;  // it stays queued
     unqueue_drop(i);
-    slots_[d].phys = kNoPhys;
-    --phys_[old].dropping;
-    if (--phys_[old].mappings == 0) idle_.push_back(old);
-    set_kind(d, 1, SlotKind::unmapped, 0);
+    book_dropped(d);
     if (!map_alias(d, last_of).ok()) {
       unmapped_.insert(d, 1);
       return std::nullopt;

@@ -230,9 +230,6 @@ class PagePool {
   // Pages in a batch without the lock (provisioning or releasing): an out-of-memory waits for
   // them rather than be reported while they come back.
   bool batch_in_flight() const { return releasing_.total() > 0 || provisioning_.total() > 0 || in_flight_idle_ > 0; }
-  // Batches finished so far: a waiter waits for the batch in flight, not for a busy keeper to
-  // stop starting new ones.
-  std::uint64_t batches_finished() const { return batches_finished_; }
   // Created pages a batch holds mapped nowhere (idle pages it took, new pages): stats count them
   // as idle reserve pages.
   std::size_t unplaced_in_flight() const { return in_flight_idle_ + fresh_in_flight_; }
@@ -302,6 +299,9 @@ class PagePool {
   // keeper would have made), free. false (nothing changed) if it is not queued, is held, or the
   // unmap failed.
   bool unmap_dropped(std::uint32_t s);
+  // After the unmap of dropping slot `s` (off the queue): it maps nothing and is unmapped (not
+  // yet in the free set); its page is idle if no other slot maps it.
+  void book_dropped(std::uint32_t s);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;
 
@@ -360,7 +360,6 @@ class PagePool {
   RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision batch is creating (counted as created)
-  std::uint64_t batches_finished_ = 0;
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
   std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)

@@ -146,7 +146,6 @@ void PagePool::finish_provision(ProvisionBatch& b) {
   if (b.mapped < b.length) unmapped_.insert(b.dest + b.mapped, b.length - b.mapped);
   if (b.mapped > 0) give_back(b.dest, b.mapped);
   b = ProvisionBatch{};
-  ++batches_finished_;
 }
 
 }  // namespace valet::detail

@@ -85,7 +85,6 @@ Status PagePool::finish_release(ReleaseBatch& b) {
   for (; i < b.phys.size(); ++i) book_release(b.phys[i], b.released[i], first);
   b.runs.clear();
   b.idle = 0;
-  ++batches_finished_;
   return first;
 }
 
@@ -112,14 +111,18 @@ void PagePool::finish_drops(DropBatch& b) {
       queue_drop(s);
       continue;
     }
-    const std::uint32_t p = slots_[s].phys;
-    slots_[s].phys = kNoPhys;
-    --phys_[p].dropping;
-    if (--phys_[p].mappings == 0) idle_.push_back(p);
-    set_kind(s, 1, SlotKind::unmapped, 0);
+    book_dropped(s);
     unmapped_.insert(s, 1);
   }
   b = DropBatch{};
+}
+
+void PagePool::book_dropped(std::uint32_t s) {
+  const std::uint32_t p = slots_[s].phys;
+  slots_[s].phys = kNoPhys;
+  --phys_[p].dropping;
+  if (--phys_[p].mappings == 0) idle_.push_back(p);
+  set_kind(s, 1, SlotKind::unmapped, 0);
 }
 
 std::size_t PagePool::pages_only_dropping() const {

@@ -83,6 +83,10 @@ class ReserveKeeper {
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
+  // Unmaps the alias slots queued by drop_alias (deferred while the thread runs: its wakes, the
+  // out-of-memory path, maintain()), one batch, the calls without the heap lock; false if
+  // nothing was queued or another batch is in flight. `lock` holds mu.
+  bool drop_aliases(std::unique_lock<HeapMutex>& lock);
   // While paused (pause() calls not yet matched by resume()) the thread starts no batch: the
   // out-of-memory path waits for the batches in flight and retries with every page in reach,
   // rather than race a keeper that takes pages out again. Require the heap lock.
@@ -102,9 +106,6 @@ class ReserveKeeper {
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
   bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages);
-  // Unmaps the alias slots queued by drop_alias (deferred while the thread runs), without the
-  // heap lock. `lock` holds mu.
-  bool drop_aliases(std::unique_lock<HeapMutex>& lock);
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
 
   HeapMutex& mu_;
