@@ -364,6 +364,70 @@ TYPED_TEST(BackendConformance, OutOfMemoryAtCapacityIsCleanAndLeaksNothing) {
   ASSERT_TRUE(this->backend_->release_page(*again).ok());
 }
 
+// Chunks (create_chunk): one physical allocation of several pages, mapped, unmapped and granted
+// access to only as a whole, as the driver requires (docs/speed.md, session 21).
+TYPED_TEST(BackendConformance, AChunkMapsWholeKeepsItsBytesAndMovesWhole) {
+  const DevicePtr a = this->reserve(6), b = this->reserve(4);
+  auto c = this->backend_->create_chunk(4);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  this->pages_.push_back(*c);
+  EXPECT_EQ(this->backend_->create_chunk(0).code(), Errc::invalid_argument);
+  // Mapped at a + 1 page: all four pages at once, then access over the whole mapping.
+  ASSERT_TRUE(this->backend_->map(a + kPage, *c).ok());
+  EXPECT_EQ(this->backend_->set_access(a + kPage, kPage).code(), Errc::invalid_state) << "access to part of a chunk";
+  ASSERT_TRUE(this->backend_->set_access(a + kPage, 4 * kPage).ok());
+  this->mapped_.emplace_back(a + kPage, 4 * kPage);
+  this->fill(a + kPage, 4 * kPage, 31);
+  // What the driver refuses: a page of it mapped over, part of it unmapped, a range that
+  // straddles its end; each leaves the mapping and its bytes as they were.
+  const PhysicalPage p = this->create();
+  EXPECT_EQ(this->backend_->map(a + 2 * kPage, p).code(), Errc::invalid_state);
+  EXPECT_EQ(this->backend_->unmap(a + kPage, kPage).code(), Errc::invalid_state) << "unmap of part of a chunk";
+  EXPECT_EQ(this->backend_->unmap(a + 2 * kPage, 3 * kPage).code(), Errc::invalid_state) << "a range past its end";
+  this->map(a + 5 * kPage, p);  // a page right after it
+  EXPECT_EQ(this->backend_->unmap(a + 4 * kPage, 2 * kPage).code(), Errc::invalid_state)
+      << "a range from its last page into the next mapping";
+  EXPECT_EQ(this->mismatches(a + kPage, 4 * kPage, 31), 0u);
+  // Mapped whole at a second address too: the same bytes.
+  ASSERT_TRUE(this->backend_->map(b, *c).ok());
+  ASSERT_TRUE(this->backend_->set_access(b, 4 * kPage).ok());
+  EXPECT_EQ(this->mismatches(b, 4 * kPage, 31), 0u);
+  // An unmap that covers it whole and the page after it, in one call.
+  ASSERT_TRUE(this->backend_->unmap(a + kPage, 5 * kPage).ok());
+  this->mapped_.clear();
+  // Released while the alias still maps it: its memory stays until that mapping goes.
+  ASSERT_TRUE(this->backend_->release_page(*c).ok());
+  this->pages_.erase(std::find(this->pages_.begin(), this->pages_.end(), *c));
+  EXPECT_EQ(this->backend_->map(a, *c).code(), Errc::not_found) << "map of a released chunk";
+  EXPECT_EQ(this->mismatches(b, 4 * kPage, 31), 0u);
+  ASSERT_TRUE(this->backend_->unmap(b, 4 * kPage).ok());
+}
+
+TYPED_TEST(BackendConformance, AChunkCountsItsPagesAgainstTheCapacity) {
+  if (TypeParam::capacity_pages() == 0) GTEST_SKIP() << "filling a real device's memory is not a unit test";
+  const std::size_t cap = TypeParam::capacity_pages();
+  EXPECT_EQ(this->backend_->create_chunk(cap + 1).code(), Errc::out_of_memory);
+  auto p = this->backend_->create_page();
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(this->backend_->create_chunk(cap).code(), Errc::out_of_memory) << "one page is already taken";
+  auto c = this->backend_->create_chunk(cap - 1);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(this->backend_->memory_info()->free_bytes, 0u);
+  EXPECT_EQ(this->backend_->create_page().code(), Errc::out_of_memory);
+  ASSERT_TRUE(this->backend_->release_page(*c).ok());
+  ASSERT_TRUE(this->backend_->release_page(*p).ok());
+  auto info = this->backend_->memory_info();
+  EXPECT_EQ(info->free_bytes, info->total_bytes);
+  // Pages freed one by one leave holes; a chunk still finds room while the capacity allows it.
+  std::vector<PhysicalPage> pages;
+  for (std::size_t i = 0; i < cap; ++i) pages.push_back(*this->backend_->create_page());
+  for (std::size_t i = 0; i < cap; i += 2) ASSERT_TRUE(this->backend_->release_page(pages[i]).ok());
+  auto half = this->backend_->create_chunk(cap / 2);
+  ASSERT_TRUE(half.ok()) << half.error().to_string();
+  ASSERT_TRUE(this->backend_->release_page(*half).ok());
+  for (std::size_t i = 1; i < cap; i += 2) ASSERT_TRUE(this->backend_->release_page(pages[i]).ok());
+}
+
 // Host-only properties of the emulation.
 TEST(HostBackend, ReleasedMemoryGoesBackToTheOs) {
   HostBackend b(HostBackendOptions{.capacity_bytes = 16 * kPage});

@@ -48,6 +48,7 @@ concept VmmDoorImpl = requires(B& b, const B& cb, DevicePtr va, std::size_t n, P
   { b.reserve(n) } -> std::same_as<Result<DevicePtr>>;
   { b.unreserve(va, n) } -> std::same_as<Status>;
   { b.create_page() } -> std::same_as<Result<PhysicalPage>>;
+  { b.create_chunk(n) } -> std::same_as<Result<PhysicalPage>>;
   { b.release_page(page) } -> std::same_as<Status>;
   { b.map(va, page) } -> std::same_as<Status>;
   { b.unmap(va, n) } -> std::same_as<Status>;
@@ -100,16 +101,25 @@ class VmmDoor {
 
   // Creates one physical page. out_of_memory when the device (or emulated capacity) is full.
   virtual Result<PhysicalPage> create_page() = 0;
-  // Releases a page. Its memory goes back to the device once no mapping of it remains.
-  // not_found for an unknown or already released page.
+  // Creates one physical allocation of `pages` pages (a chunk; `pages` >= 1, else
+  // invalid_argument), in one call whatever its size: a chunk costs about what a page costs
+  // (docs/speed.md, session 21). The driver maps, unmaps and grants access to a chunk only as a
+  // whole: map() maps all of it, and an unmap or set_access whose range cuts one of its mappings
+  // fails with invalid_state, nothing done. It may be mapped at several addresses at once, as a
+  // page may; release_page releases all of it. A chunk of one page is a page. Counted at the
+  // door as a create_page (the same driver call). out_of_memory when it does not fit.
+  virtual Result<PhysicalPage> create_chunk(std::size_t pages) = 0;
+  // Releases a page (or a chunk). Its memory goes back to the device once no mapping of it
+  // remains. not_found for an unknown or already released page.
   virtual Status release_page(PhysicalPage page) = 0;
-  // Maps one page at `va` (inside a reservation, aligned). invalid_state if `va` is mapped.
-  // A new mapping has no access until set_access.
+  // Maps one page (or a whole chunk) at `va` (inside one reservation, aligned). invalid_state if
+  // any page of the range is mapped. A new mapping has no access until set_access.
   virtual Status map(DevicePtr va, PhysicalPage page) = 0;
-  // Unmaps [va, va+bytes); every page in it must be mapped (else invalid_state, nothing done).
-  // Precondition: no queued work touches the range.
+  // Unmaps [va, va+bytes); every page in it must be mapped and every chunk mapping in it whole
+  // (else invalid_state, nothing done). Precondition: no queued work touches the range.
   virtual Status unmap(DevicePtr va, std::size_t bytes) = 0;
-  // Grants read/write access to [va, va+bytes); every page in it must be mapped.
+  // Grants read/write access to [va, va+bytes); every page in it must be mapped and every chunk
+  // mapping in it whole (else invalid_state, nothing done).
   virtual Status set_access(DevicePtr va, std::size_t bytes) = 0;
 
   // Streams run queued work in order; work on different streams may run concurrently.
@@ -172,6 +182,7 @@ class BackendModel final : public Backend {
   Result<DevicePtr> reserve(std::size_t bytes) override { return impl_.reserve(bytes); }
   Status unreserve(DevicePtr va, std::size_t bytes) override { return impl_.unreserve(va, bytes); }
   Result<PhysicalPage> create_page() override { return impl_.create_page(); }
+  Result<PhysicalPage> create_chunk(std::size_t pages) override { return impl_.create_chunk(pages); }
   Status release_page(PhysicalPage p) override { return impl_.release_page(p); }
   Status map(DevicePtr va, PhysicalPage p) override { return impl_.map(va, p); }
   Status unmap(DevicePtr va, std::size_t bytes) override { return impl_.unmap(va, bytes); }

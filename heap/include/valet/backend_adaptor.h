@@ -41,6 +41,9 @@ class BackendAdaptor : public Backend {
   Result<PhysicalPage> create_page() final {
     return guarded(DriverOp::create_page, [&] { return inner_->create_page(); });
   }
+  Result<PhysicalPage> create_chunk(std::size_t pages) final {
+    return guarded(DriverOp::create_page, [&] { return inner_->create_chunk(pages); });
+  }
   Status release_page(PhysicalPage p) final {
     return guarded(DriverOp::release_page, [&] { return inner_->release_page(p); });
   }

@@ -20,7 +20,7 @@
 namespace valet {
 
 struct HostBackendOptions {
-  // The emulated device memory: create_page fails with out_of_memory past it.
+  // The emulated device memory: create_page and create_chunk fail with out_of_memory past it.
   std::size_t capacity_bytes = std::size_t{2} << 30;
   // Each queued task (copy, fill, verify, host task) sleeps this long before it runs.
   std::chrono::microseconds task_delay{0};
@@ -48,6 +48,7 @@ class HostBackend {
   Result<DevicePtr> reserve(std::size_t bytes);
   Status unreserve(DevicePtr va, std::size_t bytes);
   Result<PhysicalPage> create_page();
+  Result<PhysicalPage> create_chunk(std::size_t pages);
   Status release_page(PhysicalPage page);
   Status map(DevicePtr va, PhysicalPage page);
   Status unmap(DevicePtr va, std::size_t bytes);

@@ -50,6 +50,7 @@ class CudaBackend {
   Result<DevicePtr> reserve(std::size_t bytes);
   Status unreserve(DevicePtr va, std::size_t bytes);
   Result<PhysicalPage> create_page();
+  Result<PhysicalPage> create_chunk(std::size_t pages);
   Status release_page(PhysicalPage page);
   Status map(DevicePtr va, PhysicalPage page);
   Status unmap(DevicePtr va, std::size_t bytes);

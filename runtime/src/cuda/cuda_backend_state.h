@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "chunk_mappings.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_driver.h"
 #include "cuda/staging_pool.h"
@@ -62,6 +63,7 @@ struct CudaBackend::State {
     CUmemGenericAllocationHandle handle = 0;
     std::uint32_t mappings = 0;
     bool release_pending = false;  // cuMemRelease'd while mapped: forgotten at the last unmap
+    std::size_t pages = 1;         // a chunk's pages (create_chunk)
   };
   // A slot is 0 (unmapped) or (page id << 1) | accessible.
   struct Reservation {
@@ -96,6 +98,7 @@ struct CudaBackend::State {
   mutable std::mutex mu;
   std::map<DevicePtr, Reservation> reservations;
   std::unordered_map<std::uint64_t, PageRecord> pages;
+  ChunkMappings chunk_maps;  // mappings of chunks of more than one page
   std::uint64_t next_page = 1;
 
   // --- Streams and events (work_mu) ---

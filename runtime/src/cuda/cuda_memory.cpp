@@ -138,17 +138,23 @@ Status CudaBackend::unreserve(DevicePtr va, std::size_t bytes) {
   return {};
 }
 
-Result<PhysicalPage> CudaBackend::create_page() {
+Result<PhysicalPage> CudaBackend::create_page() { return create_chunk(1); }
+
+Result<PhysicalPage> CudaBackend::create_chunk(std::size_t pages) {
+  if (pages == 0 || pages > kMaxReserveBytes / kPage)
+    return make_error(Errc::invalid_argument, "create_chunk: " + std::to_string(pages) + " pages");
   VALET_CUDA_SCOPE();
   const CUmemAllocationProp prop = page_properties(s_->ordinal);
   CUmemGenericAllocationHandle handle = 0;
-  const CUresult r = s_->d->cuMemCreate(&handle, kPage, &prop, 0);
+  const CUresult r = s_->d->cuMemCreate(&handle, pages * kPage, &prop, 0);
   if (r != CUDA_SUCCESS)
     return cu_error_oom("cuMemCreate", r, Errc::out_of_memory,
-                        "create_page: the device has no memory left for another 2 MiB page");
+                        pages == 1 ? std::string("create_page: the device has no memory left for another 2 MiB page")
+                                   : "create_chunk: the device has no memory left for " + std::to_string(pages) +
+                                         " pages in one allocation");
   std::lock_guard lock(s_->mu);
   const std::uint64_t id = s_->next_page++;
-  s_->pages.emplace(id, State::PageRecord{handle, 0, false});
+  s_->pages.emplace(id, State::PageRecord{handle, 0, false, pages});
   return PhysicalPage{id};
 }
 
@@ -174,17 +180,21 @@ Status CudaBackend::map(DevicePtr va, PhysicalPage page) {
   auto it = s_->pages.find(page.id);
   if (it == s_->pages.end() || it->second.release_pending)
     return make_error(Errc::not_found, "map: unknown or released page");
+  const std::size_t n = it->second.pages;
   DevicePtr base = 0;
   State::Reservation* r = page_aligned(va) ? s_->find_reservation(va, &base) : nullptr;
-  if (!r) return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
+  if (!r || va - base + n * kPage > r->bytes)
+    return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
   const std::size_t index = (va - base) / kPage;
-  if (r->slot(index) != 0) return make_error(Errc::invalid_state, "map: the address is already mapped");
-  const CUresult res = s_->d->cuMemMap(va, kPage, 0, it->second.handle, 0);
+  for (std::size_t i = index; i < index + n; ++i)
+    if (r->slot(i) != 0) return make_error(Errc::invalid_state, "map: the address is already mapped");
+  const CUresult res = s_->d->cuMemMap(va, n * kPage, 0, it->second.handle, 0);
   if (res != CUDA_SUCCESS)
     return cu_error_oom("cuMemMap", res, Errc::out_of_memory, "map: the device has no memory left for the mapping");
-  r->slot_ref(index) = page.id << 1;  // mapped, no access yet
-  ++r->mapped;
+  for (std::size_t i = index; i < index + n; ++i) r->slot_ref(i) = page.id << 1;  // mapped, no access yet
+  r->mapped += n;
   ++it->second.mappings;
+  if (n > 1) s_->chunk_maps.add(va, n * kPage);
   return {};
 }
 
@@ -196,17 +206,23 @@ Status CudaBackend::unmap(DevicePtr va, std::size_t bytes) {
   std::vector<State::Run> runs;
   if (!s_->mapped_runs(va, bytes, runs))
     return make_error(Errc::invalid_state, "unmap: part of the range is not mapped");
+  if (!s_->chunk_maps.whole(va, bytes))
+    return make_error(Errc::invalid_state, "unmap: the range cuts a chunk's mapping");
   // One call per reservation the range crosses (one, in practice): cuMemUnmap takes any range
   // made of whole mappings.
   for (const State::Run& run : runs) {
     VALET_CU("cuMemUnmap", s_->d->cuMemUnmap(run.start, run.bytes));
     for (std::size_t i = run.first; i < run.first + run.bytes / kPage; ++i) {
       std::uint64_t& slot = run.r->slot_ref(i);
-      s_->drop_mapping(slot >> 1);
+      const DevicePtr at = run.start + (i - run.first) * kPage;
+      // A chunk's mapping is one mapping of its record, counted at its first page.
+      auto rec = s_->pages.find(slot >> 1);
+      if (rec == s_->pages.end() || rec->second.pages == 1 || s_->chunk_maps.starts_at(at)) s_->drop_mapping(slot >> 1);
       slot = 0;
       --run.r->mapped;
     }
   }
+  s_->chunk_maps.forget(va, bytes);
   return {};
 }
 
@@ -218,6 +234,8 @@ Status CudaBackend::set_access(DevicePtr va, std::size_t bytes) {
   std::vector<State::Run> runs;
   if (!s_->mapped_runs(va, bytes, runs))
     return make_error(Errc::invalid_state, "set_access: part of the range is not mapped");
+  if (!s_->chunk_maps.whole(va, bytes))
+    return make_error(Errc::invalid_state, "set_access: the range cuts a chunk's mapping");
   CUmemAccessDesc access;
   std::memset(&access, 0, sizeof access);
   access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;

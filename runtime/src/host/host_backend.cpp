@@ -32,7 +32,8 @@ HostBackend::HostBackend(HostBackendOptions options) : s_(std::make_unique<State
     s_->init = sys_error("memfd_create");
     return;
   }
-  if (ftruncate(s_->fd, off_t(s_->page_count * kPage)) != 0) {
+  s_->index_count = std::min(4 * s_->page_count, kMaxBytes / kPage);
+  if (ftruncate(s_->fd, off_t(s_->index_count * kPage)) != 0) {
     s_->init = sys_error("ftruncate");
     return;
   }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "chunk_mappings.h"
 #include "host/host_stream.h"
 #include "valet/host_backend.h"
 
@@ -42,15 +44,19 @@ struct HostBackend::State {
   struct PageRecord {
     bool release_pending = false;  // released while still mapped: freed at the last unmap
     std::uint32_t mappings = 0;
+    std::uint32_t pages = 1;       // a chunk's pages (create_chunk): memfd indices [index, index + pages)
   };
   struct Mapping {
-    std::uint32_t page = 0;
+    std::uint32_t page = 0;  // the record's index (a chunk's first)
     bool accessible = false;
   };
 
   HostBackendOptions options;
   int fd = -1;
-  std::size_t page_count = 0;
+  std::size_t page_count = 0;   // the emulated capacity, in pages
+  // Indices of the memfd (sparse: unused ones cost nothing): more than the capacity, so that a
+  // chunk finds contiguous indices where freed pages left holes.
+  std::size_t index_count = 0;
   Status init;
 
   mutable std::mutex mu;  // pages, mappings, reservations
@@ -62,6 +68,7 @@ struct HostBackend::State {
   std::size_t in_use = 0;
   std::map<DevicePtr, std::size_t> reservations;
   std::unordered_map<DevicePtr, Mapping> mappings;  // by page-aligned address
+  ChunkMappings chunk_maps;                          // mappings of chunks of more than one page
 
   std::atomic<std::int64_t> delay_us{0};
   std::mutex work_mu;  // streams and events
@@ -91,37 +98,53 @@ struct HostBackend::State {
 
   // Precondition: mu held. The record of a created page that is not being released, or null.
   PageRecord* live_page(PhysicalPage page) {
-    if (page.id == 0 || page.id > page_count) return nullptr;
+    if (page.id == 0 || page.id > index_count) return nullptr;
     auto it = pages.find(std::uint32_t(page.id - 1));
     return it == pages.end() || it->second.release_pending ? nullptr : &it->second;
   }
 
-  // Precondition: mu held. Takes an index for a new page (a returned one first), or false.
-  bool take_index(std::uint32_t& index) {
-    if (!free_pages.empty()) {
+  // Precondition: mu held. Takes `n` contiguous indices for a new page or chunk (returned ones
+  // first for a page), or false: the capacity would be exceeded, or no contiguous range is free.
+  bool take_indices(std::uint32_t n, std::uint32_t& index) {
+    if (in_use + n > page_count) return false;
+    if (n == 1 && !free_pages.empty()) {
       index = free_pages.back();
       free_pages.pop_back();
       return true;
     }
-    if (fresh_pages == page_count) return false;
-    index = fresh_pages++;
-    return true;
+    if (fresh_pages + n <= index_count) {
+      index = fresh_pages;
+      fresh_pages += n;
+      return true;
+    }
+    // A run of n returned indices.
+    std::sort(free_pages.begin(), free_pages.end());
+    for (std::size_t i = 0; i + n <= free_pages.size(); ++i)
+      if (free_pages[i + n - 1] - free_pages[i] == n - 1) {
+        index = free_pages[i];
+        free_pages.erase(free_pages.begin() + std::ptrdiff_t(i), free_pages.begin() + std::ptrdiff_t(i + n));
+        return true;
+      }
+    return false;
   }
 
-  // Precondition: mu held. Forgets a page; its index is reused only after return_memory().
+  // Precondition: mu held. Forgets a page or chunk; its indices are reused only after
+  // return_memory().
   void forget_page(std::uint32_t index) {
-    pages.erase(index);
-    --in_use;
+    auto it = pages.find(index);
+    in_use -= it->second.pages;
+    pages.erase(it);
   }
-  // Precondition: mu NOT held. Gives a forgotten page's memory back to the OS, then its index to
-  // the free list. The hole punch (~0.5 ms for 2 MiB) runs without the lock, so that maps and
-  // unmaps of other pages (a compaction's remap, which pins may wait for) never queue behind it.
-  void return_memory(std::uint32_t index) {
-    // A failed punch only delays the return of memory; the page is still free for reuse.
+  // Precondition: mu NOT held. Gives a forgotten page's (or chunk's: `n` pages) memory back to
+  // the OS, then its indices to the free list. The hole punch (~0.5 ms for 2 MiB) runs without
+  // the lock, so that maps and unmaps of other pages (a compaction's remap, which pins may wait
+  // for) never queue behind it.
+  void return_memory(std::uint32_t index, std::uint32_t n = 1) {
+    // A failed punch only delays the return of memory; the pages are still free for reuse.
     (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(index) * off_t(kPage),
-                    off_t(kPage));
+                    off_t(n) * off_t(kPage));
     std::lock_guard lock(mu);
-    free_pages.push_back(index);
+    for (std::uint32_t i = 0; i < n; ++i) free_pages.push_back(index + i);
   }
 
   std::shared_ptr<host::HostStream> stream(Stream s) {

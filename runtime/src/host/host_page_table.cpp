@@ -58,37 +58,43 @@ Status HostBackend::unreserve(DevicePtr va, std::size_t bytes) {
   return {};
 }
 
-Result<PhysicalPage> HostBackend::create_page() {
+Result<PhysicalPage> HostBackend::create_page() { return create_chunk(1); }
+
+Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
   VALET_TRY(s_->init);
+  const char* what = pages == 1 ? "create_page" : "create_chunk";
+  if (pages == 0 || pages > s_->page_count)
+    return make_error(pages == 0 ? Errc::invalid_argument : Errc::out_of_memory,
+                      std::string(what) + ": " + std::to_string(pages) + " pages (the emulated device holds " +
+                          std::to_string(s_->page_count) + ")");
+  const auto n = std::uint32_t(pages);
   std::uint32_t index;
   {
     std::lock_guard lock(s_->mu);
-    if (!s_->take_index(index))
-      return make_error(Errc::out_of_memory, "create_page: the emulated device memory (" +
+    if (!s_->take_indices(n, index))
+      return make_error(Errc::out_of_memory, std::string(what) + ": the emulated device memory (" +
                                                  std::to_string(s_->options.capacity_bytes >> 20) +
                                                  " MiB) is full");
   }
   // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it. The
-  // index is off the free list, so nobody else touches it; the lock is not held meanwhile.
-  if (fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(kPage)) != 0) {
+  // indices are off the free list, so nobody else touches them; the lock is not held meanwhile.
+  if (fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
     const int err = errno;
-    {
-      std::lock_guard lock(s_->mu);
-      s_->free_pages.push_back(index);
-    }
+    s_->return_memory(index, n);
     errno = err;
     if (err == ENOSPC || err == ENOMEM)
-      return make_error(Errc::out_of_memory, "create_page: the host has no memory left for the page");
+      return make_error(Errc::out_of_memory, std::string(what) + ": the host has no memory left for it");
     return sys_error("fallocate");
   }
   std::lock_guard lock(s_->mu);
-  s_->pages[index] = State::PageRecord{};
-  ++s_->in_use;
+  s_->pages[index] = State::PageRecord{false, 0, n};
+  s_->in_use += n;
   return PhysicalPage{std::uint64_t{index} + 1};
 }
 
 Status HostBackend::release_page(PhysicalPage page) {
   const std::uint64_t index = page.id - 1;
+  std::uint32_t n = 1;
   {
     std::lock_guard lock(s_->mu);
     State::PageRecord* rec = s_->live_page(page);
@@ -97,9 +103,10 @@ Status HostBackend::release_page(PhysicalPage page) {
       rec->release_pending = true;
       return {};
     }
+    n = rec->pages;
     s_->forget_page(std::uint32_t(index));
   }
-  s_->return_memory(std::uint32_t(index));
+  s_->return_memory(std::uint32_t(index), n);
   return {};
 }
 
@@ -108,25 +115,30 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
   const std::uint64_t index = page.id - 1;
   State::PageRecord* rec = s_->live_page(page);
   if (!rec) return make_error(Errc::not_found, "map: unknown or released page");
-  if (!aligned(va) || !s_->reserved(va, kPage))
+  const std::size_t bytes = std::size_t(rec->pages) * kPage;
+  if (!aligned(va) || !s_->reserved(va, bytes))
     return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
-  if (s_->mappings.count(va)) return make_error(Errc::invalid_state, "map: the address is already mapped");
-  void* r = mmap(reinterpret_cast<void*>(va), kPage, PROT_NONE, MAP_SHARED | MAP_FIXED, s_->fd,
+  for (DevicePtr p = va; p < va + bytes; p += kPage)
+    if (s_->mappings.count(p)) return make_error(Errc::invalid_state, "map: the address is already mapped");
+  void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, s_->fd,
                  off_t(index) * off_t(kPage));
   if (r == MAP_FAILED) return sys_error("mmap(MAP_SHARED|MAP_FIXED)");
-  s_->mappings.emplace(va, State::Mapping{std::uint32_t(index), false});
+  for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings.emplace(p, State::Mapping{std::uint32_t(index), false});
   ++rec->mappings;
+  if (rec->pages > 1) s_->chunk_maps.add(va, bytes);
   return {};
 }
 
 Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
-  std::vector<std::uint32_t> freed;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> freed;  // (index, pages)
   {
     std::lock_guard lock(s_->mu);
     if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
       return make_error(Errc::invalid_argument, "unmap: range not aligned to 2 MiB");
     if (!s_->all_mapped(va, bytes, false))
       return make_error(Errc::invalid_state, "unmap: part of the range is not mapped");
+    if (!s_->chunk_maps.whole(va, bytes))
+      return make_error(Errc::invalid_state, "unmap: the range cuts a chunk's mapping");
     void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) return sys_error("mmap(PROT_NONE) over an unmapped range");
@@ -134,14 +146,21 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
       auto it = s_->mappings.find(p);
       const std::uint32_t index = it->second.page;
       s_->mappings.erase(it);
-      auto& rec = s_->pages.find(index)->second;  // a mapped page keeps its record
+      // A mapped page keeps its record, but a chunk's record goes at its mapping's first page
+      // when that was its last mapping (the rest of its pages come after, in this loop).
+      auto found = s_->pages.find(index);
+      if (found == s_->pages.end()) continue;
+      auto& rec = found->second;
+      // A chunk's mapping is one mapping of its record, counted at its first page.
+      if (rec.pages > 1 && !s_->chunk_maps.starts_at(p)) continue;
       if (--rec.mappings == 0 && rec.release_pending) {
+        freed.emplace_back(index, rec.pages);
         s_->forget_page(index);
-        freed.push_back(index);
       }
     }
+    s_->chunk_maps.forget(va, bytes);
   }
-  for (std::uint32_t index : freed) s_->return_memory(index);
+  for (auto [index, n] : freed) s_->return_memory(index, n);
   return {};
 }
 
@@ -152,6 +171,8 @@ Status HostBackend::set_access(DevicePtr va, std::size_t bytes) {
       return make_error(Errc::invalid_argument, "set_access: range not aligned to 2 MiB");
     if (!s_->all_mapped(va, bytes, false))
       return make_error(Errc::invalid_state, "set_access: part of the range is not mapped");
+    if (!s_->chunk_maps.whole(va, bytes))
+      return make_error(Errc::invalid_state, "set_access: the range cuts a chunk's mapping");
     if (mprotect(reinterpret_cast<void*>(va), bytes, PROT_READ | PROT_WRITE) != 0)
       return sys_error("mprotect");
     for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
