@@ -52,6 +52,24 @@ TEST(CountingBackend, CountsEachDoorCallByOpWhetherItSucceedsOrNot) {
   EXPECT_EQ(c.this_thread().by_op, t.by_op) << "every call was made on this thread";
 }
 
+TEST(CountingBackend, AChunkIsOneCreateAndOneMapHoweverManyPagesItHas) {
+  CountingBackend c(make_host_backend());
+  auto va = c.reserve(4 * kPageBytes);
+  auto chunk = c.create_chunk(4);
+  ASSERT_TRUE(va.ok() && chunk.ok());
+  ASSERT_TRUE(c.map(*va, *chunk).ok());
+  ASSERT_TRUE(c.set_access(*va, 4 * kPageBytes).ok());
+  ASSERT_TRUE(c.unmap(*va, 4 * kPageBytes).ok());
+  ASSERT_TRUE(c.release_page(*chunk).ok());
+  ASSERT_TRUE(c.unreserve(*va, 4 * kPageBytes).ok());
+  const DriverCallCounts t = c.totals();
+  EXPECT_EQ(t[DriverOp::create_page], 1u);
+  EXPECT_EQ(t[DriverOp::map], 1u);
+  EXPECT_EQ(t[DriverOp::set_access], 1u);
+  EXPECT_EQ(t[DriverOp::unmap], 1u);
+  EXPECT_EQ(t[DriverOp::release_page], 1u);
+}
+
 TEST(CountingBackend, ThreadScopeSeesOnlyThisThreadsCallsSinceItBegan) {
   CountingBackend c(make_host_backend());
   ASSERT_TRUE(c.memory_info().ok());  // before the scope: not in it
