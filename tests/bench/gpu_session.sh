@@ -59,6 +59,8 @@ step bench-alloc 60 "$bin/valet-bench-alloc" --backend cuda
 step bench-alloc-compactor 90 "$bin/valet-bench-alloc" --backend cuda --compactor-ab
 step bench-batched-copy 60 "$bin/valet-bench-batched-copy"
 step bench-relocate 60 "$bin/valet-bench-relocate"
+step bench-vmm-threads 60 "$bin/valet-bench-vmm-threads" --backend cuda --pages 512 --threads 1,2,4,8,16
+step bench-vmm-chunks 60 "$bin/valet-bench-vmm-threads" --backend cuda --pages 512 --chunk-pages 64 --threads 1
 
 # Traces: memory-only runs in the background, Valet's own runs one at a time.
 (
