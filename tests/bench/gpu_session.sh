@@ -2,8 +2,9 @@
 # One device call that measures what docs/benchmarks.md quotes, all on the same card in the same
 # session: the GPU tests, the serving example with valetctl, the benchmarks (fast path against
 # cuMemAllocAsync and with the compactor on/off, batched copy against device-to-device copy,
-# relocation by remapping against a copy, the driver's page calls on N threads and in chunks), the six traces (Valet, PyTorch native and expandable,
-# and on p23 and p24 a heap that never moves objects and meshing alone), and the p23 series.
+# relocation by remapping against a copy, the driver's page calls on N threads and in chunks), the
+# six traces (Valet, PyTorch native and expandable, and on p23 and p24 a heap that never moves
+# objects and meshing alone), and the p23 series.
 #
 #   tests/bench/gpu_session.sh BIN_DIR OUT_DIR TRACE_DIR [REPLAYER]
 #     BIN_DIR    a CUDA build's bin/ (valet-conformance, valet-gpu-tests, valet-serve, valetctl,
