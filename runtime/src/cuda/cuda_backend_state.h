@@ -129,8 +129,9 @@ struct CudaBackend::State {
   bool accessible(DevicePtr a, std::size_t n, Lookup& c);
   // Checks every range of a fill or verify and counts their items.
   Status check_patterns(std::span<const PatternRange> ranges, const char* what, std::uint64_t* items);
-  // Precondition: mu held. Forgets one mapping of page `id`.
-  void drop_mapping(std::uint64_t id);
+  // Precondition: mu held, `at` unmapped from page `id` (chunk_maps still lists the mapping).
+  // Forgets that mapping of `id`: for a chunk, at its mapping's first page only.
+  void drop_mapping(std::uint64_t id, DevicePtr at);
 
   // --- Streams and events (cuda_streams.cpp) ---
   // Is the memory at `addr` readable by this process? (write() from it fails with EFAULT if not.)

@@ -100,9 +100,11 @@ Status CudaBackend::State::check_patterns(std::span<const PatternRange> ranges, 
   return {};
 }
 
-void CudaBackend::State::drop_mapping(std::uint64_t id) {
+void CudaBackend::State::drop_mapping(std::uint64_t id, DevicePtr at) {
   auto it = pages.find(id);
   if (it == pages.end()) return;
+  // A chunk's mapping is one mapping of its record, counted at its first page.
+  if (it->second.pages > 1 && !chunk_maps.starts_at(at)) return;
   if (--it->second.mappings == 0 && it->second.release_pending) pages.erase(it);
 }
 
@@ -214,10 +216,7 @@ Status CudaBackend::unmap(DevicePtr va, std::size_t bytes) {
     VALET_CU("cuMemUnmap", s_->d->cuMemUnmap(run.start, run.bytes));
     for (std::size_t i = run.first; i < run.first + run.bytes / kPage; ++i) {
       std::uint64_t& slot = run.r->slot_ref(i);
-      const DevicePtr at = run.start + (i - run.first) * kPage;
-      // A chunk's mapping is one mapping of its record, counted at its first page.
-      auto rec = s_->pages.find(slot >> 1);
-      if (rec == s_->pages.end() || rec->second.pages == 1 || s_->chunk_maps.starts_at(at)) s_->drop_mapping(slot >> 1);
+      s_->drop_mapping(slot >> 1, run.start + (i - run.first) * kPage);
       slot = 0;
       --run.r->mapped;
     }
