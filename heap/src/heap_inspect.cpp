@@ -61,6 +61,9 @@ HeapStats Heap::stats() const {
   s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large);
+  s.pages.chunked = c.pool.chunk_pages();
+  s.pages.chunks = c.pool.chunks();
+  s.pages.chunk_reserve = c.pool.chunk_reserve_pages();
   s.pages.meshed = c.meshed_slots();
   s.pages.shared_tails = c.tails.shared_count();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {

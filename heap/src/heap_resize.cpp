@@ -36,6 +36,12 @@ Status resize_large(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std:
   // The last page changes (or its used part does): offered again once the resize is done.
   c.tails.close(tail);
   Status st = resize_large_unshared(c, index, e, bytes);
+  if (st.code() == Errc::unsupported) {
+    // Its run shares a chunk with other slots, which cannot be remapped without them: a copy.
+    st = resize_by_copy(c, lock, index, e, bytes);
+    if (!st.ok()) c.open_tail(loc, e->size());
+    return st;
+  }
   c.open_tail(loc, st.ok() ? bytes : e->size());
   return st;
 }

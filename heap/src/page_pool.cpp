@@ -43,6 +43,8 @@ Status PagePool::destroy() {
   for (std::uint32_t p = 0; p < phys_.size(); ++p)
     if (phys_[p].in_use) note(release(p));
   idle_.clear();
+  idle_chunks_.clear();
+  idle_chunk_pages_ = 0;
   if (base_) note(backend_.unreserve(base_, arena_bytes_));
   base_ = 0;
   return first;
@@ -82,9 +84,13 @@ std::uint32_t PagePool::add_record(PhysicalPage page) {
 }
 
 void PagePool::forget_record(std::uint32_t p) {
+  created_ -= phys_[p].pages;
+  if (phys_[p].chunk()) {
+    chunk_pages_ -= phys_[p].pages;
+    --chunks_;
+  }
   phys_[p] = PhysRecord{};
   free_phys_.push_back(p);
-  --created_;
 }
 
 Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
@@ -95,6 +101,7 @@ Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
 }
 
 Status PagePool::map_alias(std::uint32_t slot, std::uint32_t of) {
+  if (in_chunk(of)) return make_error(Errc::internal, "map_alias: slot " + std::to_string(of) + " is a chunk's");
   VALET_TRY(map_at(slot, slots_[of].phys));
   if (auto st = backend_.set_access(address(slot), kPage); !st.ok()) {
     (void)unmap_run(slot, 1);
@@ -109,7 +116,11 @@ Status PagePool::unmap_run(std::uint32_t start, std::uint32_t n) {
   for (std::uint32_t s = start; s < start + n; ++s) {
     const std::uint32_t p = slots_[s].phys;
     slots_[s].phys = kNoPhys;
-    if (--phys_[p].mappings == 0) idle_.push_back(p);
+    if (--phys_[p].mappings > 0) continue;
+    if (phys_[p].chunk())
+      chunk_unmapped(p);  // never idle: a chunk's pages cannot back other slots one by one
+    else
+      idle_.push_back(p);
   }
   return {};
 }
@@ -120,7 +131,7 @@ Status PagePool::release(std::uint32_t p) {
   return {};
 }
 
-Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve) {
+Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve, std::uint32_t chunk_end) {
   // Gather n created, unmapped pages: idle ones, then pages moved out of the reserve (one unmap
   // per reserve range), then new ones. Every step leaves the pool consistent if a later one fails.
   while (from_reserve && idle_.size() < n && !reserve_.empty()) {
@@ -134,14 +145,36 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
     set_kind(r.start, k, SlotKind::unmapped, 0);
     unmapped_.insert(r.start, k);
   }
-  while (idle_.size() < n) {
+  // The pages still missing before `chunk_end` come as one chunk when there are enough of them
+  // (mapped first; single pages if the chunk cannot be had), after the idle pages.
+  const std::uint32_t lo = start + std::uint32_t(std::min<std::size_t>(idle_.size(), n));
+  const std::uint32_t hi = std::min(start + n, chunk_end);
+  std::uint32_t chunk = 0;
+  if (chunk_min_pages_ > 0 && hi >= lo + std::max<std::uint32_t>(chunk_min_pages_, 2) && map_new_chunk(lo, hi - lo).ok())
+    chunk = hi - lo;
+  auto unwind = [&](std::uint32_t upto) {  // unmaps what is mapped of [start, upto) and the chunk
+    if (chunk == 0 || upto <= lo) {
+      if (upto > start) (void)unmap_run(start, upto - start);
+      if (chunk > 0) (void)unmap_run(lo, chunk);
+      return;
+    }
+    (void)unmap_run(start, std::max(upto, hi) - start);
+  };
+  while (idle_.size() < n - chunk) {
     auto p = create_page();
-    if (!p.ok()) return p.error();
+    if (!p.ok()) {
+      unwind(start);
+      return p.error();
+    }
     idle_.push_back(*p);
   }
   for (std::uint32_t i = 0; i < n; ++i) {
+    if (chunk > 0 && start + i == lo) {
+      i += chunk - 1;
+      continue;
+    }
     if (auto st = map_at(start + i, idle_.back()); !st.ok()) {
-      if (i > 0) (void)unmap_run(start, i);
+      unwind(start + i);
       return st;
     }
     idle_.pop_back();
@@ -159,7 +192,7 @@ Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::
                                                std::to_string(available_pages()) + " free within the capacity");
   auto s = unmapped_.take_best_fit(n);
   if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
-  if (auto st = back_run(*s, n); !st.ok()) {
+  if (auto st = back_run(*s, n, true, kind == SlotKind::large ? body_end(*s, n) : 0); !st.ok()) {
     unmapped_.insert(*s, n);
     return st.error();
   }
@@ -176,9 +209,15 @@ Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
 }
 
 Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
-  if (auto s = reserve_.take_best_fit(n)) {
-    set_kind(*s, n, SlotKind::large, owner);
-    return *s;
+  // Mapped free slots first (no driver call): a chunk's when they fit closely (a small object
+  // would keep a large chunk from going back), the reserve's, then a chunk's however loosely.
+  const auto close_chunk = chunk_reserve_.best_fit(n);
+  for (RangeSet* set : {close_chunk && close_chunk->length - n <= n / 4 ? &chunk_reserve_ : nullptr, &reserve_, &chunk_reserve_}) {
+    if (!set) continue;
+    if (auto s = set->take_best_fit(n)) {
+      set_kind(*s, n, SlotKind::large, owner);
+      return *s;
+    }
   }
   // No reserve run is long enough: grow one in place where free slots surround it, so that only
   // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
@@ -268,7 +307,7 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
     const std::uint32_t last = w->start + n - 1;
     if (slots_[last].kind == SlotKind::dropping) (void)unmap_dropped(last);
     if (unmapped_.take_exact(last, 1)) {
-      auto grown = extend_run(w->start, n - 1, owner);
+      auto grown = extend_run(w->start, n - 1, owner, last);
       if (grown.ok() && *grown) {
         if (auto st = map_alias(last, last_of); !st.ok()) {
           give_back(w->start, n - 1);  // mapped and accessible: the body's pages stay in the reserve
@@ -286,7 +325,7 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   const std::uint32_t last = *start + n - 1;
   if (n > 1) {
-    if (auto st = back_run(*start, n - 1); !st.ok()) {
+    if (auto st = back_run(*start, n - 1, true, last); !st.ok()) {
       unmapped_.insert(*start, n);  // back_run unwound its part
       return st.error();
     }
@@ -300,7 +339,7 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   return *start;
 }
 
-Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner) {
+Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner, std::uint32_t chunk_end) {
   if (std::uint64_t(at) + n > slots_.size()) return false;
   // Aliases waiting for the keeper inside the window are free slots to placement (best_window
   // counts them so): unmapped now.
@@ -312,29 +351,34 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
     if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s) ||
         provisioning_.find(s))
       return false;
-  // Split [at, at+n) into maximal runs of one kind and take each out of its set.
+  // Split [at, at+n) into maximal runs of one set (the free slots, the reserve, a chunk's free
+  // slots) and take each out of its set.
   struct Piece {
     std::uint32_t start, length;
+    RangeSet* set;
     bool mapped;
+  };
+  auto set_of = [&](std::uint32_t s) {
+    return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
   };
   std::vector<Piece> pieces;
   for (std::uint32_t s = at; s < at + n;) {
-    const bool mapped = slots_[s].kind == SlotKind::reserve;
+    RangeSet* set = set_of(s);
     std::uint32_t e = s;
-    while (e < at + n && (slots_[e].kind == SlotKind::reserve) == mapped) ++e;
-    pieces.push_back({s, e - s, mapped});
+    while (e < at + n && set_of(e) == set) ++e;
+    pieces.push_back({s, e - s, set, set != &unmapped_});
     s = e;
   }
   std::uint32_t unmapped_slots = 0;
   for (const auto& p : pieces) {
-    (p.mapped ? reserve_ : unmapped_).take_exact(p.start, p.length);
+    p.set->take_exact(p.start, p.length);
     if (!p.mapped) unmapped_slots += p.length;
   }
   auto undo = [&](std::size_t backed_upto) {
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const auto& p = pieces[i];
       if (p.mapped) {
-        reserve_.insert(p.start, p.length);
+        p.set->insert(p.start, p.length);
       } else {
         if (i < backed_upto) (void)unmap_run(p.start, p.length);
         unmapped_.insert(p.start, p.length);
@@ -350,7 +394,7 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
   }
   for (std::size_t i = 0; i < pieces.size(); ++i) {
     if (pieces[i].mapped) continue;
-    if (auto st = back_run(pieces[i].start, pieces[i].length); !st.ok()) {
+    if (auto st = back_run(pieces[i].start, pieces[i].length, true, chunk_end ? chunk_end : body_end(at, n)); !st.ok()) {
       undo(i);
       return st.error();
     }
@@ -364,6 +408,8 @@ Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n
   if (length - n > available_pages())
     return make_error(Errc::out_of_memory, "grow: needs " + std::to_string(length - n) + " pages, " +
                                                std::to_string(available_pages()) + " free");
+  // A chunk is mapped whole or not at all: one that other slots share stays where it is.
+  if (cuts_chunk(from, n)) return make_error(Errc::unsupported, "relocate: a chunk reaches beyond the run (copy instead)");
   auto dest = unmapped_.take_best_fit(length);
   if (!dest) return make_error(Errc::out_of_address_space, "relocate: no free virtual run of " + std::to_string(length) + " pages");
   auto fail = [&](std::uint32_t mapped, const Error& err) -> Result<std::uint32_t> {
@@ -373,16 +419,29 @@ Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n
   };
   // Map the same pages at the destination first (a page may be mapped twice), so that a failure
   // anywhere leaves the object where it was, intact; unmap the old range last.
-  for (std::uint32_t i = 0; i < n; ++i)
-    if (auto st = map_at(*dest + i, slots_[from + i].phys); !st.ok()) return fail(i, st.error());
+  for (std::uint32_t i = 0; i < n;) {
+    const std::uint32_t p = slots_[from + i].phys;
+    if (!phys_[p].chunk()) {
+      if (auto st = map_at(*dest + i, p); !st.ok()) return fail(i, st.error());
+      ++i;
+      continue;
+    }
+    // A chunk (the run holds it whole, from its first slot): mapped a second time, whole.
+    if (auto st = backend_.map(address(*dest + i), phys_[p].page); !st.ok()) return fail(i, st.error());
+    phys_[p].mappings += phys_[p].pages;
+    for (std::uint32_t k = 0; k < phys_[p].pages; ++k) slots_[*dest + i + k].phys = p;
+    i += phys_[p].pages;
+  }
   if (auto st = backend_.set_access(address(*dest), std::size_t(n) * kPage); !st.ok()) return fail(n, st.error());
   if (length > n) {
-    if (auto st = back_run(*dest + n, length - n); !st.ok()) return fail(n, st.error());
+    if (auto st = back_run(*dest + n, length - n, true, body_end(*dest, length)); !st.ok()) return fail(n, st.error());
   }
   if (auto st = unmap_run(from, n); !st.ok()) {
     if (length > n) (void)unmap_run(*dest + n, length - n);
     return fail(n, st.error());
   }
+  for (std::uint32_t i = 0; i < n; ++i)
+    if (PhysRecord& r = phys_[slots_[*dest + i].phys]; r.chunk() && r.first == from + i) r.first = *dest + i;
   set_kind(from, n, SlotKind::unmapped, 0);
   unmapped_.insert(from, n);
   set_kind(*dest, length, SlotKind::large, owner);
@@ -391,7 +450,7 @@ Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n
 
 void PagePool::give_back(std::uint32_t start, std::uint32_t n) {
   set_kind(start, n, SlotKind::reserve, 0);
-  reserve_.insert(start, n);
+  insert_free(start, n);
 }
 
 PagePool::RemapPlan PagePool::plan_remap(std::uint32_t s, std::uint32_t onto) const {

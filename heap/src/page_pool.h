@@ -10,6 +10,14 @@
 //   large     one page of a large object
 //   dropping  an alias mapping (meshing, shared tails) nobody addresses any more, waiting for the
 //             keeper to unmap it (drop_alias with deferred drops): listed in no set
+//
+// Chunks: a physical allocation of several pages (page_pool_chunks.cpp) backs the body of a
+// large object whose pages had to be created (one create, one map, one access instead of one of
+// each per page). The driver maps and unmaps a chunk only whole, so a chunk is mapped once, at
+// contiguous slots, and its slots are only ever large or reserve; its free slots are listed in
+// `chunk_reserve_` (not `reserve_`), where large objects take them (no driver call), and only a
+// whole free chunk goes back to the backend. A chunk never hosts a slab page, an alias, or a
+// page moved alone; it is never idle (released when unmapped).
 // Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
 // reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
 //
@@ -59,6 +67,9 @@ struct PhysRecord {
   std::uint32_t mappings = 0;  // slots mapping this page
   std::uint32_t dropping = 0;  // of them, dropping slots (an unmap queued for the keeper)
   bool in_use = false;
+  std::uint32_t pages = 1;     // a chunk: more than one
+  std::uint32_t first = 0;     // a chunk: the slot where its first page is mapped
+  bool chunk() const { return pages > 1; }
 };
 
 class PagePool {
@@ -100,13 +111,29 @@ class PagePool {
   Result<std::uint32_t> take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // Grows a run in place by `n` slots at `at` (right after the run) when those slots are free
   // (reserve or unmapped). Returns false (nothing changed) when they are not.
-  Result<bool> extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner);
+  // New pages for it may form a chunk ending at or before `chunk_end` (0: the run's last slot
+  // stays a page of its own).
+  Result<bool> extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner, std::uint32_t chunk_end = 0);
   // Moves the pages of run [from, from+n) to the start of a fresh virtual run of `length` >= n
   // slots, without copying data, and backs the rest of it with other pages. On failure the run
   // stays where it was, intact.
   Result<std::uint32_t> relocate_run(std::uint32_t from, std::uint32_t n, std::uint32_t length, std::uint32_t owner);
-  // Returns slots [start, start+n) to the reserve (they stay mapped).
+  // Returns slots [start, start+n) to the reserve (they stay mapped): chunk slots to the
+  // chunk reserve.
   void give_back(std::uint32_t start, std::uint32_t n);
+
+  // Chunks (page_pool_chunks.cpp). Runs backed with new pages create one chunk for the new
+  // pages when there are at least `pages` of them (0: never).
+  void set_chunk_min_pages(std::uint32_t pages) { chunk_min_pages_ = pages; }
+  bool in_chunk(std::uint32_t s) const { return slots_[s].phys != kNoPhys && phys_[slots_[s].phys].chunk(); }
+  // A chunk mapped in [start, start+n) reaches beyond it.
+  bool cuts_chunk(std::uint32_t start, std::uint32_t n) const;
+  // Free chunk slots (mapped, unused, for large objects only) and the chunks' pages.
+  std::size_t chunk_reserve_pages() const { return std::size_t(chunk_reserve_.total()); }
+  std::size_t chunk_pages() const { return chunk_pages_; }
+  std::size_t chunks() const { return chunks_; }
+  // Releases every chunk no object uses (out-of-memory makes room so). The first error.
+  Status release_free_chunks();
 
   // Meshing: maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
   // (one unmap, one map, one set_access), in three steps so that the driver calls run without
@@ -186,6 +213,7 @@ class PagePool {
       std::uint32_t start = 0, length = 0;
       bool unmapped = false;
       bool held = false;  // queued work holds a slot of it: left alone, back to the reserve
+      bool chunk = false;  // a whole chunk: one entry of `phys`
     };
     std::vector<Run> runs;
     std::vector<std::uint32_t> phys;         // the runs' pages, in slot order, then the idle pages
@@ -254,10 +282,15 @@ class PagePool {
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
   // from the moment it is booked), since the pool began.
   std::size_t peak_created_pages() const { return peak_created_; }
-  std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size(); }
+  std::size_t reserve_pages() const {
+    return std::size_t(reserve_.total()) + idle_.size() + std::size_t(chunk_reserve_.total()) + idle_chunk_pages_;
+  }
   std::size_t idle_pages() const { return idle_.size(); }
-  // Pages a large request could get now: reserve + idle + not yet created.
-  std::size_t available_pages() const { return reserve_pages() + (capacity_pages_ - created_); }
+  // Pages a run of fresh slots could get now: reserve + idle + not yet created (a chunk's free
+  // slots serve only runs placed in them).
+  std::size_t available_pages() const {
+    return std::size_t(reserve_.total()) + idle_.size() + (capacity_pages_ - created_);
+  }
   std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
   std::size_t slots_of_kind(SlotKind k) const { return kind_counts_[std::size_t(k)]; }
 
@@ -312,6 +345,17 @@ class PagePool {
  private:
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
+  // Creates a chunk of `n` pages (within the capacity) and maps it at [start, start+n) (no
+  // access yet). Precondition: those slots unmapped and in no set. On failure nothing changed.
+  Status map_new_chunk(std::uint32_t start, std::uint32_t n);
+  // After the unmap of a whole chunk `p` (mapped nowhere now): released, or idle on failure.
+  void chunk_unmapped(std::uint32_t p);
+  // give_back's and the release batch's sorting: [start, start+n) into reserve_ and
+  // chunk_reserve_ by the pages their slots map.
+  void insert_free(std::uint32_t start, std::uint32_t n);
+  // A release batch's whole free chunks: up to `want` pages of them (any one when `any`).
+  void take_free_chunks(ReleaseBatch& b, std::size_t& want, bool any);
+  Status validate_chunks() const;
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
   // caller counts it as created.
   std::uint32_t add_record(PhysicalPage page);
@@ -332,9 +376,14 @@ class PagePool {
   // Fills the fresh unmapped run [start, start+n) with pages (idle ones, then reserve pages
   // moved there when `from_reserve`, then new ones) and grants access. On failure everything is
   // unwound: the run is unmapped again; pages taken from the reserve, and new pages, are idle.
-  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true);
+  // New pages go into one chunk at the run's end when there are chunk_min_pages_ of them and
+  // the chunk ends at or before `chunk_end` (a large object's last slot stays a page of its own,
+  // for a shared tail); 0: no chunk.
+  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0);
   // A fresh virtual run of n slots backed by pages (reserve pages moved there, idle, new).
   Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
+  // A large object's body: the slots before its last one.
+  static std::uint32_t body_end(std::uint32_t start, std::uint32_t n) { return start + n - 1; }
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
   // An error if a slot of [start, start+n) is held by queued work (nothing may unmap it).
   Status refuse_held(std::uint32_t start, std::uint32_t n) const;
@@ -356,6 +405,11 @@ class PagePool {
   void note_created_peak() { peak_created_ = std::max(peak_created_, created_); }
   RangeSet unmapped_;
   RangeSet reserve_;
+  RangeSet chunk_reserve_;  // free slots of chunks
+  std::vector<std::uint32_t> idle_chunks_;  // chunks unmapped whose release failed
+  std::size_t idle_chunk_pages_ = 0;
+  std::uint32_t chunk_min_pages_ = 0;
+  std::size_t chunk_pages_ = 0, chunks_ = 0;  // created chunks and their pages
   RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock
   RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)

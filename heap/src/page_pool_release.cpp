@@ -9,7 +9,11 @@ namespace valet::detail {
 
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle) {
   ReleaseBatch b;
-  std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
+  const std::size_t mapped = std::size_t(reserve_.total() + chunk_reserve_.total());
+  std::size_t want = mapped > keep ? std::min<std::size_t>(mapped - keep, max_pages) : 0;
+  // Whole free chunks first: two driver calls for all their pages, where the reserve's pages
+  // need a release each.
+  take_free_chunks(b, want, false);
   std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();
@@ -31,6 +35,7 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
     want -= k;
   }
   for (const auto& r : kept) reserve_.insert(r.start, r.length);
+  if (want > 0) take_free_chunks(b, want, true);  // the reserve had no more: a chunk beyond `want`
   if (with_idle) {
     // At most a batch's worth: pages in flight still count as created (and mapped).
     b.idle = std::min(idle_.size(), max_pages);
@@ -48,13 +53,14 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
 void PagePool::release_calls(ReleaseBatch& b) const {
   std::size_t i = 0;
   for (auto& run : b.runs) {
+    const std::uint32_t entries = run.chunk ? 1 : run.length;
     if (!refuse_held(run.start, run.length).ok()) {  // back to the reserve (finish_release)
       run.held = true;
-      i += run.length;
+      i += entries;
       continue;
     }
     run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
-    for (std::uint32_t k = 0; k < run.length; ++k, ++i) {
+    for (std::uint32_t k = 0; k < entries; ++k, ++i) {
       if (!run.unmapped) continue;
       b.released[i] = backend_.release_page(b.pages[i]).ok();
     }
@@ -68,9 +74,18 @@ Status PagePool::finish_release(ReleaseBatch& b) {
   for (const auto& run : b.runs) {
     releasing_.take_exact(run.start, run.length);
     if (!run.unmapped) {
-      reserve_.insert(run.start, run.length);
-      i += run.length;
+      insert_free(run.start, run.length);
+      i += run.chunk ? 1 : run.length;
       if (!run.held && first.ok()) first = make_error(Errc::driver_error, "reserve trim: unmap failed");
+      continue;
+    }
+    if (run.chunk) {
+      for (std::uint32_t s = run.start; s < run.start + run.length; ++s) slots_[s].phys = kNoPhys;
+      phys_[b.phys[i]].mappings = 0;
+      book_release(b.phys[i], b.released[i], first);
+      ++i;
+      set_kind(run.start, run.length, SlotKind::unmapped, 0);
+      unmapped_.insert(run.start, run.length);
       continue;
     }
     for (std::uint32_t s = run.start; s < run.start + run.length; ++s, ++i) {
@@ -139,11 +154,24 @@ void PagePool::book_release(std::uint32_t p, bool released, Status& first) {
     forget_record(p);
     return;
   }
-  idle_.push_back(p);
+  if (phys_[p].chunk()) {
+    idle_chunks_.push_back(p);
+    idle_chunk_pages_ += phys_[p].pages;
+  } else {
+    idle_.push_back(p);
+  }
   if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
 }
 
 Status PagePool::release_idle(std::size_t n) {
+  while (n > 0 && !idle_chunks_.empty()) {
+    const std::uint32_t p = idle_chunks_.back();
+    const std::size_t pages = phys_[p].pages;
+    VALET_TRY(release(p));
+    idle_chunks_.pop_back();
+    idle_chunk_pages_ -= pages;
+    n -= std::min(n, pages);
+  }
   while (n > 0 && !idle_.empty()) {
     VALET_TRY(release(idle_.back()));
     idle_.pop_back();
@@ -158,7 +186,8 @@ Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_rele
     const std::size_t target = reserve_pages() - std::min(reserve_pages() - mid, max_release);
     VALET_TRY(release_idle(reserve_pages() - target));
     // The mapped reserve above the target: the batch the lockless trim uses, run in place.
-    auto batch = begin_release(target > idle_.size() ? target - idle_.size() : 0, ~std::size_t{0});
+    const std::size_t unmapped = idle_.size() + idle_chunk_pages_;
+    auto batch = begin_release(target > unmapped ? target - unmapped : 0, ~std::size_t{0});
     release_calls(batch);
     return finish_release(batch);
   }

@@ -17,7 +17,7 @@ std::string s(std::uint64_t v) { return std::to_string(v); }
 // slots map a live page and are in no set, and the dropping ones are exactly the queued drops and
 // those in flight. Counts each page's mappings into `maps`.
 Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<std::uint32_t>& dropping) const {
-  std::uint64_t reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0, provisioning_slots = 0;
+  std::uint64_t reserve_slots = 0, chunk_reserve_slots = 0, unmapped_slots = 0, releasing_slots = 0, provisioning_slots = 0;
   std::size_t kinds[kSlotKinds] = {};
   for (std::uint32_t i = 0; i < slots_.size(); ++i) {
     const auto& r = slots_[i];
@@ -30,7 +30,8 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
         continue;
       }
       if (!unmapped_.find(i)) return bad("unmapped slot " + s(i) + " missing from the free set");
-      if (reserve_.find(i) || releasing_.find(i)) return bad("unmapped slot " + s(i) + " listed in the reserve");
+      if (reserve_.find(i) || chunk_reserve_.find(i) || releasing_.find(i))
+        return bad("unmapped slot " + s(i) + " listed in the reserve");
       ++unmapped_slots;
       continue;
     }
@@ -44,13 +45,19 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
         ++releasing_slots;
         continue;
       }
+      if (phys_[r.phys].chunk()) {
+        if (!chunk_reserve_.find(i)) return bad("chunk reserve slot " + s(i) + " missing from the chunk reserve");
+        ++chunk_reserve_slots;
+        continue;
+      }
       if (!reserve_.find(i)) return bad("reserve slot " + s(i) + " missing from the reserve set");
       ++reserve_slots;
-    } else if (reserve_.find(i) || unmapped_.find(i) || releasing_.find(i)) {
+    } else if (reserve_.find(i) || chunk_reserve_.find(i) || unmapped_.find(i) || releasing_.find(i)) {
       return bad("used slot " + s(i) + " listed as free");
     }
   }
   if (reserve_slots != reserve_.total()) return bad("reserve set and slot table disagree");
+  if (chunk_reserve_slots != chunk_reserve_.total()) return bad("chunk reserve set and slot table disagree");
   if (unmapped_slots != unmapped_.total()) return bad("unmapped set and slot table disagree");
   if (releasing_slots != releasing_.total()) return bad("releasing set and slot table disagree");
   if (provisioning_slots != provisioning_.total()) return bad("provisioning set and slot table disagree");
@@ -75,16 +82,17 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps, const st
   std::size_t in_use = 0, unmapped_live = 0;
   for (std::uint32_t p = 0; p < phys_.size(); ++p) {
     if (!phys_[p].in_use) continue;
-    ++in_use;
+    in_use += phys_[p].pages;
     if (phys_[p].mappings != maps[p])
       return bad("page " + s(p) + " mapping count is wrong (" + s(phys_[p].mappings) + ", slots map it " + s(maps[p]) + " times)");
     if (phys_[p].dropping != dropping[p])
       return bad("page " + s(p) + " dropping count is wrong (" + s(phys_[p].dropping) + ", dropping slots map it " + s(dropping[p]) + " times)");
-    unmapped_live += phys_[p].mappings == 0;
+    unmapped_live += phys_[p].mappings == 0 && !phys_[p].chunk();  // idle chunks: validate_chunks
   }
   std::vector<bool> idle(phys_.size(), false);
   for (std::uint32_t p : idle_) {
-    if (p >= phys_.size() || !phys_[p].in_use || phys_[p].mappings != 0) return bad("idle page is mapped or dead");
+    if (p >= phys_.size() || !phys_[p].in_use || phys_[p].mappings != 0 || phys_[p].chunk())
+      return bad("idle page is mapped or dead, or is a chunk");
     if (idle[p]) return bad("idle page " + s(p) + " listed twice");
     idle[p] = true;
   }
@@ -105,6 +113,7 @@ Status PagePool::validate() const {
   std::vector<std::uint32_t> maps(phys_.size(), 0), dropping(phys_.size(), 0);
   VALET_TRY(validate_slots(maps, dropping));
   VALET_TRY(validate_pages(maps, dropping));
+  VALET_TRY(validate_chunks());
   std::lock_guard lock(holds_mu_);
   for (const auto& [slot, count] : holds_)
     if (slot >= slots_.size() || slots_[slot].phys == kNoPhys ||

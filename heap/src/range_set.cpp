@@ -89,6 +89,16 @@ std::optional<std::uint32_t> RangeSet::take_best_fit(std::uint32_t length) {
   return start;
 }
 
+std::optional<RangeSet::Range> RangeSet::best_fit(std::uint32_t length) const {
+  if (length == 0) return std::nullopt;
+  Node key;
+  key.length = length;
+  key.start = 0;
+  auto it = by_size_.lower_bound(key);
+  if (it == by_size_.end()) return std::nullopt;
+  return Range{it->start, it->length};
+}
+
 bool RangeSet::take_exact(std::uint32_t start, std::uint32_t length) {
   Node key;
   key.start = start;

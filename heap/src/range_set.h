@@ -26,6 +26,8 @@ class RangeSet {
   // Removes and returns the start of `length` slots taken from the smallest range that holds
   // them (from that range's start), or nullopt.
   std::optional<std::uint32_t> take_best_fit(std::uint32_t length);
+  // The range take_best_fit(length) would carve from, left in the set.
+  std::optional<Range> best_fit(std::uint32_t length) const;
   // Removes [start, start+length) if the set holds all of it; false (nothing changed) otherwise.
   bool take_exact(std::uint32_t start, std::uint32_t length);
   // The range holding `slot`, if any.

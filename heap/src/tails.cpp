@@ -37,6 +37,7 @@ std::uint64_t used_in_last_page(std::size_t bytes, std::uint32_t pages) {
 
 void HeapCore::open_tail(const Location& loc, std::size_t bytes) {
   if (loc.kind != ObjectKind::large || !config.share_tails) return;
+  if (pool.in_chunk(last_slot(loc))) return;  // a chunk's page is never mapped alone elsewhere
   const std::uint64_t used = used_in_last_page(bytes, loc.pages);
   if (kPageSize - used >= kMinTailRoom) tails.open(last_slot(loc), std::uint32_t(used));
 }

@@ -40,6 +40,11 @@ struct Config {
   // and how long a free of a moving object waits: 0 picks 64 MiB on a GPU (tens of microseconds
   // of copy) and 2 MiB on the host emulation (a memcpy of ~0.5 ms).
   std::size_t move_batch_bytes = 0;
+  // Chunks: when a large object's pages must be created (the reserve cannot cover it), at least
+  // this many of them are created as one physical allocation (one create, map and access grant
+  // on the GPU, instead of one of each per page). A chunk's pages serve large objects only and
+  // go back to the backend only together (docs/speed.md, "Chunks"). 0: pages one by one.
+  std::size_t chunk_min_pages = 16;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -118,6 +118,10 @@ struct HeapStats {
     // the heap lock).
     // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving = mapped pages.
     std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0, releasing = 0, moving = 0;
+    // chunked: pages created as chunks (several pages in one physical allocation, counted among
+    // large, reserve and releasing above); chunks: how many; chunk_reserve: free chunk pages
+    // (counted in reserve), which serve large objects only.
+    std::size_t chunked = 0, chunks = 0, chunk_reserve = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.

@@ -1,0 +1,160 @@
+// Chunks (page_pool.h): one physical allocation of several pages backing the body of a large
+// object whose pages had to be created. On the GPU a chunk of k pages costs one create, one map
+// and one access grant, each a little dearer than a page's, where k pages cost k of each
+// (docs/speed.md, session 21: 256 pages as one chunk ~80 us against ~11 ms page by page). The
+// price is the driver's rule that a chunk is mapped and unmapped only whole: its slots never
+// move alone, so they serve only large objects placed on them, and go back to the backend only
+// when no object uses any of them.
+#include <algorithm>
+#include <string>
+
+#include "page_pool.h"
+
+namespace valet::detail {
+
+Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
+  if (created_ + n > capacity_pages_)
+    return make_error(Errc::out_of_memory, "the heap holds its whole capacity (" +
+                                               std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
+  auto page = backend_.create_chunk(n);
+  if (!page.ok()) return page.error();
+  if (auto st = backend_.map(address(start), *page); !st.ok()) {
+    (void)backend_.release_page(*page);
+    return st;
+  }
+  const std::uint32_t p = add_record(*page);
+  phys_[p].pages = n;
+  phys_[p].first = start;
+  phys_[p].mappings = n;
+  for (std::uint32_t s = start; s < start + n; ++s) slots_[s].phys = p;
+  created_ += n;
+  note_created_peak();
+  chunk_pages_ += n;
+  ++chunks_;
+  return {};
+}
+
+void PagePool::chunk_unmapped(std::uint32_t p) {
+  if (backend_.release_page(phys_[p].page).ok()) {
+    forget_record(p);
+    return;
+  }
+  idle_chunks_.push_back(p);
+  idle_chunk_pages_ += phys_[p].pages;
+}
+
+bool PagePool::cuts_chunk(std::uint32_t start, std::uint32_t n) const {
+  for (const std::uint32_t s : {start, start + n - 1}) {
+    if (!in_chunk(s)) continue;
+    const PhysRecord& r = phys_[slots_[s].phys];
+    if (r.first < start || r.first + r.pages > start + n) return true;
+  }
+  return false;
+}
+
+void PagePool::insert_free(std::uint32_t start, std::uint32_t n) {
+  for (std::uint32_t s = start; s < start + n;) {
+    const bool chunk = in_chunk(s);
+    std::uint32_t e = s + 1;
+    while (e < start + n && in_chunk(e) == chunk) ++e;
+    (chunk ? chunk_reserve_ : reserve_).insert(s, e - s);
+    s = e;
+  }
+}
+
+void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t& want, bool any) {
+  // Whole chunks inside the chunk reserve's ranges (a range may hold several, side by side).
+  std::vector<std::uint32_t> whole;
+  chunk_reserve_.for_each([&](RangeSet::Range r) {
+    for (std::uint32_t s = r.start; s < r.start + r.length;) {
+      const PhysRecord& c = phys_[slots_[s].phys];
+      if (c.first == s && c.first + c.pages <= r.start + r.length) whole.push_back(slots_[s].phys);
+      s = c.first + c.pages;
+    }
+  });
+  // The largest that fit first: the fewest calls for the pages. With `any`, the smallest of all
+  // when none fits (the reserve has nothing else to give).
+  std::sort(whole.begin(), whole.end(), [&](std::uint32_t a, std::uint32_t b2) { return phys_[a].pages > phys_[b2].pages; });
+  bool took = false;
+  for (const std::uint32_t p : whole) {
+    if (phys_[p].pages > want) continue;
+    want -= phys_[p].pages;
+    took = true;
+    chunk_reserve_.take_exact(phys_[p].first, phys_[p].pages);
+    releasing_.insert(phys_[p].first, phys_[p].pages);
+    b.runs.push_back({phys_[p].first, phys_[p].pages, false, false, true});
+    b.phys.push_back(p);
+    b.pages.push_back(phys_[p].page);
+  }
+  if (any && !took && want > 0 && !whole.empty()) {
+    const std::uint32_t p = whole.back();
+    want -= std::min<std::size_t>(want, phys_[p].pages);
+    chunk_reserve_.take_exact(phys_[p].first, phys_[p].pages);
+    releasing_.insert(phys_[p].first, phys_[p].pages);
+    b.runs.push_back({phys_[p].first, phys_[p].pages, false, false, true});
+    b.phys.push_back(p);
+    b.pages.push_back(phys_[p].page);
+  }
+}
+
+Status PagePool::release_free_chunks() {
+  Status first;
+  while (!idle_chunks_.empty()) {
+    const std::uint32_t p = idle_chunks_.back();
+    if (auto st = backend_.release_page(phys_[p].page); !st.ok()) return st;
+    idle_chunks_.pop_back();
+    idle_chunk_pages_ -= phys_[p].pages;
+    forget_record(p);
+  }
+  ReleaseBatch b;
+  std::size_t want = ~std::size_t{0};
+  take_free_chunks(b, want, false);
+  if (b.empty()) return {};
+  b.released.assign(b.phys.size(), false);
+  release_calls(b);
+  return finish_release(b);
+}
+
+// Each chunk is mapped whole at one place (its `first` slot onwards) or nowhere (idle); its
+// slots are large or reserve, and its free slots are in the chunk reserve, not the reserve.
+Status PagePool::validate_chunks() const {
+  auto bad = [](const std::string& what) { return make_error(Errc::internal, "page pool: " + what); };
+  std::size_t pages = 0, count = 0;
+  for (std::uint32_t p = 0; p < phys_.size(); ++p) {
+    const PhysRecord& r = phys_[p];
+    if (!r.in_use || !r.chunk()) continue;
+    pages += r.pages;
+    ++count;
+    if (r.dropping != 0) return bad("chunk " + std::to_string(p) + " has dropping slots");
+    if (r.mappings == 0) {
+      if (std::find(idle_chunks_.begin(), idle_chunks_.end(), p) == idle_chunks_.end())
+        return bad("chunk " + std::to_string(p) + " is mapped nowhere and not idle (leak)");
+      continue;
+    }
+    if (r.mappings != r.pages || std::uint64_t(r.first) + r.pages > slots_.size())
+      return bad("chunk " + std::to_string(p) + " is not mapped whole");
+    for (std::uint32_t s = r.first; s < r.first + r.pages; ++s)
+      if (slots_[s].phys != p) return bad("chunk " + std::to_string(p) + " is not mapped at its slots");
+  }
+  if (pages != chunk_pages_ || count != chunks_) return bad("chunk counts are wrong");
+  std::size_t idle = 0;
+  for (const std::uint32_t p : idle_chunks_) {
+    if (p >= phys_.size() || !phys_[p].in_use || !phys_[p].chunk() || phys_[p].mappings != 0)
+      return bad("idle chunk " + std::to_string(p) + " is mapped or dead");
+    idle += phys_[p].pages;
+  }
+  if (idle != idle_chunk_pages_) return bad("idle chunk pages miscounted");
+  for (std::uint32_t s = 0; s < slots_.size(); ++s) {
+    if (!in_chunk(s)) {
+      if (chunk_reserve_.find(s)) return bad("slot " + std::to_string(s) + " in the chunk reserve is no chunk's");
+      continue;
+    }
+    const SlotKind k = slots_[s].kind;
+    if (k != SlotKind::large && k != SlotKind::reserve)
+      return bad("chunk slot " + std::to_string(s) + " is neither large nor reserve");
+    if (k == SlotKind::reserve && reserve_.find(s)) return bad("chunk slot " + std::to_string(s) + " in the reserve");
+  }
+  return {};
+}
+
+}  // namespace valet::detail

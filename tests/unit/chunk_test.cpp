@@ -1,0 +1,324 @@
+// Chunks (heap/src/page_pool_chunks.cpp): pages a large run must create come as one physical
+// allocation; its slots serve large objects only, move only whole, and go back to the backend
+// only when no object uses any of them. Driver calls counted at the backend door; bytes written,
+// remapped and read back at the same addresses.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "heap_test_util.h"
+#include "page_pool.h"
+#include "valet/counting_backend.h"
+
+namespace valet::detail {
+namespace {
+
+// A pool of `pages` on the host backend behind a fault injector and a counting door; chunks of
+// four pages and more.
+struct ChunkPool {
+  FaultInjectingBackend* faults;
+  CountingBackend door;
+  PagePool pool;
+  explicit ChunkPool(std::size_t pages)
+      : faults(nullptr), door(wrap(pages, faults)), pool(door, pages) {
+    pool.set_chunk_min_pages(4);
+  }
+  static std::unique_ptr<Backend> wrap(std::size_t pages, FaultInjectingBackend*& out) {
+    auto f = std::make_unique<FaultInjectingBackend>(test::open_host_backend(pages * kPageBytes));
+    out = f.get();
+    return f;
+  }
+};
+
+#define ASSERT_POOL_VALID(p)                                   \
+  do {                                                         \
+    auto v_ = (p).validate();                                  \
+    ASSERT_TRUE(v_.ok()) << v_.error().to_string();            \
+  } while (0)
+
+bool bytes_hold(Backend& b, const PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
+  const PatternRange r{pool.address(slot), std::size_t(n) * kPageBytes, seed};
+  auto differ = b.verify_pattern({&r, 1}, Stream{});
+  return differ.ok() && *differ == 0;
+}
+
+void write(Backend& b, const PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
+  const PatternRange r{pool.address(slot), std::size_t(n) * kPageBytes, seed};
+  ASSERT_TRUE(b.fill_pattern({&r, 1}, Stream{}).ok());
+  ASSERT_TRUE(b.synchronize_stream(Stream{}).ok());
+}
+
+TEST(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLastSlot) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  ThreadDriverCalls scope(c.door);
+  auto run = pool.take_run(10, 1);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  const DriverCallCounts made = scope.made();
+  EXPECT_EQ(made[DriverOp::create_page], 2u) << "one chunk of nine pages and one page";
+  EXPECT_EQ(made[DriverOp::map], 2u);
+  EXPECT_EQ(made[DriverOp::set_access], 1u);
+  EXPECT_EQ(pool.chunks(), 1u);
+  EXPECT_EQ(pool.chunk_pages(), 9u);
+  EXPECT_EQ(pool.created_pages(), 10u);
+  for (std::uint32_t s = *run; s < *run + 9; ++s) EXPECT_TRUE(pool.in_chunk(s));
+  EXPECT_FALSE(pool.in_chunk(*run + 9)) << "the last slot stays a page of its own (a shared tail's)";
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *run, 10, 7));
+  pool.give_back(*run, 10);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto run = pool.take_run(4, 1);  // a body of three new pages
+  ASSERT_TRUE(run.ok());
+  EXPECT_EQ(pool.chunks(), 0u);
+  pool.set_chunk_min_pages(0);
+  auto off = pool.take_run(20, 2);
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(pool.chunks(), 0u) << "chunks switched off";
+  ASSERT_POOL_VALID(pool);
+  pool.give_back(*run, 4);
+  pool.give_back(*off, 20);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  EXPECT_EQ(pool.chunk_reserve_pages(), 9u);
+  EXPECT_EQ(pool.reserve_pages(), 10u);
+  ASSERT_POOL_VALID(pool);
+  auto slab = pool.take_page(SlotKind::slab, 3);
+  ASSERT_TRUE(slab.ok());
+  EXPECT_FALSE(pool.in_chunk(*slab)) << "a slab page (meshed and remapped alone) on a chunk's slot";
+  ThreadDriverCalls scope(c.door);
+  auto b = pool.take_run(8, 2);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(scope.made().total(), 0u) << "the chunk's free slots were mapped already";
+  EXPECT_TRUE(pool.in_chunk(*b));
+  EXPECT_EQ(pool.chunk_reserve_pages(), 1u);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 8, 9));
+  pool.give_back(*b, 8);
+  pool.give_back(*slab, 1);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  auto b = pool.take_run(4, 2);  // four of the chunk's nine slots (the reserve has one page)
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(pool.in_chunk(*b));
+  auto batch = pool.begin_release(0, 64, true);
+  pool.release_calls(batch);
+  ASSERT_TRUE(pool.finish_release(batch).ok());
+  EXPECT_EQ(pool.chunks(), 1u) << "a chunk an object still uses went back";
+  EXPECT_EQ(pool.chunk_reserve_pages(), 5u);
+  EXPECT_EQ(pool.created_pages(), 9u);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 4, 11));
+  pool.give_back(*b, 4);
+  ThreadDriverCalls scope(c.door);
+  batch = pool.begin_release(0, 64, true);
+  pool.release_calls(batch);
+  ASSERT_TRUE(pool.finish_release(batch).ok());
+  const DriverCallCounts made = scope.made();
+  EXPECT_EQ(made[DriverOp::unmap], 1u);
+  EXPECT_EQ(made[DriverOp::release_page], 1u);
+  EXPECT_EQ(pool.chunks(), 0u);
+  EXPECT_EQ(pool.created_pages(), 0u);
+  EXPECT_EQ(pool.reserve_pages(), 0u);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, ARunHoldingWholeChunksRelocatesWithTheSameBytesAndOneSharingAChunkIsRefused) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  write(c.door, pool, *a, 10, 21);
+  ThreadDriverCalls scope(c.door);
+  auto moved = pool.relocate_run(*a, 10, 12, 1);
+  ASSERT_TRUE(moved.ok()) << moved.error().to_string();
+  EXPECT_EQ(scope.made()[DriverOp::map], 4u) << "the chunk once, its last page, two new pages";
+  EXPECT_EQ(scope.made()[DriverOp::copy], 0u);
+  EXPECT_TRUE(bytes_hold(c.door, pool, *moved, 10, 21)) << "the bytes did not move with their pages";
+  EXPECT_TRUE(pool.in_chunk(*moved));
+  EXPECT_EQ(pool.slot(*a).kind, SlotKind::unmapped);
+  ASSERT_POOL_VALID(pool);
+  // Shrunk to 5 pages: the chunk's other slots are free, so the run cannot move without them.
+  pool.give_back(*moved + 5, 7);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.cuts_chunk(*moved, 5));
+  auto refused = pool.relocate_run(*moved, 5, 8, 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::unsupported);
+  EXPECT_TRUE(bytes_hold(c.door, pool, *moved, 5, 21));
+  ASSERT_POOL_VALID(pool);
+  pool.give_back(*moved, 5);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, ARunGrowsInPlaceOverAChunksFreeSlots) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a + 3, 7);  // shrunk to three pages
+  ThreadDriverCalls scope(c.door);
+  auto grown = pool.extend_run(*a + 3, 5, 1);
+  ASSERT_TRUE(grown.ok() && *grown);
+  EXPECT_EQ(scope.made().total(), 0u);
+  EXPECT_EQ(pool.chunk_reserve_pages(), 1u);
+  ASSERT_POOL_VALID(pool);
+  pool.give_back(*a, 8);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, AChunkThatCannotBeHadFallsBackToPagesAndAFailedMapUnwindsIt) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  c.faults->fail_nth(DriverOp::create_page, 1);
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok()) << a.error().to_string();
+  EXPECT_EQ(pool.chunks(), 0u);
+  EXPECT_EQ(pool.created_pages(), 10u);
+  ASSERT_POOL_VALID(pool);
+  // The chunk is mapped first; the last page's map fails: everything made is given back.
+  c.faults->fail_nth(DriverOp::map, 2);
+  auto b = pool.take_run(10, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(pool.chunks(), 0u);
+  EXPECT_LE(pool.created_pages(), 11u) << "only the page made for the last slot may stay, idle";
+  ASSERT_POOL_VALID(pool);
+  c.faults->fail_nth(DriverOp::set_access, 1);
+  b = pool.take_run(10, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(pool.chunks(), 0u);
+  ASSERT_POOL_VALID(pool);
+  b = pool.take_run(10, 2);
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_EQ(pool.chunks(), 1u);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 10, 5));
+  pool.give_back(*a, 10);
+  pool.give_back(*b, 10);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST(Chunks, AChunkWhoseReleaseFailsIsKeptAndReleasedLater) {
+  ChunkPool c(64);
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(256).ok());
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  c.faults->fail_nth(DriverOp::release_page, 1);
+  auto batch = pool.begin_release(1, 64, false);  // the chunk (its nine pages fit the want)
+  pool.release_calls(batch);
+  EXPECT_FALSE(pool.finish_release(batch).ok());
+  EXPECT_EQ(pool.chunks(), 1u);
+  EXPECT_EQ(pool.reserve_pages(), 10u) << "the unreleased chunk counts as idle reserve";
+  ASSERT_POOL_VALID(pool);
+  ASSERT_TRUE(pool.release_free_chunks().ok());
+  EXPECT_EQ(pool.chunks(), 0u);
+  EXPECT_EQ(pool.created_pages(), 1u);
+  ASSERT_POOL_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+}  // namespace
+}  // namespace valet::detail
+
+namespace valet {
+namespace {
+
+using test::kMiB;
+
+// Through the heap: a large object made of a chunk keeps its bytes through growth in place,
+// relocation (the chunk whole) and growth by copy (when the chunk is shared with free slots),
+// and a heap without chunks makes one create per page.
+TEST(HeapChunks, AChunkedObjectKeepsItsBytesThroughEveryResize) {
+  Config cfg = test::host_config(512 * kMiB);
+  auto heap = test::make_heap(cfg);
+  auto h = heap->allocate(64 * kMiB);
+  ASSERT_TRUE(h.ok());
+  HeapStats s = heap->stats();
+  EXPECT_GE(s.pages.chunked, 16u);
+  EXPECT_GE(s.pages.chunks, 1u);
+  test::fill(*heap, *h, 41);
+  auto blocker = heap->allocate(3 * kMiB);  // a neighbour: the next growth relocates or copies
+  ASSERT_TRUE(blocker.ok());
+  ASSERT_TRUE(heap->resize(*h, 100 * kMiB).ok());
+  EXPECT_EQ(test::mismatches(*heap, *h, 41, 64 * kMiB), 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->resize(*h, 20 * kMiB).ok());  // shrunk: the chunk's rest is free
+  EXPECT_VALID(*heap);
+  EXPECT_GT(heap->stats().pages.chunk_reserve, 0u);
+  ASSERT_TRUE(heap->resize(*h, 160 * kMiB).ok());
+  EXPECT_EQ(test::mismatches(*heap, *h, 41, 20 * kMiB), 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->free(*h).ok());
+  ASSERT_TRUE(heap->free(*blocker).ok());
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->maintain().ok());
+  EXPECT_VALID(*heap);
+}
+
+TEST(HeapChunks, OutOfMemoryReleasesFreeChunksForAShapeTheyDoNotFit) {
+  Config cfg = test::host_config(128 * kMiB);  // 64 pages
+  cfg.reserve_high_pages = 64;                  // nothing is trimmed on its own
+  auto heap = test::make_heap(cfg);
+  auto a = heap->allocate(100 * kMiB);          // 50 pages, most in one chunk
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(heap->free(*a).ok());
+  ASSERT_GT(heap->stats().pages.chunk_reserve, 0u);
+  // Small objects need slab pages, which a chunk cannot give: the chunk goes back first.
+  std::vector<Handle> small;
+  for (int i = 0; i < 200; ++i) {  // 100 MiB of slab pages
+    auto s = heap->allocate(512 * 1024);
+    ASSERT_TRUE(s.ok()) << i << ": " << s.error().to_string();
+    small.push_back(*s);
+  }
+  EXPECT_VALID(*heap);
+  for (Handle x : small) ASSERT_TRUE(heap->free(x).ok());
+  EXPECT_VALID(*heap);
+}
+
+TEST(HeapChunks, ChunksOffMeansOneCreatePerPage) {
+  Config cfg = test::host_config(512 * kMiB);
+  cfg.chunk_min_pages = 0;
+  auto heap = test::make_heap(cfg);
+  auto h = heap->allocate(64 * kMiB);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(heap->stats().pages.chunks, 0u);
+  ASSERT_TRUE(heap->free(*h).ok());
+  cfg.chunk_min_pages = 1;
+  BackendOptions host;
+  host.choice = BackendChoice::host;
+  auto bad = open_heap(host, cfg);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, Errc::invalid_argument);
+}
+
+}  // namespace
+}  // namespace valet
