@@ -10,10 +10,14 @@ namespace valet::detail {
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle) {
   ReleaseBatch b;
   const std::size_t mapped = std::size_t(reserve_.total() + chunk_reserve_.total());
-  std::size_t want = mapped > keep ? std::min<std::size_t>(mapped - keep, max_pages) : 0;
+  const std::size_t surplus = mapped > keep ? mapped - keep : 0;
+  std::size_t want = std::min(surplus, max_pages);
   // Whole free chunks first: two driver calls for all their pages, where the reserve's pages
-  // need a release each.
-  take_free_chunks(b, want, false);
+  // need a release each; so they are bounded by the surplus, not by the batch's pages (a chunk
+  // larger than a batch would otherwise wait until the reserve's pages all went before it).
+  std::size_t chunk_room = surplus;
+  take_free_chunks(b, chunk_room, false);
+  want -= std::min(want, surplus - chunk_room);
   std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();

@@ -386,7 +386,8 @@ void FuzzRun::finish() {
 }
 
 void FuzzRun::run() {
-  // The first byte shapes the heap: reserve watermarks, emergency compaction, deferred drops.
+  // The first byte shapes the heap: reserve watermarks, emergency compaction, deferred drops,
+  // chunks.
   const std::uint8_t shape = in_.u8();
   Config config;
   config.capacity = kCapacity;
@@ -394,6 +395,7 @@ void FuzzRun::run() {
   config.compact_on_oom = shape & 1;
   config.reserve_low_pages = (shape >> 1) & 3;
   config.reserve_high_pages = config.reserve_low_pages + ((shape >> 3) & 7);
+  config.chunk_min_pages = (shape & 0x80) ? 2 : 0;  // chunks of any size, or none
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();

@@ -29,6 +29,8 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--compact-pause-us", o.compact_pause_us, "pause of the compaction thread between cycles");
   app.add_option("--host-delay-us", o.host_delay_us, "host backend: delay before each queued copy/fill");
   app.add_flag("--faults", o.faults, "inject backend failures (create_page, map, set_access, copy)");
+  app.add_option("--chunk-min-pages", o.chunk_min_pages,
+                 "Config::chunk_min_pages: new pages of a large run made as one chunk from this many (0: never)");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

@@ -120,10 +120,12 @@ TEST(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   ASSERT_TRUE(pool.init(256).ok());
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
-  pool.give_back(*a, 10);
-  auto b = pool.take_run(4, 2);  // four of the chunk's nine slots (the reserve has one page)
-  ASSERT_TRUE(b.ok());
-  ASSERT_TRUE(pool.in_chunk(*b));
+  pool.give_back(*a + 4, 6);  // shrunk to four of the chunk's nine slots
+  const std::uint32_t b = *a;
+  auto loose = pool.take_run(3, 2);
+  ASSERT_TRUE(loose.ok());
+  EXPECT_FALSE(pool.in_chunk(*loose)) << "a loose fit took a chunk's free slots";
+  pool.give_back(*loose, 3);
   auto batch = pool.begin_release(0, 64, true);
   pool.release_calls(batch);
   ASSERT_TRUE(pool.finish_release(batch).ok());
@@ -131,8 +133,8 @@ TEST(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   EXPECT_EQ(pool.chunk_reserve_pages(), 5u);
   EXPECT_EQ(pool.created_pages(), 9u);
   ASSERT_POOL_VALID(pool);
-  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 4, 11));
-  pool.give_back(*b, 4);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, b, 4, 11));
+  pool.give_back(b, 4);
   ThreadDriverCalls scope(c.door);
   batch = pool.begin_release(0, 64, true);
   pool.release_calls(batch);
@@ -259,6 +261,7 @@ using test::kMiB;
 // and a heap without chunks makes one create per page.
 TEST(HeapChunks, AChunkedObjectKeepsItsBytesThroughEveryResize) {
   Config cfg = test::host_config(512 * kMiB);
+  cfg.chunk_min_pages = 16;
   auto heap = test::make_heap(cfg);
   auto h = heap->allocate(64 * kMiB);
   ASSERT_TRUE(h.ok());
@@ -286,6 +289,7 @@ TEST(HeapChunks, AChunkedObjectKeepsItsBytesThroughEveryResize) {
 
 TEST(HeapChunks, OutOfMemoryReleasesFreeChunksForAShapeTheyDoNotFit) {
   Config cfg = test::host_config(128 * kMiB);  // 64 pages
+  cfg.chunk_min_pages = 16;
   cfg.reserve_high_pages = 64;                  // nothing is trimmed on its own
   auto heap = test::make_heap(cfg);
   auto a = heap->allocate(100 * kMiB);          // 50 pages, most in one chunk

@@ -55,6 +55,7 @@ struct Arguments {
   bool stream_frees = false;
   std::optional<double> reserve_fraction, reserve_peak_ratio;
   std::optional<std::size_t> thread_cache_bytes;
+  std::optional<std::size_t> chunk_min_pages;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -115,6 +116,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
                  "Config::thread_cache_bytes: small frees a thread keeps for its next allocations (0: none)");
+  app.add_option("--chunk-min-pages", args.chunk_min_pages,
+                 "Config::chunk_min_pages: new pages of a large run created as one chunk from this many (0: page by page)");
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -164,6 +167,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.reserve_fraction) config.reserve_fraction = *args.reserve_fraction;
   if (args.reserve_peak_ratio) config.reserve_peak_ratio = *args.reserve_peak_ratio;
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
+  if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments

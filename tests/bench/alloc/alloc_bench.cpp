@@ -143,6 +143,7 @@ struct Arguments {
   int rounds = 10;
   int round_ms = 100;
   std::size_t thread_cache_bytes = valet::Config{}.thread_cache_bytes;
+  std::size_t chunk_min_pages = valet::Config{}.chunk_min_pages;
 };
 
 // Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
@@ -175,6 +176,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
       ->capture_default_str();
   app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
                  "Config::thread_cache_bytes of the heap (0: no thread caches, every pair takes the heap lock)")
+      ->capture_default_str();
+  app.add_option("--chunk-min-pages", args.chunk_min_pages,
+                 "Config::chunk_min_pages of the heap (0: every page created on its own)")
       ->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -213,6 +217,7 @@ int main(int argc, char** argv) {
   cfg.reserve_low_pages = 16;
   cfg.reserve_high_pages = 64;
   cfg.thread_cache_bytes = args.thread_cache_bytes;
+  cfg.chunk_min_pages = args.chunk_min_pages;
   auto heap = valet::open_heap(backend, cfg);
   if (!heap.ok()) {
     std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
