@@ -64,6 +64,7 @@ HeapStats Heap::stats() const {
   s.pages.chunked = c.pool.chunk_pages();
   s.pages.chunks = c.pool.chunks();
   s.pages.chunk_reserve = c.pool.chunk_reserve_pages();
+  s.pages.chunks_created = c.pool.chunks_created();
   s.pages.meshed = c.meshed_slots();
   s.pages.shared_tails = c.tails.shared_count();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {

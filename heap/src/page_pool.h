@@ -132,6 +132,7 @@ class PagePool {
   std::size_t chunk_reserve_pages() const { return std::size_t(chunk_reserve_.total()); }
   std::size_t chunk_pages() const { return chunk_pages_; }
   std::size_t chunks() const { return chunks_; }
+  std::size_t chunks_created() const { return chunks_created_; }
   // Releases every chunk no object uses (out-of-memory makes room so). The first error.
   Status release_free_chunks();
 
@@ -410,6 +411,7 @@ class PagePool {
   std::size_t idle_chunk_pages_ = 0;
   std::uint32_t chunk_min_pages_ = 0;
   std::size_t chunk_pages_ = 0, chunks_ = 0;  // created chunks and their pages
+  std::size_t chunks_created_ = 0;            // since the pool began
   RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock
   RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)

@@ -31,6 +31,7 @@ Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
   note_created_peak();
   chunk_pages_ += n;
   ++chunks_;
+  ++chunks_created_;
   return {};
 }
 

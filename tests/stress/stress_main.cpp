@@ -197,6 +197,7 @@ void StressRun::print_results(double seconds) {
     j["bytes_moved"] = comp.bytes_moved;
     j["pages_freed"] = comp.pages_freed;
     j["pages_meshed"] = comp.pages_meshed;
+    j["chunks_created"] = final_stats_.pages.chunks_created;
     j["bytes_verified"] = get(c.bytes_verified);
     j["objects_verified"] = get(c.objects_verified);
     j["checkpoints"] = get(c.checkpoints);

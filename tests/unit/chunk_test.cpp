@@ -268,6 +268,7 @@ TEST(HeapChunks, AChunkedObjectKeepsItsBytesThroughEveryResize) {
   HeapStats s = heap->stats();
   EXPECT_GE(s.pages.chunked, 16u);
   EXPECT_GE(s.pages.chunks, 1u);
+  EXPECT_EQ(s.pages.chunks_created, s.pages.chunks) << "nothing was released yet";
   test::fill(*heap, *h, 41);
   auto blocker = heap->allocate(3 * kMiB);  // a neighbour: the next growth relocates or copies
   ASSERT_TRUE(blocker.ok());

@@ -121,7 +121,8 @@ struct HeapStats {
     // chunked: pages created as chunks (several pages in one physical allocation, counted among
     // large, reserve and releasing above); chunks: how many; chunk_reserve: free chunk pages
     // (counted in reserve), which serve large objects only.
-    std::size_t chunked = 0, chunks = 0, chunk_reserve = 0;
+    // chunks_created: chunks made since the heap began.
+    std::size_t chunked = 0, chunks = 0, chunk_reserve = 0, chunks_created = 0;
   } pages;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.

@@ -96,6 +96,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["bytes_moved"] = r.bytes_moved;
   j["objects_moved"] = r.objects_moved;
   j["pages_freed"] = r.pages_freed;
+  j["chunks_created"] = r.chunks_created;
   j["pages_meshed"] = r.pages_meshed;
   j["bytes_meshed"] = r.bytes_meshed;
   j["compactor"] = compactor_json(r);

@@ -74,6 +74,7 @@ struct ReplayReport {
   std::uint64_t bytes_moved = 0;   // evacuation: bytes copied to new places (handles repointed)
   std::uint64_t objects_moved = 0;
   std::uint64_t pages_freed = 0;
+  std::uint64_t chunks_created = 0;  // physical chunks the heap made (Config::chunk_min_pages)
   std::uint64_t pages_meshed = 0;  // meshing: pages folded onto another's physical page
   std::uint64_t bytes_meshed = 0;  // bytes meshing copied (addresses unchanged)
 
