@@ -52,10 +52,11 @@ HeapStats Heap::stats() const {
   // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
   // use still add up to the mapped pages.
   const std::size_t unplaced = c.pool.unplaced_in_flight();
-  s.reserve_bytes = (c.pool.reserve_pages() + unplaced) * detail::kPageSize;
+  // The chunk reserve is mapped and unused too (outside the reserve's budget, not its count).
+  s.reserve_bytes = (c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced) * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
-  s.pages.reserve = c.pool.reserve_pages() + unplaced;
+  s.pages.reserve = c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced;
   s.pages.idle = c.pool.idle_pages() + unplaced;
   s.pages.releasing = c.pool.releasing_pages() + c.pool.pages_only_dropping();
   s.pages.moving = c.moving_pages;

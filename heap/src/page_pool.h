@@ -128,13 +128,16 @@ class PagePool {
   bool in_chunk(std::uint32_t s) const { return slots_[s].phys != kNoPhys && phys_[slots_[s].phys].chunk(); }
   // A chunk mapped in [start, start+n) reaches beyond it.
   bool cuts_chunk(std::uint32_t start, std::uint32_t n) const;
-  // Free chunk slots (mapped, unused, for large objects only) and the chunks' pages.
+  // Free chunk slots (mapped, unused, for large objects only; outside reserve_pages()) and the
+  // chunks' pages.
   std::size_t chunk_reserve_pages() const { return std::size_t(chunk_reserve_.total()); }
   std::size_t chunk_pages() const { return chunk_pages_; }
   std::size_t chunks() const { return chunks_; }
   std::size_t chunks_created() const { return chunks_created_; }
   // Releases every chunk no object uses (out-of-memory makes room so). The first error.
   Status release_free_chunks();
+  // A chunk no object uses is waiting for a release batch.
+  bool free_chunk_waits() const;
 
   // Meshing: maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
   // (one unmap, one map, one set_access), in three steps so that the driver calls run without
@@ -266,7 +269,7 @@ class PagePool {
   std::uint32_t longest_reserve_run() const { return reserve_.largest(); }
   // Pages that hold data: created, less the reserve, idle pages and pages of a batch in flight.
   std::size_t used_pages() const {
-    return created_ - reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_;
+    return created_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_;
   }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
@@ -283,9 +286,9 @@ class PagePool {
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
   // from the moment it is booked), since the pool began.
   std::size_t peak_created_pages() const { return peak_created_; }
-  std::size_t reserve_pages() const {
-    return std::size_t(reserve_.total()) + idle_.size() + std::size_t(chunk_reserve_.total()) + idle_chunk_pages_;
-  }
+  // The reserve's pages (its budget's): the chunk reserve is apart, since its pages serve large
+  // runs only (a budget shared with it starves the reserve: docs/speed.md, "Session 22").
+  std::size_t reserve_pages() const { return std::size_t(reserve_.total()) + idle_.size() + idle_chunk_pages_; }
   std::size_t idle_pages() const { return idle_.size(); }
   // Pages a run of fresh slots could get now: reserve + idle + not yet created (a chunk's free
   // slots serve only runs placed in them).
@@ -354,9 +357,10 @@ class PagePool {
   // give_back's and the release batch's sorting: [start, start+n) into reserve_ and
   // chunk_reserve_ by the pages their slots map.
   void insert_free(std::uint32_t start, std::uint32_t n);
-  // A release batch's whole free chunks: up to `want` pages of them (any one when `any`).
-  void take_free_chunks(ReleaseBatch& b, std::size_t& want, bool any);
+  // Every whole free chunk into a release batch.
+  void take_free_chunks(ReleaseBatch& b);
   Status validate_chunks() const;
+  std::vector<std::uint32_t> whole_free_chunks() const;
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
   // caller counts it as created.
   std::uint32_t add_record(PhysicalPage page);

@@ -63,7 +63,7 @@ void PagePool::insert_free(std::uint32_t start, std::uint32_t n) {
   }
 }
 
-void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t& want, bool any) {
+std::vector<std::uint32_t> PagePool::whole_free_chunks() const {
   // Whole chunks inside the chunk reserve's ranges (a range may hold several, side by side).
   std::vector<std::uint32_t> whole;
   chunk_reserve_.for_each([&](RangeSet::Range r) {
@@ -73,23 +73,15 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t& want, bool any) {
       s = c.first + c.pages;
     }
   });
-  // The largest that fit first: the fewest calls for the pages. With `any`, the smallest of all
-  // when none fits (the reserve has nothing else to give).
-  std::sort(whole.begin(), whole.end(), [&](std::uint32_t a, std::uint32_t b2) { return phys_[a].pages > phys_[b2].pages; });
-  bool took = false;
-  for (const std::uint32_t p : whole) {
-    if (phys_[p].pages > want) continue;
-    want -= phys_[p].pages;
-    took = true;
-    chunk_reserve_.take_exact(phys_[p].first, phys_[p].pages);
-    releasing_.insert(phys_[p].first, phys_[p].pages);
-    b.runs.push_back({phys_[p].first, phys_[p].pages, false, false, true});
-    b.phys.push_back(p);
-    b.pages.push_back(phys_[p].page);
-  }
-  if (any && !took && want > 0 && !whole.empty()) {
-    const std::uint32_t p = whole.back();
-    want -= std::min<std::size_t>(want, phys_[p].pages);
+  return whole;
+}
+
+bool PagePool::free_chunk_waits() const { return chunk_reserve_.total() > 0 && !whole_free_chunks().empty(); }
+
+void PagePool::take_free_chunks(ReleaseBatch& b) {
+  // All of them, whatever the reserve's budget: a free chunk serves only a run of a close size,
+  // and two driver calls give all its pages back (docs/speed.md, "Session 22").
+  for (const std::uint32_t p : whole_free_chunks()) {
     chunk_reserve_.take_exact(phys_[p].first, phys_[p].pages);
     releasing_.insert(phys_[p].first, phys_[p].pages);
     b.runs.push_back({phys_[p].first, phys_[p].pages, false, false, true});
@@ -108,8 +100,7 @@ Status PagePool::release_free_chunks() {
     forget_record(p);
   }
   ReleaseBatch b;
-  std::size_t want = ~std::size_t{0};
-  take_free_chunks(b, want, false);
+  take_free_chunks(b);
   if (b.empty()) return {};
   b.released.assign(b.phys.size(), false);
   release_calls(b);

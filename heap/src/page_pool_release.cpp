@@ -9,15 +9,9 @@ namespace valet::detail {
 
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle) {
   ReleaseBatch b;
-  const std::size_t mapped = std::size_t(reserve_.total() + chunk_reserve_.total());
-  const std::size_t surplus = mapped > keep ? mapped - keep : 0;
-  std::size_t want = std::min(surplus, max_pages);
-  // Whole free chunks first: two driver calls for all their pages, where the reserve's pages
-  // need a release each; so they are bounded by the surplus, not by the batch's pages (a chunk
-  // larger than a batch would otherwise wait until the reserve's pages all went before it).
-  std::size_t chunk_room = surplus;
-  take_free_chunks(b, chunk_room, false);
-  want -= std::min(want, surplus - chunk_room);
+  std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
+  // Every whole free chunk, beside the reserve's surplus (page_pool_chunks.cpp).
+  take_free_chunks(b);
   std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();
@@ -39,7 +33,6 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
     want -= k;
   }
   for (const auto& r : kept) reserve_.insert(r.start, r.length);
-  if (want > 0) take_free_chunks(b, want, true);  // the reserve had no more: a chunk beyond `want`
   if (with_idle) {
     // At most a batch's worth: pages in flight still count as created (and mapped).
     b.idle = std::min(idle_.size(), max_pages);

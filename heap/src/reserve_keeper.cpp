@@ -114,6 +114,9 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   const bool keeper = thread_.joinable();
   const ReserveTargets t = keeper ? targets() : ReserveTargets{config_.reserve_high_pages, config_.reserve_high_pages};
   const std::size_t to = keeper ? t.free_keeps : t.limit;
+  // A chunk the free left unused goes back now, on this thread (two calls): it would serve only
+  // a run of a close size, and until released it is mapped memory outside every budget.
+  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
   if (pool_.reserve_pages() <= t.limit) return false;
   // Without a keeper, down to the watermark now. With one, a surplus up to a quarter of the way
   // from the limit to the peak bound (mapped memory within reserve_peak_ratio x the recent peak of
@@ -160,7 +163,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     const ReserveTargets t = targets();
     // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
     const std::size_t slack = std::max<std::size_t>(2, t.limit / 8);
-    if (pool_.reserve_pages() > t.limit + slack || pool_.idle_pages() > 0) {
+    if (pool_.reserve_pages() > t.limit + slack || pool_.idle_pages() > 0 || pool_.free_chunk_waits()) {
       if (!trim_to(lock, t.limit, kKeeperTrimPages)) return;
     } else if (pool_.longest_reserve_run() < t.frontier) {
       if (!provision(lock, t)) return;

@@ -215,6 +215,9 @@ TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondTheKeepersShareOfTheWayToThePeak
   config.capacity = 1u << 30;  // 512 pages
   config.reserve_fraction = 0.05;
   config.reserve_peak_ratio = 2.3;
+  // The page reserve's rule: no chunks (a free of a chunked object gives the chunk back on its
+  // own thread, whatever the share: tests/unit/chunk_test.cpp).
+  config.chunk_min_pages = 0;
   auto heap = test::make_heap(config);
   ASSERT_TRUE(heap);
   Heap& h = *heap;

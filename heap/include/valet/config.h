@@ -44,7 +44,7 @@ struct Config {
   // this many of them are created as one physical allocation (one create, map and access grant
   // on the GPU, instead of one of each per page). A chunk's pages serve large objects only and
   // go back to the backend only together (docs/speed.md, "Chunks"). 0: pages one by one.
-  std::size_t chunk_min_pages = 64;
+  std::size_t chunk_min_pages = 16;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;
