@@ -24,7 +24,7 @@ struct StressOptions {
   std::uint32_t host_delay_us = 0;        // host backend: delay before each queued task
   bool faults = false;
   double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
-  std::size_t chunk_min_pages = 64;       // Config::chunk_min_pages of the heap
+  std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
   bool smoke = false;
   bool json = false;
 };
