@@ -42,8 +42,9 @@ struct Config {
   std::size_t move_batch_bytes = 0;
   // Chunks: when a large object's pages must be created (the reserve cannot cover it), at least
   // this many of them are created as one physical allocation (one create, map and access grant
-  // on the GPU, instead of one of each per page). A chunk's pages serve large objects only and
-  // go back to the backend only together (docs/speed.md, "Chunks"). 0: pages one by one.
+  // on the GPU, instead of one of each per page). A chunk's free pages serve large runs of a
+  // close size only, outside the reserve's budget, and the chunk goes back to the backend as
+  // soon as none of its pages is in use (docs/speed.md, "Session 22"). 0: pages one by one.
   std::size_t chunk_min_pages = 16;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
