@@ -211,7 +211,7 @@ Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
 Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   // Mapped free slots first (no driver call): a chunk's when they fit closely, else the
   // reserve's. Never a chunk's loosely: the object would keep the rest of the chunk from going
-  // back, and mapped for large objects only (docs/speed.md, "Chunks": on t1 that doubled the
+  // back, and mapped for large objects only (docs/speed.md, "Session 22": on t1 that doubled the
   // driver calls).
   const auto close_chunk = chunk_reserve_.best_fit(n);
   for (RangeSet* set : {close_chunk && close_chunk->length - n <= n / 4 ? &chunk_reserve_ : nullptr, &reserve_}) {

@@ -15,9 +15,10 @@
 // large object whose pages had to be created (one create, one map, one access instead of one of
 // each per page). The driver maps and unmaps a chunk only whole, so a chunk is mapped once, at
 // contiguous slots, and its slots are only ever large or reserve; its free slots are listed in
-// `chunk_reserve_` (not `reserve_`), where large objects take them (no driver call), and only a
-// whole free chunk goes back to the backend. A chunk never hosts a slab page, an alias, or a
-// page moved alone; it is never idle (released when unmapped).
+// `chunk_reserve_` (not `reserve_`, and outside reserve_pages(), the reserve's budget), where
+// large runs of a close size take them (no driver call); a whole free chunk goes back to the
+// backend with the next release batch. A chunk never hosts a slab page, an alias, or a page
+// moved alone; it is never idle (released when unmapped).
 // Created pages that are mapped nowhere (after a failed operation) are `idle`; they count as
 // reserve. mapped_bytes is created pages x 2 MiB: a page mapped at several slots counts once.
 //

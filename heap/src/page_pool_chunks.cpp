@@ -4,7 +4,8 @@
 // (docs/speed.md, session 21: 256 pages as one chunk ~80 us against ~11 ms page by page). The
 // price is the driver's rule that a chunk is mapped and unmapped only whole: its slots never
 // move alone, so they serve only large objects placed on them, and go back to the backend only
-// when no object uses any of them.
+// when no object uses any of them (then at once: a free chunk kept for reuse crowds the page
+// reserve out; docs/speed.md, "Session 22").
 #include <algorithm>
 #include <string>
 
