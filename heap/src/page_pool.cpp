@@ -95,8 +95,8 @@ void PagePool::forget_record(std::uint32_t p) {
 
 Status PagePool::map_at(std::uint32_t slot, std::uint32_t p) {
   VALET_TRY(backend_.map(address(slot), phys_[p].page));
-  ++phys_[p].mappings;
-  slots_[slot].phys = p;
+  phys_[p].mappings += phys_[p].pages;
+  for (std::uint32_t k = 0; k < phys_[p].pages; ++k) slots_[slot + k].phys = p;
   return {};
 }
 
@@ -214,12 +214,10 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   // back, and mapped for large objects only (docs/speed.md, "Session 22": on t1 that doubled the
   // driver calls).
   const auto close_chunk = chunk_reserve_.best_fit(n);
-  for (RangeSet* set : {close_chunk && close_chunk->length - n <= n / 4 ? &chunk_reserve_ : nullptr, &reserve_}) {
-    if (!set) continue;
-    if (auto s = set->take_best_fit(n)) {
-      set_kind(*s, n, SlotKind::large, owner);
-      return *s;
-    }
+  RangeSet& mapped = close_chunk && close_chunk->length - n <= n / 4 ? chunk_reserve_ : reserve_;
+  if (auto s = mapped.take_best_fit(n)) {
+    set_kind(*s, n, SlotKind::large, owner);
+    return *s;
   }
   // No reserve run is long enough: grow one in place where free slots surround it, so that only
   // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
@@ -358,7 +356,6 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
   struct Piece {
     std::uint32_t start, length;
     RangeSet* set;
-    bool mapped;
   };
   auto set_of = [&](std::uint32_t s) {
     return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
@@ -368,18 +365,18 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
     RangeSet* set = set_of(s);
     std::uint32_t e = s;
     while (e < at + n && set_of(e) == set) ++e;
-    pieces.push_back({s, e - s, set, set != &unmapped_});
+    pieces.push_back({s, e - s, set});
     s = e;
   }
   std::uint32_t unmapped_slots = 0;
   for (const auto& p : pieces) {
     p.set->take_exact(p.start, p.length);
-    if (!p.mapped) unmapped_slots += p.length;
+    if (p.set == &unmapped_) unmapped_slots += p.length;
   }
   auto undo = [&](std::size_t backed_upto) {
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const auto& p = pieces[i];
-      if (p.mapped) {
+      if (p.set != &unmapped_) {
         p.set->insert(p.start, p.length);
       } else {
         if (i < backed_upto) (void)unmap_run(p.start, p.length);
@@ -395,7 +392,7 @@ Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32
                                                std::to_string(available_pages()) + " free");
   }
   for (std::size_t i = 0; i < pieces.size(); ++i) {
-    if (pieces[i].mapped) continue;
+    if (pieces[i].set != &unmapped_) continue;
     if (auto st = back_run(pieces[i].start, pieces[i].length, true, chunk_end ? chunk_end : body_end(at, n)); !st.ok()) {
       undo(i);
       return st.error();
@@ -421,17 +418,10 @@ Result<std::uint32_t> PagePool::relocate_run(std::uint32_t from, std::uint32_t n
   };
   // Map the same pages at the destination first (a page may be mapped twice), so that a failure
   // anywhere leaves the object where it was, intact; unmap the old range last.
+  // A chunk (the run holds it whole, from its first slot) is mapped a second time, whole.
   for (std::uint32_t i = 0; i < n;) {
     const std::uint32_t p = slots_[from + i].phys;
-    if (!phys_[p].chunk()) {
-      if (auto st = map_at(*dest + i, p); !st.ok()) return fail(i, st.error());
-      ++i;
-      continue;
-    }
-    // A chunk (the run holds it whole, from its first slot): mapped a second time, whole.
-    if (auto st = backend_.map(address(*dest + i), phys_[p].page); !st.ok()) return fail(i, st.error());
-    phys_[p].mappings += phys_[p].pages;
-    for (std::uint32_t k = 0; k < phys_[p].pages; ++k) slots_[*dest + i + k].phys = p;
+    if (auto st = map_at(*dest + i, p); !st.ok()) return fail(i, st.error());
     i += phys_[p].pages;
   }
   if (auto st = backend_.set_access(address(*dest), std::size_t(n) * kPage); !st.ok()) return fail(n, st.error());

@@ -351,7 +351,8 @@ class PagePool {
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
   // Creates a chunk of `n` pages (within the capacity) and maps it at [start, start+n) (no
-  // access yet). Precondition: those slots unmapped and in no set. On failure nothing changed.
+  // access yet). Precondition: those slots unmapped and in no set. On failure nothing changed
+  // (but a chunk created whose release then failed: kept idle, released later).
   Status map_new_chunk(std::uint32_t start, std::uint32_t n);
   // After the unmap of a whole chunk `p` (mapped nowhere now): released, or idle on failure.
   void chunk_unmapped(std::uint32_t p);
@@ -360,6 +361,9 @@ class PagePool {
   void insert_free(std::uint32_t start, std::uint32_t n);
   // Every whole free chunk into a release batch.
   void take_free_chunks(ReleaseBatch& b);
+  // Releases idle chunks (unmapped, their release failed before) while `n` pages are wanted,
+  // counting their pages off `n`. Stops at the first error.
+  Status release_idle_chunks(std::size_t& n);
   Status validate_chunks() const;
   std::vector<std::uint32_t> whole_free_chunks() const;
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
@@ -370,7 +374,8 @@ class PagePool {
   // A release batch's outcome for page `p` (mapped nowhere now): forgotten if the backend
   // released it, else idle, the first failure noted in `first`.
   void book_release(std::uint32_t p, bool released, Status& first);
-  // Maps phys page `p` at `slot` (no access yet). Precondition: slot unmapped and not in a set.
+  // Maps phys page `p` at `slot` (no access yet); a chunk whole, at `slot` onwards.
+  // Precondition: those slots unmapped and not in a set.
   Status map_at(std::uint32_t slot, std::uint32_t p);
   // Maps the physical page of slot `of` at slot `slot` too and grants access there (a shared
   // tail's last slot, a slab page built on a tail). Precondition: `slot` unmapped and not in a

@@ -19,20 +19,18 @@ Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
   auto page = backend_.create_chunk(n);
   if (!page.ok()) return page.error();
-  if (auto st = backend_.map(address(start), *page); !st.ok()) {
-    (void)backend_.release_page(*page);
-    return st;
-  }
   const std::uint32_t p = add_record(*page);
   phys_[p].pages = n;
   phys_[p].first = start;
-  phys_[p].mappings = n;
-  for (std::uint32_t s = start; s < start + n; ++s) slots_[s].phys = p;
   created_ += n;
   note_created_peak();
   chunk_pages_ += n;
   ++chunks_;
   ++chunks_created_;
+  if (auto st = map_at(start, p); !st.ok()) {
+    chunk_unmapped(p);  // released (or kept idle if even that fails)
+    return st;
+  }
   return {};
 }
 
@@ -92,18 +90,11 @@ void PagePool::take_free_chunks(ReleaseBatch& b) {
 }
 
 Status PagePool::release_free_chunks() {
-  Status first;
-  while (!idle_chunks_.empty()) {
-    const std::uint32_t p = idle_chunks_.back();
-    if (auto st = backend_.release_page(phys_[p].page); !st.ok()) return st;
-    idle_chunks_.pop_back();
-    idle_chunk_pages_ -= phys_[p].pages;
-    forget_record(p);
-  }
-  ReleaseBatch b;
-  take_free_chunks(b);
+  std::size_t all = ~std::size_t{0};
+  VALET_TRY(release_idle_chunks(all));
+  // A release batch that keeps the whole reserve: the free chunks alone.
+  ReleaseBatch b = begin_release(std::size_t(reserve_.total()), 0);
   if (b.empty()) return {};
-  b.released.assign(b.phys.size(), false);
   release_calls(b);
   return finish_release(b);
 }

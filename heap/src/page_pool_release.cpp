@@ -160,7 +160,7 @@ void PagePool::book_release(std::uint32_t p, bool released, Status& first) {
   if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
 }
 
-Status PagePool::release_idle(std::size_t n) {
+Status PagePool::release_idle_chunks(std::size_t& n) {
   while (n > 0 && !idle_chunks_.empty()) {
     const std::uint32_t p = idle_chunks_.back();
     const std::size_t pages = phys_[p].pages;
@@ -169,6 +169,11 @@ Status PagePool::release_idle(std::size_t n) {
     idle_chunk_pages_ -= pages;
     n -= std::min(n, pages);
   }
+  return {};
+}
+
+Status PagePool::release_idle(std::size_t n) {
+  VALET_TRY(release_idle_chunks(n));
   while (n > 0 && !idle_.empty()) {
     VALET_TRY(release(idle_.back()));
     idle_.pop_back();

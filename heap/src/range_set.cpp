@@ -77,26 +77,27 @@ void RangeSet::carve(Node* n, std::uint32_t start, std::uint32_t length) {
   }
 }
 
-std::optional<std::uint32_t> RangeSet::take_best_fit(std::uint32_t length) {
-  if (length == 0) return std::nullopt;
+RangeSet::Node* RangeSet::best_fit_node(std::uint32_t length) const {
+  if (length == 0) return nullptr;
   Node key;
   key.length = length;
   key.start = 0;
   auto it = by_size_.lower_bound(key);
-  if (it == by_size_.end()) return std::nullopt;
-  const std::uint32_t start = it->start;
-  carve(&*it, start, length);
+  return it == by_size_.end() ? nullptr : const_cast<Node*>(&*it);
+}
+
+std::optional<std::uint32_t> RangeSet::take_best_fit(std::uint32_t length) {
+  Node* n = best_fit_node(length);
+  if (!n) return std::nullopt;
+  const std::uint32_t start = n->start;
+  carve(n, start, length);
   return start;
 }
 
 std::optional<RangeSet::Range> RangeSet::best_fit(std::uint32_t length) const {
-  if (length == 0) return std::nullopt;
-  Node key;
-  key.length = length;
-  key.start = 0;
-  auto it = by_size_.lower_bound(key);
-  if (it == by_size_.end()) return std::nullopt;
-  return Range{it->start, it->length};
+  const Node* n = best_fit_node(length);
+  if (!n) return std::nullopt;
+  return Range{n->start, n->length};
 }
 
 bool RangeSet::take_exact(std::uint32_t start, std::uint32_t length) {

@@ -79,6 +79,8 @@ class RangeSet {
   void unlink(Node* n);
   // Shrinks or splits node `n` to remove [start, start+length) (which it must contain).
   void carve(Node* n, std::uint32_t start, std::uint32_t length);
+  // The shortest range of at least `length` (the lowest-starting of those), or null.
+  Node* best_fit_node(std::uint32_t length) const;
 
   StartSet by_start_;
   SizeSet by_size_;

@@ -30,6 +30,14 @@ struct ChunkPool {
   }
 };
 
+// 64 pages over an arena of 256 slots.
+class Chunks : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(pool.init(256).ok()); }
+  ChunkPool c{64};
+  PagePool& pool = c.pool;
+};
+
 #define ASSERT_POOL_VALID(p)                                   \
   do {                                                         \
     auto v_ = (p).validate();                                  \
@@ -48,10 +56,7 @@ void write(Backend& b, const PagePool& pool, std::uint32_t slot, std::uint32_t n
   ASSERT_TRUE(b.synchronize_stream(Stream{}).ok());
 }
 
-TEST(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLastSlot) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLastSlot) {
   ThreadDriverCalls scope(c.door);
   auto run = pool.take_run(10, 1);
   ASSERT_TRUE(run.ok()) << run.error().to_string();
@@ -70,10 +75,7 @@ TEST(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLast
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
   auto run = pool.take_run(4, 1);  // a body of three new pages
   ASSERT_TRUE(run.ok());
   EXPECT_EQ(pool.chunks(), 0u);
@@ -87,10 +89,7 @@ TEST(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage) {
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
   pool.give_back(*a, 10);
@@ -115,10 +114,7 @@ TEST(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
   pool.give_back(*a + 4, 6);  // shrunk to four of the chunk's nine slots
@@ -150,10 +146,7 @@ TEST(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, ARunHoldingWholeChunksRelocatesWithTheSameBytesAndOneSharingAChunkIsRefused) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, ARunHoldingWholeChunksRelocatesWithTheSameBytesAndOneSharingAChunkIsRefused) {
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
   write(c.door, pool, *a, 10, 21);
@@ -179,10 +172,7 @@ TEST(Chunks, ARunHoldingWholeChunksRelocatesWithTheSameBytesAndOneSharingAChunkI
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, ARunGrowsInPlaceOverAChunksFreeSlots) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, ARunGrowsInPlaceOverAChunksFreeSlots) {
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
   pool.give_back(*a + 3, 7);  // shrunk to three pages
@@ -196,10 +186,7 @@ TEST(Chunks, ARunGrowsInPlaceOverAChunksFreeSlots) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, AChunkThatCannotBeHadFallsBackToPagesAndAFailedMapUnwindsIt) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, AChunkThatCannotBeHadFallsBackToPagesAndAFailedMapUnwindsIt) {
   c.faults->fail_nth(DriverOp::create_page, 1);
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok()) << a.error().to_string();
@@ -228,10 +215,7 @@ TEST(Chunks, AChunkThatCannotBeHadFallsBackToPagesAndAFailedMapUnwindsIt) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(Chunks, AChunkWhoseReleaseFailsIsKeptAndReleasedLater) {
-  ChunkPool c(64);
-  PagePool& pool = c.pool;
-  ASSERT_TRUE(pool.init(256).ok());
+TEST_F(Chunks, AChunkWhoseReleaseFailsIsKeptAndReleasedLater) {
   auto a = pool.take_run(10, 1);
   ASSERT_TRUE(a.ok());
   pool.give_back(*a, 10);
