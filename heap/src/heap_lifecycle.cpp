@@ -111,6 +111,8 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: address_space_factor must be within [2, 64]");
   if (config.chunk_min_pages == 1 || config.chunk_min_pages > (std::size_t{1} << 20))
     return make_error(Errc::invalid_argument, "Heap::create: chunk_min_pages must be 0 (off) or within [2, 1048576]");
+  if (config.chunk_miss_pages == 1 || config.chunk_miss_pages > (std::size_t{1} << 20))
+    return make_error(Errc::invalid_argument, "Heap::create: chunk_miss_pages must be 0 (off) or within [2, 1048576]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
   core->config.capacity = pages * detail::kPageSize;
   core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes
@@ -118,6 +120,7 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
                                                                         : std::size_t{2} << 20;
   const std::size_t slots = std::max<std::size_t>(pages * config.address_space_factor, 64);
   VALET_TRY(core->pool.init(slots));
+  core->pool.set_chunk_miss_pages(std::uint32_t(config.chunk_miss_pages));
   core->pool.set_chunk_min_pages(std::uint32_t(config.chunk_min_pages));
   auto stream = core->backend->create_stream();
   if (!stream.ok()) {

@@ -131,7 +131,8 @@ Status PagePool::release(std::uint32_t p) {
   return {};
 }
 
-Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve, std::uint32_t chunk_end) {
+Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve, std::uint32_t chunk_end,
+                          std::uint32_t chunk_min) {
   // Gather n created, unmapped pages: idle ones, then pages moved out of the reserve (one unmap
   // per reserve range), then new ones. Every step leaves the pool consistent if a later one fails.
   while (from_reserve && idle_.size() < n && !reserve_.empty()) {
@@ -150,7 +151,8 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
   const std::uint32_t lo = start + std::uint32_t(std::min<std::size_t>(idle_.size(), n));
   const std::uint32_t hi = std::min(start + n, chunk_end);
   std::uint32_t chunk = 0;
-  if (chunk_min_pages_ > 0 && hi >= lo + std::max<std::uint32_t>(chunk_min_pages_, 2) && map_new_chunk(lo, hi - lo).ok())
+  const std::uint32_t least = chunk_min > 0 ? chunk_min : chunk_min_pages_;
+  if (least > 0 && hi >= lo + std::max<std::uint32_t>(least, 2) && map_new_chunk(lo, hi - lo).ok())
     chunk = hi - lo;
   auto unwind = [&](std::uint32_t upto) {  // unmaps what is mapped of [start, upto) and the chunk
     if (chunk == 0 || upto <= lo) {
@@ -218,6 +220,17 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   if (auto s = mapped.take_best_fit(n)) {
     set_kind(*s, n, SlotKind::large, owner);
     return *s;
+  }
+  // Chunked misses: a new chunk for the body (five calls: two creates, two maps, one access
+  // grant) rather than reserve pages moved one by one, within the peak bound.
+  if (chunk_miss(n - 1)) {
+    if (auto s = unmapped_.take_best_fit(n)) {
+      if (back_run(*s, n, false, body_end(*s, n), chunk_miss_pages_).ok()) {
+        set_kind(*s, n, SlotKind::large, owner);
+        return *s;
+      }
+      unmapped_.insert(*s, n);  // back_run unwound its part; the usual way below
+    }
   }
   // No reserve run is long enough: grow one in place where free slots surround it, so that only
   // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
@@ -303,7 +316,8 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
                                                std::to_string(available_pages()) + " free");
   // The body around reserve pages where free slots allow, as take_run does, its last slot an
   // unmapped one: only the shared page and the body's missing pages are mapped.
-  if (auto w = n > 1 ? best_window(n, true) : std::nullopt) {
+  const bool new_body = n > 1 && chunk_miss(n - 1);  // chunked misses: the body a new chunk
+  if (auto w = n > 1 && !new_body ? best_window(n, true) : std::nullopt) {
     const std::uint32_t last = w->start + n - 1;
     if (slots_[last].kind == SlotKind::dropping) (void)unmap_dropped(last);
     if (unmapped_.take_exact(last, 1)) {
@@ -325,7 +339,7 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
   if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   const std::uint32_t last = *start + n - 1;
   if (n > 1) {
-    if (auto st = back_run(*start, n - 1, true, last); !st.ok()) {
+    if (auto st = back_run(*start, n - 1, !new_body, last, new_body ? chunk_miss_pages_ : 0); !st.ok()) {
       unmapped_.insert(*start, n);  // back_run unwound its part
       return st.error();
     }

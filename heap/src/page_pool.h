@@ -126,6 +126,12 @@ class PagePool {
   // Chunks (page_pool_chunks.cpp). Runs backed with new pages create one chunk for the new
   // pages when there are at least `pages` of them (0: never).
   void set_chunk_min_pages(std::uint32_t pages) { chunk_min_pages_ = pages; }
+  // Chunked misses (Config::chunk_miss_pages): a large run that no mapped run serves, whose body
+  // has at least `pages` pages, is backed by new pages (its body one chunk) instead of reserve
+  // pages moved there, while created pages stay within the ceiling set before each placement
+  // (set_create_ceiling; the heap's peak bound). 0: off.
+  void set_chunk_miss_pages(std::uint32_t pages) { chunk_miss_pages_ = pages; }
+  void set_create_ceiling(std::size_t pages) { create_ceiling_ = pages; }
   bool in_chunk(std::uint32_t s) const { return slots_[s].phys != kNoPhys && phys_[slots_[s].phys].chunk(); }
   // A chunk mapped in [start, start+n) reaches beyond it.
   bool cuts_chunk(std::uint32_t start, std::uint32_t n) const;
@@ -390,7 +396,14 @@ class PagePool {
   // New pages go into one chunk at the run's end when there are chunk_min_pages_ of them and
   // the chunk ends at or before `chunk_end` (a large object's last slot stays a page of its own,
   // for a shared tail); 0: no chunk.
-  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0);
+  // `chunk_min`: the chunk's least size instead of chunk_min_pages_ (0: chunk_min_pages_).
+  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0,
+                  std::uint32_t chunk_min = 0);
+  // Chunked misses: a body of `body` pages may be new pages (see set_chunk_miss_pages).
+  bool chunk_miss(std::uint32_t body) const {
+    return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && capacity_pages_ - created_ >= body + 1 &&
+           created_ + body + 1 <= create_ceiling_;
+  }
   // A fresh virtual run of n slots backed by pages (reserve pages moved there, idle, new).
   Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
   // A large object's body: the slots before its last one.
@@ -420,6 +433,8 @@ class PagePool {
   std::vector<std::uint32_t> idle_chunks_;  // chunks unmapped whose release failed
   std::size_t idle_chunk_pages_ = 0;
   std::uint32_t chunk_min_pages_ = 0;
+  std::uint32_t chunk_miss_pages_ = 0;
+  std::size_t create_ceiling_ = ~std::size_t{0};
   std::size_t chunk_pages_ = 0, chunks_ = 0;  // created chunks and their pages
   std::size_t chunks_created_ = 0;            // since the pool began
   RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock

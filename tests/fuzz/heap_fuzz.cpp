@@ -396,6 +396,7 @@ void FuzzRun::run() {
   config.reserve_low_pages = (shape >> 1) & 3;
   config.reserve_high_pages = config.reserve_low_pages + ((shape >> 3) & 7);
   config.chunk_min_pages = (shape & 0x80) ? 2 : 0;  // chunks of any size, or none
+  config.chunk_miss_pages = (shape & 0x80) && (shape & 0x08) ? 2 : 0;  // and misses chunked, half the time
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();

@@ -36,6 +36,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   Config config;
   config.capacity = o.capacity;
   config.chunk_min_pages = o.chunk_min_pages;
+  config.chunk_miss_pages = o.chunk_miss_pages;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

@@ -31,6 +31,9 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_flag("--faults", o.faults, "inject backend failures (create_page, map, set_access, copy)");
   app.add_option("--chunk-min-pages", o.chunk_min_pages,
                  "Config::chunk_min_pages: new pages of a large run made as one chunk from this many (0: never)");
+  app.add_option("--chunk-miss-pages", o.chunk_miss_pages,
+                 "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for its body "
+                 "from this many pages (0: off)");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

@@ -25,6 +25,7 @@ struct StressOptions {
   bool faults = false;
   double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
   std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
+  std::size_t chunk_miss_pages = Config{}.chunk_miss_pages;  // of the heap
   bool smoke = false;
   bool json = false;
 };

@@ -46,6 +46,16 @@ struct Config {
   // close size only, outside the reserve's budget, and the chunk goes back to the backend as
   // soon as none of its pages is in use (docs/speed.md, "Session 22"). 0: pages one by one.
   std::size_t chunk_min_pages = 16;
+  // Chunked misses: a large object that finds no mapped run of its size, whose body (the pages
+  // before its last) has at least this many pages, gets a new chunk for its body rather than
+  // reserve pages moved and mapped one by one (a layout miss: the reserve holds the pages, not in
+  // one run), as long as created memory stays within reserve_peak_ratio x the recent peak of the
+  // live bytes; above that it takes the reserve's pages as before. Fewer calls and a lower alloc
+  // p99, but each such object's chunk is created and released on the caller's thread, so frees
+  // cost more and an allocation pattern that reuses freed runs at once (KV caches reallocated
+  // every token) pays a chunk per allocation at the median (docs/speed.md, "Session 23").
+  // 0: off.
+  std::size_t chunk_miss_pages = 0;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

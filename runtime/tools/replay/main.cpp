@@ -56,6 +56,7 @@ struct Arguments {
   std::optional<double> reserve_fraction, reserve_peak_ratio;
   std::optional<std::size_t> thread_cache_bytes;
   std::optional<std::size_t> chunk_min_pages;
+  std::optional<std::size_t> chunk_miss_pages;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -118,6 +119,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Config::thread_cache_bytes: small frees a thread keeps for its next allocations (0: none)");
   app.add_option("--chunk-min-pages", args.chunk_min_pages,
                  "Config::chunk_min_pages: new pages of a large run created as one chunk from this many (0: page by page)");
+  app.add_option("--chunk-miss-pages", args.chunk_miss_pages,
+                 "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for a body of "
+                 "this many pages and more, within the peak bound (0: off)");
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -168,6 +172,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.reserve_peak_ratio) config.reserve_peak_ratio = *args.reserve_peak_ratio;
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
+  if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments
