@@ -75,6 +75,8 @@ HeapStats Heap::stats() const {
   s.ops = c.ops;
   s.ops.pin = c.pin_count.load(std::memory_order_relaxed);
   const DriverCallCounts calls = c.backend->totals();
+  const detail::KeeperLockWaits waits = c.keeper.lock_waits();
+  s.keeper = {waits.batches, waits.wait_ns, waits.longest_ns, waits.over_1ms};
   s.driver_calls.create = calls[DriverOp::create_page];
   s.driver_calls.release = calls[DriverOp::release_page];
   s.driver_calls.map = calls[DriverOp::map];

@@ -105,7 +105,7 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
   if (batch.empty()) return false;
   lock.unlock();
   pool_.release_calls(batch);
-  lock.lock();
+  relock(lock);
   return pool_.finish_release(batch).ok();
 }
 
@@ -136,12 +136,26 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   return true;
 }
 
+void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
+  if (std::this_thread::get_id() != thread_.get_id()) {  // a freeing thread's own trim
+    lock.lock();
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  lock.lock();
+  const auto ns = std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+  ++waits_.batches;
+  waits_.wait_ns += ns;
+  waits_.longest_ns = std::max(waits_.longest_ns, ns);
+  if (ns > 1'000'000) ++waits_.over_1ms;
+}
+
 bool ReserveKeeper::provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t) {
   auto batch = pool_.begin_provision(t.frontier, t.may_create, kBatchPages);
   if (batch.empty()) return false;
   lock.unlock();
   pool_.provision_calls(batch);
-  lock.lock();
+  relock(lock);
   const bool whole = batch.mapped == batch.length;
   pool_.finish_provision(batch);
   return whole;
@@ -152,7 +166,7 @@ bool ReserveKeeper::drop_aliases(std::unique_lock<HeapMutex>& lock) {
   if (batch.empty()) return false;
   lock.unlock();
   pool_.drop_calls(batch);
-  lock.lock();
+  relock(lock);
   pool_.finish_drops(batch);
   return true;
 }

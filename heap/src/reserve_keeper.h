@@ -53,6 +53,16 @@ struct ReserveTargets {
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };
 
+// The keeper thread's waits to take the heap lock back after a batch's driver calls (made
+// without it): while a caller holds the lock, e.g. mapping pages for a placement, the keeper's
+// next batch waits (docs/speed.md, "Session 23").
+struct KeeperLockWaits {
+  std::uint64_t batches = 0;        // reacquisitions counted
+  std::uint64_t wait_ns = 0;        // their total wait
+  std::uint64_t longest_ns = 0;
+  std::uint64_t over_1ms = 0;       // waits longer than a millisecond
+};
+
 class ReserveKeeper {
  public:
   // `on_wake` runs under the heap lock each time the thread wakes, before the reserve is kept
@@ -96,6 +106,11 @@ class ReserveKeeper {
     if (--paused_ == 0 && thread_.joinable()) wake();
   }
   ReserveTargets targets();
+  // Requires the heap lock.
+  KeeperLockWaits lock_waits() const {
+    mu_.assert_held();
+    return waits_;
+  }
 
   // Watermarks and budget are sane; a stopped keeper has no thread.
   Status validate() const;
@@ -107,6 +122,8 @@ class ReserveKeeper {
   void keep(std::unique_lock<HeapMutex>& lock);
   bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages);
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
+  // Takes the heap lock back after a batch's calls; on the keeper's thread, the wait is counted.
+  void relock(std::unique_lock<HeapMutex>& lock);
 
   HeapMutex& mu_;
   PagePool& pool_;
@@ -120,6 +137,7 @@ class ReserveKeeper {
   bool wanted_ = false;  // under mu
   bool drops_wanted_ = false;  // under mu: woken for queued alias drops alone
   int paused_ = 0;       // under mu
+  KeeperLockWaits waits_;  // under mu
 };
 
 // Pauses the keeper for a scope (the out-of-memory path's retry). Constructed and destroyed

@@ -2,7 +2,10 @@
 // and the reserve keeper over a page pool.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "heap_test_util.h"
@@ -11,6 +14,7 @@
 #include "reserve_keeper.h"
 #include "slabs.h"
 #include "tail_links.h"
+#include "valet/backend_adaptor.h"
 #include "valet/runtime.h"
 
 namespace valet::detail {
@@ -170,6 +174,79 @@ TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
   keeper.stop();
   EXPECT_GT(wakes, 0);
   std::lock_guard lock(mu);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A door whose map calls stop at a gate while it is armed, until the test opens it.
+class GatedBackend final : public BackendAdaptor {
+ public:
+  explicit GatedBackend(std::unique_ptr<Backend> inner) : BackendAdaptor(std::move(inner)) {}
+  void arm() { armed_ = true; }
+  bool wait_entered() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_; });
+  }
+  void open() {
+    std::lock_guard lock(mu_);
+    armed_ = false;
+    cv_.notify_all();
+  }
+
+ protected:
+  Status before(DriverOp op) override {
+    if (op != DriverOp::map || !armed_) return {};
+    std::unique_lock lock(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !armed_.load(); });
+    return {};
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> armed_{false};
+  bool entered_ = false;
+};
+
+TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterABatch) {
+  GatedBackend door(test::open_host_backend(64u << 20));
+  PagePool pool(door, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  HeapMutex mu;
+  Config config;
+  config.reserve_low_pages = 4;
+  config.reserve_high_pages = 8;
+  const std::int64_t live_bytes = 0;
+  Demand demand{1'000'000'000};
+  ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
+  keeper.start();
+  door.arm();
+  {
+    std::lock_guard lock(mu);
+    keeper.want_refill();
+  }
+  // The keeper is mapping its batch without the lock; this thread takes the lock and holds it
+  // for 30 ms after letting the map through: the keeper's booking waits that long.
+  ASSERT_TRUE(door.wait_entered()) << "the keeper made no map";
+  {
+    std::lock_guard lock(mu);
+    door.open();
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  auto reserve = [&] {
+    std::lock_guard lock(mu);
+    return pool.reserve_pages();
+  };
+  for (int i = 0; i < 500 && reserve() < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  keeper.stop();
+  std::lock_guard lock(mu);
+  const KeeperLockWaits w = keeper.lock_waits();
+  EXPECT_GE(w.batches, 1u);
+  EXPECT_GE(w.longest_ns, 25'000'000u) << "the wait behind the lock holder was not counted";
+  EXPECT_GE(w.over_1ms, 1u);
+  EXPECT_GE(w.wait_ns, w.longest_ns);
   EXPECT_TRUE(pool.validate().ok());
   EXPECT_TRUE(pool.destroy().ok());
 }

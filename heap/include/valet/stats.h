@@ -133,6 +133,11 @@ struct HeapStats {
   struct DriverCalls {
     std::uint64_t create = 0, release = 0, map = 0, unmap = 0, set_access = 0, copy = 0;
   } driver_calls;
+  // The background reserve keeper's waits to take the heap lock back after each batch of driver
+  // calls it made without it (callers holding the lock meanwhile delay its work).
+  struct Keeper {
+    std::uint64_t batches = 0, lock_wait_ns = 0, longest_lock_wait_ns = 0, lock_waits_over_1ms = 0;
+  } keeper;
   CompactionTotals compaction;
   std::vector<CompactionRecord> recent_cycles;  // newest last
 };

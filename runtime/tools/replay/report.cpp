@@ -97,6 +97,10 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["objects_moved"] = r.objects_moved;
   j["pages_freed"] = r.pages_freed;
   j["chunks_created"] = r.chunks_created;
+  j["keeper"] = {{"batches", r.keeper.batches},
+                 {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
+                 {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},
+                 {"lock_waits_over_1ms", r.keeper.lock_waits_over_1ms}};
   j["pages_meshed"] = r.pages_meshed;
   j["bytes_meshed"] = r.bytes_meshed;
   j["compactor"] = compactor_json(r);
