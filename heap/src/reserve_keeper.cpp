@@ -21,6 +21,9 @@ constexpr std::chrono::milliseconds kPeriod{20};
 // Batches per wake: the keeper yields the lock between wakes.
 constexpr int kBatchesPerWake = 64;
 std::size_t pages_of(std::uint64_t bytes) { return std::size_t((bytes + kPageBytes - 1) / kPageBytes); }
+// Set on a keeper's own thread (its loop), where relock counts waits: not thread_, which start()
+// assigns while the thread may already run.
+thread_local bool t_keeper_thread = false;
 }  // namespace
 
 ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::int64_t& live_bytes,
@@ -137,7 +140,7 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
 }
 
 void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
-  if (std::this_thread::get_id() != thread_.get_id()) {  // a freeing thread's own trim
+  if (!t_keeper_thread) {  // a freeing thread's own trim
     lock.lock();
     return;
   }
@@ -188,6 +191,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
 }
 
 void ReserveKeeper::loop() {
+  t_keeper_thread = true;
   std::unique_lock lock(mu_);
   auto kept = std::chrono::steady_clock::now();
   while (!stop_) {
