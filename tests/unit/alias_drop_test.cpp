@@ -18,12 +18,6 @@
 namespace valet::detail {
 namespace {
 
-#define EXPECT_POOL_VALID(pool)                                  \
-  do {                                                           \
-    const Status st_ = (pool).validate();                        \
-    EXPECT_TRUE(st_.ok()) << st_.error().to_string();            \
-  } while (0)
-
 TEST(DeferredAliasDrops, AnAliasWaitsMappedAndItsPageIsNotReleasedMeanwhile) {
   auto backend = test::open_host_backend(64u << 20);
   ASSERT_TRUE(backend);
@@ -42,7 +36,7 @@ TEST(DeferredAliasDrops, AnAliasWaitsMappedAndItsPageIsNotReleasedMeanwhile) {
   EXPECT_EQ(pool.slot(*alias).kind, SlotKind::dropping);
   EXPECT_EQ(pool.queued_drops(), 1u);
   EXPECT_EQ(pool.live_mappings_of(*own), 1u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   auto still = backend->verify_pattern(std::vector<PatternRange>{{pool.address(*alias), kPageBytes, 11}}, Stream{});
   ASSERT_TRUE(still.ok());
   EXPECT_EQ(*still, 0u) << "the alias must stay mapped until its drop";
@@ -54,7 +48,7 @@ TEST(DeferredAliasDrops, AnAliasWaitsMappedAndItsPageIsNotReleasedMeanwhile) {
   pool.release_calls(trim);
   EXPECT_TRUE(pool.finish_release(trim).ok());
   EXPECT_EQ(pool.created_pages(), created);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   // Queued work holds the alias: the drop batch leaves it queued.
   const std::uint32_t a = *alias;
   pool.hold(std::span(&a, 1));
@@ -63,23 +57,23 @@ TEST(DeferredAliasDrops, AnAliasWaitsMappedAndItsPageIsNotReleasedMeanwhile) {
   pool.finish_drops(held);
   EXPECT_EQ(pool.queued_drops(), 1u);
   EXPECT_EQ(pool.slot(a).kind, SlotKind::dropping);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   pool.unhold(std::span(&a, 1));
   // The next batch unmaps it; then the trim may release the page.
   auto drops = pool.begin_drops();
-  EXPECT_POOL_VALID(pool);  // in flight
+  EXPECT_VALID(pool);  // in flight
   pool.drop_calls(drops);
   pool.finish_drops(drops);
   EXPECT_EQ(pool.queued_drops(), 0u);
   EXPECT_EQ(pool.slot(a).kind, SlotKind::unmapped);
   EXPECT_EQ(pool.mappings_of(*own), 1u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   auto trim2 = pool.begin_release(0, 64, true);
   EXPECT_FALSE(trim2.empty());
   pool.release_calls(trim2);
   EXPECT_TRUE(pool.finish_release(trim2).ok());
   EXPECT_EQ(pool.created_pages(), created - 1);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
@@ -100,13 +94,13 @@ TEST(DeferredAliasDrops, APageOnlyADroppingAliasMapsBecomesIdleWhenItGoes) {
   pool.commit_remap(plan);
   EXPECT_EQ(pool.pages_only_dropping(), 1u);
   EXPECT_EQ(pool.idle_pages(), 0u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   auto drops = pool.begin_drops();
   pool.drop_calls(drops);
   pool.finish_drops(drops);
   EXPECT_EQ(pool.pages_only_dropping(), 0u);
   EXPECT_EQ(pool.idle_pages(), 1u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
@@ -144,7 +138,7 @@ TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
   EXPECT_EQ(pool.queued_drops(), 0u);
   EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::large);
   EXPECT_EQ(pool.live_mappings_of(*s), 2u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   pool.give_back(at, 2);
   ASSERT_TRUE(pool.drop_alias(at + 2).ok());
   // Another slab page: the same run, its last slot remapped (unmap, map, access).
@@ -159,7 +153,7 @@ TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
   }
   EXPECT_EQ(pool.mappings_of(*s), 1u);
   EXPECT_EQ(pool.mappings_of(*t), 2u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   // The last slot shows the other page's bytes.
   auto differ = counting.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 22}}, Stream{});
   ASSERT_TRUE(differ.ok());
@@ -183,7 +177,7 @@ TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
   pool.finish_drops(drops);
   EXPECT_EQ(pool.queued_drops(), 1u);
   EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::dropping);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   auto same = faults.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 31}}, Stream{});
   ASSERT_TRUE(same.ok());
   EXPECT_EQ(*same, 0u);
@@ -198,7 +192,7 @@ TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
   EXPECT_EQ(pool.queued_drops(), 0u);
   EXPECT_EQ(pool.mappings_of(*t), 2u);
   EXPECT_EQ(pool.mappings_of(*s), 1u);
-  EXPECT_POOL_VALID(pool);
+  EXPECT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 

@@ -12,12 +12,6 @@
 namespace valet::detail {
 namespace {
 
-#define ASSERT_POOL_VALID(p)                                   \
-  do {                                                         \
-    auto v_ = (p).validate();                                  \
-    ASSERT_TRUE(v_.ok()) << v_.error().to_string();            \
-  } while (0)
-
 // 64 pages over an arena of 256 slots, chunks from four new pages, misses chunked from a body of
 // four pages. SetUp leaves the reserve in two runs of three pages, an object between them: six
 // reserve pages, no run of more than three.
@@ -62,10 +56,10 @@ TEST_F(ChunkMisses, ALayoutMissGetsANewChunkForItsBodyAndLeavesTheReserveAsItWas
   EXPECT_EQ(pool.chunks(), 1u);
   for (std::uint32_t s = *run; s < *run + 5; ++s) EXPECT_TRUE(pool.in_chunk(s));
   EXPECT_FALSE(pool.in_chunk(*run + 5)) << "the last slot stays a page of its own";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(door, pool, *run, 6, 21));
   pool.give_back(*run, 6);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
 }
 
 TEST_F(ChunkMisses, AtTheCeilingTheMissTakesTheReservesPagesAsBefore) {
@@ -76,7 +70,7 @@ TEST_F(ChunkMisses, AtTheCeilingTheMissTakesTheReservesPagesAsBefore) {
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_GE(scope.made()[DriverOp::unmap], 1u) << "reserve pages were moved into the run";
   EXPECT_LT(pool.reserve_pages(), 6u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(door, pool, *run, 6, 22));
   pool.give_back(*run, 6);
 }
@@ -92,7 +86,7 @@ TEST_F(ChunkMisses, OffOrUnderTheThresholdTheMissTakesTheReservesPages) {
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(pool.chunks(), 0u);
   pool.give_back(*b, 7);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
 }
 
 TEST_F(ChunkMisses, ASharedTailsBodyIsOneNewChunkAndItsLastSlotMapsTheSlabPage) {
@@ -108,12 +102,12 @@ TEST_F(ChunkMisses, ASharedTailsBodyIsOneNewChunkAndItsLastSlotMapsTheSlabPage) 
   EXPECT_EQ(pool.reserve_pages(), reserve);
   for (std::uint32_t s = *run; s < *run + 5; ++s) EXPECT_TRUE(pool.in_chunk(s));
   EXPECT_EQ(pool.mappings_of(*run + 5), 2u) << "the last slot maps the slab page's page";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(door, pool, *run, 5, 23));
   pool.give_back(*run, 5);
   ASSERT_TRUE(pool.drop_alias(*run + 5).ok());
   pool.give_back(*slab, 1);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
 }
 
 // Through the heap: the ceiling is reserve_peak_ratio x the recent live peak.

@@ -38,12 +38,6 @@ class Chunks : public ::testing::Test {
   PagePool& pool = c.pool;
 };
 
-#define ASSERT_POOL_VALID(p)                                   \
-  do {                                                         \
-    auto v_ = (p).validate();                                  \
-    ASSERT_TRUE(v_.ok()) << v_.error().to_string();            \
-  } while (0)
-
 bool bytes_hold(Backend& b, const PagePool& pool, std::uint32_t slot, std::uint32_t n, std::uint64_t seed) {
   const PatternRange r{pool.address(slot), std::size_t(n) * kPageBytes, seed};
   auto differ = b.verify_pattern({&r, 1}, Stream{});
@@ -69,7 +63,7 @@ TEST_F(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLa
   EXPECT_EQ(pool.created_pages(), 10u);
   for (std::uint32_t s = *run; s < *run + 9; ++s) EXPECT_TRUE(pool.in_chunk(s));
   EXPECT_FALSE(pool.in_chunk(*run + 9)) << "the last slot stays a page of its own (a shared tail's)";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *run, 10, 7));
   pool.give_back(*run, 10);
   EXPECT_TRUE(pool.destroy().ok());
@@ -83,7 +77,7 @@ TEST_F(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
   auto off = pool.take_run(20, 2);
   ASSERT_TRUE(off.ok());
   EXPECT_EQ(pool.chunks(), 0u) << "chunks switched off";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   pool.give_back(*run, 4);
   pool.give_back(*off, 20);
   EXPECT_TRUE(pool.destroy().ok());
@@ -96,7 +90,7 @@ TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage)
   EXPECT_EQ(pool.chunk_reserve_pages(), 9u);
   EXPECT_EQ(pool.reserve_pages(), 1u) << "the chunk reserve is outside the reserve's count";
   EXPECT_TRUE(pool.free_chunk_waits());
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   auto slab = pool.take_page(SlotKind::slab, 3);
   ASSERT_TRUE(slab.ok());
   EXPECT_FALSE(pool.in_chunk(*slab)) << "a slab page (meshed and remapped alone) on a chunk's slot";
@@ -106,11 +100,11 @@ TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage)
   EXPECT_EQ(scope.made().total(), 0u) << "the chunk's free slots were mapped already";
   EXPECT_TRUE(pool.in_chunk(*b));
   EXPECT_EQ(pool.chunk_reserve_pages(), 1u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 8, 9));
   pool.give_back(*b, 8);
   pool.give_back(*slab, 1);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
@@ -129,7 +123,7 @@ TEST_F(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   EXPECT_EQ(pool.chunks(), 1u) << "a chunk an object still uses went back";
   EXPECT_EQ(pool.chunk_reserve_pages(), 5u);
   EXPECT_EQ(pool.created_pages(), 9u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, b, 4, 11));
   pool.give_back(b, 4);
   ThreadDriverCalls scope(c.door);
@@ -142,7 +136,7 @@ TEST_F(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_EQ(pool.created_pages(), 0u);
   EXPECT_EQ(pool.reserve_pages(), 0u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
@@ -158,16 +152,16 @@ TEST_F(Chunks, ARunHoldingWholeChunksRelocatesWithTheSameBytesAndOneSharingAChun
   EXPECT_TRUE(bytes_hold(c.door, pool, *moved, 10, 21)) << "the bytes did not move with their pages";
   EXPECT_TRUE(pool.in_chunk(*moved));
   EXPECT_EQ(pool.slot(*a).kind, SlotKind::unmapped);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   // Shrunk to 5 pages: the chunk's other slots are free, so the run cannot move without them.
   pool.give_back(*moved + 5, 7);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(pool.cuts_chunk(*moved, 5));
   auto refused = pool.relocate_run(*moved, 5, 8, 1);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().code, Errc::unsupported);
   EXPECT_TRUE(bytes_hold(c.door, pool, *moved, 5, 21));
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   pool.give_back(*moved, 5);
   EXPECT_TRUE(pool.destroy().ok());
 }
@@ -181,7 +175,7 @@ TEST_F(Chunks, ARunGrowsInPlaceOverAChunksFreeSlots) {
   ASSERT_TRUE(grown.ok() && *grown);
   EXPECT_EQ(scope.made().total(), 0u);
   EXPECT_EQ(pool.chunk_reserve_pages(), 1u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   pool.give_back(*a, 8);
   EXPECT_TRUE(pool.destroy().ok());
 }
@@ -192,23 +186,23 @@ TEST_F(Chunks, AChunkThatCannotBeHadFallsBackToPagesAndAFailedMapUnwindsIt) {
   ASSERT_TRUE(a.ok()) << a.error().to_string();
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_EQ(pool.created_pages(), 10u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   // The chunk is mapped first; the last page's map fails: everything made is given back.
   c.faults->fail_nth(DriverOp::map, 2);
   auto b = pool.take_run(10, 2);
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_LE(pool.created_pages(), 11u) << "only the page made for the last slot may stay, idle";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   c.faults->fail_nth(DriverOp::set_access, 1);
   b = pool.take_run(10, 2);
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(pool.chunks(), 0u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   b = pool.take_run(10, 2);
   ASSERT_TRUE(b.ok()) << b.error().to_string();
   EXPECT_EQ(pool.chunks(), 1u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 10, 5));
   pool.give_back(*a, 10);
   pool.give_back(*b, 10);
@@ -225,11 +219,11 @@ TEST_F(Chunks, AChunkWhoseReleaseFailsIsKeptAndReleasedLater) {
   EXPECT_FALSE(pool.finish_release(batch).ok());
   EXPECT_EQ(pool.chunks(), 1u);
   EXPECT_EQ(pool.reserve_pages(), 10u) << "the unreleased chunk counts as idle reserve";
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   ASSERT_TRUE(pool.release_free_chunks().ok());
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_EQ(pool.created_pages(), 1u);
-  ASSERT_POOL_VALID(pool);
+  ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
 

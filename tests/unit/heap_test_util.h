@@ -137,10 +137,16 @@ inline std::vector<Kept> fragment(Heap& heap, std::size_t count, std::size_t byt
   return kept;
 }
 
+// validate() of a heap or of one of its parts (a page pool) passes; ASSERT_VALID ends the test.
 #define EXPECT_VALID(heap)                                  \
   do {                                                      \
     auto valid_ = (heap).validate();                        \
     EXPECT_TRUE(valid_.ok()) << valid_.error().to_string(); \
+  } while (0)
+#define ASSERT_VALID(heap)                                  \
+  do {                                                      \
+    auto valid_ = (heap).validate();                        \
+    ASSERT_TRUE(valid_.ok()) << valid_.error().to_string(); \
   } while (0)
 
 // The host backend beneath a heap opened on it (tests that delay its streams or count its pages).
