@@ -188,13 +188,14 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
   return {};
 }
 
-Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner) {
+Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner, bool from_reserve,
+                                           std::uint32_t chunk_min) {
   if (available_pages() < n)
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n) + " pages, " +
                                                std::to_string(available_pages()) + " free within the capacity");
   auto s = unmapped_.take_best_fit(n);
   if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
-  if (auto st = back_run(*s, n, true, kind == SlotKind::large ? body_end(*s, n) : 0); !st.ok()) {
+  if (auto st = back_run(*s, n, from_reserve, kind == SlotKind::large ? body_end(*s, n) : 0, chunk_min); !st.ok()) {
     unmapped_.insert(*s, n);
     return st.error();
   }
@@ -223,15 +224,9 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   }
   // Chunked misses: a new chunk for the body (five calls: two creates, two maps, one access
   // grant) rather than reserve pages moved one by one, within the peak bound.
-  if (chunk_miss(n - 1)) {
-    if (auto s = unmapped_.take_best_fit(n)) {
-      if (back_run(*s, n, false, body_end(*s, n), chunk_miss_pages_).ok()) {
-        set_kind(*s, n, SlotKind::large, owner);
-        return *s;
-      }
-      unmapped_.insert(*s, n);  // back_run unwound its part; the usual way below
-    }
-  }
+  // On failure (nothing changed), the usual way below.
+  if (chunk_miss(n - 1))
+    if (auto s = take_fresh(n, SlotKind::large, owner, false, chunk_miss_pages_); s.ok()) return s;
   // No reserve run is long enough: grow one in place where free slots surround it, so that only
   // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
   // a map and access again for each).

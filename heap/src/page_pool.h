@@ -404,8 +404,10 @@ class PagePool {
     return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && capacity_pages_ - created_ >= body + 1 &&
            created_ + body + 1 <= create_ceiling_;
   }
-  // A fresh virtual run of n slots backed by pages (reserve pages moved there, idle, new).
-  Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
+  // A fresh virtual run of n slots backed by pages (idle, reserve pages moved there when
+  // `from_reserve`, new; back_run's `chunk_min`).
+  Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner, bool from_reserve = true,
+                                   std::uint32_t chunk_min = 0);
   // A large object's body: the slots before its last one.
   static std::uint32_t body_end(std::uint32_t start, std::uint32_t n) { return start + n - 1; }
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);
