@@ -75,8 +75,7 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
     // Chunked misses create pages up to the peak bound the keeper keeps the reserve within,
     // this object counted as live.
     const std::uint64_t live = std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + bytes;
-    const std::uint64_t peak = std::max<std::uint64_t>(demand.live_peak.get(now_ns()), live);
-    pool.set_create_ceiling(std::size_t(config.reserve_peak_ratio * double((peak + kPageSize - 1) / kPageSize)));
+    pool.set_create_ceiling(keeper.peak_bound_pages(now_ns(), live));
   }
   // Its last page on a slab page's physical page, when one has the room (no page of its own).
   // This maps pages on the caller's thread (docs/speed.md says why it stays for now).

@@ -65,7 +65,7 @@ ReserveTargets ReserveKeeper::targets() {
   // What keeps mapped memory within ratio x the recent peak of the (ordinary) live bytes: as
   // live memory falls below its peak, the reserve keeps what the next allocations will likely
   // take back; near the peak, nothing beyond the watermark, whatever the pages in use waste.
-  const auto ceiling = std::size_t(config_.reserve_peak_ratio * double(pages_of(demand_.live_peak.get(now))));
+  const std::size_t ceiling = peak_bound_pages(now, 0);
   const std::size_t by_peak = ceiling > used ? ceiling - used : 0;
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
@@ -77,6 +77,11 @@ ReserveTargets ReserveKeeper::targets() {
   const std::size_t reserve = pool_.reserve_pages();
   t.may_create = t.limit > reserve ? t.limit - reserve : 0;
   return t;
+}
+
+std::size_t ReserveKeeper::peak_bound_pages(std::uint64_t now, std::uint64_t live_floor) const {
+  mu_.assert_held();
+  return std::size_t(config_.reserve_peak_ratio * double(pages_of(std::max(demand_.live_peak.get(now), live_floor))));
 }
 
 void ReserveKeeper::want_refill() {

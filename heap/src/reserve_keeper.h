@@ -106,6 +106,9 @@ class ReserveKeeper {
     if (--paused_ == 0 && thread_.joinable()) wake();
   }
   ReserveTargets targets();
+  // The peak bound in pages: reserve_peak_ratio x the recent peak of the ordinary live bytes, or
+  // of `live_floor` when that is more (an allocation counting itself live). Requires the heap lock.
+  std::size_t peak_bound_pages(std::uint64_t now, std::uint64_t live_floor) const;
   // Requires the heap lock.
   KeeperLockWaits lock_waits() const {
     mu_.assert_held();
