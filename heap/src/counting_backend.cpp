@@ -88,6 +88,12 @@ DriverCallCounts CountingBackend::totals() const {
   return c;
 }
 
+DriverCallCounts CountingBackend::under_lock() const {
+  DriverCallCounts c;
+  for (std::size_t i = 0; i < kDriverOpCount; ++i) c.by_op[i] = under_lock_[i].load(std::memory_order_relaxed);
+  return c;
+}
+
 DriverCallCounts CountingBackend::this_thread() const {
   const ThreadTally* t = find_tally(id_);
   return t ? t->counts : DriverCallCounts{};
@@ -96,6 +102,7 @@ DriverCallCounts CountingBackend::this_thread() const {
 Status CountingBackend::before(DriverOp op) {
   totals_[std::size_t(op)].fetch_add(1, std::memory_order_relaxed);
   ++tally_of(id_).counts.by_op[std::size_t(op)];
+  if (probe_ && probe_()) under_lock_[std::size_t(op)].fetch_add(1, std::memory_order_relaxed);
   return {};
 }
 

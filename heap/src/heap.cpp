@@ -53,8 +53,26 @@ std::size_t HeapCore::footprint_of(const Location& loc) const {
   return class_size(slabs.page(pool.slot(loc.page).owner)->cls);
 }
 
-Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
+Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n) {
+  if (auto s = pool.take_mapped_run(n, kNoOwner)) return *s;
+  // A miss: its driver calls run without the heap lock (page_pool.h, the place batch). A chunked
+  // miss first where allowed (on failure nothing changed), then the usual way.
+  auto attempt = [&](const PagePool::PlaceOptions& how) -> Result<std::uint32_t> {
+    auto batch = pool.begin_place(n, how);
+    if (!batch.ok()) return batch.error();
+    lock.unlock();
+    pool.place_calls(*batch);
+    lock.lock();
+    return pool.finish_place(*batch, kNoOwner);
+  };
+  if (auto how = pool.chunked_miss_options(n))
+    if (auto s = attempt(*how); s.ok()) return s;
+  return attempt(PagePool::PlaceOptions{});
+}
+
+Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes) {
   mu.assert_held();
+  constexpr std::uint32_t owner = kNoOwner;  // the caller names the owner once it has a handle
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     SlabPage* page = slabs.densest_with_room(cls);
@@ -80,7 +98,7 @@ Result<Location> HeapCore::place(std::size_t bytes, std::uint32_t owner) {
   // Its last page on a slab page's physical page, when one has the room (no page of its own).
   // This maps pages on the caller's thread (docs/speed.md says why it stays for now).
   if (auto loc = place_on_slab_page(bytes, n, owner)) return *loc;
-  auto run = pool.take_run(n, owner);
+  auto run = take_run(lock, n);
   if (!run.ok()) return run.error();
   want_refill();
   const Location loc{ObjectKind::large, *run, 0, n};
@@ -114,7 +132,7 @@ std::uint64_t HeapCore::cache_key(const Location& loc) const {
   return slabs.page(pool.slot(loc.page).owner)->cls;
 }
 
-std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner) {
+std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream) {
   // Large objects: any cached free of the same page count whose last page the new bytes fit,
   // not only one of the same size (PyTorch's tensor sizes rarely repeat exactly).
   const bool large = bytes > kMaxSlabObject;
@@ -123,30 +141,37 @@ std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream,
                                              [&](const Location& l) { return tail_fits(l, bytes); })
                       : releases.take_cached(stream, class_of(bytes));
   if (!cached) return std::nullopt;
-  const Location& loc = cached->loc;
-  if (large) reopen_tail(loc, bytes);
+  if (large) reopen_tail(cached->loc, bytes);
   // Its footprint was counted all along (a cached free holds its memory): the caller adds it again.
   footprint_bytes -= cached->footprint;
+  return cached->loc;
+}
+
+void HeapCore::set_owner(const Location& loc, std::uint32_t owner) {
   if (loc.kind == ObjectKind::slab)
     slabs.set_owner(slabs.page(pool.slot(loc.page).owner), loc.index, owner);
   else
     for (std::uint32_t k = 0; k < loc.pages; ++k) pool.slot(loc.page + k).owner = owner;
-  return loc;
 }
 
-Result<Handle> HeapCore::allocate_locked(std::size_t bytes, const Stream* stream, bool fixed) {
+Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std::size_t bytes, const Stream* stream,
+                                         bool fixed) {
   mu.assert_held();
-  std::uint32_t index;
-  if (!handles.acquire(index)) return make_error(Errc::out_of_memory, "the handle table is full");
   // Memory this stream freed is reused at once: the stream's own order puts the new user's work
   // after the old one's.
   const std::size_t used_before = pool.used_pages();  // the demand it is measured against (demand.h)
-  std::optional<Location> reused = stream ? reuse_cached(bytes, *stream, index) : std::nullopt;
-  auto loc = reused ? Result<Location>(*reused) : place(bytes, index);
-  if (!loc.ok()) {
-    handles.release(index);
-    return loc.error();
+  std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
+  // A placement may let the heap lock go for its driver calls: the object gets its handle after.
+  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes);
+  if (!loc.ok()) return loc.error();
+  std::uint32_t index = 0;
+  const bool shut_meanwhile = shut.load(std::memory_order_relaxed);
+  if (shut_meanwhile || !handles.acquire(index)) {
+    release_location(*loc);
+    return shut_meanwhile ? make_error(Errc::shut_down, "the heap was shut down")
+                          : make_error(Errc::out_of_memory, "the handle table is full");
   }
+  set_owner(*loc, index);
   HandleEntry* e = handles.get(index);
   e->set_size(bytes);
   e->loc = *loc;
@@ -253,14 +278,14 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   // the reserve's budget is given back at once, as the free would have done without a stream;
   // smaller returns are left to the keeper, so the reserve is not trimmed and refilled by turns.
   const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
-  auto h = allocate_locked(bytes, stream, fixed);
+  auto h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
   make_room(lock);
   if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
-  h = allocate_locked(bytes, stream, fixed);
+  h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok()) return h;
   ++ops.failed_allocations;
   return out_of_memory(bytes, h.error());

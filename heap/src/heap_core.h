@@ -120,11 +120,15 @@ struct HeapCore {
   // --- under mu ---
   // `stream`: the allocation's stream (a free cached for it may be reused); `fixed`: a fixed
   // object (allocate_fixed).
-  Result<Handle> allocate_locked(std::size_t bytes, const Stream* stream = nullptr, bool fixed = false);
+  // `lock` holds mu; a placement may release and retake it (take_run).
+  Result<Handle> allocate_locked(std::unique_lock<HeapMutex>& lock, std::size_t bytes, const Stream* stream = nullptr,
+                                 bool fixed = false);
   // A cached free of `stream` that takes `bytes` as a new placement would (the same slab class,
-  // or a large object of the same page count whose last page fits them), taken for handle
-  // `owner`; nullopt if none.
-  std::optional<Location> reuse_cached(std::size_t bytes, Stream stream, std::uint32_t owner);
+  // or a large object of the same page count whose last page fits them), unowned; nullopt if
+  // none.
+  std::optional<Location> reuse_cached(std::size_t bytes, Stream stream);
+  // Names `owner` (a handle index, or kNoOwner) as the owner of a location's slot or pages.
+  void set_owner(const Location& loc, std::uint32_t owner);
   // The key a free of `loc` is cached under (StreamReleases::cache).
   std::uint64_t cache_key(const Location& loc) const;
   // The public allocate and free (heap.cpp); `stream` may be null.
@@ -165,7 +169,11 @@ struct HeapCore {
   void wait_deferred(std::unique_lock<HeapMutex>& lock);
   // StreamReleases::flush, releasing the frees of streams that no longer exist.
   Status flush_stream_frees(std::unique_lock<HeapMutex>& lock, std::optional<Stream> only = std::nullopt);
-  Result<Location> place(std::size_t bytes, std::uint32_t owner);
+  // A new place for `bytes`, unowned (set_owner names its owner). A large run that no mapped
+  // run serves is mapped without the heap lock: `lock` (holding mu) is released and retaken
+  // meanwhile (take_run).
+  Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes);
+  Result<std::uint32_t> take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
   // Shared tails (tails.cpp). open_tail: offers a large object's last page to slab pages.

@@ -83,6 +83,7 @@ HeapStats Heap::stats() const {
   s.driver_calls.unmap = calls[DriverOp::unmap];
   s.driver_calls.set_access = calls[DriverOp::set_access];
   s.driver_calls.copy = calls[DriverOp::copy];
+  s.driver_calls.under_heap_lock = c.backend->under_lock().total();
   s.compaction = c.compaction;
   s.recent_cycles.assign(c.recent_cycles.begin(), c.recent_cycles.end());
   return s;

@@ -17,7 +17,9 @@ std::atomic<std::uint32_t> g_next_tag{1};
 
 HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_pages)
     : backend(std::make_unique<CountingBackend>(std::move(b))), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
-      pool(*backend, cap_pages) {}
+      pool(*backend, cap_pages) {
+  backend->set_lock_probe(&this_thread_holds_a_heap_lock);
+}
 
 Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling) {
   settling = nullptr;
@@ -171,8 +173,9 @@ Status Heap::shutdown() {
   lock.unlock();
   c.keeper.stop();
   lock.lock();
-  // A free still trimming the reserve without the lock finishes first.
-  while (c.pool.releasing_pages() > 0) {
+  // A free still trimming the reserve, or a placement mapping its run, without the lock
+  // finishes first (a placement then sees `shut` and gives its run back).
+  while (c.pool.releasing_pages() > 0 || c.pool.placements_in_flight() > 0) {
     lock.unlock();
     std::this_thread::yield();
     lock.lock();

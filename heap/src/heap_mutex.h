@@ -22,6 +22,11 @@
 
 namespace valet::detail {
 
+// Heap locks the calling thread holds (any heap's): the counting door asks it, so that driver
+// calls made under a heap lock are counted (stats().driver_calls.under_heap_lock).
+inline thread_local int t_heap_locks_held = 0;
+inline bool this_thread_holds_a_heap_lock() { return t_heap_locks_held > 0; }
+
 template <bool Checked>
 class BasicHeapMutex {
  public:
@@ -31,13 +36,16 @@ class BasicHeapMutex {
     owner_.before_lock(this);
     acquire();
     owner_.acquired(this);
+    ++t_heap_locks_held;
   }
   bool try_lock() {
     if (locked_.load(std::memory_order_relaxed) || locked_.exchange(true, std::memory_order_acquire)) return false;
     owner_.acquired(this);
+    ++t_heap_locks_held;
     return true;
   }
   void unlock() {
+    --t_heap_locks_held;
     owner_.released(this);
     locked_.store(false, std::memory_order_release);
     locked_.notify_one();

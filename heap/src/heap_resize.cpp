@@ -86,8 +86,13 @@ void add_slots(const Location& loc, std::vector<std::uint32_t>& out) {
 Status resize_by_copy(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std::uint32_t index, HandleEntry* e,
                       std::size_t bytes) {
   if (c.table_blocks_moves()) return make_error(Errc::pinned, "resize: the device handle table is pinned");
-  auto dest = c.place(bytes, detail::kNoOwner);
+  auto dest = c.place(lock, bytes);
   if (!dest.ok()) return dest.error();
+  // The placement may have let the lock go: the table may have been pinned meanwhile.
+  if (c.table_blocks_moves()) {
+    c.release_location(*dest);
+    return make_error(Errc::pinned, "resize: the device handle table is pinned");
+  }
   const bool slab = dest->kind == ObjectKind::slab;
   if (slab) ++c.in_transit;
   detail::CopyBatch batch;

@@ -211,31 +211,26 @@ Result<std::uint32_t> PagePool::take_page(SlotKind kind, std::uint32_t owner) {
   return take_fresh(1, kind, owner);
 }
 
-Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
-  // Mapped free slots first (no driver call): a chunk's when they fit closely, else the
-  // reserve's. Never a chunk's loosely: the object would keep the rest of the chunk from going
-  // back, and mapped for large objects only (docs/speed.md, "Session 22": on t1 that doubled the
-  // driver calls).
+std::optional<std::uint32_t> PagePool::take_mapped_run(std::uint32_t n, std::uint32_t owner) {
+  // A chunk's free slots when they fit closely, else the reserve's. Never a chunk's loosely: the
+  // object would keep the rest of the chunk from going back, and mapped for large objects only
+  // (docs/speed.md, "Session 22": on t1 that doubled the driver calls).
   const auto close_chunk = chunk_reserve_.best_fit(n);
   RangeSet& mapped = close_chunk && close_chunk->length - n <= n / 4 ? chunk_reserve_ : reserve_;
-  if (auto s = mapped.take_best_fit(n)) {
-    set_kind(*s, n, SlotKind::large, owner);
-    return *s;
-  }
+  auto s = mapped.take_best_fit(n);
+  if (s) set_kind(*s, n, SlotKind::large, owner);
+  return s;
+}
+
+Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
+  if (auto s = take_mapped_run(n, owner)) return *s;
   // Chunked misses: a new chunk for the body (five calls: two creates, two maps, one access
-  // grant) rather than reserve pages moved one by one, within the peak bound.
-  // On failure (nothing changed), the usual way below.
-  if (chunk_miss(n - 1))
-    if (auto s = take_fresh(n, SlotKind::large, owner, false, chunk_miss_pages_); s.ok()) return s;
-  // No reserve run is long enough: grow one in place where free slots surround it, so that only
-  // the missing pages are mapped (a fresh run would move every reserve page it takes: an unmap,
-  // a map and access again for each).
-  if (auto w = best_window(n)) {
-    auto grown = extend_run(w->start, n, owner);
-    if (!grown.ok()) return grown.error();
-    if (*grown) return w->start;
-  }
-  return take_fresh(n, SlotKind::large, owner);
+  // grant) rather than reserve pages moved one by one, within the peak bound. On failure
+  // (nothing changed), the usual way: a window grown around reserve pages, so that only the
+  // missing pages are mapped, else a fresh run.
+  if (auto how = chunked_miss_options(n))
+    if (auto s = place_now(n, *how, owner); s.ok()) return s;
+  return place_now(n, PlaceOptions{}, owner);
 }
 
 bool PagePool::unmap_dropped(std::uint32_t s) {
@@ -349,65 +344,15 @@ Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t own
 }
 
 Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner, std::uint32_t chunk_end) {
-  if (std::uint64_t(at) + n > slots_.size()) return false;
-  // Aliases waiting for the keeper inside the window are free slots to placement (best_window
-  // counts them so): unmapped now.
-  for (std::uint32_t s = at; s < at + n; ++s)
-    if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
-  for (std::uint32_t s = at; s < at + n; ++s)
-    // A reserve slot being released without the lock (releasing_) is not free: its page is
-    // about to be unmapped; nor is a slot a provision batch is mapping.
-    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s) ||
-        provisioning_.find(s))
-      return false;
-  // Split [at, at+n) into maximal runs of one set (the free slots, the reserve, a chunk's free
-  // slots) and take each out of its set.
-  struct Piece {
-    std::uint32_t start, length;
-    RangeSet* set;
-  };
-  auto set_of = [&](std::uint32_t s) {
-    return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
-  };
-  std::vector<Piece> pieces;
-  for (std::uint32_t s = at; s < at + n;) {
-    RangeSet* set = set_of(s);
-    std::uint32_t e = s;
-    while (e < at + n && set_of(e) == set) ++e;
-    pieces.push_back({s, e - s, set});
-    s = e;
-  }
-  std::uint32_t unmapped_slots = 0;
-  for (const auto& p : pieces) {
-    p.set->take_exact(p.start, p.length);
-    if (p.set == &unmapped_) unmapped_slots += p.length;
-  }
-  auto undo = [&](std::size_t backed_upto) {
-    for (std::size_t i = 0; i < pieces.size(); ++i) {
-      const auto& p = pieces[i];
-      if (p.set != &unmapped_) {
-        p.set->insert(p.start, p.length);
-      } else {
-        if (i < backed_upto) (void)unmap_run(p.start, p.length);
-        unmapped_.insert(p.start, p.length);
-      }
-    }
-  };
-  // The pieces' own reserve pages are in use by this run now, so only the unmapped slots need
-  // other pages; they may come from elsewhere in the reserve.
-  if (unmapped_slots > available_pages()) {
-    undo(0);
-    return make_error(Errc::out_of_memory, "grow: needs " + std::to_string(unmapped_slots) + " pages, " +
-                                               std::to_string(available_pages()) + " free");
-  }
-  for (std::size_t i = 0; i < pieces.size(); ++i) {
-    if (pieces[i].set != &unmapped_) continue;
-    if (auto st = back_run(pieces[i].start, pieces[i].length, true, chunk_end ? chunk_end : body_end(at, n)); !st.ok()) {
-      undo(i);
-      return st.error();
-    }
-  }
-  set_kind(at, n, SlotKind::large, owner);
+  PlaceOptions how;
+  how.at = at;
+  how.chunk_end = chunk_end;
+  auto batch = begin_place(n, how);
+  if (!batch.ok()) return batch.error();
+  if (batch->empty()) return false;
+  place_calls(*batch);
+  auto s = finish_place(*batch, owner);
+  if (!s.ok()) return s.error();
   return true;
 }
 

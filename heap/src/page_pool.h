@@ -119,6 +119,68 @@ class PagePool {
   // slots, without copying data, and backs the rest of it with other pages. On failure the run
   // stays where it was, intact.
   Result<std::uint32_t> relocate_run(std::uint32_t from, std::uint32_t n, std::uint32_t length, std::uint32_t owner);
+  // Placing a large run that no mapped run serves, without the heap lock held across its
+  // driver calls (page_pool_place.cpp), in three steps as the keeper's provision batch:
+  //   begin_place  (lock held) chooses the run: at `at`, or a window around reserve pages
+  //                (best_window), or a fresh virtual run; takes its mapped free slots (they
+  //                become large, unowned) and its unmapped ones (`provisioning_`) out of every
+  //                set, and the pages to map there: idle ones, reserve runs to move (in
+  //                `releasing_`), new ones (counted as created). out_of_memory or
+  //                out_of_address_space (nothing changed) when it cannot; an empty batch when
+  //                the slots at `at` are not free.
+  //   place_calls  (no lock) unmaps the moved runs, creates the new pages (a chunk where
+  //                enough of them lie together before `chunk_end`), maps them and grants access;
+  //                after a failure it unmaps what it mapped.
+  //   finish_place (lock held) books the outcome: the run is `owner`'s (large slots), or, if a
+  //                call failed, every slot and page goes back where it came from (pages
+  //                unmapped on the way are idle) and the error is returned.
+  // A run of reserve slots a batch moves or releases without the lock.
+  struct ReleaseRun {
+    std::uint32_t start = 0, length = 0;
+    bool unmapped = false;
+    bool held = false;   // queued work holds a slot of it: left alone, back to the reserve
+    bool chunk = false;  // a whole chunk: one entry of a release batch's `phys`
+  };
+  struct PlaceOptions {
+    std::optional<std::uint32_t> at;  // the run's start (extend_run); else chosen
+    bool window = true;               // around reserve pages where free slots allow
+    bool from_reserve = true;         // reserve pages may be moved there (else idle and new ones)
+    std::uint32_t chunk_min = 0;      // the least chunk (0: chunk_min_pages_)
+    std::uint32_t chunk_end = 0;      // a chunk ends at or before this slot (0: the run's last)
+  };
+  struct PageRef {
+    std::uint32_t phys = kNoPhys;  // kNoPhys: a page created by the batch's calls
+    PhysicalPage page{};
+  };
+  struct PlaceBatch {
+    std::uint32_t start = 0, n = 0;                 // the run
+    std::vector<RangeSet::Range> claimed, fills;    // its mapped free slots; its unmapped ones
+    std::vector<std::uint32_t> slots;               // the fills' slots, in order
+    std::vector<PageRef> pages;                     // the page for each of them
+    std::uint32_t idle = 0, fresh = 0;              // of them, idle pages taken; pages to create
+    std::vector<ReleaseRun> sources;                // reserve runs whose pages move here
+    std::uint32_t chunk_at = 0, chunk_index = 0, chunk_pages = 0;  // new pages as one chunk
+    // The outcome (place_calls).
+    PhysicalPage chunk{};
+    bool chunk_made = false;
+    std::vector<bool> made, mapped;  // per fill slot: its page created; mapped there
+    Status status;
+    bool empty() const { return n == 0; }
+  };
+  Result<PlaceBatch> begin_place(std::uint32_t n, const PlaceOptions& how);
+  void place_calls(PlaceBatch& b) const;
+  Result<std::uint32_t> finish_place(PlaceBatch& b, std::uint32_t owner);
+  // The three steps with the lock held throughout (callers that cannot let it go).
+  Result<std::uint32_t> place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner);
+  // take_run's first step: a mapped run of n free slots (no driver call): a chunk's when they
+  // fit closely, else the reserve's. nullopt when there is none.
+  std::optional<std::uint32_t> take_mapped_run(std::uint32_t n, std::uint32_t owner);
+  // take_run's miss, in order of preference: a chunked miss (chunk_miss), then the usual way.
+  std::optional<PlaceOptions> chunked_miss_options(std::uint32_t n) const {
+    if (!chunk_miss(n - 1)) return std::nullopt;
+    return PlaceOptions{std::nullopt, false, false, chunk_miss_pages_, 0};
+  }
+  std::size_t placements_in_flight() const { return placing_; }
   // Returns slots [start, start+n) to the reserve (they stay mapped): chunk slots to the
   // chunk reserve.
   void give_back(std::uint32_t start, std::uint32_t n);
@@ -220,12 +282,7 @@ class PagePool {
   // Idle pages are part of the batch too (`with_idle`, up to `max_pages` of them): they need only
   // their release.
   struct ReleaseBatch {
-    struct Run {
-      std::uint32_t start = 0, length = 0;
-      bool unmapped = false;
-      bool held = false;  // queued work holds a slot of it: left alone, back to the reserve
-      bool chunk = false;  // a whole chunk: one entry of `phys`
-    };
+    using Run = ReleaseRun;
     std::vector<Run> runs;
     std::vector<std::uint32_t> phys;         // the runs' pages, in slot order, then the idle pages
     std::vector<PhysicalPage> pages;
@@ -248,10 +305,6 @@ class PagePool {
   // them all and grants access; finish_provision (lock held) books the outcome: what was mapped
   // joins the reserve, everything else goes back where it came from (pages unmapped on the way
   // are idle, pages not created are not counted). An empty batch: nothing worth doing.
-  struct PageRef {
-    std::uint32_t phys = kNoPhys;  // kNoPhys: a page created by provision_calls
-    PhysicalPage page{};
-  };
   struct ProvisionBatch {
     std::uint32_t dest = 0, length = 0;       // slots [dest, dest+length), out of the free set
     std::vector<std::uint32_t> idle;          // idle pages taken for it
@@ -268,7 +321,9 @@ class PagePool {
   void finish_provision(ProvisionBatch& batch);
   // Pages in a batch without the lock (provisioning or releasing): an out-of-memory waits for
   // them rather than be reported while they come back.
-  bool batch_in_flight() const { return releasing_.total() > 0 || provisioning_.total() > 0 || in_flight_idle_ > 0; }
+  bool batch_in_flight() const {
+    return releasing_.total() > 0 || provisioning_.total() > 0 || in_flight_idle_ > 0 || placing_ > 0;
+  }
   // Created pages a batch holds mapped nowhere (idle pages it took, new pages): stats count them
   // as idle reserve pages.
   std::size_t unplaced_in_flight() const { return in_flight_idle_ + fresh_in_flight_; }
@@ -346,6 +401,11 @@ class PagePool {
   // After the unmap of dropping slot `s` (off the queue): it maps nothing and is unmapped (not
   // yet in the free set); its page is idle if no other slot maps it.
   void book_dropped(std::uint32_t s);
+  // begin_place's window: takes [at, at+n) out of the free sets into `b` (mapped slots large and
+  // unowned, unmapped ones provisioning_); false (nothing changed but aliases unmapped) when a
+  // slot is not free. unclaim: undoes it.
+  bool claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b);
+  void unclaim(PlaceBatch& b);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;
 
@@ -442,7 +502,8 @@ class PagePool {
   RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock
   RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
-  std::size_t fresh_in_flight_ = 0;  // pages a provision batch is creating (counted as created)
+  std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
+  std::size_t placing_ = 0;          // place batches begun, not finished
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
   std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gated_backend.h"
 #include "heap_test_util.h"
 #include "move_claims.h"
 #include "page_pool.h"
@@ -178,37 +179,7 @@ TEST(ReserveKeeper, TheThreadRefillsToTheLowWatermarkAndTrimsBelowTheHigh) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-// A door whose map calls stop at a gate while it is armed, until the test opens it.
-class GatedBackend final : public BackendAdaptor {
- public:
-  explicit GatedBackend(std::unique_ptr<Backend> inner) : BackendAdaptor(std::move(inner)) {}
-  void arm() { armed_ = true; }
-  bool wait_entered() {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_; });
-  }
-  void open() {
-    std::lock_guard lock(mu_);
-    armed_ = false;
-    cv_.notify_all();
-  }
-
- protected:
-  Status before(DriverOp op) override {
-    if (op != DriverOp::map || !armed_) return {};
-    std::unique_lock lock(mu_);
-    entered_ = true;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return !armed_.load(); });
-    return {};
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::atomic<bool> armed_{false};
-  bool entered_ = false;
-};
+using test::GatedBackend;
 
 TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterABatch) {
   GatedBackend door(test::open_host_backend(64u << 20));

@@ -43,6 +43,11 @@ class CountingBackend final : public BackendAdaptor {
   DriverCallCounts totals() const;
   // Calls made through this backend by the calling thread, since the thread began.
   DriverCallCounts this_thread() const;
+  // Calls made by a thread for which `probe` answered true when it made them (the heap installs
+  // one that says whether the calling thread holds a heap lock). Install it before any call.
+  using LockProbe = bool (*)();
+  void set_lock_probe(LockProbe probe) { probe_ = probe; }
+  DriverCallCounts under_lock() const;
 
  protected:
   Status before(DriverOp op) override;
@@ -51,6 +56,8 @@ class CountingBackend final : public BackendAdaptor {
   // Distinguishes this backend in each thread's counts; never reused, unlike addresses.
   const std::uint64_t id_;
   std::array<std::atomic<std::uint64_t>, kDriverOpCount> totals_{};
+  std::array<std::atomic<std::uint64_t>, kDriverOpCount> under_lock_{};
+  LockProbe probe_ = nullptr;
 };
 
 // The calls the constructing thread makes through one CountingBackend from construction on.

@@ -130,8 +130,11 @@ struct HeapStats {
   struct Ops {
     std::uint64_t allocate = 0, free = 0, resize = 0, pin = 0, failed_allocations = 0;
   } ops;
+  // under_heap_lock: of all these, the calls a thread made while it held the heap lock (every
+  // other thread that wants the lock waits for them).
   struct DriverCalls {
     std::uint64_t create = 0, release = 0, map = 0, unmap = 0, set_access = 0, copy = 0;
+    std::uint64_t under_heap_lock = 0;
   } driver_calls;
   // The background reserve keeper's waits to take the heap lock back after each batch of driver
   // calls it made without it (callers holding the lock meanwhile delay its work).

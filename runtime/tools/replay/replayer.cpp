@@ -349,6 +349,7 @@ class Replayer {
     r.pages_freed = s.compaction.pages_freed;
     r.chunks_created = s.pages.chunks_created;
     r.keeper = s.keeper;
+    r.under_heap_lock_driver_calls = door_.under_lock();
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;
     r.moved_fraction = r.allocated_bytes ? double(r.bytes_moved) / double(r.allocated_bytes) : 0.0;
     r.copied_fraction =

@@ -46,6 +46,10 @@ struct ReplayReport {
   // of the objects left live at the end. A probe's (`p` line's allocate and free) are apart.
   DriverCallCounts alloc_path_driver_calls;
   DriverCallCounts probe_driver_calls;
+  // Driver calls any thread made while holding the heap lock, over the whole replay (callers'
+  // placements, compaction, the keeper's locked steps): each one stalls every thread that
+  // wants the lock meanwhile.
+  DriverCallCounts under_heap_lock_driver_calls;
 
   // Probes: a real allocate followed by free.
   std::uint64_t probes = 0;

@@ -136,7 +136,7 @@ std::string stats_text(const json& s) {
   const json& d = section(s, "driver_calls");
   line("  driver: create " + count(num(d, "create")) + ", release " + count(num(d, "release")) + ", map " +
        count(num(d, "map")) + ", unmap " + count(num(d, "unmap")) + ", set_access " + count(num(d, "set_access")) +
-       ", copy " + count(num(d, "copy")));
+       ", copy " + count(num(d, "copy")) + " (under the heap lock " + count(num(d, "under_heap_lock")) + ")");
   compaction_text(s, line);
   if (s.contains("recent_cycles") && s["recent_cycles"].is_array() && !s["recent_cycles"].empty()) {
     line("  last cycles (newest last):");

@@ -1,0 +1,301 @@
+// Placing a large run that no mapped run serves (page_pool.h, the place batch): its slots and
+// pages are taken out of the pool under the heap lock, the driver calls (unmapping the reserve
+// pages it moves, creating pages, mapping, granting access) run without it, and the outcome is
+// booked under it again. Another thread may allocate, free, pin or provision meanwhile: nothing
+// it can reach names the batch's slots or pages (docs/speed.md, "Session 24").
+#include <algorithm>
+#include <string>
+
+#include "page_pool.h"
+
+namespace valet::detail {
+
+namespace {
+
+// Calls f(start, length) for each maximal run of consecutive slots in `slots` (sorted) whose
+// entries satisfy keep(i).
+template <class Keep, class F>
+void for_each_run(const std::vector<std::uint32_t>& slots, Keep&& keep, F&& f) {
+  for (std::size_t i = 0; i < slots.size();) {
+    if (!keep(i)) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i + 1;
+    while (j < slots.size() && keep(j) && slots[j] == slots[j - 1] + 1) ++j;
+    f(i, slots[i], std::uint32_t(j - i));
+    i = j;
+  }
+}
+
+}  // namespace
+
+bool PagePool::claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b) {
+  if (std::uint64_t(at) + n > slots_.size()) return false;
+  // Aliases waiting for the keeper inside the window are free slots to placement (best_window
+  // counts them so): unmapped now, one call each, under the lock (rare: the window's edges).
+  for (std::uint32_t s = at; s < at + n; ++s)
+    if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
+  for (std::uint32_t s = at; s < at + n; ++s)
+    // A reserve slot being released without the lock is not free: its page is about to be
+    // unmapped; nor is a slot another batch is mapping.
+    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s) ||
+        provisioning_.find(s))
+      return false;
+  auto set_of = [&](std::uint32_t s) {
+    return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
+  };
+  b.start = at;
+  b.n = n;
+  for (std::uint32_t s = at; s < at + n;) {
+    RangeSet* set = set_of(s);
+    std::uint32_t e = s;
+    while (e < at + n && set_of(e) == set) ++e;
+    set->take_exact(s, e - s);
+    if (set == &unmapped_) {
+      provisioning_.insert(s, e - s);
+      b.fills.push_back({s, e - s});
+    } else {
+      set_kind(s, e - s, SlotKind::large, 0);  // mapped already: the run's, unowned until booked
+      b.claimed.push_back({s, e - s});
+    }
+    s = e;
+  }
+  return true;
+}
+
+void PagePool::unclaim(PlaceBatch& b) {
+  for (const auto& r : b.claimed) {
+    set_kind(r.start, r.length, SlotKind::reserve, 0);
+    insert_free(r.start, r.length);
+  }
+  for (const auto& r : b.fills) {
+    provisioning_.take_exact(r.start, r.length);
+    unmapped_.insert(r.start, r.length);
+  }
+  b = PlaceBatch{};
+}
+
+Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceOptions& how) {
+  PlaceBatch b;
+  std::optional<std::uint32_t> at = how.at;
+  if (!at && how.window)
+    if (auto w = best_window(n)) at = w->start;
+  if (at && !claim_slots(*at, n, b)) {
+    if (how.at) return PlaceBatch{};  // not free: nothing changed
+    at.reset();
+  }
+  if (!at) {
+    auto s = unmapped_.take_best_fit(n);
+    if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
+    provisioning_.insert(*s, n);
+    b.start = *s;
+    b.n = n;
+    b.fills.push_back({*s, n});
+  }
+  for (const auto& r : b.fills)
+    for (std::uint32_t s = r.start; s < r.start + r.length; ++s) b.slots.push_back(s);
+  const std::size_t need = b.slots.size();
+  // The run's own reserve pages are in use by it now, so only its unmapped slots need pages.
+  const std::size_t creatable = capacity_pages_ - std::min(capacity_pages_, created_);
+  const std::size_t can = idle_.size() + creatable + (how.from_reserve ? std::size_t(reserve_.total()) : 0);
+  if (need > can) {
+    unclaim(b);
+    return make_error(Errc::out_of_memory,
+                      "needs " + std::to_string(need) + " pages, " + std::to_string(can) + " free within the capacity");
+  }
+  // The pages, in slot order: idle ones, then reserve pages moved here (the smallest runs
+  // first), then new ones.
+  b.pages.assign(need, PageRef{});
+  std::size_t i = 0;
+  for (; i < need && !idle_.empty(); ++i) {
+    const std::uint32_t p = idle_.back();
+    idle_.pop_back();
+    b.pages[i] = {p, phys_[p].page};
+  }
+  b.idle = std::uint32_t(i);
+  in_flight_idle_ += b.idle;
+  while (how.from_reserve && i < need && !reserve_.empty()) {
+    auto r = *reserve_.take_smallest();
+    const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, need - i));
+    if (k < r.length) reserve_.insert(r.start + k, r.length - k);
+    releasing_.insert(r.start, k);
+    b.sources.push_back({r.start, k, false});
+    for (std::uint32_t s = r.start; s < r.start + k; ++s, ++i) b.pages[i] = {slots_[s].phys, phys_[slots_[s].phys].page};
+  }
+  // The new pages still missing before the chunk's end come as one chunk when there are enough
+  // of them (those in the first unmapped piece they reach).
+  b.fresh = std::uint32_t(need - i);
+  if (b.fresh > 0) {
+    const std::uint32_t lo = b.slots[i];
+    std::uint32_t piece_end = lo;
+    while (piece_end - lo < need - i && b.slots[i + (piece_end - lo)] == piece_end) ++piece_end;
+    const std::uint32_t end = how.chunk_end ? how.chunk_end : b.start + n - 1;
+    const std::uint32_t hi = std::min(piece_end, end);
+    const std::uint32_t least = how.chunk_min > 0 ? how.chunk_min : chunk_min_pages_;
+    if (least > 0 && hi >= lo + std::max<std::uint32_t>(least, 2)) {
+      b.chunk_at = lo;
+      b.chunk_index = std::uint32_t(i);
+      b.chunk_pages = hi - lo;
+    }
+  }
+  created_ += b.fresh;
+  fresh_in_flight_ += b.fresh;
+  note_created_peak();  // counted as created from here, as a provision batch's new pages are
+  ++placing_;
+  return b;
+}
+
+void PagePool::place_calls(PlaceBatch& b) const {
+  Status st;
+  auto note = [&](Status s) {
+    if (!s.ok() && st.ok()) st = std::move(s);
+  };
+  for (auto& run : b.sources) {
+    // Reserve slots are never held (validate()), but a broken rule must not unmap queued work.
+    Status u = refuse_held(run.start, run.length);
+    if (u.ok()) u = backend_.unmap(address(run.start), std::size_t(run.length) * kPage);
+    run.unmapped = u.ok();
+    note(u);
+    if (!st.ok()) break;
+  }
+  const std::size_t need = b.slots.size();
+  auto chunk_slot = [&](std::size_t i) { return b.chunk_pages > 0 && b.slots[i] >= b.chunk_at && b.slots[i] < b.chunk_at + b.chunk_pages; };
+  b.made.assign(need, false);
+  b.mapped.assign(need, false);
+  if (st.ok() && b.chunk_pages > 0) {
+    // A chunk that cannot be had: its slots get single pages.
+    auto c = backend_.create_chunk(b.chunk_pages);
+    if (c.ok()) b.chunk = *c;
+    b.chunk_made = c.ok();
+    if (!c.ok()) b.chunk_pages = 0;
+  }
+  for (std::size_t i = 0; i < need && st.ok(); ++i) {
+    if (b.pages[i].phys != kNoPhys || chunk_slot(i)) continue;
+    auto p = backend_.create_page();
+    if (!p.ok()) {
+      note(p.error());
+      break;
+    }
+    b.pages[i].page = *p;
+    b.made[i] = true;
+  }
+  for (std::size_t i = 0; i < need && st.ok(); ++i) {
+    if (chunk_slot(i)) {
+      if (b.slots[i] != b.chunk_at) continue;
+      note(backend_.map(address(b.chunk_at), b.chunk));
+      if (st.ok())
+        for (std::size_t k = i; k < i + b.chunk_pages; ++k) b.mapped[k] = true;
+      continue;
+    }
+    note(backend_.map(address(b.slots[i]), b.pages[i].page));
+    b.mapped[i] = st.ok();
+  }
+  if (st.ok())
+    for_each_run(b.slots, [](std::size_t) { return true; }, [&](std::size_t, std::uint32_t start, std::uint32_t length) {
+      if (st.ok()) note(backend_.set_access(address(start), std::size_t(length) * kPage));
+    });
+  if (!st.ok()) {
+    // Nothing half made reaches anyone: what was mapped is unmapped (its pages become idle),
+    // and a chunk that is mapped nowhere goes back at once.
+    for_each_run(b.slots, [&](std::size_t i) { return bool(b.mapped[i]); },
+                 [&](std::size_t i, std::uint32_t start, std::uint32_t length) {
+                   if (!backend_.unmap(address(start), std::size_t(length) * kPage).ok()) return;
+                   for (std::size_t k = i; k < i + length; ++k) b.mapped[k] = false;
+                 });
+    const bool chunk_mapped = b.chunk_pages > 0 && b.mapped[b.chunk_index];
+    if (b.chunk_made && !chunk_mapped && backend_.release_page(b.chunk).ok()) b.chunk_made = false;
+  }
+  b.status = st;
+}
+
+Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner) {
+  --placing_;
+  for (const auto& r : b.fills) provisioning_.take_exact(r.start, r.length);
+  in_flight_idle_ -= b.idle;
+  fresh_in_flight_ -= b.fresh;
+  created_ -= b.fresh;  // counted again below for what was created
+  const std::size_t need = b.slots.size();
+  std::uint32_t chunk = kNoPhys;
+  if (b.chunk_made) {
+    chunk = add_record(b.chunk);
+    phys_[chunk].pages = b.chunk_pages;
+    phys_[chunk].first = b.chunk_at;
+    created_ += b.chunk_pages;
+    chunk_pages_ += b.chunk_pages;
+    ++chunks_;
+    ++chunks_created_;
+  }
+  for (std::size_t i = 0; i < need; ++i)
+    if (b.made[i]) {
+      b.pages[i].phys = add_record(b.pages[i].page);
+      ++created_;
+    }
+  // The moved runs' slots: unmapped, or (their unmap failed or was not reached) back in the
+  // reserve, untouched.
+  for (const auto& run : b.sources) {
+    releasing_.take_exact(run.start, run.length);
+    if (!run.unmapped) {
+      reserve_.insert(run.start, run.length);
+      continue;
+    }
+    for (std::uint32_t s = run.start; s < run.start + run.length; ++s) {
+      --phys_[slots_[s].phys].mappings;
+      slots_[s].phys = kNoPhys;
+    }
+    set_kind(run.start, run.length, SlotKind::unmapped, 0);
+    unmapped_.insert(run.start, run.length);
+  }
+  bool chunk_mapped = false;
+  for (std::size_t i = 0; i < need; ++i) {
+    const std::uint32_t s = b.slots[i];
+    const bool in_chunk_range = chunk != kNoPhys && s >= b.chunk_at && s < b.chunk_at + b.chunk_pages;
+    const std::uint32_t p = in_chunk_range ? chunk : b.pages[i].phys;
+    if (b.mapped[i]) {
+      slots_[s].phys = p;
+      ++phys_[p].mappings;
+      chunk_mapped |= in_chunk_range;
+    } else if (p != kNoPhys && !in_chunk_range && phys_[p].mappings == 0) {
+      idle_.push_back(p);
+    }
+  }
+  if (chunk != kNoPhys && !chunk_mapped) {  // created, then its release failed: idle
+    idle_chunks_.push_back(chunk);
+    idle_chunk_pages_ += b.chunk_pages;
+  }
+  if (b.status.ok()) {
+    for (const auto& r : b.fills) set_kind(r.start, r.length, SlotKind::large, owner);
+    for (const auto& r : b.claimed) set_kind(r.start, r.length, SlotKind::large, owner);
+    const std::uint32_t start = b.start;
+    b = PlaceBatch{};
+    return start;
+  }
+  // A call failed: the run's slots go back. Mapped ones (their unmap failed too) join the
+  // reserve with their pages; the others are free again.
+  const Error err = b.status.error();
+  for (std::size_t i = 0; i < need; ++i) {
+    const std::uint32_t s = b.slots[i];
+    if (b.mapped[i]) {
+      set_kind(s, 1, SlotKind::reserve, 0);
+      insert_free(s, 1);
+    } else {
+      unmapped_.insert(s, 1);
+    }
+  }
+  for (const auto& r : b.claimed) {
+    set_kind(r.start, r.length, SlotKind::reserve, 0);
+    insert_free(r.start, r.length);
+  }
+  b = PlaceBatch{};
+  return err;
+}
+
+Result<std::uint32_t> PagePool::place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner) {
+  auto b = begin_place(n, how);
+  if (!b.ok()) return b.error();
+  if (b->empty()) return make_error(Errc::invalid_state, "place: slots " + std::to_string(*how.at) + " onwards are not free");
+  place_calls(*b);
+  return finish_place(*b, owner);
+}
+
+}  // namespace valet::detail

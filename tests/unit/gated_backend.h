@@ -1,0 +1,60 @@
+// A door whose calls of one kind stop at a gate while it is armed, until the test opens it: a
+// test can then look at a heap while a driver call is under way on another thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "valet/backend_adaptor.h"
+
+namespace valet::test {
+
+class GatedBackend final : public BackendAdaptor {
+ public:
+  explicit GatedBackend(std::unique_ptr<Backend> inner, DriverOp gated = DriverOp::map)
+      : BackendAdaptor(std::move(inner)), gated_(gated) {}
+  void arm() { armed_ = true; }
+  // Only calls made by `thread` stop (a heap's keeper thread may call meanwhile).
+  void arm_for(std::thread::id thread) {
+    {
+      std::lock_guard lock(mu_);
+      only_ = thread;
+    }
+    armed_ = true;
+  }
+  // Whether a call reached the gate within 10 s.
+  bool wait_entered() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_; });
+  }
+  void open() {
+    std::lock_guard lock(mu_);
+    armed_ = false;
+    cv_.notify_all();
+  }
+
+ protected:
+  Status before(DriverOp op) override {
+    if (op != gated_ || !armed_) return {};
+    std::unique_lock lock(mu_);
+    if (only_ != std::thread::id{} && only_ != std::this_thread::get_id()) return {};
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !armed_.load(); });
+    return {};
+  }
+
+ private:
+  const DriverOp gated_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> armed_{false};
+  bool entered_ = false;
+  std::thread::id only_{};
+};
+
+}  // namespace valet::test

@@ -1,0 +1,201 @@
+// The place batch (heap/src/page_pool_place.cpp): a large run that no mapped run serves is
+// mapped without the heap lock. The pool stays consistent while a batch is in flight, a failed
+// call gives everything back, and through the heap other threads take the lock, allocate, free
+// and validate while a placement's driver call is under way; a shutdown waits for it.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "gated_backend.h"
+#include "heap_test_util.h"
+#include "page_pool.h"
+#include "valet/counting_backend.h"
+
+namespace valet::detail {
+namespace {
+
+using test::GatedBackend;
+using test::kMiB;
+
+// 64 pages over an arena of 256 slots, behind a fault injector and a counting door.
+class PlacePool : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(pool.init(256).ok()); }
+  static std::unique_ptr<Backend> wrap(FaultInjectingBackend*& out) {
+    auto f = std::make_unique<FaultInjectingBackend>(test::open_host_backend(64 * kPageBytes));
+    out = f.get();
+    return f;
+  }
+  FaultInjectingBackend* faults = nullptr;
+  CountingBackend door{wrap(faults)};
+  PagePool pool{door, 64};
+};
+
+std::uint64_t total(const std::vector<RangeSet::Range>& ranges) {
+  std::uint64_t n = 0;
+  for (const auto& r : ranges) n += r.length;
+  return n;
+}
+
+TEST_F(PlacePool, ABatchInFlightHoldsItsSlotsAndPagesApartAndTheRunKeepsItsReservePages) {
+  auto first = pool.take_run(6, 1);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(test::pattern_holds(door, pool, *first, 6, 11));
+  pool.give_back(*first, 6);  // six mapped reserve pages, one run
+  auto b = pool.begin_place(10, PagePool::PlaceOptions{});
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_EQ(total(b->claimed), 6u) << "the window holds the reserve run";
+  EXPECT_EQ(total(b->fills), 4u);
+  // In flight: consistent, nothing to hand out, and another placement does not touch it.
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(pool.batch_in_flight());
+  EXPECT_EQ(pool.placements_in_flight(), 1u);
+  EXPECT_EQ(pool.reserve_pages(), 0u);
+  auto other = pool.take_run(3, 2);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(*other + 3 <= b->start || *other >= b->start + 10) << "two runs share slots";
+  ThreadDriverCalls scope(door);
+  pool.place_calls(*b);
+  EXPECT_EQ(scope.made()[DriverOp::map], 4u) << "only the slots without a page were mapped";
+  auto run = pool.finish_place(*b, 3);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_EQ(pool.placements_in_flight(), 0u);
+  for (std::uint32_t s = *run; s < *run + 10; ++s) {
+    EXPECT_EQ(pool.slot(s).kind, SlotKind::large);
+    EXPECT_EQ(pool.slot(s).owner, 3u);
+  }
+  EXPECT_TRUE(test::pattern_holds(door, pool, *run, 10, 12));
+  ASSERT_VALID(pool);
+  pool.give_back(*run, 10);
+  pool.give_back(*other, 3);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST_F(PlacePool, AFailedCallGivesEverythingBack) {
+  auto first = pool.take_run(6, 1);
+  ASSERT_TRUE(first.ok());
+  pool.give_back(*first, 6);
+  const std::size_t created = pool.created_pages();
+  for (const DriverOp op : {DriverOp::create_page, DriverOp::map, DriverOp::set_access}) {
+    faults->fail_nth(op, 1);
+    auto b = pool.begin_place(10, PagePool::PlaceOptions{});
+    ASSERT_TRUE(b.ok());
+    pool.place_calls(*b);
+    auto run = pool.finish_place(*b, 3);
+    ASSERT_FALSE(run.ok()) << "a failed " << driver_op_name(op) << " placed the run";
+    EXPECT_EQ(run.error().code, Errc::driver_error);
+    ASSERT_VALID(pool);
+    EXPECT_EQ(pool.placements_in_flight(), 0u);
+    EXPECT_FALSE(pool.batch_in_flight());
+    EXPECT_EQ(pool.slots_of_kind(SlotKind::large), 0u) << "after a failed " << driver_op_name(op);
+    EXPECT_EQ(pool.reserve_pages(), pool.created_pages()) << "every page made is free again";
+    EXPECT_GE(pool.reserve_pages(), created);
+  }
+  auto run = pool.take_run(10, 3);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_TRUE(test::pattern_holds(door, pool, *run, 10, 13));
+  ASSERT_VALID(pool);
+  pool.give_back(*run, 10);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+TEST_F(PlacePool, ARunThatCannotBeBackedChangesNothing) {
+  auto a = pool.take_run(60, 1);
+  ASSERT_TRUE(a.ok());
+  ThreadDriverCalls scope(door);
+  auto b = pool.begin_place(10, PagePool::PlaceOptions{});
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().code, Errc::out_of_memory);
+  EXPECT_EQ(scope.made().total(), 0u);
+  EXPECT_FALSE(pool.batch_in_flight());
+  ASSERT_VALID(pool);
+  pool.give_back(*a, 60);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A heap whose caller-thread maps can be held at a gate.
+struct GatedHeap {
+  GatedBackend* gate = nullptr;
+  std::unique_ptr<Heap> heap;
+  explicit GatedHeap(Config c) {
+    auto door = std::make_unique<GatedBackend>(test::open_host_backend(c.capacity));
+    gate = door.get();
+    auto h = Heap::create(std::move(door), c);
+    EXPECT_TRUE(h.ok()) << h.error().to_string();
+    if (h.ok()) heap = std::move(h).value();
+  }
+};
+
+TEST(PlaceBatch, OtherThreadsUseTheHeapWhileAPlacementMapsItsRun) {
+  Config c = test::host_config();
+  c.background_reserve = true;  // the keeper runs too; only the placing thread's maps stop
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  std::thread placing([&] {
+    g.gate->arm_for(std::this_thread::get_id());
+    big = heap.allocate(60 * kMiB);  // 30 pages: more than the reserve holds
+  });
+  ASSERT_TRUE(g.gate->wait_entered()) << "the placement made no map";
+  // The map is under way on the placing thread: the heap lock is free.
+  auto small = heap.allocate(100'000);
+  ASSERT_TRUE(small.ok()) << small.error().to_string();
+  test::fill(heap, *small, 7);
+  auto mid = heap.allocate(6 * kMiB);
+  ASSERT_TRUE(mid.ok()) << mid.error().to_string();
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*mid).ok());
+  g.gate->open();
+  placing.join();
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  test::fill(heap, *big, 8);
+  EXPECT_EQ(test::mismatches(heap, *big, 8), 0u);
+  EXPECT_EQ(test::mismatches(heap, *small, 7), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  EXPECT_TRUE(heap.free(*small).ok());
+  EXPECT_VALID(heap);
+}
+
+TEST(PlaceBatch, AShutdownWaitsForAPlacementInFlightWhichThenFails) {
+  Config c = test::host_config();
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  g.gate->arm();
+  std::thread placing([&] { big = heap.allocate(60 * kMiB); });
+  ASSERT_TRUE(g.gate->wait_entered());
+  Status shut = make_error(Errc::internal, "not run");
+  std::thread stopping([&] { shut = heap.shutdown(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  g.gate->open();
+  placing.join();
+  stopping.join();
+  EXPECT_TRUE(shut.ok()) << shut.error().to_string();
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().code, Errc::shut_down);
+}
+
+TEST(PlaceBatch, ACallerMissMakesNoDriverCallUnderTheHeapLock) {
+  Config c = test::host_config();
+  c.reserve_low_pages = 0;  // no inline refill or trim: only the placement calls
+  c.reserve_high_pages = 0;
+  c.share_tails = false;
+  auto heap = test::make_heap(c);
+  const auto under_lock = [&] { return heap->stats().driver_calls.under_heap_lock; };
+  const std::uint64_t before = under_lock();
+  ThreadDriverCalls scope(heap->driver_calls());
+  auto big = heap->allocate(40 * kMiB + 1000);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  EXPECT_GT(scope.made().total(), 0u) << "the allocation was no miss";
+  EXPECT_EQ(under_lock(), before);
+  // The counter counts: growing a run in place still maps under the lock.
+  ASSERT_TRUE(heap->resize(*big, 80 * kMiB).ok());
+  EXPECT_GT(under_lock(), before);
+  EXPECT_VALID(*heap);
+}
+
+}  // namespace
+}  // namespace valet::detail
