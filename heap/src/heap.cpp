@@ -53,11 +53,11 @@ std::size_t HeapCore::footprint_of(const Location& loc) const {
   return class_size(slabs.page(pool.slot(loc.page).owner)->cls);
 }
 
-Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n) {
-  if (auto s = pool.take_mapped_run(n, kNoOwner)) return *s;
-  // A miss: its driver calls run without the heap lock (page_pool.h, the place batch). A chunked
-  // miss first where allowed (on failure nothing changed), then the usual way.
-  auto attempt = [&](const PagePool::PlaceOptions& how) -> Result<std::uint32_t> {
+Result<std::uint32_t> HeapCore::place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail) {
+  // Its driver calls run without the heap lock (page_pool.h, the place batch). A chunked miss
+  // first where allowed (on failure nothing changed), then the usual way.
+  auto attempt = [&](PagePool::PlaceOptions how) -> Result<std::uint32_t> {
+    how.tail = tail;
     auto batch = pool.begin_place(n, how);
     if (!batch.ok()) return batch.error();
     lock.unlock();
@@ -68,6 +68,11 @@ Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std:
   if (auto how = pool.chunked_miss_options(n))
     if (auto s = attempt(*how); s.ok()) return s;
   return attempt(PagePool::PlaceOptions{});
+}
+
+Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n) {
+  if (auto s = pool.take_mapped_run(n, kNoOwner)) return *s;
+  return place_run(lock, n, false);
 }
 
 Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes) {
@@ -97,7 +102,7 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   }
   // Its last page on a slab page's physical page, when one has the room (no page of its own).
   // This maps pages on the caller's thread (docs/speed.md says why it stays for now).
-  if (auto loc = place_on_slab_page(bytes, n, owner)) return *loc;
+  if (auto loc = place_on_slab_page(lock, bytes, n)) return *loc;
   auto run = take_run(lock, n);
   if (!run.ok()) return run.error();
   want_refill();

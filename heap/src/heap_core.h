@@ -173,7 +173,11 @@ struct HeapCore {
   // run serves is mapped without the heap lock: `lock` (holding mu) is released and retaken
   // meanwhile (take_run).
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes);
+  // A run of n pages for a large object: a mapped one (no call), else place_run's. place_run:
+  // a place batch, its calls without the lock (a chunked miss first where allowed); with
+  // `tail`, its last slot is held unmapped for attach_tail or abandon_tail (page_pool.h).
   Result<std::uint32_t> take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n);
+  Result<std::uint32_t> place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
   // Shared tails (tails.cpp). open_tail: offers a large object's last page to slab pages.
@@ -195,7 +199,13 @@ struct HeapCore {
   // A new large object's place whose last slot maps the physical page of a slab page with its
   // low slots free for the object's bytes there (they become blocked); nullopt when no page fits
   // or a driver call fails (the caller places it as usual).
-  std::optional<Location> place_on_slab_page(std::size_t bytes, std::uint32_t pages, std::uint32_t owner);
+  // The body's calls run without the lock (`lock`, holding mu, is let go and retaken); the slab
+  // page is then looked for again, and the alias mapped under the lock (two calls).
+  std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages);
+  // The slab page whose free low span fits `used` bytes most tightly (leaving a slot free), or
+  // first one whose page a freed run still ends on (`cached`: its physical pages); its flag says
+  // which.
+  std::pair<SlabPage*, bool> tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const;
   // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
   // lie above that tail's bytes) for mesh_locked, within the budgets.
   void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left);

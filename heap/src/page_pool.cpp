@@ -287,60 +287,34 @@ std::optional<std::uint32_t> PagePool::retarget_dropped_run(std::uint32_t n, std
   return std::nullopt;
 }
 
-Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {
+std::optional<std::uint32_t> PagePool::take_cached_run_onto(std::uint32_t n, std::uint32_t owner,
+                                                          std::uint32_t last_of) {
   // A freed object's run whose last slot still maps this page (its alias not yet unmapped):
-  // taken as it is, no driver call.
-  if (auto start = take_dropped_run(n, last_of)) {
-    set_kind(*start, n, SlotKind::large, owner);
-    return *start;
-  }
-  // A freed object's run whose last slot maps another page: that slot is remapped (its unmap,
-  // which the keeper would have made, then the alias's map and access), so that the run is
-  // reused where it lies, as it was before the alias drop was deferred.
-  if (auto start = retarget_dropped_run(n, last_of)) {
-    set_kind(*start, n, SlotKind::large, owner);
-    return *start;
-  }
-  if (n - 1 > available_pages())
-    return make_error(Errc::out_of_memory, "needs " + std::to_string(n - 1) + " pages, " +
-                                               std::to_string(available_pages()) + " free");
-  // The body around reserve pages where free slots allow, as take_run does, its last slot an
-  // unmapped one: only the shared page and the body's missing pages are mapped.
-  const bool new_body = n > 1 && chunk_miss(n - 1);  // chunked misses: the body a new chunk
-  if (auto w = n > 1 && !new_body ? best_window(n, true) : std::nullopt) {
-    const std::uint32_t last = w->start + n - 1;
-    if (slots_[last].kind == SlotKind::dropping) (void)unmap_dropped(last);
-    if (unmapped_.take_exact(last, 1)) {
-      auto grown = extend_run(w->start, n - 1, owner, last);
-      if (grown.ok() && *grown) {
-        if (auto st = map_alias(last, last_of); !st.ok()) {
-          give_back(w->start, n - 1);  // mapped and accessible: the body's pages stay in the reserve
-          unmapped_.insert(last, 1);
-          return st.error();
-        }
-        set_kind(w->start, n, SlotKind::large, owner);
-        return w->start;
-      }
-      unmapped_.insert(last, 1);
-      if (!grown.ok()) return grown.error();
-    }
-  }
-  auto start = unmapped_.take_best_fit(n);
-  if (!start) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
-  const std::uint32_t last = *start + n - 1;
-  if (n > 1) {
-    if (auto st = back_run(*start, n - 1, !new_body, last, new_body ? chunk_miss_pages_ : 0); !st.ok()) {
-      unmapped_.insert(*start, n);  // back_run unwound its part
-      return st.error();
-    }
-  }
-  if (auto st = map_alias(last, last_of); !st.ok()) {
-    if (n > 1) (void)unmap_run(*start, n - 1);
-    unmapped_.insert(*start, n);
-    return st.error();
-  }
-  set_kind(*start, n, SlotKind::large, owner);
-  return *start;
+  // taken as it is, no driver call. Else one whose last slot maps another page: that slot is
+  // remapped (its unmap, which the keeper would have made, then the alias's map and access), so
+  // that the run is reused where it lies, as it was before the alias drop was deferred.
+  auto start = take_dropped_run(n, last_of);
+  if (!start) start = retarget_dropped_run(n, last_of);
+  if (start) set_kind(*start, n, SlotKind::large, owner);
+  return start;
+}
+
+Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {
+  if (auto start = take_cached_run_onto(n, owner, last_of)) return *start;
+  // The body around reserve pages where free slots allow (its last slot an unmapped one), or a
+  // fresh run; a chunked miss's new chunk first where allowed. Then the shared page's alias.
+  auto place_body = [&](PlaceOptions how) -> Result<std::uint32_t> {
+    how.tail = true;
+    auto b = begin_place(n, how);
+    if (!b.ok()) return b.error();
+    place_calls(*b);
+    return finish_place(*b, owner);
+  };
+  Result<std::uint32_t> body = make_error(Errc::internal, "take_run_onto: not placed");
+  if (auto how = chunked_miss_options(n)) body = place_body(*how);
+  if (!body.ok()) body = place_body(PlaceOptions{});
+  if (!body.ok()) return body.error();
+  return attach_tail(*body, n, owner, last_of);
 }
 
 Result<bool> PagePool::extend_run(std::uint32_t at, std::uint32_t n, std::uint32_t owner, std::uint32_t chunk_end) {

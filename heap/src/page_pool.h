@@ -147,6 +147,9 @@ class PagePool {
     bool from_reserve = true;         // reserve pages may be moved there (else idle and new ones)
     std::uint32_t chunk_min = 0;      // the least chunk (0: chunk_min_pages_)
     std::uint32_t chunk_end = 0;      // a chunk ends at or before this slot (0: the run's last)
+    // A shared tail's run: the batch maps the body (n - 1 slots) and holds the last slot,
+    // unmapped, in `provisioning_` past finish_place, for attach_tail or abandon_tail.
+    bool tail = false;
   };
   struct PageRef {
     std::uint32_t phys = kNoPhys;  // kNoPhys: a page created by the batch's calls
@@ -165,11 +168,22 @@ class PagePool {
     bool chunk_made = false;
     std::vector<bool> made, mapped;  // per fill slot: its page created; mapped there
     Status status;
+    bool tail = false;  // the run's last slot is held for a shared tail
     bool empty() const { return n == 0; }
+    std::uint32_t tail_slot() const { return start + n - 1; }
   };
   Result<PlaceBatch> begin_place(std::uint32_t n, const PlaceOptions& how);
   void place_calls(PlaceBatch& b) const;
   Result<std::uint32_t> finish_place(PlaceBatch& b, std::uint32_t owner);
+  // A tail batch's end, after finish_place (lock held): attach_tail maps the physical page of
+  // slot `last_of` (a slab page's) at the run's held last slot and makes the run `owner`'s (two
+  // calls); on failure the body goes to the reserve, the slot is free, and the error returned.
+  // abandon_tail gives the body to the reserve and frees the slot (no call).
+  Result<std::uint32_t> attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
+  void abandon_tail(std::uint32_t start, std::uint32_t n);
+  // take_run_onto's first two choices (a freed object's run as the free left it: no call, or its
+  // last slot remapped: three calls); nullopt when neither applies.
+  std::optional<std::uint32_t> take_cached_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // The three steps with the lock held throughout (callers that cannot let it go).
   Result<std::uint32_t> place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner);
   // take_run's first step: a mapped run of n free slots (no driver call): a chunk's when they
@@ -405,6 +419,9 @@ class PagePool {
   // unowned, unmapped ones provisioning_); false (nothing changed but aliases unmapped) when a
   // slot is not free. unclaim: undoes it.
   bool claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b);
+  // A tail batch's last slot `s`, unmapped and free (a queued alias there is unmapped now), into
+  // provisioning_; false (nothing changed) if it is not free.
+  bool claim_tail(std::uint32_t s, PlaceBatch& b);
   void unclaim(PlaceBatch& b);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;

@@ -45,8 +45,6 @@ bool PagePool::claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b) {
   auto set_of = [&](std::uint32_t s) {
     return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
   };
-  b.start = at;
-  b.n = n;
   for (std::uint32_t s = at; s < at + n;) {
     RangeSet* set = set_of(s);
     std::uint32_t e = s;
@@ -73,17 +71,39 @@ void PagePool::unclaim(PlaceBatch& b) {
     provisioning_.take_exact(r.start, r.length);
     unmapped_.insert(r.start, r.length);
   }
+  if (b.tail) {
+    provisioning_.take_exact(b.tail_slot(), 1);
+    unmapped_.insert(b.tail_slot(), 1);
+  }
   b = PlaceBatch{};
+}
+
+bool PagePool::claim_tail(std::uint32_t s, PlaceBatch& b) {
+  if (s >= slots_.size()) return false;
+  if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
+  if (!unmapped_.take_exact(s, 1)) return false;
+  provisioning_.insert(s, 1);
+  b.tail = true;
+  return true;
 }
 
 Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceOptions& how) {
   PlaceBatch b;
+  // With a tail, the batch maps the run's body and holds its last slot unmapped (attach_tail).
+  const std::uint32_t body = how.tail ? n - 1 : n;
   std::optional<std::uint32_t> at = how.at;
-  if (!at && how.window)
-    if (auto w = best_window(n)) at = w->start;
-  if (at && !claim_slots(*at, n, b)) {
-    if (how.at) return PlaceBatch{};  // not free: nothing changed
-    at.reset();
+  if (!at && how.window && body > 0)
+    if (auto w = best_window(n, how.tail)) at = w->start;
+  if (at) {
+    const bool claimed = claim_slots(*at, body, b);
+    if (claimed && (!how.tail || claim_tail(*at + body, b))) {
+      b.start = *at;
+      b.n = n;
+    } else {
+      if (claimed) unclaim(b);
+      if (how.at) return PlaceBatch{};  // not free: nothing changed
+      at.reset();
+    }
   }
   if (!at) {
     auto s = unmapped_.take_best_fit(n);
@@ -91,7 +111,8 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
     provisioning_.insert(*s, n);
     b.start = *s;
     b.n = n;
-    b.fills.push_back({*s, n});
+    if (body > 0) b.fills.push_back({*s, body});
+    b.tail = how.tail;
   }
   for (const auto& r : b.fills)
     for (std::uint32_t s = r.start; s < r.start + r.length; ++s) b.slots.push_back(s);
@@ -264,6 +285,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
     idle_chunk_pages_ += b.chunk_pages;
   }
   if (b.status.ok()) {
+    // A tail slot stays held, unmapped, for attach_tail or abandon_tail.
     for (const auto& r : b.fills) set_kind(r.start, r.length, SlotKind::large, owner);
     for (const auto& r : b.claimed) set_kind(r.start, r.length, SlotKind::large, owner);
     const std::uint32_t start = b.start;
@@ -286,8 +308,31 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
     set_kind(r.start, r.length, SlotKind::reserve, 0);
     insert_free(r.start, r.length);
   }
+  if (b.tail) {
+    provisioning_.take_exact(b.tail_slot(), 1);
+    unmapped_.insert(b.tail_slot(), 1);
+  }
   b = PlaceBatch{};
   return err;
+}
+
+Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner,
+                                            std::uint32_t last_of) {
+  const std::uint32_t last = start + n - 1;
+  provisioning_.take_exact(last, 1);
+  if (auto st = map_alias(last, last_of); !st.ok()) {
+    unmapped_.insert(last, 1);
+    if (n > 1) give_back(start, n - 1);  // mapped and accessible: the body's pages join the reserve
+    return st.error();
+  }
+  set_kind(start, n, SlotKind::large, owner);
+  return start;
+}
+
+void PagePool::abandon_tail(std::uint32_t start, std::uint32_t n) {
+  provisioning_.take_exact(start + n - 1, 1);
+  unmapped_.insert(start + n - 1, 1);
+  if (n > 1) give_back(start, n - 1);
 }
 
 Result<std::uint32_t> PagePool::place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner) {

@@ -76,15 +76,7 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
   return page;
 }
 
-std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uint32_t pages, std::uint32_t owner) {
-  if (!config.share_tails) return std::nullopt;
-  const std::uint64_t used = used_in_last_page(bytes, pages);
-  if (kPageSize - used < kMinTailRoom) return std::nullopt;
-  // The page whose free low span fits the bytes most tightly, leaving at least one slot free
-  // (an empty page's span is all its slots). But first a page that a freed object's run still
-  // ends on (its alias not yet unmapped by the keeper, the body's pages in the reserve before
-  // it): that run is taken as it is, with no driver call.
-  const std::vector<std::uint32_t> cached = pool.dropped_run_pages(pages);
+std::pair<SlabPage*, bool> HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const {
   SlabPage* best = nullptr;
   std::uint64_t best_room = 0;
   bool best_cached = false;
@@ -102,9 +94,35 @@ std::optional<Location> HeapCore::place_on_slab_page(std::size_t bytes, std::uin
         }
         if (best_cached) break;
       }
+  return {best, best_cached};
+}
+
+std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes,
+                                                     std::uint32_t pages) {
+  if (!config.share_tails) return std::nullopt;
+  const std::uint64_t used = used_in_last_page(bytes, pages);
+  if (kPageSize - used < kMinTailRoom) return std::nullopt;
+  // The page whose free low span fits the bytes most tightly, leaving at least one slot free
+  // (an empty page's span is all its slots). But first a page that a freed object's run still
+  // ends on (its alias not yet unmapped by the keeper, the body's pages in the reserve before
+  // it): that run is taken as it is, with no driver call.
+  SlabPage* best = tail_host(used, pool.dropped_run_pages(pages)).first;
   if (!best) return std::nullopt;
-  auto run = pool.take_run_onto(pages, owner, best->slot);
-  if (!run.ok()) return std::nullopt;
+  std::optional<std::uint32_t> run = pool.take_cached_run_onto(pages, kNoOwner, best->slot);
+  if (!run) {
+    // The body is mapped without the lock; meanwhile the slab page may have changed (filled,
+    // gone, put on a tail): look again, then map the alias under the lock.
+    auto body = place_run(lock, pages, true);
+    if (!body.ok()) return std::nullopt;
+    best = tail_host(used, {}).first;
+    if (!best) {
+      pool.abandon_tail(*body, pages);
+      return std::nullopt;
+    }
+    auto attached = pool.attach_tail(*body, pages, kNoOwner, best->slot);
+    if (!attached.ok()) return std::nullopt;  // the body went to the reserve
+    run = *attached;
+  }
   want_refill();
   const Location loc{ObjectKind::large, *run, 0, pages};
   const std::uint32_t tail = last_slot(loc);
