@@ -70,7 +70,6 @@ ReserveTargets ReserveKeeper::targets() {
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
   t.ceiling = std::max(config_.reserve_high_pages, by_peak);  // >= limit
-  t.free_keeps = t.limit + (t.ceiling - t.limit) / ReserveTargets::kFreeLeavesToKeeper;
   // Half the limit at most: the other half keeps freed runs for reuse.
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
@@ -121,19 +120,19 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
   const bool keeper = thread_.joinable();
   const ReserveTargets t = keeper ? targets() : ReserveTargets{config_.reserve_high_pages, config_.reserve_high_pages};
-  const std::size_t to = keeper ? t.free_keeps : t.limit;
+  const std::size_t to = keeper ? t.ceiling : t.limit;
   // A chunk the free left unused goes back now, on this thread (two calls): it would serve only
   // a run of a close size, and until released it is mapped memory outside every budget.
   if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
   if (pool_.reserve_pages() <= t.limit) return false;
-  // Without a keeper, down to the watermark now. With one, a surplus up to a quarter of the way
-  // from the limit to the peak bound (mapped memory within reserve_peak_ratio x the recent peak of
-  // ordinary live bytes) is the keeper's to trim, off this thread: the next allocations take
-  // much of it back before the keeper gets to it. Beyond that share this thread trims down to it,
-  // not to the limit, so the next free need not trim again (docs/speed.md: a third in session
-  // 19, against trimming to the limit past half the limit: 15-22 % fewer driver calls on the
-  // allocation path, free p99 a third to a half lower; a quarter since session 20, when alias
-  // drops went to the keeper and held ~0.2 points more fragmentation on the H200).
+  // Without a keeper, down to the watermark now. With one, a surplus up to the peak bound
+  // (mapped memory within reserve_peak_ratio x the recent peak of ordinary live bytes) is the
+  // keeper's to trim, off this thread: the next allocations take much of it back before the
+  // keeper gets to it. Beyond the bound this thread trims down to it. Until session 24 a free
+  // trimmed beyond a quarter of the way to the bound, because the keeper waited for the heap
+  // lock behind callers' driver calls and trimmed late; since callers map without the lock, the
+  // keeper keeps up, and frees that leave it the whole way are 8-20x faster at the p99 on the
+  // H200 (docs/speed.md, "Session 24").
   if (keeper && pool_.reserve_pages() <= to) {
     wake();
     return false;

@@ -10,8 +10,8 @@
 //             of ordinary live bytes (demand.h); never under the high watermark. Freed large runs
 //             stay mapped up to it, so that later allocations reuse them (best fit, split and
 //             coalesced by the pool, runs grown in place).
-//   ceiling   the peak bound alone: a free that leaves the reserve more than a quarter of the
-//             way from the limit to it trims at once (trim_surplus).
+//   ceiling   the peak bound alone: a free that leaves the reserve above it trims at once
+//             (trim_surplus); below it, the surplus over the limit is the keeper's to trim.
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
 //             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
 //             freed run takes it without a driver call.
@@ -42,13 +42,9 @@ namespace valet::detail {
 struct ReserveTargets {
   std::size_t limit = 0;
   // The reserve pages that keep mapped memory within reserve_peak_ratio x the recent peak of
-  // ordinary live bytes (the peak bound alone, no fraction): a free that leaves the reserve more
-  // than 1/kFreeLeavesToKeeper of the way from the limit to it trims on its own thread.
+  // ordinary live bytes (the peak bound alone, no fraction): a free that leaves the reserve above
+  // it trims down to it on its own thread (trim_surplus); the keeper trims the rest to the limit.
   std::size_t ceiling = 0;
-  // The reserve a free leaves to the keeper: 1/kFreeLeavesToKeeper of the way from the limit to
-  // the ceiling. A free that leaves more trims down to it on its own thread (trim_surplus).
-  static constexpr std::size_t kFreeLeavesToKeeper = 4;
-  std::size_t free_keeps = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };
@@ -85,10 +81,10 @@ class ReserveKeeper {
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();
-  // A free that left the reserve above its limit: wakes the keeper for a surplus up to its share
-  // (free_keeps) of the way to the peak bound; trims a larger one down to that share now, on the
-  // freeing thread, batch by batch without the heap lock, so that held memory follows live
-  // memory (and the keeper the rest); true if it trimmed.
+  // A free that left the reserve above its limit: wakes the keeper for a surplus up to the peak
+  // bound (the ceiling); trims one beyond it down to it now, on the freeing thread, batch by
+  // batch without the heap lock, so that held memory never passes the bound (and the keeper the
+  // rest); true if it trimmed.
   // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).

@@ -206,75 +206,90 @@ TEST(ReserveKeeper, ARequestOfMostOfTheHeapIsNotDemandItsPagesGoBackAtItsFree) {
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
-// A free's surplus over the reserve's limit: up to the keeper's share of the way from the limit
-// to the peak bound (ReserveTargets::kFreeLeavesToKeeper) it is the keeper's (the freeing thread
-// makes no driver call); beyond that the freeing thread gives back what exceeds the share at
-// once, and the keeper the rest.
-TEST(ReserveKeeper, AFreeTrimsOnlyWhatLiesBeyondTheKeepersShareOfTheWayToThePeakBound) {
+// A free's surplus over the reserve's limit: up to the peak bound (the ceiling) it is the
+// keeper's (the freeing thread makes no driver call); beyond the bound the freeing thread gives
+// back what exceeds it at once, and the keeper the rest.
+struct BudgetReading {
+  std::size_t limit, ceiling, reserve;
+  bool in_flight;
+};
+
+BudgetReading read_budget(HeapCore& c) {
+  std::lock_guard lock(c.mu);
+  const ReserveTargets t = c.keeper.targets();
+  return BudgetReading{t.limit, t.ceiling, c.pool.reserve_pages(), c.pool.batch_in_flight()};
+}
+
+// Waits (at most 5 s) until the keeper has trimmed to its limit (and its hysteresis).
+BudgetReading trimmed_budget(HeapCore& c) {
+  for (int i = 0; i < 5000; ++i) {
+    const BudgetReading r = read_budget(c);
+    if (!r.in_flight && r.reserve <= r.limit + std::max<std::size_t>(2, r.limit / 8)) return r;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return read_budget(c);
+}
+
+Config budget_config(double peak_ratio) {
   Config config;
   config.capacity = 1u << 30;  // 512 pages
   config.reserve_fraction = 0.05;
-  config.reserve_peak_ratio = 2.3;
+  config.reserve_peak_ratio = peak_ratio;
   // The page reserve's rule: no chunks (a free of a chunked object gives the chunk back on its
-  // own thread, whatever the share: tests/unit/chunk_test.cpp).
+  // own thread: tests/unit/chunk_test.cpp).
   config.chunk_min_pages = 0;
-  auto heap = test::make_heap(config);
+  return config;
+}
+
+TEST(ReserveKeeper, AFreeLeavesTheSurplusWithinThePeakBoundToTheKeeper) {
+  auto heap = test::make_heap(budget_config(2.3));
   ASSERT_TRUE(heap);
   Heap& h = *heap;
   auto& c = HeapInternals::of(h);
-  constexpr std::size_t kShare = ReserveTargets::kFreeLeavesToKeeper;
-  struct Reading {
-    std::size_t limit, keeps, reserve;
-    bool in_flight;
-  };
-  auto read = [&] {
-    std::lock_guard lock(c.mu);
-    const ReserveTargets t = c.keeper.targets();
-    EXPECT_EQ(t.free_keeps, t.limit + (t.ceiling - t.limit) / kShare) << "not the keeper's share of the way to the peak bound";
-    return Reading{t.limit, t.free_keeps, c.pool.reserve_pages(), c.pool.batch_in_flight()};
-  };
-  // Waits (at most 5 s) until the keeper has trimmed to its limit (and its hysteresis).
-  auto trimmed = [&] {
-    for (int i = 0; i < 5000; ++i) {
-      const Reading r = read();
-      if (!r.in_flight && r.reserve <= r.limit + std::max<std::size_t>(2, r.limit / 8)) return r;
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    return read();
-  };
-  // ~200 live pages in whole pages (no tails to unshare at a free), a 30-page object (ordinary
-  // demand: under an eighth of the pages in use) and a 120-page one.
+  // ~200 live pages in whole pages (no tails to unshare at a free), a 30-page object and a
+  // 120-page one (neither ordinary demand: over an eighth of the pages in use).
   std::vector<Handle> live;
   for (int i = 0; i < 50; ++i) live.push_back(*h.allocate(4 * kPageBytes));
   auto mid = h.allocate(30 * kPageBytes);
   auto big = h.allocate(120 * kPageBytes);
   ASSERT_TRUE(mid.ok() && big.ok());
   settle(h);
-  Reading before = trimmed();
-  ASSERT_GT(before.keeps, before.limit + 30 + 8) << "the test's budget leaves no room for its case";
-  ASSERT_LE(before.reserve + 30 + 2, before.keeps);
-  {
-    // Within the keeper's share: no driver call here (the former rule trimmed this one: more
-    // than 16 pages over the 16-page limit).
+  const BudgetReading before = trimmed_budget(c);
+  ASSERT_GT(before.ceiling, before.limit + 30 + 8) << "the test's budget leaves no room for its case";
+  for (const Handle x : {*mid, *big}) {
     ThreadDriverCalls scope(h.driver_calls());
-    ASSERT_TRUE(h.free(*mid).ok());
-    EXPECT_EQ(scope.made().total(), 0u) << "a free within the keeper's share made driver calls";
+    ASSERT_TRUE(h.free(x).ok());
+    const BudgetReading after = read_budget(c);
+    EXPECT_EQ(scope.made().total(), 0u) << "a free within the peak bound made driver calls";
+    EXPECT_GT(after.reserve, after.limit) << "the free returned no surplus (the test's case is gone)";
+    EXPECT_LE(after.reserve, after.ceiling);
   }
-  before = trimmed();
-  // Its free raises the bound by its pages, the share by that share of them: still beyond it.
-  ASSERT_GT(before.reserve + 120 - 120 / kShare, before.keeps + 4);
-  {
-    // Beyond it: this thread releases pages, and leaves no more than the share mapped.
-    ThreadDriverCalls scope(h.driver_calls());
-    ASSERT_TRUE(h.free(*big).ok());
-    const Reading after = read();
-    EXPECT_GT(scope.made()[DriverOp::release_page], 0u)
-        << "a free far beyond the keeper's share left it all to the keeper (reserve " << before.reserve << " -> "
-        << after.reserve << ", share " << before.keeps << " -> " << after.keeps << ")";
-    EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
-    EXPECT_LE(after.reserve, after.keeps) << "the free left more than the keeper's share mapped";
-  }
-  const Reading settled = trimmed();
+  const BudgetReading settled = trimmed_budget(c);
+  EXPECT_LE(settled.reserve, settled.limit + std::max<std::size_t>(2, settled.limit / 8)) << "the keeper did not trim it";
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
+TEST(ReserveKeeper, AFreeTrimsWhatLiesBeyondThePeakBoundOnItsOwnThread) {
+  // A peak ratio of 1: the bound is the recent peak of ordinary live bytes (~200 pages). The
+  // 120-page object is no ordinary demand, so freeing it leaves the reserve far beyond the bound.
+  auto heap = test::make_heap(budget_config(1.0));
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  std::vector<Handle> live;
+  for (int i = 0; i < 50; ++i) live.push_back(*h.allocate(4 * kPageBytes));
+  auto big = h.allocate(120 * kPageBytes);
+  ASSERT_TRUE(big.ok());
+  settle(h);
+  (void)trimmed_budget(c);
+  ThreadDriverCalls scope(h.driver_calls());
+  ASSERT_TRUE(h.free(*big).ok());
+  const BudgetReading after = read_budget(c);
+  EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the peak bound left it all to the keeper";
+  EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
+  EXPECT_LE(after.reserve, after.ceiling) << "the free left more than the peak bound mapped";
+  const BudgetReading settled = trimmed_budget(c);
   EXPECT_LE(settled.reserve, settled.limit + std::max<std::size_t>(2, settled.limit / 8)) << "the keeper did not trim the rest";
   EXPECT_TRUE(h.validate().ok());
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
