@@ -449,6 +449,8 @@ class PagePool {
   Status release_idle_chunks(std::size_t& n);
   Status validate_chunks() const;
   std::vector<std::uint32_t> whole_free_chunks() const;
+  template <class F>
+  bool for_each_whole_free_chunk(F&& f) const;
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the
   // caller counts it as created.
   std::uint32_t add_record(PhysicalPage page);

@@ -62,20 +62,34 @@ void PagePool::insert_free(std::uint32_t start, std::uint32_t n) {
   }
 }
 
-std::vector<std::uint32_t> PagePool::whole_free_chunks() const {
-  // Whole chunks inside the chunk reserve's ranges (a range may hold several, side by side).
-  std::vector<std::uint32_t> whole;
+template <class F>
+bool PagePool::for_each_whole_free_chunk(F&& f) const {
+  // Whole chunks inside the chunk reserve's ranges (a range may hold several, side by side);
+  // f(page) returns false to stop. Returns false if it stopped.
+  bool go_on = true;
   chunk_reserve_.for_each([&](RangeSet::Range r) {
-    for (std::uint32_t s = r.start; s < r.start + r.length;) {
+    for (std::uint32_t s = r.start; go_on && s < r.start + r.length;) {
       const PhysRecord& c = phys_[slots_[s].phys];
-      if (c.first == s && c.first + c.pages <= r.start + r.length) whole.push_back(slots_[s].phys);
+      if (c.first == s && c.first + c.pages <= r.start + r.length) go_on = f(slots_[s].phys);
       s = c.first + c.pages;
     }
+  });
+  return go_on;
+}
+
+std::vector<std::uint32_t> PagePool::whole_free_chunks() const {
+  std::vector<std::uint32_t> whole;
+  for_each_whole_free_chunk([&](std::uint32_t p) {
+    whole.push_back(p);
+    return true;
   });
   return whole;
 }
 
-bool PagePool::free_chunk_waits() const { return chunk_reserve_.total() > 0 && !whole_free_chunks().empty(); }
+// Asked on every large free and keeper round: a scan that stops at the first one, no list.
+bool PagePool::free_chunk_waits() const {
+  return chunk_reserve_.total() > 0 && !for_each_whole_free_chunk([](std::uint32_t) { return false; });
+}
 
 void PagePool::take_free_chunks(ReleaseBatch& b) {
   // All of them, whatever the reserve's budget: a free chunk serves only a run of a close size,
