@@ -422,6 +422,10 @@ class PagePool {
   // A tail batch's last slot `s`, unmapped and free (a queued alias there is unmapped now), into
   // provisioning_; false (nothing changed) if it is not free.
   bool claim_tail(std::uint32_t s, PlaceBatch& b);
+  // A provision or place batch's moved reserve runs, after its calls (lock held): their slots
+  // are unmapped (their pages mapped nowhere there any more), or, where the unmap failed or was
+  // not reached, back in the reserve untouched.
+  void book_moved_sources(const std::vector<ReleaseRun>& sources);
   void unclaim(PlaceBatch& b);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;

@@ -252,21 +252,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
       b.pages[i].phys = add_record(b.pages[i].page);
       ++created_;
     }
-  // The moved runs' slots: unmapped, or (their unmap failed or was not reached) back in the
-  // reserve, untouched.
-  for (const auto& run : b.sources) {
-    releasing_.take_exact(run.start, run.length);
-    if (!run.unmapped) {
-      reserve_.insert(run.start, run.length);
-      continue;
-    }
-    for (std::uint32_t s = run.start; s < run.start + run.length; ++s) {
-      --phys_[slots_[s].phys].mappings;
-      slots_[s].phys = kNoPhys;
-    }
-    set_kind(run.start, run.length, SlotKind::unmapped, 0);
-    unmapped_.insert(run.start, run.length);
-  }
+  book_moved_sources(b.sources);
   bool chunk_mapped = false;
   for (std::size_t i = 0; i < need; ++i) {
     const std::uint32_t s = b.slots[i];

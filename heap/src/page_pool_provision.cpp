@@ -108,20 +108,8 @@ void PagePool::provision_calls(ProvisionBatch& b) const {
   }
 }
 
-void PagePool::finish_provision(ProvisionBatch& b) {
-  provisioning_.take_exact(b.dest, b.length);
-  in_flight_idle_ -= b.idle.size();
-  fresh_in_flight_ -= b.fresh;
-  // Pages not created are not counted; new pages get their records.
-  std::uint32_t created_now = 0;
-  for (auto& ref : b.placed) {
-    if (ref.phys != kNoPhys) continue;
-    ++created_now;
-    ref.phys = add_record(ref.page);
-  }
-  created_ -= b.fresh - created_now;
-  // The moved runs' slots: unmapped, or (unmap failed) back in the reserve, untouched.
-  for (const auto& run : b.sources) {
+void PagePool::book_moved_sources(const std::vector<ReleaseRun>& sources) {
+  for (const auto& run : sources) {
     releasing_.take_exact(run.start, run.length);
     if (!run.unmapped) {
       reserve_.insert(run.start, run.length);
@@ -134,6 +122,21 @@ void PagePool::finish_provision(ProvisionBatch& b) {
     set_kind(run.start, run.length, SlotKind::unmapped, 0);
     unmapped_.insert(run.start, run.length);
   }
+}
+
+void PagePool::finish_provision(ProvisionBatch& b) {
+  provisioning_.take_exact(b.dest, b.length);
+  in_flight_idle_ -= b.idle.size();
+  fresh_in_flight_ -= b.fresh;
+  // Pages not created are not counted; new pages get their records.
+  std::uint32_t created_now = 0;
+  for (auto& ref : b.placed) {
+    if (ref.phys != kNoPhys) continue;
+    ++created_now;
+    ref.phys = add_record(ref.page);
+  }
+  created_ -= b.fresh - created_now;
+  book_moved_sources(b.sources);
   for (std::uint32_t k = 0; k < b.placed.size(); ++k) {
     const std::uint32_t p = b.placed[k].phys;
     if (k < b.mapped) {
