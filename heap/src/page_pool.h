@@ -31,7 +31,9 @@
 // validate() (page_pool_validate.cpp) checks all of this from scratch: each slot's state against
 // the range sets and the kind counts, each page's mapping count against the slots mapping it,
 // idle and unused page records, the created count against the capacity, and held slots mapped.
-// The reserve's trimming and refilling (the release batch, balance) are in page_pool_release.cpp.
+// The reserve's trimming and refilling (the release batch, balance) are in page_pool_release.cpp;
+// large runs that no mapped run serves are placed by place batches (page_pool_place.cpp), whose
+// driver calls run without the heap lock.
 //
 // Threading: every call requires the heap lock, except where a comment says otherwise.
 #pragma once
@@ -94,8 +96,10 @@ class PagePool {
   // One mapped page slot for a slab (from the reserve when it has one: no driver call).
   Result<std::uint32_t> take_page(SlotKind kind, std::uint32_t owner);
   // `n` contiguous mapped slots for a large object. From one reserve run when there is one (no
-  // driver call); otherwise a fresh virtual run backed by reserve pages moved there and new
-  // pages (stitching). out_of_memory when the free pages cannot cover `n`, leaving all as it was.
+  // driver call); otherwise a place batch (a window grown around reserve pages, or a fresh
+  // virtual run backed by reserve pages moved there and new pages: stitching), its calls made
+  // with the lock held: the heap's callers use HeapCore::take_run, which lets it go.
+  // out_of_memory when the free pages cannot cover `n`, leaving all as it was.
   Result<std::uint32_t> take_run(std::uint32_t n, std::uint32_t owner);
   // Where `n` contiguous free slots (reserve, unmapped, or queued dropping slots, which are
   // unmapped when taken; nothing in use) hold the most reserve
@@ -107,8 +111,9 @@ class PagePool {
   };
   std::optional<Window> best_window(std::uint32_t n, bool last_unmapped = false) const;
   // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
-  // of slot `last_of` (a slab page's), the others backed as take_run's fresh runs are. On
-  // failure nothing changed (pages it created or moved may be idle).
+  // of slot `last_of` (a slab page's), the others backed as take_run's runs are, all under the
+  // lock (HeapCore::place_on_slab_page lets it go for the body). On failure nothing changed
+  // (pages it created or moved may be idle).
   Result<std::uint32_t> take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // Grows a run in place by `n` slots at `at` (right after the run) when those slots are free
   // (reserve or unmapped). Returns false (nothing changed) when they are not.
