@@ -113,6 +113,57 @@ TEST_F(PlacePool, ARunThatCannotBeBackedChangesNothing) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+TEST_F(PlacePool, ATailBatchHoldsItsLastSlotUntilTheAliasIsMappedOrGivenUp) {
+  // A slab-like page whose physical page the run's last slot will share.
+  auto host = pool.take_page(SlotKind::slab, 1);
+  ASSERT_TRUE(host.ok());
+  ASSERT_TRUE(test::pattern_holds(door, pool, *host, 1, 21));
+  PagePool::PlaceOptions how;
+  how.tail = true;
+  auto b = pool.begin_place(5, how);
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_EQ(total(b->fills) + total(b->claimed), 4u) << "the body is the run less its last slot";
+  EXPECT_TRUE(b->tail);
+  const std::uint32_t last = b->tail_slot();
+  ASSERT_VALID(pool);
+  pool.place_calls(*b);
+  auto body = pool.finish_place(*b, 0);
+  ASSERT_TRUE(body.ok()) << body.error().to_string();
+  EXPECT_EQ(pool.slot(last).kind, SlotKind::unmapped);
+  EXPECT_TRUE(pool.batch_in_flight()) << "the last slot is no longer held";
+  ThreadDriverCalls scope(door);
+  auto run = pool.attach_tail(*body, 5, 2, *host);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_EQ(scope.made().total(), 2u) << "the alias: one map, one access grant";
+  EXPECT_EQ(pool.slot(last).phys, pool.slot(*host).phys);
+  for (std::uint32_t s = *run; s < *run + 5; ++s) EXPECT_EQ(pool.slot(s).owner, 2u);
+  // The same bytes through the host's slot and the run's last slot.
+  const PatternRange r{pool.address(*host), kPageBytes, 22};
+  ASSERT_TRUE(door.fill_pattern({&r, 1}, Stream{}).ok());
+  const PatternRange through_tail{pool.address(last), kPageBytes, 22};
+  auto differ = door.verify_pattern({&through_tail, 1}, Stream{});
+  ASSERT_TRUE(differ.ok());
+  EXPECT_EQ(*differ, 0u);
+  EXPECT_FALSE(pool.batch_in_flight());
+  ASSERT_VALID(pool);
+  // Given up instead (the slab page went meanwhile): the body joins the reserve, the slot is free.
+  auto c = pool.begin_place(5, how);
+  ASSERT_TRUE(c.ok());
+  pool.place_calls(*c);
+  auto body2 = pool.finish_place(*c, 0);
+  ASSERT_TRUE(body2.ok());
+  const std::size_t reserve = pool.reserve_pages();
+  pool.abandon_tail(*body2, 5);
+  EXPECT_EQ(pool.reserve_pages(), reserve + 4);
+  EXPECT_EQ(pool.slot(*body2 + 4).kind, SlotKind::unmapped);
+  EXPECT_FALSE(pool.batch_in_flight());
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(pool.drop_alias(last).ok());
+  pool.give_back(*run, 4);
+  pool.give_back(*host, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 // A heap whose caller-thread maps can be held at a gate.
 struct GatedHeap {
   GatedBackend* gate = nullptr;
