@@ -100,8 +100,8 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
     const std::uint64_t live = std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + bytes;
     pool.set_create_ceiling(keeper.peak_bound_pages(now_ns(), live));
   }
-  // Its last page on a slab page's physical page, when one has the room (no page of its own).
-  // This maps pages on the caller's thread (docs/speed.md says why it stays for now).
+  // Its last page on a slab page's physical page, when one has the room (no page of its own):
+  // the body is mapped without the heap lock, the alias (two calls) under it (tails.cpp).
   if (auto loc = place_on_slab_page(lock, bytes, n)) return *loc;
   auto run = take_run(lock, n);
   if (!run.ok()) return run.error();
