@@ -54,20 +54,12 @@ std::size_t HeapCore::footprint_of(const Location& loc) const {
 }
 
 Result<std::uint32_t> HeapCore::place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail) {
-  // Its driver calls run without the heap lock (page_pool.h, the place batch). A chunked miss
-  // first where allowed (on failure nothing changed), then the usual way.
-  auto attempt = [&](PagePool::PlaceOptions how) -> Result<std::uint32_t> {
-    how.tail = tail;
-    auto batch = pool.begin_place(n, how);
-    if (!batch.ok()) return batch.error();
+  // Its driver calls run without the heap lock (page_pool.h, the place batch).
+  return pool.place_miss(n, tail, kNoOwner, [&](PagePool::PlaceBatch& b) {
     lock.unlock();
-    pool.place_calls(*batch);
+    pool.place_calls(b);
     lock.lock();
-    return pool.finish_place(*batch, kNoOwner);
-  };
-  if (auto how = pool.chunked_miss_options(n))
-    if (auto s = attempt(*how); s.ok()) return s;
-  return attempt(PagePool::PlaceOptions{});
+  });
 }
 
 Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n) {

@@ -131,8 +131,7 @@ Status PagePool::release(std::uint32_t p) {
   return {};
 }
 
-Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve, std::uint32_t chunk_end,
-                          std::uint32_t chunk_min) {
+Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserve, std::uint32_t chunk_end) {
   // Gather n created, unmapped pages: idle ones, then pages moved out of the reserve (one unmap
   // per reserve range), then new ones. Every step leaves the pool consistent if a later one fails.
   while (from_reserve && idle_.size() < n && !reserve_.empty()) {
@@ -151,8 +150,7 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
   const std::uint32_t lo = start + std::uint32_t(std::min<std::size_t>(idle_.size(), n));
   const std::uint32_t hi = std::min(start + n, chunk_end);
   std::uint32_t chunk = 0;
-  const std::uint32_t least = chunk_min > 0 ? chunk_min : chunk_min_pages_;
-  if (least > 0 && hi >= lo + std::max<std::uint32_t>(least, 2) && map_new_chunk(lo, hi - lo).ok())
+  if (chunk_min_pages_ > 0 && hi >= lo + std::max<std::uint32_t>(chunk_min_pages_, 2) && map_new_chunk(lo, hi - lo).ok())
     chunk = hi - lo;
   auto unwind = [&](std::uint32_t upto) {  // unmaps what is mapped of [start, upto) and the chunk
     if (chunk == 0 || upto <= lo) {
@@ -188,14 +186,13 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
   return {};
 }
 
-Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner, bool from_reserve,
-                                           std::uint32_t chunk_min) {
+Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner) {
   if (available_pages() < n)
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n) + " pages, " +
                                                std::to_string(available_pages()) + " free within the capacity");
   auto s = unmapped_.take_best_fit(n);
   if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
-  if (auto st = back_run(*s, n, from_reserve, kind == SlotKind::large ? body_end(*s, n) : 0, chunk_min); !st.ok()) {
+  if (auto st = back_run(*s, n, true, kind == SlotKind::large ? body_end(*s, n) : 0); !st.ok()) {
     unmapped_.insert(*s, n);
     return st.error();
   }
@@ -224,13 +221,7 @@ std::optional<std::uint32_t> PagePool::take_mapped_run(std::uint32_t n, std::uin
 
 Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   if (auto s = take_mapped_run(n, owner)) return *s;
-  // Chunked misses: a new chunk for the body (five calls: two creates, two maps, one access
-  // grant) rather than reserve pages moved one by one, within the peak bound. On failure
-  // (nothing changed), the usual way: a window grown around reserve pages, so that only the
-  // missing pages are mapped, else a fresh run.
-  if (auto how = chunked_miss_options(n))
-    if (auto s = place_now(n, *how, owner); s.ok()) return s;
-  return place_now(n, PlaceOptions{}, owner);
+  return place_miss(n, false, owner, [&](PlaceBatch& b) { place_calls(b); });
 }
 
 bool PagePool::unmap_dropped(std::uint32_t s) {
@@ -301,18 +292,8 @@ std::optional<std::uint32_t> PagePool::take_cached_run_onto(std::uint32_t n, std
 
 Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {
   if (auto start = take_cached_run_onto(n, owner, last_of)) return *start;
-  // The body around reserve pages where free slots allow (its last slot an unmapped one), or a
-  // fresh run; a chunked miss's new chunk first where allowed. Then the shared page's alias.
-  auto place_body = [&](PlaceOptions how) -> Result<std::uint32_t> {
-    how.tail = true;
-    auto b = begin_place(n, how);
-    if (!b.ok()) return b.error();
-    place_calls(*b);
-    return finish_place(*b, owner);
-  };
-  Result<std::uint32_t> body = make_error(Errc::internal, "take_run_onto: not placed");
-  if (auto how = chunked_miss_options(n)) body = place_body(*how);
-  if (!body.ok()) body = place_body(PlaceOptions{});
+  // The body as take_run's miss places a run, its last slot held; then the shared page's alias.
+  auto body = place_miss(n, true, owner, [&](PlaceBatch& b) { place_calls(b); });
   if (!body.ok()) return body.error();
   return attach_tail(*body, n, owner, last_of);
 }

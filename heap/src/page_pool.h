@@ -167,7 +167,9 @@ class PagePool {
     std::vector<PageRef> pages;                     // the page for each of them
     std::uint32_t idle = 0, fresh = 0;              // of them, idle pages taken; pages to create
     std::vector<ReleaseRun> sources;                // reserve runs whose pages move here
-    std::uint32_t chunk_at = 0, chunk_index = 0, chunk_pages = 0;  // new pages as one chunk
+    // New pages as one chunk: fill slots [chunk_index, chunk_index + chunk_pages), which lie
+    // together (0 pages: none).
+    std::uint32_t chunk_index = 0, chunk_pages = 0;
     // The outcome (place_calls).
     PhysicalPage chunk{};
     bool chunk_made = false;
@@ -176,6 +178,7 @@ class PagePool {
     bool tail = false;  // the run's last slot is held for a shared tail
     bool empty() const { return n == 0; }
     std::uint32_t tail_slot() const { return start + n - 1; }
+    bool chunk_holds(std::size_t i) const { return chunk_pages > 0 && i >= chunk_index && i < chunk_index + chunk_pages; }
   };
   Result<PlaceBatch> begin_place(std::uint32_t n, const PlaceOptions& how);
   void place_calls(PlaceBatch& b) const;
@@ -189,15 +192,29 @@ class PagePool {
   // take_run_onto's first two choices (a freed object's run as the free left it: no call, or its
   // last slot remapped: three calls); nullopt when neither applies.
   std::optional<std::uint32_t> take_cached_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
-  // The three steps with the lock held throughout (callers that cannot let it go).
-  Result<std::uint32_t> place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner);
   // take_run's first step: a mapped run of n free slots (no driver call): a chunk's when they
   // fit closely, else the reserve's. nullopt when there is none.
   std::optional<std::uint32_t> take_mapped_run(std::uint32_t n, std::uint32_t owner);
-  // take_run's miss, in order of preference: a chunked miss (chunk_miss), then the usual way.
-  std::optional<PlaceOptions> chunked_miss_options(std::uint32_t n) const {
-    if (!chunk_miss(n - 1)) return std::nullopt;
-    return PlaceOptions{std::nullopt, false, false, chunk_miss_pages_, 0};
+  // A miss of a run of n slots (a place batch, its last slot held when `tail`): a chunked miss
+  // first where allowed (chunk_miss; on failure nothing changed), then the usual way.
+  // `calls(batch)` runs place_calls: in place with the lock held, or letting the lock go around it.
+  template <class Calls>
+  Result<std::uint32_t> place_miss(std::uint32_t n, bool tail, std::uint32_t owner, Calls&& calls) {
+    auto attempt = [&](PlaceOptions how) -> Result<std::uint32_t> {
+      how.tail = tail;
+      auto b = begin_place(n, how);
+      if (!b.ok()) return b.error();
+      calls(*b);
+      return finish_place(*b, owner);
+    };
+    if (chunk_miss(n - 1)) {
+      PlaceOptions chunked;
+      chunked.window = false;
+      chunked.from_reserve = false;
+      chunked.chunk_min = chunk_miss_pages_;
+      if (auto s = attempt(chunked); s.ok()) return s;
+    }
+    return attempt(PlaceOptions{});
   }
   std::size_t placements_in_flight() const { return placing_; }
   // Returns slots [start, start+n) to the reserve (they stay mapped): chunk slots to the
@@ -446,6 +463,11 @@ class PagePool {
   // access yet). Precondition: those slots unmapped and in no set. On failure nothing changed
   // (but a chunk created whose release then failed: kept idle, released later).
   Status map_new_chunk(std::uint32_t start, std::uint32_t n);
+  // A created chunk of `n` pages whose first slot is `first`: its record, counted as created
+  // (the caller notes the peak). keep_idle_chunk: chunk `p`, mapped nowhere and not released,
+  // waits idle for a later release.
+  std::uint32_t add_chunk_record(PhysicalPage page, std::uint32_t n, std::uint32_t first);
+  void keep_idle_chunk(std::uint32_t p);
   // After the unmap of a whole chunk `p` (mapped nowhere now): released, or idle on failure.
   void chunk_unmapped(std::uint32_t p);
   // give_back's and the release batch's sorting: [start, start+n) into reserve_ and
@@ -484,18 +506,15 @@ class PagePool {
   // New pages go into one chunk at the run's end when there are chunk_min_pages_ of them and
   // the chunk ends at or before `chunk_end` (a large object's last slot stays a page of its own,
   // for a shared tail); 0: no chunk.
-  // `chunk_min`: the chunk's least size instead of chunk_min_pages_ (0: chunk_min_pages_).
-  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0,
-                  std::uint32_t chunk_min = 0);
+  Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0);
   // Chunked misses: a body of `body` pages may be new pages (see set_chunk_miss_pages).
   bool chunk_miss(std::uint32_t body) const {
     return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && capacity_pages_ - created_ >= body + 1 &&
            created_ + body + 1 <= create_ceiling_;
   }
-  // A fresh virtual run of n slots backed by pages (idle, reserve pages moved there when
-  // `from_reserve`, new; back_run's `chunk_min`).
-  Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner, bool from_reserve = true,
-                                   std::uint32_t chunk_min = 0);
+  // A fresh virtual run of n slots backed by pages (idle, reserve pages moved there, new): a
+  // slab page's slot when the reserve has none.
+  Result<std::uint32_t> take_fresh(std::uint32_t n, SlotKind kind, std::uint32_t owner);
   // A large object's body: the slots before its last one.
   static std::uint32_t body_end(std::uint32_t start, std::uint32_t n) { return start + n - 1; }
   void set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std::uint32_t owner);

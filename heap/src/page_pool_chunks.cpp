@@ -19,14 +19,8 @@ Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
   auto page = backend_.create_chunk(n);
   if (!page.ok()) return page.error();
-  const std::uint32_t p = add_record(*page);
-  phys_[p].pages = n;
-  phys_[p].first = start;
-  created_ += n;
+  const std::uint32_t p = add_chunk_record(*page, n, start);
   note_created_peak();
-  chunk_pages_ += n;
-  ++chunks_;
-  ++chunks_created_;
   if (auto st = map_at(start, p); !st.ok()) {
     chunk_unmapped(p);  // released (or kept idle if even that fails)
     return st;
@@ -34,13 +28,28 @@ Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
   return {};
 }
 
+std::uint32_t PagePool::add_chunk_record(PhysicalPage page, std::uint32_t n, std::uint32_t first) {
+  const std::uint32_t p = add_record(page);
+  phys_[p].pages = n;
+  phys_[p].first = first;
+  created_ += n;
+  chunk_pages_ += n;
+  ++chunks_;
+  ++chunks_created_;
+  return p;
+}
+
+void PagePool::keep_idle_chunk(std::uint32_t p) {
+  idle_chunks_.push_back(p);
+  idle_chunk_pages_ += phys_[p].pages;
+}
+
 void PagePool::chunk_unmapped(std::uint32_t p) {
   if (backend_.release_page(phys_[p].page).ok()) {
     forget_record(p);
     return;
   }
-  idle_chunks_.push_back(p);
-  idle_chunk_pages_ += phys_[p].pages;
+  keep_idle_chunk(p);
 }
 
 bool PagePool::cuts_chunk(std::uint32_t start, std::uint32_t n) const {

@@ -155,7 +155,6 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
     const std::uint32_t hi = std::min(piece_end, end);
     const std::uint32_t least = how.chunk_min > 0 ? how.chunk_min : chunk_min_pages_;
     if (least > 0 && hi >= lo + std::max<std::uint32_t>(least, 2)) {
-      b.chunk_at = lo;
       b.chunk_index = std::uint32_t(i);
       b.chunk_pages = hi - lo;
     }
@@ -181,7 +180,6 @@ void PagePool::place_calls(PlaceBatch& b) const {
     if (!st.ok()) break;
   }
   const std::size_t need = b.slots.size();
-  auto chunk_slot = [&](std::size_t i) { return b.chunk_pages > 0 && b.slots[i] >= b.chunk_at && b.slots[i] < b.chunk_at + b.chunk_pages; };
   b.made.assign(need, false);
   b.mapped.assign(need, false);
   if (st.ok() && b.chunk_pages > 0) {
@@ -192,7 +190,7 @@ void PagePool::place_calls(PlaceBatch& b) const {
     if (!c.ok()) b.chunk_pages = 0;
   }
   for (std::size_t i = 0; i < need && st.ok(); ++i) {
-    if (b.pages[i].phys != kNoPhys || chunk_slot(i)) continue;
+    if (b.pages[i].phys != kNoPhys || b.chunk_holds(i)) continue;
     auto p = backend_.create_page();
     if (!p.ok()) {
       note(p.error());
@@ -202,9 +200,9 @@ void PagePool::place_calls(PlaceBatch& b) const {
     b.made[i] = true;
   }
   for (std::size_t i = 0; i < need && st.ok(); ++i) {
-    if (chunk_slot(i)) {
-      if (b.slots[i] != b.chunk_at) continue;
-      note(backend_.map(address(b.chunk_at), b.chunk));
+    if (b.chunk_holds(i)) {
+      if (i != b.chunk_index) continue;
+      note(backend_.map(address(b.slots[i]), b.chunk));
       if (st.ok())
         for (std::size_t k = i; k < i + b.chunk_pages; ++k) b.mapped[k] = true;
       continue;
@@ -238,15 +236,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
   created_ -= b.fresh;  // counted again below for what was created
   const std::size_t need = b.slots.size();
   std::uint32_t chunk = kNoPhys;
-  if (b.chunk_made) {
-    chunk = add_record(b.chunk);
-    phys_[chunk].pages = b.chunk_pages;
-    phys_[chunk].first = b.chunk_at;
-    created_ += b.chunk_pages;
-    chunk_pages_ += b.chunk_pages;
-    ++chunks_;
-    ++chunks_created_;
-  }
+  if (b.chunk_made) chunk = add_chunk_record(b.chunk, b.chunk_pages, b.slots[b.chunk_index]);
   for (std::size_t i = 0; i < need; ++i)
     if (b.made[i]) {
       b.pages[i].phys = add_record(b.pages[i].page);
@@ -256,7 +246,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
   bool chunk_mapped = false;
   for (std::size_t i = 0; i < need; ++i) {
     const std::uint32_t s = b.slots[i];
-    const bool in_chunk_range = chunk != kNoPhys && s >= b.chunk_at && s < b.chunk_at + b.chunk_pages;
+    const bool in_chunk_range = chunk != kNoPhys && b.chunk_holds(i);
     const std::uint32_t p = in_chunk_range ? chunk : b.pages[i].phys;
     if (b.mapped[i]) {
       slots_[s].phys = p;
@@ -266,10 +256,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
       idle_.push_back(p);
     }
   }
-  if (chunk != kNoPhys && !chunk_mapped) {  // created, then its release failed: idle
-    idle_chunks_.push_back(chunk);
-    idle_chunk_pages_ += b.chunk_pages;
-  }
+  if (chunk != kNoPhys && !chunk_mapped) keep_idle_chunk(chunk);  // created, then its release failed
   if (b.status.ok()) {
     // A tail slot stays held, unmapped, for attach_tail or abandon_tail.
     for (const auto& r : b.fills) set_kind(r.start, r.length, SlotKind::large, owner);
@@ -319,14 +306,6 @@ void PagePool::abandon_tail(std::uint32_t start, std::uint32_t n) {
   provisioning_.take_exact(start + n - 1, 1);
   unmapped_.insert(start + n - 1, 1);
   if (n > 1) give_back(start, n - 1);
-}
-
-Result<std::uint32_t> PagePool::place_now(std::uint32_t n, const PlaceOptions& how, std::uint32_t owner) {
-  auto b = begin_place(n, how);
-  if (!b.ok()) return b.error();
-  if (b->empty()) return make_error(Errc::invalid_state, "place: slots " + std::to_string(*how.at) + " onwards are not free");
-  place_calls(*b);
-  return finish_place(*b, owner);
 }
 
 }  // namespace valet::detail

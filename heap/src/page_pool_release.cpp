@@ -151,12 +151,10 @@ void PagePool::book_release(std::uint32_t p, bool released, Status& first) {
     forget_record(p);
     return;
   }
-  if (phys_[p].chunk()) {
-    idle_chunks_.push_back(p);
-    idle_chunk_pages_ += phys_[p].pages;
-  } else {
+  if (phys_[p].chunk())
+    keep_idle_chunk(p);
+  else
     idle_.push_back(p);
-  }
   if (first.ok()) first = make_error(Errc::driver_error, "reserve trim: release failed");
 }
 
