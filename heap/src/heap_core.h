@@ -203,9 +203,9 @@ struct HeapCore {
   // page is then looked for again, and the alias mapped under the lock (two calls).
   std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages);
   // The slab page whose free low span fits `used` bytes most tightly (leaving a slot free), or
-  // first one whose page a freed run still ends on (`cached`: its physical pages); its flag says
-  // which.
-  std::pair<SlabPage*, bool> tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const;
+  // before any, one whose page a freed run still ends on (`cached`: their physical pages);
+  // nullptr if none fits.
+  SlabPage* tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const;
   // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
   // lie above that tail's bytes) for mesh_locked, within the budgets.
   void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left);

@@ -449,6 +449,8 @@ class PagePool {
   // not reached, back in the reserve untouched.
   void book_moved_sources(const std::vector<ReleaseRun>& sources);
   void unclaim(PlaceBatch& b);
+  // A held (provisioning_) unmapped slot back to the free set.
+  void free_held_slot(std::uint32_t s);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;
 

@@ -71,11 +71,13 @@ void PagePool::unclaim(PlaceBatch& b) {
     provisioning_.take_exact(r.start, r.length);
     unmapped_.insert(r.start, r.length);
   }
-  if (b.tail) {
-    provisioning_.take_exact(b.tail_slot(), 1);
-    unmapped_.insert(b.tail_slot(), 1);
-  }
+  if (b.tail) free_held_slot(b.tail_slot());
   b = PlaceBatch{};
+}
+
+void PagePool::free_held_slot(std::uint32_t s) {
+  provisioning_.take_exact(s, 1);
+  unmapped_.insert(s, 1);
 }
 
 bool PagePool::claim_tail(std::uint32_t s, PlaceBatch& b) {
@@ -277,22 +279,15 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
       unmapped_.insert(s, 1);
     }
   }
-  for (const auto& r : b.claimed) {
-    set_kind(r.start, r.length, SlotKind::reserve, 0);
-    insert_free(r.start, r.length);
-  }
-  if (b.tail) {
-    provisioning_.take_exact(b.tail_slot(), 1);
-    unmapped_.insert(b.tail_slot(), 1);
-  }
-  b = PlaceBatch{};
+  b.fills.clear();  // out of provisioning_ already
+  unclaim(b);        // the claimed slots and the held last slot
   return err;
 }
 
 Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner,
                                             std::uint32_t last_of) {
   const std::uint32_t last = start + n - 1;
-  provisioning_.take_exact(last, 1);
+  provisioning_.take_exact(last, 1);  // map_alias wants it in no set
   if (auto st = map_alias(last, last_of); !st.ok()) {
     unmapped_.insert(last, 1);
     if (n > 1) give_back(start, n - 1);  // mapped and accessible: the body's pages join the reserve
@@ -303,8 +298,7 @@ Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n
 }
 
 void PagePool::abandon_tail(std::uint32_t start, std::uint32_t n) {
-  provisioning_.take_exact(start + n - 1, 1);
-  unmapped_.insert(start + n - 1, 1);
+  free_held_slot(start + n - 1);
   if (n > 1) give_back(start, n - 1);
 }
 

@@ -50,8 +50,9 @@ struct ReserveTargets {
 };
 
 // The keeper thread's waits to take the heap lock back after a batch's driver calls (made
-// without it): while a caller holds the lock, e.g. mapping pages for a placement, the keeper's
-// next batch waits (docs/speed.md, "Session 23").
+// without it): while a caller holds the lock (a compaction step, a shared tail's alias map;
+// until session 24 every placement's calls), the keeper's next batch waits (docs/speed.md,
+// "Session 23").
 struct KeeperLockWaits {
   std::uint64_t batches = 0;        // reacquisitions counted
   std::uint64_t wait_ns = 0;        // their total wait

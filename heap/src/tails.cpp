@@ -76,7 +76,7 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
   return page;
 }
 
-std::pair<SlabPage*, bool> HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const {
+SlabPage* HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const {
   SlabPage* best = nullptr;
   std::uint64_t best_room = 0;
   bool best_cached = false;
@@ -94,7 +94,7 @@ std::pair<SlabPage*, bool> HeapCore::tail_host(std::uint64_t used, const std::ve
         }
         if (best_cached) break;
       }
-  return {best, best_cached};
+  return best;
 }
 
 std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes,
@@ -106,7 +106,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   // (an empty page's span is all its slots). But first a page that a freed object's run still
   // ends on (its alias not yet unmapped by the keeper, the body's pages in the reserve before
   // it): that run is taken as it is, with no driver call.
-  SlabPage* best = tail_host(used, pool.dropped_run_pages(pages)).first;
+  SlabPage* best = tail_host(used, pool.dropped_run_pages(pages));
   if (!best) return std::nullopt;
   std::optional<std::uint32_t> run = pool.take_cached_run_onto(pages, kNoOwner, best->slot);
   if (!run) {
@@ -114,7 +114,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // gone, put on a tail): look again, then map the alias under the lock.
     auto body = place_run(lock, pages, true);
     if (!body.ok()) return std::nullopt;
-    best = tail_host(used, {}).first;
+    best = tail_host(used, {});
     if (!best) {
       pool.abandon_tail(*body, pages);
       return std::nullopt;
