@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "faulty_pool.h"
 #include "heap_test_util.h"
 #include "page_pool.h"
 #include "valet/counting_backend.h"
@@ -13,21 +14,9 @@
 namespace valet::detail {
 namespace {
 
-// A pool of `pages` on the host backend behind a fault injector and a counting door; chunks of
-// four pages and more.
-struct ChunkPool {
-  FaultInjectingBackend* faults;
-  CountingBackend door;
-  PagePool pool;
-  explicit ChunkPool(std::size_t pages)
-      : faults(nullptr), door(wrap(pages, faults)), pool(door, pages) {
-    pool.set_chunk_min_pages(4);
-  }
-  static std::unique_ptr<Backend> wrap(std::size_t pages, FaultInjectingBackend*& out) {
-    auto f = std::make_unique<FaultInjectingBackend>(test::open_host_backend(pages * kPageBytes));
-    out = f.get();
-    return f;
-  }
+// A pool of `pages` behind a fault injector and a counting door; chunks of four pages and more.
+struct ChunkPool : test::FaultyPool {
+  explicit ChunkPool(std::size_t pages) : FaultyPool(pages) { pool.set_chunk_min_pages(4); }
 };
 
 // 64 pages over an arena of 256 slots.

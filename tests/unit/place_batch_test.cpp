@@ -6,6 +6,7 @@
 
 #include <thread>
 
+#include "faulty_pool.h"
 #include "gated_backend.h"
 #include "heap_test_util.h"
 #include "page_pool.h"
@@ -21,14 +22,10 @@ using test::kMiB;
 class PlacePool : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(pool.init(256).ok()); }
-  static std::unique_ptr<Backend> wrap(FaultInjectingBackend*& out) {
-    auto f = std::make_unique<FaultInjectingBackend>(test::open_host_backend(64 * kPageBytes));
-    out = f.get();
-    return f;
-  }
-  FaultInjectingBackend* faults = nullptr;
-  CountingBackend door{wrap(faults)};
-  PagePool pool{door, 64};
+  test::FaultyPool c{64};
+  FaultInjectingBackend*& faults = c.faults;
+  CountingBackend& door = c.door;
+  PagePool& pool = c.pool;
 };
 
 std::uint64_t total(const std::vector<RangeSet::Range>& ranges) {
