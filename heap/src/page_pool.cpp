@@ -1,9 +1,25 @@
 #include "page_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
+#include <thread>
 
 namespace valet::detail {
+
+namespace {
+thread_local bool t_defers_to_callers = false;
+}  // namespace
+
+void PagePool::set_defers_to_callers(bool on) { t_defers_to_callers = on; }
+bool PagePool::defers_to_callers() { return t_defers_to_callers; }
+
+void PagePool::defer_to_callers() const {
+  if (!t_defers_to_callers || callers_calling_.load(std::memory_order_acquire) == 0) return;
+  const auto until = std::chrono::steady_clock::now() + defer_limit_;
+  while (callers_calling_.load(std::memory_order_acquire) > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::yield();
+}
 
 PagePool::PagePool(VmmDoor& backend, std::size_t capacity_pages)
     : backend_(backend), capacity_pages_(capacity_pages) {}

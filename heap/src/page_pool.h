@@ -39,6 +39,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -217,6 +219,34 @@ class PagePool {
     return attempt(PlaceOptions{});
   }
   std::size_t placements_in_flight() const { return placing_; }
+  // Callers first at the driver. The driver serializes VMM calls (docs/speed.md, session 21),
+  // so a caller's call waits for whatever call the keeper makes meanwhile. While a caller's
+  // calls are under way (a place batch, a freeing thread's own trim, a shared tail's alias: each
+  // holds a CallerCalls), a thread that defers (the keeper's: set_defers_to_callers) waits before
+  // each of its own calls, at most the defer limit each time, so that a stream of misses cannot
+  // starve it (docs/speed.md, "Session 25"). No lock needed.
+  class CallerCalls {
+   public:
+    CallerCalls(const PagePool& pool, bool active = true) : n_(active ? &pool.callers_calling_ : nullptr) {
+      if (n_) n_->fetch_add(1, std::memory_order_acq_rel);
+    }
+    ~CallerCalls() {
+      if (n_) n_->fetch_sub(1, std::memory_order_acq_rel);
+    }
+    CallerCalls(const CallerCalls&) = delete;
+    CallerCalls& operator=(const CallerCalls&) = delete;
+
+   private:
+    std::atomic<std::uint32_t>* n_;
+  };
+  // For the calling thread, from now on.
+  static void set_defers_to_callers(bool on);
+  static bool defers_to_callers();
+  static constexpr std::chrono::microseconds kDefaultDeferLimit{2000};
+  void set_defer_limit(std::chrono::microseconds limit) { defer_limit_ = limit; }
+  // On a deferring thread: returns once no caller's calls are under way, or after the limit.
+  // Elsewhere returns at once.
+  void defer_to_callers() const;
   // Returns slots [start, start+n) to the reserve (they stay mapped): chunk slots to the
   // chunk reserve.
   void give_back(std::uint32_t start, std::uint32_t n);
@@ -553,6 +583,8 @@ class PagePool {
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
   std::size_t placing_ = 0;          // place batches begun, not finished
+  mutable std::atomic<std::uint32_t> callers_calling_{0};  // CallerCalls alive (no lock needed)
+  std::chrono::microseconds defer_limit_ = kDefaultDeferLimit;
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
   std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)

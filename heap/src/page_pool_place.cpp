@@ -169,6 +169,7 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
 }
 
 void PagePool::place_calls(PlaceBatch& b) const {
+  const CallerCalls mark(*this);
   Status st;
   auto note = [&](Status s) {
     if (!s.ok() && st.ok()) st = std::move(s);
@@ -288,6 +289,7 @@ Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n
                                             std::uint32_t last_of) {
   const std::uint32_t last = start + n - 1;
   provisioning_.take_exact(last, 1);  // map_alias wants it in no set
+  const CallerCalls mark(*this);
   if (auto st = map_alias(last, last_of); !st.ok()) {
     unmapped_.insert(last, 1);
     if (n > 1) give_back(start, n - 1);  // mapped and accessible: the body's pages join the reserve

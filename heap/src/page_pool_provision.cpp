@@ -8,6 +8,9 @@ namespace valet::detail {
 
 namespace {
 
+// Pages a provision batch grants access to in one call.
+constexpr std::uint32_t kKeeperAccessPages = 4;
+
 // Where the run grows: after the longest reserve run when enough free slots follow it (only the
 // missing pages are mapped), else a fresh virtual run of `want` slots.
 struct Target {
@@ -87,22 +90,32 @@ void PagePool::provision_calls(ProvisionBatch& b) const {
   std::size_t i = 0;
   for (auto& run : b.sources) {
     // Reserve slots are never held (validate()), but a broken rule must not unmap queued work.
+    defer_to_callers();
     run.unmapped = refuse_held(run.start, run.length).ok() &&
                    backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
     for (std::uint32_t k = 0; k < run.length; ++k, ++i)
       if (run.unmapped) b.placed.push_back(b.source_pages[i]);
   }
   for (std::uint32_t k = 0; k < b.fresh; ++k) {
+    defer_to_callers();
     auto page = backend_.create_page();
     if (!page.ok()) break;
     b.placed.push_back({kNoPhys, *page});
   }
   // Map what there is, in order; a failure ends the run there.
   b.mapped = 0;
-  while (b.mapped < std::min<std::size_t>(b.placed.size(), b.length) &&
-         backend_.map(address(b.dest + b.mapped), b.placed[b.mapped].page).ok())
-    ++b.mapped;
-  if (b.mapped > 0 && !backend_.set_access(address(b.dest), std::size_t(b.mapped) * kPage).ok()) {
+  for (const std::size_t n = std::min<std::size_t>(b.placed.size(), b.length); b.mapped < n; ++b.mapped) {
+    defer_to_callers();
+    if (!backend_.map(address(b.dest + b.mapped), b.placed[b.mapped].page).ok()) break;
+  }
+  // Access in pieces (the driver's cost is per page): a caller's calls wait for one piece at
+  // most (defer_to_callers).
+  bool granted = true;
+  for (std::uint32_t k = 0; granted && k < b.mapped; k += kKeeperAccessPages) {
+    defer_to_callers();
+    granted = backend_.set_access(address(b.dest + k), std::size_t(std::min(kKeeperAccessPages, b.mapped - k)) * kPage).ok();
+  }
+  if (b.mapped > 0 && !granted) {
     // Inaccessible memory must not reach the reserve: unmap it (its pages become idle).
     if (backend_.unmap(address(b.dest), std::size_t(b.mapped) * kPage).ok()) b.mapped = 0;
   }

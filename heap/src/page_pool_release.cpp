@@ -48,6 +48,8 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
 }
 
 void PagePool::release_calls(ReleaseBatch& b) const {
+  // A freeing thread's own trim is a caller's; the keeper's defers to callers.
+  const CallerCalls mark(*this, !defers_to_callers());
   std::size_t i = 0;
   for (auto& run : b.runs) {
     const std::uint32_t entries = run.chunk ? 1 : run.length;
@@ -56,13 +58,18 @@ void PagePool::release_calls(ReleaseBatch& b) const {
       i += entries;
       continue;
     }
+    defer_to_callers();
     run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
     for (std::uint32_t k = 0; k < entries; ++k, ++i) {
       if (!run.unmapped) continue;
+      defer_to_callers();
       b.released[i] = backend_.release_page(b.pages[i]).ok();
     }
   }
-  for (; i < b.phys.size(); ++i) b.released[i] = backend_.release_page(b.pages[i]).ok();
+  for (; i < b.phys.size(); ++i) {
+    defer_to_callers();
+    b.released[i] = backend_.release_page(b.pages[i]).ok();
+  }
 }
 
 Status PagePool::finish_release(ReleaseBatch& b) {
@@ -111,8 +118,10 @@ PagePool::DropBatch PagePool::begin_drops() {
 }
 
 void PagePool::drop_calls(DropBatch& b) const {
-  for (std::size_t i = 0; i < b.slots.size(); ++i)
+  for (std::size_t i = 0; i < b.slots.size(); ++i) {
+    defer_to_callers();
     b.unmapped[i] = refuse_held(b.slots[i], 1).ok() && backend_.unmap(address(b.slots[i]), kPage).ok();
+  }
 }
 
 void PagePool::finish_drops(DropBatch& b) {

@@ -4,6 +4,8 @@
 // and validate while a placement's driver call is under way; a shutdown waits for it.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "faulty_pool.h"
@@ -243,6 +245,103 @@ TEST(PlaceBatch, ACallerMissMakesNoDriverCallUnderTheHeapLock) {
   ASSERT_TRUE(heap->resize(*big, 80 * kMiB).ok());
   EXPECT_GT(under_lock(), before);
   EXPECT_VALID(*heap);
+}
+
+// A pool over a door whose maps can be held at a gate, for the keeper's deference to callers.
+struct GatedPool {
+  GatedBackend* gate = nullptr;
+  CountingBackend door;
+  PagePool pool;
+  explicit GatedPool(std::size_t pages) : door(wrap(pages, gate)), pool(door, pages) {}
+  static std::unique_ptr<Backend> wrap(std::size_t pages, GatedBackend*& out) {
+    auto g = std::make_unique<GatedBackend>(test::open_host_backend(pages * kPageBytes));
+    out = g.get();
+    return g;
+  }
+};
+
+// A caller's place batch held inside its map; a keeper's provision batch begun beside it. Runs
+// the keeper's calls on a deferring thread and returns once they are done or `give_up` passed.
+struct DeferenceScene {
+  GatedPool g{64};
+  Result<PagePool::PlaceBatch> place = make_error(Errc::internal, "not begun");
+  PagePool::ProvisionBatch provision;
+  std::thread caller, keeper;
+  std::atomic<bool> keeper_done{false};
+  std::uint64_t keeper_calls = 0;
+  bool begin() {
+    if (!g.pool.init(256).ok()) return false;
+    place = g.pool.begin_place(6, PagePool::PlaceOptions{});  // new pages: creates, maps
+    provision = g.pool.begin_provision(8, 8, 64);
+    if (!place.ok() || provision.empty()) return false;
+    caller = std::thread([&] {
+      g.gate->arm_for(std::this_thread::get_id());
+      g.pool.place_calls(*place);
+    });
+    if (!g.gate->wait_entered()) return false;
+    keeper = std::thread([&] {
+      PagePool::set_defers_to_callers(true);
+      ThreadDriverCalls scope(g.door);
+      g.pool.provision_calls(provision);
+      keeper_calls = scope.made().total();
+      keeper_done = true;
+    });
+    return true;
+  }
+  void end() {
+    g.gate->open();
+    caller.join();
+    keeper.join();
+    auto run = g.pool.finish_place(*place, 1);
+    EXPECT_TRUE(run.ok());
+    g.pool.finish_provision(provision);
+    EXPECT_VALID(g.pool);
+    EXPECT_GE(g.pool.reserve_pages(), 8u);
+    if (run.ok()) g.pool.give_back(*run, 6);
+    EXPECT_TRUE(g.pool.destroy().ok());
+  }
+};
+
+TEST(KeeperDeference, TheKeepersCallsWaitWhileACallersBatchMakesItsOwn) {
+  DeferenceScene s;
+  s.g.pool.set_defer_limit(std::chrono::seconds(60));  // the test decides when the caller ends
+  ASSERT_TRUE(s.begin());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(s.keeper_done) << "the keeper's batch called the driver while the caller's was under way";
+  s.end();
+  EXPECT_TRUE(s.keeper_done);
+  EXPECT_GT(s.keeper_calls, 8u) << "creates, maps and access grants";
+}
+
+TEST(KeeperDeference, AKeeperDefersAtMostTheLimitEachCallSoThatCallersCannotStarveIt) {
+  DeferenceScene s;
+  s.g.pool.set_defer_limit(std::chrono::microseconds(200));
+  ASSERT_TRUE(s.begin());
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!s.keeper_done && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(s.keeper_done) << "the keeper's batch waited for the caller's beyond the limit";
+  s.end();
+}
+
+TEST(KeeperDeference, AThreadThatDoesNotDeferCallsAtOnce) {
+  DeferenceScene s;
+  s.g.pool.set_defer_limit(std::chrono::seconds(60));
+  ASSERT_TRUE(s.g.pool.init(256).ok());
+  // The caller's batch is under way; a freeing thread's trim is a caller's too and does not wait.
+  auto first = s.g.pool.take_run(4, 1);
+  ASSERT_TRUE(first.ok());
+  s.g.pool.give_back(*first, 4);
+  PagePool::CallerCalls other_caller(s.g.pool);
+  auto batch = s.g.pool.begin_release(0, 64, true);
+  ASSERT_FALSE(batch.empty());
+  ThreadDriverCalls scope(s.g.door);
+  const auto start = std::chrono::steady_clock::now();
+  s.g.pool.release_calls(batch);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << "it waited for the other caller";
+  EXPECT_GT(scope.made()[DriverOp::release_page], 0u);
+  EXPECT_TRUE(s.g.pool.finish_release(batch).ok());
+  EXPECT_VALID(s.g.pool);
+  EXPECT_TRUE(s.g.pool.destroy().ok());
 }
 
 }  // namespace

@@ -27,6 +27,8 @@ std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
 // figures compare.
 void latency_figures(const LatencyHistogram& alloc, const LatencyHistogram& free, ReplayReport& r) {
   r.alloc_ns_median = alloc.median();
+  r.alloc_ns_p90 = alloc.percentile(0.90);
+  r.alloc_ns_p95 = alloc.percentile(0.95);
   r.alloc_ns_p99 = alloc.percentile(0.99);
   r.alloc_ns_p999 = alloc.percentile(0.999);
   r.alloc_ns_max = double(alloc.max());
@@ -135,18 +137,24 @@ class Replayer {
 
   // Adds the driver calls this thread made since `window` began to the alloc path's count. The
   // window opens right before a heap call and is read right after it, outside the timed span.
-  void count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
+  // Returns whether it made any.
+  bool count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
     const DriverCallCounts made = window.made();
-    for (std::size_t i = 0; i < kDriverOpCount; ++i) into.by_op[i] += made.by_op[i];
+    std::uint64_t any = 0;
+    for (std::size_t i = 0; i < kDriverOpCount; ++i) {
+      into.by_op[i] += made.by_op[i];
+      any += made.by_op[i];
+    }
+    return any > 0;
   }
-  void count_driver_calls(const ThreadDriverCalls& window) { count_driver_calls(window, report_.alloc_path_driver_calls); }
+  bool count_driver_calls(const ThreadDriverCalls& window) { return count_driver_calls(window, report_.alloc_path_driver_calls); }
 
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     alloc_ns_.add(ns_between(asked, Clock::now()));
-    count_driver_calls(window);
+    if (count_driver_calls(window)) ++report_.allocs_with_calls;
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -181,7 +189,7 @@ class Replayer {
     const auto asked = Clock::now();
     const Status st = free_when_unpinned(slot.handle);
     free_ns_.add(ns_between(asked, Clock::now()));
-    count_driver_calls(window);
+    if (count_driver_calls(window)) ++report_.frees_with_calls;
     if (!st.ok()) problem_at(op, "free", st.error());
     slot.live = false;
     live_bytes_ -= op.bytes;

@@ -81,12 +81,16 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["mean_reserve_bytes"] = r.mean_reserve_bytes;
   j["mean_fragmentation_without_reserve"] = r.mean_fragmentation_without_reserve;
   j["alloc_ns_median"] = r.alloc_ns_median;
+  j["alloc_ns_p90"] = r.alloc_ns_p90;
+  j["alloc_ns_p95"] = r.alloc_ns_p95;
   j["alloc_ns_p99"] = r.alloc_ns_p99;
   j["alloc_ns_p999"] = r.alloc_ns_p999;
   j["alloc_ns_max"] = r.alloc_ns_max;
   j["free_ns_median"] = r.free_ns_median;
   j["free_ns_p99"] = r.free_ns_p99;
   j["free_ns_max"] = r.free_ns_max;
+  j["allocs_with_calls"] = r.allocs_with_calls;
+  j["frees_with_calls"] = r.frees_with_calls;
   j["alloc_path_driver_calls"] = driver_calls_json(r.alloc_path_driver_calls);
   j["alloc_path_driver_calls_per_op"] = driver_calls_per_op(r);
   j["probe_driver_calls"] = driver_calls_json(r.probe_driver_calls);

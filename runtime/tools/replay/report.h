@@ -32,8 +32,13 @@ struct ReplayReport {
   std::uint64_t allocated_bytes = 0;  // bytes of the allocations that succeeded
   double wall_s = 0;                  // the replay of the trace's lines, pinners running
   double alloc_ns_median = 0;         // heap.allocate() of `a` lines (steady_clock around the call)
+  double alloc_ns_p90 = 0;
+  double alloc_ns_p95 = 0;
   double alloc_ns_p99 = 0;
   double alloc_ns_p999 = 0;
+  // Allocations and frees that made at least one driver call on the replaying thread.
+  std::uint64_t allocs_with_calls = 0;
+  std::uint64_t frees_with_calls = 0;
   double alloc_ns_max = 0;
   // Frees of `f` lines, timed as the caller sees them: from the first heap.free() to the one that
   // succeeds, retries included (a pinner may hold the object: free_retries counts those).
