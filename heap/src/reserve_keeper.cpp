@@ -110,6 +110,7 @@ Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages
 bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages) {
   auto batch = pool_.begin_release(limit, batch_pages, true);
   if (batch.empty()) return false;
+  batch.defers = config_.keeper_defers_trims;  // on a freeing thread it never waits
   lock.unlock();
   pool_.release_calls(batch);
   relock(lock);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include "faulty_pool.h"
@@ -323,25 +324,44 @@ TEST(KeeperDeference, AKeeperDefersAtMostTheLimitEachCallSoThatCallersCannotStar
   s.end();
 }
 
-TEST(KeeperDeference, AThreadThatDoesNotDeferCallsAtOnce) {
-  DeferenceScene s;
-  s.g.pool.set_defer_limit(std::chrono::seconds(60));
-  ASSERT_TRUE(s.g.pool.init(256).ok());
-  // The caller's batch is under way; a freeing thread's trim is a caller's too and does not wait.
-  auto first = s.g.pool.take_run(4, 1);
+// A release batch on a deferring thread while another caller's calls are under way: at once
+// unless the batch defers (the keeper's trims with Config::keeper_defers_trims).
+TEST(KeeperDeference, ATrimWaitsForCallersOnlyWhenItsBatchDefers) {
+  GatedPool g(64);
+  g.pool.set_defer_limit(std::chrono::seconds(60));
+  ASSERT_TRUE(g.pool.init(256).ok());
+  auto first = g.pool.take_run(8, 1);
   ASSERT_TRUE(first.ok());
-  s.g.pool.give_back(*first, 4);
-  PagePool::CallerCalls other_caller(s.g.pool);
-  auto batch = s.g.pool.begin_release(0, 64, true);
-  ASSERT_FALSE(batch.empty());
-  ThreadDriverCalls scope(s.g.door);
-  const auto start = std::chrono::steady_clock::now();
-  s.g.pool.release_calls(batch);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << "it waited for the other caller";
-  EXPECT_GT(scope.made()[DriverOp::release_page], 0u);
-  EXPECT_TRUE(s.g.pool.finish_release(batch).ok());
-  EXPECT_VALID(s.g.pool);
-  EXPECT_TRUE(s.g.pool.destroy().ok());
+  g.pool.give_back(*first, 8);
+  auto prompt = g.pool.begin_release(4, 64);  // four of the eight pages
+  ASSERT_FALSE(prompt.empty());
+  std::optional<PagePool::CallerCalls> other_caller(std::in_place, g.pool);
+  std::atomic<bool> prompt_done{false}, deferred_done{false};
+  std::thread keeper([&] {
+    PagePool::set_defers_to_callers(true);
+    g.pool.release_calls(prompt);
+    prompt_done = true;
+  });
+  keeper.join();  // would wait for the other caller a minute if it deferred
+  EXPECT_TRUE(prompt_done);
+  ASSERT_TRUE(g.pool.finish_release(prompt).ok());
+  auto deferring = g.pool.begin_release(0, 64);
+  ASSERT_FALSE(deferring.empty());
+  deferring.defers = true;
+  keeper = std::thread([&] {
+    PagePool::set_defers_to_callers(true);
+    g.pool.release_calls(deferring);
+    deferred_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(deferred_done) << "a deferring trim called the driver while a caller's calls were under way";
+  other_caller.reset();
+  keeper.join();
+  EXPECT_TRUE(deferred_done);
+  ASSERT_TRUE(g.pool.finish_release(deferring).ok());
+  EXPECT_EQ(g.pool.reserve_pages(), 0u);
+  EXPECT_VALID(g.pool);
+  EXPECT_TRUE(g.pool.destroy().ok());
 }
 
 }  // namespace
