@@ -48,6 +48,7 @@ struct Arguments {
   int pinners = 1;
   int pin_hold_us = 5;
   int pin_gap_us = 100;
+  int think_us = 0;
   std::uint64_t seed = 1;
   bool no_compact = false;
   bool no_share_tails = false;
@@ -102,6 +103,10 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--pin-gap-us", args.pin_gap_us, "Pause of a pinner between pins (microseconds)")
       ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
+  app.add_option("--think-us", args.think_us,
+                 "Sleep after each step line (microseconds): a serving tick's GPU work, during which the heap's "
+                 "background threads find the driver idle (default 0: ops back to back)")
+      ->check(CLI::Range(0, 1'000'000));
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
   app.add_flag("--no-compact", args.no_compact,
                "No compaction: no compactor (background or safepoints) and no emergency compaction");
@@ -221,6 +226,7 @@ valet::replay::ReplayOptions replay_options(const Arguments& args, valet::Heap& 
   options.pinners.gap = std::chrono::microseconds(args.pin_gap_us);
   options.pinners.seed = args.seed;
   options.pinners.check_signature = args.verify && host_accessible;
+  options.think_per_step = std::chrono::microseconds(args.think_us);
   return options;
 }
 
@@ -234,6 +240,7 @@ int print_report(valet::replay::ReplayReport& report, const Arguments& args, val
   report.share_tails = !args.no_share_tails;
   report.fixed = args.fixed;
   report.stream_frees = args.stream_frees;
+  report.think_us = std::uint64_t(args.think_us);
   if (compactor)
     for (const auto& kv : valet::policy_values(compactor->settings())) report.policy.push_back(kv);
   report.verify = args.verify;

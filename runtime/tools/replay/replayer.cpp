@@ -228,6 +228,11 @@ class Replayer {
       }
     }
     if (step_log_.is_open()) step_log_.row(op.line, live_bytes_, s, stats_ns, cycle ? &*cycle : nullptr);
+    if (options_.think_per_step.count() > 0) {
+      const auto before = Clock::now();
+      std::this_thread::sleep_for(options_.think_per_step);
+      report_.think_s += std::chrono::duration<double>(Clock::now() - before).count();
+    }
   }
 
   void on_probe(const TraceOp& op) {

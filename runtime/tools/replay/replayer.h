@@ -1,6 +1,7 @@
 // The replayer core: runs a parsed trace against a heap and measures what report.h describes.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 
@@ -30,6 +31,11 @@ struct ReplayOptions {
   bool fixed = false;
   // Frees ordered on this stream (Heap::free(h, stream)), or plain frees.
   std::optional<Stream> free_stream;
+  // After each step line (and its safepoint) the replaying thread sleeps this long: the GPU
+  // work of a serving tick, during which a service's thread makes no allocator call and the
+  // heap's background threads find the driver idle. Zero: the ops back to back, the worst case
+  // for the allocator.
+  std::chrono::microseconds think_per_step{0};
 };
 
 // Replays every op `trace` yields on `heap`, then checks and frees what the trace left live and

@@ -80,6 +80,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["mean_fragmentation_unweighted"] = r.mean_fragmentation_unweighted;
   j["mean_reserve_bytes"] = r.mean_reserve_bytes;
   j["mean_fragmentation_without_reserve"] = r.mean_fragmentation_without_reserve;
+  j["think_us"] = r.think_us;
+  j["think_s"] = r.think_s;
   j["alloc_ns_median"] = r.alloc_ns_median;
   j["alloc_ns_p90"] = r.alloc_ns_p90;
   j["alloc_ns_p95"] = r.alloc_ns_p95;

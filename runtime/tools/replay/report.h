@@ -31,6 +31,9 @@ struct ReplayReport {
   std::uint64_t ooms = 0;             // allocations refused with out_of_memory
   std::uint64_t allocated_bytes = 0;  // bytes of the allocations that succeeded
   double wall_s = 0;                  // the replay of the trace's lines, pinners running
+  // Of wall_s, the sleeps after step lines (--think-us); think_us the asked time per step.
+  double think_s = 0;
+  std::uint64_t think_us = 0;
   double alloc_ns_median = 0;         // heap.allocate() of `a` lines (steady_clock around the call)
   double alloc_ns_p90 = 0;
   double alloc_ns_p95 = 0;

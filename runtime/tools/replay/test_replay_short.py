@@ -34,7 +34,7 @@ def driver_op_names():
 def latency_failures(out):
     """The latency figures: numbers >= 0, in order."""
     failures = []
-    for prefix, ranks in [("alloc_ns", ["median", "p99", "p999", "max"]), ("free_ns", ["median", "p99", "max"])]:
+    for prefix, ranks in [("alloc_ns", ["median", "p90", "p95", "p99", "p999", "max"]), ("free_ns", ["median", "p99", "max"])]:
         values = [out.get(f"{prefix}_{r}") for r in ranks]
         if not all(isinstance(v, (int, float)) and v >= 0 for v in values):
             failures.append(f"{prefix} figures are not numbers >= 0: {values}")
@@ -63,6 +63,32 @@ def driver_call_failures(out):
     if not isinstance(per_op, (int, float)) or ops <= 0 or abs(per_op - calls.get("total", 0) / ops) > 1e-9 * (1 + per_op):
         failures.append(f"alloc_path_driver_calls_per_op {per_op} is not total / ops ({calls.get('total')} / {ops})")
     return failures
+
+
+def calling_ops_failures(out):
+    """allocs_with_calls / frees_with_calls: integers within the ops, and zero exactly when no call was made."""
+    failures = []
+    for key in ["allocs_with_calls", "frees_with_calls"]:
+        v = out.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > out.get("ops", 0):
+            failures.append(f"{key} is not an integer within [0, ops]: {v!r}")
+    calls = out.get("alloc_path_driver_calls", {}).get("total", 0)
+    if isinstance(calls, int) and (calls > 0) != (out.get("allocs_with_calls", 0) + out.get("frees_with_calls", 0) > 0):
+        failures.append(f"{calls} alloc-path calls, but allocs/frees with calls {out.get('allocs_with_calls')}/{out.get('frees_with_calls')}")
+    return failures
+
+
+def think_failures(out, extra, step_lines):
+    """--think-us N: think_s at least N us per step line and within wall_s; without it, zero."""
+    asked = int(extra[extra.index("--think-us") + 1]) if "--think-us" in extra else 0
+    think, wall = out.get("think_s"), out.get("wall_s", 0)
+    if out.get("think_us") != asked or not isinstance(think, (int, float)):
+        return [f"think_us {out.get('think_us')!r} / think_s {think!r} for --think-us {asked}"]
+    if asked == 0:
+        return [] if think == 0 else [f"think_s {think} without --think-us"]
+    if think < step_lines * asked * 1e-6 or think > wall:
+        return [f"think_s {think} is not within [{step_lines} steps x {asked} us, wall_s {wall}]"]
+    return []
 
 
 def main():
@@ -101,6 +127,8 @@ def main():
         failures.append("--verify checked no object")
     failures += latency_failures(out)
     failures += driver_call_failures(out)
+    failures += calling_ops_failures(out)
+    failures += think_failures(out, extra, step_lines)
     compactor = out.get("compactor")
     if "--no-compact" in extra:
         if compactor is not None:
