@@ -227,7 +227,7 @@ class PagePool {
   // starve it (docs/speed.md, "Session 25"). No lock needed.
   class CallerCalls {
    public:
-    CallerCalls(const PagePool& pool, bool active = true) : n_(active ? &pool.callers_calling_ : nullptr) {
+    explicit CallerCalls(const PagePool& pool, bool active = true) : n_(active ? &pool.callers_calling_ : nullptr) {
       if (n_) n_->fetch_add(1, std::memory_order_acq_rel);
     }
     ~CallerCalls() {
