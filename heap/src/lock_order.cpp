@@ -15,6 +15,7 @@ const char* lock_name(LockRank rank) {
     case LockRank::thread_cache: return "a thread cache's mu";
     case LockRank::pool_holds: return "the page pool's holds_mu";
     case LockRank::backend: return "a backend lock";
+    case LockRank::pool_defer: return "the page pool's defer_mu";
   }
   return "an unknown lock";
 }
@@ -22,7 +23,7 @@ const char* lock_name(LockRank rank) {
 namespace lock_order {
 namespace {
 
-constexpr const char* kOrder = "cycle_mu -> compaction_mu -> mu -> a thread cache's mu -> holds_mu -> backend locks";
+constexpr const char* kOrder = "cycle_mu -> compaction_mu -> mu -> a thread cache's mu -> holds_mu -> backend locks -> defer_mu";
 
 struct Held {
   LockRank rank;

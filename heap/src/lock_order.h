@@ -13,6 +13,9 @@
 //                    or alone, never around a driver call
 //   backend          locks inside a Backend (the host backend's, the fault injector's): the heap
 //                    calls the backend with any of the above held, and a backend never calls back
+//   pool_defer       PagePool::defer_mu_: where the keeper waits for callers' driver calls to end
+//                    (defer_to_callers) and the last caller wakes it; a leaf, taken alone or
+//                    under the heap lock, never around a driver call
 //
 // Locks of one rank never nest (no thread holds two heaps' locks). try_lock takes no part in the
 // order (it cannot wait, so it cannot deadlock) but what it takes is recorded as held.
@@ -40,6 +43,7 @@ enum class LockRank : std::uint8_t {
   thread_cache = 4,
   pool_holds = 5,
   backend = 6,
+  pool_defer = 7,
 };
 
 inline constexpr bool kLockChecks = kExpensiveChecks;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include <thread>
 
 namespace valet::detail {
 
@@ -16,9 +15,14 @@ bool PagePool::defers_to_callers() { return t_defers_to_callers; }
 
 void PagePool::defer_to_callers() const {
   if (!t_defers_to_callers || callers_calling_.load(std::memory_order_acquire) == 0) return;
-  const auto until = std::chrono::steady_clock::now() + defer_limit_;
-  while (callers_calling_.load(std::memory_order_acquire) > 0 && std::chrono::steady_clock::now() < until)
-    std::this_thread::yield();
+  std::unique_lock lock(defer_mu_);
+  defer_cv_.wait_for(lock, defer_limit_, [&] { return callers_calling_.load(std::memory_order_acquire) == 0; });
+}
+
+void PagePool::wake_deferring() const {
+  // Under the mutex: a deferring thread that saw callers at work is waiting by now, or sees none.
+  std::lock_guard lock(defer_mu_);
+  defer_cv_.notify_all();
 }
 
 PagePool::PagePool(VmmDoor& backend, std::size_t capacity_pages)

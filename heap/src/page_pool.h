@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -227,25 +228,25 @@ class PagePool {
   // starve it (docs/speed.md, "Session 25"). No lock needed.
   class CallerCalls {
    public:
-    explicit CallerCalls(const PagePool& pool, bool active = true) : n_(active ? &pool.callers_calling_ : nullptr) {
-      if (n_) n_->fetch_add(1, std::memory_order_acq_rel);
+    explicit CallerCalls(const PagePool& pool, bool active = true) : pool_(active ? &pool : nullptr) {
+      if (pool_) pool_->callers_calling_.fetch_add(1, std::memory_order_acq_rel);
     }
     ~CallerCalls() {
-      if (n_) n_->fetch_sub(1, std::memory_order_acq_rel);
+      if (pool_ && pool_->callers_calling_.fetch_sub(1, std::memory_order_acq_rel) == 1) pool_->wake_deferring();
     }
     CallerCalls(const CallerCalls&) = delete;
     CallerCalls& operator=(const CallerCalls&) = delete;
 
    private:
-    std::atomic<std::uint32_t>* n_;
+    const PagePool* pool_;
   };
   // For the calling thread, from now on.
   static void set_defers_to_callers(bool on);
   static bool defers_to_callers();
   static constexpr std::chrono::microseconds kDefaultDeferLimit{2000};
   void set_defer_limit(std::chrono::microseconds limit) { defer_limit_ = limit; }
-  // On a deferring thread: returns once no caller's calls are under way, or after the limit.
-  // Elsewhere returns at once.
+  // On a deferring thread: returns once no caller's calls are under way, or after the limit,
+  // blocked meanwhile (the last caller's CallerCalls wakes it). Elsewhere returns at once.
   void defer_to_callers() const;
   // Returns slots [start, start+n) to the reserve (they stay mapped): chunk slots to the
   // chunk reserve.
@@ -587,6 +588,9 @@ class PagePool {
   std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
   std::size_t placing_ = 0;          // place batches begun, not finished
   mutable std::atomic<std::uint32_t> callers_calling_{0};  // CallerCalls alive (no lock needed)
+  mutable RankedMutex<LockRank::pool_defer> defer_mu_;     // with defer_cv_: deferring threads wait
+  mutable std::condition_variable_any defer_cv_;
+  void wake_deferring() const;
   std::chrono::microseconds defer_limit_ = kDefaultDeferLimit;
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
