@@ -355,9 +355,6 @@ class PagePool {
     std::vector<PhysicalPage> pages;
     std::vector<bool> released;
     std::size_t idle = 0;                    // idle pages at the end of `phys`
-    // The keeper's trim with Config::keeper_defers_trims: on its thread, each call first waits
-    // for callers' calls (defer_to_callers).
-    bool defers = false;
     bool empty() const { return runs.empty() && idle == 0; }
   };
   ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false);

@@ -108,12 +108,13 @@ void PagePool::provision_calls(ProvisionBatch& b) const {
     defer_to_callers();
     if (!backend_.map(address(b.dest + b.mapped), b.placed[b.mapped].page).ok()) break;
   }
-  // Access in pieces (the driver's cost is per page): a caller's calls wait for one piece at
-  // most (defer_to_callers).
+  // A deferring keeper grants access in pieces (the driver's cost is per page): a caller's calls
+  // wait for one piece at most (defer_to_callers).
+  const std::uint32_t piece = defers_to_callers() ? kKeeperAccessPages : std::max<std::uint32_t>(b.mapped, 1);
   bool granted = true;
-  for (std::uint32_t k = 0; granted && k < b.mapped; k += kKeeperAccessPages) {
+  for (std::uint32_t k = 0; granted && k < b.mapped; k += piece) {
     defer_to_callers();
-    granted = backend_.set_access(address(b.dest + k), std::size_t(std::min(kKeeperAccessPages, b.mapped - k)) * kPage).ok();
+    granted = backend_.set_access(address(b.dest + k), std::size_t(std::min(piece, b.mapped - k)) * kPage).ok();
   }
   if (b.mapped > 0 && !granted) {
     // Inaccessible memory must not reach the reserve: unmap it (its pages become idle).

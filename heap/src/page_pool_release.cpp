@@ -48,8 +48,8 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
 }
 
 void PagePool::release_calls(ReleaseBatch& b) const {
-  // A freeing thread's own trim is a caller's; the keeper's waits for callers' calls only when
-  // it defers (ReleaseBatch::defers).
+  // A freeing thread's own trim is a caller's; the keeper's waits for callers' calls when it
+  // defers (Config::keeper_defers).
   const CallerCalls mark(*this, !defers_to_callers());
   std::size_t i = 0;
   for (auto& run : b.runs) {
@@ -59,16 +59,16 @@ void PagePool::release_calls(ReleaseBatch& b) const {
       i += entries;
       continue;
     }
-    if (b.defers) defer_to_callers();
+    defer_to_callers();
     run.unmapped = backend_.unmap(address(run.start), std::size_t(run.length) * kPage).ok();
     for (std::uint32_t k = 0; k < entries; ++k, ++i) {
       if (!run.unmapped) continue;
-      if (b.defers) defer_to_callers();
+      defer_to_callers();
       b.released[i] = backend_.release_page(b.pages[i]).ok();
     }
   }
   for (; i < b.phys.size(); ++i) {
-    if (b.defers) defer_to_callers();
+    defer_to_callers();
     b.released[i] = backend_.release_page(b.pages[i]).ok();
   }
 }

@@ -110,7 +110,6 @@ Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages
 bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages) {
   auto batch = pool_.begin_release(limit, batch_pages, true);
   if (batch.empty()) return false;
-  batch.defers = config_.keeper_defers_trims;  // on a freeing thread it never waits
   lock.unlock();
   pool_.release_calls(batch);
   relock(lock);
@@ -197,7 +196,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
 
 void ReserveKeeper::loop() {
   t_keeper_thread = true;
-  PagePool::set_defers_to_callers(true);  // callers first at the driver (page_pool.h)
+  PagePool::set_defers_to_callers(config_.keeper_defers);  // callers first at the driver (page_pool.h)
   std::unique_lock lock(mu_);
   auto kept = std::chrono::steady_clock::now();
   while (!stop_) {

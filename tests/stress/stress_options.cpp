@@ -34,8 +34,8 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--chunk-miss-pages", o.chunk_miss_pages,
                  "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for its body "
                  "from this many pages (0: off)");
-  app.add_flag("--keeper-defers-trims", o.keeper_defers_trims,
-               "Config::keeper_defers_trims: the keeper's trims wait while a caller's driver calls are under way");
+  app.add_flag("--keeper-defers", o.keeper_defers,
+               "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

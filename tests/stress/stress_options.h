@@ -26,7 +26,7 @@ struct StressOptions {
   double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
   std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
   std::size_t chunk_miss_pages = Config{}.chunk_miss_pages;  // of the heap
-  bool keeper_defers_trims = Config{}.keeper_defers_trims;  // of the heap
+  bool keeper_defers = Config{}.keeper_defers;  // of the heap
   bool smoke = false;
   bool json = false;
 };

@@ -324,41 +324,36 @@ TEST(KeeperDeference, AKeeperDefersAtMostTheLimitEachCallSoThatCallersCannotStar
   s.end();
 }
 
-// A release batch on a deferring thread while another caller's calls are under way: at once
-// unless the batch defers (the keeper's trims with Config::keeper_defers_trims).
-TEST(KeeperDeference, ATrimWaitsForCallersOnlyWhenItsBatchDefers) {
+// A release batch while another caller's calls are under way: a freeing thread's trim (a
+// caller's own) makes its calls at once; the keeper's, on a deferring thread, waits for them.
+TEST(KeeperDeference, AFreeingThreadsTrimCallsAtOnceAndADeferringThreadsWaits) {
   GatedPool g(64);
   g.pool.set_defer_limit(std::chrono::seconds(60));
   ASSERT_TRUE(g.pool.init(256).ok());
   auto first = g.pool.take_run(8, 1);
   ASSERT_TRUE(first.ok());
   g.pool.give_back(*first, 8);
-  auto prompt = g.pool.begin_release(4, 64);  // four of the eight pages
-  ASSERT_FALSE(prompt.empty());
   std::optional<PagePool::CallerCalls> other_caller(std::in_place, g.pool);
-  std::atomic<bool> prompt_done{false}, deferred_done{false};
+  auto own = g.pool.begin_release(4, 64);  // four of the eight pages
+  ASSERT_FALSE(own.empty());
+  const auto start = std::chrono::steady_clock::now();
+  g.pool.release_calls(own);  // this thread does not defer
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << "a caller's trim waited";
+  ASSERT_TRUE(g.pool.finish_release(own).ok());
+  auto keepers = g.pool.begin_release(0, 64);
+  ASSERT_FALSE(keepers.empty());
+  std::atomic<bool> done{false};
   std::thread keeper([&] {
     PagePool::set_defers_to_callers(true);
-    g.pool.release_calls(prompt);
-    prompt_done = true;
-  });
-  keeper.join();  // would wait for the other caller a minute if it deferred
-  EXPECT_TRUE(prompt_done);
-  ASSERT_TRUE(g.pool.finish_release(prompt).ok());
-  auto deferring = g.pool.begin_release(0, 64);
-  ASSERT_FALSE(deferring.empty());
-  deferring.defers = true;
-  keeper = std::thread([&] {
-    PagePool::set_defers_to_callers(true);
-    g.pool.release_calls(deferring);
-    deferred_done = true;
+    g.pool.release_calls(keepers);
+    done = true;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(deferred_done) << "a deferring trim called the driver while a caller's calls were under way";
-  other_caller.reset();
+  EXPECT_FALSE(done) << "a deferring trim called the driver while a caller's calls were under way";
+  other_caller.reset();  // the last caller's calls end: the keeper goes on
   keeper.join();
-  EXPECT_TRUE(deferred_done);
-  ASSERT_TRUE(g.pool.finish_release(deferring).ok());
+  EXPECT_TRUE(done);
+  ASSERT_TRUE(g.pool.finish_release(keepers).ok());
   EXPECT_EQ(g.pool.reserve_pages(), 0u);
   EXPECT_VALID(g.pool);
   EXPECT_TRUE(g.pool.destroy().ok());

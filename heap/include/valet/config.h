@@ -37,12 +37,12 @@ struct Config {
   // trim to the watermarks happen inline (on allocation and free) and in maintain().
   bool background_reserve = true;
   // The keeper's driver calls wait while a caller's are under way (a miss's placement, a free's
-  // own trim: the driver serializes VMM calls, so a caller's call would wait for the keeper's),
-  // up to 2 ms each. Its provisions and alias drops always do. Its trims do only with this on:
-  // on the H200 it cut alloc p99 by 14-27 % and replay wall by 7-33 %, but the reserve is
-  // trimmed later and fragmentation rose by 0.2-0.7 points (to 0.069-0.070 on two traces:
+  // own trim, a shared tail's alias: the driver serializes VMM calls, so a caller's call would
+  // wait for the keeper's), up to 2 ms each. On the H200 it cut alloc p99 by 14-27 % and replay
+  // wall by 7-33 %, but the keeper's work, its trims above all, comes later, and fragmentation
+  // rose by 0.2-0.7 points (to 0.069-0.070 on several traces; on the host t1 over 0.07:
   // docs/speed.md, "Session 25"), so off by default.
-  bool keeper_defers_trims = false;
+  bool keeper_defers = false;
   // Bytes one compaction batch copies at most (one copy, one event). Pins never wait for a copy
   // (they cancel the move of their object); the batch bounds the work a cancelled move wastes
   // and how long a free of a moving object waits: 0 picks 64 MiB on a GPU (tens of microseconds

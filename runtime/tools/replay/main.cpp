@@ -58,7 +58,7 @@ struct Arguments {
   std::optional<std::size_t> thread_cache_bytes;
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
-  bool keeper_defers_trims = false;
+  bool keeper_defers = false;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -128,8 +128,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--chunk-miss-pages", args.chunk_miss_pages,
                  "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for a body of "
                  "this many pages and more, within the peak bound (0: off)");
-  app.add_flag("--keeper-defers-trims", args.keeper_defers_trims,
-               "Config::keeper_defers_trims: the keeper's trims wait while a caller's driver calls are under way");
+  app.add_flag("--keeper-defers", args.keeper_defers,
+               "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -181,7 +181,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
-  config.keeper_defers_trims = args.keeper_defers_trims;
+  config.keeper_defers = args.keeper_defers;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments
