@@ -140,12 +140,8 @@ class Replayer {
   // Returns whether it made any.
   bool count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
     const DriverCallCounts made = window.made();
-    std::uint64_t any = 0;
-    for (std::size_t i = 0; i < kDriverOpCount; ++i) {
-      into.by_op[i] += made.by_op[i];
-      any += made.by_op[i];
-    }
-    return any > 0;
+    for (std::size_t i = 0; i < kDriverOpCount; ++i) into.by_op[i] += made.by_op[i];
+    return made.total() > 0;
   }
   bool count_driver_calls(const ThreadDriverCalls& window) { return count_driver_calls(window, report_.alloc_path_driver_calls); }
 
