@@ -48,6 +48,7 @@ namespace valet::cuda {
   X(cuMemFree)                                   \
   X(cuMemHostAlloc)                              \
   X(cuMemFreeHost)                               \
+  X(cuMemHostGetDevicePointer)                   \
   X(cuMemcpyDtoH)                                \
   X(cuMemcpyHtoD)                                \
   X(cuMemcpyHtoDAsync)                           \
@@ -59,6 +60,7 @@ namespace valet::cuda {
   X(cuStreamWaitEvent)                           \
   X(cuStreamGetCtx)                              \
   X(cuStreamGetId)                               \
+  X(cuStreamWaitValue32)                         \
   X(cuEventCreate)                               \
   X(cuEventDestroy)                              \
   X(cuEventRecord)                               \
