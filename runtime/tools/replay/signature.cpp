@@ -1,6 +1,9 @@
 // Writing and checking object signatures (see signature.h).
 #include "signature.h"
 
+#include <algorithm>
+#include <bit>
+
 #include "valet/kernels/pattern.h"
 
 namespace valet::replay {
@@ -8,7 +11,9 @@ namespace valet::replay {
 namespace {
 
 constexpr std::size_t kWord = 8;
-constexpr std::size_t kStride = 4096;
+constexpr std::size_t kMinStride = 4096;
+constexpr std::size_t kMaxStride = std::size_t{256} << 10;
+constexpr std::size_t kWordsPerObject = 64;
 
 // Two objects, or two ranges of one object, get unrelated bytes.
 std::uint64_t seed_of(std::uint64_t id, std::size_t offset) {
@@ -22,17 +27,26 @@ std::size_t head_length(std::size_t bytes) { return bytes <= 2 * kWord ? bytes :
 
 Signatures::Signatures(Heap& heap, SignaturePath path) : heap_(heap), path_(path) {}
 
-void Signatures::ranges_of(std::uint64_t id, std::size_t bytes, std::vector<PatternRange>& out) const {
+std::size_t Signatures::stride_of(std::size_t bytes) {
+  // A power of two, so that windows never straddle a 2 MiB page: each page holds 2 MiB / stride.
+  return std::clamp(std::bit_ceil(bytes / kWordsPerObject), kMinStride, kMaxStride);
+}
+
+void Signatures::ranges_of(std::uint64_t id, std::size_t bytes, std::vector<PatternRange>& out) {
   out.clear();
   if (bytes <= 2 * kWord) {
     out.push_back({0, bytes, seed_of(id, 0)});
     return;
   }
   out.push_back({0, kWord, seed_of(id, 0)});
-  // Words at every 4 KiB boundary that lies clear of the last word.
-  for (std::size_t at = kStride; at + kWord <= bytes - kWord; at += kStride)
+  // One word in each window [w, w + stride) after the first, at an aligned offset drawn from the
+  // id and the window, kept clear of the first and the last word.
+  const std::size_t stride = stride_of(bytes), last = bytes - kWord;
+  for (std::size_t w = stride; w + kWord <= last; w += stride) {
+    const std::size_t room = std::min(stride, last - w) / kWord;  // aligned offsets in the window
+    const std::size_t at = w + kernels::pattern_mix(id * 0x2545'f491'4f6c'dd1dull + w) % room * kWord;
     out.push_back({at, kWord, seed_of(id, at)});
-  const std::size_t last = bytes - kWord;
+  }
   out.push_back({last, kWord, seed_of(id, last)});
 }
 

@@ -2,12 +2,22 @@
 // allocated and checked when it is freed (and at the end), so that a compaction that moves an
 // object without its bytes, or moves it under a pin, shows as a mismatch.
 //
-// The signature covers the object's first and last 8 bytes and one 8-byte word every 4 KiB in
-// between (objects of 16 bytes or less: every byte). Each of those ranges holds the backend's
-// fill pattern (valet/kernels/pattern.h) with a seed derived from the id and the range's offset,
-// so the same bytes can be written and checked either through a host pin's address or by the
-// backend's batched fill_pattern/verify_pattern (one launch for all the ranges of an object, where
-// per-word synchronous write()/read() transfers would cost one driver call every 4 KiB).
+// The signature covers the object's first and last 8 bytes (objects of 16 bytes or less: every
+// byte) and one 8-byte word in every window of `stride` bytes in between: 4 KiB for objects up to
+// 256 KiB, then bytes / 64 rounded up to a power of two, at most 256 KiB, so that every 2 MiB page
+// holds at least 8 words and an object at most about 64 of them below 16 MiB. Each word lies at an
+// offset inside its window drawn from the id and the window, so that over many objects every
+// part of a page is checked. (A word every 4 KiB of every object, as before, spent most of a host
+// replay's time on the first write to each 4 KiB page in a virtual machine: 55 % of the samples
+// of a --verify run, 187 million words on t1 against 3.8 million now; docs/speed.md, "Session 26".) What it catches: a page mapped wrong (its
+// words), a copy that is missing, short or from the wrong place (the last word, the words'
+// offsets and ids are in their bytes), an object swapped with another (the id).
+//
+// Each range holds the backend's fill pattern (valet/kernels/pattern.h) with a seed derived from
+// the id and the range's offset, so the same bytes can be written and checked either through a
+// host pin's address or by the backend's batched fill_pattern/verify_pattern (one launch for all
+// the ranges of an object, where per-word synchronous write()/read() transfers would cost one
+// driver call a word).
 #pragma once
 
 #include <cstddef>
@@ -35,9 +45,13 @@ class Signatures {
   // of the signature at `address`. Bytes that differ.
   static std::uint64_t check_head(const void* address, std::uint64_t id, std::size_t bytes);
 
+  // The signature's ranges, at offsets from the object's start (PatternRange::dst = offset),
+  // in increasing order.
+  static void ranges_of(std::uint64_t id, std::size_t bytes, std::vector<PatternRange>& out);
+  // The window each in-between word lies in (see above).
+  static std::size_t stride_of(std::size_t bytes);
+
  private:
-  // The signature's ranges, at offsets from the object's start (PatternRange::dst = offset).
-  void ranges_of(std::uint64_t id, std::size_t bytes, std::vector<PatternRange>& out) const;
 
   Heap& heap_;
   SignaturePath path_;

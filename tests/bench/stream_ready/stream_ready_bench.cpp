@@ -261,13 +261,20 @@ nlohmann::json Bench::late_phase(const std::vector<std::size_t>& sizes, int repe
         double mapped_ns = 0;
         Clock::time_point queued_at;
         GuardedThread mapper([&] {
-          check(d, d.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent");
           std::unique_lock lock(mu);
           cv.wait(lock, [&] { return go; });
           lock.unlock();
-          const auto m0 = Clock::now();
-          back(va, n, chunk, made);
-          mapped_ns = ns_since(m0);
+          // The ticket is written whatever happens: a ticket never written would hang the stream
+          // (and the synchronization below) for good.
+          try {
+            check(d, d.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent");
+            const auto m0 = Clock::now();
+            back(va, n, chunk, made);
+            mapped_ns = ns_since(m0);
+          } catch (const Failure&) {
+            signal(ticket);
+            throw;
+          }
           signal(ticket);
         });
         auto start_mapper = [&] {
