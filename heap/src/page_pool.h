@@ -192,6 +192,25 @@ class PagePool {
   // abandon_tail gives the body to the reserve and frees the slot (no call).
   Result<std::uint32_t> attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   void abandon_tail(std::uint32_t start, std::uint32_t n);
+  // attach_tail in three steps, so that its two calls run without the heap lock (as a place
+  // batch's):
+  //   begin_attach   (lock held) names the physical page of slot `last_of` and counts the
+  //                  attach as a placement in flight. The caller keeps that page mapped at
+  //                  `last_of` until finish_attach (HeapCore detaches its slab page: nothing
+  //                  meshes, evacuates or retires it meanwhile);
+  //   attach_calls   (no lock) maps the page at the run's held last slot and grants access
+  //                  (after a failed grant it unmaps it again);
+  //   finish_attach  (lock held) books the outcome as attach_tail does. A mapping the calls
+  //                  could not undo is booked and queued as a drop.
+  struct AttachPlan {
+    std::uint32_t start = 0, n = 0, phys = kNoPhys;
+    PhysicalPage page{};
+    Status status;
+    bool mapped = false;  // the page is mapped at the last slot (after the calls)
+  };
+  AttachPlan begin_attach(std::uint32_t start, std::uint32_t n, std::uint32_t last_of);
+  void attach_calls(AttachPlan& plan) const;
+  Result<std::uint32_t> finish_attach(AttachPlan& plan, std::uint32_t owner);
   // take_run_onto's first two choices (a freed object's run as the free left it: no call, or its
   // last slot remapped: three calls); nullopt when neither applies.
   std::optional<std::uint32_t> take_cached_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);

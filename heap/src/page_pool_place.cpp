@@ -287,16 +287,56 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
 
 Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner,
                                             std::uint32_t last_of) {
-  const std::uint32_t last = start + n - 1;
-  provisioning_.take_exact(last, 1);  // map_alias wants it in no set
+  AttachPlan plan = begin_attach(start, n, last_of);
+  attach_calls(plan);
+  return finish_attach(plan, owner);
+}
+
+PagePool::AttachPlan PagePool::begin_attach(std::uint32_t start, std::uint32_t n, std::uint32_t last_of) {
+  AttachPlan plan;
+  plan.start = start;
+  plan.n = n;
+  if (in_chunk(last_of) || slots_[last_of].phys == kNoPhys)
+    plan.status = make_error(Errc::internal, "attach_tail: slot " + std::to_string(last_of) + " maps no page of its own");
+  else
+    plan.page = phys_[plan.phys = slots_[last_of].phys].page;
+  ++placing_;
+  return plan;
+}
+
+void PagePool::attach_calls(AttachPlan& plan) const {
+  if (!plan.status.ok()) return;
   const CallerCalls mark(*this);
-  if (auto st = map_alias(last, last_of); !st.ok()) {
-    unmapped_.insert(last, 1);
-    if (n > 1) give_back(start, n - 1);  // mapped and accessible: the body's pages join the reserve
-    return st.error();
+  const DevicePtr va = address(plan.start + plan.n - 1);
+  plan.status = backend_.map(va, plan.page);
+  if (!plan.status.ok()) return;
+  plan.mapped = true;
+  plan.status = backend_.set_access(va, kPage);
+  if (!plan.status.ok() && backend_.unmap(va, kPage).ok()) plan.mapped = false;
+}
+
+Result<std::uint32_t> PagePool::finish_attach(AttachPlan& plan, std::uint32_t owner) {
+  --placing_;
+  const std::uint32_t last = plan.start + plan.n - 1;
+  provisioning_.take_exact(last, 1);
+  if (plan.mapped) {
+    slots_[last].phys = plan.phys;
+    ++phys_[plan.phys].mappings;
   }
-  set_kind(start, n, SlotKind::large, owner);
-  return start;
+  if (plan.status.ok()) {
+    set_kind(plan.start, plan.n, SlotKind::large, owner);
+    return plan.start;
+  }
+  if (plan.mapped) {
+    // Mapped without access, and the unmap failed too: a drop batch unmaps it later.
+    ++phys_[plan.phys].dropping;
+    set_kind(last, 1, SlotKind::dropping, 0);
+    queue_drop(last);
+  } else {
+    unmapped_.insert(last, 1);
+  }
+  if (plan.n > 1) give_back(plan.start, plan.n - 1);  // mapped and accessible: the body's pages join the reserve
+  return plan.status.error();
 }
 
 void PagePool::abandon_tail(std::uint32_t start, std::uint32_t n) {

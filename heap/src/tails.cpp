@@ -109,9 +109,10 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   SlabPage* best = tail_host(used, pool.dropped_run_pages(pages));
   if (!best) return std::nullopt;
   std::optional<std::uint32_t> run = pool.take_cached_run_onto(pages, kNoOwner, best->slot);
+  bool had_objects = false;  // the host page's objects, when its alias was mapped without the lock
   if (!run) {
     // The body is mapped without the lock; meanwhile the slab page may have changed (filled,
-    // gone, put on a tail): look again, then map the alias under the lock.
+    // gone, put on a tail): look again.
     auto body = place_run(lock, pages, true);
     if (!body.ok()) return std::nullopt;
     best = tail_host(used, {});
@@ -119,8 +120,22 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
       pool.abandon_tail(*body, pages);
       return std::nullopt;
     }
-    auto attached = pool.attach_tail(*body, pages, kNoOwner, best->slot);
-    if (!attached.ok()) return std::nullopt;  // the body went to the reserve
+    // The alias's two calls without the lock too. The slab page is detached meanwhile (as a
+    // mesh's pages are): no allocation lands on it, and no compaction or free moves, meshes or
+    // retires it, so its physical page stays where begin_attach found it; frees of its objects
+    // go on.
+    auto plan = pool.begin_attach(*body, pages, best->slot);
+    had_objects = !best->holds_no_object();
+    slabs.detach(best);
+    lock.unlock();
+    pool.attach_calls(plan);
+    lock.lock();
+    slabs.attach(best);
+    auto attached = pool.finish_attach(plan, kNoOwner);
+    if (!attached.ok()) {  // the body went to the reserve
+      if (best->holds_no_object() && slabs.pages_of(best->cls) > 1) (void)retire_slab(best);
+      return std::nullopt;
+    }
     run = *attached;
   }
   want_refill();
@@ -129,6 +144,8 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   const std::uint64_t size = class_size(best->cls);
   slabs.block_tail(best, tail, std::uint32_t((used + size - 1) / size));
   tails.share(tail, best->id);
+  // Its last objects were freed meanwhile: it retires as their free would have retired it.
+  if (had_objects && best->holds_no_object() && slabs.pages_of(best->cls) > 1) (void)retire_slab(best);
   return loc;
 }
 

@@ -18,11 +18,13 @@ class GatedBackend final : public BackendAdaptor {
   explicit GatedBackend(std::unique_ptr<Backend> inner, DriverOp gated = DriverOp::map)
       : BackendAdaptor(std::move(inner)), gated_(gated) {}
   void arm() { armed_ = true; }
-  // Only calls made by `thread` stop (a heap's keeper thread may call meanwhile).
-  void arm_for(std::thread::id thread) {
+  // Only calls made by `thread` stop (a heap's keeper thread may call meanwhile), after the first
+  // `pass` of them went through.
+  void arm_for(std::thread::id thread, int pass = 0) {
     {
       std::lock_guard lock(mu_);
       only_ = thread;
+      pass_ = pass;
     }
     armed_ = true;
   }
@@ -42,6 +44,10 @@ class GatedBackend final : public BackendAdaptor {
     if (op != gated_ || !armed_) return {};
     std::unique_lock lock(mu_);
     if (only_ != std::thread::id{} && only_ != std::this_thread::get_id()) return {};
+    if (pass_ > 0) {
+      --pass_;
+      return {};
+    }
     entered_ = true;
     cv_.notify_all();
     cv_.wait(lock, [&] { return !armed_.load(); });
@@ -55,6 +61,7 @@ class GatedBackend final : public BackendAdaptor {
   std::atomic<bool> armed_{false};
   bool entered_ = false;
   std::thread::id only_{};
+  int pass_ = 0;
 };
 
 }  // namespace valet::test

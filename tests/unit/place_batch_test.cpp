@@ -1,13 +1,16 @@
 // The place batch (heap/src/page_pool_place.cpp): a large run that no mapped run serves is
 // mapped without the heap lock. The pool stays consistent while a batch is in flight, a failed
 // call gives everything back, and through the heap other threads take the lock, allocate, free
-// and validate while a placement's driver call is under way; a shutdown waits for it.
+// and validate while a placement's driver call is under way (a shared tail's alias's too); a
+// shutdown waits for it.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "faulty_pool.h"
 #include "gated_backend.h"
@@ -168,8 +171,8 @@ TEST_F(PlacePool, ATailBatchHoldsItsLastSlotUntilTheAliasIsMappedOrGivenUp) {
 struct GatedHeap {
   GatedBackend* gate = nullptr;
   std::unique_ptr<Heap> heap;
-  explicit GatedHeap(Config c) {
-    auto door = std::make_unique<GatedBackend>(test::open_host_backend(c.capacity));
+  explicit GatedHeap(Config c, DriverOp gated = DriverOp::map) {
+    auto door = std::make_unique<GatedBackend>(test::open_host_backend(c.capacity), gated);
     gate = door.get();
     auto h = Heap::create(std::move(door), c);
     EXPECT_TRUE(h.ok()) << h.error().to_string();
@@ -246,6 +249,104 @@ TEST(PlaceBatch, ACallerMissMakesNoDriverCallUnderTheHeapLock) {
   ASSERT_TRUE(heap->resize(*big, 80 * kMiB).ok());
   EXPECT_GT(under_lock(), before);
   EXPECT_VALID(*heap);
+}
+
+// A shared tail at allocation (tails.cpp, place_on_slab_page): 40 objects of 64 KiB fill one slab
+// page (31 or 32 fit) and put the rest on the top of a second (which fills from its highest slot
+// down), whose free low span then takes the last 512 KiB of a large object placed by a miss.
+constexpr std::size_t kSmall = 64 * 1024, kTailed = 10 * kMiB + 512 * 1024;
+constexpr std::size_t kFirstPage = 24;  // these stay on the first page
+std::vector<Handle> small_objects(Heap& heap) {
+  std::vector<Handle> small;
+  for (int i = 0; i < 40; ++i) {
+    auto h = heap.allocate(kSmall);
+    EXPECT_TRUE(h.ok());
+    test::fill(heap, *h, test::seed_of(*h));
+    small.push_back(*h);
+  }
+  return small;
+}
+Config tail_config() {
+  Config c = test::uncached();
+  c.reserve_low_pages = 0;  // no inline refill or trim: only the placement's calls
+  c.reserve_high_pages = 0;
+  return c;
+}
+
+TEST(PlaceBatch, ASharedTailsAliasIsMappedWithoutTheHeapLock) {
+  auto heap = test::make_heap(tail_config());
+  const auto small = small_objects(*heap);
+  const auto under_lock = [&] { return heap->stats().driver_calls.under_heap_lock; };
+  const std::uint64_t before = under_lock();
+  std::uint64_t maps;
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  {
+    ThreadDriverCalls scope(heap->driver_calls());
+    big = heap->allocate(kTailed);
+    maps = scope.made()[DriverOp::map];
+  }
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u) << "the large object's last page is no slab page's";
+  EXPECT_GE(maps, 2u) << "the body and the alias";
+  EXPECT_EQ(under_lock(), before);
+  test::fill(*heap, *big, 5);
+  EXPECT_EQ(test::mismatches(*heap, *big, 5), 0u);
+  for (Handle h : small) EXPECT_EQ(test::mismatches(*heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(*heap);
+}
+
+TEST(PlaceBatch, OtherThreadsUseTheHeapAndEmptyTheSlabPageWhileATailsAliasIsMapped) {
+  // How many access grants the allocation makes on the same heap, ungated: the alias's is the
+  // last.
+  int grants = 0;
+  {
+    GatedHeap dry(tail_config(), DriverOp::set_access);
+    ASSERT_TRUE(dry.heap);
+    (void)small_objects(*dry.heap);
+    ThreadDriverCalls scope(dry.heap->driver_calls());
+    ASSERT_TRUE(dry.heap->allocate(kTailed).ok());
+    grants = int(scope.made()[DriverOp::set_access]);
+    ASSERT_EQ(dry.heap->stats().pages.shared_tails, 1u);
+  }
+  ASSERT_GE(grants, 2);
+  GatedHeap g(tail_config(), DriverOp::set_access);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  const auto small = small_objects(heap);
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  std::thread placing([&] {
+    g.gate->arm_for(std::this_thread::get_id(), grants - 1);
+    big = heap.allocate(kTailed);
+  });
+  ASSERT_TRUE(g.gate->wait_entered()) << "the alias's access grant never came";
+  // The alias is mapped, its access not yet granted: the heap lock is free. The objects on the
+  // slab page that hosts the tail go away meanwhile (all but those of the first page), and
+  // another comes (on a new page).
+  Result<Handle> other = make_error(Errc::internal, "not run");
+  auto meanwhile = std::async(std::launch::async, [&] {
+    for (std::size_t i = kFirstPage; i < small.size(); ++i) EXPECT_TRUE(heap.free(small[i]).ok());
+    other = heap.allocate(kSmall);
+    if (other.ok()) test::fill(heap, *other, 9);
+    EXPECT_VALID(heap);
+  });
+  if (meanwhile.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+    ADD_FAILURE() << "the heap lock is held while the alias is mapped";
+  g.gate->open();
+  meanwhile.get();
+  placing.join();
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  ASSERT_TRUE(other.ok()) << other.error().to_string();
+  EXPECT_VALID(heap);
+  EXPECT_EQ(heap.stats().pages.shared_tails, 0u) << "the slab page emptied meanwhile was not retired";
+  test::fill(heap, *big, 8);
+  EXPECT_EQ(test::mismatches(heap, *big, 8), 0u);
+  EXPECT_EQ(test::mismatches(heap, *other, 9), 0u);
+  for (std::size_t i = 0; i < kFirstPage; ++i) EXPECT_EQ(test::mismatches(heap, small[i], test::seed_of(small[i])), 0u);
+  EXPECT_TRUE(heap.free(*big).ok());
+  EXPECT_VALID(heap);
+  for (std::size_t i = 0; i < kFirstPage; ++i) EXPECT_TRUE(heap.free(small[i]).ok());
+  EXPECT_TRUE(heap.free(*other).ok());
+  EXPECT_VALID(heap);
 }
 
 // A pool over a door whose maps can be held at a gate, for the keeper's deference to callers.
