@@ -280,22 +280,11 @@ std::optional<std::uint32_t> PagePool::take_dropped_run(std::uint32_t n, std::ui
   return std::nullopt;
 }
 
-std::optional<std::uint32_t> PagePool::retarget_dropped_run(std::uint32_t n, std::uint32_t last_of) {
-  for (std::size_t i = 0; i < drops_.size(); ++i) {
-    const std::uint32_t d = drops_[i];
-    if (!reserve_before(d, n) || held(d)) continue;
-    const std::uint32_t start = d - (n - 1);
-    if (!backend_.unmap(address(d), kPage).ok()) return std::nullopt;  // it stays queued
-    unqueue_drop(i);
-    book_dropped(d);
-    if (!map_alias(d, last_of).ok()) {
-      unmapped_.insert(d, 1);
-      return std::nullopt;
-    }
-    if (n > 1) reserve_.take_exact(start, n - 1);
-    return start;
-  }
-  return std::nullopt;
+std::optional<std::uint32_t> PagePool::take_unchanged_run_onto(std::uint32_t n, std::uint32_t owner,
+                                                             std::uint32_t last_of) {
+  auto start = take_dropped_run(n, last_of);
+  if (start) set_kind(*start, n, SlotKind::large, owner);
+  return start;
 }
 
 std::optional<std::uint32_t> PagePool::take_cached_run_onto(std::uint32_t n, std::uint32_t owner,
@@ -304,10 +293,12 @@ std::optional<std::uint32_t> PagePool::take_cached_run_onto(std::uint32_t n, std
   // taken as it is, no driver call. Else one whose last slot maps another page: that slot is
   // remapped (its unmap, which the keeper would have made, then the alias's map and access), so
   // that the run is reused where it lies, as it was before the alias drop was deferred.
-  auto start = take_dropped_run(n, last_of);
-  if (!start) start = retarget_dropped_run(n, last_of);
-  if (start) set_kind(*start, n, SlotKind::large, owner);
-  return start;
+  if (auto start = take_unchanged_run_onto(n, owner, last_of)) return start;
+  auto plan = begin_retarget(n, last_of);
+  if (!plan) return std::nullopt;
+  attach_calls(*plan);
+  auto run = finish_attach(*plan, owner);
+  return run.ok() ? std::optional<std::uint32_t>(*run) : std::nullopt;
 }
 
 Result<std::uint32_t> PagePool::take_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of) {

@@ -202,17 +202,29 @@ class PagePool {
   //                  (after a failed grant it unmaps it again);
   //   finish_attach  (lock held) books the outcome as attach_tail does. A mapping the calls
   //                  could not undo is booked and queued as a drop.
+  //   begin_retarget (lock held) is begin_attach for take_run_onto's second choice: a freed
+  //                  object's run whose last slot, a queued drop, still maps another page. The
+  //                  body leaves the reserve (large, unowned) and the slot the drop queue (still
+  //                  dropping, listed as retargeting); attach_calls then unmaps the old mapping
+  //                  first, and finish_attach books the unmap too (or, if it failed, queues the
+  //                  drop again and gives the body back). nullopt when there is no such run.
   struct AttachPlan {
     std::uint32_t start = 0, n = 0, phys = kNoPhys;
     PhysicalPage page{};
     Status status;
-    bool mapped = false;  // the page is mapped at the last slot (after the calls)
+    bool mapped = false;    // the page is mapped at the last slot (after the calls)
+    bool retarget = false;  // the last slot maps an old page first (begin_retarget)
+    bool unmapped_old = false;
   };
   AttachPlan begin_attach(std::uint32_t start, std::uint32_t n, std::uint32_t last_of);
+  std::optional<AttachPlan> begin_retarget(std::uint32_t n, std::uint32_t last_of);
   void attach_calls(AttachPlan& plan) const;
   Result<std::uint32_t> finish_attach(AttachPlan& plan, std::uint32_t owner);
+  // take_run_onto's first choice, no driver call: a freed object's run as the free left it, its
+  // last slot still mapping `last_of`'s page (its alias's drop queued). nullopt when none.
+  std::optional<std::uint32_t> take_unchanged_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // take_run_onto's first two choices (a freed object's run as the free left it: no call, or its
-  // last slot remapped: three calls); nullopt when neither applies.
+  // last slot remapped: three calls, under the lock); nullopt when neither applies.
   std::optional<std::uint32_t> take_cached_run_onto(std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   // take_run's first step: a mapped run of n free slots (no driver call): a chunk's when they
   // fit closely, else the reserve's. nullopt when there is none.
@@ -475,11 +487,6 @@ class PagePool {
   // Takes them out of the reserve and the queue and returns the run's start; the caller sets
   // their kind. nullopt when there is none.
   std::optional<std::uint32_t> take_dropped_run(std::uint32_t n, std::uint32_t last_of);
-  // take_run_onto's second choice: such a run whose dropping slot maps another page; that slot
-  // is unmapped and mapped to `last_of`'s page (three driver calls, the unmap being the one the
-  // keeper would have made). The run's start, or nullopt (nothing changed but a failed slot
-  // unmapped and free) when there is none or a call failed.
-  std::optional<std::uint32_t> retarget_dropped_run(std::uint32_t n, std::uint32_t last_of);
   // A queued dropping slot that placement wants as a free slot: unmapped now (the call the
   // keeper would have made), free. false (nothing changed) if it is not queued, is held, or the
   // unmap failed.
@@ -623,6 +630,7 @@ class PagePool {
     drops_.pop_back();
   }
   std::vector<std::uint32_t> drops_in_flight_;  // dropping slots of the batch in flight
+  std::vector<std::uint32_t> retargeting_;      // dropping slots a retarget remaps without the lock
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };

@@ -304,10 +304,37 @@ PagePool::AttachPlan PagePool::begin_attach(std::uint32_t start, std::uint32_t n
   return plan;
 }
 
+std::optional<PagePool::AttachPlan> PagePool::begin_retarget(std::uint32_t n, std::uint32_t last_of) {
+  if (in_chunk(last_of) || slots_[last_of].phys == kNoPhys) return std::nullopt;
+  for (std::size_t i = 0; i < drops_.size(); ++i) {
+    const std::uint32_t d = drops_[i];
+    if (!reserve_before(d, n) || held(d)) continue;
+    AttachPlan plan;
+    plan.start = d - (n - 1);
+    plan.n = n;
+    plan.retarget = true;
+    plan.page = phys_[plan.phys = slots_[last_of].phys].page;
+    if (n > 1) {
+      reserve_.take_exact(plan.start, n - 1);
+      set_kind(plan.start, n - 1, SlotKind::large, 0);  // the run's, unowned until booked
+    }
+    unqueue_drop(i);
+    retargeting_.push_back(d);
+    ++placing_;
+    return plan;
+  }
+  return std::nullopt;
+}
+
 void PagePool::attach_calls(AttachPlan& plan) const {
   if (!plan.status.ok()) return;
   const CallerCalls mark(*this);
   const DevicePtr va = address(plan.start + plan.n - 1);
+  if (plan.retarget) {
+    plan.status = backend_.unmap(va, kPage);
+    if (!plan.status.ok()) return;
+    plan.unmapped_old = true;
+  }
   plan.status = backend_.map(va, plan.page);
   if (!plan.status.ok()) return;
   plan.mapped = true;
@@ -318,7 +345,17 @@ void PagePool::attach_calls(AttachPlan& plan) const {
 Result<std::uint32_t> PagePool::finish_attach(AttachPlan& plan, std::uint32_t owner) {
   --placing_;
   const std::uint32_t last = plan.start + plan.n - 1;
-  provisioning_.take_exact(last, 1);
+  if (plan.retarget) {
+    retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), last));
+    if (!plan.unmapped_old) {  // the old mapping stays: a queued drop again, the body back
+      queue_drop(last);
+      if (plan.n > 1) give_back(plan.start, plan.n - 1);
+      return plan.status.error();
+    }
+    book_dropped(last);  // the old page loses this mapping (idle if it was its last)
+  } else {
+    provisioning_.take_exact(last, 1);
+  }
   if (plan.mapped) {
     slots_[last].phys = plan.phys;
     ++phys_[plan.phys].mappings;

@@ -149,7 +149,7 @@ void PagePool::book_dropped(std::uint32_t s) {
 
 std::size_t PagePool::pages_only_dropping() const {
   std::vector<std::uint32_t> pages;  // a page mapped at two dropping slots counts once
-  for (const auto* list : {&drops_, &drops_in_flight_})
+  for (const auto* list : {&drops_, &drops_in_flight_, &retargeting_})
     for (std::uint32_t d : *list)
       if (const PhysRecord& r = phys_[slots_[d].phys]; r.mappings == r.dropping) pages.push_back(slots_[d].phys);
   std::sort(pages.begin(), pages.end());

@@ -61,13 +61,13 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
   if (unmapped_slots != unmapped_.total()) return bad("unmapped set and slot table disagree");
   if (releasing_slots != releasing_.total()) return bad("releasing set and slot table disagree");
   if (provisioning_slots != provisioning_.total()) return bad("provisioning set and slot table disagree");
-  if (kinds[std::size_t(SlotKind::dropping)] != drops_.size() + drops_in_flight_.size())
-    return bad(s(kinds[std::size_t(SlotKind::dropping)]) + " dropping slots, " + s(drops_.size()) + " queued and " +
-               s(drops_in_flight_.size()) + " in flight");
+  if (kinds[std::size_t(SlotKind::dropping)] != drops_.size() + drops_in_flight_.size() + retargeting_.size())
+    return bad(s(kinds[std::size_t(SlotKind::dropping)]) + " dropping slots, " + s(drops_.size()) + " queued, " +
+               s(drops_in_flight_.size()) + " in flight and " + s(retargeting_.size()) + " being retargeted");
   if (dropped_.total() != drops_.size()) return bad("the queued drops' set and list disagree");
   for (std::uint32_t d : drops_)
     if (!dropped_.find(d)) return bad("queued drop " + s(d) + " missing from its set");
-  for (const auto* list : {&drops_, &drops_in_flight_})
+  for (const auto* list : {&drops_, &drops_in_flight_, &retargeting_})
     for (std::uint32_t d : *list)
       if (d >= slots_.size() || slots_[d].kind != SlotKind::dropping) return bad("a drop names a slot that is not dropping");
   for (std::size_t k = 0; k < kSlotKinds; ++k)

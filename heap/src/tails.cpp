@@ -108,30 +108,33 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   // it): that run is taken as it is, with no driver call.
   SlabPage* best = tail_host(used, pool.dropped_run_pages(pages));
   if (!best) return std::nullopt;
-  std::optional<std::uint32_t> run = pool.take_cached_run_onto(pages, kNoOwner, best->slot);
+  std::optional<std::uint32_t> run = pool.take_unchanged_run_onto(pages, kNoOwner, best->slot);
   bool had_objects = false;  // the host page's objects, when its alias was mapped without the lock
   if (!run) {
-    // The body is mapped without the lock; meanwhile the slab page may have changed (filled,
-    // gone, put on a tail): look again.
-    auto body = place_run(lock, pages, true);
-    if (!body.ok()) return std::nullopt;
-    best = tail_host(used, {});
-    if (!best) {
-      pool.abandon_tail(*body, pages);
-      return std::nullopt;
+    // Else such a run whose last slot maps another page: remapped (three calls). Else a body
+    // mapped without the lock; meanwhile the slab page may have changed (filled, gone, put on a
+    // tail): look again.
+    std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
+    if (!plan) {
+      auto body = place_run(lock, pages, true);
+      if (!body.ok()) return std::nullopt;
+      best = tail_host(used, {});
+      if (!best) {
+        pool.abandon_tail(*body, pages);
+        return std::nullopt;
+      }
+      plan = pool.begin_attach(*body, pages, best->slot);
     }
-    // The alias's two calls without the lock too. The slab page is detached meanwhile (as a
-    // mesh's pages are): no allocation lands on it, and no compaction or free moves, meshes or
-    // retires it, so its physical page stays where begin_attach found it; frees of its objects
-    // go on.
-    auto plan = pool.begin_attach(*body, pages, best->slot);
+    // The alias's calls without the lock too. The slab page is detached meanwhile (as a mesh's
+    // pages are): no allocation lands on it, and no compaction or free moves, meshes or retires
+    // it, so its physical page stays where the plan found it; frees of its objects go on.
     had_objects = !best->holds_no_object();
     slabs.detach(best);
     lock.unlock();
-    pool.attach_calls(plan);
+    pool.attach_calls(*plan);
     lock.lock();
     slabs.attach(best);
-    auto attached = pool.finish_attach(plan, kNoOwner);
+    auto attached = pool.finish_attach(*plan, kNoOwner);
     if (!attached.ok()) {  // the body went to the reserve
       if (best->holds_no_object() && slabs.pages_of(best->cls) > 1) (void)retire_slab(best);
       return std::nullopt;

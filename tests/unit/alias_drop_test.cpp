@@ -161,6 +161,54 @@ TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// The retarget in three steps (begin_retarget, attach_calls, finish_attach; the heap lets its
+// lock go around the calls): the pool is consistent at every step, the run's last slot is out
+// of every queue meanwhile, and a failed unmap queues the drop again and gives the body back.
+TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt) {
+  FaultInjectingBackend faults(test::open_host_backend(64u << 20));
+  PagePool pool(faults, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(s.ok() && t.ok());
+  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(*t), kPageBytes, 41}}, Stream{}).ok());
+  const std::uint32_t at = freed_tail_run(pool, *s);
+  const std::size_t reserve = pool.reserve_pages();
+  // A failed unmap: as it was.
+  faults.fail_nth(DriverOp::unmap, 1);
+  auto failing = pool.begin_retarget(3, *t);
+  ASSERT_TRUE(failing.has_value());
+  EXPECT_EQ(pool.queued_drops(), 0u);
+  EXPECT_EQ(pool.reserve_pages(), reserve - 2);
+  EXPECT_VALID(pool);
+  pool.attach_calls(*failing);
+  EXPECT_FALSE(pool.finish_attach(*failing, 11).ok());
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.reserve_pages(), reserve);
+  EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::dropping);
+  EXPECT_FALSE(pool.batch_in_flight());
+  EXPECT_VALID(pool);
+  // Then through: the run where it lies, its last slot on the other page.
+  auto plan = pool.begin_retarget(3, *t);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_TRUE(pool.batch_in_flight()) << "a shutdown would not wait for it";
+  EXPECT_VALID(pool);
+  pool.attach_calls(*plan);
+  EXPECT_VALID(pool);
+  auto run = pool.finish_attach(*plan, 11);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_EQ(*run, at);
+  EXPECT_EQ(pool.slot(at + 2).owner, 11u);
+  EXPECT_EQ(pool.mappings_of(*s), 1u);
+  EXPECT_EQ(pool.mappings_of(*t), 2u);
+  EXPECT_FALSE(pool.batch_in_flight());
+  EXPECT_VALID(pool);
+  auto differ = faults.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 41}}, Stream{});
+  ASSERT_TRUE(differ.ok());
+  EXPECT_EQ(*differ, 0u);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
   FaultInjectingBackend faults(test::open_host_backend(64u << 20));
   PagePool pool(faults, 32);
