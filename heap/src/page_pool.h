@@ -170,6 +170,10 @@ class PagePool {
     std::vector<PageRef> pages;                     // the page for each of them
     std::uint32_t idle = 0, fresh = 0;              // of them, idle pages taken; pages to create
     std::vector<ReleaseRun> sources;                // reserve runs whose pages move here
+    // Queued alias drops inside the run (fills, or the tail slot): still mapped to their old
+    // page until place_calls unmaps them first (drop_unmapped: it did).
+    std::vector<std::uint32_t> drops;
+    std::vector<bool> drop_unmapped;
     // New pages as one chunk: fill slots [chunk_index, chunk_index + chunk_pages), which lie
     // together (0 pages: none).
     std::uint32_t chunk_index = 0, chunk_pages = 0;
@@ -491,6 +495,13 @@ class PagePool {
   // keeper would have made), free. false (nothing changed) if it is not queued, is held, or the
   // unmap failed.
   bool unmap_dropped(std::uint32_t s);
+  // A placement's claim of a queued drop (page_pool_place.cpp): claimable when queued and not
+  // held; claimed, it leaves the queue for `retargeting_` and the batch's `drops`.
+  // return_free_slot gives a batch's slot back: a claimed drop still mapped to the queue, any
+  // other to the free set.
+  bool claimable_drop(std::uint32_t s) const;
+  void claim_drop(std::uint32_t s, PlaceBatch& b);
+  void return_free_slot(std::uint32_t s);
   // After the unmap of dropping slot `s` (off the queue): it maps nothing and is unmapped (not
   // yet in the free set); its page is idle if no other slot maps it.
   void book_dropped(std::uint32_t s);
@@ -630,7 +641,7 @@ class PagePool {
     drops_.pop_back();
   }
   std::vector<std::uint32_t> drops_in_flight_;  // dropping slots of the batch in flight
-  std::vector<std::uint32_t> retargeting_;      // dropping slots a retarget remaps without the lock
+  std::vector<std::uint32_t> retargeting_;      // dropping slots a retarget or placement remaps without the lock
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };

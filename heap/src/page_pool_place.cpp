@@ -30,30 +30,59 @@ void for_each_run(const std::vector<std::uint32_t>& slots, Keep&& keep, F&& f) {
 
 }  // namespace
 
+bool PagePool::claimable_drop(std::uint32_t s) const { return dropped_.find(s) && !held(s); }
+
+void PagePool::claim_drop(std::uint32_t s, PlaceBatch& b) {
+  // Still mapped (the old alias), still dropping; place_calls unmaps it first.
+  unqueue_drop(std::size_t(std::find(drops_.begin(), drops_.end(), s) - drops_.begin()));
+  retargeting_.push_back(s);
+  b.drops.push_back(s);
+}
+
+void PagePool::return_free_slot(std::uint32_t s) {
+  if (slots_[s].kind == SlotKind::dropping) {  // a claimed drop not unmapped: queued again
+    retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), s));
+    queue_drop(s);
+    return;
+  }
+  unmapped_.insert(s, 1);
+}
+
 bool PagePool::claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b) {
   if (std::uint64_t(at) + n > slots_.size()) return false;
-  // Aliases waiting for the keeper inside the window are free slots to placement (best_window
-  // counts them so): unmapped now, one call each, under the lock (rare: the window's edges).
-  for (std::uint32_t s = at; s < at + n; ++s)
-    if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
-  for (std::uint32_t s = at; s < at + n; ++s)
-    // A reserve slot being released without the lock is not free: its page is about to be
-    // unmapped; nor is a slot another batch is mapping.
-    if ((slots_[s].kind != SlotKind::reserve && slots_[s].kind != SlotKind::unmapped) || releasing_.find(s) ||
-        provisioning_.find(s))
+  for (std::uint32_t s = at; s < at + n; ++s) {
+    // Aliases waiting for the keeper inside the window are free slots to placement (best_window
+    // counts them so): the batch's calls unmap them first. A reserve slot being released
+    // without the lock is not free: its page is about to be unmapped; nor is a slot another
+    // batch is mapping.
+    const SlotKind k = slots_[s].kind;
+    if (k == SlotKind::dropping ? !claimable_drop(s)
+                                : (k != SlotKind::reserve && k != SlotKind::unmapped) || releasing_.find(s) ||
+                                      provisioning_.find(s))
       return false;
-  auto set_of = [&](std::uint32_t s) {
-    return slots_[s].kind != SlotKind::reserve ? &unmapped_ : in_chunk(s) ? &chunk_reserve_ : &reserve_;
+  }
+  // Unmapped slots and claimed drops are the batch's fills; mapped free ones are its own.
+  enum class From { unmapped, dropped, reserve, chunk_reserve };
+  auto from = [&](std::uint32_t s) {
+    const SlotKind k = slots_[s].kind;
+    return k == SlotKind::unmapped ? From::unmapped
+           : k == SlotKind::dropping ? From::dropped
+           : in_chunk(s)             ? From::chunk_reserve
+                                     : From::reserve;
   };
   for (std::uint32_t s = at; s < at + n;) {
-    RangeSet* set = set_of(s);
+    const From f = from(s);
     std::uint32_t e = s;
-    while (e < at + n && set_of(e) == set) ++e;
-    set->take_exact(s, e - s);
-    if (set == &unmapped_) {
+    while (e < at + n && from(e) == f) ++e;
+    if (f == From::unmapped || f == From::dropped) {
+      if (f == From::unmapped)
+        unmapped_.take_exact(s, e - s);
+      else
+        for (std::uint32_t d = s; d < e; ++d) claim_drop(d, b);
       provisioning_.insert(s, e - s);
       b.fills.push_back({s, e - s});
     } else {
+      (f == From::chunk_reserve ? chunk_reserve_ : reserve_).take_exact(s, e - s);
       set_kind(s, e - s, SlotKind::large, 0);  // mapped already: the run's, unowned until booked
       b.claimed.push_back({s, e - s});
     }
@@ -69,7 +98,7 @@ void PagePool::unclaim(PlaceBatch& b) {
   }
   for (const auto& r : b.fills) {
     provisioning_.take_exact(r.start, r.length);
-    unmapped_.insert(r.start, r.length);
+    for (std::uint32_t s = r.start; s < r.start + r.length; ++s) return_free_slot(s);
   }
   if (b.tail) free_held_slot(b.tail_slot());
   b = PlaceBatch{};
@@ -77,13 +106,17 @@ void PagePool::unclaim(PlaceBatch& b) {
 
 void PagePool::free_held_slot(std::uint32_t s) {
   provisioning_.take_exact(s, 1);
-  unmapped_.insert(s, 1);
+  return_free_slot(s);
 }
 
 bool PagePool::claim_tail(std::uint32_t s, PlaceBatch& b) {
   if (s >= slots_.size()) return false;
-  if (slots_[s].kind == SlotKind::dropping && !unmap_dropped(s)) return false;
-  if (!unmapped_.take_exact(s, 1)) return false;
+  if (slots_[s].kind == SlotKind::dropping) {
+    if (!claimable_drop(s)) return false;
+    claim_drop(s, b);
+  } else if (!unmapped_.take_exact(s, 1)) {
+    return false;
+  }
   provisioning_.insert(s, 1);
   b.tail = true;
   return true;
@@ -174,7 +207,14 @@ void PagePool::place_calls(PlaceBatch& b) const {
   auto note = [&](Status s) {
     if (!s.ok() && st.ok()) st = std::move(s);
   };
+  // The old aliases at the claimed drops first (the unmaps the keeper would have made).
+  b.drop_unmapped.assign(b.drops.size(), false);
+  for (std::size_t i = 0; i < b.drops.size() && st.ok(); ++i) {
+    note(backend_.unmap(address(b.drops[i]), kPage));
+    b.drop_unmapped[i] = st.ok();
+  }
   for (auto& run : b.sources) {
+    if (!st.ok()) break;
     // Reserve slots are never held (validate()), but a broken rule must not unmap queued work.
     Status u = refuse_held(run.start, run.length);
     if (u.ok()) u = backend_.unmap(address(run.start), std::size_t(run.length) * kPage);
@@ -233,6 +273,13 @@ void PagePool::place_calls(PlaceBatch& b) const {
 
 Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner) {
   --placing_;
+  // Claimed drops whose old alias is gone are plain unmapped slots now; the others are still
+  // dropping (return_free_slot queues them again).
+  for (std::size_t i = 0; i < b.drops.size(); ++i)
+    if (i < b.drop_unmapped.size() && b.drop_unmapped[i]) {
+      retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), b.drops[i]));
+      book_dropped(b.drops[i]);
+    }
   for (const auto& r : b.fills) provisioning_.take_exact(r.start, r.length);
   in_flight_idle_ -= b.idle;
   fresh_in_flight_ -= b.fresh;
@@ -277,7 +324,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
       set_kind(s, 1, SlotKind::reserve, 0);
       insert_free(s, 1);
     } else {
-      unmapped_.insert(s, 1);
+      return_free_slot(s);
     }
   }
   b.fills.clear();  // out of provisioning_ already

@@ -37,6 +37,7 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
     }
     if (r.phys == kNoPhys || r.phys >= phys_.size() || !phys_[r.phys].in_use)
       return bad("slot " + s(i) + " in use without a live page");
+    if (r.kind == SlotKind::dropping && provisioning_.find(i)) ++provisioning_slots;  // a claimed drop
     ++maps[r.phys];
     if (r.kind == SlotKind::dropping) ++dropping[r.phys];
     if (r.kind == SlotKind::reserve) {

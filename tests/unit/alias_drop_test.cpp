@@ -8,6 +8,7 @@
 #include <chrono>
 #include <thread>
 
+#include "faulty_pool.h"
 #include "heap_core.h"
 #include "heap_test_util.h"
 #include "page_pool.h"
@@ -206,6 +207,57 @@ TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt
   auto differ = faults.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 41}}, Stream{});
   ASSERT_TRUE(differ.ok());
   EXPECT_EQ(*differ, 0u);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A placement whose run holds a queued drop claims it as a free slot: its batch's calls unmap
+// the old alias first (no call under the lock in begin_place), the pool is consistent while the
+// batch is in flight, and a failed unmap queues the drop again.
+TEST(DeferredAliasDrops, APlacementUnmapsTheDropsItClaimsInItsCalls) {
+  test::FaultyPool c(32);
+  FaultInjectingBackend& faults = *c.faults;
+  CountingBackend& counting = c.door;
+  PagePool& pool = c.pool;
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto s = pool.take_page(SlotKind::slab, 1);
+  ASSERT_TRUE(s.ok());
+  const std::uint32_t at = freed_tail_run(pool, *s);
+  ASSERT_EQ(pool.mappings_of(*s), 2u);
+  PagePool::PlaceOptions how;
+  how.at = at;
+  for (const bool fail : {true, false}) {
+    if (fail) faults.fail_nth(DriverOp::unmap, 1);
+    std::uint64_t calls;
+    Result<PagePool::PlaceBatch> b = make_error(Errc::internal, "not run");
+    {
+      ThreadDriverCalls scope(counting);
+      b = pool.begin_place(3, how);
+      calls = scope.made().total();
+    }
+    ASSERT_TRUE(b.ok()) << b.error().to_string();
+    ASSERT_FALSE(b->empty());
+    EXPECT_EQ(calls, 0u) << "begin_place made a call (under the heap lock, in a heap)";
+    EXPECT_EQ(pool.queued_drops(), 0u);
+    EXPECT_VALID(pool);
+    pool.place_calls(*b);
+    EXPECT_VALID(pool);
+    auto run = pool.finish_place(*b, 7);
+    if (fail) {
+      EXPECT_FALSE(run.ok());
+      EXPECT_EQ(pool.queued_drops(), 1u);
+      EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::dropping);
+      EXPECT_EQ(pool.mappings_of(*s), 2u);
+      EXPECT_VALID(pool);
+      continue;
+    }
+    ASSERT_TRUE(run.ok()) << run.error().to_string();
+    EXPECT_EQ(*run, at);
+    EXPECT_EQ(pool.slot(at + 2).owner, 7u);
+    EXPECT_EQ(pool.mappings_of(*s), 1u) << "the old alias is gone";
+    EXPECT_NE(pool.slot(at + 2).phys, pool.slot(*s).phys);
+    EXPECT_VALID(pool);
+  }
   EXPECT_TRUE(pool.destroy().ok());
 }
 
