@@ -430,7 +430,14 @@ Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std:
   auto s = unmapped_.take_best_fit(1);
   if (!s) return make_error(Errc::out_of_address_space, "share_page: no free virtual slot");
   if (auto st = map_alias(*s, of); !st.ok()) {
-    unmapped_.insert(*s, 1);
+    if (slots_[*s].phys != kNoPhys) {
+      // Mapped without access, and its unmap failed too: a drop batch unmaps it later.
+      ++phys_[slots_[*s].phys].dropping;
+      set_kind(*s, 1, SlotKind::dropping, 0);
+      queue_drop(*s);
+    } else {
+      unmapped_.insert(*s, 1);
+    }
     return st.error();
   }
   set_kind(*s, 1, kind, owner);

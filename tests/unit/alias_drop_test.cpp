@@ -261,6 +261,31 @@ TEST(DeferredAliasDrops, APlacementUnmapsTheDropsItClaimsInItsCalls) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// A shared page's alias whose access grant fails, and whose unmap then fails too, is not lost:
+// the slot stays mapped, queued as a drop, and the pool consistent; the next drop batch unmaps it.
+TEST(DeferredAliasDrops, AnAliasWhoseGrantAndUnmapFailIsQueuedAsADrop) {
+  FaultInjectingBackend faults(test::open_host_backend(64u << 20));
+  PagePool pool(faults, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  auto own = pool.take_page(SlotKind::slab, 1);
+  ASSERT_TRUE(own.ok());
+  faults.fail_nth(DriverOp::set_access, 1);
+  faults.fail_nth(DriverOp::unmap, 1);
+  auto alias = pool.share_page(*own, SlotKind::slab, 1);
+  ASSERT_FALSE(alias.ok());
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.mappings_of(*own), 2u);
+  EXPECT_VALID(pool);
+  auto drops = pool.begin_drops();
+  pool.drop_calls(drops);
+  pool.finish_drops(drops);
+  EXPECT_EQ(pool.queued_drops(), 0u);
+  EXPECT_EQ(pool.mappings_of(*own), 1u);
+  EXPECT_VALID(pool);
+  pool.give_back(*own, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
   FaultInjectingBackend faults(test::open_host_backend(64u << 20));
   PagePool pool(faults, 32);
