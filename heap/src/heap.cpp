@@ -108,9 +108,7 @@ void HeapCore::release_location(const Location& loc) {
   if (loc.kind == ObjectKind::large) {
     release_large(loc);
   } else {
-    SlabPage* p = free_slab_slot(loc);
-    // Keep one empty page per class against allocate/free ping-pong; give back the others.
-    if (p->holds_no_object() && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
+    retire_if_spare(free_slab_slot(loc));
   }
   after_release();
 }

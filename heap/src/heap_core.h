@@ -228,6 +228,11 @@ struct HeapCore {
   // Gives an empty slab page back: its aliases unmapped, its own slot to the reserve. false (the
   // page stays, empty) when an alias cannot be unmapped now.
   bool retire_slab(SlabPage* p);
+  // After frees emptied `p`: retires it unless it is the last page of its class (kept against
+  // allocate/free ping-pong) or a compaction cycle is working on it.
+  void retire_if_spare(SlabPage* p) {
+    if (p->holds_no_object() && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
+  }
   // Gives back every empty slab page that no compaction cycle is working on, the one each class
   // keeps against allocate/free ping-pong included (at most `max_pages`); returns how many went.
   std::size_t retire_empty_slabs(std::uint64_t max_pages = ~std::uint64_t{0});

@@ -244,14 +244,6 @@ Result<std::uint32_t> PagePool::take_run(std::uint32_t n, std::uint32_t owner) {
   return place_miss(n, false, owner, [&](PlaceBatch& b) { place_calls(b); });
 }
 
-bool PagePool::unmap_dropped(std::uint32_t s) {
-  if (!dropped_.find(s) || held(s) || !backend_.unmap(address(s), kPage).ok()) return false;
-  unqueue_drop(std::size_t(std::find(drops_.begin(), drops_.end(), s) - drops_.begin()));
-  book_dropped(s);
-  unmapped_.insert(s, 1);
-  return true;
-}
-
 bool PagePool::reserve_before(std::uint32_t d, std::uint32_t n) const {
   if (d < n - 1) return false;
   if (n == 1) return true;
@@ -414,9 +406,7 @@ Status PagePool::drop_alias(std::uint32_t s) {
   if (slots_[s].phys == kNoPhys || phys_[slots_[s].phys].mappings < 2)
     return make_error(Errc::internal, "drop_alias: slot " + std::to_string(s) + " is not a shared mapping");
   if (defer_drops_) {
-    ++phys_[slots_[s].phys].dropping;
-    set_kind(s, 1, SlotKind::dropping, 0);
-    queue_drop(s);
+    drop_later(s);
     return {};
   }
   VALET_TRY(unmap_run(s, 1));
@@ -430,14 +420,10 @@ Result<std::uint32_t> PagePool::share_page(std::uint32_t of, SlotKind kind, std:
   auto s = unmapped_.take_best_fit(1);
   if (!s) return make_error(Errc::out_of_address_space, "share_page: no free virtual slot");
   if (auto st = map_alias(*s, of); !st.ok()) {
-    if (slots_[*s].phys != kNoPhys) {
-      // Mapped without access, and its unmap failed too: a drop batch unmaps it later.
-      ++phys_[slots_[*s].phys].dropping;
-      set_kind(*s, 1, SlotKind::dropping, 0);
-      queue_drop(*s);
-    } else {
+    if (slots_[*s].phys != kNoPhys)
+      drop_later(*s);  // mapped without access, and its unmap failed too
+    else
       unmapped_.insert(*s, 1);
-    }
     return st.error();
   }
   set_kind(*s, 1, kind, owner);

@@ -491,10 +491,6 @@ class PagePool {
   // Takes them out of the reserve and the queue and returns the run's start; the caller sets
   // their kind. nullopt when there is none.
   std::optional<std::uint32_t> take_dropped_run(std::uint32_t n, std::uint32_t last_of);
-  // A queued dropping slot that placement wants as a free slot: unmapped now (the call the
-  // keeper would have made), free. false (nothing changed) if it is not queued, is held, or the
-  // unmap failed.
-  bool unmap_dropped(std::uint32_t s);
   // A placement's claim of a queued drop (page_pool_place.cpp): claimable when queued and not
   // held; claimed, it leaves the queue for `retargeting_` and the batch's `drops`.
   // return_free_slot gives a batch's slot back: a claimed drop still mapped to the queue, any
@@ -640,8 +636,16 @@ class PagePool {
     drops_[i] = drops_.back();
     drops_.pop_back();
   }
+  // Slot `s`, booked as mapping its page and used by nobody, becomes a dropping slot on the
+  // queue: a drop batch unmaps it (a deferred alias drop, or a mapping whose undo failed).
+  void drop_later(std::uint32_t s) {
+    ++phys_[slots_[s].phys].dropping;
+    set_kind(s, 1, SlotKind::dropping, 0);
+    queue_drop(s);
+  }
   std::vector<std::uint32_t> drops_in_flight_;  // dropping slots of the batch in flight
   std::vector<std::uint32_t> retargeting_;      // dropping slots a retarget or placement remaps without the lock
+  void unlist_retargeting(std::uint32_t s) { retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), s)); }
   mutable RankedMutex<LockRank::pool_holds> holds_mu_;
   std::unordered_map<std::uint32_t, std::uint32_t> holds_;  // held slot -> holders
 };

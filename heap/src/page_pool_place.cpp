@@ -41,7 +41,7 @@ void PagePool::claim_drop(std::uint32_t s, PlaceBatch& b) {
 
 void PagePool::return_free_slot(std::uint32_t s) {
   if (slots_[s].kind == SlotKind::dropping) {  // a claimed drop not unmapped: queued again
-    retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), s));
+    unlist_retargeting(s);
     queue_drop(s);
     return;
   }
@@ -277,7 +277,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
   // dropping (return_free_slot queues them again).
   for (std::size_t i = 0; i < b.drops.size(); ++i)
     if (i < b.drop_unmapped.size() && b.drop_unmapped[i]) {
-      retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), b.drops[i]));
+      unlist_retargeting(b.drops[i]);
       book_dropped(b.drops[i]);
     }
   for (const auto& r : b.fills) provisioning_.take_exact(r.start, r.length);
@@ -393,7 +393,7 @@ Result<std::uint32_t> PagePool::finish_attach(AttachPlan& plan, std::uint32_t ow
   --placing_;
   const std::uint32_t last = plan.start + plan.n - 1;
   if (plan.retarget) {
-    retargeting_.erase(std::find(retargeting_.begin(), retargeting_.end(), last));
+    unlist_retargeting(last);
     if (!plan.unmapped_old) {  // the old mapping stays: a queued drop again, the body back
       queue_drop(last);
       if (plan.n > 1) give_back(plan.start, plan.n - 1);
@@ -411,14 +411,10 @@ Result<std::uint32_t> PagePool::finish_attach(AttachPlan& plan, std::uint32_t ow
     set_kind(plan.start, plan.n, SlotKind::large, owner);
     return plan.start;
   }
-  if (plan.mapped) {
-    // Mapped without access, and the unmap failed too: a drop batch unmaps it later.
-    ++phys_[plan.phys].dropping;
-    set_kind(last, 1, SlotKind::dropping, 0);
-    queue_drop(last);
-  } else {
+  if (plan.mapped)
+    drop_later(last);  // mapped without access, and the unmap failed too
+  else
     unmapped_.insert(last, 1);
-  }
   if (plan.n > 1) give_back(plan.start, plan.n - 1);  // mapped and accessible: the body's pages join the reserve
   return plan.status.error();
 }

@@ -136,7 +136,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     slabs.attach(best);
     auto attached = pool.finish_attach(*plan, kNoOwner);
     if (!attached.ok()) {  // the body went to the reserve
-      if (best->holds_no_object() && slabs.pages_of(best->cls) > 1) (void)retire_slab(best);
+      retire_if_spare(best);
       return std::nullopt;
     }
     run = *attached;
@@ -148,7 +148,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   slabs.block_tail(best, tail, std::uint32_t((used + size - 1) / size));
   tails.share(tail, best->id);
   // Its last objects were freed meanwhile: it retires as their free would have retired it.
-  if (had_objects && best->holds_no_object() && slabs.pages_of(best->cls) > 1) (void)retire_slab(best);
+  if (had_objects) retire_if_spare(best);
   return loc;
 }
 
@@ -220,7 +220,7 @@ void HeapCore::release_large(const Location& loc) {
     p->aliases.push_back({tail, 0});
   }
   slabs.unblock_tail(p);
-  if (p->used == 0 && !p->evacuating && slabs.pages_of(p->cls) > 1) (void)retire_slab(p);
+  retire_if_spare(p);
 }
 
 bool HeapCore::release_tail_page(SlabPage* p) {
