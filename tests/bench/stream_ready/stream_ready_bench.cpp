@@ -59,11 +59,10 @@ struct Arguments {
 struct Failure {
   std::string what;
 };
-void check(const Driver& d, CUresult r, const char* call) {
+void check(CUresult r, const char* call) {
   if (r != CUDA_SUCCESS) throw Failure{valet::cuda::driver_error(call, r).to_string()};
-  (void)d;
 }
-#define CU(call) check(d, d.call, #call)
+#define CU(call) check(d.call, #call)
 
 // A thread whose failed call is rethrown where it is joined.
 class GuardedThread {
@@ -267,7 +266,7 @@ nlohmann::json Bench::late_phase(const std::vector<std::size_t>& sizes, int repe
           // The ticket is written whatever happens: a ticket never written would hang the stream
           // (and the synchronization below) for good.
           try {
-            check(d, d.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent");
+            CU(cuCtxSetCurrent(ctx_));
             const auto m0 = Clock::now();
             back(va, n, chunk, made);
             mapped_ns = ns_since(m0);
@@ -333,7 +332,7 @@ nlohmann::json Bench::contention_phase(int ops) {
     std::optional<GuardedThread> vmm;
     if (busy)
       vmm.emplace([&] {
-        check(d, d.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent");
+        CU(cuCtxSetCurrent(ctx_));
         CUdeviceptr va = 0;
         CU(cuMemAddressReserve(&va, kPage, kPage, 0, 0));
         std::vector<CUmemGenericAllocationHandle> made;
