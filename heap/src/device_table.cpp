@@ -90,7 +90,10 @@ Result<TableScope> Heap::pin_table(Stream stream) {
   if (c.shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   // No cycle runs while the table is built: every address read is settled.
   std::lock_guard cl(c.compaction_mu);
-  std::lock_guard lock(c.mu);
+  std::unique_lock lock(c.mu);
+  // A pending object's address is in the table before its run is mapped: kernels may resolve
+  // it only once it is (background misses).
+  c.wait_for_misses(lock);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;
   {

@@ -12,6 +12,10 @@ namespace detail {
 namespace {
 
 constexpr std::size_t kMaxObject = std::size_t{1} << 48;
+// Background misses: while this many are pending, a miss makes its own calls (the caller pays
+// as without the mapper): the mapper's queue, and the memory its pending objects hold, stay
+// bounded when allocations outrun it.
+constexpr std::size_t kMaxPendingMisses = 4;
 
 std::string mib(std::size_t bytes) {
   char buf[48];
@@ -67,7 +71,7 @@ Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std:
   return place_run(lock, n, false);
 }
 
-Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes) {
+Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss) {
   mu.assert_held();
   constexpr std::uint32_t owner = kNoOwner;  // the caller names the owner once it has a handle
   if (bytes <= kMaxSlabObject) {
@@ -94,8 +98,17 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   }
   // Its last page on a slab page's physical page, when one has the room (no page of its own):
   // the body is mapped without the heap lock, the alias (two calls) under it (tails.cpp).
-  if (auto loc = place_on_slab_page(lock, bytes, n)) return *loc;
-  auto run = take_run(lock, n);
+  if (auto loc = place_on_slab_page(lock, bytes, n, miss)) return *loc;
+  const std::optional<std::uint32_t> mapped = miss ? pool.take_mapped_run(n, kNoOwner) : std::nullopt;
+  if (miss && !mapped) {
+    // Its tail is opened once the run is mapped (finish_miss): no slab page lands on it before.
+    auto b = pool.begin_miss(n);
+    if (!b.ok()) return b.error();
+    miss->batch = std::move(*b);
+    want_refill();
+    return Location{ObjectKind::large, miss->batch.start, 0, n};
+  }
+  auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n);
   if (!run.ok()) return run.error();
   want_refill();
   const Location loc{ObjectKind::large, *run, 0, n};
@@ -156,17 +169,25 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // after the old one's.
   const std::size_t used_before = pool.used_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
+  // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
+  // the caller may use without a pin).
+  PendingMiss miss;
+  const bool background = !fixed && misses.running() && misses.pending() < kMaxPendingMisses;
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
-  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes);
+  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, background ? &miss : nullptr);
   if (!loc.ok()) return loc.error();
+  const bool pending = !miss.empty();
   std::uint32_t index = 0;
   const bool shut_meanwhile = shut.load(std::memory_order_relaxed);
   if (shut_meanwhile || !handles.acquire(index)) {
-    release_location(*loc);
+    if (pending)
+      pool.abandon_place(miss.batch);
+    else
+      release_location(*loc);
     return shut_meanwhile ? make_error(Errc::shut_down, "the heap was shut down")
                           : make_error(Errc::out_of_memory, "the handle table is full");
   }
-  set_owner(*loc, index);
+  if (!pending) set_owner(*loc, index);  // a pending run's slots are named at finish_miss
   HandleEntry* e = handles.get(index);
   e->set_size(bytes);
   e->loc = *loc;
@@ -178,6 +199,14 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   }
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
+  if (pending) {
+    // Claimed as a move until the mapper books the run: pins wait for it, moves skip it.
+    const bool claimed = claims::try_claim(e->state, /*cancelable=*/false);
+    VALET_ASSERT(claimed);
+    (void)claimed;
+    miss.index = index;
+    misses.submit(std::move(miss));
+  }
   live_bytes += std::int64_t(bytes);
   if (Demand::ordinary(loc->pages, used_before)) demand.live_peak.note(live_bytes_known(), now_ns());
   footprint_bytes += footprint_of(*loc);
@@ -301,6 +330,8 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
     HandleEntry* e = *looked;
     std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (state::pins(s) > 0) return make_error(Errc::pinned, op + ": the object is pinned");
+    // A pending object (background misses) is freed at once; the mapper releases its run.
+    if ((s & state::kMoving) && misses.is_pending(h.index)) return free_pending(h, e);
     if (s & state::kMoving) {
       lock.unlock();
       claims::wait_not_moving(e->state, h.generation);

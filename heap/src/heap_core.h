@@ -25,6 +25,7 @@
 #include "handle_table.h"
 #include "heap_mutex.h"
 #include "lock_order.h"
+#include "miss_mapper.h"
 #include "move_claims.h"
 #include "move_executor.h"
 #include "page_pool.h"
@@ -172,7 +173,23 @@ struct HeapCore {
   // A new place for `bytes`, unowned (set_owner names its owner). A large run that no mapped
   // run serves is mapped without the heap lock: `lock` (holding mu) is released and retaken
   // meanwhile (take_run).
-  Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes);
+  // With `miss` (background misses, the mapper running): a large run that no mapped run serves
+  // is not mapped here; its begun batch goes to `*miss` and the location is its run's.
+  Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
+  // Background misses (heap_misses.cpp, miss_mapper.h). miss_calls: a step's calls (no lock).
+  // finish_miss: the mapper's booking of a step (false: a next step began, queue it again).
+  // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: a freed
+  // object whose run went back. lose_miss: gives up a pending object whose run could not be
+  // mapped (its handle goes stale). free_pending: a free of a pending object (no wait).
+  // wait_for_misses: until none is pending.
+  void miss_calls(PendingMiss& m) const;
+  bool finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m);
+  bool settle_miss(PendingMiss& m);
+  bool drop_freed_miss(PendingMiss& m);
+  void lose_miss(std::uint32_t index);
+  Status free_pending(Handle h, HandleEntry* e);
+  void abandon_miss(PendingMiss& m);  // a queued step given up before its calls
+  void wait_for_misses(std::unique_lock<HeapMutex>& lock);
   // A run of n pages for a large object: a mapped one (no call), else place_run's. place_run:
   // a place batch, its calls without the lock (a chunked miss first where allowed); with
   // `tail`, its last slot is held unmapped for attach_tail or abandon_tail (page_pool.h).
@@ -201,7 +218,17 @@ struct HeapCore {
   // or a driver call fails (the caller places it as usual).
   // The body's calls run without the lock (`lock`, holding mu, is let go and retaken); the slab
   // page is then looked for again, and the alias mapped under the lock (two calls).
-  std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages);
+  // With `miss` (background misses), a run that needs calls is not mapped here: its first step
+  // goes to `*miss` (a retarget's alias, or the body).
+  std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages,
+                                             PendingMiss* miss = nullptr);
+  // A large object's last page now maps `host`'s physical page: the slab page's low slots under
+  // the object's bytes are blocked and the tail is shared.
+  void share_tail(const Location& loc, std::size_t bytes, SlabPage* host);
+  // The bytes an object of `bytes` over `pages` pages uses in its last page.
+  static std::uint64_t used_in_last_page(std::size_t bytes, std::uint32_t pages) {
+    return bytes - std::uint64_t(pages - 1) * kPageBytes;
+  }
   // The slab page whose free low span fits `used` bytes most tightly (leaving a slot free), or
   // before any, one whose page a freed run still ends on (`cached`: their physical pages);
   // nullptr if none fits.
@@ -302,6 +329,9 @@ struct HeapCore {
 
   // Declared last: its thread uses the members above, and it is stopped first.
   ReserveKeeper keeper{mu, pool, config, live_bytes, demand, [this] { reap_deferred(); }};
+  // After the keeper: destroyed (stopped) before it. Runs only with Config::background_misses.
+  MissMapper misses{mu, [this](PendingMiss& m) { miss_calls(m); },
+                    [this](std::unique_lock<HeapMutex>& lock, PendingMiss& m) { return finish_miss(lock, m); }};
 };
 
 // Tests reach a heap's components through this (unit tests of invariants and of components).

@@ -135,6 +135,7 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     (void)core->keeper.balance();
   }
   core->keeper.start();
+  if (config.background_misses) core->misses.start();
   return std::unique_ptr<Heap>(new Heap(std::move(core)));
 }
 
@@ -169,8 +170,10 @@ Status Heap::shutdown() {
     lock.lock();
     if (c.shut.load(std::memory_order_relaxed)) return {};
   }
-  // The keeper takes the heap lock: stop it with the lock released (nothing else can start).
+  // The keeper and the miss mapper take the heap lock: stop them with the lock released
+  // (nothing else can start; no miss is pending: each pending object was waited for above).
   lock.unlock();
+  c.misses.stop();
   c.keeper.stop();
   lock.lock();
   // A free still trimming the reserve, or a placement mapping its run, without the lock

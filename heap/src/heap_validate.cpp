@@ -190,6 +190,16 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       const auto* p = c.slabs.page(slot.owner);
       if (!p || p->owners[e->loc.index] != i) return fail("object " + std::to_string(i) + " is not its slot's owner");
       if (e->size() > detail::class_size(p->cls)) return fail("object larger than its size class");
+    } else if (c.misses.is_pending(i)) {
+      // Background misses: its run is a step in flight (provisioning slots, unowned ones taken
+      // from the reserve, its own once a step booked them, a retargeted alias): no other
+      // object's.
+      if (!(s & state::kMoving)) return fail("pending object " + std::to_string(i) + " is not claimed");
+      for (std::uint32_t k = 0; k < e->loc.pages; ++k) {
+        const std::uint32_t owner = c.pool.slot(e->loc.page + k).owner;
+        if (owner != 0 && owner != i)
+          return fail("page " + std::to_string(k) + " of pending object " + std::to_string(i) + " is another's");
+      }
     } else {
       if (std::uint64_t(e->size()) > std::uint64_t(e->loc.pages) * detail::kPageSize)
         return fail("large object larger than its pages");
@@ -219,7 +229,8 @@ Status check_large_slots(const HeapCore& c) {
     const auto& slot = c.pool.slot(k);
     if (slot.kind != SlotKind::large || slot.owner == 0) continue;
     const HandleEntry* e = c.handles.get(slot.owner);
-    if (!live(e) || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
+    // An object freed while pending holds its run until the mapper releases it.
+    if ((!live(e) && !c.misses.is_freed(slot.owner)) || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
       return fail("large page " + std::to_string(k) + " names an object that does not hold it");
   }
   return {};
@@ -238,6 +249,13 @@ Status Heap::validate() const {
   VALET_TRY(c.slabs.validate());
   CacheTally cached;
   VALET_TRY(check_caches(c, cached));
+  // Objects freed while pending: their entries and footprint are the miss mapper's until their
+  // step ends (heap_misses.cpp).
+  c.misses.for_each_pending([&](std::uint32_t i, bool freed) {
+    if (!freed || i >= cached.held.size()) return;
+    cached.held[i] = true;
+    cached.footprint += c.footprint_of(c.handles.get(i)->loc);
+  });
   VALET_TRY(c.handles.validate(cached.held));
   VALET_TRY(c.releases.validate());
   VALET_TRY(c.table.validate());

@@ -196,6 +196,9 @@ class PagePool {
   // abandon_tail gives the body to the reserve and frees the slot (no call).
   Result<std::uint32_t> attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner, std::uint32_t last_of);
   void abandon_tail(std::uint32_t start, std::uint32_t n);
+  // A held (provisioning_) unmapped slot back to the free set: a tail batch's last slot that
+  // gets a page of its own instead (background misses).
+  void free_held_slot(std::uint32_t s);
   // attach_tail in three steps, so that its two calls run without the heap lock (as a place
   // batch's):
   //   begin_attach   (lock held) names the physical page of slot `last_of` and counts the
@@ -254,7 +257,29 @@ class PagePool {
     }
     return attempt(PlaceOptions{});
   }
+  // A miss whose calls another thread makes (HeapCore's background misses): the batch of
+  // place_miss's first attempt that can begin (a chunked one where allowed, else the usual
+  // way); with `tail`, the last slot is held as place_miss holds it. Its calls are place_calls'; finish_place books them (`owner` then owns
+  // the run), or, after a failed call, frees the run: a retry begins again at the same start
+  // (PlaceOptions::at) so that the address handed out holds.
+  Result<PlaceBatch> begin_miss(std::uint32_t n, bool tail = false) {
+    PlaceOptions usual;
+    usual.tail = tail;
+    if (chunk_miss(n - 1)) {
+      PlaceOptions chunked = usual;
+      chunked.window = false;
+      chunked.from_reserve = false;
+      chunked.chunk_min = chunk_miss_pages_;
+      if (auto b = begin_place(n, chunked); b.ok()) return b;
+    }
+    return begin_place(n, usual);
+  }
+  // Gives up a begun batch whose calls were never made (lock held): as a failed batch, its
+  // slots and pages go back as they were.
+  void abandon_place(PlaceBatch& b);
   std::size_t placements_in_flight() const { return placing_; }
+  // Whether slot s is being mapped by a batch in flight (validate: a pending object's run).
+  bool provisioning(std::uint32_t s) const { return provisioning_.find(s).has_value(); }
   // Callers first at the driver. The driver serializes VMM calls (docs/speed.md, session 21),
   // so a caller's call waits for whatever call the keeper makes meanwhile. While a caller's
   // calls are under way (a place batch, a freeing thread's own trim, a shared tail's alias: each
@@ -513,8 +538,6 @@ class PagePool {
   // not reached, back in the reserve untouched.
   void book_moved_sources(const std::vector<ReleaseRun>& sources);
   void unclaim(PlaceBatch& b);
-  // A held (provisioning_) unmapped slot back to the free set.
-  void free_held_slot(std::uint32_t s);
   // Slots [d - (n - 1), d) are in the reserve.
   bool reserve_before(std::uint32_t d, std::uint32_t n) const;
 

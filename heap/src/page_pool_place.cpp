@@ -332,6 +332,15 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
   return err;
 }
 
+void PagePool::abandon_place(PlaceBatch& b) {
+  b.drop_unmapped.assign(b.drops.size(), false);
+  b.made.assign(b.slots.size(), false);
+  b.mapped.assign(b.slots.size(), false);
+  b.chunk_pages = 0;  // no chunk was created
+  b.status = make_error(Errc::invalid_state, "the placement was given up before its calls");
+  (void)finish_place(b, 0);
+}
+
 Result<std::uint32_t> PagePool::attach_tail(std::uint32_t start, std::uint32_t n, std::uint32_t owner,
                                             std::uint32_t last_of) {
   AttachPlan plan = begin_attach(start, n, last_of);

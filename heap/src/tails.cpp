@@ -28,11 +28,6 @@ constexpr std::uint32_t kMinTailRoom = std::uint32_t{256} << 10;
 
 std::uint32_t last_slot(const Location& loc) { return loc.page + loc.pages - 1; }
 
-// The bytes an object of `bytes` over `pages` pages uses in its last page.
-std::uint64_t used_in_last_page(std::size_t bytes, std::uint32_t pages) {
-  return bytes - std::uint64_t(pages - 1) * kPageSize;
-}
-
 }  // namespace
 
 void HeapCore::open_tail(const Location& loc, std::size_t bytes) {
@@ -98,7 +93,7 @@ SlabPage* HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_
 }
 
 std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes,
-                                                     std::uint32_t pages) {
+                                                     std::uint32_t pages, PendingMiss* miss) {
   if (!config.share_tails) return std::nullopt;
   const std::uint64_t used = used_in_last_page(bytes, pages);
   if (kPageSize - used < kMinTailRoom) return std::nullopt;
@@ -115,6 +110,24 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // mapped without the lock; meanwhile the slab page may have changed (filled, gone, put on a
     // tail): look again.
     std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
+    if (miss) {
+      // Background misses: the calls are the mapper's (heap_misses.cpp), the retarget's alias
+      // at once, or the body first and the alias after it.
+      if (plan) {
+        miss->step = PendingMiss::Step::alias;
+        miss->plan = *plan;
+        miss->host = best;
+        miss->host_had_objects = !best->holds_no_object();
+        slabs.detach(best);
+      } else {
+        auto body = pool.begin_miss(pages, /*tail=*/true);
+        if (!body.ok()) return std::nullopt;
+        miss->step = PendingMiss::Step::body;
+        miss->batch = std::move(*body);
+      }
+      want_refill();
+      return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};
+    }
     if (!plan) {
       auto body = place_run(lock, pages, true);
       if (!body.ok()) return std::nullopt;
@@ -143,13 +156,17 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   }
   want_refill();
   const Location loc{ObjectKind::large, *run, 0, pages};
-  const std::uint32_t tail = last_slot(loc);
-  const std::uint64_t size = class_size(best->cls);
-  slabs.block_tail(best, tail, std::uint32_t((used + size - 1) / size));
-  tails.share(tail, best->id);
+  share_tail(loc, bytes, best);
   // Its last objects were freed meanwhile: it retires as their free would have retired it.
   if (had_objects) retire_if_spare(best);
   return loc;
+}
+
+void HeapCore::share_tail(const Location& loc, std::size_t bytes, SlabPage* host) {
+  const std::uint32_t tail = last_slot(loc);
+  const std::uint64_t size = class_size(host->cls);
+  slabs.block_tail(host, tail, std::uint32_t((used_in_last_page(bytes, loc.pages) + size - 1) / size));
+  tails.share(tail, host->id);
 }
 
 std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {

@@ -38,6 +38,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.chunk_min_pages = o.chunk_min_pages;
   config.chunk_miss_pages = o.chunk_miss_pages;
   config.keeper_defers = o.keeper_defers;
+  config.background_misses = o.background_misses;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

@@ -36,6 +36,8 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
                  "from this many pages (0: off)");
   app.add_flag("--keeper-defers", o.keeper_defers,
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
+  app.add_flag("--background-misses", o.background_misses,
+               "Config::background_misses: large misses return at once, a heap thread maps their runs");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

@@ -27,6 +27,7 @@ struct StressOptions {
   std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
   std::size_t chunk_miss_pages = Config{}.chunk_miss_pages;  // of the heap
   bool keeper_defers = Config{}.keeper_defers;  // of the heap
+  bool background_misses = Config{}.background_misses;
   bool smoke = false;
   bool json = false;
 };

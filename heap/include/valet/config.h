@@ -64,6 +64,14 @@ struct Config {
   // every token) pays a chunk per allocation at the median (docs/speed.md, "Session 23").
   // 0: off.
   std::size_t chunk_miss_pages = 0;
+  // Background misses: a large allocation that finds no mapped run returns at once with its
+  // handle and address; a thread of the heap makes the driver calls that map its run. The object
+  // is pending until then: a pin (host or stream) waits for the mapping, a free or resize waits
+  // as for a move, compaction leaves it alone. The allocating thread makes no driver call and
+  // does not wait for one; the wait moves to the object's first pin, so it pays where the gap
+  // between allocation and first use covers the mapping (docs/background_misses.md). Fixed
+  // objects, shared tails and slab pages are placed as before.
+  bool background_misses = false;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -357,6 +357,8 @@ class Replayer {
     r.objects_moved = s.compaction.objects_moved;
     r.pages_freed = s.compaction.pages_freed;
     r.chunks_created = s.pages.chunks_created;
+    r.background_misses = s.ops.background_misses;
+    r.lost_allocations = s.ops.lost_allocations;
     r.keeper = s.keeper;
     r.under_heap_lock_driver_calls = door_.under_lock();
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;

@@ -104,6 +104,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["objects_moved"] = r.objects_moved;
   j["pages_freed"] = r.pages_freed;
   j["chunks_created"] = r.chunks_created;
+  j["background_misses"] = r.background_misses;
+  j["lost_allocations"] = r.lost_allocations;
   j["keeper"] = {{"batches", r.keeper.batches},
                  {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
                  {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},

@@ -1,0 +1,199 @@
+// Background misses (Config::background_misses, miss_mapper.h): the steps of a pending object's
+// run (their calls and their booking), retries after a failed call, frees of pending objects,
+// and giving an object up.
+#include <cstdio>
+
+#include "heap_core.h"
+#include "size_classes.h"
+
+namespace valet::detail {
+namespace {
+
+// Runs begun for one object before it is given up. A call can fail only for reasons outside the
+// heap: the capacity was counted when the batch began, so the driver's out-of-memory comes from
+// another user of the device.
+constexpr unsigned kMissAttempts = 3;
+
+}  // namespace
+
+void HeapCore::miss_calls(PendingMiss& m) const {
+  if (m.step == PendingMiss::Step::alias)
+    pool.attach_calls(m.plan);
+  else
+    pool.place_calls(m.batch);
+}
+
+bool HeapCore::finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m) {
+  mu.assert_held();
+  (void)lock;
+  HandleEntry* e = handles.get(m.index);
+  const Location loc = e->loc;
+  const bool freed = misses.is_freed(m.index);  // freed while pending: released once its step ends
+  const std::uint32_t last = loc.page + loc.pages - 1;
+  Error failed;
+  switch (m.step) {
+    case PendingMiss::Step::run:
+    case PendingMiss::Step::last_page: {
+      auto booked = pool.finish_place(m.batch, m.index);
+      if (booked.ok()) {
+        if (!freed) open_tail(loc, e->size());
+        return settle_miss(m);
+      }
+      failed = booked.error();
+      if (m.step == PendingMiss::Step::last_page && loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
+      break;
+    }
+    case PendingMiss::Step::body: {
+      auto booked = pool.finish_place(m.batch, m.index);
+      if (!booked.ok()) {
+        failed = booked.error();  // the held last slot went back with the body
+        break;
+      }
+      if (freed) {
+        pool.abandon_tail(loc.page, loc.pages);
+        return drop_freed_miss(m);
+      }
+      // The slab page that fits now (others may have changed meanwhile): its physical page is
+      // mapped at the last slot next, as place_on_slab_page does.
+      if (SlabPage* host = tail_host(used_in_last_page(e->size(), loc.pages), {})) {
+        m.plan = pool.begin_attach(loc.page, loc.pages, host->slot);
+        m.host = host;
+        m.host_had_objects = !host->holds_no_object();
+        slabs.detach(host);
+        m.step = PendingMiss::Step::alias;
+        return false;
+      }
+      // None has the room any more: the last slot gets a page of its own.
+      pool.free_held_slot(last);
+      PagePool::PlaceOptions at;
+      at.at = last;
+      auto b = pool.begin_place(1, at);
+      if (b.ok() && !b->empty()) {
+        m.batch = std::move(*b);
+        m.step = PendingMiss::Step::last_page;
+        return false;
+      }
+      failed = b.ok() ? make_error(Errc::internal, "the last slot was taken") : b.error();
+      if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
+      break;
+    }
+    case PendingMiss::Step::alias: {
+      slabs.attach(m.host);
+      auto booked = pool.finish_attach(m.plan, m.index);
+      if (booked.ok()) {
+        share_tail(loc, e->size(), m.host);
+        // Its last objects were freed meanwhile: it retires as their free would have retired it.
+        if (m.host_had_objects) retire_if_spare(m.host);
+        return settle_miss(m);
+      }
+      retire_if_spare(m.host);
+      failed = booked.error();  // the body went to the reserve, the last slot is free
+      break;
+    }
+  }
+  if (freed) return drop_freed_miss(m);
+  // The run's slots are free again: begin the whole run again at the same start, so that the
+  // address the caller holds stays right.
+  if (m.attempts < kMissAttempts) {
+    PagePool::PlaceOptions again;
+    again.at = loc.page;
+    auto b = pool.begin_place(loc.pages, again);
+    if (b.ok() && !b->empty()) {
+      m.batch = std::move(*b);
+      m.step = PendingMiss::Step::run;
+      ++m.attempts;
+      return false;
+    }
+    if (!b.ok()) failed = b.error();
+  }
+  std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: its pages could not be mapped (%s)\n", e->size(),
+               failed.to_string().c_str());
+  lose_miss(m.index);
+  return true;
+}
+
+bool HeapCore::settle_miss(PendingMiss& m) {
+  HandleEntry* e = handles.get(m.index);
+  ++ops.background_misses;
+  if (!misses.is_freed(m.index)) {
+    end_move(e);  // pins waiting for the mapping go on
+    return true;
+  }
+  // Freed while pending: released now, as the free would have released it.
+  footprint_bytes -= footprint_of(e->loc);
+  release_location(e->loc);
+  handles.release(m.index);
+  return true;
+}
+
+bool HeapCore::drop_freed_miss(PendingMiss& m) {
+  // Its run went back when its step failed or was given up: only the footprint and the index.
+  HandleEntry* e = handles.get(m.index);
+  footprint_bytes -= footprint_of(e->loc);
+  handles.release(m.index);
+  after_release();
+  return true;
+}
+
+void HeapCore::lose_miss(std::uint32_t index) {
+  mu.assert_held();
+  HandleEntry* e = handles.get(index);
+  live_bytes -= std::int64_t(e->size());
+  footprint_bytes -= footprint_of(e->loc);
+  --live_objects;
+  ++ops.lost_allocations;
+  table.changed();
+  // Not live, same generation: its handle is stale from here; waiting pins wake and fail.
+  claims::kill(e->state);
+  handles.release(index);
+  after_release();
+}
+
+Status HeapCore::free_pending(Handle h, HandleEntry* e) {
+  mu.assert_held();
+  // Nothing can have used it (a pin waits for its mapping), so no stream needs to pass: the
+  // handle dies now, its run is released by the mapper once the step under way ends.
+  live_bytes -= std::int64_t(e->size());
+  --live_objects;
+  ++ops.free;
+  table.changed();
+  claims::kill(e->state);
+  if (auto queued = misses.take_queued(h.index)) {
+    // Its step's calls were not made yet: given up now, nothing mapped for it.
+    abandon_miss(*queued);
+    footprint_bytes -= footprint_of(e->loc);
+    handles.release(h.index);
+    after_release();
+    return {};
+  }
+  misses.mark_freed(h.index);
+  return {};
+}
+
+void HeapCore::abandon_miss(PendingMiss& m) {
+  const Location loc = handles.get(m.index)->loc;
+  switch (m.step) {
+    case PendingMiss::Step::run:
+    case PendingMiss::Step::body:
+      pool.abandon_place(m.batch);
+      break;
+    case PendingMiss::Step::last_page:
+      pool.abandon_place(m.batch);
+      if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);  // the body its step booked
+      break;
+    case PendingMiss::Step::alias:
+      // An attach that failed before its first call: the body goes to the reserve, the last
+      // slot is free (or a queued drop again, for a retarget).
+      m.plan.status = make_error(Errc::invalid_state, "the object was freed before its alias was mapped");
+      (void)pool.finish_attach(m.plan, m.index);
+      slabs.attach(m.host);
+      retire_if_spare(m.host);
+      break;
+  }
+}
+
+void HeapCore::wait_for_misses(std::unique_lock<HeapMutex>& lock) {
+  if (misses.running()) misses.wait_idle(lock);
+}
+
+}  // namespace valet::detail

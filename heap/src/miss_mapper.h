@@ -1,0 +1,131 @@
+// The miss mapper (Config::background_misses): a thread that makes the driver calls of large
+// allocations that found no mapped run, so that the allocating thread does not.
+//
+// An allocation that misses begins a place batch under the heap lock (no call: its run and pages
+// are chosen and taken out of the pool), gives the object its handle and address at once, and
+// hands the batch here; the object is pending until the batch is booked. A pending object is
+// claimed MOVING (not cancelable) for the whole time, so every existing rule covers it: a pin
+// waits for the claim's end (the host pin of a pending object waits for its mapping), free and
+// resize wait as they wait for a move, compaction and shutdown skip or wait for it, validate()
+// knows its run is provisioning. docs/background_misses.md has the design and its limits.
+//
+// The thread takes every queued miss at once, makes their calls without the heap lock (`calls`),
+// takes it again and hands each to `finish` (HeapCore::finish_miss), which books the step and
+// begins the next one if any (`finish` returns false and the miss is queued again): a shared
+// tail's alias after its body, or, after a failed call, the run again at the same start, so
+// that the address handed out holds. After three failed runs the object is given up.
+//
+// Threading: submit, pending and wait_idle require the heap lock; start and stop must be called
+// without it.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "heap_mutex.h"
+#include "page_pool.h"
+
+namespace valet::detail {
+
+struct SlabPage;
+
+// One pending object's way to a mapped run. Each step is a batch begun under the heap lock whose
+// calls the mapper makes without it:
+//   run        a place batch of the whole run (place_calls);
+//   body       a shared tail's: the body mapped, the last slot held (place_calls); then
+//   alias      the last slot maps a slab page's physical page (attach_calls; the slab page
+//              `host` is detached meanwhile); or, when no slab page has the room any more,
+//   last_page  a page of its own for the last slot (place_calls).
+// A failed step begins the whole run again at its start (step run).
+struct PendingMiss {
+  enum class Step : std::uint8_t { run, body, alias, last_page };
+  std::uint32_t index = 0;  // the object's handle index
+  Step step = Step::run;
+  PagePool::PlaceBatch batch;   // run, body, last_page
+  PagePool::AttachPlan plan;    // alias
+  SlabPage* host = nullptr;     // alias: the slab page whose physical page the last slot maps
+  bool host_had_objects = false;
+  unsigned attempts = 1;        // runs begun for it so far
+  bool empty() const { return step == Step::run && batch.empty(); }
+};
+
+class MissMapper {
+ public:
+  // calls(miss): the step's calls, without the heap lock. finish(lock, miss): books them under
+  // it; false when the miss has a next step (queue it again).
+  using Calls = std::function<void(PendingMiss&)>;
+  using Finish = std::function<bool(std::unique_lock<HeapMutex>&, PendingMiss&)>;
+  MissMapper(HeapMutex& mu, Calls calls, Finish finish) : mu_(mu), calls_(std::move(calls)), finish_(std::move(finish)) {}
+  ~MissMapper() { stop(); }
+  MissMapper(const MissMapper&) = delete;
+  MissMapper& operator=(const MissMapper&) = delete;
+
+  // Starts the thread. Idempotent.
+  void start();
+  // Stops and joins the thread once every queued miss is booked.
+  void stop();
+  bool running() const { return thread_.joinable(); }
+  std::thread::id thread_id() const { return thread_.get_id(); }  // tests gate its calls
+  // Queues a begun batch (lock held; the thread must run).
+  void submit(PendingMiss miss);
+  // Misses queued or under way (lock held).
+  std::size_t pending() const {
+    mu_.assert_held();
+    return queued_.size() + in_hand_;
+  }
+  // Whether the object of handle index `index` is pending (lock held); freed while pending.
+  bool is_pending(std::uint32_t index) const {
+    mu_.assert_held();
+    return pending_.count(index) > 0;
+  }
+  bool is_freed(std::uint32_t index) const {
+    mu_.assert_held();
+    auto it = pending_.find(index);
+    return it != pending_.end() && it->second;
+  }
+  // A free of a pending object (lock held): the mapper releases it once its step ends.
+  void mark_freed(std::uint32_t index) {
+    mu_.assert_held();
+    pending_.at(index) = true;
+  }
+  // A free of a pending object whose step is still queued (lock held): the miss leaves the
+  // queue, its calls never made (the caller abandons its step); nullopt when the thread has it.
+  std::optional<PendingMiss> take_queued(std::uint32_t index);
+  // Calls f(index, freed) for every pending object (lock held).
+  template <class F>
+  void for_each_pending(F&& f) const {
+    mu_.assert_held();
+    for (const auto& [index, freed] : pending_) f(index, freed);
+  }
+  // Waits (letting `lock`, holding mu, go meanwhile) until no miss is pending.
+  void wait_idle(std::unique_lock<HeapMutex>& lock);
+  // Batches whose calls the thread made, and the longest time a miss waited in the queue
+  // (under mu).
+  std::uint64_t batches() const { return batches_; }
+  std::uint64_t longest_queue_ns() const { return longest_queue_ns_; }
+
+ private:
+  void loop();
+
+  HeapMutex& mu_;
+  Calls calls_;
+  Finish finish_;
+  std::thread thread_;
+  std::condition_variable_any work_cv_, idle_cv_;
+  struct Queued {
+    PendingMiss miss;
+    std::uint64_t since_ns;
+  };
+  std::deque<Queued> queued_;  // under mu
+  std::size_t in_hand_ = 0;    // under mu: taken by the thread, not yet finished
+  std::unordered_map<std::uint32_t, bool> pending_;  // under mu: queued or in hand; freed
+  bool stop_ = false;          // under mu
+  std::uint64_t batches_ = 0, longest_queue_ns_ = 0;  // under mu
+};
+
+}  // namespace valet::detail

@@ -1,0 +1,252 @@
+// Background misses (Config::background_misses, heap/src/miss_mapper.h): a large allocation that
+// finds no mapped run returns at once; the heap's mapper thread makes its driver calls. Each test
+// holds the mapper's calls at a gate (or fails them) and checks what the caller and other threads
+// see meanwhile: no call on the allocating thread, pins that wait for the mapping and then read
+// the bytes written, frees that do not wait, validate() at every step.
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "gated_backend.h"
+#include "heap_core.h"
+#include "heap_test_util.h"
+
+namespace valet {
+namespace {
+
+using namespace std::chrono_literals;
+using test::kMiB;
+
+constexpr std::size_t kBig = 60 * kMiB;  // 30 pages: more than the reserve holds
+
+Config background_config() {
+  Config c = test::host_config();
+  c.background_misses = true;
+  return c;
+}
+
+struct GatedHeap {
+  test::GatedBackend* gate = nullptr;
+  std::unique_ptr<Heap> heap;
+  explicit GatedHeap(Config c, DriverOp gated = DriverOp::map) {
+    auto door = std::make_unique<test::GatedBackend>(test::open_host_backend(c.capacity), gated);
+    gate = door.get();
+    auto h = Heap::create(std::move(door), c);
+    EXPECT_TRUE(h.ok()) << h.error().to_string();
+    if (h.ok()) heap = std::move(h).value();
+  }
+};
+
+// The address the allocation handed out (the entry's, set under the heap lock before it returned).
+DevicePtr address_at_allocation(Heap& heap, Handle h) {
+  return detail::HeapInternals::of(heap).handles.get(h.index)->address.load();
+}
+
+// Stops the mapper thread's calls of the gated kind (other threads' go through).
+void gate_mapper(GatedHeap& g) { g.gate->arm_for(detail::HeapInternals::of(*g.heap).misses.thread_id()); }
+
+// Waits until the mapper settled `n` objects (mapped or lost) in all.
+bool settled(Heap& heap, std::uint64_t n) {
+  for (int i = 0; i < 10'000; ++i) {
+    const auto s = heap.stats();
+    if (s.ops.background_misses + s.ops.lost_allocations >= n) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
+TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMapping) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  gate_mapper(g);
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  std::uint64_t calls = 0;
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    big = heap.allocate(kBig);
+    calls = scope.made().total();
+  }
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  EXPECT_EQ(calls, 0u) << "the allocating thread made driver calls";
+  ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
+  const DevicePtr handed_out = address_at_allocation(heap, *big);
+  EXPECT_VALID(heap);  // a pending object: its run is a batch in flight
+  EXPECT_EQ(heap.stats().ops.background_misses, 0u);
+  EXPECT_EQ(heap.stats().live_bytes, kBig);
+  // Other allocations and frees go on meanwhile; a pin of the pending object waits.
+  auto small = heap.allocate(100'000);
+  ASSERT_TRUE(small.ok());
+  test::fill(heap, *small, 3);
+  auto pinning = std::async(std::launch::async, [&] {
+    auto pin = heap.pin(*big);
+    return pin.ok() ? pin->address() : DevicePtr{0};
+  });
+  EXPECT_EQ(pinning.wait_for(50ms), std::future_status::timeout) << "a pin did not wait for the mapping";
+  g.gate->open();
+  EXPECT_EQ(pinning.get(), handed_out) << "the object is not where its allocation said";
+  test::fill(heap, *big, 9);
+  EXPECT_EQ(test::mismatches(heap, *big, 9), 0u);
+  EXPECT_EQ(test::mismatches(heap, *small, 3), 0u);
+  EXPECT_EQ(heap.stats().ops.background_misses, 1u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  EXPECT_TRUE(heap.free(*small).ok());
+  EXPECT_VALID(heap);
+}
+
+TEST(BackgroundMisses, FreesOfPendingObjectsReturnAtOnceAndTheirRunsComeBack) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  const auto before = heap.stats();
+  gate_mapper(g);
+  auto in_hand = heap.allocate(kBig);  // the mapper takes it and stops at its first map
+  ASSERT_TRUE(in_hand.ok());
+  ASSERT_TRUE(g.gate->wait_entered());
+  auto queued = heap.allocate(kBig);  // queued behind it
+  ASSERT_TRUE(queued.ok());
+  EXPECT_VALID(heap);
+  // The queued one is given up before its calls; the one in hand is released by the mapper.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(heap.free(*queued).ok());
+  EXPECT_TRUE(heap.free(*in_hand).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "a free waited for the mapper";
+  EXPECT_EQ(heap.free(*in_hand).code(), Errc::stale_handle) << "a double free of a pending object";
+  EXPECT_EQ(heap.pin(*queued).code(), Errc::stale_handle);
+  EXPECT_EQ(heap.stats().live_bytes, 0u);
+  EXPECT_VALID(heap);  // the freed object's entry and run are still the mapper's
+  g.gate->open();
+  ASSERT_TRUE(settled(heap, 1));
+  const auto after = heap.stats();
+  EXPECT_EQ(after.pages.large, before.pages.large) << "a freed pending object's run is still held";
+  EXPECT_EQ(after.ops.background_misses, 1u) << "the queued object's calls were made";
+  EXPECT_VALID(heap);
+  auto again = heap.allocate(kBig);
+  ASSERT_TRUE(again.ok());
+  test::fill(heap, *again, 4);
+  EXPECT_EQ(test::mismatches(heap, *again, 4), 0u);
+  EXPECT_VALID(heap);
+}
+
+TEST(BackgroundMisses, AFailedCallIsRetriedAtTheSameAddress) {
+  auto f = test::make_faultable_heap(background_config());
+  ASSERT_TRUE(f.heap);
+  Heap& heap = *f.heap;
+  f.faults->fail_nth(FaultOp::set_access, 1);
+  auto big = heap.allocate(kBig);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  const DevicePtr handed_out = address_at_allocation(heap, *big);
+  auto pin = heap.pin(*big);
+  ASSERT_TRUE(pin.ok()) << pin.error().to_string();
+  EXPECT_EQ(pin->address(), handed_out);
+  EXPECT_EQ(f.faults->faults(FaultOp::set_access), 1u);
+  pin = make_error(Errc::internal, "released");
+  test::fill(heap, *big, 11);
+  EXPECT_EQ(test::mismatches(heap, *big, 11), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.background_misses, 1u);
+  EXPECT_EQ(s.ops.lost_allocations, 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  EXPECT_VALID(heap);
+}
+
+TEST(BackgroundMisses, AnObjectWhoseCallsKeepFailingIsLostAndTheHeapStaysWhole) {
+  auto f = test::make_faultable_heap(background_config());
+  ASSERT_TRUE(f.heap);
+  Heap& heap = *f.heap;
+  auto kept = heap.allocate(100'000);
+  ASSERT_TRUE(kept.ok());
+  test::fill(heap, *kept, 2);
+  const auto before = heap.stats();
+  f.faults->fail_randomly(FaultOp::map, 1.0, 1);
+  auto big = heap.allocate(kBig);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  ASSERT_TRUE(settled(heap, 1));
+  f.faults->disarm_all();
+  EXPECT_EQ(heap.pin(*big).code(), Errc::stale_handle) << "a lost object's handle must read an error";
+  EXPECT_EQ(heap.free(*big).code(), Errc::stale_handle);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.lost_allocations, 1u);
+  EXPECT_EQ(s.live_bytes, before.live_bytes);
+  EXPECT_EQ(s.pages.large, before.pages.large);
+  EXPECT_VALID(heap);
+  auto again = heap.allocate(kBig);
+  ASSERT_TRUE(again.ok());
+  test::fill(heap, *again, 6);
+  EXPECT_EQ(test::mismatches(heap, *again, 6), 0u);
+  EXPECT_EQ(test::mismatches(heap, *kept, 2), 0u);
+  EXPECT_VALID(heap);
+}
+
+// 40 objects of 64 KiB: the second slab page's free low span fits the last 512 KiB of kTailed
+// (as place_batch_test's shared tail at allocation).
+constexpr std::size_t kSmall = 64 * 1024, kTailed = 10 * kMiB + 512 * 1024;
+
+TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;  // no reserve: the large object misses
+  c.reserve_high_pages = 0;
+  GatedHeap g(c, DriverOp::set_access);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  std::vector<Handle> small;
+  for (int i = 0; i < 40; ++i) {
+    auto h = heap.allocate(kSmall);
+    ASSERT_TRUE(h.ok());
+    test::fill(heap, *h, test::seed_of(*h));
+    small.push_back(*h);
+  }
+  gate_mapper(g);
+  std::uint64_t calls = 0;
+  Result<Handle> big = make_error(Errc::internal, "not run");
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    big = heap.allocate(kTailed);
+    calls = scope.made().total();
+  }
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  EXPECT_EQ(calls, 0u);
+  ASSERT_TRUE(g.gate->wait_entered());  // the body's access grant
+  EXPECT_VALID(heap);
+  // The slab page the tail will go on is still in use meanwhile: frees and allocations go on.
+  EXPECT_TRUE(heap.free(small.back()).ok());
+  small.pop_back();
+  EXPECT_VALID(heap);
+  g.gate->open();
+  test::fill(heap, *big, 5);  // its pin waits for both steps
+  EXPECT_EQ(heap.stats().pages.shared_tails, 1u) << "the large object's last page is no slab page's";
+  EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
+  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(heap);
+}
+
+TEST(BackgroundMisses, CompactionLeavesAPendingObjectAloneAndShutdownWaitsForIt) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto kept = test::fragment(heap, 64, 48 * 1024, 4, 7);  // sparse slab pages to evacuate
+  gate_mapper(g);
+  auto big = heap.allocate(kBig);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE(g.gate->wait_entered());
+  auto rec = heap.compact(CompactRequest{});
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  EXPECT_VALID(heap);
+  for (const auto& k : kept) EXPECT_EQ(test::mismatches(heap, k.h, k.seed), 0u);
+  Status shut = make_error(Errc::internal, "not run");
+  std::thread stopping([&] { shut = heap.shutdown(); });
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(heap.is_shut_down()) << "the shutdown did not wait for the pending object";
+  g.gate->open();
+  stopping.join();
+  EXPECT_TRUE(shut.ok()) << shut.error().to_string();
+  EXPECT_TRUE(heap.is_shut_down());
+}
+
+}  // namespace
+}  // namespace valet
