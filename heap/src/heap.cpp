@@ -12,10 +12,7 @@ namespace detail {
 namespace {
 
 constexpr std::size_t kMaxObject = std::size_t{1} << 48;
-// Background misses: while this many are pending, a miss makes its own calls (the caller pays
-// as without the mapper): the mapper's queue, and the memory its pending objects hold, stay
-// bounded when allocations outrun it.
-constexpr std::size_t kMaxPendingMisses = 4;
+
 
 std::string mib(std::size_t bytes) {
   char buf[48];
@@ -172,7 +169,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
   // the caller may use without a pin).
   PendingMiss miss;
-  const bool background = !fixed && misses.running() && misses.pending() < kMaxPendingMisses;
+  const bool background = !fixed && misses.running() && misses.pending() < config.background_miss_limit;
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
   auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, background ? &miss : nullptr);
   if (!loc.ok()) return loc.error();

@@ -115,6 +115,8 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: chunk_min_pages must be 0 (off) or within [2, 1048576]");
   if (config.chunk_miss_pages == 1 || config.chunk_miss_pages > (std::size_t{1} << 20))
     return make_error(Errc::invalid_argument, "Heap::create: chunk_miss_pages must be 0 (off) or within [2, 1048576]");
+  if (config.background_miss_limit == 0 || config.background_miss_limit > (std::size_t{1} << 20))
+    return make_error(Errc::invalid_argument, "Heap::create: background_miss_limit must be within [1, 1048576]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
   core->config.capacity = pages * detail::kPageSize;
   core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes

@@ -387,7 +387,7 @@ void FuzzRun::finish() {
 
 void FuzzRun::run() {
   // The first byte shapes the heap: reserve watermarks, emergency compaction, deferred drops,
-  // chunks.
+  // chunks, background misses.
   const std::uint8_t shape = in_.u8();
   Config config;
   config.capacity = kCapacity;
@@ -397,6 +397,10 @@ void FuzzRun::run() {
   config.reserve_high_pages = config.reserve_low_pages + ((shape >> 3) & 7);
   config.chunk_min_pages = (shape & 0x80) ? 2 : 0;  // chunks of any size, or none
   config.chunk_miss_pages = (shape & 0x80) && (shape & 0x08) ? 2 : 0;  // and misses chunked, half the time
+  // A quarter of the runs map large misses on the heap's mapper thread (pins wait for pending
+  // objects, frees do not). The only thread of the run besides the host streams: the outcome of
+  // every check stays the same, only its timing varies.
+  config.background_misses = (shape & 0x41) == 0x41;
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();

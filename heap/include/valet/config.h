@@ -72,6 +72,12 @@ struct Config {
   // between allocation and first use covers the mapping (docs/background_misses.md). Fixed
   // objects, shared tails and slab pages are placed as before.
   bool background_misses = false;
+  // Background misses pending at most: beyond this many, a miss makes its own calls (as without
+  // the mapper), so that the mapper's queue, and the memory its pending objects hold, stay
+  // bounded when allocations outrun it. More absorbs larger bursts where the mapper catches up
+  // between them (a service's compute between steps), and costs memory where it cannot
+  // (docs/background_misses.md, "Back-pressure"). At least 1.
+  std::size_t background_miss_limit = 4;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -60,6 +60,7 @@ struct Arguments {
   std::optional<std::size_t> chunk_miss_pages;
   bool keeper_defers = false;
   bool background_misses = false;
+  std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -133,6 +134,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
   app.add_flag("--background-misses", args.background_misses,
                "Config::background_misses: a large allocation that misses returns at once; a heap thread maps its run");
+  app.add_option("--background-miss-limit", args.background_miss_limit,
+                 "Config::background_miss_limit: background misses pending at most (default 4)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -186,6 +190,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
   config.keeper_defers = args.keeper_defers;
   config.background_misses = args.background_misses;
+  config.background_miss_limit = args.background_miss_limit;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments
