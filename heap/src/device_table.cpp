@@ -92,7 +92,12 @@ Result<TableScope> Heap::pin_table(Stream stream) {
   std::lock_guard cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
   // A pending object's address is in the table before its run is mapped: kernels may resolve
-  // it only once it is (background misses).
+  // it only once it is (background misses). New misses are mapped by their callers meanwhile.
+  struct HoldMisses {
+    detail::HeapCore& c;
+    explicit HoldMisses(detail::HeapCore& core) : c(core) { ++c.misses_held; }
+    ~HoldMisses() { --c.misses_held; }
+  } hold(c);
   c.wait_for_misses(lock);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;

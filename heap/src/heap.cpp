@@ -169,7 +169,8 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
   // the caller may use without a pin).
   PendingMiss miss;
-  const bool background = !fixed && misses.running() && misses.pending() < config.background_miss_limit;
+  const bool background =
+      !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit;
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
   auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, background ? &miss : nullptr);
   if (!loc.ok()) return loc.error();

@@ -181,7 +181,9 @@ struct HeapCore {
   // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: a freed
   // object whose run went back. lose_miss: gives up a pending object whose run could not be
   // mapped (its handle goes stale). free_pending: a free of a pending object (no wait).
-  // wait_for_misses: until none is pending.
+  // wait_for_misses: until every miss pending at the call is settled. While misses_held > 0
+  // (under mu) no new miss goes to the mapper: pin_table holds them off so that its wait ends
+  // with none pending.
   void miss_calls(PendingMiss& m) const;
   bool finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m);
   bool settle_miss(PendingMiss& m);
@@ -190,6 +192,7 @@ struct HeapCore {
   Status free_pending(Handle h, HandleEntry* e);
   void abandon_miss(PendingMiss& m);  // a queued step given up before its calls
   void wait_for_misses(std::unique_lock<HeapMutex>& lock);
+  int misses_held = 0;
   // A run of n pages for a large object: a mapped one (no call), else place_run's. place_run:
   // a place batch, its calls without the lock (a chunked miss first where allowed); with
   // `tail`, its last slot is held unmapped for attach_tail or abandon_tail (page_pool.h).

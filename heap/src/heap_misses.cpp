@@ -193,7 +193,7 @@ void HeapCore::abandon_miss(PendingMiss& m) {
 }
 
 void HeapCore::wait_for_misses(std::unique_lock<HeapMutex>& lock) {
-  if (misses.running()) misses.wait_idle(lock);
+  if (misses.running()) misses.wait_settled(lock);
 }
 
 }  // namespace valet::detail

@@ -1,9 +1,5 @@
 #include "miss_mapper.h"
 
-#include <algorithm>
-
-#include "clock.h"
-
 namespace valet::detail {
 
 void MissMapper::start() {
@@ -28,26 +24,35 @@ void MissMapper::stop() {
 void MissMapper::submit(PendingMiss miss) {
   mu_.assert_held();
   pending_.emplace(miss.index, false);
-  queued_.push_back({std::move(miss), now_ns()});
+  miss.seq = ++last_seq_;
+  outstanding_.insert(miss.seq);
+  queued_.push_back(std::move(miss));
   work_cv_.notify_one();
 }
 
 std::optional<PendingMiss> MissMapper::take_queued(std::uint32_t index) {
   mu_.assert_held();
   for (auto it = queued_.begin(); it != queued_.end(); ++it) {
-    if (it->miss.index != index) continue;
-    PendingMiss m = std::move(it->miss);
+    if (it->index != index) continue;
+    PendingMiss m = std::move(*it);
     queued_.erase(it);
-    pending_.erase(index);
-    if (pending() == 0) idle_cv_.notify_all();
+    settle(m);
     return m;
   }
   return std::nullopt;
 }
 
-void MissMapper::wait_idle(std::unique_lock<HeapMutex>& lock) {
+void MissMapper::settle(const PendingMiss& m) {
+  pending_.erase(m.index);
+  outstanding_.erase(m.seq);
+  settled_cv_.notify_all();
+}
+
+void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
-  idle_cv_.wait(lock, [&] { return pending() == 0; });
+  // Only the misses submitted before the call: later ones may keep the queue busy for ever.
+  const std::uint64_t last = last_seq_;
+  settled_cv_.wait(lock, [&] { return outstanding_.empty() || *outstanding_.begin() > last; });
 }
 
 void MissMapper::loop() {
@@ -56,11 +61,7 @@ void MissMapper::loop() {
   for (;;) {
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
     if (queued_.empty()) break;  // stopping, nothing left
-    const std::uint64_t now = now_ns();
-    for (auto& q : queued_) {
-      longest_queue_ns_ = std::max(longest_queue_ns_, now - q.since_ns);
-      batch.push_back(std::move(q.miss));
-    }
+    for (auto& q : queued_) batch.push_back(std::move(q));
     queued_.clear();
     in_hand_ = batch.size();
     // The calls without the heap lock: nothing another thread can reach names these batches'
@@ -68,20 +69,15 @@ void MissMapper::loop() {
     lock.unlock();
     for (auto& m : batch) calls_(m);
     lock.lock();
-    batches_ += batch.size();
     for (auto& m : batch) {
-      const std::uint32_t index = m.index;
       if (finish_(lock, m))
-        pending_.erase(index);
+        settle(m);
       else
-        queued_.push_back({std::move(m), now_ns()});
+        queued_.push_back(std::move(m));  // its next step
     }
     batch.clear();
     in_hand_ = 0;
-    if (pending() == 0) idle_cv_.notify_all();
   }
-  in_hand_ = 0;
-  idle_cv_.notify_all();
 }
 
 }  // namespace valet::detail

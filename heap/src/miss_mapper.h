@@ -15,7 +15,7 @@
 // tail's alias after its body, or, after a failed call, the run again at the same start, so
 // that the address handed out holds. After three failed runs the object is given up.
 //
-// Threading: submit, pending and wait_idle require the heap lock; start and stop must be called
+// Threading: submit, pending and wait_settled require the heap lock; start and stop must be called
 // without it.
 #pragma once
 
@@ -23,6 +23,7 @@
 #include <deque>
 #include <functional>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -51,6 +52,7 @@ struct PendingMiss {
   SlabPage* host = nullptr;     // alias: the slab page whose physical page the last slot maps
   bool host_had_objects = false;
   unsigned attempts = 1;        // runs begun for it so far
+  std::uint64_t seq = 0;        // its place in the order of submission (MissMapper::submit)
   bool empty() const { return step == Step::run && batch.empty(); }
 };
 
@@ -102,30 +104,25 @@ class MissMapper {
     mu_.assert_held();
     for (const auto& [index, freed] : pending_) f(index, freed);
   }
-  // Waits (letting `lock`, holding mu, go meanwhile) until no miss is pending.
-  void wait_idle(std::unique_lock<HeapMutex>& lock);
-  // Batches whose calls the thread made, and the longest time a miss waited in the queue
-  // (under mu).
-  std::uint64_t batches() const { return batches_; }
-  std::uint64_t longest_queue_ns() const { return longest_queue_ns_; }
+  // Waits (letting `lock`, holding mu, go meanwhile) until every miss submitted before the call
+  // is settled (mapped, lost, or freed and released).
+  void wait_settled(std::unique_lock<HeapMutex>& lock);
 
  private:
   void loop();
+  void settle(const PendingMiss& m);  // it leaves the pending set (lock held)
 
   HeapMutex& mu_;
   Calls calls_;
   Finish finish_;
   std::thread thread_;
-  std::condition_variable_any work_cv_, idle_cv_;
-  struct Queued {
-    PendingMiss miss;
-    std::uint64_t since_ns;
-  };
-  std::deque<Queued> queued_;  // under mu
+  std::condition_variable_any work_cv_, settled_cv_;
+  std::deque<PendingMiss> queued_;  // under mu
   std::size_t in_hand_ = 0;    // under mu: taken by the thread, not yet finished
   std::unordered_map<std::uint32_t, bool> pending_;  // under mu: queued or in hand; freed
+  std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
+  std::uint64_t last_seq_ = 0;                       // under mu
   bool stop_ = false;          // under mu
-  std::uint64_t batches_ = 0, longest_queue_ns_ = 0;  // under mu
 };
 
 }  // namespace valet::detail

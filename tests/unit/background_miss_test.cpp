@@ -225,6 +225,37 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
   EXPECT_VALID(heap);
 }
 
+// Kernels resolve handles through the device table: a scope must not give them a pending
+// object's address before its run is mapped. Misses arriving meanwhile map on their callers.
+TEST(BackgroundMisses, ATableScopeWaitsForPendingObjects) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  gate_mapper(g);
+  auto big = heap.allocate(kBig);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE(g.gate->wait_entered());
+  auto scoping = std::async(std::launch::async, [&] {
+    auto scope = heap.pin_table(Stream{});
+    return scope.ok();
+  });
+  EXPECT_EQ(scoping.wait_for(50ms), std::future_status::timeout) << "the scope did not wait for the mapping";
+  std::uint64_t calls = 0;
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    auto other = heap.allocate(kBig);
+    ASSERT_TRUE(other.ok());
+    calls = scope.made().total();
+    EXPECT_TRUE(heap.free(*other).ok());
+  }
+  EXPECT_GT(calls, 0u) << "a miss went to the mapper while a scope waited for it";
+  g.gate->open();
+  EXPECT_TRUE(scoping.get());
+  test::fill(heap, *big, 1);
+  EXPECT_EQ(test::mismatches(heap, *big, 1), 0u);
+  EXPECT_VALID(heap);
+}
+
 TEST(BackgroundMisses, CompactionLeavesAPendingObjectAloneAndShutdownWaitsForIt) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
