@@ -7,6 +7,7 @@ void MissMapper::start() {
   {
     std::lock_guard lock(mu_);
     stop_ = false;
+    running_ = true;
   }
   thread_ = std::thread([this] { loop(); });
 }
@@ -16,6 +17,7 @@ void MissMapper::stop() {
   {
     std::lock_guard lock(mu_);
     stop_ = true;
+    running_ = false;
   }
   work_cv_.notify_all();
   thread_.join();

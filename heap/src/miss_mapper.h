@@ -71,7 +71,11 @@ class MissMapper {
   void start();
   // Stops and joins the thread once every queued miss is booked.
   void stop();
-  bool running() const { return thread_.joinable(); }
+  // Whether misses may be submitted (lock held): from start() until stop() begins.
+  bool running() const {
+    mu_.assert_held();
+    return running_;
+  }
   std::thread::id thread_id() const { return thread_.get_id(); }  // tests gate its calls
   // Queues a begun batch (lock held; the thread must run).
   void submit(PendingMiss miss);
@@ -123,6 +127,7 @@ class MissMapper {
   std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
   std::uint64_t last_seq_ = 0;                       // under mu
   bool stop_ = false;          // under mu
+  bool running_ = false;       // under mu
 };
 
 }  // namespace valet::detail
