@@ -13,7 +13,6 @@ namespace {
 
 constexpr std::size_t kMaxObject = std::size_t{1} << 48;
 
-
 std::string mib(std::size_t bytes) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / double(1 << 20));
@@ -179,7 +178,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   const bool shut_meanwhile = shut.load(std::memory_order_relaxed);
   if (shut_meanwhile || !handles.acquire(index)) {
     if (pending)
-      pool.abandon_place(miss.batch);
+      abandon_miss(miss, *loc);
     else
       release_location(*loc);
     return shut_meanwhile ? make_error(Errc::shut_down, "the heap was shut down")

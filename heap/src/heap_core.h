@@ -190,7 +190,8 @@ struct HeapCore {
   bool drop_freed_miss(PendingMiss& m);
   void lose_miss(std::uint32_t index);
   Status free_pending(Handle h, HandleEntry* e);
-  void abandon_miss(PendingMiss& m);  // a queued step given up before its calls
+  // A step given up before its calls (a free while queued; `loc` is the object's run).
+  void abandon_miss(PendingMiss& m, const Location& loc);
   void wait_for_misses(std::unique_lock<HeapMutex>& lock);
   int misses_held = 0;
   // A run of n pages for a large object: a mapped one (no call), else place_run's. place_run:

@@ -160,7 +160,7 @@ Status HeapCore::free_pending(Handle h, HandleEntry* e) {
   claims::kill(e->state);
   if (auto queued = misses.take_queued(h.index)) {
     // Its step's calls were not made yet: given up now, nothing mapped for it.
-    abandon_miss(*queued);
+    abandon_miss(*queued, e->loc);
     footprint_bytes -= footprint_of(e->loc);
     handles.release(h.index);
     after_release();
@@ -170,8 +170,7 @@ Status HeapCore::free_pending(Handle h, HandleEntry* e) {
   return {};
 }
 
-void HeapCore::abandon_miss(PendingMiss& m) {
-  const Location loc = handles.get(m.index)->loc;
+void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
   switch (m.step) {
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:
@@ -185,7 +184,7 @@ void HeapCore::abandon_miss(PendingMiss& m) {
       // An attach that failed before its first call: the body goes to the reserve, the last
       // slot is free (or a queued drop again, for a retarget).
       m.plan.status = make_error(Errc::invalid_state, "the object was freed before its alias was mapped");
-      (void)pool.finish_attach(m.plan, m.index);
+      (void)pool.finish_attach(m.plan, 0);
       slabs.attach(m.host);
       retire_if_spare(m.host);
       break;
