@@ -210,6 +210,31 @@ TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// A retarget given up before its calls (a background miss freed while queued,
+// HeapCore::abandon_miss): the drop is queued again and the body back in the reserve, no call.
+TEST(DeferredAliasDrops, ARetargetGivenUpBeforeItsCallsIsUndoneWithoutACall) {
+  CountingBackend counting(test::open_host_backend(64u << 20));
+  PagePool pool(counting, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  pool.set_deferred_drops(true);
+  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(s.ok() && t.ok());
+  const std::uint32_t at = freed_tail_run(pool, *s);
+  const std::size_t reserve = pool.reserve_pages();
+  auto plan = pool.begin_retarget(3, *t);
+  ASSERT_TRUE(plan.has_value());
+  ThreadDriverCalls scope(counting);
+  plan->status = make_error(Errc::invalid_state, "given up");
+  EXPECT_FALSE(pool.finish_attach(*plan, 0).ok());
+  EXPECT_EQ(scope.made().total(), 0u);
+  EXPECT_EQ(pool.queued_drops(), 1u);
+  EXPECT_EQ(pool.reserve_pages(), reserve);
+  EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::dropping);
+  EXPECT_FALSE(pool.batch_in_flight());
+  EXPECT_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 // A placement whose run holds a queued drop claims it as a free slot: its batch's calls unmap
 // the old alias first (no call under the lock in begin_place), the pool is consistent while the
 // batch is in flight, and a failed unmap queues the drop again.

@@ -74,6 +74,45 @@ TEST_F(PlacePool, ABatchInFlightHoldsItsSlotsAndPagesApartAndTheRunKeepsItsReser
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// A background miss freed before the mapper made its calls (HeapCore::abandon_miss): the batch
+// is given up without a call, and the pool is as it was, pages and slots alike.
+TEST_F(PlacePool, ABatchGivenUpBeforeItsCallsLeavesThePoolAsItWas) {
+  auto first = pool.take_run(6, 1);
+  ASSERT_TRUE(first.ok());
+  pool.give_back(*first, 6);
+  const std::size_t reserve = pool.reserve_pages(), created = pool.created_pages();
+  for (bool tail : {false, true}) {
+    auto b = pool.begin_miss(10, tail);
+    ASSERT_TRUE(b.ok()) << b.error().to_string();
+    EXPECT_EQ(pool.reserve_pages(), 0u);
+    ThreadDriverCalls scope(door);
+    pool.abandon_place(*b);
+    EXPECT_EQ(scope.made().total(), 0u) << "giving up a batch made a call";
+    EXPECT_EQ(pool.placements_in_flight(), 0u);
+    EXPECT_FALSE(pool.batch_in_flight());
+    EXPECT_EQ(pool.reserve_pages(), reserve);
+    EXPECT_EQ(pool.created_pages(), created);
+    ASSERT_VALID(pool);
+  }
+  // The same run can be begun again where it lay (a retry at the same start).
+  auto again = pool.begin_miss(10);
+  ASSERT_TRUE(again.ok());
+  const std::uint32_t start = again->start;
+  pool.abandon_place(*again);
+  PagePool::PlaceOptions at;
+  at.at = start;
+  auto b = pool.begin_place(10, at);
+  ASSERT_TRUE(b.ok() && !b->empty());
+  EXPECT_EQ(b->start, start);
+  pool.place_calls(*b);
+  auto run = pool.finish_place(*b, 4);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_TRUE(test::pattern_holds(door, pool, *run, 10, 13));
+  ASSERT_VALID(pool);
+  pool.give_back(*run, 10);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 TEST_F(PlacePool, AFailedCallGivesEverythingBack) {
   auto first = pool.take_run(6, 1);
   ASSERT_TRUE(first.ok());
