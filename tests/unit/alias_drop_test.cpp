@@ -116,47 +116,61 @@ std::uint32_t freed_tail_run(PagePool& pool, std::uint32_t onto) {
   return *run;
 }
 
-TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
-  CountingBackend counting(test::open_host_backend(64u << 20));
-  PagePool pool(counting, 32);
-  ASSERT_TRUE(pool.init(128).ok());
-  pool.set_deferred_drops(true);
-  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
-  ASSERT_TRUE(s.ok() && t.ok());
-  ASSERT_TRUE(counting.fill_pattern(std::vector<PatternRange>{{pool.address(*s), kPageBytes, 21},
-                                                              {pool.address(*t), kPageBytes, 22}},
-                                    Stream{})
-                  .ok());
-  const std::uint32_t at = freed_tail_run(pool, *s);
+// A pool of 32 pages over 128 slots whose alias drops wait for a keeper (as while its thread
+// runs), behind a fault injector and a counting door, with two slab pages `s` and `t` whose
+// physical pages a freed run's last slot maps in turn.
+class DropsBetweenTwoSlabPages : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(pool.init(128).ok());
+    pool.set_deferred_drops(true);
+    auto a = pool.take_page(SlotKind::slab, 1), b = pool.take_page(SlotKind::slab, 2);
+    ASSERT_TRUE(a.ok() && b.ok());
+    s = *a;
+    t = *b;
+  }
+  test::FaultyPool c{32};
+  FaultInjectingBackend& faults = *c.faults;
+  CountingBackend& door = c.door;
+  PagePool& pool = c.pool;
+  std::uint32_t s = 0, t = 0;
+};
+
+TEST_F(DropsBetweenTwoSlabPages, AFreedTailsRunIsReusedWhereItLies) {
+  ASSERT_TRUE(
+      door.fill_pattern(std::vector<PatternRange>{{pool.address(s), kPageBytes, 21}, {pool.address(t), kPageBytes, 22}},
+                        Stream{})
+          .ok());
+  const std::uint32_t at = freed_tail_run(pool, s);
   // The same slab page: the run as it lies, its alias kept, no driver call.
   {
-    ThreadDriverCalls scope(counting);
-    auto again = pool.take_run_onto(3, 10, *s);
+    ThreadDriverCalls scope(door);
+    auto again = pool.take_run_onto(3, 10, s);
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(*again, at);
     EXPECT_EQ(scope.made().total(), 0u);
   }
   EXPECT_EQ(pool.queued_drops(), 0u);
   EXPECT_EQ(pool.slot(at + 2).kind, SlotKind::large);
-  EXPECT_EQ(pool.live_mappings_of(*s), 2u);
+  EXPECT_EQ(pool.live_mappings_of(s), 2u);
   EXPECT_VALID(pool);
   pool.give_back(at, 2);
   ASSERT_TRUE(pool.drop_alias(at + 2).ok());
   // Another slab page: the same run, its last slot remapped (unmap, map, access).
   {
-    ThreadDriverCalls scope(counting);
-    auto other = pool.take_run_onto(3, 11, *t);
+    ThreadDriverCalls scope(door);
+    auto other = pool.take_run_onto(3, 11, t);
     ASSERT_TRUE(other.ok());
     EXPECT_EQ(*other, at);
     EXPECT_EQ(scope.made()[DriverOp::unmap], 1u);
     EXPECT_EQ(scope.made()[DriverOp::map], 1u);
     EXPECT_EQ(scope.made()[DriverOp::set_access], 1u);
   }
-  EXPECT_EQ(pool.mappings_of(*s), 1u);
-  EXPECT_EQ(pool.mappings_of(*t), 2u);
+  EXPECT_EQ(pool.mappings_of(s), 1u);
+  EXPECT_EQ(pool.mappings_of(t), 2u);
   EXPECT_VALID(pool);
   // The last slot shows the other page's bytes.
-  auto differ = counting.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 22}}, Stream{});
+  auto differ = door.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 22}}, Stream{});
   ASSERT_TRUE(differ.ok());
   EXPECT_EQ(*differ, 0u);
   EXPECT_TRUE(pool.destroy().ok());
@@ -165,19 +179,13 @@ TEST(DeferredAliasDrops, AFreedTailsRunIsReusedWhereItLies) {
 // The retarget in three steps (begin_retarget, attach_calls, finish_attach; the heap lets its
 // lock go around the calls): the pool is consistent at every step, the run's last slot is out
 // of every queue meanwhile, and a failed unmap queues the drop again and gives the body back.
-TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt) {
-  FaultInjectingBackend faults(test::open_host_backend(64u << 20));
-  PagePool pool(faults, 32);
-  ASSERT_TRUE(pool.init(128).ok());
-  pool.set_deferred_drops(true);
-  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
-  ASSERT_TRUE(s.ok() && t.ok());
-  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(*t), kPageBytes, 41}}, Stream{}).ok());
-  const std::uint32_t at = freed_tail_run(pool, *s);
+TEST_F(DropsBetweenTwoSlabPages, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt) {
+  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(t), kPageBytes, 41}}, Stream{}).ok());
+  const std::uint32_t at = freed_tail_run(pool, s);
   const std::size_t reserve = pool.reserve_pages();
   // A failed unmap: as it was.
   faults.fail_nth(DriverOp::unmap, 1);
-  auto failing = pool.begin_retarget(3, *t);
+  auto failing = pool.begin_retarget(3, t);
   ASSERT_TRUE(failing.has_value());
   EXPECT_EQ(pool.queued_drops(), 0u);
   EXPECT_EQ(pool.reserve_pages(), reserve - 2);
@@ -190,7 +198,7 @@ TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt
   EXPECT_FALSE(pool.batch_in_flight());
   EXPECT_VALID(pool);
   // Then through: the run where it lies, its last slot on the other page.
-  auto plan = pool.begin_retarget(3, *t);
+  auto plan = pool.begin_retarget(3, t);
   ASSERT_TRUE(plan.has_value());
   EXPECT_TRUE(pool.batch_in_flight()) << "a shutdown would not wait for it";
   EXPECT_VALID(pool);
@@ -200,8 +208,8 @@ TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt
   ASSERT_TRUE(run.ok()) << run.error().to_string();
   EXPECT_EQ(*run, at);
   EXPECT_EQ(pool.slot(at + 2).owner, 11u);
-  EXPECT_EQ(pool.mappings_of(*s), 1u);
-  EXPECT_EQ(pool.mappings_of(*t), 2u);
+  EXPECT_EQ(pool.mappings_of(s), 1u);
+  EXPECT_EQ(pool.mappings_of(t), 2u);
   EXPECT_FALSE(pool.batch_in_flight());
   EXPECT_VALID(pool);
   auto differ = faults.verify_pattern(std::vector<PatternRange>{{pool.address(at + 2), kPageBytes, 41}}, Stream{});
@@ -212,18 +220,12 @@ TEST(DeferredAliasDrops, ARetargetIsConsistentAtEveryStepAndAFailedUnmapUndoesIt
 
 // A retarget given up before its calls (a background miss freed while queued,
 // HeapCore::abandon_miss): the drop is queued again and the body back in the reserve, no call.
-TEST(DeferredAliasDrops, ARetargetGivenUpBeforeItsCallsIsUndoneWithoutACall) {
-  CountingBackend counting(test::open_host_backend(64u << 20));
-  PagePool pool(counting, 32);
-  ASSERT_TRUE(pool.init(128).ok());
-  pool.set_deferred_drops(true);
-  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
-  ASSERT_TRUE(s.ok() && t.ok());
-  const std::uint32_t at = freed_tail_run(pool, *s);
+TEST_F(DropsBetweenTwoSlabPages, ARetargetGivenUpBeforeItsCallsIsUndoneWithoutACall) {
+  const std::uint32_t at = freed_tail_run(pool, s);
   const std::size_t reserve = pool.reserve_pages();
-  auto plan = pool.begin_retarget(3, *t);
+  auto plan = pool.begin_retarget(3, t);
   ASSERT_TRUE(plan.has_value());
-  ThreadDriverCalls scope(counting);
+  ThreadDriverCalls scope(door);
   plan->status = make_error(Errc::invalid_state, "given up");
   EXPECT_FALSE(pool.finish_attach(*plan, 0).ok());
   EXPECT_EQ(scope.made().total(), 0u);
@@ -311,15 +313,9 @@ TEST(DeferredAliasDrops, AnAliasWhoseGrantAndUnmapFailIsQueuedAsADrop) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
-  FaultInjectingBackend faults(test::open_host_backend(64u << 20));
-  PagePool pool(faults, 32);
-  ASSERT_TRUE(pool.init(128).ok());
-  pool.set_deferred_drops(true);
-  auto s = pool.take_page(SlotKind::slab, 1), t = pool.take_page(SlotKind::slab, 2);
-  ASSERT_TRUE(s.ok() && t.ok());
-  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(*s), kPageBytes, 31}}, Stream{}).ok());
-  const std::uint32_t at = freed_tail_run(pool, *s);
+TEST_F(DropsBetweenTwoSlabPages, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
+  ASSERT_TRUE(faults.fill_pattern(std::vector<PatternRange>{{pool.address(s), kPageBytes, 31}}, Stream{}).ok());
+  const std::uint32_t at = freed_tail_run(pool, s);
   // The keeper's unmap fails: the slot stays queued, mapped, and the page's bytes there.
   faults.fail_nth(DriverOp::unmap, 1);
   auto drops = pool.begin_drops();
@@ -335,13 +331,13 @@ TEST(DeferredAliasDrops, AFailedUnmapLeavesTheAliasQueuedAndMapped) {
   // around the reserve with the dropped slot as a free one (unmapped on demand, the keeper's
   // call), and maps the new page's alias there.
   faults.fail_nth(DriverOp::unmap, 1);
-  auto other = pool.take_run_onto(3, 12, *t);
+  auto other = pool.take_run_onto(3, 12, t);
   ASSERT_TRUE(other.ok()) << other.error().to_string();
   EXPECT_EQ(*other, at);
   EXPECT_EQ(faults.faults(DriverOp::unmap), 2u);
   EXPECT_EQ(pool.queued_drops(), 0u);
-  EXPECT_EQ(pool.mappings_of(*t), 2u);
-  EXPECT_EQ(pool.mappings_of(*s), 1u);
+  EXPECT_EQ(pool.mappings_of(t), 2u);
+  EXPECT_EQ(pool.mappings_of(s), 1u);
   EXPECT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
