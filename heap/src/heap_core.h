@@ -178,17 +178,20 @@ struct HeapCore {
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
   // Background misses (heap_misses.cpp, miss_mapper.h). miss_calls: a step's calls (no lock).
   // finish_miss: the mapper's booking of a step (false: a next step began, queue it again).
-  // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: a freed
-  // object whose run went back. lose_miss: gives up a pending object whose run could not be
+  // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: the
+  // footprint and index of a freed object whose run went back. lose_miss: gives up a pending object whose run could not be
   // mapped (its handle goes stale). free_pending: a free of a pending object (no wait).
   // wait_for_misses: until every miss pending at the call is settled. While misses_held > 0
   // (under mu) no new miss goes to the mapper: pin_table holds them off so that its wait ends
   // with none pending.
   void miss_calls(PendingMiss& m) const;
-  bool finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m);
+  bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);
-  bool drop_freed_miss(PendingMiss& m);
+  bool drop_freed_miss(std::uint32_t index);
   void lose_miss(std::uint32_t index);
+  // A pending object's handle dies (a free, or the object lost): its bytes leave the live
+  // counts and waiting pins wake to a stale handle. Its run and index are the caller's to give back.
+  void end_pending_handle(HandleEntry* e);
   Status free_pending(Handle h, HandleEntry* e);
   // A step given up before its calls (a free while queued; `loc` is the object's run).
   void abandon_miss(PendingMiss& m, const Location& loc);
@@ -335,7 +338,7 @@ struct HeapCore {
   ReserveKeeper keeper{mu, pool, config, live_bytes, demand, [this] { reap_deferred(); }};
   // After the keeper: destroyed (stopped) before it. Runs only with Config::background_misses.
   MissMapper misses{mu, [this](PendingMiss& m) { miss_calls(m); },
-                    [this](std::unique_lock<HeapMutex>& lock, PendingMiss& m) { return finish_miss(lock, m); }};
+                    [this](PendingMiss& m) { return finish_miss(m); }};
 };
 
 // Tests reach a heap's components through this (unit tests of invariants and of components).

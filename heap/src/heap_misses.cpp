@@ -23,14 +23,28 @@ void HeapCore::miss_calls(PendingMiss& m) const {
     pool.place_calls(m.batch);
 }
 
-bool HeapCore::finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m) {
+bool HeapCore::finish_miss(PendingMiss& m) {
   mu.assert_held();
-  (void)lock;
   HandleEntry* e = handles.get(m.index);
   const Location loc = e->loc;
   const bool freed = misses.is_freed(m.index);  // freed while pending: released once its step ends
   const std::uint32_t last = loc.page + loc.pages - 1;
   Error failed;
+  // Begins `step` as a place batch of n slots from `start` (free again, so the address holds);
+  // false, with `failed` set where it could not begin, when they are not.
+  auto begin_at = [&](std::uint32_t start, std::uint32_t n, PendingMiss::Step step) {
+    PagePool::PlaceOptions at;
+    at.at = start;
+    auto b = pool.begin_place(n, at);
+    if (!b.ok()) {
+      failed = b.error();
+      return false;
+    }
+    if (b->empty()) return false;
+    m.batch = std::move(*b);
+    m.step = step;
+    return true;
+  };
   switch (m.step) {
     case PendingMiss::Step::run:
     case PendingMiss::Step::last_page: {
@@ -51,7 +65,7 @@ bool HeapCore::finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m) {
       }
       if (freed) {
         pool.abandon_tail(loc.page, loc.pages);
-        return drop_freed_miss(m);
+        return drop_freed_miss(m.index);
       }
       // The slab page that fits now (others may have changed meanwhile): its physical page is
       // mapped at the last slot next, as place_on_slab_page does.
@@ -65,15 +79,8 @@ bool HeapCore::finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m) {
       }
       // None has the room any more: the last slot gets a page of its own.
       pool.free_held_slot(last);
-      PagePool::PlaceOptions at;
-      at.at = last;
-      auto b = pool.begin_place(1, at);
-      if (b.ok() && !b->empty()) {
-        m.batch = std::move(*b);
-        m.step = PendingMiss::Step::last_page;
-        return false;
-      }
-      failed = b.ok() ? make_error(Errc::internal, "the last slot was taken") : b.error();
+      failed = make_error(Errc::internal, "the last slot was taken");
+      if (begin_at(last, 1, PendingMiss::Step::last_page)) return false;
       if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
       break;
     }
@@ -91,20 +98,12 @@ bool HeapCore::finish_miss(std::unique_lock<HeapMutex>& lock, PendingMiss& m) {
       break;
     }
   }
-  if (freed) return drop_freed_miss(m);
+  if (freed) return drop_freed_miss(m.index);
   // The run's slots are free again: begin the whole run again at the same start, so that the
   // address the caller holds stays right.
-  if (m.attempts < kMissAttempts) {
-    PagePool::PlaceOptions again;
-    again.at = loc.page;
-    auto b = pool.begin_place(loc.pages, again);
-    if (b.ok() && !b->empty()) {
-      m.batch = std::move(*b);
-      m.step = PendingMiss::Step::run;
-      ++m.attempts;
-      return false;
-    }
-    if (!b.ok()) failed = b.error();
+  if (m.attempts < kMissAttempts && begin_at(loc.page, loc.pages, PendingMiss::Step::run)) {
+    ++m.attempts;
+    return false;
   }
   std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: its pages could not be mapped (%s)\n", e->size(),
                failed.to_string().c_str());
@@ -126,44 +125,39 @@ bool HeapCore::settle_miss(PendingMiss& m) {
   return true;
 }
 
-bool HeapCore::drop_freed_miss(PendingMiss& m) {
+bool HeapCore::drop_freed_miss(std::uint32_t index) {
   // Its run went back when its step failed or was given up: only the footprint and the index.
-  HandleEntry* e = handles.get(m.index);
-  footprint_bytes -= footprint_of(e->loc);
-  handles.release(m.index);
+  footprint_bytes -= footprint_of(handles.get(index)->loc);
+  handles.release(index);
   after_release();
   return true;
 }
 
-void HeapCore::lose_miss(std::uint32_t index) {
-  mu.assert_held();
-  HandleEntry* e = handles.get(index);
+void HeapCore::end_pending_handle(HandleEntry* e) {
   live_bytes -= std::int64_t(e->size());
-  footprint_bytes -= footprint_of(e->loc);
   --live_objects;
-  ++ops.lost_allocations;
   table.changed();
   // Not live, same generation: its handle is stale from here; waiting pins wake and fail.
   claims::kill(e->state);
-  handles.release(index);
-  after_release();
+}
+
+void HeapCore::lose_miss(std::uint32_t index) {
+  mu.assert_held();
+  end_pending_handle(handles.get(index));
+  ++ops.lost_allocations;
+  drop_freed_miss(index);  // its run went back with the failed step
 }
 
 Status HeapCore::free_pending(Handle h, HandleEntry* e) {
   mu.assert_held();
   // Nothing can have used it (a pin waits for its mapping), so no stream needs to pass: the
   // handle dies now, its run is released by the mapper once the step under way ends.
-  live_bytes -= std::int64_t(e->size());
-  --live_objects;
+  end_pending_handle(e);
   ++ops.free;
-  table.changed();
-  claims::kill(e->state);
   if (auto queued = misses.take_queued(h.index)) {
     // Its step's calls were not made yet: given up now, nothing mapped for it.
     abandon_miss(*queued, e->loc);
-    footprint_bytes -= footprint_of(e->loc);
-    handles.release(h.index);
-    after_release();
+    drop_freed_miss(h.index);
     return {};
   }
   misses.mark_freed(h.index);

@@ -65,20 +65,18 @@ void MissMapper::loop() {
     if (queued_.empty()) break;  // stopping, nothing left
     for (auto& q : queued_) batch.push_back(std::move(q));
     queued_.clear();
-    in_hand_ = batch.size();
     // The calls without the heap lock: nothing another thread can reach names these batches'
     // slots or pages (page_pool.h, the place batch).
     lock.unlock();
     for (auto& m : batch) calls_(m);
     lock.lock();
     for (auto& m : batch) {
-      if (finish_(lock, m))
+      if (finish_(m))
         settle(m);
       else
         queued_.push_back(std::move(m));  // its next step
     }
     batch.clear();
-    in_hand_ = 0;
   }
 }
 

@@ -58,10 +58,10 @@ struct PendingMiss {
 
 class MissMapper {
  public:
-  // calls(miss): the step's calls, without the heap lock. finish(lock, miss): books them under
-  // it; false when the miss has a next step (queue it again).
+  // calls(miss): the step's calls, without the heap lock. finish(miss): books them under it
+  // (never letting it go); false when the miss has a next step (queue it again).
   using Calls = std::function<void(PendingMiss&)>;
-  using Finish = std::function<bool(std::unique_lock<HeapMutex>&, PendingMiss&)>;
+  using Finish = std::function<bool(PendingMiss&)>;
   MissMapper(HeapMutex& mu, Calls calls, Finish finish) : mu_(mu), calls_(std::move(calls)), finish_(std::move(finish)) {}
   ~MissMapper() { stop(); }
   MissMapper(const MissMapper&) = delete;
@@ -82,7 +82,7 @@ class MissMapper {
   // Misses queued or under way (lock held).
   std::size_t pending() const {
     mu_.assert_held();
-    return queued_.size() + in_hand_;
+    return pending_.size();
   }
   // Whether the object of handle index `index` is pending (lock held); freed while pending.
   bool is_pending(std::uint32_t index) const {
@@ -122,7 +122,6 @@ class MissMapper {
   std::thread thread_;
   std::condition_variable_any work_cv_, settled_cv_;
   std::deque<PendingMiss> queued_;  // under mu
-  std::size_t in_hand_ = 0;    // under mu: taken by the thread, not yet finished
   std::unordered_map<std::uint32_t, bool> pending_;  // under mu: queued or in hand; freed
   std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
   std::uint64_t last_seq_ = 0;                       // under mu

@@ -15,6 +15,7 @@ namespace valet {
 namespace {
 
 using namespace std::chrono_literals;
+using test::GatedHeap;
 using test::kMiB;
 
 constexpr std::size_t kBig = 60 * kMiB;  // 30 pages: more than the reserve holds
@@ -24,18 +25,6 @@ Config background_config() {
   c.background_misses = true;
   return c;
 }
-
-struct GatedHeap {
-  test::GatedBackend* gate = nullptr;
-  std::unique_ptr<Heap> heap;
-  explicit GatedHeap(Config c, DriverOp gated = DriverOp::map) {
-    auto door = std::make_unique<test::GatedBackend>(test::open_host_backend(c.capacity), gated);
-    gate = door.get();
-    auto h = Heap::create(std::move(door), c);
-    EXPECT_TRUE(h.ok()) << h.error().to_string();
-    if (h.ok()) heap = std::move(h).value();
-  }
-};
 
 // The address the allocation handed out (the entry's, set under the heap lock before it returned).
 DevicePtr address_at_allocation(Heap& heap, Handle h) {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "heap_test_util.h"
 #include "valet/backend_adaptor.h"
 
 namespace valet::test {
@@ -62,6 +63,19 @@ class GatedBackend final : public BackendAdaptor {
   bool entered_ = false;
   std::thread::id only_{};
   int pass_ = 0;
+};
+
+// A host heap whose door is a GatedBackend stopping calls of `gated` (null heap if creation failed).
+struct GatedHeap {
+  GatedBackend* gate = nullptr;
+  std::unique_ptr<Heap> heap;
+  explicit GatedHeap(Config c, DriverOp gated = DriverOp::map) {
+    auto door = std::make_unique<GatedBackend>(open_host_backend(c.capacity), gated);
+    gate = door.get();
+    auto h = Heap::create(std::move(door), c);
+    EXPECT_TRUE(h.ok()) << h.error().to_string();
+    if (h.ok()) heap = std::move(h).value();
+  }
 };
 
 }  // namespace valet::test

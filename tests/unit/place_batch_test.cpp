@@ -22,6 +22,7 @@ namespace valet::detail {
 namespace {
 
 using test::GatedBackend;
+using test::GatedHeap;
 using test::kMiB;
 
 // 64 pages over an arena of 256 slots, behind a fault injector and a counting door.
@@ -206,18 +207,6 @@ TEST_F(PlacePool, ATailBatchHoldsItsLastSlotUntilTheAliasIsMappedOrGivenUp) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-// A heap whose caller-thread maps can be held at a gate.
-struct GatedHeap {
-  GatedBackend* gate = nullptr;
-  std::unique_ptr<Heap> heap;
-  explicit GatedHeap(Config c, DriverOp gated = DriverOp::map) {
-    auto door = std::make_unique<GatedBackend>(test::open_host_backend(c.capacity), gated);
-    gate = door.get();
-    auto h = Heap::create(std::move(door), c);
-    EXPECT_TRUE(h.ok()) << h.error().to_string();
-    if (h.ok()) heap = std::move(h).value();
-  }
-};
 
 TEST(PlaceBatch, OtherThreadsUseTheHeapWhileAPlacementMapsItsRun) {
   Config c = test::host_config();
