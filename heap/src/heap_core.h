@@ -179,8 +179,9 @@ struct HeapCore {
   // Background misses (heap_misses.cpp, miss_mapper.h). miss_calls: a step's calls (no lock).
   // finish_miss: the mapper's booking of a step (false: a next step began, queue it again).
   // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: the
-  // footprint and index of a freed object whose run went back. lose_miss: gives up a pending object whose run could not be
-  // mapped (its handle goes stale). free_pending: a free of a pending object (no wait).
+  // footprint and index of a freed object whose run went back. lose_miss: gives up a pending
+  // object whose run could not be mapped (its handle goes stale). free_pending: a free of a
+  // pending object (no wait).
   // wait_for_misses: until every miss pending at the call is settled. While misses_held > 0
   // (under mu) no new miss goes to the mapper: pin_table holds them off so that its wait ends
   // with none pending.

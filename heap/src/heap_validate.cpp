@@ -230,7 +230,8 @@ Status check_large_slots(const HeapCore& c) {
     if (slot.kind != SlotKind::large || slot.owner == 0) continue;
     const HandleEntry* e = c.handles.get(slot.owner);
     // An object freed while pending holds its run until the mapper releases it.
-    if ((!live(e) && !c.misses.is_freed(slot.owner)) || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
+    const bool holds = live(e) || c.misses.is_freed(slot.owner);
+    if (!holds || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
       return fail("large page " + std::to_string(k) + " names an object that does not hold it");
   }
   return {};

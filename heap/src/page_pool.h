@@ -241,38 +241,26 @@ class PagePool {
   // `calls(batch)` runs place_calls: in place with the lock held, or letting the lock go around it.
   template <class Calls>
   Result<std::uint32_t> place_miss(std::uint32_t n, bool tail, std::uint32_t owner, Calls&& calls) {
-    auto attempt = [&](PlaceOptions how) -> Result<std::uint32_t> {
-      how.tail = tail;
+    auto attempt = [&](const PlaceOptions& how) -> Result<std::uint32_t> {
       auto b = begin_place(n, how);
       if (!b.ok()) return b.error();
       calls(*b);
       return finish_place(*b, owner);
     };
-    if (chunk_miss(n - 1)) {
-      PlaceOptions chunked;
-      chunked.window = false;
-      chunked.from_reserve = false;
-      chunked.chunk_min = chunk_miss_pages_;
-      if (auto s = attempt(chunked); s.ok()) return s;
-    }
-    return attempt(PlaceOptions{});
+    if (chunk_miss(n - 1))
+      if (auto s = attempt(chunked_miss(tail)); s.ok()) return s;
+    return attempt(usual_miss(tail));
   }
   // A miss whose calls another thread makes (HeapCore's background misses): the batch of
   // place_miss's first attempt that can begin (a chunked one where allowed, else the usual
-  // way); with `tail`, the last slot is held as place_miss holds it. Its calls are place_calls'; finish_place books them (`owner` then owns
-  // the run), or, after a failed call, frees the run: a retry begins again at the same start
-  // (PlaceOptions::at) so that the address handed out holds.
+  // way); with `tail`, the last slot is held as place_miss holds it. Its calls are
+  // place_calls'; finish_place books them (`owner` then owns the run), or, after a failed call,
+  // frees the run: a retry begins again at the same start (PlaceOptions::at) so that the address
+  // handed out holds.
   Result<PlaceBatch> begin_miss(std::uint32_t n, bool tail = false) {
-    PlaceOptions usual;
-    usual.tail = tail;
-    if (chunk_miss(n - 1)) {
-      PlaceOptions chunked = usual;
-      chunked.window = false;
-      chunked.from_reserve = false;
-      chunked.chunk_min = chunk_miss_pages_;
-      if (auto b = begin_place(n, chunked); b.ok()) return b;
-    }
-    return begin_place(n, usual);
+    if (chunk_miss(n - 1))
+      if (auto b = begin_place(n, chunked_miss(tail)); b.ok()) return b;
+    return begin_place(n, usual_miss(tail));
   }
   // Gives up a begun batch whose calls were never made (lock held): as a failed batch, its
   // slots and pages go back as they were.
@@ -600,6 +588,20 @@ class PagePool {
   bool chunk_miss(std::uint32_t body) const {
     return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && capacity_pages_ - created_ >= body + 1 &&
            created_ + body + 1 <= create_ceiling_;
+  }
+  // A miss's placement options: the usual way, and a chunked miss's (new pages as one chunk,
+  // no window, no reserve pages moved); `tail` holds the last slot.
+  static PlaceOptions usual_miss(bool tail) {
+    PlaceOptions how;
+    how.tail = tail;
+    return how;
+  }
+  PlaceOptions chunked_miss(bool tail) const {
+    PlaceOptions how = usual_miss(tail);
+    how.window = false;
+    how.from_reserve = false;
+    how.chunk_min = chunk_miss_pages_;
+    return how;
   }
   // A fresh virtual run of n slots backed by pages (idle, reserve pages moved there, new): a
   // slab page's slot when the reserve has none.
