@@ -245,6 +245,20 @@ TEST(BackgroundMisses, ATableScopeWaitsForPendingObjects) {
   EXPECT_VALID(heap);
 }
 
+TEST(BackgroundMisses, ALimitOfNoPendingMissOrOfMoreThanAMillionIsRefused) {
+  for (std::size_t limit : {std::size_t{0}, (std::size_t{1} << 20) + 1}) {
+    Config c = background_config();
+    c.background_miss_limit = limit;
+    auto heap = Heap::create(test::open_host_backend(c.capacity), c);
+    ASSERT_FALSE(heap.ok()) << limit;
+    EXPECT_EQ(heap.error().code, Errc::invalid_argument);
+    EXPECT_NE(heap.error().message.find("background_miss_limit"), std::string::npos) << heap.error().message;
+  }
+  Config c = background_config();
+  c.background_miss_limit = 1;
+  EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
+}
+
 TEST(BackgroundMisses, CompactionLeavesAPendingObjectAloneAndShutdownWaitsForIt) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
