@@ -73,7 +73,10 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     SlabPage* page = slabs.densest_with_room(cls);
-    if (!page) page = slab_on_tail(cls);
+    // A slab page on an open tail maps an alias (a map and an access grant) on this thread. With
+    // background misses the caller makes no call while a reserve page will do: the slab page goes
+    // there, and compaction meshes it onto an open tail later (docs/background_misses.md).
+    if (!page && (!misses.running() || pool.reserve_pages() == 0)) page = slab_on_tail(cls);
     if (!page) {
       auto slot = pool.take_page(SlotKind::slab, 0);
       if (!slot.ok()) return slot.error();

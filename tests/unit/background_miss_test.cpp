@@ -214,6 +214,80 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
   EXPECT_VALID(heap);
 }
 
+// A small allocation that needs a new slab page takes a reserve page rather than map an alias of
+// an open tail on its own thread (two calls); compaction moves the slab page's objects onto the
+// tail later, and the page goes back.
+TEST(BackgroundMisses, ANewSlabPageTakesAReservePageAndCompactionPutsItOnTheTail) {
+  auto heap = test::make_heap(test::uncached(background_config()));
+  auto spare = heap->allocate(4 * detail::kPageSize);  // freed below: its pages stay in the reserve
+  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);  // 1.5 MiB free on its last page
+  ASSERT_TRUE(spare.ok() && large.ok());
+  test::fill(*heap, *large, 7);  // its pin waits for the mapping, if it missed
+  test::fill(*heap, *spare, 8);
+  ASSERT_TRUE(heap->free(*spare).ok());
+  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  ASSERT_GT(heap->stats().reserve_bytes, 0u);
+  std::vector<Handle> small;
+  std::uint64_t calls = 0;
+  {
+    ThreadDriverCalls scope(heap->driver_calls());
+    for (int i = 0; i < 5; ++i) {
+      auto h = heap->allocate(kSmall);
+      ASSERT_TRUE(h.ok());
+      small.push_back(*h);
+    }
+    calls = scope.made().total();
+  }
+  EXPECT_EQ(calls, 0u) << "the small allocations mapped an alias of the open tail";
+  EXPECT_EQ(heap->stats().pages.shared_tails, 0u);
+  EXPECT_EQ(heap->open_tail_bytes().size(), 1u);
+  for (Handle h : small) test::fill(*heap, h, test::seed_of(h));
+  EXPECT_VALID(*heap);
+  const auto before = heap->stats();
+  auto rec = heap->compact(CompactRequest{});
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  const auto after = heap->stats();
+  EXPECT_EQ(after.pages.shared_tails, 1u) << "compaction left the tail open";
+  EXPECT_EQ((before.mapped_bytes - before.reserve_bytes) - (after.mapped_bytes - after.reserve_bytes), detail::kPageSize);
+  EXPECT_VALID(*heap);
+  for (Handle h : small) EXPECT_EQ(test::mismatches(*heap, h, test::seed_of(h)), 0u);
+  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_TRUE(heap->free(*large).ok());
+  for (Handle h : small) EXPECT_EQ(test::mismatches(*heap, h, test::seed_of(h)), 0u);
+  for (Handle h : small) EXPECT_TRUE(heap->free(h).ok());
+  EXPECT_VALID(*heap);
+}
+
+// With no reserve page the open tail is still the cheaper page: an alias (two calls) against a
+// new page (three, and memory).
+TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  auto heap = test::make_heap(c);
+  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
+  ASSERT_TRUE(large.ok());
+  test::fill(*heap, *large, 7);
+  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  ASSERT_EQ(heap->stats().reserve_bytes, 0u);
+  std::uint64_t calls = 0;
+  Result<Handle> small = make_error(Errc::internal, "not run");
+  {
+    ThreadDriverCalls scope(heap->driver_calls());
+    small = heap->allocate(kSmall);
+    calls = scope.made().total();
+  }
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(calls, 2u) << "not an alias's map and access grant";
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  test::fill(*heap, *small, 3);
+  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_VALID(*heap);
+  EXPECT_TRUE(heap->free(*small).ok());
+  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_VALID(*heap);
+}
+
 // Kernels resolve handles through the device table: a scope must not give them a pending
 // object's address before its run is mapped. Misses arriving meanwhile map on their callers.
 TEST(BackgroundMisses, ATableScopeWaitsForPendingObjects) {
