@@ -52,13 +52,13 @@ struct Move {
 struct MeshPair {
   SlabPage* dst;
   SlabPage* src;
-  std::vector<HandleEntry*> objects;  // the source's objects, claimed MOVING for its batch
+  std::vector<HandleEntry*> objects{};  // the source's objects, claimed MOVING for its batch
   std::uint64_t bytes = 0;
   // Its batch's outcome: the remap's plan, a pin that cancelled the pair during the copy, and
   // the remap's status.
   PagePool::RemapPlan plan{};
   bool cancelled = false;
-  Status remapped;
+  Status remapped{};
 };
 
 struct HeapCore {

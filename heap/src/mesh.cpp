@@ -44,7 +44,7 @@ std::vector<MeshPair> HeapCore::find_mesh_pairs_locked(std::uint64_t& pages_left
     for (const MeshMatch& m : found) {
       slabs.detach(pages[m.dst]);
       slabs.detach(pages[m.src]);
-      pairs.push_back({pages[m.dst], pages[m.src]});
+      pairs.push_back(MeshPair{.dst = pages[m.dst], .src = pages[m.src]});
     }
   }
   pages_left = budget.pages;

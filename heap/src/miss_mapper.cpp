@@ -59,24 +59,23 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
 
 void MissMapper::loop() {
   std::unique_lock lock(mu_);
-  std::vector<PendingMiss> batch;
   for (;;) {
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
     if (queued_.empty()) break;  // stopping, nothing left
-    for (auto& q : queued_) batch.push_back(std::move(q));
-    queued_.clear();
-    // The calls without the heap lock: nothing another thread can reach names these batches'
+    // One miss a turn, in the order of submission: each object is booked as soon as its own
+    // calls end (its pins wait for no other's), and the misses still queued stay abandonable
+    // (a free gives them up before their calls; one in hand must be mapped, then released).
+    PendingMiss m = std::move(queued_.front());
+    queued_.pop_front();
+    // The calls without the heap lock: nothing another thread can reach names this batch's
     // slots or pages (page_pool.h, the place batch).
     lock.unlock();
-    for (auto& m : batch) calls_(m);
+    calls_(m);
     lock.lock();
-    for (auto& m : batch) {
-      if (finish_(m))
-        settle(m);
-      else
-        queued_.push_back(std::move(m));  // its next step
-    }
-    batch.clear();
+    if (finish_(m))
+      settle(m);
+    else
+      queued_.push_front(std::move(m));  // its next step, before the later misses
   }
 }
 

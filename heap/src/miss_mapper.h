@@ -9,9 +9,10 @@
 // resize wait as they wait for a move, compaction and shutdown skip or wait for it, validate()
 // knows its run is provisioning. docs/background_misses.md has the design and its limits.
 //
-// The thread takes every queued miss at once, makes their calls without the heap lock (`calls`),
-// takes it again and hands each to `finish` (HeapCore::finish_miss), which books the step and
-// begins the next one if any (`finish` returns false and the miss is queued again): a shared
+// The thread takes the queued misses one at a time, in order, makes the calls without the heap
+// lock (`calls`), takes it again and hands the miss to `finish` (HeapCore::finish_miss), which
+// books the step and begins the next one if any (`finish` returns false and the miss goes back to
+// the front of the queue): a shared
 // tail's alias after its body, or, after a failed call, the run again at the same start, so
 // that the address handed out holds. After three failed runs the object is given up.
 //

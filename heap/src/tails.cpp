@@ -213,7 +213,7 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
       slabs.detach(src);
       bytes_left -= bytes;
       --pages_left;
-      pairs.push_back({dst, src, {}, 0});
+      pairs.push_back(MeshPair{.dst = dst, .src = src});
       break;
     }
   }
