@@ -19,8 +19,8 @@
 //               maps, grants, unmaps and releases pages back to back.
 //
 //   valet-bench-stream-ready [--device D] [--pages 1,8,64] [--repeats R] [--hold-ms M] [--json]
-// Exits 0 when every phase ran (even if a finding is negative), 1 when the GPU or a call failed,
-// 2 for a bad option. Needs a CUDA GPU; built with the CUDA backend only.
+// Exits 0 when every phase ran (even if a finding is negative), 1 when the GPU or a call failed
+// (the phases that ran are still reported), 2 for a bad option. Needs a CUDA GPU; built with the CUDA backend only.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
@@ -240,6 +240,7 @@ nlohmann::json Bench::late_phase(const std::vector<std::size_t>& sizes, int repe
       CU(cuMemHostAlloc(&dst, bytes, 0));
       std::vector<double> queue_ns, wait_ns, mapper_ns, ready_ns, inline_ns;
       std::uint64_t wrong = 0;
+      std::string refused;  // the driver refused to queue the copies (the range was not mapped yet)
       std::vector<CUmemGenericAllocationHandle> made;
       for (int r = 0; r < repeats; ++r) {
         auto* words = static_cast<std::uint32_t*>(src);
@@ -290,9 +291,15 @@ nlohmann::json Bench::late_phase(const std::vector<std::size_t>& sizes, int repe
           CU(cuMemcpyHtoDAsync(va, src, bytes, stream_));
           CU(cuMemcpyDtoHAsync(dst, va, bytes, stream_));
           queue_ns.push_back(ns_since(t0));
-        } catch (const Failure&) {
+        } catch (const Failure& f) {
           start_mapper();  // so that it ends; its ticket releases whatever was queued
-          throw;
+          mapper.join();
+          CU(cuStreamSynchronize(stream_));
+          unback(va, n, made);
+          // A finding, not a failure of the run: the driver checks a copy's range when it is
+          // queued, so a copy cannot be queued on a range mapped later.
+          refused = f.what;
+          break;
         }
         queued_at = Clock::now();
         start_mapper();
@@ -309,6 +316,7 @@ nlohmann::json Bench::late_phase(const std::vector<std::size_t>& sizes, int repe
       CU(cuMemAddressFree(va, bytes));
       rows.push_back({{"pages", n},
                       {"chunk", chunk},
+                      {"copies_refused_at_queueing", refused},
                       {"repeats", repeats},
                       {"words_wrong", wrong},
                       {"caller_maps", to_json(quantiles(inline_ns))},
@@ -382,6 +390,10 @@ void print_table(const nlohmann::json& j) {
                 r["caller_queues_wait_and_copies"]["median_ns"].get<double>() / 1e3,
                 r["caller_queues_wait_and_copies"]["p99_ns"].get<double>() / 1e3,
                 r["mapper_maps"]["median_ns"].get<double>() / 1e3, r["work_done_after_queueing"]["median_ns"].get<double>() / 1e3);
+  for (const auto& r : j["late"])
+    if (!r["copies_refused_at_queueing"].get<std::string>().empty())
+      std::printf("  %zu pages: copies refused at queueing: %s\n", r["pages"].get<std::size_t>(),
+                  r["copies_refused_at_queueing"].get<std::string>().c_str());
   std::printf("\ncontention: queueing on the caller's thread, median / p99 / max in us\n");
   for (const auto& r : j["contention"])
     std::printf("  vmm thread %-4s wait %6.2f / %7.2f / %8.1f   copy %6.2f / %7.2f / %8.1f  (%llu vmm calls)\n",
@@ -389,6 +401,8 @@ void print_table(const nlohmann::json& j) {
                 r["queue_wait"]["p99_ns"].get<double>() / 1e3, r["queue_wait"]["max_ns"].get<double>() / 1e3,
                 r["queue_copy_64B"]["median_ns"].get<double>() / 1e3, r["queue_copy_64B"]["p99_ns"].get<double>() / 1e3,
                 r["queue_copy_64B"]["max_ns"].get<double>() / 1e3, (unsigned long long)r["vmm_calls_meanwhile"].get<std::uint64_t>());
+  if (j.contains("failed"))
+    for (const auto& [phase, what] : j["failed"].items()) std::printf("\nphase %s failed: %s\n", phase.c_str(), what.get<std::string>().c_str());
 }
 
 }  // namespace
@@ -427,16 +441,25 @@ int main(int argc, char** argv) {
     nlohmann::json j;
     j["device"] = bench.name();
     j["hold_ms"] = args.hold_ms;
-    j["sync"] = bench.sync_phase(args.hold_ms);
-    j["late"] = bench.late_phase(args.pages, args.repeats);
-    j["contention"] = bench.contention_phase(args.contention_ops);
+    // A phase whose call failed reports it and the others still run.
+    auto phase = [&](const char* name, auto&& run) {
+      try {
+        j[name] = run();
+      } catch (const Failure& f) {
+        j[name] = nlohmann::json::array();
+        j["failed"][name] = f.what;
+      }
+    };
+    phase("sync", [&] { return bench.sync_phase(args.hold_ms); });
+    phase("late", [&] { return bench.late_phase(args.pages, args.repeats); });
+    phase("contention", [&] { return bench.contention_phase(args.contention_ops); });
     if (args.json)
       std::printf("%s\n", j.dump().c_str());
     else
       print_table(j);
+    return j.contains("failed") ? 1 : 0;
   } catch (const Failure& f) {
     std::fprintf(stderr, "valet-bench-stream-ready: %s\n", f.what.c_str());
     return 1;
   }
-  return 0;
 }
