@@ -50,18 +50,19 @@ HeapStats Heap::stats() const {
   s.peak_mapped_bytes = c.pool.peak_created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;
   // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
-  // use still add up to the mapped pages.
-  const std::size_t unplaced = c.pool.unplaced_in_flight();
+  // use still add up to the mapped pages; a place batch's pages (an allocation's run, a pending
+  // object's for as long as it is pending) count as large.
+  const std::size_t unplaced = c.pool.unplaced_in_flight() - c.pool.placing_unplaced();
   // The chunk reserve is mapped and unused too (outside the reserve's budget, not its count).
   s.reserve_bytes = (c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced) * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
   s.pages.reserve = c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced;
   s.pages.idle = c.pool.idle_pages() + unplaced;
-  s.pages.releasing = c.pool.releasing_pages() + c.pool.pages_only_dropping();
+  s.pages.releasing = c.pool.releasing_pages() - c.pool.placing_moved() + c.pool.pages_only_dropping();
   s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();
-  s.pages.large = c.pool.slots_of_kind(SlotKind::large);
+  s.pages.large = c.pool.slots_of_kind(SlotKind::large) + c.pool.placing_pages();
   s.pages.chunked = c.pool.chunk_pages();
   s.pages.chunks = c.pool.chunks();
   s.pages.chunk_reserve = c.pool.chunk_reserve_pages();

@@ -442,11 +442,18 @@ class PagePool {
   // Created pages a batch holds mapped nowhere (idle pages it took, new pages): stats count them
   // as idle reserve pages.
   std::size_t unplaced_in_flight() const { return in_flight_idle_ + fresh_in_flight_; }
+  // The pages of place batches in flight (an allocation's run, counted as used) and, of those,
+  // the ones unplaced_in_flight() or releasing_pages() count.
+  std::size_t placing_pages() const { return placing_idle_ + placing_moved_ + placing_fresh_; }
+  std::size_t placing_unplaced() const { return placing_idle_ + placing_fresh_; }
+  std::size_t placing_moved() const { return placing_moved_; }
   // The longest run of reserve slots.
   std::uint32_t longest_reserve_run() const { return reserve_.largest(); }
-  // Pages that hold data: created, less the reserve, idle pages and pages of a batch in flight.
+  // Pages that hold data: created, less the reserve, idle pages and pages of a keeper's batch in
+  // flight (a place batch's pages are an allocation's: used).
   std::size_t used_pages() const {
-    return created_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_;
+    return created_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_ +
+           placing_pages();
   }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
@@ -534,6 +541,9 @@ class PagePool {
   std::vector<std::uint32_t> dropped_run_pages(std::uint32_t n) const;
 
  private:
+  // A place batch's pages into (sign +1, at its begin) or out of (-1, at its finish) the counts
+  // of placing_pages().
+  void count_placing(const PlaceBatch& b, int sign);
   // Creates a page (within the capacity); it starts unmapped.
   Result<std::uint32_t> create_page();
   // Creates a chunk of `n` pages (within the capacity) and maps it at [start, start+n) (no
@@ -642,6 +652,10 @@ class PagePool {
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
   std::size_t placing_ = 0;          // place batches begun, not finished
+  // Their pages, by origin: idle pages, pages moved from reserve runs, new pages. They hold an
+  // object's data once the batch is booked (a pending object's for as long as it is pending), so
+  // they count as used, not as the reserve's (count_placing).
+  std::size_t placing_idle_ = 0, placing_moved_ = 0, placing_fresh_ = 0;
   mutable std::atomic<std::uint32_t> callers_calling_{0};  // CallerCalls alive (no lock needed)
   mutable RankedMutex<LockRank::pool_defer> defer_mu_;     // with defer_cv_: deferring threads wait
   mutable std::condition_variable_any defer_cv_;

@@ -198,6 +198,7 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   fresh_in_flight_ += b.fresh;
   note_created_peak();  // counted as created from here, as a provision batch's new pages are
   ++placing_;
+  count_placing(b, +1);
   return b;
 }
 
@@ -273,6 +274,7 @@ void PagePool::place_calls(PlaceBatch& b) const {
 
 Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner) {
   --placing_;
+  count_placing(b, -1);
   // Claimed drops whose old alias is gone are plain unmapped slots now; the others are still
   // dropping (return_free_slot queues them again).
   for (std::size_t i = 0; i < b.drops.size(); ++i)
@@ -330,6 +332,19 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
   b.fills.clear();  // out of provisioning_ already
   unclaim(b);        // the claimed slots and the held last slot
   return err;
+}
+
+void PagePool::count_placing(const PlaceBatch& b, int sign) {
+  const std::size_t moved = b.slots.size() - b.idle - b.fresh;
+  if (sign > 0) {
+    placing_idle_ += b.idle;
+    placing_fresh_ += b.fresh;
+    placing_moved_ += moved;
+  } else {
+    placing_idle_ -= b.idle;
+    placing_fresh_ -= b.fresh;
+    placing_moved_ -= moved;
+  }
 }
 
 void PagePool::abandon_place(PlaceBatch& b) {

@@ -157,3 +157,5 @@ TEST_F(HandleTableValidate, BrokenReleasePreconditionsAbortWhereChecksAreOn) {
 
 }  // namespace
 }  // namespace valet::detail
+
+#undef EXPECT_CAUGHT  // the unity build puts the validate tests in one translation unit

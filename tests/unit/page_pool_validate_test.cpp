@@ -203,3 +203,5 @@ TEST_F(PagePoolValidate, CatchesAHeldSlotThatMapsNoPageInUse) {
 
 }  // namespace
 }  // namespace valet::detail
+
+#undef EXPECT_CAUGHT  // the unity build puts the validate tests in one translation unit

@@ -232,3 +232,5 @@ TEST_F(SlabsValidate, BrokenPreconditionsAbortWhereAssertionsAreOn) {
 
 }  // namespace
 }  // namespace valet::detail
+
+#undef EXPECT_CAUGHT  // the unity build puts the validate tests in one translation unit
