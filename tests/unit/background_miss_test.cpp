@@ -214,6 +214,35 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
   EXPECT_VALID(heap);
 }
 
+// A pending object's pages are its own from the allocation on: used pages (the keeper's budget
+// is measured against them) and large pages in stats(), not reserve pages.
+TEST(BackgroundMisses, APendingObjectsPagesCountAsItsOwnNotAsTheReserves) {
+  Config c = background_config();
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  gate_mapper(g);
+  auto big = heap.allocate(kBig);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE(g.gate->wait_entered());
+  const std::size_t pages = kBig / detail::kPageSize;
+  auto s = heap.stats();
+  EXPECT_EQ(s.pages.large, pages);
+  EXPECT_EQ(s.pages.reserve, 0u);
+  EXPECT_EQ(s.reserve_bytes, 0u);
+  EXPECT_GE(s.mapped_bytes, s.live_bytes);
+  EXPECT_EQ(detail::HeapInternals::of(heap).pool.used_pages(), pages);
+  g.gate->open();
+  ASSERT_TRUE(settled(heap, 1));
+  s = heap.stats();
+  EXPECT_EQ(s.pages.large, pages);
+  EXPECT_EQ(detail::HeapInternals::of(heap).pool.used_pages(), pages);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+}
+
 // A small allocation that needs a new slab page takes a reserve page rather than map an alias of
 // an open tail on its own thread (two calls); compaction moves the slab page's objects onto the
 // tail later, and the page goes back.
