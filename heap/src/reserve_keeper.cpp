@@ -133,7 +133,12 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   // lock behind callers' driver calls and trimmed late; since callers map without the lock, the
   // keeper keeps up, and frees that leave it the whole way are 8-20x faster at the p99 on the
   // H200 (docs/speed.md, "Session 24").
-  if (keeper && pool_.reserve_pages() <= to) {
+  // With background misses the caller makes no call while it can avoid it: a surplus up to a
+  // slack beyond the bound (half a percent of it) is the keeper's too, woken at once; beyond the
+  // slack this thread trims, so that a caller outrunning the keeper still holds the bound.
+  const std::size_t bound = pool_.used_pages() + to;  // mapped pages within the peak bound
+  const std::size_t slack = keeper && config_.background_misses ? std::max<std::size_t>(8, bound / 200) : 0;
+  if (keeper && pool_.reserve_pages() <= to + slack) {
     wake();
     return false;
   }

@@ -12,6 +12,8 @@
 //             coalesced by the pool, runs grown in place).
 //   ceiling   the peak bound alone: a free that leaves the reserve above it trims at once
 //             (trim_surplus); below it, the surplus over the limit is the keeper's to trim.
+//             With background misses the keeper's share reaches a slack beyond the bound (half
+//             a percent of it, at least 8 pages), so that frees make no call in steady state.
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
 //             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
 //             freed run takes it without a driver call.

@@ -303,5 +303,58 @@ TEST(ReserveKeeper, AFreeTrimsWhatLiesBeyondThePeakBoundOnItsOwnThread) {
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+// With background misses a free leaves the keeper a surplus a little beyond the peak bound too
+// (a slack of half a percent, at least 8 pages), so that the caller makes no call; beyond the
+// slack the freeing thread trims as before. Without background misses the same free trims.
+TEST(ReserveKeeper, WithBackgroundMissesAFreeLeavesASmallSurplusBeyondTheBoundToTheKeeper) {
+  for (const bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background misses" : "synchronous misses");
+    // The bound: 1.15 x the ~200 ordinary live pages, 30 pages over them.
+    Config config = budget_config(1.15);
+    config.background_misses = background;
+    config.reserve_low_pages = 0;
+    config.reserve_high_pages = 0;
+    auto heap = test::make_heap(config);
+    ASSERT_TRUE(heap);
+    Heap& h = *heap;
+    auto& c = HeapInternals::of(h);
+    const std::vector<Handle> live = allocate_live(h);
+    // 34 pages (no ordinary demand: more than 32 and than an eighth of the pages in use): its
+    // free leaves the reserve 4-6 pages beyond the bound.
+    auto near = h.allocate(34 * kPageBytes);
+    ASSERT_TRUE(near.ok());
+    settle(h);
+    (void)trimmed_budget(c);
+    {
+      ThreadDriverCalls scope(h.driver_calls());
+      ASSERT_TRUE(h.free(*near).ok());
+      const BudgetReading after = read_budget(c);
+      if (background) {
+        EXPECT_EQ(scope.made().total(), 0u) << "a free within the slack made driver calls";
+        EXPECT_GT(after.reserve, after.ceiling) << "the free left nothing beyond the bound (the test's case is gone)";
+        EXPECT_LE(after.reserve, after.ceiling + 8);
+      } else {
+        EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "the free left the keeper a surplus beyond the bound";
+        EXPECT_LE(after.reserve, after.ceiling);
+      }
+    }
+    EXPECT_TRUE(near_limit(trimmed_budget(c))) << "the keeper did not trim the surplus";
+    // Far beyond the bound the freeing thread trims down to it, background misses or not.
+    auto far = h.allocate(120 * kPageBytes);
+    ASSERT_TRUE(far.ok());
+    settle(h);
+    (void)trimmed_budget(c);
+    {
+      ThreadDriverCalls scope(h.driver_calls());
+      ASSERT_TRUE(h.free(*far).ok());
+      const BudgetReading after = read_budget(c);
+      EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the bound left it all to the keeper";
+      EXPECT_LE(after.reserve, after.ceiling);
+    }
+    EXPECT_TRUE(h.validate().ok());
+    for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+  }
+}
+
 }  // namespace
 }  // namespace valet::detail
