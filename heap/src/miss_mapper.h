@@ -12,9 +12,9 @@
 // The thread takes the queued misses one at a time, in order, makes the calls without the heap
 // lock (`calls`), takes it again and hands the miss to `finish` (HeapCore::finish_miss), which
 // books the step and begins the next one if any (`finish` returns false and the miss goes back to
-// the front of the queue): a shared
-// tail's alias after its body, or, after a failed call, the run again at the same start, so
-// that the address handed out holds. After three failed runs the object is given up.
+// the front of the queue): a shared tail's alias after its body, or, after a failed call, the run
+// again at the same start, so that the address handed out holds. After three failed runs the
+// object is given up.
 //
 // Threading: submit, pending and wait_settled require the heap lock; start and stop must be called
 // without it.
