@@ -34,6 +34,15 @@ DevicePtr address_at_allocation(Heap& heap, Handle h) {
 // Stops the mapper thread's calls of the gated kind (other threads' go through).
 void gate_mapper(GatedHeap& g) { g.gate->arm_for(detail::HeapInternals::of(*g.heap).misses.thread_id()); }
 
+// Gates the mapper's calls and allocates kBig: a pending object whose mapping the mapper holds at
+// the gate (an error if the mapper never reached it).
+Result<Handle> allocate_held(GatedHeap& g) {
+  gate_mapper(g);
+  auto h = g.heap->allocate(kBig);
+  if (h.ok() && !g.gate->wait_entered()) return make_error(Errc::internal, "the mapper made no gated call");
+  return h;
+}
+
 // Waits until the mapper settled `n` objects (mapped or lost) in all.
 bool settled(Heap& heap, std::uint64_t n) {
   for (int i = 0; i < 10'000; ++i) {
@@ -89,10 +98,8 @@ TEST(BackgroundMisses, FreesOfPendingObjectsReturnAtOnceAndTheirRunsComeBack) {
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   const auto before = heap.stats();
-  gate_mapper(g);
-  auto in_hand = heap.allocate(kBig);  // the mapper takes it and stops at its first map
-  ASSERT_TRUE(in_hand.ok());
-  ASSERT_TRUE(g.gate->wait_entered());
+  auto in_hand = allocate_held(g);  // the mapper takes it and stops at its first map
+  ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
   auto queued = heap.allocate(kBig);  // queued behind it
   ASSERT_TRUE(queued.ok());
   EXPECT_VALID(heap);
@@ -223,10 +230,8 @@ TEST(BackgroundMisses, APendingObjectsPagesCountAsItsOwnNotAsTheReserves) {
   GatedHeap g(c);
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
-  gate_mapper(g);
-  auto big = heap.allocate(kBig);
-  ASSERT_TRUE(big.ok());
-  ASSERT_TRUE(g.gate->wait_entered());
+  auto big = allocate_held(g);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
   const std::size_t pages = kBig / detail::kPageSize;
   auto s = heap.stats();
   EXPECT_EQ(s.pages.large, pages);
@@ -323,10 +328,8 @@ TEST(BackgroundMisses, ATableScopeWaitsForPendingObjects) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
-  gate_mapper(g);
-  auto big = heap.allocate(kBig);
-  ASSERT_TRUE(big.ok());
-  ASSERT_TRUE(g.gate->wait_entered());
+  auto big = allocate_held(g);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
   auto scoping = std::async(std::launch::async, [&] {
     auto scope = heap.pin_table(Stream{});
     return scope.ok();
@@ -367,10 +370,8 @@ TEST(BackgroundMisses, CompactionLeavesAPendingObjectAloneAndShutdownWaitsForIt)
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   auto kept = test::fragment(heap, 64, 48 * 1024, 4, 7);  // sparse slab pages to evacuate
-  gate_mapper(g);
-  auto big = heap.allocate(kBig);
-  ASSERT_TRUE(big.ok());
-  ASSERT_TRUE(g.gate->wait_entered());
+  auto big = allocate_held(g);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
   auto rec = heap.compact(CompactRequest{});
   ASSERT_TRUE(rec.ok()) << rec.error().to_string();
   EXPECT_VALID(heap);

@@ -233,6 +233,22 @@ BudgetReading trimmed_budget(HeapCore& c) {
   return read_budget(c);
 }
 
+// Once the keeper has settled and trimmed to its limit, frees `x`: whether the free succeeded,
+// the driver calls it made on the freeing thread, and the budget right after it.
+struct FreeOutcome {
+  bool freed;
+  DriverCallCounts calls;
+  BudgetReading after;
+};
+FreeOutcome free_once_trimmed(Heap& h, Handle x) {
+  auto& c = HeapInternals::of(h);
+  settle(h);
+  (void)trimmed_budget(c);
+  ThreadDriverCalls scope(h.driver_calls());
+  const bool freed = h.free(x).ok();
+  return {freed, scope.made(), read_budget(c)};
+}
+
 Config budget_config(double peak_ratio) {
   Config config;
   config.capacity = 1u << 30;  // 512 pages
@@ -289,14 +305,11 @@ TEST(ReserveKeeper, AFreeTrimsWhatLiesBeyondThePeakBoundOnItsOwnThread) {
   const std::vector<Handle> live = allocate_live(h);
   auto big = h.allocate(120 * kPageBytes);
   ASSERT_TRUE(big.ok());
-  settle(h);
-  (void)trimmed_budget(c);
-  ThreadDriverCalls scope(h.driver_calls());
-  ASSERT_TRUE(h.free(*big).ok());
-  const BudgetReading after = read_budget(c);
-  EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the peak bound left it all to the keeper";
-  EXPECT_EQ(scope.made()[DriverOp::map] + scope.made()[DriverOp::create_page], 0u);
-  EXPECT_LE(after.reserve, after.ceiling) << "the free left more than the peak bound mapped";
+  const FreeOutcome out = free_once_trimmed(h, *big);
+  ASSERT_TRUE(out.freed);
+  EXPECT_GT(out.calls[DriverOp::release_page], 0u) << "a free far beyond the peak bound left it all to the keeper";
+  EXPECT_EQ(out.calls[DriverOp::map] + out.calls[DriverOp::create_page], 0u);
+  EXPECT_LE(out.after.reserve, out.after.ceiling) << "the free left more than the peak bound mapped";
   const BudgetReading settled = trimmed_budget(c);
   EXPECT_TRUE(near_limit(settled)) << "the keeper did not trim the rest" << " (reserve " << settled.reserve << ", limit " << settled.limit << ")";
   EXPECT_TRUE(h.validate().ok());
@@ -323,34 +336,24 @@ TEST(ReserveKeeper, WithBackgroundMissesAFreeLeavesASmallSurplusBeyondTheBoundTo
     // free leaves the reserve 4-6 pages beyond the bound.
     auto near = h.allocate(34 * kPageBytes);
     ASSERT_TRUE(near.ok());
-    settle(h);
-    (void)trimmed_budget(c);
-    {
-      ThreadDriverCalls scope(h.driver_calls());
-      ASSERT_TRUE(h.free(*near).ok());
-      const BudgetReading after = read_budget(c);
-      if (background) {
-        EXPECT_EQ(scope.made().total(), 0u) << "a free within the slack made driver calls";
-        EXPECT_GT(after.reserve, after.ceiling) << "the free left nothing beyond the bound (the test's case is gone)";
-        EXPECT_LE(after.reserve, after.ceiling + 8);
-      } else {
-        EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "the free left the keeper a surplus beyond the bound";
-        EXPECT_LE(after.reserve, after.ceiling);
-      }
+    const FreeOutcome within = free_once_trimmed(h, *near);
+    ASSERT_TRUE(within.freed);
+    if (background) {
+      EXPECT_EQ(within.calls.total(), 0u) << "a free within the slack made driver calls";
+      EXPECT_GT(within.after.reserve, within.after.ceiling) << "the free left nothing beyond the bound (the test's case is gone)";
+      EXPECT_LE(within.after.reserve, within.after.ceiling + 8);
+    } else {
+      EXPECT_GT(within.calls[DriverOp::release_page], 0u) << "the free left the keeper a surplus beyond the bound";
+      EXPECT_LE(within.after.reserve, within.after.ceiling);
     }
     EXPECT_TRUE(near_limit(trimmed_budget(c))) << "the keeper did not trim the surplus";
     // Far beyond the bound the freeing thread trims down to it, background misses or not.
     auto far = h.allocate(120 * kPageBytes);
     ASSERT_TRUE(far.ok());
-    settle(h);
-    (void)trimmed_budget(c);
-    {
-      ThreadDriverCalls scope(h.driver_calls());
-      ASSERT_TRUE(h.free(*far).ok());
-      const BudgetReading after = read_budget(c);
-      EXPECT_GT(scope.made()[DriverOp::release_page], 0u) << "a free far beyond the bound left it all to the keeper";
-      EXPECT_LE(after.reserve, after.ceiling);
-    }
+    const FreeOutcome beyond = free_once_trimmed(h, *far);
+    ASSERT_TRUE(beyond.freed);
+    EXPECT_GT(beyond.calls[DriverOp::release_page], 0u) << "a free far beyond the bound left it all to the keeper";
+    EXPECT_LE(beyond.after.reserve, beyond.after.ceiling);
     EXPECT_TRUE(h.validate().ok());
     for (auto x : live) EXPECT_TRUE(h.free(x).ok());
   }
