@@ -232,8 +232,11 @@ std::optional<std::uint32_t> PagePool::take_mapped_run(std::uint32_t n, std::uin
   // A chunk's free slots when they fit closely, else the reserve's. Never a chunk's loosely: the
   // object would keep the rest of the chunk from going back, and mapped for large objects only
   // (docs/speed.md, "Session 22": on t1 that doubled the driver calls).
+  // Nor a whole free chunk: it waits for its release (the keeper's, or the next batch that
+  // creates pages), and an object on part of it would strand the rest, mapped.
   const auto close_chunk = chunk_reserve_.best_fit(n);
-  RangeSet& mapped = close_chunk && close_chunk->length - n <= n / 4 ? chunk_reserve_ : reserve_;
+  const bool close = close_chunk && close_chunk->length - n <= n / 4 && !whole_free_chunk_at(close_chunk->start, close_chunk->length);
+  RangeSet& mapped = close ? chunk_reserve_ : reserve_;
   auto s = mapped.take_best_fit(n);
   if (s) set_kind(*s, n, SlotKind::large, owner);
   return s;

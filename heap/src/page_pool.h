@@ -149,6 +149,16 @@ class PagePool {
     bool held = false;   // queued work holds a slot of it: left alone, back to the reserve
     bool chunk = false;  // a whole chunk: one entry of a release batch's `phys`
   };
+  // A release batch (begin_release, below): runs of reserve slots and idle pages to release.
+  struct ReleaseBatch {
+    using Run = ReleaseRun;
+    std::vector<Run> runs;
+    std::vector<std::uint32_t> phys;         // the runs' pages, in slot order, then the idle pages
+    std::vector<PhysicalPage> pages;
+    std::vector<bool> released;
+    std::size_t idle = 0;                    // idle pages at the end of `phys`
+    bool empty() const { return runs.empty() && idle == 0; }
+  };
   struct PlaceOptions {
     std::optional<std::uint32_t> at;  // the run's start (extend_run); else chosen
     bool window = true;               // around reserve pages where free slots allow
@@ -170,6 +180,11 @@ class PagePool {
     std::vector<PageRef> pages;                     // the page for each of them
     std::uint32_t idle = 0, fresh = 0;              // of them, idle pages taken; pages to create
     std::vector<ReleaseRun> sources;                // reserve runs whose pages move here
+    // Whole free chunks the batch releases before it creates pages (begin_place takes them when
+    // it must create some), counted as released from the batch's start: mapped memory never
+    // holds both. `freed_pages`: their pages.
+    ReleaseBatch freed;
+    std::size_t freed_pages = 0;
     // Queued alias drops inside the run (fills, or the tail slot): still mapped to their old
     // page until place_calls unmaps them first (drop_unmapped: it did).
     std::vector<std::uint32_t> drops;
@@ -396,15 +411,7 @@ class PagePool {
   // failed are idle.
   // Idle pages are part of the batch too (`with_idle`, up to `max_pages` of them): they need only
   // their release.
-  struct ReleaseBatch {
-    using Run = ReleaseRun;
-    std::vector<Run> runs;
-    std::vector<std::uint32_t> phys;         // the runs' pages, in slot order, then the idle pages
-    std::vector<PhysicalPage> pages;
-    std::vector<bool> released;
-    std::size_t idle = 0;                    // idle pages at the end of `phys`
-    bool empty() const { return runs.empty() && idle == 0; }
-  };
+  // (ReleaseBatch is declared with ReleaseRun, above.)
   ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
@@ -452,8 +459,8 @@ class PagePool {
   // Pages that hold data: created, less the reserve, idle pages and pages of a keeper's batch in
   // flight (a place batch's pages are an allocation's: used).
   std::size_t used_pages() const {
-    return created_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ - fresh_in_flight_ +
-           placing_pages();
+    return created_ + freed_in_flight_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ -
+           fresh_in_flight_ + placing_pages();
   }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
@@ -562,6 +569,10 @@ class PagePool {
   void insert_free(std::uint32_t start, std::uint32_t n);
   // Every whole free chunk into a release batch.
   void take_free_chunks(ReleaseBatch& b);
+  // The pages of the chunks no object uses.
+  std::size_t whole_free_chunk_pages() const;
+  // The free range [start, start+length) of the chunk reserve begins with a whole chunk.
+  bool whole_free_chunk_at(std::uint32_t start, std::uint32_t length) const;
   // Releases idle chunks (unmapped, their release failed before) while `n` pages are wanted,
   // counting their pages off `n`. Stops at the first error.
   Status release_idle_chunks(std::size_t& n);
@@ -651,6 +662,7 @@ class PagePool {
   RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
+  std::size_t freed_in_flight_ = 0;  // free chunks' pages a place batch is releasing (counted as released)
   std::size_t placing_ = 0;          // place batches begun, not finished
   // Their pages, by origin: idle pages, pages moved from reserve runs, new pages. They hold an
   // object's data once the batch is booked (a pending object's for as long as it is pending), so

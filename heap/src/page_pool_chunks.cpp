@@ -86,6 +86,20 @@ bool PagePool::for_each_whole_free_chunk(F&& f) const {
   return go_on;
 }
 
+std::size_t PagePool::whole_free_chunk_pages() const {
+  std::size_t pages = 0;
+  for_each_whole_free_chunk([&](std::uint32_t p) {
+    pages += phys_[p].pages;
+    return true;
+  });
+  return pages;
+}
+
+bool PagePool::whole_free_chunk_at(std::uint32_t start, std::uint32_t length) const {
+  const PhysRecord& c = phys_[slots_[start].phys];
+  return c.first == start && c.first + c.pages <= start + length;
+}
+
 std::vector<std::uint32_t> PagePool::whole_free_chunks() const {
   std::vector<std::uint32_t> whole;
   for_each_whole_free_chunk([&](std::uint32_t p) {

@@ -154,7 +154,10 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   const std::size_t need = b.slots.size();
   // The run's own reserve pages are in use by it now, so only its unmapped slots need pages.
   const std::size_t creatable = capacity_pages_ - std::min(capacity_pages_, created_);
-  const std::size_t can = idle_.size() + creatable + (how.from_reserve ? std::size_t(reserve_.total()) : 0);
+  // Whole free chunks are room too: a batch that creates pages releases them first (below).
+  const std::size_t freeable = free_chunk_waits() ? whole_free_chunk_pages() : 0;
+  const std::size_t can =
+      idle_.size() + creatable + freeable + (how.from_reserve ? std::size_t(reserve_.total()) : 0);
   if (need > can) {
     unclaim(b);
     return make_error(Errc::out_of_memory,
@@ -194,6 +197,17 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
       b.chunk_pages = hi - lo;
     }
   }
+  // Whole free chunks go back before the batch creates pages (its calls release them first),
+  // counted as released from here, so that mapped memory never holds both: a free leaves its
+  // emptied chunk to the keeper (ReserveKeeper::trim_surplus), and a miss meanwhile must not
+  // add pages beside it.
+  if (b.fresh > 0 && freeable > 0) {
+    take_free_chunks(b.freed);
+    b.freed.released.assign(b.freed.phys.size(), false);
+    for (const std::uint32_t p : b.freed.phys) b.freed_pages += phys_[p].pages;
+    created_ -= b.freed_pages;
+    freed_in_flight_ += b.freed_pages;
+  }
   created_ += b.fresh;
   fresh_in_flight_ += b.fresh;
   note_created_peak();  // counted as created from here, as a provision batch's new pages are
@@ -208,6 +222,8 @@ void PagePool::place_calls(PlaceBatch& b) const {
   auto note = [&](Status s) {
     if (!s.ok() && st.ok()) st = std::move(s);
   };
+  // The free chunks it releases first, before it creates any page.
+  if (!b.freed.empty()) release_calls(b.freed);
   // The old aliases at the claimed drops first (the unmaps the keeper would have made).
   b.drop_unmapped.assign(b.drops.size(), false);
   for (std::size_t i = 0; i < b.drops.size() && st.ok(); ++i) {
@@ -275,6 +291,15 @@ void PagePool::place_calls(PlaceBatch& b) const {
 Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner) {
   --placing_;
   count_placing(b, -1);
+  // The free chunks: released ones are gone; one whose unmap failed is free again, one whose
+  // release failed idle (released later). Neither is the run's failure.
+  created_ += b.freed_pages;
+  freed_in_flight_ -= b.freed_pages;
+  b.freed_pages = 0;
+  if (!b.freed.empty()) {
+    (void)finish_release(b.freed);
+    note_created_peak();  // a chunk whose release failed was held beside the new pages
+  }
   // Claimed drops whose old alias is gone are plain unmapped slots now; the others are still
   // dropping (return_free_slot queues them again).
   for (std::size_t i = 0; i < b.drops.size(); ++i)
@@ -348,6 +373,7 @@ void PagePool::count_placing(const PlaceBatch& b, int sign) {
 }
 
 void PagePool::abandon_place(PlaceBatch& b) {
+  for (auto& run : b.freed.runs) run.held = true;  // not released: free again, no error
   b.drop_unmapped.assign(b.drops.size(), false);
   b.made.assign(b.slots.size(), false);
   b.mapped.assign(b.slots.size(), false);

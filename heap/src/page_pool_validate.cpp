@@ -102,7 +102,8 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps, const st
   for (std::uint32_t p : free_phys_)
     if (p >= phys_.size() || phys_[p].in_use) return bad("unused page record " + s(p) + " is in use");
   // Pages a provision batch is creating count as created before they have records.
-  if (in_use + fresh_in_flight_ != created_)
+  // Free chunks a place batch is releasing count as released before their calls.
+  if (in_use + fresh_in_flight_ != created_ + freed_in_flight_)
     return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live, " +
                s(fresh_in_flight_) + " being created)");
   if (created_ > capacity_pages_) return bad("more pages than the capacity");

@@ -65,11 +65,10 @@ ReserveTargets ReserveKeeper::targets() {
   // What keeps mapped memory within ratio x the recent peak of the (ordinary) live bytes: as
   // live memory falls below its peak, the reserve keeps what the next allocations will likely
   // take back; near the peak, nothing beyond the watermark, whatever the pages in use waste.
-  const std::size_t ceiling = peak_bound_pages(now, 0);
-  const std::size_t by_peak = ceiling > used ? ceiling - used : 0;
+  const std::size_t bound = peak_bound_pages(now, 0);
+  const std::size_t by_peak = bound > used ? bound - used : 0;
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
-  t.ceiling = std::max(config_.reserve_high_pages, by_peak);  // >= limit
   // Half the limit at most: the other half keeps freed runs for reuse.
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
@@ -118,33 +117,23 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
 
 bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
-  const bool keeper = thread_.joinable();
-  const ReserveTargets t = keeper ? targets() : ReserveTargets{config_.reserve_high_pages, config_.reserve_high_pages};
-  const std::size_t to = keeper ? t.ceiling : t.limit;
-  // A chunk the free left unused goes back now, on this thread (two calls): it would serve only
-  // a run of a close size, and until released it is mapped memory outside every budget.
-  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
-  if (pool_.reserve_pages() <= t.limit) return false;
-  // Without a keeper, down to the watermark now. With one, a surplus up to the peak bound
-  // (mapped memory within reserve_peak_ratio x the recent peak of ordinary live bytes) is the
-  // keeper's to trim, off this thread: the next allocations take much of it back before the
-  // keeper gets to it. Beyond the bound this thread trims down to it. Until session 24 a free
-  // trimmed beyond a quarter of the way to the bound, because the keeper waited for the heap
-  // lock behind callers' driver calls and trimmed late; since callers map without the lock, the
-  // keeper keeps up, and frees that leave it the whole way are 8-20x faster at the p99 on the
-  // H200 (docs/speed.md, "Session 24").
-  // With background misses the caller makes no call while it can avoid it: a surplus up to a
-  // slack beyond the bound (half a percent of it) is the keeper's too, woken at once; beyond the
-  // slack this thread trims, so that a caller outrunning the keeper still holds the bound.
-  const std::size_t bound = pool_.used_pages() + to;  // mapped pages within the peak bound
-  const std::size_t slack = keeper && config_.background_misses ? std::max<std::size_t>(8, bound / 200) : 0;
-  if (keeper && pool_.reserve_pages() <= to + slack) {
-    wake();
+  if (thread_.joinable()) {
+    // With a keeper a free makes no driver call: the surplus it leaves in the reserve, and a
+    // chunk it emptied, are the keeper's, woken now. A free adds no mapped memory (its pages were
+    // mapped before it), and a page is created only where the reserve has none to give and after
+    // the free chunks waiting are released (PagePool::begin_place), so the keeper's lag delays
+    // memory going back but never raises the peak. Until session 29 a free trimmed what lay
+    // beyond the peak bound itself, and released its emptied chunk: most of the driver calls
+    // left on the allocation path (docs/speed.md, "Session 29").
+    if (pool_.reserve_pages() > targets().limit || pool_.free_chunk_waits()) wake();
     return false;
   }
+  // Without a keeper, down to the watermark now, an emptied chunk first.
+  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
+  const std::size_t to = config_.reserve_high_pages;
+  if (pool_.reserve_pages() <= to) return false;
   while (!stop_ && pool_.reserve_pages() > to)
     if (!trim_to(lock, to, kBatchPages)) break;
-  if (keeper) wake();  // the rest, down to the limit
   return true;
 }
 

@@ -10,13 +10,11 @@
 //             of ordinary live bytes (demand.h); never under the high watermark. Freed large runs
 //             stay mapped up to it, so that later allocations reuse them (best fit, split and
 //             coalesced by the pool, runs grown in place).
-//   ceiling   the peak bound alone: a free that leaves the reserve above it trims at once
-//             (trim_surplus); below it, the surplus over the limit is the keeper's to trim.
-//             With background misses the keeper's share reaches a slack beyond the bound (half
-//             a percent of it, at least 8 pages), so that frees make no call in steady state.
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
-//             within half the limit (the other half keeps freed runs), at least the low watermark. A large allocation that fits no
-//             freed run takes it without a driver call.
+//             within half the limit (the other half keeps freed runs), at least the low
+//             watermark. A large allocation that fits no freed run takes it without a call.
+// A free leaves it whatever surplus it returns, and any chunk it empties: with the thread, frees
+// make no driver call (trim_surplus).
 // While the thread runs it also unmaps the alias slots that frees and compaction let go of
 // (meshed slab pages' aliases, shared tails' last slots: PagePool::drop_alias defers them), so
 // that a free makes no driver call for them.
@@ -43,10 +41,6 @@ namespace valet::detail {
 
 struct ReserveTargets {
   std::size_t limit = 0;
-  // The reserve pages that keep mapped memory within reserve_peak_ratio x the recent peak of
-  // ordinary live bytes (the peak bound alone, no fraction): a free that leaves the reserve above
-  // it trims down to it on its own thread (trim_surplus); the keeper trims the rest to the limit.
-  std::size_t ceiling = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };
@@ -84,10 +78,9 @@ class ReserveKeeper {
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();
-  // A free that left the reserve above its limit: wakes the keeper for a surplus up to the peak
-  // bound (the ceiling); trims one beyond it down to it now, on the freeing thread, batch by
-  // batch without the heap lock, so that held memory never passes the bound (and the keeper the
-  // rest); true if it trimmed.
+  // After a large free: with the thread, wakes it when the reserve passed its limit or a chunk
+  // was emptied, and makes no call; without it, trims to the high watermark now (an emptied
+  // chunk first), batch by batch without the heap lock. True if it trimmed.
   // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).

@@ -73,12 +73,12 @@ TEST_F(Chunks, FewerNewPagesThanTheMinimumComeOneByOne) {
 }
 
 TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage) {
-  auto a = pool.take_run(10, 1);
+  auto a = pool.take_run(20, 1);  // a chunk of 19 pages and a page
   ASSERT_TRUE(a.ok());
-  pool.give_back(*a, 10);
+  pool.give_back(*a + 10, 10);  // shrunk to ten of the chunk's slots
   EXPECT_EQ(pool.chunk_reserve_pages(), 9u);
   EXPECT_EQ(pool.reserve_pages(), 1u) << "the chunk reserve is outside the reserve's count";
-  EXPECT_TRUE(pool.free_chunk_waits());
+  EXPECT_FALSE(pool.free_chunk_waits()) << "the chunk is still in use";
   ASSERT_VALID(pool);
   auto slab = pool.take_page(SlotKind::slab, 3);
   ASSERT_TRUE(slab.ok());
@@ -92,6 +92,15 @@ TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage)
   ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 8, 9));
   pool.give_back(*b, 8);
+  pool.give_back(*a, 10);
+  // A whole free chunk serves no run (it waits for its release: an object on part of it would
+  // strand the rest); the next run that must create pages releases it first.
+  ASSERT_TRUE(pool.free_chunk_waits());
+  auto d = pool.take_run(18, 4);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(pool.in_chunk(*d) && *d >= *a && *d < *a + 19) << "a whole free chunk served a run";
+  EXPECT_FALSE(pool.free_chunk_waits());
+  pool.give_back(*d, 18);
   pool.give_back(*slab, 1);
   ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
@@ -125,6 +134,73 @@ TEST_F(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
   EXPECT_EQ(pool.chunks(), 0u);
   EXPECT_EQ(pool.created_pages(), 0u);
   EXPECT_EQ(pool.reserve_pages(), 0u);
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A free leaves its emptied chunk to the keeper (ReserveKeeper::trim_surplus); a miss that must
+// create pages meanwhile releases it first, so that mapped memory never holds both.
+TEST_F(Chunks, AMissThatMustCreatePagesReleasesTheFreeChunksFirst) {
+  auto a = pool.take_run(10, 1);  // a chunk of nine pages and a page
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  ASSERT_TRUE(pool.free_chunk_waits());
+  ASSERT_EQ(pool.peak_created_pages(), 10u);
+  // Twenty pages: the chunk's nine free slots cannot hold them; the reserve's page and 19 new.
+  ThreadDriverCalls scope(c.door);
+  auto b = pool.take_run(20, 2);
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  const DriverCallCounts made = scope.made();
+  EXPECT_GE(made[DriverOp::release_page], 1u);
+  EXPECT_FALSE(pool.free_chunk_waits()) << "the miss created pages beside a free chunk";
+  EXPECT_EQ(pool.chunk_reserve_pages(), 0u);
+  EXPECT_EQ(pool.created_pages(), 20u);
+  EXPECT_EQ(pool.peak_created_pages(), 20u) << "the free chunk and the new pages were counted together";
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 20, 13));
+  pool.give_back(*b, 20);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A free chunk whose release fails in a miss's batch is kept idle (the reserve's, released
+// later); the miss itself succeeds.
+TEST_F(Chunks, AFreeChunkAMissFailsToReleaseIsKeptIdleAndTheMissSucceeds) {
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  c.faults->fail_nth(DriverOp::release_page, 1);
+  auto b = pool.take_run(20, 2);
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_FALSE(pool.free_chunk_waits());
+  EXPECT_EQ(pool.reserve_pages(), 9u) << "the unreleased chunk counts as idle reserve";
+  EXPECT_EQ(pool.created_pages(), 29u);
+  EXPECT_EQ(pool.peak_created_pages(), 29u) << "the chunk held beside the new pages is not in the peak";
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 20, 17));
+  ASSERT_TRUE(pool.release_free_chunks().ok());
+  EXPECT_EQ(pool.created_pages(), 20u);
+  pool.give_back(*b, 20);
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A miss given up before its calls (a pending object freed while queued) leaves the free chunk
+// it took where it was, counted as before.
+TEST_F(Chunks, AnAbandonedMissLeavesTheFreeChunkAsItWas) {
+  auto a = pool.take_run(10, 1);
+  ASSERT_TRUE(a.ok());
+  pool.give_back(*a, 10);
+  auto batch = pool.begin_miss(20);
+  ASSERT_TRUE(batch.ok()) << batch.error().to_string();
+  EXPECT_FALSE(pool.free_chunk_waits()) << "the batch took no free chunk (the test's case is gone)";
+  EXPECT_EQ(pool.created_pages(), 20u) << "the chunk's pages counted as released from the batch's start";
+  ASSERT_VALID(pool);
+  ThreadDriverCalls scope(c.door);
+  pool.abandon_place(*batch);
+  EXPECT_EQ(scope.made().total(), 0u);
+  EXPECT_TRUE(pool.free_chunk_waits());
+  EXPECT_EQ(pool.chunk_reserve_pages(), 9u);
+  EXPECT_EQ(pool.created_pages(), 10u);
   ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
