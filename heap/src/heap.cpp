@@ -303,7 +303,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   // smaller returns are left to the keeper, so the reserve is not trimmed and refilled by turns.
   const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
   auto h = allocate_locked(lock, bytes, stream, fixed);
-  if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock);
+  if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock, (reaped + kPageSize - 1) / kPageSize);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
@@ -391,11 +391,10 @@ Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, Handle
     (void)flush_stream_frees(lock, *stream);
     reap_deferred();
   }
-  // The pages beyond the reserve's limit go back to the backend now, in this call but without
-  // the heap lock: held memory follows live memory, and the freeing thread (which gave back
-  // more than the reserve's budget) pays for it rather than every later allocation. Within
-  // the budget a free makes no driver call.
-  if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock);
+  // The reserve's surplus: the keeper's (a free of ordinary demand makes no driver call), or,
+  // for a return of no ordinary demand or without a keeper, given back now in this call but
+  // without the heap lock (ReserveKeeper::trim_surplus).
+  if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock, loc.pages);
   return {};
 }
 

@@ -189,6 +189,11 @@ struct HeapCore {
   bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);
   bool drop_freed_miss(std::uint32_t index);
+  // On the mapper's thread after a settled miss: what objects freed while pending gave back
+  // (freed_miss_pages) is trimmed as their frees would have trimmed it (ReserveKeeper::
+  // trim_surplus: a probe's pages at once, an ordinary object's by the keeper).
+  void trim_after_freed_misses(std::unique_lock<HeapMutex>& lock);
+  std::size_t freed_miss_pages = 0;  // under mu
   void lose_miss(std::uint32_t index);
   // A pending object's handle dies (a free, or the object lost): its bytes leave the live
   // counts and waiting pins wake to a stale handle. Its run and index are the caller's to give back.
@@ -338,8 +343,8 @@ struct HeapCore {
   // Declared last: its thread uses the members above, and it is stopped first.
   ReserveKeeper keeper{mu, pool, config, live_bytes, demand, [this] { reap_deferred(); }};
   // After the keeper: destroyed (stopped) before it. Runs only with Config::background_misses.
-  MissMapper misses{mu, [this](PendingMiss& m) { miss_calls(m); },
-                    [this](PendingMiss& m) { return finish_miss(m); }};
+  MissMapper misses{mu, [this](PendingMiss& m) { miss_calls(m); }, [this](PendingMiss& m) { return finish_miss(m); },
+                    [this](std::unique_lock<HeapMutex>& lock) { trim_after_freed_misses(lock); }};
 };
 
 // Tests reach a heap's components through this (unit tests of invariants and of components).

@@ -2,6 +2,7 @@
 // run (their calls and their booking), retries after a failed call, frees of pending objects,
 // and giving an object up.
 #include <cstdio>
+#include <utility>
 
 #include "heap_core.h"
 #include "size_classes.h"
@@ -118,11 +119,19 @@ bool HeapCore::settle_miss(PendingMiss& m) {
     end_move(e);  // pins waiting for the mapping go on
     return true;
   }
-  // Freed while pending: released now, as the free would have released it.
+  // Freed while pending: released now, as the free would have released it (and trimmed after
+  // the settle, trim_after_freed_misses).
   footprint_bytes -= footprint_of(e->loc);
+  if (e->loc.kind == ObjectKind::large) freed_miss_pages += e->loc.pages;
   release_location(e->loc);
   handles.release(m.index);
   return true;
+}
+
+void HeapCore::trim_after_freed_misses(std::unique_lock<HeapMutex>& lock) {
+  if (freed_miss_pages == 0) return;
+  const std::size_t pages = std::exchange(freed_miss_pages, 0);
+  (void)keeper.trim_surplus(lock, pages);
 }
 
 bool HeapCore::drop_freed_miss(std::uint32_t index) {

@@ -72,9 +72,10 @@ void MissMapper::loop() {
     lock.unlock();
     calls_(m);
     lock.lock();
-    if (finish_(m))
+    if (finish_(m)) {
       settle(m);
-    else
+      if (settled_) settled_(lock);
+    } else
       queued_.push_front(std::move(m));  // its next step, before the later misses
   }
 }

@@ -14,7 +14,8 @@
 // books the step and begins the next one if any (`finish` returns false and the miss goes back to
 // the front of the queue): a shared tail's alias after its body, or, after a failed call, the run
 // again at the same start, so that the address handed out holds. After three failed runs the
-// object is given up.
+// object is given up. After a miss is settled, `settled` (optional) runs with the lock held and
+// may let it go (HeapCore trims there what a pending object freed meanwhile gave back).
 //
 // Threading: submit, pending and wait_settled require the heap lock; start and stop must be called
 // without it.
@@ -63,7 +64,9 @@ class MissMapper {
   // (never letting it go); false when the miss has a next step (queue it again).
   using Calls = std::function<void(PendingMiss&)>;
   using Finish = std::function<bool(PendingMiss&)>;
-  MissMapper(HeapMutex& mu, Calls calls, Finish finish) : mu_(mu), calls_(std::move(calls)), finish_(std::move(finish)) {}
+  using Settled = std::function<void(std::unique_lock<HeapMutex>&)>;
+  MissMapper(HeapMutex& mu, Calls calls, Finish finish, Settled settled = {})
+      : mu_(mu), calls_(std::move(calls)), finish_(std::move(finish)), settled_(std::move(settled)) {}
   ~MissMapper() { stop(); }
   MissMapper(const MissMapper&) = delete;
   MissMapper& operator=(const MissMapper&) = delete;
@@ -120,6 +123,7 @@ class MissMapper {
   HeapMutex& mu_;
   Calls calls_;
   Finish finish_;
+  Settled settled_;
   std::thread thread_;
   std::condition_variable_any work_cv_, settled_cv_;
   std::deque<PendingMiss> queued_;  // under mu

@@ -69,6 +69,7 @@ ReserveTargets ReserveKeeper::targets() {
   const std::size_t by_peak = bound > used ? bound - used : 0;
   ReserveTargets t;
   t.limit = std::max(config_.reserve_high_pages, std::min(by_live, by_peak));
+  t.ceiling = std::max(config_.reserve_high_pages, by_peak);  // >= limit
   // Half the limit at most: the other half keeps freed runs for reuse.
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
@@ -115,26 +116,36 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
   return pool_.finish_release(batch).ok();
 }
 
-bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock) {
+bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages) {
   mu_.assert_held();
-  if (thread_.joinable()) {
-    // With a keeper a free makes no driver call: the surplus it leaves in the reserve, and a
-    // chunk it emptied, are the keeper's, woken now. A free adds no mapped memory (its pages were
-    // mapped before it), and a page is created only where the reserve has none to give and after
-    // the free chunks waiting are released (PagePool::begin_place), so the keeper's lag delays
-    // memory going back but never raises the peak. Until session 29 a free trimmed what lay
-    // beyond the peak bound itself, and released its emptied chunk: most of the driver calls
-    // left on the allocation path (docs/speed.md, "Session 29").
+  const bool keeper = thread_.joinable();
+  if (keeper && Demand::ordinary(returned_pages, pool_.used_pages() + returned_pages)) {
+    // With a keeper an ordinary free makes no driver call: the surplus it leaves in the reserve,
+    // and a chunk it emptied, are the keeper's, woken now. A free adds no mapped memory (its
+    // pages were mapped before it), and a page is created only where the reserve has none to
+    // give and after the free chunks waiting are released (PagePool::begin_place), so the
+    // keeper's lag delays memory going back and does not raise the peak beyond what its batch
+    // in flight holds. Until session 29 a free trimmed what lay beyond the peak bound itself,
+    // and released its emptied chunk: most of the driver calls left on the allocation path
+    // (docs/speed.md, "Session 29").
     if (pool_.reserve_pages() > targets().limit || pool_.free_chunk_waits()) wake();
     return false;
   }
-  // Without a keeper, down to the watermark now, an emptied chunk first.
+  // A return of no ordinary demand (a probe, a model's weights: more than an eighth of the pages
+  // in use) is given back by the freeing thread, its chunk and the reserve down to the peak
+  // bound, as before: the pages of a release batch stay mapped until its calls end, so the
+  // keeper's release of such a return would let the next allocations create as many pages beside
+  // it (on the host, t1's peak reached 1.42x the live peak). Without a keeper, every free trims
+  // down to the high watermark.
+  const std::size_t to = keeper ? targets().ceiling : config_.reserve_high_pages;
   if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
-  const std::size_t to = config_.reserve_high_pages;
-  if (pool_.reserve_pages() <= to) return false;
-  while (!stop_ && pool_.reserve_pages() > to)
+  bool trimmed = false;
+  while (!stop_ && pool_.reserve_pages() > to) {
     if (!trim_to(lock, to, kBatchPages)) break;
-  return true;
+    trimmed = true;
+  }
+  if (keeper) wake();  // the rest, down to the limit
+  return trimmed;
 }
 
 void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {

@@ -10,11 +10,13 @@
 //             of ordinary live bytes (demand.h); never under the high watermark. Freed large runs
 //             stay mapped up to it, so that later allocations reuse them (best fit, split and
 //             coalesced by the pool, runs grown in place).
+//   ceiling   the peak bound alone: a free of no ordinary demand (a probe) that leaves the
+//             reserve above it trims down to it on its own thread (trim_surplus).
 //   frontier  the longest reserve run it keeps ready: twice the longest recent large request,
 //             within half the limit (the other half keeps freed runs), at least the low
 //             watermark. A large allocation that fits no freed run takes it without a call.
-// A free leaves it whatever surplus it returns, and any chunk it empties: with the thread, frees
-// make no driver call (trim_surplus).
+// An ordinary free leaves it whatever surplus it returns, and any chunk it empties: with the
+// thread, such frees make no driver call (trim_surplus).
 // While the thread runs it also unmaps the alias slots that frees and compaction let go of
 // (meshed slab pages' aliases, shared tails' last slots: PagePool::drop_alias defers them), so
 // that a free makes no driver call for them.
@@ -41,6 +43,10 @@ namespace valet::detail {
 
 struct ReserveTargets {
   std::size_t limit = 0;
+  // The reserve pages that keep mapped memory within reserve_peak_ratio x the recent peak of
+  // ordinary live bytes (the peak bound alone, no fraction): a free of no ordinary demand that
+  // leaves the reserve above it trims down to it on its own thread (trim_surplus).
+  std::size_t ceiling = 0;
   std::uint32_t frontier = 0;
   std::size_t may_create = 0;  // pages the keeper may create now (the limit less the reserve)
 };
@@ -78,11 +84,13 @@ class ReserveKeeper {
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();
-  // After a large free: with the thread, wakes it when the reserve passed its limit or a chunk
-  // was emptied, and makes no call; without it, trims to the high watermark now (an emptied
-  // chunk first), batch by batch without the heap lock. True if it trimmed.
+  // After a large free that returned `returned_pages`: with the thread, for ordinary demand,
+  // wakes it when the reserve passed its limit or a chunk was emptied, and makes no call; for
+  // a return of no ordinary demand, releases the emptied chunks and trims the reserve down to
+  // the peak bound now; without the thread, the same down to the high watermark. The calls are
+  // made batch by batch without the heap lock. True if it trimmed the reserve.
   // Precondition: `lock` holds mu.
-  bool trim_surplus(std::unique_lock<HeapMutex>& lock);
+  bool trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages);
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
   // Unmaps the alias slots queued by drop_alias (deferred while the thread runs: its wakes, the

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <future>
 #include <thread>
+#include <vector>
 
 #include "gated_backend.h"
 #include "heap_core.h"
@@ -246,6 +247,59 @@ TEST(BackgroundMisses, APendingObjectsPagesCountAsItsOwnNotAsTheReserves) {
   EXPECT_EQ(detail::HeapInternals::of(heap).pool.used_pages(), pages);
   EXPECT_VALID(heap);
   EXPECT_TRUE(heap.free(*big).ok());
+}
+
+// A pending object of no ordinary demand (a probe's size) freed while the mapper holds it: the
+// mapper releases its run and trims what lies beyond the peak bound, as the free would have
+// (the keeper, paused here, is not needed for it); the freeing thread makes no call.
+TEST(BackgroundMisses, AFreedPendingProbeIsTrimmedByTheMapperNotLeftToTheKeeper) {
+  Config c;
+  c.capacity = 1u << 30;  // 512 pages
+  c.background_misses = true;
+  c.reserve_peak_ratio = 1.0;
+  c.chunk_min_pages = 16;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  std::vector<Handle> live;
+  for (int i = 0; i < 50; ++i) live.push_back(*heap.allocate(4 * detail::kPageSize));  // ~200 pages
+  for (Handle x : live) ASSERT_TRUE(heap.pin(x).ok());  // all mapped: none pending at the gate
+  gate_mapper(g);
+  auto probe = heap.allocate(120 * detail::kPageSize);  // more than an eighth of the pages in use
+  ASSERT_TRUE(probe.ok()) << probe.error().to_string();
+  ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no gated call";
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    ASSERT_TRUE(heap.free(*probe).ok());
+    const DriverCallCounts made = scope.made();
+    EXPECT_EQ(made.total(), 0u) << "the free of a pending object made driver calls (unmap " << made[DriverOp::unmap]
+                                << ", release " << made[DriverOp::release_page] << ", map " << made[DriverOp::map] << ")";
+  }
+  {
+    std::lock_guard lock(core.mu);
+    core.keeper.pause();
+  }
+  const std::uint64_t before = heap.stats().ops.background_misses;
+  g.gate->open();
+  ASSERT_TRUE(settled(heap, before + 1));
+  std::size_t reserve = 0, ceiling = 0;
+  for (int i = 0; i < 1000; ++i) {  // the trim follows the settle, on the mapper's thread
+    {
+      std::lock_guard lock(core.mu);
+      reserve = core.pool.reserve_pages() + core.pool.chunk_reserve_pages();
+      ceiling = core.keeper.targets().ceiling;
+      if (reserve <= ceiling && !core.pool.batch_in_flight()) break;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_LE(reserve, ceiling) << "the probe's pages were left beyond the peak bound";
+  {
+    std::lock_guard lock(core.mu);
+    core.keeper.resume();
+  }
+  EXPECT_VALID(heap);
+  for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
 }
 
 // A small allocation that needs a new slab page takes a reserve page rather than map an alias of
