@@ -59,7 +59,8 @@ HeapStats Heap::stats() const {
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
   s.pages.reserve = c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced;
   s.pages.idle = c.pool.idle_pages() + unplaced;
-  s.pages.releasing = c.pool.releasing_pages() - c.pool.placing_moved() + c.pool.pages_only_dropping();
+  s.pages.releasing =
+      c.pool.releasing_pages() - c.pool.placing_moved() - c.pool.freed_in_flight() + c.pool.pages_only_dropping();
   s.pages.moving = c.moving_pages;
   s.pages.slab = c.slabs.live_pages();
   s.pages.large = c.pool.slots_of_kind(SlotKind::large) + c.pool.placing_pages();

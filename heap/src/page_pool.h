@@ -454,6 +454,9 @@ class PagePool {
   std::size_t placing_pages() const { return placing_idle_ + placing_moved_ + placing_fresh_; }
   std::size_t placing_unplaced() const { return placing_idle_ + placing_fresh_; }
   std::size_t placing_moved() const { return placing_moved_; }
+  // Free chunks' pages place batches are releasing (in releasing_pages(), no longer counted as
+  // created).
+  std::size_t freed_in_flight() const { return freed_in_flight_; }
   // The longest run of reserve slots.
   std::uint32_t longest_reserve_run() const { return reserve_.largest(); }
   // Pages that hold data: created, less the reserve, idle pages and pages of a keeper's batch in

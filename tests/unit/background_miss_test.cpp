@@ -302,6 +302,56 @@ TEST(BackgroundMisses, AFreedPendingProbeIsTrimmedByTheMapperNotLeftToTheKeeper)
   for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
 }
 
+// A miss that must create pages while a free chunk waits for the keeper releases it first, in
+// the mapper's calls; meanwhile the chunk counts as released, and stats() still adds up.
+TEST(BackgroundMisses, AMissReleasesAWaitingFreeChunkFirstAndTheStatsAddUpMeanwhile) {
+  Config c;
+  c.capacity = 1u << 30;  // 512 pages
+  c.background_misses = true;
+  c.chunk_min_pages = 16;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  std::vector<Handle> live;
+  for (int i = 0; i < 100; ++i) live.push_back(*heap.allocate(4 * detail::kPageSize));  // ~400 pages
+  auto first = heap.allocate(48 * detail::kPageSize);  // ordinary demand, most of it one chunk
+  ASSERT_TRUE(first.ok());
+  for (Handle x : live) ASSERT_TRUE(heap.pin(x).ok());  // all mapped: none pending at the gate
+  ASSERT_TRUE(heap.pin(*first).ok());
+  ASSERT_EQ(heap.stats().pages.chunks, 1u) << "the object got no chunk (the test's case is gone)";
+  {
+    std::lock_guard lock(core.mu);
+    core.keeper.pause();  // the emptied chunk waits
+  }
+  ASSERT_TRUE(heap.free(*first).ok());
+  ASSERT_TRUE(core.pool.free_chunk_waits());
+  const std::size_t mapped_before = heap.stats().mapped_bytes;
+  gate_mapper(g);
+  auto second = heap.allocate(54 * detail::kPageSize);  // another shape: new pages
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no gated call";
+  // Held at its first map: the chunk's release and the creates are done.
+  const HeapStats held = heap.stats();
+  const auto& p = held.pages;
+  EXPECT_EQ((p.slab - p.shared_tails + p.large + p.reserve + p.releasing + p.moving) * detail::kPageSize, held.mapped_bytes)
+      << "slab " << p.slab << " - tails " << p.shared_tails << " + large " << p.large << " + reserve " << p.reserve
+      << " + releasing " << p.releasing << " + moving " << p.moving;
+  EXPECT_EQ(p.chunk_reserve, 0u) << "the waiting chunk was not taken for release";
+  EXPECT_LE(held.mapped_bytes, mapped_before + 6 * detail::kPageSize) << "the chunk was held beside the new pages";
+  EXPECT_VALID(heap);
+  g.gate->open();
+  ASSERT_TRUE(heap.pin(*second).ok());
+  EXPECT_FALSE(core.pool.free_chunk_waits());
+  {
+    std::lock_guard lock(core.mu);
+    core.keeper.resume();
+  }
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*second).ok());
+  for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
+}
+
 // A small allocation that needs a new slab page takes a reserve page rather than map an alias of
 // an open tail on its own thread (two calls); compaction moves the slab page's objects onto the
 // tail later, and the page goes back.
