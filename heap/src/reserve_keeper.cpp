@@ -119,24 +119,27 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
 bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages) {
   mu_.assert_held();
   const bool keeper = thread_.joinable();
-  if (keeper && Demand::ordinary(returned_pages, pool_.used_pages() + returned_pages)) {
-    // With a keeper an ordinary free makes no driver call: the surplus it leaves in the reserve,
-    // and a chunk it emptied, are the keeper's, woken now. A free adds no mapped memory (its
-    // pages were mapped before it), and a page is created only where the reserve has none to
-    // give and after the free chunks waiting are released (PagePool::begin_place), so the
-    // keeper's lag delays memory going back and does not raise the peak beyond what its batch
-    // in flight holds. Until session 29 a free trimmed what lay beyond the peak bound itself,
-    // and released its emptied chunk: most of the driver calls left on the allocation path
-    // (docs/speed.md, "Session 29").
+  if (keeper && config_.background_misses && Demand::ordinary(returned_pages, pool_.used_pages() + returned_pages)) {
+    // With a keeper and background misses an ordinary free makes no driver call: the surplus it
+    // leaves in the reserve, and a chunk it emptied, are the keeper's, woken now. A free adds no
+    // mapped memory (its pages were mapped before it), and a page is created only where the
+    // reserve has none to give and after the free chunks waiting are released (PagePool::
+    // begin_place), so the keeper's lag delays memory going back and does not raise the peak
+    // beyond what its batch in flight holds. Until session 29 a free trimmed what lay beyond
+    // the peak bound itself, and released its emptied chunk: most of the driver calls left on
+    // the allocation path (docs/speed.md, "Session 29"). With synchronous misses the allocation
+    // path calls the driver at every miss anyway, and there the free's trim is what keeps mean
+    // fragmentation within its target on the host (h11, p23: 0.069 -> 0.071 without it).
     if (pool_.reserve_pages() > targets().limit || pool_.free_chunk_waits()) wake();
     return false;
   }
-  // A return of no ordinary demand (a probe, a model's weights: more than an eighth of the pages
-  // in use) is given back by the freeing thread, its chunk and the reserve down to the peak
-  // bound, as before: the pages of a release batch stay mapped until its calls end, so the
-  // keeper's release of such a return would let the next allocations create as many pages beside
-  // it (on the host, t1's peak reached 1.42x the live peak). Without a keeper, every free trims
-  // down to the high watermark.
+  // Otherwise the freeing thread gives back its emptied chunk and the reserve beyond the peak
+  // bound, as before session 29. For a return of no ordinary demand (a probe, a model's weights:
+  // more than an eighth of the pages in use) that holds with background misses too: the pages
+  // of a release batch stay mapped until its calls end, so the keeper's release of such a
+  // return would let the next allocations create as many pages beside it (on the host, t1's
+  // peak reached 1.42x the live peak). Without a keeper, every free trims down to the high
+  // watermark.
   const std::size_t to = keeper ? targets().ceiling : config_.reserve_high_pages;
   if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
   bool trimmed = false;
