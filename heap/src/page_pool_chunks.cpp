@@ -78,8 +78,8 @@ bool PagePool::for_each_whole_free_chunk(F&& f) const {
   bool go_on = true;
   chunk_reserve_.for_each([&](RangeSet::Range r) {
     for (std::uint32_t s = r.start; go_on && s < r.start + r.length;) {
+      if (whole_free_chunk_at(s, r.start + r.length - s)) go_on = f(slots_[s].phys);
       const PhysRecord& c = phys_[slots_[s].phys];
-      if (c.first == s && c.first + c.pages <= r.start + r.length) go_on = f(slots_[s].phys);
       s = c.first + c.pages;
     }
   });

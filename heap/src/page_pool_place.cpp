@@ -155,7 +155,7 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   // The run's own reserve pages are in use by it now, so only its unmapped slots need pages.
   const std::size_t creatable = capacity_pages_ - std::min(capacity_pages_, created_);
   // Whole free chunks are room too: a batch that creates pages releases them first (below).
-  const std::size_t freeable = free_chunk_waits() ? whole_free_chunk_pages() : 0;
+  const std::size_t freeable = whole_free_chunk_pages();
   const std::size_t can =
       idle_.size() + creatable + freeable + (how.from_reserve ? std::size_t(reserve_.total()) : 0);
   if (need > can) {
@@ -202,9 +202,9 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   // emptied chunk to the keeper (ReserveKeeper::trim_surplus), and a miss meanwhile must not
   // add pages beside it.
   if (b.fresh > 0 && freeable > 0) {
-    take_free_chunks(b.freed);
+    take_free_chunks(b.freed);  // the chunks whole_free_chunk_pages() counted
     b.freed.released.assign(b.freed.phys.size(), false);
-    for (const std::uint32_t p : b.freed.phys) b.freed_pages += phys_[p].pages;
+    b.freed_pages = freeable;
     created_ -= b.freed_pages;
     freed_in_flight_ += b.freed_pages;
   }
