@@ -54,6 +54,24 @@ bool settled(Heap& heap, std::uint64_t n) {
   return false;
 }
 
+// A heap of 512 pages with background misses and chunks (the keeper's thread on), for tests of
+// what frees leave to the keeper and the mapper.
+Config chunked_background_config() {
+  Config c;
+  c.capacity = 1u << 30;
+  c.background_misses = true;
+  c.chunk_min_pages = 16;
+  return c;
+}
+
+// `objects` whole 4-page objects, each pinned once, so that none is pending afterwards.
+std::vector<Handle> allocate_mapped(Heap& heap, int objects) {
+  std::vector<Handle> live;
+  for (int i = 0; i < objects; ++i) live.push_back(*heap.allocate(4 * detail::kPageSize));
+  for (Handle x : live) EXPECT_TRUE(heap.pin(x).ok());
+  return live;
+}
+
 TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMapping) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
@@ -253,18 +271,13 @@ TEST(BackgroundMisses, APendingObjectsPagesCountAsItsOwnNotAsTheReserves) {
 // mapper releases its run and trims what lies beyond the peak bound, as the free would have
 // (the keeper, paused here, is not needed for it); the freeing thread makes no call.
 TEST(BackgroundMisses, AFreedPendingProbeIsTrimmedByTheMapperNotLeftToTheKeeper) {
-  Config c;
-  c.capacity = 1u << 30;  // 512 pages
-  c.background_misses = true;
+  Config c = chunked_background_config();
   c.reserve_peak_ratio = 1.0;
-  c.chunk_min_pages = 16;
   GatedHeap g(c);
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   auto& core = detail::HeapInternals::of(heap);
-  std::vector<Handle> live;
-  for (int i = 0; i < 50; ++i) live.push_back(*heap.allocate(4 * detail::kPageSize));  // ~200 pages
-  for (Handle x : live) ASSERT_TRUE(heap.pin(x).ok());  // all mapped: none pending at the gate
+  const std::vector<Handle> live = allocate_mapped(heap, 50);  // ~200 pages, none pending at the gate
   gate_mapper(g);
   auto probe = heap.allocate(120 * detail::kPageSize);  // more than an eighth of the pages in use
   ASSERT_TRUE(probe.ok()) << probe.error().to_string();
@@ -305,19 +318,13 @@ TEST(BackgroundMisses, AFreedPendingProbeIsTrimmedByTheMapperNotLeftToTheKeeper)
 // A miss that must create pages while a free chunk waits for the keeper releases it first, in
 // the mapper's calls; meanwhile the chunk counts as released, and stats() still adds up.
 TEST(BackgroundMisses, AMissReleasesAWaitingFreeChunkFirstAndTheStatsAddUpMeanwhile) {
-  Config c;
-  c.capacity = 1u << 30;  // 512 pages
-  c.background_misses = true;
-  c.chunk_min_pages = 16;
-  GatedHeap g(c);
+  GatedHeap g(chunked_background_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   auto& core = detail::HeapInternals::of(heap);
-  std::vector<Handle> live;
-  for (int i = 0; i < 100; ++i) live.push_back(*heap.allocate(4 * detail::kPageSize));  // ~400 pages
-  auto first = heap.allocate(48 * detail::kPageSize);  // ordinary demand, most of it one chunk
+  const std::vector<Handle> live = allocate_mapped(heap, 100);  // ~400 pages, none pending at the gate
+  auto first = heap.allocate(48 * detail::kPageSize);           // ordinary demand, most of it one chunk
   ASSERT_TRUE(first.ok());
-  for (Handle x : live) ASSERT_TRUE(heap.pin(x).ok());  // all mapped: none pending at the gate
   ASSERT_TRUE(heap.pin(*first).ok());
   ASSERT_EQ(heap.stats().pages.chunks, 1u) << "the object got no chunk (the test's case is gone)";
   {
