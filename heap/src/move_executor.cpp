@@ -2,11 +2,15 @@
 
 namespace valet::detail {
 
-Status MoveExecutor::queue(const CopyBatch& batch, Event& ev) {
+Status MoveExecutor::hold(const CopyBatch& batch, Event& ev) {
   pool_.hold(batch.slots);
   auto taken = releases_.take_event();
   if (!taken.ok()) return taken.error();
   ev = *taken;
+  return {};
+}
+
+Status MoveExecutor::queue(const CopyBatch& batch, Event ev) {
   Status st = batch.copies.empty() ? Status{} : backend_.copy(batch.copies, stream_);
   if (st.ok()) st = backend_.record_event(ev, stream_);
   return st;

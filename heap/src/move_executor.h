@@ -5,8 +5,9 @@
 //      places; it hands the executor the batch: the copies, and the arena slots they read and
 //      write;
 //   2. the executor holds those slots in the page pool (nothing unmaps a slot that queued work
-//      touches), queues one batched copy on the heap's work stream, records an event, releases
-//      the heap lock and waits for the event. Once the copy completed it ends the holds and runs
+//      touches) and takes an event, releases the heap lock, queues one batched copy on the heap's
+//      work stream, records the event and waits for it (the holds and the claims keep the
+//      slots mapped and the objects' bytes unchanged meanwhile: no call under the lock). Once the copy completed it ends the holds and runs
 //      the mover's `after_copy` step, still without the lock (meshing commits its claims and
 //      remaps there), then retakes the lock;
 //   3. (heap lock held) the mover commits what no pin cancelled: repoints or aliases, and frees
@@ -49,8 +50,9 @@ class MoveExecutor {
   Status run(std::unique_lock<HeapMutex>& lock, const CopyBatch& batch, AfterCopy&& after_copy) {
     lock.mutex()->assert_held();
     Event ev{};
-    const Status queued = queue(batch, ev);
+    const Status held = hold(batch, ev);
     lock.unlock();
+    const Status queued = held.ok() ? queue(batch, ev) : held;
     Status st = queued.ok() ? backend_.synchronize_event(ev) : queued;
     if (st.ok()) {
       pool_.unhold(batch.slots);  // the copy no longer touches them
@@ -66,9 +68,11 @@ class MoveExecutor {
   }
 
  private:
-  // Holds the slots and queues the copy with its event (`ev`: the event, also on failure when
-  // it was taken; a null event when none could be). The slots stay held until finish().
-  Status queue(const CopyBatch& batch, Event& ev);
+  // Under the heap lock: holds the slots and takes an event for the copy (`ev`: a null event
+  // when none could be taken). The slots stay held until finish().
+  Status hold(const CopyBatch& batch, Event& ev);
+  // Without the lock: queues the copy and records `ev` after it.
+  Status queue(const CopyBatch& batch, Event ev);
   // Waits for the work stream (no lock held).
   void drain();
   // Under the lock again: recycles the event; after a failure (the stream drained) destroys it

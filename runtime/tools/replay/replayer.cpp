@@ -36,6 +36,10 @@ void latency_figures(const LatencyHistogram& alloc, const LatencyHistogram& free
   r.free_ns_p99 = free.percentile(0.99);
   r.free_ns_max = double(free.max());
 }
+ReplayReport::SizeClassLatency size_class_figures(const LatencyHistogram& h) {
+  return {h.count(), h.median(), h.percentile(0.99), double(h.max())};
+}
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 // Ops are read in batches between timed stretches, so that reading the trace (decompression and
 // parsing) stays out of wall_s, and memory stays bounded by the batch.
@@ -149,7 +153,11 @@ class Replayer {
     const ThreadDriverCalls window(door_);
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
-    alloc_ns_.add(ns_between(asked, Clock::now()));
+    const auto answered = Clock::now();
+    const std::uint64_t ns = ns_between(asked, answered);
+    alloc_ns_.add(ns);
+    (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
+    report_.wall_parts_s.allocate += seconds_between(asked, answered);
     if (count_driver_calls(window)) ++report_.allocs_with_calls;
     ++report_.ops;
     if (!h.ok()) {
@@ -166,12 +174,17 @@ class Replayer {
       // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
       // sample mapped bytes at the live peak too, so the two peaks are compared at one moment.
       report_.peak_live_bytes = live_bytes_;
+      const auto before = Clock::now();
       note_mapped(heap_.stats().mapped_bytes, op.line);
+      report_.wall_parts_s.peak_samples += seconds_between(before, Clock::now());
     }
     report_.allocated_bytes += op.bytes;
-    if (signatures_)
+    if (signatures_) {
+      const auto before = Clock::now();
       if (auto st = signatures_->write(*h, op.id, op.bytes); !st.ok())
         problem_at(op, "writing the signature", st.error());
+      report_.wall_parts_s.signatures += seconds_between(before, Clock::now());
+    }
     // Pinners see the object only once its signature is in place.
     if (live_set_) live_set_->insert(op.object, {*h, op.id, op.bytes});
   }
@@ -180,11 +193,17 @@ class Replayer {
     ObjectSlot& slot = objects_[op.object];
     if (!slot.live) return;  // its allocation was refused
     if (live_set_) live_set_->erase(op.object);
-    check_signature(op, slot.handle);
+    if (signatures_) {
+      const auto before = Clock::now();
+      check_signature(op, slot.handle);
+      report_.wall_parts_s.signatures += seconds_between(before, Clock::now());
+    }
     const ThreadDriverCalls window(door_);
     const auto asked = Clock::now();
     const Status st = free_when_unpinned(slot.handle);
-    free_ns_.add(ns_between(asked, Clock::now()));
+    const auto answered = Clock::now();
+    free_ns_.add(ns_between(asked, answered));
+    report_.wall_parts_s.free += seconds_between(asked, answered);
     if (count_driver_calls(window)) ++report_.frees_with_calls;
     if (!st.ok()) problem_at(op, "free", st.error());
     slot.live = false;
@@ -224,6 +243,7 @@ class Replayer {
       }
     }
     if (step_log_.is_open()) step_log_.row(op.line, live_bytes_, s, stats_ns, cycle ? &*cycle : nullptr);
+    report_.wall_parts_s.step += seconds_between(asked, Clock::now());
     if (options_.think_per_step.count() > 0) {
       const auto before = Clock::now();
       std::this_thread::sleep_for(options_.think_per_step);
@@ -232,6 +252,11 @@ class Replayer {
   }
 
   void on_probe(const TraceOp& op) {
+    const auto began = Clock::now();
+    probe(op);
+    report_.wall_parts_s.probe += seconds_between(began, Clock::now());
+  }
+  void probe(const TraceOp& op) {
     note_mapped(heap_.stats().mapped_bytes, op.line);
     ++report_.probes;
     // A probe is the benchmark's instrument, not the workload: half the free memory at once,
@@ -371,6 +396,8 @@ class Replayer {
         sum_mapped_ > sum_reserve_ ? 1.0 - sum_live_ / (sum_mapped_ - sum_reserve_) : 0.0;
     r.mean_fragmentation_unweighted = unweighted_steps_ ? sum_unweighted_ / double(unweighted_steps_) : 0.0;
     latency_figures(alloc_ns_, free_ns_, r);
+    r.alloc_ns_under_page = size_class_figures(alloc_ns_under_page_);
+    r.alloc_ns_pages = size_class_figures(alloc_ns_pages_);
     if (pinners_) {
       const PinnerCounters c = pinners_->counters();
       r.pins = c.pins;
@@ -406,6 +433,7 @@ class Replayer {
   ReplayReport report_;
   LatencyHistogram alloc_ns_;
   LatencyHistogram free_ns_;
+  LatencyHistogram alloc_ns_under_page_, alloc_ns_pages_;
   std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;

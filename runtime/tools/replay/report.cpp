@@ -91,6 +91,11 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["free_ns_median"] = r.free_ns_median;
   j["free_ns_p99"] = r.free_ns_p99;
   j["free_ns_max"] = r.free_ns_max;
+  const auto size_class = [](const ReplayReport::SizeClassLatency& c) {
+    return nlohmann::ordered_json{{"count", c.count}, {"median", c.median}, {"p99", c.p99}, {"max", c.max}};
+  };
+  j["alloc_ns_under_page"] = size_class(r.alloc_ns_under_page);
+  j["alloc_ns_pages"] = size_class(r.alloc_ns_pages);
   j["allocs_with_calls"] = r.allocs_with_calls;
   j["frees_with_calls"] = r.frees_with_calls;
   j["alloc_path_driver_calls"] = driver_calls_json(r.alloc_path_driver_calls);
@@ -131,6 +136,15 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["verify_errors"] = r.verify_errors;
   j["heap_errors"] = r.heap_errors;
   j["wall_s"] = r.wall_s;
+  const auto& w = r.wall_parts_s;
+  j["wall_parts_s"] = {{"allocate", w.allocate},
+                       {"free", w.free},
+                       {"probe", w.probe},
+                       {"step", w.step},
+                       {"signatures", w.signatures},
+                       {"peak_samples", w.peak_samples},
+                       {"other", r.wall_s - r.think_s - w.allocate - w.free - w.probe - w.step - w.signatures -
+                                     w.peak_samples}};
   return j;
 }
 

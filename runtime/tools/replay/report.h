@@ -48,6 +48,19 @@ struct ReplayReport {
   double free_ns_median = 0;
   double free_ns_p99 = 0;
   double free_ns_max = 0;
+  // Allocations by size: under one page (slab objects and small large ones) and of a page or
+  // more (runs of pages), each with its count, median, p99 and max.
+  struct SizeClassLatency {
+    std::uint64_t count = 0;
+    double median = 0, p99 = 0, max = 0;
+  } alloc_ns_under_page, alloc_ns_pages;
+  // Where the replaying thread's wall_s went: the heap calls of `a` and `f` lines, the probes
+  // (`p` lines, whole), the step lines (stats() and safepoint(), not the think sleeps), the
+  // signatures (--verify: writes and checks) and the stats() readings at live peaks; `other`
+  // is the rest (the loop, the live set the pinners read).
+  struct WallParts {
+    double allocate = 0, free = 0, probe = 0, step = 0, signatures = 0, peak_samples = 0;
+  } wall_parts_s;
   // Driver calls made on the replaying thread inside heap.allocate() and heap.free() of `a` and
   // `f` lines, counted at the heap's counting door in the window of each call only: not stats(),
   // safepoint(), signature writes, pinner threads, the heap's background threads, nor the frees
