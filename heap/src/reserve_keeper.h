@@ -75,6 +75,8 @@ class ReserveKeeper {
 
   // Starts the thread when the config asks for one. Idempotent.
   void start();
+  // Whether the thread runs (lock held, or no other thread starting or stopping it).
+  bool running() const { return thread_.joinable(); }
   // Stops and joins the thread; a batch in progress ends first.
   void stop();
 
