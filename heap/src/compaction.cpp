@@ -69,6 +69,13 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   rec.pages_freed += retire_empty_slabs(req.max_pages);
   std::uint64_t bytes_left = req.max_bytes;
   std::uint64_t pages_left = req.max_pages - rec.pages_freed;
+  // The slab pages this cycle builds on tails get their aliases mapped now, without the lock
+  // (tail_aliases.cpp); what the planners below do not take goes back when the cycle ends.
+  prepare_tail_aliases(lock, req.mesh, req.evacuate, pages_left, bytes_left);
+  struct DiscardTailAliases {
+    HeapCore& core;
+    ~DiscardTailAliases() { core.discard_tail_aliases(); }
+  } discard_unused_aliases{*this};
   // Meshing first: it frees pages without changing any address.
   const Status meshed = req.mesh ? mesh_locked(lock, pages_left, bytes_left, rec) : Status{};
   std::vector<SlabPage*> sources;

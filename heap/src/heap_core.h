@@ -230,7 +230,21 @@ struct HeapCore {
   bool tail_fits(const Location& loc, std::size_t bytes) const;
   void reopen_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
-  SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot);
+  // slab_on_tail_at: a new slab page of `cls` on that tail, or nullptr. It takes the tail's
+  // prepared alias when there is one (no call); else, with `may_map`, maps one under the lock
+  // (share_page: two calls; the allocation path's), and without it gives up.
+  SlabPage* slab_on_tail_at(std::uint32_t cls, std::uint32_t tail_slot, bool may_map = true);
+  // Prepared tail aliases (tail_aliases.cpp): before a compaction cycle plans, the tails its
+  // planners will build slab pages on (the planners run dry first: `want`) get their aliases
+  // mapped without the heap lock (`lock` is let go and retaken); the planners then take them
+  // with no call, and the cycle gives back what it did not use (their unmaps are the keeper's).
+  // Only with the keeper's thread (it makes the unmaps); otherwise the planners map under the
+  // lock as before.
+  void prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh, bool evacuate, std::uint64_t pages_left,
+                            std::uint64_t bytes_left);
+  void discard_tail_aliases();
+  bool tail_aliases_prepared = false;                              // under mu: this cycle prepared them
+  std::unordered_map<std::uint32_t, std::uint32_t> prepared_aliases;  // under mu: tail -> alias slot
   // A new large object's place whose last slot maps the physical page of a slab page with its
   // low slots free for the object's bytes there (they become blocked); nullopt when no page fits
   // or a driver call fails (the caller places it as usual).
@@ -253,10 +267,17 @@ struct HeapCore {
   SlabPage* tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const;
   // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
   // lie above that tail's bytes) for mesh_locked, within the budgets.
-  void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  // With `want`, a dry run: the tails it would build slab pages on are added to `want`, and
+  // nothing else changes (budgets included).
+  void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left,
+                       std::vector<std::uint32_t>* want = nullptr);
   // Evacuation onto tails: for open tails, the cheapest slab pages to empty whose objects fit a
   // new slab page on the tail (made now); the pages are detached and added to `sources`.
-  void choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left);
+  void choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left,
+                           std::vector<std::uint32_t>* want = nullptr);
+  // Whether a slab page of `cls` fits on the open tail `tail` (the blocked slots leave room, the
+  // page is no chunk's): slab_on_tail_at's test, without building anything.
+  bool tail_can_host(std::uint32_t cls, std::uint32_t tail) const;
   // Bytes below a slab page's lowest taken slot (0 for a page that cannot move onto a tail).
   static std::uint32_t low_free_bytes(const SlabPage& p);
   void release_large(const Location& loc);

@@ -392,6 +392,30 @@ class PagePool {
   // Shared tails: maps the physical page of slot `of` at a free slot of the arena too (map and
   // set_access) and gives that slot `kind` and `owner`. On failure nothing changed.
   Result<std::uint32_t> share_page(std::uint32_t of, SlotKind kind, std::uint32_t owner);
+  // Prepared tail aliases (page_pool_tail_alias.cpp): share_page in three steps, so that a
+  // compaction cycle maps the aliases of the tails it will build slab pages on without the heap
+  // lock, before it plans, and takes them at planning with no call.
+  //   begin_tail_alias  (lock held) a free slot, booked at once as a dropping mapping of the
+  //                     tail's page and listed with the retargeting slots (provisioning): no
+  //                     placement takes the slot, no release takes the page meanwhile (a page a
+  //                     dropping slot maps is never released); nullopt for a tail in a chunk or
+  //                     when no slot is free;
+  //   tail_alias_calls  (no lock) map and set_access;
+  //   finish_tail_alias (lock held) a failed alias gives its slot back (or queues its unmap);
+  //                     a mapped one stays prepared until use_tail_alias or discard_tail_alias.
+  // use_tail_alias makes the prepared slot `kind`/`owner`'s if it still maps the tail's page
+  // (false, nothing changed, otherwise); discard_tail_alias queues its unmap for the keeper.
+  struct TailAlias {
+    std::uint32_t tail = 0, slot = 0, phys = kNoPhys;
+    PhysicalPage page{};
+    Status status;
+    bool mapped = false;
+  };
+  std::optional<TailAlias> begin_tail_alias(std::uint32_t tail);
+  void tail_alias_calls(TailAlias& a) const;
+  bool finish_tail_alias(TailAlias& a);
+  bool use_tail_alias(std::uint32_t slot, std::uint32_t tail, SlotKind kind, std::uint32_t owner);
+  void discard_tail_alias(std::uint32_t slot);
   // Changes the kind and owner of a mapped slot (no driver call): a large object's last slot
   // that could not be unmapped stays as an alias of the slab page sharing its page.
   void retag(std::uint32_t s, SlotKind kind, std::uint32_t owner) { set_kind(s, 1, kind, owner); }

@@ -57,13 +57,32 @@ SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
   return tail ? slab_on_tail_at(cls, *tail) : nullptr;
 }
 
-SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail) {
+bool HeapCore::tail_can_host(std::uint32_t cls, std::uint32_t tail) const {
+  const auto used = tails.open_bytes(tail);
+  if (!used || pool.in_chunk(tail)) return false;
+  const std::uint32_t size = std::uint32_t(class_size(cls));
+  return (*used + size - 1) / size < class_slots(cls);
+}
+
+SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail, bool may_map) {
   const std::uint32_t used = *tails.open_bytes(tail);
   const std::uint32_t size = std::uint32_t(class_size(cls));
   const std::uint32_t blocked = (used + size - 1) / size;
   if (blocked >= class_slots(cls)) return nullptr;
-  auto slot = pool.share_page(tail, SlotKind::slab, 0);
-  if (!slot.ok()) return nullptr;  // the caller takes a page of its own
+  std::optional<std::uint32_t> slot;
+  if (auto it = prepared_aliases.find(tail); it != prepared_aliases.end()) {
+    const std::uint32_t alias = it->second;
+    prepared_aliases.erase(it);
+    if (pool.use_tail_alias(alias, tail, SlotKind::slab, 0))
+      slot = alias;
+    else
+      pool.discard_tail_alias(alias);  // the tail's page changed since it was prepared
+  }
+  if (!slot && may_map) {
+    auto shared = pool.share_page(tail, SlotKind::slab, 0);
+    if (shared.ok()) slot = *shared;
+  }
+  if (!slot) return nullptr;  // the caller takes a page of its own
   SlabPage* page = slabs.create(cls, *slot);
   pool.slot(*slot).owner = page->id;
   slabs.block_tail(page, tail, blocked);
@@ -177,8 +196,13 @@ std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
   return std::uint32_t(std::min<std::size_t>(first, p.capacity) * class_size(p.cls));
 }
 
-void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
-  if (!tails.any_open() || pages_left == 0) return;
+void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left_io, std::uint64_t& bytes_left_io,
+                               std::vector<std::uint32_t>* want) {
+  if (!tails.any_open() || pages_left_io == 0) return;
+  // A dry run works on copies of the budgets.
+  std::uint64_t pages_copy = pages_left_io, bytes_copy = bytes_left_io;
+  std::uint64_t& pages_left = want ? pages_copy : pages_left_io;
+  std::uint64_t& bytes_left = want ? bytes_copy : bytes_left_io;
   // Candidates: partly used slab pages of their own whose objects all lie above some tail's
   // bytes, by that free low span. Full pages have no free slot; empty ones nothing to move.
   struct Candidate {
@@ -206,7 +230,15 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
       SlabPage* src = candidates[k].page;
       const std::uint64_t bytes = std::uint64_t(src->used) * class_size(src->cls);
       if (taken[k] || bytes > bytes_left) continue;
-      SlabPage* dst = slab_on_tail_at(src->cls, tail);
+      if (want) {
+        if (!tail_can_host(src->cls, tail)) break;
+        want->push_back(tail);
+        taken[k] = true;
+        bytes_left -= bytes;
+        --pages_left;
+        break;
+      }
+      SlabPage* dst = slab_on_tail_at(src->cls, tail, !tail_aliases_prepared);
       if (!dst) break;
       taken[k] = true;
       slabs.detach(dst);
@@ -254,7 +286,8 @@ bool HeapCore::release_tail_page(SlabPage* p) {
   return true;
 }
 
-void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left) {
+void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_t& pages_left, std::uint64_t& bytes_left,
+                                   std::vector<std::uint32_t>* want) {
   if (!tails.any_open() || pages_left == 0) return;
   // The rule is valet/evacuation_plan.h's, the one the policy engine predicts with. Candidates:
   // the pages of their own that hold objects, per class in bucket order.
@@ -272,15 +305,25 @@ void HeapCore::choose_tail_sources(std::vector<SlabPage*>& sources, std::uint64_
   }
   std::vector<std::uint32_t> tail_bytes, tail_slots;  // in slot order
   for (const auto& [slot, used] : tails.open_tails()) {
+    // A dry run after the mesh's: the tails the mesh takes are no longer open then.
+    if (want && std::find(want->begin(), want->end(), slot) != want->end()) continue;
     tail_bytes.push_back(used);
     tail_slots.push_back(slot);
   }
   planner::Budget budget{pages_left, bytes_left};
+  if (want) {
+    planner::choose_tail_pages(classes, tail_bytes, budget, [&](const planner::TailMatch& m) {
+      if (!tail_can_host(m.cls, tail_slots[m.tail])) return false;
+      want->push_back(tail_slots[m.tail]);
+      return true;
+    });
+    return;
+  }
   // The new page on the tail takes the source's objects (or others of the class: evacuation
   // fills the densest pages first; the class has the room either way). If it cannot be made,
   // the tail is passed over and the page stays a candidate.
   const auto chosen = planner::choose_tail_pages(classes, tail_bytes, budget, [&](const planner::TailMatch& m) {
-    return slab_on_tail_at(m.cls, tail_slots[m.tail]) != nullptr;
+    return slab_on_tail_at(m.cls, tail_slots[m.tail], !tail_aliases_prepared) != nullptr;
   });
   for (const auto& m : chosen.matches) {
     slabs.detach(pages[m.cls][m.page]);

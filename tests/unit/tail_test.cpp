@@ -435,5 +435,81 @@ TEST(SharedTails, DriverFailuresLoseNothing) {
   }
 }
 
+// With the keeper's thread, a compaction cycle that builds a slab page on a tail maps its alias
+// before it plans, without the heap lock: no map, access grant or copy is made under the lock,
+// and the slab page's objects end on the tail, their bytes intact.
+Config keeper_config() {
+  Config c = uncached();
+  c.background_reserve = true;
+  return c;
+}
+
+struct TailCase {
+  std::vector<Obj> smalls;  // on a slab page of their own, made before the tail existed
+  Handle large;
+};
+
+TailCase make_tail_case(Heap& heap) {
+  TailCase t;
+  for (int i = 0; i < 5; ++i) t.smalls.push_back(make(heap, kSmall));
+  auto large = heap.allocate(2 * kPage + 512 * 1024);  // 1.5 MiB free on its last page
+  EXPECT_TRUE(large.ok());
+  t.large = *large;
+  fill(heap, t.large, seed_of(t.large));
+  EXPECT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  EXPECT_EQ(heap.stats().pages.shared_tails, 0u);
+  return t;
+}
+
+TEST(PreparedTailAliases, ACompactionCycleMapsItsTailAliasWithoutTheHeapLock) {
+  auto heap = make_heap(keeper_config());
+  ASSERT_TRUE(heap);
+  TailCase t = make_tail_case(*heap);
+  const DriverCallCounts locked_before = heap->driver_calls().under_lock();
+  const std::uint64_t maps_before = heap->stats().driver_calls.map;
+  auto rec = heap->compact(CompactRequest{});
+  ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+  const DriverCallCounts locked_after = heap->driver_calls().under_lock();
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u) << "the cycle built no slab page on the tail";
+  EXPECT_GT(heap->stats().driver_calls.map, maps_before) << "no alias was mapped";
+  for (DriverOp op : {DriverOp::map, DriverOp::set_access, DriverOp::copy, DriverOp::record_event})
+    EXPECT_EQ(locked_after[op], locked_before[op]) << driver_op_name(op) << " calls made under the heap lock";
+  EXPECT_VALID(*heap);
+  EXPECT_EQ(raw_mismatches(*heap, t.smalls), 0u) << "objects moved: their raw addresses changed or lost bytes";
+  for (const auto& o : t.smalls) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  EXPECT_EQ(mismatches(*heap, t.large, seed_of(t.large)), 0u);
+  ASSERT_TRUE(heap->free(t.large).ok());
+  for (const auto& o : t.smalls) EXPECT_EQ(mismatches(*heap, o.h, o.seed), 0u);
+  for (const auto& o : t.smalls) ASSERT_TRUE(heap->free(o.h).ok());
+  EXPECT_VALID(*heap);
+}
+
+// A prepared alias whose map or access grant fails: the cycle builds nothing on that tail, the
+// heap stays valid and no byte is lost; the next cycle shares the tail.
+TEST(PreparedTailAliases, AFailedAliasLeavesTheTailOpenAndLosesNothing) {
+  for (FaultOp op : {FaultOp::map, FaultOp::set_access}) {
+    SCOPED_TRACE(fault_op_name(op));
+    auto fh = make_faultable_heap(keeper_config());
+    ASSERT_TRUE(fh.heap);
+    Heap& heap = *fh.heap;
+    TailCase t = make_tail_case(heap);
+    fh.faults->fail_nth(op, 1);
+    auto rec = heap.compact(CompactRequest{});
+    fh.faults->disarm_all();
+    ASSERT_TRUE(rec.ok()) << rec.error().to_string();
+    EXPECT_EQ(heap.stats().pages.shared_tails, 0u) << "a slab page was built on a tail whose alias failed";
+    EXPECT_VALID(heap);
+    for (const auto& o : t.smalls) EXPECT_EQ(mismatches(heap, o.h, o.seed), 0u);
+    ASSERT_TRUE(heap.compact(CompactRequest{}).ok());
+    EXPECT_EQ(heap.stats().pages.shared_tails, 1u) << "the next cycle did not share the tail";
+    EXPECT_VALID(heap);
+    for (const auto& o : t.smalls) EXPECT_EQ(mismatches(heap, o.h, o.seed), 0u);
+    EXPECT_EQ(mismatches(heap, t.large, seed_of(t.large)), 0u);
+    ASSERT_TRUE(heap.free(t.large).ok());
+    for (const auto& o : t.smalls) ASSERT_TRUE(heap.free(o.h).ok());
+    EXPECT_VALID(heap);
+  }
+}
+
 }  // namespace
 }  // namespace valet::test

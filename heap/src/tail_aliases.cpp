@@ -1,0 +1,49 @@
+// Prepared tail aliases: a compaction cycle that builds slab pages on large objects' tails (to
+// mesh onto them, or to evacuate onto them) maps each tail's alias, the slab page's own slot,
+// before it plans and without the heap lock. Until session 30 slab_on_tail_at mapped it while
+// the planner ran, under the lock (a map and an access grant, ~40-50 µs on an H100, several per
+// cycle): every thread that wanted the lock meanwhile waited for them (docs/speed.md,
+// "Session 30"). The planners run dry first to name the tails; what the real plan does not take
+// is discarded at the cycle's end, its unmap queued for the keeper.
+#include <algorithm>
+
+#include "heap_core.h"
+
+namespace valet::detail {
+
+void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh, bool evacuate,
+                                    std::uint64_t pages_left, std::uint64_t bytes_left) {
+  mu.assert_held();
+  if (!config.share_tails || !keeper.running() || !tails.any_open()) return;
+  tail_aliases_prepared = true;  // from here the planners map nothing under the lock
+  std::vector<std::uint32_t> want;
+  std::vector<MeshPair> no_pairs;
+  std::vector<SlabPage*> no_sources;
+  if (mesh) pair_with_tails(no_pairs, pages_left, bytes_left, &want);
+  if (evacuate) choose_tail_sources(no_sources, pages_left, bytes_left, &want);
+  std::vector<PagePool::TailAlias> aliases;
+  for (std::uint32_t tail : want) {
+    if (prepared_aliases.contains(tail)) continue;
+    auto a = pool.begin_tail_alias(tail);
+    if (!a) continue;  // a chunk's page, or no free slot: the planners pass the tail over
+    aliases.push_back(*a);
+  }
+  if (aliases.empty()) return;
+  lock.unlock();
+  for (auto& a : aliases) pool.tail_alias_calls(a);
+  lock.lock();
+  for (auto& a : aliases)
+    if (pool.finish_tail_alias(a)) prepared_aliases[a.tail] = a.slot;
+  drain_caches();  // what the threads cached meanwhile cannot move (compact_locked drained before)
+}
+
+void HeapCore::discard_tail_aliases() {
+  mu.assert_held();
+  tail_aliases_prepared = false;
+  if (prepared_aliases.empty()) return;
+  for (const auto& [tail, slot] : prepared_aliases) pool.discard_tail_alias(slot);
+  prepared_aliases.clear();
+  after_release();  // the keeper unmaps them
+}
+
+}  // namespace valet::detail
