@@ -394,7 +394,7 @@ Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, Handle
   // The reserve's surplus: the keeper's (a free of ordinary demand makes no driver call), or,
   // for a return of no ordinary demand or without a keeper, given back now in this call but
   // without the heap lock (ReserveKeeper::trim_surplus).
-  if (loc.kind == ObjectKind::large) trim_after_free(lock, loc.pages);
+  if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock, loc.pages);
   return {};
 }
 

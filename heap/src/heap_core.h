@@ -189,16 +189,11 @@ struct HeapCore {
   bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);
   bool drop_freed_miss(std::uint32_t index);
-  // On the mapper's thread after a settled miss, or when a free asked for it: what objects
-  // freed while pending, and frees of no ordinary demand, gave back (freed_miss_pages) is
-  // trimmed as their frees would have trimmed it (ReserveKeeper::trim_surplus: a probe's
-  // pages at once, an ordinary object's by the keeper).
+  // On the mapper's thread after a settled miss: what objects freed while pending gave back
+  // (freed_miss_pages) is trimmed as their frees would have trimmed it (ReserveKeeper::
+  // trim_surplus: a probe's pages at once, an ordinary object's by the keeper).
   void trim_after_freed_misses(std::unique_lock<HeapMutex>& lock);
   std::size_t freed_miss_pages = 0;  // under mu
-  // After a large free that returned `pages` (lock held): ReserveKeeper::trim_surplus, except
-  // that with background misses and both threads running a return of no ordinary demand is
-  // trimmed by the mapper (want_settled), not by the freeing thread.
-  void trim_after_free(std::unique_lock<HeapMutex>& lock, std::size_t pages);
   void lose_miss(std::uint32_t index);
   // A pending object's handle dies (a free, or the object lost): its bytes leave the live
   // counts and waiting pins wake to a stale handle. Its run and index are the caller's to give back.

@@ -134,22 +134,6 @@ void HeapCore::trim_after_freed_misses(std::unique_lock<HeapMutex>& lock) {
   (void)keeper.trim_surplus(lock, pages);
 }
 
-void HeapCore::trim_after_free(std::unique_lock<HeapMutex>& lock, std::size_t pages) {
-  mu.assert_held();
-  // A return of no ordinary demand (more than an eighth of the pages in use: a KV cache early
-  // in a run, a model's weights) is trimmed beyond the peak bound at once rather than left to
-  // the keeper (ReserveKeeper::trim_surplus says why). With background misses that is the
-  // mapper's work, not the freeing thread's: the free makes no call, and the trim runs before
-  // the mapper's next queued miss, so no miss of the mapper makes its calls beside the release.
-  if (misses.running() && keeper.running() && !misses.on_thread() &&
-      !Demand::ordinary(pages, pool.used_pages() + pages)) {
-    freed_miss_pages += pages;
-    misses.want_settled();
-    return;
-  }
-  (void)keeper.trim_surplus(lock, pages);
-}
-
 bool HeapCore::drop_freed_miss(std::uint32_t index) {
   // Its run went back when its step failed or was given up: only the footprint and the index.
   footprint_bytes -= footprint_of(handles.get(index)->loc);

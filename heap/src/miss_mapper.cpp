@@ -32,13 +32,6 @@ void MissMapper::submit(PendingMiss miss) {
   work_cv_.notify_one();
 }
 
-void MissMapper::want_settled() {
-  mu_.assert_held();
-  if (settle_wanted_) return;
-  settle_wanted_ = true;
-  work_cv_.notify_one();
-}
-
 std::optional<PendingMiss> MissMapper::take_queued(std::uint32_t index) {
   mu_.assert_held();
   for (auto it = queued_.begin(); it != queued_.end(); ++it) {
@@ -67,14 +60,7 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
 void MissMapper::loop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || settle_wanted_; });
-    if (settle_wanted_) {
-      // Before the next miss: a free's trim goes first, so that no later miss of this thread
-      // makes its calls beside the release (HeapCore::trim_after_free).
-      settle_wanted_ = false;
-      if (settled_) settled_(lock);
-      continue;
-    }
+    work_cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
     if (queued_.empty()) break;  // stopping, nothing left
     // One miss a turn, in the order of submission: each object is booked as soon as its own
     // calls end (its pins wait for no other's), and the misses still queued stay abandonable

@@ -15,9 +15,7 @@
 // the front of the queue): a shared tail's alias after its body, or, after a failed call, the run
 // again at the same start, so that the address handed out holds. After three failed runs the
 // object is given up. After a miss is settled, `settled` (optional) runs with the lock held and
-// may let it go (HeapCore trims there what a pending object freed meanwhile gave back); it also
-// runs at the thread's next turn, before the next queued miss, when want_settled() asks (a free
-// that leaves its trim to this thread).
+// may let it go (HeapCore trims there what a pending object freed meanwhile gave back).
 //
 // Threading: submit, pending and wait_settled require the heap lock; start and stop must be called
 // without it.
@@ -85,11 +83,6 @@ class MissMapper {
   std::thread::id thread_id() const { return thread_.get_id(); }  // tests gate its calls
   // Queues a begun batch (lock held; the thread must run).
   void submit(PendingMiss miss);
-  // Asks the thread to run `settled` at its next turn, before the next queued miss (lock held;
-  // the thread must run).
-  void want_settled();
-  // Whether the calling thread is the mapper's.
-  bool on_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
   // Misses queued or under way (lock held).
   std::size_t pending() const {
     mu_.assert_held();
@@ -138,7 +131,6 @@ class MissMapper {
   std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
   std::uint64_t last_seq_ = 0;                       // under mu
   bool stop_ = false;          // under mu
-  bool settle_wanted_ = false; // under mu: want_settled() asked
   bool running_ = false;       // under mu
 };
 

@@ -315,50 +315,6 @@ TEST(BackgroundMisses, AFreedPendingProbeIsTrimmedByTheMapperNotLeftToTheKeeper)
   for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
 }
 
-// A mapped object of no ordinary demand (a KV cache early in a run) freed: the freeing thread
-// makes no driver call; the mapper trims what lies beyond the peak bound (the keeper, paused
-// here, is not needed for it).
-TEST(BackgroundMisses, AFreeOfNoOrdinaryDemandIsTrimmedByTheMapperNotByTheFreeingThread) {
-  Config c = chunked_background_config();
-  c.reserve_peak_ratio = 1.0;
-  GatedHeap g(c);
-  ASSERT_TRUE(g.heap);
-  Heap& heap = *g.heap;
-  auto& core = detail::HeapInternals::of(heap);
-  const std::vector<Handle> live = allocate_mapped(heap, 50);  // ~200 pages
-  auto big = heap.allocate(120 * detail::kPageSize);           // more than an eighth of the pages in use
-  ASSERT_TRUE(big.ok()) << big.error().to_string();
-  ASSERT_TRUE(heap.pin(*big).ok());  // mapped: no longer pending
-  {
-    std::lock_guard lock(core.mu);
-    core.keeper.pause();
-  }
-  {
-    ThreadDriverCalls scope(heap.driver_calls());
-    ASSERT_TRUE(heap.free(*big).ok());
-    const DriverCallCounts made = scope.made();
-    EXPECT_EQ(made.total(), 0u) << "the free made driver calls (unmap " << made[DriverOp::unmap] << ", release "
-                                << made[DriverOp::release_page] << ")";
-  }
-  std::size_t reserve = 0, ceiling = 0;
-  for (int i = 0; i < 1000; ++i) {
-    {
-      std::lock_guard lock(core.mu);
-      reserve = core.pool.reserve_pages() + core.pool.chunk_reserve_pages();
-      ceiling = core.keeper.targets().ceiling;
-      if (reserve <= ceiling && !core.pool.batch_in_flight()) break;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-  EXPECT_LE(reserve, ceiling) << "the object's pages were left beyond the peak bound";
-  {
-    std::lock_guard lock(core.mu);
-    core.keeper.resume();
-  }
-  EXPECT_VALID(heap);
-  for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
-}
-
 // A miss that must create pages while a free chunk waits for the keeper releases it first, in
 // the mapper's calls; meanwhile the chunk counts as released, and stats() still adds up.
 TEST(BackgroundMisses, AMissReleasesAWaitingFreeChunkFirstAndTheStatsAddUpMeanwhile) {
