@@ -262,8 +262,8 @@ struct HeapCore {
   SlabPage* tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const;
   // Meshing onto tails: pairs (a new slab page on an open tail, a slab page whose objects all
   // lie above that tail's bytes) for mesh_locked, within the budgets.
-  // With `want`, a dry run: the tails it would build slab pages on are added to `want`, and
-  // nothing else changes (budgets included).
+  // With `want`, a dry run: the tails it would build slab pages on are added to `want`, the
+  // budgets are spent as the real run would spend them, and nothing else changes.
   void pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left,
                        std::vector<std::uint32_t>* want = nullptr);
   // Evacuation onto tails: for open tails, the cheapest slab pages to empty whose objects fit a

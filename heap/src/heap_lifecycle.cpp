@@ -191,6 +191,7 @@ Status Heap::shutdown() {
 bool Heap::is_shut_down() const { return core_->shut.load(); }
 Backend& Heap::backend() { return core_->backend->inner(); }
 const CountingBackend& Heap::driver_calls() const { return *core_->backend; }
+std::uint64_t Heap::this_thread_lock_wait_ns() { return detail::t_heap_lock_wait_ns; }
 const Config& Heap::config() const { return core_->config; }
 std::uint32_t Heap::tag() const { return core_->tag; }
 

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <thread>
 
 #include "lock_order.h"
@@ -26,6 +28,9 @@ namespace valet::detail {
 // calls made under a heap lock are counted (stats().driver_calls.under_heap_lock).
 inline thread_local int t_heap_locks_held = 0;
 inline bool this_thread_holds_a_heap_lock() { return t_heap_locks_held > 0; }
+// Nanoseconds the calling thread has waited for heap locks (any heap's) that another thread
+// held, since it started: counted on the contended path only (Heap::this_thread_lock_wait_ns).
+inline thread_local std::uint64_t t_heap_lock_wait_ns = 0;
 
 template <bool Checked>
 class BasicHeapMutex {
@@ -61,6 +66,14 @@ class BasicHeapMutex {
  private:
   void acquire() {
     if (!locked_.exchange(true, std::memory_order_acquire)) return;
+    const auto since = std::chrono::steady_clock::now();
+    struct CountWait {
+      std::chrono::steady_clock::time_point since;
+      ~CountWait() {
+        t_heap_lock_wait_ns += std::uint64_t(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count());
+      }
+    } count_wait{since};
     for (int spins = 0;; ++spins) {
       while (locked_.load(std::memory_order_relaxed)) {
         if (spins < 2000) {

@@ -396,7 +396,7 @@ class PagePool {
   // compaction cycle maps the aliases of the tails it will build slab pages on without the heap
   // lock, before it plans, and takes them at planning with no call.
   //   begin_tail_alias  (lock held) a free slot, booked at once as a dropping mapping of the
-  //                     tail's page and listed with the retargeting slots (provisioning): no
+  //                     tail's page and listed with the retargeting slots (not queued): no
   //                     placement takes the slot, no release takes the page meanwhile (a page a
   //                     dropping slot maps is never released); nullopt for a tail in a chunk or
   //                     when no slot is free;

@@ -19,6 +19,9 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
   std::vector<std::uint32_t> want;
   std::vector<MeshPair> no_pairs;
   std::vector<SlabPage*> no_sources;
+  // One budget (the arguments are this function's copies): what the mesh onto tails would
+  // spend is not the evacuation's. The mesh of ordinary pairs between them is not counted, so
+  // the evacuation's dry run may name a few tails its real run finds no budget for.
   if (mesh) pair_with_tails(no_pairs, pages_left, bytes_left, &want);
   if (evacuate) choose_tail_sources(no_sources, pages_left, bytes_left, &want);
   std::vector<PagePool::TailAlias> aliases;

@@ -75,8 +75,10 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail, bool 
     prepared_aliases.erase(it);
     if (pool.use_tail_alias(alias, tail, SlotKind::slab, 0))
       slot = alias;
-    else
+    else {
       pool.discard_tail_alias(alias);  // the tail's page changed since it was prepared
+      after_release();                 // the keeper unmaps it
+    }
   }
   if (!slot && may_map) {
     auto shared = pool.share_page(tail, SlotKind::slab, 0);
@@ -196,13 +198,9 @@ std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
   return std::uint32_t(std::min<std::size_t>(first, p.capacity) * class_size(p.cls));
 }
 
-void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left_io, std::uint64_t& bytes_left_io,
+void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left,
                                std::vector<std::uint32_t>* want) {
-  if (!tails.any_open() || pages_left_io == 0) return;
-  // A dry run works on copies of the budgets.
-  std::uint64_t pages_copy = pages_left_io, bytes_copy = bytes_left_io;
-  std::uint64_t& pages_left = want ? pages_copy : pages_left_io;
-  std::uint64_t& bytes_left = want ? bytes_copy : bytes_left_io;
+  if (!tails.any_open() || pages_left == 0) return;
   // Candidates: partly used slab pages of their own whose objects all lie above some tail's
   // bytes, by that free low span. Full pages have no free slot; empty ones nothing to move.
   struct Candidate {

@@ -292,5 +292,39 @@ TEST(ThreadCache, TheCachesOfThreadsThatExitedGoAtTheNextCycle) {
   EXPECT_VALID(*heap);
 }
 
+// Heap::this_thread_lock_wait_ns counts the time a thread waited for a heap lock another thread
+// held, and nothing when the lock was free.
+TEST(HeapLockWaits, AThreadsWaitForTheHeapLockIsCountedOnThatThreadOnly) {
+  auto heap = make_heap(uncached());
+  ASSERT_TRUE(heap);
+  const std::uint64_t before = Heap::this_thread_lock_wait_ns();
+  auto free_lock = heap->allocate(4 * detail::kPageSize);
+  ASSERT_TRUE(free_lock.ok());
+  EXPECT_EQ(Heap::this_thread_lock_wait_ns(), before) << "an uncontended allocation counted a wait";
+  auto& core = detail::HeapInternals::of(*heap);
+  std::atomic<bool> held{false};
+  std::uint64_t holder_waited = 0;
+  std::thread holder([&] {
+    const std::uint64_t mine = Heap::this_thread_lock_wait_ns();
+    {
+      std::lock_guard lock(core.mu);
+      held = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+    holder_waited = Heap::this_thread_lock_wait_ns() - mine;
+  });
+  while (!held) std::this_thread::yield();
+  const std::uint64_t waiting_from = Heap::this_thread_lock_wait_ns();
+  auto contended = heap->allocate(4 * detail::kPageSize);
+  const std::uint64_t waited = Heap::this_thread_lock_wait_ns() - waiting_from;
+  holder.join();
+  ASSERT_TRUE(contended.ok());
+  EXPECT_GE(waited, 10'000'000u) << "the allocation's wait for the held lock was not counted";
+  EXPECT_EQ(holder_waited, 0u) << "the holder's own section was counted as a wait";
+  EXPECT_TRUE(heap->free(*free_lock).ok());
+  EXPECT_TRUE(heap->free(*contended).ok());
+  EXPECT_VALID(*heap);
+}
+
 }  // namespace
 }  // namespace valet::test

@@ -241,6 +241,10 @@ class Heap {
   // The counting door every driver call of this heap goes through: ThreadDriverCalls over it
   // tells how many driver calls one thread made in a window (valet/counting_backend.h).
   const CountingBackend& driver_calls() const;
+  // Nanoseconds the calling thread has waited for a heap lock (of any heap) that another thread
+  // held, since the thread started; a diagnostic: the difference across a call is that call's
+  // wait for other threads' critical sections.
+  static std::uint64_t this_thread_lock_wait_ns();
   const Config& config() const;
   std::uint32_t tag() const;
 

@@ -41,6 +41,19 @@ ReplayReport::SizeClassLatency size_class_figures(const LatencyHistogram& h) {
 }
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// The heap-lock waits of one kind of call (Heap::this_thread_lock_wait_ns around each).
+struct LockWaits {
+  LatencyHistogram ns;
+  std::uint64_t waited = 0;
+  double total_s = 0;
+  void add(std::uint64_t wait_ns) {
+    ns.add(wait_ns);
+    waited += wait_ns > 0;
+    total_s += double(wait_ns) / 1e9;
+  }
+  ReplayReport::LockWait figures() const { return {waited, total_s, ns.percentile(0.99), double(ns.max())}; }
+};
+
 // Ops are read in batches between timed stretches, so that reading the trace (decompression and
 // parsing) stays out of wall_s, and memory stays bounded by the batch.
 constexpr std::size_t kBatch = 4096;
@@ -151,9 +164,11 @@ class Replayer {
 
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
+    const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     const auto answered = Clock::now();
+    alloc_lock_waits_.add(Heap::this_thread_lock_wait_ns() - waited_before);
     const std::uint64_t ns = ns_between(asked, answered);
     alloc_ns_.add(ns);
     (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
@@ -199,9 +214,11 @@ class Replayer {
       report_.wall_parts_s.signatures += seconds_between(before, Clock::now());
     }
     const ThreadDriverCalls window(door_);
+    const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
     const auto asked = Clock::now();
     const Status st = free_when_unpinned(slot.handle);
     const auto answered = Clock::now();
+    free_lock_waits_.add(Heap::this_thread_lock_wait_ns() - waited_before);
     free_ns_.add(ns_between(asked, answered));
     report_.wall_parts_s.free += seconds_between(asked, answered);
     if (count_driver_calls(window)) ++report_.frees_with_calls;
@@ -398,6 +415,8 @@ class Replayer {
     latency_figures(alloc_ns_, free_ns_, r);
     r.alloc_ns_under_page = size_class_figures(alloc_ns_under_page_);
     r.alloc_ns_pages = size_class_figures(alloc_ns_pages_);
+    r.alloc_lock_wait = alloc_lock_waits_.figures();
+    r.free_lock_wait = free_lock_waits_.figures();
     if (pinners_) {
       const PinnerCounters c = pinners_->counters();
       r.pins = c.pins;
@@ -434,6 +453,7 @@ class Replayer {
   LatencyHistogram alloc_ns_;
   LatencyHistogram free_ns_;
   LatencyHistogram alloc_ns_under_page_, alloc_ns_pages_;
+  LockWaits alloc_lock_waits_, free_lock_waits_;
   std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;

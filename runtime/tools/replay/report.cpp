@@ -96,6 +96,11 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   };
   j["alloc_ns_under_page"] = size_class(r.alloc_ns_under_page);
   j["alloc_ns_pages"] = size_class(r.alloc_ns_pages);
+  const auto lock_wait = [](const ReplayReport::LockWait& w) {
+    return nlohmann::ordered_json{{"waited", w.waited}, {"total_s", w.total_s}, {"p99_ns", w.p99_ns}, {"max_ns", w.max_ns}};
+  };
+  j["alloc_lock_wait"] = lock_wait(r.alloc_lock_wait);
+  j["free_lock_wait"] = lock_wait(r.free_lock_wait);
   j["allocs_with_calls"] = r.allocs_with_calls;
   j["frees_with_calls"] = r.frees_with_calls;
   j["alloc_path_driver_calls"] = driver_calls_json(r.alloc_path_driver_calls);

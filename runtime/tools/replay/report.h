@@ -54,6 +54,12 @@ struct ReplayReport {
     std::uint64_t count = 0;
     double median = 0, p99 = 0, max = 0;
   } alloc_ns_under_page, alloc_ns_pages;
+  // Of each allocation's and free's time, the wait for the heap lock while another thread held
+  // it (Heap::this_thread_lock_wait_ns): how many waited, the total, p99 and max over all calls.
+  struct LockWait {
+    std::uint64_t waited = 0;
+    double total_s = 0, p99_ns = 0, max_ns = 0;
+  } alloc_lock_wait, free_lock_wait;
   // Where the replaying thread's wall_s went: the heap calls of `a` and `f` lines, the probes
   // (`p` lines, whole), the step lines (stats() and safepoint(), not the think sleeps), the
   // signatures (--verify: writes and checks) and the stats() readings at live peaks; `other`
