@@ -403,6 +403,7 @@ class Replayer {
     r.lost_allocations = s.ops.lost_allocations;
     r.keeper = s.keeper;
     r.under_heap_lock_driver_calls = door_.under_lock();
+    r.total_driver_calls = door_.totals();
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;
     r.moved_fraction = r.allocated_bytes ? double(r.bytes_moved) / double(r.allocated_bytes) : 0.0;
     r.copied_fraction =

@@ -107,6 +107,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["alloc_path_driver_calls_per_op"] = driver_calls_per_op(r);
   j["probe_driver_calls"] = driver_calls_json(r.probe_driver_calls);
   j["driver_calls_under_heap_lock"] = driver_calls_json(r.under_heap_lock_driver_calls);
+  j["driver_calls_total"] = driver_calls_json(r.total_driver_calls);
   j["peak_mapped_over_live"] = r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0;
   j["compactions"] = r.compactions;
   j["emergency_compactions"] = r.emergency_compactions;

@@ -77,6 +77,9 @@ struct ReplayReport {
   // placements, compaction, the keeper's locked steps): each one stalls every thread that
   // wants the lock meanwhile.
   DriverCallCounts under_heap_lock_driver_calls;
+  // Every driver call of the heap, any thread, over the whole replay (the door's totals): the
+  // load the driver serializes (docs/speed.md, session 21).
+  DriverCallCounts total_driver_calls;
 
   // Probes: a real allocate followed by free.
   std::uint64_t probes = 0;
