@@ -6,10 +6,10 @@
 //      write;
 //   2. the executor holds those slots in the page pool (nothing unmaps a slot that queued work
 //      touches) and takes an event, releases the heap lock, queues one batched copy on the heap's
-//      work stream, records the event and waits for it (the holds and the claims keep the
-//      slots mapped and the objects' bytes unchanged meanwhile: no call under the lock). Once the copy completed it ends the holds and runs
-//      the mover's `after_copy` step, still without the lock (meshing commits its claims and
-//      remaps there), then retakes the lock;
+//      work stream, records the event and waits for it (the holds and the claims keep the slots
+//      mapped and the objects' bytes unchanged meanwhile: no call under the lock). Once the copy
+//      completed it ends the holds and runs the mover's `after_copy` step, still without the
+//      lock (meshing commits its claims and remaps there), then retakes the lock;
 //   3. (heap lock held) the mover commits what no pin cancelled: repoints or aliases, and frees
 //      the old places; a cancelled or failed move gives its new place back.
 // A copy that cannot be queued or completed returns its error after the work stream has drained

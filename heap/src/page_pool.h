@@ -622,6 +622,10 @@ class PagePool {
   // tail's last slot, a slab page built on a tail). Precondition: `slot` unmapped and not in a
   // set. On failure `slot` is unmapped again.
   Status map_alias(std::uint32_t slot, std::uint32_t of);
+  // The calls of one page mapped at `va` without the lock (no booking): map, then grant access;
+  // if the grant fails, unmap again. `mapped` says whether the mapping stays (a failed grant
+  // whose unmap failed too).
+  Status map_accessible(DevicePtr va, PhysicalPage page, bool& mapped) const;
   // Unmaps [start, start+n) (all mapped); the pages become idle (mapping counts drop).
   Status unmap_run(std::uint32_t start, std::uint32_t n);
   Status release(std::uint32_t p);

@@ -432,11 +432,15 @@ void PagePool::attach_calls(AttachPlan& plan) const {
     if (!plan.status.ok()) return;
     plan.unmapped_old = true;
   }
-  plan.status = backend_.map(va, plan.page);
-  if (!plan.status.ok()) return;
-  plan.mapped = true;
-  plan.status = backend_.set_access(va, kPage);
-  if (!plan.status.ok() && backend_.unmap(va, kPage).ok()) plan.mapped = false;
+  plan.status = map_accessible(va, plan.page, plan.mapped);
+}
+
+Status PagePool::map_accessible(DevicePtr va, PhysicalPage page, bool& mapped) const {
+  VALET_TRY(backend_.map(va, page));
+  mapped = true;
+  Status st = backend_.set_access(va, kPage);
+  if (!st.ok() && backend_.unmap(va, kPage).ok()) mapped = false;
+  return st;
 }
 
 Result<std::uint32_t> PagePool::finish_attach(AttachPlan& plan, std::uint32_t owner) {

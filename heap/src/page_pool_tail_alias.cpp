@@ -26,14 +26,7 @@ std::optional<PagePool::TailAlias> PagePool::begin_tail_alias(std::uint32_t tail
   return a;
 }
 
-void PagePool::tail_alias_calls(TailAlias& a) const {
-  const DevicePtr va = address(a.slot);
-  a.status = backend_.map(va, a.page);
-  if (!a.status.ok()) return;
-  a.mapped = true;
-  a.status = backend_.set_access(va, kPage);
-  if (!a.status.ok() && backend_.unmap(va, kPage).ok()) a.mapped = false;
-}
+void PagePool::tail_alias_calls(TailAlias& a) const { a.status = map_accessible(address(a.slot), a.page, a.mapped); }
 
 bool PagePool::finish_tail_alias(TailAlias& a) {
   if (a.status.ok()) return true;  // prepared: a dropping slot being retargeted until used or discarded

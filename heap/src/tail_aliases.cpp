@@ -5,8 +5,6 @@
 // cycle): every thread that wanted the lock meanwhile waited for them (docs/speed.md,
 // "Session 30"). The planners run dry first to name the tails; what the real plan does not take
 // is discarded at the cycle's end, its unmap queued for the keeper.
-#include <algorithm>
-
 #include "heap_core.h"
 
 namespace valet::detail {

@@ -57,18 +57,23 @@ SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
   return tail ? slab_on_tail_at(cls, *tail) : nullptr;
 }
 
+namespace {
+// The slots of class `cls` that the object's `used` bytes on its last page block.
+std::uint32_t blocked_slots(std::uint32_t cls, std::uint32_t used) {
+  const std::uint32_t size = std::uint32_t(class_size(cls));
+  return (used + size - 1) / size;
+}
+}  // namespace
+
 bool HeapCore::tail_can_host(std::uint32_t cls, std::uint32_t tail) const {
   const auto used = tails.open_bytes(tail);
-  if (!used || pool.in_chunk(tail)) return false;
-  const std::uint32_t size = std::uint32_t(class_size(cls));
-  return (*used + size - 1) / size < class_slots(cls);
+  return used && !pool.in_chunk(tail) && blocked_slots(cls, *used) < class_slots(cls);
 }
 
 SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail, bool may_map) {
-  const std::uint32_t used = *tails.open_bytes(tail);
-  const std::uint32_t size = std::uint32_t(class_size(cls));
-  const std::uint32_t blocked = (used + size - 1) / size;
-  if (blocked >= class_slots(cls)) return nullptr;
+  // A chunk's page is refused here as share_page would refuse it (map_alias, before any call).
+  if (!tail_can_host(cls, tail)) return nullptr;
+  const std::uint32_t blocked = blocked_slots(cls, *tails.open_bytes(tail));
   std::optional<std::uint32_t> slot;
   if (auto it = prepared_aliases.find(tail); it != prepared_aliases.end()) {
     const std::uint32_t alias = it->second;

@@ -41,6 +41,13 @@ ReplayReport::SizeClassLatency size_class_figures(const LatencyHistogram& h) {
 }
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// Adds the seconds from its construction to its end to `into` (a part of wall_parts_s).
+struct TimeInto {
+  double& into;
+  Clock::time_point since = Clock::now();
+  ~TimeInto() { into += seconds_between(since, Clock::now()); }
+};
+
 // The heap-lock waits of one kind of call (Heap::this_thread_lock_wait_ns around each).
 struct LockWaits {
   LatencyHistogram ns;
@@ -189,16 +196,14 @@ class Replayer {
       // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
       // sample mapped bytes at the live peak too, so the two peaks are compared at one moment.
       report_.peak_live_bytes = live_bytes_;
-      const auto before = Clock::now();
+      const TimeInto timed{report_.wall_parts_s.peak_samples};
       note_mapped(heap_.stats().mapped_bytes, op.line);
-      report_.wall_parts_s.peak_samples += seconds_between(before, Clock::now());
     }
     report_.allocated_bytes += op.bytes;
     if (signatures_) {
-      const auto before = Clock::now();
+      const TimeInto timed{report_.wall_parts_s.signatures};
       if (auto st = signatures_->write(*h, op.id, op.bytes); !st.ok())
         problem_at(op, "writing the signature", st.error());
-      report_.wall_parts_s.signatures += seconds_between(before, Clock::now());
     }
     // Pinners see the object only once its signature is in place.
     if (live_set_) live_set_->insert(op.object, {*h, op.id, op.bytes});
@@ -209,9 +214,8 @@ class Replayer {
     if (!slot.live) return;  // its allocation was refused
     if (live_set_) live_set_->erase(op.object);
     if (signatures_) {
-      const auto before = Clock::now();
+      const TimeInto timed{report_.wall_parts_s.signatures};
       check_signature(op, slot.handle);
-      report_.wall_parts_s.signatures += seconds_between(before, Clock::now());
     }
     const ThreadDriverCalls window(door_);
     const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
@@ -269,11 +273,7 @@ class Replayer {
   }
 
   void on_probe(const TraceOp& op) {
-    const auto began = Clock::now();
-    probe(op);
-    report_.wall_parts_s.probe += seconds_between(began, Clock::now());
-  }
-  void probe(const TraceOp& op) {
+    const TimeInto timed{report_.wall_parts_s.probe};
     note_mapped(heap_.stats().mapped_bytes, op.line);
     ++report_.probes;
     // A probe is the benchmark's instrument, not the workload: half the free memory at once,
