@@ -247,9 +247,18 @@ FreeOutcome free_once_trimmed(Heap& h, Handle x) {
   auto& c = HeapInternals::of(h);
   settle(h);
   (void)trimmed_budget(c);
+  // The keeper is paused until the reading: its trim, woken by the free, would otherwise race
+  // the reading of what the free itself left.
+  {
+    std::lock_guard lock(c.mu);
+    c.keeper.pause();
+  }
   ThreadDriverCalls scope(h.driver_calls());
   const bool freed = h.free(x).ok();
-  return {freed, scope.made(), read_budget(c)};
+  FreeOutcome out{freed, scope.made(), read_budget(c)};
+  std::lock_guard lock(c.mu);
+  c.keeper.resume();
+  return out;
 }
 
 Config budget_config(double peak_ratio) {
