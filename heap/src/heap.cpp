@@ -286,7 +286,6 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   const bool cacheable = !stream && !fixed && bytes <= kMaxSlabObject && caches.enabled();
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
-  const WakesAfterUnlock wakes;  // the mapper's and the keeper's, once the lock is let go
   std::unique_lock lock(mu);
   if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
   if (cacheable) fold_mine();  // its counters, and a cache for its next frees
@@ -323,7 +322,6 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
   const bool cacheable = !stream && caches.enabled();
   if (cacheable)
     if (auto done = free_cached(h)) return *done;
-  const WakesAfterUnlock wakes;
   std::unique_lock lock(mu);
   for (;;) {
     if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");

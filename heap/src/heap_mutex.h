@@ -14,7 +14,6 @@
 #include <thread>
 
 #include "lock_order.h"
-#include "wakes_after_unlock.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -55,7 +54,6 @@ class BasicHeapMutex {
     owner_.released(this);
     locked_.store(false, std::memory_order_release);
     locked_.notify_one();
-    if (t_deferred_wakes.count > 0) t_deferred_wakes.send();  // wakes_after_unlock.h
   }
   // "Precondition: mu held", checked where lock checks are on.
   void assert_held() const { owner_.assert_held(); }

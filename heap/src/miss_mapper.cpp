@@ -29,7 +29,7 @@ void MissMapper::submit(PendingMiss miss) {
   miss.seq = ++last_seq_;
   outstanding_.insert(miss.seq);
   queued_.push_back(std::move(miss));
-  notify_one_after_unlock(work_cv_);
+  work_cv_.notify_one();
 }
 
 std::optional<PendingMiss> MissMapper::take_queued(std::uint32_t index) {

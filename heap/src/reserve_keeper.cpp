@@ -54,7 +54,7 @@ void ReserveKeeper::stop() {
 void ReserveKeeper::wake() {
   if (wanted_) return;
   wanted_ = true;
-  notify_one_after_unlock(cv_);
+  cv_.notify_one();
 }
 
 ReserveTargets ReserveKeeper::targets() {
@@ -98,7 +98,7 @@ void ReserveKeeper::after_release() {
       // Only the drops: the thread does not top the reserve up on this wake (that waits for
       // an allocation's want_refill or the periodic wake, as before drops were deferred).
       drops_wanted_ = true;
-      notify_one_after_unlock(cv_);
+      cv_.notify_one();
     }
   } else if (pool_.reserve_pages() > config_.reserve_high_pages) {
     (void)balance();
