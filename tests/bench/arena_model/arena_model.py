@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+# A model, not part of the heap: could a heap that keeps every object in one virtual range, whose
+# mapped prefix grows and shrinks by whole physical chunks at its top, and that closes holes by
+# copying objects (handles let it move them) rather than by remapping 2 MiB pages, hold the memory
+# targets with far fewer driver calls? It replays a trace (valet-replay generate's format) and
+# counts chunks created and released, the caller's own growths (a request that the mapped top
+# space did not cover), and the bytes moved, and estimates their cost with the H200's measured
+# per-call costs (docs/speed.md, session 21: a 64 MiB chunk's create + map + access ~58 us, its
+# unmap + release ~78 us) and a device copy at 2.9 TB/s (bytes read and written).
+#
+# Objects are byte ranges 512-aligned. Allocation: best fit among holes, else at the top. A
+# background keeper keeps `headroom` chunks (plus `recent_share` x the largest of the last
+# `window` requests) mapped above the top and releases surplus chunks with `hysteresis`.
+# Compaction (at step lines, and with --eager after frees) runs while holes exceed `hole_hi` x
+# mapped, down to `hole_lo`, at most `move_budget_mib` a run: the highest object moves into the
+# best-fitting hole below it; where none fits, the cheapest segment of objects between two holes
+# slides down to merge them. Pins, fixed objects and stream order are not modelled.
+# docs/speed.md ("Session 31") has its figures.
+#
+#   python3 arena_model.py TRACE [--chunk-mib 64] [--hole-hi 0.04 --hole-lo 0.03] [--eager] ...
+import sys, argparse
+from sortedcontainers import SortedDict, SortedList
+ap = argparse.ArgumentParser()
+ap.add_argument("trace"); ap.add_argument("--chunk-mib", type=float, default=64)
+ap.add_argument("--hole-hi", type=float, default=0.03, help="compact when holes / mapped exceeds this")
+ap.add_argument("--hole-lo", type=float, default=0.01, help="compact down to this")
+ap.add_argument("--headroom", type=float, default=1.0, help="free top space kept mapped, in chunks, plus the largest recent request")
+ap.add_argument("--move-budget-mib", type=float, default=4096)
+ap.add_argument("--scan", type=int, default=100000)
+ap.add_argument("--recent-share", type=float, default=1.0)
+ap.add_argument("--eager", action="store_true")
+ap.add_argument("--hysteresis", type=int, default=1)
+ap.add_argument("--align", type=int, default=512)
+ap.add_argument("--window", type=int, default=2000, help="allocations the 'recent largest request' looks back over")
+a = ap.parse_args()
+C = int(a.chunk_mib * 2**20); AL = a.align
+cap = 8 << 30
+objs = {}; by_addr = SortedDict(); holes = SortedDict(); by_size = SortedList()
+top = 0; mapped = 0; live = 0; peak_live = 0; peak_mapped = 0; holes_total = 0
+st = dict(chunk_creates=0, chunk_releases=0, caller_grows=0, caller_grow_chunks=0, moves=0, moved_bytes=0, compactions=0,
+          slide_moves=0, probes=0, probes_failed=0, probe_chunks=0, allocs=0, hole_hits=0, top_allocs=0, slides=0, slide_bytes=0)
+sum_live = sum_mapped = 0; recent = []
+def rup(x, m): return (x + m - 1) // m * m
+def add_hole(s, n):
+    global holes_total, top
+    i = holes.bisect_left(s)
+    if i > 0:
+        ps, pn = holes.peekitem(i - 1)
+        if ps + pn == s: del holes[ps]; by_size.remove((pn, ps)); holes_total -= pn; s, n = ps, pn + n
+    if s + n in holes:
+        nn = holes.pop(s + n); by_size.remove((nn, s + n)); holes_total -= nn; n += nn
+    if s + n == top:
+        top = s; return
+    holes[s] = n; by_size.add((n, s)); holes_total += n
+def take_hole(s, n, sz):
+    global holes_total
+    del holes[s]; by_size.remove((n, s)); holes_total -= n
+    if n > sz: holes[s + sz] = n - sz; by_size.add((n - sz, s + sz)); holes_total += n - sz
+def place(sz, below=None):
+    i = by_size.bisect_left((sz, -1))
+    while i < len(by_size):
+        n, s = by_size[i]
+        if below is None or s + sz <= below:
+            take_hole(s, n, sz); return s
+        i += 1
+        if below is not None: break
+    return None
+def headroom():
+    return int(a.headroom * C) + int(a.recent_share * (max(recent) if recent else 0))
+def keep():  # the background keeper: top space mapped ahead, surplus chunks released
+    global mapped
+    want = rup(top + headroom(), C)
+    want = min(want, cap)
+    if mapped < want: st["chunk_creates"] += (want - mapped) // C; mapped = want
+    elif mapped - want >= a.hysteresis * C: st["chunk_releases"] += (mapped - want) // C; mapped = want
+def alloc(oid, size):
+    global top, mapped, live, peak_live, peak_mapped
+    sz = rup(size, AL); st["allocs"] += 1
+    recent.append(sz)
+    if len(recent) > a.window: recent.pop(0)
+    s = place(sz)
+    if s is None:
+        s = top; top += sz; st["top_allocs"] += 1
+        if top > mapped:
+            need = rup(top, C); st["caller_grows"] += 1; st["caller_grow_chunks"] += (need - mapped) // C; st["chunk_creates"] += (need - mapped) // C; mapped = need
+    else: st["hole_hits"] += 1
+    objs[oid] = (s, sz, size); by_addr[s] = oid; live += size
+    if live > peak_live: peak_live = live; peak_mapped = max(peak_mapped, mapped)
+def free(oid):
+    global live
+    s, sz, size = objs.pop(oid); del by_addr[s]; live -= size
+    add_hole(s, sz)
+def segment_after(hs, hn):
+    # objects from the hole's end up to the next hole (or the top): (bytes, [starts])
+    end = hs + hn
+    j = holes.bisect_right(hs)
+    nxt = holes.peekitem(j)[0] if j < len(holes) else top
+    starts = list(by_addr.irange(end, nxt, inclusive=(True, False)))
+    return sum(objs[by_addr[x]][1] for x in starts), starts
+def slide(hs, hn, starts):
+    global holes_total, top
+    del holes[hs]; by_size.remove((hn, hs)); holes_total -= hn
+    for x in starts:
+        oid = by_addr.pop(x); _, sz, size = objs[oid]
+        objs[oid] = (x - hn, sz, size); by_addr[x - hn] = oid
+        st["slide_moves"] += 1; st["moved_bytes"] += sz
+    end = starts[-1] - hn + objs[by_addr[starts[-1] - hn]][1] if starts else hs
+    add_hole(end, hn)
+def compact():
+    st["compactions"] += 1
+    target = a.hole_lo * mapped
+    budget = a.move_budget_mib * 2**20
+    moved0 = st["moved_bytes"]
+    while holes_total > target and by_addr and st["moved_bytes"] - moved0 < budget:
+        s, oid = by_addr.peekitem(-1)
+        _, sz, size = objs[oid]
+        d = place(sz, below=s)
+        if d is not None:
+            del by_addr[s]; objs[oid] = (d, sz, size); by_addr[d] = oid
+            st["moves"] += 1; st["moved_bytes"] += sz
+            add_hole(s, sz)
+            continue
+        # no hole below fits the top object: merge two holes by sliding the cheapest segment down
+        best = None
+        for hs, hn in list(holes.items())[: a.scan]:
+            b, starts = segment_after(hs, hn)
+            if best is None or b < best[0]: best = (b, hs, hn, starts)
+        if best is None: break
+        st["slides"] += 1
+        slide(best[1], best[2], best[3])
+def probe(n):
+    st["probes"] += 1
+    sz = rup(n, AL)
+    if place(sz) is not None: return  # fits a hole (given back at once, the model leaves it)
+    if top + sz <= cap:
+        st["probe_chunks"] += 2 * ((rup(top + sz, C) - mapped) // C if top + sz > mapped else 0); return
+    # compaction by sliding everything down: always possible without pins
+    if live + sz <= cap:
+        st["probe_slides"] = st.get("probe_slides", 0) + 1; st["slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
+    st["probes_failed"] += 1
+steps = 0
+for line in open(a.trace):
+    if not line or line[0] == '#': continue
+    p = line.split()
+    if p[0] == 'a': alloc(int(p[1]), int(p[2])); keep()
+    elif p[0] == 'f':
+        free(int(p[1]))
+        if a.eager and holes_total > a.hole_hi * mapped: compact()
+        keep()
+    elif p[0] == 's':
+        steps += 1
+        if holes_total > a.hole_hi * mapped: compact(); keep()
+        sum_live += live; sum_mapped += mapped; peak_mapped = max(peak_mapped, mapped)
+    elif p[0] == 'p': probe(int(p[1]))
+copy_s = st["moved_bytes"] * 2 / 2.9e12
+chunk_s = st["chunk_creates"] * (17 + 2 + 39) * 1e-6 + st["chunk_releases"] * (24 + 54) * 1e-6
+print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f}"); print(f"{a.trace.split('/')[-1]} chunk={a.chunk_mib}MiB hi={a.hole_hi} lo={a.hole_lo}: peak mapped/live {peak_mapped/peak_live:.4f} "
+      f"frag {1-sum_live/sum_mapped:.4f} | caller grows {st['caller_grows']} of {st['allocs']} allocs ({st['caller_grow_chunks']} chunks) "
+      f"| chunks created {st['chunk_creates']} released {st['chunk_releases']} (~{chunk_s:.3f} s driver) | moves {st['moves']} "
+      f"{st['moved_bytes']/2**30:.1f} GiB (~{copy_s*1e3:.1f} ms copy) compactions {st['compactions']} "
+      f"| probes {st['probes']} failed {st['probes_failed']} slides {st['slides']} ({st['slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}")
