@@ -40,6 +40,36 @@ class WindowMax {
   std::uint64_t current_ = 0, previous_ = 0;
 };
 
+// The minimum of the values noted over roughly the last `window` nanoseconds, as WindowMax keeps
+// the maximum: a value is forgotten between one and two half-windows after it was noted; with
+// none noted in that time, the maximum of the type.
+class WindowMin {
+ public:
+  explicit WindowMin(std::uint64_t window_ns) : half_(std::max<std::uint64_t>(window_ns / 2, 1)) {}
+
+  void note(std::uint64_t v, std::uint64_t now) {
+    roll(now);
+    current_ = std::min(current_, v);
+  }
+  std::uint64_t get(std::uint64_t now) {
+    roll(now);
+    return std::min(current_, previous_);
+  }
+
+ private:
+  static constexpr std::uint64_t kNone = ~std::uint64_t{0};
+  void roll(std::uint64_t now) {
+    if (now < started_ + half_) return;
+    previous_ = now < started_ + 2 * half_ ? current_ : kNone;
+    current_ = kNone;
+    started_ = now - (now - started_) % half_;
+  }
+
+  std::uint64_t half_;
+  std::uint64_t started_ = 0;
+  std::uint64_t current_ = kNone, previous_ = kNone;
+};
+
 struct Demand {
   explicit Demand(std::uint64_t window_ns) : live_peak(window_ns), large_pages(window_ns) {}
 

@@ -28,7 +28,25 @@ thread_local bool t_keeper_thread = false;
 
 ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config, const std::int64_t& live_bytes,
                              Demand& demand, std::function<void()> on_wake)
-    : mu_(mu), pool_(pool), config_(config), live_bytes_(live_bytes), demand_(demand), on_wake_(std::move(on_wake)) {}
+    : mu_(mu),
+      pool_(pool),
+      config_(config),
+      live_bytes_(live_bytes),
+      demand_(demand),
+      on_wake_(std::move(on_wake)),
+      reserve_seen_(std::max<std::uint64_t>(1, std::uint64_t(config.reserve_hold_ms) * 1'000'000)) {}
+
+bool ReserveKeeper::holds() const { return config_.background_misses && config_.reserve_hold_ms > 0; }
+
+std::size_t ReserveKeeper::untouched_surplus(std::uint64_t now, std::size_t limit) {
+  if (!holds()) return ~std::size_t{0};
+  note_reserve(now);
+  // The lowest the reserve was over the hold, less what the keeper's trims took out since: an
+  // older reading below the pages trimmed since means none of today's surplus was there then.
+  const std::uint64_t seen = reserve_seen_.get(now);
+  const std::uint64_t low = seen > hold_trimmed_ ? seen - hold_trimmed_ : 0;
+  return low > limit ? std::size_t(low - limit) : 0;
+}
 
 void ReserveKeeper::start() {
   if (!config_.background_reserve || thread_.joinable()) return;
@@ -74,7 +92,10 @@ ReserveTargets ReserveKeeper::targets() {
   const std::size_t wanted = std::max<std::size_t>(config_.reserve_low_pages, 2 * demand_.large_pages.get(now));
   t.frontier = std::uint32_t(std::min(std::max<std::size_t>(t.limit / 2, config_.reserve_low_pages), wanted));
   const std::size_t reserve = pool_.reserve_pages();
-  t.may_create = t.limit > reserve ? t.limit - reserve : 0;
+  // Config::keeper_creates_ahead: with background misses the misses may create their own pages
+  // on the mapper's thread instead.
+  const bool creates = config_.keeper_creates_ahead || !config_.background_misses;
+  t.may_create = creates && t.limit > reserve ? t.limit - reserve : 0;
   return t;
 }
 
@@ -86,6 +107,7 @@ std::size_t ReserveKeeper::peak_bound_pages(std::uint64_t now, std::uint64_t liv
 void ReserveKeeper::want_refill() {
   mu_.assert_held();
   if (!thread_.joinable()) return;
+  if (holds()) note_reserve(now_ns());  // an allocation took reserve pages
   if (pool_.reserve_pages() < config_.reserve_low_pages || pool_.longest_reserve_run() < targets().frontier) wake();
 }
 
@@ -107,9 +129,15 @@ void ReserveKeeper::after_release() {
 
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
-bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages) {
+bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
+                            std::size_t* released) {
   auto batch = pool_.begin_release(limit, batch_pages, true);
   if (batch.empty()) return false;
+  if (released) {
+    *released = batch.idle;
+    for (const auto& run : batch.runs)
+      if (!run.chunk) *released += run.length;  // a free chunk is outside the reserve's pages
+  }
   lock.unlock();
   pool_.release_calls(batch);
   relock(lock);
@@ -192,8 +220,14 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     const ReserveTargets t = targets();
     // Hysteresis: a free that returns a few pages over the limit does not start a trim at once.
     const std::size_t slack = std::max<std::size_t>(2, t.limit / 8);
-    if (pool_.reserve_pages() > t.limit + slack || pool_.idle_pages() > 0 || pool_.free_chunk_waits()) {
-      if (!trim_to(lock, t.limit, kKeeperTrimPages)) return;
+    // The surplus over the limit goes once it sat unused for the hold; beyond the ceiling at once.
+    const std::size_t reserve = pool_.reserve_pages();
+    const std::size_t untouched = untouched_surplus(now_ns(), t.limit);
+    const std::size_t keep_to = std::min(t.ceiling, std::max(t.limit, reserve > untouched ? reserve - untouched : 0));
+    if (reserve > keep_to + slack || pool_.idle_pages() > 0 || pool_.free_chunk_waits()) {
+      std::size_t released = 0;
+      if (!trim_to(lock, keep_to, kKeeperTrimPages, &released)) return;
+      hold_trimmed_ += released;
     } else if (pool_.longest_reserve_run() < t.frontier) {
       if (!provision(lock, t)) return;
     } else {

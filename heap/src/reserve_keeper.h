@@ -16,7 +16,14 @@
 //             within half the limit (the other half keeps freed runs), at least the low
 //             watermark. A large allocation that fits no freed run takes it without a call.
 // An ordinary free leaves it whatever surplus it returns, and any chunk it empties: with the
-// thread, such frees make no driver call (trim_surplus).
+// thread, such frees make no driver call (trim_surplus). With background misses and
+// Config::reserve_hold_ms, the keeper gives back the surplus over the limit once no allocation took
+// it for the hold (beyond the ceiling at once): an allocation that follows a free within the hold
+// takes the freed pages rather than new ones; with Config::keeper_creates_ahead false it creates
+// no page ahead of demand (may_create is 0) and the misses create what they need on the mapper's
+// thread. Without either, each free's surplus is released at once and the next allocation's pages
+// created again (on the host's t1 with --verify, 54k of 56k releases were such trims, and the
+// keeper's provisioning made 42k of the creates; docs/speed.md, "Session 31").
 // While the thread runs it also unmaps the alias slots that frees and compaction let go of
 // (meshed slab pages' aliases, shared tails' last slots: PagePool::drop_alias defers them), so
 // that a free makes no driver call for them.
@@ -125,7 +132,17 @@ class ReserveKeeper {
   void wake();
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
-  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages);
+  // `released` (when given) gets the reserve pages the batch took out.
+  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
+               std::size_t* released = nullptr);
+  // The hold (Config::reserve_hold_ms): the reserve is noted with the pages the keeper's trims
+  // took out so far added, so that its own trims do not count as the allocations' use, and the
+  // surplus over `limit` that no allocation touched during the hold is what may go. Under mu.
+  void note_reserve(std::uint64_t now) { reserve_seen_.note(pool_.reserve_pages() + hold_trimmed_, now); }
+  std::size_t untouched_surplus(std::uint64_t now, std::size_t limit);
+  // Whether the hold applies: with background misses only (with synchronous misses the reserve it
+  // holds cost mean fragmentation over its target on the host's t1: 0.0665 -> 0.0719).
+  bool holds() const;
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
   // Takes the heap lock back after a batch's calls; on the keeper's thread, the wait is counted.
   void relock(std::unique_lock<HeapMutex>& lock);
@@ -143,6 +160,8 @@ class ReserveKeeper {
   bool drops_wanted_ = false;  // under mu: woken for queued alias drops alone
   int paused_ = 0;       // under mu
   KeeperLockWaits waits_;  // under mu
+  WindowMin reserve_seen_;          // under mu: the reserve plus hold_trimmed_, over the hold
+  std::uint64_t hold_trimmed_ = 0;  // under mu: reserve pages the keeper's trims took out
 };
 
 // Pauses the keeper for a scope (the out-of-memory path's retry). Constructed and destroyed

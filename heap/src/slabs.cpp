@@ -61,6 +61,7 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
   if (p->capacity % 64) p->bitmap.back() = ~0ull << (p->capacity % 64);
   p->owners.assign(p->capacity, kNoOwner);
   p->hint = p->descending ? std::uint32_t(p->bitmap.size() - 1) : 0;
+  p->lowest = p->capacity;
   ++live_pages_;
   rebucket(p);
   return p;
@@ -85,6 +86,18 @@ void Slabs::destroy(SlabPage* p) {
   --live_pages_;
 }
 
+std::uint32_t Slabs::lowest_taken(const SlabPage& p, std::uint32_t from) {
+  // Bits past the capacity read as taken: a page with none below them gives its capacity.
+  std::uint32_t w = from >> 6;
+  if (w >= p.bitmap.size()) return p.capacity;
+  std::uint64_t bits = p.bitmap[w] & (~0ull << (from & 63));
+  while (bits == 0) {
+    if (++w == p.bitmap.size()) return p.capacity;
+    bits = p.bitmap[w];
+  }
+  return std::min(p.capacity, w * 64 + std::uint32_t(__builtin_ctzll(bits)));
+}
+
 std::uint32_t Slabs::take_slot(SlabPage* p, std::uint32_t owner) {
   // A free slot exists, so either scan stops inside the bitmap.
   VALET_ASSERT(p->used < p->capacity);
@@ -106,6 +119,7 @@ void Slabs::take_slot_at(SlabPage* p, std::uint32_t i, std::uint32_t owner) {
   p->bitmap[i >> 6] |= 1ull << (i & 63);
   p->owners[i] = owner;
   ++p->used;
+  p->lowest = std::min(p->lowest, i);
   rebucket(p);
 }
 
@@ -126,6 +140,7 @@ void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
   p->bitmap[i >> 6] &= ~(1ull << (i & 63));
   p->owners[i] = kNoOwner;
   --p->used;
+  if (i == p->lowest) p->lowest = lowest_taken(*p, i + 1);
   if (p->descending ? (i >> 6) > p->hint : (i >> 6) < p->hint) p->hint = i >> 6;
   rebucket(p);
 }

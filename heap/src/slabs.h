@@ -60,6 +60,10 @@ struct SlabPage {
   std::uint32_t capacity = 0;
   std::uint32_t used = 0;
   std::uint32_t hint = 0;   // ascending: no free slot below word `hint`; descending: above it
+  // The lowest taken slot (capacity: none). Its bytes below are the page's free low span, what a
+  // large object's last page can use (HeapCore::low_free_bytes): kept here so that the search
+  // for a tail's host reads no bitmap.
+  std::uint32_t lowest = 0;
   std::uint8_t bucket = 0;
   bool live = false;
   // A compaction cycle is emptying this page: it stays out of the buckets (no allocation lands
@@ -147,6 +151,8 @@ class Slabs {
   Status validate() const;
   // The checks of one live page alone (no lists, no other pages).
   static Status validate_page(const SlabPage& p);
+  // The first taken slot of `p` at or above `from` (its capacity: none).
+  static std::uint32_t lowest_taken(const SlabPage& p, std::uint32_t from);
 
  private:
   friend struct SlabsTestPeer;  // tests: corrupts the bucket lists and the page table

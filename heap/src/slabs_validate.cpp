@@ -42,6 +42,8 @@ Status check_slots(const SlabPage& p) {
   for (std::uint32_t i = 0; i < p.capacity; ++i)
     if (!p.test(i) && p.owners[i] != kNoOwner)
       return bad_page(p, "free slot " + s(i) + " has owner " + s(p.owners[i]));
+  if (p.lowest != Slabs::lowest_taken(p, 0))
+    return bad_page(p, "lowest taken slot " + s(p.lowest) + " disagrees with its bitmap (" + s(Slabs::lowest_taken(p, 0)) + ")");
   if (!p.on_tail() && p.blocked != 0) return bad_page(p, "blocks " + s(p.blocked) + " slots without a tail");
   if (p.blocked >= p.capacity) return bad_page(p, "blocks " + s(p.blocked) + " slots, all of its " + s(p.capacity));
   for (std::uint32_t i = 0; i < p.blocked; ++i)

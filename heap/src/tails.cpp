@@ -197,10 +197,7 @@ void HeapCore::share_tail(const Location& loc, std::size_t bytes, SlabPage* host
 
 std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
   if (p.on_tail() || !p.aliases.empty() || p.used == 0) return 0;
-  std::uint32_t w = 0;
-  while (p.bitmap[w] == 0) ++w;  // a slot is taken, so the scan stops inside the bitmap
-  const std::uint32_t first = w * 64 + std::uint32_t(__builtin_ctzll(p.bitmap[w]));
-  return std::uint32_t(std::min<std::size_t>(first, p.capacity) * class_size(p.cls));
+  return std::uint32_t(std::size_t(p.lowest) * class_size(p.cls));
 }
 
 void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left,

@@ -347,6 +347,41 @@ TEST(ReserveKeeper, AFreeOfNoOrdinaryDemandTrimsBeyondThePeakBoundOnItsOwnThread
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+TEST(ReserveKeeper, WithAHoldAFreesSurplusIsKeptBeforeItGoesAndWithoutCreatingAheadNoPageIsCreated) {
+  // Within the peak bound (ratio 2.3), a free's surplus over the limit is released only once no
+  // allocation took it for the hold: a keeper turn comes every 20 ms, so 150 ms is several turns
+  // in which the keeper without the hold would have trimmed it.
+  Config config = budget_config(2.3);
+  config.background_misses = true;
+  config.reserve_hold_ms = 600;
+  config.keeper_creates_ahead = false;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  const std::vector<Handle> live = allocate_live(h, 100);
+  auto one = h.allocate(48 * kPageBytes);
+  ASSERT_TRUE(one.ok());
+  settle(h);
+  const std::uint64_t created_before = h.driver_calls().totals()[DriverOp::create_page];
+  const auto freed_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(h.free(*one).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  const BudgetReading held = read_budget(c);
+  if (std::chrono::steady_clock::now() - freed_at < std::chrono::milliseconds(500)) {
+    EXPECT_GT(held.reserve, held.limit + 20) << "the keeper released the surplus within the hold";
+  }
+  EXPECT_LE(held.reserve, held.ceiling);
+  const BudgetReading settled = trimmed_budget(c);
+  EXPECT_TRUE(near_limit(settled)) << "the keeper did not release the surplus after the hold (reserve " << settled.reserve
+                                   << ", limit " << settled.limit << ")";
+  // No allocation came meanwhile: the keeper created nothing (with background misses the misses
+  // create their own pages).
+  EXPECT_EQ(h.driver_calls().totals()[DriverOp::create_page], created_before) << "the keeper created pages ahead of demand";
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
 TEST(ReserveKeeper, WithBackgroundMissesAnOrdinaryFreeLeavesAnEmptiedChunkToTheKeeper) {
   for (const double ratio : {2.3, 1.0}) {
     SCOPED_TRACE(ratio > 2 ? "within the bound" : "beyond the bound");

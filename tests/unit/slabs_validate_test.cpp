@@ -154,12 +154,23 @@ TEST_F(SlabsValidate, CatchesTooManySharersAndBadAliases) {
 
 TEST_F(SlabsValidate, CatchesAPageInTheWrongBucketForItsOccupancy) {
   SlabPage* p = slabs.create(cls, 12);  // empty: bucket 0
-  // Take a slot behind the slabs' back (bit, owner and count agree) without rebucketing.
+  // Take a slot behind the slabs' back (bit, owner, count and lowest slot agree) without
+  // rebucketing.
   p->bitmap[0] |= 1;
   p->owners[0] = 300;
   p->used = 1;
+  p->lowest = 0;
   EXPECT_CAUGHT(slabs, "page 2 (slot 12): sits in bucket 0, but its occupancy 1/" + std::to_string(p->capacity) +
                            " belongs in bucket 1");
+}
+
+TEST_F(SlabsValidate, CatchesALowestTakenSlotThatDisagreesWithTheBitmap) {
+  // The search for a tail's host reads `lowest`, not the bitmap: a stale one would offer a span
+  // that objects occupy.
+  const std::uint32_t i = slabs.take_slot(up, 301);
+  ASSERT_EQ(up->lowest, std::min(up->lowest, i));
+  up->lowest = up->capacity;
+  EXPECT_CAUGHT(slabs, "lowest taken slot " + std::to_string(up->capacity) + " disagrees with its bitmap");
 }
 
 TEST_F(SlabsValidate, CatchesAPageListedInAnotherBucket) {

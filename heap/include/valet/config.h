@@ -32,6 +32,19 @@ struct Config {
   double reserve_fraction = 0.012;
   double reserve_peak_ratio = 1.04;
   std::size_t reserve_window_ms = 10000;
+  // With background misses, the keeper gives the reserve's surplus over its limit back (within the
+  // peak bound; beyond it at once) only once that surplus sat unused for this long: pages a free
+  // returned that the next allocations take again within the hold are neither released nor
+  // created again (a create and a release cost ~26 us of driver time on an H100). 0: at once.
+  // Off by default: on the H100 (docs/speed.md, "Session 31") 10 ms halved the replay's wall with
+  // every object used but took fragmentation over 0.07 without use, and 3 ms kept it but raised
+  // the allocation p99 1.5-2x.
+  std::size_t reserve_hold_ms = 0;
+  // With background misses, false: the keeper creates no page ahead of demand (the misses create
+  // theirs on the mapper's thread) and its provisioning only gathers the reserve's pages into its
+  // frontier run. Pages created ahead were released again at the next free's trim (42k of t1's
+  // 56k creates on the host with --verify), but without them more allocations miss.
+  bool keeper_creates_ahead = true;
   // A background thread keeps the reserve within its targets, making every driver call of
   // refills and trims off the allocating threads and without the heap lock. Off: refill and
   // trim to the watermarks happen inline (on allocation and free) and in maintain().

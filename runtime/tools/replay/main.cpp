@@ -58,6 +58,8 @@ struct Arguments {
   std::optional<std::size_t> thread_cache_bytes;
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
+  std::optional<std::size_t> reserve_hold_ms;
+  bool no_create_ahead = false;
   bool keeper_defers = false;
   bool background_misses = false;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
@@ -141,6 +143,13 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
       ->check(CLI::Range(1.0, 4.0));
+  app.add_option("--reserve-hold-ms", args.reserve_hold_ms,
+                 "Config::reserve_hold_ms: the keeper gives the reserve's surplus within the peak bound back only "
+                 "once it sat unused this long (0: at once)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
+  app.add_flag("--no-create-ahead", args.no_create_ahead,
+               "Config::keeper_creates_ahead = false: with --background-misses the keeper creates no page ahead of "
+               "demand (the misses create theirs)");
   app.add_option("--policy", args.policy,
                  "KEY=VALUE: a compactor policy setting other than its default (repeatable; see "
                  "valet::policy_keys(), e.g. fragmentation_threshold=0.1)")
@@ -188,6 +197,8 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
+  if (args.reserve_hold_ms) config.reserve_hold_ms = *args.reserve_hold_ms;
+  if (args.no_create_ahead) config.keeper_creates_ahead = false;
   config.keeper_defers = args.keeper_defers;
   config.background_misses = args.background_misses;
   config.background_miss_limit = args.background_miss_limit;
