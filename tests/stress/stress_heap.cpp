@@ -39,6 +39,8 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.chunk_miss_pages = o.chunk_miss_pages;
   config.keeper_defers = o.keeper_defers;
   config.background_misses = o.background_misses;
+  config.reserve_hold_ms = o.reserve_hold_ms;
+  config.keeper_creates_ahead = !o.no_create_ahead;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

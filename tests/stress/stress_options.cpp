@@ -38,6 +38,11 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
   app.add_flag("--background-misses", o.background_misses,
                "Config::background_misses: large misses return at once, a heap thread maps their runs");
+  app.add_option("--reserve-hold-ms", o.reserve_hold_ms,
+                 "Config::reserve_hold_ms: with --background-misses the keeper keeps a free's surplus this long")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
+  app.add_flag("--no-create-ahead", o.no_create_ahead,
+               "Config::keeper_creates_ahead = false: with --background-misses the keeper creates no page ahead");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

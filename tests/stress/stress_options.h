@@ -28,6 +28,8 @@ struct StressOptions {
   std::size_t chunk_miss_pages = Config{}.chunk_miss_pages;  // of the heap
   bool keeper_defers = Config{}.keeper_defers;  // of the heap
   bool background_misses = Config{}.background_misses;
+  std::size_t reserve_hold_ms = Config{}.reserve_hold_ms;
+  bool no_create_ahead = !Config{}.keeper_creates_ahead;
   bool smoke = false;
   bool json = false;
 };
