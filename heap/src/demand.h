@@ -10,56 +10,30 @@
 
 namespace valet::detail {
 
-// The maximum of the values noted over roughly the last `window` nanoseconds, kept in two halves:
-// the current half-window's maximum and the previous one's. A value is forgotten between one and
-// two half-windows after it was noted, in O(1) space and time.
-class WindowMax {
+// The maximum (or, with Min, the minimum) of the values noted over roughly the last `window`
+// nanoseconds, kept in two halves: the current half-window's extreme and the previous one's. A
+// value is forgotten between one and two half-windows after it was noted, in O(1) space and time.
+// With none noted in that time: 0 for the maximum, the type's maximum for the minimum.
+template <bool Min>
+class WindowExtreme {
  public:
-  explicit WindowMax(std::uint64_t window_ns) : half_(std::max<std::uint64_t>(window_ns / 2, 1)) {}
+  explicit WindowExtreme(std::uint64_t window_ns) : half_(std::max<std::uint64_t>(window_ns / 2, 1)) {}
 
   void note(std::uint64_t v, std::uint64_t now) {
     roll(now);
-    current_ = std::max(current_, v);
+    current_ = pick(current_, v);
   }
   std::uint64_t get(std::uint64_t now) {
     roll(now);
-    return std::max(current_, previous_);
+    return pick(current_, previous_);
   }
 
  private:
+  static constexpr std::uint64_t kNone = Min ? ~std::uint64_t{0} : 0;
+  static std::uint64_t pick(std::uint64_t a, std::uint64_t b) { return Min ? std::min(a, b) : std::max(a, b); }
   void roll(std::uint64_t now) {
     if (now < started_ + half_) return;
-    // One half-window passed: the current maximum becomes the previous one; two or more: both go.
-    previous_ = now < started_ + 2 * half_ ? current_ : 0;
-    current_ = 0;
-    started_ = now - (now - started_) % half_;
-  }
-
-  std::uint64_t half_;
-  std::uint64_t started_ = 0;
-  std::uint64_t current_ = 0, previous_ = 0;
-};
-
-// The minimum of the values noted over roughly the last `window` nanoseconds, as WindowMax keeps
-// the maximum: a value is forgotten between one and two half-windows after it was noted; with
-// none noted in that time, the maximum of the type.
-class WindowMin {
- public:
-  explicit WindowMin(std::uint64_t window_ns) : half_(std::max<std::uint64_t>(window_ns / 2, 1)) {}
-
-  void note(std::uint64_t v, std::uint64_t now) {
-    roll(now);
-    current_ = std::min(current_, v);
-  }
-  std::uint64_t get(std::uint64_t now) {
-    roll(now);
-    return std::min(current_, previous_);
-  }
-
- private:
-  static constexpr std::uint64_t kNone = ~std::uint64_t{0};
-  void roll(std::uint64_t now) {
-    if (now < started_ + half_) return;
+    // One half-window passed: the current extreme becomes the previous one; two or more: both go.
     previous_ = now < started_ + 2 * half_ ? current_ : kNone;
     current_ = kNone;
     started_ = now - (now - started_) % half_;
@@ -69,6 +43,9 @@ class WindowMin {
   std::uint64_t started_ = 0;
   std::uint64_t current_ = kNone, previous_ = kNone;
 };
+
+using WindowMax = WindowExtreme<false>;
+using WindowMin = WindowExtreme<true>;
 
 struct Demand {
   explicit Demand(std::uint64_t window_ns) : live_peak(window_ns), large_pages(window_ns) {}

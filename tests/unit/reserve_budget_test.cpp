@@ -179,6 +179,27 @@ TEST(ReserveKeeper, SteadyStateLargeAllocationsMakeNoDriverCall) {
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+TEST(Demand, AWindowKeepsItsExtremeForOneToTwoHalvesAndThenForgetsIt) {
+  WindowMax most(1000);  // halves of 500 ns
+  WindowMin least(1000);
+  EXPECT_EQ(most.get(0), 0u);
+  EXPECT_EQ(least.get(0), ~std::uint64_t{0});
+  most.note(7, 100);
+  least.note(7, 100);
+  most.note(3, 200);
+  least.note(3, 200);
+  EXPECT_EQ(most.get(300), 7u);
+  EXPECT_EQ(least.get(300), 3u);
+  EXPECT_EQ(most.get(900), 7u) << "forgotten within the next half";
+  EXPECT_EQ(least.get(900), 3u) << "forgotten within the next half";
+  most.note(5, 950);
+  least.note(5, 950);
+  EXPECT_EQ(most.get(1100), 5u) << "kept after two halves";
+  EXPECT_EQ(least.get(1100), 5u) << "kept after two halves";
+  EXPECT_EQ(most.get(5000), 0u);
+  EXPECT_EQ(least.get(5000), ~std::uint64_t{0});
+}
+
 TEST(Demand, ARequestOfMoreThanAnEighthOfThePagesInUseIsNotOrdinary) {
   EXPECT_TRUE(Demand::ordinary(Demand::kOrdinaryPages, 0));  // the floor, whatever is in use
   EXPECT_FALSE(Demand::ordinary(Demand::kOrdinaryPages + 1, 0));
