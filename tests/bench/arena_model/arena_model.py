@@ -38,7 +38,8 @@ cap = 8 << 30
 objs = {}; by_addr = SortedDict(); holes = SortedDict(); by_size = SortedList()
 top = 0; mapped = 0; live = 0; peak_live = 0; peak_mapped = 0; holes_total = 0
 st = dict(chunk_creates=0, chunk_releases=0, caller_grows=0, caller_grow_chunks=0, moves=0, moved_bytes=0, compactions=0,
-          slide_moves=0, probes=0, probes_failed=0, probe_chunks=0, allocs=0, hole_hits=0, top_allocs=0, slides=0, slide_bytes=0)
+          slide_moves=0, probes=0, probes_failed=0, probe_slides=0, probe_slide_bytes=0, allocs=0, hole_hits=0, top_allocs=0,
+          slides=0)
 sum_live = sum_mapped = 0; recent = []
 def rup(x, m): return (x + m - 1) // m * m
 def add_hole(s, n):
@@ -131,12 +132,12 @@ def compact():
 def probe(n):
     st["probes"] += 1
     sz = rup(n, AL)
-    if place(sz) is not None: return  # fits a hole (given back at once, the model leaves it)
+    if place(sz) is not None: return  # fits a hole (not given back: a probe fitting a hole is taken as rare)
     if top + sz <= cap:
-        st["probe_chunks"] += 2 * ((rup(top + sz, C) - mapped) // C if top + sz > mapped else 0); return
+        return
     # compaction by sliding everything down: always possible without pins
     if live + sz <= cap:
-        st["probe_slides"] = st.get("probe_slides", 0) + 1; st["slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
+        st["probe_slides"] += 1; st["probe_slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
     st["probes_failed"] += 1
 steps = 0
 for line in open(a.trace):
@@ -158,4 +159,5 @@ print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f
       f"frag {1-sum_live/sum_mapped:.4f} | caller grows {st['caller_grows']} of {st['allocs']} allocs ({st['caller_grow_chunks']} chunks) "
       f"| chunks created {st['chunk_creates']} released {st['chunk_releases']} (~{chunk_s:.3f} s driver) | moves {st['moves']} "
       f"{st['moved_bytes']/2**30:.1f} GiB (~{copy_s*1e3:.1f} ms copy) compactions {st['compactions']} "
-      f"| probes {st['probes']} failed {st['probes_failed']} slides {st['slides']} ({st['slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}")
+      f"slides {st['slides']} ({st['slide_moves']} objects slid, their bytes in the GiB moved) | probes {st['probes']} failed {st['probes_failed']} "
+      f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}")
