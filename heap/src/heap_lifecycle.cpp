@@ -109,6 +109,8 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: reserve_peak_ratio must be within [1, 4]");
   if (config.reserve_hold_ms > 60'000)
     return make_error(Errc::invalid_argument, "Heap::create: reserve_hold_ms must be within [0, 60000]");
+  if (config.reserve_hold_allocs > 1'000'000)
+    return make_error(Errc::invalid_argument, "Heap::create: reserve_hold_allocs must be within [0, 1000000]");
   if (config.reserve_window_ms == 0 || config.reserve_window_ms > 86'400'000)
     return make_error(Errc::invalid_argument, "Heap::create: reserve_window_ms must be within [1, 86400000]");
   if (config.address_space_factor < 2 || config.address_space_factor > 64)

@@ -34,16 +34,22 @@ ReserveKeeper::ReserveKeeper(HeapMutex& mu, PagePool& pool, const Config& config
       live_bytes_(live_bytes),
       demand_(demand),
       on_wake_(std::move(on_wake)),
-      reserve_seen_(std::max<std::uint64_t>(1, std::uint64_t(config.reserve_hold_ms) * 1'000'000)) {}
+      reserve_seen_(std::max<std::uint64_t>(1, std::uint64_t(config.reserve_hold_ms) * 1'000'000)),
+      reserve_seen_takes_(std::max<std::uint64_t>(1, config.reserve_hold_allocs)) {}
 
-bool ReserveKeeper::holds() const { return config_.background_misses && config_.reserve_hold_ms > 0; }
+bool ReserveKeeper::holds() const {
+  return config_.background_misses && (config_.reserve_hold_ms > 0 || config_.reserve_hold_allocs > 0);
+}
 
 std::size_t ReserveKeeper::untouched_surplus(std::uint64_t now, std::size_t limit) {
   if (!holds()) return ~std::size_t{0};
   note_reserve(now);
   // The lowest the reserve was over the hold, less what the keeper's trims took out since: an
   // older reading below the pages trimmed since means none of today's surplus was there then.
-  const std::uint64_t seen = reserve_seen_.get(now);
+  // With both clocks the hold ends at whichever comes first: the shorter window's (higher) low.
+  std::uint64_t seen = 0;
+  if (config_.reserve_hold_ms > 0) seen = reserve_seen_.get(now);
+  if (config_.reserve_hold_allocs > 0) seen = std::max(seen, reserve_seen_takes_.get(takes_));
   const std::uint64_t low = seen > hold_trimmed_ ? seen - hold_trimmed_ : 0;
   return low > limit ? std::size_t(low - limit) : 0;
 }
@@ -107,7 +113,10 @@ std::size_t ReserveKeeper::peak_bound_pages(std::uint64_t now, std::uint64_t liv
 void ReserveKeeper::want_refill() {
   mu_.assert_held();
   if (!thread_.joinable()) return;
-  if (holds()) note_reserve(now_ns());  // an allocation took reserve pages
+  if (holds()) {
+    ++takes_;
+    note_reserve(now_ns());  // an allocation took reserve pages
+  }
   if (pool_.reserve_pages() < config_.reserve_low_pages || pool_.longest_reserve_run() < targets().frontier) wake();
 }
 

@@ -16,12 +16,13 @@
 //             within half the limit (the other half keeps freed runs), at least the low
 //             watermark. A large allocation that fits no freed run takes it without a call.
 // An ordinary free leaves it whatever surplus it returns, and any chunk it empties: with the
-// thread, such frees make no driver call (trim_surplus). With background misses and
-// Config::reserve_hold_ms, the keeper gives back the surplus over the limit once no allocation took
-// it for the hold (beyond the ceiling at once): an allocation that follows a free within the hold
-// takes the freed pages rather than new ones; with Config::keeper_creates_ahead false it creates
-// no page ahead of demand (may_create is 0) and the misses create what they need on the mapper's
-// thread. Without either, each free's surplus is released at once and the next allocation's pages
+// thread, such frees make no driver call (trim_surplus). With background misses and a hold
+// (Config::reserve_hold_allocs, by default 8 allocations that took pages; reserve_hold_ms in time),
+// the keeper gives back the surplus over the limit once no allocation took it for the hold (beyond
+// the ceiling at once): an allocation that follows a free within the hold takes the freed pages
+// rather than new ones; with Config::keeper_creates_ahead false (the default) it creates no page
+// ahead of demand (may_create is 0) and the misses create what they need on the mapper's thread.
+// Without either, each free's surplus is released at once and the next allocation's pages
 // created again (on the host's t1 with --verify, 54k of 56k releases were such trims, and the
 // keeper's provisioning made 42k of the creates; docs/speed.md, "Session 31").
 // While the thread runs it also unmaps the alias slots that frees and compaction let go of
@@ -135,10 +136,15 @@ class ReserveKeeper {
   // `released` (when given) gets the reserve pages the batch took out.
   bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
                std::size_t* released = nullptr);
-  // The hold (Config::reserve_hold_ms): the reserve is noted with the pages the keeper's trims
+  // The hold (Config::reserve_hold_allocs, reserve_hold_ms): the reserve is noted with the pages the keeper's trims
   // took out so far added, so that its own trims do not count as the allocations' use, and the
   // surplus over `limit` that no allocation touched during the hold is what may go. Under mu.
-  void note_reserve(std::uint64_t now) { reserve_seen_.note(pool_.reserve_pages() + hold_trimmed_, now); }
+  // Noted in both of the hold's clocks (time, and the allocations that took pages: takes_).
+  void note_reserve(std::uint64_t now) {
+    const std::uint64_t seen = pool_.reserve_pages() + hold_trimmed_;
+    reserve_seen_.note(seen, now);
+    reserve_seen_takes_.note(seen, takes_);
+  }
   std::size_t untouched_surplus(std::uint64_t now, std::size_t limit);
   // Whether the hold applies: with background misses only (with synchronous misses the reserve it
   // holds cost mean fragmentation over its target on the host's t1: 0.0665 -> 0.0719).
@@ -160,7 +166,9 @@ class ReserveKeeper {
   bool drops_wanted_ = false;  // under mu: woken for queued alias drops alone
   int paused_ = 0;       // under mu
   KeeperLockWaits waits_;  // under mu
-  WindowMin reserve_seen_;          // under mu: the reserve plus hold_trimmed_, over the hold
+  WindowMin reserve_seen_;          // under mu: the reserve plus hold_trimmed_, over reserve_hold_ms
+  WindowMin reserve_seen_takes_;    // under mu: the same over reserve_hold_allocs allocations
+  std::uint64_t takes_ = 0;         // under mu: allocations that took pages (want_refill)
   std::uint64_t hold_trimmed_ = 0;  // under mu: reserve pages the keeper's trims took out
 };
 

@@ -251,17 +251,20 @@ TEST(BadReserveBudget, OutOfRangeSettingsAreRefusedByName) {
     std::size_t window_ms;
     const char* name;
     std::size_t hold_ms = 0;
+    std::size_t hold_allocs = 0;
   };
   for (const Case& k : {Case{-0.1, 1.0, 1000, "reserve_fraction"}, Case{1.5, 1.0, 1000, "reserve_fraction"},
                         Case{nan, 1.0, 1000, "reserve_fraction"}, Case{0.0, 0.9, 1000, "reserve_peak_ratio"},
                         Case{0.0, 5.0, 1000, "reserve_peak_ratio"}, Case{0.0, nan, 1000, "reserve_peak_ratio"},
-                        Case{0.0, 1.0, 0, "reserve_window_ms"}, Case{0.0, 1.0, 1000, "reserve_hold_ms", 60'001}}) {
+                        Case{0.0, 1.0, 0, "reserve_window_ms"}, Case{0.0, 1.0, 1000, "reserve_hold_ms", 60'001},
+                        Case{0.0, 1.0, 1000, "reserve_hold_allocs", 0, 1'000'001}}) {
     auto host = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = 64 * kMiB});
     Config c = small_host_config(64 * kMiB);
     c.reserve_fraction = k.fraction;
     c.reserve_peak_ratio = k.peak_ratio;
     c.reserve_window_ms = k.window_ms;
     c.reserve_hold_ms = k.hold_ms;
+    c.reserve_hold_allocs = k.hold_allocs;
     auto heap = Heap::create(std::move(host), c);
     ASSERT_FALSE(heap.ok()) << k.name;
     EXPECT_EQ(heap.code(), Errc::invalid_argument);

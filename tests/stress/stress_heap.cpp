@@ -40,7 +40,8 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.keeper_defers = o.keeper_defers;
   config.background_misses = o.background_misses;
   config.reserve_hold_ms = o.reserve_hold_ms;
-  config.keeper_creates_ahead = !o.no_create_ahead;
+  config.reserve_hold_allocs = o.reserve_hold_allocs;
+  config.keeper_creates_ahead = o.create_ahead;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

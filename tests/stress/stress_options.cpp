@@ -41,8 +41,11 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--reserve-hold-ms", o.reserve_hold_ms,
                  "Config::reserve_hold_ms: with --background-misses the keeper keeps a free's surplus this long")
       ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
-  app.add_flag("--no-create-ahead", o.no_create_ahead,
-               "Config::keeper_creates_ahead = false: with --background-misses the keeper creates no page ahead");
+  app.add_option("--reserve-hold-allocs", o.reserve_hold_allocs,
+                 "Config::reserve_hold_allocs: the same hold counted in allocations that took pages")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1000000}));
+  app.add_flag("--create-ahead,!--no-create-ahead", o.create_ahead,
+               "Config::keeper_creates_ahead: with --background-misses the keeper creates pages ahead of demand");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");

@@ -29,7 +29,8 @@ struct StressOptions {
   bool keeper_defers = Config{}.keeper_defers;  // of the heap
   bool background_misses = Config{}.background_misses;
   std::size_t reserve_hold_ms = Config{}.reserve_hold_ms;
-  bool no_create_ahead = !Config{}.keeper_creates_ahead;
+  std::size_t reserve_hold_allocs = Config{}.reserve_hold_allocs;
+  bool create_ahead = Config{}.keeper_creates_ahead;
   bool smoke = false;
   bool json = false;
 };

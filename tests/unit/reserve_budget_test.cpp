@@ -313,6 +313,10 @@ TEST(ReserveKeeper, AnOrdinaryFreeLeavesItsSurplusToTheKeeperWithinAndBeyondTheP
       SCOPED_TRACE(std::string(ratio > 2 ? "within" : "beyond") + " the bound, " + (background ? "background" : "synchronous") + " misses");
       Config config = budget_config(ratio);
       config.background_misses = background;
+      // The keeper of sessions 29-31: it tops the reserve up to its limit before each free and
+      // trims a free's surplus before the next (the hold and no creates ahead: tests below).
+      config.reserve_hold_allocs = 0;
+      config.keeper_creates_ahead = true;
       auto heap = test::make_heap(config);
       ASSERT_TRUE(heap);
       Heap& h = *heap;
@@ -375,6 +379,7 @@ TEST(ReserveKeeper, WithAHoldAFreesSurplusIsKeptBeforeItGoesAndWithoutCreatingAh
   Config config = budget_config(2.3);
   config.background_misses = true;
   config.reserve_hold_ms = 600;
+  config.reserve_hold_allocs = 0;  // the time's hold alone
   config.keeper_creates_ahead = false;
   auto heap = test::make_heap(config);
   ASSERT_TRUE(heap);
@@ -399,6 +404,40 @@ TEST(ReserveKeeper, WithAHoldAFreesSurplusIsKeptBeforeItGoesAndWithoutCreatingAh
   // No allocation came meanwhile: the keeper created nothing (with background misses the misses
   // create their own pages).
   EXPECT_EQ(h.driver_calls().totals()[DriverOp::create_page], created_before) << "the keeper created pages ahead of demand";
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
+TEST(ReserveKeeper, AHoldCountedInAllocationsKeepsAFreesSurplusUntilThatManyAllocationsPassedItBy) {
+  // Config::reserve_hold_allocs alone: no time ends the hold (150 ms is several keeper turns), the
+  // allocations that take pages without touching the surplus do.
+  Config config = budget_config(2.3);
+  config.background_misses = true;
+  config.reserve_hold_allocs = 8;
+  config.keeper_creates_ahead = false;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  std::vector<Handle> live = allocate_live(h, 100);
+  auto one = h.allocate(48 * kPageBytes);
+  ASSERT_TRUE(one.ok());
+  settle(h);
+  ASSERT_TRUE(h.free(*one).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  const BudgetReading held = read_budget(c);
+  EXPECT_GT(held.reserve, held.limit + 20) << "the keeper released the surplus before any allocation came";
+  EXPECT_LE(held.reserve, held.ceiling);
+  // Twelve one-page objects, each from the reserve: the freed pages beyond them sat untouched
+  // through more than the hold's eight allocations.
+  for (int i = 0; i < 12; ++i) {
+    auto x = h.allocate(kPageBytes);
+    ASSERT_TRUE(x.ok());
+    live.push_back(*x);
+  }
+  const BudgetReading settled = trimmed_budget(c);
+  EXPECT_TRUE(near_limit(settled)) << "the keeper did not release the surplus after the hold (reserve " << settled.reserve
+                                   << ", limit " << settled.limit << ")";
   EXPECT_TRUE(h.validate().ok());
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }

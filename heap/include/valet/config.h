@@ -35,16 +35,27 @@ struct Config {
   // With background misses, the keeper gives the reserve's surplus over its limit back (within the
   // peak bound; beyond it at once) only once that surplus sat unused for this long: pages a free
   // returned that the next allocations take again within the hold are neither released nor
-  // created again (a create and a release cost ~26 us of driver time on an H100). 0: at once.
-  // Off by default: on the H100 (docs/speed.md, "Session 31") 10 ms halved the replay's wall with
-  // every object used but took fragmentation over 0.07 without use, and 3 ms kept it but raised
-  // the allocation p99 1.5-2x.
+  // created again (a create and a release cost ~26 us of driver time on an H100). 0: not timed.
+  // Off by default: a hold in time holds more memory on a faster card (docs/speed.md, "Session
+  // 31": 10 ms took fragmentation over 0.07 on the H100 without use, 3 ms raised the allocation
+  // p99 1.5-2x); reserve_hold_allocs below counts it in allocations instead.
   std::size_t reserve_hold_ms = 0;
+  // The same hold counted in allocations rather than time: the surplus goes once this many
+  // allocations took pages (slab pages, large runs) without touching it. With both set, the hold
+  // ends at whichever comes first; with this alone an idle heap keeps the surplus within the peak
+  // bound, which falls as the recent peak (reserve_window_ms) is forgotten. 0: not counted.
+  // With synchronous misses neither hold applies (on the host's t1, 8 allocations took mean
+  // fragmentation from 0.068 to 0.071). 8 by default: on the host, with background misses, 4-5x
+  // fewer pages created and released than without a hold, fragmentation equal or lower
+  // (docs/speed.md, "Session 32").
+  std::size_t reserve_hold_allocs = 8;
   // With background misses, false: the keeper creates no page ahead of demand (the misses create
   // theirs on the mapper's thread) and its provisioning only gathers the reserve's pages into its
   // frontier run. Pages created ahead were released again at the next free's trim (42k of t1's
-  // 56k creates on the host with --verify), but without them more allocations miss.
-  bool keeper_creates_ahead = true;
+  // 56k creates on the host with --verify); with the hold, the pages a free returned serve the
+  // next allocations instead (keeping the creates ahead with the hold: fragmentation 0.067 -> 0.062
+  // without them on the host's t1 with --verify, 0.073 -> 0.069 without --verify).
+  bool keeper_creates_ahead = false;
   // A background thread keeps the reserve within its targets, making every driver call of
   // refills and trims off the allocating threads and without the heap lock. Off: refill and
   // trim to the watermarks happen inline (on allocation and free) and in maintain().

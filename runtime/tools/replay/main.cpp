@@ -59,7 +59,8 @@ struct Arguments {
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
   std::optional<std::size_t> reserve_hold_ms;
-  bool no_create_ahead = false;
+  std::optional<std::size_t> reserve_hold_allocs;
+  bool create_ahead = valet::Config{}.keeper_creates_ahead;
   bool keeper_defers = false;
   bool background_misses = false;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
@@ -147,9 +148,13 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Config::reserve_hold_ms: the keeper gives the reserve's surplus within the peak bound back only "
                  "once it sat unused this long (0: at once)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));
-  app.add_flag("--no-create-ahead", args.no_create_ahead,
-               "Config::keeper_creates_ahead = false: with --background-misses the keeper creates no page ahead of "
-               "demand (the misses create theirs)");
+  app.add_option("--reserve-hold-allocs", args.reserve_hold_allocs,
+                 "Config::reserve_hold_allocs: the same hold counted in allocations that took pages (0: not "
+                 "counted; with both, whichever ends first)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1000000}));
+  app.add_flag("--create-ahead,!--no-create-ahead", args.create_ahead,
+               "Config::keeper_creates_ahead: with --background-misses the keeper creates pages ahead of demand "
+               "(default: no, the misses create theirs)");
   app.add_option("--policy", args.policy,
                  "KEY=VALUE: a compactor policy setting other than its default (repeatable; see "
                  "valet::policy_keys(), e.g. fragmentation_threshold=0.1)")
@@ -198,7 +203,8 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
   if (args.reserve_hold_ms) config.reserve_hold_ms = *args.reserve_hold_ms;
-  if (args.no_create_ahead) config.keeper_creates_ahead = false;
+  if (args.reserve_hold_allocs) config.reserve_hold_allocs = *args.reserve_hold_allocs;
+  config.keeper_creates_ahead = args.create_ahead;
   config.keeper_defers = args.keeper_defers;
   config.background_misses = args.background_misses;
   config.background_miss_limit = args.background_miss_limit;
