@@ -442,6 +442,42 @@ TEST(ReserveKeeper, AHoldCountedInAllocationsKeepsAFreesSurplusUntilThatManyAllo
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+TEST(ReserveKeeper, AnIdleHeapGivesAHeldSurplusBackOnceTheRecentPeakIsForgotten) {
+  // The hold in allocations never ends while none come; the peak bound the surplus stays within
+  // falls once the window of the recent peak (here 4 s: a note is forgotten 2-4 s after it) has
+  // none, and the keeper's periodic turn trims to it.
+  Config config = budget_config(2.3);
+  config.background_misses = true;
+  config.reserve_hold_allocs = 8;
+  config.reserve_window_ms = 4000;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  const std::vector<Handle> live = allocate_live(h, 100);
+  const auto allocated_at = std::chrono::steady_clock::now();  // the last peak noted
+  auto one = h.allocate(48 * kPageBytes);
+  ASSERT_TRUE(one.ok());
+  ASSERT_TRUE(h.pin(*one).ok());  // mapped (a pending object's mapping waits here): its free returns pages
+  settle(h);
+  ASSERT_TRUE(h.free(*one).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const BudgetReading held = read_budget(c);
+  if (std::chrono::steady_clock::now() - allocated_at < std::chrono::milliseconds(1500)) {
+    EXPECT_GT(held.reserve, held.limit + 20) << "the keeper released the surplus within the hold";
+  }
+  // Up to two windows for the peak to be forgotten, then the keeper's turn.
+  BudgetReading idle = read_budget(c);
+  for (int i = 0; i < 600 && !(near_limit(idle) && idle.reserve < 48); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    idle = read_budget(c);
+  }
+  EXPECT_LT(idle.reserve, 48u) << "an idle heap kept the freed pages (reserve " << idle.reserve << ", limit " << idle.limit
+                               << ", ceiling " << idle.ceiling << ")";
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+}
+
 TEST(ReserveKeeper, WithBackgroundMissesAnOrdinaryFreeLeavesAnEmptiedChunkToTheKeeper) {
   for (const double ratio : {2.3, 1.0}) {
     SCOPED_TRACE(ratio > 2 ? "within the bound" : "beyond the bound");
