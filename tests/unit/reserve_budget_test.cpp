@@ -372,26 +372,46 @@ TEST(ReserveKeeper, AFreeOfNoOrdinaryDemandTrimsBeyondThePeakBoundOnItsOwnThread
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+// The hold's tests: a heap with background misses within a wide peak bound (ratio 2.3), 100 x 4
+// live pages and a mapped 48-page object (ordinary demand), the keeper settled: its free leaves a
+// surplus of ~48 pages over the limit.
+struct HoldCase {
+  std::unique_ptr<Heap> heap;
+  std::vector<Handle> live;
+  Handle one{};
+  std::chrono::steady_clock::time_point allocated_at;  // the last live peak noted
+};
+HoldCase hold_case(Config config) {
+  config.background_misses = true;
+  HoldCase k{test::make_heap(config), {}, {}, {}};
+  if (!k.heap) return k;
+  k.live = allocate_live(*k.heap, 100);
+  k.allocated_at = std::chrono::steady_clock::now();
+  auto one = k.heap->allocate(48 * kPageBytes);
+  EXPECT_TRUE(one.ok());
+  if (!one.ok()) return k;
+  k.one = *one;
+  EXPECT_TRUE(k.heap->pin(k.one).ok());  // mapped (a pending object's mapping waits here)
+  settle(*k.heap);
+  return k;
+}
+
 TEST(ReserveKeeper, WithAHoldAFreesSurplusIsKeptBeforeItGoesAndWithoutCreatingAheadNoPageIsCreated) {
   // Within the peak bound (ratio 2.3), a free's surplus over the limit is released only once no
   // allocation took it for the hold: a keeper turn comes every 20 ms, so 150 ms is several turns
   // in which the keeper without the hold would have trimmed it.
   Config config = budget_config(2.3);
-  config.background_misses = true;
   config.reserve_hold_ms = 600;
   config.reserve_hold_allocs = 0;  // the time's hold alone
   config.keeper_creates_ahead = false;
-  auto heap = test::make_heap(config);
-  ASSERT_TRUE(heap);
-  Heap& h = *heap;
+  HoldCase k = hold_case(config);
+  ASSERT_TRUE(k.heap && !k.one.is_null());
+  Heap& h = *k.heap;
   auto& c = HeapInternals::of(h);
-  const std::vector<Handle> live = allocate_live(h, 100);
-  auto one = h.allocate(48 * kPageBytes);
-  ASSERT_TRUE(one.ok());
-  settle(h);
+  const std::vector<Handle>& live = k.live;
   const std::uint64_t created_before = h.driver_calls().totals()[DriverOp::create_page];
   const auto freed_at = std::chrono::steady_clock::now();
-  ASSERT_TRUE(h.free(*one).ok());
+  ASSERT_TRUE(h.free(k.one).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
   const BudgetReading held = read_budget(c);
   if (std::chrono::steady_clock::now() - freed_at < std::chrono::milliseconds(500)) {
@@ -412,18 +432,14 @@ TEST(ReserveKeeper, AHoldCountedInAllocationsKeepsAFreesSurplusUntilThatManyAllo
   // Config::reserve_hold_allocs alone: no time ends the hold (150 ms is several keeper turns), the
   // allocations that take pages without touching the surplus do.
   Config config = budget_config(2.3);
-  config.background_misses = true;
   config.reserve_hold_allocs = 8;
   config.keeper_creates_ahead = false;
-  auto heap = test::make_heap(config);
-  ASSERT_TRUE(heap);
-  Heap& h = *heap;
+  HoldCase k = hold_case(config);
+  ASSERT_TRUE(k.heap && !k.one.is_null());
+  Heap& h = *k.heap;
   auto& c = HeapInternals::of(h);
-  std::vector<Handle> live = allocate_live(h, 100);
-  auto one = h.allocate(48 * kPageBytes);
-  ASSERT_TRUE(one.ok());
-  settle(h);
-  ASSERT_TRUE(h.free(*one).ok());
+  std::vector<Handle> live = k.live;
+  ASSERT_TRUE(h.free(k.one).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
   const BudgetReading held = read_budget(c);
   EXPECT_GT(held.reserve, held.limit + 20) << "the keeper released the surplus before any allocation came";
@@ -447,20 +463,15 @@ TEST(ReserveKeeper, AnIdleHeapGivesAHeldSurplusBackOnceTheRecentPeakIsForgotten)
   // falls once the window of the recent peak (here 4 s: a note is forgotten 2-4 s after it) has
   // none, and the keeper's periodic turn trims to it.
   Config config = budget_config(2.3);
-  config.background_misses = true;
   config.reserve_hold_allocs = 8;
   config.reserve_window_ms = 4000;
-  auto heap = test::make_heap(config);
-  ASSERT_TRUE(heap);
-  Heap& h = *heap;
+  HoldCase k = hold_case(config);
+  ASSERT_TRUE(k.heap && !k.one.is_null());
+  Heap& h = *k.heap;
   auto& c = HeapInternals::of(h);
-  const std::vector<Handle> live = allocate_live(h, 100);
-  const auto allocated_at = std::chrono::steady_clock::now();  // the last peak noted
-  auto one = h.allocate(48 * kPageBytes);
-  ASSERT_TRUE(one.ok());
-  ASSERT_TRUE(h.pin(*one).ok());  // mapped (a pending object's mapping waits here): its free returns pages
-  settle(h);
-  ASSERT_TRUE(h.free(*one).ok());
+  const std::vector<Handle>& live = k.live;
+  const auto allocated_at = k.allocated_at;
+  ASSERT_TRUE(h.free(k.one).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const BudgetReading held = read_budget(c);
   if (std::chrono::steady_clock::now() - allocated_at < std::chrono::milliseconds(1500)) {
