@@ -206,6 +206,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
     (void)claimed;
     miss.index = index;
     misses.submit(std::move(miss));
+    ++t_background_misses;
   }
   live_bytes += std::int64_t(bytes);
   if (Demand::ordinary(loc->pages, used_before)) demand.live_peak.note(live_bytes_known(), now_ns());

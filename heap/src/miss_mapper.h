@@ -37,6 +37,9 @@ namespace valet::detail {
 
 struct SlabPage;
 
+// Misses the calling thread submitted (Heap::this_thread_background_misses).
+inline thread_local std::uint64_t t_background_misses = 0;
+
 // One pending object's way to a mapped run. Each step is a batch begun under the heap lock whose
 // calls the mapper makes without it:
 //   run        a place batch of the whole run (place_calls);

@@ -79,6 +79,7 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   gate_mapper(g);
   Result<Handle> big = make_error(Errc::internal, "not run");
   std::uint64_t calls = 0;
+  const std::uint64_t misses_before = Heap::this_thread_background_misses();
   {
     ThreadDriverCalls scope(heap.driver_calls());
     big = heap.allocate(kBig);
@@ -86,6 +87,7 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   }
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   EXPECT_EQ(calls, 0u) << "the allocating thread made driver calls";
+  EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1) << "the thread's count of its misses";
   ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
   const DevicePtr handed_out = address_at_allocation(heap, *big);
   EXPECT_VALID(heap);  // a pending object: its run is a batch in flight
@@ -94,6 +96,7 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   // Other allocations and frees go on meanwhile; a pin of the pending object waits.
   auto small = heap.allocate(100'000);
   ASSERT_TRUE(small.ok());
+  EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1) << "a slab object counted as a miss";
   test::fill(heap, *small, 3);
   auto pinning = std::async(std::launch::async, [&] {
     auto pin = heap.pin(*big);

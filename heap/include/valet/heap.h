@@ -245,6 +245,10 @@ class Heap {
   // held, since the thread started; a diagnostic: the difference across a call is that call's
   // wait for other threads' critical sections.
   static std::uint64_t this_thread_lock_wait_ns();
+  // Allocations of the calling thread (on any heap) that returned pending, their runs left to the
+  // heap's mapper (Config::background_misses), since the thread started; a diagnostic: the
+  // difference across an allocate says whether that allocation missed.
+  static std::uint64_t this_thread_background_misses();
   const Config& config() const;
   std::uint32_t tag() const;
 

@@ -172,6 +172,7 @@ class Replayer {
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
     const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
+    const std::uint64_t misses_before = Heap::this_thread_background_misses();
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     const auto answered = Clock::now();
@@ -179,6 +180,10 @@ class Replayer {
     const std::uint64_t ns = ns_between(asked, answered);
     alloc_ns_.add(ns);
     (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
+    if (Heap::this_thread_background_misses() != misses_before)
+      alloc_ns_pending_.add(ns);
+    else if (op.bytes >= kPageBytes)
+      alloc_ns_pages_not_pending_.add(ns);
     report_.wall_parts_s.allocate += seconds_between(asked, answered);
     if (count_driver_calls(window)) ++report_.allocs_with_calls;
     ++report_.ops;
@@ -416,6 +421,8 @@ class Replayer {
     latency_figures(alloc_ns_, free_ns_, r);
     r.alloc_ns_under_page = size_class_figures(alloc_ns_under_page_);
     r.alloc_ns_pages = size_class_figures(alloc_ns_pages_);
+    r.alloc_ns_pending = size_class_figures(alloc_ns_pending_);
+    r.alloc_ns_pages_not_pending = size_class_figures(alloc_ns_pages_not_pending_);
     r.alloc_lock_wait = alloc_lock_waits_.figures();
     r.free_lock_wait = free_lock_waits_.figures();
     if (pinners_) {
@@ -453,7 +460,7 @@ class Replayer {
   ReplayReport report_;
   LatencyHistogram alloc_ns_;
   LatencyHistogram free_ns_;
-  LatencyHistogram alloc_ns_under_page_, alloc_ns_pages_;
+  LatencyHistogram alloc_ns_under_page_, alloc_ns_pages_, alloc_ns_pending_, alloc_ns_pages_not_pending_;
   LockWaits alloc_lock_waits_, free_lock_waits_;
   std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;

@@ -96,6 +96,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   };
   j["alloc_ns_under_page"] = size_class(r.alloc_ns_under_page);
   j["alloc_ns_pages"] = size_class(r.alloc_ns_pages);
+  j["alloc_ns_pending"] = size_class(r.alloc_ns_pending);
+  j["alloc_ns_pages_not_pending"] = size_class(r.alloc_ns_pages_not_pending);
   const auto lock_wait = [](const ReplayReport::LockWait& w) {
     return nlohmann::ordered_json{{"waited", w.waited}, {"total_s", w.total_s}, {"p99_ns", w.p99_ns}, {"max_ns", w.max_ns}};
   };

@@ -49,11 +49,13 @@ struct ReplayReport {
   double free_ns_p99 = 0;
   double free_ns_max = 0;
   // Allocations by size: under one page (slab objects and small large ones) and of a page or
-  // more (runs of pages), each with its count, median, p99 and max.
+  // more (runs of pages), each with its count, median, p99 and max; and, across sizes, those that
+  // returned pending (background misses: Heap::this_thread_background_misses) and the other
+  // allocations of a page or more (a mapped run found, or mapped on the caller's thread).
   struct SizeClassLatency {
     std::uint64_t count = 0;
     double median = 0, p99 = 0, max = 0;
-  } alloc_ns_under_page, alloc_ns_pages;
+  } alloc_ns_under_page, alloc_ns_pages, alloc_ns_pending, alloc_ns_pages_not_pending;
   // Of each allocation's and free's time, the wait for the heap lock while another thread held
   // it (Heap::this_thread_lock_wait_ns): how many waited, the total, p99 and max over all calls.
   struct LockWait {
