@@ -20,8 +20,9 @@
 // (Config::reserve_hold_allocs, by default 8 allocations that took pages; reserve_hold_ms in time),
 // the keeper gives back the surplus over the limit once no allocation took it for the hold (beyond
 // the ceiling at once): an allocation that follows a free within the hold takes the freed pages
-// rather than new ones; with Config::keeper_creates_ahead false (the default) it creates no page
-// ahead of demand (may_create is 0) and the misses create what they need on the mapper's thread.
+// rather than new ones; with Config::keeper_creates_ahead false (the default) it creates pages
+// only up to the low watermark (may_create), none ahead of demand beyond it, and the misses create
+// what they need on the mapper's thread.
 // Without either, each free's surplus is released at once and the next allocation's pages
 // created again (on the host's t1 with --verify, 54k of 56k releases were such trims, and the
 // keeper's provisioning made 42k of the creates; docs/speed.md, "Session 31").

@@ -49,9 +49,10 @@ struct Config {
   // fewer pages created and released than without a hold, fragmentation equal or lower
   // (docs/speed.md, "Session 32").
   std::size_t reserve_hold_allocs = 8;
-  // With background misses, false: the keeper creates no page ahead of demand (the misses create
-  // theirs on the mapper's thread) and its provisioning only gathers the reserve's pages into its
-  // frontier run. Pages created ahead were released again at the next free's trim (42k of t1's
+  // With background misses, false: the keeper creates pages only up to the low watermark
+  // (reserve_low_pages, so that a new slab page finds a mapped page), none ahead of demand beyond
+  // it (the misses create theirs on the mapper's thread), and its provisioning otherwise only
+  // gathers the reserve's pages into its frontier run. Pages created ahead were released again at the next free's trim (42k of t1's
   // 56k creates on the host with --verify); with the hold, the pages a free returned serve the
   // next allocations instead (keeping the creates ahead with the hold: fragmentation 0.067 -> 0.062
   // without them on the host's t1 with --verify, 0.073 -> 0.069 without --verify).
