@@ -195,7 +195,10 @@ void HeapCore::book_pair(MeshPair& pr, CompactionRecord& rec, Status& first) {
   pool.commit_remap(pr.plan);
   // Frees while the lock was released may have emptied the source: then nothing is addressed
   // through its slot and the alias goes at once (or with the page, if it fails).
-  if (src->used > 0 || !pool.drop_alias(src->slot).ok()) dst->aliases.push_back({src->slot, src->used});
+  if (src->used > 0 || !pool.drop_alias(src->slot).ok()) {
+    dst->aliases.push_back({src->slot, src->used});
+    slabs.aliases_changed(dst);
+  }
   if (pool.slot(src->slot).kind == SlotKind::slab) pool.slot(src->slot).owner = dst->id;
   slabs.fold(dst, src);
   ++rec.pages_meshed;

@@ -28,14 +28,18 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
   std::vector<Piece> span;
   int tried = 0;
   // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any.
+  // Each set holds slots of one kind only (validate()), so the slot's kind names the one set to
+  // search: a window's walk is a tree search per piece, not three.
   auto piece_at = [&](std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) -> std::optional<Piece> {
-    bool mapped = false;
-    auto r = unmapped_.find(slot);
-    if (!r) r = dropped_.find(slot);  // an alias waiting for the keeper: unmapped on demand
-    if (!r) {
-      r = reserve_.find(slot);
-      mapped = true;
+    const RangeSet* set = nullptr;
+    switch (slots_[slot].kind) {
+      case SlotKind::unmapped: set = &unmapped_; break;
+      case SlotKind::dropping: set = &dropped_; break;  // an alias waiting for the keeper: unmapped on demand
+      case SlotKind::reserve: set = &reserve_; break;
+      default: return std::nullopt;
     }
+    const bool mapped = set == &reserve_;
+    auto r = set->find(slot);
     if (!r) return std::nullopt;
     const std::uint32_t s = std::max(r->start, lo), e = std::min(r->start + r->length, hi);
     return Piece{s, e - s, mapped};

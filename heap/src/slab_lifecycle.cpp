@@ -28,6 +28,7 @@ bool HeapCore::try_drop_alias(SlabPage* p, std::size_t k) {
   if (a.users != 0 || pool.held(a.slot) || !pool.drop_alias(a.slot).ok()) return false;
   p->aliases[k] = p->aliases.back();
   p->aliases.pop_back();
+  slabs.aliases_changed(p);
   return true;
 }
 

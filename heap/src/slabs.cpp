@@ -7,6 +7,7 @@ namespace valet::detail {
 Slabs::Slabs() = default;
 
 Slabs::~Slabs() {
+  hosts_.clear();
   for (auto& cls : buckets_)
     for (auto& list : cls) list.clear();
 }
@@ -19,12 +20,32 @@ std::uint8_t Slabs::bucket_of(const SlabPage& p) {
 }
 
 void Slabs::rebucket(SlabPage* p) {
-  if (p->evacuating) return;
-  const std::uint8_t b = bucket_of(*p);
-  if (b == p->bucket && p->hook.is_linked()) return;
-  if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
-  p->bucket = b;
-  buckets_[p->cls][b].push_back(*p);
+  if (!p->evacuating) {
+    const std::uint8_t b = bucket_of(*p);
+    if (b != p->bucket || !p->hook.is_linked()) {
+      if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
+      p->bucket = b;
+      buckets_[p->cls][b].push_back(*p);
+    }
+  }
+  index_host(p);  // its lowest taken slot may have moved within the bucket
+}
+
+std::uint64_t Slabs::host_room(const SlabPage& p) {
+  if (!p.live || p.evacuating || !p.hook.is_linked() || p.on_tail() || p.used == p.capacity) return 0;
+  if (p.used == 0) return std::uint64_t(p.capacity) * class_size(p.cls);
+  if (!p.aliases.empty()) return 0;
+  return std::uint64_t(p.lowest) * class_size(p.cls);
+}
+
+void Slabs::index_host(SlabPage* p) {
+  const std::uint64_t room = host_room(*p);
+  if (p->host_hook.is_linked()) {
+    if (room == p->host_room) return;
+    hosts_.erase(hosts_.iterator_to(*p));
+  }
+  p->host_room = room;
+  if (room > 0) hosts_.insert(*p);
 }
 
 SlabPage* Slabs::densest_with_room(std::uint32_t cls) {
@@ -70,6 +91,7 @@ SlabPage* Slabs::create(std::uint32_t cls, std::uint32_t slot) {
 void Slabs::detach(SlabPage* p) {
   if (p->hook.is_linked()) buckets_[p->cls][p->bucket].erase(buckets_[p->cls][p->bucket].iterator_to(*p));
   p->evacuating = true;
+  index_host(p);
 }
 
 void Slabs::destroy(SlabPage* p) {
@@ -150,12 +172,14 @@ void Slabs::block_tail(SlabPage* p, std::uint32_t tail_slot, std::uint32_t n) {
   for (std::uint32_t i = 0; i < n; ++i) take_slot_at(p, i, kNoOwner);
   p->tail_slot = tail_slot;
   p->blocked = n;
+  index_host(p);
 }
 
 void Slabs::unblock_tail(SlabPage* p) {
   for (std::uint32_t i = 0; i < p->blocked; ++i) free_slot(p, i);
   p->tail_slot = kNoTail;
   p->blocked = 0;
+  index_host(p);
 }
 
 bool disjoint(const SlabPage& a, const SlabPage& b) {

@@ -30,6 +30,7 @@
 
 #include <array>
 #include <boost/intrusive/list.hpp>
+#include <boost/intrusive/set.hpp>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -81,6 +82,10 @@ struct SlabPage {
   std::uint32_t fixed = 0;
   std::vector<std::uint32_t> owners;  // handle index per slot; kNoOwner when free
   boost::intrusive::list_member_hook<> hook;
+  // Slabs' index of the pages a large object's last page may share (Slabs::for_each_host), and
+  // this page's key there (0: not listed).
+  boost::intrusive::set_member_hook<> host_hook;
+  std::uint64_t host_room = 0;
 
   bool test(std::uint32_t i) const { return (bitmap[i >> 6] >> (i & 63)) & 1u; }
   std::size_t sharers() const { return 1 + aliases.size(); }
@@ -106,6 +111,21 @@ class Slabs {
 
   Slabs();
   ~Slabs();
+
+  // Shared tails' hosts: the pages whose free low span a large object's last page could use,
+  // from the least room of at least `room` bytes up (ties by id), until f(page) returns false.
+  // A page's room (host_room) is all of it when empty, else the bytes below its lowest taken
+  // slot; pages on a tail, meshed ones (aliases), full ones and those out of their buckets
+  // (evacuating) are not listed. An index kept at every change of those fields, so that placing
+  // a large object does not walk every slab page.
+  template <class F>
+  void for_each_host(std::uint64_t room, F&& f) const {
+    for (auto it = hosts_.lower_bound(room, HostKey{}); it != hosts_.end(); ++it)
+      if (!f(const_cast<SlabPage&>(*it))) return;
+  }
+  static std::uint64_t host_room(const SlabPage& p);
+  // A page's aliases changed (they are the heap's to add and drop): its place among the hosts.
+  void aliases_changed(SlabPage* page) { index_host(page); }
 
   // The densest page of `cls` with a free slot, or nullptr.
   SlabPage* densest_with_room(std::uint32_t cls);
@@ -159,11 +179,26 @@ class Slabs {
 
   static std::uint8_t bucket_of(const SlabPage& p);
   void rebucket(SlabPage* p);
+  void index_host(SlabPage* p);  // lists, relists or unlists p among the hosts (host_room)
+
+  struct ByHostRoom {
+    bool operator()(const SlabPage& a, const SlabPage& b) const {
+      return a.host_room != b.host_room ? a.host_room < b.host_room : a.id < b.id;
+    }
+  };
+  struct HostKey {  // lower_bound by room alone
+    bool operator()(const SlabPage& a, std::uint64_t room) const { return a.host_room < room; }
+    bool operator()(std::uint64_t room, const SlabPage& a) const { return room < a.host_room; }
+  };
+  using HostSet =
+      boost::intrusive::set<SlabPage, boost::intrusive::member_hook<SlabPage, boost::intrusive::set_member_hook<>, &SlabPage::host_hook>,
+                            boost::intrusive::compare<ByHostRoom>>;
 
   std::vector<std::unique_ptr<SlabPage>> pages_;
   std::vector<std::uint32_t> free_ids_;
   std::size_t live_pages_ = 0;
   std::array<std::array<PageList, kBuckets>, kClassCount> buckets_;
+  HostSet hosts_;
 };
 
 }  // namespace valet::detail

@@ -139,6 +139,16 @@ Status Slabs::validate() const {
                      ", bucket " + s(p.bucket));
       }
   if (listed != linked_pages) return bad(s(listed) + " pages in the buckets, " + s(linked_pages) + " pages linked");
+  // The hosts' index: every page listed that should be, under its current room, and no other.
+  std::size_t hosts = 0;
+  for (const auto& p : pages_) {
+    const std::uint64_t room = host_room(*p);
+    if (p->host_hook.is_linked() != (room > 0) || (room > 0 && p->host_room != room))
+      return bad("page " + s(p->id) + " is listed among the tails' hosts with room " +
+                 s(p->host_hook.is_linked() ? p->host_room : 0) + ", its room is " + s(room));
+    hosts += room > 0;
+  }
+  if (hosts != hosts_.size()) return bad(s(hosts_.size()) + " tails' hosts listed, " + s(hosts) + " pages are hosts");
   return {};
 }
 

@@ -76,7 +76,10 @@ Status HeapCore::unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t t
   } else {
     pool.commit_remap(plan);
     // The spare slot maps the new page too: unmapped now, or kept as an alias with no users.
-    if (!pool.drop_alias(*spare).ok()) p->aliases.push_back({*spare, 0});
+    if (!pool.drop_alias(*spare).ok()) {
+      p->aliases.push_back({*spare, 0});
+      slabs.aliases_changed(p);
+    }
   }
   tails.unshare(tail);
   slabs.unblock_tail(p);

@@ -98,23 +98,18 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail, bool 
 }
 
 SlabPage* HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_t>& cached) const {
+  // The hosts with room for `used` bytes, the tightest first (Slabs::for_each_host): the first
+  // that fits, unless one further up is `cached`.
   SlabPage* best = nullptr;
-  std::uint64_t best_room = 0;
-  bool best_cached = false;
-  for (std::uint32_t cls = 0; cls < kClassCount && !best_cached; ++cls)
-    for (std::size_t b = 0; b + 1 < kBuckets && !best_cached; ++b)
-      for (auto& p : slabs.bucket(cls, b)) {
-        if (p.on_tail()) continue;
-        const std::uint64_t size = class_size(cls);
-        const std::uint64_t room = p.used == 0 ? std::uint64_t(p.capacity) * size : low_free_bytes(p);
-        if ((used + size - 1) / size >= p.capacity || room < used) continue;
-        best_cached = std::find(cached.begin(), cached.end(), pool.slot(p.slot).phys) != cached.end();
-        if (best_cached || !best || room < best_room) {
-          best = const_cast<SlabPage*>(&p);
-          best_room = room;
-        }
-        if (best_cached) break;
-      }
+  slabs.for_each_host(used, [&](SlabPage& p) {
+    const std::uint64_t size = class_size(p.cls);
+    if ((used + size - 1) / size >= p.capacity) return true;  // the tail would block every slot
+    if (!best) best = &p;
+    if (cached.empty()) return false;
+    if (std::find(cached.begin(), cached.end(), pool.slot(p.slot).phys) == cached.end()) return true;
+    best = &p;
+    return false;
+  });
   return best;
 }
 
@@ -267,6 +262,7 @@ void HeapCore::release_large(const Location& loc) {
   if (!pool.drop_alias(tail).ok()) {
     pool.retag(tail, SlotKind::slab, p->id);
     p->aliases.push_back({tail, 0});
+    slabs.aliases_changed(p);
   }
   slabs.unblock_tail(p);
   retire_if_spare(p);

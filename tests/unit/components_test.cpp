@@ -117,6 +117,59 @@ TEST(TailLinks, OpenSharedAndTheRoomiest) {
   EXPECT_EQ(t.shared_count(), 0u);
 }
 
+TEST(Slabs, TheTailsHostsAreListedByTheirFreeLowSpanAndLeaveWhenTheyCannotHost) {
+  Slabs slabs;
+  const std::uint32_t cls = class_of(65536);
+  const std::uint64_t size = class_size(cls), cap = class_slots(cls);
+  SlabPage* a = slabs.create(cls, 10);
+  SlabPage* b = slabs.create(cls, 11);
+  auto hosts = [&](std::uint64_t room) {
+    std::vector<std::uint32_t> ids;
+    slabs.for_each_host(room, [&](SlabPage& p) {
+      ids.push_back(p.id);
+      return true;
+    });
+    return ids;
+  };
+  // Empty pages host all of themselves; the tie goes by id.
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id, b->id}));
+  // An object at slot 5 leaves five slots of free low span: the tightest host first.
+  slabs.take_slot_at(a, 5, 1);
+  EXPECT_EQ(a->host_room, 5 * size);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id, b->id}));
+  EXPECT_EQ(hosts(5 * size + 1), (std::vector<std::uint32_t>{b->id})) << "a host without the room is skipped";
+  // Taken below, freed again: the span follows the lowest taken slot both ways.
+  slabs.take_slot_at(a, 2, 2);
+  EXPECT_EQ(a->host_room, 2 * size);
+  slabs.free_slot(a, 2);
+  EXPECT_EQ(a->host_room, 5 * size);
+  // On a tail, meshed (an alias), evacuating or full: not a host; back once it can host again.
+  slabs.block_tail(b, 40, 1);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id}));
+  slabs.unblock_tail(b);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id, b->id}));
+  a->aliases.push_back({12, 0});
+  slabs.aliases_changed(a);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{b->id}));
+  a->aliases.clear();
+  slabs.aliases_changed(a);
+  slabs.detach(b);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id}));
+  slabs.attach(b);
+  for (std::uint32_t i = 0; i < cap; ++i) slabs.take_slot_at(b, i, 100 + i);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{a->id})) << "a full page hosts nothing";
+  EXPECT_TRUE(slabs.validate().ok()) << slabs.validate().error().to_string();
+  slabs.free_slot(b, 0);
+  EXPECT_EQ(b->host_room, size) << "slot 0 freed: one slot below the lowest taken";
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{b->id, a->id}));
+  for (std::uint32_t i = 1; i < cap; ++i) slabs.free_slot(b, i);
+  EXPECT_EQ(b->host_room, cap * size);
+  slabs.free_slot(a, 5);
+  slabs.destroy(a);
+  EXPECT_EQ(hosts(1), (std::vector<std::uint32_t>{b->id})) << "a destroyed page is no host";
+  EXPECT_TRUE(slabs.validate().ok()) << slabs.validate().error().to_string();
+}
+
 TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
   auto backend = test::open_host_backend(32u << 20);
   ASSERT_TRUE(backend);

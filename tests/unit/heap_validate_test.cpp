@@ -98,6 +98,10 @@ TEST_F(HeapValidate, ASlabPageWhoseBookkeepingIsWrong) {
                 },
                 [&] { core().slabs.attach(p); });
   expect_caught("slots without a tail", [&] { p->blocked = 1; }, [&] { p->blocked = 0; });
+  // An alias added behind the slabs' back: the page is no tail's host any more, its index says it is.
+  ASSERT_GT(p->host_room, 0u) << "the page was expected among the tails' hosts";
+  expect_caught("listed among the tails' hosts", [&] { p->aliases.push_back({entry(open_large_)->loc.page, 0}); },
+                [&] { p->aliases.pop_back(); });
   auto& own = core().pool.slot(p->slot);
   expect_caught("and the slot table disagree", [&] { own.owner += 1000; }, [&] { own.owner -= 1000; });
   // 3000 bytes -> the 3072 class: 682 slots, so the last bitmap word has padding bits.
@@ -109,23 +113,30 @@ TEST_F(HeapValidate, ASlabPageWhoseBookkeepingIsWrong) {
 TEST_F(HeapValidate, AliasesThatDoNotMapTheirPage) {
   SlabPage* p = page_of(other_[0]);
   const std::uint32_t elsewhere = entry(open_large_)->loc.page;
-  expect_caught("does not map its page", [&] { p->aliases.push_back({elsewhere, 0}); }, [&] { p->aliases.pop_back(); });
+  // Each break tells the slabs that the aliases changed, as the heap does: the index of tails'
+  // hosts stays right, and what validate() must catch is the aliases themselves.
+  auto changed = [&] { core().slabs.aliases_changed(p); };
+  expect_caught("does not map its page", [&] { p->aliases.push_back({elsewhere, 0}); changed(); },
+                [&] { p->aliases.pop_back(); changed(); });
   // A real second mapping of the page, listed with a user that no object accounts for.
   std::uint32_t alias = 0;
   expect_caught("user count is wrong",
                 [&] {
                   alias = *core().pool.share_page(p->slot, SlotKind::slab, p->id);
                   p->aliases.push_back({alias, 1});
+                  changed();
                 },
                 [&] {
                   p->aliases.pop_back();
+                  changed();
                   ASSERT_TRUE(core().pool.drop_alias(alias).ok());
                 });
   expect_caught("sharers, at most",
                 [&] {
                   for (std::size_t k = 0; k < kMaxSharers; ++k) p->aliases.push_back({elsewhere, 0});
+                  changed();
                 },
-                [&] { p->aliases.clear(); });
+                [&] { p->aliases.clear(); changed(); });
 }
 
 TEST_F(HeapValidate, TailsThatAreNotWhatTheySay) {
