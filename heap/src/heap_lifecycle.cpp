@@ -121,6 +121,8 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: chunk_miss_pages must be 0 (off) or within [2, 1048576]");
   if (config.background_miss_limit == 0 || config.background_miss_limit > (std::size_t{1} << 20))
     return make_error(Errc::invalid_argument, "Heap::create: background_miss_limit must be within [1, 1048576]");
+  if (config.miss_mapper_spin_us > 100'000)
+    return make_error(Errc::invalid_argument, "Heap::create: miss_mapper_spin_us must be within [0, 100000]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
   core->config.capacity = pages * detail::kPageSize;
   core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes
@@ -141,6 +143,7 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     (void)core->keeper.balance();
   }
   core->keeper.start();
+  core->misses.set_spin_us(config.miss_mapper_spin_us);
   if (config.background_misses) core->misses.start();
   return std::unique_ptr<Heap>(new Heap(std::move(core)));
 }

@@ -1,5 +1,7 @@
 #include "miss_mapper.h"
 
+#include <chrono>
+
 namespace valet::detail {
 
 void MissMapper::start() {
@@ -18,6 +20,7 @@ void MissMapper::stop() {
     std::lock_guard lock(mu_);
     stop_ = true;
     running_ = false;
+    submitted_.fetch_add(1, std::memory_order_release);  // ends a poll
   }
   work_cv_.notify_all();
   thread_.join();
@@ -29,7 +32,12 @@ void MissMapper::submit(PendingMiss miss) {
   miss.seq = ++last_seq_;
   outstanding_.insert(miss.seq);
   queued_.push_back(std::move(miss));
-  work_cv_.notify_one();
+  submitted_.fetch_add(1, std::memory_order_release);
+  // Awake (mapping, or polling), the thread finds the miss when it next looks at the queue.
+  if (sleeping_) {
+    ++wakes_;
+    work_cv_.notify_one();
+  }
 }
 
 std::optional<PendingMiss> MissMapper::take_queued(std::uint32_t index) {
@@ -57,10 +65,22 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
   settled_cv_.wait(lock, [&] { return outstanding_.empty() || *outstanding_.begin() > last; });
 }
 
+void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
+  const std::uint64_t seen = submitted_.load(std::memory_order_acquire);
+  lock.unlock();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+  while (submitted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+    VALET_CPU_RELAX();
+  lock.lock();
+}
+
 void MissMapper::loop() {
   std::unique_lock lock(mu_);
   for (;;) {
+    if (spin_us_ > 0 && queued_.empty() && !stop_) poll(lock);
+    sleeping_ = true;
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
+    sleeping_ = false;
     if (queued_.empty()) break;  // stopping, nothing left
     // One miss a turn, in the order of submission: each object is booked as soon as its own
     // calls end (its pins wait for no other's), and the misses still queued stay abandonable

@@ -21,6 +21,7 @@
 // without it.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -74,6 +75,10 @@ class MissMapper {
   MissMapper(const MissMapper&) = delete;
   MissMapper& operator=(const MissMapper&) = delete;
 
+  // After its queue empties, the thread polls for this long before it sleeps (0: it sleeps at
+  // once), so that a miss submitted meanwhile needs no wake (Config::miss_mapper_spin_us). Set
+  // before start().
+  void set_spin_us(std::uint32_t us) { spin_us_ = us; }
   // Starts the thread. Idempotent.
   void start();
   // Stops and joins the thread once every queued miss is booked.
@@ -90,6 +95,11 @@ class MissMapper {
   std::size_t pending() const {
     mu_.assert_held();
     return pending_.size();
+  }
+  // Submits that had to wake the sleeping thread (lock held).
+  std::uint64_t wakes() const {
+    mu_.assert_held();
+    return wakes_;
   }
   // Whether the object of handle index `index` is pending (lock held); freed while pending.
   bool is_pending(std::uint32_t index) const {
@@ -121,6 +131,8 @@ class MissMapper {
 
  private:
   void loop();
+  // Polls (without the heap lock) until a miss is submitted or spin_us_ passed.
+  void poll(std::unique_lock<HeapMutex>& lock);
   void settle(const PendingMiss& m);  // it leaves the pending set (lock held)
 
   HeapMutex& mu_;
@@ -135,6 +147,12 @@ class MissMapper {
   std::uint64_t last_seq_ = 0;                       // under mu
   bool stop_ = false;          // under mu
   bool running_ = false;       // under mu
+  // The thread waits on work_cv_ (under mu): only then does a submit wake it. A submit while
+  // it maps or polls costs its caller no system call.
+  bool sleeping_ = false;
+  std::uint64_t wakes_ = 0;  // under mu
+  std::atomic<std::uint64_t> submitted_{0};  // submits and stop, for the poll without the lock
+  std::uint32_t spin_us_ = 0;
 };
 
 }  // namespace valet::detail

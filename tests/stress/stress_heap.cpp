@@ -41,6 +41,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.background_misses = o.background_misses;
   config.reserve_hold_ms = o.reserve_hold_ms;
   config.reserve_hold_allocs = o.reserve_hold_allocs;
+  config.miss_mapper_spin_us = o.mapper_spin_us;
   config.keeper_creates_ahead = o.create_ahead;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();

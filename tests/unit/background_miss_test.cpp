@@ -479,6 +479,54 @@ TEST(BackgroundMisses, ALimitOfNoPendingMissOrOfMoreThanAMillionIsRefused) {
   EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
 }
 
+TEST(BackgroundMisses, AMapperSpinOfMoreThanATenthOfASecondIsRefused) {
+  Config c = background_config();
+  c.miss_mapper_spin_us = 100'001;
+  auto heap = Heap::create(test::open_host_backend(c.capacity), c);
+  ASSERT_FALSE(heap.ok());
+  EXPECT_EQ(heap.error().code, Errc::invalid_argument);
+  EXPECT_NE(heap.error().message.find("miss_mapper_spin_us"), std::string::npos) << heap.error().message;
+  c.miss_mapper_spin_us = 100'000;
+  EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
+}
+
+// Misses one after another, each used (pinned: it waits for its mapping) before the next: the
+// mapper is asleep, or polling, whenever the next one comes. Returns the wakes their submits made.
+std::uint64_t wakes_for_misses_in_turn(std::uint32_t spin_us, int misses) {
+  Config c = background_config();
+  c.capacity = 1u << 30;
+  c.miss_mapper_spin_us = spin_us;
+  auto heap = Heap::create(test::open_host_backend(c.capacity), c);
+  EXPECT_TRUE(heap.ok());
+  if (!heap.ok()) return 0;
+  std::vector<Handle> live;
+  for (int i = 0; i < misses; ++i) {
+    const std::uint64_t before = Heap::this_thread_background_misses();
+    auto h = (*heap)->allocate(kBig);
+    EXPECT_TRUE(h.ok());
+    if (!h.ok()) break;
+    EXPECT_EQ(Heap::this_thread_background_misses(), before + 1) << "allocation " << i << " did not miss";
+    EXPECT_TRUE((*heap)->pin(*h).ok());  // waits for the mapper; unpinned at once
+    live.push_back(*h);
+  }
+  EXPECT_VALID(**heap);
+  auto& core = detail::HeapInternals::of(**heap);
+  std::lock_guard lock(core.mu);
+  return core.misses.wakes();
+}
+
+TEST(BackgroundMisses, AMapperThatPollsTakesMissesWithoutAWakeAndStillStopsAtOnce) {
+  constexpr int kMisses = 12;
+  // Asleep between misses, the mapper is woken by (nearly) every submit.
+  const std::uint64_t sleeping = wakes_for_misses_in_turn(0, kMisses);
+  EXPECT_GE(sleeping, std::uint64_t(kMisses / 2));
+  EXPECT_LE(sleeping, std::uint64_t(kMisses));
+  // Polling for a tenth of a second after each, it finds the next miss itself: a wake only where
+  // the test thread was held up longer than that. The heap's destruction then ends the poll at
+  // once (no test timeout).
+  EXPECT_LT(wakes_for_misses_in_turn(100'000, kMisses), std::uint64_t(kMisses / 2));
+}
+
 TEST(BackgroundMisses, CompactionLeavesAPendingObjectAloneAndShutdownWaitsForIt) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);

@@ -64,6 +64,7 @@ struct Arguments {
   bool keeper_defers = false;
   bool background_misses = false;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
+  std::uint32_t mapper_spin_us = valet::Config{}.miss_mapper_spin_us;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -140,6 +141,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--background-miss-limit", args.background_miss_limit,
                  "Config::background_miss_limit: background misses pending at most (default 4)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+  app.add_option("--mapper-spin-us", args.mapper_spin_us,
+                 "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 0)")
+      ->check(CLI::Range(0u, 100000u));
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -208,6 +212,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   config.keeper_defers = args.keeper_defers;
   config.background_misses = args.background_misses;
   config.background_miss_limit = args.background_miss_limit;
+  config.miss_mapper_spin_us = args.mapper_spin_us;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments
