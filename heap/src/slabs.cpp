@@ -1,5 +1,7 @@
 #include "slabs.h"
 
+#include <algorithm>
+
 #include "invariants.h"
 
 namespace valet::detail {
@@ -167,19 +169,44 @@ void Slabs::free_slot(SlabPage* p, std::uint32_t i) {
   rebucket(p);
 }
 
+namespace {
+
+// Sets or clears bits [0, n) of a page's bitmap, a word at a time.
+void set_low_bits(std::vector<std::uint64_t>& bitmap, std::uint32_t n, bool taken) {
+  for (std::uint32_t w = 0; w * 64 < n; ++w) {
+    const std::uint32_t bits = std::min<std::uint32_t>(64, n - w * 64);
+    const std::uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
+    bitmap[w] = taken ? bitmap[w] | mask : bitmap[w] & ~mask;
+  }
+}
+
+}  // namespace
+
+// Both leave the page as take_slot_at / free_slot slot by slot would (its bucket moves one way
+// only, as `used` does, so one rebucket puts it where the last of theirs would), in one pass.
 void Slabs::block_tail(SlabPage* p, std::uint32_t tail_slot, std::uint32_t n) {
   VALET_ASSERT(!p->on_tail() && n < p->capacity);
-  for (std::uint32_t i = 0; i < n; ++i) take_slot_at(p, i, kNoOwner);
+  VALET_ASSERT(n == 0 || lowest_taken(*p, 0) >= n);  // the slots are free
+  set_low_bits(p->bitmap, n, true);  // their owners are kNoOwner already (free slots)
+  p->used += n;
+  if (n > 0) p->lowest = 0;
   p->tail_slot = tail_slot;
   p->blocked = n;
-  index_host(p);
+  rebucket(p);
 }
 
 void Slabs::unblock_tail(SlabPage* p) {
-  for (std::uint32_t i = 0; i < p->blocked; ++i) free_slot(p, i);
+  const std::uint32_t n = p->blocked;
+  set_low_bits(p->bitmap, n, false);
+  p->used -= n;
+  if (n > 0) {
+    p->lowest = lowest_taken(*p, n);
+    // As free_slot keeps it: no free slot below word `hint` (ascending), above it (descending).
+    p->hint = p->descending ? std::max(p->hint, (n - 1) >> 6) : 0;
+  }
   p->tail_slot = kNoTail;
   p->blocked = 0;
-  index_host(p);
+  rebucket(p);
 }
 
 bool disjoint(const SlabPage& a, const SlabPage& b) {

@@ -170,6 +170,53 @@ TEST(Slabs, TheTailsHostsAreListedByTheirFreeLowSpanAndLeaveWhenTheyCannotHost) 
   EXPECT_TRUE(slabs.validate().ok()) << slabs.validate().error().to_string();
 }
 
+TEST(Slabs, BlockingATailLeavesThePageAsTakingItsLowSlotsOneByOneWould) {
+  Slabs slabs;
+  const std::uint32_t cls = class_of(4096);  // 512 slots: eight bitmap words
+  // Pages 0 and 2 fill ascending, 1 and 3 descending (by id); 2 and 3 are taken slot by slot.
+  SlabPage* pages[4];
+  for (std::uint32_t k = 0; k < 4; ++k) pages[k] = slabs.create(cls, 10 + k);
+  for (SlabPage* p : pages) {  // owners differ by page: one object, one slot
+    slabs.take_slot_at(p, 300, 100 * p->id + 7);
+    slabs.take_slot_at(p, 90, 100 * p->id + 8);
+    slabs.take_slot(p, 100 * p->id + 9);  // ascending: slot 0, descending: slot 511 (its fill hint moves)
+  }
+  constexpr std::uint32_t n = 70;  // past the first word, under the object at slot 90
+  auto same = [&](const SlabPage& a, const SlabPage& b, const char* when) {
+    EXPECT_EQ(a.bitmap, b.bitmap) << when;
+    EXPECT_EQ(a.used, b.used) << when;
+    EXPECT_EQ(a.lowest, b.lowest) << when;
+    EXPECT_EQ(a.hint, b.hint) << when;
+    EXPECT_EQ(a.bucket, b.bucket) << when;
+    for (std::uint32_t i = 0; i < n; ++i) EXPECT_EQ(a.owners[i], kNoOwner) << when << ", slot " << i;
+  };
+  for (std::uint32_t k = 0; k < 2; ++k) {
+    SlabPage* p = pages[k];
+    SlabPage* ref = pages[k + 2];
+    if (!p->descending) {  // the ascending pages' take above was slot 0
+      slabs.free_slot(p, 0);
+      slabs.free_slot(ref, 0);
+    }
+    slabs.block_tail(p, 40 + k, n);
+    for (std::uint32_t i = 0; i < n; ++i) slabs.take_slot_at(ref, i, kNoOwner);
+    same(*p, *ref, "blocked");
+    EXPECT_TRUE(Slabs::validate_page(*p).ok()) << Slabs::validate_page(*p).error().to_string();
+    // Objects placed while the tail blocks the low slots: an ascending page's fill hint moves past
+    // them, and must come back when they are free again.
+    for (std::uint32_t j = 0; j < 3; ++j) {
+      const std::uint32_t at = slabs.take_slot(p, 100 * p->id + 20 + j);
+      EXPECT_EQ(slabs.take_slot(ref, 100 * ref->id + 20 + j), at);
+    }
+    if (!p->descending) EXPECT_GT(p->hint, 0u);
+    slabs.unblock_tail(p);
+    for (std::uint32_t i = 0; i < n; ++i) slabs.free_slot(ref, i);
+    same(*p, *ref, "unblocked");
+    EXPECT_EQ(p->lowest, p->descending ? 90u : n) << "the objects placed while blocked are the lowest";
+    if (!p->descending) EXPECT_EQ(p->hint, 0u) << "no free slot may lie behind the fill hint";
+  }
+  EXPECT_TRUE(slabs.validate().ok()) << slabs.validate().error().to_string();
+}
+
 TEST(TailLinks, ValidateRefusesATailThatIsNoLargePage) {
   auto backend = test::open_host_backend(32u << 20);
   ASSERT_TRUE(backend);
