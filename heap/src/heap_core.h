@@ -11,7 +11,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -372,7 +371,7 @@ struct HeapCore {
 struct HeapInternals {
   static HeapCore& of(Heap& h) { return *h.core_; }
   static std::uint64_t& uploaded_version(DeviceTable& t) { return t.uploaded_version_; }
-  static std::map<std::uint32_t, std::uint32_t>& open_tails(TailLinks& t) { return t.open_; }
+  static TailLinks::OpenTails& open_tails(TailLinks& t) { return t.open_; }
   static std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails(TailLinks& t) { return t.shared_; }
 };
 

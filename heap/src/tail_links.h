@@ -8,8 +8,8 @@
 // A tail is never both. Threading: requires the heap lock.
 #pragma once
 
+#include <boost/container/flat_map.hpp>
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <unordered_map>
 
@@ -21,6 +21,11 @@ namespace valet::detail {
 
 class TailLinks {
  public:
+  // Open tails in slot order: (tail, bytes used). A sorted vector: every large allocation opens
+  // one and its free closes it, and a tree's node per tail cost those calls more than moving a
+  // few hundred entries does (docs/speed.md, "Session 33").
+  using OpenTails = boost::container::flat_map<std::uint32_t, std::uint32_t>;
+
   // Offers `tail` to slab pages: the object uses `used` bytes of it.
   void open(std::uint32_t tail, std::uint32_t used) { open_[tail] = used; }
   // The tail is no longer offered (the object is resized or freed).
@@ -42,7 +47,7 @@ class TailLinks {
   bool any_open() const { return !open_.empty(); }
   std::size_t shared_count() const { return shared_.size(); }
   // Open tails in slot order: (tail, bytes used).
-  const std::map<std::uint32_t, std::uint32_t>& open_tails() const { return open_; }
+  const OpenTails& open_tails() const { return open_; }
   const std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails() const { return shared_; }
 
   // Every shared tail is a large slot whose slab page is live and names it back; every open tail
@@ -51,7 +56,7 @@ class TailLinks {
 
  private:
   friend struct HeapInternals;
-  std::map<std::uint32_t, std::uint32_t> open_;
+  OpenTails open_;
   std::unordered_map<std::uint32_t, std::uint32_t> shared_;
 };
 
