@@ -207,12 +207,16 @@ TEST(Slabs, BlockingATailLeavesThePageAsTakingItsLowSlotsOneByOneWould) {
       const std::uint32_t at = slabs.take_slot(p, 100 * p->id + 20 + j);
       EXPECT_EQ(slabs.take_slot(ref, 100 * ref->id + 20 + j), at);
     }
-    if (!p->descending) EXPECT_GT(p->hint, 0u);
+    if (!p->descending) {
+      EXPECT_GT(p->hint, 0u);
+    }
     slabs.unblock_tail(p);
     for (std::uint32_t i = 0; i < n; ++i) slabs.free_slot(ref, i);
     same(*p, *ref, "unblocked");
     EXPECT_EQ(p->lowest, p->descending ? 90u : n) << "the objects placed while blocked are the lowest";
-    if (!p->descending) EXPECT_EQ(p->hint, 0u) << "no free slot may lie behind the fill hint";
+    if (!p->descending) {
+      EXPECT_EQ(p->hint, 0u) << "no free slot may lie behind the fill hint";
+    }
   }
   EXPECT_TRUE(slabs.validate().ok()) << slabs.validate().error().to_string();
 }
