@@ -272,8 +272,6 @@ struct HeapCore {
   // Whether a slab page of `cls` fits on the open tail `tail` (the blocked slots leave room, the
   // page is no chunk's): slab_on_tail_at's test, without building anything.
   bool tail_can_host(std::uint32_t cls, std::uint32_t tail) const;
-  // Bytes below a slab page's lowest taken slot (0 for a page that cannot move onto a tail).
-  static std::uint32_t low_free_bytes(const SlabPage& p);
   void release_large(const Location& loc);
   bool release_tail_page(SlabPage* p);
   Status unshare_tail(std::unique_lock<HeapMutex>& lock, std::uint32_t tail_slot);

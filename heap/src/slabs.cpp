@@ -33,11 +33,14 @@ void Slabs::rebucket(SlabPage* p) {
   index_host(p);  // its lowest taken slot may have moved within the bucket
 }
 
+std::uint32_t Slabs::low_free_bytes(const SlabPage& p) {
+  if (p.on_tail() || !p.aliases.empty() || p.used == 0) return 0;
+  return std::uint32_t(std::size_t(p.lowest) * class_size(p.cls));
+}
+
 std::uint64_t Slabs::host_room(const SlabPage& p) {
   if (!p.live || p.evacuating || !p.hook.is_linked() || p.on_tail() || p.used == p.capacity) return 0;
-  if (p.used == 0) return std::uint64_t(p.capacity) * class_size(p.cls);
-  if (!p.aliases.empty()) return 0;
-  return std::uint64_t(p.lowest) * class_size(p.cls);
+  return p.used == 0 ? std::uint64_t(p.capacity) * class_size(p.cls) : low_free_bytes(p);
 }
 
 void Slabs::index_host(SlabPage* p) {

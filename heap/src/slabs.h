@@ -62,7 +62,7 @@ struct SlabPage {
   std::uint32_t used = 0;
   std::uint32_t hint = 0;   // ascending: no free slot below word `hint`; descending: above it
   // The lowest taken slot (capacity: none). Its bytes below are the page's free low span, what a
-  // large object's last page can use (HeapCore::low_free_bytes): kept here so that the search
+  // large object's last page can use (Slabs::low_free_bytes): kept here so that the search
   // for a tail's host reads no bitmap.
   std::uint32_t lowest = 0;
   std::uint8_t bucket = 0;
@@ -124,6 +124,9 @@ class Slabs {
       if (!f(const_cast<SlabPage&>(*it))) return;
   }
   static std::uint64_t host_room(const SlabPage& p);
+  // Bytes below a used slab page's lowest taken slot (0 for a page that cannot move onto a tail:
+  // on one already, meshed, or holding nothing).
+  static std::uint32_t low_free_bytes(const SlabPage& p);
   // A page's aliases changed (they are the heap's to add and drop): its place among the hosts.
   void aliases_changed(SlabPage* page) { index_host(page); }
 

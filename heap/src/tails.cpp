@@ -190,11 +190,6 @@ void HeapCore::share_tail(const Location& loc, std::size_t bytes, SlabPage* host
   tails.share(tail, host->id);
 }
 
-std::uint32_t HeapCore::low_free_bytes(const SlabPage& p) {
-  if (p.on_tail() || !p.aliases.empty() || p.used == 0) return 0;
-  return std::uint32_t(std::size_t(p.lowest) * class_size(p.cls));
-}
-
 void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& pages_left, std::uint64_t& bytes_left,
                                std::vector<std::uint32_t>* want) {
   if (!tails.any_open() || pages_left == 0) return;
@@ -208,7 +203,7 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
   for (std::uint32_t cls = 0; cls < kClassCount; ++cls)
     for (std::size_t b = 1; b + 1 < kBuckets; ++b)
       for (auto& p : slabs.bucket(cls, b))
-        if (const std::uint32_t lf = low_free_bytes(p); lf > 0 && (p.fixed == 0 || safe_point_cycle))
+        if (const std::uint32_t lf = Slabs::low_free_bytes(p); lf > 0 && (p.fixed == 0 || safe_point_cycle))
           candidates.push_back({lf, const_cast<SlabPage*>(&p)});
   if (candidates.empty()) return;
   std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) { return a.low_free < b.low_free; });
