@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "../support/test_scale.h"
 #include "heap_checks.h"
 #include "valet/counting_backend.h"
 
@@ -31,7 +32,7 @@ TEST(ReserveRace, KeeperTrimsRaceAllocationsThatTakeTheSameRuns) {
       ThreadDriverCalls mine(heap.driver_calls());
       std::mt19937_64 rng(7 + t);
       std::vector<Obj> held;
-      for (int i = 0; i < 150; ++i) {
+      for (int i = 0; i < test::scaled_ops(150); ++i) {
         // Large objects of 1-6 pages, a few held at once: each free returns a run to the reserve,
         // often beyond its limit, and the next allocations take runs from it.
         const std::size_t bytes = (1 + rng() % 6) * kPage - 4096 * (rng() % 3);

@@ -5,6 +5,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "../support/test_scale.h"
 #include "heap_test_util.h"
 #include "valet/stats_json.h"
 
@@ -299,7 +300,7 @@ TEST(Heap, RandomOperationsKeepEveryInvariantAndEveryByte) {
   std::mt19937_64 rng(12345);
   std::vector<std::pair<Handle, std::uint64_t>> live;
   std::uniform_real_distribution<double> u(0, 1);
-  for (int op = 0; op < 4000; ++op) {
+  for (int op = 0; op < test::scaled_ops(4000); ++op) {
     const double r = u(rng);
     if (r < 0.5 || live.empty()) {
       const std::size_t bytes = u(rng) < 0.9 ? 1 + rng() % 65536 : 1 + rng() % (6 * kMiB);

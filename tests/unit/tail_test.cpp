@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <random>
 
+#include "../support/test_scale.h"
 #include "heap_test_util.h"
 #include "valet/fault_injection.h"
 
@@ -357,7 +358,7 @@ TEST(SharedTails, RandomOperationsKeepEveryByte) {
   auto heap = make_heap(host_config(512 * kMiB));
   std::mt19937_64 rng(11);
   std::vector<Obj> live;
-  for (int op = 0; op < 3000; ++op) {
+  for (int op = 0; op < test::scaled_ops(3000); ++op) {
     const unsigned r = unsigned(rng() % 100);
     if (r < 40 || live.size() < 8) {
       const std::size_t bytes = rng() % 3 == 0 ? kPage / 2 + rng() % (6 * kPage) : 1 + rng() % (300 * 1024);
