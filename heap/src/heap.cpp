@@ -89,10 +89,29 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
   if (Demand::ordinary(n, pool.used_pages())) demand.large_pages.note(n, now_ns());
+  if (miss && config.mapper_places_misses) {
+    // What needs no call is taken here, in place_large's order (a freed run ending on a slab page
+    // as it is; a mapped run, unless a slab page could share the last page); else the pages are
+    // promised and the mapper places the object (place_miss).
+    if (auto loc = place_on_slab_page(lock, bytes, n, miss, /*calls=*/false)) return *loc;
+    if (!tail_host_for(bytes, n))
+      if (const std::optional<std::uint32_t> mapped = pool.take_mapped_run(n, kNoOwner))
+        return placed_run(*mapped, n, bytes);
+    if (pool.promise(n)) {
+      miss->step = PendingMiss::Step::place;
+      want_refill();
+      return Location{ObjectKind::large, kUnplaced, 0, n};
+    }
+  }
+  return place_large(lock, bytes, n, miss, /*counted_live=*/false);
+}
+
+Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t n,
+                                       PendingMiss* miss, bool counted_live) {
   if (config.chunk_miss_pages > 0) {
     // Chunked misses create pages up to the peak bound the keeper keeps the reserve within,
     // this object counted as live.
-    const std::uint64_t live = std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + bytes;
+    const std::uint64_t live = std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + (counted_live ? 0 : bytes);
     pool.set_create_ceiling(keeper.peak_bound_pages(now_ns(), live));
   }
   // Its last page on a slab page's physical page, when one has the room (no page of its own):
@@ -109,8 +128,12 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   }
   auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n);
   if (!run.ok()) return run.error();
+  return placed_run(*run, n, bytes);
+}
+
+Location HeapCore::placed_run(std::uint32_t start, std::uint32_t n, std::size_t bytes) {
   want_refill();
-  const Location loc{ObjectKind::large, *run, 0, n};
+  const Location loc{ObjectKind::large, start, 0, n};
   open_tail(loc, bytes);
   return loc;
 }
@@ -197,7 +220,8 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
     fixed_bytes += bytes;
     if (loc->kind == ObjectKind::slab) ++slabs.page(pool.slot(loc->page).owner)->fixed;
   }
-  e->address.store(address_of(*loc), std::memory_order_relaxed);
+  // An object the mapper places has no address until then (place_miss publishes it).
+  e->address.store(loc->page == kUnplaced ? 0 : address_of(*loc), std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
   if (pending) {
     // Claimed as a move until the mapper books the run: pins wait for it, moves skip it.

@@ -174,7 +174,18 @@ struct HeapCore {
   // meanwhile (take_run).
   // With `miss` (background misses, the mapper running): a large run that no mapped run serves
   // is not mapped here; its begun batch goes to `*miss` and the location is its run's.
+  // With config.mapper_places_misses, such a run is not even chosen here: what needs no call is
+  // taken, else the pages are promised, `*miss` gets step `place` and the location's page is
+  // kUnplaced (the mapper places it: place_miss).
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
+  // place's large part after the promise: `n` pages for `bytes` (`counted_live`: the bytes are in
+  // the live count already, the mapper's placement). placed_run: a mapped run [start, start + n)
+  // taken for `bytes` (its tail opened).
+  Result<Location> place_large(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t n, PendingMiss* miss,
+                               bool counted_live);
+  Location placed_run(std::uint32_t start, std::uint32_t n, std::size_t bytes);
+  // The location's page of a pending object the mapper has not placed yet.
+  static constexpr std::uint32_t kUnplaced = ~0u;
   // Background misses (heap_misses.cpp, miss_mapper.h). miss_calls: a step's calls (no lock).
   // finish_miss: the mapper's booking of a step (false: a next step began, queue it again).
   // settle_miss: the object's run is mapped (a freed one is released). drop_freed_miss: the
@@ -184,6 +195,10 @@ struct HeapCore {
   // wait_for_misses: until every miss pending at the call is settled. While misses_held > 0
   // (under mu) no new miss goes to the mapper: pin_table holds them off so that its wait ends
   // with none pending.
+  // place_miss: the mapper's placement of a miss of step `place` (under the lock, never letting
+  // it go): its promise is given back and its run chosen as the allocation would have chosen it;
+  // true when it is settled at once (a run with no call, or the object lost).
+  bool place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock);
   void miss_calls(PendingMiss& m) const;
   bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);
@@ -246,8 +261,12 @@ struct HeapCore {
   // page is then looked for again, and the alias mapped under the lock (two calls).
   // With `miss` (background misses), a run that needs calls is not mapped here: its first step
   // goes to `*miss` (a retarget's alias, or the body).
+  // Without `calls`, only a run that needs none is taken (else nullopt, nothing changed).
+  // tail_host_for: the slab page that place_on_slab_page would put such an object's last page on
+  // (nullptr: none has the room, or tails are not shared).
   std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages,
-                                             PendingMiss* miss = nullptr);
+                                             PendingMiss* miss = nullptr, bool calls = true);
+  SlabPage* tail_host_for(std::size_t bytes, std::uint32_t pages) const;
   // A large object's last page now maps `host`'s physical page: the slab page's low slots under
   // the object's bytes are blocked and the tail is shared.
   void share_tail(const Location& loc, std::size_t bytes, SlabPage* host);
@@ -361,7 +380,8 @@ struct HeapCore {
   // Declared last: its thread uses the members above, and it is stopped first.
   ReserveKeeper keeper{mu, pool, config, live_bytes, demand, [this] { reap_deferred(); }};
   // After the keeper: destroyed (stopped) before it. Runs only with Config::background_misses.
-  MissMapper misses{mu, [this](PendingMiss& m) { miss_calls(m); }, [this](PendingMiss& m) { return finish_miss(m); },
+  MissMapper misses{mu, [this](PendingMiss& m, std::unique_lock<HeapMutex>& lock) { return place_miss(m, lock); },
+                    [this](PendingMiss& m) { miss_calls(m); }, [this](PendingMiss& m) { return finish_miss(m); },
                     [this](std::unique_lock<HeapMutex>& lock) { trim_after_freed_misses(lock); }};
 };
 

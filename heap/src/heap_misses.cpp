@@ -17,6 +17,32 @@ constexpr unsigned kMissAttempts = 3;
 
 }  // namespace
 
+bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
+  mu.assert_held();
+  HandleEntry* e = handles.get(m.index);
+  const std::uint32_t n = e->loc.pages;
+  // Its promise back first: the pages it counted on are creatable again, for it alone to take.
+  pool.unpromise(n);
+  m.step = PendingMiss::Step::run;
+  ++ops.misses_placed_by_mapper;
+  auto loc = place_large(lock, e->size(), n, &m, /*counted_live=*/true);
+  if (!loc.ok()) {
+    // The promise held the capacity: only the address space or a broken rule gets here.
+    std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
+                 loc.error().to_string().c_str());
+    lose_miss(m.index);
+    return true;
+  }
+  e->loc = *loc;
+  // Its pins read the address once the claim ends (end_move releases it); the device table
+  // takes it at its next upload.
+  e->address.store(address_of(*loc), std::memory_order_relaxed);
+  table.changed();
+  if (!m.empty()) return false;  // its first step's calls next
+  set_owner(*loc, m.index);      // a run that needed no call
+  return settle_miss(m);
+}
+
 void HeapCore::miss_calls(PendingMiss& m) const {
   if (m.step == PendingMiss::Step::alias)
     pool.attach_calls(m.plan);
@@ -85,6 +111,10 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       if (loc.pages > 1) pool.give_back(loc.page, loc.pages - 1);
       break;
     }
+    case PendingMiss::Step::place:  // placed before its calls (place_miss): never here
+      VALET_ASSERT(false);
+      failed = make_error(Errc::internal, "a miss reached its booking unplaced");
+      break;
     case PendingMiss::Step::alias: {
       slabs.attach(m.host);
       auto booked = pool.finish_attach(m.plan, m.index);
@@ -175,6 +205,9 @@ Status HeapCore::free_pending(Handle h, HandleEntry* e) {
 
 void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
   switch (m.step) {
+    case PendingMiss::Step::place:  // nothing chosen yet: only its promise
+      pool.unpromise(loc.pages);
+      break;
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:
       pool.abandon_place(m.batch);

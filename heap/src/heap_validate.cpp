@@ -173,7 +173,7 @@ Status check_slab_pages(const HeapCore& c, const CacheTally& cached, SlabTally& 
 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
 Status check_objects(const HeapCore& c, const CacheTally& cached) {
-  std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0;
+  std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0, unplaced_pages = 0;
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
@@ -195,7 +195,12 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       // from the reserve, its own once a step booked them, a retargeted alias): no other
       // object's.
       if (!(s & state::kMoving)) return fail("pending object " + std::to_string(i) + " is not claimed");
-      for (std::uint32_t k = 0; k < e->loc.pages; ++k) {
+      // Not placed yet (Config::mapper_places_misses): no slot, its pages promised.
+      if (e->loc.page == HeapCore::kUnplaced) {
+        if (e->address.load() != 0) return fail("unplaced object " + std::to_string(i) + " has an address");
+        unplaced_pages += e->loc.pages;
+      }
+      for (std::uint32_t k = 0; e->loc.page != HeapCore::kUnplaced && k < e->loc.pages; ++k) {
         const std::uint32_t owner = c.pool.slot(e->loc.page + k).owner;
         if (owner != 0 && owner != i)
           return fail("page " + std::to_string(k) + " of pending object " + std::to_string(i) + " is another's");
@@ -220,6 +225,9 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
   if (std::int64_t(live_bytes) != std::int64_t(c.live_bytes) + cached.live_bytes) return fail("live byte count is wrong");
   if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes) return fail("footprint count is wrong");
+  if (unplaced_pages != c.pool.promised_pages())
+    return fail("promised pages (" + std::to_string(c.pool.promised_pages()) + ") are not the unplaced objects' (" +
+                std::to_string(unplaced_pages) + ")");
   return {};
 }
 
@@ -267,8 +275,10 @@ Status Heap::validate() const {
   VALET_TRY(check_objects(c, cached));
   VALET_TRY(c.tails.validate(c.pool, c.slabs, c.handles));
   VALET_TRY(check_large_slots(c));
-  const std::size_t mapped = c.pool.created_pages() * detail::kPageSize;
-  if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped)) return fail("more live bytes than mapped bytes");
+  // Objects not placed yet are live on promised pages.
+  const std::size_t mapped = (c.pool.created_pages() + c.pool.promised_pages()) * detail::kPageSize;
+  if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped))
+    return fail("more live bytes than mapped and promised bytes");
   return {};
 }
 

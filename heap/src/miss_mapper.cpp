@@ -87,6 +87,12 @@ void MissMapper::loop() {
     // (a free gives them up before their calls; one in hand must be mapped, then released).
     PendingMiss m = std::move(queued_.front());
     queued_.pop_front();
+    // Placed under the lock first: a run that needs no call settles here.
+    if (m.step == PendingMiss::Step::place && place_(m, lock)) {
+      settle(m);
+      if (settled_) settled_(lock);
+      continue;
+    }
     // The calls without the heap lock: nothing another thread can reach names this batch's
     // slots or pages (page_pool.h, the place batch).
     lock.unlock();

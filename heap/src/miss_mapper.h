@@ -1,9 +1,10 @@
 // The miss mapper (Config::background_misses): a thread that makes the driver calls of large
 // allocations that found no mapped run, so that the allocating thread does not.
 //
-// An allocation that misses begins a place batch under the heap lock (no call: its run and pages
-// are chosen and taken out of the pool), gives the object its handle and address at once, and
-// hands the batch here; the object is pending until the batch is booked. A pending object is
+// An allocation that misses promises its pages (PagePool::promise), gives the object its handle at
+// once and hands the miss here; the thread chooses its run and pages under the heap lock, makes
+// the calls, books them and publishes the address; the object is pending until then. (Where the
+// pages cannot be promised, the allocating thread chooses them itself and hands the begun batch.) A pending object is
 // claimed MOVING (not cancelable) for the whole time, so every existing rule covers it: a pin
 // waits for the claim's end (the host pin of a pending object waits for its mapping), free and
 // resize wait as they wait for a move, compaction and shutdown skip or wait for it, validate()
@@ -43,6 +44,9 @@ inline thread_local std::uint64_t t_background_misses = 0;
 
 // One pending object's way to a mapped run. Each step is a batch begun under the heap lock whose
 // calls the mapper makes without it:
+//   place      not placed yet: the allocation promised its pages (PagePool::promise) and the
+//              mapper chooses its run under the lock (`place`, before any call), which begins
+//              one of the steps below, or books a run that needs no call;
 //   run        a place batch of the whole run (place_calls);
 //   body       a shared tail's: the body mapped, the last slot held (place_calls); then
 //   alias      the last slot maps a slab page's physical page (attach_calls; the slab page
@@ -50,7 +54,7 @@ inline thread_local std::uint64_t t_background_misses = 0;
 //   last_page  a page of its own for the last slot (place_calls).
 // A failed step begins the whole run again at its start (step run).
 struct PendingMiss {
-  enum class Step : std::uint8_t { run, body, alias, last_page };
+  enum class Step : std::uint8_t { run, body, alias, last_page, place };
   std::uint32_t index = 0;  // the object's handle index
   Step step = Step::run;
   PagePool::PlaceBatch batch;   // run, body, last_page
@@ -64,13 +68,21 @@ struct PendingMiss {
 
 class MissMapper {
  public:
-  // calls(miss): the step's calls, without the heap lock. finish(miss): books them under it
-  // (never letting it go); false when the miss has a next step (queue it again).
+  // place(miss, lock): a miss of step `place` placed under the heap lock (never letting it go);
+  // true when it is settled already (a run that needs no call, or the object given up), false
+  // when its first step began. calls(miss): the step's calls, without the heap lock.
+  // finish(miss): books them under it (never letting it go); false when the miss has a next
+  // step (queue it again).
+  using Place = std::function<bool(PendingMiss&, std::unique_lock<HeapMutex>&)>;
   using Calls = std::function<void(PendingMiss&)>;
   using Finish = std::function<bool(PendingMiss&)>;
   using Settled = std::function<void(std::unique_lock<HeapMutex>&)>;
-  MissMapper(HeapMutex& mu, Calls calls, Finish finish, Settled settled = {})
-      : mu_(mu), calls_(std::move(calls)), finish_(std::move(finish)), settled_(std::move(settled)) {}
+  MissMapper(HeapMutex& mu, Place place, Calls calls, Finish finish, Settled settled = {})
+      : mu_(mu),
+        place_(std::move(place)),
+        calls_(std::move(calls)),
+        finish_(std::move(finish)),
+        settled_(std::move(settled)) {}
   ~MissMapper() { stop(); }
   MissMapper(const MissMapper&) = delete;
   MissMapper& operator=(const MissMapper&) = delete;
@@ -136,6 +148,7 @@ class MissMapper {
   void settle(const PendingMiss& m);  // it leaves the pending set (lock held)
 
   HeapMutex& mu_;
+  Place place_;
   Calls calls_;
   Finish finish_;
   Settled settled_;

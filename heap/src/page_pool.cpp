@@ -80,7 +80,7 @@ void PagePool::set_kind(std::uint32_t start, std::uint32_t n, SlotKind kind, std
 }
 
 Result<std::uint32_t> PagePool::create_page() {
-  if (created_ >= capacity_pages_)
+  if (creatable_pages() == 0)
     return make_error(Errc::out_of_memory, "the heap holds its whole capacity (" +
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
   auto page = backend_.create_page();

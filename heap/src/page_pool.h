@@ -501,6 +501,23 @@ class PagePool {
 
   std::size_t capacity_pages() const { return capacity_pages_; }
   std::size_t created_pages() const { return created_; }
+  // Pages promised to objects not placed yet (background misses that the mapper places,
+  // docs/background_misses.md): out of the capacity that may be created, so that whatever the
+  // pool does meanwhile, the promised pages can still be created when the object is placed.
+  // promise(n): false (nothing changed) when fewer than n pages may still be created.
+  // unpromise(n): given back, just before the object is placed (or given up).
+  bool promise(std::size_t n) {
+    if (creatable_pages() < n) return false;
+    promised_ += n;
+    return true;
+  }
+  void unpromise(std::size_t n) {
+    VALET_ASSERT(promised_ >= n);
+    promised_ -= n;
+  }
+  std::size_t promised_pages() const { return promised_; }
+  // Pages that may still be created: the capacity less what is created and what is promised.
+  std::size_t creatable_pages() const { return capacity_pages_ - std::min(capacity_pages_, created_ + promised_); }
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
   // from the moment it is booked), since the pool began.
   std::size_t peak_created_pages() const { return peak_created_; }
@@ -511,7 +528,7 @@ class PagePool {
   // Pages a run of fresh slots could get now: reserve + idle + not yet created (a chunk's free
   // slots serve only runs placed in them).
   std::size_t available_pages() const {
-    return std::size_t(reserve_.total()) + idle_.size() + (capacity_pages_ - created_);
+    return std::size_t(reserve_.total()) + idle_.size() + creatable_pages();
   }
   std::size_t largest_unmapped_run() const { return unmapped_.largest(); }
   std::size_t slots_of_kind(SlotKind k) const { return kind_counts_[std::size_t(k)]; }
@@ -638,7 +655,7 @@ class PagePool {
   Status back_run(std::uint32_t start, std::uint32_t n, bool from_reserve = true, std::uint32_t chunk_end = 0);
   // Chunked misses: a body of `body` pages may be new pages (see set_chunk_miss_pages).
   bool chunk_miss(std::uint32_t body) const {
-    return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && capacity_pages_ - created_ >= body + 1 &&
+    return chunk_miss_pages_ > 0 && body >= chunk_miss_pages_ && creatable_pages() >= body + 1 &&
            created_ + body + 1 <= create_ceiling_;
   }
   // A miss's placement options: the usual way, and a chunked miss's (new pages as one chunk,
@@ -677,6 +694,7 @@ class PagePool {
   std::vector<std::uint32_t> free_phys_;  // unused indices of phys_
   std::vector<std::uint32_t> idle_;       // created pages mapped nowhere
   std::size_t created_ = 0;
+  std::size_t promised_ = 0;  // promise()
   std::size_t peak_created_ = 0;
   void note_created_peak() { peak_created_ = std::max(peak_created_, created_); }
   RangeSet unmapped_;

@@ -14,7 +14,7 @@
 namespace valet::detail {
 
 Status PagePool::map_new_chunk(std::uint32_t start, std::uint32_t n) {
-  if (created_ + n > capacity_pages_)
+  if (n > creatable_pages())
     return make_error(Errc::out_of_memory, "the heap holds its whole capacity (" +
                                                std::to_string(capacity_pages_ * kPage >> 20) + " MiB)");
   auto page = backend_.create_chunk(n);

@@ -153,7 +153,7 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
     for (std::uint32_t s = r.start; s < r.start + r.length; ++s) b.slots.push_back(s);
   const std::size_t need = b.slots.size();
   // The run's own reserve pages are in use by it now, so only its unmapped slots need pages.
-  const std::size_t creatable = capacity_pages_ - std::min(capacity_pages_, created_);
+  const std::size_t creatable = creatable_pages();
   // Whole free chunks are room too: a batch that creates pages releases them first (below).
   const std::size_t freeable = whole_free_chunk_pages();
   const std::size_t can =

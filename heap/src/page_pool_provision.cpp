@@ -42,7 +42,7 @@ PagePool::ProvisionBatch PagePool::begin_provision(std::uint32_t want, std::size
   // The pages: idle ones, new ones, then the shortest other reserve runs' pages.
   const std::uint32_t idle = std::uint32_t(std::min<std::size_t>(idle_.size(), t.need));
   const std::uint32_t fresh = std::uint32_t(
-      std::min<std::size_t>({t.need - idle, may_create, capacity_pages_ - std::min(capacity_pages_, created_)}));
+      std::min<std::size_t>({t.need - idle, may_create, creatable_pages()}));
   std::uint32_t moved = 0;
   while (idle + fresh + moved < t.need && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();

@@ -204,7 +204,7 @@ Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_rele
   // Map idle pages back into the reserve, and create pages up to the low watermark.
   const std::size_t mapped_reserve = std::size_t(reserve_.total());
   std::size_t want = idle_.size();
-  if (mapped_reserve + want < low) want = std::min(low - mapped_reserve, idle_.size() + (capacity_pages_ - created_));
+  if (mapped_reserve + want < low) want = std::min(low - mapped_reserve, idle_.size() + creatable_pages());
   if (want == 0) return {};
   auto s = unmapped_.take_best_fit(std::uint32_t(want));
   if (!s) return make_error(Errc::out_of_address_space, "reserve refill: no free virtual run");

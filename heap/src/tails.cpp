@@ -113,8 +113,15 @@ SlabPage* HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_
   return best;
 }
 
+SlabPage* HeapCore::tail_host_for(std::size_t bytes, std::uint32_t pages) const {
+  if (!config.share_tails) return nullptr;
+  const std::uint64_t used = used_in_last_page(bytes, pages);
+  if (kPageSize - used < kMinTailRoom) return nullptr;
+  return tail_host(used, {});
+}
+
 std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes,
-                                                     std::uint32_t pages, PendingMiss* miss) {
+                                                     std::uint32_t pages, PendingMiss* miss, bool calls) {
   if (!config.share_tails) return std::nullopt;
   const std::uint64_t used = used_in_last_page(bytes, pages);
   if (kPageSize - used < kMinTailRoom) return std::nullopt;
@@ -125,6 +132,7 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
   SlabPage* best = tail_host(used, pool.dropped_run_pages(pages));
   if (!best) return std::nullopt;
   std::optional<std::uint32_t> run = pool.take_unchanged_run_onto(pages, kNoOwner, best->slot);
+  if (!run && !calls) return std::nullopt;
   bool had_objects = false;  // the host page's objects, when its alias was mapped without the lock
   if (!run) {
     // Else such a run whose last slot maps another page: remapped (three calls). Else a body

@@ -40,7 +40,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"ops",
        {{"allocate", s.ops.allocate}, {"free", s.ops.free}, {"resize", s.ops.resize}, {"pin", s.ops.pin},
         {"failed_allocations", s.ops.failed_allocations}, {"background_misses", s.ops.background_misses},
-        {"lost_allocations", s.ops.lost_allocations}}},
+        {"lost_allocations", s.ops.lost_allocations}, {"misses_placed_by_mapper", s.ops.misses_placed_by_mapper}}},
       {"driver_calls",
        {{"create", s.driver_calls.create}, {"release", s.driver_calls.release}, {"map", s.driver_calls.map},
         {"unmap", s.driver_calls.unmap}, {"set_access", s.driver_calls.set_access}, {"copy", s.driver_calls.copy},

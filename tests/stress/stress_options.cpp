@@ -47,6 +47,8 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--mapper-spin-us", o.mapper_spin_us,
                  "Config::miss_mapper_spin_us: with --background-misses the mapper polls its queue this long before it sleeps")
       ->check(CLI::Range(0u, 100000u));
+  app.add_flag("--caller-places-misses", o.caller_places_misses,
+               "Config::mapper_places_misses off: with --background-misses the allocating thread chooses a miss's run");
   app.add_flag("--create-ahead,!--no-create-ahead", o.create_ahead,
                "Config::keeper_creates_ahead: with --background-misses the keeper creates pages ahead of demand");
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));

@@ -147,8 +147,12 @@ TEST(BackgroundMisses, FreesOfPendingObjectsReturnAtOnceAndTheirRunsComeBack) {
   EXPECT_VALID(heap);
 }
 
+// Where the allocating thread places the miss (Config::mapper_places_misses off, or no pages to
+// promise), its address is out before the calls: a retry keeps it.
 TEST(BackgroundMisses, AFailedCallIsRetriedAtTheSameAddress) {
-  auto f = test::make_faultable_heap(background_config());
+  Config c = background_config();
+  c.mapper_places_misses = false;
+  auto f = test::make_faultable_heap(c);
   ASSERT_TRUE(f.heap);
   Heap& heap = *f.heap;
   f.faults->fail_nth(FaultOp::set_access, 1);
@@ -167,6 +171,80 @@ TEST(BackgroundMisses, AFailedCallIsRetriedAtTheSameAddress) {
   EXPECT_EQ(s.ops.lost_allocations, 0u);
   EXPECT_VALID(heap);
   EXPECT_TRUE(heap.free(*big).ok());
+  EXPECT_VALID(heap);
+}
+
+// The mapper places a miss (Config::mapper_places_misses): queued behind another, the object has
+// no address and no slot, only its promised pages; a free gives the promise back; placed, it is
+// where its first pin says, and its bytes hold.
+TEST(BackgroundMisses, AQueuedMissHasNoAddressOnlyPromisedPagesUntilTheMapperPlacesIt) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  auto promised = [&] {
+    std::lock_guard lock(core.mu);
+    return core.pool.promised_pages();
+  };
+  const std::size_t pages = kBig / detail::kPageSize;
+  auto in_hand = allocate_held(g);  // placed, the mapper stopped at its first call
+  ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
+  EXPECT_NE(address_at_allocation(heap, *in_hand), DevicePtr{0});
+  EXPECT_EQ(promised(), 0u);
+  auto dropped = heap.allocate(kBig);
+  ASSERT_TRUE(dropped.ok());
+  EXPECT_EQ(address_at_allocation(heap, *dropped), DevicePtr{0});
+  EXPECT_EQ(promised(), pages);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*dropped).ok());
+  EXPECT_EQ(promised(), 0u) << "a freed queued miss kept its promise";
+  EXPECT_VALID(heap);
+  auto queued = heap.allocate(kBig);
+  ASSERT_TRUE(queued.ok());
+  EXPECT_EQ(promised(), pages);
+  EXPECT_VALID(heap);
+  g.gate->open();
+  auto pin = heap.pin(*queued);
+  ASSERT_TRUE(pin.ok()) << pin.error().to_string();
+  EXPECT_NE(pin->address(), DevicePtr{0});
+  EXPECT_EQ(pin->address(), address_at_allocation(heap, *queued));
+  pin = make_error(Errc::internal, "released");
+  test::fill(heap, *queued, 5);
+  test::fill(heap, *in_hand, 6);
+  EXPECT_EQ(test::mismatches(heap, *queued, 5), 0u);
+  EXPECT_EQ(test::mismatches(heap, *in_hand, 6), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.misses_placed_by_mapper, 2u);
+  EXPECT_EQ(s.ops.background_misses, 2u);
+  EXPECT_EQ(promised(), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*queued).ok());
+  EXPECT_TRUE(heap.free(*in_hand).ok());
+  EXPECT_VALID(heap);
+}
+
+// With the placement left to the allocating thread, the mapper only makes the calls.
+TEST(BackgroundMisses, WithTheCallerPlacingMissesTheAddressIsOutAtOnce) {
+  Config c = background_config();
+  c.mapper_places_misses = false;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto in_hand = allocate_held(g);
+  ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
+  auto queued = heap.allocate(kBig);
+  ASSERT_TRUE(queued.ok());
+  const DevicePtr handed_out = address_at_allocation(heap, *queued);
+  EXPECT_NE(handed_out, DevicePtr{0});
+  EXPECT_VALID(heap);
+  g.gate->open();
+  auto pin = heap.pin(*queued);
+  ASSERT_TRUE(pin.ok()) << pin.error().to_string();
+  EXPECT_EQ(pin->address(), handed_out);
+  pin = make_error(Errc::internal, "released");
+  EXPECT_EQ(heap.stats().ops.misses_placed_by_mapper, 0u);
+  EXPECT_TRUE(heap.free(*queued).ok());
+  EXPECT_TRUE(heap.free(*in_hand).ok());
   EXPECT_VALID(heap);
 }
 

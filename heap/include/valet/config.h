@@ -109,6 +109,13 @@ struct Config {
   // either way). Spends that much of a core after each burst of misses. 0: it sleeps at once.
   // At most 100000.
   std::uint32_t miss_mapper_spin_us = 0;
+  // With background misses: the mapper also chooses a missing object's run and pages (the
+  // allocation only promises the pages out of the capacity not yet created, takes the handle and
+  // queues the miss; the address is published before the first pin returns). Off: the
+  // allocating thread chooses them under the heap lock, as it did before (a few microseconds a
+  // miss). Where the pages cannot be promised (near the capacity) the allocating thread chooses
+  // them either way (docs/background_misses.md, "Placement on the mapper").
+  bool mapper_places_misses = true;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -131,8 +131,9 @@ struct HeapStats {
     std::uint64_t allocate = 0, free = 0, resize = 0, pin = 0, failed_allocations = 0;
     // Config::background_misses: allocations whose run the heap's thread mapped after they
     // returned; of those, objects given up because the driver kept failing (their handles
-    // became stale: pins and frees fail with stale_handle).
-    std::uint64_t background_misses = 0, lost_allocations = 0;
+    // became stale: pins and frees fail with stale_handle); and of the background misses, those
+    // whose run the heap's thread also chose (Config::mapper_places_misses).
+    std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0;
   } ops;
   // under_heap_lock: of all these, the calls a thread made while it held the heap lock (every
   // other thread that wants the lock waits for them).

@@ -65,6 +65,7 @@ struct Arguments {
   bool background_misses = false;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
   std::uint32_t mapper_spin_us = valet::Config{}.miss_mapper_spin_us;
+  bool caller_places_misses = false;
   bool json = false;
   std::string step_log;
   std::vector<std::string> policy;
@@ -144,6 +145,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--mapper-spin-us", args.mapper_spin_us,
                  "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 0)")
       ->check(CLI::Range(0u, 100000u));
+  app.add_flag("--caller-places-misses", args.caller_places_misses,
+               "Config::mapper_places_misses off: with --background-misses the allocating thread chooses a miss's run");
   app.add_option("--reserve-peak-ratio", args.reserve_peak_ratio,
                  "Config::reserve_peak_ratio: mapped memory the reserve may bring up to, as a multiple of the "
                  "recent peak of live bytes")
@@ -213,6 +216,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   config.background_misses = args.background_misses;
   config.background_miss_limit = args.background_miss_limit;
   config.miss_mapper_spin_us = args.mapper_spin_us;
+  config.mapper_places_misses = !args.caller_places_misses;
   config.background_reserve = true;
   if (!args.capacity.empty())
     config.capacity = *valet::parse_size(args.capacity);  // checked with the arguments

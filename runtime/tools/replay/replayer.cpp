@@ -406,6 +406,7 @@ class Replayer {
     r.chunks_created = s.pages.chunks_created;
     r.background_misses = s.ops.background_misses;
     r.lost_allocations = s.ops.lost_allocations;
+    r.misses_placed_by_mapper = s.ops.misses_placed_by_mapper;
     r.keeper = s.keeper;
     r.under_heap_lock_driver_calls = door_.under_lock();
     r.total_driver_calls = door_.totals();

@@ -119,6 +119,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["chunks_created"] = r.chunks_created;
   j["background_misses"] = r.background_misses;
   j["lost_allocations"] = r.lost_allocations;
+  j["misses_placed_by_mapper"] = r.misses_placed_by_mapper;
   j["keeper"] = {{"batches", r.keeper.batches},
                  {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
                  {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},

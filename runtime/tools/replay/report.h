@@ -111,8 +111,9 @@ struct ReplayReport {
   std::uint64_t objects_moved = 0;
   std::uint64_t pages_freed = 0;
   std::uint64_t chunks_created = 0;  // physical chunks the heap made (Config::chunk_min_pages)
-  // Config::background_misses: allocations whose run the heap's thread mapped; objects lost.
-  std::uint64_t background_misses = 0, lost_allocations = 0;
+  // Config::background_misses: allocations whose run the heap's thread mapped; objects lost;
+  // misses whose run the heap's thread also chose (Config::mapper_places_misses).
+  std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0;
   HeapStats::Keeper keeper;          // the reserve keeper's waits for the heap lock (stats().keeper)
   std::uint64_t pages_meshed = 0;  // meshing: pages folded onto another's physical page
   std::uint64_t bytes_meshed = 0;  // bytes meshing copied (addresses unchanged)
