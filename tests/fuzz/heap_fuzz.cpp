@@ -401,6 +401,9 @@ void FuzzRun::run() {
   // objects, frees do not). The only thread of the run besides the host streams: the outcome of
   // every check stays the same, only its timing varies.
   config.background_misses = (shape & 0x41) == 0x41;
+  // Half of those leave the misses' placement to the mapper (promised pages, no address until
+  // placed), half place them on the allocating thread.
+  config.mapper_places_misses = (shape & 0x02) != 0;
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();
