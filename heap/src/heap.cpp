@@ -191,20 +191,21 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // after the old one's.
   const std::size_t used_before = pool.used_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
-  // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
-  // the caller may use without a pin).
-  PendingMiss miss;
-  const bool background =
-      !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit;
+  // A large miss's calls go to the mapper (background misses; not for a fixed object, whose
+  // address the caller may use without a pin). Made only then: a batch is not a small thing.
+  std::optional<PendingMiss> miss;
+  if (!reused && bytes > kMaxSlabObject && !fixed && misses.running() && misses_held == 0 &&
+      misses.pending() < config.background_miss_limit)
+    miss.emplace();
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
-  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, background ? &miss : nullptr);
+  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr);
   if (!loc.ok()) return loc.error();
-  const bool pending = !miss.empty();
+  const bool pending = miss && !miss->empty();
   std::uint32_t index = 0;
   const bool shut_meanwhile = shut.load(std::memory_order_relaxed);
   if (shut_meanwhile || !handles.acquire(index)) {
     if (pending)
-      abandon_miss(miss, *loc);
+      abandon_miss(*miss, *loc);
     else
       release_location(*loc);
     return shut_meanwhile ? make_error(Errc::shut_down, "the heap was shut down")
@@ -228,8 +229,8 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
     const bool claimed = claims::try_claim(e->state, /*cancelable=*/false);
     VALET_ASSERT(claimed);
     (void)claimed;
-    miss.index = index;
-    misses.submit(std::move(miss));
+    miss->index = index;
+    misses.submit(std::move(*miss));
     ++t_background_misses;
   }
   live_bytes += std::int64_t(bytes);
@@ -302,21 +303,21 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
 }
 
 Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
-  const std::string op = what;
-  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, op + ": the heap was shut down");
-  if (bytes == 0) return make_error(Errc::invalid_argument, op + ": 0 bytes");
+  // `what` names the call in error messages only: no string is built on the way through.
+  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
+  if (bytes == 0) return make_error(Errc::invalid_argument, std::string(what) + ": 0 bytes");
   if (bytes > kMaxObject)
-    return make_error(Errc::invalid_argument, op + ": " + std::to_string(bytes) + " bytes is beyond any device");
+    return make_error(Errc::invalid_argument, std::string(what) + ": " + std::to_string(bytes) + " bytes is beyond any device");
   // A small object this thread freed before: no heap lock (heap_caches.cpp).
   const bool cacheable = !stream && !fixed && bytes <= kMaxSlabObject && caches.enabled();
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
   std::unique_lock lock(mu);
-  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
   if (cacheable) fold_mine();  // its counters, and a cache for its next frees
   if (bytes > capacity_pages * kPageSize) {
     ++ops.failed_allocations;
-    return make_error(Errc::out_of_memory, op + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
+    return make_error(Errc::out_of_memory, std::string(what) + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
                                                std::to_string(capacity_pages * kPageSize) + " bytes");
   }
   // Frees whose streams have passed them go back to everyone before anything new is placed, as
@@ -333,7 +334,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
   make_room(lock);
-  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
   h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok()) return h;
   ++ops.failed_allocations;
@@ -341,20 +342,19 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
 }
 
 Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
-  const std::string op = what;
-  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
   // Into this thread's cache: no heap lock (heap_caches.cpp).
   const bool cacheable = !stream && caches.enabled();
   if (cacheable)
     if (auto done = free_cached(h)) return *done;
   std::unique_lock lock(mu);
   for (;;) {
-    if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, op + ": the heap was shut down");
+    if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
     auto looked = lookup(h);
     if (!looked.ok()) return looked.error();
     HandleEntry* e = *looked;
     std::uint64_t s = e->state.load(std::memory_order_acquire);
-    if (state::pins(s) > 0) return make_error(Errc::pinned, op + ": the object is pinned");
+    if (state::pins(s) > 0) return make_error(Errc::pinned, std::string(what) + ": the object is pinned");
     // A pending object (background misses) is freed at once; the mapper releases its run.
     if ((s & state::kMoving) && misses.is_pending(h.index)) return free_pending(h, e);
     if (s & state::kMoving) {
