@@ -5,7 +5,7 @@
 // Its place in the lock order is LockRank::heap (lock_order.h). Where lock checks are on (Debug,
 // the fuzzer), it records its owner and the calling thread's held locks, so that out-of-order
 // locking aborts and `assert_held()` states "requires mu" in code; elsewhere HeapMutex is the
-// plain spinning lock, one atomic flag, and assert_held() is empty.
+// plain spinning lock, one atomic flag and a count of its sleepers, and assert_held() is empty.
 #pragma once
 
 #include <atomic>
@@ -52,8 +52,13 @@ class BasicHeapMutex {
   void unlock() {
     --t_heap_locks_held;
     owner_.released(this);
-    locked_.store(false, std::memory_order_release);
-    locked_.notify_one();
+    // Sequentially consistent with the sleeper's count (Dekker's pattern with acquire()): either
+    // this load sees a thread that went to sleep, or that thread's own load sees the lock free.
+    // The wake is a system call, paid only while a thread sleeps on this lock: the library's
+    // waiter table is shared by every atomic that hashes to the same slot (16 slots), so its own
+    // check would also wake for a pin waiting on some object's state word.
+    locked_.store(false, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) locked_.notify_one();
   }
   // "Precondition: mu held", checked where lock checks are on.
   void assert_held() const { owner_.assert_held(); }
@@ -80,7 +85,9 @@ class BasicHeapMutex {
           VALET_CPU_RELAX();
           ++spins;
         } else {
-          locked_.wait(true, std::memory_order_relaxed);
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          locked_.wait(true, std::memory_order_seq_cst);
+          sleepers_.fetch_sub(1, std::memory_order_relaxed);
         }
       }
       if (!locked_.exchange(true, std::memory_order_acquire)) return;
@@ -88,6 +95,7 @@ class BasicHeapMutex {
   }
 
   std::atomic<bool> locked_{false};
+  std::atomic<std::uint32_t> sleepers_{0};  // threads in locked_.wait (unlock wakes only then)
   [[no_unique_address]] LockOwner<LockRank::heap, Checked> owner_;
 };
 
