@@ -13,6 +13,11 @@ namespace {
 
 constexpr std::size_t kMaxObject = std::size_t{1} << 48;
 
+// An error of the call named `what` (built only on the error path).
+Error call_error(Errc code, const char* what, const std::string& message) {
+  return make_error(code, std::string(what) + ": " + message);
+}
+
 std::string mib(std::size_t bytes) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / double(1 << 20));
@@ -111,7 +116,8 @@ Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::s
   if (config.chunk_miss_pages > 0) {
     // Chunked misses create pages up to the peak bound the keeper keeps the reserve within,
     // this object counted as live.
-    const std::uint64_t live = std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + (counted_live ? 0 : bytes);
+    const std::uint64_t live =
+        std::uint64_t(std::max<std::int64_t>(0, live_bytes_known())) + (counted_live ? 0 : bytes);
     pool.set_create_ceiling(keeper.peak_bound_pages(now_ns(), live));
   }
   // Its last page on a slab page's physical page, when one has the room (no page of its own):
@@ -304,21 +310,22 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
 
 Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream, bool fixed, const char* what) {
   // `what` names the call in error messages only: no string is built on the way through.
-  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
-  if (bytes == 0) return make_error(Errc::invalid_argument, std::string(what) + ": 0 bytes");
+  if (shut.load(std::memory_order_acquire)) return call_error(Errc::shut_down, what, "the heap was shut down");
+  if (bytes == 0) return call_error(Errc::invalid_argument, what, "0 bytes");
   if (bytes > kMaxObject)
-    return make_error(Errc::invalid_argument, std::string(what) + ": " + std::to_string(bytes) + " bytes is beyond any device");
+    return call_error(Errc::invalid_argument, what, std::to_string(bytes) + " bytes is beyond any device");
   // A small object this thread freed before: no heap lock (heap_caches.cpp).
   const bool cacheable = !stream && !fixed && bytes <= kMaxSlabObject && caches.enabled();
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
   std::unique_lock lock(mu);
-  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
+  if (shut.load(std::memory_order_relaxed)) return call_error(Errc::shut_down, what, "the heap was shut down");
   if (cacheable) fold_mine();  // its counters, and a cache for its next frees
   if (bytes > capacity_pages * kPageSize) {
     ++ops.failed_allocations;
-    return make_error(Errc::out_of_memory, std::string(what) + ": " + std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
-                                               std::to_string(capacity_pages * kPageSize) + " bytes");
+    return call_error(Errc::out_of_memory, what,
+                      std::to_string(bytes) + " bytes exceeds the heap's capacity of " +
+                          std::to_string(capacity_pages * kPageSize) + " bytes");
   }
   // Frees whose streams have passed them go back to everyone before anything new is placed, as
   // a caching allocator processes its events at every allocation: otherwise a large free (a
@@ -334,7 +341,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
   make_room(lock);
-  if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
+  if (shut.load(std::memory_order_relaxed)) return call_error(Errc::shut_down, what, "the heap was shut down");
   h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok()) return h;
   ++ops.failed_allocations;
@@ -342,19 +349,19 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
 }
 
 Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
-  if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
+  if (shut.load(std::memory_order_acquire)) return call_error(Errc::shut_down, what, "the heap was shut down");
   // Into this thread's cache: no heap lock (heap_caches.cpp).
   const bool cacheable = !stream && caches.enabled();
   if (cacheable)
     if (auto done = free_cached(h)) return *done;
   std::unique_lock lock(mu);
   for (;;) {
-    if (shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, std::string(what) + ": the heap was shut down");
+    if (shut.load(std::memory_order_relaxed)) return call_error(Errc::shut_down, what, "the heap was shut down");
     auto looked = lookup(h);
     if (!looked.ok()) return looked.error();
     HandleEntry* e = *looked;
     std::uint64_t s = e->state.load(std::memory_order_acquire);
-    if (state::pins(s) > 0) return make_error(Errc::pinned, std::string(what) + ": the object is pinned");
+    if (state::pins(s) > 0) return call_error(Errc::pinned, what, "the object is pinned");
     // A pending object (background misses) is freed at once; the mapper releases its run.
     if ((s & state::kMoving) && misses.is_pending(h.index)) return free_pending(h, e);
     if (s & state::kMoving) {
