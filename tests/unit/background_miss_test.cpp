@@ -3,11 +3,14 @@
 // holds the mapper's calls at a gate (or fails them) and checks what the caller and other threads
 // see meanwhile: no call on the allocating thread, pins that wait for the mapping and then read
 // the bytes written, frees that do not wait, validate() at every step.
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <random>
 #include <thread>
 #include <vector>
 
+#include "../support/test_scale.h"
 #include "gated_backend.h"
 #include "heap_core.h"
 #include "heap_test_util.h"
@@ -245,6 +248,110 @@ TEST(BackgroundMisses, WithTheCallerPlacingMissesTheAddressIsOutAtOnce) {
   EXPECT_EQ(heap.stats().ops.misses_placed_by_mapper, 0u);
   EXPECT_TRUE(heap.free(*queued).ok());
   EXPECT_TRUE(heap.free(*in_hand).ok());
+  EXPECT_VALID(heap);
+}
+
+// A queued miss's promised pages are not created by the allocations after it: with the mapper
+// held, another thread allocates 4 MiB objects until out-of-memory; the queued object is then
+// placed on its promised pages (not lost) and the heap never held more than its capacity.
+TEST(BackgroundMisses, AllocationsAfterAQueuedMissLeaveItsPromisedPages) {
+  Config c = background_config();
+  c.capacity = 128 * kMiB;  // 64 pages: the two misses take 60
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto in_hand = allocate_held(g);
+  ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
+  auto queued = heap.allocate(kBig);
+  ASSERT_TRUE(queued.ok()) << queued.error().to_string();
+  ASSERT_EQ(address_at_allocation(heap, *queued), DevicePtr{0}) << "the mapper was to place it";
+  // Past the pending bound these place on their own thread; out-of-memory waits for the held
+  // batch (make_room), so the gate opens meanwhile.
+  auto filling = std::async(std::launch::async, [&] {
+    std::vector<Handle> got;
+    for (int i = 0; i < 32; ++i) {
+      auto h = heap.allocate(4 * kMiB);
+      if (!h.ok()) {
+        EXPECT_EQ(h.code(), Errc::out_of_memory) << h.error().to_string();
+        break;
+      }
+      got.push_back(*h);
+    }
+    return got;
+  });
+  std::this_thread::sleep_for(100ms);
+  g.gate->open();
+  const std::vector<Handle> got = filling.get();
+  EXPECT_LT(got.size(), 32u) << "the capacity was never reached";
+  auto pin = heap.pin(*queued);
+  ASSERT_TRUE(pin.ok()) << pin.error().to_string() << " (its promised pages were taken)";
+  pin = make_error(Errc::internal, "released");
+  test::fill(heap, *queued, 8);
+  EXPECT_EQ(test::mismatches(heap, *queued, 8), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.lost_allocations, 0u);
+  EXPECT_LE(s.mapped_bytes, c.capacity);
+  EXPECT_VALID(heap);
+  for (Handle h : got) EXPECT_TRUE(heap.free(h).ok());
+  EXPECT_TRUE(heap.free(*queued).ok());
+  EXPECT_TRUE(heap.free(*in_hand).ok());
+  EXPECT_VALID(heap);
+}
+
+// Threads allocating large objects near the capacity, with the keeper's thread creating and
+// trimming: the promises keep every miss the mapper places backed (none is lost), allocations
+// past the capacity fail with out_of_memory only, every byte holds, and nothing stays promised.
+TEST(BackgroundMisses, ThreadsNearTheCapacityLoseNoMissTheMapperPlaces) {
+  Config c = background_config();
+  c.capacity = 96 * kMiB;  // 48 pages for four threads holding up to three objects of 1-8 pages
+  c.background_reserve = true;
+  auto made = Heap::create(test::open_host_backend(c.capacity), c);
+  ASSERT_TRUE(made.ok()) << made.error().to_string();
+  Heap& heap = **made;
+  std::atomic<std::uint64_t> failures{0}, bad_bytes{0}, out_of_memory{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(31 + t);
+      std::vector<std::pair<Handle, std::uint64_t>> held;
+      for (int i = 0; i < test::scaled_ops(120); ++i) {
+        const std::size_t bytes = (1 + rng() % 8) * detail::kPageSize - 4096 * (rng() % 3);
+        auto h = heap.allocate(bytes);
+        if (!h.ok()) {
+          (h.code() == Errc::out_of_memory ? out_of_memory : failures) += 1;
+        } else {
+          const std::uint64_t seed = rng();
+          test::fill(heap, *h, seed);  // its first pin waits for the mapper
+          held.emplace_back(*h, seed);
+        }
+        if (held.size() > 2 || (!h.ok() && !held.empty())) {
+          const std::size_t k = rng() % held.size();
+          bad_bytes += test::mismatches(heap, held[k].first, held[k].second);
+          if (!heap.free(held[k].first).ok()) ++failures;
+          held.erase(held.begin() + std::ptrdiff_t(k));
+        }
+      }
+      for (const auto& [h, seed] : held) {
+        bad_bytes += test::mismatches(heap, h, seed);
+        if (!heap.free(h).ok()) ++failures;
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0u);
+  EXPECT_EQ(bad_bytes.load(), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.lost_allocations, 0u) << "a promised miss found no pages";
+  if (test::test_scale() == 1) {  // the run in full: both ways of placing, and the capacity reached
+    EXPECT_GT(s.ops.misses_placed_by_mapper, 0u);
+    EXPECT_GT(s.ops.background_misses, s.ops.misses_placed_by_mapper) << "no promise was refused";
+    EXPECT_GT(out_of_memory.load(), 0u) << "the capacity was never reached";
+  }
+  EXPECT_EQ(s.live_objects, 0u);
+  {
+    auto& core = detail::HeapInternals::of(heap);
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.pool.promised_pages(), 0u);
+  }
   EXPECT_VALID(heap);
 }
 
