@@ -95,13 +95,14 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
   if (Demand::ordinary(n, pool.used_pages())) demand.large_pages.note(n, now_ns());
   if (miss && config.mapper_places_misses) {
-    // What needs no call is taken here, in place_large's order (a freed run ending on a slab page
-    // as it is; a mapped run, unless a slab page could share the last page); else the pages are
+    // What needs no call is taken here, in place_large's order (where a slab page could share
+    // the last page, a freed run ending on one as it is; else a mapped run); else the pages are
     // promised and the mapper places the object (place_miss).
-    if (auto loc = place_on_slab_page(lock, bytes, n, miss, /*calls=*/false)) return *loc;
-    if (!tail_host_for(bytes, n))
-      if (const std::optional<std::uint32_t> mapped = pool.take_mapped_run(n, kNoOwner))
-        return placed_run(*mapped, n, bytes);
+    if (tail_host_for(bytes, n)) {
+      if (auto loc = place_on_slab_page(lock, bytes, n, miss, /*calls=*/false)) return *loc;
+    } else if (const std::optional<std::uint32_t> mapped = pool.take_mapped_run(n, kNoOwner)) {
+      return placed_run(*mapped, n, bytes);
+    }
     if (pool.promise(n)) {
       miss->step = PendingMiss::Step::place;
       want_refill();

@@ -262,11 +262,12 @@ struct HeapCore {
   // With `miss` (background misses), a run that needs calls is not mapped here: its first step
   // goes to `*miss` (a retarget's alias, or the body).
   // Without `calls`, only a run that needs none is taken (else nullopt, nothing changed).
-  // tail_host_for: the slab page that place_on_slab_page would put such an object's last page on
-  // (nullptr: none has the room, or tails are not shared).
+  // tail_host_for: a slab page that could take such an object's last page, the tightest fit or,
+  // with `prefer_dropped`, first one that a freed run still ends on (tail_host); nullptr: none
+  // has the room, or tails are not shared.
   std::optional<Location> place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t pages,
                                              PendingMiss* miss = nullptr, bool calls = true);
-  SlabPage* tail_host_for(std::size_t bytes, std::uint32_t pages) const;
+  SlabPage* tail_host_for(std::size_t bytes, std::uint32_t pages, bool prefer_dropped = false) const;
   // A large object's last page now maps `host`'s physical page: the slab page's low slots under
   // the object's bytes are blocked and the tail is shared.
   void share_tail(const Location& loc, std::size_t bytes, SlabPage* host);

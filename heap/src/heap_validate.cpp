@@ -199,11 +199,12 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       if (e->loc.page == HeapCore::kUnplaced) {
         if (e->address.load() != 0) return fail("unplaced object " + std::to_string(i) + " has an address");
         unplaced_pages += e->loc.pages;
-      }
-      for (std::uint32_t k = 0; e->loc.page != HeapCore::kUnplaced && k < e->loc.pages; ++k) {
-        const std::uint32_t owner = c.pool.slot(e->loc.page + k).owner;
-        if (owner != 0 && owner != i)
-          return fail("page " + std::to_string(k) + " of pending object " + std::to_string(i) + " is another's");
+      } else {
+        for (std::uint32_t k = 0; k < e->loc.pages; ++k) {
+          const std::uint32_t owner = c.pool.slot(e->loc.page + k).owner;
+          if (owner != 0 && owner != i)
+            return fail("page " + std::to_string(k) + " of pending object " + std::to_string(i) + " is another's");
+        }
       }
     } else {
       if (std::uint64_t(e->size()) > std::uint64_t(e->loc.pages) * detail::kPageSize)

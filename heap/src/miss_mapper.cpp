@@ -87,10 +87,13 @@ void MissMapper::loop() {
     // (a free gives them up before their calls; one in hand must be mapped, then released).
     PendingMiss m = std::move(queued_.front());
     queued_.pop_front();
-    // Placed under the lock first: a run that needs no call settles here.
-    if (m.step == PendingMiss::Step::place && place_(m, lock)) {
+    auto settled = [&] {
       settle(m);
       if (settled_) settled_(lock);
+    };
+    // Placed under the lock first: a run that needs no call settles here.
+    if (m.step == PendingMiss::Step::place && place_(m, lock)) {
+      settled();
       continue;
     }
     // The calls without the heap lock: nothing another thread can reach names this batch's
@@ -98,10 +101,9 @@ void MissMapper::loop() {
     lock.unlock();
     calls_(m);
     lock.lock();
-    if (finish_(m)) {
-      settle(m);
-      if (settled_) settled_(lock);
-    } else
+    if (finish_(m))
+      settled();
+    else
       queued_.push_front(std::move(m));  // its next step, before the later misses
   }
 }

@@ -113,24 +113,22 @@ SlabPage* HeapCore::tail_host(std::uint64_t used, const std::vector<std::uint32_
   return best;
 }
 
-SlabPage* HeapCore::tail_host_for(std::size_t bytes, std::uint32_t pages) const {
+SlabPage* HeapCore::tail_host_for(std::size_t bytes, std::uint32_t pages, bool prefer_dropped) const {
   if (!config.share_tails) return nullptr;
   const std::uint64_t used = used_in_last_page(bytes, pages);
   if (kPageSize - used < kMinTailRoom) return nullptr;
-  return tail_host(used, {});
+  return tail_host(used, prefer_dropped ? pool.dropped_run_pages(pages) : std::vector<std::uint32_t>{});
 }
 
 std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>& lock, std::size_t bytes,
                                                      std::uint32_t pages, PendingMiss* miss, bool calls) {
-  if (!config.share_tails) return std::nullopt;
-  const std::uint64_t used = used_in_last_page(bytes, pages);
-  if (kPageSize - used < kMinTailRoom) return std::nullopt;
   // The page whose free low span fits the bytes most tightly, leaving at least one slot free
   // (an empty page's span is all its slots). But first a page that a freed object's run still
   // ends on (its alias not yet unmapped by the keeper, the body's pages in the reserve before
   // it): that run is taken as it is, with no driver call.
-  SlabPage* best = tail_host(used, pool.dropped_run_pages(pages));
+  SlabPage* best = tail_host_for(bytes, pages, /*prefer_dropped=*/true);
   if (!best) return std::nullopt;
+  const std::uint64_t used = used_in_last_page(bytes, pages);
   std::optional<std::uint32_t> run = pool.take_unchanged_run_onto(pages, kNoOwner, best->slot);
   if (!run && !calls) return std::nullopt;
   bool had_objects = false;  // the host page's objects, when its alias was mapped without the lock
