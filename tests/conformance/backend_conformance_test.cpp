@@ -430,7 +430,7 @@ TYPED_TEST(BackendConformance, AChunkCountsItsPagesAgainstTheCapacity) {
 
 // Host-only properties of the emulation.
 TEST(HostBackend, ReleasedMemoryGoesBackToTheOs) {
-  HostBackend b(HostBackendOptions{.capacity_bytes = 16 * kPage});
+  HostBackend b(HostBackendOptions{.capacity_bytes = 16 * kPage, .retained_bytes = 0});
   ASSERT_TRUE(b.status().ok());
   const std::size_t before = b.allocated_bytes();
   std::vector<PhysicalPage> pages;
@@ -446,6 +446,72 @@ TEST(HostBackend, ReleasedMemoryGoesBackToTheOs) {
   EXPECT_EQ(b.allocated_bytes(), before);
   EXPECT_EQ(b.pages_in_use(), 0u);
   ASSERT_TRUE(b.unreserve(*va, kPage).ok());
+}
+
+// Up to retained_bytes of released pages keep their memory, and the next creates take them
+// (no new memory); past the bound a release returns its memory. The emulated device counts
+// retained pages as free, and a recycled page maps and holds bytes as a new one.
+TEST(HostBackend, ReleasedPagesUpToTheRetainedBytesKeepTheirMemoryForTheNextCreates) {
+  HostBackend b(HostBackendOptions{.capacity_bytes = 8 * kPage, .retained_bytes = 2 * kPage});
+  ASSERT_TRUE(b.status().ok());
+  const std::size_t before = b.allocated_bytes();
+  std::vector<PhysicalPage> pages;
+  for (int i = 0; i < 8; ++i) pages.push_back(*b.create_page());
+  EXPECT_EQ(b.create_page().error().code, Errc::out_of_memory);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(b.release_page(pages[i]).ok());
+  EXPECT_EQ(b.retained_pages(), 2u);
+  EXPECT_EQ(b.pages_in_use(), 4u);
+  EXPECT_EQ(b.memory_info()->free_bytes, 4 * kPage);
+  EXPECT_GE(b.allocated_bytes(), before + 6 * kPage);
+  EXPECT_LT(b.allocated_bytes(), before + 7 * kPage);
+  // The two retained pages come back without new memory, then two fresh ones commit theirs.
+  const std::size_t kept = b.allocated_bytes();
+  for (int i = 0; i < 2; ++i) pages[i] = *b.create_page();
+  EXPECT_EQ(b.retained_pages(), 0u);
+  EXPECT_EQ(b.allocated_bytes(), kept);
+  for (int i = 2; i < 4; ++i) pages[i] = *b.create_page();
+  EXPECT_GE(b.allocated_bytes(), kept + 2 * kPage);
+  EXPECT_EQ(b.create_page().error().code, Errc::out_of_memory);
+  // A recycled page maps, takes access and holds what is written through it.
+  auto va = *b.reserve(kPage);
+  ASSERT_TRUE(b.map(va, pages[0]).ok());
+  ASSERT_TRUE(b.set_access(va, kPage).ok());
+  std::memset(reinterpret_cast<void*>(va), 0x5a, kPage);
+  EXPECT_EQ(reinterpret_cast<const unsigned char*>(va)[kPage - 1], 0x5a);
+  ASSERT_TRUE(b.unmap(va, kPage).ok());
+  ASSERT_TRUE(b.unreserve(va, kPage).ok());
+  // A chunk's pages are retained one by one, within the bound.
+  for (auto p : pages) ASSERT_TRUE(b.release_page(p).ok());
+  EXPECT_EQ(b.retained_pages(), 2u);
+  auto chunk = b.create_chunk(8);
+  ASSERT_TRUE(chunk.ok()) << chunk.error().to_string();
+  ASSERT_TRUE(b.release_page(*chunk).ok());
+  EXPECT_EQ(b.retained_pages(), 2u);
+  EXPECT_EQ(b.pages_in_use(), 0u);
+  EXPECT_LT(b.allocated_bytes(), before + 3 * kPage);
+}
+
+// Retained memory never takes the emulation past its capacity: a create that needs new memory
+// (no retained run holds it) first gives back retained memory beyond the capacity.
+TEST(HostBackend, RetainedMemoryStaysWithinTheCapacity) {
+  HostBackend b(HostBackendOptions{.capacity_bytes = 4 * kPage});
+  ASSERT_TRUE(b.status().ok());
+  const std::size_t before = b.allocated_bytes();
+  std::vector<PhysicalPage> pages;
+  for (int i = 0; i < 4; ++i) pages.push_back(*b.create_page());
+  ASSERT_TRUE(b.release_page(pages[0]).ok());
+  ASSERT_TRUE(b.release_page(pages[2]).ok());
+  EXPECT_EQ(b.retained_pages(), 2u);  // two runs of one page: no room for a chunk of two
+  auto chunk = b.create_chunk(2);
+  ASSERT_TRUE(chunk.ok()) << chunk.error().to_string();
+  EXPECT_EQ(b.retained_pages(), 0u);
+  EXPECT_EQ(b.pages_in_use(), 4u);
+  EXPECT_LE(b.allocated_bytes(), before + 4 * kPage);
+  ASSERT_TRUE(b.release_page(*chunk).ok());
+  ASSERT_TRUE(b.release_page(pages[1]).ok());
+  ASSERT_TRUE(b.release_page(pages[3]).ok());
+  EXPECT_EQ(b.retained_pages(), 4u);
+  EXPECT_LE(b.allocated_bytes(), before + 4 * kPage);
 }
 
 TEST(HostBackend, InjectedDelayHoldsEventsBack) {

@@ -1,7 +1,8 @@
 // The host backend: a real emulation of CUDA VMM on Linux, so every heap test runs without a GPU.
 //
 // Physical pages are 2 MiB ranges of one memfd (committed with fallocate at create, returned to
-// the OS with a punched hole at release); reserve is mmap(PROT_NONE); map is
+// the OS with a punched hole at release, except for a bounded number of released pages whose
+// memory is kept for the next creates); reserve is mmap(PROT_NONE); map is
 // mmap(MAP_SHARED|MAP_FIXED) of the page's range with no access; set_access is mprotect(RW);
 // unmap puts an anonymous PROT_NONE mapping back. The backend keeps its own page table and
 // refuses what CUDA refuses. Touching unmapped memory faults (SIGSEGV), as on a GPU.
@@ -11,6 +12,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,6 +26,17 @@ struct HostBackendOptions {
   std::size_t capacity_bytes = std::size_t{2} << 30;
   // Each queued task (copy, fill, verify, host task) sleeps this long before it runs.
   std::chrono::microseconds task_delay{0};
+  // Released pages whose memory the emulation keeps (no hole punched) for the next creates, at
+  // most this many bytes (and at most the capacity). The driver's create costs 10-23 us a page;
+  // the emulation's, for memory that went back to the OS, is an allocation, a zeroing fault of
+  // its 4 KiB pages at the first map's access and the hole punch of its release (together about
+  // 40 % of a host replay's time), so recycling released memory keeps the emulation's costs
+  // near the driver's. A retained page is free in the emulated device's accounting
+  // (memory_info, pages_in_use, the capacity), and its bytes are whatever its last owner left,
+  // as the driver's uninitialised memory. The memory the emulation holds stays within the
+  // capacity: a create of new memory first returns retained memory past it. 0: every release
+  // returns its memory to the OS.
+  std::size_t retained_bytes = SIZE_MAX;
 };
 
 class HostBackend {
@@ -75,8 +88,11 @@ class HostBackend {
   Status enqueue_host_task(Stream s, std::function<void()> task);
   // Changes the injected delay of every task queued from now on.
   void set_task_delay(std::chrono::microseconds delay);
-  // Bytes of the memfd that hold memory now (fstat's st_blocks): drops when pages are released.
+  // Bytes of the memfd that hold memory now (fstat's st_blocks): drops when pages are released
+  // past the retained ones.
   std::size_t allocated_bytes() const;
+  // Released pages whose memory is kept for the next create_page (HostBackendOptions::retained_bytes).
+  std::size_t retained_pages() const;
   // Pages created and not yet released.
   std::size_t pages_in_use() const;
 

@@ -16,6 +16,7 @@ HostBackend::HostBackend(HostBackendOptions options) : s_(std::make_unique<State
   s_->delay_us.store(options.task_delay.count());
   s_->default_stream = std::make_shared<host::HostStream>(&s_->delay_us);
   s_->page_count = options.capacity_bytes / kPage;
+  s_->retain_limit = std::min(options.retained_bytes / kPage, s_->page_count);
   if (s_->page_count == 0) {
     s_->init = make_error(Errc::invalid_argument, "host backend: capacity below one 2 MiB page");
     return;
@@ -66,6 +67,11 @@ std::size_t HostBackend::allocated_bytes() const {
   struct stat st {};
   if (s_->fd < 0 || fstat(s_->fd, &st) != 0) return 0;
   return std::size_t(st.st_blocks) * 512;
+}
+
+std::size_t HostBackend::retained_pages() const {
+  std::lock_guard lock(s_->mu);
+  return s_->retained_count;
 }
 
 std::size_t HostBackend::pages_in_use() const {

@@ -64,6 +64,14 @@ struct HostBackend::State {
   // that size is sparse), and tables sized by it would cost gigabytes of host memory up front.
   std::unordered_map<std::uint32_t, PageRecord> pages;  // created pages, by index
   std::vector<std::uint32_t> free_pages;                // indices given back, reused first
+  // Released pages whose memory was kept (HostBackendOptions::retained_bytes), as runs of
+  // contiguous indices (first index -> pages, adjacent runs merged), so that chunks, whose pages
+  // are most of the memory a replay creates, are recycled as well as pages: a create takes the
+  // smallest run that holds it. At most retain_limit pages in all (retained_count), and
+  // in_use + retained_count <= page_count: the memfd holds no more memory than the capacity.
+  std::map<std::uint32_t, std::uint32_t> retained;
+  std::size_t retained_count = 0;
+  std::size_t retain_limit = 0;
   std::uint32_t fresh_pages = 0;                        // indices [0, fresh_pages) have been used
   std::size_t in_use = 0;
   std::map<DevicePtr, std::size_t> reservations;
@@ -103,10 +111,15 @@ struct HostBackend::State {
     return it == pages.end() || it->second.release_pending ? nullptr : &it->second;
   }
 
-  // Precondition: mu held. Takes `n` contiguous indices for a new page or chunk (returned ones
-  // first for a page), or false: the capacity would be exceeded, or no contiguous range is free.
-  bool take_indices(std::uint32_t n, std::uint32_t& index) {
-    if (in_use + n > page_count) return false;
+  // Precondition: mu held, in_use + n <= page_count. Takes `n` contiguous indices for a new page
+  // or chunk (retained ones first, then returned ones for a page, then fresh ones), or false: no
+  // contiguous range is free. `committed`: the indices still hold memory.
+  bool take_indices(std::uint32_t n, std::uint32_t& index, bool& committed) {
+    committed = false;
+    if (take_retained(n, index)) {
+      committed = true;
+      return true;
+    }
     if (n == 1 && !free_pages.empty()) {
       index = free_pages.back();
       free_pages.pop_back();
@@ -128,6 +141,73 @@ struct HostBackend::State {
     return false;
   }
 
+  // Precondition: mu NOT held. Returns every retained page's memory to the OS and its index to
+  // the free list: where a chunk finds no contiguous indices (the memfd has 4x the capacity's
+  // indices and at most the capacity is in use or retained, so only after long churn of chunks of
+  // many sizes; no test sequence found reaches it), the retained runs may be what splits them.
+  // True if there were any.
+  bool drop_retained() {
+    std::map<std::uint32_t, std::uint32_t> runs;
+    {
+      std::lock_guard lock(mu);
+      runs.swap(retained);
+      retained_count = 0;
+    }
+    for (auto [first, n] : runs) return_memory(first, n, /*retain=*/false);
+    return !runs.empty();
+  }
+
+  // Precondition: mu held. The first `n` indices of the smallest retained run that holds them.
+  bool take_retained(std::uint32_t n, std::uint32_t& index) {
+    auto best = retained.end();
+    for (auto it = retained.begin(); it != retained.end(); ++it)
+      if (it->second >= n && (best == retained.end() || it->second < best->second)) {
+        best = it;
+        if (it->second == n) break;
+      }
+    if (best == retained.end()) return false;
+    index = best->first;
+    const std::uint32_t rest = best->second - n;
+    retained.erase(best);
+    if (rest > 0) retained.emplace(index + n, rest);
+    retained_count -= n;
+    return true;
+  }
+
+  // Precondition: mu held. Takes retained runs (from the highest index down) out into `out`
+  // until the pages in use and the retained ones fit the capacity again, so that the emulation
+  // never holds more memory than the device it emulates. Their memory goes back through
+  // return_memory(..., retain = false) once the lock is let go.
+  void take_retained_excess(std::vector<std::pair<std::uint32_t, std::uint32_t>>& out) {
+    while (in_use + retained_count > page_count && !retained.empty()) {
+      auto last = std::prev(retained.end());
+      const std::uint32_t take =
+          std::uint32_t(std::min<std::size_t>(last->second, in_use + retained_count - page_count));
+      last->second -= take;
+      out.emplace_back(last->first + last->second, take);
+      if (last->second == 0) retained.erase(last);
+      retained_count -= take;
+    }
+  }
+
+  // Precondition: mu held. Adds [index, index + n) to the retained runs, merged with its neighbours.
+  void add_retained(std::uint32_t index, std::uint32_t n) {
+    retained_count += n;
+    auto next = retained.lower_bound(index);
+    if (next != retained.end() && next->first == index + n) {
+      n += next->second;
+      next = retained.erase(next);
+    }
+    if (next != retained.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second == index) {
+        prev->second += n;
+        return;
+      }
+    }
+    retained.emplace_hint(next, index, n);
+  }
+
   // Precondition: mu held. Forgets a page or chunk; its indices are reused only after
   // return_memory().
   void forget_page(std::uint32_t index) {
@@ -135,16 +215,24 @@ struct HostBackend::State {
     in_use -= it->second.pages;
     pages.erase(it);
   }
-  // Precondition: mu NOT held. Gives a forgotten page's (or chunk's: `n` pages) memory back to
-  // the OS, then its indices to the free list. The hole punch (~0.5 ms for 2 MiB) runs without
-  // the lock, so that maps and unmaps of other pages (a compaction's remap, which pins may wait
-  // for) never queue behind it.
-  void return_memory(std::uint32_t index, std::uint32_t n = 1) {
+  // Precondition: mu NOT held. Gives a forgotten page's (or chunk's: `n` pages) indices back:
+  // up to retain_limit pages keep their memory for the next creates (where `retain`; a
+  // failed commit's are not kept, its memory may be partial); the rest go back to the
+  // OS first (the hole punch, ~0.5 ms for 2 MiB, runs without the lock, so that maps and unmaps
+  // of other pages, a compaction's remap that pins may wait for, never queue behind it).
+  void return_memory(std::uint32_t index, std::uint32_t n = 1, bool retain = true) {
+    std::uint32_t kept = 0;
+    if (retain) {
+      std::lock_guard lock(mu);
+      kept = std::uint32_t(std::min<std::size_t>(n, retain_limit - std::min(retain_limit, retained_count)));
+      if (kept > 0) add_retained(index, kept);
+    }
+    if (kept == n) return;
     // A failed punch only delays the return of memory; the pages are still free for reuse.
-    (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(index) * off_t(kPage),
-                    off_t(n) * off_t(kPage));
+    (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(index + kept) * off_t(kPage),
+                    off_t(n - kept) * off_t(kPage));
     std::lock_guard lock(mu);
-    for (std::uint32_t i = 0; i < n; ++i) free_pages.push_back(index + i);
+    for (std::uint32_t i = kept; i < n; ++i) free_pages.push_back(index + i);
   }
 
   std::shared_ptr<host::HostStream> stream(Stream s) {

@@ -68,19 +68,39 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
                       std::string(what) + ": " + std::to_string(pages) + " pages (the emulated device holds " +
                           std::to_string(s_->page_count) + ")");
   const auto n = std::uint32_t(pages);
-  std::uint32_t index;
-  {
-    std::lock_guard lock(s_->mu);
-    if (!s_->take_indices(n, index))
+  std::uint32_t index = 0;
+  bool committed = false;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> dropped;  // retained runs given back for it
+  for (int attempt = 0;; ++attempt) {
+    std::unique_lock lock(s_->mu);
+    if (s_->in_use + n > s_->page_count)
       return make_error(Errc::out_of_memory, std::string(what) + ": the emulated device memory (" +
                                                  std::to_string(s_->options.capacity_bytes >> 20) +
                                                  " MiB) is full");
+    if (s_->take_indices(n, index, committed)) {
+      // Counted now, so that a create on another thread sees the capacity taken meanwhile; new
+      // memory first gives back retained memory past the capacity.
+      s_->in_use += n;
+      if (!committed) s_->take_retained_excess(dropped);
+      break;
+    }
+    lock.unlock();
+    // The retained runs may be what splits the free indices: give their memory back and retry.
+    if (attempt > 0 || !s_->drop_retained())
+      return make_error(Errc::out_of_memory, std::string(what) + ": no " + std::to_string(n) +
+                                                 " contiguous pages free in the emulation's memfd");
   }
-  // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it. The
-  // indices are off the free list, so nobody else touches them; the lock is not held meanwhile.
-  if (fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
+  for (auto [first, k] : dropped) s_->return_memory(first, k, /*retain=*/false);
+  // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it (a
+  // retained page still has). The indices are off the free lists, so nobody else touches them;
+  // the lock is not held meanwhile.
+  if (!committed && fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
     const int err = errno;
-    s_->return_memory(index, n);
+    {
+      std::lock_guard lock(s_->mu);
+      s_->in_use -= n;
+    }
+    s_->return_memory(index, n, /*retain=*/false);
     errno = err;
     if (err == ENOSPC || err == ENOMEM)
       return make_error(Errc::out_of_memory, std::string(what) + ": the host has no memory left for it");
@@ -88,7 +108,6 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
   }
   std::lock_guard lock(s_->mu);
   s_->pages[index] = State::PageRecord{false, 0, n};
-  s_->in_use += n;
   return PhysicalPage{std::uint64_t{index} + 1};
 }
 

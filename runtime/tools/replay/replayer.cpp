@@ -196,12 +196,14 @@ class Replayer {
       return;
     }
     objects_[op.object] = {*h, op.id, op.bytes, true};
+    if (Heap::this_thread_background_misses() != misses_before) unsettled_.push_back(*h);
     live_bytes_ += op.bytes;
     if (live_bytes_ > report_.peak_live_bytes) {
       // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
       // sample mapped bytes at the live peak too, so the two peaks are compared at one moment.
       report_.peak_live_bytes = live_bytes_;
       const TimeInto timed{report_.wall_parts_s.peak_samples};
+      wait_for_pending_objects();
       note_mapped(heap_.stats().mapped_bytes, op.line);
     }
     report_.allocated_bytes += op.bytes;
@@ -239,6 +241,7 @@ class Replayer {
   void on_step(const TraceOp& op) {
     // Sampled before anything the heap does at this step.
     const auto asked = Clock::now();
+    wait_for_pending_objects();
     const HeapStats s = heap_.stats();
     const std::uint64_t stats_ns = ns_between(asked, Clock::now());
     note_mapped(s.mapped_bytes, op.line);
@@ -279,6 +282,7 @@ class Replayer {
 
   void on_probe(const TraceOp& op) {
     const TimeInto timed{report_.wall_parts_s.probe};
+    wait_for_pending_objects();
     note_mapped(heap_.stats().mapped_bytes, op.line);
     ++report_.probes;
     // A probe is the benchmark's instrument, not the workload: half the free memory at once,
@@ -325,6 +329,15 @@ class Replayer {
     report_.note_problem("line " + std::to_string(op.line) + ": object " + std::to_string(op.id) + " (" +
                          std::to_string(op.bytes) + " bytes): " + std::to_string(*differ) +
                          " bytes of its signature differ");
+  }
+
+  // Waits until the objects allocated pending since the last sample (background misses) hold
+  // their pages: a pending object counts among the live bytes before the mapper has placed and
+  // mapped it, so a sample taken meanwhile would count it live but not mapped and flatter the
+  // memory figures. A pin waits for the mapping; a service's step uses its objects as well.
+  void wait_for_pending_objects() {
+    for (Handle h : unsettled_) (void)heap_.pin(h);  // a freed one is stale: nothing to wait for
+    unsettled_.clear();
   }
 
   void note_mapped(std::uint64_t mapped, std::uint32_t line) {
@@ -454,6 +467,7 @@ class Replayer {
   PinnerOptions pinner_options_;
   std::atomic<std::uint32_t> current_line_{0};
   std::vector<ObjectSlot> objects_;
+  std::vector<Handle> unsettled_;  // allocated pending since the last sample of mapped bytes
   std::optional<Signatures> signatures_;
   std::unique_ptr<LiveSet> live_set_;
   std::unique_ptr<Pinners> pinners_;

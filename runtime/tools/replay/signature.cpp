@@ -12,7 +12,7 @@ namespace {
 
 constexpr std::size_t kWord = 8;
 constexpr std::size_t kMinStride = 4096;
-constexpr std::size_t kMaxStride = std::size_t{256} << 10;
+constexpr std::size_t kMaxStride = std::size_t{1} << 20;
 constexpr std::size_t kWordsPerObject = 64;
 
 // Two objects, or two ranges of one object, get unrelated bytes.
