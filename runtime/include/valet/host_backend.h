@@ -33,9 +33,9 @@ struct HostBackendOptions {
   // 40 % of a host replay's time), so recycling released memory keeps the emulation's costs
   // near the driver's. A retained page is free in the emulated device's accounting
   // (memory_info, pages_in_use, the capacity), and its bytes are whatever its last owner left,
-  // as the driver's uninitialised memory. The memory the emulation holds stays within the
-  // capacity: a create of new memory first returns retained memory past it. 0: every release
-  // returns its memory to the OS.
+  // as the driver's uninitialised memory. The memory the emulation holds stays within the most
+  // pages in use at once (what it would hold at that peak without retaining): a create of new
+  // memory first returns retained memory past it. 0: every release returns its memory to the OS.
   std::size_t retained_bytes = SIZE_MAX;
 };
 
@@ -91,7 +91,7 @@ class HostBackend {
   // Bytes of the memfd that hold memory now (fstat's st_blocks): drops when pages are released
   // past the retained ones.
   std::size_t allocated_bytes() const;
-  // Released pages whose memory is kept for the next create_page (HostBackendOptions::retained_bytes).
+  // Released pages whose memory is kept for the next creates (HostBackendOptions::retained_bytes).
   std::size_t retained_pages() const;
   // Pages created and not yet released.
   std::size_t pages_in_use() const;

@@ -68,12 +68,14 @@ struct HostBackend::State {
   // contiguous indices (first index -> pages, adjacent runs merged), so that chunks, whose pages
   // are most of the memory a replay creates, are recycled as well as pages: a create takes the
   // smallest run that holds it. At most retain_limit pages in all (retained_count), and
-  // in_use + retained_count <= page_count: the memfd holds no more memory than the capacity.
+  // in_use + retained_count <= peak_in_use: the memfd holds no more memory than at the peak of
+  // pages in use, what an emulation that returned every release's memory would hold then.
   std::map<std::uint32_t, std::uint32_t> retained;
   std::size_t retained_count = 0;
   std::size_t retain_limit = 0;
   std::uint32_t fresh_pages = 0;                        // indices [0, fresh_pages) have been used
   std::size_t in_use = 0;
+  std::size_t peak_in_use = 0;  // the most pages in use at once (counted when a create takes them)
   std::map<DevicePtr, std::size_t> reservations;
   std::unordered_map<DevicePtr, Mapping> mappings;  // by page-aligned address
   ChunkMappings chunk_maps;                          // mappings of chunks of more than one page
@@ -142,9 +144,10 @@ struct HostBackend::State {
   }
 
   // Precondition: mu NOT held. Returns every retained page's memory to the OS and its index to
-  // the free list: where a chunk finds no contiguous indices (the memfd has 4x the capacity's
-  // indices and at most the capacity is in use or retained, so only after long churn of chunks of
-  // many sizes; no test sequence found reaches it), the retained runs may be what splits them.
+  // the free list: where a chunk finds no contiguous indices (the memfd has up to 4x the
+  // capacity's indices and at most the capacity is in use or retained, so only after long churn
+  // of chunks of many sizes; no test sequence found reaches it), the retained runs may be what
+  // splits them.
   // True if there were any.
   bool drop_retained() {
     std::map<std::uint32_t, std::uint32_t> runs;
@@ -175,14 +178,14 @@ struct HostBackend::State {
   }
 
   // Precondition: mu held. Takes retained runs (from the highest index down) out into `out`
-  // until the pages in use and the retained ones fit the capacity again, so that the emulation
-  // never holds more memory than the device it emulates. Their memory goes back through
-  // return_memory(..., retain = false) once the lock is let go.
+  // until the pages in use and the retained ones fit the peak of pages in use again (a create of
+  // new memory raised in_use). Their memory goes back through return_memory(..., retain = false)
+  // once the lock is let go.
   void take_retained_excess(std::vector<std::pair<std::uint32_t, std::uint32_t>>& out) {
-    while (in_use + retained_count > page_count && !retained.empty()) {
+    while (in_use + retained_count > peak_in_use && !retained.empty()) {
       auto last = std::prev(retained.end());
       const std::uint32_t take =
-          std::uint32_t(std::min<std::size_t>(last->second, in_use + retained_count - page_count));
+          std::uint32_t(std::min<std::size_t>(last->second, in_use + retained_count - peak_in_use));
       last->second -= take;
       out.emplace_back(last->first + last->second, take);
       if (last->second == 0) retained.erase(last);
@@ -224,7 +227,12 @@ struct HostBackend::State {
     std::uint32_t kept = 0;
     if (retain) {
       std::lock_guard lock(mu);
-      kept = std::uint32_t(std::min<std::size_t>(n, retain_limit - std::min(retain_limit, retained_count)));
+      // Within both bounds as they are now: another thread's create may have taken the pages'
+      // share of the peak since they were forgotten.
+      const std::size_t held = in_use + retained_count;
+      const std::size_t room = std::min(retain_limit - std::min(retain_limit, retained_count),
+                                        peak_in_use - std::min(peak_in_use, held));
+      kept = std::uint32_t(std::min<std::size_t>(n, room));
       if (kept > 0) add_retained(index, kept);
     }
     if (kept == n) return;

@@ -79,8 +79,9 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
                                                  " MiB) is full");
     if (s_->take_indices(n, index, committed)) {
       // Counted now, so that a create on another thread sees the capacity taken meanwhile; new
-      // memory first gives back retained memory past the capacity.
+      // memory first gives back retained memory past the peak of pages in use.
       s_->in_use += n;
+      s_->peak_in_use = std::max(s_->peak_in_use, s_->in_use);
       if (!committed) s_->take_retained_excess(dropped);
       break;
     }

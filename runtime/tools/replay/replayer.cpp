@@ -240,8 +240,9 @@ class Replayer {
 
   void on_step(const TraceOp& op) {
     // Sampled before anything the heap does at this step.
-    const auto asked = Clock::now();
+    const auto step_began = Clock::now();
     wait_for_pending_objects();
+    const auto asked = Clock::now();
     const HeapStats s = heap_.stats();
     const std::uint64_t stats_ns = ns_between(asked, Clock::now());
     note_mapped(s.mapped_bytes, op.line);
@@ -272,7 +273,7 @@ class Replayer {
       }
     }
     if (step_log_.is_open()) step_log_.row(op.line, live_bytes_, s, stats_ns, cycle ? &*cycle : nullptr);
-    report_.wall_parts_s.step += seconds_between(asked, Clock::now());
+    report_.wall_parts_s.step += seconds_between(step_began, Clock::now());
     if (options_.think_per_step.count() > 0) {
       const auto before = Clock::now();
       std::this_thread::sleep_for(options_.think_per_step);
