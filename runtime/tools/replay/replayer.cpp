@@ -180,7 +180,8 @@ class Replayer {
     const std::uint64_t ns = ns_between(asked, answered);
     alloc_ns_.add(ns);
     (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
-    if (Heap::this_thread_background_misses() != misses_before)
+    const bool pending = Heap::this_thread_background_misses() != misses_before;
+    if (pending)
       alloc_ns_pending_.add(ns);
     else if (op.bytes >= kPageBytes)
       alloc_ns_pages_not_pending_.add(ns);
@@ -196,7 +197,7 @@ class Replayer {
       return;
     }
     objects_[op.object] = {*h, op.id, op.bytes, true};
-    if (Heap::this_thread_background_misses() != misses_before) unsettled_.push_back(*h);
+    if (pending) unsettled_.push_back(*h);
     live_bytes_ += op.bytes;
     if (live_bytes_ > report_.peak_live_bytes) {
       // Live bytes peak inside a step, between the step lines where mapped bytes are sampled:
