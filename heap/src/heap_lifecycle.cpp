@@ -132,6 +132,9 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
   VALET_TRY(core->pool.init(slots));
   core->pool.set_chunk_miss_pages(std::uint32_t(config.chunk_miss_pages));
   core->pool.set_chunk_min_pages(std::uint32_t(config.chunk_min_pages));
+  // With background misses, the misses leave the keeper's low watermark in the reserve for new
+  // slab pages, which otherwise map a tail's alias on the caller's thread (HeapCore::place).
+  if (config.background_misses) core->pool.set_miss_reserve_floor(config.reserve_low_pages);
   auto stream = core->backend->create_stream();
   if (!stream.ok()) {
     (void)core->pool.destroy();

@@ -163,6 +163,7 @@ class PagePool {
     std::optional<std::uint32_t> at;  // the run's start (extend_run); else chosen
     bool window = true;               // around reserve pages where free slots allow
     bool from_reserve = true;         // reserve pages may be moved there (else idle and new ones)
+    std::size_t reserve_floor = 0;    // reserve pages the batch leaves (it moves none below them)
     std::uint32_t chunk_min = 0;      // the least chunk (0: chunk_min_pages_)
     std::uint32_t chunk_end = 0;      // a chunk ends at or before this slot (0: the run's last)
     // A shared tail's run: the batch maps the body (n - 1 slots) and holds the last slot,
@@ -324,6 +325,12 @@ class PagePool {
   // (set_create_ceiling; the heap's peak bound). 0: off.
   void set_chunk_miss_pages(std::uint32_t pages) { chunk_miss_pages_ = pages; }
   void set_create_ceiling(std::size_t pages) { create_ceiling_ = pages; }
+  // Reserve pages that large runs leave in the reserve: take_mapped_run takes no run that would
+  // bring it below them, and a miss's batch moves none of them (it creates pages instead, unless
+  // only they make it fit within the capacity). With background misses these are the pages a
+  // new slab page takes with no driver call (HeapCore::place); without them it maps a shared
+  // tail's alias on the allocating thread whenever misses have emptied the reserve (0: none).
+  void set_miss_reserve_floor(std::size_t pages) { miss_reserve_floor_ = pages; }
   bool in_chunk(std::uint32_t s) const { return slots_[s].phys != kNoPhys && phys_[slots_[s].phys].chunk(); }
   // A chunk mapped in [start, start+n) reaches beyond it.
   bool cuts_chunk(std::uint32_t start, std::uint32_t n) const;
@@ -660,9 +667,10 @@ class PagePool {
   }
   // A miss's placement options: the usual way, and a chunked miss's (new pages as one chunk,
   // no window, no reserve pages moved); `tail` holds the last slot.
-  static PlaceOptions usual_miss(bool tail) {
+  PlaceOptions usual_miss(bool tail) const {
     PlaceOptions how;
     how.tail = tail;
+    how.reserve_floor = miss_reserve_floor_;
     return how;
   }
   PlaceOptions chunked_miss(bool tail) const {
@@ -704,6 +712,7 @@ class PagePool {
   std::size_t idle_chunk_pages_ = 0;
   std::uint32_t chunk_min_pages_ = 0;
   std::uint32_t chunk_miss_pages_ = 0;
+  std::size_t miss_reserve_floor_ = 0;
   std::size_t create_ceiling_ = ~std::size_t{0};
   std::size_t chunk_pages_ = 0, chunks_ = 0;  // created chunks and their pages
   std::size_t chunks_created_ = 0;            // since the pool began

@@ -156,8 +156,12 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   const std::size_t creatable = creatable_pages();
   // Whole free chunks are room too: a batch that creates pages releases them first (below).
   const std::size_t freeable = whole_free_chunk_pages();
-  const std::size_t can =
-      idle_.size() + creatable + freeable + (how.from_reserve ? std::size_t(reserve_.total()) : 0);
+  // Reserve pages it may move: all but the floor, unless only the floor's pages make it fit.
+  const std::size_t reserve = how.from_reserve ? std::size_t(reserve_.total()) : 0;
+  const std::size_t others = idle_.size() + creatable + freeable;
+  std::size_t movable = reserve > how.reserve_floor ? reserve - how.reserve_floor : 0;
+  if (need > others + movable) movable = reserve;
+  const std::size_t can = others + movable;
   if (need > can) {
     unclaim(b);
     return make_error(Errc::out_of_memory,
@@ -174,9 +178,10 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   }
   b.idle = std::uint32_t(i);
   in_flight_idle_ += b.idle;
-  while (how.from_reserve && i < need && !reserve_.empty()) {
+  for (std::size_t left = movable; left > 0 && i < need && !reserve_.empty();) {
     auto r = *reserve_.take_smallest();
-    const std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, need - i));
+    const std::uint32_t k = std::uint32_t(std::min<std::size_t>({r.length, need - i, left}));
+    left -= k;
     if (k < r.length) reserve_.insert(r.start + k, r.length - k);
     releasing_.insert(r.start, k);
     b.sources.push_back({r.start, k, false});

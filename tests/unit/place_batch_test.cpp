@@ -41,6 +41,12 @@ std::uint64_t total(const std::vector<RangeSet::Range>& ranges) {
   return n;
 }
 
+std::uint64_t total_moved(const std::vector<PagePool::ReleaseRun>& sources) {
+  std::uint64_t n = 0;
+  for (const auto& r : sources) n += r.length;
+  return n;
+}
+
 // Pages promised to an object not placed yet (background misses the mapper places) are created
 // by nothing else: runs, batches and slab pages meanwhile find the capacity short of them, and
 // the promise's own placement finds them all.
@@ -64,6 +70,65 @@ TEST_F(PlacePool, PromisedPagesAreLeftForThePromiseAlone) {
   EXPECT_EQ(pool.created_pages(), 64u);
   EXPECT_EQ(pool.promised_pages(), 0u);
   ASSERT_VALID(pool);
+}
+
+// With background misses the heap sets a floor of reserve pages that large runs leave for new
+// slab pages (PagePool::set_miss_reserve_floor): a mapped run that would take the reserve below
+// it is not taken, a miss's batch moves none of its pages and creates pages instead, so that a
+// slab page still finds a mapped page with no driver call; only where the capacity leaves
+// nothing else does a batch take the floor's pages.
+TEST_F(PlacePool, LargeRunsLeaveTheReserveFloorToSlabPagesUntilNothingElseFits) {
+  pool.set_miss_reserve_floor(4);
+  auto first = pool.take_run(6, 1);
+  ASSERT_TRUE(first.ok());
+  pool.give_back(*first, 6);
+  ASSERT_EQ(pool.reserve_pages(), 6u);
+  EXPECT_FALSE(pool.take_mapped_run(3, 2)) << "a mapped run took the reserve below its floor";
+  const auto two = pool.take_mapped_run(2, 2);
+  ASSERT_TRUE(two);
+  EXPECT_EQ(pool.reserve_pages(), 4u);
+  // A miss's batch (no window around the reserve: its pages could only be moved) creates.
+  PagePool::PlaceOptions miss;
+  miss.window = false;
+  miss.reserve_floor = 4;
+  auto b = pool.begin_place(5, miss);
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_TRUE(b->sources.empty()) << "the batch moved reserve pages below the floor";
+  EXPECT_EQ(b->fresh, 5u);
+  pool.place_calls(*b);
+  auto run = pool.finish_place(*b, 3);
+  ASSERT_TRUE(run.ok()) << run.error().to_string();
+  EXPECT_EQ(pool.reserve_pages(), 4u);
+  ThreadDriverCalls slab_calls(door);
+  auto slab = pool.take_page(SlotKind::slab, 5);
+  ASSERT_TRUE(slab.ok()) << slab.error().to_string();
+  EXPECT_EQ(slab_calls.made().total(), 0u) << "a new slab page made a driver call";
+  ASSERT_VALID(pool);
+  // The rest of the capacity goes to another run; the next miss fits only on the floor's pages.
+  const std::size_t creatable = pool.creatable_pages();
+  auto rest = pool.begin_place(std::uint32_t(creatable), miss);
+  ASSERT_TRUE(rest.ok()) << rest.error().to_string();
+  EXPECT_TRUE(rest->sources.empty());
+  pool.place_calls(*rest);
+  auto rest_run = pool.finish_place(*rest, 6);
+  ASSERT_TRUE(rest_run.ok()) << rest_run.error().to_string();
+  ASSERT_EQ(pool.creatable_pages(), 0u);
+  ASSERT_EQ(pool.reserve_pages(), 3u);
+  auto last = pool.begin_place(3, miss);
+  ASSERT_TRUE(last.ok()) << "the floor kept a miss from the capacity's last pages: " << last.error().to_string();
+  EXPECT_EQ(total_moved(last->sources), 3u);
+  EXPECT_EQ(last->fresh, 0u);
+  pool.place_calls(*last);
+  auto last_run = pool.finish_place(*last, 7);
+  ASSERT_TRUE(last_run.ok()) << last_run.error().to_string();
+  EXPECT_TRUE(test::pattern_holds(door, pool, *last_run, 3, 17));
+  ASSERT_VALID(pool);
+  pool.give_back(*two, 2);
+  pool.give_back(*run, 5);
+  pool.give_back(*slab, 1);
+  pool.give_back(*rest_run, std::uint32_t(creatable));
+  pool.give_back(*last_run, 3);
+  EXPECT_TRUE(pool.destroy().ok());
 }
 
 TEST_F(PlacePool, ABatchInFlightHoldsItsSlotsAndPagesApartAndTheRunKeepsItsReservePages) {

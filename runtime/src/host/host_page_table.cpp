@@ -197,13 +197,13 @@ Status HostBackend::set_access(DevicePtr va, std::size_t bytes) {
       return sys_error("mprotect");
     for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
   }
-  // The page tables are filled now, as the driver's are: a device mapping is complete once
-  // access is granted, and faulting it in 4 KiB at a time on first touch would charge the
-  // emulation's cost to whoever touches the memory first (in a virtual machine, several times
-  // the cost of filling them here). Without the lock, as the hole punch of a release: maps and
-  // unmaps of other pages never queue behind it. The caller owns the range until this returns;
-  // a kernel without MADV_POPULATE_WRITE (before 5.14) falls back to faulting on touch.
-  (void)madvise(reinterpret_cast<void*>(va), bytes, MADV_POPULATE_WRITE);
+  // The page tables fill at first touch. Filling them here (MADV_POPULATE_WRITE), to keep the
+  // emulation's cost on the mapping thread, did not pay: in the paravirtualised machine this
+  // project is developed on, the first touch of each 4 KiB page after a map costs microseconds
+  // whether or not its entry was filled ahead (a 2 MiB page: populating 170-300 us, then
+  // touching every 4 KiB page 2.8-3.4 ms either way, or two words 50-65 us either way), so
+  // populating only added its own cost: 11 s of a 64 s host replay of t1 with --verify
+  // (docs/speed.md, "Session 36").
   return {};
 }
 

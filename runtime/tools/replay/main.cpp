@@ -55,6 +55,7 @@ struct Arguments {
   bool fixed = false;
   bool stream_frees = false;
   std::optional<double> reserve_fraction, reserve_peak_ratio;
+  std::optional<std::size_t> reserve_low_pages;
   std::optional<std::size_t> thread_cache_bytes;
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
@@ -125,6 +126,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--no-share-tails", args.no_share_tails,
                "No shared tails (Config::share_tails off): every slab page and every large object's last "
                "page has a physical page of its own");
+  app.add_option("--reserve-low-pages", args.reserve_low_pages,
+                 "Config::reserve_low_pages: the reserve's low watermark (pages)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1024}));
   app.add_option("--reserve-fraction", args.reserve_fraction,
                  "Config::reserve_fraction: the mapped reserve the keeper keeps, as a fraction of the live bytes")
       ->check(CLI::Range(0.0, 1.0));
@@ -140,7 +144,7 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--background-misses", args.background_misses,
                "Config::background_misses: a large allocation that misses returns at once; a heap thread maps its run");
   app.add_option("--background-miss-limit", args.background_miss_limit,
-                 "Config::background_miss_limit: background misses pending at most (default 4)")
+                 "Config::background_miss_limit: background misses pending at most (default 16)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   app.add_option("--mapper-spin-us", args.mapper_spin_us,
                  "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 0)")
@@ -205,6 +209,10 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   config.compact_on_oom = !args.no_compact;
   config.share_tails = !args.no_share_tails;
   if (args.reserve_fraction) config.reserve_fraction = *args.reserve_fraction;
+  if (args.reserve_low_pages) {
+    config.reserve_low_pages = *args.reserve_low_pages;
+    config.reserve_high_pages = std::max(config.reserve_high_pages, *args.reserve_low_pages);
+  }
   if (args.reserve_peak_ratio) config.reserve_peak_ratio = *args.reserve_peak_ratio;
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
