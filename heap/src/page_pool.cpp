@@ -237,9 +237,6 @@ std::optional<std::uint32_t> PagePool::take_mapped_run(std::uint32_t n, std::uin
   const auto close_chunk = chunk_reserve_.best_fit(n);
   const bool close = close_chunk && close_chunk->length - n <= n / 4 && !whole_free_chunk_at(close_chunk->start, close_chunk->length);
   RangeSet& mapped = close ? chunk_reserve_ : reserve_;
-  // The reserve's last pages stay for new slab pages (set_miss_reserve_floor): such an object
-  // misses and its pages are created instead (on the mapper's thread, with background misses).
-  if (!close && reserve_.total() < n + miss_reserve_floor_) return std::nullopt;
   auto s = mapped.take_best_fit(n);
   if (s) set_kind(*s, n, SlotKind::large, owner);
   return s;

@@ -325,11 +325,12 @@ class PagePool {
   // (set_create_ceiling; the heap's peak bound). 0: off.
   void set_chunk_miss_pages(std::uint32_t pages) { chunk_miss_pages_ = pages; }
   void set_create_ceiling(std::size_t pages) { create_ceiling_ = pages; }
-  // Reserve pages that large runs leave in the reserve: take_mapped_run takes no run that would
-  // bring it below them, and a miss's batch moves none of them (it creates pages instead, unless
-  // only they make it fit within the capacity). With background misses these are the pages a
-  // new slab page takes with no driver call (HeapCore::place); without them it maps a shared
-  // tail's alias on the allocating thread whenever misses have emptied the reserve (0: none).
+  // Reserve pages that a miss's batch does not move to its run: it creates pages instead, and
+  // takes of these only what it needs to fit within the capacity. With background misses these
+  // are the pages a new slab page takes with no driver call (HeapCore::place), which otherwise
+  // maps a shared tail's alias on the allocating thread whenever misses have emptied the
+  // reserve. Runs that take reserve pages where they lie (take_mapped_run, a window around
+  // them) still may: they make no call either way (0: none).
   void set_miss_reserve_floor(std::size_t pages) { miss_reserve_floor_ = pages; }
   bool in_chunk(std::uint32_t s) const { return slots_[s].phys != kNoPhys && phys_[slots_[s].phys].chunk(); }
   // A chunk mapped in [start, start+n) reaches beyond it.

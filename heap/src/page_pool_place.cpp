@@ -156,11 +156,13 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   const std::size_t creatable = creatable_pages();
   // Whole free chunks are room too: a batch that creates pages releases them first (below).
   const std::size_t freeable = whole_free_chunk_pages();
-  // Reserve pages it may move: all but the floor, unless only the floor's pages make it fit.
+  // Reserve pages it may move: all but the floor, and of the floor's only what it needs to fit
+  // within the capacity.
   const std::size_t reserve = how.from_reserve ? std::size_t(reserve_.total()) : 0;
   const std::size_t others = idle_.size() + creatable + freeable;
-  std::size_t movable = reserve > how.reserve_floor ? reserve - how.reserve_floor : 0;
-  if (need > others + movable) movable = reserve;
+  const std::size_t above_floor = reserve > how.reserve_floor ? reserve - how.reserve_floor : 0;
+  const std::size_t short_of = need > others ? need - others : 0;
+  const std::size_t movable = std::min(reserve, std::max(above_floor, short_of));
   const std::size_t can = others + movable;
   if (need > can) {
     unclaim(b);
