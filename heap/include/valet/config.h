@@ -103,7 +103,7 @@ struct Config {
   // between them (a service's compute between steps), and costs memory where it cannot: a
   // queued miss holds only promised pages, but on the host's KV-realloc trace 32 raised peak
   // mapped / live to 1.14-1.34 where 16 keeps it at 1.02; with 16 instead of 4, back-to-back
-  // replays of the public traces make 0.001-0.006 calls an operation on the caller instead of
+  // replays of the public traces make 0.002-0.009 calls an operation on the caller instead of
   // 0.35-0.5, on the host and the H100 (docs/background_misses.md, "Back-pressure"). At least 1.
   std::size_t background_miss_limit = 16;
   // With background misses: after its queue empties, the mapper polls it for this many
