@@ -15,7 +15,9 @@
 
 namespace valet {
 
-namespace {
+// Named, not anonymous: TraceRecorder::State (external linkage) holds it, and a member of an
+// internal-linkage type there is what -Wsubobject-linkage warns of.
+namespace trace_recording {
 
 // The buffer between the recording side and the writer thread. The thread holds it by a
 // shared_ptr, so that a writer still stuck in its sink after stop() gave up waiting keeps what it
@@ -77,7 +79,9 @@ struct Channel {
   }
 };
 
-}  // namespace
+}  // namespace trace_recording
+
+using trace_recording::Channel;
 
 struct TraceRecorder::State {
   std::string source;
