@@ -210,7 +210,10 @@ TEST_F(BadInput, ARefusedShutdownIsInvisibleToOtherThreads) {
   };
   std::thread a(worker, 1), b(worker, 2);
   int refused = 0;
-  for (int i = 0; i < 300; ++i) {
+  // 300 refusals at least, and more until the workers have made 300 calls between them (on a
+  // loaded machine or under a sanitizer they may have made fewer by then), within a minute.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  for (int i = 0; i < 300 || (calls.load() <= 300 && std::chrono::steady_clock::now() < deadline); ++i) {
     auto st = heap_->shutdown();
     ASSERT_EQ(st.code(), Errc::pinned);
     ++refused;
@@ -220,7 +223,7 @@ TEST_F(BadInput, ARefusedShutdownIsInvisibleToOtherThreads) {
   stop = true;
   a.join();
   b.join();
-  EXPECT_EQ(refused, 300);
+  EXPECT_GE(refused, 300);
   EXPECT_GT(calls.load(), 300u);
   EXPECT_EQ(shut_down.load(), 0u) << "a refused shutdown failed other threads' calls";
   EXPECT_EQ(other.load(), 0u);
