@@ -184,26 +184,19 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
   return {};
 }
 
+// The page tables fill at first touch: populating them here (MADV_POPULATE_WRITE) cost more than
+// it saved in the virtual machine this project is developed on, where the first touch of a 4 KiB
+// page after a map costs microseconds either way (docs/speed.md, "Session 36").
 Status HostBackend::set_access(DevicePtr va, std::size_t bytes) {
-  {
-    std::lock_guard lock(s_->mu);
-    if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
-      return make_error(Errc::invalid_argument, "set_access: range not aligned to 2 MiB");
-    if (!s_->all_mapped(va, bytes, false))
-      return make_error(Errc::invalid_state, "set_access: part of the range is not mapped");
-    if (!s_->chunk_maps.whole(va, bytes))
-      return make_error(Errc::invalid_state, "set_access: the range cuts a chunk's mapping");
-    if (mprotect(reinterpret_cast<void*>(va), bytes, PROT_READ | PROT_WRITE) != 0)
-      return sys_error("mprotect");
-    for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
-  }
-  // The page tables fill at first touch. Filling them here (MADV_POPULATE_WRITE), to keep the
-  // emulation's cost on the mapping thread, did not pay: in the paravirtualised machine this
-  // project is developed on, the first touch of each 4 KiB page after a map costs microseconds
-  // whether or not its entry was filled ahead (a 2 MiB page: populating 170-300 us, then
-  // touching every 4 KiB page 2.8-3.4 ms either way, or two words 50-65 us either way), so
-  // populating only added its own cost: 11 s of a 64 s host replay of t1 with --verify
-  // (docs/speed.md, "Session 36").
+  std::lock_guard lock(s_->mu);
+  if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
+    return make_error(Errc::invalid_argument, "set_access: range not aligned to 2 MiB");
+  if (!s_->all_mapped(va, bytes, false))
+    return make_error(Errc::invalid_state, "set_access: part of the range is not mapped");
+  if (!s_->chunk_maps.whole(va, bytes))
+    return make_error(Errc::invalid_state, "set_access: the range cuts a chunk's mapping");
+  if (mprotect(reinterpret_cast<void*>(va), bytes, PROT_READ | PROT_WRITE) != 0) return sys_error("mprotect");
+  for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
   return {};
 }
 
