@@ -136,10 +136,11 @@ def arguments(replay, workdir):
     for args in (["--pinners", "100"], ["--no-such-option"], ["--capacity", "12 parsecs"]):
         r, _ = run(replay, path, *args)
         expect(" ".join(args), r, 2, [])
-    # The reserve budget's and the think time's options: out of range or not numbers, refused
+    # The reserve budget's, its low watermark's and the think time's options: out of range or not numbers, refused
     # naming the option.
     for args in (["--reserve-fraction", "1.5"], ["--reserve-fraction", "lots"], ["--reserve-peak-ratio", "0.5"],
-                 ["--reserve-peak-ratio", "5"], ["--think-us", "-1"], ["--think-us", "2000000"],
+                 ["--reserve-peak-ratio", "5"], ["--reserve-low-pages", "0"], ["--reserve-low-pages", "2000"],
+                 ["--reserve-low-pages", "some"], ["--think-us", "-1"], ["--think-us", "2000000"],
                  ["--think-us", "soon"]):
         r, _ = run(replay, path, *args)
         expect(" ".join(args), r, 2, [args[0]])
