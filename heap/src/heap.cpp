@@ -315,8 +315,8 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   if (bytes == 0) return call_error(Errc::invalid_argument, what, "0 bytes");
   if (bytes > kMaxObject)
     return call_error(Errc::invalid_argument, what, std::to_string(bytes) + " bytes is beyond any device");
-  // A small object this thread freed before: no heap lock (heap_caches.cpp).
-  const bool cacheable = !stream && !fixed && bytes <= kMaxSlabObject && caches.enabled();
+  // A small object or a large run this thread freed before: no heap lock (heap_caches.cpp).
+  const bool cacheable = !stream && !fixed && caches.serves(bytes, kMaxSlabObject);
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
   std::unique_lock lock(mu);
@@ -372,7 +372,8 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
       continue;
     }
     if (!claims::try_free(e->state, s, h.generation)) continue;
-    // A small object goes to this thread's cache (made now if it has none) as on the fast path.
+    // A small object or a large run goes to this thread's cache (made now if it has none) as on
+    // the fast path.
     if (cacheable && keep_locked(h.index, e)) return {};
     return finish_free(lock, h, e, stream);
   }

@@ -1,6 +1,7 @@
 // The thread caches' fast paths and how the heap takes their objects back (thread_caches.h says
 // what a cached object is and how the caches are locked).
 #include <algorithm>
+#include <iterator>
 
 #include "heap_core.h"
 #include "size_classes.h"
@@ -10,24 +11,44 @@ namespace valet::detail {
 std::optional<Handle> HeapCore::allocate_cached(std::size_t bytes) {
   ThreadCache* c = caches.mine();
   if (!c) return std::nullopt;
-  const std::uint32_t cls = class_of(bytes);
   std::lock_guard cl(c->mu);
+  if (caches.gated()) return std::nullopt;
+  if (bytes > kMaxSlabObject) {
+    // The newest run of the page count whose freed object had at least these bytes: the new
+    // bytes on its last page are within what its tail leaves to the object (thread_caches.h).
+    const auto pages = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
+    for (auto it = c->runs.rbegin(); it != c->runs.rend(); ++it) {
+      if (it->loc.pages != pages || it->bytes < bytes) continue;
+      const CachedRun r = *it;
+      c->runs.erase(std::next(it).base());
+      c->run_bytes -= r.footprint;
+      caches.unreserve_run(r.footprint);
+      c->run_reused();
+      return revive(*c, r.index, r.address, bytes);
+    }
+    return std::nullopt;
+  }
+  const std::uint32_t cls = class_of(bytes);
   auto& bin = c->bins[cls];
-  if (bin.empty() || caches.gated()) return std::nullopt;
+  if (bin.empty()) return std::nullopt;
   const CachedSlot s = bin.back();
   bin.pop_back();
   c->bytes -= class_size(cls);
-  HandleEntry* e = handles.get(s.index);
+  return revive(*c, s.index, s.address, bytes);
+}
+
+Handle HeapCore::revive(ThreadCache& c, std::uint32_t index, DevicePtr address, std::size_t bytes) {
+  HandleEntry* e = handles.get(index);
   // Nobody reads a cached entry's fields without gating the caches first; a mover or a pin
   // reads them after acquiring the state word, which make_live publishes.
   e->set_size(bytes);
-  e->address.store(s.address, std::memory_order_relaxed);
+  e->address.store(address, std::memory_order_relaxed);
   const std::uint32_t gen = claims::make_live(e->state);
-  c->live_bytes += std::int64_t(bytes);
-  ++c->live_objects;
-  ++c->allocs;
-  c->changed = true;
-  return Handle{s.index, gen, tag};
+  c.live_bytes += std::int64_t(bytes);
+  ++c.live_objects;
+  ++c.allocs;
+  c.changed = true;
+  return Handle{index, gen, tag};
 }
 
 std::optional<Status> HeapCore::free_cached(Handle h) {
@@ -45,7 +66,12 @@ std::optional<Status> HeapCore::free_cached(Handle h) {
   if ((s & state::kMoving) || !claims::try_free(e->state, s, h.generation)) return std::nullopt;
   // The object is this thread's now: nobody may pin, move or free it, and its fields are settled.
   const std::uint32_t cls = cache_class(e);
-  if (cls != kNotCacheable && fits(*c, cls)) {
+  if (cls == kRunClass) {
+    if (c->wants_runs() && take_run_room(*c, footprint_of(e->loc))) {
+      keep_run(*c, h.index, e);
+      return Status{};
+    }
+  } else if (cls != kNotCacheable && fits(*c, cls)) {
     keep(*c, cls, h.index, e);
     return Status{};
   }
@@ -56,14 +82,20 @@ std::optional<Status> HeapCore::free_cached(Handle h) {
 }
 
 std::uint32_t HeapCore::cache_class(const HandleEntry* e) const {
-  if (e->loc.kind != ObjectKind::slab || e->fixed || e->unpins_recorded.load(std::memory_order_acquire) ||
-      e->size() > kMaxSlabObject || class_size(class_of(e->size())) > caches.limit())
-    return kNotCacheable;
+  if (e->fixed || e->unpins_recorded.load(std::memory_order_acquire)) return kNotCacheable;
+  if (e->loc.kind == ObjectKind::large)
+    return e->loc.page != kUnplaced && footprint_of(e->loc) <= caches.run_limit() ? kRunClass : kNotCacheable;
+  if (e->size() > kMaxSlabObject || class_size(class_of(e->size())) > caches.limit()) return kNotCacheable;
   return class_of(e->size());
 }
 
 bool HeapCore::fits(const ThreadCache& c, std::uint32_t cls) const {
   return c.bins[cls].size() < ThreadCache::kPerClass && c.bytes + class_size(cls) <= caches.limit();
+}
+
+bool HeapCore::take_run_room(const ThreadCache& c, std::size_t footprint) {
+  return c.runs.size() < ThreadCache::kRuns && c.run_bytes + footprint <= caches.run_limit() &&
+         caches.reserve_run(footprint);
 }
 
 void HeapCore::keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e) {
@@ -75,11 +107,41 @@ void HeapCore::keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, Hand
   c.changed = true;
 }
 
+void HeapCore::keep_run(ThreadCache& c, std::uint32_t index, HandleEntry* e) {
+  const std::size_t footprint = footprint_of(e->loc);
+  c.runs.push_back({index, e->loc, e->address.load(std::memory_order_relaxed), e->size(), footprint});
+  c.run_bytes += footprint;
+  c.runs_declined = 0;
+  c.live_bytes -= std::int64_t(e->size());
+  --c.live_objects;
+  ++c.frees;
+  c.changed = true;
+}
+
 bool HeapCore::keep_locked(std::uint32_t index, HandleEntry* e) {
   mu.assert_held();
   const std::uint32_t cls = cache_class(e);
   if (cls == kNotCacheable) return false;
   ThreadCache& c = *caches.mine_or_make();
+  if (cls == kRunClass) {
+    const std::size_t footprint = footprint_of(e->loc);
+    bool wanted = true;
+    {
+      std::lock_guard cl(c.mu);
+      if (!c.wants_runs()) {
+        ++c.runs_declined;
+        wanted = false;
+      }
+    }
+    // Runs that went unused until the credit ran out go back with the first run not kept.
+    spill_runs(c, wanted ? footprint : caches.run_limit() + 1);
+    if (!wanted) return false;
+    std::lock_guard cl(c.mu);
+    if (!take_run_room(c, footprint)) return false;  // other threads' runs fill the total
+    fold(c);
+    keep_run(c, index, e);
+    return true;
+  }
   spill(c, cls);
   std::lock_guard cl(c.mu);
   fold(c);
@@ -118,11 +180,19 @@ void HeapCore::give_back_cached(const CachedSlot& s) {
   handles.release(s.index);
 }
 
+void HeapCore::give_back_cached(const CachedRun& r) {
+  mu.assert_held();
+  footprint_bytes -= r.footprint;
+  release_location(r.loc);  // as a free of the object would: its tail closed or unshared
+  handles.release(r.index);
+}
+
 void HeapCore::drain_caches() {
   mu.assert_held();
   if (!caches.enabled()) return;
   FastPathGate gate(caches);
   std::vector<CachedSlot> out;
+  std::vector<CachedRun> runs;
   caches.for_each([&](ThreadCache& c) {
     fold(c);
     for (auto& bin : c.bins) {
@@ -130,9 +200,35 @@ void HeapCore::drain_caches() {
       bin.clear();
     }
     c.bytes = 0;
+    runs.insert(runs.end(), c.runs.begin(), c.runs.end());
+    for (std::size_t k = 0; k < c.runs.size(); ++k) c.run_unused();
+    c.runs.clear();
+    caches.unreserve_run(c.run_bytes);
+    c.run_bytes = 0;
   });
   caches.drop_orphans();
   for (const CachedSlot& s : out) give_back_cached(s);
+  for (const CachedRun& r : runs) give_back_cached(r);
+}
+
+void HeapCore::spill_runs(ThreadCache& c, std::size_t footprint) {
+  mu.assert_held();
+  std::vector<CachedRun> out;
+  {
+    std::lock_guard cl(c.mu);
+    auto full = [&] {
+      return c.runs.size() >= ThreadCache::kRuns || c.run_bytes + footprint > caches.run_limit() ||
+             caches.run_total() + footprint > caches.run_limit_total();
+    };
+    while (!c.runs.empty() && full()) {
+      out.push_back(c.runs.front());
+      c.runs.erase(c.runs.begin());
+      c.run_bytes -= out.back().footprint;
+      caches.unreserve_run(out.back().footprint);
+      c.run_unused();
+    }
+  }
+  for (const CachedRun& r : out) give_back_cached(r);
 }
 
 void HeapCore::spill(ThreadCache& c, std::uint32_t cls) {

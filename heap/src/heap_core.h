@@ -80,8 +80,8 @@ struct HeapCore {
   DeviceTable table{pool, releases};
   MoveExecutor mover{*backend, pool, releases};  // its stream carries every copy of a move
   std::atomic<bool> shut{false};
-  // Freed small objects kept per thread (thread_caches.h); mutable: validate and stats gate them.
-  mutable ThreadCaches caches{config.thread_cache_bytes};
+  // Freed small objects and large runs kept per thread (thread_caches.h); mutable: validate and stats gate them.
+  mutable ThreadCaches caches{config.thread_cache_bytes, config.thread_cache_run_bytes, config.thread_cache_runs_total_bytes};
 
   // Counters (under mu unless atomic; the thread caches' deltas are folded in under the heap lock).
   // Signed: a thread cache's deltas not yet folded in may be positive while a locked free
@@ -138,11 +138,14 @@ struct HeapCore {
   Status finish_free(std::unique_lock<HeapMutex>& lock, Handle h, HandleEntry* e, const Stream* stream);
 
   // --- thread caches (thread_caches.cpp's policy, heap_caches.cpp) ---
-  // Lock-free of the heap lock: a small object from the calling thread's cache (nullopt: none
-  // cached of its class, or the fast paths are gated); a free into it (nullopt: take the locked
-  // path, nothing changed; otherwise the free's outcome).
+  // Lock-free of the heap lock: an object from the calling thread's cache (nullopt: none cached
+  // of its class, no run of its page count and at least its bytes, or the fast paths are
+  // gated); a free into it (nullopt: take the locked path, nothing changed; otherwise the free's
+  // outcome).
   std::optional<Handle> allocate_cached(std::size_t bytes);
   std::optional<Status> free_cached(Handle h);
+  // The cached entry `index` made live again at `address` with `bytes` (`c`'s lock held).
+  Handle revive(ThreadCache& c, std::uint32_t index, DevicePtr address, std::size_t bytes);
   // Under mu. fold: a cache's counter deltas into the heap's (its lock held, or gated);
   // fold_caches: every cache's (gated). drain_caches: gives every cached object back to its
   // slab (gated inside). spill: makes room in `c` for one more object of class `cls` (the oldest
@@ -153,16 +156,25 @@ struct HeapCore {
   void fold_caches();
   void drain_caches();
   void spill(ThreadCache& c, std::uint32_t cls);
+  // spill_runs: the oldest runs of `c` go until one of `footprint` bytes would fit, in `c` and
+  // in the total of all caches (all of them for a footprint over the limit).
+  void spill_runs(ThreadCache& c, std::size_t footprint);
   void give_back_cached(const CachedSlot& s);
-  // The class a freed object is cached under, or kNotCacheable (a large or fixed object, one
-  // with stream unpins recorded, one larger than the cache). fits: `c` has room for one more
-  // of `cls`. keep: caches freed entry `e` (`c`'s lock held, or the heap lock and gated).
-  // keep_locked: a free on the locked path caches its object in the calling thread's cache
-  // (making room), if it is cacheable; false: it is not.
+  void give_back_cached(const CachedRun& r);
+  // The class a freed object is cached under: kRunClass for a large run, or kNotCacheable (a
+  // fixed object, one with stream unpins recorded, one larger than the cache, a run not placed).
+  // fits: `c` has room for one more of `cls`. take_run_room: `c` and the total have room for a
+  // run of `footprint` bytes, which the total now counts. keep, keep_run: caches freed entry `e`
+  // (`c`'s lock held, or the heap lock and gated). keep_locked: a free on the locked path
+  // caches its object in the calling thread's cache (making room), if it is cacheable; false:
+  // it is not.
   static constexpr std::uint32_t kNotCacheable = ~0u;
+  static constexpr std::uint32_t kRunClass = ~0u - 1;
   std::uint32_t cache_class(const HandleEntry* e) const;
   bool fits(const ThreadCache& c, std::uint32_t cls) const;
+  bool take_run_room(const ThreadCache& c, std::size_t footprint);
   void keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e);
+  void keep_run(ThreadCache& c, std::uint32_t index, HandleEntry* e);
   bool keep_locked(std::uint32_t index, HandleEntry* e);
   // Covers the frees cached for streams with events and waits (without the heap lock) until
   // every deferred free's events completed, then reaps them: before out-of-memory is reported.

@@ -35,10 +35,13 @@ struct CacheTally {
 };
 
 // A cached object: a settled entry no one else lists, still the owner of its slab slot, at the
-// address the cache will hand out; the cache's byte count is its bins' class sizes.
+// address the cache will hand out; the cache's byte count is its bins' class sizes. A cached run
+// likewise owns every page of its run, with the bytes it was freed with; the caches' total is
+// their runs' footprints.
 Status check_caches(const HeapCore& c, CacheTally& t) {
   t.held.assign(c.handles.high_water(), false);
   Status bad;
+  std::size_t total_runs = 0;
   c.caches.for_each([&](const detail::ThreadCache& tc) {
     std::size_t bytes = 0;
     t.live_bytes += tc.live_bytes;
@@ -75,7 +78,45 @@ Status check_caches(const HeapCore& c, CacheTally& t) {
         t.footprint += c.footprint_of(cs.loc);
       }
     if (bad.ok() && bytes != tc.bytes) bad = fail("a thread cache's byte count is wrong");
+    std::size_t run_bytes = 0;
+    for (const detail::CachedRun& r : tc.runs) {
+      if (!bad.ok()) return;
+      run_bytes += r.footprint;
+      total_runs += r.footprint;
+      const std::string name = "cached run " + std::to_string(r.index);
+      if (r.index == 0 || r.index >= t.held.size() || t.held[r.index]) {
+        bad = fail(name + " is out of range or cached twice");
+        return;
+      }
+      t.held[r.index] = true;
+      const HandleEntry* e = c.handles.get(r.index);
+      const std::uint64_t st = e->state.load(std::memory_order_acquire);
+      if ((st & 0xffffffffu) != 0 || e->fixed || !e->pending_unpins.empty() || e->size() != r.bytes) {
+        bad = fail(name + " is not a settled free entry of its bytes");
+        return;
+      }
+      if (r.loc.kind != ObjectKind::large || e->loc.kind != ObjectKind::large || e->loc.page != r.loc.page ||
+          e->loc.pages != r.loc.pages || r.loc.page + r.loc.pages > c.pool.slot_count() ||
+          r.bytes > std::uint64_t(r.loc.pages) * detail::kPageSize) {
+        bad = fail(name + " does not name its object's run");
+        return;
+      }
+      for (std::uint32_t k = 0; k < r.loc.pages; ++k) {
+        const auto& slot = c.pool.slot(r.loc.page + k);
+        if (slot.kind != SlotKind::large || slot.owner != r.index) {
+          bad = fail(name + " does not own page " + std::to_string(k) + " of its run");
+          return;
+        }
+      }
+      if (r.footprint != c.footprint_of(r.loc) || r.address != c.address_of(r.loc)) {
+        bad = fail(name + " has a wrong footprint or a stale address");
+        return;
+      }
+      t.footprint += r.footprint;
+    }
+    if (bad.ok() && run_bytes != tc.run_bytes) bad = fail("a thread cache's run byte count is wrong");
   });
+  if (bad.ok() && total_runs != c.caches.run_total()) bad = fail("the caches' run total is wrong");
   return bad;
 }
 
@@ -232,14 +273,16 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   return {};
 }
 
-// Large slots belong to a live object or to a deferred free (owner 0 while in transit).
-Status check_large_slots(const HeapCore& c) {
+// Large slots belong to a live object, to a cached run or to a deferred free (owner 0 while in
+// transit).
+Status check_large_slots(const HeapCore& c, const CacheTally& cached) {
   for (std::uint32_t k = 0; k < c.pool.slot_count(); ++k) {
     const auto& slot = c.pool.slot(k);
     if (slot.kind != SlotKind::large || slot.owner == 0) continue;
     const HandleEntry* e = c.handles.get(slot.owner);
     // An object freed while pending holds its run until the mapper releases it.
-    const bool holds = live(e) || c.misses.is_freed(slot.owner);
+    const bool held = slot.owner < cached.held.size() && cached.held[slot.owner];
+    const bool holds = live(e) || c.misses.is_freed(slot.owner) || held;
     if (!holds || e->loc.kind != ObjectKind::large || k < e->loc.page || k >= e->loc.page + e->loc.pages)
       return fail("large page " + std::to_string(k) + " names an object that does not hold it");
   }
@@ -275,7 +318,7 @@ Status Heap::validate() const {
   VALET_TRY(check_slab_pages(c, cached, tally));
   VALET_TRY(check_objects(c, cached));
   VALET_TRY(c.tails.validate(c.pool, c.slabs, c.handles));
-  VALET_TRY(check_large_slots(c));
+  VALET_TRY(check_large_slots(c, cached));
   // Objects not placed yet are live on promised pages.
   const std::size_t mapped = (c.pool.created_pages() + c.pool.promised_pages()) * detail::kPageSize;
   if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped))

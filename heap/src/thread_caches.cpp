@@ -42,6 +42,14 @@ ThreadCache* ThreadCaches::mine_or_make() {
   return c.get();
 }
 
+bool ThreadCaches::reserve_run(std::size_t bytes) {
+  std::size_t held = run_total_.load(std::memory_order_relaxed);
+  do {
+    if (held + bytes > run_total_limit_) return false;
+  } while (!run_total_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
+  return true;
+}
+
 void ThreadCaches::gate() {
   gate_.fetch_add(1, std::memory_order_relaxed);
   // A fast path that began before the flag was set ends before its cache's lock is free; one

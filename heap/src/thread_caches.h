@@ -1,14 +1,18 @@
-// Thread caches: each thread keeps the small objects it freed, per size class, and its next
-// allocations of the class take them back without the heap lock (docs/design.md, "Thread
-// caches"). With one heap lock, eight threads allocating and freeing small objects serialize
-// on it; with the caches, a steady allocate/free of small objects touches only the thread's own
-// cache lock, which nobody else takes except briefly under the heap lock.
+// Thread caches: each thread keeps the small objects it freed, per size class, and the large
+// runs it freed, and its next allocations of the class (of the run's page count) take them back
+// without the heap lock (docs/design.md, "Thread caches"). With one heap lock, eight threads
+// allocating and freeing serialize on it; with the caches, a steady allocate/free touches only
+// the thread's own cache lock, which nobody else takes except briefly under the heap lock.
 //
 // What a cached object is: a slab slot taken and still owned by its handle index (the slot's
 // owner in the slab page is the index), the entry not LIVE, its generation that of the freed
 // object (a handle to the freed object is stale at once). Its footprint stays counted: the slot
 // is unavailable to anyone else until it is reused or drained. A cached slot is never moved or
-// meshed: every mover claims the slot's owner first, and a claim of a non-live entry fails. The
+// meshed: every mover claims the slot's owner first, and a claim of a non-live entry fails. A
+// cached run is the same for a large object: its pages stay its index's, mapped where they were,
+// and its tail (an open tail or a slab page on it) stays as it was, so the run is taken back
+// only for at most the bytes it was freed with: the new object's bytes on its last page are
+// within those that the tail leaves to it (no tail bookkeeping changes without the lock). The
 // places that need every slot movable (a compaction cycle, an unshare of a tail, the last resort
 // before out-of-memory) drain the caches first.
 //
@@ -21,6 +25,7 @@
 // holder reads and changes every cache, each under its lock (for_each), one at a time.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -41,11 +46,23 @@ struct CachedSlot {
   DevicePtr address = 0;
 };
 
+// One freed large object kept for reuse: as a slot, with the bytes it was freed with (the most
+// a reuse may take) and its footprint (its pages' bytes).
+struct CachedRun {
+  std::uint32_t index = 0;
+  Location loc;
+  DevicePtr address = 0;
+  std::size_t bytes = 0, footprint = 0;
+};
+
 using ThreadCacheMutex = RankedMutex<LockRank::thread_cache>;
 
 struct alignas(64) ThreadCache {
   // Objects of one class kept at most (and the byte limit of Config::thread_cache_bytes).
   static constexpr std::size_t kPerClass = 32;
+  // Large runs kept at most (and the byte limits of Config::thread_cache_run_bytes and
+  // thread_cache_runs_total_bytes).
+  static constexpr std::size_t kRuns = 8;
 
   explicit ThreadCache(std::thread::id t) : thread(t) {}
 
@@ -53,20 +70,46 @@ struct alignas(64) ThreadCache {
   const std::thread::id thread;  // the thread it serves (a new thread may inherit a gone one's id)
   std::array<std::vector<CachedSlot>, kClassCount> bins;
   std::size_t bytes = 0;  // class sizes of the cached slots
+  std::vector<CachedRun> runs;  // the oldest first
+  std::size_t run_bytes = 0;    // footprints of the cached runs
+  // Whether this thread's freed runs are worth keeping: a run cached and mapped holds memory no
+  // object uses, which pays only where the thread's next allocations take it back (a thread
+  // allocating one shape over and over), not where the sizes wander (a serving loop's KV
+  // caches). A run taken back raises the credit, one given back unused lowers it; without
+  // credit a thread keeps only every kRunProbe-th run it frees, to notice when reuse starts.
+  static constexpr std::uint32_t kRunCreditMax = 8, kRunProbe = 16;
+  std::uint32_t run_credit = 1;
+  std::uint32_t runs_declined = 0;  // run frees not kept since the last kept one
+  bool wants_runs() const { return run_credit > 0 || runs_declined + 1 >= kRunProbe; }
+  void run_reused() { run_credit = std::min(kRunCreditMax, run_credit + 2); }
+  void run_unused() { run_credit -= run_credit > 0; }
   // The heap's counters this cache changed since they were last folded in (HeapCore::fold).
   std::int64_t live_bytes = 0, live_objects = 0;
   std::uint64_t allocs = 0, frees = 0;
   bool changed = false;  // an address or generation changed (the device table must be rebuilt)
 
-  bool holds_nothing() const { return bytes == 0; }
+  bool holds_nothing() const { return bytes == 0 && runs.empty(); }
 };
 
 class ThreadCaches {
  public:
-  explicit ThreadCaches(std::size_t bytes_per_thread) : limit_(bytes_per_thread) {}
+  ThreadCaches(std::size_t bytes_per_thread, std::size_t run_bytes_per_thread, std::size_t run_bytes_total)
+      : limit_(bytes_per_thread), run_limit_(run_bytes_per_thread), run_total_limit_(run_bytes_total) {}
 
-  bool enabled() const { return limit_ > 0; }
+  bool enabled() const { return limit_ > 0 || run_limit_ > 0; }
   std::size_t limit() const { return limit_; }
+  std::size_t run_limit() const { return std::min(run_limit_, run_total_limit_); }
+  std::size_t run_limit_total() const { return run_total_limit_; }
+  // Whether an allocation of `bytes` (small if at most `max_small`) could come from a cache.
+  bool serves(std::size_t bytes, std::size_t max_small) const {
+    return bytes <= max_small ? limit_ > 0 : bytes <= run_limit();
+  }
+  // The bytes of runs all caches hold: reserve_run takes `bytes` of the total's room (false: it
+  // has not that much left), unreserve_run gives them back. Lock-free: the caches' fast frees
+  // reserve under their own locks only.
+  bool reserve_run(std::size_t bytes);
+  void unreserve_run(std::size_t bytes) { run_total_.fetch_sub(bytes, std::memory_order_relaxed); }
+  std::size_t run_total() const { return run_total_.load(std::memory_order_relaxed); }
 
   // The calling thread's cache of this heap, or nullptr if it has none yet. Lock-free.
   ThreadCache* mine() const;
@@ -105,7 +148,8 @@ class ThreadCaches {
   }
 
  private:
-  std::size_t limit_;
+  std::size_t limit_, run_limit_, run_total_limit_;
+  std::atomic<std::size_t> run_total_{0};
   std::uint64_t id_ = next_id();  // never reused: a thread's record of a gone heap matches nothing
   // Under the heap lock. Shared with the thread's own record (thread_caches.cpp): a cache whose
   // thread has exited (or dropped its record) is the registry's alone, and drop_orphans() ends it.

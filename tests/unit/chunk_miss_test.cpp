@@ -127,7 +127,7 @@ std::vector<Handle> scattered_reserve(Heap& heap) {
 
 TEST(HeapChunkMisses, AMissWithinThePeakBoundIsChunkedAndOneBeyondItIsNot) {
   for (const double ratio : {2.0, 1.04}) {
-    Config cfg = test::host_config(256 * test::kMiB);
+    Config cfg = test::uncached(test::host_config(256 * test::kMiB));
     cfg.chunk_min_pages = 0;  // chunks only from misses
     cfg.chunk_miss_pages = 4;
     cfg.reserve_high_pages = 64;  // the freed runs stay in the reserve

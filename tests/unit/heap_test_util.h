@@ -28,10 +28,11 @@ inline Config host_config(std::size_t capacity = 256 * kMiB) {
   return c;
 }
 
-// Frees that reach their slab pages at once (no thread cache keeps them): for tests that watch
-// what a free does to pages, aliases and tails.
+// Frees that reach their slab pages and the reserve at once (no thread cache keeps them): for
+// tests that watch what a free does to pages, aliases and tails.
 inline Config uncached(Config c = host_config()) {
   c.thread_cache_bytes = 0;
+  c.thread_cache_run_bytes = 0;
   return c;
 }
 

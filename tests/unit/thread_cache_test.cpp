@@ -292,6 +292,264 @@ TEST(ThreadCache, TheCachesOfThreadsThatExitedGoAtTheNextCycle) {
   EXPECT_VALID(*heap);
 }
 
+// A freed large run is kept by its thread and taken back, at the same address and without the
+// heap lock or a driver call, by an allocation of its page count and at most its bytes; more
+// bytes (its tail may be another's) or another page count take the locked path.
+TEST(ThreadCacheRuns, AFreedRunIsTakenBackByItsThreadForAtMostItsBytes) {
+  auto heap = make_heap();
+  const std::size_t bytes = 4 * kPage - 300 * 1024;  // four pages, the last with room for a tail
+  const Handle old = *heap->allocate(bytes);
+  const DevicePtr at = address_of(*heap, old);
+  ASSERT_TRUE(heap->free(old).ok());  // cached on the locked path (this thread's cache made now)
+  EXPECT_EQ(heap->stats().footprint_bytes, 4 * kPage) << "a cached run stays in the footprint";
+  EXPECT_VALID(*heap);
+  const DriverCallCounts calls_before = heap->driver_calls().totals();
+  Result<Handle> again = make_error(Errc::internal, "not run");
+  std::chrono::steady_clock::duration took{};
+  {
+    HeapLockHolder holder(*heap);
+    const auto t0 = std::chrono::steady_clock::now();
+    again = heap->allocate(bytes - 4096);
+    took = std::chrono::steady_clock::now() - t0;
+  }
+  EXPECT_LT(took, std::chrono::seconds(5)) << "the allocation waited for the heap lock";
+  ASSERT_TRUE(again.ok()) << again.error().to_string();
+  EXPECT_EQ(heap->driver_calls().totals().since(calls_before).total(), 0u);
+  EXPECT_EQ(again->index, old.index);
+  EXPECT_NE(again->generation, old.generation);
+  EXPECT_EQ(address_of(*heap, *again), at) << "the cached run was reused where it is mapped";
+  EXPECT_EQ(heap->free(old).code(), Errc::stale_handle);
+  EXPECT_EQ(heap->pin(old).code(), Errc::stale_handle);
+  fill(*heap, *again, 5);
+  EXPECT_EQ(mismatches(*heap, *again, 5), 0u);
+  HeapStats s = heap->stats();
+  EXPECT_EQ(s.live_bytes, bytes - 4096);
+  EXPECT_EQ(s.live_objects, 1u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->free(*again).ok());  // cached with bytes - 4096
+  // More bytes than the run was freed with, and fewer pages: neither takes it.
+  const Handle more = *heap->allocate(bytes);
+  EXPECT_NE(address_of(*heap, more), at);
+  const Handle fewer = *heap->allocate(3 * kPage - 300 * 1024);
+  EXPECT_NE(address_of(*heap, fewer), at);
+  EXPECT_VALID(*heap);
+  const Handle fits = *heap->allocate(bytes - 8192);
+  EXPECT_EQ(address_of(*heap, fits), at);
+  for (Handle h : {more, fewer, fits}) ASSERT_TRUE(heap->free(h).ok());
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->compact().ok());
+  s = heap->stats();
+  EXPECT_EQ(s.footprint_bytes, 0u) << "a compaction cycle takes the cached runs back";
+  EXPECT_EQ(s.pages.large, 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
+// A run whose last page a slab page shares (its small objects live in the rest of that page)
+// is cached and taken back for fewer bytes: the small objects keep every byte, and the heap
+// stays valid while the run is cached, reused and given back.
+TEST(ThreadCacheRuns, ARunWithASharedTailKeepsItsTailsObjectsAcrossReuse) {
+  Config cfg = host_config();
+  auto heap = make_heap(cfg);
+  const std::size_t bytes = 2 * kPage + 256 * 1024;  // its last page has 1.75 MiB of room
+  const Handle big = *heap->allocate(bytes);
+  const DevicePtr at = address_of(*heap, big);
+  std::vector<Handle> small;
+  for (int i = 0; i < 6; ++i) {
+    small.push_back(*heap->allocate(128 * 1024));
+    fill(*heap, small.back(), 100 + std::uint64_t(i));
+  }
+  ASSERT_GE(heap->stats().pages.shared_tails, 1u) << "a slab page went onto the object's tail";
+  fill(*heap, big, 1);
+  ASSERT_TRUE(heap->free(big).ok());
+  EXPECT_VALID(*heap);
+  const Handle again = *heap->allocate(bytes - 64 * 1024);
+  EXPECT_EQ(address_of(*heap, again), at);
+  fill(*heap, again, 2);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(mismatches(*heap, small[std::size_t(i)], 100 + std::uint64_t(i)), 0u);
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->free(again).ok());
+  ASSERT_TRUE(heap->compact().ok());  // the run goes back; its tail's page stays the slab page's
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(mismatches(*heap, small[std::size_t(i)], 100 + std::uint64_t(i)), 0u);
+  EXPECT_VALID(*heap);
+  for (Handle h : small) ASSERT_TRUE(heap->free(h).ok());
+  ASSERT_TRUE(heap->compact().ok());
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+}
+
+// A thread keeps runs within its own byte limit and all threads within the total; the oldest go
+// first, back to the reserve.
+TEST(ThreadCacheRuns, CachedRunsAreBoundedPerThreadAndInAll) {
+  Config cfg = host_config(512 * kMiB);
+  cfg.thread_cache_run_bytes = 16 * kMiB;
+  cfg.thread_cache_runs_total_bytes = 24 * kMiB;
+  auto heap = make_heap(cfg);
+  std::vector<Handle> hs;
+  for (int i = 0; i < 3; ++i) hs.push_back(*heap->allocate(8 * kMiB));
+  const Handle too_big = *heap->allocate(20 * kMiB);
+  for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+  EXPECT_EQ(heap->stats().footprint_bytes - 20 * kMiB, 16 * kMiB) << "two runs of 8 MiB kept, the oldest gone";
+  ASSERT_TRUE(heap->free(too_big).ok());
+  EXPECT_EQ(heap->stats().footprint_bytes, 16 * kMiB) << "a run over the limit is never cached";
+  std::thread other([&] {
+    std::vector<Handle> mine;
+    for (int i = 0; i < 2; ++i) mine.push_back(*heap->allocate(8 * kMiB));
+    for (Handle h : mine) EXPECT_TRUE(heap->free(h).ok());
+  });
+  other.join();
+  EXPECT_EQ(heap->stats().footprint_bytes, 24 * kMiB) << "all caches together keep at most 24 MiB";
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->compact().ok());
+  EXPECT_EQ(heap->stats().footprint_bytes, 0u);
+  EXPECT_VALID(*heap);
+}
+
+// A thread whose freed runs are never taken back stops keeping them (they would hold mapped
+// memory for nothing), and keeps them again once its allocations take a probe's run back.
+TEST(ThreadCacheRuns, AThreadKeepsRunsOnlyWhileItTakesThemBack) {
+  Config cfg = host_config(512 * kMiB);
+  cfg.thread_cache_run_bytes = 16 * kMiB;
+  auto heap = make_heap(cfg);
+  std::vector<Handle> hs;
+  for (int i = 0; i < 40; ++i) hs.push_back(*heap->allocate(4 * kMiB));
+  for (Handle h : hs) ASSERT_TRUE(heap->free(h).ok());
+  EXPECT_LE(heap->stats().footprint_bytes, 4 * kMiB) << "runs never reused were kept";
+  EXPECT_VALID(*heap);
+  std::vector<DevicePtr> at;
+  for (int i = 0; i < 60; ++i) {
+    const Handle h = *heap->allocate(4 * kMiB);
+    at.push_back(address_of(*heap, h));
+    ASSERT_TRUE(heap->free(h).ok());
+  }
+  for (std::size_t i = 20; i < at.size(); ++i) EXPECT_EQ(at[i], at.back()) << "allocation " << i << " missed its run";
+  EXPECT_EQ(heap->stats().footprint_bytes, 4 * kMiB);
+  EXPECT_VALID(*heap);
+}
+
+// A run with a stream-ordered unpin still pending is never cached: its free waits for the
+// stream, and until then no allocation (on the fast path or the locked one) is given its pages.
+TEST(ThreadCacheRuns, ARunWithAPendingStreamUnpinIsNotReusedBeforeTheStreamPassesIt) {
+  auto fh = make_faultable_heap();
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  ASSERT_TRUE(heap.free(*heap.allocate(3 * kPage)).ok());  // this thread has a cache (and a run in it)
+  const Handle h = *heap.allocate(3 * kPage);
+  const DevicePtr at = address_of(heap, h);
+  const Stream s = *heap.backend().create_stream();
+  std::atomic<bool> go{false};
+  ASSERT_TRUE(fh.host()
+                  .enqueue_host_task(s,
+                                     [&go] {
+                                       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                       while (!go.load() && std::chrono::steady_clock::now() < until)
+                                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                     })
+                  .ok());
+  {
+    auto sp = heap.pin(h, s);
+    ASSERT_TRUE(sp.ok());
+    ASSERT_TRUE(sp->release().ok());
+  }
+  ASSERT_TRUE(heap.free(h).ok());
+  EXPECT_GT(heap.stats().stream_deferred_bytes, 0u) << "the free waits for the stream";
+  std::vector<Handle> next;
+  for (int i = 0; i < 4; ++i) {
+    next.push_back(*heap.allocate(3 * kPage - 4096 * std::size_t(i)));
+    EXPECT_NE(address_of(heap, next.back()), at) << "the run was reused under the stream's queued work";
+  }
+  EXPECT_VALID(heap);
+  go.store(true);
+  ASSERT_TRUE(heap.backend().synchronize_stream(s).ok());
+  ASSERT_TRUE(heap.maintain().ok());
+  EXPECT_EQ(heap.stats().stream_deferred_bytes, 0u);
+  for (Handle n : next) ASSERT_TRUE(heap.free(n).ok());
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.shutdown().ok());
+}
+
+// Eight threads allocate, write, check and free large objects (runs of one to eight pages, sizes
+// varying within a page count, some pinned for a stream that passes its unpin later) while the
+// keeper trims and refills the reserve and another thread compacts (draining the caches) and
+// validates: every byte holds and every count adds up.
+TEST(ThreadCacheRuns, ManyThreadsReuseRunsAgainstTheKeeperAndALiveCompactor) {
+  Config cfg = host_config(1024 * kMiB);
+  cfg.background_reserve = true;
+  cfg.thread_cache_run_bytes = 16 * kMiB;
+  cfg.thread_cache_runs_total_bytes = 64 * kMiB;
+  auto fh = make_faultable_heap(cfg);
+  ASSERT_TRUE(fh.heap);
+  Heap& heap = *fh.heap;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> bad{0}, checked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(std::uint64_t(t) + 7);
+      const Stream s = *heap.backend().create_stream();
+      std::vector<std::pair<Handle, std::uint64_t>> mine;
+      for (int i = 0; i < 1500; ++i) {
+        if (mine.size() < 6 && (mine.empty() || rng() % 2)) {
+          const std::size_t pages = 1 + rng() % 8;
+          const std::size_t bytes = pages * kPage - rng() % (kPage - 1);
+          auto h = heap.allocate(std::max(bytes, std::size_t{1} << 20 | 1));
+          if (!h.ok()) continue;
+          const std::uint64_t seed = rng();
+          auto pin = heap.pin(*h);
+          if (!pin.ok()) {
+            if (bad++ < 3) std::fprintf(stderr, "pin %s\n", pin.error().to_string().c_str());
+            continue;
+          }
+          const PatternRange r{pin->address(), std::min<std::size_t>(pin->size(), 64 * 1024), seed};
+          if ((!heap.backend().fill_pattern({&r, 1}, Stream{}).ok() || !heap.backend().synchronize_stream(Stream{}).ok()) &&
+              bad++ < 3)
+            std::fprintf(stderr, "fill failed\n");
+          mine.emplace_back(*h, seed);
+        } else {
+          const std::size_t k = rng() % mine.size();
+          const auto [h, seed] = mine[k];
+          {
+            auto pin = heap.pin(h);
+            const PatternRange r{pin.ok() ? pin->address() : 0, pin.ok() ? std::min<std::size_t>(pin->size(), 64 * 1024) : 0, seed};
+            auto differ = pin.ok() ? heap.backend().verify_pattern({&r, 1}, Stream{}) : Result<std::uint64_t>(pin.error());
+            if ((!differ.ok() || *differ != 0) && bad++ < 3)
+              std::fprintf(stderr, "pattern %s\n", differ.ok() ? "wrong" : differ.error().to_string().c_str());
+          }
+          if (rng() % 8 == 0) {  // a stream-ordered unpin pending at the free
+            auto sp = heap.pin(h, s);
+            if (sp.ok()) (void)sp->release();
+          }
+          if (auto st = heap.free(h); !st.ok() && bad++ < 3) std::fprintf(stderr, "free %s\n", st.error().to_string().c_str());
+          ++checked;
+          mine.erase(mine.begin() + std::ptrdiff_t(k));
+        }
+      }
+      for (auto& [h, seed] : mine)
+        if (!heap.free(h).ok()) ++bad;
+      (void)heap.backend().synchronize_stream(s);
+    });
+  std::thread compactor([&] {
+    while (!stop.load()) {
+      (void)heap.compact();
+      if (auto st = heap.validate(); !st.ok() && bad++ < 3) std::fprintf(stderr, "%s\n", st.error().to_string().c_str());
+    }
+  });
+  for (auto& t : threads) t.join();
+  stop.store(true);
+  compactor.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(checked.load(), 2000u);
+  ASSERT_TRUE(heap.maintain().ok());
+  const HeapStats st = heap.stats();
+  EXPECT_EQ(st.live_bytes, 0u);
+  EXPECT_EQ(st.ops.allocate, st.ops.free);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.compact().ok());
+  EXPECT_EQ(heap.stats().footprint_bytes, 0u);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.shutdown().ok());
+}
+
 // Heap::this_thread_lock_wait_ns counts the time a thread waited for a heap lock another thread
 // held, and nothing when the lock was free.
 TEST(HeapLockWaits, AThreadsWaitForTheHeapLockIsCountedOnThatThreadOnly) {

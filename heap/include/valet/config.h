@@ -131,6 +131,15 @@ struct Config {
   // lock (at most 32 objects per class). They stay counted in the footprint while cached;
   // compaction cycles take them back first. 0: every allocate and free takes the heap lock.
   std::size_t thread_cache_bytes = std::size_t{1} << 20;
+  // Large runs in the thread caches: each thread keeps up to this many bytes of the large objects
+  // it freed (whole runs of pages, at most 8), and its next allocation of the same page count
+  // and of at most the freed object's bytes takes one back, at the same address, without the
+  // heap lock (docs/design.md, "Thread caches"). A cached run stays mapped and counted in the
+  // footprint; compaction cycles and out-of-memory take the runs back first. 0: every large
+  // allocate and free takes the heap lock.
+  std::size_t thread_cache_run_bytes = std::size_t{16} << 20;
+  // The runs all threads' caches hold together stay within this many bytes.
+  std::size_t thread_cache_runs_total_bytes = std::size_t{128} << 20;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
 };

@@ -98,6 +98,7 @@ int cold_large(const valet::BackendOptions& backend, const valet::Config& cfg, c
   cold.reserve_low_pages = 0;
   cold.reserve_high_pages = 0;
   cold.background_reserve = false;
+  cold.thread_cache_run_bytes = 0;  // each allocation's pages come from the backend, none from a freed run
   auto cold_heap = valet::open_heap(backend, cold);
   if (!cold_heap.ok()) {
     std::fprintf(stderr, "valet-bench-alloc: %s\n", cold_heap.error().to_string().c_str());
@@ -145,6 +146,7 @@ struct Arguments {
   int rounds = 10;
   int round_ms = 100;
   std::size_t thread_cache_bytes = valet::Config{}.thread_cache_bytes;
+  std::size_t thread_cache_run_bytes = valet::Config{}.thread_cache_run_bytes;
   std::size_t chunk_min_pages = valet::Config{}.chunk_min_pages;
 };
 
@@ -178,6 +180,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
       ->capture_default_str();
   app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
                  "Config::thread_cache_bytes of the heap (0: no thread caches, every pair takes the heap lock)")
+      ->capture_default_str();
+  app.add_option("--thread-cache-run-bytes", args.thread_cache_run_bytes,
+                 "Config::thread_cache_run_bytes of the heap (0: large pairs take the heap lock)")
       ->capture_default_str();
   app.add_option("--chunk-min-pages", args.chunk_min_pages,
                  "Config::chunk_min_pages of the heap (0: every page created on its own)")
@@ -219,6 +224,7 @@ int main(int argc, char** argv) {
   cfg.reserve_low_pages = 16;
   cfg.reserve_high_pages = 64;
   cfg.thread_cache_bytes = args.thread_cache_bytes;
+  cfg.thread_cache_run_bytes = args.thread_cache_run_bytes;
   cfg.chunk_min_pages = args.chunk_min_pages;
   auto heap = valet::open_heap(backend, cfg);
   if (!heap.ok()) {
