@@ -22,8 +22,8 @@ std::optional<Handle> HeapCore::allocate_cached(std::size_t bytes) {
       const CachedRun r = *it;
       c->runs.erase(std::next(it).base());
       c->run_bytes -= r.footprint;
-      caches.unreserve_run(r.footprint);
       c->run_reused();
+      ++c->run_allocs;
       return revive(*c, r.index, r.address, bytes);
     }
     return std::nullopt;
@@ -93,9 +93,8 @@ bool HeapCore::fits(const ThreadCache& c, std::uint32_t cls) const {
   return c.bins[cls].size() < ThreadCache::kPerClass && c.bytes + class_size(cls) <= caches.limit();
 }
 
-bool HeapCore::take_run_room(const ThreadCache& c, std::size_t footprint) {
-  return c.runs.size() < ThreadCache::kRuns && c.run_bytes + footprint <= caches.run_limit() &&
-         caches.reserve_run(footprint);
+bool HeapCore::take_run_room(const ThreadCache& c, std::size_t footprint) const {
+  return c.runs.size() < ThreadCache::kRuns && c.run_bytes + footprint <= c.run_allowance;
 }
 
 void HeapCore::keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e) {
@@ -133,11 +132,21 @@ bool HeapCore::keep_locked(std::uint32_t index, HandleEntry* e) {
         wanted = false;
       }
     }
-    // Runs that went unused until the credit ran out go back with the first run not kept.
-    spill_runs(c, wanted ? footprint : caches.run_limit() + 1);
-    if (!wanted) return false;
+    if (!wanted) {
+      // Runs that went unused until the credit ran out go back with the first run not kept, and
+      // the thread's share of the total with them.
+      spill_runs(c, caches.run_limit() + 1);
+      std::lock_guard cl(c.mu);
+      caches.revoke_runs(c);
+      return false;
+    }
+    {
+      std::lock_guard cl(c.mu);
+      caches.grant_runs(c);
+    }
+    spill_runs(c, footprint);  // within what the grant gave it
     std::lock_guard cl(c.mu);
-    if (!take_run_room(c, footprint)) return false;  // other threads' runs fill the total
+    if (!take_run_room(c, footprint)) return false;  // other threads' allowances fill the total
     fold(c);
     keep_run(c, index, e);
     return true;
@@ -161,10 +170,12 @@ void HeapCore::fold(ThreadCache& c) {
   live_bytes += c.live_bytes;
   live_objects += c.live_objects;
   ops.allocate += c.allocs;
+  ops.cached_allocations += c.allocs;
+  ops.cached_run_allocations += c.run_allocs;
   ops.free += c.frees;
   if (c.changed) table.changed();
   c.live_bytes = c.live_objects = 0;
-  c.allocs = c.frees = 0;
+  c.allocs = c.frees = c.run_allocs = 0;
   c.changed = false;
 }
 
@@ -203,8 +214,9 @@ void HeapCore::drain_caches() {
     runs.insert(runs.end(), c.runs.begin(), c.runs.end());
     for (std::size_t k = 0; k < c.runs.size(); ++k) c.run_unused();
     c.runs.clear();
-    caches.unreserve_run(c.run_bytes);
     c.run_bytes = 0;
+    // A thread whose runs went unused lets go of its share of the total for the others.
+    if (c.run_credit == 0) caches.revoke_runs(c);
   });
   caches.drop_orphans();
   for (const CachedSlot& s : out) give_back_cached(s);
@@ -216,15 +228,11 @@ void HeapCore::spill_runs(ThreadCache& c, std::size_t footprint) {
   std::vector<CachedRun> out;
   {
     std::lock_guard cl(c.mu);
-    auto full = [&] {
-      return c.runs.size() >= ThreadCache::kRuns || c.run_bytes + footprint > caches.run_limit() ||
-             caches.run_total() + footprint > caches.run_limit_total();
-    };
+    auto full = [&] { return c.runs.size() >= ThreadCache::kRuns || c.run_bytes + footprint > c.run_allowance; };
     while (!c.runs.empty() && full()) {
       out.push_back(c.runs.front());
       c.runs.erase(c.runs.begin());
       c.run_bytes -= out.back().footprint;
-      caches.unreserve_run(out.back().footprint);
       c.run_unused();
     }
   }

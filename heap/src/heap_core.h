@@ -156,15 +156,15 @@ struct HeapCore {
   void fold_caches();
   void drain_caches();
   void spill(ThreadCache& c, std::uint32_t cls);
-  // spill_runs: the oldest runs of `c` go until one of `footprint` bytes would fit, in `c` and
-  // in the total of all caches (all of them for a footprint over the limit).
+  // spill_runs: the oldest runs of `c` go until one of `footprint` bytes would fit within its
+  // allowance (all of them for a footprint over the limit).
   void spill_runs(ThreadCache& c, std::size_t footprint);
   void give_back_cached(const CachedSlot& s);
   void give_back_cached(const CachedRun& r);
   // The class a freed object is cached under: kRunClass for a large run, or kNotCacheable (a
   // fixed object, one with stream unpins recorded, one larger than the cache, a run not placed).
-  // fits: `c` has room for one more of `cls`. take_run_room: `c` and the total have room for a
-  // run of `footprint` bytes, which the total now counts. keep, keep_run: caches freed entry `e`
+  // fits: `c` has room for one more of `cls`. take_run_room: `c`'s allowance has room for a
+  // run of `footprint` bytes. keep, keep_run: caches freed entry `e`
   // (`c`'s lock held, or the heap lock and gated). keep_locked: a free on the locked path
   // caches its object in the calling thread's cache (making room), if it is cacheable; false:
   // it is not.
@@ -172,7 +172,7 @@ struct HeapCore {
   static constexpr std::uint32_t kRunClass = ~0u - 1;
   std::uint32_t cache_class(const HandleEntry* e) const;
   bool fits(const ThreadCache& c, std::uint32_t cls) const;
-  bool take_run_room(const ThreadCache& c, std::size_t footprint);
+  bool take_run_room(const ThreadCache& c, std::size_t footprint) const;
   void keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e);
   void keep_run(ThreadCache& c, std::uint32_t index, HandleEntry* e);
   bool keep_locked(std::uint32_t index, HandleEntry* e);

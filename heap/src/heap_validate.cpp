@@ -41,7 +41,7 @@ struct CacheTally {
 Status check_caches(const HeapCore& c, CacheTally& t) {
   t.held.assign(c.handles.high_water(), false);
   Status bad;
-  std::size_t total_runs = 0;
+  std::size_t granted = 0;
   c.caches.for_each([&](const detail::ThreadCache& tc) {
     std::size_t bytes = 0;
     t.live_bytes += tc.live_bytes;
@@ -82,7 +82,6 @@ Status check_caches(const HeapCore& c, CacheTally& t) {
     for (const detail::CachedRun& r : tc.runs) {
       if (!bad.ok()) return;
       run_bytes += r.footprint;
-      total_runs += r.footprint;
       const std::string name = "cached run " + std::to_string(r.index);
       if (r.index == 0 || r.index >= t.held.size() || t.held[r.index]) {
         bad = fail(name + " is out of range or cached twice");
@@ -115,8 +114,11 @@ Status check_caches(const HeapCore& c, CacheTally& t) {
       t.footprint += r.footprint;
     }
     if (bad.ok() && run_bytes != tc.run_bytes) bad = fail("a thread cache's run byte count is wrong");
+    if (bad.ok() && tc.run_bytes > tc.run_allowance) bad = fail("a thread cache holds runs beyond its allowance");
+    granted += tc.run_allowance;
   });
-  if (bad.ok() && total_runs != c.caches.run_total()) bad = fail("the caches' run total is wrong");
+  if (bad.ok() && (granted != c.caches.runs_granted() || granted > c.config.thread_cache_runs_total_bytes))
+    bad = fail("the caches' run allowances do not add up within the total");
   return bad;
 }
 

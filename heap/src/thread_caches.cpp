@@ -42,12 +42,16 @@ ThreadCache* ThreadCaches::mine_or_make() {
   return c.get();
 }
 
-bool ThreadCaches::reserve_run(std::size_t bytes) {
-  std::size_t held = run_total_.load(std::memory_order_relaxed);
-  do {
-    if (held + bytes > run_total_limit_) return false;
-  } while (!run_total_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
-  return true;
+void ThreadCaches::grant_runs(ThreadCache& c) {
+  const std::size_t want = run_limit() - std::min(run_limit(), c.run_allowance);
+  const std::size_t more = std::min(want, run_total_limit_ - run_granted_);
+  c.run_allowance += more;
+  run_granted_ += more;
+}
+
+void ThreadCaches::revoke_runs(ThreadCache& c) {
+  run_granted_ -= c.run_allowance;
+  c.run_allowance = 0;
 }
 
 void ThreadCaches::gate() {
@@ -65,9 +69,11 @@ void ThreadCaches::ungate() { gate_.fetch_sub(1, std::memory_order_release); }
 void ThreadCaches::drop_orphans() {
   // A thread's record holds the other share while the thread lives; only the thread itself
   // drops it (at exit, or replacing it under the heap lock), never during one of its fast paths.
-  std::erase_if(caches_, [](const std::shared_ptr<ThreadCache>& c) {
-    return c.use_count() == 1 && c->holds_nothing() && c->live_bytes == 0 && c->live_objects == 0 && c->allocs == 0 &&
-           c->frees == 0;
+  std::erase_if(caches_, [this](const std::shared_ptr<ThreadCache>& c) {
+    const bool orphan = c.use_count() == 1 && c->holds_nothing() && c->live_bytes == 0 && c->live_objects == 0 &&
+                        c->allocs == 0 && c->frees == 0;
+    if (orphan) revoke_runs(*c);
+    return orphan;
   });
 }
 

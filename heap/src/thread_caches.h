@@ -72,6 +72,7 @@ struct alignas(64) ThreadCache {
   std::size_t bytes = 0;  // class sizes of the cached slots
   std::vector<CachedRun> runs;  // the oldest first
   std::size_t run_bytes = 0;    // footprints of the cached runs
+  std::size_t run_allowance = 0;  // run_bytes stay within it (ThreadCaches::grant_runs)
   // Whether this thread's freed runs are worth keeping: a run cached and mapped holds memory no
   // object uses, which pays only where the thread's next allocations take it back (a thread
   // allocating one shape over and over), not where the sizes wander (a serving loop's KV
@@ -86,6 +87,7 @@ struct alignas(64) ThreadCache {
   // The heap's counters this cache changed since they were last folded in (HeapCore::fold).
   std::int64_t live_bytes = 0, live_objects = 0;
   std::uint64_t allocs = 0, frees = 0;
+  std::uint64_t run_allocs = 0;  // of `allocs`, runs taken back
   bool changed = false;  // an address or generation changed (the device table must be rebuilt)
 
   bool holds_nothing() const { return bytes == 0 && runs.empty(); }
@@ -104,12 +106,13 @@ class ThreadCaches {
   bool serves(std::size_t bytes, std::size_t max_small) const {
     return bytes <= max_small ? limit_ > 0 : bytes <= run_limit();
   }
-  // The bytes of runs all caches hold: reserve_run takes `bytes` of the total's room (false: it
-  // has not that much left), unreserve_run gives them back. Lock-free: the caches' fast frees
-  // reserve under their own locks only.
-  bool reserve_run(std::size_t bytes);
-  void unreserve_run(std::size_t bytes) { run_total_.fetch_sub(bytes, std::memory_order_relaxed); }
-  std::size_t run_total() const { return run_total_.load(std::memory_order_relaxed); }
+  // Precondition: heap lock held, and `c`'s lock. The total is shared out as allowances: a
+  // cache holds runs within its own (its fast frees read nothing another thread writes), and
+  // the allowances add up to at most the total. grant_runs gives `c` up to the per-thread
+  // limit of what the others leave; revoke_runs takes all of it back (the cache holds no run).
+  void grant_runs(ThreadCache& c);
+  void revoke_runs(ThreadCache& c);
+  std::size_t runs_granted() const { return run_granted_; }  // under the heap lock
 
   // The calling thread's cache of this heap, or nullptr if it has none yet. Lock-free.
   ThreadCache* mine() const;
@@ -149,7 +152,7 @@ class ThreadCaches {
 
  private:
   std::size_t limit_, run_limit_, run_total_limit_;
-  std::atomic<std::size_t> run_total_{0};
+  std::size_t run_granted_ = 0;  // the caches' run allowances, under the heap lock
   std::uint64_t id_ = next_id();  // never reused: a thread's record of a gone heap matches nothing
   // Under the heap lock. Shared with the thread's own record (thread_caches.cpp): a cache whose
   // thread has exited (or dropped its record) is the registry's alone, and drop_orphans() ends it.

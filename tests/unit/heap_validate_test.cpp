@@ -214,5 +214,42 @@ TEST_F(HeapValidate, ThreadCacheObjectsThatAreNotWhatTheySay) {
   expect_caught("cached twice", [&] { mine->bins[cls].push_back(twice); }, [&] { mine->bins[cls].pop_back(); });
 }
 
+TEST_F(HeapValidate, CachedRunsThatAreNotWhatTheySay) {
+  ASSERT_TRUE(heap_->free(open_large_).ok());  // cached (this thread's cache made now)
+  ThreadCache* mine = nullptr;
+  {
+    std::lock_guard lock(core().mu);
+    FastPathGate gate(core().caches);
+    core().caches.for_each([&](ThreadCache& c) {
+      if (!c.runs.empty()) mine = &c;
+    });
+  }
+  ASSERT_NE(mine, nullptr);
+  ASSERT_EQ(mine->runs.size(), 1u);
+  CachedRun& run = mine->runs.back();
+  EXPECT_EQ(run.index, open_large_.index);
+  expect_caught("is not a settled free entry of its bytes", [&] { ++run.bytes; }, [&] { --run.bytes; });
+  expect_caught("does not name its object's run", [&] { ++run.loc.pages; }, [&] { --run.loc.pages; });
+  auto& last = core().pool.slot(run.loc.page + run.loc.pages - 1);
+  expect_caught("does not own page 2 of its run", [&] { last.owner = other_[0].index; },
+                [&] { last.owner = open_large_.index; });
+  expect_caught("has a wrong footprint or a stale address", [&] { run.address += kPageSize; }, [&] { run.address -= kPageSize; });
+  expect_caught("run byte count is wrong", [&] { mine->run_bytes += kPageSize; }, [&] { mine->run_bytes -= kPageSize; });
+  expect_caught("beyond its allowance", [&] { mine->run_allowance = 0; },
+                [&] { mine->run_allowance = core().caches.runs_granted(); });
+  expect_caught("do not add up", [&] { mine->run_allowance += kPageSize; }, [&] { mine->run_allowance -= kPageSize; });
+  // A run the cache lost: its entry is neither live, free nor cached.
+  const CachedRun lost = run;
+  expect_caught("leaked indices",
+                [&] {
+                  mine->runs.clear();
+                  mine->run_bytes = 0;
+                },
+                [&] {
+                  mine->runs.push_back(lost);
+                  mine->run_bytes = lost.footprint;
+                });
+}
+
 }  // namespace
 }  // namespace valet::detail

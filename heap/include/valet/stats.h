@@ -134,6 +134,9 @@ struct HeapStats {
     // became stale: pins and frees fail with stale_handle); and of the background misses, those
     // whose run the heap's thread also chose (Config::mapper_places_misses).
     std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0;
+    // Allocations a thread cache served without the heap lock (Config::thread_cache_bytes), and
+    // of those, freed large runs taken back (Config::thread_cache_run_bytes).
+    std::uint64_t cached_allocations = 0, cached_run_allocations = 0;
   } ops;
   // under_heap_lock: of all these, the calls a thread made while it held the heap lock (every
   // other thread that wants the lock waits for them).

@@ -422,6 +422,8 @@ class Replayer {
     r.background_misses = s.ops.background_misses;
     r.lost_allocations = s.ops.lost_allocations;
     r.misses_placed_by_mapper = s.ops.misses_placed_by_mapper;
+    r.cached_allocations = s.ops.cached_allocations;
+    r.cached_run_allocations = s.ops.cached_run_allocations;
     r.keeper = s.keeper;
     r.under_heap_lock_driver_calls = door_.under_lock();
     r.total_driver_calls = door_.totals();

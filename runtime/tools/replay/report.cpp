@@ -120,6 +120,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["background_misses"] = r.background_misses;
   j["lost_allocations"] = r.lost_allocations;
   j["misses_placed_by_mapper"] = r.misses_placed_by_mapper;
+  j["cached_allocations"] = r.cached_allocations;
+  j["cached_run_allocations"] = r.cached_run_allocations;
   j["keeper"] = {{"batches", r.keeper.batches},
                  {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
                  {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},

@@ -73,8 +73,16 @@ void fast_path(valet::Heap& h, const Baseline* baseline, bool print, BenchReport
   for (std::size_t bytes : sizes) {
     SizeFigures row;
     row.bytes = bytes;
-    row.one = heap_pairs(h, bytes, 1, report.pairs);
-    row.many = heap_pairs(h, bytes, report.threads, per_thread);
+    // The share of allocations a thread cache served, from the heap's counters around each run.
+    auto cached_share = [&h](auto&& run) {
+      const valet::HeapStats::Ops before = h.stats().ops;
+      run();
+      const valet::HeapStats::Ops after = h.stats().ops;
+      const double allocs = double(after.allocate - before.allocate);
+      return allocs > 0 ? double(after.cached_allocations - before.cached_allocations) / allocs : 0.0;
+    };
+    row.cached_share_one = cached_share([&] { row.one = heap_pairs(h, bytes, 1, report.pairs); });
+    row.cached_share_many = cached_share([&] { row.many = heap_pairs(h, bytes, report.threads, per_thread); });
 #if defined(VALET_HAVE_CUDA)
     if (baseline) {
       row.pool_one = baseline->pool_pairs(bytes, 1, report.pairs, kWarmupPairs);

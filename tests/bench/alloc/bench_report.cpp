@@ -99,6 +99,7 @@ nlohmann::ordered_json to_json(const BenchReport& r) {
     nlohmann::ordered_json row;
     row["bytes"] = s.bytes;
     row["valet"] = runs_json(s.one, s.many);
+    row["valet_cached_share"] = {{"one_thread", s.cached_share_one}, {"n_threads", s.cached_share_many}};
     if (s.pool_one && s.pool_many) {
       row["cuMemAllocAsync"] = runs_json(*s.pool_one, *s.pool_many);
       row["median_ratio_one_thread"] = ratio(s.one.median_ns, s.pool_one->median_ns);

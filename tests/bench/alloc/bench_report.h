@@ -20,6 +20,8 @@ struct SizeFigures {
   std::size_t bytes = 0;
   PairRun one, many;
   std::optional<PairRun> pool_one, pool_many;
+  // Of the heap's allocations in each run (warm-up included), the share a thread cache served.
+  double cached_share_one = 0, cached_share_many = 0;
 };
 
 // One large allocation from an empty reserve: the heap's median over the tries, and cuMemAlloc's
