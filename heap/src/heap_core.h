@@ -264,6 +264,15 @@ struct HeapCore {
   void prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh, bool evacuate, std::uint64_t pages_left,
                             std::uint64_t bytes_left);
   void discard_tail_aliases();
+  // The standby alias (tail_aliases.cpp): with background misses, a new slab page that finds
+  // the reserve empty goes on an open tail, and its alias's map and access grant were the last
+  // driver calls on the allocation path. The keeper's thread, after each turn, keeps aliases
+  // prepared for the kStandbyAliases roomiest open tails (outside compaction cycles), which
+  // slab_on_tail takes first (and wakes the keeper for another); a standby whose tail closed is
+  // discarded (release_large, or the next turn).
+  static constexpr std::size_t kStandbyAliases = 4;
+  void keep_standby_alias(std::unique_lock<HeapMutex>& lock);
+  void discard_standby_alias(std::uint32_t tail);  // if one is prepared for `tail` outside a cycle
   bool tail_aliases_prepared = false;                              // under mu: this cycle prepared them
   std::unordered_map<std::uint32_t, std::uint32_t> prepared_aliases;  // under mu: tail -> alias slot
   // A new large object's place whose last slot maps the physical page of a slab page with its

@@ -82,6 +82,9 @@ class ReserveKeeper {
   ReserveKeeper(HeapMutex&, PagePool&, const Config&, std::int64_t&&, Demand&, std::function<void()>) = delete;
   ~ReserveKeeper() { stop(); }
 
+  // Called on the keeper's thread after each turn's reserve work (unless paused), with the heap
+  // lock held; it may let the lock go and take it back. Set before start().
+  void set_after_turn(std::function<void(std::unique_lock<HeapMutex>&)> f) { after_turn_ = std::move(f); }
   // Starts the thread when the config asks for one. Idempotent.
   void start();
   // Whether the thread runs (lock held, or no other thread starting or stopping it).
@@ -162,6 +165,7 @@ class ReserveKeeper {
   const std::int64_t& live_bytes_;
   Demand& demand_;
   std::function<void()> on_wake_;
+  std::function<void(std::unique_lock<HeapMutex>&)> after_turn_;
   std::thread thread_;
   std::condition_variable_any cv_;
   bool stop_ = false;    // under mu

@@ -4,7 +4,10 @@
 // the planner ran, under the lock (a map and an access grant, ~40-50 µs on an H100, several per
 // cycle): every thread that wanted the lock meanwhile waited for them (docs/speed.md,
 // "Session 30"). The planners run dry first to name the tails; what the real plan does not take
-// is discarded at the cycle's end, its unmap queued for the keeper.
+// is discarded at the cycle's end, its unmap queued for the keeper. Between cycles, with background
+// misses, the keeper keeps one standby alias (heap_core.h, keep_standby_alias).
+#include <algorithm>
+
 #include "heap_core.h"
 
 namespace valet::detail {
@@ -36,6 +39,49 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
   for (auto& a : aliases)
     if (pool.finish_tail_alias(a)) prepared_aliases[a.tail] = a.slot;
   drain_caches();  // what the threads cached meanwhile cannot move (compact_locked drained before)
+}
+
+void HeapCore::keep_standby_alias(std::unique_lock<HeapMutex>& lock) {
+  mu.assert_held();
+  if (!config.share_tails || !misses.running() || tail_aliases_prepared) return;
+  // Standbys whose tail closed or changed its page are given back first.
+  std::vector<std::uint32_t> stale;
+  for (const auto& [tail, slot] : prepared_aliases)
+    if (!tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
+  for (std::uint32_t tail : stale) discard_standby_alias(tail);
+  if (prepared_aliases.size() >= kStandbyAliases) return;
+  // The roomiest open tails without one (a burst of new slab pages takes several).
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> roomiest;  // (bytes used, tail)
+  for (const auto& [tail, used] : tails.open_tails())
+    if (!prepared_aliases.contains(tail)) roomiest.push_back({used, tail});
+  const std::size_t want = std::min(roomiest.size(), kStandbyAliases - prepared_aliases.size());
+  std::partial_sort(roomiest.begin(), roomiest.begin() + std::ptrdiff_t(want), roomiest.end());
+  std::vector<PagePool::TailAlias> aliases;
+  for (std::size_t k = 0; k < want; ++k)
+    if (auto a = pool.begin_tail_alias(roomiest[k].second)) aliases.push_back(*a);
+  if (aliases.empty()) return;
+  lock.unlock();
+  for (auto& a : aliases) pool.tail_alias_calls(a);
+  lock.lock();
+  for (auto& a : aliases) {
+    if (!pool.finish_tail_alias(a)) continue;
+    if (prepared_aliases.contains(a.tail)) {  // a cycle that began meanwhile prepared the same tail
+      pool.discard_tail_alias(a.slot);
+      after_release();
+      continue;
+    }
+    prepared_aliases[a.tail] = a.slot;  // a cycle that began meanwhile discards it at its end
+  }
+}
+
+void HeapCore::discard_standby_alias(std::uint32_t tail) {
+  mu.assert_held();
+  if (tail_aliases_prepared) return;  // a cycle's: it discards what it did not use
+  const auto it = prepared_aliases.find(tail);
+  if (it == prepared_aliases.end()) return;
+  pool.discard_tail_alias(it->second);
+  prepared_aliases.erase(it);
+  after_release();  // the keeper unmaps it
 }
 
 void HeapCore::discard_tail_aliases() {

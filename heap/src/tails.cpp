@@ -53,7 +53,16 @@ bool HeapCore::tail_fits(const Location& loc, std::size_t bytes) const {
 }
 
 SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
-  const auto tail = tails.roomiest();
+  // A prepared alias first (the keeper's standbys, or one a cycle's planners did not take while
+  // the cycle copies without the lock: it would be discarded at the cycle's end, and a planner
+  // that finds its tail's alias gone passes the tail over): no call on this thread.
+  std::optional<std::uint32_t> tail;
+  for (const auto& [t, slot] : prepared_aliases)
+    if (tail_can_host(cls, t)) {
+      tail = t;
+      break;
+    }
+  if (!tail) tail = tails.roomiest();
   return tail ? slab_on_tail_at(cls, *tail) : nullptr;
 }
 
@@ -78,6 +87,7 @@ SlabPage* HeapCore::slab_on_tail_at(std::uint32_t cls, std::uint32_t tail, bool 
   if (auto it = prepared_aliases.find(tail); it != prepared_aliases.end()) {
     const std::uint32_t alias = it->second;
     prepared_aliases.erase(it);
+    want_refill();  // the keeper prepares another standby (after the cycle, for a cycle's alias)
     if (pool.use_tail_alias(alias, tail, SlotKind::slab, 0))
       slot = alias;
     else {
@@ -250,6 +260,7 @@ void HeapCore::pair_with_tails(std::vector<MeshPair>& pairs, std::uint64_t& page
 void HeapCore::release_large(const Location& loc) {
   const std::uint32_t tail = last_slot(loc);
   tails.close(tail);
+  discard_standby_alias(tail);  // it would keep the page from being released
   const auto shared = tails.shared_page(tail);
   if (!shared) {
     pool.give_back(loc.page, loc.pages);

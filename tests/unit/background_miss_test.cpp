@@ -621,6 +621,90 @@ TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
   EXPECT_VALID(*heap);
 }
 
+// The keeper's standby alias: prepared for the roomiest open tail, it lets a new slab page that
+// finds the reserve empty go on that tail with no driver call on the allocating thread; it is
+// given back when its tail's object is freed, so that the page can be released.
+TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCaller) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  auto heap = test::make_heap(c);
+  auto& core = detail::HeapInternals::of(*heap);
+  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
+  ASSERT_TRUE(large.ok());
+  test::fill(*heap, *large, 7);
+  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  {
+    std::unique_lock lock(core.mu);
+    core.keep_standby_alias(lock);  // what the keeper's thread does after its turns
+    ASSERT_EQ(core.prepared_aliases.size(), 1u);
+    core.keep_standby_alias(lock);
+    EXPECT_EQ(core.prepared_aliases.size(), 1u) << "one standby a tail at most";
+  }
+  EXPECT_VALID(*heap);
+  ASSERT_EQ(heap->stats().reserve_bytes, 0u);
+  std::uint64_t calls = 0;
+  Result<Handle> small = make_error(Errc::internal, "not run");
+  {
+    ThreadDriverCalls scope(heap->driver_calls());
+    small = heap->allocate(kSmall);
+    calls = scope.made().total();
+  }
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(calls, 0u) << "the slab page did not take the standby alias";
+  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_TRUE(core.prepared_aliases.empty()) << "the standby was used";
+  }
+  test::fill(*heap, *small, 3);
+  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_EQ(test::mismatches(*heap, *small, 3), 0u);
+  EXPECT_VALID(*heap);
+  EXPECT_TRUE(heap->free(*small).ok());
+  EXPECT_VALID(*heap);
+  // A standby whose tail's object is freed goes with it.
+  ASSERT_TRUE(heap->maintain().ok());  // the emptied slab page's alias goes: the tail is open again
+  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  {
+    std::unique_lock lock(core.mu);
+    core.keep_standby_alias(lock);
+    ASSERT_EQ(core.prepared_aliases.size(), 1u);
+  }
+  EXPECT_TRUE(heap->free(*large).ok());
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_TRUE(core.prepared_aliases.empty()) << "the freed tail's standby was kept";
+  }
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->maintain().ok());  // the queued unmap of the discarded alias
+  EXPECT_EQ(heap->stats().mapped_bytes, 0u);
+  EXPECT_VALID(*heap);
+}
+
+// With the keeper's thread running, a standby appears for an open tail by itself.
+TEST(BackgroundMisses, TheKeeperPreparesAStandbyAliasForAnOpenTail) {
+  Config c = background_config();
+  c.background_reserve = true;
+  auto heap = test::make_heap(c);
+  auto& core = detail::HeapInternals::of(*heap);
+  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
+  ASSERT_TRUE(large.ok());
+  test::fill(*heap, *large, 7);
+  bool prepared = false;
+  for (int i = 0; i < 200 && !prepared; ++i) {
+    (void)heap->maintain();  // wakes nothing by itself; the keeper's periodic turn does the work
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::lock_guard lock(core.mu);
+    prepared = !core.prepared_aliases.empty();
+  }
+  EXPECT_TRUE(prepared) << "no standby alias within 2 s";
+  EXPECT_VALID(*heap);
+  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_VALID(*heap);
+  ASSERT_TRUE(heap->shutdown().ok());
+}
+
 // Kernels resolve handles through the device table: a scope must not give them a pending
 // object's address before its run is mapped. Misses arriving meanwhile map on their callers.
 TEST(BackgroundMisses, ATableScopeWaitsForPendingObjects) {
