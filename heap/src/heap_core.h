@@ -267,10 +267,10 @@ struct HeapCore {
   // The standby alias (tail_aliases.cpp): with background misses, a new slab page that finds
   // the reserve empty goes on an open tail, and its alias's map and access grant were the last
   // driver calls on the allocation path. The keeper's thread, after each turn, keeps aliases
-  // prepared for the kStandbyAliases roomiest open tails (outside compaction cycles), which
-  // slab_on_tail takes first (and wakes the keeper for another); a standby whose tail closed is
-  // discarded (release_large, or the next turn).
-  static constexpr std::size_t kStandbyAliases = 4;
+  // prepared for the Config::standby_tail_aliases roomiest open tails (outside compaction cycles,
+  // while the reserve is at its low watermark or below), which slab_on_tail takes first (and
+  // wakes the keeper for another); a standby whose tail closed is discarded (release_large, or
+  // the next turn; all of them once the reserve is above the watermark again).
   void keep_standby_alias(std::unique_lock<HeapMutex>& lock);
   void discard_standby_alias(std::uint32_t tail);  // if one is prepared for `tail` outside a cycle
   bool tail_aliases_prepared = false;                              // under mu: this cycle prepared them

@@ -122,6 +122,8 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: chunk_miss_pages must be 0 (off) or within [2, 1048576]");
   if (config.background_miss_limit == 0 || config.background_miss_limit > (std::size_t{1} << 20))
     return make_error(Errc::invalid_argument, "Heap::create: background_miss_limit must be within [1, 1048576]");
+  if (config.standby_tail_aliases > 64)
+    return make_error(Errc::invalid_argument, "Heap::create: standby_tail_aliases must be within [0, 64]");
   if (config.miss_mapper_spin_us > 100'000)
     return make_error(Errc::invalid_argument, "Heap::create: miss_mapper_spin_us must be within [0, 100000]");
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);

@@ -43,18 +43,21 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
 
 void HeapCore::keep_standby_alias(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
-  if (!config.share_tails || !misses.running() || tail_aliases_prepared) return;
-  // Standbys whose tail closed or changed its page are given back first.
+  if (!config.share_tails || !misses.running() || tail_aliases_prepared || config.standby_tail_aliases == 0) return;
+  // Only while slab pages may find the reserve empty: otherwise they take reserve pages, and
+  // standbys made for tails that come and go would only keep the driver busy. Standbys whose
+  // tail closed or changed its page, or all of them when none is wanted, are given back first.
+  const bool wanted = pool.reserve_pages() <= config.reserve_low_pages;
   std::vector<std::uint32_t> stale;
   for (const auto& [tail, slot] : prepared_aliases)
-    if (!tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
+    if (!wanted || !tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
   for (std::uint32_t tail : stale) discard_standby_alias(tail);
-  if (prepared_aliases.size() >= kStandbyAliases) return;
+  if (!wanted || prepared_aliases.size() >= config.standby_tail_aliases) return;
   // The roomiest open tails without one (a burst of new slab pages takes several).
   std::vector<std::pair<std::uint32_t, std::uint32_t>> roomiest;  // (bytes used, tail)
   for (const auto& [tail, used] : tails.open_tails())
     if (!prepared_aliases.contains(tail)) roomiest.push_back({used, tail});
-  const std::size_t want = std::min(roomiest.size(), kStandbyAliases - prepared_aliases.size());
+  const std::size_t want = std::min(roomiest.size(), config.standby_tail_aliases - prepared_aliases.size());
   std::partial_sort(roomiest.begin(), roomiest.begin() + std::ptrdiff_t(want), roomiest.end());
   std::vector<PagePool::TailAlias> aliases;
   for (std::size_t k = 0; k < want; ++k)

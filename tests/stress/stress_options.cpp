@@ -47,6 +47,9 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--mapper-spin-us", o.mapper_spin_us,
                  "Config::miss_mapper_spin_us: with --background-misses the mapper polls its queue this long before it sleeps")
       ->check(CLI::Range(0u, 100000u));
+  app.add_option("--standby-tail-aliases", o.standby_tail_aliases,
+                 "Config::standby_tail_aliases: with --background-misses the keeper keeps this many tails' aliases prepared")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{64}));
   app.add_flag("--caller-places-misses", o.caller_places_misses,
                "Config::mapper_places_misses off: with --background-misses the allocating thread chooses a miss's run");
   app.add_flag("--create-ahead,!--no-create-ahead", o.create_ahead,

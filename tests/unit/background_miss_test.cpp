@@ -632,6 +632,7 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
   Config c = test::uncached(background_config());
   c.reserve_low_pages = 0;
   c.reserve_high_pages = 0;
+  c.standby_tail_aliases = 4;
   auto heap = test::make_heap(c);
   auto& core = detail::HeapInternals::of(*heap);
   auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
@@ -687,9 +688,12 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
 }
 
 // With the keeper's thread running, a standby appears for an open tail by itself.
-TEST(BackgroundMisses, TheKeeperPreparesAStandbyAliasForAnOpenTail) {
+TEST(BackgroundMisses, TheKeeperPreparesAStandbyAliasForAnOpenTailWhileTheReserveIsLow) {
   Config c = background_config();
   c.background_reserve = true;
+  c.standby_tail_aliases = 4;
+  c.reserve_low_pages = 64;  // the reserve stays at or below it (the keeper creates up to it only)
+  c.reserve_high_pages = 64;
   auto heap = test::make_heap(c);
   auto& core = detail::HeapInternals::of(*heap);
   auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);

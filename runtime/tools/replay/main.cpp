@@ -58,6 +58,7 @@ struct Arguments {
   std::optional<std::size_t> reserve_low_pages;
   std::optional<std::size_t> thread_cache_bytes;
   std::optional<std::size_t> thread_cache_run_bytes;
+  std::optional<std::size_t> standby_tail_aliases;
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
   std::optional<std::size_t> reserve_hold_ms;
@@ -135,6 +136,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
                  "Config::thread_cache_bytes: small frees a thread keeps for its next allocations (0: none)");
+  app.add_option("--standby-tail-aliases", args.standby_tail_aliases,
+                 "Config::standby_tail_aliases: aliases the keeper keeps prepared for open tails while the reserve is low (0: none)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{64}));
   app.add_option("--thread-cache-run-bytes", args.thread_cache_run_bytes,
                  "Config::thread_cache_run_bytes: large runs a thread keeps for its next allocations (0: none)");
   app.add_option("--chunk-min-pages", args.chunk_min_pages,
@@ -219,6 +223,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.reserve_peak_ratio) config.reserve_peak_ratio = *args.reserve_peak_ratio;
   if (args.thread_cache_bytes) config.thread_cache_bytes = *args.thread_cache_bytes;
   if (args.thread_cache_run_bytes) config.thread_cache_run_bytes = *args.thread_cache_run_bytes;
+  if (args.standby_tail_aliases) config.standby_tail_aliases = *args.standby_tail_aliases;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
   if (args.reserve_hold_ms) config.reserve_hold_ms = *args.reserve_hold_ms;
