@@ -41,6 +41,28 @@ struct HeapLockHolder {
   }
 };
 
+// Pins `h` for stream `s`, held back (until `go`, 10 s at most) by a host task queued first,
+// releases the pin there (a stream-ordered unpin the stream has not passed) and frees `h`: the
+// free waits for the stream.
+void free_with_unpin_pending(FaultableHeap& fh, Handle h, Stream s, std::atomic<bool>& go) {
+  Heap& heap = *fh.heap;
+  ASSERT_TRUE(fh.host()
+                  .enqueue_host_task(s,
+                                     [&go] {
+                                       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                       while (!go.load() && std::chrono::steady_clock::now() < until)
+                                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                     })
+                  .ok());
+  {
+    auto sp = heap.pin(h, s);
+    ASSERT_TRUE(sp.ok());
+    ASSERT_TRUE(sp->release().ok());
+  }
+  ASSERT_TRUE(heap.free(h).ok());
+  EXPECT_GT(heap.stats().stream_deferred_bytes, 0u) << "the free waits for the stream";
+}
+
 TEST(ThreadCache, AFreedSmallObjectIsTakenBackByItsThreadWithoutTheHeapLock) {
   auto heap = make_heap();
   // The first free registers this thread's cache (under the lock); the second is cached.
@@ -135,21 +157,7 @@ TEST(ThreadCache, APinnedObjectIsNotFreedAndAStreamUnpinSendsItsFreeToTheLockedP
   // An unpin queued on a stream that has not passed it: the free is deferred, not cached.
   const Stream s = *heap.backend().create_stream();
   std::atomic<bool> go{false};
-  ASSERT_TRUE(fh.host()
-                  .enqueue_host_task(s,
-                                     [&go] {
-                                       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-                                       while (!go.load() && std::chrono::steady_clock::now() < until)
-                                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
-                                     })
-                  .ok());
-  {
-    auto sp = heap.pin(h, s);
-    ASSERT_TRUE(sp.ok());
-    ASSERT_TRUE(sp->release().ok());
-  }
-  ASSERT_TRUE(heap.free(h).ok());
-  EXPECT_GT(heap.stats().stream_deferred_bytes, 0u) << "the free waits for the stream";
+  free_with_unpin_pending(fh, h, s, go);
   const Handle next = *heap.allocate(8192);
   EXPECT_NE(address_of(heap, next), 0u);
   EXPECT_VALID(heap);
@@ -438,21 +446,7 @@ TEST(ThreadCacheRuns, ARunWithAPendingStreamUnpinIsNotReusedBeforeTheStreamPasse
   const DevicePtr at = address_of(heap, h);
   const Stream s = *heap.backend().create_stream();
   std::atomic<bool> go{false};
-  ASSERT_TRUE(fh.host()
-                  .enqueue_host_task(s,
-                                     [&go] {
-                                       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-                                       while (!go.load() && std::chrono::steady_clock::now() < until)
-                                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
-                                     })
-                  .ok());
-  {
-    auto sp = heap.pin(h, s);
-    ASSERT_TRUE(sp.ok());
-    ASSERT_TRUE(sp->release().ok());
-  }
-  ASSERT_TRUE(heap.free(h).ok());
-  EXPECT_GT(heap.stats().stream_deferred_bytes, 0u) << "the free waits for the stream";
+  free_with_unpin_pending(fh, h, s, go);
   std::vector<Handle> next;
   for (int i = 0; i < 4; ++i) {
     next.push_back(*heap.allocate(3 * kPage - 4096 * std::size_t(i)));
