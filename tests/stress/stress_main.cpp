@@ -189,6 +189,7 @@ void StressRun::print_results(double seconds) {
     j["exchanges"] = get(c.exchanges);
     j["cross_thread_pins"] = get(c.cross_thread_pins);
     j["out_of_memory"] = get(c.out_of_memory);
+    j["first_out_of_memory"] = c.first_out_of_memory_message();
     j["refusals_checked"] = get(c.refusals_checked);
     j["compact_calls"] = get(c.compact_calls);
     j["compaction_cycles"] = comp.cycles;
@@ -208,6 +209,7 @@ void StressRun::print_results(double seconds) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
+  if (get(c.out_of_memory) > 0) std::printf("first out-of-memory: %s\n", c.first_out_of_memory_message().c_str());
   std::printf(
       "valet-stress: %s, %s: %llu ops (%.0f/s), %llu compaction cycles (%llu emergency), %llu objects moved "
       "(%.1f MiB), %llu pages meshed, %.1f GiB verified in %llu checks, %llu checkpoints, %llu faults injected "

@@ -75,6 +75,22 @@ struct StressCounters {
   std::atomic<std::uint64_t> checkpoints{0};
 
   void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+
+  // The first out-of-memory's message (what the heap held, of what capacity): why a run that
+  // should fit reported it.
+  void out_of_memory_seen(const std::string& message) {
+    if (out_of_memory.fetch_add(1, std::memory_order_relaxed) != 0) return;
+    std::lock_guard lock(first_mu);
+    first_out_of_memory = message;
+  }
+  std::string first_out_of_memory_message() const {
+    std::lock_guard lock(first_mu);
+    return first_out_of_memory;
+  }
+
+ private:
+  mutable std::mutex first_mu;
+  std::string first_out_of_memory;
 };
 
 // Collects failures: counts them all and prints the first few (the run goes on, so one report

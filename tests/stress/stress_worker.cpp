@@ -115,7 +115,7 @@ void StressWorker::expect_code(Errc got, Errc want, const char* what, const Trac
 
 bool StressWorker::clean_failure(const Error& e, const char* what) {
   if (e.code == Errc::out_of_memory) {
-    shared_.counters.add(shared_.counters.out_of_memory);
+    shared_.counters.out_of_memory_seen(e.message);
     return true;
   }
   if (e.code == Errc::driver_error && shared_.faults_armed) {
