@@ -106,6 +106,18 @@ struct HostBackend::State {
     return true;
   }
 
+  // Precondition: mu held. What unmap and set_access both require of their range, as the driver
+  // does: whole 2 MiB pages, every one mapped, no chunk's mapping cut. `call` names the call.
+  Status check_mapped_range(DevicePtr va, std::size_t bytes, const char* call) const {
+    if (!host::aligned(va) || bytes == 0 || bytes % host::kPage != 0)
+      return make_error(Errc::invalid_argument, std::string(call) + ": range not aligned to 2 MiB");
+    if (!all_mapped(va, bytes, false))
+      return make_error(Errc::invalid_state, std::string(call) + ": part of the range is not mapped");
+    if (!chunk_maps.whole(va, bytes))
+      return make_error(Errc::invalid_state, std::string(call) + ": the range cuts a chunk's mapping");
+    return {};
+  }
+
   // Precondition: mu held. The record of a created page that is not being released, or null.
   PageRecord* live_page(PhysicalPage page) {
     if (page.id == 0 || page.id > index_count) return nullptr;

@@ -153,12 +153,7 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
   std::vector<std::pair<std::uint32_t, std::uint32_t>> freed;  // (index, pages)
   {
     std::lock_guard lock(s_->mu);
-    if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
-      return make_error(Errc::invalid_argument, "unmap: range not aligned to 2 MiB");
-    if (!s_->all_mapped(va, bytes, false))
-      return make_error(Errc::invalid_state, "unmap: part of the range is not mapped");
-    if (!s_->chunk_maps.whole(va, bytes))
-      return make_error(Errc::invalid_state, "unmap: the range cuts a chunk's mapping");
+    VALET_TRY(s_->check_mapped_range(va, bytes, "unmap"));
     void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) return sys_error("mmap(PROT_NONE) over an unmapped range");
@@ -189,12 +184,7 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
 // page after a map costs microseconds either way (docs/speed.md, "Session 36").
 Status HostBackend::set_access(DevicePtr va, std::size_t bytes) {
   std::lock_guard lock(s_->mu);
-  if (!aligned(va) || bytes == 0 || bytes % kPage != 0)
-    return make_error(Errc::invalid_argument, "set_access: range not aligned to 2 MiB");
-  if (!s_->all_mapped(va, bytes, false))
-    return make_error(Errc::invalid_state, "set_access: part of the range is not mapped");
-  if (!s_->chunk_maps.whole(va, bytes))
-    return make_error(Errc::invalid_state, "set_access: the range cuts a chunk's mapping");
+  VALET_TRY(s_->check_mapped_range(va, bytes, "set_access"));
   if (mprotect(reinterpret_cast<void*>(va), bytes, PROT_READ | PROT_WRITE) != 0) return sys_error("mprotect");
   for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
   return {};
