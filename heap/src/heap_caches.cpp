@@ -127,10 +127,11 @@ bool HeapCore::keep_locked(std::uint32_t index, HandleEntry* e) {
     bool wanted = true;
     {
       std::lock_guard cl(c.mu);
-      if (!c.wants_runs()) {
+      wanted = c.wants_runs();
+      if (wanted)
+        caches.grant_runs(c);
+      else
         ++c.runs_declined;
-        wanted = false;
-      }
     }
     if (!wanted) {
       // Runs that went unused until the credit ran out go back with the first run not kept, and
@@ -139,10 +140,6 @@ bool HeapCore::keep_locked(std::uint32_t index, HandleEntry* e) {
       std::lock_guard cl(c.mu);
       caches.revoke_runs(c);
       return false;
-    }
-    {
-      std::lock_guard cl(c.mu);
-      caches.grant_runs(c);
     }
     spill_runs(c, footprint);  // within what the grant gave it
     std::lock_guard cl(c.mu);

@@ -34,84 +34,81 @@ struct CacheTally {
   std::uint64_t allocs = 0, frees = 0;
 };
 
-// A cached object: a settled entry no one else lists, still the owner of its slab slot, at the
-// address the cache will hand out; the cache's byte count is its bins' class sizes. A cached run
-// likewise owns every page of its run, with the bytes it was freed with; the caches' total is
-// their runs' footprints.
+// A cache's entry `index` (`name` in messages): in range, listed by no other cache, and a settled
+// free entry (no pin, no claim, not live, nothing fixed or pending on it); it is held from here.
+Result<const HandleEntry*> hold_cached_entry(const HeapCore& c, CacheTally& t, std::uint32_t index,
+                                             const std::string& name) {
+  if (index == 0 || index >= t.held.size() || t.held[index]) return fail(name + " is out of range or cached twice");
+  t.held[index] = true;
+  const HandleEntry* e = c.handles.get(index);
+  const std::uint64_t st = e->state.load(std::memory_order_acquire);
+  if ((st & 0xffffffffu) != 0 || e->fixed || !e->pending_unpins.empty()) return fail(name + " is not a settled free entry");
+  return e;
+}
+
+// A cached object still owns its slab slot, at the address the cache will hand out.
+Status check_cached_slot(const HeapCore& c, CacheTally& t, std::uint32_t cls, const detail::CachedSlot& cs) {
+  const std::string name = "cached object " + std::to_string(cs.index);
+  auto held = hold_cached_entry(c, t, cs.index, name);
+  if (!held.ok()) return held.error();
+  const HandleEntry* e = *held;
+  const auto& slot = c.pool.slot(cs.loc.page);
+  const SlabPage* p = slot.kind == SlotKind::slab ? c.slabs.page(slot.owner) : nullptr;
+  if (cs.loc.kind != ObjectKind::slab || !p || e->loc.kind != ObjectKind::slab || e->loc.page != cs.loc.page ||
+      e->loc.index != cs.loc.index || cs.loc.index >= p->capacity || !p->test(cs.loc.index) ||
+      p->owners[cs.loc.index] != cs.index)
+    return fail(name + " does not own the slab slot it names");
+  if (detail::class_size(cls) > detail::class_size(p->cls) || cs.address != c.address_of(cs.loc))
+    return fail(name + " is in the wrong class or has a stale address");
+  t.footprint += c.footprint_of(cs.loc);
+  return {};
+}
+
+// A cached run owns every page of its run, with the bytes it was freed with, at its address.
+Status check_cached_run(const HeapCore& c, CacheTally& t, const detail::CachedRun& r) {
+  const std::string name = "cached run " + std::to_string(r.index);
+  auto held = hold_cached_entry(c, t, r.index, name);
+  if (!held.ok()) return held.error();
+  const HandleEntry* e = *held;
+  if (e->size() != r.bytes) return fail(name + " is not a settled free entry of its bytes");
+  if (r.loc.kind != ObjectKind::large || e->loc.kind != ObjectKind::large || e->loc.page != r.loc.page ||
+      e->loc.pages != r.loc.pages || r.loc.page + r.loc.pages > c.pool.slot_count() ||
+      r.bytes > std::uint64_t(r.loc.pages) * detail::kPageSize)
+    return fail(name + " does not name its object's run");
+  for (std::uint32_t k = 0; k < r.loc.pages; ++k) {
+    const auto& slot = c.pool.slot(r.loc.page + k);
+    if (slot.kind != SlotKind::large || slot.owner != r.index)
+      return fail(name + " does not own page " + std::to_string(k) + " of its run");
+  }
+  if (r.footprint != c.footprint_of(r.loc) || r.address != c.address_of(r.loc))
+    return fail(name + " has a wrong footprint or a stale address");
+  t.footprint += r.footprint;
+  return {};
+}
+
+// The objects and runs the caches hold; a cache's byte counts are its bins' class sizes and its
+// runs' footprints, its runs within its allowance, and the allowances add up within the total.
 Status check_caches(const HeapCore& c, CacheTally& t) {
   t.held.assign(c.handles.high_water(), false);
   Status bad;
   std::size_t granted = 0;
   c.caches.for_each([&](const detail::ThreadCache& tc) {
-    std::size_t bytes = 0;
+    if (!bad.ok()) return;
     t.live_bytes += tc.live_bytes;
     t.live_objects += tc.live_objects;
     t.allocs += tc.allocs;
     t.frees += tc.frees;
+    std::size_t bytes = 0, run_bytes = 0;
     for (std::uint32_t cls = 0; cls < detail::kClassCount && bad.ok(); ++cls)
       for (const detail::CachedSlot& cs : tc.bins[cls]) {
         bytes += detail::class_size(cls);
-        const std::string name = "cached object " + std::to_string(cs.index);
-        if (cs.index == 0 || cs.index >= t.held.size() || t.held[cs.index]) {
-          bad = fail(name + " is out of range or cached twice");
-          return;
-        }
-        t.held[cs.index] = true;
-        const HandleEntry* e = c.handles.get(cs.index);
-        const std::uint64_t st = e->state.load(std::memory_order_acquire);
-        if ((st & 0xffffffffu) != 0 || e->fixed || !e->pending_unpins.empty()) {
-          bad = fail(name + " is not a settled free entry");
-          return;
-        }
-        const auto& slot = c.pool.slot(cs.loc.page);
-        const SlabPage* p = slot.kind == SlotKind::slab ? c.slabs.page(slot.owner) : nullptr;
-        if (cs.loc.kind != ObjectKind::slab || !p || e->loc.kind != ObjectKind::slab || e->loc.page != cs.loc.page ||
-            e->loc.index != cs.loc.index || cs.loc.index >= p->capacity || !p->test(cs.loc.index) ||
-            p->owners[cs.loc.index] != cs.index) {
-          bad = fail(name + " does not own the slab slot it names");
-          return;
-        }
-        if (detail::class_size(cls) > detail::class_size(p->cls) || cs.address != c.address_of(cs.loc)) {
-          bad = fail(name + " is in the wrong class or has a stale address");
-          return;
-        }
-        t.footprint += c.footprint_of(cs.loc);
+        if (bad = check_cached_slot(c, t, cls, cs); !bad.ok()) return;
       }
-    if (bad.ok() && bytes != tc.bytes) bad = fail("a thread cache's byte count is wrong");
-    std::size_t run_bytes = 0;
+    if (bytes != tc.bytes) bad = fail("a thread cache's byte count is wrong");
     for (const detail::CachedRun& r : tc.runs) {
       if (!bad.ok()) return;
       run_bytes += r.footprint;
-      const std::string name = "cached run " + std::to_string(r.index);
-      if (r.index == 0 || r.index >= t.held.size() || t.held[r.index]) {
-        bad = fail(name + " is out of range or cached twice");
-        return;
-      }
-      t.held[r.index] = true;
-      const HandleEntry* e = c.handles.get(r.index);
-      const std::uint64_t st = e->state.load(std::memory_order_acquire);
-      if ((st & 0xffffffffu) != 0 || e->fixed || !e->pending_unpins.empty() || e->size() != r.bytes) {
-        bad = fail(name + " is not a settled free entry of its bytes");
-        return;
-      }
-      if (r.loc.kind != ObjectKind::large || e->loc.kind != ObjectKind::large || e->loc.page != r.loc.page ||
-          e->loc.pages != r.loc.pages || r.loc.page + r.loc.pages > c.pool.slot_count() ||
-          r.bytes > std::uint64_t(r.loc.pages) * detail::kPageSize) {
-        bad = fail(name + " does not name its object's run");
-        return;
-      }
-      for (std::uint32_t k = 0; k < r.loc.pages; ++k) {
-        const auto& slot = c.pool.slot(r.loc.page + k);
-        if (slot.kind != SlotKind::large || slot.owner != r.index) {
-          bad = fail(name + " does not own page " + std::to_string(k) + " of its run");
-          return;
-        }
-      }
-      if (r.footprint != c.footprint_of(r.loc) || r.address != c.address_of(r.loc)) {
-        bad = fail(name + " has a wrong footprint or a stale address");
-        return;
-      }
-      t.footprint += r.footprint;
+      bad = check_cached_run(c, t, r);
     }
     if (bad.ok() && run_bytes != tc.run_bytes) bad = fail("a thread cache's run byte count is wrong");
     if (bad.ok() && tc.run_bytes > tc.run_allowance) bad = fail("a thread cache holds runs beyond its allowance");

@@ -101,11 +101,8 @@ class ThreadCaches {
   bool enabled() const { return limit_ > 0 || run_limit_ > 0; }
   std::size_t limit() const { return limit_; }
   std::size_t run_limit() const { return std::min(run_limit_, run_total_limit_); }
-  std::size_t run_limit_total() const { return run_total_limit_; }
-  // Whether an allocation of `bytes` (small if at most `max_small`) could come from a cache.
-  bool serves(std::size_t bytes, std::size_t max_small) const {
-    return bytes <= max_small ? limit_ > 0 : bytes <= run_limit();
-  }
+  // Whether an allocation of `bytes` could come from a cache.
+  bool serves(std::size_t bytes) const { return bytes <= kMaxSlabObject ? limit_ > 0 : bytes <= run_limit(); }
   // Precondition: heap lock held, and `c`'s lock. The total is shared out as allowances: a
   // cache holds runs within its own (its fast frees read nothing another thread writes), and
   // the allowances add up to at most the total. grant_runs gives `c` up to the per-thread
