@@ -302,7 +302,8 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   }
   // Chunks no object uses go back: their pages can then be created again as any shape needs.
   (void)pool.release_free_chunks();
-  if (!prepared_aliases.empty()) discard_standby_alias(prepared_aliases.begin()->first);
+  // Standby tail aliases keep their pages from being released until the keeper unmaps them.
+  if (!tail_aliases_prepared) discard_tail_aliases();
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
   if (config.compact_on_oom) emergency_compact(lock);
   // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a
@@ -317,7 +318,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   if (bytes > kMaxObject)
     return call_error(Errc::invalid_argument, what, std::to_string(bytes) + " bytes is beyond any device");
   // A small object or a large run this thread freed before: no heap lock (heap_caches.cpp).
-  const bool cacheable = !stream && !fixed && caches.serves(bytes, kMaxSlabObject);
+  const bool cacheable = !stream && !fixed && caches.serves(bytes);
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
   std::unique_lock lock(mu);
