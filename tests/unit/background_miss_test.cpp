@@ -767,6 +767,17 @@ TEST(BackgroundMisses, AMapperSpinOfMoreThanATenthOfASecondIsRefused) {
   EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
 }
 
+TEST(BackgroundMisses, MoreThanSixtyFourStandbyTailAliasesAreRefused) {
+  Config c = background_config();
+  c.standby_tail_aliases = 65;
+  auto heap = Heap::create(test::open_host_backend(c.capacity), c);
+  ASSERT_FALSE(heap.ok());
+  EXPECT_EQ(heap.error().code, Errc::invalid_argument);
+  EXPECT_NE(heap.error().message.find("standby_tail_aliases"), std::string::npos) << heap.error().message;
+  c.standby_tail_aliases = 64;
+  EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
+}
+
 // Misses one after another, each used (pinned: it waits for its mapping) before the next: the
 // mapper is asleep, or polling, whenever the next one comes. Returns the wakes their submits made.
 std::uint64_t wakes_for_misses_in_turn(std::uint32_t spin_us, int misses) {

@@ -141,7 +141,8 @@ def arguments(replay, workdir):
     for args in (["--reserve-fraction", "1.5"], ["--reserve-fraction", "lots"], ["--reserve-peak-ratio", "0.5"],
                  ["--reserve-peak-ratio", "5"], ["--reserve-low-pages", "0"], ["--reserve-low-pages", "2000"],
                  ["--reserve-low-pages", "some"], ["--think-us", "-1"], ["--think-us", "2000000"],
-                 ["--think-us", "soon"]):
+                 ["--think-us", "soon"], ["--standby-tail-aliases", "65"], ["--standby-tail-aliases", "many"],
+                 ["--thread-cache-run-bytes", "lots"]):
         r, _ = run(replay, path, *args)
         expect(" ".join(args), r, 2, [args[0]])
     r = subprocess.run([replay, "--help"], capture_output=True)
