@@ -155,13 +155,29 @@ void HeapCore::release_location(const Location& loc) {
   after_release();
 }
 
+std::string HeapCore::held_pages() const {
+  const HeapStats::Pages p = pages_by_use();
+  const auto n = [](std::size_t v) { return std::to_string(v); };
+  std::string s = "pages: large " + n(p.large) + ", slab " + n(p.slab - p.shared_tails) + " of their own and " +
+                  n(p.shared_tails) + " on tails, reserve " + n(p.reserve) + " (idle " + n(p.idle) +
+                  ", chunk reserve " + n(p.chunk_reserve) + "), releasing " + n(p.releasing) + ", moving " + n(p.moving);
+  if (releases.cached_footprint()) s += ", stream-cached " + mib(releases.cached_footprint());
+  std::size_t deferred = 0;
+  for (const auto& d : releases.deferred()) deferred += d.footprint;
+  if (deferred) s += ", stream-deferred " + mib(deferred);
+  if (pool.promised_pages()) s += ", promised to pending misses " + n(pool.promised_pages());
+  if (!prepared_aliases.empty()) s += ", prepared tail aliases " + n(prepared_aliases.size());
+  return s;
+}
+
 Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
   if (cause.code != Errc::out_of_memory) return cause;
   return make_error(Errc::out_of_memory,
                     "cannot allocate " + std::to_string(asked) + " bytes (" + mib(asked) + "): live " +
                         mib(live_bytes_known()) + " in " + std::to_string(std::max<std::int64_t>(0, live_objects)) + " objects (footprint " +
                         mib(footprint_bytes) + "), held " + mib(pool.created_pages() * kPageSize) +
-                        " of a capacity of " + mib(capacity_pages * kPageSize) + "; " + cause.message);
+                        " of a capacity of " + mib(capacity_pages * kPageSize) + " (" + held_pages() + "); " +
+                        cause.message);
 }
 
 std::uint64_t HeapCore::cache_key(const Location& loc) const {

@@ -337,6 +337,8 @@ struct HeapCore {
   std::size_t retire_empty_slabs(std::uint64_t max_pages = ~std::uint64_t{0});
   // Virtual slab slots that map another slot's physical page.
   std::size_t meshed_slots() const;
+  // The mapped pages by what holds them (stats().pages; an out-of-memory message names them).
+  HeapStats::Pages pages_by_use() const;
   std::size_t footprint_of(const Location& loc) const;
   DevicePtr address_of(const Location& loc) const;
   // Drops completed pending unpins of `e`; true when none remain.
@@ -347,6 +349,7 @@ struct HeapCore {
   void want_refill() { keeper.want_refill(); }
   bool table_blocks_moves() { return table.blocks_moves(); }
   Error out_of_memory(std::size_t asked, const Error& cause) const;
+  std::string held_pages() const;  // what holds the created pages, for out_of_memory's message
 
   // Move claims (move_claims.h) on an entry. try_begin_move also refuses while a stream-ordered
   // unpin of the object is pending (its queued work may still touch the object).

@@ -28,6 +28,32 @@ const char* trigger_name(CompactionTrigger t) {
   return "?";
 }
 
+namespace detail {
+
+HeapStats::Pages HeapCore::pages_by_use() const {
+  mu.assert_held();
+  HeapStats::Pages p;
+  // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
+  // use still add up to the mapped pages; a place batch's pages (an allocation's run, a pending
+  // object's for as long as it is pending) count as large.
+  const std::size_t unplaced = pool.unplaced_in_flight() - pool.placing_unplaced();
+  p.reserve = pool.reserve_pages() + pool.chunk_reserve_pages() + unplaced;
+  p.idle = pool.idle_pages() + unplaced;
+  p.releasing = pool.releasing_pages() - pool.placing_moved() - pool.freed_in_flight() + pool.pages_only_dropping();
+  p.moving = moving_pages;
+  p.slab = slabs.live_pages();
+  p.large = pool.slots_of_kind(SlotKind::large) + pool.placing_pages();
+  p.chunked = pool.chunk_pages();
+  p.chunks = pool.chunks();
+  p.chunk_reserve = pool.chunk_reserve_pages();
+  p.chunks_created = pool.chunks_created();
+  p.meshed = meshed_slots();
+  p.shared_tails = tails.shared_count();
+  return p;
+}
+
+}  // namespace detail
+
 HeapStats Heap::stats() const {
   auto& c = *core_;
   std::lock_guard lock(c.mu);
@@ -49,27 +75,11 @@ HeapStats Heap::stats() const {
   s.mapped_bytes = c.pool.created_pages() * detail::kPageSize;
   s.peak_mapped_bytes = c.pool.peak_created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;
-  // Pages a keeper batch holds mapped nowhere count as idle reserve pages, so that the pages by
-  // use still add up to the mapped pages; a place batch's pages (an allocation's run, a pending
-  // object's for as long as it is pending) count as large.
-  const std::size_t unplaced = c.pool.unplaced_in_flight() - c.pool.placing_unplaced();
+  s.pages = c.pages_by_use();
   // The chunk reserve is mapped and unused too (outside the reserve's budget, not its count).
-  s.reserve_bytes = (c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced) * detail::kPageSize;
+  s.reserve_bytes = s.pages.reserve * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;
   s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
-  s.pages.reserve = c.pool.reserve_pages() + c.pool.chunk_reserve_pages() + unplaced;
-  s.pages.idle = c.pool.idle_pages() + unplaced;
-  s.pages.releasing =
-      c.pool.releasing_pages() - c.pool.placing_moved() - c.pool.freed_in_flight() + c.pool.pages_only_dropping();
-  s.pages.moving = c.moving_pages;
-  s.pages.slab = c.slabs.live_pages();
-  s.pages.large = c.pool.slots_of_kind(SlotKind::large) + c.pool.placing_pages();
-  s.pages.chunked = c.pool.chunk_pages();
-  s.pages.chunks = c.pool.chunks();
-  s.pages.chunk_reserve = c.pool.chunk_reserve_pages();
-  s.pages.chunks_created = c.pool.chunks_created();
-  s.pages.meshed = c.meshed_slots();
-  s.pages.shared_tails = c.tails.shared_count();
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];

@@ -264,6 +264,9 @@ TEST(Heap, OutOfMemoryMessageSaysAskedLiveAndHeld) {
   EXPECT_NE(m.find("4194304 bytes"), std::string::npos) << m;
   EXPECT_NE(m.find("live"), std::string::npos) << m;
   EXPECT_NE(m.find("held"), std::string::npos) << m;
+  // What holds the pages: here the one 15-page object, nothing on its way back.
+  EXPECT_NE(m.find("pages: large 15, slab 0 of their own"), std::string::npos) << m;
+  EXPECT_NE(m.find("releasing 0, moving 0"), std::string::npos) << m;
   EXPECT_EQ(heap->stats().ops.failed_allocations, 1u);
   EXPECT_VALID(*heap);
 }
