@@ -74,7 +74,7 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   prepare_tail_aliases(lock, req.mesh, req.evacuate, pages_left, bytes_left);
   struct DiscardTailAliases {
     HeapCore& core;
-    ~DiscardTailAliases() { core.discard_tail_aliases(); }
+    ~DiscardTailAliases() { core.discard_tail_aliases(/*keep_standbys=*/true); }
   } discard_unused_aliases{*this};
   // Meshing first: it frees pages without changing any address.
   const Status meshed = req.mesh ? mesh_locked(lock, pages_left, bytes_left, rec) : Status{};

@@ -319,7 +319,7 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   // Chunks no object uses go back: their pages can then be created again as any shape needs.
   (void)pool.release_free_chunks();
   // Standby tail aliases keep their pages from being released until the keeper unmaps them.
-  if (!tail_aliases_prepared) discard_tail_aliases();
+  if (!tail_aliases_prepared) discard_tail_aliases(/*keep_standbys=*/false);
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
   if (config.compact_on_oom) emergency_compact(lock);
   // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a

@@ -263,16 +263,19 @@ struct HeapCore {
   // lock as before.
   void prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh, bool evacuate, std::uint64_t pages_left,
                             std::uint64_t bytes_left);
-  void discard_tail_aliases();
+  // A cycle's end keeps what it did not use as standbys (keep_standbys); out-of-memory does not.
+  void discard_tail_aliases(bool keep_standbys);
   // The standby alias (tail_aliases.cpp): with background misses, a new slab page that finds
   // the reserve empty goes on an open tail, and its alias's map and access grant were the last
   // driver calls on the allocation path. The keeper's thread, after each turn, keeps aliases
-  // prepared for the Config::standby_tail_aliases roomiest open tails (outside compaction cycles,
-  // while the reserve is at its low watermark or below), which slab_on_tail takes first (and
-  // wakes the keeper for another); a standby whose tail closed is discarded (release_large, or
-  // the next turn; all of them once the reserve is above the watermark again).
+  // prepared for the Config::standby_tail_aliases roomiest open tails (new ones only while the
+  // reserve is at its low watermark or below), which slab_on_tail takes first (and wakes the
+  // keeper for another); a cycle's unused aliases stay as standbys. A standby holds no memory
+  // while its tail is open on the same page; once it closed or moved, it is discarded
+  // (release_large, the next turn, the cycle's end), and out-of-memory discards them all.
   void keep_standby_alias(std::unique_lock<HeapMutex>& lock);
   void discard_standby_alias(std::uint32_t tail);  // if one is prepared for `tail` outside a cycle
+  std::vector<std::uint32_t> stale_standbys() const;  // prepared for a tail now closed or on another page
   bool tail_aliases_prepared = false;                              // under mu: this cycle prepared them
   std::unordered_map<std::uint32_t, std::uint32_t> prepared_aliases;  // under mu: tail -> alias slot
   // A new large object's place whose last slot maps the physical page of a slab page with its

@@ -47,11 +47,12 @@ void HeapCore::keep_standby_alias(std::unique_lock<HeapMutex>& lock) {
   // Only while slab pages may find the reserve empty: otherwise they take reserve pages, and
   // standbys made for tails that come and go would only keep the driver busy. Standbys whose
   // tail closed or changed its page, or all of them when none is wanted, are given back first.
+  // A standby whose tail is still open maps that live object's page: it holds no memory, so it
+  // stays when the reserve recovers (discarding and preparing again at every swing of the
+  // reserve, or after every compaction cycle, kept the keeper and the driver busy: the 8-thread
+  // GPU stress then ran out of memory; docs/speed.md, "Session 38"). Stale ones go.
+  for (std::uint32_t tail : stale_standbys()) discard_standby_alias(tail);
   const bool wanted = pool.reserve_pages() <= config.reserve_low_pages;
-  std::vector<std::uint32_t> stale;
-  for (const auto& [tail, slot] : prepared_aliases)
-    if (!wanted || !tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
-  for (std::uint32_t tail : stale) discard_standby_alias(tail);
   if (!wanted || prepared_aliases.size() >= config.standby_tail_aliases) return;
   // The roomiest open tails without one (a burst of new slab pages takes several).
   std::vector<std::pair<std::uint32_t, std::uint32_t>> roomiest;  // (bytes used, tail)
@@ -87,13 +88,40 @@ void HeapCore::discard_standby_alias(std::uint32_t tail) {
   after_release();  // the keeper unmaps it
 }
 
-void HeapCore::discard_tail_aliases() {
+std::vector<std::uint32_t> HeapCore::stale_standbys() const {
+  std::vector<std::uint32_t> stale;
+  for (const auto& [tail, slot] : prepared_aliases)
+    if (!tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
+  return stale;
+}
+
+void HeapCore::discard_tail_aliases(bool keep_standbys) {
   mu.assert_held();
   tail_aliases_prepared = false;
   if (prepared_aliases.empty()) return;
-  for (const auto& [tail, slot] : prepared_aliases) pool.discard_tail_alias(slot);
-  prepared_aliases.clear();
-  after_release();  // the keeper unmaps them
+  // What a cycle did not use stays as standbys, up to their number, where they are kept at all:
+  // the roomiest of the tails still open on the same page.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> kept;  // (bytes used, tail)
+  if (keep_standbys && config.standby_tail_aliases > 0 && misses.running()) {
+    const std::vector<std::uint32_t> stale = stale_standbys();
+    for (const auto& [tail, slot] : prepared_aliases)
+      if (std::find(stale.begin(), stale.end(), tail) == stale.end()) kept.push_back({*tails.open_bytes(tail), tail});
+    const std::size_t keep = std::min<std::size_t>(kept.size(), config.standby_tail_aliases);
+    std::partial_sort(kept.begin(), kept.begin() + std::ptrdiff_t(keep), kept.end());
+    kept.resize(keep);
+  }
+  bool discarded = false;
+  for (auto it = prepared_aliases.begin(); it != prepared_aliases.end();) {
+    const std::uint32_t tail = it->first;
+    if (std::any_of(kept.begin(), kept.end(), [&](const auto& k) { return k.second == tail; })) {
+      ++it;
+      continue;
+    }
+    pool.discard_tail_alias(it->second);
+    it = prepared_aliases.erase(it);
+    discarded = true;
+  }
+  if (discarded) after_release();  // the keeper unmaps them
 }
 
 }  // namespace valet::detail

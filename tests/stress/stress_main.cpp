@@ -54,6 +54,9 @@ class StressRun {
   std::vector<std::unique_ptr<StressWorker>> workers_;
   Stream stream_{};
   HeapStats final_stats_;
+  struct Overhead {  // mapped beyond the footprint, at checkpoints
+    std::size_t samples = 0, sum_bytes = 0, max_bytes = 0, slab_pages_at_max = 0, live_bytes_at_max = 0;
+  } overhead_;
 };
 
 WorkerLimits StressRun::limits_for(int worker) const {
@@ -100,6 +103,16 @@ void StressRun::checkpoint(const char* when) {
                    std::to_string(s.live_bytes) + " bytes, the test owns " + std::to_string(objects.size()) +
                    " of " + std::to_string(bytes));
   counters_.add(counters_.checkpoints);
+  // What the heap holds beyond its objects' footprint, and in which pages: out-of-memory near the
+  // workers' budget comes from there.
+  const std::size_t over = s.mapped_bytes > s.footprint_bytes ? s.mapped_bytes - s.footprint_bytes : 0;
+  overhead_.sum_bytes += over;
+  ++overhead_.samples;
+  if (over >= overhead_.max_bytes) {
+    overhead_.max_bytes = over;
+    overhead_.slab_pages_at_max = s.pages.slab - s.pages.shared_tails;
+    overhead_.live_bytes_at_max = s.live_bytes;
+  }
 }
 
 void StressRun::finish() {
@@ -205,6 +218,10 @@ void StressRun::print_results(double seconds) {
     j["faults_injected"] = faults_injected(opened_);
     j["fault_errors"] = get(c.fault_errors);
     j["errors"] = errors_.count();
+    j["overhead_mean_bytes"] = overhead_.samples ? overhead_.sum_bytes / overhead_.samples : 0;
+    j["overhead_max_bytes"] = overhead_.max_bytes;
+    j["overhead_max_slab_pages"] = overhead_.slab_pages_at_max;
+    j["overhead_max_live_bytes"] = overhead_.live_bytes_at_max;
     j["stats"] = to_json(final_stats_);
     std::printf("%s\n", j.dump().c_str());
     return;
@@ -221,6 +238,12 @@ void StressRun::print_results(double seconds) {
       (unsigned long long)get(c.objects_verified), (unsigned long long)get(c.checkpoints),
       (unsigned long long)faults_injected(opened_), (unsigned long long)get(c.fault_errors),
       (unsigned long long)get(c.out_of_memory), (unsigned long long)errors_.count());
+  if (overhead_.samples > 0)
+    std::printf("held beyond the objects' footprint at %zu checkpoints: mean %.1f MiB, max %.1f MiB (%zu slab pages of "
+                "their own, %.1f MiB live)\n",
+                overhead_.samples, double(overhead_.sum_bytes) / double(overhead_.samples) / (1 << 20),
+                double(overhead_.max_bytes) / (1 << 20), overhead_.slab_pages_at_max,
+                double(overhead_.live_bytes_at_max) / (1 << 20));
 }
 
 }  // namespace

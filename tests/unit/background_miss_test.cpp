@@ -687,6 +687,66 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
   EXPECT_VALID(*heap);
 }
 
+// A standby of a tail still open on its page maps a live object's page and holds no memory: it
+// outlives compaction cycles and a reserve that recovered, with no call to give it back and make
+// it again (that churn, after each of the stress's cycles, kept the driver busy enough for the
+// 8-thread GPU stress to run out of memory). Out-of-memory still gives every one back.
+TEST(BackgroundMisses, AStandbyAliasOutlivesCyclesAndARecoveredReserveWhileItsTailIsOpen) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 4;  // a freed page may stay
+  c.standby_tail_aliases = 4;
+  auto heap = test::make_heap(c);
+  auto& core = detail::HeapInternals::of(*heap);
+  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
+  ASSERT_TRUE(large.ok());
+  test::fill(*heap, *large, 7);
+  ASSERT_EQ(heap->stats().reserve_bytes, 0u);
+  std::uint32_t standby = 0;
+  {
+    std::unique_lock lock(core.mu);
+    core.keep_standby_alias(lock);
+    ASSERT_EQ(core.prepared_aliases.size(), 1u);
+    standby = core.prepared_aliases.begin()->second;
+  }
+  const DriverCallCounts before = heap->driver_calls().totals();
+  auto standby_kept = [&] {
+    std::lock_guard lock(core.mu);
+    return core.prepared_aliases.size() == 1 && core.prepared_aliases.begin()->second == standby;
+  };
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(heap->compact().ok());
+    ASSERT_TRUE(heap->maintain().ok());  // a discarded alias would be unmapped here
+    EXPECT_TRUE(standby_kept()) << "cycle " << i;
+  }
+  // The reserve above its low watermark: no new standby is made, the open tail's one stays.
+  auto other = heap->allocate(detail::kPageSize);
+  ASSERT_TRUE(other.ok());
+  test::fill(*heap, *other, 1);  // mapped (a pending object's free would map nothing)
+  ASSERT_TRUE(heap->free(*other).ok());
+  ASSERT_GT(heap->stats().reserve_bytes, 0u);
+  {
+    std::unique_lock lock(core.mu);
+    core.keep_standby_alias(lock);
+  }
+  EXPECT_TRUE(standby_kept()) << "the reserve's recovery gave the standby back";
+  const DriverCallCounts made = heap->driver_calls().totals().since(before);
+  EXPECT_EQ(made[DriverOp::unmap], 0u);
+  EXPECT_EQ(heap->stats().pages.large, 3u);
+  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_VALID(*heap);
+  // Out-of-memory gives it back with the rest before its retry.
+  auto huge = heap->allocate(c.capacity - detail::kPageSize);
+  EXPECT_EQ(huge.code(), Errc::out_of_memory);
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_TRUE(core.prepared_aliases.empty());
+  }
+  EXPECT_VALID(*heap);
+  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_VALID(*heap);
+}
+
 // With the keeper's thread running, a standby appears for an open tail by itself.
 TEST(BackgroundMisses, TheKeeperPreparesAStandbyAliasForAnOpenTailWhileTheReserveIsLow) {
   Config c = background_config();
