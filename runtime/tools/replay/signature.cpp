@@ -13,7 +13,7 @@ namespace {
 constexpr std::size_t kWord = 8;
 constexpr std::size_t kMinStride = 4096;
 constexpr std::size_t kMaxStride = std::size_t{1} << 20;
-constexpr std::size_t kWordsPerObject = 64;
+constexpr std::size_t kWordsPerObject = 16;
 
 // Two objects, or two ranges of one object, get unrelated bytes.
 std::uint64_t seed_of(std::uint64_t id, std::size_t offset) {

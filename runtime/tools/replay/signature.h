@@ -4,14 +4,17 @@
 //
 // The signature covers the object's first and last 8 bytes (objects of 16 bytes or less: every
 // byte) and one 8-byte word in every window of `stride` bytes in between: 4 KiB for objects up to
-// 256 KiB, then bytes / 64 rounded up to a power of two, at most 1 MiB, so that every 2 MiB page
-// holds at least 2 words and an object at most about 64 of them below 64 MiB. Each word lies at an
+// 64 KiB, then bytes / 16 rounded up to a power of two, at most 1 MiB, so that every 2 MiB page
+// holds at least 2 words and an object at most about 16 of them below 16 MiB. Each word lies at an
 // offset inside its window drawn from the id and the window, so that over many objects every
 // part of a page is checked. (A word every 4 KiB of every object spent most of a host replay's
 // time on the first write to each 4 KiB page in a virtual machine: 55 % of the samples of a
 // --verify run, 187 million words on t1; docs/speed.md, "Session 26". A word every 256 KiB of
 // large objects, 3.8 million words on t1, still took 27 % of the samples, 2.4 million of the
-// words in objects over 16 MiB; with 1 MiB, 2.0 million words; "Session 35".) What it catches: a page mapped wrong (its
+// words in objects over 16 MiB; with 1 MiB, 2.0 million words; "Session 35". Then the first
+// touches still took about 11 µs a word on the 2-core host: 64 windows an object, 3.5 million
+// words, made h11's --verify replay 75 s; 16 windows, 1.6 million words, 53 s; "Session 38".)
+// What it catches: a page mapped wrong (its
 // words), a copy that is missing, short or from the wrong place (the last word, the words'
 // offsets and ids are in their bytes), an object swapped with another (the id).
 //
