@@ -595,18 +595,33 @@ TEST(BackgroundMisses, ANewSlabPageTakesAReservePageAndCompactionPutsItOnTheTail
   EXPECT_VALID(*heap);
 }
 
+// A heap with background misses and no cached objects, its reserve empty, holding one large
+// object (bytes 7) whose last page has 512 KiB used: an open tail. `standbys` as the config's.
+struct OpenTailHeap {
+  std::unique_ptr<Heap> heap;
+  Handle large;
+};
+OpenTailHeap open_tail_heap(std::size_t standbys, std::size_t reserve_high_pages = 0) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = reserve_high_pages;
+  c.standby_tail_aliases = standbys;
+  OpenTailHeap t{test::make_heap(c), {}};
+  auto large = t.heap->allocate(2 * detail::kPageSize + 512 * 1024);
+  EXPECT_TRUE(large.ok());
+  if (!large.ok()) return t;
+  t.large = *large;
+  test::fill(*t.heap, t.large, 7);
+  EXPECT_EQ(t.heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  EXPECT_EQ(t.heap->stats().reserve_bytes, 0u);
+  return t;
+}
+
 // With no reserve page the open tail is still the cheaper page: an alias (two calls) against a
 // new page (three, and memory).
 TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  auto heap = test::make_heap(c);
-  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
-  ASSERT_TRUE(large.ok());
-  test::fill(*heap, *large, 7);
-  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
-  ASSERT_EQ(heap->stats().reserve_bytes, 0u);
+  auto [heap, large] = open_tail_heap(0);
+  ASSERT_FALSE(HasFailure());
   std::uint64_t calls = 0;
   Result<Handle> small = make_error(Errc::internal, "not run");
   {
@@ -618,10 +633,10 @@ TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
   EXPECT_EQ(calls, 2u) << "not an alias's map and access grant";
   EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
   test::fill(*heap, *small, 3);
-  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_EQ(test::mismatches(*heap, large, 7), 0u);
   EXPECT_VALID(*heap);
   EXPECT_TRUE(heap->free(*small).ok());
-  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_TRUE(heap->free(large).ok());
   EXPECT_VALID(*heap);
 }
 
@@ -629,16 +644,9 @@ TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
 // finds the reserve empty go on that tail with no driver call on the allocating thread; it is
 // given back when its tail's object is freed, so that the page can be released.
 TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCaller) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  c.standby_tail_aliases = 4;
-  auto heap = test::make_heap(c);
+  auto [heap, large] = open_tail_heap(4);
+  ASSERT_FALSE(HasFailure());
   auto& core = detail::HeapInternals::of(*heap);
-  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
-  ASSERT_TRUE(large.ok());
-  test::fill(*heap, *large, 7);
-  ASSERT_EQ(heap->open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
   {
     std::unique_lock lock(core.mu);
     core.keep_standby_alias(lock);  // what the keeper's thread does after its turns
@@ -663,7 +671,7 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
     EXPECT_TRUE(core.prepared_aliases.empty()) << "the standby was used";
   }
   test::fill(*heap, *small, 3);
-  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_EQ(test::mismatches(*heap, large, 7), 0u);
   EXPECT_EQ(test::mismatches(*heap, *small, 3), 0u);
   EXPECT_VALID(*heap);
   EXPECT_TRUE(heap->free(*small).ok());
@@ -676,7 +684,7 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
     core.keep_standby_alias(lock);
     ASSERT_EQ(core.prepared_aliases.size(), 1u);
   }
-  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_TRUE(heap->free(large).ok());
   {
     std::lock_guard lock(core.mu);
     EXPECT_TRUE(core.prepared_aliases.empty()) << "the freed tail's standby was kept";
@@ -692,16 +700,10 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
 // it again (that churn, after each of the stress's cycles, kept the driver busy enough for the
 // 8-thread GPU stress to run out of memory). Out-of-memory still gives every one back.
 TEST(BackgroundMisses, AStandbyAliasOutlivesCyclesAndARecoveredReserveWhileItsTailIsOpen) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 4;  // a freed page may stay
-  c.standby_tail_aliases = 4;
-  auto heap = test::make_heap(c);
+  auto [heap, large] = open_tail_heap(4, /*reserve_high_pages=*/4);  // a freed page may stay
+  ASSERT_FALSE(HasFailure());
+  const Config c = heap->config();
   auto& core = detail::HeapInternals::of(*heap);
-  auto large = heap->allocate(2 * detail::kPageSize + 512 * 1024);
-  ASSERT_TRUE(large.ok());
-  test::fill(*heap, *large, 7);
-  ASSERT_EQ(heap->stats().reserve_bytes, 0u);
   std::uint32_t standby = 0;
   {
     std::unique_lock lock(core.mu);
@@ -733,7 +735,7 @@ TEST(BackgroundMisses, AStandbyAliasOutlivesCyclesAndARecoveredReserveWhileItsTa
   const DriverCallCounts made = heap->driver_calls().totals().since(before);
   EXPECT_EQ(made[DriverOp::unmap], 0u);
   EXPECT_EQ(heap->stats().pages.large, 3u);
-  EXPECT_EQ(test::mismatches(*heap, *large, 7), 0u);
+  EXPECT_EQ(test::mismatches(*heap, large, 7), 0u);
   EXPECT_VALID(*heap);
   // Out-of-memory gives it back with the rest before its retry.
   auto huge = heap->allocate(c.capacity - detail::kPageSize);
@@ -743,7 +745,7 @@ TEST(BackgroundMisses, AStandbyAliasOutlivesCyclesAndARecoveredReserveWhileItsTa
     EXPECT_TRUE(core.prepared_aliases.empty());
   }
   EXPECT_VALID(*heap);
-  EXPECT_TRUE(heap->free(*large).ok());
+  EXPECT_TRUE(heap->free(large).ok());
   EXPECT_VALID(*heap);
 }
 
