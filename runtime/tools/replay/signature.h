@@ -12,8 +12,8 @@
 // --verify run, 187 million words on t1; docs/speed.md, "Session 26". A word every 256 KiB of
 // large objects, 3.8 million words on t1, still took 27 % of the samples, 2.4 million of the
 // words in objects over 16 MiB; with 1 MiB, 2.0 million words; "Session 35". Then the first
-// touches still took about 11 µs a word on the 2-core host: 64 windows an object, 3.5 million
-// words, made h11's --verify replay 75 s; 16 windows, 1.6 million words, 53 s; "Session 38".)
+// touches still took about 11 µs a word on the 2-core host: 64 windows an object, 2.9 million
+// words, made h11's --verify replay 66 s; 16 windows, 1.3 million words, 48 s; "Session 38".)
 // What it catches: a page mapped wrong (its
 // words), a copy that is missing, short or from the wrong place (the last word, the words'
 // offsets and ids are in their bytes), an object swapped with another (the id).
