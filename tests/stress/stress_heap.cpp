@@ -28,9 +28,11 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
     out.host = &host->impl();
     backend = std::move(host);
   }
-  if (o.faults) {
+  if (o.faults || o.driver_delay_us > 0) {
     auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend));
-    out.faults = faulty.get();
+    for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::unmap, FaultOp::release_page})
+      faulty->delay_calls(op, std::chrono::microseconds(o.driver_delay_us));
+    if (o.faults) out.faults = faulty.get();
     backend = std::move(faulty);
   }
   Config config;

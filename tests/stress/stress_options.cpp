@@ -28,6 +28,10 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
       ->check(CLI::PositiveNumber);
   app.add_option("--compact-pause-us", o.compact_pause_us, "pause of the compaction thread between cycles");
   app.add_option("--host-delay-us", o.host_delay_us, "host backend: delay before each queued copy/fill");
+  app.add_option("--driver-delay-us", o.driver_delay_us,
+                 "every page call (create, map, set_access, unmap, release) sleeps this long first: the GPU "
+                 "driver's pace on the host backend")
+      ->check(CLI::Range(0u, 100000u));
   app.add_flag("--faults", o.faults, "inject backend failures (create_page, map, set_access, copy)");
   app.add_option("--chunk-min-pages", o.chunk_min_pages,
                  "Config::chunk_min_pages: new pages of a large run made as one chunk from this many (0: never)");
@@ -88,7 +92,8 @@ std::string describe(const StressOptions& o) {
   return std::to_string(o.threads) + " threads, " +
          (o.ops ? std::to_string(o.ops) + " ops" : std::string(seconds)) + ", seed " +
          std::to_string(o.seed) + ", capacity " + std::to_string(o.capacity >> 20) + " MiB" +
-         (o.faults ? ", faults at " + std::to_string(o.fault_rate) : "");
+         (o.faults ? ", faults at " + std::to_string(o.fault_rate) : "") +
+         (o.driver_delay_us ? ", page calls delayed " + std::to_string(o.driver_delay_us) + " us" : "");
 }
 
 }  // namespace valet::stress

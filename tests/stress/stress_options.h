@@ -22,6 +22,7 @@ struct StressOptions {
   double checkpoint_seconds = 1.0;        // time between stop-the-world checks
   std::uint32_t compact_pause_us = 200;   // the compaction thread's pause between cycles
   std::uint32_t host_delay_us = 0;        // host backend: delay before each queued task
+  std::uint32_t driver_delay_us = 0;      // every page call (create, map, access, unmap, release) sleeps this long
   bool faults = false;
   double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
   std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
