@@ -33,8 +33,10 @@ Status resize_large(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, std:
     // to pages of its own (releasing the old ones hands the shared page to the slab page).
     return resize_by_copy(c, lock, index, e, bytes);
   }
-  // The last page changes (or its used part does): offered again once the resize is done.
+  // The last page changes (or its used part does): offered again once the resize is done. A
+  // standby alias of it would keep the page from being released (a shrink gives it back).
   c.tails.close(tail);
+  c.discard_standby_alias(tail);
   Status st = resize_large_unshared(c, index, e, bytes);
   if (st.code() == Errc::unsupported) {
     // Its run shares a chunk with other slots, which cannot be remapped without them: a copy.

@@ -749,6 +749,35 @@ TEST(BackgroundMisses, AStandbyAliasOutlivesCyclesAndARecoveredReserveWhileItsTa
   EXPECT_VALID(*heap);
 }
 
+// A resize closes the tail (its last page is given back, moved or grown over): the tail's standby
+// goes at once, not at the keeper's next turn, since a shrink's freed page is not released while
+// an alias maps it.
+TEST(BackgroundMisses, AResizeGivesTheTailsStandbyAliasBack) {
+  for (const std::size_t bytes : {std::size_t{detail::kPageSize + 256 * 1024}, std::size_t{6 * detail::kPageSize}}) {
+    SCOPED_TRACE(bytes);  // a shrink that gives the last page back, a growth that moves or extends it
+    const bool failed_before = HasFailure();
+    auto [heap, large] = open_tail_heap(4);
+    ASSERT_EQ(HasFailure(), failed_before);
+    auto& core = detail::HeapInternals::of(*heap);
+    {
+      std::unique_lock lock(core.mu);
+      core.keep_standby_alias(lock);
+      ASSERT_EQ(core.prepared_aliases.size(), 1u);
+    }
+    ASSERT_TRUE(heap->resize(large, bytes).ok()) << bytes;
+    {
+      std::lock_guard lock(core.mu);
+      EXPECT_TRUE(core.prepared_aliases.empty()) << bytes << ": the closed tail's standby was kept";
+    }
+    EXPECT_VALID(*heap);
+    EXPECT_EQ(test::mismatches(*heap, large, 7, std::min(bytes, 2 * detail::kPageSize)), 0u) << bytes;
+    ASSERT_TRUE(heap->maintain().ok());  // the discarded alias's unmap
+    EXPECT_VALID(*heap);
+    EXPECT_TRUE(heap->free(large).ok());
+    EXPECT_VALID(*heap);
+  }
+}
+
 // With the keeper's thread running, a standby appears for an open tail by itself.
 TEST(BackgroundMisses, TheKeeperPreparesAStandbyAliasForAnOpenTailWhileTheReserveIsLow) {
   Config c = background_config();
