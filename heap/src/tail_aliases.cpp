@@ -4,8 +4,9 @@
 // the planner ran, under the lock (a map and an access grant, ~40-50 µs on an H100, several per
 // cycle): every thread that wanted the lock meanwhile waited for them (docs/speed.md,
 // "Session 30"). The planners run dry first to name the tails; what the real plan does not take
-// is discarded at the cycle's end, its unmap queued for the keeper. Between cycles, with background
-// misses, the keeper keeps one standby alias (heap_core.h, keep_standby_alias).
+// is discarded at the cycle's end, its unmap queued for the keeper, or kept as a standby. With
+// background misses and Config::standby_tail_aliases, the keeper keeps standby aliases between
+// cycles (heap_core.h, keep_standby_alias).
 #include <algorithm>
 
 #include "heap_core.h"
@@ -44,13 +45,12 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
 void HeapCore::keep_standby_alias(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   if (!config.share_tails || !misses.running() || tail_aliases_prepared || config.standby_tail_aliases == 0) return;
-  // Only while slab pages may find the reserve empty: otherwise they take reserve pages, and
-  // standbys made for tails that come and go would only keep the driver busy. Standbys whose
-  // tail closed or changed its page, or all of them when none is wanted, are given back first.
-  // A standby whose tail is still open maps that live object's page: it holds no memory, so it
-  // stays when the reserve recovers (discarding and preparing again at every swing of the
-  // reserve, or after every compaction cycle, kept the keeper and the driver busy: the 8-thread
-  // GPU stress then ran out of memory; docs/speed.md, "Session 38"). Stale ones go.
+  // Standbys whose tail closed or changed its page go first. One whose tail is still open maps
+  // that live object's page and holds no memory, so it stays when the reserve recovers
+  // (discarding and preparing again at every swing of the reserve, or after every compaction
+  // cycle, kept the keeper and the driver busy: docs/speed.md, "Session 38"). New ones only
+  // while slab pages may find the reserve empty: otherwise they take reserve pages, and
+  // standbys made for tails that come and go would only keep the driver busy.
   for (std::uint32_t tail : stale_standbys()) discard_standby_alias(tail);
   const bool wanted = pool.reserve_pages() <= config.reserve_low_pages;
   if (!wanted || prepared_aliases.size() >= config.standby_tail_aliases) return;
