@@ -75,19 +75,24 @@ std::vector<Handle> allocate_mapped(Heap& heap, int objects) {
   return live;
 }
 
+// An allocation and the driver calls the allocating thread made for it.
+struct CountedAllocation {
+  Result<Handle> handle;
+  std::uint64_t calls;
+};
+CountedAllocation allocate_counting_calls(Heap& heap, std::size_t bytes) {
+  ThreadDriverCalls scope(heap.driver_calls());
+  auto h = heap.allocate(bytes);
+  return {std::move(h), scope.made().total()};
+}
+
 TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMapping) {
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   gate_mapper(g);
-  Result<Handle> big = make_error(Errc::internal, "not run");
-  std::uint64_t calls = 0;
   const std::uint64_t misses_before = Heap::this_thread_background_misses();
-  {
-    ThreadDriverCalls scope(heap.driver_calls());
-    big = heap.allocate(kBig);
-    calls = scope.made().total();
-  }
+  auto [big, calls] = allocate_counting_calls(heap, kBig);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   EXPECT_EQ(calls, 0u) << "the allocating thread made driver calls";
   EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1) << "the thread's count of its misses";
@@ -402,13 +407,7 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
     small.push_back(*h);
   }
   gate_mapper(g);
-  std::uint64_t calls = 0;
-  Result<Handle> big = make_error(Errc::internal, "not run");
-  {
-    ThreadDriverCalls scope(heap.driver_calls());
-    big = heap.allocate(kTailed);
-    calls = scope.made().total();
-  }
+  auto [big, calls] = allocate_counting_calls(heap, kTailed);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   EXPECT_EQ(calls, 0u);
   ASSERT_TRUE(g.gate->wait_entered());  // the body's access grant
@@ -622,13 +621,7 @@ OpenTailHeap open_tail_heap(std::size_t standbys, std::size_t reserve_high_pages
 TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
   auto [heap, large] = open_tail_heap(0);
   ASSERT_FALSE(HasFailure());
-  std::uint64_t calls = 0;
-  Result<Handle> small = make_error(Errc::internal, "not run");
-  {
-    ThreadDriverCalls scope(heap->driver_calls());
-    small = heap->allocate(kSmall);
-    calls = scope.made().total();
-  }
+  auto [small, calls] = allocate_counting_calls(*heap, kSmall);
   ASSERT_TRUE(small.ok());
   EXPECT_EQ(calls, 2u) << "not an alias's map and access grant";
   EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
@@ -656,13 +649,7 @@ TEST(BackgroundMisses, TheStandbyAliasTakesTheCallsOfANewSlabPageOnATailOffTheCa
   }
   EXPECT_VALID(*heap);
   ASSERT_EQ(heap->stats().reserve_bytes, 0u);
-  std::uint64_t calls = 0;
-  Result<Handle> small = make_error(Errc::internal, "not run");
-  {
-    ThreadDriverCalls scope(heap->driver_calls());
-    small = heap->allocate(kSmall);
-    calls = scope.made().total();
-  }
+  auto [small, calls] = allocate_counting_calls(*heap, kSmall);
   ASSERT_TRUE(small.ok());
   EXPECT_EQ(calls, 0u) << "the slab page did not take the standby alias";
   EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
