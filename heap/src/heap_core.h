@@ -275,6 +275,9 @@ struct HeapCore {
   // (release_large, the next turn, the cycle's end), and out-of-memory discards them all.
   void keep_standby_alias(std::unique_lock<HeapMutex>& lock);
   void discard_standby_alias(std::uint32_t tail);  // if one is prepared for `tail` outside a cycle
+  bool keeps_standbys() const;  // share_tails, background misses and a standby count
+  // An alias prepared for `tail` at `slot` still fits it: the tail is open, on the same page.
+  bool standby_valid(std::uint32_t tail, std::uint32_t slot) const;
   std::vector<std::uint32_t> stale_standbys() const;  // prepared for a tail now closed or on another page
   bool tail_aliases_prepared = false;                              // under mu: this cycle prepared them
   std::unordered_map<std::uint32_t, std::uint32_t> prepared_aliases;  // under mu: tail -> alias slot

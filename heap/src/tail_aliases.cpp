@@ -44,7 +44,7 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
 
 void HeapCore::keep_standby_alias(std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
-  if (!config.share_tails || !misses.running() || tail_aliases_prepared || config.standby_tail_aliases == 0) return;
+  if (!keeps_standbys() || tail_aliases_prepared) return;
   // Standbys whose tail closed or changed its page go first. One whose tail is still open maps
   // that live object's page and holds no memory, so it stays when the reserve recovers
   // (discarding and preparing again at every swing of the reserve, or after every compaction
@@ -88,10 +88,18 @@ void HeapCore::discard_standby_alias(std::uint32_t tail) {
   after_release();  // the keeper unmaps it
 }
 
+bool HeapCore::keeps_standbys() const {
+  return config.share_tails && misses.running() && config.standby_tail_aliases > 0;
+}
+
+bool HeapCore::standby_valid(std::uint32_t tail, std::uint32_t slot) const {
+  return tails.open_bytes(tail) && pool.slot(slot).phys == pool.slot(tail).phys;
+}
+
 std::vector<std::uint32_t> HeapCore::stale_standbys() const {
   std::vector<std::uint32_t> stale;
   for (const auto& [tail, slot] : prepared_aliases)
-    if (!tails.open_bytes(tail) || pool.slot(slot).phys != pool.slot(tail).phys) stale.push_back(tail);
+    if (!standby_valid(tail, slot)) stale.push_back(tail);
   return stale;
 }
 
@@ -102,10 +110,9 @@ void HeapCore::discard_tail_aliases(bool keep_standbys) {
   // What a cycle did not use stays as standbys, up to their number, where they are kept at all:
   // the roomiest of the tails still open on the same page.
   std::vector<std::pair<std::uint32_t, std::uint32_t>> kept;  // (bytes used, tail)
-  if (keep_standbys && config.standby_tail_aliases > 0 && misses.running()) {
-    const std::vector<std::uint32_t> stale = stale_standbys();
+  if (keep_standbys && keeps_standbys()) {
     for (const auto& [tail, slot] : prepared_aliases)
-      if (std::find(stale.begin(), stale.end(), tail) == stale.end()) kept.push_back({*tails.open_bytes(tail), tail});
+      if (standby_valid(tail, slot)) kept.push_back({*tails.open_bytes(tail), tail});
     const std::size_t keep = std::min<std::size_t>(kept.size(), config.standby_tail_aliases);
     std::partial_sort(kept.begin(), kept.begin() + std::ptrdiff_t(keep), kept.end());
     kept.resize(keep);
