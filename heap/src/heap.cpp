@@ -162,9 +162,7 @@ std::string HeapCore::held_pages() const {
                   n(p.shared_tails) + " on tails, reserve " + n(p.reserve) + " (idle " + n(p.idle) +
                   ", chunk reserve " + n(p.chunk_reserve) + "), releasing " + n(p.releasing) + ", moving " + n(p.moving);
   if (releases.cached_footprint()) s += ", stream-cached " + mib(releases.cached_footprint());
-  std::size_t deferred = 0;
-  for (const auto& d : releases.deferred()) deferred += d.footprint;
-  if (deferred) s += ", stream-deferred " + mib(deferred);
+  if (const std::size_t deferred = releases.deferred_footprint()) s += ", stream-deferred " + mib(deferred);
   if (pool.promised_pages()) s += ", promised to pending misses " + n(pool.promised_pages());
   if (!prepared_aliases.empty()) s += ", prepared tail aliases " + n(prepared_aliases.size());
   return s;

@@ -70,7 +70,7 @@ HeapStats Heap::stats() const {
   s.fixed_objects = c.fixed_objects;
   s.fixed_bytes = c.fixed_bytes;
   s.stream_cached_bytes = c.releases.cached_footprint();
-  for (const auto& d : c.releases.deferred()) s.stream_deferred_bytes += d.footprint;
+  s.stream_deferred_bytes = c.releases.deferred_footprint();
   s.footprint_bytes = c.footprint_bytes;
   s.mapped_bytes = c.pool.created_pages() * detail::kPageSize;
   s.peak_mapped_bytes = c.pool.peak_created_pages() * detail::kPageSize;

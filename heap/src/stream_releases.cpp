@@ -43,6 +43,12 @@ std::size_t StreamReleases::cached_footprint(Stream s) const {
   return it == caches_.end() ? 0 : it->second.footprint;
 }
 
+std::size_t StreamReleases::deferred_footprint() const {
+  std::size_t bytes = 0;
+  for (const DeferredFree& d : deferred_) bytes += d.footprint;
+  return bytes;
+}
+
 std::size_t StreamReleases::held_count() const {
   std::size_t n = deferred_.size();
   for (const auto& [id, sc] : caches_)

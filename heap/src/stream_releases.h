@@ -101,6 +101,7 @@ class StreamReleases {
   }
   std::size_t cached_footprint() const { return cached_footprint_; }
   std::size_t cached_footprint(Stream s) const;
+  std::size_t deferred_footprint() const;  // of the frees waiting for their events
   // Whether a flush is recording an event on `s` now (without the heap lock).
   bool recording(Stream s) const { return recording_.count(s.id) != 0; }
   // Covers the cached frees of `only` (of every stream when empty) with an event recorded now on
