@@ -141,9 +141,10 @@ struct Config {
   // The runs all threads' caches hold together stay within this many bytes.
   std::size_t thread_cache_runs_total_bytes = std::size_t{128} << 20;
   // Standby tail aliases (with background misses): while the reserve is at its low watermark or
-  // below, the keeper keeps aliases prepared for this many of the roomiest open tails, so that a
-  // new slab page that finds the reserve empty goes on a tail without a driver call on the
-  // allocating thread (docs/speed.md, "Session 37"). 0: the allocating thread maps the alias.
+  // below, the keeper prepares aliases for up to this many of the roomiest open tails, and keeps
+  // each while its tail stays open on the same page, so that a new slab page that finds the
+  // reserve empty goes on a tail without a driver call on the allocating thread (docs/speed.md,
+  // "Session 37" and "Session 38"). 0: the allocating thread maps the alias.
   std::size_t standby_tail_aliases = 0;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;

@@ -137,7 +137,7 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--thread-cache-bytes", args.thread_cache_bytes,
                  "Config::thread_cache_bytes: small frees a thread keeps for its next allocations (0: none)");
   app.add_option("--standby-tail-aliases", args.standby_tail_aliases,
-                 "Config::standby_tail_aliases: aliases the keeper keeps prepared for open tails while the reserve is low (0: none)")
+                 "Config::standby_tail_aliases: aliases the keeper prepares for open tails while the reserve is low (0: none)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{64}));
   app.add_option("--thread-cache-run-bytes", args.thread_cache_run_bytes,
                  "Config::thread_cache_run_bytes: large runs a thread keeps for its next allocations (0: none)");
