@@ -93,7 +93,7 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
     return Location{ObjectKind::slab, page->slot, i, 0};
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
-  if (Demand::ordinary(n, pool.used_pages())) demand.large_pages.note(n, now_ns());
+  if (Demand::ordinary(n, pool.demand_pages())) demand.large_pages.note(n, now_ns());
   if (miss && config.mapper_places_misses) {
     // What needs no call is taken here, in place_large's order (where a slab page could share
     // the last page, a freed run ending on one as it is; else a mapped run); else the pages are
@@ -210,7 +210,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   mu.assert_held();
   // Memory this stream freed is reused at once: the stream's own order puts the new user's work
   // after the old one's.
-  const std::size_t used_before = pool.used_pages();  // the demand it is measured against (demand.h)
+  const std::size_t used_before = pool.demand_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
   // A large miss's calls go to the mapper (background misses; not for a fixed object, whose
   // address the caller may use without a pin). Made only then: a batch is not a small thing.

@@ -159,6 +159,7 @@ bool HeapCore::settle_miss(PendingMiss& m) {
 }
 
 void HeapCore::trim_after_freed_misses(std::unique_lock<HeapMutex>& lock) {
+  keeper.chunks_for_misses_done();
   if (freed_miss_pages == 0) return;
   const std::size_t pages = std::exchange(freed_miss_pages, 0);
   (void)keeper.trim_surplus(lock, pages);

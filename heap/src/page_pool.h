@@ -107,10 +107,11 @@ class PagePool {
   // Where `n` contiguous free slots (reserve, unmapped, or queued dropping slots, which are
   // unmapped when taken; nothing in use) hold the most reserve
   // slots, around one of the longest reserve runs: a run placed there maps only its unmapped
-  // slots (page_pool_window.cpp). With `last_unmapped`, the window's last slot is an unmapped
-  // one (a shared tail's page goes there). nullopt when no such window holds a reserve slot.
+  // slots (page_pool_window.cpp); or around a whole free chunk that fits inside the run's body,
+  // whose pages then serve it where they lie. With `last_unmapped`, the window's last slot is an
+  // unmapped one (a shared tail's page goes there). nullopt when no such window holds a mapped slot.
   struct Window {
-    std::uint32_t start = 0, mapped = 0;  // mapped: reserve slots inside it
+    std::uint32_t start = 0, mapped = 0;  // mapped: reserve and free chunk slots inside it
   };
   std::optional<Window> best_window(std::uint32_t n, bool last_unmapped = false) const;
   // Shared tails: `n` contiguous slots for a large object whose last slot maps the physical page
@@ -442,9 +443,10 @@ class PagePool {
   // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
   // failed are idle.
   // Idle pages are part of the batch too (`with_idle`, up to `max_pages` of them): they need only
-  // their release.
+  // their release. Every whole free chunk too, unless `with_free_chunks` is false.
   // (ReleaseBatch is declared with ReleaseRun, above.)
-  ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false);
+  ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false,
+                             bool with_free_chunks = true);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
   // Pages taken out of the reserve by begin_release, not yet finished: still created.
@@ -497,6 +499,9 @@ class PagePool {
     return created_ + freed_in_flight_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ -
            fresh_in_flight_ + placing_pages();
   }
+  // What a request's size is weighed against (Demand::ordinary): the pages that hold data and
+  // those promised to pending objects (with many misses pending, most of the objects' pages).
+  std::size_t demand_pages() const { return used_pages() + promised_; }
   // Releases up to `n` idle pages (created, mapped nowhere). Stops at the first error.
   Status release_idle(std::size_t n);
 
@@ -619,8 +624,9 @@ class PagePool {
   // give_back's and the release batch's sorting: [start, start+n) into reserve_ and
   // chunk_reserve_ by the pages their slots map.
   void insert_free(std::uint32_t start, std::uint32_t n);
-  // Every whole free chunk into a release batch.
-  void take_free_chunks(ReleaseBatch& b);
+  // Every whole free chunk into a release batch, or (`at_least`) enough of them for that many pages.
+  static constexpr std::size_t kAllFreeChunks = ~std::size_t{0};
+  void take_free_chunks(ReleaseBatch& b, std::size_t at_least = kAllFreeChunks);
   // The pages of the chunks no object uses.
   std::size_t whole_free_chunk_pages() const;
   // The free range [start, start+length) of the chunk reserve begins with a whole chunk.

@@ -114,10 +114,24 @@ bool PagePool::free_chunk_waits() const {
   return chunk_reserve_.total() > 0 && !for_each_whole_free_chunk([](std::uint32_t) { return false; });
 }
 
-void PagePool::take_free_chunks(ReleaseBatch& b) {
-  // All of them, whatever the reserve's budget: a free chunk serves only a run of a close size,
-  // and two driver calls give all its pages back (docs/speed.md, "Session 22").
-  for (const std::uint32_t p : whole_free_chunks()) {
+void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
+  // All of them by default, whatever the reserve's budget: a free chunk serves only a run that
+  // holds it whole, and two driver calls give all its pages back (docs/speed.md, "Session 22").
+  // With `at_least`, only enough of them to hold that many pages (the one that fits best alone,
+  // else the largest first): the others may serve the next runs where they lie.
+  std::vector<std::uint32_t> chunks = whole_free_chunks();
+  if (at_least != kAllFreeChunks) {
+    std::sort(chunks.begin(), chunks.end(), [&](std::uint32_t a, std::uint32_t c) { return phys_[a].pages > phys_[c].pages; });
+    std::size_t fits = chunks.size(), pages = 0, n = 0;
+    for (std::size_t i = 0; i < chunks.size() && phys_[chunks[i]].pages >= at_least; ++i) fits = i;
+    if (fits < chunks.size()) {
+      chunks = {chunks[fits]};
+    } else {
+      while (n < chunks.size() && pages < at_least) pages += phys_[chunks[n++]].pages;
+      chunks.resize(n);
+    }
+  }
+  for (const std::uint32_t p : chunks) {
     chunk_reserve_.take_exact(phys_[p].first, phys_[p].pages);
     releasing_.insert(phys_[p].first, phys_[p].pages);
     b.runs.push_back({phys_[p].first, phys_[p].pages, false, false, true});

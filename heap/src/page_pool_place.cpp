@@ -207,11 +207,13 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
   // Whole free chunks go back before the batch creates pages (its calls release them first),
   // counted as released from here, so that mapped memory never holds both: a free leaves its
   // emptied chunk to the keeper (ReserveKeeper::trim_surplus), and a miss meanwhile must not
-  // add pages beside it.
+  // add pages beside it. As many as hold the new pages: the others may serve the misses queued
+  // behind this one where they lie (best_window).
   if (b.fresh > 0 && freeable > 0) {
-    take_free_chunks(b.freed);  // the chunks whole_free_chunk_pages() counted
+    take_free_chunks(b.freed, b.fresh);
     b.freed.released.assign(b.freed.phys.size(), false);
-    b.freed_pages = freeable;
+    b.freed_pages = 0;
+    for (const std::uint32_t p : b.freed.phys) b.freed_pages += phys_[p].pages;
     created_ -= b.freed_pages;
     freed_in_flight_ += b.freed_pages;
   }

@@ -96,6 +96,52 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
     }
     return true;
   });
+  // A whole free chunk (page_pool_chunks.cpp) is a mapped run too, if the window holds all of
+  // it inside the body: its pages then serve the run where they lie, instead of going back to
+  // the backend while the run gets new ones (a KV cache reallocated a token longer frees a
+  // chunk of the body it needs; docs/speed.md, "Session 39"). Never part of one: the rest would
+  // stay mapped for nothing.
+  const std::uint32_t body = last_unmapped ? n - 1 : n;
+  for (const std::uint32_t p : whole_free_chunks()) {
+    const PhysRecord& c = phys_[p];
+    if (c.pages > body || (best && best->mapped >= n)) continue;
+    // The window [w, w + n): the chunk inside its body, every other slot free.
+    auto consider_at = [&](std::uint32_t w) {
+      if (w + std::uint64_t(n) > slots_.size() || c.first < w || c.first + c.pages > w + body) return;
+      std::uint32_t m = c.pages;
+      for (std::uint32_t at = w; at < w + n;) {
+        if (at == c.first) {
+          at += c.pages;
+          continue;
+        }
+        auto piece = piece_at(at, w, std::min(w + n, at < c.first ? c.first : w + n));
+        if (!piece) return;
+        if (last_unmapped && piece->mapped && piece->end() == w + n) return;
+        if (piece->mapped) m += piece->end() - at;
+        at = piece->end();
+      }
+      if (!best || m > best->mapped) best = Window{w, m};
+    };
+    // The free slots around the chunk that such a window may reach: from `left` to `right`.
+    const std::uint32_t reach = body - c.pages;
+    const std::uint32_t lo = c.first > reach ? c.first - reach : 0;
+    std::uint32_t left = c.first, right = c.first + c.pages;
+    while (left > lo) {
+      auto piece = piece_at(left - 1, lo, c.first);
+      if (!piece) break;
+      left = piece->start;
+    }
+    const std::uint32_t hi = std::uint32_t(std::min<std::uint64_t>(std::uint64_t(right) + reach + (n - body), slots_.size()));
+    while (right < hi) {
+      auto piece = piece_at(right, right, hi);
+      if (!piece) break;
+      right = piece->end();
+    }
+    // The leftmost window (the most of the pieces before the chunk: a freed run's own pages) and
+    // the rightmost.
+    consider_at(left);
+    if (right >= c.first + n) consider_at(std::min(c.first, right - n));
+  }
   if (best && best->mapped == 0) return std::nullopt;
   return best;
 }

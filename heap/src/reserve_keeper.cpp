@@ -142,8 +142,8 @@ void ReserveKeeper::after_release() {
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
 bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
-                            std::size_t* released) {
-  auto batch = pool_.begin_release(limit, batch_pages, true);
+                            bool chunks, std::size_t* released) {
+  auto batch = pool_.begin_release(limit, batch_pages, true, chunks);
   if (batch.empty()) return false;
   if (released) {
     *released = batch.idle;
@@ -159,7 +159,7 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
 bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages) {
   mu_.assert_held();
   const bool keeper = thread_.joinable();
-  if (keeper && config_.background_misses && Demand::ordinary(returned_pages, pool_.used_pages() + returned_pages)) {
+  if (keeper && config_.background_misses && Demand::ordinary(returned_pages, pool_.demand_pages() + returned_pages)) {
     // With a keeper and background misses an ordinary free makes no driver call: the surplus it
     // leaves in the reserve, and a chunk it emptied, are the keeper's, woken now. A free adds no
     // mapped memory (its pages were mapped before it), and a page is created only where the
@@ -170,7 +170,7 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t 
     // the allocation path (docs/speed.md, "Session 29"). With synchronous misses the allocation
     // path calls the driver at every miss anyway, and there the free's trim is what keeps mean
     // fragmentation within its target on the host (h11, p23: 0.069 -> 0.071 without it).
-    if (pool_.reserve_pages() > targets().limit || pool_.free_chunk_waits()) wake();
+    if (pool_.reserve_pages() > targets().limit || free_chunks_due()) wake();
     return false;
   }
   // Otherwise the freeing thread gives back its emptied chunk and the reserve beyond the peak
@@ -181,14 +181,24 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t 
   // peak reached 1.42x the live peak). Without a keeper, every free trims down to the high
   // watermark.
   const std::size_t to = keeper ? targets().ceiling : config_.reserve_high_pages;
-  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages);
+  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages, true);
   bool trimmed = false;
   while (!stop_ && pool_.reserve_pages() > to) {
-    if (!trim_to(lock, to, kBatchPages)) break;
+    if (!trim_to(lock, to, kBatchPages, true)) break;
     trimmed = true;
   }
   if (keeper) wake();  // the rest, down to the limit
   return trimmed;
+}
+
+bool ReserveKeeper::free_chunks_due() const {
+  mu_.assert_held();
+  return pool_.promised_pages() == 0 && pool_.free_chunk_waits();
+}
+
+void ReserveKeeper::chunks_for_misses_done() {
+  mu_.assert_held();
+  if (thread_.joinable() && free_chunks_due()) wake();
 }
 
 void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
@@ -236,9 +246,10 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     const std::size_t reserve = pool_.reserve_pages();
     const std::size_t untouched = untouched_surplus(now_ns(), t.limit);
     const std::size_t keep_to = std::min(t.ceiling, std::max(t.limit, reserve > untouched ? reserve - untouched : 0));
-    if (reserve > keep_to + slack || pool_.idle_pages() > 0 || pool_.free_chunk_waits()) {
+    const bool chunks = free_chunks_due();
+    if (reserve > keep_to + slack || pool_.idle_pages() > 0 || chunks) {
       std::size_t released = 0;
-      if (!trim_to(lock, keep_to, kKeeperTrimPages, &released)) return;
+      if (!trim_to(lock, keep_to, kKeeperTrimPages, chunks, &released)) return;
       hold_trimmed_ += released;
     } else if (pool_.longest_reserve_run() < t.frontier) {
       if (!provision(lock, t)) return;

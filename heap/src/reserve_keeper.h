@@ -105,6 +105,12 @@ class ReserveKeeper {
   // made batch by batch without the heap lock. True if it trimmed the reserve.
   // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages);
+  // Whole free chunks the thread releases now: none while pages are promised to misses the
+  // mapper has yet to place (it places them on those chunks, or releases the chunks first when
+  // it must create pages: PagePool::begin_place). A settled miss calls chunks_for_misses_done()
+  // so that the chunks no miss took go once the promises are through.
+  bool free_chunks_due() const;
+  void chunks_for_misses_done();
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
   // Unmaps the alias slots queued by drop_alias (deferred while the thread runs: its wakes, the
@@ -138,7 +144,8 @@ class ReserveKeeper {
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
   // `released` (when given) gets the reserve pages the batch took out.
-  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
+  // With `chunks`, the whole free chunks go too.
+  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages, bool chunks,
                std::size_t* released = nullptr);
   // The hold (Config::reserve_hold_allocs, reserve_hold_ms): the reserve is noted, in both of
   // the hold's clocks (time, and the allocations that took pages: takes_), with the pages the

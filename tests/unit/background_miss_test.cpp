@@ -550,6 +550,57 @@ TEST(BackgroundMisses, AMissReleasesAWaitingFreeChunkFirstAndTheStatsAddUpMeanwh
   for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
 }
 
+// While misses wait for the mapper (their pages promised), the keeper leaves a freed object's
+// whole chunk alone: a queued miss that can hold it takes it where it lies (no chunk created),
+// and what no miss took goes once the promises are through (docs/speed.md, "Session 39").
+TEST(BackgroundMisses, AFreeChunkWaitsForTheQueuedMissesAndServesOneWhereItLies) {
+  Config config = chunked_background_config();
+  config.capacity = 2u << 30;  // 1,024 pages: room for three large objects beside the live ones
+  GatedHeap g(config);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  // ~400 pages: a free of 48 is ordinary demand (the keeper's, not the freeing thread's).
+  const std::vector<Handle> live = allocate_mapped(heap, 100);
+  auto first = heap.allocate(48 * detail::kPageSize);  // most of it one chunk
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(heap.pin(*first).ok());
+  ASSERT_EQ(heap.stats().pages.chunks_created, 1u) << "the object got no chunk (the test's case is gone)";
+  auto held = allocate_held(g);  // new pages (a second chunk), its calls held at the gate
+  ASSERT_TRUE(held.ok()) << held.error().to_string();
+  auto queued = heap.allocate(48 * detail::kPageSize);  // behind it, its pages promised
+  ASSERT_TRUE(queued.ok());
+  {
+    std::lock_guard lock(core.mu);
+    ASSERT_GT(core.pool.promised_pages(), 0u) << "the second miss is not queued (the test's case is gone)";
+  }
+  ASSERT_TRUE(heap.free(*first).ok());
+  std::this_thread::sleep_for(100ms);  // the keeper's turns: the free's wake, then every 20 ms
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_TRUE(core.pool.free_chunk_waits()) << "the keeper released the free chunk while a miss was queued";
+  }
+  g.gate->open();
+  ASSERT_TRUE(heap.pin(*queued).ok());
+  ASSERT_TRUE(heap.pin(*held).ok());
+  const HeapStats s = heap.stats();
+  EXPECT_EQ(s.pages.chunks_created, 2u) << "the queued miss created a chunk of its own";
+  test::fill(heap, *queued, 3);
+  EXPECT_EQ(test::mismatches(heap, *queued, 3), 0u);
+  EXPECT_VALID(heap);
+  // Nothing queued now: a chunk freed goes back, as before.
+  ASSERT_TRUE(heap.free(*queued).ok());
+  bool released = false;
+  for (int i = 0; i < 5000 && !released; ++i) {
+    released = heap.stats().pages.chunks == 1;  // the held object's
+    if (!released) std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_TRUE(released) << "a free chunk stayed with no miss queued";
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*held).ok());
+  for (Handle x : live) EXPECT_TRUE(heap.free(x).ok());
+}
+
 // A small allocation that needs a new slab page takes a reserve page rather than map an alias of
 // an open tail on its own thread (two calls); compaction moves the slab page's objects onto the
 // tail later, and the page goes back.

@@ -39,6 +39,17 @@ void write(Backend& b, const PagePool& pool, std::uint32_t slot, std::uint32_t n
   ASSERT_TRUE(b.synchronize_stream(Stream{}).ok());
 }
 
+// A run of ten pages at the arena's start (a chunk of nine and a page) whose chunk is given back
+// while its last page stays in use: no window of more than nine pages can then hold the whole
+// free chunk (none reaches before slot 0), so a longer run must create pages. Returns its start.
+std::uint32_t free_chunk_behind_a_used_page(PagePool& pool) {
+  auto a = pool.take_run(10, 1);
+  EXPECT_TRUE(a.ok() && *a == 0) << "the run is not the arena's first (the tests' case is gone)";
+  pool.give_back(*a, 9);
+  EXPECT_TRUE(pool.free_chunk_waits());
+  return *a;
+}
+
 TEST_F(Chunks, ARunWhosePagesMustBeCreatedGetsOneChunkForItsBodyAndAPageForItsLastSlot) {
   ThreadDriverCalls scope(c.door);
   auto run = pool.take_run(10, 1);
@@ -93,8 +104,8 @@ TEST_F(Chunks, FreedChunkSlotsServeLargeRunsWithoutADriverCallButNeverASlabPage)
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 8, 9));
   pool.give_back(*b, 8);
   pool.give_back(*a, 10);
-  // A whole free chunk serves no run (it waits for its release: an object on part of it would
-  // strand the rest); the next run that must create pages releases it first.
+  // A whole free chunk serves only a run that holds it whole (an object on part of it would
+  // strand the rest): not one of 18 pages; the next run that must create pages releases it first.
   ASSERT_TRUE(pool.free_chunk_waits());
   auto d = pool.take_run(18, 4);
   ASSERT_TRUE(d.ok());
@@ -141,12 +152,9 @@ TEST_F(Chunks, OnlyAWholeFreeChunkGoesBackAndWithOneUnmapAndOneRelease) {
 // A free leaves its emptied chunk to the keeper (ReserveKeeper::trim_surplus); a miss that must
 // create pages meanwhile releases it first, so that mapped memory never holds both.
 TEST_F(Chunks, AMissThatMustCreatePagesReleasesTheFreeChunksFirst) {
-  auto a = pool.take_run(10, 1);  // a chunk of nine pages and a page
-  ASSERT_TRUE(a.ok());
-  pool.give_back(*a, 10);
-  ASSERT_TRUE(pool.free_chunk_waits());
+  const std::uint32_t a = free_chunk_behind_a_used_page(pool);
   ASSERT_EQ(pool.peak_created_pages(), 10u);
-  // Twenty pages: the chunk's nine free slots cannot hold them; the reserve's page and 19 new.
+  // Twenty pages: no window holds the free chunk; twenty new pages.
   ThreadDriverCalls scope(c.door);
   auto b = pool.take_run(20, 2);
   ASSERT_TRUE(b.ok()) << b.error().to_string();
@@ -154,32 +162,95 @@ TEST_F(Chunks, AMissThatMustCreatePagesReleasesTheFreeChunksFirst) {
   EXPECT_GE(made[DriverOp::release_page], 1u);
   EXPECT_FALSE(pool.free_chunk_waits()) << "the miss created pages beside a free chunk";
   EXPECT_EQ(pool.chunk_reserve_pages(), 0u);
-  EXPECT_EQ(pool.created_pages(), 20u);
-  EXPECT_EQ(pool.peak_created_pages(), 20u) << "the free chunk and the new pages were counted together";
+  EXPECT_EQ(pool.created_pages(), 21u);
+  EXPECT_EQ(pool.peak_created_pages(), 21u) << "the free chunk and the new pages were counted together";
   ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 20, 13));
   pool.give_back(*b, 20);
+  pool.give_back(a + 9, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A whole free chunk that a run can hold inside its body serves it where it lies: no page is
+// created, moved or released for it (a KV cache reallocated a token longer, docs/speed.md,
+// "Session 39").
+TEST_F(Chunks, AWholeFreeChunkServesARunThatHoldsItWhereItLies) {
+  auto a = pool.take_run(10, 1);  // a chunk of nine pages and a page
+  ASSERT_TRUE(a.ok());
+  write(c.door, pool, *a, 10, 23);
+  pool.give_back(*a, 10);
+  ASSERT_TRUE(pool.free_chunk_waits());
+  {
+    ThreadDriverCalls scope(c.door);
+    auto same = pool.take_run(10, 2);
+    ASSERT_TRUE(same.ok()) << same.error().to_string();
+    EXPECT_EQ(*same, *a);
+    EXPECT_EQ(scope.made().total(), 0u) << "the chunk and the reserve's last page were mapped already";
+    EXPECT_TRUE(bytes_hold(c.door, pool, *same, 10, 23)) << "not the same pages at the same addresses";
+    EXPECT_FALSE(pool.free_chunk_waits());
+    ASSERT_VALID(pool);
+    pool.give_back(*same, 10);
+  }
+  // Longer: the chunk and the page stay, only the two slots after them get new pages.
+  ThreadDriverCalls scope(c.door);
+  auto longer = pool.take_run(12, 3);
+  ASSERT_TRUE(longer.ok()) << longer.error().to_string();
+  EXPECT_EQ(*longer, *a);
+  const DriverCallCounts made = scope.made();
+  EXPECT_EQ(made[DriverOp::create_page], 2u);
+  EXPECT_EQ(made[DriverOp::release_page], 0u);
+  EXPECT_EQ(made[DriverOp::unmap], 0u);
+  EXPECT_EQ(pool.chunks(), 1u);
+  EXPECT_EQ(pool.created_pages(), 12u);
+  EXPECT_TRUE(bytes_hold(c.door, pool, *longer, 10, 23));
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(test::pattern_holds(c.door, pool, *longer, 12, 25));
+  pool.give_back(*longer, 12);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A miss that creates pages releases only as many free chunks as hold its new pages (the one
+// that fits best alone): the others stay for the runs that can take them where they lie.
+TEST_F(Chunks, AMissReleasesOnlyTheFreeChunksItsNewPagesNeed) {
+  auto a = pool.take_run(10, 1);     // a chunk of nine pages and a page
+  auto small = pool.take_run(6, 2);  // a chunk of five and a page
+  ASSERT_TRUE(a.ok() && small.ok());
+  // The chunks go back, the last pages stay in use: no run of four holds either chunk.
+  pool.give_back(*a, 9);
+  pool.give_back(*small, 5);
+  ASSERT_EQ(pool.chunk_reserve_pages(), 14u);
+  ThreadDriverCalls scope(c.door);
+  auto b = pool.take_run(4, 3);  // four new pages (no chunk holds inside four)
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_EQ(scope.made()[DriverOp::release_page], 1u);
+  EXPECT_EQ(pool.chunk_reserve_pages(), 9u) << "not the five-page chunk (the best fit) alone went back";
+  EXPECT_TRUE(pool.free_chunk_waits());
+  EXPECT_EQ(pool.created_pages(), 10u + 6u - 5u + 4u);
+  EXPECT_EQ(pool.peak_created_pages(), 16u) << "the new pages were counted beside the chunk they replace";
+  ASSERT_VALID(pool);
+  pool.give_back(*b, 4);
+  pool.give_back(*small + 5, 1);
+  pool.give_back(*a + 9, 1);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
 // A free chunk whose release fails in a miss's batch is kept idle (the reserve's, released
 // later); the miss itself succeeds.
 TEST_F(Chunks, AFreeChunkAMissFailsToReleaseIsKeptIdleAndTheMissSucceeds) {
-  auto a = pool.take_run(10, 1);
-  ASSERT_TRUE(a.ok());
-  pool.give_back(*a, 10);
+  const std::uint32_t a = free_chunk_behind_a_used_page(pool);
   c.faults->fail_nth(DriverOp::release_page, 1);
   auto b = pool.take_run(20, 2);
   ASSERT_TRUE(b.ok()) << b.error().to_string();
   EXPECT_FALSE(pool.free_chunk_waits());
   EXPECT_EQ(pool.reserve_pages(), 9u) << "the unreleased chunk counts as idle reserve";
-  EXPECT_EQ(pool.created_pages(), 29u);
-  EXPECT_EQ(pool.peak_created_pages(), 29u) << "the chunk held beside the new pages is not in the peak";
+  EXPECT_EQ(pool.created_pages(), 30u);
+  EXPECT_EQ(pool.peak_created_pages(), 30u) << "the chunk held beside the new pages is not in the peak";
   ASSERT_VALID(pool);
   EXPECT_TRUE(test::pattern_holds(c.door, pool, *b, 20, 17));
   ASSERT_TRUE(pool.release_free_chunks().ok());
-  EXPECT_EQ(pool.created_pages(), 20u);
+  EXPECT_EQ(pool.created_pages(), 21u);
   pool.give_back(*b, 20);
+  pool.give_back(a + 9, 1);
   ASSERT_VALID(pool);
   EXPECT_TRUE(pool.destroy().ok());
 }
@@ -187,13 +258,11 @@ TEST_F(Chunks, AFreeChunkAMissFailsToReleaseIsKeptIdleAndTheMissSucceeds) {
 // A miss given up before its calls (a pending object freed while queued) leaves the free chunk
 // it took where it was, counted as before.
 TEST_F(Chunks, AnAbandonedMissLeavesTheFreeChunkAsItWas) {
-  auto a = pool.take_run(10, 1);
-  ASSERT_TRUE(a.ok());
-  pool.give_back(*a, 10);
+  const std::uint32_t a = free_chunk_behind_a_used_page(pool);
   auto batch = pool.begin_miss(20);
   ASSERT_TRUE(batch.ok()) << batch.error().to_string();
   EXPECT_FALSE(pool.free_chunk_waits()) << "the batch took no free chunk (the test's case is gone)";
-  EXPECT_EQ(pool.created_pages(), 20u) << "the chunk's pages counted as released from the batch's start";
+  EXPECT_EQ(pool.created_pages(), 21u) << "the chunk's pages counted as released from the batch's start";
   ASSERT_VALID(pool);
   ThreadDriverCalls scope(c.door);
   pool.abandon_place(*batch);
@@ -202,6 +271,7 @@ TEST_F(Chunks, AnAbandonedMissLeavesTheFreeChunkAsItWas) {
   EXPECT_EQ(pool.chunk_reserve_pages(), 9u);
   EXPECT_EQ(pool.created_pages(), 10u);
   ASSERT_VALID(pool);
+  pool.give_back(a + 9, 1);
   EXPECT_TRUE(pool.destroy().ok());
 }
 

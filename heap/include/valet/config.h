@@ -98,14 +98,13 @@ struct Config {
   // objects, shared tails and slab pages are placed as before.
   bool background_misses = false;
   // Background misses pending at most: beyond this many, a miss makes its own calls (as without
-  // the mapper), so that the mapper's queue, and the memory its pending objects hold, stay
-  // bounded when allocations outrun it. More absorbs larger bursts where the mapper catches up
-  // between them (a service's compute between steps), and costs memory where it cannot: a
-  // queued miss holds only promised pages, but on the host's KV-realloc trace 32 raised peak
-  // mapped / live to 1.14-1.34 where 16 keeps it at 1.02; with 16 instead of 4, back-to-back
-  // replays of the public traces make 0.002-0.009 calls an operation on the caller instead of
-  // 0.35-0.5, on the host and the H100 (docs/background_misses.md, "Back-pressure"). At least 1.
-  std::size_t background_miss_limit = 16;
+  // the mapper), so that the mapper's queue stays bounded when allocations outrun it for good.
+  // A queued miss holds only promised pages (counted against the capacity, created when it is
+  // placed), and while misses are queued the keeper leaves freed chunks to them (reused where
+  // they lie, or released before new pages are created), so a long queue adds no mapped memory:
+  // on the host's KV-realloc trace 1,024 takes the caller's calls an operation from 3.1 (16) to
+  // 0.011 at a peak of 1.02 (docs/background_misses.md, "Back-pressure"). At least 1.
+  std::size_t background_miss_limit = 1024;
   // With background misses: after its queue empties, the mapper polls it for this many
   // microseconds before it sleeps, so that a miss submitted meanwhile costs its caller no wake
   // (a system call, ~3 us on the H100 machine; a miss submitted while the mapper maps needs none

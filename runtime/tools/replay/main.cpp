@@ -151,7 +151,7 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--background-misses", args.background_misses,
                "Config::background_misses: a large allocation that misses returns at once; a heap thread maps its run");
   app.add_option("--background-miss-limit", args.background_miss_limit,
-                 "Config::background_miss_limit: background misses pending at most (default 16)")
+                 "Config::background_miss_limit: background misses pending at most (default 1024)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   app.add_option("--mapper-spin-us", args.mapper_spin_us,
                  "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 0)")
