@@ -45,6 +45,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.reserve_hold_ms = o.reserve_hold_ms;
   config.reserve_hold_allocs = o.reserve_hold_allocs;
   config.miss_mapper_spin_us = o.mapper_spin_us;
+  config.background_miss_limit = o.background_miss_limit;
   config.standby_tail_aliases = o.standby_tail_aliases;
   config.mapper_places_misses = !o.caller_places_misses;
   config.keeper_creates_ahead = o.create_ahead;

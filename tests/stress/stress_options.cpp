@@ -51,6 +51,9 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--mapper-spin-us", o.mapper_spin_us,
                  "Config::miss_mapper_spin_us: with --background-misses the mapper polls its queue this long before it sleeps")
       ->check(CLI::Range(0u, 100000u));
+  app.add_option("--background-miss-limit", o.background_miss_limit,
+                 "Config::background_miss_limit: with --background-misses, misses pending at most")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   app.add_option("--standby-tail-aliases", o.standby_tail_aliases,
                  "Config::standby_tail_aliases: with --background-misses the keeper keeps this many tails' aliases prepared")
       ->check(CLI::Range(std::size_t{0}, std::size_t{64}));

@@ -32,6 +32,7 @@ struct StressOptions {
   std::size_t reserve_hold_ms = Config{}.reserve_hold_ms;
   std::size_t reserve_hold_allocs = Config{}.reserve_hold_allocs;
   std::uint32_t mapper_spin_us = Config{}.miss_mapper_spin_us;
+  std::size_t background_miss_limit = Config{}.background_miss_limit;
   std::size_t standby_tail_aliases = Config{}.standby_tail_aliases;
   bool caller_places_misses = false;  // Config::mapper_places_misses off
   bool create_ahead = Config{}.keeper_creates_ahead;
