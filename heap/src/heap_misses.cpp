@@ -208,6 +208,7 @@ void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
   switch (m.step) {
     case PendingMiss::Step::place:  // nothing chosen yet: only its promise
       pool.unpromise(loc.pages);
+      keeper.chunks_for_misses_done();
       break;
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:

@@ -210,6 +210,10 @@ Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::
   if (available_pages() < n)
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n) + " pages, " +
                                                std::to_string(available_pages()) + " free within the capacity");
+  // Pages it must create come after as many whole free chunks go back (mapped memory never holds
+  // both; while misses are queued the keeper leaves free chunks to them).
+  const std::size_t have = idle_.size() + std::size_t(reserve_.total());
+  if (have < n && free_chunk_waits()) VALET_TRY(release_free_chunks(n - have));
   auto s = unmapped_.take_best_fit(n);
   if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   if (auto st = back_run(*s, n, true, kind == SlotKind::large ? body_end(*s, n) : 0); !st.ok()) {

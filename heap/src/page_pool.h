@@ -342,10 +342,16 @@ class PagePool {
   std::size_t chunk_pages() const { return chunk_pages_; }
   std::size_t chunks() const { return chunks_; }
   std::size_t chunks_created() const { return chunks_created_; }
-  // Releases every chunk no object uses (out-of-memory makes room so). The first error.
-  Status release_free_chunks();
+  // Every chunk no object uses, or (`at_least`) enough of them to hold that many pages: the
+  // one that fits best alone, else the largest first (take_free_chunks).
+  static constexpr std::size_t kAllFreeChunks = ~std::size_t{0};
+  // Releases them in place (out-of-memory makes room so; a new page waits for no keeper). The
+  // first error.
+  Status release_free_chunks(std::size_t at_least = kAllFreeChunks);
   // A chunk no object uses is waiting for a release batch.
   bool free_chunk_waits() const;
+  // The pages of the chunks no object uses.
+  std::size_t whole_free_chunk_pages() const;
 
   // Meshing: maps the physical page of slot `onto` at slot `s` in place of the page `s` maps now
   // (one unmap, one map, one set_access), in three steps so that the driver calls run without
@@ -443,10 +449,11 @@ class PagePool {
   // pages are gone, pages whose unmap failed return to the reserve, unmapped pages whose release
   // failed are idle.
   // Idle pages are part of the batch too (`with_idle`, up to `max_pages` of them): they need only
-  // their release. Every whole free chunk too, unless `with_free_chunks` is false.
+  // their release. Whole free chunks too: every one by default, or enough to hold
+  // `free_chunk_pages` pages (0: none; take_free_chunks).
   // (ReleaseBatch is declared with ReleaseRun, above.)
   ReleaseBatch begin_release(std::size_t keep, std::size_t max_pages, bool with_idle = false,
-                             bool with_free_chunks = true);
+                             std::size_t free_chunk_pages = kAllFreeChunks);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
   // Pages taken out of the reserve by begin_release, not yet finished: still created.
@@ -624,11 +631,9 @@ class PagePool {
   // give_back's and the release batch's sorting: [start, start+n) into reserve_ and
   // chunk_reserve_ by the pages their slots map.
   void insert_free(std::uint32_t start, std::uint32_t n);
-  // Every whole free chunk into a release batch, or (`at_least`) enough of them for that many pages.
-  static constexpr std::size_t kAllFreeChunks = ~std::size_t{0};
+  // Every whole free chunk into a release batch, or (`at_least`) enough of them for that many
+  // pages (0: none).
   void take_free_chunks(ReleaseBatch& b, std::size_t at_least = kAllFreeChunks);
-  // The pages of the chunks no object uses.
-  std::size_t whole_free_chunk_pages() const;
   // The free range [start, start+length) of the chunk reserve begins with a whole chunk.
   bool whole_free_chunk_at(std::uint32_t start, std::uint32_t length) const;
   // Releases idle chunks (unmapped, their release failed before) while `n` pages are wanted,

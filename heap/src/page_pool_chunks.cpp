@@ -119,6 +119,7 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   // holds it whole, and two driver calls give all its pages back (docs/speed.md, "Session 22").
   // With `at_least`, only enough of them to hold that many pages (the one that fits best alone,
   // else the largest first): the others may serve the next runs where they lie.
+  if (at_least == 0) return;
   std::vector<std::uint32_t> chunks = whole_free_chunks();
   if (at_least != kAllFreeChunks) {
     std::sort(chunks.begin(), chunks.end(), [&](std::uint32_t a, std::uint32_t c) { return phys_[a].pages > phys_[c].pages; });
@@ -140,11 +141,13 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   }
 }
 
-Status PagePool::release_free_chunks() {
-  std::size_t all = ~std::size_t{0};
-  VALET_TRY(release_idle_chunks(all));
+Status PagePool::release_free_chunks(std::size_t at_least) {
+  if (at_least == kAllFreeChunks) {
+    std::size_t all = ~std::size_t{0};
+    VALET_TRY(release_idle_chunks(all));
+  }
   // A release batch that keeps the whole reserve: the free chunks alone.
-  ReleaseBatch b = begin_release(std::size_t(reserve_.total()), 0);
+  ReleaseBatch b = begin_release(std::size_t(reserve_.total()), 0, false, at_least);
   if (b.empty()) return {};
   release_calls(b);
   return finish_release(b);

@@ -8,11 +8,11 @@
 namespace valet::detail {
 
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle,
-                                               bool with_free_chunks) {
+                                               std::size_t free_chunk_pages) {
   ReleaseBatch b;
   std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
   // Every whole free chunk, beside the reserve's surplus (page_pool_chunks.cpp).
-  if (with_free_chunks) take_free_chunks(b);
+  take_free_chunks(b, free_chunk_pages);
   std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();

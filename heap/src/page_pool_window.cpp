@@ -140,7 +140,7 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
     // The leftmost window (the most of the pieces before the chunk: a freed run's own pages) and
     // the rightmost.
     consider_at(left);
-    if (right >= c.first + n) consider_at(std::min(c.first, right - n));
+    if (right >= left + n) consider_at(std::min(c.first, right - n));
   }
   if (best && best->mapped == 0) return std::nullopt;
   return best;

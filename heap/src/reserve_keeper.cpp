@@ -142,8 +142,8 @@ void ReserveKeeper::after_release() {
 Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages, config_.reserve_high_pages); }
 
 bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
-                            bool chunks, std::size_t* released) {
-  auto batch = pool_.begin_release(limit, batch_pages, true, chunks);
+                            std::size_t chunk_pages, std::size_t* released) {
+  auto batch = pool_.begin_release(limit, batch_pages, true, chunk_pages);
   if (batch.empty()) return false;
   if (released) {
     *released = batch.idle;
@@ -170,7 +170,7 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t 
     // the allocation path (docs/speed.md, "Session 29"). With synchronous misses the allocation
     // path calls the driver at every miss anyway, and there the free's trim is what keeps mean
     // fragmentation within its target on the host (h11, p23: 0.069 -> 0.071 without it).
-    if (pool_.reserve_pages() > targets().limit || free_chunks_due()) wake();
+    if (pool_.reserve_pages() > targets().limit || free_chunk_pages_due() > 0) wake();
     return false;
   }
   // Otherwise the freeing thread gives back its emptied chunk and the reserve beyond the peak
@@ -181,24 +181,28 @@ bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t 
   // peak reached 1.42x the live peak). Without a keeper, every free trims down to the high
   // watermark.
   const std::size_t to = keeper ? targets().ceiling : config_.reserve_high_pages;
-  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages, true);
+  if (pool_.free_chunk_waits()) (void)trim_to(lock, ~std::size_t{0} / 2, kBatchPages, PagePool::kAllFreeChunks);
   bool trimmed = false;
   while (!stop_ && pool_.reserve_pages() > to) {
-    if (!trim_to(lock, to, kBatchPages, true)) break;
+    if (!trim_to(lock, to, kBatchPages, PagePool::kAllFreeChunks)) break;
     trimmed = true;
   }
   if (keeper) wake();  // the rest, down to the limit
   return trimmed;
 }
 
-bool ReserveKeeper::free_chunks_due() const {
+std::size_t ReserveKeeper::free_chunk_pages_due() const {
   mu_.assert_held();
-  return pool_.promised_pages() == 0 && pool_.free_chunk_waits();
+  if (!pool_.free_chunk_waits()) return 0;
+  const std::size_t promised = pool_.promised_pages();
+  if (promised == 0) return PagePool::kAllFreeChunks;
+  const std::size_t held = pool_.whole_free_chunk_pages();
+  return held > promised ? held - promised : 0;
 }
 
 void ReserveKeeper::chunks_for_misses_done() {
   mu_.assert_held();
-  if (thread_.joinable() && free_chunks_due()) wake();
+  if (thread_.joinable() && free_chunk_pages_due() > 0) wake();
 }
 
 void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
@@ -246,12 +250,15 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     const std::size_t reserve = pool_.reserve_pages();
     const std::size_t untouched = untouched_surplus(now_ns(), t.limit);
     const std::size_t keep_to = std::min(t.ceiling, std::max(t.limit, reserve > untouched ? reserve - untouched : 0));
-    const bool chunks = free_chunks_due();
-    if (reserve > keep_to + slack || pool_.idle_pages() > 0 || chunks) {
+    const std::size_t chunks = free_chunk_pages_due();
+    if (reserve > keep_to + slack || pool_.idle_pages() > 0 || chunks > 0) {
       std::size_t released = 0;
       if (!trim_to(lock, keep_to, kKeeperTrimPages, chunks, &released)) return;
       hold_trimmed_ += released;
     } else if (pool_.longest_reserve_run() < t.frontier) {
+      // Pages it would create come after as many free chunks go back (held for queued misses):
+      // mapped memory never holds both.
+      if (t.may_create > 0 && pool_.free_chunk_waits() && !trim_to(lock, reserve, 0, t.may_create)) return;
       if (!provision(lock, t)) return;
     } else {
       return;

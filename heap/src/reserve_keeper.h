@@ -105,11 +105,13 @@ class ReserveKeeper {
   // made batch by batch without the heap lock. True if it trimmed the reserve.
   // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages);
-  // Whole free chunks the thread releases now: none while pages are promised to misses the
-  // mapper has yet to place (it places them on those chunks, or releases the chunks first when
-  // it must create pages: PagePool::begin_place). A settled miss calls chunks_for_misses_done()
-  // so that the chunks no miss took go once the promises are through.
-  bool free_chunks_due() const;
+  // Pages of whole free chunks the thread releases now (PagePool::begin_release's
+  // free_chunk_pages): every chunk when no page is promised; while pages are promised to misses
+  // the mapper has yet to place, only those beyond the promised pages (the largest first): the
+  // misses place runs on the others where they lie, or release them first when they must create
+  // pages (PagePool::begin_place). A miss that settles or is given up calls
+  // chunks_for_misses_done(), so that the chunks no miss took go once the promises are through.
+  std::size_t free_chunk_pages_due() const;
   void chunks_for_misses_done();
   // Refills or trims to the watermarks under the lock (maintain(), heap creation, inline mode).
   Status balance();
@@ -144,9 +146,9 @@ class ReserveKeeper {
   // One wake's work: trim or provision batch by batch until within the targets. `lock` holds mu.
   void keep(std::unique_lock<HeapMutex>& lock);
   // `released` (when given) gets the reserve pages the batch took out.
-  // With `chunks`, the whole free chunks go too.
-  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages, bool chunks,
-               std::size_t* released = nullptr);
+  // Whole free chunks holding `chunk_pages` pages go too (PagePool::begin_release).
+  bool trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
+               std::size_t chunk_pages, std::size_t* released = nullptr);
   // The hold (Config::reserve_hold_allocs, reserve_hold_ms): the reserve is noted, in both of
   // the hold's clocks (time, and the allocations that took pages: takes_), with the pages the
   // keeper's trims took out so far added, so that its own trims do not count as the allocations'

@@ -234,6 +234,54 @@ TEST_F(Chunks, AMissReleasesOnlyTheFreeChunksItsNewPagesNeed) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// A slab page the reserve cannot give (a page created on the allocating thread) comes after a
+// whole free chunk went back: mapped memory never holds both.
+TEST_F(Chunks, ANewSlabPageIsCreatedOnlyAfterAFreeChunkWentBack) {
+  const std::uint32_t a = free_chunk_behind_a_used_page(pool);
+  ASSERT_EQ(pool.reserve_pages(), 0u);
+  ASSERT_EQ(pool.peak_created_pages(), 10u);
+  ThreadDriverCalls scope(c.door);
+  auto slab = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(slab.ok()) << slab.error().to_string();
+  EXPECT_EQ(scope.made()[DriverOp::release_page], 1u);
+  EXPECT_FALSE(pool.free_chunk_waits());
+  EXPECT_EQ(pool.created_pages(), 2u);
+  EXPECT_EQ(pool.peak_created_pages(), 10u) << "the new page was created beside the free chunk";
+  ASSERT_VALID(pool);
+  pool.give_back(*slab, 1);
+  pool.give_back(a + 9, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
+// A run whose last slot must stay unmapped (a shared tail's) still finds the window that holds a
+// free chunk and ends on an unmapped slot when the one starting left of it ends on a reserve page.
+TEST_F(Chunks, ATailsWindowAroundAFreeChunkEndsOnAnUnmappedSlot) {
+  auto guard = pool.take_run(1, 1);  // slot 0
+  auto x = pool.take_run(2, 2);      // slots 1-2
+  auto a = pool.take_run(10, 3);     // slots 3-12: a chunk of nine and a page
+  auto y = pool.take_run(2, 4);      // slots 13-14
+  ASSERT_TRUE(guard.ok() && x.ok() && a.ok() && y.ok());
+  ASSERT_EQ(*a, 3u) << "the runs are not laid out as the test needs";
+  ASSERT_EQ(*y, 13u);
+  pool.give_back(*x, 2);
+  pool.give_back(*y, 1);
+  auto batch = pool.begin_release(0, 64, true);  // slots 1, 2 and 13 unmapped again
+  pool.release_calls(batch);
+  ASSERT_TRUE(pool.finish_release(batch).ok());
+  pool.give_back(*a, 10);  // the chunk free, slot 12 a reserve page
+  ASSERT_TRUE(pool.free_chunk_waits());
+  // [1, 13) ends on the reserve page; [2, 14) ends on unmapped slot 13 and holds the chunk and
+  // the reserve page.
+  auto w = pool.best_window(12, /*last_unmapped=*/true);
+  ASSERT_TRUE(w.has_value()) << "no window for the tail's run";
+  EXPECT_EQ(w->start, 2u);
+  EXPECT_EQ(w->mapped, 10u);
+  ASSERT_VALID(pool);
+  pool.give_back(*guard, 1);
+  pool.give_back(*y + 1, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 // A free chunk whose release fails in a miss's batch is kept idle (the reserve's, released
 // later); the miss itself succeeds.
 TEST_F(Chunks, AFreeChunkAMissFailsToReleaseIsKeptIdleAndTheMissSucceeds) {

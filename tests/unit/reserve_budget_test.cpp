@@ -73,6 +73,44 @@ TEST(ProvisionBatch, NothingWorthDoingGivesAnEmptyBatchAndChangesNothing) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// While pages are promised to queued misses, the keeper keeps as many whole free chunk pages as
+// are promised (the misses may take them where they lie) and releases the rest, the largest
+// first; with no promise, every free chunk.
+TEST(ReserveKeeper, FreeChunksBeyondThePromisedPagesGoAndTheRestWaitForTheMisses) {
+  auto backend = test::open_host_backend(512u << 20);
+  ASSERT_TRUE(backend);
+  PagePool pool(*backend, 256);
+  ASSERT_TRUE(pool.init(2048).ok());
+  pool.set_chunk_min_pages(4);
+  HeapMutex mu;
+  Config config;
+  std::int64_t live_bytes = 0;
+  Demand demand{std::uint64_t(60) * 1'000'000'000};
+  ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
+  std::lock_guard lock(mu);
+  auto a = pool.take_run(10, 1);  // a chunk of nine pages and a page
+  auto b = pool.take_run(6, 2);   // a chunk of five and a page
+  ASSERT_TRUE(a.ok() && b.ok());
+  pool.give_back(*a, 9);
+  pool.give_back(*b, 5);
+  ASSERT_EQ(pool.whole_free_chunk_pages(), 14u);
+  EXPECT_EQ(keeper.free_chunk_pages_due(), PagePool::kAllFreeChunks) << "no miss queued: every free chunk";
+  ASSERT_TRUE(pool.promise(20));
+  EXPECT_EQ(keeper.free_chunk_pages_due(), 0u) << "the promised pages cover the free chunks";
+  pool.unpromise(20);
+  ASSERT_TRUE(pool.promise(6));
+  EXPECT_EQ(keeper.free_chunk_pages_due(), 8u);
+  auto batch = pool.begin_release(pool.reserve_pages(), 0, false, keeper.free_chunk_pages_due());
+  pool.release_calls(batch);
+  ASSERT_TRUE(pool.finish_release(batch).ok());
+  EXPECT_EQ(pool.whole_free_chunk_pages(), 5u) << "not the nine-page chunk (the one holding the 8 due) went";
+  pool.unpromise(6);
+  ASSERT_VALID(pool);
+  pool.give_back(*a + 9, 1);
+  pool.give_back(*b + 5, 1);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   auto backend = test::open_host_backend(512u << 20);
   ASSERT_TRUE(backend);
