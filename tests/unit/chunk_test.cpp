@@ -212,12 +212,7 @@ TEST_F(Chunks, AWholeFreeChunkServesARunThatHoldsItWhereItLies) {
 // A miss that creates pages releases only as many free chunks as hold its new pages (the one
 // that fits best alone): the others stay for the runs that can take them where they lie.
 TEST_F(Chunks, AMissReleasesOnlyTheFreeChunksItsNewPagesNeed) {
-  auto a = pool.take_run(10, 1);     // a chunk of nine pages and a page
-  auto small = pool.take_run(6, 2);  // a chunk of five and a page
-  ASSERT_TRUE(a.ok() && small.ok());
-  // The chunks go back, the last pages stay in use: no run of four holds either chunk.
-  pool.give_back(*a, 9);
-  pool.give_back(*small, 5);
+  const test::TwoFreeChunks f = test::two_free_chunks(pool);  // no run of four holds either
   ASSERT_EQ(pool.chunk_reserve_pages(), 14u);
   ThreadDriverCalls scope(c.door);
   auto b = pool.take_run(4, 3);  // four new pages (no chunk holds inside four)
@@ -229,8 +224,8 @@ TEST_F(Chunks, AMissReleasesOnlyTheFreeChunksItsNewPagesNeed) {
   EXPECT_EQ(pool.peak_created_pages(), 16u) << "the new pages were counted beside the chunk they replace";
   ASSERT_VALID(pool);
   pool.give_back(*b, 4);
-  pool.give_back(*small + 5, 1);
-  pool.give_back(*a + 9, 1);
+  pool.give_back(f.five + 5, 1);
+  pool.give_back(f.nine + 9, 1);
   EXPECT_TRUE(pool.destroy().ok());
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <thread>
 
+#include "faulty_pool.h"
 #include "heap_core.h"
 #include "heap_test_util.h"
 #include "page_pool.h"
@@ -88,11 +89,7 @@ TEST(ReserveKeeper, FreeChunksBeyondThePromisedPagesGoAndTheRestWaitForTheMisses
   Demand demand{std::uint64_t(60) * 1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
   std::lock_guard lock(mu);
-  auto a = pool.take_run(10, 1);  // a chunk of nine pages and a page
-  auto b = pool.take_run(6, 2);   // a chunk of five and a page
-  ASSERT_TRUE(a.ok() && b.ok());
-  pool.give_back(*a, 9);
-  pool.give_back(*b, 5);
+  const test::TwoFreeChunks f = test::two_free_chunks(pool);
   ASSERT_EQ(pool.whole_free_chunk_pages(), 14u);
   EXPECT_EQ(keeper.free_chunk_pages_due(), PagePool::kAllFreeChunks) << "no miss queued: every free chunk";
   ASSERT_TRUE(pool.promise(20));
@@ -106,8 +103,8 @@ TEST(ReserveKeeper, FreeChunksBeyondThePromisedPagesGoAndTheRestWaitForTheMisses
   EXPECT_EQ(pool.whole_free_chunk_pages(), 5u) << "not the nine-page chunk (the one holding the 8 due) went";
   pool.unpromise(6);
   ASSERT_VALID(pool);
-  pool.give_back(*a + 9, 1);
-  pool.give_back(*b + 5, 1);
+  pool.give_back(f.nine + 9, 1);
+  pool.give_back(f.five + 5, 1);
   EXPECT_TRUE(pool.destroy().ok());
 }
 
