@@ -165,6 +165,10 @@ Status PagePool::back_run(std::uint32_t start, std::uint32_t n, bool from_reserv
     set_kind(r.start, k, SlotKind::unmapped, 0);
     unmapped_.insert(r.start, k);
   }
+  // The pages it must create come after as many whole free chunks went back, as a place batch's
+  // do (mapped memory never holds both; while misses are queued the keeper leaves free chunks to
+  // them). A chunk whose release fails stays idle, counted, and the run is backed all the same.
+  if (idle_.size() < n && free_chunk_waits()) (void)release_free_chunks(n - idle_.size());
   // The pages still missing before `chunk_end` come as one chunk when there are enough of them
   // (mapped first; single pages if the chunk cannot be had), after the idle pages.
   const std::uint32_t lo = start + std::uint32_t(std::min<std::size_t>(idle_.size(), n));
@@ -210,10 +214,6 @@ Result<std::uint32_t> PagePool::take_fresh(std::uint32_t n, SlotKind kind, std::
   if (available_pages() < n)
     return make_error(Errc::out_of_memory, "needs " + std::to_string(n) + " pages, " +
                                                std::to_string(available_pages()) + " free within the capacity");
-  // Pages it must create come after as many whole free chunks go back (mapped memory never holds
-  // both; while misses are queued the keeper leaves free chunks to them).
-  const std::size_t have = idle_.size() + std::size_t(reserve_.total());
-  if (have < n && free_chunk_waits()) VALET_TRY(release_free_chunks(n - have));
   auto s = unmapped_.take_best_fit(n);
   if (!s) return make_error(Errc::out_of_address_space, "no free virtual run of " + std::to_string(n) + " pages");
   if (auto st = back_run(*s, n, true, kind == SlotKind::large ? body_end(*s, n) : 0); !st.ok()) {

@@ -123,11 +123,12 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   std::vector<std::uint32_t> chunks = whole_free_chunks();
   if (at_least != kAllFreeChunks) {
     std::sort(chunks.begin(), chunks.end(), [&](std::uint32_t a, std::uint32_t c) { return phys_[a].pages > phys_[c].pages; });
-    std::size_t fits = chunks.size(), pages = 0, n = 0;
-    for (std::size_t i = 0; i < chunks.size() && phys_[chunks[i]].pages >= at_least; ++i) fits = i;
-    if (fits < chunks.size()) {
-      chunks = {chunks[fits]};
+    // The smallest that holds them alone (the list runs from the largest down).
+    const auto fit = std::find_if(chunks.rbegin(), chunks.rend(), [&](std::uint32_t p) { return phys_[p].pages >= at_least; });
+    if (fit != chunks.rend()) {
+      chunks = {*fit};
     } else {
+      std::size_t n = 0, pages = 0;
       while (n < chunks.size() && pages < at_least) pages += phys_[chunks[n++]].pages;
       chunks.resize(n);
     }

@@ -248,6 +248,25 @@ TEST_F(Chunks, ANewSlabPageIsCreatedOnlyAfterAFreeChunkWentBack) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+// A free chunk whose release fails there stays idle (counted, released later); the slab page gets
+// its page all the same.
+TEST_F(Chunks, ANewSlabPageWhoseFreeChunkFailsToGoBackIsMadeAllTheSame) {
+  const std::uint32_t a = free_chunk_behind_a_used_page(pool);
+  c.faults->fail_nth(DriverOp::release_page, 1);
+  auto slab = pool.take_page(SlotKind::slab, 2);
+  ASSERT_TRUE(slab.ok()) << slab.error().to_string();
+  EXPECT_FALSE(pool.free_chunk_waits());
+  EXPECT_EQ(pool.reserve_pages(), 9u) << "the unreleased chunk counts as idle reserve";
+  EXPECT_EQ(pool.created_pages(), 11u);
+  ASSERT_VALID(pool);
+  ASSERT_TRUE(pool.release_free_chunks().ok());
+  EXPECT_EQ(pool.created_pages(), 2u);
+  pool.give_back(*slab, 1);
+  pool.give_back(a + 9, 1);
+  ASSERT_VALID(pool);
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 // A run whose last slot must stay unmapped (a shared tail's) still finds the window that holds a
 // free chunk and ends on an unmapped slot when the one starting left of it ends on a reserve page.
 TEST_F(Chunks, ATailsWindowAroundAFreeChunkEndsOnAnUnmappedSlot) {
