@@ -55,6 +55,7 @@ DevicePtr HeapCore::address_of(const Location& loc) const {
 
 std::size_t HeapCore::footprint_of(const Location& loc) const {
   if (loc.kind == ObjectKind::large) return std::size_t(loc.pages) * kPageSize;
+  if (loc.page == kUnplaced) return class_size(loc.index);  // a pending small object: its class's
   return class_size(slabs.page(pool.slot(loc.page).owner)->cls);
 }
 
@@ -74,23 +75,19 @@ Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std:
 
 Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss) {
   mu.assert_held();
-  constexpr std::uint32_t owner = kNoOwner;  // the caller names the owner once it has a handle
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
-    SlabPage* page = slabs.densest_with_room(cls);
-    // A slab page on an open tail maps an alias (a map and an access grant) on this thread. With
-    // background misses the caller makes no call while a reserve page will do: the slab page goes
-    // there, and compaction meshes it onto an open tail later (docs/background_misses.md).
-    if (!page && (!misses.running() || pool.reserve_pages() == 0)) page = slab_on_tail(cls);
-    if (!page) {
-      auto slot = pool.take_page(SlotKind::slab, 0);
-      if (!slot.ok()) return slot.error();
-      page = slabs.create(cls, *slot);
-      pool.slot(*slot).owner = page->id;
+    // A new slab page where the reserve has none to give makes driver calls (a tail's alias or a
+    // page of its own): with `miss` the mapper places the object instead, on its thread, and the
+    // caller gets a pending object as for a large miss (docs/background_misses.md).
+    if (miss && config.mapper_places_misses && pool.reserve_pages() == 0 && !slabs.densest_with_room(cls) &&
+        !prepared_tail_for(cls) && pool.promise(1)) {
+      miss->step = PendingMiss::Step::place;
+      miss->small = true;
       want_refill();
+      return Location{ObjectKind::slab, kUnplaced, cls, 1};
     }
-    const std::uint32_t i = slabs.take_slot(page, owner);
-    return Location{ObjectKind::slab, page->slot, i, 0};
+    return place_small(cls);
   }
   const std::uint32_t n = std::uint32_t((bytes + kPageSize - 1) / kPageSize);
   if (Demand::ordinary(n, pool.demand_pages())) demand.large_pages.note(n, now_ns());
@@ -110,6 +107,24 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
     }
   }
   return place_large(lock, bytes, n, miss, /*counted_live=*/false);
+}
+
+Result<Location> HeapCore::place_small(std::uint32_t cls) {
+  constexpr std::uint32_t owner = kNoOwner;  // the caller names the owner once it has a handle
+  SlabPage* page = slabs.densest_with_room(cls);
+  // A slab page on an open tail maps an alias (a map and an access grant) on this thread. With
+  // background misses a reserve page comes first (no call): the slab page goes there, and
+  // compaction meshes it onto an open tail later (docs/background_misses.md).
+  if (!page && (!misses.running() || pool.reserve_pages() == 0)) page = slab_on_tail(cls);
+  if (!page) {
+    auto slot = pool.take_page(SlotKind::slab, 0);
+    if (!slot.ok()) return slot.error();
+    page = slabs.create(cls, *slot);
+    pool.slot(*slot).owner = page->id;
+    want_refill();
+  }
+  const std::uint32_t i = slabs.take_slot(page, owner);
+  return Location{ObjectKind::slab, page->slot, i, 0};
 }
 
 Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t n,
@@ -215,8 +230,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // A large miss's calls go to the mapper (background misses; not for a fixed object, whose
   // address the caller may use without a pin). Made only then: a batch is not a small thing.
   std::optional<PendingMiss> miss;
-  if (!reused && bytes > kMaxSlabObject && !fixed && misses.running() && misses_held == 0 &&
-      misses.pending() < config.background_miss_limit)
+  if (!reused && !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit)
     miss.emplace();
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
   auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr);
@@ -353,7 +367,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   // smaller returns are left to the keeper, so the reserve is not trimmed and refilled by turns.
   const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
   auto h = allocate_locked(lock, bytes, stream, fixed);
-  if (h.ok() && reaped > config.stream_cache_bytes) (void)keeper.trim_surplus(lock, (reaped + kPageSize - 1) / kPageSize);
+  if (h.ok() && reaped > config.stream_cache_bytes) trim_returned(lock, (reaped + kPageSize - 1) / kPageSize);
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
@@ -443,8 +457,8 @@ Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, Handle
   }
   // The reserve's surplus: the keeper's (a free of ordinary demand makes no driver call), or,
   // for a return of no ordinary demand or without a keeper, given back now in this call but
-  // without the heap lock (ReserveKeeper::trim_surplus).
-  if (loc.kind == ObjectKind::large) (void)keeper.trim_surplus(lock, loc.pages);
+  // without the heap lock (ReserveKeeper::trim_surplus), or by the mapper (trim_returned).
+  if (loc.kind == ObjectKind::large) trim_returned(lock, loc.pages);
   return {};
 }
 

@@ -188,8 +188,11 @@ struct HeapCore {
   // is not mapped here; its begun batch goes to `*miss` and the location is its run's.
   // With config.mapper_places_misses, such a run is not even chosen here: what needs no call is
   // taken, else the pages are promised, `*miss` gets step `place` and the location's page is
-  // kUnplaced (the mapper places it: place_miss).
+  // kUnplaced (the mapper places it: place_miss). So is a small object that needs a new slab
+  // page while the reserve has none (one page promised; the location's index is its class).
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
+  // place's small part: a slot of class `cls` (a new slab page may make driver calls here).
+  Result<Location> place_small(std::uint32_t cls);
   // place's large part after the promise: `n` pages for `bytes` (`counted_live`: the bytes are in
   // the live count already, the mapper's placement). placed_run: a mapped run [start, start + n)
   // taken for `bytes` (its tail opened).
@@ -215,11 +218,18 @@ struct HeapCore {
   bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);
   bool drop_freed_miss(std::uint32_t index);
-  // On the mapper's thread after a settled miss: what objects freed while pending gave back
-  // (freed_miss_pages) is trimmed as their frees would have trimmed it (ReserveKeeper::
-  // trim_surplus: a probe's pages at once, an ordinary object's by the keeper).
+  // On the mapper's thread after a settled miss (or a turn it was asked for): what objects freed
+  // while pending gave back, and the returns handed to it by trim_returned (mapper_trim_pages),
+  // is trimmed as their frees would have trimmed it (ReserveKeeper::trim_surplus: a probe's pages
+  // at once, an ordinary object's by the keeper).
   void trim_after_freed_misses(std::unique_lock<HeapMutex>& lock);
-  std::size_t freed_miss_pages = 0;  // under mu
+  std::size_t mapper_trim_pages = 0;  // under mu
+  // After a large free (or stream frees reaped) returned `pages`: ReserveKeeper::trim_surplus,
+  // except that with background misses a return that would trim on this thread (no ordinary
+  // demand: a probe, a KV cache larger than an eighth of the pages in use) is handed to the
+  // mapper's thread instead, ahead of the misses queued after it: this thread makes no call, and
+  // no miss creates pages beside the pages it releases.
+  void trim_returned(std::unique_lock<HeapMutex>& lock, std::size_t pages);
   void lose_miss(std::uint32_t index);
   // A pending object's handle dies (a free, or the object lost): its bytes leave the live
   // counts and waiting pins wake to a stale handle. Its run and index are the caller's to give back.
@@ -251,6 +261,8 @@ struct HeapCore {
   bool tail_fits(const Location& loc, std::size_t bytes) const;
   void reopen_tail(const Location& loc, std::size_t bytes);
   SlabPage* slab_on_tail(std::uint32_t cls);
+  // The tail of a prepared alias that a new slab page of `cls` may take (no call), if any.
+  std::optional<std::uint32_t> prepared_tail_for(std::uint32_t cls) const;
   // slab_on_tail_at: a new slab page of `cls` on that tail, or nullptr. It takes the tail's
   // prepared alias when there is one (no call); else, with `may_map`, maps one under the lock
   // (share_page: two calls; the allocation path's), and without it gives up.

@@ -147,7 +147,9 @@ std::vector<PageInfo> Heap::page_map() const {
   std::vector<std::uint32_t> through(c.pool.slot_count(), 0);
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
-    if ((e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::slab) ++through[e->loc.page];
+    if ((e->state.load(std::memory_order_acquire) & state::kLive) && e->loc.kind == ObjectKind::slab &&
+        e->loc.page != HeapCore::kUnplaced)
+      ++through[e->loc.page];
   }
   c.caches.for_each([&](const detail::ThreadCache& tc) {
     for (const auto& bin : tc.bins)

@@ -21,11 +21,14 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   HandleEntry* e = handles.get(m.index);
   const std::uint32_t n = e->loc.pages;
+  const bool small = e->loc.kind == ObjectKind::slab;
   // Its promise back first: the pages it counted on are creatable again, for it alone to take.
   pool.unpromise(n);
   m.step = PendingMiss::Step::run;
-  ++ops.misses_placed_by_mapper;
-  auto loc = place_large(lock, e->size(), n, &m, /*counted_live=*/true);
+  ++(small ? ops.small_misses_placed_by_mapper : ops.misses_placed_by_mapper);
+  // A small object's new slab page (a tail's alias or a page of its own) makes its calls here,
+  // under the lock, as the allocating thread would have made them: a page's worth, not a run's.
+  auto loc = small ? place_small(e->loc.index) : place_large(lock, e->size(), n, &m, /*counted_live=*/true);
   if (!loc.ok()) {
     // The promise held the capacity: only the address space or a broken rule gets here.
     std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
@@ -152,7 +155,7 @@ bool HeapCore::settle_miss(PendingMiss& m) {
   // Freed while pending: released now, as the free would have released it (and trimmed after
   // the settle, trim_after_freed_misses).
   footprint_bytes -= footprint_of(e->loc);
-  if (e->loc.kind == ObjectKind::large) freed_miss_pages += e->loc.pages;
+  if (e->loc.kind == ObjectKind::large) mapper_trim_pages += e->loc.pages;
   release_location(e->loc);
   handles.release(m.index);
   return true;
@@ -160,8 +163,18 @@ bool HeapCore::settle_miss(PendingMiss& m) {
 
 void HeapCore::trim_after_freed_misses(std::unique_lock<HeapMutex>& lock) {
   keeper.chunks_for_misses_done();
-  if (freed_miss_pages == 0) return;
-  const std::size_t pages = std::exchange(freed_miss_pages, 0);
+  if (mapper_trim_pages == 0) return;
+  const std::size_t pages = std::exchange(mapper_trim_pages, 0);
+  (void)keeper.trim_surplus(lock, pages);
+}
+
+void HeapCore::trim_returned(std::unique_lock<HeapMutex>& lock, std::size_t pages) {
+  mu.assert_held();
+  if (misses.running() && keeper.trims_on_freeing_thread(pages)) {
+    mapper_trim_pages += pages;
+    misses.want_turn();
+    return;
+  }
   (void)keeper.trim_surplus(lock, pages);
 }
 

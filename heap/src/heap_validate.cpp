@@ -224,7 +224,16 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       ++fixed;
       fixed_bytes += e->size();
     }
-    if (e->loc.kind == ObjectKind::slab) {
+    if (e->loc.kind == ObjectKind::slab && e->loc.page == HeapCore::kUnplaced) {
+      // A small object the mapper has yet to place (heap.cpp, place): one page promised, its
+      // class in the location's index.
+      if (!c.misses.is_pending(i) || !(s & state::kMoving))
+        return fail("unplaced small object " + std::to_string(i) + " is not a claimed pending one");
+      if (e->address.load() != 0) return fail("unplaced object " + std::to_string(i) + " has an address");
+      if (e->loc.pages != 1 || e->loc.index >= detail::kClassCount || e->size() > detail::class_size(e->loc.index))
+        return fail("unplaced small object " + std::to_string(i) + " has no class that holds it");
+      unplaced_pages += e->loc.pages;
+    } else if (e->loc.kind == ObjectKind::slab) {
       const auto& slot = c.pool.slot(e->loc.page);
       if (slot.kind != SlotKind::slab) return fail("object " + std::to_string(i) + " points at a non-slab page");
       const auto* p = c.slabs.page(slot.owner);

@@ -1,5 +1,6 @@
 #include "miss_mapper.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace valet::detail {
@@ -31,9 +32,26 @@ void MissMapper::submit(PendingMiss miss) {
   pending_.emplace(miss.index, false);
   miss.seq = ++last_seq_;
   outstanding_.insert(miss.seq);
-  queued_.push_back(std::move(miss));
+  // A small object's placement is a page's calls at most: it goes before the large misses queued
+  // (after the small ones), so that its first pin waits for no other object's run.
+  if (miss.small) {
+    auto it = std::find_if(queued_.begin(), queued_.end(), [](const PendingMiss& m) { return !m.small; });
+    queued_.insert(it, std::move(miss));
+  } else {
+    queued_.push_back(std::move(miss));
+  }
   submitted_.fetch_add(1, std::memory_order_release);
   // Awake (mapping, or polling), the thread finds the miss when it next looks at the queue.
+  if (sleeping_) {
+    ++wakes_;
+    work_cv_.notify_one();
+  }
+}
+
+void MissMapper::want_turn() {
+  mu_.assert_held();
+  turn_wanted_ = true;
+  submitted_.fetch_add(1, std::memory_order_release);  // ends a poll
   if (sleeping_) {
     ++wakes_;
     work_cv_.notify_one();
@@ -79,8 +97,13 @@ void MissMapper::loop() {
   for (;;) {
     if (spin_us_ > 0 && queued_.empty() && !stop_) poll(lock);
     sleeping_ = true;
-    work_cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
+    work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
     sleeping_ = false;
+    if (turn_wanted_) {  // before the misses queued after it was wanted
+      turn_wanted_ = false;
+      if (settled_) settled_(lock);
+      continue;
+    }
     if (queued_.empty()) break;  // stopping, nothing left
     // One miss a turn, in the order of submission: each object is booked as soon as its own
     // calls end (its pins wait for no other's), and the misses still queued stay abandonable

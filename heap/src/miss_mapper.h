@@ -63,6 +63,7 @@ struct PendingMiss {
   bool host_had_objects = false;
   unsigned attempts = 1;        // runs begun for it so far
   std::uint64_t seq = 0;        // its place in the order of submission (MissMapper::submit)
+  bool small = false;           // a small object's: queued before the large ones (submit)
   bool empty() const { return step == Step::run && batch.empty(); }
 };
 
@@ -103,6 +104,9 @@ class MissMapper {
   std::thread::id thread_id() const { return thread_.get_id(); }  // tests gate its calls
   // Queues a begun batch (lock held; the thread must run).
   void submit(PendingMiss miss);
+  // Has the thread run its settled callback once more, before it takes the next queued miss
+  // (lock held): work handed to it outside a miss (HeapCore::trim_returned).
+  void want_turn();
   // Misses queued or under way (lock held).
   std::size_t pending() const {
     mu_.assert_held();
@@ -131,6 +135,13 @@ class MissMapper {
   // A free of a pending object whose step is still queued (lock held): the miss leaves the
   // queue, its calls never made (the caller abandons its step); nullopt when the thread has it.
   std::optional<PendingMiss> take_queued(std::uint32_t index);
+  // The handle indices of the queued misses, in the order the thread will take them (lock held).
+  std::vector<std::uint32_t> queued_order() const {
+    mu_.assert_held();
+    std::vector<std::uint32_t> order;
+    for (const PendingMiss& m : queued_) order.push_back(m.index);
+    return order;
+  }
   // Calls f(index, freed) for every pending object (lock held).
   template <class F>
   void for_each_pending(F&& f) const {
@@ -158,6 +169,7 @@ class MissMapper {
   std::unordered_map<std::uint32_t, bool> pending_;  // under mu: queued or in hand; freed
   std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
   std::uint64_t last_seq_ = 0;                       // under mu
+  bool turn_wanted_ = false;                         // under mu: want_turn
   bool stop_ = false;          // under mu
   bool running_ = false;       // under mu
   // The thread waits on work_cv_ (under mu): only then does a submit wake it. A submit while

@@ -156,10 +156,16 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
   return pool_.finish_release(batch).ok();
 }
 
+bool ReserveKeeper::trims_on_freeing_thread(std::size_t returned_pages) const {
+  mu_.assert_held();
+  return !(thread_.joinable() && config_.background_misses &&
+           Demand::ordinary(returned_pages, pool_.demand_pages() + returned_pages));
+}
+
 bool ReserveKeeper::trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages) {
   mu_.assert_held();
   const bool keeper = thread_.joinable();
-  if (keeper && config_.background_misses && Demand::ordinary(returned_pages, pool_.demand_pages() + returned_pages)) {
+  if (!trims_on_freeing_thread(returned_pages)) {
     // With a keeper and background misses an ordinary free makes no driver call: the surplus it
     // leaves in the reserve, and a chunk it emptied, are the keeper's, woken now. A free adds no
     // mapped memory (its pages were mapped before it), and a page is created only where the

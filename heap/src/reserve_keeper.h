@@ -105,6 +105,8 @@ class ReserveKeeper {
   // made batch by batch without the heap lock. True if it trimmed the reserve.
   // Precondition: `lock` holds mu.
   bool trim_surplus(std::unique_lock<HeapMutex>& lock, std::size_t returned_pages);
+  // Whether trim_surplus makes driver calls on its own thread for such a return (lock held).
+  bool trims_on_freeing_thread(std::size_t returned_pages) const;
   // Pages of whole free chunks the thread releases now (PagePool::begin_release's
   // free_chunk_pages): every chunk when no page is promised; while pages are promised to misses
   // the mapper has yet to place, only those beyond the promised pages (the largest first): the

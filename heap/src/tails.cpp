@@ -52,16 +52,17 @@ bool HeapCore::tail_fits(const Location& loc, std::size_t bytes) const {
   return used_in_last_page(bytes, loc.pages) <= std::uint64_t(p->blocked) * class_size(p->cls);
 }
 
+std::optional<std::uint32_t> HeapCore::prepared_tail_for(std::uint32_t cls) const {
+  for (const auto& [t, slot] : prepared_aliases)
+    if (tail_can_host(cls, t)) return t;
+  return std::nullopt;
+}
+
 SlabPage* HeapCore::slab_on_tail(std::uint32_t cls) {
   // A prepared alias first (the keeper's standbys, or one a cycle's planners did not take while
   // the cycle copies without the lock: it would be discarded at the cycle's end, and a planner
   // that finds its tail's alias gone passes the tail over): no call on this thread.
-  std::optional<std::uint32_t> tail;
-  for (const auto& [t, slot] : prepared_aliases)
-    if (tail_can_host(cls, t)) {
-      tail = t;
-      break;
-    }
+  std::optional<std::uint32_t> tail = prepared_tail_for(cls);
   if (!tail) tail = tails.roomiest();
   return tail ? slab_on_tail_at(cls, *tail) : nullptr;
 }

@@ -90,6 +90,11 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   GatedHeap g(background_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
+  // A small object first, with a slab page (which the mapper may have placed: its pin waits).
+  auto small = heap.allocate(100'000);
+  ASSERT_TRUE(small.ok());
+  test::fill(heap, *small, 3);
+  const std::uint64_t settled_before = heap.stats().ops.background_misses;
   gate_mapper(g);
   const std::uint64_t misses_before = Heap::this_thread_background_misses();
   auto [big, calls] = allocate_counting_calls(heap, kBig);
@@ -99,13 +104,15 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
   const DevicePtr handed_out = address_at_allocation(heap, *big);
   EXPECT_VALID(heap);  // a pending object: its run is a batch in flight
-  EXPECT_EQ(heap.stats().ops.background_misses, 0u);
-  EXPECT_EQ(heap.stats().live_bytes, kBig);
-  // Other allocations and frees go on meanwhile; a pin of the pending object waits.
-  auto small = heap.allocate(100'000);
-  ASSERT_TRUE(small.ok());
-  EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1) << "a slab object counted as a miss";
-  test::fill(heap, *small, 3);
+  EXPECT_EQ(heap.stats().ops.background_misses, settled_before);
+  EXPECT_EQ(heap.stats().live_bytes, kBig + 100'000);
+  // Other allocations and frees go on meanwhile (one on the small object's slab page: not a
+  // miss); a pin of the pending object waits.
+  auto other = heap.allocate(100'000);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1) << "a slab object with room counted as a miss";
+  test::fill(heap, *other, 4);
+  EXPECT_TRUE(heap.free(*other).ok());
   auto pinning = std::async(std::launch::async, [&] {
     auto pin = heap.pin(*big);
     return pin.ok() ? pin->address() : DevicePtr{0};
@@ -116,7 +123,7 @@ TEST(BackgroundMisses, AMissReturnsWithoutADriverCallAndItsFirstPinWaitsForTheMa
   test::fill(heap, *big, 9);
   EXPECT_EQ(test::mismatches(heap, *big, 9), 0u);
   EXPECT_EQ(test::mismatches(heap, *small, 3), 0u);
-  EXPECT_EQ(heap.stats().ops.background_misses, 1u);
+  EXPECT_EQ(heap.stats().ops.background_misses, settled_before + 1);
   EXPECT_VALID(heap);
   EXPECT_TRUE(heap.free(*big).ok());
   EXPECT_TRUE(heap.free(*small).ok());
@@ -667,21 +674,103 @@ OpenTailHeap open_tail_heap(std::size_t standbys, std::size_t reserve_high_pages
   return t;
 }
 
-// With no reserve page the open tail is still the cheaper page: an alias (two calls) against a
-// new page (three, and memory).
-TEST(BackgroundMisses, ANewSlabPageGoesOnAnOpenTailWhenTheReserveIsEmpty) {
-  auto [heap, large] = open_tail_heap(0);
-  ASSERT_FALSE(HasFailure());
-  auto [small, calls] = allocate_counting_calls(*heap, kSmall);
+// With no reserve page a new slab page makes calls (an alias of an open tail: two; a page of its
+// own: three), so the mapper places the small object: the allocating thread makes none and gets
+// a pending object (no address yet, one page promised) whose first pin waits; the mapper puts it
+// on the open tail, the cheaper page.
+TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIsPlacedByTheMapper) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto large = heap.allocate(2 * detail::kPageSize + 512 * 1024);  // 1.5 MiB free on its last page
+  ASSERT_TRUE(large.ok());
+  test::fill(heap, *large, 7);
+  ASSERT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  ASSERT_EQ(heap.stats().reserve_bytes, 0u);
+  const std::uint64_t settled_before = heap.stats().ops.background_misses;
+  gate_mapper(g);
+  auto [small, calls] = allocate_counting_calls(heap, kSmall);
+  ASSERT_TRUE(small.ok()) << small.error().to_string();
+  EXPECT_EQ(calls, 0u) << "the allocating thread made driver calls for a new slab page";
+  EXPECT_EQ(address_at_allocation(heap, *small), DevicePtr{0}) << "placed by the allocating thread";
+  // The mapper maps the slab page's alias under the heap lock (a page's calls, as the
+  // allocating thread made them before): nothing that takes the lock is looked at until it ends.
+  ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
+  auto pinning = std::async(std::launch::async, [&] {
+    auto pin = heap.pin(*small);
+    return pin.ok() ? pin->address() : DevicePtr{0};
+  });
+  EXPECT_EQ(pinning.wait_for(50ms), std::future_status::timeout) << "a pin did not wait for the placement";
+  g.gate->open();
+  EXPECT_NE(pinning.get(), DevicePtr{0});
+  EXPECT_EQ(heap.stats().live_bytes, 2 * detail::kPageSize + 512 * 1024 + kSmall);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.small_misses_placed_by_mapper, 1u);
+  EXPECT_EQ(s.ops.background_misses, settled_before + 1);
+  EXPECT_EQ(s.pages.shared_tails, 1u) << "the mapper did not put the slab page on the open tail";
+  test::fill(heap, *small, 3);
+  EXPECT_EQ(test::mismatches(heap, *large, 7), 0u);
+  EXPECT_EQ(test::mismatches(heap, *small, 3), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*small).ok());
+  EXPECT_TRUE(heap.free(*large).ok());
+  EXPECT_VALID(heap);
+}
+
+// A pending small object queued behind a large miss: it goes before the large ones still queued,
+// and a free of it while it waits gives its promise back (no call, nothing placed); the heap is
+// consistent at every step.
+TEST(BackgroundMisses, APendingSmallObjectGoesBeforeQueuedLargeMissesAndItsFreeGivesThePromiseBack) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  auto held = allocate_held(g);  // the mapper's calls for it held at the gate
+  ASSERT_TRUE(held.ok()) << held.error().to_string();
+  auto queued = heap.allocate(kBig);  // a large miss queued behind it
+  ASSERT_TRUE(queued.ok());
+  auto [small, calls] = allocate_counting_calls(heap, kSmall);
   ASSERT_TRUE(small.ok());
-  EXPECT_EQ(calls, 2u) << "not an alias's map and access grant";
-  EXPECT_EQ(heap->stats().pages.shared_tails, 1u);
-  test::fill(*heap, *small, 3);
-  EXPECT_EQ(test::mismatches(*heap, large, 7), 0u);
-  EXPECT_VALID(*heap);
-  EXPECT_TRUE(heap->free(*small).ok());
-  EXPECT_TRUE(heap->free(large).ok());
-  EXPECT_VALID(*heap);
+  EXPECT_EQ(calls, 0u);
+  auto freed = heap.allocate(3 * kSmall);  // another class: another page
+  ASSERT_TRUE(freed.ok());
+  std::size_t promised = 0;
+  {
+    std::lock_guard lock(core.mu);
+    promised = core.pool.promised_pages();
+    EXPECT_TRUE(core.misses.is_pending(small->index) && core.misses.is_pending(freed->index));
+  }
+  EXPECT_GE(promised, kBig / detail::kPageSize + 2) << "the queued miss's pages and one for each small object";
+  EXPECT_VALID(heap);
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    ASSERT_TRUE(heap.free(*freed).ok());
+    EXPECT_EQ(scope.made().total(), 0u);
+  }
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.pool.promised_pages(), promised - 1) << "the freed small object's page is still promised";
+    EXPECT_FALSE(core.misses.is_pending(freed->index));
+    EXPECT_EQ(core.misses.queued_order(), (std::vector<std::uint32_t>{small->index, queued->index}))
+        << "the small object does not go before the queued large miss";
+  }
+  EXPECT_VALID(heap);
+  g.gate->open();
+  ASSERT_TRUE(heap.pin(*queued).ok());
+  ASSERT_TRUE(heap.pin(*small).ok());
+  EXPECT_EQ(heap.stats().ops.small_misses_placed_by_mapper, 1u);
+  test::fill(heap, *small, 5);
+  EXPECT_EQ(test::mismatches(heap, *small, 5), 0u);
+  EXPECT_TRUE(heap.free(*freed).code() == Errc::stale_handle);
+  EXPECT_VALID(heap);
+  for (Handle x : {*held, *queued, *small}) EXPECT_TRUE(heap.free(x).ok());
+  EXPECT_VALID(heap);
 }
 
 // The keeper's standby alias: prepared for the roomiest open tail, it lets a new slab page that

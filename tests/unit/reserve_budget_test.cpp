@@ -407,6 +407,47 @@ TEST(ReserveKeeper, AFreeOfNoOrdinaryDemandTrimsBeyondThePeakBoundOnItsOwnThread
   for (auto x : live) EXPECT_TRUE(h.free(x).ok());
 }
 
+// With background misses the same free makes no call: its trim is the mapper's, on its thread,
+// before any miss queued after it (so no miss creates pages beside the pages it releases). The
+// keeper is paused throughout: what goes back beyond the peak bound is the mapper's doing.
+TEST(ReserveKeeper, WithBackgroundMissesAFreeOfNoOrdinaryDemandIsTrimmedByTheMapper) {
+  Config config = budget_config(1.0);
+  config.background_misses = true;
+  auto heap = test::make_heap(config);
+  ASSERT_TRUE(heap);
+  Heap& h = *heap;
+  auto& c = HeapInternals::of(h);
+  const std::vector<Handle> live = allocate_live(h);
+  for (const Handle x : live) ASSERT_TRUE(h.pin(x).ok());  // none pending
+  auto big = h.allocate(120 * kPageBytes);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE(h.pin(*big).ok());
+  settle(h);
+  (void)trimmed_budget(c);
+  {
+    std::lock_guard lock(c.mu);
+    c.keeper.pause();
+  }
+  {
+    ThreadDriverCalls scope(h.driver_calls());
+    ASSERT_TRUE(h.free(*big).ok());
+    EXPECT_EQ(scope.made().total(), 0u) << "the free of no ordinary demand made driver calls";
+  }
+  BudgetReading r = read_budget(c);
+  for (int i = 0; i < 5000 && (r.in_flight || r.reserve > r.ceiling); ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    r = read_budget(c);
+  }
+  EXPECT_LE(r.reserve, r.ceiling) << "nothing trimmed the return beyond the peak bound with the keeper paused";
+  {
+    std::lock_guard lock(c.mu);
+    c.keeper.resume();
+  }
+  EXPECT_TRUE(h.validate().ok());
+  for (auto x : live) EXPECT_TRUE(h.free(x).ok());
+  EXPECT_TRUE(h.validate().ok());
+}
+
 // The hold's tests: a heap with background misses within a wide peak bound (ratio 2.3), 100 x 4
 // live pages and a mapped 48-page object (ordinary demand), the keeper settled: its free leaves a
 // surplus of ~48 pages over the limit.

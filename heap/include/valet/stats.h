@@ -132,8 +132,11 @@ struct HeapStats {
     // Config::background_misses: allocations whose run the heap's thread mapped after they
     // returned; of those, objects given up because the driver kept failing (their handles
     // became stale: pins and frees fail with stale_handle); and of the background misses, those
-    // whose run the heap's thread also chose (Config::mapper_places_misses).
+    // whose run the heap's thread also chose (Config::mapper_places_misses); small objects the
+    // heap's thread placed because they needed a new slab page while the reserve had none
+    // (counted among the background misses, not among misses_placed_by_mapper).
     std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0;
+    std::uint64_t small_misses_placed_by_mapper = 0;
     // Allocations a thread cache served without the heap lock (Config::thread_cache_bytes), and
     // of those, freed large runs taken back (Config::thread_cache_run_bytes).
     std::uint64_t cached_allocations = 0, cached_run_allocations = 0;

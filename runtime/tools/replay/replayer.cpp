@@ -422,6 +422,7 @@ class Replayer {
     r.background_misses = s.ops.background_misses;
     r.lost_allocations = s.ops.lost_allocations;
     r.misses_placed_by_mapper = s.ops.misses_placed_by_mapper;
+    r.small_misses_placed_by_mapper = s.ops.small_misses_placed_by_mapper;
     r.cached_allocations = s.ops.cached_allocations;
     r.cached_run_allocations = s.ops.cached_run_allocations;
     r.keeper = s.keeper;
