@@ -21,14 +21,24 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
   mu.assert_held();
   HandleEntry* e = handles.get(m.index);
   const std::uint32_t n = e->loc.pages;
-  const bool small = e->loc.kind == ObjectKind::slab;
+  if (e->loc.kind == ObjectKind::slab) {
+    ++ops.small_misses_placed_by_mapper;
+    // A new slab page on an open tail: the tail's page is mapped at a free slot without the heap
+    // lock (step slab_alias, its promise kept until then), as the keeper prepares a standby.
+    if (auto a = begin_small_tail_alias(e->loc.index)) {
+      m.tail_alias = *a;
+      m.step = PendingMiss::Step::slab_alias;
+      return false;
+    }
+    pool.unpromise(n);
+    m.step = PendingMiss::Step::run;
+    return book_small_miss(m, place_small(e->loc.index));
+  }
   // Its promise back first: the pages it counted on are creatable again, for it alone to take.
   pool.unpromise(n);
   m.step = PendingMiss::Step::run;
-  ++(small ? ops.small_misses_placed_by_mapper : ops.misses_placed_by_mapper);
-  // A small object's new slab page (a tail's alias or a page of its own) makes its calls here,
-  // under the lock, as the allocating thread would have made them: a page's worth, not a run's.
-  auto loc = small ? place_small(e->loc.index) : place_large(lock, e->size(), n, &m, /*counted_live=*/true);
+  ++ops.misses_placed_by_mapper;
+  auto loc = place_large(lock, e->size(), n, &m, /*counted_live=*/true);
   if (!loc.ok()) {
     // The promise held the capacity: only the address space or a broken rule gets here.
     std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
@@ -46,15 +56,67 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
   return settle_miss(m);
 }
 
+std::optional<PagePool::TailAlias> HeapCore::begin_small_tail_alias(std::uint32_t cls) {
+  // Only where place_small would map one: no slab page with room, no reserve page, no prepared
+  // alias (those need no call); an open tail that can host the class, with no alias prepared.
+  if (!config.share_tails || slabs.densest_with_room(cls) || pool.reserve_pages() > 0 || prepared_tail_for(cls))
+    return std::nullopt;
+  const std::optional<std::uint32_t> tail = tails.roomiest();
+  if (!tail || !tail_can_host(cls, *tail) || prepared_aliases.contains(*tail)) return std::nullopt;
+  return pool.begin_tail_alias(*tail);
+}
+
+bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
+  HandleEntry* e = handles.get(m.index);
+  const std::uint32_t cls = e->loc.index;
+  const PagePool::TailAlias& a = m.tail_alias;
+  pool.unpromise(e->loc.pages);
+  m.step = PendingMiss::Step::run;
+  const bool prepared = pool.finish_tail_alias(m.tail_alias);
+  if (prepared) prepared_aliases[a.tail] = a.slot;
+  // slab_on_tail_at takes the prepared alias if its tail still hosts the class on the same page
+  // (else it is discarded there); one left over goes back (the keeper unmaps it).
+  SlabPage* page = prepared && !misses.is_freed(m.index) ? slab_on_tail_at(cls, a.tail, /*may_map=*/false) : nullptr;
+  if (auto it = prepared_aliases.find(a.tail); prepared && it != prepared_aliases.end() && it->second == a.slot) {
+    prepared_aliases.erase(it);
+    pool.discard_tail_alias(a.slot);
+    after_release();
+  }
+  if (misses.is_freed(m.index)) {  // nothing placed: only its footprint and index
+    ++ops.background_misses;
+    return drop_freed_miss(m.index);
+  }
+  if (page) return book_small_miss(m, Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0});
+  return book_small_miss(m, place_small(cls));  // the tail closed or changed meanwhile
+}
+
+bool HeapCore::book_small_miss(PendingMiss& m, Result<Location> loc) {
+  HandleEntry* e = handles.get(m.index);
+  if (!loc.ok()) {
+    std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
+                 loc.error().to_string().c_str());
+    lose_miss(m.index);
+    return true;
+  }
+  e->loc = *loc;
+  e->address.store(address_of(*loc), std::memory_order_relaxed);
+  table.changed();
+  set_owner(*loc, m.index);
+  return settle_miss(m);
+}
+
 void HeapCore::miss_calls(PendingMiss& m) const {
   if (m.step == PendingMiss::Step::alias)
     pool.attach_calls(m.plan);
+  else if (m.step == PendingMiss::Step::slab_alias)
+    pool.tail_alias_calls(m.tail_alias);
   else
     pool.place_calls(m.batch);
 }
 
 bool HeapCore::finish_miss(PendingMiss& m) {
   mu.assert_held();
+  if (m.step == PendingMiss::Step::slab_alias) return finish_small_tail_alias(m);
   HandleEntry* e = handles.get(m.index);
   const Location loc = e->loc;
   const bool freed = misses.is_freed(m.index);  // freed while pending: released once its step ends
@@ -115,6 +177,7 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       break;
     }
     case PendingMiss::Step::place:  // placed before its calls (place_miss): never here
+    case PendingMiss::Step::slab_alias:  // finish_small_tail_alias
       VALET_ASSERT(false);
       failed = make_error(Errc::internal, "a miss reached its booking unplaced");
       break;
@@ -222,6 +285,12 @@ void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
     case PendingMiss::Step::place:  // nothing chosen yet: only its promise
       pool.unpromise(loc.pages);
       keeper.chunks_for_misses_done();
+      break;
+    case PendingMiss::Step::slab_alias:  // in the mapper's hand from place_miss to its booking: never queued
+      VALET_ASSERT(false);
+      m.tail_alias.status = make_error(Errc::invalid_state, "the object was freed before its slab page was mapped");
+      (void)pool.finish_tail_alias(m.tail_alias);
+      pool.unpromise(loc.pages);
       break;
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:

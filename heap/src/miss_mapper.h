@@ -54,11 +54,12 @@ inline thread_local std::uint64_t t_background_misses = 0;
 //   last_page  a page of its own for the last slot (place_calls).
 // A failed step begins the whole run again at its start (step run).
 struct PendingMiss {
-  enum class Step : std::uint8_t { run, body, alias, last_page, place };
+  enum class Step : std::uint8_t { run, body, alias, last_page, place, slab_alias };
   std::uint32_t index = 0;  // the object's handle index
   Step step = Step::run;
   PagePool::PlaceBatch batch;   // run, body, last_page
   PagePool::AttachPlan plan;    // alias
+  PagePool::TailAlias tail_alias;  // slab_alias: an open tail's page mapped for a small object's slab page
   SlabPage* host = nullptr;     // alias: the slab page whose physical page the last slot maps
   bool host_had_objects = false;
   unsigned attempts = 1;        // runs begun for it so far

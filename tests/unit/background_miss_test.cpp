@@ -696,9 +696,17 @@ TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIs
   ASSERT_TRUE(small.ok()) << small.error().to_string();
   EXPECT_EQ(calls, 0u) << "the allocating thread made driver calls for a new slab page";
   EXPECT_EQ(address_at_allocation(heap, *small), DevicePtr{0}) << "placed by the allocating thread";
-  // The mapper maps the slab page's alias under the heap lock (a page's calls, as the
-  // allocating thread made them before): nothing that takes the lock is looked at until it ends.
+  // The mapper maps the tail's page for the slab page without the heap lock: the heap is
+  // consistent meanwhile, the object pending and unplaced, its page promised.
   ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
+  auto& core = detail::HeapInternals::of(heap);
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_TRUE(core.misses.is_pending(small->index));
+    EXPECT_EQ(core.pool.promised_pages(), 1u);
+  }
+  EXPECT_EQ(heap.stats().live_bytes, 2 * detail::kPageSize + 512 * 1024 + kSmall);
+  EXPECT_VALID(heap);
   auto pinning = std::async(std::launch::async, [&] {
     auto pin = heap.pin(*small);
     return pin.ok() ? pin->address() : DevicePtr{0};
@@ -706,7 +714,6 @@ TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIs
   EXPECT_EQ(pinning.wait_for(50ms), std::future_status::timeout) << "a pin did not wait for the placement";
   g.gate->open();
   EXPECT_NE(pinning.get(), DevicePtr{0});
-  EXPECT_EQ(heap.stats().live_bytes, 2 * detail::kPageSize + 512 * 1024 + kSmall);
   const auto s = heap.stats();
   EXPECT_EQ(s.ops.small_misses_placed_by_mapper, 1u);
   EXPECT_EQ(s.ops.background_misses, settled_before + 1);
@@ -716,6 +723,45 @@ TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIs
   EXPECT_EQ(test::mismatches(heap, *small, 3), 0u);
   EXPECT_VALID(heap);
   EXPECT_TRUE(heap.free(*small).ok());
+  EXPECT_TRUE(heap.free(*large).ok());
+  EXPECT_VALID(heap);
+}
+
+// A pending small object freed while the mapper maps the tail's page for its slab page: the
+// free makes no call, the mapper gives the alias back (the keeper unmaps it) and places nothing;
+// the tail stays open and the heap consistent.
+TEST(BackgroundMisses, ASmallObjectFreedWhileItsSlabPagesAliasIsMappedLeavesNoSlabPage) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto large = heap.allocate(2 * detail::kPageSize + 512 * 1024);
+  ASSERT_TRUE(large.ok());
+  test::fill(heap, *large, 7);
+  ASSERT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  const std::uint64_t settled_before = heap.stats().ops.background_misses;
+  gate_mapper(g);
+  auto small = heap.allocate(kSmall);
+  ASSERT_TRUE(small.ok());
+  ASSERT_TRUE(g.gate->wait_entered()) << "the mapper made no map";
+  {
+    ThreadDriverCalls scope(heap.driver_calls());
+    ASSERT_TRUE(heap.free(*small).ok());
+    EXPECT_EQ(scope.made().total(), 0u);
+  }
+  EXPECT_EQ(heap.stats().live_bytes, 2 * detail::kPageSize + 512 * 1024);
+  EXPECT_VALID(heap);  // its page still promised, until the mapper's booking
+  g.gate->open();
+  ASSERT_TRUE(settled(heap, settled_before + 1));
+  EXPECT_EQ(heap.stats().pages.shared_tails, 0u) << "a slab page was built for the freed object";
+  EXPECT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
+  EXPECT_TRUE(heap.pin(*small).code() == Errc::stale_handle);
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.maintain().ok());  // the alias's queued unmap
+  EXPECT_EQ(heap.stats().mapped_bytes, 3 * detail::kPageSize);
+  EXPECT_EQ(test::mismatches(heap, *large, 7), 0u);
   EXPECT_TRUE(heap.free(*large).ok());
   EXPECT_VALID(heap);
 }
