@@ -81,11 +81,15 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
     // page of its own): with `miss` the mapper places the object instead, on its thread, and the
     // caller gets a pending object as for a large miss (docs/background_misses.md).
     if (miss && config.mapper_places_misses && pool.reserve_pages() == 0 && !slabs.densest_with_room(cls) &&
-        !prepared_tail_for(cls) && pool.promise(1)) {
-      miss->step = PendingMiss::Step::place;
-      miss->small = true;
-      want_refill();
-      return Location{ObjectKind::slab, kUnplaced, cls, 1};
+        !prepared_tail_for(cls)) {
+      const bool rides = unplaced_small[cls] % class_slots(cls) != 0 && pool.creatable_pages() > 0;
+      if (rides || pool.promise(1)) {
+        ++unplaced_small[cls];
+        miss->step = PendingMiss::Step::place;
+        miss->small = true;
+        want_refill();
+        return Location{ObjectKind::slab, kUnplaced, cls, rides ? 0u : 1u};
+      }
     }
     return place_small(cls);
   }

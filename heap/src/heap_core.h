@@ -8,6 +8,7 @@
 // a cancelable move (compaction's copy) and cancels it, or waits (a repoint or a remap).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -232,6 +233,12 @@ struct HeapCore {
   // at once, an ordinary object's by the keeper).
   void trim_after_freed_misses(std::unique_lock<HeapMutex>& lock);
   std::size_t mapper_trim_pages = 0;  // under mu
+  // Pending small objects not placed yet, by class (under mu). The first of each page's worth
+  // promises a page; the others ride along (no promise, location pages 0) while a page may
+  // still be created, so that a burst of one class promises its pages, not one an object.
+  std::array<std::uint32_t, kClassCount> unplaced_small{};
+  // An unplaced small object leaves that state (placed, given up): its count and promise go.
+  void unplace_small(const Location& loc);
   // After a large free (or stream frees reaped) returned `pages`: ReserveKeeper::trim_surplus,
   // except that with background misses a return that would trim on this thread (no ordinary
   // demand: a probe, a KV cache larger than an eighth of the pages in use) is handed to the

@@ -30,7 +30,7 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
       m.step = PendingMiss::Step::slab_alias;
       return false;
     }
-    pool.unpromise(n);
+    unplace_small(e->loc);
     m.step = PendingMiss::Step::run;
     return book_small_miss(m, place_small(e->loc.index));
   }
@@ -70,10 +70,15 @@ bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
   HandleEntry* e = handles.get(m.index);
   const std::uint32_t cls = e->loc.index;
   const PagePool::TailAlias& a = m.tail_alias;
-  pool.unpromise(e->loc.pages);
+  unplace_small(e->loc);
   m.step = PendingMiss::Step::run;
-  const bool prepared = pool.finish_tail_alias(m.tail_alias);
-  if (prepared) prepared_aliases[a.tail] = a.slot;
+  bool prepared = pool.finish_tail_alias(m.tail_alias);
+  // Another alias of the tail prepared meanwhile (a cycle's, a standby) serves instead: this
+  // one goes back (the keeper unmaps it).
+  if (prepared && !prepared_aliases.try_emplace(a.tail, a.slot).second) {
+    pool.discard_tail_alias(a.slot);
+    after_release();
+  }
   // slab_on_tail_at takes the prepared alias if its tail still hosts the class on the same page
   // (else it is discarded there); one left over goes back (the keeper unmaps it).
   SlabPage* page = prepared && !misses.is_freed(m.index) ? slab_on_tail_at(cls, a.tail, /*may_map=*/false) : nullptr;
@@ -88,6 +93,12 @@ bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
   }
   if (page) return book_small_miss(m, Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0});
   return book_small_miss(m, place_small(cls));  // the tail closed or changed meanwhile
+}
+
+void HeapCore::unplace_small(const Location& loc) {
+  VALET_ASSERT(loc.kind == ObjectKind::slab && loc.page == kUnplaced && unplaced_small[loc.index] > 0);
+  --unplaced_small[loc.index];
+  pool.unpromise(loc.pages);
 }
 
 bool HeapCore::book_small_miss(PendingMiss& m, Result<Location> loc) {
@@ -283,14 +294,17 @@ Status HeapCore::free_pending(Handle h, HandleEntry* e) {
 void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
   switch (m.step) {
     case PendingMiss::Step::place:  // nothing chosen yet: only its promise
-      pool.unpromise(loc.pages);
+      if (loc.kind == ObjectKind::slab)
+        unplace_small(loc);
+      else
+        pool.unpromise(loc.pages);
       keeper.chunks_for_misses_done();
       break;
     case PendingMiss::Step::slab_alias:  // in the mapper's hand from place_miss to its booking: never queued
       VALET_ASSERT(false);
       m.tail_alias.status = make_error(Errc::invalid_state, "the object was freed before its slab page was mapped");
       (void)pool.finish_tail_alias(m.tail_alias);
-      pool.unpromise(loc.pages);
+      unplace_small(loc);
       break;
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:

@@ -1,6 +1,7 @@
 // Heap::validate: every component checks its own invariants (page pool, slabs, handle table,
 // stream releases, device table, keeper), then the checks that span components: slab pages against the slot table, the
 // handle table and the tails; every live object against its place; the counters.
+#include <array>
 #include <string>
 
 #include "heap_core.h"
@@ -214,6 +215,7 @@ Status check_slab_pages(const HeapCore& c, const CacheTally& cached, SlabTally& 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
 Status check_objects(const HeapCore& c, const CacheTally& cached) {
   std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0, unplaced_pages = 0;
+  std::array<std::uint32_t, detail::kClassCount> unplaced_small{};
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
     const std::uint64_t s = e->state.load(std::memory_order_acquire);
@@ -230,9 +232,10 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       if (!c.misses.is_pending(i) || !(s & state::kMoving))
         return fail("unplaced small object " + std::to_string(i) + " is not a claimed pending one");
       if (e->address.load() != 0) return fail("unplaced object " + std::to_string(i) + " has an address");
-      if (e->loc.pages != 1 || e->loc.index >= detail::kClassCount || e->size() > detail::class_size(e->loc.index))
+      if (e->loc.pages > 1 || e->loc.index >= detail::kClassCount || e->size() > detail::class_size(e->loc.index))
         return fail("unplaced small object " + std::to_string(i) + " has no class that holds it");
       unplaced_pages += e->loc.pages;
+      ++unplaced_small[e->loc.index];
     } else if (e->loc.kind == ObjectKind::slab) {
       const auto& slot = c.pool.slot(e->loc.page);
       if (slot.kind != SlotKind::slab) return fail("object " + std::to_string(i) + " points at a non-slab page");
@@ -278,8 +281,12 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   // A small object freed while the mapper maps its slab page's alias keeps its promise until then.
   c.misses.for_each_pending([&](std::uint32_t i, bool freed) {
     const HandleEntry* e = c.handles.get(i);
-    if (freed && e->loc.page == HeapCore::kUnplaced) unplaced_pages += e->loc.pages;
+    if (freed && e->loc.page == HeapCore::kUnplaced) {
+      unplaced_pages += e->loc.pages;
+      if (e->loc.kind == ObjectKind::slab) ++unplaced_small[e->loc.index];
+    }
   });
+  if (unplaced_small != c.unplaced_small) return fail("unplaced small objects by class are miscounted");
   if (unplaced_pages != c.pool.promised_pages())
     return fail("promised pages (" + std::to_string(c.pool.promised_pages()) + ") are not the unplaced objects' (" +
                 std::to_string(unplaced_pages) + ")");

@@ -95,7 +95,7 @@ void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
 void MissMapper::loop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    if (spin_us_ > 0 && queued_.empty() && !stop_) poll(lock);
+    if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);
     sleeping_ = true;
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
     sleeping_ = false;

@@ -38,7 +38,10 @@ void HeapCore::prepare_tail_aliases(std::unique_lock<HeapMutex>& lock, bool mesh
   for (auto& a : aliases) pool.tail_alias_calls(a);
   lock.lock();
   for (auto& a : aliases)
-    if (pool.finish_tail_alias(a)) prepared_aliases[a.tail] = a.slot;
+    if (pool.finish_tail_alias(a) && !prepared_aliases.try_emplace(a.tail, a.slot).second) {
+      pool.discard_tail_alias(a.slot);  // one prepared meanwhile (a standby, a small object's) serves
+      after_release();
+    }
   drain_caches();  // what the threads cached meanwhile cannot move (compact_locked drained before)
 }
 

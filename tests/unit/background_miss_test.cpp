@@ -766,6 +766,63 @@ TEST(BackgroundMisses, ASmallObjectFreedWhileItsSlabPagesAliasIsMappedLeavesNoSl
   EXPECT_VALID(heap);
 }
 
+// A burst of one class while the reserve is empty and the mapper is busy: the pending small
+// objects promise a page for each page's worth of them, not one each (a page holds 32 of 64 KiB),
+// and all land once the mapper gets to them.
+TEST(BackgroundMisses, ABurstOfPendingSmallObjectsOfOneClassPromisesAPageForEachPagesWorth) {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  auto& core = detail::HeapInternals::of(heap);
+  auto held = allocate_held(g);  // the mapper's calls for it held at the gate
+  ASSERT_TRUE(held.ok()) << held.error().to_string();
+  std::size_t promised_before = 0;
+  {
+    std::lock_guard lock(core.mu);
+    promised_before = core.pool.promised_pages();
+  }
+  std::vector<Handle> burst;
+  for (int i = 0; i < 40; ++i) {
+    auto h = heap.allocate(kSmall);
+    ASSERT_TRUE(h.ok());
+    burst.push_back(*h);
+  }
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.pool.promised_pages(), promised_before + 2) << "not a page for each 32 objects";
+    EXPECT_EQ(core.unplaced_small[detail::class_of(kSmall)], 40u);
+  }
+  EXPECT_VALID(heap);
+  ASSERT_TRUE(heap.free(burst[1]).ok());  // one that rides along, given up while queued
+  EXPECT_VALID(heap);
+  g.gate->open();
+  for (std::size_t i = 0; i < burst.size(); ++i)
+    if (i != 1) {
+      test::fill(heap, burst[i], std::uint32_t(i + 1));
+    }
+  for (std::size_t i = 0; i < burst.size(); ++i) {
+    if (i != 1) {
+      EXPECT_EQ(test::mismatches(heap, burst[i], std::uint32_t(i + 1)), 0u);
+    }
+  }
+  {
+    std::lock_guard lock(core.mu);
+    EXPECT_EQ(core.pool.promised_pages(), 0u);
+    EXPECT_EQ(core.unplaced_small[detail::class_of(kSmall)], 0u);
+  }
+  EXPECT_VALID(heap);
+  for (std::size_t i = 0; i < burst.size(); ++i) {
+    if (i != 1) {
+      EXPECT_TRUE(heap.free(burst[i]).ok());
+    }
+  }
+  EXPECT_TRUE(heap.free(*held).ok());
+  EXPECT_VALID(heap);
+}
+
 // A pending small object queued behind a large miss: it goes before the large ones still queued,
 // and a free of it while it waits gives its promise back (no call, nothing placed); the heap is
 // consistent at every step.
