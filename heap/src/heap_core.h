@@ -216,8 +216,7 @@ struct HeapCore {
   // true when it is settled at once (a run with no call, or the object lost).
   bool place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock);
   // A pending small object's placement (place_miss): begin_small_tail_alias begins the alias of
-  // an open tail for its new slab page where place_small would map one under the lock (nullopt:
-  // none to begin); finish_small_tail_alias books it after the calls (step slab_alias) and
+  // an open tail for its new slab page, reserve pages or not (nullopt: none to begin); finish_small_tail_alias books it after the calls (step slab_alias) and
   // places the object there, or as place_small would where the tail changed meanwhile;
   // book_small_miss gives the object its place and settles it (a failed one is lost).
   std::optional<PagePool::TailAlias> begin_small_tail_alias(std::uint32_t cls);

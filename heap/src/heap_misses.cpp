@@ -23,16 +23,28 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
   const std::uint32_t n = e->loc.pages;
   if (e->loc.kind == ObjectKind::slab) {
     ++ops.small_misses_placed_by_mapper;
-    // A new slab page on an open tail: the tail's page is mapped at a free slot without the heap
-    // lock (step slab_alias, its promise kept until then), as the keeper prepares a standby.
-    if (auto a = begin_small_tail_alias(e->loc.index)) {
-      m.tail_alias = *a;
-      m.step = PendingMiss::Step::slab_alias;
-      return false;
+    const std::uint32_t cls = e->loc.index;
+    // Its calls are off the allocating thread now, so a new slab page goes on an open tail (no
+    // new page) even where the reserve refilled meanwhile: a prepared alias where there is one,
+    // else the tail's page mapped at a free slot without the heap lock (step slab_alias, its
+    // promise kept until then), as the keeper prepares a standby. Else as place_small places it.
+    if (!slabs.densest_with_room(cls)) {
+      if (prepared_tail_for(cls)) {
+        unplace_small(e->loc);
+        m.step = PendingMiss::Step::run;
+        if (SlabPage* page = slab_on_tail(cls))
+          return book_small_miss(m, Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0});
+        return book_small_miss(m, place_small(cls));
+      }
+      if (auto a = begin_small_tail_alias(cls)) {
+        m.tail_alias = *a;
+        m.step = PendingMiss::Step::slab_alias;
+        return false;
+      }
     }
     unplace_small(e->loc);
     m.step = PendingMiss::Step::run;
-    return book_small_miss(m, place_small(e->loc.index));
+    return book_small_miss(m, place_small(cls));
   }
   // Its promise back first: the pages it counted on are creatable again, for it alone to take.
   pool.unpromise(n);
@@ -57,10 +69,9 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
 }
 
 std::optional<PagePool::TailAlias> HeapCore::begin_small_tail_alias(std::uint32_t cls) {
-  // Only where place_small would map one: no slab page with room, no reserve page, no prepared
-  // alias (those need no call); an open tail that can host the class, with no alias prepared.
-  if (!config.share_tails || slabs.densest_with_room(cls) || pool.reserve_pages() > 0 || prepared_tail_for(cls))
-    return std::nullopt;
+  // Where a new slab page is wanted (no slab page with room) and no prepared alias serves: an
+  // open tail that can host the class, with no alias prepared (whatever the reserve holds).
+  if (!config.share_tails || slabs.densest_with_room(cls) || prepared_tail_for(cls)) return std::nullopt;
   const std::optional<std::uint32_t> tail = tails.roomiest();
   if (!tail || !tail_can_host(cls, *tail) || prepared_aliases.contains(*tail)) return std::nullopt;
   return pool.begin_tail_alias(*tail);
