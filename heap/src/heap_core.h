@@ -234,7 +234,10 @@ struct HeapCore {
   std::size_t mapper_trim_pages = 0;  // under mu
   // Pending small objects not placed yet, by class (under mu). The first of each page's worth
   // promises a page; the others ride along (no promise, location pages 0) while a page may
-  // still be created, so that a burst of one class promises its pages, not one an object.
+  // still be created, so that a burst of one class promises its pages, not one an object. One
+  // that rides along has no page of its own: if other allocations fill its class's pages first
+  // and the capacity is then exhausted, the mapper cannot place it and it is lost (lose_miss);
+  // not seen in tests or the stress, the price of not promising a page an object.
   std::array<std::uint32_t, kClassCount> unplaced_small{};
   // An unplaced small object leaves that state (placed, given up): its count and promise go.
   void unplace_small(const Location& loc);
