@@ -222,6 +222,9 @@ struct HeapCore {
   std::optional<PagePool::TailAlias> begin_small_tail_alias(std::uint32_t cls);
   bool finish_small_tail_alias(PendingMiss& m);
   bool book_small_miss(PendingMiss& m, Result<Location> loc);
+  // The mapper's placement of pending object `index` published (its location and address);
+  // false, the object lost, when it could not be placed.
+  bool publish_placement(std::uint32_t index, const Result<Location>& loc);
   void miss_calls(PendingMiss& m) const;
   bool finish_miss(PendingMiss& m);
   bool settle_miss(PendingMiss& m);

@@ -51,18 +51,7 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
   m.step = PendingMiss::Step::run;
   ++ops.misses_placed_by_mapper;
   auto loc = place_large(lock, e->size(), n, &m, /*counted_live=*/true);
-  if (!loc.ok()) {
-    // The promise held the capacity: only the address space or a broken rule gets here.
-    std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
-                 loc.error().to_string().c_str());
-    lose_miss(m.index);
-    return true;
-  }
-  e->loc = *loc;
-  // Its pins read the address once the claim ends (end_move releases it); the device table
-  // takes it at its next upload.
-  e->address.store(address_of(*loc), std::memory_order_relaxed);
-  table.changed();
+  if (!publish_placement(m.index, loc)) return true;
   if (!m.empty()) return false;  // its first step's calls next
   set_owner(*loc, m.index);      // a run that needed no call
   return settle_miss(m);
@@ -112,17 +101,26 @@ void HeapCore::unplace_small(const Location& loc) {
   pool.unpromise(loc.pages);
 }
 
-bool HeapCore::book_small_miss(PendingMiss& m, Result<Location> loc) {
-  HandleEntry* e = handles.get(m.index);
+bool HeapCore::publish_placement(std::uint32_t index, const Result<Location>& loc) {
+  HandleEntry* e = handles.get(index);
   if (!loc.ok()) {
+    // The promise held the capacity: only the address space, a small object that rode along
+    // without a promise, or a broken rule gets here.
     std::fprintf(stderr, "valet: a pending object of %zu bytes is lost: it could not be placed (%s)\n", e->size(),
                  loc.error().to_string().c_str());
-    lose_miss(m.index);
-    return true;
+    lose_miss(index);
+    return false;
   }
   e->loc = *loc;
+  // Its pins read the address once the claim ends (end_move releases it); the device table
+  // takes it at its next upload.
   e->address.store(address_of(*loc), std::memory_order_relaxed);
   table.changed();
+  return true;
+}
+
+bool HeapCore::book_small_miss(PendingMiss& m, Result<Location> loc) {
+  if (!publish_placement(m.index, loc)) return true;
   set_owner(*loc, m.index);
   return settle_miss(m);
 }

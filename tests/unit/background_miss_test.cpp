@@ -674,21 +674,34 @@ OpenTailHeap open_tail_heap(std::size_t standbys, std::size_t reserve_high_pages
   return t;
 }
 
+// A heap with background misses, no cached objects and an empty reserve (no watermark).
+Config empty_reserve_config() {
+  Config c = test::uncached(background_config());
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  return c;
+}
+
+// A large object (bytes 7) with 512 KiB used on its last page: an open tail of 1.5 MiB.
+Result<Handle> allocate_open_tail(Heap& heap) {
+  auto large = heap.allocate(2 * detail::kPageSize + 512 * 1024);
+  if (!large.ok()) return large;
+  test::fill(heap, *large, 7);
+  if (heap.open_tail_bytes() != std::vector<std::uint32_t>{512u * 1024})
+    return make_error(Errc::internal, "the large object left no open tail of 1.5 MiB");
+  return large;
+}
+
 // With no reserve page a new slab page makes calls (an alias of an open tail: two; a page of its
 // own: three), so the mapper places the small object: the allocating thread makes none and gets
 // a pending object (no address yet, one page promised) whose first pin waits; the mapper puts it
 // on the open tail, the cheaper page.
 TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIsPlacedByTheMapper) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  GatedHeap g(c);
+  GatedHeap g(empty_reserve_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
-  auto large = heap.allocate(2 * detail::kPageSize + 512 * 1024);  // 1.5 MiB free on its last page
+  auto large = allocate_open_tail(heap);
   ASSERT_TRUE(large.ok());
-  test::fill(heap, *large, 7);
-  ASSERT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
   ASSERT_EQ(heap.stats().reserve_bytes, 0u);
   const std::uint64_t settled_before = heap.stats().ops.background_misses;
   gate_mapper(g);
@@ -731,16 +744,11 @@ TEST(BackgroundMisses, ASmallObjectThatNeedsANewSlabPageWhileTheReserveIsEmptyIs
 // free makes no call, the mapper gives the alias back (the keeper unmaps it) and places nothing;
 // the tail stays open and the heap consistent.
 TEST(BackgroundMisses, ASmallObjectFreedWhileItsSlabPagesAliasIsMappedLeavesNoSlabPage) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  GatedHeap g(c);
+  GatedHeap g(empty_reserve_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
-  auto large = heap.allocate(2 * detail::kPageSize + 512 * 1024);
+  auto large = allocate_open_tail(heap);
   ASSERT_TRUE(large.ok());
-  test::fill(heap, *large, 7);
-  ASSERT_EQ(heap.open_tail_bytes(), std::vector<std::uint32_t>{512u * 1024});
   const std::uint64_t settled_before = heap.stats().ops.background_misses;
   gate_mapper(g);
   auto small = heap.allocate(kSmall);
@@ -770,10 +778,7 @@ TEST(BackgroundMisses, ASmallObjectFreedWhileItsSlabPagesAliasIsMappedLeavesNoSl
 // objects promise a page for each page's worth of them, not one each (a page holds 32 of 64 KiB),
 // and all land once the mapper gets to them.
 TEST(BackgroundMisses, ABurstOfPendingSmallObjectsOfOneClassPromisesAPageForEachPagesWorth) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  GatedHeap g(c);
+  GatedHeap g(empty_reserve_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   auto& core = detail::HeapInternals::of(heap);
@@ -827,10 +832,7 @@ TEST(BackgroundMisses, ABurstOfPendingSmallObjectsOfOneClassPromisesAPageForEach
 // and a free of it while it waits gives its promise back (no call, nothing placed); the heap is
 // consistent at every step.
 TEST(BackgroundMisses, APendingSmallObjectGoesBeforeQueuedLargeMissesAndItsFreeGivesThePromiseBack) {
-  Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
-  GatedHeap g(c);
+  GatedHeap g(empty_reserve_config());
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   auto& core = detail::HeapInternals::of(heap);
