@@ -94,8 +94,11 @@ struct Config {
   // is pending until then: a pin (host or stream) waits for the mapping, a free or resize waits
   // as for a move, compaction leaves it alone. The allocating thread makes no driver call and
   // does not wait for one; the wait moves to the object's first pin, so it pays where the gap
-  // between allocation and first use covers the mapping (docs/background_misses.md). Fixed
-  // objects, shared tails and slab pages are placed as before.
+  // between allocation and first use covers the mapping (docs/background_misses.md). A small
+  // allocation that needs a new slab page while the reserve has none is pending the same way
+  // (the mapper builds the slab page, on an open tail where one has room), and a free whose
+  // trim would make calls on the freeing thread (no ordinary demand) leaves it to the mapper.
+  // Fixed objects are placed as before.
   bool background_misses = false;
   // Background misses pending at most: beyond this many, a miss makes its own calls (as without
   // the mapper), so that the mapper's queue stays bounded when allocations outrun it for good.

@@ -245,8 +245,9 @@ class Heap {
   // held, since the thread started; a diagnostic: the difference across a call is that call's
   // wait for other threads' critical sections.
   static std::uint64_t this_thread_lock_wait_ns();
-  // Allocations of the calling thread (on any heap) that returned pending, their runs left to the
-  // heap's mapper (Config::background_misses), since the thread started; a diagnostic: the
+  // Allocations of the calling thread (on any heap) that returned pending, their runs (or, for a
+  // small object that needed a new slab page, its place) left to the heap's mapper
+  // (Config::background_misses), since the thread started; a diagnostic: the
   // difference across an allocate says whether that allocation missed.
   static std::uint64_t this_thread_background_misses();
   const Config& config() const;
