@@ -231,8 +231,9 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   // after the old one's.
   const std::size_t used_before = pool.demand_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
-  // A large miss's calls go to the mapper (background misses; not for a fixed object, whose
-  // address the caller may use without a pin). Made only then: a batch is not a small thing.
+  // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
+  // the caller may use without a pin): a large run's, or a small object's new slab page's. Made
+  // only then (its batch is empty until a miss fills it: no allocation here).
   std::optional<PendingMiss> miss;
   if (!reused && !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit)
     miss.emplace();
