@@ -113,13 +113,12 @@ Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t 
   return place_large(lock, bytes, n, miss, /*counted_live=*/false);
 }
 
-Result<Location> HeapCore::place_small(std::uint32_t cls) {
-  constexpr std::uint32_t owner = kNoOwner;  // the caller names the owner once it has a handle
+Result<Location> HeapCore::place_small(std::uint32_t cls, bool tail_first) {
   SlabPage* page = slabs.densest_with_room(cls);
   // A slab page on an open tail maps an alias (a map and an access grant) on this thread. With
-  // background misses a reserve page comes first (no call): the slab page goes there, and
-  // compaction meshes it onto an open tail later (docs/background_misses.md).
-  if (!page && (!misses.running() || pool.reserve_pages() == 0)) page = slab_on_tail(cls);
+  // background misses a reserve page comes first (no call) unless `tail_first`: the slab page
+  // goes there, and compaction meshes it onto an open tail later (docs/background_misses.md).
+  if (!page && (tail_first || !misses.running() || pool.reserve_pages() == 0)) page = slab_on_tail(cls);
   if (!page) {
     auto slot = pool.take_page(SlotKind::slab, 0);
     if (!slot.ok()) return slot.error();
@@ -127,8 +126,12 @@ Result<Location> HeapCore::place_small(std::uint32_t cls) {
     pool.slot(*slot).owner = page->id;
     want_refill();
   }
-  const std::uint32_t i = slabs.take_slot(page, owner);
-  return Location{ObjectKind::slab, page->slot, i, 0};
+  return slot_on(page);
+}
+
+Location HeapCore::slot_on(SlabPage* page) {
+  // Unowned: the caller names the owner once it has a handle.
+  return Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0};
 }
 
 Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::size_t bytes, std::uint32_t n,

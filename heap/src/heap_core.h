@@ -192,8 +192,11 @@ struct HeapCore {
   // kUnplaced (the mapper places it: place_miss). So is a small object that needs a new slab
   // page while the reserve has none (one page promised; the location's index is its class).
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
-  // place's small part: a slot of class `cls` (a new slab page may make driver calls here).
-  Result<Location> place_small(std::uint32_t cls);
+  // place's small part: a slot of class `cls` (a new slab page may make driver calls here; with
+  // `tail_first`, an open tail before a reserve page: the mapper's choice). slot_on: a slot of
+  // `page`, unowned.
+  Result<Location> place_small(std::uint32_t cls, bool tail_first = false);
+  Location slot_on(SlabPage* page);
   // place's large part after the promise: `n` pages for `bytes` (`counted_live`: the bytes are in
   // the live count already, the mapper's placement). placed_run: a mapped run [start, start + n)
   // taken for `bytes` (its tail opened).

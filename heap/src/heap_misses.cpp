@@ -25,26 +25,18 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
     ++ops.small_misses_placed_by_mapper;
     const std::uint32_t cls = e->loc.index;
     // Its calls are off the allocating thread now, so a new slab page goes on an open tail (no
-    // new page) even where the reserve refilled meanwhile: a prepared alias where there is one,
-    // else the tail's page mapped at a free slot without the heap lock (step slab_alias, its
-    // promise kept until then), as the keeper prepares a standby. Else as place_small places it.
-    if (!slabs.densest_with_room(cls)) {
-      if (prepared_tail_for(cls)) {
-        unplace_small(e->loc);
-        m.step = PendingMiss::Step::run;
-        if (SlabPage* page = slab_on_tail(cls))
-          return book_small_miss(m, Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0});
-        return book_small_miss(m, place_small(cls));
-      }
-      if (auto a = begin_small_tail_alias(cls)) {
-        m.tail_alias = *a;
-        m.step = PendingMiss::Step::slab_alias;
-        return false;
-      }
+    // new page) even where the reserve refilled meanwhile: the tail's page mapped at a free slot
+    // without the heap lock (step slab_alias, its promise kept until then), as the keeper
+    // prepares a standby; else (a slab page with room, a prepared alias, no tail to begin one on)
+    // place_small with the tail first.
+    if (auto a = begin_small_tail_alias(cls)) {
+      m.tail_alias = *a;
+      m.step = PendingMiss::Step::slab_alias;
+      return false;
     }
     unplace_small(e->loc);
     m.step = PendingMiss::Step::run;
-    return book_small_miss(m, place_small(cls));
+    return book_small_miss(m, place_small(cls, /*tail_first=*/true));
   }
   // Its promise back first: the pages it counted on are creatable again, for it alone to take.
   pool.unpromise(n);
@@ -72,7 +64,7 @@ bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
   const PagePool::TailAlias& a = m.tail_alias;
   unplace_small(e->loc);
   m.step = PendingMiss::Step::run;
-  bool prepared = pool.finish_tail_alias(m.tail_alias);
+  const bool prepared = pool.finish_tail_alias(m.tail_alias);
   // Another alias of the tail prepared meanwhile (a cycle's, a standby) serves instead: this
   // one goes back (the keeper unmaps it).
   if (prepared && !prepared_aliases.try_emplace(a.tail, a.slot).second) {
@@ -91,7 +83,7 @@ bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
     ++ops.background_misses;
     return drop_freed_miss(m.index);
   }
-  if (page) return book_small_miss(m, Location{ObjectKind::slab, page->slot, slabs.take_slot(page, kNoOwner), 0});
+  if (page) return book_small_miss(m, slot_on(page));
   return book_small_miss(m, place_small(cls));  // the tail closed or changed meanwhile
 }
 
