@@ -73,20 +73,19 @@ Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std:
   return place_run(lock, n, false);
 }
 
-Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss) {
+Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss,
+                                  bool small_may_pend) {
   mu.assert_held();
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     // A new slab page where the reserve has none to give makes driver calls (a tail's alias or a
-    // page of its own): with `miss` the mapper places the object instead, on its thread, and the
-    // caller gets a pending object as for a large miss (docs/background_misses.md).
-    if (miss && config.mapper_places_misses && pool.reserve_pages() == 0 && !slabs.densest_with_room(cls) &&
-        !prepared_tail_for(cls)) {
+    // page of its own): the mapper places the object instead, on its thread, and the caller gets
+    // a pending object as for a large miss (docs/background_misses.md).
+    if (small_may_pend && config.mapper_places_misses && pool.reserve_pages() == 0 &&
+        !slabs.densest_with_room(cls) && !prepared_tail_for(cls)) {
       const bool rides = unplaced_small[cls] % class_slots(cls) != 0 && pool.creatable_pages() > 0;
       if (rides || pool.promise(1)) {
         ++unplaced_small[cls];
-        miss->step = PendingMiss::Step::place;
-        miss->small = true;
         want_refill();
         return Location{ObjectKind::slab, kUnplaced, cls, rides ? 0u : 1u};
       }
@@ -235,14 +234,21 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   const std::size_t used_before = pool.demand_pages();  // the demand it is measured against (demand.h)
   std::optional<Location> reused = stream ? reuse_cached(bytes, *stream) : std::nullopt;
   // A miss's calls go to the mapper (background misses; not for a fixed object, whose address
-  // the caller may use without a pin): a large run's, or a small object's new slab page's. Made
-  // only then (its batch is empty until a miss fills it: no allocation here).
+  // the caller may use without a pin): a large run's, or a small object's new slab page's. The
+  // miss is made for a large object before its placement, for a small one only once it is
+  // pending: a batch is not a small thing.
+  const bool may_pend =
+      !reused && !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit;
   std::optional<PendingMiss> miss;
-  if (!reused && !fixed && misses.running() && misses_held == 0 && misses.pending() < config.background_miss_limit)
-    miss.emplace();
+  if (may_pend && bytes > kMaxSlabObject) miss.emplace();
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
-  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr);
+  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr, may_pend);
   if (!loc.ok()) return loc.error();
+  if (loc->kind == ObjectKind::slab && loc->page == kUnplaced) {
+    miss.emplace();
+    miss->step = PendingMiss::Step::place;
+    miss->small = true;
+  }
   const bool pending = miss && !miss->empty();
   std::uint32_t index = 0;
   const bool shut_meanwhile = shut.load(std::memory_order_relaxed);

@@ -189,9 +189,11 @@ struct HeapCore {
   // is not mapped here; its begun batch goes to `*miss` and the location is its run's.
   // With config.mapper_places_misses, such a run is not even chosen here: what needs no call is
   // taken, else the pages are promised, `*miss` gets step `place` and the location's page is
-  // kUnplaced (the mapper places it: place_miss). So is a small object that needs a new slab
-  // page while the reserve has none (one page promised; the location's index is its class).
-  Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr);
+  // kUnplaced (the mapper places it: place_miss). With `small_may_pend`, so is a small object
+  // that needs a new slab page while the reserve has none (unplaced_small; the location's index
+  // is its class): the caller makes its miss, of step `place`.
+  Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr,
+                         bool small_may_pend = false);
   // place's small part: a slot of class `cls` (a new slab page may make driver calls here; with
   // `tail_first`, an open tail before a reserve page: the mapper's choice). slot_on: a slot of
   // `page`, unowned.
