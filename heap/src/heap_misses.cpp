@@ -36,7 +36,7 @@ bool HeapCore::place_miss(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
     }
     unplace_small(e->loc);
     m.step = PendingMiss::Step::run;
-    return book_small_miss(m, place_small(cls, /*tail_first=*/true));
+    return book_small_miss(m, place_small_for_miss(cls, /*tail_first=*/true));
   }
   // Its promise back first: the pages it counted on are creatable again, for it alone to take.
   pool.unpromise(n);
@@ -84,7 +84,24 @@ bool HeapCore::finish_small_tail_alias(PendingMiss& m) {
     return drop_freed_miss(m.index);
   }
   if (page) return book_small_miss(m, slot_on(page));
-  return book_small_miss(m, place_small(cls));  // the tail closed or changed meanwhile
+  return book_small_miss(m, place_small_for_miss(cls, /*tail_first=*/false));  // the tail closed or changed meanwhile
+}
+
+void HeapCore::release_last_promise(PendingMiss& m) {
+  if (!m.last_promised) return;
+  VALET_ASSERT(last_page_promises > 0);
+  --last_page_promises;
+  pool.unpromise(1);
+  m.last_promised = false;
+}
+
+Result<Location> HeapCore::place_small_for_miss(std::uint32_t cls, bool tail_first) {
+  // Its allocation succeeded already: a failed call (a page created or mapped under the lock)
+  // is tried again, as a large miss's run is begun again, before the object is given up.
+  Result<Location> loc = place_small(cls, tail_first);
+  for (unsigned attempt = 1; attempt < kMissAttempts && !loc.ok() && loc.error().code == Errc::driver_error; ++attempt)
+    loc = place_small(cls, tail_first);
+  return loc;
 }
 
 void HeapCore::unplace_small(const Location& loc) {
@@ -162,6 +179,7 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       break;
     }
     case PendingMiss::Step::body: {
+      release_last_promise(m);  // creatable again, for this object alone while the lock is held
       auto booked = pool.finish_place(m.batch, m.index);
       if (!booked.ok()) {
         failed = booked.error();  // the held last slot went back with the body
@@ -309,6 +327,7 @@ void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
       break;
     case PendingMiss::Step::run:
     case PendingMiss::Step::body:
+      release_last_promise(m);
       pool.abandon_place(m.batch);
       break;
     case PendingMiss::Step::last_page:

@@ -279,17 +279,23 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   if (std::int64_t(live_bytes) != std::int64_t(c.live_bytes) + cached.live_bytes) return fail("live byte count is wrong");
   if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes) return fail("footprint count is wrong");
   // A small object freed while the mapper maps its slab page's alias keeps its promise until then.
+  std::size_t pending_large = 0;
   c.misses.for_each_pending([&](std::uint32_t i, bool freed) {
     const HandleEntry* e = c.handles.get(i);
+    if (e->loc.kind == ObjectKind::large) ++pending_large;
     if (freed && e->loc.page == HeapCore::kUnplaced) {
       unplaced_pages += e->loc.pages;
       if (e->loc.kind == ObjectKind::slab) ++unplaced_small[e->loc.index];
     }
   });
   if (unplaced_small != c.unplaced_small) return fail("unplaced small objects by class are miscounted");
-  if (unplaced_pages != c.pool.promised_pages())
+  // And a page for the last slot of each body in flight (PendingMiss::last_promised).
+  if (c.last_page_promises > std::size_t(pending_large))
+    return fail("more last pages promised than large objects pending");
+  if (unplaced_pages + c.last_page_promises != c.pool.promised_pages())
     return fail("promised pages (" + std::to_string(c.pool.promised_pages()) + ") are not the unplaced objects' (" +
-                std::to_string(unplaced_pages) + ")");
+                std::to_string(unplaced_pages) + ") and the bodies' last pages (" +
+                std::to_string(c.last_page_promises) + ")");
   return {};
 }
 

@@ -158,10 +158,18 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
         miss->host_had_objects = !best->holds_no_object();
         slabs.detach(best);
       } else {
+        // The slab page may be full or gone when the body is booked: a page is promised for
+        // the last slot then, so that the object is never lost for want of one.
+        if (!pool.promise(1)) return std::nullopt;
         auto body = pool.begin_miss(pages, /*tail=*/true);
-        if (!body.ok()) return std::nullopt;
+        if (!body.ok()) {
+          pool.unpromise(1);
+          return std::nullopt;
+        }
         miss->step = PendingMiss::Step::body;
         miss->batch = std::move(*body);
+        miss->last_promised = true;
+        ++last_page_promises;
       }
       want_refill();
       return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};

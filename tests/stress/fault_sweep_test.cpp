@@ -10,6 +10,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <tuple>
 
 #include "heap_checks.h"
 
@@ -135,11 +136,18 @@ class Workload {
   std::map<std::string, int> surfaced_;
 };
 
-Config sweep_config() { return small_host_config(48 * kMiB); }
+// `mapper`: Config::background_misses (the default). Off, every miss is placed on the workload's
+// thread and the k-th call is the same on every run; on, the mapper's calls interleave with the
+// workload's, and a failure there must be tried again (the allocation returned already).
+Config sweep_config(bool mapper) {
+  Config c = small_host_config(48 * kMiB);
+  c.background_misses = mapper;
+  return c;
+}
 
 // Runs the workload with the k-th call of `op` failing (k = 0: no fault); returns calls of `op`.
-std::uint64_t run_with_fault(FaultOp op, std::uint64_t k, std::map<std::string, int>& surfaced) {
-  HostHeap hh = make_host_heap(sweep_config(), true);
+std::uint64_t run_with_fault(FaultOp op, bool mapper, std::uint64_t k, std::map<std::string, int>& surfaced) {
+  HostHeap hh = make_host_heap(sweep_config(mapper), true);
   if (!hh.heap) return 0;
   // Heap::create made calls of its own (the first reserve): count from here, as fail_nth does.
   const std::uint64_t calls_before = hh.faults->calls(op);
@@ -169,24 +177,24 @@ std::uint64_t sweep_stride() {
   return s > 1 ? std::uint64_t(s) : 1;
 }
 
-class FaultSweep : public ::testing::TestWithParam<FaultOp> {};
+class FaultSweep : public ::testing::TestWithParam<std::tuple<FaultOp, bool>> {};
 
 TEST_P(FaultSweep, EveryKthCallFailsCleanlyAndLosesNothing) {
-  const FaultOp op = GetParam();
+  const auto [op, mapper] = GetParam();
   std::map<std::string, int> surfaced;
-  const std::uint64_t calls = run_with_fault(op, 0, surfaced);
+  const std::uint64_t calls = run_with_fault(op, mapper, 0, surfaced);
   ASSERT_GT(calls, 0u) << "the workload never calls " << fault_op_name(op);
   EXPECT_TRUE(surfaced.empty()) << "driver errors without any fault injected";
   const std::uint64_t stride = sweep_stride();
   for (std::uint64_t k = 1; k <= calls; k += stride) {
     SCOPED_TRACE(std::string(fault_op_name(op)) + " fails at call " + std::to_string(k) + " of " +
                  std::to_string(calls));
-    run_with_fault(op, k, surfaced);
+    run_with_fault(op, mapper, k, surfaced);
     if (HasFailure()) break;  // one broken k says enough; the trace names it
   }
   int total = 0;
   for (auto& [step, n] : surfaced) total += n;
-  std::cout << "[ fault    ] " << fault_op_name(op) << ": " << calls << " calls swept";
+  std::cout << "[ fault    ] " << fault_op_name(op) << (mapper ? " (mapper)" : "") << ": " << calls << " calls swept";
   if (stride > 1) std::cout << " (one k in " << stride << ")";
   std::cout << ", " << total
             << " faults surfaced as driver_error";
@@ -195,8 +203,13 @@ TEST_P(FaultSweep, EveryKthCallFailsCleanlyAndLosesNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, FaultSweep,
-                         ::testing::Values(FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::copy),
-                         [](const auto& info) { return std::string(fault_op_name(info.param)); });
+                         ::testing::Combine(::testing::Values(FaultOp::create_page, FaultOp::map, FaultOp::set_access,
+                                                              FaultOp::copy),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(fault_op_name(std::get<0>(info.param))) +
+                                  (std::get<1>(info.param) ? "_mapper" : "_caller");
+                         });
 
 }  // namespace
 }  // namespace valet::stress_test

@@ -434,6 +434,76 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
   EXPECT_VALID(heap);
 }
 
+// A shared tail's body is mapped first and its slab page chosen after: should the page fill up
+// meanwhile, the last slot needs a page of its own, and the capacity may be spoken for by then.
+// The body holds a page promised for it, so the object is never lost: other allocations meet
+// out_of_memory one page earlier instead.
+TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapacityLosesNothing) {
+  Config c = test::uncached(background_config());
+  c.capacity = 64 * kMiB;  // 32 pages
+  c.reserve_low_pages = 0;
+  c.reserve_high_pages = 0;
+  GatedHeap g(c, DriverOp::set_access);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  std::vector<Handle> small;
+  for (int i = 0; i < 40; ++i) {
+    auto h = heap.allocate(kSmall);
+    ASSERT_TRUE(h.ok());
+    test::fill(heap, *h, test::seed_of(*h));
+    small.push_back(*h);
+  }
+  const auto slab_pages = heap.stats().pages.slab;
+  gate_mapper(g);
+  auto big = heap.allocate(kTailed);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  ASSERT_TRUE(g.gate->wait_entered());  // the body's access grant
+  EXPECT_VALID(heap);
+  // The slab page that would take the tail fills up, until a small object needs a new slab
+  // page (pending behind the body: not filled here, its pin would wait), and the rest of the
+  // capacity goes to other objects, pending too.
+  std::vector<Handle> others;
+  for (int i = 0; i < 200 && others.empty(); ++i) {
+    const std::uint64_t misses_before = Heap::this_thread_background_misses();
+    auto h = heap.allocate(kSmall);
+    ASSERT_TRUE(h.ok());
+    if (Heap::this_thread_background_misses() != misses_before) {
+      others.push_back(*h);
+    } else {
+      test::fill(heap, *h, test::seed_of(*h));
+      small.push_back(*h);
+    }
+  }
+  ASSERT_EQ(others.size(), 1u) << "the slab pages never filled up";
+  EXPECT_EQ(heap.stats().pages.slab, slab_pages);
+  // (Up to the capacity, not past it: an allocation past it waits for the gated mapper.)
+  auto creatable = [&] {
+    auto& core = detail::HeapInternals::of(heap);
+    std::lock_guard lock(core.mu);
+    return core.pool.creatable_pages();
+  };
+  for (std::size_t n = creatable(); n > 0 && others.size() < 64; n = creatable()) {
+    auto h = heap.allocate(std::min<std::size_t>(n, 2) * detail::kPageSize);
+    ASSERT_TRUE(h.ok()) << h.error().to_string();
+    others.push_back(*h);
+  }
+  EXPECT_GT(others.size(), 1u);
+  EXPECT_EQ(creatable(), 0u);
+  EXPECT_VALID(heap);
+  g.gate->open();
+  test::fill(heap, *big, 5);  // its pin waits for the body and its last page
+  EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";
+  for (Handle h : others) EXPECT_TRUE(heap.pin(h).ok());
+  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  for (Handle h : others) EXPECT_TRUE(heap.free(h).ok());
+  for (Handle h : small) EXPECT_TRUE(heap.free(h).ok());
+  EXPECT_VALID(heap);
+}
+
 // A pending object's pages are its own from the allocation on: used pages (the keeper's budget
 // is measured against them) and large pages in stats(), not reserve pages.
 TEST(BackgroundMisses, APendingObjectsPagesCountAsItsOwnNotAsTheReserves) {
