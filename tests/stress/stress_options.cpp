@@ -40,8 +40,9 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
                  "from this many pages (0: off)");
   app.add_flag("--keeper-defers", o.keeper_defers,
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
-  app.add_flag("--background-misses", o.background_misses,
-               "Config::background_misses: large misses return at once, a heap thread maps their runs");
+  app.add_flag("--background-misses,!--no-background-misses", o.background_misses,
+               "Config::background_misses (on by default): misses return at once, pending; a heap thread maps "
+               "their runs and slab pages. --no-background-misses: the allocating threads do");
   app.add_option("--reserve-hold-ms", o.reserve_hold_ms,
                  "Config::reserve_hold_ms: with --background-misses the keeper keeps a free's surplus this long")
       ->check(CLI::Range(std::size_t{0}, std::size_t{60000}));

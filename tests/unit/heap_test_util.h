@@ -19,10 +19,13 @@ namespace valet::test {
 inline constexpr std::size_t kMiB = std::size_t{1} << 20;
 inline constexpr std::size_t kPage = 2 * kMiB;
 
+// The unit tests watch what each call does when it returns: no keeper, and no mapper (a miss
+// is placed and mapped on the allocating thread). The suites of those threads turn them on.
 inline Config host_config(std::size_t capacity = 256 * kMiB) {
   Config c;
   c.capacity = capacity;
   c.background_reserve = false;
+  c.background_misses = false;
   c.reserve_low_pages = 2;
   c.reserve_high_pages = 8;
   return c;

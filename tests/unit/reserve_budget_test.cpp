@@ -115,6 +115,7 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   ASSERT_TRUE(pool.init(2048).ok());
   HeapMutex mu;
   Config config;
+  config.background_misses = false;  // the keeper creates the frontier's pages (with the mapper it does not)
   config.reserve_low_pages = 2;
   config.reserve_high_pages = 4;
   config.reserve_fraction = 0.3;
@@ -175,6 +176,10 @@ void settle(Heap& h) {
 
 TEST(ReserveKeeper, SteadyStateLargeAllocationsMakeNoDriverCall) {
   Config config;
+  // The keeper alone keeps the calls off the allocating thread here: it creates the frontier's
+  // pages ahead and a miss maps on its caller (with the mapper, a miss is pending instead:
+  // BackgroundMisses).
+  config.background_misses = false;
   config.capacity = 1u << 30;
   // Room for the longest request (10 pages) twice over: 25% of ~160 live pages, and a peak
   // ratio that allows it.
@@ -323,6 +328,7 @@ Config budget_config(double peak_ratio) {
   config.reserve_fraction = 0.05;
   config.reserve_peak_ratio = peak_ratio;
   config.chunk_min_pages = 0;  // the page reserve's rule (chunks: their own tests below)
+  config.background_misses = false;  // a free's trim on its own thread (the mapper's tests set it)
   return config;
 }
 

@@ -89,17 +89,20 @@ struct Config {
   // every token) pays a chunk per allocation at the median (docs/speed.md, "Session 23").
   // 0: off.
   std::size_t chunk_miss_pages = 0;
-  // Background misses: a large allocation that finds no mapped run returns at once with its
-  // handle and address; a thread of the heap makes the driver calls that map its run. The object
-  // is pending until then: a pin (host or stream) waits for the mapping, a free or resize waits
+  // Background misses (on by default since session 41): a large allocation that finds no mapped
+  // run returns at once with its handle; a thread of the heap (the mapper) chooses its run and
+  // makes the driver calls that map it. The object is pending until then: a pin (host or stream) waits for the mapping, a free or resize waits
   // as for a move, compaction leaves it alone. The allocating thread makes no driver call and
   // does not wait for one; the wait moves to the object's first pin, so it pays where the gap
   // between allocation and first use covers the mapping (docs/background_misses.md). A small
   // allocation that needs a new slab page while the reserve has none is pending the same way
   // (the mapper builds the slab page, on an open tail where one has room), and a free whose
   // trim would make calls on the freeing thread (no ordinary demand) leaves it to the mapper.
-  // Fixed objects are placed as before.
-  bool background_misses = false;
+  // Fixed objects are placed as before. An allocation that returned a handle is not lost: its
+  // pages are promised out of the capacity, and a failed call is tried again (an object whose
+  // calls fail three times is lost, with a message on stderr and stats().ops.lost_allocations).
+  // Off: every miss maps on its allocating thread, which waits for the calls.
+  bool background_misses = true;
   // Background misses pending at most: beyond this many, a miss makes its own calls (as without
   // the mapper), so that the mapper's queue stays bounded when allocations outrun it for good.
   // A queued miss holds only promised pages (counted against the capacity, created when it is

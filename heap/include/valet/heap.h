@@ -181,7 +181,10 @@ class Heap {
   Heap(const Heap&) = delete;
   Heap& operator=(const Heap&) = delete;
 
-  // Allocates an object of `bytes` (mapped and accessible at once).
+  // Allocates an object of `bytes`. With Config::background_misses (the default) an object that
+  // needs new pages may be pending: its pages are mapped by the heap's thread, and its first pin
+  // (host or stream) waits until then; otherwise it is mapped and accessible at return. Either
+  // way the handle may be freed, resized or pinned at once.
   Result<Handle> allocate(std::size_t bytes);
   // The same with `stream` as the stream whose work uses the object: memory that free(h, stream)
   // gave back on the same stream is reused at once (stream order makes that safe).

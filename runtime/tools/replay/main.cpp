@@ -65,7 +65,7 @@ struct Arguments {
   std::optional<std::size_t> reserve_hold_allocs;
   bool create_ahead = valet::Config{}.keeper_creates_ahead;
   bool keeper_defers = false;
-  bool background_misses = false;
+  bool background_misses = valet::Config{}.background_misses;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
   std::uint32_t mapper_spin_us = valet::Config{}.miss_mapper_spin_us;
   bool caller_places_misses = false;
@@ -148,8 +148,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "this many pages and more, within the peak bound (0: off)");
   app.add_flag("--keeper-defers", args.keeper_defers,
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
-  app.add_flag("--background-misses", args.background_misses,
-               "Config::background_misses: a large allocation that misses returns at once; a heap thread maps its run");
+  app.add_flag("--background-misses,!--no-background-misses", args.background_misses,
+               "Config::background_misses (on by default): an allocation that misses returns at once, pending; a "
+               "heap thread maps its run or slab page. --no-background-misses: the allocating thread does");
   app.add_option("--background-miss-limit", args.background_miss_limit,
                  "Config::background_miss_limit: background misses pending at most (default 1024)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
