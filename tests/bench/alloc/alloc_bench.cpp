@@ -158,6 +158,7 @@ struct Arguments {
   std::size_t thread_cache_bytes = valet::Config{}.thread_cache_bytes;
   std::size_t thread_cache_run_bytes = valet::Config{}.thread_cache_run_bytes;
   std::size_t chunk_min_pages = valet::Config{}.chunk_min_pages;
+  bool background_misses = valet::Config{}.background_misses;
 };
 
 // Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
@@ -197,6 +198,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_option("--chunk-min-pages", args.chunk_min_pages,
                  "Config::chunk_min_pages of the heap (0: every page created on its own)")
       ->capture_default_str();
+  app.add_flag("--background-misses,!--no-background-misses", args.background_misses,
+               "Config::background_misses of the heap (on by default): the cold run's allocations return pending "
+               "and their first pins wait for the mapper; off, the allocating thread maps");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -236,6 +240,7 @@ int main(int argc, char** argv) {
   cfg.thread_cache_bytes = args.thread_cache_bytes;
   cfg.thread_cache_run_bytes = args.thread_cache_run_bytes;
   cfg.chunk_min_pages = args.chunk_min_pages;
+  cfg.background_misses = args.background_misses;
   auto heap = valet::open_heap(backend, cfg);
   if (!heap.ok()) {
     std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
