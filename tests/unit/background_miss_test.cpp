@@ -399,20 +399,33 @@ TEST(BackgroundMisses, AnObjectWhoseCallsKeepFailingIsLostAndTheHeapStaysWhole) 
 // (as place_batch_test's shared tail at allocation).
 constexpr std::size_t kSmall = 64 * 1024, kTailed = 10 * kMiB + 512 * 1024;
 
-TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
+// No reserve (the large object misses) and no thread cache (frees reach their slab pages).
+Config tailed_config() {
   Config c = test::uncached(background_config());
-  c.reserve_low_pages = 0;  // no reserve: the large object misses
+  c.reserve_low_pages = 0;
   c.reserve_high_pages = 0;
-  GatedHeap g(c, DriverOp::set_access);
-  ASSERT_TRUE(g.heap);
-  Heap& heap = *g.heap;
+  return c;
+}
+
+// `n` objects of kSmall, each filled with its own seed (empty where an allocation failed).
+std::vector<Handle> filled_small(Heap& heap, int n) {
   std::vector<Handle> small;
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < n; ++i) {
     auto h = heap.allocate(kSmall);
-    ASSERT_TRUE(h.ok());
+    EXPECT_TRUE(h.ok());
+    if (!h.ok()) return {};
     test::fill(heap, *h, test::seed_of(*h));
     small.push_back(*h);
   }
+  return small;
+}
+
+TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
+  GatedHeap g(tailed_config(), DriverOp::set_access);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  std::vector<Handle> small = filled_small(heap, 40);
+  ASSERT_EQ(small.size(), 40u);
   gate_mapper(g);
   auto [big, calls] = allocate_counting_calls(heap, kTailed);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
@@ -439,20 +452,13 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
 // The body holds a page promised for it, so the object is never lost: other allocations meet
 // out_of_memory one page earlier instead.
 TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapacityLosesNothing) {
-  Config c = test::uncached(background_config());
+  Config c = tailed_config();
   c.capacity = 64 * kMiB;  // 32 pages
-  c.reserve_low_pages = 0;
-  c.reserve_high_pages = 0;
   GatedHeap g(c, DriverOp::set_access);
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
-  std::vector<Handle> small;
-  for (int i = 0; i < 40; ++i) {
-    auto h = heap.allocate(kSmall);
-    ASSERT_TRUE(h.ok());
-    test::fill(heap, *h, test::seed_of(*h));
-    small.push_back(*h);
-  }
+  std::vector<Handle> small = filled_small(heap, 40);
+  ASSERT_EQ(small.size(), 40u);
   const auto slab_pages = heap.stats().pages.slab;
   gate_mapper(g);
   auto big = heap.allocate(kTailed);
