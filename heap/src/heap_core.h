@@ -247,13 +247,14 @@ struct HeapCore {
   // and the capacity is then exhausted, the mapper cannot place it and it is lost (lose_miss);
   // not seen in tests or the stress, the price of not promising a page an object.
   std::array<std::uint32_t, kClassCount> unplaced_small{};
-  // Misses of step body holding a page promised for their last slot (PendingMiss::last_promised;
-  // under mu): given back when the body is booked or abandoned.
+  // Misses of step body or alias holding a page promised for their last slot
+  // (PendingMiss::last_promised; under mu): given back when the last slot is booked (its alias
+  // or its own page) or the miss ends.
   std::size_t last_page_promises = 0;
   void release_last_promise(PendingMiss& m);
   // An unplaced small object leaves that state (placed, given up): its count and promise go.
   void unplace_small(const Location& loc);
-  // place_small for a pending small object (on the mapper), a driver failure tried again.
+  // place_small for a pending small object (on the mapper), a failure tried again.
   Result<Location> place_small_for_miss(std::uint32_t cls, bool tail_first);
   // After a large free (or stream frees reaped) returned `pages`: ReserveKeeper::trim_surplus,
   // except that with background misses a return that would trim on this thread (no ordinary

@@ -98,9 +98,9 @@ void HeapCore::release_last_promise(PendingMiss& m) {
 Result<Location> HeapCore::place_small_for_miss(std::uint32_t cls, bool tail_first) {
   // Its allocation succeeded already: a failed call (a page created or mapped under the lock)
   // is tried again, as a large miss's run is begun again, before the object is given up.
+  // Any error: a driver's out-of-memory is another user of the device, as a failed call is.
   Result<Location> loc = place_small(cls, tail_first);
-  for (unsigned attempt = 1; attempt < kMissAttempts && !loc.ok() && loc.error().code == Errc::driver_error; ++attempt)
-    loc = place_small(cls, tail_first);
+  for (unsigned attempt = 1; attempt < kMissAttempts && !loc.ok(); ++attempt) loc = place_small(cls, tail_first);
   return loc;
 }
 
@@ -179,13 +179,15 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       break;
     }
     case PendingMiss::Step::body: {
-      release_last_promise(m);  // creatable again, for this object alone while the lock is held
+      // Its last page's promise is kept through the alias step (a failed alias begins the whole
+      // run again) and given back where the last slot gets its page or the miss ends.
       auto booked = pool.finish_place(m.batch, m.index);
       if (!booked.ok()) {
         failed = booked.error();  // the held last slot went back with the body
         break;
       }
       if (freed) {
+        release_last_promise(m);
         pool.abandon_tail(loc.page, loc.pages);
         return drop_freed_miss(m.index);
       }
@@ -199,7 +201,9 @@ bool HeapCore::finish_miss(PendingMiss& m) {
         m.step = PendingMiss::Step::alias;
         return false;
       }
-      // None has the room any more: the last slot gets a page of its own.
+      // None has the room any more: the last slot gets a page of its own, the promised one
+      // (creatable again, for this object alone while the lock is held).
+      release_last_promise(m);
       pool.free_held_slot(last);
       failed = make_error(Errc::internal, "the last slot was taken");
       if (begin_at(last, 1, PendingMiss::Step::last_page)) return false;
@@ -215,6 +219,7 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       slabs.attach(m.host);
       auto booked = pool.finish_attach(m.plan, m.index);
       if (booked.ok()) {
+        release_last_promise(m);
         share_tail(loc, e->size(), m.host);
         // Its last objects were freed meanwhile: it retires as their free would have retired it.
         if (m.host_had_objects) retire_if_spare(m.host);
@@ -225,6 +230,7 @@ bool HeapCore::finish_miss(PendingMiss& m) {
       break;
     }
   }
+  release_last_promise(m);  // its page may be the run's now
   if (freed) return drop_freed_miss(m.index);
   // The run's slots are free again: begin the whole run again at the same start, so that the
   // address the caller holds stays right.
@@ -338,6 +344,7 @@ void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
       // An attach that failed before its first call: the body goes to the reserve, the last
       // slot is free (or a queued drop again, for a retarget).
       m.plan.status = make_error(Errc::invalid_state, "the object was freed before its alias was mapped");
+      release_last_promise(m);
       (void)pool.finish_attach(m.plan, 0);
       slabs.attach(m.host);
       retire_if_spare(m.host);

@@ -65,8 +65,8 @@ struct PendingMiss {
   unsigned attempts = 1;        // runs begun for it so far
   std::uint64_t seq = 0;        // its place in the order of submission (MissMapper::submit)
   bool small = false;           // a small object's: queued before the large ones (submit)
-  // body: one page promised for the last slot, should its slab page be gone when the body is
-  // booked (HeapCore::last_page_promises).
+  // body, then alias: one page promised for the last slot, should its slab page be gone when
+  // the body is booked or its alias fail (HeapCore::last_page_promises).
   bool last_promised = false;
   bool empty() const { return step == Step::run && batch.empty(); }
 };

@@ -15,6 +15,8 @@
 //     (unshare_tail), or, if they cannot, the resize copies the object to unshared pages.
 #include <algorithm>
 
+#include <thread>
+
 #include "heap_core.h"
 #include "size_classes.h"
 #include "valet/evacuation_plan.h"
@@ -148,9 +150,14 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // mapped without the lock; meanwhile the slab page may have changed (filled, gone, put on a
     // tail): look again.
     std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
-    if (miss) {
-      // Background misses: the calls are the mapper's (heap_misses.cpp), the retarget's alias
-      // at once, or the body first and the alias after it.
+    // Background misses: the calls are the mapper's (heap_misses.cpp), the retarget's alias at
+    // once, or the body first and the alias after it. The slab page may be full or gone when
+    // the body is booked, or the alias fail: a page is promised for the last slot until then,
+    // so that the object is not lost for want of one. On the mapper the promise always holds
+    // (the object's promise of all its pages was given back just before); where it cannot (the
+    // allocating thread places near the capacity), this thread makes the calls, below.
+    const bool promised = miss && !plan && pool.promise(1);
+    if (miss && (plan || promised)) {
       if (plan) {
         miss->step = PendingMiss::Step::alias;
         miss->plan = *plan;
@@ -158,9 +165,6 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
         miss->host_had_objects = !best->holds_no_object();
         slabs.detach(best);
       } else {
-        // The slab page may be full or gone when the body is booked: a page is promised for
-        // the last slot then, so that the object is never lost for want of one.
-        if (!pool.promise(1)) return std::nullopt;
         auto body = pool.begin_miss(pages, /*tail=*/true);
         if (!body.ok()) {
           pool.unpromise(1);
@@ -173,6 +177,10 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
       }
       want_refill();
       return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};
+    }
+    if (miss && misses.thread_id() == std::this_thread::get_id()) {
+      VALET_ASSERT(false);  // the mapper never lets the heap lock go while it places
+      return std::nullopt;
     }
     if (!plan) {
       auto body = place_run(lock, pages, true);

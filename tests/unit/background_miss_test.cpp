@@ -464,6 +464,12 @@ TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapaci
   auto big = heap.allocate(kTailed);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   ASSERT_TRUE(g.gate->wait_entered());  // the body's access grant
+  auto last_page_promises = [&] {
+    auto& core = detail::HeapInternals::of(heap);
+    std::lock_guard lock(core.mu);
+    return core.last_page_promises;
+  };
+  ASSERT_EQ(last_page_promises(), 1u) << "the object is not a shared tail's body in flight";
   EXPECT_VALID(heap);
   // The slab page that would take the tail fills up, until a small object needs a new slab
   // page (pending behind the body: not filled here, its pin would wait), and the rest of the
@@ -498,6 +504,55 @@ TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapaci
   EXPECT_VALID(heap);
   g.gate->open();
   test::fill(heap, *big, 5);  // its pin waits for the body and its last page
+  EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
+  const auto s = heap.stats();
+  EXPECT_EQ(s.ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";
+  EXPECT_EQ(last_page_promises(), 0u);
+  for (Handle h : others) EXPECT_TRUE(heap.pin(h).ok());
+  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*big).ok());
+  for (Handle h : others) EXPECT_TRUE(heap.free(h).ok());
+  for (Handle h : small) EXPECT_TRUE(heap.free(h).ok());
+  EXPECT_VALID(heap);
+}
+
+// The same promise holds through the alias step: an alias whose call fails begins the whole run
+// again, its last slot on a page of its own, and meanwhile the capacity may be spoken for.
+TEST(BackgroundMisses, AFailedAliasOfABodyAtTheCapacityBeginsTheRunAgainAndLosesNothing) {
+  Config c = tailed_config();
+  c.capacity = 64 * kMiB;  // 32 pages
+  GatedHeap g(c, DriverOp::set_access);
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  std::vector<Handle> small = filled_small(heap, 40);
+  ASSERT_EQ(small.size(), 40u);
+  // The body's access grant goes through; the alias's stops at the gate.
+  g.gate->arm_for(detail::HeapInternals::of(heap).misses.thread_id(), /*pass=*/1);
+  auto big = heap.allocate(kTailed);
+  ASSERT_TRUE(big.ok()) << big.error().to_string();
+  ASSERT_TRUE(g.gate->wait_entered());
+  auto& core = detail::HeapInternals::of(heap);
+  auto creatable = [&] {
+    std::lock_guard lock(core.mu);
+    return core.pool.creatable_pages();
+  };
+  {
+    std::lock_guard lock(core.mu);
+    ASSERT_EQ(core.last_page_promises, 1u) << "the object is not a shared tail's alias in flight";
+  }
+  // The rest of the capacity goes to other objects, pending behind it (up to the capacity: an
+  // allocation past it waits for the gated mapper).
+  std::vector<Handle> others;
+  for (std::size_t n = creatable(); n > 0 && others.size() < 64; n = creatable()) {
+    auto h = heap.allocate(std::min<std::size_t>(n, 2) * detail::kPageSize);
+    ASSERT_TRUE(h.ok()) << h.error().to_string();
+    others.push_back(*h);
+  }
+  EXPECT_EQ(creatable(), 0u);
+  EXPECT_VALID(heap);
+  g.gate->open_failing();
+  test::fill(heap, *big, 5);  // its pin waits for the run begun again
   EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
   const auto s = heap.stats();
   EXPECT_EQ(s.ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";

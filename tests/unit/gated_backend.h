@@ -39,6 +39,13 @@ class GatedBackend final : public BackendAdaptor {
     armed_ = false;
     cv_.notify_all();
   }
+  // Opens the gate with the call waiting there failing (driver_error), as a driver's would.
+  void open_failing() {
+    std::lock_guard lock(mu_);
+    fail_waiting_ = true;
+    armed_ = false;
+    cv_.notify_all();
+  }
 
  protected:
   Status before(DriverOp op) override {
@@ -52,6 +59,10 @@ class GatedBackend final : public BackendAdaptor {
     entered_ = true;
     cv_.notify_all();
     cv_.wait(lock, [&] { return !armed_.load(); });
+    if (fail_waiting_) {
+      fail_waiting_ = false;
+      return make_error(Errc::driver_error, "the call at the gate failed");
+    }
     return {};
   }
 
@@ -61,6 +72,7 @@ class GatedBackend final : public BackendAdaptor {
   std::condition_variable cv_;
   std::atomic<bool> armed_{false};
   bool entered_ = false;
+  bool fail_waiting_ = false;
   std::thread::id only_{};
   int pass_ = 0;
 };
