@@ -447,6 +447,48 @@ TEST(BackgroundMisses, ASharedTailsBodyAndAliasAreMappedByTheMapper) {
   EXPECT_VALID(heap);
 }
 
+std::size_t creatable_pages(Heap& heap) {
+  auto& core = detail::HeapInternals::of(heap);
+  std::lock_guard lock(core.mu);
+  return core.pool.creatable_pages();
+}
+
+std::size_t last_page_promises(Heap& heap) {
+  auto& core = detail::HeapInternals::of(heap);
+  std::lock_guard lock(core.mu);
+  return core.last_page_promises;
+}
+
+// Objects of one or two pages, pending behind a gated miss, until no page can be created (up to
+// the capacity, not past it: an allocation past it waits for the gated mapper).
+std::vector<Handle> take_the_rest_of_the_capacity(Heap& heap) {
+  std::vector<Handle> others;
+  for (std::size_t n = creatable_pages(heap); n > 0 && others.size() < 64; n = creatable_pages(heap)) {
+    auto h = heap.allocate(std::min<std::size_t>(n, 2) * detail::kPageSize);
+    EXPECT_TRUE(h.ok()) << h.error().to_string();
+    if (!h.ok()) break;
+    others.push_back(*h);
+  }
+  return others;
+}
+
+// Once the gate is open: `big` is usable and whole, nothing was lost, every other object is
+// usable and the small ones hold their bytes; then all of them are freed.
+void check_nothing_lost_and_free(Heap& heap, Handle big, const std::vector<Handle>& others,
+                                 const std::vector<Handle>& small) {
+  test::fill(heap, big, 5);  // its pin waits for the mapper's steps
+  EXPECT_EQ(test::mismatches(heap, big, 5), 0u);
+  EXPECT_EQ(heap.stats().ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";
+  EXPECT_EQ(last_page_promises(heap), 0u);
+  for (Handle h : others) EXPECT_TRUE(heap.pin(h).ok());
+  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(big).ok());
+  for (Handle h : others) EXPECT_TRUE(heap.free(h).ok());
+  for (Handle h : small) EXPECT_TRUE(heap.free(h).ok());
+  EXPECT_VALID(heap);
+}
+
 // A shared tail's body is mapped first and its slab page chosen after: should the page fill up
 // meanwhile, the last slot needs a page of its own, and the capacity may be spoken for by then.
 // The body holds a page promised for it, so the object is never lost: other allocations meet
@@ -464,12 +506,7 @@ TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapaci
   auto big = heap.allocate(kTailed);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   ASSERT_TRUE(g.gate->wait_entered());  // the body's access grant
-  auto last_page_promises = [&] {
-    auto& core = detail::HeapInternals::of(heap);
-    std::lock_guard lock(core.mu);
-    return core.last_page_promises;
-  };
-  ASSERT_EQ(last_page_promises(), 1u) << "the object is not a shared tail's body in flight";
+  ASSERT_EQ(last_page_promises(heap), 1u) << "the object is not a shared tail's body in flight";
   EXPECT_VALID(heap);
   // The slab page that would take the tail fills up, until a small object needs a new slab
   // page (pending behind the body: not filled here, its pin would wait), and the rest of the
@@ -488,33 +525,12 @@ TEST(BackgroundMisses, ABodysLastPageIsPromisedSoItsSlabPageFillingUpAtTheCapaci
   }
   ASSERT_EQ(others.size(), 1u) << "the slab pages never filled up";
   EXPECT_EQ(heap.stats().pages.slab, slab_pages);
-  // (Up to the capacity, not past it: an allocation past it waits for the gated mapper.)
-  auto creatable = [&] {
-    auto& core = detail::HeapInternals::of(heap);
-    std::lock_guard lock(core.mu);
-    return core.pool.creatable_pages();
-  };
-  for (std::size_t n = creatable(); n > 0 && others.size() < 64; n = creatable()) {
-    auto h = heap.allocate(std::min<std::size_t>(n, 2) * detail::kPageSize);
-    ASSERT_TRUE(h.ok()) << h.error().to_string();
-    others.push_back(*h);
-  }
+  for (Handle h : take_the_rest_of_the_capacity(heap)) others.push_back(h);
   EXPECT_GT(others.size(), 1u);
-  EXPECT_EQ(creatable(), 0u);
+  EXPECT_EQ(creatable_pages(heap), 0u);
   EXPECT_VALID(heap);
   g.gate->open();
-  test::fill(heap, *big, 5);  // its pin waits for the body and its last page
-  EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
-  const auto s = heap.stats();
-  EXPECT_EQ(s.ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";
-  EXPECT_EQ(last_page_promises(), 0u);
-  for (Handle h : others) EXPECT_TRUE(heap.pin(h).ok());
-  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
-  EXPECT_VALID(heap);
-  EXPECT_TRUE(heap.free(*big).ok());
-  for (Handle h : others) EXPECT_TRUE(heap.free(h).ok());
-  for (Handle h : small) EXPECT_TRUE(heap.free(h).ok());
-  EXPECT_VALID(heap);
+  check_nothing_lost_and_free(heap, *big, others, small);
 }
 
 // The same promise holds through the alias step: an alias whose call fails begins the whole run
@@ -532,37 +548,13 @@ TEST(BackgroundMisses, AFailedAliasOfABodyAtTheCapacityBeginsTheRunAgainAndLoses
   auto big = heap.allocate(kTailed);
   ASSERT_TRUE(big.ok()) << big.error().to_string();
   ASSERT_TRUE(g.gate->wait_entered());
-  auto& core = detail::HeapInternals::of(heap);
-  auto creatable = [&] {
-    std::lock_guard lock(core.mu);
-    return core.pool.creatable_pages();
-  };
-  {
-    std::lock_guard lock(core.mu);
-    ASSERT_EQ(core.last_page_promises, 1u) << "the object is not a shared tail's alias in flight";
-  }
-  // The rest of the capacity goes to other objects, pending behind it (up to the capacity: an
-  // allocation past it waits for the gated mapper).
-  std::vector<Handle> others;
-  for (std::size_t n = creatable(); n > 0 && others.size() < 64; n = creatable()) {
-    auto h = heap.allocate(std::min<std::size_t>(n, 2) * detail::kPageSize);
-    ASSERT_TRUE(h.ok()) << h.error().to_string();
-    others.push_back(*h);
-  }
-  EXPECT_EQ(creatable(), 0u);
+  ASSERT_EQ(last_page_promises(heap), 1u) << "the object is not a shared tail's alias in flight";
+  // The rest of the capacity goes to other objects, pending behind it.
+  const std::vector<Handle> others = take_the_rest_of_the_capacity(heap);
+  EXPECT_EQ(creatable_pages(heap), 0u);
   EXPECT_VALID(heap);
-  g.gate->open_failing();
-  test::fill(heap, *big, 5);  // its pin waits for the run begun again
-  EXPECT_EQ(test::mismatches(heap, *big, 5), 0u);
-  const auto s = heap.stats();
-  EXPECT_EQ(s.ops.lost_allocations, 0u) << "an allocation that returned a handle was lost";
-  for (Handle h : others) EXPECT_TRUE(heap.pin(h).ok());
-  for (Handle h : small) EXPECT_EQ(test::mismatches(heap, h, test::seed_of(h)), 0u);
-  EXPECT_VALID(heap);
-  EXPECT_TRUE(heap.free(*big).ok());
-  for (Handle h : others) EXPECT_TRUE(heap.free(h).ok());
-  for (Handle h : small) EXPECT_TRUE(heap.free(h).ok());
-  EXPECT_VALID(heap);
+  g.gate->open_failing();  // the alias fails: the run is begun again
+  check_nothing_lost_and_free(heap, *big, others, small);
 }
 
 // A pending object's pages are its own from the allocation on: used pages (the keeper's budget
