@@ -278,7 +278,8 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
   if (std::int64_t(live_bytes) != std::int64_t(c.live_bytes) + cached.live_bytes) return fail("live byte count is wrong");
   if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes) return fail("footprint count is wrong");
-  // A small object freed while the mapper maps its slab page's alias keeps its promise until then.
+  // A small object freed while the mapper maps its slab page's alias keeps its promise until
+  // then; the large objects pending bound the last pages promised (below).
   std::size_t pending_large = 0;
   c.misses.for_each_pending([&](std::uint32_t i, bool freed) {
     const HandleEntry* e = c.handles.get(i);
@@ -289,8 +290,8 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
     }
   });
   if (unplaced_small != c.unplaced_small) return fail("unplaced small objects by class are miscounted");
-  // And a page for the last slot of each body in flight (PendingMiss::last_promised).
-  if (c.last_page_promises > std::size_t(pending_large))
+  // And a page for the last slot of each body or alias in flight (PendingMiss::last_promised).
+  if (c.last_page_promises > pending_large)
     return fail("more last pages promised than large objects pending");
   if (unplaced_pages + c.last_page_promises != c.pool.promised_pages())
     return fail("promised pages (" + std::to_string(c.pool.promised_pages()) + ") are not the unplaced objects' (" +
