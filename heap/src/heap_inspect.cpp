@@ -86,6 +86,7 @@ HeapStats Heap::stats() const {
   });
   s.ops = c.ops;
   s.ops.pin = c.pin_count.load(std::memory_order_relaxed);
+  s.ops.mapper_wakes = c.misses.wakes();
   const DriverCallCounts calls = c.backend->totals();
   const detail::KeeperLockWaits waits = c.keeper.lock_waits();
   s.keeper = {waits.batches, waits.wait_ns, waits.longest_ns, waits.over_1ms};

@@ -60,6 +60,10 @@ class BasicHeapMutex {
     locked_.store(false, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) locked_.notify_one();
   }
+  // Whether another thread is waiting for the lock now (a hint: it may take it or stop waiting
+  // at any moment).
+  bool contended() const { return waiters_.load(std::memory_order_relaxed) > 0; }
+  bool locked() const { return locked_.load(std::memory_order_relaxed); }
   // "Precondition: mu held", checked where lock checks are on.
   void assert_held() const { owner_.assert_held(); }
   bool held_by_me() const
@@ -74,11 +78,14 @@ class BasicHeapMutex {
     const auto since = std::chrono::steady_clock::now();
     struct CountWait {
       std::chrono::steady_clock::time_point since;
+      std::atomic<std::uint32_t>& waiters;
       ~CountWait() {
+        waiters.fetch_sub(1, std::memory_order_relaxed);
         t_heap_lock_wait_ns += std::uint64_t(
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count());
       }
-    } count_wait{since};
+    } count_wait{since, waiters_};
+    waiters_.fetch_add(1, std::memory_order_relaxed);
     for (int spins = 0;; ++spins) {
       while (locked_.load(std::memory_order_relaxed)) {
         if (spins < 2000) {
@@ -96,9 +103,24 @@ class BasicHeapMutex {
 
   std::atomic<bool> locked_{false};
   std::atomic<std::uint32_t> sleepers_{0};  // threads in locked_.wait (unlock wakes only then)
+  std::atomic<std::uint32_t> waiters_{0};   // threads in acquire's contended path (spinning or asleep)
   [[no_unique_address]] LockOwner<LockRank::heap, Checked> owner_;
 };
 
 using HeapMutex = BasicHeapMutex<kLockChecks>;
+
+// A background thread between two parts of its work (the mapper between misses, the keeper
+// between batches), holding `lock`: if another thread waits for the lock, it is let go until that
+// thread has it (at most ~20 us), so that a caller waits for one part of the work, not for the
+// parts run back to back. Nothing is yielded when no thread waits.
+template <class Lock>
+void yield_to_waiters(Lock& lock) {
+  auto& mu = *lock.mutex();
+  if (!mu.contended()) return;
+  lock.unlock();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+  while (!mu.locked() && mu.contended() && std::chrono::steady_clock::now() < until) VALET_CPU_RELAX();
+  lock.lock();
+}
 
 }  // namespace valet::detail

@@ -28,11 +28,21 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
   return e;
 }
 
+void HeapCore::serve_pending(std::uint32_t index) {
+  std::unique_lock lock(mu);
+  if (!misses.is_pending(index) || !misses.serve_queued(index, lock)) return;
+  ++ops.misses_served_by_pins;
+  // Of what the mapper does after a miss (trim_after_freed_misses), the chunks left to misses;
+  // the returns handed to it for trimming asked for its own turn when they were handed over.
+  keeper.chunks_for_misses_done();
+}
+
 Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {
   if (shut.load(std::memory_order_acquire)) return make_error(Errc::shut_down, "pin: the heap was shut down");
   auto looked = lookup(h);
   if (!looked.ok()) return looked;
   HandleEntry* e = *looked;
+  if (config.pins_serve_misses && claims::waits_for_move(e->state.load(std::memory_order_acquire))) serve_pending(h.index);
   std::uint64_t before = 0, waited_ns = 0;
   Status st = claims::add_pin(e->state, h.generation, before, waited_ns);
   if (waited_ns) note_pin_wait(waited_ns);

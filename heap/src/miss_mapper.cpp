@@ -84,17 +84,52 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
 }
 
 void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
-  const std::uint64_t seen = submitted_.load(std::memory_order_acquire);
-  lock.unlock();
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
-  while (submitted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
-    VALET_CPU_RELAX();
+  // A submit ends the poll; should the queue be empty again by the time the lock is back (a pin
+  // served the miss: serve_queued), the poll goes on until its time is up.
+  while (queued_.empty() && !turn_wanted_ && !stop_ && std::chrono::steady_clock::now() < until) {
+    const std::uint64_t seen = submitted_.load(std::memory_order_acquire);
+    lock.unlock();
+    while (submitted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+      VALET_CPU_RELAX();
+    lock.lock();
+  }
+}
+
+bool MissMapper::step(PendingMiss& m, std::unique_lock<HeapMutex>& lock) {
+  // Placed under the lock first: a run that needs no call settles here.
+  if (m.step == PendingMiss::Step::place && place_(m, lock)) return true;
+  // The calls without the heap lock: nothing another thread can reach names this batch's
+  // slots or pages (page_pool.h, the place batch).
+  lock.unlock();
+  calls_(m);
   lock.lock();
+  return finish_(m);
+}
+
+bool MissMapper::serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& lock) {
+  mu_.assert_held();
+  auto it = std::find_if(queued_.begin(), queued_.end(), [&](const PendingMiss& m) { return m.index == index; });
+  if (it == queued_.end()) return false;
+  PendingMiss m = std::move(*it);
+  queued_.erase(it);
+  ++served_by_pins_;
+  // It stays pending (a free marks it freed; finish books that) until its last step settles.
+  t_serving_miss = true;
+  while (!step(m, lock)) {
+  }
+  t_serving_miss = false;
+  settle(m);
+  return true;
 }
 
 void MissMapper::loop() {
+  t_serving_miss = true;
   std::unique_lock lock(mu_);
   for (;;) {
+    // Between two misses (one booked, the next to be placed): a caller waiting for the lock goes
+    // first, so that it waits for one of them at most.
+    yield_to_waiters(lock);
     if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);
     sleeping_ = true;
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
@@ -110,24 +145,12 @@ void MissMapper::loop() {
     // (a free gives them up before their calls; one in hand must be mapped, then released).
     PendingMiss m = std::move(queued_.front());
     queued_.pop_front();
-    auto settled = [&] {
-      settle(m);
-      if (settled_) settled_(lock);
-    };
-    // Placed under the lock first: a run that needs no call settles here.
-    if (m.step == PendingMiss::Step::place && place_(m, lock)) {
-      settled();
+    if (!step(m, lock)) {
+      queued_.push_front(std::move(m));  // its next step, before the later misses
       continue;
     }
-    // The calls without the heap lock: nothing another thread can reach names this batch's
-    // slots or pages (page_pool.h, the place batch).
-    lock.unlock();
-    calls_(m);
-    lock.lock();
-    if (finish_(m))
-      settled();
-    else
-      queued_.push_front(std::move(m));  // its next step, before the later misses
+    settle(m);
+    if (settled_) settled_(lock);
   }
 }
 

@@ -41,6 +41,9 @@ struct SlabPage;
 
 // Misses the calling thread submitted (Heap::this_thread_background_misses).
 inline thread_local std::uint64_t t_background_misses = 0;
+// Whether the calling thread is making a miss's steps (the mapper's thread, or a pin serving a
+// queued miss): it places under the heap lock and never lets it go there.
+inline thread_local bool t_serving_miss = false;
 
 // One pending object's way to a mapped run. Each step is a batch begun under the heap lock whose
 // calls the mapper makes without it:
@@ -155,12 +158,26 @@ class MissMapper {
   // Waits (letting `lock`, holding mu, go meanwhile) until every miss submitted before the call
   // is settled (mapped, lost, or freed and released).
   void wait_settled(std::unique_lock<HeapMutex>& lock);
+  // A pin's help (Config::pins_serve_misses): when the miss of object `index` is still queued,
+  // the calling thread takes it out of the queue and makes its steps itself, as the thread would
+  // have (lock held; let go during the calls); the settled callback is not run (the caller does
+  // what it must of it). Returns whether it served the miss. The pin waits for the object either
+  // way; serving spares it the wait for the misses queued before it and the hand-over.
+  bool serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& lock);
+  // Misses served by pins so far (lock held).
+  std::uint64_t served_by_pins() const {
+    mu_.assert_held();
+    return served_by_pins_;
+  }
 
  private:
   void loop();
   // Polls (without the heap lock) until a miss is submitted or spin_us_ passed.
   void poll(std::unique_lock<HeapMutex>& lock);
   void settle(const PendingMiss& m);  // it leaves the pending set (lock held)
+  // A miss's steps from the one it is at until it is settled or has a next step to queue
+  // (returns true when settled; lock held, let go during the calls).
+  bool step(PendingMiss& m, std::unique_lock<HeapMutex>& lock);
 
   HeapMutex& mu_;
   Place place_;
@@ -180,6 +197,7 @@ class MissMapper {
   // it maps or polls costs its caller no system call.
   bool sleeping_ = false;
   std::uint64_t wakes_ = 0;  // under mu
+  std::uint64_t served_by_pins_ = 0;  // under mu
   std::atomic<std::uint64_t> submitted_{0};  // submits and stop, for the poll without the lock
   std::uint32_t spin_us_ = 0;
 };

@@ -67,7 +67,7 @@ Status add_pin(StateWord& w, std::uint32_t gen, std::uint64_t& before, std::uint
   waited_ns = 0;
   std::uint64_t s = w.load(std::memory_order_acquire);
   for (;;) {
-    if ((s & state::kMoving) && !(s & (state::kCancelable | state::kAliased))) {
+    if (waits_for_move(s)) {
       const std::uint64_t t0 = now_ns();
       s = wait_not_moving(w, gen, true);
       waited_ns += now_ns() - t0;

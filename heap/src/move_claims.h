@@ -66,6 +66,12 @@ void end(StateWord& w);
 // then sleeps on the word.
 std::uint64_t wait_not_moving(const StateWord& w, std::uint32_t gen, bool until_cancelable = false);
 
+// Whether a pin of an object in state `s` would wait (MOVING, neither CANCELABLE nor ALIASED: a
+// committed move, or a pending object's mapping).
+inline bool waits_for_move(std::uint64_t s) {
+  return (s & state::kMoving) && !(s & (state::kCancelable | state::kAliased));
+}
+
 // A pin's transition: waits out a move it must not overtake, cancels a cancelable one, adds one
 // pin. `waited_ns` receives how long it waited. On success `before` is the word before the pin
 // (ALIASED in it: use the alias address). Errors: stale_handle (freed meanwhile),

@@ -269,6 +269,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     } else {
       return;
     }
+    yield_to_waiters(lock);  // a caller waiting for the lock goes before the next batch
   }
 }
 
@@ -290,7 +291,9 @@ void ReserveKeeper::loop() {
     kept = std::chrono::steady_clock::now();
     if (on_wake_) on_wake_();
     keep(lock);
+    yield_to_waiters(lock);
     if (after_turn_ && paused_ == 0 && !stop_) after_turn_(lock);
+    yield_to_waiters(lock);
     // The drops after the reserve's work: they hold no memory of their own (the pages stay
     // mapped by their owners), while a trim that waits keeps mapped memory above its budget.
     // A slot still held by queued work waits for the next wake.

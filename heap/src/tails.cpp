@@ -178,8 +178,8 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
       want_refill();
       return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};
     }
-    if (miss && misses.thread_id() == std::this_thread::get_id()) {
-      VALET_ASSERT(false);  // the mapper never lets the heap lock go while it places
+    if (miss && t_serving_miss) {
+      VALET_ASSERT(false);  // a miss's placement (the mapper's, a pin's) never lets the heap lock go
       return std::nullopt;
     }
     if (!plan) {

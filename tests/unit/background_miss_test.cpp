@@ -162,6 +162,88 @@ TEST(BackgroundMisses, FreesOfPendingObjectsReturnAtOnceAndTheirRunsComeBack) {
   EXPECT_VALID(heap);
 }
 
+// Config::pins_serve_misses: a pin of an object whose miss is still queued (the mapper held at the
+// gate on another) makes the miss's calls on the pinning thread and returns without waiting for the
+// mapper, its bytes in place. Off, the same pin waits for the mapper.
+TEST(BackgroundMisses, APinOfAQueuedMissMakesItsCallsItselfAndNeedsNoMapper) {
+  for (const bool serve : {true, false}) {
+    SCOPED_TRACE(serve ? "pins serve" : "pins wait");
+    Config c = background_config();
+    c.pins_serve_misses = serve;
+    GatedHeap g(c);
+    ASSERT_TRUE(g.heap);
+    Heap& heap = *g.heap;
+    auto in_hand = allocate_held(g);  // the mapper takes it and stops at its first map
+    ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
+    auto queued = heap.allocate(kBig);  // queued behind it
+    ASSERT_TRUE(queued.ok());
+    EXPECT_VALID(heap);
+    auto pinning = std::async(std::launch::async, [&] {
+      auto p = heap.pin(*queued);
+      return p.ok() ? p->address() : DevicePtr{0};
+    });
+    if (serve) {
+      ASSERT_EQ(pinning.wait_for(5s), std::future_status::ready) << "the pin waited for the mapper";
+      EXPECT_NE(pinning.get(), DevicePtr{0}) << "the pin failed";
+      EXPECT_EQ(heap.stats().ops.misses_served_by_pins, 1u);
+      EXPECT_VALID(heap);  // the mapper still holds the other one at the gate
+      test::fill(heap, *queued, 5);
+      g.gate->open();
+    } else {
+      EXPECT_EQ(pinning.wait_for(50ms), std::future_status::timeout) << "a pin did not wait for the mapping";
+      g.gate->open();
+      EXPECT_NE(pinning.get(), DevicePtr{0}) << "the pin failed";
+      EXPECT_EQ(heap.stats().ops.misses_served_by_pins, 0u);
+      test::fill(heap, *queued, 5);
+    }
+    ASSERT_TRUE(settled(heap, 2));
+    EXPECT_EQ(test::mismatches(heap, *queued, 5), 0u);
+    test::fill(heap, *in_hand, 6);
+    EXPECT_EQ(test::mismatches(heap, *in_hand, 6), 0u);
+    EXPECT_VALID(heap);
+    EXPECT_TRUE(heap.free(*queued).ok());
+    EXPECT_TRUE(heap.free(*in_hand).ok());
+    EXPECT_VALID(heap);
+  }
+}
+
+// A pin serving a queued miss whose object is freed meanwhile (the pinning thread's calls held at
+// the gate beside the mapper's): the free returns at once, the pin fails with a stale handle, and
+// the run comes back.
+TEST(BackgroundMisses, AnObjectFreedWhileAPinServesItsMissGoesBackWhole) {
+  GatedHeap g(background_config());
+  ASSERT_TRUE(g.heap);
+  Heap& heap = *g.heap;
+  const auto before = heap.stats();
+  auto in_hand = allocate_held(g);
+  ASSERT_TRUE(in_hand.ok()) << in_hand.error().to_string();
+  auto queued = heap.allocate(kBig);
+  ASSERT_TRUE(queued.ok());
+  std::promise<std::thread::id> pinner_id;
+  std::atomic<bool> gated{false};
+  auto pinning = std::async(std::launch::async, [&] {
+    pinner_id.set_value(std::this_thread::get_id());
+    while (!gated.load()) std::this_thread::yield();
+    return heap.pin(*queued).code();
+  });
+  g.gate->also_for(pinner_id.get_future().get());
+  gated = true;
+  ASSERT_TRUE(g.gate->wait_held(2)) << "the pin made no call of the queued miss";
+  EXPECT_TRUE(heap.free(*queued).ok());  // at once: the miss is in the pinning thread's hand
+  EXPECT_EQ(heap.stats().live_bytes, kBig);
+  EXPECT_VALID(heap);
+  g.gate->open();
+  EXPECT_EQ(pinning.get(), Errc::stale_handle);
+  EXPECT_TRUE(heap.pin(*in_hand).ok());  // waits for the mapper's (unpinned at once)
+  EXPECT_EQ(heap.stats().ops.misses_served_by_pins, 1u);
+  EXPECT_VALID(heap);
+  EXPECT_TRUE(heap.free(*in_hand).ok());
+  EXPECT_TRUE(heap.maintain().ok());
+  EXPECT_VALID(heap);
+  EXPECT_EQ(heap.stats().live_bytes, 0u);
+  EXPECT_LE(heap.stats().pages.large, before.pages.large) << "a freed pending object's run is still held";
+}
+
 // Where the allocating thread places the miss (Config::mapper_places_misses off, or no pages to
 // promise), its address is out before the calls: a retry keeps it.
 TEST(BackgroundMisses, AFailedCallIsRetriedAtTheSameAddress) {

@@ -29,6 +29,16 @@ class GatedBackend final : public BackendAdaptor {
     }
     armed_ = true;
   }
+  // Calls made by `thread` stop too (after arm_for: two threads held at once).
+  void also_for(std::thread::id thread) {
+    std::lock_guard lock(mu_);
+    also_ = thread;
+  }
+  // Whether `n` calls are held at the gate at once within 10 s.
+  bool wait_held(int n) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return held_ >= n; });
+  }
   // Whether a call reached the gate within 10 s.
   bool wait_entered() {
     std::unique_lock lock(mu_);
@@ -51,14 +61,17 @@ class GatedBackend final : public BackendAdaptor {
   Status before(DriverOp op) override {
     if (op != gated_ || !armed_) return {};
     std::unique_lock lock(mu_);
-    if (only_ != std::thread::id{} && only_ != std::this_thread::get_id()) return {};
+    const auto me = std::this_thread::get_id();
+    if (only_ != std::thread::id{} && only_ != me && also_ != me) return {};
     if (pass_ > 0) {
       --pass_;
       return {};
     }
     entered_ = true;
+    ++held_;
     cv_.notify_all();
     cv_.wait(lock, [&] { return !armed_.load(); });
+    --held_;
     if (fail_waiting_) {
       fail_waiting_ = false;
       return make_error(Errc::driver_error, "the call at the gate failed");
@@ -73,7 +86,8 @@ class GatedBackend final : public BackendAdaptor {
   std::atomic<bool> armed_{false};
   bool entered_ = false;
   bool fail_waiting_ = false;
-  std::thread::id only_{};
+  std::thread::id only_{}, also_{};
+  int held_ = 0;  // calls waiting at the gate
   int pass_ = 0;
 };
 

@@ -183,11 +183,11 @@ TEST_F(LockOrder, AssertHeldAbortsWhenAnotherThreadHoldsIt) {
 
 // Without checks the mutexes are the plain ones: nothing added to their layout.
 TEST(LockOrderRelease, UncheckedMutexesAddNothing) {
-  struct FlagAndSleepers {
+  struct FlagSleepersAndWaiters {
     std::atomic<bool> locked;
-    std::atomic<std::uint32_t> sleepers;
+    std::atomic<std::uint32_t> sleepers, waiters;
   };
-  static_assert(sizeof(BasicHeapMutex<false>) == sizeof(FlagAndSleepers));
+  static_assert(sizeof(BasicHeapMutex<false>) == sizeof(FlagSleepersAndWaiters));
   static_assert(sizeof(RankedMutex<LockRank::compaction, false>) == sizeof(std::mutex));
   BasicHeapMutex<false> mu;
   mu.assert_held();  // a no-op: no record to check against

@@ -124,6 +124,11 @@ struct Config {
   // miss). Where the pages cannot be promised (near the capacity) the allocating thread chooses
   // them either way (docs/background_misses.md, "Placement on the mapper").
   bool mapper_places_misses = true;
+  // With background misses: a pin of a pending object whose miss is still queued takes the miss
+  // and makes its calls on the pinning thread, which would wait for them anyway: it waits
+  // neither for the misses queued before it nor for the mapper's hand-over. Off: every queued
+  // miss is the mapper's, and the pin waits (docs/background_misses.md, "Pins that serve").
+  bool pins_serve_misses = true;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

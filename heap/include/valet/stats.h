@@ -137,6 +137,12 @@ struct HeapStats {
     // (counted among the background misses, not among misses_placed_by_mapper).
     std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0;
     std::uint64_t small_misses_placed_by_mapper = 0;
+    // Background misses whose steps a pin made, the miss still queued when the object was
+    // pinned (Config::pins_serve_misses; counted among the background misses).
+    std::uint64_t misses_served_by_pins = 0;
+    // Submits (misses, turns) that woke the sleeping mapper: a system call each on the thread
+    // that submitted, under the heap lock.
+    std::uint64_t mapper_wakes = 0;
     // Allocations a thread cache served without the heap lock (Config::thread_cache_bytes), and
     // of those, freed large runs taken back (Config::thread_cache_run_bytes).
     std::uint64_t cached_allocations = 0, cached_run_allocations = 0;

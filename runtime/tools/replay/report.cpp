@@ -121,6 +121,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["lost_allocations"] = r.lost_allocations;
   j["misses_placed_by_mapper"] = r.misses_placed_by_mapper;
   j["small_misses_placed_by_mapper"] = r.small_misses_placed_by_mapper;
+  j["misses_served_by_pins"] = r.misses_served_by_pins;
+  j["mapper_wakes"] = r.mapper_wakes;
   j["cached_allocations"] = r.cached_allocations;
   j["cached_run_allocations"] = r.cached_run_allocations;
   j["keeper"] = {{"batches", r.keeper.batches},

@@ -159,6 +159,7 @@ struct Arguments {
   std::size_t thread_cache_run_bytes = valet::Config{}.thread_cache_run_bytes;
   std::size_t chunk_min_pages = valet::Config{}.chunk_min_pages;
   bool background_misses = valet::Config{}.background_misses;
+  bool pins_serve_misses = valet::Config{}.pins_serve_misses;
 };
 
 // Parses the command line into `args`; an exit status when the run ends there (--help: 0; an
@@ -201,6 +202,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--background-misses,!--no-background-misses", args.background_misses,
                "Config::background_misses of the heap (on by default): the cold run's allocations return pending "
                "and their first pins wait for the mapper; off, the allocating thread maps");
+  app.add_flag("--pins-serve-misses,!--no-pins-serve-misses", args.pins_serve_misses,
+               "Config::pins_serve_misses of the heap (on by default): the cold run's first pin makes its pending "
+               "allocation's calls itself. --no-pins-serve-misses: it waits for the heap thread");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -241,6 +245,7 @@ int main(int argc, char** argv) {
   cfg.thread_cache_run_bytes = args.thread_cache_run_bytes;
   cfg.chunk_min_pages = args.chunk_min_pages;
   cfg.background_misses = args.background_misses;
+  cfg.pins_serve_misses = args.pins_serve_misses;
   auto heap = valet::open_heap(backend, cfg);
   if (!heap.ok()) {
     std::fprintf(stderr, "valet-bench-alloc: %s\n", heap.error().to_string().c_str());
