@@ -152,12 +152,13 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
     // Background misses: the calls are the mapper's (heap_misses.cpp), the retarget's alias at
     // once, or the body first and the alias after it. The slab page may be full or gone when
-    // the body is booked, or the alias fail: a page is promised for the last slot until then,
-    // so that the object is not lost for want of one. On the mapper the promise always holds
-    // (the object's promise of all its pages was given back just before); where it cannot (the
-    // allocating thread places near the capacity), this thread makes the calls, below.
-    const bool promised = miss && !plan && pool.promise(1);
-    if (miss && (plan || promised)) {
+    // the body is booked, or the alias fail (a failed alias begins the whole run again, its last
+    // slot on a page of its own): a page is promised for the last slot until then, so that the
+    // object is not lost for want of one. Where a miss is served (the mapper, a pin) the promise
+    // always holds (the object's promise of all its pages was given back just before); where it
+    // cannot (the allocating thread places near the capacity), this thread makes the calls, below.
+    const bool promised = miss && pool.promise(1);
+    if (promised) {
       if (plan) {
         miss->step = PendingMiss::Step::alias;
         miss->plan = *plan;
@@ -172,9 +173,9 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
         }
         miss->step = PendingMiss::Step::body;
         miss->batch = std::move(*body);
-        miss->last_promised = true;
-        ++last_page_promises;
       }
+      miss->last_promised = true;
+      ++last_page_promises;
       want_refill();
       return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};
     }
