@@ -72,6 +72,7 @@ struct Options {
   double step_ms = 5;
   std::uint64_t seed = 1;
   int sweep_every = -1;  // steps between handle sweeps; -1: the backend's default
+  bool background_misses = valet::Config{}.background_misses;
 };
 
 // "--seconds: must be a number of seconds in [0, 31622400], not -1" (shared with valetctl).
@@ -103,6 +104,7 @@ int open_service_heap(const Options& o, std::unique_ptr<valet::Heap>& heap, int&
   if (!why_not_cuda.empty())  // auto fell back: say why, so that a missing GPU is no mystery
     std::fprintf(stderr, "valet-serve: no usable GPU, running on the host backend: %s\n", why_not_cuda.c_str());
   valet::Config config;
+  config.background_misses = o.background_misses;
   config.capacity = capacity ? capacity : ((*backend)->kind() == valet::BackendKind::host ? kHostDefault : 0);
   auto heap_or = valet::Heap::create(std::move(backend).value(), config);
   if (!heap_or.ok()) return std::fprintf(stderr, "valet-serve: %s\n", heap_or.error().to_string().c_str()), 2;
@@ -285,6 +287,9 @@ int main(int argc, char** argv) try {
                      std::to_string(kSweepEveryGpu) + " with a GPU kernel, " + std::to_string(kSweepEveryHost) +
                      " with host code)")
       ->check(number_in(0, 1e6, "a whole number of steps", true));
+  app.add_flag("--background-misses,!--no-background-misses", o.background_misses,
+               "Config::background_misses (on by default): allocations that need new pages return at once and "
+               "the heap's thread maps them. --no-background-misses: the allocating thread does");
   app.footer("Exit status: 0 stopped cleanly; 1 data found corrupted or the heap failed; 2 bad options or a heap "
              "that cannot be opened. See docs/cli.md.");
   try {
