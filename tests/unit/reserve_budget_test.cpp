@@ -161,14 +161,16 @@ TEST(ReserveKeeper, KeepsFreedRunsWithinTheBudgetAndAFrontierWithinHalfOfIt) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
-// Waits (at most 5 s) until the keeper has met its targets: the frontier is ready and no batch
-// is in flight.
+// Waits (at most 5 s) until the keeper has met its targets: the frontier is ready, no batch is
+// in flight and no miss is pending.
 void settle(Heap& h) {
   auto& c = HeapInternals::of(h);
   for (int i = 0; i < 5000; ++i) {
     {
       std::lock_guard lock(c.mu);
-      if (!c.pool.batch_in_flight() && c.pool.longest_reserve_run() >= c.keeper.targets().frontier) return;
+      // No miss pending either: a queued one placed later would take what a free returns.
+      if (!c.pool.batch_in_flight() && c.misses.pending() == 0 && c.pool.longest_reserve_run() >= c.keeper.targets().frontier)
+        return;
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
