@@ -32,9 +32,12 @@ void HeapCore::serve_pending(std::uint32_t index) {
   std::unique_lock lock(mu);
   if (!misses.is_pending(index) || !misses.serve_queued(index, lock)) return;
   ++ops.misses_served_by_pins;
-  // Of what the mapper does after a miss (trim_after_freed_misses), the chunks left to misses;
-  // the returns handed to it for trimming asked for its own turn when they were handed over.
+  // What the mapper does after a miss (trim_after_freed_misses): the chunks left to misses go
+  // to the keeper here; the trim of what an object freed meanwhile returned (its run released
+  // at the booking) is the mapper's, in a turn before the misses queued after it, so that no
+  // miss creates pages beside those (a probe freed while pending and the next probe).
   keeper.chunks_for_misses_done();
+  if (mapper_trim_pages > 0) misses.want_turn();
 }
 
 Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {

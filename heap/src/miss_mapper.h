@@ -161,7 +161,7 @@ class MissMapper {
   // A pin's help (Config::pins_serve_misses): when the miss of object `index` is still queued,
   // the calling thread takes it out of the queue and makes its steps itself, as the thread would
   // have (lock held; let go during the calls); the settled callback is not run (the caller does
-  // what it must of it). Returns whether it served the miss. The pin waits for the object either
+  // what it must of it, or asks for a turn: want_turn). Returns whether it served the miss. The pin waits for the object either
   // way; serving spares it the wait for the misses queued before it and the hand-over.
   bool serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& lock);
   // Misses served by pins so far (lock held).
