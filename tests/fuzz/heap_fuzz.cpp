@@ -404,6 +404,8 @@ void FuzzRun::run() {
   // Half of those leave the misses' placement to the mapper (promised pages, no address until
   // placed), half place them on the allocating thread.
   config.mapper_places_misses = (shape & 0x02) != 0;
+  // And half of them have pins serve queued misses (the fuzzer's pins make the calls).
+  config.pins_serve_misses = (shape & 0x10) != 0;
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();

@@ -211,7 +211,9 @@ TEST(BackgroundMisses, APinOfAQueuedMissMakesItsCallsItselfAndNeedsNoMapper) {
 // the gate beside the mapper's): the free returns at once, the pin fails with a stale handle, and
 // the run comes back and is trimmed.
 TEST(BackgroundMisses, AnObjectFreedWhileAPinServesItsMissGoesBackWhole) {
-  GatedHeap g(background_config());
+  Config c = background_config();
+  c.pins_serve_misses = true;
+  GatedHeap g(c);
   ASSERT_TRUE(g.heap);
   Heap& heap = *g.heap;
   const auto before = heap.stats();

@@ -126,9 +126,11 @@ struct Config {
   bool mapper_places_misses = true;
   // With background misses: a pin of a pending object whose miss is still queued takes the miss
   // and makes its calls on the pinning thread, which would wait for them anyway: it waits
-  // neither for the misses queued before it nor for the mapper's hand-over. Off: every queued
-  // miss is the mapper's, and the pin waits (docs/background_misses.md, "Pins that serve").
-  bool pins_serve_misses = true;
+  // neither for the misses queued before it nor for the mapper's hand-over. Off (the default):
+  // every queued miss is the mapper's, and the pin waits. Off until measured on a GPU: on the
+  // host a replay's step line no longer waits behind a freed probe the mapper is still mapping,
+  // and samples it (docs/background_misses.md, "Pins that serve").
+  bool pins_serve_misses = false;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -183,8 +183,8 @@ class Heap {
 
   // Allocates an object of `bytes`. With Config::background_misses (the default) an object that
   // needs new pages may be pending: its pages are mapped by the heap's thread, and its first pin
-  // (host or stream) waits until then (or, the thread not begun on it, maps them itself:
-  // Config::pins_serve_misses); otherwise it is mapped and accessible at return. Either
+  // (host or stream) waits until then (with Config::pins_serve_misses, a miss the thread has not
+  // begun is mapped by the pinning thread); otherwise it is mapped and accessible at return. Either
   // way the handle may be freed, resized or pinned at once.
   Result<Handle> allocate(std::size_t bytes);
   // The same with `stream` as the stream whose work uses the object: memory that free(h, stream)

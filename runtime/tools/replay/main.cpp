@@ -153,8 +153,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                "Config::background_misses (on by default): an allocation that misses returns at once, pending; a "
                "heap thread maps its run or slab page. --no-background-misses: the allocating thread does");
   app.add_flag("--pins-serve-misses,!--no-pins-serve-misses", args.pins_serve_misses,
-               "Config::pins_serve_misses (on by default): a pin of a pending object whose miss is still queued makes "
-               "its calls itself. --no-pins-serve-misses: it waits for the heap thread");
+               "Config::pins_serve_misses (off by default): a pin of a pending object whose miss is still queued makes "
+               "its calls itself rather than wait for the heap thread");
   app.add_option("--background-miss-limit", args.background_miss_limit,
                  "Config::background_miss_limit: background misses pending at most (default 1024)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));

@@ -203,8 +203,8 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                "Config::background_misses of the heap (on by default): the cold run's allocations return pending "
                "and their first pins wait for the mapper; off, the allocating thread maps");
   app.add_flag("--pins-serve-misses,!--no-pins-serve-misses", args.pins_serve_misses,
-               "Config::pins_serve_misses of the heap (on by default): the cold run's first pin makes its pending "
-               "allocation's calls itself. --no-pins-serve-misses: it waits for the heap thread");
+               "Config::pins_serve_misses of the heap (off by default): the cold run's first pin makes its pending "
+               "allocation's calls itself rather than wait for the heap thread");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
