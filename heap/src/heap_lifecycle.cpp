@@ -173,6 +173,11 @@ Status Heap::shutdown() {
   std::unique_lock cl(c.compaction_mu);
   std::unique_lock lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
+  // A freed object's miss may still be in hand (the mapper's, or that of a pin serving it:
+  // Config::pins_serve_misses, which misses.stop() below does not wait for): the misses pending
+  // now settle first (the heap lock is let go meanwhile, as for a settling object below).
+  c.wait_for_misses(lock);
+  if (c.shut.load(std::memory_order_relaxed)) return {};
   std::vector<std::uint32_t> killed;
   for (;;) {
     detail::HandleEntry* settling = nullptr;

@@ -37,7 +37,7 @@ void HeapCore::serve_pending(std::uint32_t index) {
   // at the booking) is the mapper's, in a turn before the misses queued after it, so that no
   // miss creates pages beside those (a probe freed while pending and the next probe).
   keeper.chunks_for_misses_done();
-  if (mapper_trim_pages > 0) misses.want_turn();
+  if (mapper_trim_pages > 0 && misses.running()) misses.want_turn();
 }
 
 Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {

@@ -127,9 +127,6 @@ void MissMapper::loop() {
   t_serving_miss = true;
   std::unique_lock lock(mu_);
   for (;;) {
-    // Between two misses (one booked, the next to be placed): a caller waiting for the lock goes
-    // first, so that it waits for one of them at most.
-    yield_to_waiters(lock);
     if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);
     sleeping_ = true;
     work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
@@ -151,6 +148,10 @@ void MissMapper::loop() {
     }
     settle(m);
     if (settled_) settled_(lock);
+    // Between two misses (one booked, the next to be placed; not between two steps of one, so
+    // that a begun miss is not left in the queue for others to take): a caller waiting for the
+    // lock goes first, so that it waits for one of them at most.
+    yield_to_waiters(lock);
   }
 }
 

@@ -149,7 +149,6 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // Else such a run whose last slot maps another page: remapped (three calls). Else a body
     // mapped without the lock; meanwhile the slab page may have changed (filled, gone, put on a
     // tail): look again.
-    std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
     // Background misses: the calls are the mapper's (heap_misses.cpp), the retarget's alias at
     // once, or the body first and the alias after it. The slab page may be full or gone when
     // the body is booked, or the alias fail (a failed alias begins the whole run again, its last
@@ -157,7 +156,10 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // object is not lost for want of one. Where a miss is served (the mapper, a pin) the promise
     // always holds (the object's promise of all its pages was given back just before); where it
     // cannot (the allocating thread places near the capacity), this thread makes the calls, below.
+    // Promised before the plan is begun: a plan begun and then left would hold its slots.
     const bool promised = miss && pool.promise(1);
+    std::optional<PagePool::AttachPlan> plan;
+    if (!miss || promised || !t_serving_miss) plan = pool.begin_retarget(pages, best->slot);
     if (promised) {
       if (plan) {
         miss->step = PendingMiss::Step::alias;
