@@ -113,7 +113,6 @@ bool MissMapper::serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& 
   if (it == queued_.end()) return false;
   PendingMiss m = std::move(*it);
   queued_.erase(it);
-  ++served_by_pins_;
   // It stays pending (a free marks it freed; finish books that) until its last step settles.
   t_serving_miss = true;
   while (!step(m, lock)) {

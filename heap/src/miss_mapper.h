@@ -161,22 +161,18 @@ class MissMapper {
   // A pin's help (Config::pins_serve_misses): when the miss of object `index` is still queued,
   // the calling thread takes it out of the queue and makes its steps itself, as the thread would
   // have (lock held; let go during the calls); the settled callback is not run (the caller does
-  // what it must of it, or asks for a turn: want_turn). Returns whether it served the miss. The pin waits for the object either
-  // way; serving spares it the wait for the misses queued before it and the hand-over.
+  // what it must of it, or asks for a turn: want_turn). Returns whether it served the miss. The
+  // pin waits for the object either way; serving spares it the wait for the misses queued
+  // before it and the hand-over.
   bool serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& lock);
-  // Misses served by pins so far (lock held).
-  std::uint64_t served_by_pins() const {
-    mu_.assert_held();
-    return served_by_pins_;
-  }
 
  private:
   void loop();
   // Polls (without the heap lock) until a miss is submitted or spin_us_ passed.
   void poll(std::unique_lock<HeapMutex>& lock);
   void settle(const PendingMiss& m);  // it leaves the pending set (lock held)
-  // A miss's steps from the one it is at until it is settled or has a next step to queue
-  // (returns true when settled; lock held, let go during the calls).
+  // One step of a miss: its placement if not placed yet, its calls, its booking; true when the
+  // miss is settled, false when it has a next step (lock held, let go during the calls).
   bool step(PendingMiss& m, std::unique_lock<HeapMutex>& lock);
 
   HeapMutex& mu_;
@@ -197,7 +193,6 @@ class MissMapper {
   // it maps or polls costs its caller no system call.
   bool sleeping_ = false;
   std::uint64_t wakes_ = 0;  // under mu
-  std::uint64_t served_by_pins_ = 0;  // under mu
   std::atomic<std::uint64_t> submitted_{0};  // submits and stop, for the poll without the lock
   std::uint32_t spin_us_ = 0;
 };

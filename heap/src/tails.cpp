@@ -15,8 +15,6 @@
 //     (unshare_tail), or, if they cannot, the resize copies the object to unshared pages.
 #include <algorithm>
 
-#include <thread>
-
 #include "heap_core.h"
 #include "size_classes.h"
 #include "valet/evacuation_plan.h"
@@ -158,8 +156,11 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
     // cannot (the allocating thread places near the capacity), this thread makes the calls, below.
     // Promised before the plan is begun: a plan begun and then left would hold its slots.
     const bool promised = miss && pool.promise(1);
-    std::optional<PagePool::AttachPlan> plan;
-    if (!miss || promised || !t_serving_miss) plan = pool.begin_retarget(pages, best->slot);
+    if (miss && !promised && t_serving_miss) {
+      VALET_ASSERT(false);  // a miss's placement (the mapper's, a pin's) never lets the heap lock go
+      return std::nullopt;
+    }
+    std::optional<PagePool::AttachPlan> plan = pool.begin_retarget(pages, best->slot);
     if (promised) {
       if (plan) {
         miss->step = PendingMiss::Step::alias;
@@ -180,10 +181,6 @@ std::optional<Location> HeapCore::place_on_slab_page(std::unique_lock<HeapMutex>
       ++last_page_promises;
       want_refill();
       return Location{ObjectKind::large, plan ? plan->start : miss->batch.start, 0, pages};
-    }
-    if (miss && t_serving_miss) {
-      VALET_ASSERT(false);  // a miss's placement (the mapper's, a pin's) never lets the heap lock go
-      return std::nullopt;
     }
     if (!plan) {
       auto body = place_run(lock, pages, true);
