@@ -186,7 +186,10 @@ class Replayer {
     else if (op.bytes >= kPageBytes)
       alloc_ns_pages_not_pending_.add(ns);
     report_.wall_parts_s.allocate += seconds_between(asked, answered);
+    const std::uint64_t calls_before = report_.alloc_path_driver_calls.total();
     if (count_driver_calls(window)) ++report_.allocs_with_calls;
+    note_slow_allocation({op.line, op.bytes, ns, Heap::this_thread_lock_wait_ns() - waited_before,
+                          report_.alloc_path_driver_calls.total() - calls_before, pending});
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -215,6 +218,16 @@ class Replayer {
     }
     // Pinners see the object only once its signature is in place.
     if (live_set_) live_set_->insert(op.object, {*h, op.id, op.bytes});
+  }
+
+  // Keeps the kSlowestKept slowest allocations, slowest first (a short sorted list: an
+  // allocation slower than its last entry is rare after the first few thousand).
+  void note_slow_allocation(const ReplayReport::SlowAllocation& a) {
+    auto& kept = report_.slowest_allocations;
+    if (kept.size() == ReplayReport::kSlowestKept && a.ns <= kept.back().ns) return;
+    const auto at = std::find_if(kept.begin(), kept.end(), [&](const auto& k) { return a.ns > k.ns; });
+    kept.insert(at, a);
+    if (kept.size() > ReplayReport::kSlowestKept) kept.pop_back();
   }
 
   void on_free(const TraceOp& op) {

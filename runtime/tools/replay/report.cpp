@@ -88,6 +88,14 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["alloc_ns_p99"] = r.alloc_ns_p99;
   j["alloc_ns_p999"] = r.alloc_ns_p999;
   j["alloc_ns_max"] = r.alloc_ns_max;
+  j["slowest_allocations"] = nlohmann::ordered_json::array();
+  for (const auto& a : r.slowest_allocations)
+    j["slowest_allocations"].push_back({{"line", a.line},
+                                        {"bytes", a.bytes},
+                                        {"ns", a.ns},
+                                        {"lock_wait_ns", a.lock_wait_ns},
+                                        {"pending", a.pending},
+                                        {"driver_calls", a.driver_calls}});
   j["free_ns_median"] = r.free_ns_median;
   j["free_ns_p99"] = r.free_ns_p99;
   j["free_ns_max"] = r.free_ns_max;

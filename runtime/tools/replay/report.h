@@ -43,6 +43,15 @@ struct ReplayReport {
   std::uint64_t allocs_with_calls = 0;
   std::uint64_t frees_with_calls = 0;
   double alloc_ns_max = 0;
+  // The slowest allocations (at most kSlowestKept, slowest first): where the max and the tail
+  // come from (the trace line, its size, its wait for the heap lock, whether it returned pending,
+  // driver calls it made on the replaying thread).
+  struct SlowAllocation {
+    std::uint64_t line = 0, bytes = 0, ns = 0, lock_wait_ns = 0, driver_calls = 0;
+    bool pending = false;
+  };
+  static constexpr std::size_t kSlowestKept = 8;
+  std::vector<SlowAllocation> slowest_allocations;
   // Frees of `f` lines, timed as the caller sees them: from the first heap.free() to the one that
   // succeeds, retries included (a pinner may hold the object: free_retries counts those).
   double free_ns_median = 0;

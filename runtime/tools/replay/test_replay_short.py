@@ -42,6 +42,16 @@ def latency_failures(out):
             failures.append(f"{prefix} figures out of order ({', '.join(ranks)}): {values}")
     if out.get("free_ns_max", 0) <= 0:
         failures.append("no free was timed")
+    # The slowest allocations: at most 8, slowest first, the first being the max.
+    slowest = out.get("slowest_allocations")
+    if not isinstance(slowest, list) or not 1 <= len(slowest) <= 8:
+        failures.append(f"slowest_allocations is not a list of 1 to 8 entries: {slowest!r}")
+    else:
+        ns = [a.get("ns") for a in slowest]
+        if ns != sorted(ns, reverse=True) or ns[0] != out.get("alloc_ns_max"):
+            failures.append(f"slowest_allocations not slowest first from alloc_ns_max: {ns}")
+        if any(not isinstance(a.get("line"), int) or a["line"] <= 0 or a.get("bytes", 0) <= 0 for a in slowest):
+            failures.append(f"slowest_allocations without a trace line or size: {slowest}")
     return failures
 
 
