@@ -161,13 +161,15 @@ class Replayer {
 
   // Adds the driver calls this thread made since `window` began to the alloc path's count. The
   // window opens right before a heap call and is read right after it, outside the timed span.
-  // Returns whether it made any.
-  bool count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
+  // Returns how many it made.
+  std::uint64_t count_driver_calls(const ThreadDriverCalls& window, DriverCallCounts& into) {
     const DriverCallCounts made = window.made();
     for (std::size_t i = 0; i < kDriverOpCount; ++i) into.by_op[i] += made.by_op[i];
-    return made.total() > 0;
+    return made.total();
   }
-  bool count_driver_calls(const ThreadDriverCalls& window) { return count_driver_calls(window, report_.alloc_path_driver_calls); }
+  std::uint64_t count_driver_calls(const ThreadDriverCalls& window) {
+    return count_driver_calls(window, report_.alloc_path_driver_calls);
+  }
 
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
@@ -176,7 +178,8 @@ class Replayer {
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     const auto answered = Clock::now();
-    alloc_lock_waits_.add(Heap::this_thread_lock_wait_ns() - waited_before);
+    const std::uint64_t lock_wait_ns = Heap::this_thread_lock_wait_ns() - waited_before;
+    alloc_lock_waits_.add(lock_wait_ns);
     const std::uint64_t ns = ns_between(asked, answered);
     alloc_ns_.add(ns);
     (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
@@ -186,10 +189,9 @@ class Replayer {
     else if (op.bytes >= kPageBytes)
       alloc_ns_pages_not_pending_.add(ns);
     report_.wall_parts_s.allocate += seconds_between(asked, answered);
-    const std::uint64_t calls_before = report_.alloc_path_driver_calls.total();
-    if (count_driver_calls(window)) ++report_.allocs_with_calls;
-    note_slow_allocation({op.line, op.bytes, ns, Heap::this_thread_lock_wait_ns() - waited_before,
-                          report_.alloc_path_driver_calls.total() - calls_before, pending});
+    const std::uint64_t calls = count_driver_calls(window);
+    if (calls > 0) ++report_.allocs_with_calls;
+    note_slow_allocation({op.line, op.bytes, ns, lock_wait_ns, calls, pending});
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
