@@ -114,9 +114,10 @@ struct HeapCore {
   // Takes a pin reference (host or stream). On success the object cannot move until unpinned;
   // `address` is where the pin may use it (its alias while a remap is under way).
   Result<HandleEntry*> acquire_pin(Handle h, DevicePtr& address);
-  // A pin that would wait: when object `index` is pending and its miss still queued, this thread
-  // makes the miss's steps (MissMapper::serve_queued; Config::pins_serve_misses).
-  void serve_pending(std::uint32_t index);
+  // A pin that would wait: when the object of `h` is pending and its miss still queued, this
+  // thread makes the miss's steps (MissMapper::serve_queued; Config::pins_serve_misses). A stale
+  // `h` (its entry freed and taken by another object meanwhile) serves nothing.
+  void serve_pending(Handle h);
   void unpin(HandleEntry* e) { claims::remove_pin(e->state); }
   // Records a stream-ordered unpin of `e` on `s`.
   Status unpin_on_stream(HandleEntry* e, Stream s);

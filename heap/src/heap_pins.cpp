@@ -28,9 +28,10 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
   return e;
 }
 
-void HeapCore::serve_pending(std::uint32_t index) {
+void HeapCore::serve_pending(Handle h) {
   std::unique_lock lock(mu);
-  if (!misses.is_pending(index) || !misses.serve_queued(index, lock)) return;
+  const std::uint64_t s = handles.get(h.index)->state.load(std::memory_order_acquire);
+  if (state::generation(s) != h.generation || !misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
   ++ops.misses_served_by_pins;
   // What the mapper does after a miss (trim_after_freed_misses): the chunks left to misses go
   // to the keeper here; the trim of what an object freed meanwhile returned (its run released
@@ -45,7 +46,7 @@ Result<HandleEntry*> HeapCore::acquire_pin(Handle h, DevicePtr& address) {
   auto looked = lookup(h);
   if (!looked.ok()) return looked;
   HandleEntry* e = *looked;
-  if (config.pins_serve_misses && claims::waits_for_move(e->state.load(std::memory_order_acquire))) serve_pending(h.index);
+  if (config.pins_serve_misses && claims::waits_for_move(e->state.load(std::memory_order_acquire))) serve_pending(h);
   std::uint64_t before = 0, waited_ns = 0;
   Status st = claims::add_pin(e->state, h.generation, before, waited_ns);
   if (waited_ns) note_pin_wait(waited_ns);
