@@ -89,7 +89,7 @@ HeapStats Heap::stats() const {
   s.ops.mapper_wakes = c.misses.wakes();
   const DriverCallCounts calls = c.backend->totals();
   const detail::KeeperLockWaits waits = c.keeper.lock_waits();
-  s.keeper = {waits.batches, waits.wait_ns, waits.longest_ns, waits.over_1ms};
+  s.keeper = {waits.batches, waits.yields, waits.wait_ns, waits.longest_ns, waits.over_1ms};
   s.driver_calls.create = calls[DriverOp::create_page];
   s.driver_calls.release = calls[DriverOp::release_page];
   s.driver_calls.map = calls[DriverOp::map];

@@ -211,7 +211,7 @@ void ReserveKeeper::chunks_for_misses_done() {
   if (thread_.joinable() && free_chunk_pages_due() > 0) wake();
 }
 
-void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
+void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock, bool after_yield) {
   if (!t_keeper_thread) {  // a freeing thread's own trim
     lock.lock();
     return;
@@ -219,7 +219,7 @@ void ReserveKeeper::relock(std::unique_lock<HeapMutex>& lock) {
   const auto start = std::chrono::steady_clock::now();
   lock.lock();
   const auto ns = std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
-  ++waits_.batches;
+  ++(after_yield ? waits_.yields : waits_.batches);
   waits_.wait_ns += ns;
   waits_.longest_ns = std::max(waits_.longest_ns, ns);
   if (ns > 1'000'000) ++waits_.over_1ms;
@@ -269,7 +269,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
     } else {
       return;
     }
-    yield_to_waiters(lock);  // a caller waiting for the lock goes before the next batch
+    yield(lock);  // a caller waiting for the lock goes before the next batch
   }
 }
 
@@ -291,9 +291,9 @@ void ReserveKeeper::loop() {
     kept = std::chrono::steady_clock::now();
     if (on_wake_) on_wake_();
     keep(lock);
-    yield_to_waiters(lock);
+    yield(lock);
     if (after_turn_ && paused_ == 0 && !stop_) after_turn_(lock);
-    yield_to_waiters(lock);
+    yield(lock);
     // The drops after the reserve's work: they hold no memory of their own (the pages stay
     // mapped by their owners), while a trim that waits keeps mapped memory above its budget.
     // A slot still held by queued work waits for the next wake.

@@ -65,8 +65,9 @@ struct ReserveTargets {
 // until session 24 every placement's calls), the keeper's next batch waits (docs/speed.md,
 // "Session 23").
 struct KeeperLockWaits {
-  std::uint64_t batches = 0;        // reacquisitions counted
-  std::uint64_t wait_ns = 0;        // their total wait
+  std::uint64_t batches = 0;        // reacquisitions after a batch's calls
+  std::uint64_t yields = 0;         // reacquisitions after letting a waiting caller go first
+  std::uint64_t wait_ns = 0;        // the total wait of both
   std::uint64_t longest_ns = 0;
   std::uint64_t over_1ms = 0;       // waits longer than a millisecond
 };
@@ -167,8 +168,13 @@ class ReserveKeeper {
   // 0.0677 -> 0.0712 for 8 allocations).
   bool holds() const;
   bool provision(std::unique_lock<HeapMutex>& lock, const ReserveTargets& t);
-  // Takes the heap lock back after a batch's calls; on the keeper's thread, the wait is counted.
-  void relock(std::unique_lock<HeapMutex>& lock);
+  // Takes the heap lock back after a batch's calls (or, `after_yield`, after yield_to_waiters let
+  // a caller go first); on the keeper's thread, the wait is counted.
+  void relock(std::unique_lock<HeapMutex>& lock, bool after_yield = false);
+  // yield_to_waiters with the wait to take the lock back counted (relock).
+  void yield(std::unique_lock<HeapMutex>& lock) {
+    yield_to_waiters(lock, [&] { relock(lock, true); });
+  }
 
   HeapMutex& mu_;
   PagePool& pool_;

@@ -48,7 +48,7 @@ nlohmann::json to_json(const HeapStats& s) {
         {"unmap", s.driver_calls.unmap}, {"set_access", s.driver_calls.set_access}, {"copy", s.driver_calls.copy},
         {"under_heap_lock", s.driver_calls.under_heap_lock}}},
       {"keeper",
-       {{"batches", s.keeper.batches}, {"lock_wait_ns", s.keeper.lock_wait_ns},
+       {{"batches", s.keeper.batches}, {"yields", s.keeper.yields}, {"lock_wait_ns", s.keeper.lock_wait_ns},
         {"longest_lock_wait_ns", s.keeper.longest_lock_wait_ns}, {"lock_waits_over_1ms", s.keeper.lock_waits_over_1ms}}},
       {"compaction",
        {{"cycles", s.compaction.cycles}, {"emergency_cycles", s.compaction.emergency_cycles},

@@ -328,5 +328,48 @@ TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterABatch) {
   EXPECT_TRUE(pool.destroy().ok());
 }
 
+TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterAYield) {
+  auto door = test::open_host_backend(64u << 20);
+  PagePool pool(*door, 32);
+  ASSERT_TRUE(pool.init(128).ok());
+  HeapMutex mu;
+  Config config;
+  const std::int64_t live_bytes = 0;
+  Demand demand{1'000'000'000};
+  ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
+  // At a turn's end the keeper holds the lock until this thread waits for it; its next step
+  // yields the lock to this thread, which holds it 60 ms: the keeper's wait to take it back is a
+  // yield's, counted beside the batches' (up to 35 ms of it may pass before the keeper reaches
+  // the lock on a loaded 2-core host under a sanitizer: see the test above). The yield lets the
+  // lock go for ~20 us at most: on a loaded host this thread may not take it by then, and the
+  // round is tried again.
+  std::atomic<bool> armed{false}, go{false};
+  keeper.set_after_turn([&](std::unique_lock<HeapMutex>&) {
+    if (!armed.exchange(false)) return;
+    go.store(true);
+    while (!mu.contended()) std::this_thread::yield();
+  });
+  keeper.start();
+  for (int round = 0; round < 20; ++round) {
+    go.store(false);
+    armed.store(true);
+    while (!go.load()) std::this_thread::yield();
+    {
+      std::lock_guard lock(mu);
+      std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    }
+    std::lock_guard lock(mu);
+    if (keeper.lock_waits().longest_ns >= 25'000'000u) break;
+  }
+  keeper.stop();
+  std::lock_guard lock(mu);
+  const KeeperLockWaits w = keeper.lock_waits();
+  EXPECT_GE(w.yields, 1u);
+  EXPECT_GE(w.longest_ns, 25'000'000u) << "the wait after the yield was not counted";
+  EXPECT_GE(w.wait_ns, w.longest_ns);
+  EXPECT_TRUE(pool.validate().ok());
+  EXPECT_TRUE(pool.destroy().ok());
+}
+
 }  // namespace
 }  // namespace valet::detail

@@ -153,10 +153,12 @@ struct HeapStats {
     std::uint64_t create = 0, release = 0, map = 0, unmap = 0, set_access = 0, copy = 0;
     std::uint64_t under_heap_lock = 0;
   } driver_calls;
-  // The background reserve keeper's waits to take the heap lock back after each batch of driver
-  // calls it made without it (callers holding the lock meanwhile delay its work).
+  // The background reserve keeper's waits to take the heap lock back: after each batch of driver
+  // calls it made without it (`batches`: callers holding the lock meanwhile delay its work), and
+  // after letting a caller that waited for the lock go first between its batches (`yields`).
+  // The wait figures count both.
   struct Keeper {
-    std::uint64_t batches = 0, lock_wait_ns = 0, longest_lock_wait_ns = 0, lock_waits_over_1ms = 0;
+    std::uint64_t batches = 0, yields = 0, lock_wait_ns = 0, longest_lock_wait_ns = 0, lock_waits_over_1ms = 0;
   } keeper;
   CompactionTotals compaction;
   std::vector<CompactionRecord> recent_cycles;  // newest last

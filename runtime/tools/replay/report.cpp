@@ -134,6 +134,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["cached_allocations"] = r.cached_allocations;
   j["cached_run_allocations"] = r.cached_run_allocations;
   j["keeper"] = {{"batches", r.keeper.batches},
+                 {"yields", r.keeper.yields},
                  {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
                  {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},
                  {"lock_waits_over_1ms", r.keeper.lock_waits_over_1ms}};
