@@ -16,7 +16,8 @@
 # mapped, down to `hole_lo`, at most `move_budget_mib` of copies a run, and never evacuates a chunk
 # more than `max_live` full (its copies would buy little). With --peak-ratio it also evacuates
 # while mapped memory exceeds that ratio of the peak live bytes, and maps no headroom beyond it;
-# with --fit-evacuate a request that no hole holds first evacuates sparse chunks for room. Pins,
+# with --fit-evacuate a request that no hole holds first evacuates sparse chunks for room; with
+# --overflow-pages such a request gets 2 MiB pages of its own (today's page path) instead. Pins,
 # fixed objects and stream order are not modelled. Costs as arena_model.py's (the H200's
 # per-chunk calls, copies at 2.9 TB/s). docs/speed.md ("Session 44") has its figures.
 #
@@ -36,6 +37,7 @@ ap.add_argument("--move-budget-mib", type=float, default=64)
 ap.add_argument("--max-live", type=float, default=0.5, help="evacuate no chunk fuller than this")
 ap.add_argument("--eager", action="store_true")
 ap.add_argument("--peak-ratio", type=float, default=0, help="also evacuate while mapped exceeds this x the peak live bytes, and map no headroom beyond it (0: off)")
+ap.add_argument("--overflow-pages", action="store_true", help="a request that fits no hole gets 2 MiB pages of its own (today's page path) instead of new chunks")
 ap.add_argument("--fit-evacuate", action="store_true", help="a request no hole holds evacuates sparse chunks first")
 ap.add_argument("--align", type=int, default=512)
 a = ap.parse_args()
@@ -53,9 +55,12 @@ mapped = set()              # chunk indices
 live_in = {}                # chunk -> live (padded) bytes overlapping it
 next_fresh = 0              # first chunk index never used
 live = peak_live = peak_mapped = 0
+paged = {}        # --overflow-pages: id -> (size, pages)
+paged_bytes = 0
+P = 2 << 20
 sum_live = sum_mapped = steps = 0
 st = dict(creates=0, releases=0, caller_maps=0, moves=0, moved_bytes=0, evacuations=0, evacuated_chunks=0,
-          aborted=0, fit_evacuations=0, probes=0, probes_failed=0, allocs=0, hole_hits=0)
+          aborted=0, fit_evacuations=0, page_objects=0, page_maps=0, page_releases=0, probes=0, probes_failed=0, allocs=0, hole_hits=0)
 free_bytes = 0
 
 
@@ -138,6 +143,11 @@ def alloc(oid, size):
     if f:
         st["hole_hits"] += 1
         hole_take(f[0], holes[f[0]], f[0], sz); place(oid, sz, size, f[0])
+    elif a.overflow_pages:
+        global paged_bytes
+        pages = (size + P - 1) // P
+        paged[oid] = (size, pages); paged_bytes += pages * P
+        st["page_objects"] += 1; st["page_maps"] += pages
     else:
         # map chunks after a mapped region ending in a hole (the object starts there), else fresh
         st["caller_maps"] += 1
@@ -161,11 +171,14 @@ def alloc(oid, size):
         hole_take(s, n, start, sz); place(oid, sz, size, start)
     live += size
     if live > peak_live: peak_live = live
-    peak_mapped = max(peak_mapped, len(mapped) * C)
+    peak_mapped = max(peak_mapped, len(mapped) * C + paged_bytes)
 
 
 def free(oid):
-    global live, free_bytes
+    global live, free_bytes, paged_bytes
+    if oid in paged:
+        size, pages = paged.pop(oid); live -= size; paged_bytes -= pages * P; st["page_releases"] += pages
+        return
     s, sz, size = objs.pop(oid); del by_addr[s]; occupy(s, sz, -1); live -= size; free_bytes += sz
     hole_add(s, sz)
 
@@ -240,13 +253,14 @@ for line in open(a.trace):
     elif p[0] == 's':
         steps += 1
         if evacuate_wanted(): evacuate(); keep()
-        sum_live += live; sum_mapped += len(mapped) * C
+        sum_live += live; sum_mapped += len(mapped) * C + paged_bytes
     elif p[0] == 'p': probe(int(p[1]))
 copy_s = st["moved_bytes"] * 2 / 2.9e12
-chunk_s = st["creates"] * (17 + 2 + 39) * 1e-6 + st["releases"] * (24 + 54) * 1e-6
+chunk_s = st["creates"] * (17 + 2 + 39) * 1e-6 + st["releases"] * (24 + 54) * 1e-6 + \
+    st["page_maps"] * (17 + 2 + 39) * 1e-6 + st["page_releases"] * (22 + 17) * 1e-6
 print(f"{a.trace.split('/')[-1]} chunk={a.chunk_mib}MiB hi={a.hole_hi} lo={a.hole_lo} max_live={a.max_live}: "
       f"peak mapped/live {peak_mapped/peak_live:.4f} frag {1-sum_live/sum_mapped:.4f} | caller maps {st['caller_maps']} of "
-      f"{st['allocs']} | chunks created {st['creates']} released {st['releases']} (~{chunk_s:.3f} s driver) | moves "
+      f"{st['allocs']} | objects on pages {st['page_objects']} ({st['page_maps']} pages) | chunks created {st['creates']} released {st['releases']} (~{chunk_s:.3f} s driver) | moves "
       f"{st['moves']} {st['moved_bytes']/2**30:.1f} GiB (~{copy_s*1e3:.1f} ms copy) evacuations {st['evacuations']} "
       f"chunks emptied {st['evacuated_chunks']} (for a fit {st['fit_evacuations']}) aborted {st['aborted']} | probes {st['probes']} failed {st['probes_failed']} "
       f"| hole hits {st['hole_hits']}")
