@@ -92,7 +92,9 @@ def occupy(s, sz, sign):
 
 
 def map_chunk(c):
-    global free_bytes
+    global free_bytes, next_fresh
+    assert c not in mapped
+    next_fresh = max(next_fresh, c + 1)
     mapped.add(c); live_in[c] = 0; st["creates"] += 1; free_bytes += C
     hole_add(c * C, C)
 
@@ -159,13 +161,13 @@ def alloc(oid, size):
                 if all((end // C + j) not in mapped for j in range(k)):
                     start = s
                     for j in range(k): map_chunk(end // C + j)
-                    next_fresh = max(next_fresh, end // C + k)
                     break
             if n < C // 16: break  # only sizeable holes are worth extending
         if start is None:
             k = (sz + C - 1) // C
-            for j in range(k): map_chunk(next_fresh + j)
-            start = next_fresh * C; next_fresh += k
+            base = next_fresh
+            for j in range(k): map_chunk(base + j)
+            start = base * C
         i = holes.bisect_right(start) - 1
         s, n = holes.peekitem(i)
         hole_take(s, n, start, sz); place(oid, sz, size, start)
@@ -190,7 +192,7 @@ def keep():
     while sum(1 for c in mapped if live_in[c] == 0) < a.headroom and \
             not (a.peak_ratio and (len(mapped) + 1) * C > a.peak_ratio * peak_live):
         global next_fresh
-        map_chunk(next_fresh); next_fresh += 1
+        map_chunk(next_fresh)
 
 
 def partial_free():  # free bytes of chunks in use (whole free chunks are the keeper's)
