@@ -30,8 +30,8 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
 
 void HeapCore::serve_pending(Handle h) {
   std::unique_lock lock(mu);
-  const std::uint64_t s = handles.get(h.index)->state.load(std::memory_order_acquire);
-  if (state::generation(s) != h.generation || !misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
+  // lookup again under the lock: the entry may have been freed and taken since the caller's.
+  if (!lookup(h).ok() || !misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
   ++ops.misses_served_by_pins;
   // What the mapper does after a miss (trim_after_freed_misses): the chunks left to misses go
   // to the keeper here; the trim of what an object freed meanwhile returned (its run released
