@@ -113,20 +113,19 @@ using HeapMutex = BasicHeapMutex<kLockChecks>;
 // between batches), holding `lock`: if another thread waits for the lock, it is let go until that
 // thread has it (at most ~20 us), so that a caller waits for one part of the work, not for the
 // parts run back to back. Nothing is yielded when no thread waits. `relock` takes the lock back
-// (the keeper's counts its wait). True if it yielded.
+// (the keeper's counts its wait).
 template <class Lock, class Relock>
-bool yield_to_waiters(Lock& lock, Relock&& relock) {
+void yield_to_waiters(Lock& lock, Relock&& relock) {
   auto& mu = *lock.mutex();
-  if (!mu.contended()) return false;
+  if (!mu.contended()) return;
   lock.unlock();
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
   while (!mu.locked() && mu.contended() && std::chrono::steady_clock::now() < until) VALET_CPU_RELAX();
   relock();
-  return true;
 }
 template <class Lock>
-bool yield_to_waiters(Lock& lock) {
-  return yield_to_waiters(lock, [&] { lock.lock(); });
+void yield_to_waiters(Lock& lock) {
+  yield_to_waiters(lock, [&] { lock.lock(); });
 }
 
 }  // namespace valet::detail
