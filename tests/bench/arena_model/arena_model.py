@@ -20,6 +20,7 @@
 #   python3 arena_model.py TRACE [--chunk-mib 64] [--hole-hi 0.04 --hole-lo 0.03] [--eager] ...
 import sys, argparse
 from sortedcontainers import SortedDict, SortedList
+from trace_ops import read_ops
 ap = argparse.ArgumentParser()
 ap.add_argument("trace"); ap.add_argument("--chunk-mib", type=float, default=64)
 ap.add_argument("--hole-hi", type=float, default=0.03, help="compact when holes / mapped exceeds this")
@@ -140,19 +141,17 @@ def probe(n):
         st["probe_slides"] += 1; st["probe_slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
     st["probes_failed"] += 1
 steps = 0
-for line in open(a.trace):
-    if not line or line[0] == '#': continue
-    p = line.split()
-    if p[0] == 'a': alloc(int(p[1]), int(p[2])); keep()
-    elif p[0] == 'f':
-        free(int(p[1]))
+for op, v in read_ops(a.trace):
+    if op == 'a': alloc(v[0], v[1]); keep()
+    elif op == 'f':
+        free(v[0])
         if a.eager and holes_total > a.hole_hi * mapped: compact()
         keep()
-    elif p[0] == 's':
+    elif op == 's':
         steps += 1
         if holes_total > a.hole_hi * mapped: compact(); keep()
         sum_live += live; sum_mapped += mapped; peak_mapped = max(peak_mapped, mapped)
-    elif p[0] == 'p': probe(int(p[1]))
+    elif op == 'p': probe(v[0])
 copy_s = st["moved_bytes"] * 2 / 2.9e12
 chunk_s = st["chunk_creates"] * (17 + 2 + 39) * 1e-6 + st["chunk_releases"] * (24 + 54) * 1e-6
 print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f}"); print(f"{a.trace.split('/')[-1]} chunk={a.chunk_mib}MiB hi={a.hole_hi} lo={a.hole_lo}: peak mapped/live {peak_mapped/peak_live:.4f} "

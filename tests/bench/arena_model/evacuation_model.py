@@ -25,6 +25,7 @@
 #                                     [--max-live 0.9] [--peak-ratio 1.04] [--fit-evacuate] ...
 import argparse
 from sortedcontainers import SortedDict, SortedList
+from trace_ops import read_ops
 
 ap = argparse.ArgumentParser()
 ap.add_argument("trace")
@@ -65,7 +66,6 @@ free_bytes = 0
 
 
 def hole_add(s, n):
-    global free_bytes
     i = holes.bisect_left(s)
     if i > 0:
         ps, pn = holes.peekitem(i - 1)
@@ -124,7 +124,7 @@ def best_fit(sz, avoid=None):
 
 
 def place(oid, sz, size, at):
-    global live, free_bytes
+    global free_bytes
     objs[oid] = (at, sz, size); by_addr[at] = oid; occupy(at, sz, +1); free_bytes -= sz
 
 
@@ -244,19 +244,17 @@ def probe(n):
     if live + sz > (8 << 30): st["probes_failed"] += 1
 
 
-for line in open(a.trace):
-    if not line or line[0] == '#': continue
-    p = line.split()
-    if p[0] == 'a': alloc(int(p[1]), int(p[2])); keep()
-    elif p[0] == 'f':
-        free(int(p[1]))
+for op, v in read_ops(a.trace):
+    if op == 'a': alloc(v[0], v[1]); keep()
+    elif op == 'f':
+        free(v[0])
         if a.eager and evacuate_wanted(): evacuate()
         keep()
-    elif p[0] == 's':
+    elif op == 's':
         steps += 1
         if evacuate_wanted(): evacuate(); keep()
         sum_live += live; sum_mapped += len(mapped) * C + paged_bytes
-    elif p[0] == 'p': probe(int(p[1]))
+    elif op == 'p': probe(v[0])
 copy_s = st["moved_bytes"] * 2 / 2.9e12
 chunk_s = st["creates"] * (17 + 2 + 39) * 1e-6 + st["releases"] * (24 + 54) * 1e-6 + \
     st["page_maps"] * (17 + 2 + 39) * 1e-6 + st["page_releases"] * (22 + 17) * 1e-6
