@@ -337,12 +337,13 @@ TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterAYield) {
   const std::int64_t live_bytes = 0;
   Demand demand{1'000'000'000};
   ReserveKeeper keeper(mu, pool, config, live_bytes, demand, nullptr);
-  // At a turn's end the keeper holds the lock until this thread waits for it; its next step
-  // yields the lock to this thread, which holds it 60 ms: the keeper's wait to take it back is a
+  // At a turn's end the keeper holds the lock until a helper thread waits for it; its next step
+  // yields the lock, and whoever takes it holds it 60 ms: the keeper's wait to take it back is a
   // yield's, counted beside the batches' (up to 35 ms of it may pass before the keeper reaches
   // the lock on a loaded 2-core host under a sanitizer: see the test above). The yield lets the
-  // lock go for ~20 us at most: on a loaded host this thread may not take it by then, and the
-  // round is tried again.
+  // lock go for ~20 us at most, which a waiter asleep in the lock may not wake up in (under TSan
+  // it did not, 20 rounds out of 20): so this thread also spins on try_lock to take it at once,
+  // and a round that still misses the window is tried again.
   std::atomic<bool> armed{false}, go{false};
   keeper.set_after_turn([&](std::unique_lock<HeapMutex>&) {
     if (!armed.exchange(false)) return;
@@ -354,10 +355,15 @@ TEST(ReserveKeeper, CountsItsWaitForTheHeapLockAfterAYield) {
     go.store(false);
     armed.store(true);
     while (!go.load()) std::this_thread::yield();
-    {
+    std::thread waiter([&] {
       std::lock_guard lock(mu);
       std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    });
+    while (!mu.try_lock()) {
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    mu.unlock();
+    waiter.join();
     std::lock_guard lock(mu);
     if (keeper.lock_waits().longest_ns >= 25'000'000u) break;
   }
