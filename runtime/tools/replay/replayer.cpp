@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "alloc_tail.h"
 #include "latency.h"
 #include "live_set.h"
 #include "step_log.h"
@@ -192,6 +193,7 @@ class Replayer {
     const std::uint64_t calls = count_driver_calls(window);
     if (calls > 0) ++report_.allocs_with_calls;
     note_slow_allocation({op.line, op.bytes, ns, lock_wait_ns, calls, pending});
+    alloc_tail_.add(ns, lock_wait_ns, pending, calls > 0, op.bytes < kPageBytes);
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -461,6 +463,7 @@ class Replayer {
     r.alloc_ns_pages_not_pending = size_class_figures(alloc_ns_pages_not_pending_);
     r.alloc_lock_wait = alloc_lock_waits_.figures();
     r.free_lock_wait = free_lock_waits_.figures();
+    r.alloc_tail = alloc_tail_.figures(r.alloc_ns_p99);
     if (pinners_) {
       const PinnerCounters c = pinners_->counters();
       r.pins = c.pins;
@@ -499,6 +502,7 @@ class Replayer {
   LatencyHistogram free_ns_;
   LatencyHistogram alloc_ns_under_page_, alloc_ns_pages_, alloc_ns_pending_, alloc_ns_pages_not_pending_;
   LockWaits alloc_lock_waits_, free_lock_waits_;
+  AllocTail alloc_tail_;
   std::uint32_t last_line_ = 0;  // of the last op replayed
   std::uint64_t live_bytes_ = 0;
   double sum_live_ = 0, sum_mapped_ = 0, sum_unweighted_ = 0, sum_reserve_ = 0;

@@ -111,6 +111,15 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   };
   j["alloc_lock_wait"] = lock_wait(r.alloc_lock_wait);
   j["free_lock_wait"] = lock_wait(r.free_lock_wait);
+  j["alloc_tail"] = {{"over_ns", r.alloc_tail.over_ns},
+                     {"count", r.alloc_tail.count},
+                     {"pending", r.alloc_tail.pending},
+                     {"waited", r.alloc_tail.waited},
+                     {"lock_wait_share", r.alloc_tail.lock_wait_share},
+                     {"with_driver_calls", r.alloc_tail.with_driver_calls},
+                     {"under_page", r.alloc_tail.under_page},
+                     {"median_ns", r.alloc_tail.median_ns},
+                     {"median_ns_without_wait", r.alloc_tail.median_ns_without_wait}};
   j["allocs_with_calls"] = r.allocs_with_calls;
   j["frees_with_calls"] = r.frees_with_calls;
   j["alloc_path_driver_calls"] = driver_calls_json(r.alloc_path_driver_calls);

@@ -71,6 +71,14 @@ struct ReplayReport {
     std::uint64_t waited = 0;
     double total_s = 0, p99_ns = 0, max_ns = 0;
   } alloc_lock_wait, free_lock_wait;
+  // The allocations at or over alloc_ns_p99 (AllocTail): how many, how many returned pending,
+  // waited for the heap lock (and that wait's share of their summed time), made driver calls on
+  // the replaying thread, were under a page; their median time, with and without the lock wait.
+  struct AllocTail {
+    double over_ns = 0;
+    std::uint64_t count = 0, pending = 0, waited = 0, with_driver_calls = 0, under_page = 0;
+    double lock_wait_share = 0, median_ns = 0, median_ns_without_wait = 0;
+  } alloc_tail;
   // Where the replaying thread's wall_s went: the heap calls of `a` and `f` lines, the probes
   // (`p` lines, whole), the step lines (stats() and safepoint(), not the think sleeps), the
   // signatures (--verify: writes and checks) and the stats() readings at live peaks; `other`
