@@ -70,13 +70,13 @@ void print_fast_row(const BenchReport& r, const SizeFigures& row) {
 
 void print_cold_header(const BenchReport& r) {
   std::printf("\nlarge allocation, empty reserve (create+map+access per page):\n");
-  std::printf("%-10s %14s", "bytes", "valet_med_ns");
+  std::printf("%-10s %14s %14s", "bytes", "valet_med_ns", "back_to_back");
   if (r.gpu) std::printf(" %14s %8s", "cuMemAlloc_ns", "ratio");
   std::printf("\n");
 }
 
 void print_cold_row(const BenchReport& r, const ColdFigures& row) {
-  std::printf("%-10zu %14.0f", row.bytes, row.median_ns);
+  std::printf("%-10zu %14.0f %14.0f", row.bytes, row.median_ns, row.back_to_back_median_ns);
   if (r.gpu) {
     if (row.mem_alloc_median_ns)
       std::printf(" %14.0f %8.2f", *row.mem_alloc_median_ns, ratio(row.median_ns, *row.mem_alloc_median_ns));
@@ -117,6 +117,7 @@ nlohmann::ordered_json to_json(const BenchReport& r) {
     row["tries"] = c.tries;
     row["failed"] = c.failed;
     row["valet_median_ns"] = c.median_ns;
+    row["valet_back_to_back_median_ns"] = c.back_to_back_median_ns;
     if (r.gpu) {
       row["cuMemAlloc_median_ns"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(*c.mem_alloc_median_ns) : nullptr;
       row["ratio"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(ratio(c.median_ns, *c.mem_alloc_median_ns)) : nullptr;

@@ -30,7 +30,8 @@ struct ColdFigures {
   std::size_t bytes = 0;
   int tries = 0;
   int failed = 0;  // heap allocations that failed
-  double median_ns = 0;
+  double median_ns = 0;               // each try after the heap settled
+  double back_to_back_median_ns = 0;  // each try right after the last one's free
   std::optional<double> mem_alloc_median_ns;
 };
 

@@ -64,7 +64,8 @@ def main():
     if 512 << 20 not in cold:
         failures.append(f"no 512 MiB cold allocation among {sorted(cold)}")
     for b, c in cold.items():
-        if c.get("failed") != 0 or not c.get("valet_median_ns", 0) > 0 or "cuMemAlloc_median_ns" in c:
+        if c.get("failed") != 0 or not c.get("valet_median_ns", 0) > 0 or not c.get("valet_back_to_back_median_ns", 0) > 0 \
+                or "cuMemAlloc_median_ns" in c:
             failures.append(f"cold_large {b} bytes: {c}")
     if failures:
         sys.exit("FAIL: " + "; ".join(failures))
