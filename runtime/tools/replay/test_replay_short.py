@@ -52,13 +52,14 @@ def latency_failures(out):
             failures.append(f"slowest_allocations not slowest first from alloc_ns_max: {ns}")
         if any(not isinstance(a.get("line"), int) or a["line"] <= 0 or a.get("bytes", 0) <= 0 for a in slowest):
             failures.append(f"slowest_allocations without a trace line or size: {slowest}")
-    # The allocations at or over the p99: at least 1% of them, each part a count within it.
+    # The allocations at or over the p99 (a histogram's bucket: about 1% of them, not exactly),
+    # each part a count within them.
     tail = out.get("alloc_tail")
     if not isinstance(tail, dict) or tail.get("over_ns") != out.get("alloc_ns_p99"):
         failures.append(f"alloc_tail missing or not over alloc_ns_p99: {tail!r}")
     else:
-        if tail.get("count", 0) < 0.01 * out.get("ops", 0) or tail["median_ns"] < tail["over_ns"]:
-            failures.append(f"alloc_tail holds fewer than 1% of the allocations, or ones under the p99: {tail}")
+        if not 1 <= tail.get("count", 0) <= 0.05 * out.get("ops", 0) or tail["median_ns"] < tail["over_ns"]:
+            failures.append(f"alloc_tail holds none or over 5% of the allocations, or ones under the p99: {tail}")
         if any(not 0 <= tail.get(k, -1) <= tail["count"] for k in ("pending", "waited", "with_driver_calls", "under_page")):
             failures.append(f"alloc_tail's parts are not counts within it: {tail}")
         if not 0 <= tail.get("lock_wait_share", -1) <= 1 or tail.get("median_ns_without_wait", -1) > tail["median_ns"]:
