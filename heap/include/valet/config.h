@@ -78,7 +78,9 @@ struct Config {
   // on the GPU, instead of one of each per page). A chunk's free pages serve large runs of a
   // close size only, outside the reserve's budget, and the chunk goes back to the backend as
   // soon as none of its pages is in use (docs/speed.md, "Session 22"). 0: pages one by one.
-  std::size_t chunk_min_pages = 16;
+  // 4 since session 45 (16 before): on the H200 replay walls 20-34 % shorter on p23 and kv400,
+  // equal on t1, memory equal or lower (docs/speed.md, "Session 45").
+  std::size_t chunk_min_pages = 4;
   // Chunked misses: a large object that finds no mapped run of its size, whose body (the pages
   // before its last) has at least this many pages, gets a new chunk for its body rather than
   // reserve pages moved and mapped one by one (a layout miss: the reserve holds the pages, not in
