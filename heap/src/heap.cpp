@@ -59,18 +59,21 @@ std::size_t HeapCore::footprint_of(const Location& loc) const {
   return class_size(slabs.page(pool.slot(loc.page).owner)->cls);
 }
 
-Result<std::uint32_t> HeapCore::place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail) {
+Result<std::uint32_t> HeapCore::place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail, bool whole) {
   // Its driver calls run without the heap lock (page_pool.h, the place batch).
-  return pool.place_miss(n, tail, kNoOwner, [&](PagePool::PlaceBatch& b) {
-    lock.unlock();
-    pool.place_calls(b);
-    lock.lock();
-  });
+  return pool.place_miss(
+      n, tail, kNoOwner,
+      [&](PagePool::PlaceBatch& b) {
+        lock.unlock();
+        pool.place_calls(b);
+        lock.lock();
+      },
+      whole);
 }
 
-Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n) {
+Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool whole) {
   if (auto s = pool.take_mapped_run(n, kNoOwner)) return *s;
-  return place_run(lock, n, false);
+  return place_run(lock, n, false, whole);
 }
 
 Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss,
@@ -148,13 +151,13 @@ Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::s
   const std::optional<std::uint32_t> mapped = miss ? pool.take_mapped_run(n, kNoOwner) : std::nullopt;
   if (miss && !mapped) {
     // Its tail is opened once the run is mapped (finish_miss): no slab page lands on it before.
-    auto b = pool.begin_miss(n);
+    auto b = pool.begin_miss(n, /*tail=*/false, /*whole=*/bytes % kPageSize == 0);
     if (!b.ok()) return b.error();
     miss->batch = std::move(*b);
     want_refill();
     return Location{ObjectKind::large, miss->batch.start, 0, n};
   }
-  auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n);
+  auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n, bytes % kPageSize == 0);
   if (!run.ok()) return run.error();
   return placed_run(*run, n, bytes);
 }

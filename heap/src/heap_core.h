@@ -277,9 +277,10 @@ struct HeapCore {
   int misses_held = 0;
   // A run of n pages for a large object: a mapped one (no call), else place_run's. place_run:
   // a place batch, its calls without the lock (a chunked miss first where allowed); with
-  // `tail`, its last slot is held unmapped for attach_tail or abandon_tail (page_pool.h).
-  Result<std::uint32_t> take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n);
-  Result<std::uint32_t> place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail);
+  // `tail`, its last slot is held unmapped for attach_tail or abandon_tail (page_pool.h); with
+  // `whole` (the object fills its last page), a chunk may take the last slot too.
+  Result<std::uint32_t> take_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool whole = false);
+  Result<std::uint32_t> place_run(std::unique_lock<HeapMutex>& lock, std::uint32_t n, bool tail, bool whole = false);
   // Returns a location's memory to its slab or to the page reserve.
   void release_location(const Location& loc);
   // Shared tails (tails.cpp). open_tail: offers a large object's last page to slab pages.

@@ -167,6 +167,9 @@ class PagePool {
     std::size_t reserve_floor = 0;    // reserve pages the batch leaves (it moves none below them)
     std::uint32_t chunk_min = 0;      // the least chunk (0: chunk_min_pages_)
     std::uint32_t chunk_end = 0;      // a chunk ends at or before this slot (0: the run's last)
+    // The object fills its run's last page, so no tail can share it: a chunk may take the last
+    // slot too (one create, map and access grant fewer). A chunk's page is never a shared tail.
+    bool chunk_last = false;
     // A shared tail's run: the batch maps the body (n - 1 slots) and holds the last slot,
     // unmapped, in `provisioning_` past finish_place, for attach_tail or abandon_tail.
     bool tail = false;
@@ -257,7 +260,7 @@ class PagePool {
   // first where allowed (chunk_miss; on failure nothing changed), then the usual way.
   // `calls(batch)` runs place_calls: in place with the lock held, or letting the lock go around it.
   template <class Calls>
-  Result<std::uint32_t> place_miss(std::uint32_t n, bool tail, std::uint32_t owner, Calls&& calls) {
+  Result<std::uint32_t> place_miss(std::uint32_t n, bool tail, std::uint32_t owner, Calls&& calls, bool whole = false) {
     auto attempt = [&](const PlaceOptions& how) -> Result<std::uint32_t> {
       auto b = begin_place(n, how);
       if (!b.ok()) return b.error();
@@ -265,8 +268,8 @@ class PagePool {
       return finish_place(*b, owner);
     };
     if (chunk_miss(n - 1))
-      if (auto s = attempt(chunked_miss(tail)); s.ok()) return s;
-    return attempt(usual_miss(tail));
+      if (auto s = attempt(chunked_miss(tail, whole)); s.ok()) return s;
+    return attempt(usual_miss(tail, whole));
   }
   // A miss whose calls another thread makes (HeapCore's background misses): the batch of
   // place_miss's first attempt that can begin (a chunked one where allowed, else the usual
@@ -274,10 +277,10 @@ class PagePool {
   // place_calls'; finish_place books them (`owner` then owns the run), or, after a failed call,
   // frees the run: a retry begins again at the same start (PlaceOptions::at) so that the address
   // handed out holds.
-  Result<PlaceBatch> begin_miss(std::uint32_t n, bool tail = false) {
+  Result<PlaceBatch> begin_miss(std::uint32_t n, bool tail = false, bool whole = false) {
     if (chunk_miss(n - 1))
-      if (auto b = begin_place(n, chunked_miss(tail)); b.ok()) return b;
-    return begin_place(n, usual_miss(tail));
+      if (auto b = begin_place(n, chunked_miss(tail, whole)); b.ok()) return b;
+    return begin_place(n, usual_miss(tail, whole));
   }
   // Gives up a begun batch whose calls were never made (lock held): as a failed batch, its
   // slots and pages go back as they were.
@@ -679,14 +682,16 @@ class PagePool {
   }
   // A miss's placement options: the usual way, and a chunked miss's (new pages as one chunk,
   // no window, no reserve pages moved); `tail` holds the last slot.
-  PlaceOptions usual_miss(bool tail) const {
+  // `whole`: the object fills its last page (PlaceOptions::chunk_last).
+  PlaceOptions usual_miss(bool tail, bool whole = false) const {
     PlaceOptions how;
     how.tail = tail;
     how.reserve_floor = miss_reserve_floor_;
+    how.chunk_last = whole && !tail;
     return how;
   }
-  PlaceOptions chunked_miss(bool tail) const {
-    PlaceOptions how = usual_miss(tail);
+  PlaceOptions chunked_miss(bool tail, bool whole = false) const {
+    PlaceOptions how = usual_miss(tail, whole);
     how.window = false;
     how.from_reserve = false;
     how.chunk_min = chunk_miss_pages_;

@@ -196,7 +196,7 @@ Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceO
     const std::uint32_t lo = b.slots[i];
     std::uint32_t piece_end = lo;
     while (piece_end - lo < need - i && b.slots[i + (piece_end - lo)] == piece_end) ++piece_end;
-    const std::uint32_t end = how.chunk_end ? how.chunk_end : b.start + n - 1;
+    const std::uint32_t end = how.chunk_end ? how.chunk_end : b.start + n - (how.chunk_last ? 0 : 1);
     const std::uint32_t hi = std::min(piece_end, end);
     const std::uint32_t least = how.chunk_min > 0 ? how.chunk_min : chunk_min_pages_;
     if (least > 0 && hi >= lo + std::max<std::uint32_t>(least, 2)) {

@@ -4,6 +4,8 @@
 // remapped and read back at the same addresses.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "faulty_pool.h"
@@ -488,6 +490,45 @@ TEST(HeapChunks, AFreeGivesItsChunkBackAndItsPagesServeEveryShapeAgain) {
   EXPECT_VALID(*heap);
   for (Handle x : small) ASSERT_TRUE(heap->free(x).ok());
   EXPECT_VALID(*heap);
+}
+
+// An object that fills its last page has no tail to share: from an empty reserve its whole run
+// is one chunk (one create, one map), with the mapper and without it; an object a byte longer
+// keeps its last page apart (a shared tail's). Each keeps its bytes, and the heap its invariants,
+// through a shrink that makes a chunk's page its last and a free that gives the chunk back.
+TEST(HeapChunks, AnObjectThatFillsItsLastPageIsOneChunk) {
+  for (const bool mapper : {false, true}) {
+    SCOPED_TRACE(mapper ? "background misses" : "misses on the allocating thread");
+    Config cfg = test::host_config(512 * kMiB);
+    cfg.chunk_min_pages = 4;
+    cfg.reserve_low_pages = 0;
+    cfg.reserve_high_pages = 0;
+    cfg.thread_cache_run_bytes = 0;
+    cfg.background_misses = mapper;
+    auto heap = test::make_heap(cfg);
+    for (const std::size_t bytes : {8 * kMiB, 64 * kMiB, 64 * kMiB + 1}) {
+      SCOPED_TRACE(bytes);
+      const DriverCallCounts before = heap->driver_calls().totals();
+      auto h = heap->allocate(bytes);
+      ASSERT_TRUE(h.ok()) << h.error().to_string();
+      test::fill(*heap, *h, 23);  // pins: a pending object is mapped once this returns
+      const DriverCallCounts made = heap->driver_calls().totals().since(before);
+      const bool whole = bytes % test::kPage == 0;
+      EXPECT_EQ(made[DriverOp::create_page], whole ? 1u : 2u);
+      EXPECT_EQ(made[DriverOp::map], whole ? 1u : 2u);
+      EXPECT_EQ(heap->stats().pages.chunks, 1u);
+      EXPECT_VALID(*heap);
+      ASSERT_TRUE(heap->resize(*h, bytes / 2 + 100).ok());  // its last page a chunk's now
+      EXPECT_EQ(test::mismatches(*heap, *h, 23, bytes / 2 + 100), 0u);
+      EXPECT_VALID(*heap);
+      ASSERT_TRUE(heap->free(*h).ok());
+      ASSERT_TRUE(heap->maintain().ok());
+      // With the mapper, the free leaves the chunk's release to it.
+      for (int i = 0; i < 2000 && heap->stats().pages.chunks > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      EXPECT_EQ(heap->stats().pages.chunks, 0u) << "the chunk went back with its object";
+      EXPECT_VALID(*heap);
+    }
+  }
 }
 
 TEST(HeapChunks, ChunksOffMeansOneCreatePerPage) {
