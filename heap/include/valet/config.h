@@ -78,9 +78,11 @@ struct Config {
   // on the GPU, instead of one of each per page). A chunk's free pages serve large runs of a
   // close size only, outside the reserve's budget, and the chunk goes back to the backend as
   // soon as none of its pages is in use (docs/speed.md, "Session 22"). 0: pages one by one.
-  // 4 since session 45 (16 before): on the H200 replay walls 20-34 % shorter on p23 and kv400,
-  // equal on t1, memory equal or lower (docs/speed.md, "Session 45").
-  std::size_t chunk_min_pages = 4;
+  // 4 shortens replay walls by 1-16 % on the H100 (20-34 % on p23 and kv400 on the H200), memory
+  // equal or lower, but the 8-thread stress at a full 1 GiB then meets out-of-memory (7-16 small
+  // allocations in 20 s, none at 16): a partly used chunk's free pages serve no slab page
+  // (docs/speed.md, "Session 45"). 16 until they can.
+  std::size_t chunk_min_pages = 16;
   // Chunked misses: a large object that finds no mapped run of its size, whose body (the pages
   // before its last) has at least this many pages, gets a new chunk for its body rather than
   // reserve pages moved and mapped one by one (a layout miss: the reserve holds the pages, not in

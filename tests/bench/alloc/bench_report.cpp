@@ -71,7 +71,7 @@ void print_fast_row(const BenchReport& r, const SizeFigures& row) {
 void print_cold_header(const BenchReport& r) {
   std::printf("\nlarge allocation, empty reserve (create+map+access per page):\n");
   std::printf("%-10s %14s %14s", "bytes", "valet_med_ns", "back_to_back");
-  if (r.gpu) std::printf(" %14s %8s", "cuMemAlloc_ns", "ratio");
+  if (r.gpu) std::printf(" %14s %8s %14s %8s", "cuMemAlloc_ns", "ratio", "cu_b2b_ns", "b2b_ratio");
   std::printf("\n");
 }
 
@@ -80,6 +80,11 @@ void print_cold_row(const BenchReport& r, const ColdFigures& row) {
   if (r.gpu) {
     if (row.mem_alloc_median_ns)
       std::printf(" %14.0f %8.2f", *row.mem_alloc_median_ns, ratio(row.median_ns, *row.mem_alloc_median_ns));
+    else
+      std::printf(" %14s %8s", "failed", "-");
+    if (row.mem_alloc_back_to_back_median_ns)
+      std::printf(" %14.0f %8.2f", *row.mem_alloc_back_to_back_median_ns,
+                  ratio(row.back_to_back_median_ns, *row.mem_alloc_back_to_back_median_ns));
     else
       std::printf(" %14s %8s", "failed", "-");
   }
@@ -121,6 +126,9 @@ nlohmann::ordered_json to_json(const BenchReport& r) {
     if (r.gpu) {
       row["cuMemAlloc_median_ns"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(*c.mem_alloc_median_ns) : nullptr;
       row["ratio"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(ratio(c.median_ns, *c.mem_alloc_median_ns)) : nullptr;
+      const auto& b2b = c.mem_alloc_back_to_back_median_ns;
+      row["cuMemAlloc_back_to_back_median_ns"] = b2b ? nlohmann::ordered_json(*b2b) : nullptr;
+      row["ratio_back_to_back"] = b2b ? nlohmann::ordered_json(ratio(c.back_to_back_median_ns, *b2b)) : nullptr;
     }
     cold.push_back(row);
   }

@@ -32,7 +32,8 @@ struct ColdFigures {
   int failed = 0;  // heap allocations that failed
   double median_ns = 0;               // each try after the heap settled
   double back_to_back_median_ns = 0;  // each try right after the last one's free
-  std::optional<double> mem_alloc_median_ns;
+  std::optional<double> mem_alloc_median_ns;               // cuMemAlloc, each after the same pause
+  std::optional<double> mem_alloc_back_to_back_median_ns;  // cuMemAlloc back to back
 };
 
 struct BenchReport {
