@@ -35,6 +35,8 @@ void HeapCore::record_cycle(const CompactionRecord& r) {
 
 Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& lock, const CompactRequest& req) {
   mu.assert_held();
+  // Its relocks (between batches) are compaction's, on whatever thread (an emergency cycle's too).
+  const ScopedLockRole role(LockRole::compaction);
   const std::uint64_t t0 = now_ns();
   cycle_pin_wait_ns.store(0, std::memory_order_relaxed);
   CompactionRecord rec;

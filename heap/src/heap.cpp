@@ -550,6 +550,7 @@ Result<CompactionRecord> Heap::compact(const CompactRequest& request) {
   if (!(request.max_occupancy > 0 && request.max_occupancy < 1))
     return make_error(Errc::invalid_argument, "compact: max_occupancy must be within (0, 1)");
   std::lock_guard cl(c.compaction_mu);
+  const detail::ScopedLockRole role(detail::LockRole::compaction);  // whoever waits for it, waits for compaction
   std::unique_lock lock(c.mu);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "compact: the heap was shut down");
   return c.compact_locked(lock, request);

@@ -210,6 +210,12 @@ bool Heap::is_shut_down() const { return core_->shut.load(); }
 Backend& Heap::backend() { return core_->backend->inner(); }
 const CountingBackend& Heap::driver_calls() const { return *core_->backend; }
 std::uint64_t Heap::this_thread_lock_wait_ns() { return detail::t_heap_lock_wait_ns; }
+Heap::LockWaitsByHolder Heap::this_thread_lock_wait_by_holder() {
+  const auto& w = detail::t_heap_lock_wait_by_role;
+  using detail::LockRole;
+  return {w[std::size_t(LockRole::caller)], w[std::size_t(LockRole::mapper)], w[std::size_t(LockRole::keeper)],
+          w[std::size_t(LockRole::compaction)]};
+}
 std::uint64_t Heap::this_thread_background_misses() { return detail::t_background_misses; }
 const Config& Heap::config() const { return core_->config; }
 std::uint32_t Heap::tag() const { return core_->tag; }

@@ -8,6 +8,7 @@
 // plain spinning lock, one atomic flag and a count of its sleepers, and assert_held() is empty.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -31,6 +32,26 @@ inline bool this_thread_holds_a_heap_lock() { return t_heap_locks_held > 0; }
 // Nanoseconds the calling thread has waited for heap locks (any heap's) that another thread
 // held, since it started: counted on the contended path only (Heap::this_thread_lock_wait_ns).
 inline thread_local std::uint64_t t_heap_lock_wait_ns = 0;
+// Who takes the heap lock on this thread: the heap's mapper and keeper threads, compaction (on
+// whatever thread runs it), or a caller (everything else). A lock records its holder's role, and
+// a thread that must wait adds its wait to the role that held the lock when the wait began
+// (Heap::this_thread_lock_wait_by_holder): where a caller's waits come from. The holder may
+// change during one wait; the first holder gets all of it.
+enum class LockRole : std::uint8_t { caller, mapper, keeper, compaction };
+inline constexpr std::size_t kLockRoles = 4;
+inline thread_local LockRole t_lock_role = LockRole::caller;
+inline thread_local std::array<std::uint64_t, kLockRoles> t_heap_lock_wait_by_role{};
+// The calling thread's role while it lives.
+class ScopedLockRole {
+ public:
+  explicit ScopedLockRole(LockRole role) : saved_(t_lock_role) { t_lock_role = role; }
+  ~ScopedLockRole() { t_lock_role = saved_; }
+  ScopedLockRole(const ScopedLockRole&) = delete;
+  ScopedLockRole& operator=(const ScopedLockRole&) = delete;
+
+ private:
+  LockRole saved_;
+};
 
 template <bool Checked>
 class BasicHeapMutex {
@@ -40,11 +61,13 @@ class BasicHeapMutex {
   void lock() {
     owner_.before_lock(this);
     acquire();
+    holder_.store(t_lock_role, std::memory_order_relaxed);
     owner_.acquired(this);
     ++t_heap_locks_held;
   }
   bool try_lock() {
     if (locked_.load(std::memory_order_relaxed) || locked_.exchange(true, std::memory_order_acquire)) return false;
+    holder_.store(t_lock_role, std::memory_order_relaxed);
     owner_.acquired(this);
     ++t_heap_locks_held;
     return true;
@@ -79,12 +102,15 @@ class BasicHeapMutex {
     struct CountWait {
       std::chrono::steady_clock::time_point since;
       std::atomic<std::uint32_t>& waiters;
+      LockRole held_by;
       ~CountWait() {
         waiters.fetch_sub(1, std::memory_order_relaxed);
-        t_heap_lock_wait_ns += std::uint64_t(
+        const auto ns = std::uint64_t(
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count());
+        t_heap_lock_wait_ns += ns;
+        t_heap_lock_wait_by_role[std::size_t(held_by)] += ns;
       }
-    } count_wait{since, waiters_};
+    } count_wait{since, waiters_, holder_.load(std::memory_order_relaxed)};
     waiters_.fetch_add(1, std::memory_order_relaxed);
     for (int spins = 0;; ++spins) {
       while (locked_.load(std::memory_order_relaxed)) {
@@ -102,6 +128,7 @@ class BasicHeapMutex {
   }
 
   std::atomic<bool> locked_{false};
+  std::atomic<LockRole> holder_{LockRole::caller};  // the role of the thread that last took it
   std::atomic<std::uint32_t> sleepers_{0};  // threads in locked_.wait (unlock wakes only then)
   std::atomic<std::uint32_t> waiters_{0};   // threads in acquire's contended path (spinning or asleep)
   [[no_unique_address]] LockOwner<LockRank::heap, Checked> owner_;

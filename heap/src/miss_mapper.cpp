@@ -124,6 +124,7 @@ bool MissMapper::serve_queued(std::uint32_t index, std::unique_lock<HeapMutex>& 
 
 void MissMapper::loop() {
   t_serving_miss = true;
+  const ScopedLockRole role(LockRole::mapper);
   std::unique_lock lock(mu_);
   for (;;) {
     if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);

@@ -275,6 +275,7 @@ void ReserveKeeper::keep(std::unique_lock<HeapMutex>& lock) {
 
 void ReserveKeeper::loop() {
   t_keeper_thread = true;
+  const ScopedLockRole role(LockRole::keeper);
   PagePool::set_defers_to_callers(config_.keeper_defers);  // callers first at the driver (page_pool.h)
   std::unique_lock lock(mu_);
   auto kept = std::chrono::steady_clock::now();

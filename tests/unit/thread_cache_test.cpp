@@ -544,6 +544,39 @@ TEST(ThreadCacheRuns, ManyThreadsReuseRunsAgainstTheKeeperAndALiveCompactor) {
   ASSERT_TRUE(heap.shutdown().ok());
 }
 
+// Heap::this_thread_lock_wait_by_holder puts each wait on the role of the thread that held the
+// lock when it began: the keeper's or compaction's hold, not the caller's.
+TEST(HeapLockWaits, AWaitIsCountedAgainstTheRoleThatHeldTheLock) {
+  auto heap = make_heap(uncached());
+  ASSERT_TRUE(heap);
+  auto& core = detail::HeapInternals::of(*heap);
+  for (const detail::LockRole role : {detail::LockRole::keeper, detail::LockRole::compaction}) {
+    SCOPED_TRACE(int(role));
+    std::atomic<bool> held{false};
+    std::thread holder([&] {
+      const detail::ScopedLockRole as(role);
+      std::lock_guard lock(core.mu);
+      held = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    });
+    while (!held) std::this_thread::yield();
+    const Heap::LockWaitsByHolder before = Heap::this_thread_lock_wait_by_holder();
+    auto h = heap->allocate(4 * detail::kPageSize);
+    const Heap::LockWaitsByHolder after = Heap::this_thread_lock_wait_by_holder();
+    holder.join();
+    ASSERT_TRUE(h.ok());
+    const bool keeper = role == detail::LockRole::keeper;
+    EXPECT_GE((keeper ? after.keeper_ns - before.keeper_ns : after.compaction_ns - before.compaction_ns),
+              10'000'000u)
+        << "the wait was not put on the holder's role";
+    EXPECT_EQ(after.callers_ns, before.callers_ns);
+    EXPECT_EQ(after.mapper_ns, before.mapper_ns);
+    EXPECT_EQ(keeper ? after.compaction_ns : after.keeper_ns, keeper ? before.compaction_ns : before.keeper_ns);
+    EXPECT_TRUE(heap->free(*h).ok());
+  }
+  EXPECT_VALID(*heap);
+}
+
 // Heap::this_thread_lock_wait_ns counts the time a thread waited for a heap lock another thread
 // held, and nothing when the lock was free.
 TEST(HeapLockWaits, AThreadsWaitForTheHeapLockIsCountedOnThatThreadOnly) {

@@ -249,6 +249,12 @@ class Heap {
   // held, since the thread started; a diagnostic: the difference across a call is that call's
   // wait for other threads' critical sections.
   static std::uint64_t this_thread_lock_wait_ns();
+  // The same waits by who held the lock when each began: other callers (allocations, frees, pins,
+  // stats), the heap's mapper thread, its keeper thread, compaction (Heap::compact, on any thread).
+  struct LockWaitsByHolder {
+    std::uint64_t callers_ns = 0, mapper_ns = 0, keeper_ns = 0, compaction_ns = 0;
+  };
+  static LockWaitsByHolder this_thread_lock_wait_by_holder();
   // Allocations of the calling thread (on any heap) that returned pending, their runs (or, for a
   // small object that needed a new slab page, its place) left to the heap's mapper
   // (Config::background_misses), since the thread started; a diagnostic: the

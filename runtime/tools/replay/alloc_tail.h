@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -15,11 +16,15 @@ namespace valet::replay {
 
 class AllocTail {
  public:
-  void add(std::uint64_t ns, std::uint64_t lock_wait_ns, bool pending, bool driver_calls, bool under_page) {
+  // `by_holder_ns`: its lock waits by holder (callers, mapper, keeper, compaction).
+  void add(std::uint64_t ns, std::uint64_t lock_wait_ns, bool pending, bool driver_calls, bool under_page,
+           const std::array<std::uint64_t, 4>& by_holder_ns) {
     constexpr std::uint64_t kMax = std::numeric_limits<std::uint32_t>::max();
+    const auto longest = std::max_element(by_holder_ns.begin(), by_holder_ns.end());
     samples_.push_back({std::uint32_t(std::min(ns, kMax)), std::uint32_t(std::min(lock_wait_ns, kMax)),
                         std::uint8_t((pending ? kPending : 0) | (driver_calls ? kCalls : 0) |
-                                     (under_page ? kUnderPage : 0))});
+                                     (under_page ? kUnderPage : 0)),
+                        std::uint8_t(longest - by_holder_ns.begin())});
   }
 
   // The allocations whose time is at least `over_ns` (the run's alloc p99).
@@ -35,6 +40,7 @@ class AllocTail {
       t.with_driver_calls += (s.flags & kCalls) != 0;
       t.under_page += (s.flags & kUnderPage) != 0;
       t.waited += s.lock_wait_ns > 0;
+      if (s.lock_wait_ns > 0) ++t.waited_on[s.longest_holder];
       sum_ns += s.ns;
       sum_wait += std::min(s.lock_wait_ns, s.ns);
       ns.push_back(s.ns);
@@ -52,6 +58,7 @@ class AllocTail {
   struct Sample {
     std::uint32_t ns, lock_wait_ns;
     std::uint8_t flags;
+    std::uint8_t longest_holder;  // index of its longest wait's holder
   };
   static double median(std::vector<std::uint32_t>& v) {
     std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());

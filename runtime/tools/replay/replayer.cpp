@@ -2,6 +2,7 @@
 #include "replayer.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -54,13 +55,25 @@ struct LockWaits {
   LatencyHistogram ns;
   std::uint64_t waited = 0;
   double total_s = 0;
-  void add(std::uint64_t wait_ns) {
+  std::array<double, 4> by_holder_s{};
+  void add(std::uint64_t wait_ns, const std::array<std::uint64_t, 4>& by_holder_ns) {
     ns.add(wait_ns);
     waited += wait_ns > 0;
     total_s += double(wait_ns) / 1e9;
+    for (std::size_t i = 0; i < 4; ++i) by_holder_s[i] += double(by_holder_ns[i]) / 1e9;
   }
-  ReplayReport::LockWait figures() const { return {waited, total_s, ns.percentile(0.99), double(ns.max())}; }
+  ReplayReport::LockWait figures() const {
+    return {waited, total_s, ns.percentile(0.99), double(ns.max()), by_holder_s};
+  }
 };
+
+// The calling thread's heap-lock waits since `before`, by holder (callers, mapper, keeper,
+// compaction).
+std::array<std::uint64_t, 4> waits_since(const Heap::LockWaitsByHolder& before) {
+  const Heap::LockWaitsByHolder now = Heap::this_thread_lock_wait_by_holder();
+  return {now.callers_ns - before.callers_ns, now.mapper_ns - before.mapper_ns, now.keeper_ns - before.keeper_ns,
+          now.compaction_ns - before.compaction_ns};
+}
 
 // Ops are read in batches between timed stretches, so that reading the trace (decompression and
 // parsing) stays out of wall_s, and memory stays bounded by the batch.
@@ -175,12 +188,14 @@ class Replayer {
   void on_allocate(const TraceOp& op) {
     const ThreadDriverCalls window(door_);
     const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
+    const Heap::LockWaitsByHolder holders_before = Heap::this_thread_lock_wait_by_holder();
     const std::uint64_t misses_before = Heap::this_thread_background_misses();
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     const auto answered = Clock::now();
     const std::uint64_t lock_wait_ns = Heap::this_thread_lock_wait_ns() - waited_before;
-    alloc_lock_waits_.add(lock_wait_ns);
+    const auto by_holder = waits_since(holders_before);
+    alloc_lock_waits_.add(lock_wait_ns, by_holder);
     const std::uint64_t ns = ns_between(asked, answered);
     alloc_ns_.add(ns);
     (op.bytes < kPageBytes ? alloc_ns_under_page_ : alloc_ns_pages_).add(ns);
@@ -193,7 +208,7 @@ class Replayer {
     const std::uint64_t calls = count_driver_calls(window);
     if (calls > 0) ++report_.allocs_with_calls;
     note_slow_allocation({op.line, op.bytes, ns, lock_wait_ns, calls, pending});
-    alloc_tail_.add(ns, lock_wait_ns, pending, calls > 0, op.bytes < kPageBytes);
+    alloc_tail_.add(ns, lock_wait_ns, pending, calls > 0, op.bytes < kPageBytes, by_holder);
     ++report_.ops;
     if (!h.ok()) {
       // The trace frees the object later; its slot stays not live and the free is skipped.
@@ -244,10 +259,11 @@ class Replayer {
     }
     const ThreadDriverCalls window(door_);
     const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
+    const Heap::LockWaitsByHolder holders_before = Heap::this_thread_lock_wait_by_holder();
     const auto asked = Clock::now();
     const Status st = free_when_unpinned(slot.handle);
     const auto answered = Clock::now();
-    free_lock_waits_.add(Heap::this_thread_lock_wait_ns() - waited_before);
+    free_lock_waits_.add(Heap::this_thread_lock_wait_ns() - waited_before, waits_since(holders_before));
     free_ns_.add(ns_between(asked, answered));
     report_.wall_parts_s.free += seconds_between(asked, answered);
     if (count_driver_calls(window)) ++report_.frees_with_calls;

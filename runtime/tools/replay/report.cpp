@@ -106,8 +106,15 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["alloc_ns_pages"] = size_class(r.alloc_ns_pages);
   j["alloc_ns_pending"] = size_class(r.alloc_ns_pending);
   j["alloc_ns_pages_not_pending"] = size_class(r.alloc_ns_pages_not_pending);
-  const auto lock_wait = [](const ReplayReport::LockWait& w) {
-    return nlohmann::ordered_json{{"waited", w.waited}, {"total_s", w.total_s}, {"p99_ns", w.p99_ns}, {"max_ns", w.max_ns}};
+  const auto holders = [](const auto& by) {
+    return nlohmann::ordered_json{{"callers", by[0]}, {"mapper", by[1]}, {"keeper", by[2]}, {"compaction", by[3]}};
+  };
+  const auto lock_wait = [&](const ReplayReport::LockWait& w) {
+    return nlohmann::ordered_json{{"waited", w.waited},
+                                  {"total_s", w.total_s},
+                                  {"p99_ns", w.p99_ns},
+                                  {"max_ns", w.max_ns},
+                                  {"by_holder_s", holders(w.by_holder_s)}};
   };
   j["alloc_lock_wait"] = lock_wait(r.alloc_lock_wait);
   j["free_lock_wait"] = lock_wait(r.free_lock_wait);
@@ -118,6 +125,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
                      {"lock_wait_share", r.alloc_tail.lock_wait_share},
                      {"with_driver_calls", r.alloc_tail.with_driver_calls},
                      {"under_page", r.alloc_tail.under_page},
+                     {"waited_on", holders(r.alloc_tail.waited_on)},
                      {"median_ns", r.alloc_tail.median_ns},
                      {"median_ns_without_wait", r.alloc_tail.median_ns_without_wait}};
   j["allocs_with_calls"] = r.allocs_with_calls;

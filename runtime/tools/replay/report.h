@@ -3,6 +3,7 @@
 // summary line.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -67,16 +68,21 @@ struct ReplayReport {
   } alloc_ns_under_page, alloc_ns_pages, alloc_ns_pending, alloc_ns_pages_not_pending;
   // Of each allocation's and free's time, the wait for the heap lock while another thread held
   // it (Heap::this_thread_lock_wait_ns): how many waited, the total, p99 and max over all calls.
+  // `by_holder_s`: the total by who held the lock when each wait began (other callers, the
+  // mapper, the keeper, compaction: Heap::this_thread_lock_wait_by_holder).
   struct LockWait {
     std::uint64_t waited = 0;
     double total_s = 0, p99_ns = 0, max_ns = 0;
+    std::array<double, 4> by_holder_s{};
   } alloc_lock_wait, free_lock_wait;
   // The allocations at or over alloc_ns_p99 (AllocTail): how many, how many returned pending,
   // waited for the heap lock (and that wait's share of their summed time), made driver calls on
   // the replaying thread, were under a page; their median time, with and without the lock wait.
+  // `waited_on`: of those that waited, how many waited longest behind each holder (as by_holder_s).
   struct AllocTail {
     double over_ns = 0;
     std::uint64_t count = 0, pending = 0, waited = 0, with_driver_calls = 0, under_page = 0;
+    std::array<std::uint64_t, 4> waited_on{};
     double lock_wait_share = 0, median_ns = 0, median_ns_without_wait = 0;
   } alloc_tail;
   // Where the replaying thread's wall_s went: the heap calls of `a` and `f` lines, the probes

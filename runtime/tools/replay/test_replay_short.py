@@ -64,7 +64,20 @@ def latency_failures(out):
             failures.append(f"alloc_tail's parts are not counts within it: {tail}")
         if not 0 <= tail.get("lock_wait_share", -1) <= 1 or tail.get("median_ns_without_wait", -1) > tail["median_ns"]:
             failures.append(f"alloc_tail's lock wait is not a part of its time: {tail}")
+        on = tail.get("waited_on")
+        if not isinstance(on, dict) or sorted(on) != sorted(HOLDERS) or sum(on.values()) != tail["waited"]:
+            failures.append(f"alloc_tail's waited_on does not split its waits among {HOLDERS}: {tail}")
+    # Lock waits by holder: the four roles, summing to the total.
+    for key in ("alloc_lock_wait", "free_lock_wait"):
+        w = out.get(key, {})
+        by = w.get("by_holder_s")
+        if not isinstance(by, dict) or sorted(by) != sorted(HOLDERS) or \
+                abs(sum(by.values()) - w.get("total_s", -1)) > 1e-6 + 1e-6 * w.get("total_s", 0):
+            failures.append(f"{key}.by_holder_s does not split total_s among {HOLDERS}: {w}")
     return failures
+
+
+HOLDERS = ["callers", "mapper", "keeper", "compaction"]
 
 
 def driver_call_failures(out):
