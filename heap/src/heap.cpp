@@ -148,16 +148,17 @@ Result<Location> HeapCore::place_large(std::unique_lock<HeapMutex>& lock, std::s
   // Its last page on a slab page's physical page, when one has the room (no page of its own):
   // the body is mapped without the heap lock, the alias (two calls) under it (tails.cpp).
   if (auto loc = place_on_slab_page(lock, bytes, n, miss)) return *loc;
+  const bool whole = bytes % kPageSize == 0;  // fills its last page: no tail to share there
   const std::optional<std::uint32_t> mapped = miss ? pool.take_mapped_run(n, kNoOwner) : std::nullopt;
   if (miss && !mapped) {
     // Its tail is opened once the run is mapped (finish_miss): no slab page lands on it before.
-    auto b = pool.begin_miss(n, /*tail=*/false, /*whole=*/bytes % kPageSize == 0);
+    auto b = pool.begin_miss(n, /*tail=*/false, whole);
     if (!b.ok()) return b.error();
     miss->batch = std::move(*b);
     want_refill();
     return Location{ObjectKind::large, miss->batch.start, 0, n};
   }
-  auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n, bytes % kPageSize == 0);
+  auto run = mapped ? Result<std::uint32_t>(*mapped) : take_run(lock, n, whole);
   if (!run.ok()) return run.error();
   return placed_run(*run, n, bytes);
 }

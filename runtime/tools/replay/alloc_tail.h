@@ -16,9 +16,9 @@ namespace valet::replay {
 
 class AllocTail {
  public:
-  // `by_holder_ns`: its lock waits by holder (callers, mapper, keeper, compaction).
+  // `by_holder_ns`: its lock waits by holder (kLockHolders).
   void add(std::uint64_t ns, std::uint64_t lock_wait_ns, bool pending, bool driver_calls, bool under_page,
-           const std::array<std::uint64_t, 4>& by_holder_ns) {
+           const HolderWaitsNs& by_holder_ns) {
     constexpr std::uint64_t kMax = std::numeric_limits<std::uint32_t>::max();
     const auto longest = std::max_element(by_holder_ns.begin(), by_holder_ns.end());
     samples_.push_back({std::uint32_t(std::min(ns, kMax)), std::uint32_t(std::min(lock_wait_ns, kMax)),

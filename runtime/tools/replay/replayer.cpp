@@ -55,21 +55,20 @@ struct LockWaits {
   LatencyHistogram ns;
   std::uint64_t waited = 0;
   double total_s = 0;
-  std::array<double, 4> by_holder_s{};
-  void add(std::uint64_t wait_ns, const std::array<std::uint64_t, 4>& by_holder_ns) {
+  std::array<double, kLockHolders.size()> by_holder_s{};
+  void add(std::uint64_t wait_ns, const HolderWaitsNs& by_holder_ns) {
     ns.add(wait_ns);
     waited += wait_ns > 0;
     total_s += double(wait_ns) / 1e9;
-    for (std::size_t i = 0; i < 4; ++i) by_holder_s[i] += double(by_holder_ns[i]) / 1e9;
+    for (std::size_t i = 0; i < by_holder_s.size(); ++i) by_holder_s[i] += double(by_holder_ns[i]) / 1e9;
   }
   ReplayReport::LockWait figures() const {
     return {waited, total_s, ns.percentile(0.99), double(ns.max()), by_holder_s};
   }
 };
 
-// The calling thread's heap-lock waits since `before`, by holder (callers, mapper, keeper,
-// compaction).
-std::array<std::uint64_t, 4> waits_since(const Heap::LockWaitsByHolder& before) {
+// The calling thread's heap-lock waits since `before`, by holder (kLockHolders' order).
+HolderWaitsNs waits_since(const Heap::LockWaitsByHolder& before) {
   const Heap::LockWaitsByHolder now = Heap::this_thread_lock_wait_by_holder();
   return {now.callers_ns - before.callers_ns, now.mapper_ns - before.mapper_ns, now.keeper_ns - before.keeper_ns,
           now.compaction_ns - before.compaction_ns};

@@ -107,7 +107,9 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["alloc_ns_pending"] = size_class(r.alloc_ns_pending);
   j["alloc_ns_pages_not_pending"] = size_class(r.alloc_ns_pages_not_pending);
   const auto holders = [](const auto& by) {
-    return nlohmann::ordered_json{{"callers", by[0]}, {"mapper", by[1]}, {"keeper", by[2]}, {"compaction", by[3]}};
+    nlohmann::ordered_json j;
+    for (std::size_t i = 0; i < kLockHolders.size(); ++i) j[kLockHolders[i]] = by[i];
+    return j;
   };
   const auto lock_wait = [&](const ReplayReport::LockWait& w) {
     return nlohmann::ordered_json{{"waited", w.waited},

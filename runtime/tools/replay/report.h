@@ -15,6 +15,11 @@
 
 namespace valet::replay {
 
+// Who held the heap lock when a wait began (Heap::this_thread_lock_wait_by_holder), in this
+// order wherever the replay keeps waits by holder: its JSON keys.
+inline constexpr std::array<const char*, 4> kLockHolders = {"callers", "mapper", "keeper", "compaction"};
+using HolderWaitsNs = std::array<std::uint64_t, kLockHolders.size()>;
+
 struct ReplayReport {
   // The run.
   std::string trace;
@@ -73,7 +78,7 @@ struct ReplayReport {
   struct LockWait {
     std::uint64_t waited = 0;
     double total_s = 0, p99_ns = 0, max_ns = 0;
-    std::array<double, 4> by_holder_s{};
+    std::array<double, kLockHolders.size()> by_holder_s{};
   } alloc_lock_wait, free_lock_wait;
   // The allocations at or over alloc_ns_p99 (AllocTail): how many, how many returned pending,
   // waited for the heap lock (and that wait's share of their summed time), made driver calls on
@@ -82,7 +87,7 @@ struct ReplayReport {
   struct AllocTail {
     double over_ns = 0;
     std::uint64_t count = 0, pending = 0, waited = 0, with_driver_calls = 0, under_page = 0;
-    std::array<std::uint64_t, 4> waited_on{};
+    std::array<std::uint64_t, kLockHolders.size()> waited_on{};
     double lock_wait_share = 0, median_ns = 0, median_ns_without_wait = 0;
   } alloc_tail;
   // Where the replaying thread's wall_s went: the heap calls of `a` and `f` lines, the probes
