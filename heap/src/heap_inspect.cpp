@@ -15,6 +15,32 @@ using detail::ObjectKind;
 using detail::SlotKind;
 namespace state = detail::state;
 
+namespace {
+
+// One role's holds as HeapStats reports them: quantiles as their bucket's upper bound.
+HeapStats::LockHolds lock_holds_of(const detail::LockHolds& h, std::size_t role) {
+  HeapStats::LockHolds out;
+  const auto& hist = h.histogram[role];
+  for (std::uint64_t n : hist) out.holds += n;
+  out.total_ns = h.total_ns[role];
+  out.longest_ns = h.longest_ns[role];
+  constexpr std::size_t k8us = std::bit_width(std::uint64_t(8192));  // the first bucket of 8192 ns and more
+  for (std::size_t b = k8us; b < hist.size(); ++b) out.over_8us += hist[b];
+  const auto upper_bound_at = [&](double q) -> std::uint64_t {
+    if (out.holds == 0) return 0;
+    const auto rank = std::uint64_t(q * double(out.holds - 1)) + 1;
+    std::uint64_t seen = 0;
+    for (std::size_t b = 0; b < hist.size(); ++b)
+      if ((seen += hist[b]) >= rank) return b == 0 ? 0 : (std::uint64_t(1) << b) - 1;
+    return out.longest_ns;
+  };
+  out.p50_ns = std::min(upper_bound_at(0.5), out.longest_ns);
+  out.p99_ns = std::min(upper_bound_at(0.99), out.longest_ns);
+  return out;
+}
+
+}  // namespace
+
 const char* trigger_name(CompactionTrigger t) {
   switch (t) {
     case CompactionTrigger::explicit_request: return "explicit";
@@ -90,6 +116,10 @@ HeapStats Heap::stats() const {
   const DriverCallCounts calls = c.backend->totals();
   const detail::KeeperLockWaits waits = c.keeper.lock_waits();
   s.keeper = {waits.batches, waits.yields, waits.wait_ns, waits.longest_ns, waits.over_1ms};
+  const detail::LockHolds& holds = c.mu.holds();
+  HeapStats::LockHolds* by_role[] = {&s.lock_holds.callers, &s.lock_holds.mapper, &s.lock_holds.keeper,
+                                     &s.lock_holds.compaction};
+  for (std::size_t r = 0; r < detail::kLockRoles; ++r) *by_role[r] = lock_holds_of(holds, r);
   s.driver_calls.create = calls[DriverOp::create_page];
   s.driver_calls.release = calls[DriverOp::release_page];
   s.driver_calls.map = calls[DriverOp::map];

@@ -8,8 +8,10 @@
 // plain spinning lock, one atomic flag and a count of its sleepers, and assert_held() is empty.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 #include <thread>
@@ -53,6 +55,24 @@ class ScopedLockRole {
   LockRole saved_;
 };
 
+// How long the lock was held at a time, by the role of its holder: each hold keeps out every
+// other thread that wants the lock, so these say whose work a waiter waits for and in what
+// pieces. Written by the holder while it holds the lock, read by a thread holding it
+// (Heap::stats()): the lock orders both.
+struct LockHolds {
+  // Holds by log2 of their length: bucket b counts holds of [2^(b-1), 2^b) ns (b = bit_width).
+  static constexpr std::size_t kBuckets = 40;
+  std::array<std::array<std::uint64_t, kBuckets>, kLockRoles> histogram{};
+  std::array<std::uint64_t, kLockRoles> total_ns{}, longest_ns{};
+
+  void add(LockRole role, std::uint64_t ns) {
+    const auto r = std::size_t(role);
+    ++histogram[r][std::min<std::size_t>(std::bit_width(ns), kBuckets - 1)];
+    total_ns[r] += ns;
+    longest_ns[r] = std::max(longest_ns[r], ns);
+  }
+};
+
 template <bool Checked>
 class BasicHeapMutex {
  public:
@@ -62,17 +82,23 @@ class BasicHeapMutex {
     owner_.before_lock(this);
     acquire();
     holder_.store(t_lock_role, std::memory_order_relaxed);
+    held_since_ = std::chrono::steady_clock::now();
     owner_.acquired(this);
     ++t_heap_locks_held;
   }
   bool try_lock() {
     if (locked_.load(std::memory_order_relaxed) || locked_.exchange(true, std::memory_order_acquire)) return false;
     holder_.store(t_lock_role, std::memory_order_relaxed);
+    held_since_ = std::chrono::steady_clock::now();
     owner_.acquired(this);
     ++t_heap_locks_held;
     return true;
   }
   void unlock() {
+    holds_.add(holder_.load(std::memory_order_relaxed),
+               std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now() - held_since_)
+                                 .count()));
     --t_heap_locks_held;
     owner_.released(this);
     // Sequentially consistent with the sleeper's count (Dekker's pattern with acquire()): either
@@ -87,6 +113,8 @@ class BasicHeapMutex {
   // at any moment).
   bool contended() const { return waiters_.load(std::memory_order_relaxed) > 0; }
   bool locked() const { return locked_.load(std::memory_order_relaxed); }
+  // Precondition: held by the caller (the holds so far; the caller's own is not among them).
+  const LockHolds& holds() const { return holds_; }
   // "Precondition: mu held", checked where lock checks are on.
   void assert_held() const { owner_.assert_held(); }
   bool held_by_me() const
@@ -131,6 +159,9 @@ class BasicHeapMutex {
   std::atomic<LockRole> holder_{LockRole::caller};  // the role of the thread that last took it
   std::atomic<std::uint32_t> sleepers_{0};  // threads in locked_.wait (unlock wakes only then)
   std::atomic<std::uint32_t> waiters_{0};   // threads in acquire's contended path (spinning or asleep)
+  // The holder's: when it took the lock, and the holds so far (written only while held).
+  alignas(64) std::chrono::steady_clock::time_point held_since_{};  // apart from the flag the waiters spin on
+  LockHolds holds_;
   [[no_unique_address]] LockOwner<LockRank::heap, Checked> owner_;
 };
 

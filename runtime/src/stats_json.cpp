@@ -12,6 +12,17 @@ nlohmann::json to_json(const CompactionRecord& r) {
           {"duration_ns", r.duration_ns},           {"longest_pin_wait_ns", r.longest_pin_wait_ns}};
 }
 
+nlohmann::json lock_holds_json(const HeapStats::LockHoldsByRole& holds) {
+  const auto one = [](const HeapStats::LockHolds& h) -> nlohmann::json {
+    return {{"holds", h.holds},   {"total_ns", h.total_ns},     {"p50_ns", h.p50_ns},
+            {"p99_ns", h.p99_ns}, {"longest_ns", h.longest_ns}, {"over_8us", h.over_8us}};
+  };
+  return {{"callers", one(holds.callers)},
+          {"mapper", one(holds.mapper)},
+          {"keeper", one(holds.keeper)},
+          {"compaction", one(holds.compaction)}};
+}
+
 nlohmann::json to_json(const HeapStats& s) {
   nlohmann::json cycles = nlohmann::json::array();
   for (const auto& r : s.recent_cycles) cycles.push_back(to_json(r));
@@ -50,6 +61,7 @@ nlohmann::json to_json(const HeapStats& s) {
       {"keeper",
        {{"batches", s.keeper.batches}, {"yields", s.keeper.yields}, {"lock_wait_ns", s.keeper.lock_wait_ns},
         {"longest_lock_wait_ns", s.keeper.longest_lock_wait_ns}, {"lock_waits_over_1ms", s.keeper.lock_waits_over_1ms}}},
+      {"lock_holds", lock_holds_json(s.lock_holds)},
       {"compaction",
        {{"cycles", s.compaction.cycles}, {"emergency_cycles", s.compaction.emergency_cycles},
         {"bytes_moved", s.compaction.bytes_moved}, {"objects_moved", s.compaction.objects_moved},

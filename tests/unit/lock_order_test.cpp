@@ -183,11 +183,14 @@ TEST_F(LockOrder, AssertHeldAbortsWhenAnotherThreadHoldsIt) {
 
 // Without checks the mutexes are the plain ones: nothing added to their layout.
 TEST(LockOrderRelease, UncheckedMutexesAddNothing) {
-  struct FlagSleepersAndWaiters {
+  struct FlagSleepersWaitersAndHolds {
     std::atomic<bool> locked;
+    std::atomic<LockRole> holder;
     std::atomic<std::uint32_t> sleepers, waiters;
+    alignas(64) std::chrono::steady_clock::time_point held_since;
+    LockHolds holds;
   };
-  static_assert(sizeof(BasicHeapMutex<false>) == sizeof(FlagSleepersAndWaiters));
+  static_assert(sizeof(BasicHeapMutex<false>) == sizeof(FlagSleepersWaitersAndHolds));
   static_assert(sizeof(RankedMutex<LockRank::compaction, false>) == sizeof(std::mutex));
   BasicHeapMutex<false> mu;
   mu.assert_held();  // a no-op: no record to check against

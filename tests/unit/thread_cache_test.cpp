@@ -577,6 +577,35 @@ TEST(HeapLockWaits, AWaitIsCountedAgainstTheRoleThatHeldTheLock) {
   EXPECT_VALID(*heap);
 }
 
+// stats().lock_holds puts each hold of the heap lock on its holder's role, with its length: a
+// 30 ms hold by the keeper is the keeper's longest and over 8 us, and moves no other role's
+// longest hold there.
+TEST(HeapLockHolds, AHoldIsCountedAgainstItsHoldersRole) {
+  auto heap = make_heap(uncached());
+  ASSERT_TRUE(heap);
+  auto& core = detail::HeapInternals::of(*heap);
+  const HeapStats::LockHoldsByRole before = heap->stats().lock_holds;
+  {
+    const detail::ScopedLockRole as(detail::LockRole::keeper);
+    std::lock_guard lock(core.mu);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  auto h = heap->allocate(4 * detail::kPageSize);  // a caller's hold
+  ASSERT_TRUE(h.ok());
+  const HeapStats::LockHoldsByRole after = heap->stats().lock_holds;
+  EXPECT_EQ(after.keeper.holds, before.keeper.holds + 1);
+  EXPECT_GE(after.keeper.longest_ns, 30'000'000u);
+  EXPECT_GE(after.keeper.total_ns - before.keeper.total_ns, 30'000'000u);
+  EXPECT_EQ(after.keeper.over_8us, before.keeper.over_8us + 1);
+  EXPECT_LE(after.keeper.p99_ns, after.keeper.longest_ns);
+  EXPECT_GT(after.callers.holds, before.callers.holds) << "the allocation's hold was not a caller's";
+  EXPECT_LT(after.callers.longest_ns, 30'000'000u) << "the keeper's hold went to the callers";
+  EXPECT_EQ(after.compaction.holds, before.compaction.holds);
+  EXPECT_EQ(after.mapper.holds, before.mapper.holds);
+  EXPECT_TRUE(heap->free(*h).ok());
+  EXPECT_VALID(*heap);
+}
+
 // Heap::this_thread_lock_wait_ns counts the time a thread waited for a heap lock another thread
 // held, and nothing when the lock was free.
 TEST(HeapLockWaits, AThreadsWaitForTheHeapLockIsCountedOnThatThreadOnly) {

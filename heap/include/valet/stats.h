@@ -160,6 +160,17 @@ struct HeapStats {
   struct Keeper {
     std::uint64_t batches = 0, yields = 0, lock_wait_ns = 0, longest_lock_wait_ns = 0, lock_waits_over_1ms = 0;
   } keeper;
+  // How long the heap lock was held at a time, by whom (callers: allocate, free, pin and the
+  // rest on users' threads; the mapper; the keeper; compaction, on any thread): a thread that
+  // wants the lock waits for the holds under way. Since the heap opened, stats()'s own hold
+  // excepted. p50_ns and p99_ns are upper bounds (holds are counted by powers of two);
+  // over_8us counts holds of 8192 ns or more.
+  struct LockHolds {
+    std::uint64_t holds = 0, total_ns = 0, longest_ns = 0, p50_ns = 0, p99_ns = 0, over_8us = 0;
+  };
+  struct LockHoldsByRole {
+    LockHolds callers, mapper, keeper, compaction;
+  } lock_holds;
   CompactionTotals compaction;
   std::vector<CompactionRecord> recent_cycles;  // newest last
 };

@@ -10,5 +10,8 @@ namespace valet {
 
 nlohmann::json to_json(const CompactionRecord& record);
 nlohmann::json to_json(const HeapStats& stats);
+// {"callers": {...}, "mapper": ..., "keeper": ..., "compaction": ...}, each with holds, total_ns,
+// p50_ns, p99_ns, longest_ns, over_8us.
+nlohmann::json lock_holds_json(const HeapStats::LockHoldsByRole& holds);
 
 }  // namespace valet

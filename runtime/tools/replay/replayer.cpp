@@ -460,6 +460,7 @@ class Replayer {
     r.cached_allocations = s.ops.cached_allocations;
     r.cached_run_allocations = s.ops.cached_run_allocations;
     r.keeper = s.keeper;
+    r.lock_holds = s.lock_holds;
     r.under_heap_lock_driver_calls = door_.under_lock();
     r.total_driver_calls = door_.totals();
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;

@@ -3,6 +3,8 @@
 
 #include <cstdio>
 
+#include "valet/stats_json.h"
+
 namespace valet::replay {
 
 namespace {
@@ -157,6 +159,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
                  {"lock_wait_s", double(r.keeper.lock_wait_ns) / 1e9},
                  {"longest_lock_wait_ms", double(r.keeper.longest_lock_wait_ns) / 1e6},
                  {"lock_waits_over_1ms", r.keeper.lock_waits_over_1ms}};
+  j["lock_holds"] = lock_holds_json(r.lock_holds);
   j["pages_meshed"] = r.pages_meshed;
   j["bytes_meshed"] = r.bytes_meshed;
   j["compactor"] = compactor_json(r);

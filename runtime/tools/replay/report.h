@@ -145,6 +145,7 @@ struct ReplayReport {
   std::uint64_t misses_served_by_pins = 0, mapper_wakes = 0;
   std::uint64_t cached_allocations = 0, cached_run_allocations = 0;
   HeapStats::Keeper keeper;          // the reserve keeper's waits for the heap lock (stats().keeper)
+  HeapStats::LockHoldsByRole lock_holds;  // how long each role held the heap lock (stats().lock_holds)
   std::uint64_t pages_meshed = 0;  // meshing: pages folded onto another's physical page
   std::uint64_t bytes_meshed = 0;  // bytes meshing copied (addresses unchanged)
 
