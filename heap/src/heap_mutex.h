@@ -13,8 +13,10 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <thread>
+#include <utility>
 
 #include "lock_order.h"
 
@@ -54,6 +56,71 @@ class ScopedLockRole {
  private:
   LockRole saved_;
 };
+
+// Wakes that a thread asks for while it holds a heap lock (the mapper's or the keeper's thread
+// woken for new work, pins woken by a mapping's end), made once it has let its last heap lock go.
+// A wake is a futex system call, several microseconds on a virtual machine (on the host, a fifth
+// of the mapper's placements and a third of the allocations that submit a miss: docs/speed.md,
+// "Session 46"); made under the lock, every thread that wants the lock waits for it too. Without
+// a heap lock held, wake_after_unlock wakes at once. Rule: a thread waits on a condition variable
+// with the heap lock only through wait_with_heap_lock, which makes its deferred wakes first: the
+// variable lets the heap lock go while it holds a mutex of its own, where no wake may run.
+class DeferredWakes {
+ public:
+  void add(std::condition_variable_any& cv) {
+    for (std::size_t i = 0; i < cvs_used_; ++i)
+      if (cvs_[i] == &cv) return;
+    if (cvs_used_ == cvs_.size()) return cv.notify_one();  // full: at once (never seen)
+    cvs_[cvs_used_++] = &cv;
+  }
+  void add(std::atomic<std::uint64_t>& word) {
+    for (std::size_t i = 0; i < words_used_; ++i)
+      if (words_[i] == &word) return;
+    if (words_used_ == words_.size()) return word.notify_all();
+    words_[words_used_++] = &word;
+  }
+  void flush() {
+    // A wake may not queue another (none takes a heap lock): the counts are final here.
+    for (std::size_t i = 0; i < cvs_used_; ++i) cvs_[i]->notify_one();
+    for (std::size_t i = 0; i < words_used_; ++i) words_[i]->notify_all();
+    cvs_used_ = words_used_ = 0;
+  }
+  bool empty() const { return cvs_used_ == 0 && words_used_ == 0; }
+
+ private:
+  std::array<std::condition_variable_any*, 4> cvs_{};
+  std::array<std::atomic<std::uint64_t>*, 16> words_{};
+  std::size_t cvs_used_ = 0, words_used_ = 0;
+};
+inline thread_local DeferredWakes t_deferred_wakes;
+
+// Wakes one waiter of `cv` (a thread waiting with the heap lock) once the calling thread lets its
+// heap locks go; at once where it holds none.
+inline void wake_after_unlock(std::condition_variable_any& cv) {
+  if (t_heap_locks_held > 0)
+    t_deferred_wakes.add(cv);
+  else
+    cv.notify_one();
+}
+// Wakes every waiter on `word` once the calling thread lets its heap locks go; at once where it
+// holds none. Precondition: `word` lives as long as the heap (the handle table's state words).
+inline void wake_after_unlock(std::atomic<std::uint64_t>& word) {
+  if (t_heap_locks_held > 0)
+    t_deferred_wakes.add(word);
+  else
+    word.notify_all();
+}
+// cv.wait(lock, pred) for a lock of a heap mutex, after the thread's deferred wakes are made.
+template <class Lock, class Pred>
+void wait_with_heap_lock(std::condition_variable_any& cv, Lock& lock, Pred pred) {
+  t_deferred_wakes.flush();
+  cv.wait(lock, std::move(pred));
+}
+template <class Lock, class Duration, class Pred>
+bool wait_with_heap_lock_for(std::condition_variable_any& cv, Lock& lock, const Duration& d, Pred pred) {
+  t_deferred_wakes.flush();
+  return cv.wait_for(lock, d, std::move(pred));
+}
 
 // How long the lock was held at a time, by the role of its holder: each hold keeps out every
 // other thread that wants the lock, so these say whose work a waiter waits for and in what
@@ -108,6 +175,7 @@ class BasicHeapMutex {
     // check would also wake for a pin waiting on some object's state word.
     locked_.store(false, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) locked_.notify_one();
+    if (t_heap_locks_held == 0 && !t_deferred_wakes.empty()) t_deferred_wakes.flush();
   }
   // Whether another thread is waiting for the lock now (a hint: it may take it or stop waiting
   // at any moment).

@@ -44,7 +44,7 @@ void MissMapper::submit(PendingMiss miss) {
   // Awake (mapping, or polling), the thread finds the miss when it next looks at the queue.
   if (sleeping_) {
     ++wakes_;
-    work_cv_.notify_one();
+    wake_after_unlock(work_cv_);
   }
 }
 
@@ -54,7 +54,7 @@ void MissMapper::want_turn() {
   submitted_.fetch_add(1, std::memory_order_release);  // ends a poll
   if (sleeping_) {
     ++wakes_;
-    work_cv_.notify_one();
+    wake_after_unlock(work_cv_);
   }
 }
 
@@ -80,7 +80,7 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
   // Only the misses submitted before the call: later ones may keep the queue busy for ever.
   const std::uint64_t last = last_seq_;
-  settled_cv_.wait(lock, [&] { return outstanding_.empty() || *outstanding_.begin() > last; });
+  wait_with_heap_lock(settled_cv_, lock, [&] { return outstanding_.empty() || *outstanding_.begin() > last; });
 }
 
 void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
@@ -129,7 +129,7 @@ void MissMapper::loop() {
   for (;;) {
     if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);
     sleeping_ = true;
-    work_cv_.wait(lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
+    wait_with_heap_lock(work_cv_, lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
     sleeping_ = false;
     if (turn_wanted_) {  // before the misses queued after it was wanted
       turn_wanted_ = false;

@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "clock.h"
+#include "heap_mutex.h"
 
 namespace valet::detail::claims {
 
@@ -26,7 +27,7 @@ bool commit(StateWord& w) {
 void publish_alias(StateWord& w, std::atomic<DevicePtr>& alias_slot, DevicePtr alias) {
   alias_slot.store(alias, std::memory_order_relaxed);
   w.fetch_or(state::kAliased, std::memory_order_release);  // publishes the alias
-  w.notify_all();                                          // pins waiting since the commit
+  wake_after_unlock(w);                                    // pins waiting since the commit
 }
 
 void drop(StateWord& w) {
@@ -34,14 +35,14 @@ void drop(StateWord& w) {
   while (s & state::kCancelable)
     if (w.compare_exchange_weak(s, s & ~(state::kMoving | state::kCancelable), std::memory_order_acq_rel,
                                 std::memory_order_acquire)) {
-      w.notify_all();
+      wake_after_unlock(w);
       return;
     }
 }
 
 void end(StateWord& w) {
   w.fetch_and(~(state::kMoving | state::kAliased), std::memory_order_release);
-  w.notify_all();
+  wake_after_unlock(w);  // made once the heap lock goes, where it is held (heap_mutex.h)
 }
 
 std::uint64_t wait_not_moving(const StateWord& w, std::uint32_t gen, bool until_cancelable) {
@@ -92,7 +93,7 @@ bool claim_for_shutdown(StateWord& w) {
 
 void kill(StateWord& w) {
   w.store(state::make(state::generation(w.load(std::memory_order_relaxed)), 0), std::memory_order_release);
-  w.notify_all();
+  wake_after_unlock(w);
 }
 
 std::uint32_t make_live(StateWord& w) {

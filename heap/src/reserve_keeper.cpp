@@ -78,7 +78,7 @@ void ReserveKeeper::stop() {
 void ReserveKeeper::wake() {
   if (wanted_) return;
   wanted_ = true;
-  cv_.notify_one();
+  wake_after_unlock(cv_);
 }
 
 ReserveTargets ReserveKeeper::targets() {
@@ -132,7 +132,7 @@ void ReserveKeeper::after_release() {
       // Only the drops: the thread does not top the reserve up on this wake (that waits for
       // an allocation's want_refill or the periodic wake, as before drops were deferred).
       drops_wanted_ = true;
-      cv_.notify_one();
+      wake_after_unlock(cv_);
     }
   } else if (pool_.reserve_pages() > config_.reserve_high_pages) {
     (void)balance();
@@ -280,7 +280,7 @@ void ReserveKeeper::loop() {
   std::unique_lock lock(mu_);
   auto kept = std::chrono::steady_clock::now();
   while (!stop_) {
-    const bool woken = cv_.wait_for(lock, kPeriod, [&] { return stop_ || wanted_ || drops_wanted_; });
+    const bool woken = wait_with_heap_lock_for(cv_, lock, kPeriod, [&] { return stop_ || wanted_ || drops_wanted_; });
     if (stop_) break;
     // A wake for drops alone does not put the periodic turn off.
     const bool drops_only = woken && !wanted_ && std::chrono::steady_clock::now() - kept < kPeriod;

@@ -206,5 +206,40 @@ TEST(LockOrderTier, HeapMutexFollowsTheExpensiveTier) {
   EXPECT_EQ(lock_order::holds(&mu), kLockChecks);
 }
 
+// A wake asked for while the heap lock is held waits for the lock to go (heap_mutex.h,
+// DeferredWakes), and then reaches its waiter; without the lock it is made at once.
+TEST(DeferredWakes, AWakeUnderTheHeapLockIsMadeWhenTheLockGoes) {
+  HeapMutex mu;
+  std::condition_variable_any cv;
+  std::atomic<std::uint64_t> word{0};
+  bool ready = false;
+  std::atomic<bool> woken{false}, word_woken{false};
+  std::thread waiter([&] {
+    std::unique_lock lock(mu);
+    wait_with_heap_lock(cv, lock, [&] { return ready; });
+    woken = true;
+  });
+  std::thread word_waiter([&] {
+    word.wait(0);
+    word_woken = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // both asleep, most likely
+  {
+    std::unique_lock lock(mu);
+    ready = true;
+    wake_after_unlock(cv);
+    word.store(1);
+    wake_after_unlock(word);
+    EXPECT_FALSE(t_deferred_wakes.empty()) << "a wake under the heap lock was made at once";
+  }
+  EXPECT_TRUE(t_deferred_wakes.empty()) << "the wakes were not made when the lock went";
+  waiter.join();
+  word_waiter.join();
+  EXPECT_TRUE(woken);
+  EXPECT_TRUE(word_woken);
+  wake_after_unlock(cv);  // no lock held: at once, nothing left queued
+  EXPECT_TRUE(t_deferred_wakes.empty());
+}
+
 }  // namespace
 }  // namespace valet::detail
