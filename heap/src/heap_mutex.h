@@ -57,14 +57,17 @@ class ScopedLockRole {
   LockRole saved_;
 };
 
-// Wakes that a thread asks for while it holds a heap lock (the mapper's or the keeper's thread
-// woken for new work, pins woken by a mapping's end), made once it has let its last heap lock go.
-// A wake is a futex system call, several microseconds on a virtual machine (on the host, a fifth
-// of the mapper's placements and a third of the allocations that submit a miss: docs/speed.md,
-// "Session 46"); made under the lock, every thread that wants the lock waits for it too. Without
-// a heap lock held, wake_after_unlock wakes at once. Rule: a thread waits on a condition variable
-// with the heap lock only through wait_with_heap_lock, which makes its deferred wakes first: the
-// variable lets the heap lock go while it holds a mutex of its own, where no wake may run.
+// Wakes that the heap's own threads (the mapper, the keeper, compaction) ask for while they hold a
+// heap lock (the keeper woken by a placement, pins woken by a mapping's end), made once they have
+// let their last heap lock go. A wake is a futex system call, several microseconds on a virtual
+// machine (on the host, a fifth of the mapper's placements); made under the lock, every caller
+// that wants the lock waits for it too, and callers' long waits are for the mapper's holds
+// (docs/speed.md, "Session 46"). A caller's own wakes (a miss submitted to the mapper) stay under
+// its lock: made after it, the woken thread took the caller's core on a 2-core host and the
+// caller's p99 tripled. Without a heap lock held, wake_after_unlock wakes at once. Rule: a thread
+// waits on a condition variable with the heap lock only through wait_with_heap_lock, which makes
+// its deferred wakes first: the variable lets the heap lock go while it holds a mutex of its own,
+// where no wake may run.
 class DeferredWakes {
  public:
   void add(std::condition_variable_any& cv) {
@@ -95,17 +98,17 @@ class DeferredWakes {
 inline thread_local DeferredWakes t_deferred_wakes;
 
 // Wakes one waiter of `cv` (a thread waiting with the heap lock) once the calling thread lets its
-// heap locks go; at once where it holds none.
+// heap locks go; at once where it holds none or is a caller (LockRole::caller).
 inline void wake_after_unlock(std::condition_variable_any& cv) {
-  if (t_heap_locks_held > 0)
+  if (t_heap_locks_held > 0 && t_lock_role != LockRole::caller)
     t_deferred_wakes.add(cv);
   else
     cv.notify_one();
 }
 // Wakes every waiter on `word` once the calling thread lets its heap locks go; at once where it
-// holds none. Precondition: `word` lives as long as the heap (the handle table's state words).
+// holds none or is a caller. Precondition: `word` lives as long as the heap (the handle table's state words).
 inline void wake_after_unlock(std::atomic<std::uint64_t>& word) {
-  if (t_heap_locks_held > 0)
+  if (t_heap_locks_held > 0 && t_lock_role != LockRole::caller)
     t_deferred_wakes.add(word);
   else
     word.notify_all();

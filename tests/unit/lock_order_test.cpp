@@ -206,8 +206,9 @@ TEST(LockOrderTier, HeapMutexFollowsTheExpensiveTier) {
   EXPECT_EQ(lock_order::holds(&mu), kLockChecks);
 }
 
-// A wake asked for while the heap lock is held waits for the lock to go (heap_mutex.h,
-// DeferredWakes), and then reaches its waiter; without the lock it is made at once.
+// A wake that a heap thread (here the mapper's role) asks for while it holds the heap lock waits
+// for the lock to go (heap_mutex.h, DeferredWakes), and then reaches its waiter; a caller's, or
+// one without the lock, is made at once.
 TEST(DeferredWakes, AWakeUnderTheHeapLockIsMadeWhenTheLockGoes) {
   HeapMutex mu;
   std::condition_variable_any cv;
@@ -225,6 +226,12 @@ TEST(DeferredWakes, AWakeUnderTheHeapLockIsMadeWhenTheLockGoes) {
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // both asleep, most likely
   {
+    std::unique_lock lock(mu);
+    wake_after_unlock(cv);  // a caller's: at once (a spurious wake to the waiter: `ready` is false)
+    EXPECT_TRUE(t_deferred_wakes.empty()) << "a caller's wake was deferred";
+  }
+  {
+    const ScopedLockRole as(LockRole::mapper);
     std::unique_lock lock(mu);
     ready = true;
     wake_after_unlock(cv);
