@@ -1,80 +1,161 @@
 #include "range_set.h"
 
+#include <algorithm>
+#include <bit>
+
 namespace valet::detail {
 
+namespace {
+
+constexpr std::uint64_t kAll = ~std::uint64_t{0};
+
+// The bits [lo, hi] of a word (0 <= lo <= hi < 64).
+std::uint64_t bits_between(unsigned lo, unsigned hi) {
+  const std::uint64_t upto_hi = hi == 63 ? kAll : (std::uint64_t{1} << (hi + 1)) - 1;
+  return upto_hi & (kAll << lo);
+}
+
+}  // namespace
+
 RangeSet::~RangeSet() {
-  by_size_.clear();
-  by_start_.clear_and_dispose([](Node* n) { delete n; });
+  by_size_.clear_and_dispose([](Node* n) { delete n; });
+  for (Node* n : spare_) delete n;
 }
 
-void RangeSet::link(Node* n) {
-  by_start_.insert(*n);
-  by_size_.insert(*n);
+RangeSet::Node* RangeSet::new_node(std::uint32_t start, std::uint32_t length) {
+  Node* n;
+  if (spare_.empty()) {
+    n = new Node;
+  } else {
+    n = spare_.back();
+    spare_.pop_back();
+  }
+  n->start = start;
+  n->length = length;
+  return n;
 }
 
-void RangeSet::unlink(Node* n) {
-  by_start_.erase(by_start_.iterator_to(*n));
-  by_size_.erase(by_size_.iterator_to(*n));
+void RangeSet::delete_node(Node* n) {
+  if (spare_.size() < 64)
+    spare_.push_back(n);
+  else
+    delete n;
+}
+
+void RangeSet::reserve_slots(std::uint32_t end) {
+  if (end <= slots_) return;
+  const std::uint32_t grown = std::max<std::uint32_t>(end, std::min<std::uint64_t>(2 * std::uint64_t(slots_), ~std::uint32_t{0}));
+  slots_ = grown;
+  bits_.resize((std::uint64_t(grown) + 63) / 64, 0);
+  edge_.resize(grown, nullptr);
+}
+
+std::uint32_t RangeSet::next_member(std::uint32_t from) const {
+  if (from >= slots_) return kNone;
+  std::size_t w = from / 64;
+  std::uint64_t word = bits_[w] & (kAll << (from % 64));
+  while (word == 0) {
+    if (++w == bits_.size()) return kNone;
+    word = bits_[w];
+  }
+  const auto s = std::uint32_t(w * 64 + unsigned(std::countr_zero(word)));
+  return s < slots_ ? s : kNone;
+}
+
+std::uint32_t RangeSet::range_start(std::uint32_t s) const {
+  std::size_t w = s / 64;
+  // The slots not in the set at or below s in its word; s itself is in it.
+  std::uint64_t outside = ~bits_[w] & bits_between(0, s % 64);
+  while (outside == 0) {
+    if (w == 0) return 0;
+    outside = ~bits_[--w];
+  }
+  return std::uint32_t(w * 64 + 64 - unsigned(std::countl_zero(outside)));
+}
+
+bool RangeSet::all_members(std::uint32_t start, std::uint32_t length) const {
+  if (length == 0) return true;
+  const std::uint64_t end = std::uint64_t(start) + length;
+  if (end > slots_) return false;
+  for (std::uint64_t s = start; s < end;) {
+    const std::size_t w = s / 64;
+    const auto lo = unsigned(s % 64);
+    const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
+    const std::uint64_t mask = bits_between(lo, hi);
+    if ((bits_[w] & mask) != mask) return false;
+    s = std::uint64_t(w) * 64 + hi + 1;
+  }
+  return true;
+}
+
+void RangeSet::set_members(std::uint32_t start, std::uint32_t length, bool in) {
+  const std::uint64_t end = std::uint64_t(start) + length;
+  for (std::uint64_t s = start; s < end;) {
+    const std::size_t w = s / 64;
+    const auto lo = unsigned(s % 64);
+    const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
+    const std::uint64_t mask = bits_between(lo, hi);
+    bits_[w] = in ? bits_[w] | mask : bits_[w] & ~mask;
+    s = std::uint64_t(w) * 64 + hi + 1;
+  }
 }
 
 void RangeSet::insert(std::uint32_t start, std::uint32_t length) {
   if (length == 0) return;
+  const std::uint32_t end = start + length;
+  reserve_slots(end + 1);  // the slot after it is read for a neighbour
   total_ += length;
-  Node key;
-  key.start = start;
-  auto next = by_start_.lower_bound(key);
-  Node* prev_node = nullptr;
-  if (next != by_start_.begin()) {
-    auto prev = std::prev(next);
-    if (prev->start + prev->length == start) prev_node = &*prev;
-  }
-  Node* next_node = (next != by_start_.end() && next->start == start + length) ? &*next : nullptr;
-  if (prev_node && next_node) {
-    unlink(prev_node);
-    unlink(next_node);
-    prev_node->length += length + next_node->length;
-    delete next_node;
-    link(prev_node);
-  } else if (prev_node) {
-    unlink(prev_node);
-    prev_node->length += length;
-    link(prev_node);
-  } else if (next_node) {
-    unlink(next_node);
-    next_node->start = start;
-    next_node->length += length;
-    link(next_node);
+  // A neighbour is a range that ends just before or begins just after: its edge is that slot.
+  Node* prev = start > 0 && member(start - 1) ? edge_[start - 1] : nullptr;
+  Node* next = member(end) ? edge_[end] : nullptr;
+  set_members(start, length, true);
+  if (prev && next) {
+    by_size_.erase(by_size_.iterator_to(*prev));
+    by_size_.erase(by_size_.iterator_to(*next));
+    prev->length += length + next->length;
+    delete_node(next);
+    record_edges(prev);
+    by_size_.insert(*prev);
+  } else if (prev) {
+    by_size_.erase(by_size_.iterator_to(*prev));
+    prev->length += length;
+    record_edges(prev);
+    by_size_.insert(*prev);
+  } else if (next) {
+    by_size_.erase(by_size_.iterator_to(*next));
+    next->start = start;
+    next->length += length;
+    record_edges(next);
+    by_size_.insert(*next);
   } else {
-    auto* n = new Node;
-    n->start = start;
-    n->length = length;
-    link(n);
+    Node* n = new_node(start, length);
+    record_edges(n);
+    by_size_.insert(*n);
   }
 }
 
 void RangeSet::carve(Node* n, std::uint32_t start, std::uint32_t length) {
   const std::uint32_t end = start + length, n_end = n->start + n->length;
-  unlink(n);
+  by_size_.erase(by_size_.iterator_to(*n));
+  set_members(start, length, false);
   total_ -= length;
   if (n->start == start && n_end == end) {
-    delete n;
+    delete_node(n);
     return;
   }
   if (n->start == start) {
     n->start = end;
     n->length = n_end - end;
-    link(n);
   } else if (n_end == end) {
     n->length = start - n->start;
-    link(n);
   } else {
-    auto* tail = new Node;
-    tail->start = end;
-    tail->length = n_end - end;
+    Node* tail = new_node(end, n_end - end);
+    record_edges(tail);
+    by_size_.insert(*tail);
     n->length = start - n->start;
-    link(n);
-    link(tail);
   }
+  record_edges(n);
+  by_size_.insert(*n);
 }
 
 RangeSet::Node* RangeSet::best_fit_node(std::uint32_t length) const {
@@ -101,24 +182,16 @@ std::optional<RangeSet::Range> RangeSet::best_fit(std::uint32_t length) const {
 }
 
 bool RangeSet::take_exact(std::uint32_t start, std::uint32_t length) {
-  Node key;
-  key.start = start;
-  auto it = by_start_.upper_bound(key);
-  if (it == by_start_.begin()) return false;
-  --it;
-  if (std::uint64_t(it->start) + it->length < std::uint64_t(start) + length) return false;
-  carve(&*it, start, length);
+  if (length == 0) return member(start) || (start > 0 && member(start - 1));
+  if (!all_members(start, length)) return false;
+  carve(edge_[range_start(start)], start, length);
   return true;
 }
 
 std::optional<RangeSet::Range> RangeSet::find(std::uint32_t slot) const {
-  Node key;
-  key.start = slot;
-  auto it = by_start_.upper_bound(key);
-  if (it == by_start_.begin()) return std::nullopt;
-  --it;
-  if (slot >= it->start + it->length) return std::nullopt;
-  return Range{it->start, it->length};
+  if (!member(slot)) return std::nullopt;
+  const Node* n = edge_[range_start(slot)];
+  return Range{n->start, n->length};
 }
 
 std::optional<RangeSet::Range> RangeSet::take_smallest() {

@@ -1,6 +1,8 @@
 // The heap's internal structures on their own: size classes and the free-range sets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <random>
 #include <set>
 
@@ -87,6 +89,52 @@ TEST(RangeSet, MatchesAModelUnderRandomOperations) {
     covered += r.length;
   });
   EXPECT_EQ(covered, model.size());
+}
+
+// Long ranges across the bitmap's words, taken exactly and found from any of their slots, agree
+// with a model: the range holding a slot runs from the first member after a non-member to the last.
+TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
+  RangeSet s;
+  std::vector<bool> model(5000, false);
+  std::mt19937 rng(7);
+  auto model_range = [&](std::uint32_t slot) -> std::optional<RangeSet::Range> {
+    if (!model[slot]) return std::nullopt;
+    std::uint32_t a = slot, b = slot;
+    while (a > 0 && model[a - 1]) --a;
+    while (b + 1 < model.size() && model[b + 1]) ++b;
+    return RangeSet::Range{a, b - a + 1};
+  };
+  for (int op = 0; op < 4000; ++op) {
+    const std::uint32_t at = rng() % 4800, len = 1 + rng() % 190;
+    bool all_in = true, none_in = true;
+    for (std::uint32_t k = at; k < at + len; ++k) (model[k] ? none_in : all_in) = false;
+    if (rng() % 2) {
+      ASSERT_EQ(s.take_exact(at, len), all_in) << at << "+" << len;
+      if (all_in)
+        for (std::uint32_t k = at; k < at + len; ++k) model[k] = false;
+    } else if (none_in) {
+      s.insert(at, len);
+      for (std::uint32_t k = at; k < at + len; ++k) model[k] = true;
+    }
+    const std::uint32_t probe = rng() % 5000;
+    const auto want = model_range(probe);
+    const auto got = s.find(probe);
+    ASSERT_EQ(got.has_value(), want.has_value()) << probe;
+    if (want) {
+      ASSERT_EQ(got->start, want->start) << probe;
+      ASSERT_EQ(got->length, want->length) << probe;
+    }
+  }
+  std::uint64_t covered = 0;
+  s.for_each([&](RangeSet::Range r) {
+    const auto want = model_range(r.start);
+    ASSERT_TRUE(want.has_value());
+    EXPECT_EQ(want->start, r.start);
+    EXPECT_EQ(want->length, r.length);
+    covered += r.length;
+  });
+  EXPECT_EQ(covered, std::uint64_t(std::count(model.begin(), model.end(), true)));
+  EXPECT_EQ(s.total(), covered);
 }
 
 // A host backend of 64 MiB for a page pool of 16 pages (null if it cannot be opened).
