@@ -25,7 +25,8 @@ struct Piece {
 
 std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last_unmapped) const {
   std::optional<Window> best;
-  std::vector<Piece> span;
+  // The pieces around a candidate run, reused from call to call (no allocation under the lock).
+  thread_local std::vector<Piece> span;
   int tried = 0;
   // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any.
   // Each set holds slots of one kind only (validate()), so the slot's kind names the one set to

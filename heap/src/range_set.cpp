@@ -47,6 +47,7 @@ void RangeSet::reserve_slots(std::uint32_t end) {
   const std::uint32_t grown = std::max<std::uint32_t>(end, std::min<std::uint64_t>(2 * std::uint64_t(slots_), ~std::uint32_t{0}));
   slots_ = grown;
   bits_.resize((std::uint64_t(grown) + 63) / 64, 0);
+  full_.resize((bits_.size() + 63) / 64, 0);
   edge_.resize(grown, nullptr);
 }
 
@@ -66,9 +67,17 @@ std::uint32_t RangeSet::range_start(std::uint32_t s) const {
   std::size_t w = s / 64;
   // The slots not in the set at or below s in its word; s itself is in it.
   std::uint64_t outside = ~bits_[w] & bits_between(0, s % 64);
-  while (outside == 0) {
+  if (outside == 0) {
+    // The nearest word below that is not full, through the summary: 64 words a step.
     if (w == 0) return 0;
-    outside = ~bits_[--w];
+    std::size_t f = (w - 1) / 64;
+    std::uint64_t not_full = ~full_[f] & bits_between(0, unsigned((w - 1) % 64));
+    while (not_full == 0) {
+      if (f == 0) return 0;  // every slot below s is in the set
+      not_full = ~full_[--f];
+    }
+    w = f * 64 + 63 - unsigned(std::countl_zero(not_full));
+    outside = ~bits_[w];
   }
   return std::uint32_t(w * 64 + 64 - unsigned(std::countl_zero(outside)));
 }
@@ -96,6 +105,8 @@ void RangeSet::set_members(std::uint32_t start, std::uint32_t length, bool in) {
     const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
     const std::uint64_t mask = bits_between(lo, hi);
     bits_[w] = in ? bits_[w] | mask : bits_[w] & ~mask;
+    const std::uint64_t full_bit = std::uint64_t{1} << (w % 64);
+    full_[w / 64] = bits_[w] == kAll ? full_[w / 64] | full_bit : full_[w / 64] & ~full_bit;
     s = std::uint64_t(w) * 64 + hi + 1;
   }
 }

@@ -104,6 +104,9 @@ class RangeSet {
   Node* best_fit_node(std::uint32_t length) const;
 
   std::vector<std::uint64_t> bits_;  // slot s is in the set: bit s % 64 of word s / 64
+  // Bit w % 64 of full_[w / 64]: every slot of bits_[w] is in the set. A range's first slot is
+  // then found 4,096 slots a step where ranges are long (the unmapped slots' are thousands).
+  std::vector<std::uint64_t> full_;
   // edge_[s]: the node of the range whose first or last slot is s; other entries are stale and
   // never read (a merge reads the slot just before or after a range only where it is an edge).
   std::vector<Node*> edge_;

@@ -137,6 +137,24 @@ TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
   EXPECT_EQ(s.total(), covered);
 }
 
+// A range of thousands of slots (as the unmapped slots' is) is found from its far end, through
+// the summary of full words, and split where a slot is taken.
+TEST(RangeSet, FindsTheStartOfAVeryLongRange) {
+  RangeSet s;
+  s.insert(5, 100000);
+  EXPECT_EQ(s.find(100004)->start, 5u);
+  EXPECT_EQ(s.find(100004)->length, 100000u);
+  EXPECT_FALSE(s.find(100005).has_value());
+  EXPECT_FALSE(s.find(4).has_value());
+  ASSERT_TRUE(s.take_exact(70000, 1));
+  EXPECT_EQ(s.find(100004)->start, 70001u);
+  EXPECT_EQ(s.find(69999)->start, 5u);
+  EXPECT_EQ(s.find(64 * 64 * 3 + 17)->start, 5u);
+  s.insert(70000, 1);
+  EXPECT_EQ(s.find(100004)->start, 5u);
+  EXPECT_EQ(s.range_count(), 1u);
+}
+
 // A host backend of 64 MiB for a page pool of 16 pages (null if it cannot be opened).
 std::unique_ptr<Backend> host_backend() { return test::open_host_backend(64u << 20); }
 
