@@ -5,7 +5,8 @@
 // searches and relinks were a fifth of the mapper's placements and a third of its bookings, which
 // every caller that wants the heap lock waits for: docs/speed.md, "Session 46".)
 // The page pool keeps several: virtual slots with nothing mapped, slots mapped to a reserve page,
-// slots being provisioned or released, and so on.
+// slots being provisioned or released, and so on. Host memory: a pointer and a bit per slot up
+// to the highest the set has held (about 9 bytes per 2 MiB of address range, per set).
 #pragma once
 
 #include <boost/intrusive/set.hpp>
