@@ -28,6 +28,46 @@ void for_each_run(const std::vector<std::uint32_t>& slots, Keep&& keep, F&& f) {
   }
 }
 
+// The vectors of booked place batches, kept (empty, with their capacity) for the thread's next
+// batches: a batch holds a dozen, and building and dropping them under the heap lock was a tenth
+// of the mapper's holds of it (docs/speed.md, "Session 46"). A few per thread.
+constexpr std::size_t kSpareBatches = 4;
+thread_local std::vector<PagePool::PlaceBatch> t_spare_batches;
+
+template <class V>
+void take_capacity(V& to, V& from) {
+  from.clear();
+  to = std::move(from);
+}
+
+// A new batch, with a kept batch's vectors where the thread has one.
+PagePool::PlaceBatch new_batch() {
+  PagePool::PlaceBatch b;
+  if (t_spare_batches.empty()) return b;
+  PagePool::PlaceBatch& k = t_spare_batches.back();
+  take_capacity(b.claimed, k.claimed);
+  take_capacity(b.fills, k.fills);
+  take_capacity(b.slots, k.slots);
+  take_capacity(b.pages, k.pages);
+  take_capacity(b.sources, k.sources);
+  take_capacity(b.drops, k.drops);
+  take_capacity(b.drop_unmapped, k.drop_unmapped);
+  take_capacity(b.made, k.made);
+  take_capacity(b.mapped, k.mapped);
+  take_capacity(b.freed.runs, k.freed.runs);
+  take_capacity(b.freed.phys, k.freed.phys);
+  take_capacity(b.freed.pages, k.freed.pages);
+  take_capacity(b.freed.released, k.freed.released);
+  t_spare_batches.pop_back();
+  return b;
+}
+
+// Empties `b` (as `b = PlaceBatch{}`), keeping its vectors for new_batch where there is room.
+void retire_batch(PagePool::PlaceBatch& b) {
+  if (t_spare_batches.size() < kSpareBatches) t_spare_batches.push_back(std::move(b));
+  b = PagePool::PlaceBatch{};
+}
+
 }  // namespace
 
 bool PagePool::claimable_drop(std::uint32_t s) const { return dropped_.find(s) && !held(s); }
@@ -101,7 +141,7 @@ void PagePool::unclaim(PlaceBatch& b) {
     for (std::uint32_t s = r.start; s < r.start + r.length; ++s) return_free_slot(s);
   }
   if (b.tail) free_held_slot(b.tail_slot());
-  b = PlaceBatch{};
+  retire_batch(b);
 }
 
 void PagePool::free_held_slot(std::uint32_t s) {
@@ -123,7 +163,7 @@ bool PagePool::claim_tail(std::uint32_t s, PlaceBatch& b) {
 }
 
 Result<PagePool::PlaceBatch> PagePool::begin_place(std::uint32_t n, const PlaceOptions& how) {
-  PlaceBatch b;
+  PlaceBatch b = new_batch();
   // With a tail, the batch maps the run's body and holds its last slot unmapped (attach_tail).
   const std::uint32_t body = how.tail ? n - 1 : n;
   std::optional<std::uint32_t> at = how.at;
@@ -348,7 +388,7 @@ Result<std::uint32_t> PagePool::finish_place(PlaceBatch& b, std::uint32_t owner)
     for (const auto& r : b.fills) set_kind(r.start, r.length, SlotKind::large, owner);
     for (const auto& r : b.claimed) set_kind(r.start, r.length, SlotKind::large, owner);
     const std::uint32_t start = b.start;
-    b = PlaceBatch{};
+    retire_batch(b);
     return start;
   }
   // A call failed: the run's slots go back. Mapped ones (their unmap failed too) join the
