@@ -15,6 +15,21 @@ std::uint64_t bits_between(unsigned lo, unsigned hi) {
   return upto_hi & (kAll << lo);
 }
 
+// Calls f(w, mask) for each word w of the bitmap that [start, start+length) touches, with the
+// range's bits in it, until f returns false; false if one did.
+template <class F>
+bool for_each_word(std::uint32_t start, std::uint32_t length, F&& f) {
+  const std::uint64_t end = std::uint64_t(start) + length;
+  for (std::uint64_t s = start; s < end;) {
+    const std::size_t w = s / 64;
+    const auto lo = unsigned(s % 64);
+    const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
+    if (!f(w, bits_between(lo, hi))) return false;
+    s = std::uint64_t(w) * 64 + hi + 1;
+  }
+  return true;
+}
+
 }  // namespace
 
 RangeSet::~RangeSet() {
@@ -83,32 +98,17 @@ std::uint32_t RangeSet::range_start(std::uint32_t s) const {
 }
 
 bool RangeSet::all_members(std::uint32_t start, std::uint32_t length) const {
-  if (length == 0) return true;
-  const std::uint64_t end = std::uint64_t(start) + length;
-  if (end > slots_) return false;
-  for (std::uint64_t s = start; s < end;) {
-    const std::size_t w = s / 64;
-    const auto lo = unsigned(s % 64);
-    const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
-    const std::uint64_t mask = bits_between(lo, hi);
-    if ((bits_[w] & mask) != mask) return false;
-    s = std::uint64_t(w) * 64 + hi + 1;
-  }
-  return true;
+  if (std::uint64_t(start) + length > slots_) return length == 0;
+  return for_each_word(start, length, [&](std::size_t w, std::uint64_t mask) { return (bits_[w] & mask) == mask; });
 }
 
 void RangeSet::set_members(std::uint32_t start, std::uint32_t length, bool in) {
-  const std::uint64_t end = std::uint64_t(start) + length;
-  for (std::uint64_t s = start; s < end;) {
-    const std::size_t w = s / 64;
-    const auto lo = unsigned(s % 64);
-    const auto hi = unsigned(std::min<std::uint64_t>(end - std::uint64_t(w) * 64, 64) - 1);
-    const std::uint64_t mask = bits_between(lo, hi);
+  for_each_word(start, length, [&](std::size_t w, std::uint64_t mask) {
     bits_[w] = in ? bits_[w] | mask : bits_[w] & ~mask;
     const std::uint64_t full_bit = std::uint64_t{1} << (w % 64);
     full_[w / 64] = bits_[w] == kAll ? full_[w / 64] | full_bit : full_[w / 64] & ~full_bit;
-    s = std::uint64_t(w) * 64 + hi + 1;
-  }
+    return true;
+  });
 }
 
 void RangeSet::insert(std::uint32_t start, std::uint32_t length) {

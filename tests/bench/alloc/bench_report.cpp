@@ -78,15 +78,15 @@ void print_cold_header(const BenchReport& r) {
 void print_cold_row(const BenchReport& r, const ColdFigures& row) {
   std::printf("%-10zu %14.0f %14.0f", row.bytes, row.median_ns, row.back_to_back_median_ns);
   if (r.gpu) {
-    if (row.mem_alloc_median_ns)
-      std::printf(" %14.0f %8.2f", *row.mem_alloc_median_ns, ratio(row.median_ns, *row.mem_alloc_median_ns));
-    else
-      std::printf(" %14s %8s", "failed", "-");
-    if (row.mem_alloc_back_to_back_median_ns)
-      std::printf(" %14.0f %8.2f", *row.mem_alloc_back_to_back_median_ns,
-                  ratio(row.back_to_back_median_ns, *row.mem_alloc_back_to_back_median_ns));
-    else
-      std::printf(" %14s %8s", "failed", "-");
+    // cuMemAlloc's median and the heap's ratio to it, for one series.
+    const auto baseline = [](const std::optional<double>& cu, double valet) {
+      if (cu)
+        std::printf(" %14.0f %8.2f", *cu, ratio(valet, *cu));
+      else
+        std::printf(" %14s %8s", "failed", "-");
+    };
+    baseline(row.mem_alloc_median_ns, row.median_ns);
+    baseline(row.mem_alloc_back_to_back_median_ns, row.back_to_back_median_ns);
   }
   if (row.failed) std::printf("  (%d of %d allocations failed)", row.failed, row.tries);
   std::printf("\n");
@@ -124,11 +124,15 @@ nlohmann::ordered_json to_json(const BenchReport& r) {
     row["valet_median_ns"] = c.median_ns;
     row["valet_back_to_back_median_ns"] = c.back_to_back_median_ns;
     if (r.gpu) {
-      row["cuMemAlloc_median_ns"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(*c.mem_alloc_median_ns) : nullptr;
-      row["ratio"] = c.mem_alloc_median_ns ? nlohmann::ordered_json(ratio(c.median_ns, *c.mem_alloc_median_ns)) : nullptr;
-      const auto& b2b = c.mem_alloc_back_to_back_median_ns;
-      row["cuMemAlloc_back_to_back_median_ns"] = b2b ? nlohmann::ordered_json(*b2b) : nullptr;
-      row["ratio_back_to_back"] = b2b ? nlohmann::ordered_json(ratio(c.back_to_back_median_ns, *b2b)) : nullptr;
+      // cuMemAlloc's median and the heap's ratio to it, for one series (null where it failed).
+      const auto baseline = [&](const char* median_key, const char* ratio_key, const std::optional<double>& cu,
+                                double valet) {
+        row[median_key] = cu ? nlohmann::ordered_json(*cu) : nullptr;
+        row[ratio_key] = cu ? nlohmann::ordered_json(ratio(valet, *cu)) : nullptr;
+      };
+      baseline("cuMemAlloc_median_ns", "ratio", c.mem_alloc_median_ns, c.median_ns);
+      baseline("cuMemAlloc_back_to_back_median_ns", "ratio_back_to_back", c.mem_alloc_back_to_back_median_ns,
+               c.back_to_back_median_ns);
     }
     cold.push_back(row);
   }
