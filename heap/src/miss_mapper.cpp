@@ -29,9 +29,9 @@ void MissMapper::stop() {
 
 void MissMapper::submit(PendingMiss miss) {
   mu_.assert_held();
-  pending_.emplace(miss.index, false);
+  pending_.insert(miss.index);
   miss.seq = ++last_seq_;
-  outstanding_.insert(miss.seq);
+  outstanding_.push_back(miss.seq);
   // A small object's placement is a page's calls at most: it goes before the large misses queued
   // (after the small ones), so that its first pin waits for no other object's run.
   if (miss.small) {
@@ -72,7 +72,9 @@ std::optional<PendingMiss> MissMapper::take_queued(std::uint32_t index) {
 
 void MissMapper::settle(const PendingMiss& m) {
   pending_.erase(m.index);
-  outstanding_.erase(m.seq);
+  if (auto it = std::lower_bound(outstanding_.begin(), outstanding_.end(), m.seq);
+      it != outstanding_.end() && *it == m.seq)
+    outstanding_.erase(it);
   settled_cv_.notify_all();
 }
 
@@ -80,7 +82,7 @@ void MissMapper::wait_settled(std::unique_lock<HeapMutex>& lock) {
   mu_.assert_held();
   // Only the misses submitted before the call: later ones may keep the queue busy for ever.
   const std::uint64_t last = last_seq_;
-  wait_with_heap_lock(settled_cv_, lock, [&] { return outstanding_.empty() || *outstanding_.begin() > last; });
+  wait_with_heap_lock(settled_cv_, lock, [&] { return outstanding_.empty() || outstanding_.front() > last; });
 }
 
 void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {

@@ -22,14 +22,13 @@
 // without it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <optional>
-#include <set>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "heap_mutex.h"
@@ -44,6 +43,44 @@ inline thread_local std::uint64_t t_background_misses = 0;
 // Whether the calling thread is making a miss's steps (the mapper's thread, or a pin serving a
 // queued miss): it places under the heap lock and never lets it go there.
 inline thread_local bool t_serving_miss = false;
+
+// The pending objects by handle index, with a freed flag each: O(1) membership, insertion and
+// removal with no allocation once grown (a hash map's node per miss was malloc and free under the
+// heap lock, on the allocating thread and the mapper's).
+class PendingIndexes {
+ public:
+  std::size_t size() const { return listed_.size(); }
+  bool contains(std::uint32_t index) const { return index < at_.size() && at_[index] != 0; }
+  bool freed(std::uint32_t index) const { return contains(index) && listed_[at_[index] - 1].freed; }
+  // Precondition: contains(index).
+  void mark_freed(std::uint32_t index) { listed_[at_[index] - 1].freed = true; }
+  void insert(std::uint32_t index) {
+    if (contains(index)) return;
+    if (index >= at_.size()) at_.resize(std::max<std::size_t>(index + 1, 2 * at_.size()), 0);
+    listed_.push_back({index, false});
+    at_[index] = std::uint32_t(listed_.size());
+  }
+  void erase(std::uint32_t index) {
+    if (!contains(index)) return;
+    const std::uint32_t pos = at_[index] - 1;
+    listed_[pos] = listed_.back();
+    at_[listed_[pos].index] = pos + 1;
+    listed_.pop_back();
+    at_[index] = 0;
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (const Entry& e : listed_) f(e.index, e.freed);
+  }
+
+ private:
+  struct Entry {
+    std::uint32_t index;
+    bool freed;
+  };
+  std::vector<Entry> listed_;
+  std::vector<std::uint32_t> at_;  // at_[index]: its position in listed_ + 1; 0 when not pending
+};
 
 // One pending object's way to a mapped run. Each step is a batch begun under the heap lock whose
 // calls the mapper makes without it:
@@ -127,17 +164,16 @@ class MissMapper {
   // Whether the object of handle index `index` is pending (lock held); freed while pending.
   bool is_pending(std::uint32_t index) const {
     mu_.assert_held();
-    return pending_.count(index) > 0;
+    return pending_.contains(index);
   }
   bool is_freed(std::uint32_t index) const {
     mu_.assert_held();
-    auto it = pending_.find(index);
-    return it != pending_.end() && it->second;
+    return pending_.freed(index);
   }
   // A free of a pending object (lock held): the mapper releases it once its step ends.
   void mark_freed(std::uint32_t index) {
     mu_.assert_held();
-    pending_.at(index) = true;
+    pending_.mark_freed(index);
   }
   // A free of a pending object whose step is still queued (lock held): the miss leaves the
   // queue, its calls never made (the caller abandons its step); nullopt when the thread has it.
@@ -153,7 +189,7 @@ class MissMapper {
   template <class F>
   void for_each_pending(F&& f) const {
     mu_.assert_held();
-    for (const auto& [index, freed] : pending_) f(index, freed);
+    pending_.for_each(f);
   }
   // Waits (letting `lock`, holding mu, go meanwhile) until every miss submitted before the call
   // is settled (mapped, lost, or freed and released).
@@ -183,8 +219,9 @@ class MissMapper {
   std::thread thread_;
   std::condition_variable_any work_cv_, settled_cv_;
   std::deque<PendingMiss> queued_;  // under mu
-  std::unordered_map<std::uint32_t, bool> pending_;  // under mu: queued or in hand; freed
-  std::set<std::uint64_t> outstanding_;              // under mu: their submission numbers
+  PendingIndexes pending_;  // under mu: queued or in hand; freed
+  // Under mu: their submission numbers, ascending (submitted in order; few at a time).
+  std::vector<std::uint64_t> outstanding_;
   std::uint64_t last_seq_ = 0;                       // under mu
   bool turn_wanted_ = false;                         // under mu: want_turn
   bool stop_ = false;          // under mu

@@ -733,8 +733,8 @@ class PagePool {
   std::size_t create_ceiling_ = ~std::size_t{0};
   std::size_t chunk_pages_ = 0, chunks_ = 0;  // created chunks and their pages
   std::size_t chunks_created_ = 0;            // since the pool began
-  RangeSet releasing_;  // reserve slots being unmapped and released (or moved) without the lock
-  RangeSet provisioning_;  // unmapped slots a provision batch is mapping without the lock
+  RangeSet releasing_{RangeSet::Order::by_slot_only};  // reserve slots being unmapped and released (or moved) without the lock
+  RangeSet provisioning_{RangeSet::Order::by_slot_only};  // unmapped slots a provision batch is mapping without the lock
   std::size_t in_flight_idle_ = 0;   // idle pages a batch took (released or mapped without the lock)
   std::size_t fresh_in_flight_ = 0;  // pages a provision or place batch is creating (counted as created)
   std::size_t freed_in_flight_ = 0;  // free chunks' pages a place batch is releasing (counted as released)
@@ -751,7 +751,7 @@ class PagePool {
   std::size_t kind_counts_[kSlotKinds] = {};
   bool defer_drops_ = false;
   std::vector<std::uint32_t> drops_;  // dropping slots queued (not in a batch in flight)
-  RangeSet dropped_;                  // the same slots, for placement's lookups (best_window)
+  RangeSet dropped_{RangeSet::Order::by_slot_only};  // the same slots, for placement's lookups (best_window)
   void queue_drop(std::uint32_t s) {
     drops_.push_back(s);
     dropped_.insert(s, 1);

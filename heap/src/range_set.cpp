@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <bit>
 
+#include "invariants.h"
+
 namespace valet::detail {
 
 namespace {
@@ -32,38 +34,13 @@ bool for_each_word(std::uint32_t start, std::uint32_t length, F&& f) {
 
 }  // namespace
 
-RangeSet::~RangeSet() {
-  by_size_.clear_and_dispose([](Node* n) { delete n; });
-  for (Node* n : spare_) delete n;
-}
-
-RangeSet::Node* RangeSet::new_node(std::uint32_t start, std::uint32_t length) {
-  Node* n;
-  if (spare_.empty()) {
-    n = new Node;
-  } else {
-    n = spare_.back();
-    spare_.pop_back();
-  }
-  n->start = start;
-  n->length = length;
-  return n;
-}
-
-void RangeSet::delete_node(Node* n) {
-  if (spare_.size() < 64)
-    spare_.push_back(n);
-  else
-    delete n;
-}
-
 void RangeSet::reserve_slots(std::uint32_t end) {
   if (end <= slots_) return;
   const std::uint32_t grown = std::max<std::uint32_t>(end, std::min<std::uint64_t>(2 * std::uint64_t(slots_), ~std::uint32_t{0}));
   slots_ = grown;
   bits_.resize((std::uint64_t(grown) + 63) / 64, 0);
   full_.resize((bits_.size() + 63) / 64, 0);
-  edge_.resize(grown, nullptr);
+  edge_.resize(grown, 0);
 }
 
 std::uint32_t RangeSet::next_member(std::uint32_t from) const {
@@ -111,114 +88,105 @@ void RangeSet::set_members(std::uint32_t start, std::uint32_t length, bool in) {
   });
 }
 
+void RangeSet::add_range(std::uint32_t start, std::uint32_t length) {
+  const std::uint32_t last = start + length - 1;
+  edge_[start] = last;
+  edge_[last] = start;
+  ++ranges_;
+  if (!by_length_wanted_) return;
+  const std::uint64_t k = key(start, length);
+  by_length_.insert(std::lower_bound(by_length_.begin(), by_length_.end(), k), k);
+}
+
+void RangeSet::drop_range(std::uint32_t start, std::uint32_t length) {
+  --ranges_;
+  if (!by_length_wanted_) return;
+  const auto it = std::lower_bound(by_length_.begin(), by_length_.end(), key(start, length));
+  VALET_ASSERT(it != by_length_.end() && *it == key(start, length));
+  by_length_.erase(it);
+}
+
 void RangeSet::insert(std::uint32_t start, std::uint32_t length) {
   if (length == 0) return;
   const std::uint32_t end = start + length;
   reserve_slots(end + 1);  // the slot after it is read for a neighbour
   total_ += length;
   // A neighbour is a range that ends just before or begins just after: its edge is that slot.
-  Node* prev = start > 0 && member(start - 1) ? edge_[start - 1] : nullptr;
-  Node* next = member(end) ? edge_[end] : nullptr;
-  set_members(start, length, true);
-  if (prev && next) {
-    by_size_.erase(by_size_.iterator_to(*prev));
-    by_size_.erase(by_size_.iterator_to(*next));
-    prev->length += length + next->length;
-    delete_node(next);
-    record_edges(prev);
-    by_size_.insert(*prev);
-  } else if (prev) {
-    by_size_.erase(by_size_.iterator_to(*prev));
-    prev->length += length;
-    record_edges(prev);
-    by_size_.insert(*prev);
-  } else if (next) {
-    by_size_.erase(by_size_.iterator_to(*next));
-    next->start = start;
-    next->length += length;
-    record_edges(next);
-    by_size_.insert(*next);
-  } else {
-    Node* n = new_node(start, length);
-    record_edges(n);
-    by_size_.insert(*n);
+  std::uint32_t first = start, last = end - 1;
+  if (start > 0 && member(start - 1)) {
+    first = edge_[start - 1];
+    drop_range(first, start - first);
   }
+  if (member(end)) {
+    last = edge_[end];
+    drop_range(end, last - end + 1);
+  }
+  set_members(start, length, true);
+  add_range(first, last - first + 1);
 }
 
-void RangeSet::carve(Node* n, std::uint32_t start, std::uint32_t length) {
-  const std::uint32_t end = start + length, n_end = n->start + n->length;
-  by_size_.erase(by_size_.iterator_to(*n));
+void RangeSet::carve(std::uint32_t r_start, std::uint32_t r_length, std::uint32_t start, std::uint32_t length) {
+  const std::uint32_t end = start + length, r_end = r_start + r_length;
+  drop_range(r_start, r_length);
   set_members(start, length, false);
   total_ -= length;
-  if (n->start == start && n_end == end) {
-    delete_node(n);
-    return;
-  }
-  if (n->start == start) {
-    n->start = end;
-    n->length = n_end - end;
-  } else if (n_end == end) {
-    n->length = start - n->start;
-  } else {
-    Node* tail = new_node(end, n_end - end);
-    record_edges(tail);
-    by_size_.insert(*tail);
-    n->length = start - n->start;
-  }
-  record_edges(n);
-  by_size_.insert(*n);
+  if (r_start < start) add_range(r_start, start - r_start);
+  if (end < r_end) add_range(end, r_end - end);
 }
 
-RangeSet::Node* RangeSet::best_fit_node(std::uint32_t length) const {
-  if (length == 0) return nullptr;
-  Node key;
-  key.length = length;
-  key.start = 0;
-  auto it = by_size_.lower_bound(key);
-  return it == by_size_.end() ? nullptr : const_cast<Node*>(&*it);
+std::optional<std::uint64_t> RangeSet::best_fit_key(std::uint32_t length) const {
+  VALET_ASSERT(by_length_wanted_);
+  if (length == 0) return std::nullopt;
+  const auto it = std::lower_bound(by_length_.begin(), by_length_.end(), key(0, length));
+  if (it == by_length_.end()) return std::nullopt;
+  return *it;
 }
 
 std::optional<std::uint32_t> RangeSet::take_best_fit(std::uint32_t length) {
-  Node* n = best_fit_node(length);
-  if (!n) return std::nullopt;
-  const std::uint32_t start = n->start;
-  carve(n, start, length);
-  return start;
+  const auto k = best_fit_key(length);
+  if (!k) return std::nullopt;
+  const Range r = range_of(*k);
+  carve(r.start, r.length, r.start, length);
+  return r.start;
 }
 
 std::optional<RangeSet::Range> RangeSet::best_fit(std::uint32_t length) const {
-  const Node* n = best_fit_node(length);
-  if (!n) return std::nullopt;
-  return Range{n->start, n->length};
+  const auto k = best_fit_key(length);
+  if (!k) return std::nullopt;
+  return range_of(*k);
 }
 
 bool RangeSet::take_exact(std::uint32_t start, std::uint32_t length) {
   if (length == 0) return member(start) || (start > 0 && member(start - 1));
   if (!all_members(start, length)) return false;
-  carve(edge_[range_start(start)], start, length);
+  const std::uint32_t first = range_start(start);
+  carve(first, edge_[first] - first + 1, start, length);
   return true;
 }
 
 std::optional<RangeSet::Range> RangeSet::find(std::uint32_t slot) const {
   if (!member(slot)) return std::nullopt;
-  const Node* n = edge_[range_start(slot)];
-  return Range{n->start, n->length};
+  const std::uint32_t first = range_start(slot);
+  return Range{first, edge_[first] - first + 1};
 }
 
 std::optional<RangeSet::Range> RangeSet::take_smallest() {
-  if (by_size_.empty()) return std::nullopt;
-  Node* n = &*by_size_.begin();
-  Range r{n->start, n->length};
-  carve(n, r.start, r.length);
+  VALET_ASSERT(by_length_wanted_);
+  if (by_length_.empty()) return std::nullopt;
+  const Range r = range_of(by_length_.front());
+  carve(r.start, r.length, r.start, r.length);
   return r;
 }
 
-std::uint32_t RangeSet::largest() const { return by_size_.empty() ? 0 : by_size_.rbegin()->length; }
+std::uint32_t RangeSet::largest() const {
+  VALET_ASSERT(by_length_wanted_);
+  return by_length_.empty() ? 0 : range_of(by_length_.back()).length;
+}
 
 std::optional<RangeSet::Range> RangeSet::largest_range() const {
-  if (by_size_.empty()) return std::nullopt;
-  const Node& n = *by_size_.rbegin();
-  return Range{n.start, n.length};
+  VALET_ASSERT(by_length_wanted_);
+  if (by_length_.empty()) return std::nullopt;
+  return range_of(by_length_.back());
 }
 
 }  // namespace valet::detail

@@ -1,15 +1,16 @@
 // A set of free ranges of page slots, coalesced. A bitmap of the slots in the set, with each
-// range's node recorded at its first and last slot, finds the range holding a slot and the
-// neighbours to merge with in a few word operations; a Boost.Intrusive tree keyed by length gives
-// best fit in O(log n). (Until session 46 a second tree keyed by start did the former: its
-// searches and relinks were a fifth of the mapper's placements and a third of its bookings, which
-// every caller that wants the heap lock waits for: docs/speed.md, "Session 46".)
+// range's other end recorded at its first and last slot, finds the range holding a slot and the
+// neighbours to merge with in a few word operations; where the set is ordered by length, a sorted
+// array of (length, start) keys gives best fit by binary search.
+// (Until session 46 a tree keyed by start did the former; until session 47 a Boost.Intrusive tree
+// the latter: its relinks were a fifth of the mapper's holds of the heap lock, which every caller
+// that wants the lock waits for. The sets hold tens to hundreds of ranges, so the array's
+// contiguous search and short moves beat the tree's pointer chases: docs/speed.md, "Session 47".)
 // The page pool keeps several: virtual slots with nothing mapped, slots mapped to a reserve page,
-// slots being provisioned or released, and so on. Host memory: a pointer and a bit per slot up
-// to the highest the set has held (about 9 bytes per 2 MiB of address range, per set).
+// slots being provisioned or released, and so on. Host memory: 4 bytes and a bit per slot up to
+// the highest the set has held, and 8 bytes per range where ordered.
 #pragma once
 
-#include <boost/intrusive/set.hpp>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -22,65 +23,60 @@ class RangeSet {
     std::uint32_t start;
     std::uint32_t length;
   };
+  // Whether the set answers by length (best fit, smallest, longest) or only by slot (find,
+  // take_exact): the latter skips the length order's upkeep.
+  enum class Order { by_length, by_slot_only };
 
-  RangeSet() = default;
-  ~RangeSet();
+  explicit RangeSet(Order order = Order::by_length) : by_length_wanted_(order == Order::by_length) {}
   RangeSet(const RangeSet&) = delete;
   RangeSet& operator=(const RangeSet&) = delete;
 
   // Adds [start, start+length), merging with neighbours. Precondition: disjoint from the set.
   void insert(std::uint32_t start, std::uint32_t length);
   // Removes and returns the start of `length` slots taken from the smallest range that holds
-  // them (from that range's start), or nullopt.
+  // them (from that range's start), or nullopt. Ordered by length only (so are the next four).
   std::optional<std::uint32_t> take_best_fit(std::uint32_t length);
   // The range take_best_fit(length) would carve from, left in the set.
   std::optional<Range> best_fit(std::uint32_t length) const;
+  // Removes and returns the smallest range, the lowest-starting of those (nullopt when empty).
+  std::optional<Range> take_smallest();
+  std::uint32_t largest() const;
+  // The longest range (the highest-starting of the longest), if any.
+  std::optional<Range> largest_range() const;
   // Removes [start, start+length) if the set holds all of it; false (nothing changed) otherwise.
   bool take_exact(std::uint32_t start, std::uint32_t length);
   // The range holding `slot`, if any.
   std::optional<Range> find(std::uint32_t slot) const;
-  // Removes and returns the smallest range (nullopt when empty).
-  std::optional<Range> take_smallest();
 
   std::uint64_t total() const { return total_; }
-  std::uint32_t largest() const;
-  // The longest range (the lowest-starting of the longest), if any.
-  std::optional<Range> largest_range() const;
-  std::size_t range_count() const { return by_size_.size(); }
-  bool empty() const { return by_size_.empty(); }
+  std::size_t range_count() const { return ranges_; }
+  bool empty() const { return ranges_ == 0; }
 
-  // Calls f(range) for the ranges from the longest down, until f returns false.
+  // Calls f(range) for the ranges from the longest down (the highest-starting first among equal
+  // lengths), until f returns false. Ordered by length only.
   template <class F>
   void for_each_longest(F&& f) const {
-    for (auto it = by_size_.rbegin(); it != by_size_.rend(); ++it)
-      if (!f(Range{it->start, it->length})) return;
+    for (auto it = by_length_.rbegin(); it != by_length_.rend(); ++it)
+      if (!f(range_of(*it))) return;
   }
   // Calls f(range) for the ranges in address order.
   template <class F>
   void for_each(F&& f) const {
     for (std::uint32_t s = next_member(0); s != kNone; s = next_member(s)) {
-      const Node* n = edge_[s];
-      f(Range{n->start, n->length});
-      s = n->start + n->length;
+      const std::uint32_t last = edge_[s];
+      f(Range{s, last - s + 1});
+      s = last + 1;
     }
   }
 
  private:
-  using SizeHook = boost::intrusive::set_member_hook<>;
-  struct Node {
-    std::uint32_t start = 0;
-    std::uint32_t length = 0;
-    SizeHook by_size;
-  };
-  struct BySize {
-    bool operator()(const Node& a, const Node& b) const {
-      return a.length != b.length ? a.length < b.length : a.start < b.start;
-    }
-  };
-  using SizeSet = boost::intrusive::set<Node, boost::intrusive::member_hook<Node, SizeHook, &Node::by_size>,
-                                        boost::intrusive::compare<BySize>>;
-
   static constexpr std::uint32_t kNone = ~std::uint32_t{0};
+
+  // The length order's key: by length, then by start.
+  static std::uint64_t key(std::uint32_t start, std::uint32_t length) {
+    return std::uint64_t(length) << 32 | start;
+  }
+  static Range range_of(std::uint64_t k) { return Range{std::uint32_t(k), std::uint32_t(k >> 32)}; }
 
   bool member(std::uint32_t s) const { return s < slots_ && (bits_[s / 64] >> (s % 64)) & 1; }
   // The first slot of the set at or after `from`, or kNone.
@@ -92,28 +88,26 @@ class RangeSet {
   void set_members(std::uint32_t start, std::uint32_t length, bool in);
   // Room for slots below `end` (the bitmap and the edge records grow to it).
   void reserve_slots(std::uint32_t end);
-  // A node's first and last slots name it (edge_): what merging and finding read.
-  void record_edges(Node* n) {
-    edge_[n->start] = n;
-    edge_[n->start + n->length - 1] = n;
-  }
-  Node* new_node(std::uint32_t start, std::uint32_t length);
-  void delete_node(Node* n);
-  // Shrinks or splits node `n` to remove [start, start+length) (which it must contain).
-  void carve(Node* n, std::uint32_t start, std::uint32_t length);
-  // The shortest range of at least `length` (the lowest-starting of those), or null.
-  Node* best_fit_node(std::uint32_t length) const;
+  // A range joins or leaves the set's records (its edges; its key where ordered by length).
+  void add_range(std::uint32_t start, std::uint32_t length);
+  void drop_range(std::uint32_t start, std::uint32_t length);
+  // Removes [start, start+length) from the range [r_start, r_start+r_length) that holds it.
+  void carve(std::uint32_t r_start, std::uint32_t r_length, std::uint32_t start, std::uint32_t length);
+  // The key of the shortest range of at least `length` (the lowest-starting of those), if any.
+  std::optional<std::uint64_t> best_fit_key(std::uint32_t length) const;
 
   std::vector<std::uint64_t> bits_;  // slot s is in the set: bit s % 64 of word s / 64
   // Bit w % 64 of full_[w / 64]: every slot of bits_[w] is in the set. A range's first slot is
   // then found 4,096 slots a step where ranges are long (the unmapped slots' are thousands).
   std::vector<std::uint64_t> full_;
-  // edge_[s]: the node of the range whose first or last slot is s; other entries are stale and
-  // never read (a merge reads the slot just before or after a range only where it is an edge).
-  std::vector<Node*> edge_;
+  // At a range's first slot, its last; at its last, its first (one slot: itself). Other entries
+  // are stale and never read (a merge reads the slot just before or after a range only where it
+  // is an edge).
+  std::vector<std::uint32_t> edge_;
   std::uint32_t slots_ = 0;  // slots the bitmap covers
-  SizeSet by_size_;
-  std::vector<Node*> spare_;  // nodes of ranges that went, reused before new ones
+  bool by_length_wanted_;
+  std::vector<std::uint64_t> by_length_;  // key() of every range, ascending (where wanted)
+  std::size_t ranges_ = 0;
   std::uint64_t total_ = 0;
 };
 
