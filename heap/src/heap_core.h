@@ -470,7 +470,7 @@ struct HeapInternals {
   static HeapCore& of(Heap& h) { return *h.core_; }
   static std::uint64_t& uploaded_version(DeviceTable& t) { return t.uploaded_version_; }
   static TailLinks::OpenTails& open_tails(TailLinks& t) { return t.open_; }
-  static std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails(TailLinks& t) { return t.shared_; }
+  static TailLinks::SharedTails& shared_tails(TailLinks& t) { return t.shared_; }
 };
 
 }  // namespace valet::detail

@@ -38,6 +38,10 @@ Status PagePool::init(std::size_t slot_count) {
   if (!base.ok()) return base.error();
   base_ = *base;
   slots_.assign(slot_count, SlotRecord{});
+  // Room for a record per page the capacity allows, so that a booking never moves them all:
+  // growing the vector under the heap lock copied it into memory touched for the first time
+  // (page faults in the mapper's holds: docs/speed.md, "Session 47").
+  phys_.reserve(std::min(capacity_pages_, slot_count));
   kind_counts_[std::size_t(SlotKind::unmapped)] = slot_count;
   unmapped_.insert(0, std::uint32_t(slot_count));
   return {};

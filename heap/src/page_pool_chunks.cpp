@@ -71,21 +71,6 @@ void PagePool::insert_free(std::uint32_t start, std::uint32_t n) {
   }
 }
 
-template <class F>
-bool PagePool::for_each_whole_free_chunk(F&& f) const {
-  // Whole chunks inside the chunk reserve's ranges (a range may hold several, side by side);
-  // f(page) returns false to stop. Returns false if it stopped.
-  bool go_on = true;
-  chunk_reserve_.for_each([&](RangeSet::Range r) {
-    for (std::uint32_t s = r.start; go_on && s < r.start + r.length;) {
-      if (whole_free_chunk_at(s, r.start + r.length - s)) go_on = f(slots_[s].phys);
-      const PhysRecord& c = phys_[slots_[s].phys];
-      s = c.first + c.pages;
-    }
-  });
-  return go_on;
-}
-
 std::size_t PagePool::whole_free_chunk_pages() const {
   std::size_t pages = 0;
   for_each_whole_free_chunk([&](std::uint32_t p) {

@@ -28,22 +28,17 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
   // The pieces around a candidate run, reused from call to call (no allocation under the lock).
   thread_local std::vector<Piece> span;
   int tried = 0;
-  // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any.
-  // Each set holds slots of one kind only (validate()), so the slot's kind names the one set to
-  // search: a window's walk is a tree search per piece, not three.
+  // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any. Each set
+  // holds slots of one kind only (validate()), so the sets' bitmaps say which holds the slot and
+  // where its piece begins and ends: a few words each, where the slot records and the sets' edge
+  // records would be a cache miss a piece (docs/speed.md, "Session 47").
   auto piece_at = [&](std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) -> std::optional<Piece> {
-    const RangeSet* set = nullptr;
-    switch (slots_[slot].kind) {
-      case SlotKind::unmapped: set = &unmapped_; break;
-      case SlotKind::dropping: set = &dropped_; break;  // an alias waiting for the keeper: unmapped on demand
-      case SlotKind::reserve: set = &reserve_; break;
-      default: return std::nullopt;
-    }
-    const bool mapped = set == &reserve_;
-    auto r = set->find(slot);
-    if (!r) return std::nullopt;
-    const std::uint32_t s = std::max(r->start, lo), e = std::min(r->start + r->length, hi);
-    return Piece{s, e - s, mapped};
+    for (const RangeSet* set : {&unmapped_, &dropped_, &reserve_})  // a dropping alias: unmapped on demand
+      if (set->contains(slot)) {
+        const RangeSet::Range r = set->piece_within(slot, lo, hi);
+        return Piece{r.start, r.length, set == &reserve_};
+      }
+    return std::nullopt;
   };
   reserve_.for_each_longest([&](RangeSet::Range run) {
     if (++tried > kCandidates) return false;
@@ -103,9 +98,9 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
   // chunk of the body it needs; docs/speed.md, "Session 39"). Never part of one: the rest would
   // stay mapped for nothing.
   const std::uint32_t body = last_unmapped ? n - 1 : n;
-  for (const std::uint32_t p : whole_free_chunks()) {
+  for_each_whole_free_chunk([&](std::uint32_t p) {
     const PhysRecord& c = phys_[p];
-    if (c.pages > body || (best && best->mapped >= n)) continue;
+    if (c.pages > body || (best && best->mapped >= n)) return true;
     // The window [w, w + n): the chunk inside its body, every other slot free.
     auto consider_at = [&](std::uint32_t w) {
       if (w + std::uint64_t(n) > slots_.size() || c.first < w || c.first + c.pages > w + body) return;
@@ -142,7 +137,8 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
     // the rightmost.
     consider_at(left);
     if (right >= left + n) consider_at(std::min(c.first, right - n));
-  }
+    return true;
+  });
   if (best && best->mapped == 0) return std::nullopt;
   return best;
 }

@@ -40,6 +40,7 @@ void RangeSet::reserve_slots(std::uint32_t end) {
   slots_ = grown;
   bits_.resize((std::uint64_t(grown) + 63) / 64, 0);
   full_.resize((bits_.size() + 63) / 64, 0);
+  any_.resize(full_.size(), 0);
   edge_.resize(grown, 0);
 }
 
@@ -47,12 +48,36 @@ std::uint32_t RangeSet::next_member(std::uint32_t from) const {
   if (from >= slots_) return kNone;
   std::size_t w = from / 64;
   std::uint64_t word = bits_[w] & (kAll << (from % 64));
-  while (word == 0) {
+  if (word == 0) {
+    // The next word with a member, through the summary: 64 words a step.
     if (++w == bits_.size()) return kNone;
+    std::size_t a = w / 64;
+    std::uint64_t any = any_[a] & (kAll << (w % 64));
+    while (any == 0) {
+      if (++a == any_.size()) return kNone;
+      any = any_[a];
+    }
+    w = a * 64 + unsigned(std::countr_zero(any));
     word = bits_[w];
   }
   const auto s = std::uint32_t(w * 64 + unsigned(std::countr_zero(word)));
   return s < slots_ ? s : kNone;
+}
+
+RangeSet::Range RangeSet::piece_within(std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) const {
+  // Down from `slot` to the first slot not in the set (or lo), word by word.
+  std::size_t w = slot / 64;
+  std::uint64_t outside = ~bits_[w] & bits_between(0, slot % 64);
+  while (outside == 0 && w * 64 > lo) outside = ~bits_[--w];
+  std::uint32_t first = outside == 0 ? 0 : std::uint32_t(w * 64 + 64 - unsigned(std::countl_zero(outside)));
+  first = std::max(first, lo);
+  // Up from `slot` to the first slot not in the set (or hi).
+  w = slot / 64;
+  outside = ~bits_[w] & (kAll << (slot % 64));
+  while (outside == 0 && (w + 1) * 64 < hi) outside = ++w < bits_.size() ? ~bits_[w] : kAll;
+  const std::uint64_t end = outside == 0 ? hi : std::uint64_t(w) * 64 + unsigned(std::countr_zero(outside));
+  const auto last_end = std::uint32_t(std::min<std::uint64_t>(end, hi));
+  return Range{first, last_end - first};
 }
 
 std::uint32_t RangeSet::range_start(std::uint32_t s) const {
@@ -84,6 +109,7 @@ void RangeSet::set_members(std::uint32_t start, std::uint32_t length, bool in) {
     bits_[w] = in ? bits_[w] | mask : bits_[w] & ~mask;
     const std::uint64_t full_bit = std::uint64_t{1} << (w % 64);
     full_[w / 64] = bits_[w] == kAll ? full_[w / 64] | full_bit : full_[w / 64] & ~full_bit;
+    any_[w / 64] = bits_[w] != 0 ? any_[w / 64] | full_bit : any_[w / 64] & ~full_bit;
     return true;
   });
 }

@@ -47,6 +47,11 @@ class RangeSet {
   bool take_exact(std::uint32_t start, std::uint32_t length);
   // The range holding `slot`, if any.
   std::optional<Range> find(std::uint32_t slot) const;
+  bool contains(std::uint32_t slot) const { return member(slot); }
+  // The part within [lo, hi) of the range holding `slot`, found in the bitmap alone (no edge
+  // record: placement's window search asks this of many slots, and the bitmap's words stay in
+  // cache where the edge records do not). Precondition: contains(slot), lo <= slot < hi.
+  Range piece_within(std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) const;
 
   std::uint64_t total() const { return total_; }
   std::size_t range_count() const { return ranges_; }
@@ -100,6 +105,10 @@ class RangeSet {
   // Bit w % 64 of full_[w / 64]: every slot of bits_[w] is in the set. A range's first slot is
   // then found 4,096 slots a step where ranges are long (the unmapped slots' are thousands).
   std::vector<std::uint64_t> full_;
+  // Bit w % 64 of any_[w / 64]: some slot of bits_[w] is in the set. The next member is then
+  // found 4,096 slots a step where the set is sparse (the chunk reserve's walks, asked on every
+  // large free and placement).
+  std::vector<std::uint64_t> any_;
   // At a range's first slot, its last; at its last, its first (one slot: itself). Other entries
   // are stale and never read (a merge reads the slot just before or after a range only where it
   // is an edge).

@@ -11,7 +11,6 @@
 #include <boost/container/flat_map.hpp>
 #include <cstdint>
 #include <optional>
-#include <unordered_map>
 
 #include "handle_table.h"
 #include "page_pool.h"
@@ -25,6 +24,9 @@ class TailLinks {
   // one and its free closes it, and a tree's node per tail cost those calls more than moving a
   // few hundred entries does (docs/speed.md, "Session 33").
   using OpenTails = boost::container::flat_map<std::uint32_t, std::uint32_t>;
+  // Shared tails in slot order: (tail, slab page). Sorted for the same reason: a hash map's node
+  // per share was a malloc under the heap lock on every booking of a run with a shared tail.
+  using SharedTails = boost::container::flat_map<std::uint32_t, std::uint32_t>;
 
   // Offers `tail` to slab pages: the object uses `used` bytes of it.
   void open(std::uint32_t tail, std::uint32_t used) { open_[tail] = used; }
@@ -48,7 +50,7 @@ class TailLinks {
   std::size_t shared_count() const { return shared_.size(); }
   // Open tails in slot order: (tail, bytes used).
   const OpenTails& open_tails() const { return open_; }
-  const std::unordered_map<std::uint32_t, std::uint32_t>& shared_tails() const { return shared_; }
+  const SharedTails& shared_tails() const { return shared_; }
 
   // Every shared tail is a large slot whose slab page is live and names it back; every open tail
   // is a large object's own, unshared last page and records the bytes that object uses there.
@@ -57,7 +59,7 @@ class TailLinks {
  private:
   friend struct HeapInternals;
   OpenTails open_;
-  std::unordered_map<std::uint32_t, std::uint32_t> shared_;
+  SharedTails shared_;
 };
 
 }  // namespace valet::detail

@@ -123,7 +123,14 @@ TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
     if (want) {
       ASSERT_EQ(got->start, want->start) << probe;
       ASSERT_EQ(got->length, want->length) << probe;
+      // The same range, clipped to a window around the probe, from the bitmap alone.
+      const std::uint32_t lo = probe - std::min<std::uint32_t>(probe, rng() % 300);
+      const std::uint32_t hi = std::min<std::uint32_t>(5000, probe + 1 + rng() % 300);
+      const RangeSet::Range piece = s.piece_within(probe, lo, hi);
+      ASSERT_EQ(piece.start, std::max(want->start, lo)) << probe << " in [" << lo << ", " << hi << ")";
+      ASSERT_EQ(piece.start + piece.length, std::min(want->start + want->length, hi)) << probe;
     }
+    ASSERT_EQ(s.contains(probe), want.has_value()) << probe;
   }
   std::uint64_t covered = 0;
   s.for_each([&](RangeSet::Range r) {
@@ -135,6 +142,32 @@ TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
   });
   EXPECT_EQ(covered, std::uint64_t(std::count(model.begin(), model.end(), true)));
   EXPECT_EQ(s.total(), covered);
+}
+
+// Ranges far apart (a sparse set, as the chunk reserve is) are walked in address order through
+// the summary of words with members; a set ordered by slot only answers by slot all the same.
+TEST(RangeSet, WalksASparseSetAndOneOrderedBySlotOnly) {
+  for (const auto order : {RangeSet::Order::by_length, RangeSet::Order::by_slot_only}) {
+    RangeSet s(order);
+    s.insert(300000, 2);
+    s.insert(3, 1);
+    s.insert(64 * 64 * 5 + 63, 2);  // across a word's end, past the first summary word
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> seen;
+    s.for_each([&](RangeSet::Range r) { seen.push_back({r.start, r.length}); });
+    const std::vector<std::pair<std::uint32_t, std::uint32_t>> want = {{3, 1}, {64 * 64 * 5 + 63, 2}, {300000, 2}};
+    EXPECT_EQ(seen, want);
+    EXPECT_EQ(s.range_count(), 3u);
+    EXPECT_EQ(s.find(300001)->start, 300000u);
+    ASSERT_TRUE(s.take_exact(300000, 2));
+    ASSERT_TRUE(s.take_exact(3, 1));
+    seen.clear();
+    s.for_each([&](RangeSet::Range r) { seen.push_back({r.start, r.length}); });
+    EXPECT_EQ(seen.size(), 1u);
+    EXPECT_FALSE(s.empty());
+    ASSERT_TRUE(s.take_exact(64 * 64 * 5 + 63, 2));
+    EXPECT_TRUE(s.empty());
+    EXPECT_EQ(s.total(), 0u);
+  }
 }
 
 // A range of thousands of slots (as the unmapped slots' is) is found from its far end, through
