@@ -47,6 +47,9 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
     const std::uint32_t reach = n - run.length;
     const std::uint32_t lo = run.start > reach ? run.start - reach : 0;
     const std::uint32_t hi = std::uint32_t(std::min<std::uint64_t>(std::uint64_t(run.start) + run.length + reach, slots_.size()));
+    // No window here holds more reserve slots than [lo, hi) does: where that is no more than the
+    // best window's, the run's neighbours are not walked (the same window is chosen).
+    if (best && reserve_.count_within(lo, hi) <= best->mapped) return true;
     span.clear();
     for (std::uint32_t at = run.start; at > lo;) {
       auto p = piece_at(at - 1, lo, hi);
@@ -122,12 +125,14 @@ std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last
     const std::uint32_t reach = body - c.pages;
     const std::uint32_t lo = c.first > reach ? c.first - reach : 0;
     std::uint32_t left = c.first, right = c.first + c.pages;
+    const std::uint32_t hi = std::uint32_t(std::min<std::uint64_t>(std::uint64_t(right) + reach + (n - body), slots_.size()));
+    // As for the reserve's runs: no walk where the window cannot beat the best one.
+    if (best && c.pages + reserve_.count_within(lo, hi) <= best->mapped) return true;
     while (left > lo) {
       auto piece = piece_at(left - 1, lo, c.first);
       if (!piece) break;
       left = piece->start;
     }
-    const std::uint32_t hi = std::uint32_t(std::min<std::uint64_t>(std::uint64_t(right) + reach + (n - body), slots_.size()));
     while (right < hi) {
       auto piece = piece_at(right, right, hi);
       if (!piece) break;

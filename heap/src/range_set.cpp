@@ -99,6 +99,17 @@ std::uint32_t RangeSet::range_start(std::uint32_t s) const {
   return std::uint32_t(w * 64 + 64 - unsigned(std::countl_zero(outside)));
 }
 
+std::uint32_t RangeSet::count_within(std::uint32_t lo, std::uint32_t hi) const {
+  hi = std::min(hi, slots_);
+  if (lo >= hi) return 0;
+  std::uint32_t n = 0;
+  for_each_word(lo, hi - lo, [&](std::size_t w, std::uint64_t mask) {
+    n += unsigned(std::popcount(bits_[w] & mask));
+    return true;
+  });
+  return n;
+}
+
 bool RangeSet::all_members(std::uint32_t start, std::uint32_t length) const {
   if (std::uint64_t(start) + length > slots_) return length == 0;
   return for_each_word(start, length, [&](std::size_t w, std::uint64_t mask) { return (bits_[w] & mask) == mask; });

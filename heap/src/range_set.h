@@ -48,6 +48,8 @@ class RangeSet {
   // The range holding `slot`, if any.
   std::optional<Range> find(std::uint32_t slot) const;
   bool contains(std::uint32_t slot) const { return member(slot); }
+  // How many slots of [lo, hi) are in the set (a popcount of the bitmap's words).
+  std::uint32_t count_within(std::uint32_t lo, std::uint32_t hi) const;
   // The part within [lo, hi) of the range holding `slot`, found in the bitmap alone (no edge
   // record: placement's window search asks this of many slots, and the bitmap's words stay in
   // cache where the edge records do not). Precondition: contains(slot), lo <= slot < hi.

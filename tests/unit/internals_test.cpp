@@ -129,6 +129,7 @@ TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
       const RangeSet::Range piece = s.piece_within(probe, lo, hi);
       ASSERT_EQ(piece.start, std::max(want->start, lo)) << probe << " in [" << lo << ", " << hi << ")";
       ASSERT_EQ(piece.start + piece.length, std::min(want->start + want->length, hi)) << probe;
+      ASSERT_EQ(s.count_within(lo, hi), std::uint32_t(std::count(model.begin() + lo, model.begin() + hi, true)));
     }
     ASSERT_EQ(s.contains(probe), want.has_value()) << probe;
   }
