@@ -170,13 +170,13 @@ Status PagePool::validate_chunks() const {
   if (idle != idle_chunk_pages_) return bad("idle chunk pages miscounted");
   for (std::uint32_t s = 0; s < slots_.size(); ++s) {
     if (!in_chunk(s)) {
-      if (chunk_reserve_.find(s)) return bad("slot " + std::to_string(s) + " in the chunk reserve is no chunk's");
+      if (chunk_reserve_.contains(s)) return bad("slot " + std::to_string(s) + " in the chunk reserve is no chunk's");
       continue;
     }
     const SlotKind k = slots_[s].kind;
     if (k != SlotKind::large && k != SlotKind::reserve)
       return bad("chunk slot " + std::to_string(s) + " is neither large nor reserve");
-    if (k == SlotKind::reserve && reserve_.find(s)) return bad("chunk slot " + std::to_string(s) + " in the reserve");
+    if (k == SlotKind::reserve && reserve_.contains(s)) return bad("chunk slot " + std::to_string(s) + " in the reserve");
   }
   return {};
 }

@@ -70,7 +70,7 @@ void retire_batch(PagePool::PlaceBatch& b) {
 
 }  // namespace
 
-bool PagePool::claimable_drop(std::uint32_t s) const { return dropped_.find(s) && !held(s); }
+bool PagePool::claimable_drop(std::uint32_t s) const { return dropped_.contains(s) && !held(s); }
 
 void PagePool::claim_drop(std::uint32_t s, PlaceBatch& b) {
   // Still mapped (the old alias), still dropping; place_calls unmaps it first.
@@ -97,18 +97,20 @@ bool PagePool::claim_slots(std::uint32_t at, std::uint32_t n, PlaceBatch& b) {
     // batch is mapping.
     const SlotKind k = slots_[s].kind;
     if (k == SlotKind::dropping ? !claimable_drop(s)
-                                : (k != SlotKind::reserve && k != SlotKind::unmapped) || releasing_.find(s) ||
-                                      provisioning_.find(s))
+                                : (k != SlotKind::reserve && k != SlotKind::unmapped) || releasing_.contains(s) ||
+                                      provisioning_.contains(s))
       return false;
   }
-  // Unmapped slots and claimed drops are the batch's fills; mapped free ones are its own.
+  // Unmapped slots and claimed drops are the batch's fills; mapped free ones are its own. A free
+  // reserve slot is a chunk's where the chunk reserve holds it (insert_free), so the bitmap says
+  // so without the slot's page record.
   enum class From { unmapped, dropped, reserve, chunk_reserve };
   auto from = [&](std::uint32_t s) {
     const SlotKind k = slots_[s].kind;
-    return k == SlotKind::unmapped ? From::unmapped
-           : k == SlotKind::dropping ? From::dropped
-           : in_chunk(s)             ? From::chunk_reserve
-                                     : From::reserve;
+    return k == SlotKind::unmapped         ? From::unmapped
+           : k == SlotKind::dropping       ? From::dropped
+           : chunk_reserve_.contains(s)    ? From::chunk_reserve
+                                           : From::reserve;
   };
   for (std::uint32_t s = at; s < at + n;) {
     const From f = from(s);

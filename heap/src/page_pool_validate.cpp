@@ -24,36 +24,36 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
     ++kinds[std::size_t(r.kind)];
     if (r.kind == SlotKind::unmapped) {
       if (r.phys != kNoPhys) return bad("unmapped slot " + s(i) + " has a page");
-      if (provisioning_.find(i)) {  // a provision batch maps it without the lock
-        if (unmapped_.find(i)) return bad("unmapped slot " + s(i) + " both free and being provisioned");
+      if (provisioning_.contains(i)) {  // a provision batch maps it without the lock
+        if (unmapped_.contains(i)) return bad("unmapped slot " + s(i) + " both free and being provisioned");
         ++provisioning_slots;
         continue;
       }
-      if (!unmapped_.find(i)) return bad("unmapped slot " + s(i) + " missing from the free set");
-      if (reserve_.find(i) || chunk_reserve_.find(i) || releasing_.find(i))
+      if (!unmapped_.contains(i)) return bad("unmapped slot " + s(i) + " missing from the free set");
+      if (reserve_.contains(i) || chunk_reserve_.contains(i) || releasing_.contains(i))
         return bad("unmapped slot " + s(i) + " listed in the reserve");
       ++unmapped_slots;
       continue;
     }
     if (r.phys == kNoPhys || r.phys >= phys_.size() || !phys_[r.phys].in_use)
       return bad("slot " + s(i) + " in use without a live page");
-    if (r.kind == SlotKind::dropping && provisioning_.find(i)) ++provisioning_slots;  // a claimed drop
+    if (r.kind == SlotKind::dropping && provisioning_.contains(i)) ++provisioning_slots;  // a claimed drop
     ++maps[r.phys];
     if (r.kind == SlotKind::dropping) ++dropping[r.phys];
     if (r.kind == SlotKind::reserve) {
-      if (releasing_.find(i)) {  // being released without the lock
-        if (reserve_.find(i)) return bad("reserve slot " + s(i) + " both in the reserve and being released");
+      if (releasing_.contains(i)) {  // being released without the lock
+        if (reserve_.contains(i)) return bad("reserve slot " + s(i) + " both in the reserve and being released");
         ++releasing_slots;
         continue;
       }
       if (phys_[r.phys].chunk()) {
-        if (!chunk_reserve_.find(i)) return bad("chunk reserve slot " + s(i) + " missing from the chunk reserve");
+        if (!chunk_reserve_.contains(i)) return bad("chunk reserve slot " + s(i) + " missing from the chunk reserve");
         ++chunk_reserve_slots;
         continue;
       }
-      if (!reserve_.find(i)) return bad("reserve slot " + s(i) + " missing from the reserve set");
+      if (!reserve_.contains(i)) return bad("reserve slot " + s(i) + " missing from the reserve set");
       ++reserve_slots;
-    } else if (reserve_.find(i) || chunk_reserve_.find(i) || unmapped_.find(i) || releasing_.find(i)) {
+    } else if (reserve_.contains(i) || chunk_reserve_.contains(i) || unmapped_.contains(i) || releasing_.contains(i)) {
       return bad("used slot " + s(i) + " listed as free");
     }
   }
@@ -67,7 +67,7 @@ Status PagePool::validate_slots(std::vector<std::uint32_t>& maps, std::vector<st
                s(drops_in_flight_.size()) + " in flight and " + s(retargeting_.size()) + " being retargeted");
   if (dropped_.total() != drops_.size()) return bad("the queued drops' set and list disagree");
   for (std::uint32_t d : drops_)
-    if (!dropped_.find(d)) return bad("queued drop " + s(d) + " missing from its set");
+    if (!dropped_.contains(d)) return bad("queued drop " + s(d) + " missing from its set");
   for (const auto* list : {&drops_, &drops_in_flight_, &retargeting_})
     for (std::uint32_t d : *list)
       if (d >= slots_.size() || slots_[d].kind != SlotKind::dropping) return bad("a drop names a slot that is not dropping");
