@@ -459,6 +459,9 @@ class PagePool {
                              std::size_t free_chunk_pages = kAllFreeChunks);
   void release_calls(ReleaseBatch& batch) const;
   Status finish_release(ReleaseBatch& batch);
+  // Empties a finished batch, keeping its vectors for the thread's next begin_release (no
+  // malloc or free under the heap lock for them, as place batches: docs/speed.md, "Session 47").
+  static void retire_release(ReleaseBatch& batch);
   // Pages taken out of the reserve by begin_release, not yet finished: still created.
   std::size_t releasing_pages() const { return std::size_t(releasing_.total()); }
 
@@ -643,7 +646,6 @@ class PagePool {
   // counting their pages off `n`. Stops at the first error.
   Status release_idle_chunks(std::size_t& n);
   Status validate_chunks() const;
-  std::vector<std::uint32_t> whole_free_chunks() const;
   template <class F>
   bool for_each_whole_free_chunk(F&& f) const;
   // Gives created page `page` a record (in_use, mapped nowhere) and returns its index; the

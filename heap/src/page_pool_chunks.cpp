@@ -85,15 +85,6 @@ bool PagePool::whole_free_chunk_at(std::uint32_t start, std::uint32_t length) co
   return c.first == start && c.first + c.pages <= start + length;
 }
 
-std::vector<std::uint32_t> PagePool::whole_free_chunks() const {
-  std::vector<std::uint32_t> whole;
-  for_each_whole_free_chunk([&](std::uint32_t p) {
-    whole.push_back(p);
-    return true;
-  });
-  return whole;
-}
-
 // Asked on every large free and keeper round: a scan that stops at the first one, no list.
 bool PagePool::free_chunk_waits() const {
   return chunk_reserve_.total() > 0 && !for_each_whole_free_chunk([](std::uint32_t) { return false; });
@@ -105,7 +96,12 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   // With `at_least`, only enough of them to hold that many pages (the one that fits best alone,
   // else the largest first): the others may serve the next runs where they lie.
   if (at_least == 0) return;
-  std::vector<std::uint32_t> chunks = whole_free_chunks();
+  thread_local std::vector<std::uint32_t> chunks;  // kept from call to call: no malloc under the lock
+  chunks.clear();
+  for_each_whole_free_chunk([&](std::uint32_t p) {
+    chunks.push_back(p);
+    return true;
+  });
   if (at_least != kAllFreeChunks) {
     std::sort(chunks.begin(), chunks.end(), [&](std::uint32_t a, std::uint32_t c) { return phys_[a].pages > phys_[c].pages; });
     // The smallest that holds them alone (the list runs from the largest down).
@@ -134,9 +130,14 @@ Status PagePool::release_free_chunks(std::size_t at_least) {
   }
   // A release batch that keeps the whole reserve: the free chunks alone.
   ReleaseBatch b = begin_release(std::size_t(reserve_.total()), 0, false, at_least);
-  if (b.empty()) return {};
+  if (b.empty()) {
+    retire_release(b);
+    return {};
+  }
   release_calls(b);
-  return finish_release(b);
+  Status st = finish_release(b);
+  retire_release(b);
+  return st;
 }
 
 // Each chunk is mapped whole at one place (its `first` slot onwards) or nowhere (idle); its

@@ -7,13 +7,36 @@
 
 namespace valet::detail {
 
+namespace {
+
+// Retired release batches, empty with their capacity, for the thread's next ones.
+constexpr std::size_t kSpareReleases = 2;
+thread_local std::vector<PagePool::ReleaseBatch> t_spare_releases;
+
+}  // namespace
+
+void PagePool::retire_release(ReleaseBatch& b) {
+  b.runs.clear();
+  b.phys.clear();
+  b.pages.clear();
+  b.released.clear();
+  b.idle = 0;
+  if (t_spare_releases.size() < kSpareReleases && b.runs.capacity() > 0) t_spare_releases.push_back(std::move(b));
+  b = ReleaseBatch{};
+}
+
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle,
                                                std::size_t free_chunk_pages) {
   ReleaseBatch b;
+  if (!t_spare_releases.empty()) {
+    b = std::move(t_spare_releases.back());
+    t_spare_releases.pop_back();
+  }
   std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
   // Every whole free chunk, beside the reserve's surplus (page_pool_chunks.cpp).
   take_free_chunks(b, free_chunk_pages);
-  std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
+  thread_local std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
+  kept.clear();
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();
     std::uint32_t k = std::uint32_t(std::min<std::size_t>(r.length, want));
@@ -200,7 +223,9 @@ Status PagePool::balance(std::size_t low, std::size_t high, std::size_t max_rele
     const std::size_t unmapped = idle_.size() + idle_chunk_pages_;
     auto batch = begin_release(target > unmapped ? target - unmapped : 0, ~std::size_t{0});
     release_calls(batch);
-    return finish_release(batch);
+    Status st = finish_release(batch);
+    retire_release(batch);
+    return st;
   }
   // Map idle pages back into the reserve, and create pages up to the low watermark.
   const std::size_t mapped_reserve = std::size_t(reserve_.total());

@@ -144,7 +144,10 @@ Status ReserveKeeper::balance() { return pool_.balance(config_.reserve_low_pages
 bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit, std::uint32_t batch_pages,
                             std::size_t chunk_pages, std::size_t* released) {
   auto batch = pool_.begin_release(limit, batch_pages, true, chunk_pages);
-  if (batch.empty()) return false;
+  if (batch.empty()) {
+    PagePool::retire_release(batch);
+    return false;
+  }
   if (released) {
     *released = batch.idle;
     for (const auto& run : batch.runs)
@@ -153,7 +156,9 @@ bool ReserveKeeper::trim_to(std::unique_lock<HeapMutex>& lock, std::size_t limit
   lock.unlock();
   pool_.release_calls(batch);
   relock(lock);
-  return pool_.finish_release(batch).ok();
+  const bool ok = pool_.finish_release(batch).ok();
+  PagePool::retire_release(batch);
+  return ok;
 }
 
 bool ReserveKeeper::trims_on_freeing_thread(std::size_t returned_pages) const {
