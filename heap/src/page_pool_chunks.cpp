@@ -10,6 +10,7 @@
 #include <string>
 
 #include "page_pool.h"
+#include "thread_scratch.h"
 
 namespace valet::detail {
 
@@ -96,7 +97,10 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   // With `at_least`, only enough of them to hold that many pages (the one that fits best alone,
   // else the largest first): the others may serve the next runs where they lie.
   if (at_least == 0) return;
-  thread_local std::vector<std::uint32_t> chunks;  // kept from call to call: no malloc under the lock
+  // The thread's list, kept from call to call: no malloc under the lock.
+  std::vector<std::uint32_t> own;
+  auto* scratch = thread_scratch<std::vector<std::uint32_t>, struct FreeChunkList>();
+  std::vector<std::uint32_t>& chunks = scratch ? *scratch : own;
   chunks.clear();
   for_each_whole_free_chunk([&](std::uint32_t p) {
     chunks.push_back(p);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "page_pool.h"
+#include "thread_scratch.h"
 
 namespace valet::detail {
 
@@ -32,7 +33,10 @@ void for_each_run(const std::vector<std::uint32_t>& slots, Keep&& keep, F&& f) {
 // batches: a batch holds a dozen, and building and dropping them under the heap lock was a tenth
 // of the mapper's holds of it (docs/speed.md, "Session 46"). A few per thread.
 constexpr std::size_t kSpareBatches = 4;
-thread_local std::vector<PagePool::PlaceBatch> t_spare_batches;
+struct SpareBatches;
+std::vector<PagePool::PlaceBatch>* spare_batches() {
+  return thread_scratch<std::vector<PagePool::PlaceBatch>, SpareBatches>();
+}
 
 template <class V>
 void take_capacity(V& to, V& from) {
@@ -43,8 +47,9 @@ void take_capacity(V& to, V& from) {
 // A new batch, with a kept batch's vectors where the thread has one.
 PagePool::PlaceBatch new_batch() {
   PagePool::PlaceBatch b;
-  if (t_spare_batches.empty()) return b;
-  PagePool::PlaceBatch& k = t_spare_batches.back();
+  auto* spares = spare_batches();
+  if (!spares || spares->empty()) return b;
+  PagePool::PlaceBatch& k = spares->back();
   take_capacity(b.claimed, k.claimed);
   take_capacity(b.fills, k.fills);
   take_capacity(b.slots, k.slots);
@@ -58,13 +63,13 @@ PagePool::PlaceBatch new_batch() {
   take_capacity(b.freed.phys, k.freed.phys);
   take_capacity(b.freed.pages, k.freed.pages);
   take_capacity(b.freed.released, k.freed.released);
-  t_spare_batches.pop_back();
+  spares->pop_back();
   return b;
 }
 
 // Empties `b` (as `b = PlaceBatch{}`), keeping its vectors for new_batch where there is room.
 void retire_batch(PagePool::PlaceBatch& b) {
-  if (t_spare_batches.size() < kSpareBatches) t_spare_batches.push_back(std::move(b));
+  if (auto* spares = spare_batches(); spares && spares->size() < kSpareBatches) spares->push_back(std::move(b));
   b = PagePool::PlaceBatch{};
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "page_pool.h"
+#include "thread_scratch.h"
 
 namespace valet::detail {
 
@@ -11,7 +12,11 @@ namespace {
 
 // Retired release batches, empty with their capacity, for the thread's next ones.
 constexpr std::size_t kSpareReleases = 2;
-thread_local std::vector<PagePool::ReleaseBatch> t_spare_releases;
+struct SpareReleases;
+std::vector<PagePool::ReleaseBatch>* spare_releases() {
+  return thread_scratch<std::vector<PagePool::ReleaseBatch>, SpareReleases>();
+}
+struct KeptRuns;
 
 }  // namespace
 
@@ -21,21 +26,25 @@ void PagePool::retire_release(ReleaseBatch& b) {
   b.pages.clear();
   b.released.clear();
   b.idle = 0;
-  if (t_spare_releases.size() < kSpareReleases && b.runs.capacity() > 0) t_spare_releases.push_back(std::move(b));
+  if (auto* spares = spare_releases(); spares && spares->size() < kSpareReleases && b.runs.capacity() > 0)
+    spares->push_back(std::move(b));
   b = ReleaseBatch{};
 }
 
 PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max_pages, bool with_idle,
                                                std::size_t free_chunk_pages) {
   ReleaseBatch b;
-  if (!t_spare_releases.empty()) {
-    b = std::move(t_spare_releases.back());
-    t_spare_releases.pop_back();
+  if (auto* spares = spare_releases(); spares && !spares->empty()) {
+    b = std::move(spares->back());
+    spares->pop_back();
   }
   std::size_t want = reserve_.total() > keep ? std::min<std::size_t>(reserve_.total() - keep, max_pages) : 0;
   // Every whole free chunk, beside the reserve's surplus (page_pool_chunks.cpp).
   take_free_chunks(b, free_chunk_pages);
-  thread_local std::vector<RangeSet::Range> kept;  // runs left in the reserve, put back after the loop
+  // Runs left in the reserve, put back after the loop (the thread's list, kept from call to call).
+  std::vector<RangeSet::Range> own;
+  auto* scratch = thread_scratch<std::vector<RangeSet::Range>, KeptRuns>();
+  std::vector<RangeSet::Range>& kept = scratch ? *scratch : own;
   kept.clear();
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "page_pool.h"
+#include "thread_scratch.h"
 
 namespace valet::detail {
 
@@ -26,7 +27,9 @@ struct Piece {
 std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last_unmapped) const {
   std::optional<Window> best;
   // The pieces around a candidate run, reused from call to call (no allocation under the lock).
-  thread_local std::vector<Piece> span;
+  std::vector<Piece> own;
+  auto* scratch = thread_scratch<std::vector<Piece>, struct WindowSpan>();
+  std::vector<Piece>& span = scratch ? *scratch : own;
   int tried = 0;
   // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any. Each set
   // holds slots of one kind only (validate()), so the sets' bitmaps say which holds the slot and

@@ -5,12 +5,14 @@
 
 #include <random>
 #include <set>
+#include <thread>
 
 #include "heap_test_util.h"
 #include "page_pool.h"
 #include "valet/counting_backend.h"
 #include "range_set.h"
 #include "size_classes.h"
+#include "thread_scratch.h"
 #include "valet/runtime.h"
 
 namespace valet::detail {
@@ -143,6 +145,35 @@ TEST(RangeSet, FindsAndTakesRangesAcrossWordsLikeAModel) {
   });
   EXPECT_EQ(covered, std::uint64_t(std::count(model.begin(), model.end(), true)));
   EXPECT_EQ(s.total(), covered);
+}
+
+// A thread's scratch object is its own while it lives; once the thread's thread_locals are being
+// destroyed (a heap call from a user's thread_local destructor at thread exit), the heap gets null
+// and uses an object of its own, never a destroyed one.
+TEST(ThreadScratch, IsTheThreadsOwnAndNullOnceDestroyed) {
+  struct ScratchTag;
+  struct CallsAtExit {
+    bool* saw_null;
+    ~CallsAtExit() { *saw_null = thread_scratch<std::vector<int>, ScratchTag>() == nullptr; }
+  };
+  bool saw_null = false;
+  std::vector<int>* mine = nullptr;
+  std::vector<int>* other = nullptr;
+  std::thread([&] {
+    thread_local CallsAtExit at_exit{&saw_null};  // constructed first, so destroyed last
+    (void)at_exit;
+    mine = thread_scratch<std::vector<int>, ScratchTag>();
+    mine->push_back(7);
+    std::vector<int>* again = thread_scratch<std::vector<int>, ScratchTag>();
+    EXPECT_EQ(again, mine);
+  }).join();
+  std::thread([&] {
+    other = thread_scratch<std::vector<int>, ScratchTag>();
+    EXPECT_TRUE(other != nullptr && other->empty());  // a new thread's own, not the last one's
+  }).join();
+  EXPECT_TRUE(saw_null);
+  EXPECT_NE(mine, nullptr);
+  EXPECT_NE(other, nullptr);
 }
 
 // Ranges far apart (a sparse set, as the chunk reserve is) are walked in address order through
