@@ -98,9 +98,8 @@ void PagePool::take_free_chunks(ReleaseBatch& b, std::size_t at_least) {
   // else the largest first): the others may serve the next runs where they lie.
   if (at_least == 0) return;
   // The thread's list, kept from call to call: no malloc under the lock.
-  std::vector<std::uint32_t> own;
-  auto* scratch = thread_scratch<std::vector<std::uint32_t>, struct FreeChunkList>();
-  std::vector<std::uint32_t>& chunks = scratch ? *scratch : own;
+  ScratchOrOwn<std::vector<std::uint32_t>, struct FreeChunkList> scratch;
+  std::vector<std::uint32_t>& chunks = scratch.get();
   chunks.clear();
   for_each_whole_free_chunk([&](std::uint32_t p) {
     chunks.push_back(p);

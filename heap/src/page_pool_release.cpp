@@ -26,8 +26,7 @@ void PagePool::retire_release(ReleaseBatch& b) {
   b.pages.clear();
   b.released.clear();
   b.idle = 0;
-  if (auto* spares = spare_releases(); spares && spares->size() < kSpareReleases && b.runs.capacity() > 0)
-    spares->push_back(std::move(b));
+  if (auto* spares = spare_releases(); spares && spares->size() < kSpareReleases) spares->push_back(std::move(b));
   b = ReleaseBatch{};
 }
 
@@ -42,9 +41,8 @@ PagePool::ReleaseBatch PagePool::begin_release(std::size_t keep, std::size_t max
   // Every whole free chunk, beside the reserve's surplus (page_pool_chunks.cpp).
   take_free_chunks(b, free_chunk_pages);
   // Runs left in the reserve, put back after the loop (the thread's list, kept from call to call).
-  std::vector<RangeSet::Range> own;
-  auto* scratch = thread_scratch<std::vector<RangeSet::Range>, KeptRuns>();
-  std::vector<RangeSet::Range>& kept = scratch ? *scratch : own;
+  ScratchOrOwn<std::vector<RangeSet::Range>, KeptRuns> scratch;
+  std::vector<RangeSet::Range>& kept = scratch.get();
   kept.clear();
   while (want > 0 && !reserve_.empty()) {
     auto r = *reserve_.take_smallest();

@@ -27,9 +27,8 @@ struct Piece {
 std::optional<PagePool::Window> PagePool::best_window(std::uint32_t n, bool last_unmapped) const {
   std::optional<Window> best;
   // The pieces around a candidate run, reused from call to call (no allocation under the lock).
-  std::vector<Piece> own;
-  auto* scratch = thread_scratch<std::vector<Piece>, struct WindowSpan>();
-  std::vector<Piece>& span = scratch ? *scratch : own;
+  ScratchOrOwn<std::vector<Piece>, struct WindowSpan> scratch;
+  std::vector<Piece>& span = scratch.get();
   int tried = 0;
   // The free piece (reserve or unmapped, clipped to [lo, hi)) holding `slot`, if any. Each set
   // holds slots of one kind only (validate()), so the sets' bitmaps say which holds the slot and

@@ -65,15 +65,10 @@ std::uint32_t RangeSet::next_member(std::uint32_t from) const {
 }
 
 RangeSet::Range RangeSet::piece_within(std::uint32_t slot, std::uint32_t lo, std::uint32_t hi) const {
-  // Down from `slot` to the first slot not in the set (or lo), word by word.
+  const std::uint32_t first = std::max(range_start(slot), lo);
+  // Up from `slot` to the first slot not in the set (or hi), word by word.
   std::size_t w = slot / 64;
-  std::uint64_t outside = ~bits_[w] & bits_between(0, slot % 64);
-  while (outside == 0 && w * 64 > lo) outside = ~bits_[--w];
-  std::uint32_t first = outside == 0 ? 0 : std::uint32_t(w * 64 + 64 - unsigned(std::countl_zero(outside)));
-  first = std::max(first, lo);
-  // Up from `slot` to the first slot not in the set (or hi).
-  w = slot / 64;
-  outside = ~bits_[w] & (kAll << (slot % 64));
+  std::uint64_t outside = ~bits_[w] & (kAll << (slot % 64));
   while (outside == 0 && (w + 1) * 64 < hi) outside = ++w < bits_.size() ? ~bits_[w] : kAll;
   const std::uint64_t end = outside == 0 ? hi : std::uint64_t(w) * 64 + unsigned(std::countr_zero(outside));
   const auto last_end = std::uint32_t(std::min<std::uint64_t>(end, hi));

@@ -20,4 +20,16 @@ T* thread_scratch() {
   return &holder.value;
 }
 
+// The thread's scratch object, or (once it is gone) one of this call's own: what a heap call
+// that keeps a vector from call to call declares.
+template <class T, class Tag>
+class ScratchOrOwn {
+ public:
+  T& get() { return shared_ ? *shared_ : own_; }
+
+ private:
+  T* shared_ = thread_scratch<T, Tag>();
+  T own_{};
+};
+
 }  // namespace valet::detail

@@ -154,7 +154,12 @@ TEST(ThreadScratch, IsTheThreadsOwnAndNullOnceDestroyed) {
   struct ScratchTag;
   struct CallsAtExit {
     bool* saw_null;
-    ~CallsAtExit() { *saw_null = thread_scratch<std::vector<int>, ScratchTag>() == nullptr; }
+    ~CallsAtExit() {
+      *saw_null = thread_scratch<std::vector<int>, ScratchTag>() == nullptr;
+      ScratchOrOwn<std::vector<int>, ScratchTag> scratch;  // then the call's own vector
+      scratch.get().push_back(1);
+      *saw_null = *saw_null && scratch.get().size() == 1;
+    }
   };
   bool saw_null = false;
   std::vector<int>* mine = nullptr;
