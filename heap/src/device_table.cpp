@@ -98,6 +98,7 @@ Result<TableScope> Heap::pin_table(Stream stream) {
     explicit HoldMisses(detail::HeapCore& core) : c(core) { ++c.misses_held; }
     ~HoldMisses() { --c.misses_held; }
   } hold(c);
+  const detail::HeapCore::UnlockedMissesClosed closed(c);
   c.wait_for_misses(lock);
   if (c.shut.load(std::memory_order_relaxed)) return make_error(Errc::shut_down, "pin_table: the heap was shut down");
   TableScope scope;

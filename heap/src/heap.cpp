@@ -337,6 +337,8 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   // synchronizes before it reports out-of-memory).
   wait_deferred(lock);
   drain_caches();        // the threads' cached small objects back to their slabs
+  // The pages and handles credited to the caches (unlocked_misses.cpp) back to everyone.
+  caches.for_each([&](ThreadCache& c) { give_back_unlocked(c); });
   retire_empty_slabs();  // to the reserve, where the retry finds them
   // Pages moving without the lock come back first: out-of-memory is never reported while they
   // are on their way. The caller paused the keeper (KeeperPause), so no new batch of its starts
@@ -367,7 +369,15 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   const bool cacheable = !stream && !fixed && caches.serves(bytes);
   if (cacheable)
     if (auto cached = allocate_cached(bytes)) return *cached;
-  std::unique_lock lock(mu);
+  // A large object while another thread holds the heap lock: pending at once, without waiting
+  // for the lock (unlocked_misses.cpp); else the locked path.
+  const bool may_skip_lock = bytes > kMaxSlabObject && !stream && !fixed && config.unlocked_misses;
+  std::unique_lock lock(mu, std::defer_lock);
+  if (!may_skip_lock || !lock.try_lock()) {
+    if (may_skip_lock)
+      if (auto pending = allocate_unlocked_miss(bytes)) return *pending;
+    lock.lock();
+  }
   if (shut.load(std::memory_order_relaxed)) return call_error(Errc::shut_down, what, "the heap was shut down");
   if (cacheable) fold_mine();  // its counters, and a cache for its next frees
   if (bytes > capacity_pages * kPageSize) {
@@ -386,6 +396,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
   auto h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok() && reaped > config.stream_cache_bytes) trim_returned(lock, (reaped + kPageSize - 1) / kPageSize);
+  if (h.ok() && may_skip_lock) top_up_unlocked();  // for its next allocation that finds the lock held
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done
@@ -411,7 +422,13 @@ Status HeapCore::free_object(Handle h, const Stream* stream, const char* what) {
     HandleEntry* e = *looked;
     std::uint64_t s = e->state.load(std::memory_order_acquire);
     if (state::pins(s) > 0) return call_error(Errc::pinned, what, "the object is pinned");
-    // A pending object (background misses) is freed at once; the mapper releases its run.
+    // A pending object (background misses) is freed at once; the mapper releases its run. One
+    // made without the heap lock may still wait in a cache: queued first (and only then, so that
+    // a free does not pay for the queueing of misses it does not free).
+    if ((s & state::kMoving) && !misses.is_pending(h.index) && misses.unlocked_waiting() > 0) {
+      collect_unlocked_misses();
+      continue;
+    }
     if ((s & state::kMoving) && misses.is_pending(h.index)) return free_pending(h, e);
     if (s & state::kMoving) {
       lock.unlock();

@@ -167,12 +167,14 @@ void HeapCore::fold(ThreadCache& c) {
   live_bytes += c.live_bytes;
   live_objects += c.live_objects;
   ops.allocate += c.allocs;
-  ops.cached_allocations += c.allocs;
+  ops.cached_allocations += c.allocs - c.miss_allocs;
+  footprint_bytes += c.footprint;
   ops.cached_run_allocations += c.run_allocs;
   ops.free += c.frees;
   if (c.changed) table.changed();
   c.live_bytes = c.live_objects = 0;
-  c.allocs = c.frees = c.run_allocs = 0;
+  c.allocs = c.frees = c.run_allocs = c.miss_allocs = 0;
+  c.footprint = 0;
   c.changed = false;
 }
 
@@ -203,6 +205,7 @@ void HeapCore::drain_caches() {
   std::vector<CachedRun> runs;
   caches.for_each([&](ThreadCache& c) {
     fold(c);
+    collect_from(c);  // its misses made without the lock queued
     for (auto& bin : c.bins) {
       out.insert(out.end(), bin.begin(), bin.end());
       bin.clear();
@@ -215,7 +218,8 @@ void HeapCore::drain_caches() {
     // A thread whose runs went unused lets go of its share of the total for the others.
     if (c.run_credit == 0) caches.revoke_runs(c);
   });
-  caches.drop_orphans();
+  // A cache whose thread is gone gives back its spare handles and credit (no thread can use them).
+  caches.drop_orphans([&](ThreadCache& c) { give_back_unlocked(c); });
   for (const CachedSlot& s : out) give_back_cached(s);
   for (const CachedRun& r : runs) give_back_cached(r);
 }

@@ -181,6 +181,33 @@ struct HeapCore {
   void keep(ThreadCache& c, std::uint32_t cls, std::uint32_t index, HandleEntry* e);
   void keep_run(ThreadCache& c, std::uint32_t index, HandleEntry* e);
   bool keep_locked(std::uint32_t index, HandleEntry* e);
+
+  // --- misses without the heap lock (Config::unlocked_misses; unlocked_misses.cpp) ---
+  // allocate_unlocked_miss: without the heap lock, a pending large object of `bytes` made from
+  // the calling thread's cache (a spare handle index, pages from its credit), left in the cache's
+  // inbox for the next holder of the heap lock to queue; nullopt (nothing changed): take the
+  // locked path. Under mu: collect_unlocked_misses queues every cache's inbox (collect_from:
+  // one cache's, its lock held); top_up_unlocked gives the calling thread's cache its spare
+  // handles and credit (after one of its large allocations took the lock); give_back_unlocked
+  // collects `c`'s inbox and returns its spares and credit (its lock held: a drain, an orphan).
+  // close_unlocked_misses: no such miss is made from now until the scope ends, and none waits
+  // in a cache when it returns (a barrier through every cache's lock, then a collection).
+  std::optional<Handle> allocate_unlocked_miss(std::size_t bytes);
+  void collect_unlocked_misses();
+  void collect_from(ThreadCache& c);
+  void top_up_unlocked();
+  void give_back_unlocked(ThreadCache& c);
+  class UnlockedMissesClosed {
+   public:
+    explicit UnlockedMissesClosed(HeapCore& c);
+    ~UnlockedMissesClosed() { c_.unlocked_closed.fetch_sub(1, std::memory_order_release); }
+    UnlockedMissesClosed(const UnlockedMissesClosed&) = delete;
+    UnlockedMissesClosed& operator=(const UnlockedMissesClosed&) = delete;
+
+   private:
+    HeapCore& c_;
+  };
+  std::atomic<int> unlocked_closed{0};  // changed under mu; read under a cache's lock
   // Covers the frees cached for streams with events and waits (without the heap lock) until
   // every deferred free's events completed, then reaps them: before out-of-memory is reported.
   void wait_deferred(std::unique_lock<HeapMutex>& lock);

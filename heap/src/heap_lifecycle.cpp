@@ -20,6 +20,7 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
       pool(*backend, cap_pages) {
   backend->set_lock_probe(&this_thread_holds_a_heap_lock);
   keeper.set_after_turn([this](std::unique_lock<HeapMutex>& lock) { keep_standby_alias(lock); });
+  misses.set_collect([this] { collect_unlocked_misses(); });
 }
 
 Status HeapCore::decide_shutdown(std::vector<std::uint32_t>& killed, HandleEntry*& settling) {
@@ -175,7 +176,9 @@ Status Heap::shutdown() {
   if (c.shut.load(std::memory_order_relaxed)) return {};  // another shutdown got here first
   // A freed object's miss may still be in hand (the mapper's, or that of a pin serving it:
   // Config::pins_serve_misses, which misses.stop() below does not wait for): the misses pending
-  // now settle first (the heap lock is let go meanwhile, as for a settling object below).
+  // now settle first (the heap lock is let go meanwhile, as for a settling object below). No
+  // miss is made without the heap lock from here (none once `shut` is set).
+  const detail::HeapCore::UnlockedMissesClosed closed(c);
   c.wait_for_misses(lock);
   if (c.shut.load(std::memory_order_relaxed)) return {};
   std::vector<std::uint32_t> killed;

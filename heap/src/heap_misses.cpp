@@ -353,6 +353,7 @@ void HeapCore::abandon_miss(PendingMiss& m, const Location& loc) {
 }
 
 void HeapCore::wait_for_misses(std::unique_lock<HeapMutex>& lock) {
+  collect_unlocked_misses();
   if (misses.running()) misses.wait_settled(lock);
 }
 

@@ -30,6 +30,7 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
 
 void HeapCore::serve_pending(Handle h) {
   std::unique_lock lock(mu);
+  if (lookup(h).ok() && !misses.is_pending(h.index)) collect_unlocked_misses();  // it may wait in a cache
   // lookup again under the lock: the entry may have been freed and taken since the caller's.
   if (!lookup(h).ok() || !misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
   ++ops.misses_served_by_pins;

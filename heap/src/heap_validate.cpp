@@ -31,6 +31,10 @@ struct SlabTally {
 struct CacheTally {
   std::vector<bool> held;  // by handle index
   std::size_t footprint = 0;
+  // Misses made without the heap lock (unlocked_misses.cpp): the objects in the caches' inboxes
+  // (by handle index), the footprint the caches counted for them, and the pages credited.
+  std::vector<bool> inbox;
+  std::size_t inbox_footprint = 0, credit = 0;
   std::int64_t live_bytes = 0, live_objects = 0;
   std::uint64_t allocs = 0, frees = 0;
 };
@@ -91,6 +95,7 @@ Status check_cached_run(const HeapCore& c, CacheTally& t, const detail::CachedRu
 // runs' footprints, its runs within its allowance, and the allowances add up within the total.
 Status check_caches(const HeapCore& c, CacheTally& t) {
   t.held.assign(c.handles.high_water(), false);
+  t.inbox.assign(c.handles.high_water(), false);
   Status bad;
   std::size_t granted = 0;
   c.caches.for_each([&](const detail::ThreadCache& tc) {
@@ -114,6 +119,19 @@ Status check_caches(const HeapCore& c, CacheTally& t) {
     if (bad.ok() && run_bytes != tc.run_bytes) bad = fail("a thread cache's run byte count is wrong");
     if (bad.ok() && tc.run_bytes > tc.run_allowance) bad = fail("a thread cache holds runs beyond its allowance");
     granted += tc.run_allowance;
+    for (const std::uint32_t i : tc.spare_handles) {
+      if (!bad.ok()) return;
+      if (auto held = hold_cached_entry(c, t, i, "spare handle " + std::to_string(i)); !held.ok()) bad = held.error();
+    }
+    for (const std::uint32_t i : tc.inbox) {
+      if (!bad.ok()) return;
+      if (i == 0 || i >= t.inbox.size() || t.inbox[i] || t.held[i])
+        bad = fail("inbox object " + std::to_string(i) + " is out of range or listed twice");
+      else
+        t.inbox[i] = true;
+    }
+    t.inbox_footprint += tc.footprint;
+    t.credit += tc.credit_pages;
   });
   if (bad.ok() && (granted != c.caches.runs_granted() || granted > c.config.thread_cache_runs_total_bytes))
     bad = fail("the caches' run allowances do not add up within the total");
@@ -214,7 +232,7 @@ Status check_slab_pages(const HeapCore& c, const CacheTally& cached, SlabTally& 
 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
 Status check_objects(const HeapCore& c, const CacheTally& cached) {
-  std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0, unplaced_pages = 0;
+  std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0, unplaced_pages = 0, inbox_pages = 0;
   std::array<std::uint32_t, detail::kClassCount> unplaced_small{};
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
     const HandleEntry* e = c.handles.get(i);
@@ -225,6 +243,16 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
     if (e->fixed) {
       ++fixed;
       fixed_bytes += e->size();
+    }
+    if (i < cached.inbox.size() && cached.inbox[i]) {
+      // Made without the heap lock, in its cache's inbox: claimed, unplaced, its pages taken
+      // from the cache's credit; the mapper's queue has not seen it yet.
+      if (!(s & state::kMoving) || c.misses.is_pending(i) || e->loc.kind != ObjectKind::large ||
+          e->loc.page != HeapCore::kUnplaced || e->address.load() != 0 || e->fixed)
+        return fail("inbox object " + std::to_string(i) + " is not a claimed unplaced large object");
+      inbox_pages += e->loc.pages;
+      footprint += c.footprint_of(e->loc);
+      continue;
     }
     if (e->loc.kind == ObjectKind::slab && e->loc.page == HeapCore::kUnplaced) {
       // A small object the mapper has yet to place (heap.cpp, place): one page promised, its
@@ -277,7 +305,11 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
   if (std::int64_t(objects) != std::int64_t(c.live_objects) + cached.live_objects) return fail("live object count is wrong");
   if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
   if (std::int64_t(live_bytes) != std::int64_t(c.live_bytes) + cached.live_bytes) return fail("live byte count is wrong");
-  if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes) return fail("footprint count is wrong");
+  if (footprint + deferred_footprint + cached.footprint != c.footprint_bytes + cached.inbox_footprint)
+    return fail("footprint count is wrong");
+  if (c.pool.credited_pages() != cached.credit + inbox_pages)
+    return fail("credited pages (" + std::to_string(c.pool.credited_pages()) + ") are not the caches' credit (" +
+                std::to_string(cached.credit) + ") and their inbox objects' (" + std::to_string(inbox_pages) + ")");
   // A small object freed while the mapper maps its slab page's alias keeps its promise until
   // then; the large objects pending bound the last pages promised (below).
   std::size_t pending_large = 0;
@@ -347,7 +379,8 @@ Status Heap::validate() const {
   VALET_TRY(c.tails.validate(c.pool, c.slabs, c.handles));
   VALET_TRY(check_large_slots(c, cached));
   // Objects not placed yet are live on promised pages.
-  const std::size_t mapped = (c.pool.created_pages() + c.pool.promised_pages()) * detail::kPageSize;
+  const std::size_t mapped =
+      (c.pool.created_pages() + c.pool.promised_pages() + c.pool.credited_pages()) * detail::kPageSize;
   if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped))
     return fail("more live bytes than mapped and promised bytes");
   return {};

@@ -48,6 +48,12 @@ void MissMapper::submit(PendingMiss miss) {
   }
 }
 
+bool MissMapper::note_unlocked() {
+  unlocked_.fetch_add(1, std::memory_order_seq_cst);
+  submitted_.fetch_add(1, std::memory_order_release);  // ends a poll
+  return asleep_.load(std::memory_order_seq_cst);
+}
+
 void MissMapper::want_turn() {
   mu_.assert_held();
   turn_wanted_ = true;
@@ -89,7 +95,8 @@ void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
   // A submit ends the poll; should the queue be empty again by the time the lock is back (a pin
   // served the miss: serve_queued), the poll goes on until its time is up.
-  while (queued_.empty() && !turn_wanted_ && !stop_ && std::chrono::steady_clock::now() < until) {
+  while (queued_.empty() && !turn_wanted_ && !stop_ && unlocked_waiting() == 0 &&
+         std::chrono::steady_clock::now() < until) {
     const std::uint64_t seen = submitted_.load(std::memory_order_acquire);
     lock.unlock();
     while (submitted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
@@ -129,10 +136,17 @@ void MissMapper::loop() {
   const ScopedLockRole role(LockRole::mapper);
   std::unique_lock lock(mu_);
   for (;;) {
+    if (collect_ && unlocked_waiting() > 0) collect_();
     if (spin_us_ > 0 && queued_.empty() && !turn_wanted_ && !stop_) poll(lock);
+    if (collect_ && unlocked_waiting() > 0) collect_();
     sleeping_ = true;
-    wait_with_heap_lock(work_cv_, lock, [&] { return stop_ || !queued_.empty() || turn_wanted_; });
+    asleep_.store(true, std::memory_order_seq_cst);
+    wait_with_heap_lock(work_cv_, lock, [&] {
+      return stop_ || !queued_.empty() || turn_wanted_ || unlocked_.load(std::memory_order_seq_cst) > 0;
+    });
+    asleep_.store(false, std::memory_order_relaxed);
     sleeping_ = false;
+    if (collect_ && unlocked_waiting() > 0) collect_();
     if (turn_wanted_) {  // before the misses queued after it was wanted
       turn_wanted_ = false;
       if (settled_) settled_(lock);

@@ -191,6 +191,17 @@ class MissMapper {
     mu_.assert_held();
     pending_.for_each(f);
   }
+  // Misses made without the heap lock wait in their threads' caches until a holder of the lock
+  // submits them (HeapCore::collect_unlocked_misses); the thread collects them before it looks
+  // at its queue (`collect`, set before start(); lock held). note_unlocked: one more waits
+  // (without the heap lock; its cache's lock held); returns true when the thread may be asleep,
+  // and then the caller must take the heap lock and collect it (a wake without the lock can be
+  // lost: the thread may have read the count and not be waiting yet). took_unlocked(n): n of
+  // them were collected (their caches' locks held). unlocked_waiting: how many wait.
+  void set_collect(std::function<void()> collect) { collect_ = std::move(collect); }
+  bool note_unlocked();
+  void took_unlocked(std::uint32_t n) { unlocked_.fetch_sub(n, std::memory_order_relaxed); }
+  std::uint32_t unlocked_waiting() const { return unlocked_.load(std::memory_order_acquire); }
   // Waits (letting `lock`, holding mu, go meanwhile) until every miss submitted before the call
   // is settled (mapped, lost, or freed and released).
   void wait_settled(std::unique_lock<HeapMutex>& lock);
@@ -232,6 +243,12 @@ class MissMapper {
   std::uint64_t wakes_ = 0;  // under mu
   std::atomic<std::uint64_t> submitted_{0};  // submits and stop, for the poll without the lock
   std::uint32_t spin_us_ = 0;
+  std::function<void()> collect_;
+  // Misses waiting in thread caches, and whether the thread is (about to be) asleep on work_cv_:
+  // sequentially consistent, so that of a caller noting a miss and the thread going to sleep, at
+  // least one sees the other (note_unlocked).
+  std::atomic<std::uint32_t> unlocked_{0};
+  std::atomic<bool> asleep_{false};
 };
 
 }  // namespace valet::detail

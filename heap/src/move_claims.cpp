@@ -96,12 +96,17 @@ void kill(StateWord& w) {
   wake_after_unlock(w);
 }
 
-std::uint32_t make_live(StateWord& w) {
+namespace {
+std::uint32_t make_live_with(StateWord& w, std::uint64_t flags) {
   std::uint32_t gen = state::generation(w.load(std::memory_order_relaxed)) + 1;
   if (gen == 0) gen = 1;
-  w.store(state::make(gen, state::kLive), std::memory_order_release);
+  w.store(state::make(gen, state::kLive | flags), std::memory_order_release);
   return gen;
 }
+}  // namespace
+
+std::uint32_t make_live(StateWord& w) { return make_live_with(w, 0); }
+std::uint32_t make_live_claimed(StateWord& w) { return make_live_with(w, state::kMoving); }
 
 bool try_free(StateWord& w, std::uint64_t expected, std::uint32_t gen) {
   return w.compare_exchange_strong(expected, state::make(gen, 0), std::memory_order_acq_rel);

@@ -86,6 +86,9 @@ void kill(StateWord& w);
 
 // Makes a free entry live with the next generation; returns the generation.
 std::uint32_t make_live(StateWord& w);
+// The same, claimed as a move (not cancelable) in the same store: a pending object made without
+// the heap lock, which no mover may claim in between (HeapCore::allocate_unlocked_miss).
+std::uint32_t make_live_claimed(StateWord& w);
 // Ends a live, unpinned, settled object of generation `gen` (a free). false when the word
 // changed meanwhile (the caller looks again).
 bool try_free(StateWord& w, std::uint64_t expected, std::uint32_t gen);

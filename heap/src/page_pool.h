@@ -542,8 +542,29 @@ class PagePool {
     promised_ -= n;
   }
   std::size_t promised_pages() const { return promised_; }
-  // Pages that may still be created: the capacity less what is created and what is promised.
-  std::size_t creatable_pages() const { return capacity_pages_ - std::min(capacity_pages_, created_ + promised_); }
+  // Pages credited to thread caches, for the misses their threads make without the heap lock
+  // (HeapCore::allocate_unlocked_miss): out of the capacity as promised pages are, but no
+  // object's yet, so they count in no demand. credit(n): false (nothing changed) when fewer than
+  // n pages may still be created. uncredit(n): given back. promise_credited(n): n credited
+  // pages become an unplaced object's promise (its miss reached the mapper's queue).
+  bool credit(std::size_t n) {
+    if (creatable_pages() < n) return false;
+    credited_ += n;
+    return true;
+  }
+  void uncredit(std::size_t n) {
+    VALET_ASSERT(credited_ >= n);
+    credited_ -= n;
+  }
+  void promise_credited(std::size_t n) {
+    uncredit(n);
+    promised_ += n;
+  }
+  std::size_t credited_pages() const { return credited_; }
+  // Pages that may still be created: the capacity less what is created, promised and credited.
+  std::size_t creatable_pages() const {
+    return capacity_pages_ - std::min(capacity_pages_, created_ + promised_ + credited_);
+  }
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
   // from the moment it is booked), since the pool began.
   std::size_t peak_created_pages() const { return peak_created_; }
@@ -722,6 +743,7 @@ class PagePool {
   std::vector<std::uint32_t> idle_;       // created pages mapped nowhere
   std::size_t created_ = 0;
   std::size_t promised_ = 0;  // promise()
+  std::size_t credited_ = 0;  // credit()
   std::size_t peak_created_ = 0;
   void note_created_peak() { peak_created_ = std::max(peak_created_, created_); }
   RangeSet unmapped_;

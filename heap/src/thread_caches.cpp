@@ -66,10 +66,14 @@ void ThreadCaches::gate() {
 
 void ThreadCaches::ungate() { gate_.fetch_sub(1, std::memory_order_release); }
 
-void ThreadCaches::drop_orphans() {
+void ThreadCaches::drop_orphans(const std::function<void(ThreadCache&)>& release) {
   // A thread's record holds the other share while the thread lives; only the thread itself
   // drops it (at exit, or replacing it under the heap lock), never during one of its fast paths.
-  std::erase_if(caches_, [this](const std::shared_ptr<ThreadCache>& c) {
+  std::erase_if(caches_, [&](const std::shared_ptr<ThreadCache>& c) {
+    if (c.use_count() == 1) {
+      std::lock_guard lock(c->mu);
+      release(*c);
+    }
     const bool orphan = c.use_count() == 1 && c->holds_nothing() && c->live_bytes == 0 && c->live_objects == 0 &&
                         c->allocs == 0 && c->frees == 0;
     if (orphan) revoke_runs(*c);

@@ -29,6 +29,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -84,13 +85,27 @@ struct alignas(64) ThreadCache {
   bool wants_runs() const { return run_credit > 0 || runs_declined + 1 >= kRunProbe; }
   void run_reused() { run_credit = std::min(kRunCreditMax, run_credit + 2); }
   void run_unused() { run_credit -= run_credit > 0; }
+  // Misses made without the heap lock (HeapCore::allocate_unlocked_miss: a large allocation
+  // while another thread holds the heap lock). What the heap handed this cache for them under
+  // the heap lock: handle indices (settled free entries) and pages credited out of the
+  // capacity (PagePool::credit). `inbox`: the objects made so far whose misses the mapper's
+  // queue has not taken yet (HeapCore::collect_unlocked_misses): their entries LIVE, claimed as
+  // moves and unplaced, their pages taken from the credit.
+  static constexpr std::size_t kSpareHandles = 4, kInbox = 8;
+  std::vector<std::uint32_t> spare_handles;
+  std::size_t credit_pages = 0;
+  std::vector<std::uint32_t> inbox;
   // The heap's counters this cache changed since they were last folded in (HeapCore::fold).
   std::int64_t live_bytes = 0, live_objects = 0;
   std::uint64_t allocs = 0, frees = 0;
   std::uint64_t run_allocs = 0;  // of `allocs`, runs taken back
+  std::uint64_t miss_allocs = 0;  // of `allocs`, misses made without the heap lock
+  std::size_t footprint = 0;      // of those misses' objects
   bool changed = false;  // an address or generation changed (the device table must be rebuilt)
 
-  bool holds_nothing() const { return bytes == 0 && runs.empty(); }
+  bool holds_nothing() const {
+    return bytes == 0 && runs.empty() && spare_handles.empty() && credit_pages == 0 && inbox.empty();
+  }
 };
 
 class ThreadCaches {
@@ -125,13 +140,15 @@ class ThreadCaches {
   void gate();
   void ungate();
   // Precondition: heap lock held and gated. Removes the empty caches that no thread can reach
-  // any more (their threads exited); folded and drained caches only.
-  void drop_orphans();
+  // any more (their threads exited); folded and drained caches only. `release(c)` runs first on
+  // each cache no thread can reach (under its lock), to give back what it holds for its thread.
+  void drop_orphans(const std::function<void(ThreadCache&)>& release);
 
   // Precondition: heap lock held. Caches registered.
   std::size_t count() const { return caches_.size(); }
-  // Precondition: heap lock held and gated. Every cache in turn, under its lock: the fast paths
-  // that follow the gate see what `f` changed.
+  // Precondition: heap lock held, and gated unless `f` touches only what each cache's lock
+  // guards (the misses' inboxes). Every cache in turn, under its lock: the fast paths that
+  // follow see what `f` changed.
   template <typename F>
   void for_each(F&& f) {
     for (auto& c : caches_) {

@@ -53,7 +53,7 @@ nlohmann::json to_json(const HeapStats& s) {
         {"failed_allocations", s.ops.failed_allocations}, {"background_misses", s.ops.background_misses},
         {"lost_allocations", s.ops.lost_allocations}, {"misses_placed_by_mapper", s.ops.misses_placed_by_mapper},
         {"small_misses_placed_by_mapper", s.ops.small_misses_placed_by_mapper},
-        {"misses_served_by_pins", s.ops.misses_served_by_pins}, {"mapper_wakes", s.ops.mapper_wakes}}},
+        {"misses_served_by_pins", s.ops.misses_served_by_pins}, {"unlocked_misses", s.ops.unlocked_misses}, {"mapper_wakes", s.ops.mapper_wakes}}},
       {"driver_calls",
        {{"create", s.driver_calls.create}, {"release", s.driver_calls.release}, {"map", s.driver_calls.map},
         {"unmap", s.driver_calls.unmap}, {"set_access", s.driver_calls.set_access}, {"copy", s.driver_calls.copy},

@@ -49,6 +49,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.standby_tail_aliases = o.standby_tail_aliases;
   config.mapper_places_misses = !o.caller_places_misses;
   config.pins_serve_misses = o.pins_serve_misses;
+  config.unlocked_misses = o.unlocked_misses;
   config.keeper_creates_ahead = o.create_ahead;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();

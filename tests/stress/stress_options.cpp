@@ -60,6 +60,9 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
       ->check(CLI::Range(std::size_t{0}, std::size_t{64}));
   app.add_flag("--caller-places-misses", o.caller_places_misses,
                "Config::mapper_places_misses off: with --background-misses the allocating thread chooses a miss's run");
+  app.add_flag("--unlocked-misses,!--no-unlocked-misses", o.unlocked_misses,
+               "Config::unlocked_misses: with --background-misses a large allocation that finds the heap lock held "
+               "is made pending without it");
   app.add_flag("--pins-serve-misses,!--no-pins-serve-misses", o.pins_serve_misses,
                "Config::pins_serve_misses: a pin of a pending object whose miss is queued makes its calls itself");
   app.add_flag("--create-ahead,!--no-create-ahead", o.create_ahead,

@@ -36,6 +36,7 @@ struct StressOptions {
   std::size_t standby_tail_aliases = Config{}.standby_tail_aliases;
   bool caller_places_misses = false;  // Config::mapper_places_misses off
   bool pins_serve_misses = Config{}.pins_serve_misses;
+  bool unlocked_misses = Config{}.unlocked_misses;
   bool create_ahead = Config{}.keeper_creates_ahead;
   bool smoke = false;
   bool json = false;

@@ -135,6 +135,13 @@ struct Config {
   // host a replay's step line no longer waits behind a freed probe the mapper is still mapping,
   // and samples it (docs/background_misses.md, "Pins that serve").
   bool pins_serve_misses = false;
+  // With background misses (and the mapper placing them): a large allocation that finds the
+  // heap lock held by another thread (the mapper between its calls, the keeper, a compaction
+  // step) does not wait for it: the object is made pending at once, from a few handle indices
+  // and pages of the capacity that the heap handed the thread's cache beforehand, and the
+  // mapper queues and places it (docs/background_misses.md, "Misses without the heap lock").
+  // Off: such an allocation waits for the lock, as any other.
+  bool unlocked_misses = true;
   // Shared tails: new slab pages are built on the unused part of large objects' last pages
   // (docs/meshing.md). Off: every slab page has a physical page of its own.
   bool share_tails = true;

@@ -140,6 +140,9 @@ struct HeapStats {
     // Background misses whose steps a pin made, the miss still queued when the object was
     // pinned (Config::pins_serve_misses; counted among the background misses).
     std::uint64_t misses_served_by_pins = 0;
+    // Background misses made without the heap lock, while another thread held it
+    // (Config::unlocked_misses; counted among the background misses once mapped).
+    std::uint64_t unlocked_misses = 0;
     // Submits (misses, turns) that woke the sleeping mapper: a system call each on the thread
     // that submitted, under the heap lock.
     std::uint64_t mapper_wakes = 0;

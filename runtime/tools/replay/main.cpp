@@ -67,6 +67,7 @@ struct Arguments {
   bool keeper_defers = false;
   bool background_misses = valet::Config{}.background_misses;
   bool pins_serve_misses = valet::Config{}.pins_serve_misses;
+  bool unlocked_misses = valet::Config{}.unlocked_misses;
   std::size_t background_miss_limit = valet::Config{}.background_miss_limit;
   std::uint32_t mapper_spin_us = valet::Config{}.miss_mapper_spin_us;
   bool caller_places_misses = false;
@@ -152,6 +153,9 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
   app.add_flag("--background-misses,!--no-background-misses", args.background_misses,
                "Config::background_misses (on by default): an allocation that misses returns at once, pending; a "
                "heap thread maps its run or slab page. --no-background-misses: the allocating thread does");
+  app.add_flag("--unlocked-misses,!--no-unlocked-misses", args.unlocked_misses,
+               "Config::unlocked_misses (on by default): a large allocation that finds the heap lock held is made "
+               "pending without waiting for it");
   app.add_flag("--pins-serve-misses,!--no-pins-serve-misses", args.pins_serve_misses,
                "Config::pins_serve_misses (off by default): a pin of a pending object whose miss is still queued makes "
                "its calls itself rather than wait for the heap thread");
@@ -237,6 +241,7 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   config.keeper_defers = args.keeper_defers;
   config.background_misses = args.background_misses;
   config.pins_serve_misses = args.pins_serve_misses;
+  config.unlocked_misses = args.unlocked_misses;
   config.background_miss_limit = args.background_miss_limit;
   config.miss_mapper_spin_us = args.mapper_spin_us;
   config.mapper_places_misses = !args.caller_places_misses;

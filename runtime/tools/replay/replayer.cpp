@@ -457,6 +457,7 @@ class Replayer {
     r.small_misses_placed_by_mapper = s.ops.small_misses_placed_by_mapper;
     r.misses_served_by_pins = s.ops.misses_served_by_pins;
     r.mapper_wakes = s.ops.mapper_wakes;
+    r.unlocked_misses = s.ops.unlocked_misses;
     r.cached_allocations = s.ops.cached_allocations;
     r.cached_run_allocations = s.ops.cached_run_allocations;
     r.keeper = s.keeper;

@@ -152,6 +152,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["small_misses_placed_by_mapper"] = r.small_misses_placed_by_mapper;
   j["misses_served_by_pins"] = r.misses_served_by_pins;
   j["mapper_wakes"] = r.mapper_wakes;
+  j["unlocked_misses"] = r.unlocked_misses;
   j["cached_allocations"] = r.cached_allocations;
   j["cached_run_allocations"] = r.cached_run_allocations;
   j["keeper"] = {{"batches", r.keeper.batches},

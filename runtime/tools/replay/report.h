@@ -143,6 +143,7 @@ struct ReplayReport {
   // misses whose run the heap's thread also chose (Config::mapper_places_misses).
   std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0, small_misses_placed_by_mapper = 0;
   std::uint64_t misses_served_by_pins = 0, mapper_wakes = 0;
+  std::uint64_t unlocked_misses = 0;  // misses made without the heap lock (Config::unlocked_misses)
   std::uint64_t cached_allocations = 0, cached_run_allocations = 0;
   HeapStats::Keeper keeper;          // the reserve keeper's waits for the heap lock (stats().keeper)
   HeapStats::LockHoldsByRole lock_holds;  // how long each role held the heap lock (stats().lock_holds)
