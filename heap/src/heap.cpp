@@ -189,6 +189,7 @@ std::string HeapCore::held_pages() const {
   if (releases.cached_footprint()) s += ", stream-cached " + mib(releases.cached_footprint());
   if (const std::size_t deferred = releases.deferred_footprint()) s += ", stream-deferred " + mib(deferred);
   if (pool.promised_pages()) s += ", promised to pending misses " + n(pool.promised_pages());
+  if (pool.credited_pages()) s += ", credited to thread caches " + n(pool.credited_pages());
   if (!prepared_aliases.empty()) s += ", prepared tail aliases " + n(prepared_aliases.size());
   return s;
 }

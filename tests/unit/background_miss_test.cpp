@@ -1306,6 +1306,14 @@ TEST(BackgroundMisses, AMapperSpinOfMoreThanATenthOfASecondIsRefused) {
   EXPECT_TRUE(Heap::create(test::open_host_backend(c.capacity), c).ok());
 }
 
+// The poll's default: 200 us where the machine leaves a core for it (8 hardware threads or more),
+// none on smaller machines (a 2-core CI runner), where it would take the allocating threads' core.
+TEST(BackgroundMisses, TheMapperPollsByDefaultOnlyWhereACoreIsToSpare) {
+  const unsigned threads = std::thread::hardware_concurrency();
+  EXPECT_EQ(Config{}.miss_mapper_spin_us, threads >= 8 ? 200u : 0u) << threads << " hardware threads";
+  EXPECT_LE(Config{}.miss_mapper_spin_us, 100'000u);
+}
+
 TEST(BackgroundMisses, MoreThanSixtyFourStandbyTailAliasesAreRefused) {
   Config c = background_config();
   c.standby_tail_aliases = 65;

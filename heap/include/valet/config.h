@@ -4,8 +4,14 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <thread>
 
 namespace valet {
+
+// Config::miss_mapper_spin_us's default: 200 us where the machine has 8 hardware threads or
+// more (a core to spare for the poll), else 0.
+inline std::uint32_t default_miss_mapper_spin_us() { return std::thread::hardware_concurrency() >= 8 ? 200 : 0; }
 
 struct Config {
   // Bytes of physical memory the heap may hold. 0: what the device has free (less a margin for
@@ -117,10 +123,14 @@ struct Config {
   std::size_t background_miss_limit = 1024;
   // With background misses: after its queue empties, the mapper polls it for this many
   // microseconds before it sleeps, so that a miss submitted meanwhile costs its caller no wake
-  // (a system call, ~3 us on the H100 machine; a miss submitted while the mapper maps needs none
-  // either way). Spends that much of a core after each burst of misses. 0: it sleeps at once.
-  // At most 100000.
-  std::uint32_t miss_mapper_spin_us = 0;
+  // (a system call under the heap lock, ~3 us on the H100 machine and more under load; a miss
+  // submitted while the mapper maps needs none either way). Spends up to that much of a core
+  // after each burst of misses. 0: it sleeps at once. At most 100000. The default polls 200 us
+  // where 8 hardware threads or more leave a core for it (with misses made without the heap
+  // lock, the wakes were most of what remained of the slowest allocations: docs/speed.md,
+  // "Session 48"), and not at all on smaller machines, where the poll would take a core from the
+  // threads that allocate.
+  std::uint32_t miss_mapper_spin_us = default_miss_mapper_spin_us();
   // With background misses: the mapper also chooses a missing object's run and pages (the
   // allocation only promises the pages out of the capacity not yet created, takes the handle and
   // queues the miss; the address is published before the first pin returns). Off: the

@@ -163,7 +163,7 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Config::background_miss_limit: background misses pending at most (default 1024)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   app.add_option("--mapper-spin-us", args.mapper_spin_us,
-                 "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 0)")
+                 "Config::miss_mapper_spin_us: the mapper polls its queue this long before it sleeps (default 200 with 8 hardware threads or more, else 0)")
       ->check(CLI::Range(0u, 100000u));
   app.add_flag("--caller-places-misses", args.caller_places_misses,
                "Config::mapper_places_misses off: with --background-misses the allocating thread chooses a miss's run");
