@@ -39,7 +39,9 @@ struct alignas(64) HandleEntry {
   std::size_t size() const { return size_bytes.load(std::memory_order_relaxed); }
   void set_size(std::size_t bytes) { size_bytes.store(bytes, std::memory_order_relaxed); }
   std::atomic<std::size_t> size_bytes{0};
-  // Fields below are written under the heap lock.
+  // Fields below are written under the heap lock, or (a pending object made without it:
+  // HeapCore::allocate_unlocked_miss) before the state word's release store that makes the
+  // entry live, by the only thread that holds its index.
   Location loc;
   // A fixed object (Heap::allocate_fixed): no move claim is granted for it except meshing's at a
   // safe point, which keeps its address.

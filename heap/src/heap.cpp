@@ -397,7 +397,7 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
   const std::size_t reaped = releases.deferred().empty() ? 0 : reap_deferred();
   auto h = allocate_locked(lock, bytes, stream, fixed);
   if (h.ok() && reaped > config.stream_cache_bytes) trim_returned(lock, (reaped + kPageSize - 1) / kPageSize);
-  if (h.ok() && may_skip_lock) top_up_unlocked();  // for its next allocation that finds the lock held
+  if (h.ok() && may_skip_lock) top_up_unlocked((bytes + kPageSize - 1) / kPageSize);  // for its next one
   if (h.ok() || h.code() != Errc::out_of_memory) return h;
   // Out-of-memory is never reported while free pages are held: make room, and retry once.
   const KeeperPause paused(keeper);  // until the retry is done

@@ -188,14 +188,15 @@ struct HeapCore {
   // inbox for the next holder of the heap lock to queue; nullopt (nothing changed): take the
   // locked path. Under mu: collect_unlocked_misses queues every cache's inbox (collect_from:
   // one cache's, its lock held); top_up_unlocked gives the calling thread's cache its spare
-  // handles and credit (after one of its large allocations took the lock); give_back_unlocked
-  // collects `c`'s inbox and returns its spares and credit (its lock held: a drain, an orphan).
-  // close_unlocked_misses: no such miss is made from now until the scope ends, and none waits
-  // in a cache when it returns (a barrier through every cache's lock, then a collection).
+  // handles and credit (after one of its large allocations, of `pages` pages, took the lock);
+  // give_back_unlocked collects `c`'s inbox and returns its spares and credit (its lock held: a
+  // drain, an orphan). UnlockedMissesClosed: no such miss is made from its construction until
+  // it ends, and none waits in a cache once constructed (a barrier through every cache's lock,
+  // then a collection).
   std::optional<Handle> allocate_unlocked_miss(std::size_t bytes);
   void collect_unlocked_misses();
   void collect_from(ThreadCache& c);
-  void top_up_unlocked();
+  void top_up_unlocked(std::size_t pages);
   void give_back_unlocked(ThreadCache& c);
   class UnlockedMissesClosed {
    public:

@@ -105,7 +105,10 @@ HeapStats Heap::stats() const {
   // The chunk reserve is mapped and unused too (outside the reserve's budget, not its count).
   s.reserve_bytes = s.pages.reserve * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;
-  s.largest_allocatable_bytes = c.shut ? 0 : c.pool.available_pages() * detail::kPageSize;
+  // Pages credited to thread caches come back before an allocation is refused (make_room).
+  std::size_t credited = 0;
+  c.caches.for_each([&](const detail::ThreadCache& tc) { credited += tc.credit_pages; });
+  s.largest_allocatable_bytes = c.shut ? 0 : (c.pool.available_pages() + credited) * detail::kPageSize;
   c.slabs.for_each_page([&](const detail::SlabPage& p) {
     const std::size_t bin = std::min<std::size_t>(9, std::size_t(p.used) * 10 / p.capacity);
     ++s.occupancy_histogram[bin];

@@ -95,9 +95,12 @@ void MissMapper::poll(std::unique_lock<HeapMutex>& lock) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
   // A submit ends the poll; should the queue be empty again by the time the lock is back (a pin
   // served the miss: serve_queued), the poll goes on until its time is up.
-  while (queued_.empty() && !turn_wanted_ && !stop_ && unlocked_waiting() == 0 &&
-         std::chrono::steady_clock::now() < until) {
+  for (;;) {
+    // Read before the count of misses waiting in caches: a miss noted after that read bumps
+    // submitted_ past `seen` and ends the spin below (note_unlocked needs no heap lock).
     const std::uint64_t seen = submitted_.load(std::memory_order_acquire);
+    if (!queued_.empty() || turn_wanted_ || stop_ || unlocked_waiting() > 0 || std::chrono::steady_clock::now() >= until)
+      break;
     lock.unlock();
     while (submitted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
       VALET_CPU_RELAX();

@@ -14,10 +14,13 @@ namespace valet::detail {
 namespace {
 
 // Pages a cache is credited at most: enough for the large objects of a serving loop, a small
-// share of the capacity (a tenth of a percent of an 80 GB device, 8 caches), and never the
-// last pages of it: a credit is withheld from every other allocation until it is given back.
+// share of the capacity, and never the last pages of it: a credit is withheld from every other
+// allocation until it is given back. All caches together hold at most four caches' worth (and a
+// sixteenth of the capacity): a process of many threads credits the ones that came first, and
+// the others take the lock as before.
 constexpr std::size_t kCreditPages = 128;
 std::size_t credit_target(std::size_t capacity_pages) { return std::min(kCreditPages, capacity_pages / 32); }
+std::size_t credit_total(std::size_t capacity_pages) { return std::min(4 * kCreditPages, capacity_pages / 16); }
 
 }  // namespace
 
@@ -97,7 +100,7 @@ void HeapCore::collect_unlocked_misses() {
   caches.for_each([&](ThreadCache& c) { collect_from(c); });
 }
 
-void HeapCore::top_up_unlocked() {
+void HeapCore::top_up_unlocked(std::size_t pages) {
   mu.assert_held();
   if (!config.unlocked_misses || !config.background_misses || !config.mapper_places_misses || !caches.enabled() ||
       !misses.running() || unlocked_closed.load(std::memory_order_relaxed) != 0)
@@ -111,17 +114,31 @@ void HeapCore::top_up_unlocked() {
     if (pool.credited_pages() > 0) caches.for_each([&](ThreadCache& c) { give_back_unlocked(c); });
     return;
   }
+  // A thread whose objects no credit would hold gets none (nor spare handles).
+  const std::size_t want = credit_target(capacity_pages);
+  if (pages > want) return;
   ThreadCache& c = *caches.mine_or_make();
+  // Its credit changes only here and on this thread's own allocations: read once, it holds.
+  const std::size_t have = [&] {
+    std::lock_guard cl(c.mu);
+    return c.credit_pages;
+  }();
+  if (have >= want) return;
+  const std::size_t more = want - have;
+  // Within the total: what caches of exited threads hold comes back first (their threads can
+  // use it no more; a drain would give it back, but may be far off). One cache lock at a time.
+  if (pool.credited_pages() + more > credit_total(capacity_pages))
+    caches.for_each_orphan([&](ThreadCache& o) { give_back_unlocked(o); });
+  if (pool.credited_pages() + more > credit_total(capacity_pages) || pool.creatable_pages() < more + margin ||
+      !pool.credit(more))
+    return;
   std::lock_guard cl(c.mu);
+  c.credit_pages += more;
   while (c.spare_handles.size() < ThreadCache::kSpareHandles) {
     std::uint32_t index = 0;
     if (!handles.acquire(index)) break;
     c.spare_handles.push_back(index);
   }
-  const std::size_t want = credit_target(capacity_pages);
-  if (c.credit_pages < want && pool.creatable_pages() >= (want - c.credit_pages) + margin &&
-      pool.credit(want - c.credit_pages))
-    c.credit_pages = want;
 }
 
 void HeapCore::give_back_unlocked(ThreadCache& c) {

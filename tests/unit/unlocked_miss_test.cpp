@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "gated_backend.h"
 #include "heap_core.h"
@@ -76,18 +78,30 @@ AllocationUnderHeldLock allocate_while_held(Heap& heap, std::size_t bytes) {
 }
 
 // The mapper's map calls held at the gate, one pending object (kHeld) in its hand: a miss made
-// now waits in this thread's cache, since nobody else takes the heap lock. The thread's first
-// allocation took the lock, so its cache has its handles and credit.
+// now waits in this thread's cache, since nobody else takes the heap lock. First an object
+// within a cache's credit, on the locked path (the lock is free): the thread's cache gets its
+// handles and credit then.
 Result<Handle> hold_mapper(GatedHeap& g) {
+  auto credited = g.heap->allocate(kObject);
+  if (!credited.ok()) return credited;
+  // Kept live (freed, a thread cache would keep its run and serve the next allocation of its size).
+  if (auto pinned = g.heap->pin(*credited); !pinned.ok()) return pinned.error();
   g.gate->arm_for(detail::HeapInternals::of(*g.heap).misses.thread_id());
   auto h = g.heap->allocate(kHeld);
   if (h.ok() && !g.gate->wait_entered()) return make_error(Errc::internal, "the mapper made no gated call");
   return h;
 }
 
+// Opens the gate when a test ends, passed or failed: a heap's shutdown waits for the mapper.
+struct OpenAtEnd {
+  test::GatedBackend* gate;
+  ~OpenAtEnd() { gate->open(); }
+};
+
 TEST(UnlockedMisses, ALargeAllocationDoesNotWaitForAHeldLockAndItsObjectIsRight) {
   GatedHeap g(unlocked_config());
   ASSERT_TRUE(g.heap);
+  const OpenAtEnd open_at_end{g.gate};
   Heap& heap = *g.heap;
   auto held = hold_mapper(g);
   ASSERT_TRUE(held.ok()) << held.error().to_string();
@@ -100,7 +114,7 @@ TEST(UnlockedMisses, ALargeAllocationDoesNotWaitForAHeldLockAndItsObjectIsRight)
   EXPECT_EQ(Heap::this_thread_background_misses(), misses_before + 1);
   // In the cache's inbox (the mapper is at the gate): validate counts it there.
   EXPECT_VALID(heap);
-  EXPECT_EQ(heap.stats().live_bytes, kHeld + kObject);
+  EXPECT_EQ(heap.stats().live_bytes, kHeld + 2 * kObject);  // hold_mapper's credited object too
   EXPECT_EQ(heap.stats().ops.unlocked_misses, 0u) << "queued before anyone took the lock";
 
   // A free takes it out of the inbox and gives it up: nothing was mapped for it.
@@ -133,6 +147,7 @@ TEST(UnlockedMisses, OffTheAllocationWaitsForTheLock) {
   c.unlocked_misses = false;
   GatedHeap g(c);
   ASSERT_TRUE(g.heap);
+  const OpenAtEnd open_at_end{g.gate};
   auto held = hold_mapper(g);
   ASSERT_TRUE(held.ok()) << held.error().to_string();
   LockHolder holder(*g.heap);
@@ -151,6 +166,7 @@ TEST(UnlockedMisses, OffTheAllocationWaitsForTheLock) {
 TEST(UnlockedMisses, AShutdownQueuesTheMissesWaitingInCaches) {
   GatedHeap g(unlocked_config());
   ASSERT_TRUE(g.heap);
+  const OpenAtEnd open_at_end{g.gate};
   auto held = hold_mapper(g);
   ASSERT_TRUE(held.ok()) << held.error().to_string();
   auto made = allocate_while_held(*g.heap, kObject);
@@ -182,6 +198,60 @@ TEST(UnlockedMisses, CreditedPagesComeBackBeforeOutOfMemory) {
   EXPECT_TRUE(heap.free(*all).ok());
   EXPECT_TRUE(heap.free(*first).ok());
   EXPECT_VALID(heap);
+}
+
+// The caches' credits add up to at most a few caches' worth; a thread that exits gives its
+// credit back to the next thread that wants one; a thread whose objects no credit would hold
+// gets none; and credited pages count as allocatable in the stats.
+TEST(UnlockedMisses, CreditsAreBoundedAndComeBackFromExitedThreads) {
+  Config c = unlocked_config();
+  c.capacity = std::size_t{4} << 30;  // 2,048 pages: 64 a cache, 128 in all
+  auto heap = test::make_heap(c);
+  ASSERT_TRUE(heap);
+  auto& core = detail::HeapInternals::of(*heap);
+  const auto credited = [&] {
+    std::lock_guard lock(core.mu);
+    return core.pool.credited_pages();
+  };
+  // This thread's cache's credit, read on the thread itself.
+  const auto my_credit = [&]() -> std::size_t {
+    detail::ThreadCache* mine = core.caches.mine();
+    if (!mine) return 0;
+    std::lock_guard cl(mine->mu);
+    return mine->credit_pages;
+  };
+  std::vector<Handle> kept;
+  std::mutex kept_mu;
+  std::vector<std::size_t> credit_of_thread;
+  for (int t = 0; t < 5; ++t) {
+    std::thread([&] {
+      auto h = heap->allocate(kObject);  // the heap lock is free: the locked path, then the credit
+      ASSERT_TRUE(h.ok()) << h.error().to_string();
+      std::lock_guard l(kept_mu);
+      kept.push_back(*h);
+      credit_of_thread.push_back(my_credit());
+    }).join();
+    EXPECT_LE(credited(), 128u) << "after thread " << t;
+  }
+  // Every thread got its credit: the first two within the total, each later one from the caches
+  // of the threads that had exited.
+  ASSERT_EQ(credit_of_thread.size(), 5u);
+  for (std::size_t k = 0; k < credit_of_thread.size(); ++k) EXPECT_EQ(credit_of_thread[k], 64u) << "thread " << k;
+  // Credited pages are allocatable: they come back before an allocation is refused (the objects
+  // placed first: a pending one's pages are promised).
+  for (Handle h : kept) ASSERT_TRUE(heap->pin(h).ok());
+  const auto s = heap->stats();
+  EXPECT_GE(s.largest_allocatable_bytes + s.mapped_bytes, c.capacity - detail::kPageSize);
+  EXPECT_VALID(*heap);
+  // Objects no credit holds: no credit, no spare handles.
+  std::thread([&] {
+    auto big = heap->allocate(100 * detail::kPageSize);
+    ASSERT_TRUE(big.ok()) << big.error().to_string();
+    EXPECT_EQ(my_credit(), 0u);
+    EXPECT_TRUE(heap->free(*big).ok());
+  }).join();
+  for (Handle h : kept) EXPECT_TRUE(heap->free(h).ok());
+  EXPECT_VALID(*heap);
 }
 
 }  // namespace
