@@ -6,7 +6,8 @@
 // takes from the heap (a handle index, pages of the capacity) and for the mapper's queue. Those
 // are handed to the thread's cache beforehand, under the lock (top_up_unlocked), and the miss
 // waits in the cache's inbox until the next holder of the lock queues it (collect_unlocked_misses:
-// the mapper before it looks at its queue, a free, a pin, a wait for misses, a drain).
+// the mapper before it looks at its queue; a free or a serving pin of one of them; a wait for
+// misses; a drain).
 #include "heap_core.h"
 #include "size_classes.h"
 
