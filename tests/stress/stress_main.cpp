@@ -238,6 +238,10 @@ void StressRun::print_results(double seconds) {
       (unsigned long long)get(c.objects_verified), (unsigned long long)get(c.checkpoints),
       (unsigned long long)faults_injected(opened_), (unsigned long long)get(c.fault_errors),
       (unsigned long long)get(c.out_of_memory), (unsigned long long)errors_.count());
+  if (final_stats_.ops.background_misses > 0)
+    std::printf("background misses: %llu mapped by the heap's thread, %llu of them made without the heap lock\n",
+                (unsigned long long)final_stats_.ops.background_misses,
+                (unsigned long long)final_stats_.ops.unlocked_misses);
   if (overhead_.samples > 0)
     std::printf("held beyond the objects' footprint at %zu checkpoints: mean %.1f MiB, max %.1f MiB (%zu slab pages of "
                 "their own, %.1f MiB live)\n",
