@@ -30,9 +30,10 @@ Result<HandleEntry*> HeapCore::lookup(Handle h) const {
 
 void HeapCore::serve_pending(Handle h) {
   std::unique_lock lock(mu);
-  if (lookup(h).ok() && !misses.is_pending(h.index)) collect_unlocked_misses();  // it may wait in a cache
   // lookup again under the lock: the entry may have been freed and taken since the caller's.
-  if (!lookup(h).ok() || !misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
+  if (!lookup(h).ok()) return;
+  if (!misses.is_pending(h.index)) collect_unlocked_misses();  // it may wait in a cache
+  if (!misses.is_pending(h.index) || !misses.serve_queued(h.index, lock)) return;
   ++ops.misses_served_by_pins;
   // What the mapper does after a miss (trim_after_freed_misses): the chunks left to misses go
   // to the keeper here; the trim of what an object freed meanwhile returned (its run released

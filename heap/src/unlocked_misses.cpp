@@ -119,7 +119,8 @@ void HeapCore::top_up_unlocked(std::size_t pages) {
   const std::size_t want = credit_target(capacity_pages);
   if (pages > want) return;
   ThreadCache& c = *caches.mine_or_make();
-  // Its credit changes only here and on this thread's own allocations: read once, it holds.
+  // Its credit changes only under the heap lock (held here) and on this thread's own
+  // allocations (this thread is here): read once, it holds.
   const std::size_t have = [&] {
     std::lock_guard cl(c.mu);
     return c.credit_pages;
