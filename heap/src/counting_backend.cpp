@@ -69,8 +69,29 @@ DriverCallCounts DriverCallCounts::since(const DriverCallCounts& earlier) const 
   return d;
 }
 
+std::uint64_t DriverCallTimes::total_ns() const {
+  std::uint64_t n = 0;
+  for (const auto& kind : ns)
+    for (std::uint64_t t : kind) n += t;
+  return n;
+}
+
+std::uint64_t DriverCallTimes::op_ns(DriverOp op) const {
+  std::uint64_t n = 0;
+  for (const auto& kind : ns) n += kind[std::size_t(op)];
+  return n;
+}
+
+std::uint64_t DriverCallTimes::thread_kind_ns(std::size_t kind) const {
+  std::uint64_t n = 0;
+  for (std::uint64_t t : ns[kind]) n += t;
+  return n;
+}
+
 CountingBackend::CountingBackend(std::unique_ptr<Backend> inner)
-    : BackendAdaptor(std::move(inner)), id_(register_backend()) {}
+    : BackendAdaptor(std::move(inner)), id_(register_backend()) {
+  time_calls();
+}
 
 CountingBackend::~CountingBackend() {
   auto& r = registry();
@@ -94,6 +115,13 @@ DriverCallCounts CountingBackend::under_lock() const {
   return c;
 }
 
+DriverCallTimes CountingBackend::times() const {
+  DriverCallTimes t;
+  for (std::size_t k = 0; k < kDriverThreadKinds; ++k)
+    for (std::size_t i = 0; i < kDriverOpCount; ++i) t.ns[k][i] = ns_[k][i].load(std::memory_order_relaxed);
+  return t;
+}
+
 DriverCallCounts CountingBackend::this_thread() const {
   const ThreadTally* t = find_tally(id_);
   return t ? t->counts : DriverCallCounts{};
@@ -104,6 +132,11 @@ Status CountingBackend::before(DriverOp op) {
   ++tally_of(id_).counts.by_op[std::size_t(op)];
   if (probe_ && probe_()) under_lock_[std::size_t(op)].fetch_add(1, std::memory_order_relaxed);
   return {};
+}
+
+void CountingBackend::after(DriverOp op, std::chrono::nanoseconds took) {
+  const std::size_t kind = kind_probe_ ? std::min(kind_probe_(), kDriverThreadKinds - 1) : 0;
+  ns_[kind][std::size_t(op)].fetch_add(std::uint64_t(took.count()), std::memory_order_relaxed);
 }
 
 }  // namespace valet

@@ -130,6 +130,12 @@ HeapStats Heap::stats() const {
   s.driver_calls.set_access = calls[DriverOp::set_access];
   s.driver_calls.copy = calls[DriverOp::copy];
   s.driver_calls.under_heap_lock = c.backend->under_lock().total();
+  const DriverCallTimes times = c.backend->times();
+  using detail::LockRole;
+  s.driver_calls.time = {times.total_ns(), times.thread_kind_ns(std::size_t(LockRole::caller)),
+                         times.thread_kind_ns(std::size_t(LockRole::mapper)),
+                         times.thread_kind_ns(std::size_t(LockRole::keeper)),
+                         times.thread_kind_ns(std::size_t(LockRole::compaction))};
   s.compaction = c.compaction;
   s.recent_cycles.assign(c.recent_cycles.begin(), c.recent_cycles.end());
   return s;

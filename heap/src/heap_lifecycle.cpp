@@ -19,6 +19,8 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
     : backend(std::make_unique<CountingBackend>(std::move(b))), config(c), tag(g_next_tag.fetch_add(1)), capacity_pages(cap_pages),
       pool(*backend, cap_pages) {
   backend->set_lock_probe(&this_thread_holds_a_heap_lock);
+  static_assert(kLockRoles == kDriverThreadKinds);
+  backend->set_thread_kind_probe(&this_thread_lock_role);
   keeper.set_after_turn([this](std::unique_lock<HeapMutex>& lock) { keep_standby_alias(lock); });
   misses.set_collect([this] { collect_unlocked_misses(); });
 }

@@ -44,6 +44,9 @@ inline thread_local std::uint64_t t_heap_lock_wait_ns = 0;
 enum class LockRole : std::uint8_t { caller, mapper, keeper, compaction };
 inline constexpr std::size_t kLockRoles = 4;
 inline thread_local LockRole t_lock_role = LockRole::caller;
+// The counting door times each driver call by the role of the thread that made it (stats()'s
+// driver_calls.time).
+inline std::size_t this_thread_lock_role() { return std::size_t(t_lock_role); }
 inline thread_local std::array<std::uint64_t, kLockRoles> t_heap_lock_wait_by_role{};
 // The calling thread's role while it lives.
 class ScopedLockRole {

@@ -10,6 +10,8 @@
 
 #include "valet/counting_backend.h"
 #include "valet/fault_injection.h"
+#include "valet/heap.h"
+#include "heap_test_util.h"
 #include "valet/host_backend.h"
 
 namespace valet {
@@ -152,6 +154,56 @@ TEST(CountingBackend, CountsCallsThatFailBelowIt) {
   EXPECT_EQ(c.calls(DriverOp::create_page), 1u);
   EXPECT_EQ(f.calls(FaultOp::create_page), 1u);
   EXPECT_EQ(f.faults(FaultOp::create_page), 1u);
+}
+
+// Each call's time is added to its operation and to the kind of thread the probe names: a
+// driver call delayed below the counter is timed at least that long, on the right kind.
+std::size_t t_kind = 0;
+TEST(CountingBackend, TimesEachCallByOpAndByTheKindOfThreadThatMadeIt) {
+  auto faulty = std::make_unique<FaultInjectingBackend>(make_host_backend());
+  FaultInjectingBackend& f = *faulty;
+  CountingBackend c(std::move(faulty));
+  c.set_thread_kind_probe([] { return t_kind; });
+  EXPECT_EQ(c.times().total_ns(), 0u);
+  f.delay_calls(FaultOp::create_page, std::chrono::milliseconds(3));
+  t_kind = 2;
+  auto p = c.create_page();
+  ASSERT_TRUE(p.ok());
+  f.disarm_all();
+  std::thread other([&] {
+    t_kind = 1;  // this thread's own kind
+    ASSERT_TRUE(c.release_page(*p).ok());
+  });
+  other.join();
+  t_kind = 0;
+  ASSERT_TRUE(c.memory_info().ok());
+
+  const DriverCallTimes t = c.times();
+  EXPECT_GE(t.op_ns(DriverOp::create_page), 3'000'000u) << "the delay is inside the timed call";
+  EXPECT_EQ(t.ns[2][std::size_t(DriverOp::create_page)], t.op_ns(DriverOp::create_page));
+  EXPECT_GT(t.ns[1][std::size_t(DriverOp::release_page)], 0u);
+  EXPECT_EQ(t.thread_kind_ns(1), t.ns[1][std::size_t(DriverOp::release_page)]);
+  EXPECT_GT(t.ns[0][std::size_t(DriverOp::memory_info)], 0u);
+  EXPECT_EQ(t.thread_kind_ns(3), 0u);
+  EXPECT_EQ(t.total_ns(), t.thread_kind_ns(0) + t.thread_kind_ns(1) + t.thread_kind_ns(2));
+  EXPECT_EQ(t.op_ns(DriverOp::map), 0u);
+}
+
+// The heap's door times its mapper's calls on the mapper's kind: stats() reports them apart.
+TEST(CountingBackend, AHeapsStatsSplitTheDriversTimeByRole) {
+  Config c;
+  c.capacity = 256 * test::kMiB;
+  auto heap = Heap::create(test::open_host_backend(c.capacity), c);
+  ASSERT_TRUE(heap.ok());
+  auto h = (*heap)->allocate(64 * kPageBytes);  // a miss: the mapper's calls (background misses)
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE((*heap)->pin(*h).ok());  // waits for the mapper's calls
+  const HeapStats s = (*heap)->stats();
+  const HeapStats::DriverTime& t = s.driver_calls.time;
+  EXPECT_GT(t.total_ns, 0u);
+  EXPECT_GT(t.mapper_ns, 0u) << "the miss's creates and maps ran on the mapper";
+  EXPECT_EQ(t.total_ns, t.callers_ns + t.mapper_ns + t.keeper_ns + t.compaction_ns);
+  EXPECT_EQ(t.total_ns, (*heap)->driver_calls().times().total_ns());
 }
 
 }  // namespace

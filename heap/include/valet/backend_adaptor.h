@@ -1,14 +1,16 @@
 // The one base of every backend decorator (RMM's resource adaptors in spirit): it forwards every
-// call to an inner Backend, and calls one hook, before(op), ahead of each door call. A decorator
-// overrides before() only, so the door's operations are spelled out here and nowhere else:
-// FaultInjectingBackend (runtime/) fails and delays calls from it, CountingBackend
-// (valet/counting_backend.h) counts them.
+// call to an inner Backend, and calls one hook, before(op), ahead of each door call, and for a
+// decorator that asks for it (time_calls()) a second, after(op, took), once the call returned.
+// A decorator overrides these only, so the door's operations are spelled out here and nowhere
+// else: FaultInjectingBackend (runtime/) fails and delays calls from before(), CountingBackend
+// (valet/counting_backend.h) counts them there and times them in after().
 //
 // before() runs on the calling thread, with no lock of the adaptor held. An error it returns
 // fails the call without forwarding it, exactly as if the driver had refused it. The device
 // tools (DeviceTools) are forwarded with no hook: they are not driver calls of the heap.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <utility>
@@ -103,15 +105,28 @@ class BackendAdaptor : public Backend {
     (void)op;
     return {};
   }
+  // Called once a door call that before() let through returned (whatever it returned), with the
+  // time the inner backend took, on the caller's thread; only for a decorator that called
+  // time_calls() in its constructor (the clock is read for no other).
+  virtual void after(DriverOp op, std::chrono::nanoseconds took) {
+    (void)op;
+    (void)took;
+  }
+  void time_calls() { times_calls_ = true; }
 
  private:
   template <class Call>
   auto guarded(DriverOp op, Call&& call) -> decltype(call()) {
     if (Status st = before(op); !st.ok()) return st.error();
-    return call();
+    if (!times_calls_) return call();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = call();
+    after(op, std::chrono::steady_clock::now() - t0);
+    return r;
   }
 
   std::unique_ptr<Backend> inner_;
+  bool times_calls_ = false;
 };
 
 }  // namespace valet

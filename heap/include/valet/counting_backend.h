@@ -8,7 +8,10 @@
 //   EXPECT_EQ(scope.made().total(), 0u);    // the fast path reached no driver
 //
 // A call is counted when it is made, before it is forwarded, whether it then succeeds or fails.
-// Counting costs two uncontended increments per call; the device tools are not counted.
+// It is also timed (two clock reads; the driver's calls take microseconds), by operation and by
+// the kind of thread that made it, as a probe the owner installs names it (the heap's: a caller,
+// its mapper, its keeper, compaction), so that a run can say how much of its wall the driver
+// took and on whose thread. The device tools are neither counted nor timed.
 #pragma once
 
 #include <array>
@@ -20,6 +23,16 @@
 #include "valet/driver_op.h"
 
 namespace valet {
+
+// Time spent in the driver's calls, by operation and by the kind of thread that made them.
+inline constexpr std::size_t kDriverThreadKinds = 4;
+struct DriverCallTimes {
+  std::array<std::array<std::uint64_t, kDriverOpCount>, kDriverThreadKinds> ns{};  // [thread kind][op]
+
+  std::uint64_t total_ns() const;
+  std::uint64_t op_ns(DriverOp op) const;
+  std::uint64_t thread_kind_ns(std::size_t kind) const;
+};
 
 // Calls by operation.
 struct DriverCallCounts {
@@ -48,16 +61,24 @@ class CountingBackend final : public BackendAdaptor {
   using LockProbe = bool (*)();
   void set_lock_probe(LockProbe probe) { probe_ = probe; }
   DriverCallCounts under_lock() const;
+  // The kind of the calling thread, 0 to kDriverThreadKinds - 1, for the call times; without a
+  // probe every call is of kind 0. Install it before any call.
+  using ThreadKindProbe = std::size_t (*)();
+  void set_thread_kind_probe(ThreadKindProbe probe) { kind_probe_ = probe; }
+  DriverCallTimes times() const;
 
  protected:
   Status before(DriverOp op) override;
+  void after(DriverOp op, std::chrono::nanoseconds took) override;
 
  private:
   // Distinguishes this backend in each thread's counts; never reused, unlike addresses.
   const std::uint64_t id_;
   std::array<std::atomic<std::uint64_t>, kDriverOpCount> totals_{};
   std::array<std::atomic<std::uint64_t>, kDriverOpCount> under_lock_{};
+  std::array<std::array<std::atomic<std::uint64_t>, kDriverOpCount>, kDriverThreadKinds> ns_{};
   LockProbe probe_ = nullptr;
+  ThreadKindProbe kind_probe_ = nullptr;
 };
 
 // The calls the constructing thread makes through one CountingBackend from construction on.

@@ -151,10 +151,16 @@ struct HeapStats {
     std::uint64_t cached_allocations = 0, cached_run_allocations = 0;
   } ops;
   // under_heap_lock: of all these, the calls a thread made while it held the heap lock (every
-  // other thread that wants the lock waits for them).
+  // other thread that wants the lock waits for them). time: how long every door call took, in
+  // all and by the role of the thread that made it (as lock_holds names them): the driver
+  // serializes its calls, so the total bounds what a run's driver work can overlap.
+  struct DriverTime {
+    std::uint64_t total_ns = 0, callers_ns = 0, mapper_ns = 0, keeper_ns = 0, compaction_ns = 0;
+  };
   struct DriverCalls {
     std::uint64_t create = 0, release = 0, map = 0, unmap = 0, set_access = 0, copy = 0;
     std::uint64_t under_heap_lock = 0;
+    DriverTime time;
   } driver_calls;
   // The background reserve keeper's waits to take the heap lock back: after each batch of driver
   // calls it made without it (`batches`: callers holding the lock meanwhile delay its work), and

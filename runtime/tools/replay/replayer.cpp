@@ -464,6 +464,7 @@ class Replayer {
     r.lock_holds = s.lock_holds;
     r.under_heap_lock_driver_calls = door_.under_lock();
     r.total_driver_calls = door_.totals();
+    r.driver_times = door_.times();
     r.pin_wait_ns_max = r.pin_wait_ns_max_cycles;
     r.moved_fraction = r.allocated_bytes ? double(r.bytes_moved) / double(r.allocated_bytes) : 0.0;
     r.copied_fraction =

@@ -50,6 +50,28 @@ nlohmann::ordered_json driver_calls_json(const DriverCallCounts& calls) {
   return j;
 }
 
+// Seconds in all, by operation (those that took any) and by role, each role's by operation.
+nlohmann::ordered_json driver_time_json(const DriverCallTimes& t) {
+  static constexpr const char* kRoles[kDriverThreadKinds] = {"callers", "mapper", "keeper", "compaction"};
+  const auto by_op = [](auto&& ns_of) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    for (std::size_t i = 0; i < kDriverOpCount; ++i)
+      if (const std::uint64_t ns = ns_of(DriverOp(i)); ns > 0) j[driver_op_name(DriverOp(i))] = double(ns) * 1e-9;
+    return j;
+  };
+  nlohmann::ordered_json j;
+  j["total"] = double(t.total_ns()) * 1e-9;
+  j["by_op"] = by_op([&](DriverOp op) { return t.op_ns(op); });
+  nlohmann::ordered_json roles, role_ops;
+  for (std::size_t k = 0; k < kDriverThreadKinds; ++k) {
+    roles[kRoles[k]] = double(t.thread_kind_ns(k)) * 1e-9;
+    role_ops[kRoles[k]] = by_op([&](DriverOp op) { return t.ns[k][std::size_t(op)]; });
+  }
+  j["by_role"] = roles;
+  j["by_role_op"] = role_ops;
+  return j;
+}
+
 double driver_calls_per_op(const ReplayReport& r) {
   return r.ops ? double(r.alloc_path_driver_calls.total()) / double(r.ops) : 0.0;
 }
@@ -139,6 +161,7 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["probe_driver_calls"] = driver_calls_json(r.probe_driver_calls);
   j["driver_calls_under_heap_lock"] = driver_calls_json(r.under_heap_lock_driver_calls);
   j["driver_calls_total"] = driver_calls_json(r.total_driver_calls);
+  j["driver_time_s"] = driver_time_json(r.driver_times);
   j["peak_mapped_over_live"] = r.peak_live_bytes ? double(r.peak_mapped_bytes) / double(r.peak_live_bytes) : 0.0;
   j["compactions"] = r.compactions;
   j["emergency_compactions"] = r.emergency_compactions;

@@ -110,6 +110,10 @@ struct ReplayReport {
   // Every driver call of the heap, any thread, over the whole replay (the door's totals): the
   // load the driver serializes (docs/speed.md, session 21).
   DriverCallCounts total_driver_calls;
+  // How long those calls took, by operation and by the role of the thread that made them (the
+  // heap's roles: callers, its mapper, its keeper, compaction): set beside wall_s, how much of the
+  // run the driver's serialized work was.
+  DriverCallTimes driver_times;
 
   // Probes: a real allocate followed by free.
   std::uint64_t probes = 0;
