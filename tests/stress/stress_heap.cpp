@@ -51,6 +51,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.pins_serve_misses = o.pins_serve_misses;
   config.unlocked_misses = o.unlocked_misses;
   config.keeper_creates_ahead = o.create_ahead;
+  config.thread_cache_run_bytes = o.thread_cache_run_bytes;
   auto heap = Heap::create(std::move(backend), config);
   if (!heap.ok()) return heap.error();
   out.heap = std::move(heap).value();

@@ -34,6 +34,9 @@ class StressRun {
  private:
   WorkerLimits limits_for(int worker) const;
   void compaction_loop();
+  // --lock-holder: occupancy() and now and then validate() until the workers stop; a failed
+  // validate() is an error.
+  void lock_holder_loop();
   // Stop-the-world check: every object's bytes, validate(), and the heap's live counts.
   void checkpoint(const char* when);
   std::vector<TrackedObject> all_objects();
@@ -62,11 +65,12 @@ class StressRun {
 WorkerLimits StressRun::limits_for(int worker) const {
   WorkerLimits l;
   const std::size_t threads = std::size_t(o_.threads);
-  // Together the workers aim just under the capacity: allocations fail now and then, and the
-  // heap has to compact (emergency cycles) to serve them.
-  l.byte_budget = std::size_t(double(o_.capacity) * 0.8 / double(threads));
+  // Together the workers aim just under the capacity (by default): allocations fail now and then,
+  // and the heap has to compact (emergency cycles) to serve them.
+  l.byte_budget = std::size_t(double(o_.capacity) * o_.budget / double(threads));
   l.max_object_bytes = std::max<std::size_t>(1, std::min(o_.max_object, o_.capacity / (2 * threads)));
   l.max_objects = 2048;
+  l.large_share = o_.large_share;
   if (o_.ops) l.ops = o_.ops / threads + (std::size_t(worker) < o_.ops % threads ? 1 : 0);
   return l;
 }
@@ -80,6 +84,25 @@ void StressRun::compaction_loop() {
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % (2 * o_.compact_pause_us + 1)));
   }
   gate_.leave();
+}
+
+void StressRun::lock_holder_loop() {
+  // Not one of the gate's parties: its calls read the heap under its lock and change nothing, so
+  // a checkpoint may run beside them. occupancy() holds the lock for a walk of every slab page
+  // (a policy's reading) and leaves the threads' fast paths open, as a compaction step or the
+  // mapper's placement would: large allocations that find the lock held are made pending
+  // without it. Every 64th turn is a validate() (which closes the fast paths for its walk).
+  // Between turns a pause as long as the turn, about: the workers still get the lock.
+  for (std::uint64_t turn = 1; !stop_.load(std::memory_order_relaxed); ++turn) {
+    const auto t0 = Clock::now();
+    if (turn % 64 == 0) {
+      if (auto st = heap_.validate(); !st.ok()) errors_.report("validate beside the workers", st.error());
+      counters_.add(counters_.validations);
+    } else {
+      (void)heap_.occupancy();
+    }
+    std::this_thread::sleep_for(Clock::now() - t0);
+  }
 }
 
 std::vector<TrackedObject> StressRun::all_objects() {
@@ -159,6 +182,8 @@ int StressRun::execute() {
       workers_done_.fetch_add(1);
     });
   std::thread compactor([&] { compaction_loop(); });
+  std::thread holder;
+  if (o_.lock_holder) holder = std::thread([&] { lock_holder_loop(); });
 
   const auto deadline = t0 + std::chrono::duration<double>(o_.seconds);
   auto next_check = t0 + std::chrono::duration<double>(o_.checkpoint_seconds);
@@ -173,6 +198,7 @@ int StressRun::execute() {
   }
   stop_ = true;
   for (auto& t : threads) t.join();
+  if (holder.joinable()) holder.join();
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   stop_compaction_ = true;
   compactor.join();
@@ -215,6 +241,8 @@ void StressRun::print_results(double seconds) {
     j["bytes_verified"] = get(c.bytes_verified);
     j["objects_verified"] = get(c.objects_verified);
     j["checkpoints"] = get(c.checkpoints);
+    j["validations_beside_workers"] = get(c.validations);
+    j["unlocked_misses"] = final_stats_.ops.unlocked_misses;
     j["faults_injected"] = faults_injected(opened_);
     j["fault_errors"] = get(c.fault_errors);
     j["errors"] = errors_.count();
@@ -238,6 +266,7 @@ void StressRun::print_results(double seconds) {
       (unsigned long long)get(c.objects_verified), (unsigned long long)get(c.checkpoints),
       (unsigned long long)faults_injected(opened_), (unsigned long long)get(c.fault_errors),
       (unsigned long long)get(c.out_of_memory), (unsigned long long)errors_.count());
+  if (o_.lock_holder) std::printf("lock holder: validate() passed %llu times beside the workers\n", (unsigned long long)get(c.validations));
   if (final_stats_.ops.background_misses > 0)
     std::printf("background misses: %llu mapped by the heap's thread, %llu of them made without the heap lock\n",
                 (unsigned long long)final_stats_.ops.background_misses,

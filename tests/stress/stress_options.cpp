@@ -67,6 +67,20 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
                "Config::pins_serve_misses: a pin of a pending object whose miss is queued makes its calls itself");
   app.add_flag("--create-ahead,!--no-create-ahead", o.create_ahead,
                "Config::keeper_creates_ahead: with --background-misses the keeper creates pages ahead of demand");
+  app.add_flag("--lock-holder", o.lock_holder,
+               "a thread holds the heap lock for walks of the heap (occupancy(), every 64th a validate() that checks the "
+               "invariants mid-traffic): large allocations find it held (misses made without it)");
+  app.add_option("--budget", o.budget,
+                 "the share of the capacity the workers' objects aim at together (default 0.8: allocations fail now and "
+                 "then and the heap compacts to serve them; 0.6 leaves the margin of the credits for misses made without "
+                 "the heap lock)")
+      ->check(CLI::Range(0.05, 0.95));
+  app.add_option("--thread-cache-run-bytes", o.thread_cache_run_bytes,
+                 "Config::thread_cache_run_bytes: large runs a thread's cache keeps for its next allocations (0: none, "
+                 "so every large allocation goes to the heap)");
+  app.add_option("--large-share", o.large_share,
+                 "of the workers' random object sizes, the share of large objects, 1 MiB and more (default 0.03)")
+      ->check(CLI::Range(0.0, 0.75));
   app.add_option("--fault-rate", o.fault_rate, "probability of a fault per call")->check(CLI::Range(0.0, 0.5));
   app.add_flag("--smoke", o.smoke, "a short run for CTest (a few seconds, small heap)");
   app.add_flag("--json", o.json, "print one JSON object instead of the summary line");
@@ -102,7 +116,10 @@ std::string describe(const StressOptions& o) {
          (o.ops ? std::to_string(o.ops) + " ops" : std::string(seconds)) + ", seed " +
          std::to_string(o.seed) + ", capacity " + std::to_string(o.capacity >> 20) + " MiB" +
          (o.faults ? ", faults at " + std::to_string(o.fault_rate) : "") +
-         (o.driver_delay_us ? ", page calls delayed " + std::to_string(o.driver_delay_us) + " us" : "");
+         (o.driver_delay_us ? ", page calls delayed " + std::to_string(o.driver_delay_us) + " us" : "") +
+         (o.lock_holder ? ", a lock holder" : "") +
+         (o.large_share != StressOptions{}.large_share ? ", large share " + std::to_string(int(o.large_share * 100 + 0.5)) + " %" : "") +
+         (o.budget != StressOptions{}.budget ? ", budget " + std::to_string(int(o.budget * 100 + 0.5)) + " %" : "");
 }
 
 }  // namespace valet::stress

@@ -38,6 +38,19 @@ struct StressOptions {
   bool pins_serve_misses = Config{}.pins_serve_misses;
   bool unlocked_misses = Config{}.unlocked_misses;
   bool create_ahead = Config{}.keeper_creates_ahead;
+  std::size_t thread_cache_run_bytes = Config{}.thread_cache_run_bytes;
+  // A thread that holds the heap lock for walks of the heap beside the workers (occupancy(), and
+  // now and then validate(), which checks the invariants mid-traffic): the workers' large
+  // allocations find the lock held (misses made without it, Config::unlocked_misses).
+  bool lock_holder = false;
+  // The share of the capacity the workers aim their objects at together: just under it (the
+  // default), allocations fail now and then and the heap compacts to serve them; further under
+  // it, the heap keeps the margin within which it credits threads for misses made without the
+  // lock (Config::unlocked_misses gives no credit within an eighth of the capacity).
+  double budget = 0.8;
+  // Of the workers' random object sizes, the share of large objects (1 MiB and more): 3 % by
+  // default (evacuation's work is in the slab classes); more meets the large paths more often.
+  double large_share = 0.03;
   bool smoke = false;
   bool json = false;
 };

@@ -41,14 +41,14 @@ inline std::size_t log_uniform_size(Rng& rng, std::size_t lo, std::size_t hi) {
 }
 
 // Sizes from 1 byte to `max_bytes`, skewed small, each band log-uniform: 25% from 1 B to 4 KiB,
-// 72% from 4 KiB to 1 MiB (slab objects), 3% from 1 MiB up (large objects). Evacuation only finds
+// 72% from 4 KiB to 1 MiB (slab objects), 3% from 1 MiB up (large objects; `large_share`). Evacuation only finds
 // work where one size class fills several 2 MiB pages, hence the weight of the middle band (a
 // 2 MiB page holds 8192 objects of 256 B but only 2 of 1 MiB).
-inline std::size_t random_object_size(Rng& rng, std::size_t max_bytes) {
+inline std::size_t random_object_size(Rng& rng, std::size_t max_bytes, double large_share = 0.03) {
   constexpr std::size_t kSmall = std::size_t{4} << 10, kSlabMax = std::size_t{1} << 20;
   const double band = std::uniform_real_distribution<double>(0, 1)(rng);
   if (band < 0.25 || max_bytes <= kSmall) return log_uniform_size(rng, 1, std::min(max_bytes, kSmall));
-  if (band < 0.97 || max_bytes <= kSlabMax) return log_uniform_size(rng, kSmall, std::min(max_bytes, kSlabMax));
+  if (band < 1.0 - large_share || max_bytes <= kSlabMax) return log_uniform_size(rng, kSmall, std::min(max_bytes, kSlabMax));
   return log_uniform_size(rng, kSlabMax, max_bytes);
 }
 
@@ -73,6 +73,7 @@ struct StressCounters {
   std::atomic<std::uint64_t> bytes_verified{0};
   std::atomic<std::uint64_t> objects_verified{0};
   std::atomic<std::uint64_t> checkpoints{0};
+  std::atomic<std::uint64_t> validations{0};  // --lock-holder's walks
 
   void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 

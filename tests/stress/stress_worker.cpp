@@ -147,7 +147,7 @@ void StressWorker::op_allocate() {
   // Half the allocations take one of the phase's popular sizes: many objects of a few classes
   // fill several pages each, which random frees and purges then leave sparse for evacuation.
   std::size_t bytes = chance(rng_, 0.5) ? popular_[rng_() % popular_.size()]
-                                        : random_object_size(rng_, limits_.max_object_bytes);
+                                        : random_object_size(rng_, limits_.max_object_bytes, limits_.large_share);
   // Large objects may take at most 40% of the budget, else a few of them would crowd out the
   // thousands of slab objects that give evacuation its work.
   if (bytes > kLargeObject && owned_large_bytes_ + bytes > limits_.byte_budget * 2 / 5)
@@ -230,7 +230,7 @@ void StressWorker::op_resize() {
     return;
   }
   std::size_t bytes = chance(rng_, 0.5)
-                          ? random_object_size(rng_, limits_.max_object_bytes)
+                          ? random_object_size(rng_, limits_.max_object_bytes, limits_.large_share)
                           : std::size_t(double(old.size) * std::uniform_real_distribution<double>(0.5, 2.0)(rng_));
   bytes = std::clamp<std::size_t>(bytes, 1, limits_.max_object_bytes);
   if (bytes > old.size && owned_bytes_ - old.size + bytes > limits_.byte_budget) bytes = std::max<std::size_t>(1, old.size / 2);

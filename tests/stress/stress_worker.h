@@ -32,6 +32,7 @@ struct WorkerLimits {
   std::size_t max_objects = 256;
   std::uint64_t ops = 0;  // operations to run; 0: until `stop`
   std::size_t max_held_pins = 4;
+  double large_share = 0.03;  // of the random sizes, objects of 1 MiB and more
 };
 
 class StressWorker {
