@@ -19,6 +19,7 @@
 #include "replayer.h"
 #include "trace.h"
 #include "valet/compactor.h"
+#include "valet/fault_injection.h"
 #include "valet/runtime.h"
 
 namespace {
@@ -49,6 +50,7 @@ struct Arguments {
   int pin_hold_us = 5;
   int pin_gap_us = 100;
   int think_us = 0;
+  int driver_delay_us = 0;
   std::uint64_t seed = 1;
   bool no_compact = false;
   bool no_share_tails = false;
@@ -119,6 +121,10 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Sleep after each step line (microseconds): a serving tick's GPU work, during which the heap's "
                  "background threads find the driver idle (default 0: ops back to back)")
       ->check(CLI::Range(0, 1'000'000));
+  app.add_option("--driver-delay-us", args.driver_delay_us,
+                 "Host backend: every page call (create, map, set_access, unmap, release) sleeps this long first, "
+                 "the GPU driver's pace in order of magnitude (its background threads then fall behind as on a GPU)")
+      ->check(CLI::Range(0, 100'000));
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
   app.add_flag("--no-compact", args.no_compact,
                "No compaction: no compactor (background or safepoints) and no emergency compaction");
@@ -318,6 +324,22 @@ int print_report(valet::replay::ReplayReport& report, const Arguments& args, val
   return report.failed() ? kExitFailed : 0;
 }
 
+// The heap, on a backend whose page calls are delayed where --driver-delay-us asks it.
+valet::Result<std::unique_ptr<valet::Heap>> open_replay_heap(valet::BackendOptions backend, const valet::Config& config,
+                                                             int driver_delay_us) {
+  using namespace valet;
+  if (driver_delay_us == 0) return open_heap(backend, config);
+  if (config.capacity) backend.host_capacity = config.capacity;
+  auto opened = open_backend(backend);
+  if (!opened.ok()) return opened.error();
+  if ((*opened)->kind() != BackendKind::host)
+    return make_error(Errc::invalid_argument, "--driver-delay-us applies to the host backend only");
+  auto delayed = std::make_unique<FaultInjectingBackend>(std::move(opened).value());
+  for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::unmap, FaultOp::release_page})
+    delayed->delay_calls(op, std::chrono::microseconds(driver_delay_us));
+  return Heap::create(std::move(delayed), config);
+}
+
 int run(int argc, char** argv) {
   using namespace valet;
   Arguments args;
@@ -334,7 +356,7 @@ int run(int argc, char** argv) {
   }
   Config config;
   if (auto exit_status = make_config(args, *checked, config)) return *exit_status;
-  auto heap = open_heap(backend, config);
+  auto heap = open_replay_heap(backend, config, args.driver_delay_us);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
     return kExitUsage;
