@@ -17,7 +17,7 @@
 //             watermark. A large allocation that fits no freed run takes it without a call.
 // An ordinary free leaves it whatever surplus it returns, and any chunk it empties: with the
 // thread, such frees make no driver call (trim_surplus). With background misses and a hold
-// (Config::reserve_hold_allocs, by default 8 allocations that took pages; reserve_hold_ms in time),
+// (Config::reserve_hold_allocs, by default 16 allocations that took pages; reserve_hold_ms in time),
 // the keeper gives back the surplus over the limit once no allocation took it for the hold (beyond
 // the ceiling at once): an allocation that follows a free within the hold takes the freed pages
 // rather than new ones; with Config::keeper_creates_ahead false (the default) it creates pages

@@ -51,10 +51,11 @@ struct Config {
   // ends at whichever comes first; with this alone an idle heap keeps the surplus within the peak
   // bound, which falls as the recent peak (reserve_window_ms) is forgotten. 0: not counted.
   // With synchronous misses neither hold applies (on the host's t1, 8 allocations took mean
-  // fragmentation from 0.068 to 0.071). 8 by default: on the host, with background misses, 4-5x
-  // fewer pages created and released than without a hold, fragmentation equal or lower
-  // (docs/speed.md, "Session 32").
-  std::size_t reserve_hold_allocs = 8;
+  // fragmentation from 0.068 to 0.071). 16 by default: on the host, with background misses,
+  // 14-50 % fewer pages created and released than at 8 and 5-13 % fewer maps, fragmentation
+  // 0.002-0.004 higher, within the 0.07 target with room (docs/speed.md, "Session 49"; 8 from
+  // session 32 on, when fragmentation sat at the target).
+  std::size_t reserve_hold_allocs = 16;
   // With background misses, false: the keeper creates pages only up to the low watermark
   // (reserve_low_pages, so that a new slab page finds a mapped page), none ahead of demand beyond
   // it (the misses create theirs on the mapper's thread), and its provisioning otherwise only
