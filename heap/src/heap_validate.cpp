@@ -382,7 +382,7 @@ Status Heap::validate() const {
   const std::size_t mapped =
       (c.pool.created_pages() + c.pool.promised_pages() + c.pool.credited_pages()) * detail::kPageSize;
   if (std::int64_t(c.live_bytes) + cached.live_bytes > std::int64_t(mapped))
-    return fail("more live bytes than mapped and promised bytes");
+    return fail("more live bytes than mapped, promised and credited bytes");
   return {};
 }
 
