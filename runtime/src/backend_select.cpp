@@ -40,7 +40,9 @@ Result<std::unique_ptr<Backend>> open_backend(const BackendOptions& options, std
     if (why_not_cuda) *why_not_cuda = cuda.error().message;
   }
   auto host = std::make_unique<BackendModel<HostBackend>>(
-      HostBackendOptions{.capacity_bytes = options.host_capacity, .task_delay = options.host_task_delay});
+      HostBackendOptions{.capacity_bytes = options.host_capacity,
+                         .task_delay = options.host_task_delay,
+                         .gpu_pace = options.host_gpu_pace});
   VALET_TRY(host->impl().status());
   return std::unique_ptr<Backend>(std::move(host));
 }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -552,6 +553,58 @@ std::size_t resident_bytes() {
 // Per-page state is made on first use: 64 TiB of emulated memory (2^25 pages) costs neither time
 // nor host memory up front, and the emulation still refuses what CUDA refuses, at both ends of a
 // 16 TiB reservation.
+// HostBackendOptions::gpu_pace: each page call lasts at least a GPU driver's time for it, an
+// access grant and an unmap per mapping in their range, so that eight pages mapped one by one
+// cost several times what one chunk of eight does; calls from two threads take turns.
+TEST(HostBackend, GpuPaceMakesPageCallsAsSlowAsADriversAndChunksCheaper) {
+  using Clock = std::chrono::steady_clock;
+  HostBackend b(HostBackendOptions{.capacity_bytes = 64 * kPage, .gpu_pace = true});
+  ASSERT_TRUE(b.status().ok());
+  auto va = b.reserve(16 * kPage);
+  ASSERT_TRUE(va.ok());
+  const auto us_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+  };
+  // Eight pages: eight creates, maps, releases; one access grant and one unmap over all eight,
+  // each paced per mapping: at least 8 x (13.7 + 3.2 + 37.3 + 22.5 + 10.4) = 697 us.
+  auto t0 = Clock::now();
+  std::vector<PhysicalPage> pages;
+  for (std::size_t i = 0; i < 8; ++i) {
+    auto p = b.create_page();
+    ASSERT_TRUE(p.ok());
+    ASSERT_TRUE(b.map(*va + i * kPage, *p).ok());
+    pages.push_back(*p);
+  }
+  ASSERT_TRUE(b.set_access(*va, 8 * kPage).ok());
+  ASSERT_TRUE(b.unmap(*va, 8 * kPage).ok());
+  for (const PhysicalPage p : pages) ASSERT_TRUE(b.release_page(p).ok());
+  const double by_pages = us_since(t0);
+  EXPECT_GE(by_pages, 697.0);
+  // One chunk of the same eight pages: one of each, at least 8.8 + 1.5 + 25.7 + 17.7 + 15.3 = 69 us.
+  t0 = Clock::now();
+  auto chunk = b.create_chunk(8);
+  ASSERT_TRUE(chunk.ok());
+  ASSERT_TRUE(b.map(*va, *chunk).ok());
+  ASSERT_TRUE(b.set_access(*va, 8 * kPage).ok());
+  ASSERT_TRUE(b.unmap(*va, 8 * kPage).ok());
+  ASSERT_TRUE(b.release_page(*chunk).ok());
+  const double by_chunk = us_since(t0);
+  EXPECT_GE(by_chunk, 69.0);
+  EXPECT_GT(by_pages, 3 * by_chunk) << "a chunk is one mapping to pace, eight pages eight";
+  // Two threads creating at once take turns: 2 x 20 creates of 13.7 us take at least 548 us.
+  t0 = Clock::now();
+  std::vector<PhysicalPage> made[2];
+  std::thread other([&] {
+    for (int i = 0; i < 20; ++i) made[1].push_back(*b.create_page());
+  });
+  for (int i = 0; i < 20; ++i) made[0].push_back(*b.create_page());
+  other.join();
+  EXPECT_GE(us_since(t0), 548.0);
+  for (auto& v : made)
+    for (const PhysicalPage p : v) ASSERT_TRUE(b.release_page(p).ok());
+  ASSERT_TRUE(b.unreserve(*va, 16 * kPage).ok());
+}
+
 TEST(HostBackend, HugeCapacityIsCheapAndStillChecked) {
   const std::size_t rss_before = resident_bytes();
   const auto start = std::chrono::steady_clock::now();

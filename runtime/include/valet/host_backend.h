@@ -37,6 +37,15 @@ struct HostBackendOptions {
   // pages in use at once (what it would hold at that peak without retaining): a create of new
   // memory first returns retained memory past it. 0: every release returns its memory to the OS.
   std::size_t retained_bytes = SIZE_MAX;
+  // The page calls (create, map, access grant, unmap, release) take as long as a GPU driver's,
+  // one at a time: each holds one lock for its call and spins out the time an NVIDIA H200's
+  // driver took for the same call (docs/results/2026-12-04-h200-session21/chunk_costs_h200.txt:
+  // per mapping in the range for access grants and unmaps, a chunk's costs by its size), the
+  // emulation's own work counted inside it. So a replay on the host shows where a GPU's wall goes
+  // (its background threads behind by the driver's time, the driver serializing them), to the
+  // order of the card's figures; a spinning call takes a core as the driver's do. Off: the
+  // emulation's own costs only.
+  bool gpu_pace = false;
 };
 
 class HostBackend {

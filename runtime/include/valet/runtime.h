@@ -28,6 +28,7 @@ struct BackendOptions {
   // Config sets one).
   std::size_t host_capacity = std::size_t{2} << 30;
   std::chrono::microseconds host_task_delay{0};         // host only: delay before each queued copy/fill
+  bool host_gpu_pace = false;  // host only: page calls as slow as a GPU driver's (HostBackendOptions::gpu_pace)
 };
 
 // True where this build has the CUDA backend, the driver loads, and `device` exists.

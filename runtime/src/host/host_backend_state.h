@@ -80,6 +80,10 @@ struct HostBackend::State {
   std::unordered_map<DevicePtr, Mapping> mappings;  // by page-aligned address
   ChunkMappings chunk_maps;                          // mappings of chunks of more than one page
 
+  // HostBackendOptions::gpu_pace: held by a page call for its whole paced time, as the driver
+  // serializes its VMM calls.
+  std::mutex pace_mu;
+
   std::atomic<std::int64_t> delay_us{0};
   std::mutex work_mu;  // streams and events
   // Shared, as events are: a call that found a stream keeps it alive while it enqueues, even if
@@ -108,6 +112,18 @@ struct HostBackend::State {
 
   // Precondition: mu held. What unmap and set_access both require of their range, as the driver
   // does: whole 2 MiB pages, every one mapped, no chunk's mapping cut. `call` names the call.
+  // HostBackendOptions::gpu_pace: a call's cost over the mappings of a mapped range (checked),
+  // one `per_mapping(pages)` for each page mapped alone and each chunk's mapping.
+  std::int64_t paced_mappings_ns(DevicePtr va, std::size_t bytes, std::int64_t (*per_mapping)(std::size_t)) const {
+    std::int64_t ns = 0;
+    for (DevicePtr p = va; p < va + bytes; p += kPage) {
+      const auto rec = pages.find(mappings.at(p).page);
+      const std::uint32_t n = rec == pages.end() ? 1 : rec->second.pages;
+      if (n == 1 || chunk_maps.starts_at(p)) ns += per_mapping(n);
+    }
+    return ns;
+  }
+
   Status check_mapped_range(DevicePtr va, std::size_t bytes, const char* call) const {
     if (!host::aligned(va) || bytes == 0 || bytes % host::kPage != 0)
       return make_error(Errc::invalid_argument, std::string(call) + ": range not aligned to 2 MiB");

@@ -2,6 +2,7 @@
 // mappings (mmap MAP_FIXED of a page's range) and access (mprotect), kept in its own page table
 // so that it refuses what CUDA refuses.
 #include "host/host_backend_state.h"
+#include "host/host_pace.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -9,6 +10,8 @@
 namespace valet {
 
 using host::aligned;
+using host::GpuPace;
+using host::PacedCall;
 using host::kMaxBytes;
 using host::kPage;
 using host::sys_error;
@@ -62,6 +65,8 @@ Result<PhysicalPage> HostBackend::create_page() { return create_chunk(1); }
 
 Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
   VALET_TRY(s_->init);
+  PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
+  paced.add(GpuPace::create_ns(pages));
   const char* what = pages == 1 ? "create_page" : "create_chunk";
   if (pages == 0 || pages > s_->page_count)
     return make_error(pages == 0 ? Errc::invalid_argument : Errc::out_of_memory,
@@ -115,10 +120,12 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
 Status HostBackend::release_page(PhysicalPage page) {
   const std::uint64_t index = page.id - 1;
   std::uint32_t n = 1;
+  PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   {
     std::lock_guard lock(s_->mu);
     State::PageRecord* rec = s_->live_page(page);
     if (!rec) return make_error(Errc::not_found, "release_page: unknown or already released page");
+    paced.add(GpuPace::release_ns(rec->pages));
     if (rec->mappings > 0) {
       rec->release_pending = true;
       return {};
@@ -131,10 +138,12 @@ Status HostBackend::release_page(PhysicalPage page) {
 }
 
 Status HostBackend::map(DevicePtr va, PhysicalPage page) {
+  PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   std::lock_guard lock(s_->mu);
   const std::uint64_t index = page.id - 1;
   State::PageRecord* rec = s_->live_page(page);
   if (!rec) return make_error(Errc::not_found, "map: unknown or released page");
+  paced.add(GpuPace::map_ns(rec->pages));
   const std::size_t bytes = std::size_t(rec->pages) * kPage;
   if (!aligned(va) || !s_->reserved(va, bytes))
     return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
@@ -151,9 +160,11 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
 
 Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
   std::vector<std::pair<std::uint32_t, std::uint32_t>> freed;  // (index, pages)
+  PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   {
     std::lock_guard lock(s_->mu);
     VALET_TRY(s_->check_mapped_range(va, bytes, "unmap"));
+    if (paced.on()) paced.add(s_->paced_mappings_ns(va, bytes, &GpuPace::unmap_ns));
     void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) return sys_error("mmap(PROT_NONE) over an unmapped range");
@@ -183,8 +194,10 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
 // it saved in the virtual machine this project is developed on, where the first touch of a 4 KiB
 // page after a map costs microseconds either way (docs/speed.md, "Session 36").
 Status HostBackend::set_access(DevicePtr va, std::size_t bytes) {
+  PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   std::lock_guard lock(s_->mu);
   VALET_TRY(s_->check_mapped_range(va, bytes, "set_access"));
+  if (paced.on()) paced.add(s_->paced_mappings_ns(va, bytes, &GpuPace::access_ns));
   if (mprotect(reinterpret_cast<void*>(va), bytes, PROT_READ | PROT_WRITE) != 0) return sys_error("mprotect");
   for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings[p].accessible = true;
   return {};

@@ -51,6 +51,7 @@ struct Arguments {
   int pin_gap_us = 100;
   int think_us = 0;
   int driver_delay_us = 0;
+  bool gpu_pace = false;
   std::uint64_t seed = 1;
   bool no_compact = false;
   bool no_share_tails = false;
@@ -125,6 +126,10 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Host backend: every page call (create, map, set_access, unmap, release) sleeps this long first, "
                  "the GPU driver's pace in order of magnitude (its background threads then fall behind as on a GPU)")
       ->check(CLI::Range(0, 100'000));
+  app.add_flag("--gpu-pace", args.gpu_pace,
+               "Host backend: each page call takes as long as an H200 driver's call did (session 21's costs per "
+               "mapping and chunk size), one at a time, spinning: a host replay's wall then shows the driver's part of a "
+               "GPU's, to the order of the card's figures");
   app.add_option("--seed", args.seed, "Seed of the pinners' choices")->capture_default_str();
   app.add_flag("--no-compact", args.no_compact,
                "No compaction: no compactor (background or safepoints) and no emergency compaction");
@@ -348,6 +353,7 @@ int run(int argc, char** argv) {
 
   BackendOptions backend;
   backend.choice = parse_backend_choice(args.backend).value();  // checked by CLI11 above
+  backend.host_gpu_pace = args.gpu_pace;
   // The first of two passes: the whole trace is checked before the heap is touched.
   auto checked = replay::check_trace(args.trace);
   if (!checked.ok()) {
@@ -359,6 +365,10 @@ int run(int argc, char** argv) {
   auto heap = open_replay_heap(backend, config, args.driver_delay_us);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
+    return kExitUsage;
+  }
+  if (args.gpu_pace && (*heap)->backend().kind() != BackendKind::host) {
+    std::cerr << "valet-replay: --gpu-pace applies to the host backend only\n";
     return kExitUsage;
   }
 
