@@ -81,6 +81,35 @@ inline Obj allocate_filled(Heap& heap, std::size_t bytes, std::uint64_t seed) {
   return o;
 }
 
+// The objects one racing thread holds, at most `most` at once: keeping one more checks and frees
+// one of them at random; drain() checks and frees the rest. Bytes that differ and calls that fail
+// are counted for the thread to report.
+struct HeldObjects {
+  Heap& heap;
+  std::size_t most = 3;
+  std::vector<Obj> objects;
+  std::uint64_t bad_bytes = 0, failures = 0;
+
+  template <class Rng>
+  void keep(const Obj& o, Rng& rng) {
+    objects.push_back(o);
+    if (objects.size() <= most) return;
+    const std::size_t k = rng() % objects.size();
+    check_and_free(objects[k]);
+    objects.erase(objects.begin() + std::ptrdiff_t(k));
+  }
+  void drain() {
+    for (const Obj& o : objects) check_and_free(o);
+    objects.clear();
+  }
+
+ private:
+  void check_and_free(const Obj& o) {
+    bad_bytes += mismatches(heap, o);
+    if (!heap.free(o.h).ok()) ++failures;
+  }
+};
+
 #define EXPECT_HEAP_VALID(heap)                                     \
   do {                                                              \
     auto valid_ = (heap).validate();                                \

@@ -31,7 +31,7 @@ TEST(ReserveRace, KeeperTrimsRaceAllocationsThatTakeTheSameRuns) {
     threads.emplace_back([&, t] {
       ThreadDriverCalls mine(heap.driver_calls());
       std::mt19937_64 rng(7 + t);
-      std::vector<Obj> held;
+      HeldObjects held{heap};
       for (int i = 0; i < test::scaled_ops(150); ++i) {
         // Large objects of 1-6 pages, a few held at once: each free returns a run to the reserve,
         // often beyond its limit, and the next allocations take runs from it.
@@ -43,18 +43,11 @@ TEST(ReserveRace, KeeperTrimsRaceAllocationsThatTakeTheSameRuns) {
         }
         Obj o{*h, bytes, rng()};
         if (!fill(heap, o).ok()) ++failures;
-        held.push_back(o);
-        if (held.size() > 3) {
-          const std::size_t k = rng() % held.size();
-          bad_bytes += mismatches(heap, held[k]);
-          if (!heap.free(held[k].h).ok()) ++failures;
-          held.erase(held.begin() + std::ptrdiff_t(k));
-        }
+        held.keep(o, rng);
       }
-      for (const Obj& o : held) {
-        bad_bytes += mismatches(heap, o);
-        if (!heap.free(o.h).ok()) ++failures;
-      }
+      held.drain();
+      bad_bytes += held.bad_bytes;
+      failures += held.failures;
       worker_releases += mine.made()[DriverOp::release_page];
     });
   for (auto& th : threads) th.join();

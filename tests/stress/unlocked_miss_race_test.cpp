@@ -45,7 +45,7 @@ TEST(UnlockedMissRace, AllocationsMadeWithoutTheLockRaceItsHoldersFreesPinsAndCo
   for (int t = 0; t < kThreads; ++t)
     threads.emplace_back([&, t] {
       std::mt19937_64 rng(11 + t);
-      std::vector<Obj> held;
+      HeldObjects held{heap};
       for (int i = 0; i < test::scaled_ops(600); ++i) {
         // 1-6 pages (within a credit), not page multiples: tails may share their last pages.
         const std::size_t bytes = (1 + rng() % 6) * kPageBytes - 4096 * (rng() % 3);
@@ -54,25 +54,17 @@ TEST(UnlockedMissRace, AllocationsMadeWithoutTheLockRaceItsHoldersFreesPinsAndCo
           if (h.code() != Errc::out_of_memory) ++failures;
           continue;
         }
-        const int what = int(rng() % 4);
-        if (what == 0) {  // freed at once: most likely still pending, maybe in this thread's inbox
+        if (rng() % 4 == 0) {  // freed at once: most likely still pending, maybe in this thread's inbox
           if (!heap.free(*h).ok()) ++failures;
           continue;
         }
         Obj o{*h, bytes, rng()};
         if (!fill(heap, o).ok()) ++failures;  // the pin waits for the placement
-        held.push_back(o);
-        if (held.size() > 3) {
-          const std::size_t k = rng() % held.size();
-          bad_bytes += mismatches(heap, held[k]);
-          if (!heap.free(held[k].h).ok()) ++failures;
-          held.erase(held.begin() + std::ptrdiff_t(k));
-        }
+        held.keep(o, rng);
       }
-      for (const Obj& o : held) {
-        bad_bytes += mismatches(heap, o);
-        if (!heap.free(o.h).ok()) ++failures;
-      }
+      held.drain();
+      bad_bytes += held.bad_bytes;
+      failures += held.failures;
     });
   for (auto& th : threads) th.join();
   stop = true;
