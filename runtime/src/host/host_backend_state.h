@@ -110,10 +110,9 @@ struct HostBackend::State {
     return true;
   }
 
-  // Precondition: mu held. What unmap and set_access both require of their range, as the driver
-  // does: whole 2 MiB pages, every one mapped, no chunk's mapping cut. `call` names the call.
-  // HostBackendOptions::gpu_pace: a call's cost over the mappings of a mapped range (checked),
-  // one `per_mapping(pages)` for each page mapped alone and each chunk's mapping.
+  // Precondition: mu held, the range checked (check_mapped_range). HostBackendOptions::gpu_pace:
+  // a call's cost over the range's mappings, one `per_mapping(pages)` for each page mapped alone
+  // and each chunk's mapping.
   std::int64_t paced_mappings_ns(DevicePtr va, std::size_t bytes, std::int64_t (*per_mapping)(std::size_t)) const {
     std::int64_t ns = 0;
     for (DevicePtr p = va; p < va + bytes; p += kPage) {
@@ -124,6 +123,8 @@ struct HostBackend::State {
     return ns;
   }
 
+  // Precondition: mu held. What unmap and set_access both require of their range, as the driver
+  // does: whole 2 MiB pages, every one mapped, no chunk's mapping cut. `call` names the call.
   Status check_mapped_range(DevicePtr va, std::size_t bytes, const char* call) const {
     if (!host::aligned(va) || bytes == 0 || bytes % host::kPage != 0)
       return make_error(Errc::invalid_argument, std::string(call) + ": range not aligned to 2 MiB");
