@@ -43,8 +43,10 @@ struct HostBackendOptions {
   // per mapping in the range for access grants and unmaps, a chunk's costs by its size), the
   // emulation's own work counted inside it. So a replay on the host shows where a GPU's wall goes
   // (its background threads behind by the driver's time, the driver serializing them), to the
-  // order of the card's figures; a spinning call takes a core as the driver's do. Off: the
-  // emulation's own costs only.
+  // order of the card's figures; a spinning call takes a core as the driver's do. A create then
+  // leaves its memory to be committed at first touch (the driver's create costs microseconds at
+  // any size; the emulation's commit of a large chunk, milliseconds). Off: the emulation's own
+  // costs only.
   bool gpu_pace = false;
 };
 

@@ -99,8 +99,10 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
   for (auto [first, k] : dropped) s_->return_memory(first, k, /*retain=*/false);
   // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it (a
   // retained page still has). The indices are off the free lists, so nobody else touches them;
-  // the lock is not held meanwhile.
-  if (!committed && fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
+  // the lock is not held meanwhile. Paced as a GPU (gpu_pace), the memory comes at first touch
+  // instead: the driver's create costs microseconds at any size, a commit of a large chunk here
+  // milliseconds, which the pace would count as the driver's.
+  if (!committed && !s_->options.gpu_pace && fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
     const int err = errno;
     {
       std::lock_guard lock(s_->mu);
