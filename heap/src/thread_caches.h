@@ -144,16 +144,6 @@ class ThreadCaches {
   // each cache no thread can reach (under its lock), to give back what it holds for its thread.
   void drop_orphans(const std::function<void(ThreadCache&)>& release);
 
-  // Precondition: heap lock held. Each cache whose thread has exited (no thread can reach it:
-  // nothing runs on it but the heap lock's holder), under its lock.
-  template <typename F>
-  void for_each_orphan(F&& f) {
-    for (auto& c : caches_) {
-      if (c.use_count() != 1) continue;
-      std::lock_guard lock(c->mu);
-      f(*c);
-    }
-  }
   // Precondition: heap lock held. Caches registered.
   std::size_t count() const { return caches_.size(); }
   // Precondition: heap lock held, and gated unless `f` touches only what each cache's lock

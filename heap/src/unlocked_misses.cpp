@@ -128,9 +128,10 @@ void HeapCore::top_up_unlocked(std::size_t pages) {
   if (have >= want) return;
   const std::size_t more = want - have;
   // Within the total: what caches of exited threads hold comes back first (their threads can
-  // use it no more; a drain would give it back, but may be far off). One cache lock at a time.
+  // use it no more; a drain would give it back, but may be far off), as a drain does it (this
+  // thread's cache is no orphan: `c` stays). One cache lock at a time.
   if (pool.credited_pages() + more > credit_total(capacity_pages))
-    caches.for_each_orphan([&](ThreadCache& o) { give_back_unlocked(o); });
+    caches.drop_orphans([&](ThreadCache& o) { give_back_unlocked(o); });
   if (pool.credited_pages() + more > credit_total(capacity_pages) || pool.creatable_pages() < more + margin ||
       !pool.credit(more))
     return;

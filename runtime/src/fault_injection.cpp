@@ -50,6 +50,11 @@ void FaultInjectingBackend::delay_calls(FaultOp op, std::chrono::microseconds de
   slots_[std::size_t(op)].delay = delay;
 }
 
+void FaultInjectingBackend::delay_page_calls(std::chrono::microseconds delay) {
+  for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::unmap, FaultOp::release_page})
+    delay_calls(op, delay);
+}
+
 Status FaultInjectingBackend::before(DriverOp op) {
   std::unique_lock lock(mu_);
   auto& s = slots_[std::size_t(op)];

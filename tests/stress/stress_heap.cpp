@@ -30,9 +30,7 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   }
   if (o.faults || o.driver_delay_us > 0) {
     auto faulty = std::make_unique<FaultInjectingBackend>(std::move(backend));
-    if (o.driver_delay_us > 0)
-      for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::unmap, FaultOp::release_page})
-        faulty->delay_calls(op, std::chrono::microseconds(o.driver_delay_us));
+    if (o.driver_delay_us > 0) faulty->delay_page_calls(std::chrono::microseconds(o.driver_delay_us));
     if (o.faults) out.faults = faulty.get();
     backend = std::move(faulty);
   }

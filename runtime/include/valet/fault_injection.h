@@ -34,6 +34,10 @@ class FaultInjectingBackend final : public BackendAdaptor {
   // Every call of `op` from now sleeps `delay` before it is forwarded (a slow driver call; tests
   // of what waits for what). Zero removes the delay; disarm_all() removes every delay.
   void delay_calls(FaultOp op, std::chrono::microseconds delay);
+  // delay_calls for every page call (create, map, set_access, unmap, release): the GPU driver's
+  // pace, in order of magnitude, on the host backend (valet-stress and valet-replay
+  // --driver-delay-us).
+  void delay_page_calls(std::chrono::microseconds delay);
   // Calls of `op` seen and faults injected so far.
   std::uint64_t calls(FaultOp op) const;
   std::uint64_t faults(FaultOp op) const;

@@ -340,8 +340,7 @@ valet::Result<std::unique_ptr<valet::Heap>> open_replay_heap(valet::BackendOptio
   if ((*opened)->kind() != BackendKind::host)
     return make_error(Errc::invalid_argument, "--driver-delay-us applies to the host backend only");
   auto delayed = std::make_unique<FaultInjectingBackend>(std::move(opened).value());
-  for (FaultOp op : {FaultOp::create_page, FaultOp::map, FaultOp::set_access, FaultOp::unmap, FaultOp::release_page})
-    delayed->delay_calls(op, std::chrono::microseconds(driver_delay_us));
+  delayed->delay_page_calls(std::chrono::microseconds(driver_delay_us));
   return Heap::create(std::move(delayed), config);
 }
 

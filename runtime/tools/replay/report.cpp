@@ -52,7 +52,7 @@ nlohmann::ordered_json driver_calls_json(const DriverCallCounts& calls) {
 
 // Seconds in all, by operation (those that took any) and by role, each role's by operation.
 nlohmann::ordered_json driver_time_json(const DriverCallTimes& t) {
-  static constexpr const char* kRoles[kDriverThreadKinds] = {"callers", "mapper", "keeper", "compaction"};
+  static_assert(kLockHolders.size() == kDriverThreadKinds, "the door's thread kinds are the heap lock's roles");
   const auto by_op = [](auto&& ns_of) {
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     for (std::size_t i = 0; i < kDriverOpCount; ++i)
@@ -64,8 +64,8 @@ nlohmann::ordered_json driver_time_json(const DriverCallTimes& t) {
   j["by_op"] = by_op([&](DriverOp op) { return t.op_ns(op); });
   nlohmann::ordered_json roles, role_ops;
   for (std::size_t k = 0; k < kDriverThreadKinds; ++k) {
-    roles[kRoles[k]] = double(t.thread_kind_ns(k)) * 1e-9;
-    role_ops[kRoles[k]] = by_op([&](DriverOp op) { return t.ns[k][std::size_t(op)]; });
+    roles[kLockHolders[k]] = double(t.thread_kind_ns(k)) * 1e-9;
+    role_ops[kLockHolders[k]] = by_op([&](DriverOp op) { return t.ns[k][std::size_t(op)]; });
   }
   j["by_role"] = roles;
   j["by_role_op"] = role_ops;
