@@ -41,10 +41,23 @@ namespace valet {
 
 struct HostBackend::State {
   static constexpr std::size_t kPage = host::kPage;
+  // Memfd indices [index, index + pages).
+  struct Run {
+    std::uint32_t index = 0;
+    std::uint32_t pages = 0;
+  };
   struct PageRecord {
     bool release_pending = false;  // released while still mapped: freed at the last unmap
     std::uint32_t mappings = 0;
-    std::uint32_t pages = 1;       // a chunk's pages (create_chunk): memfd indices [index, index + pages)
+    std::uint32_t pages = 1;       // a chunk's pages (create_chunk)
+    // Where a chunk's memory is (in address order) when it is not the one run [key, key + pages):
+    // a chunk takes retained memory of any sizes before new memory (take_runs).
+    std::vector<Run> runs;
+  };
+  // A run taken for a create, and whether its memory is still there (retained).
+  struct TakenRun {
+    Run run;
+    bool committed = false;
   };
   struct Mapping {
     std::uint32_t page = 0;  // the record's index (a chunk's first)
@@ -55,7 +68,7 @@ struct HostBackend::State {
   int fd = -1;
   std::size_t page_count = 0;   // the emulated capacity, in pages
   // Indices of the memfd (sparse: unused ones cost nothing): more than the capacity, so that a
-  // chunk finds contiguous indices where freed pages left holes.
+  // chunk's new memory is mostly one run of fresh indices (one fallocate, one mmap per map).
   std::size_t index_count = 0;
   Status init;
 
@@ -67,9 +80,11 @@ struct HostBackend::State {
   // Released pages whose memory was kept (HostBackendOptions::retained_bytes), as runs of
   // contiguous indices (first index -> pages, adjacent runs merged), so that chunks, whose pages
   // are most of the memory a replay creates, are recycled as well as pages: a create takes the
-  // smallest run that holds it. At most retain_limit pages in all (retained_count), and
-  // in_use + retained_count <= peak_in_use: the memfd holds no more memory than at the peak of
-  // pages in use, what an emulation that returned every release's memory would hold then.
+  // smallest run that holds it, else pieces of several (take_runs). At most retain_limit pages in
+  // all (retained_count), and in_use + retained_count <= peak_in_use: the memfd holds no more
+  // memory than at the peak of pages in use, what an emulation that returned every release's
+  // memory would hold then. (A create takes new memory only once every retained page is taken,
+  // so only a release could break the bound, and return_memory keeps it.)
   std::map<std::uint32_t, std::uint32_t> retained;
   std::size_t retained_count = 0;
   std::size_t retain_limit = 0;
@@ -142,51 +157,69 @@ struct HostBackend::State {
     return it == pages.end() || it->second.release_pending ? nullptr : &it->second;
   }
 
-  // Precondition: mu held, in_use + n <= page_count. Takes `n` contiguous indices for a new page
-  // or chunk (retained ones first, then returned ones for a page, then fresh ones), or false: no
-  // contiguous range is free. `committed`: the indices still hold memory.
-  bool take_indices(std::uint32_t n, std::uint32_t& index, bool& committed) {
-    committed = false;
+  // Precondition: mu held, in_use + n <= page_count. Takes indices for a new page or chunk of `n`
+  // pages into `out` (empty on entry): retained memory first (the smallest run that holds all `n`,
+  // else the largest runs until `n`), then indices without memory (a returned one for a page,
+  // fresh ones for the rest, else returned ones one by one). Fewer runs make fewer mmaps per map
+  // of the chunk; retained memory first makes fewer commits and no hole punches (a replay's
+  // chunks come in many sizes, and a commit of new memory while retained memory waits, which
+  // then went back to keep the peak bound, cost the emulation most of its time).
+  // False, with nothing taken, where the memfd has fewer free indices than `n` (its indices are
+  // 4x the capacity, so only while many releases are between forget_page and return_memory).
+  bool take_runs(std::uint32_t n, std::vector<TakenRun>& out) {
+    std::uint32_t need = n;
+    std::uint32_t index = 0;
     if (take_retained(n, index)) {
-      committed = true;
+      out.push_back({{index, n}, true});
       return true;
     }
-    if (n == 1 && !free_pages.empty()) {
-      index = free_pages.back();
+    while (need > 0 && !retained.empty()) {
+      auto largest = std::max_element(retained.begin(), retained.end(),
+                                      [](const auto& x, const auto& y) { return x.second < y.second; });
+      const Run run{largest->first, std::min(need, largest->second)};
+      take_retained_at(largest, run.pages);
+      out.push_back({run, true});
+      need -= run.pages;
+    }
+    if (need == 1 && !free_pages.empty()) {
+      out.push_back({{free_pages.back(), 1}, false});
       free_pages.pop_back();
-      return true;
+      need = 0;
     }
-    if (fresh_pages + n <= index_count) {
-      index = fresh_pages;
-      fresh_pages += n;
-      return true;
-    }
-    // A run of n returned indices.
-    std::sort(free_pages.begin(), free_pages.end());
-    for (std::size_t i = 0; i + n <= free_pages.size(); ++i)
-      if (free_pages[i + n - 1] - free_pages[i] == n - 1) {
-        index = free_pages[i];
-        free_pages.erase(free_pages.begin() + std::ptrdiff_t(i), free_pages.begin() + std::ptrdiff_t(i + n));
-        return true;
+    if (need > 0 && fresh_pages + need > index_count) {
+      if (free_pages.size() + (index_count - fresh_pages) < need) {
+        give_back_runs(out);
+        return false;
       }
-    return false;
+      // Returned indices, one by one (merged where adjacent), until fresh ones hold the rest.
+      std::sort(free_pages.begin(), free_pages.end(), std::greater<>());
+      while (need > 0 && fresh_pages + need > index_count) {
+        const std::uint32_t i = free_pages.back();
+        free_pages.pop_back();
+        if (!out.empty() && !out.back().committed && out.back().run.index + out.back().run.pages == i)
+          ++out.back().run.pages;
+        else
+          out.push_back({{i, 1}, false});
+        --need;
+      }
+    }
+    if (need > 0) {
+      out.push_back({{fresh_pages, need}, false});
+      fresh_pages += need;
+    }
+    return true;
   }
 
-  // Precondition: mu NOT held. Returns every retained page's memory to the OS and its index to
-  // the free list: where a chunk finds no contiguous indices (the memfd has up to 4x the
-  // capacity's indices and at most the capacity is in use or retained, so only after long churn
-  // of chunks of many sizes; no test sequence found reaches it), the retained runs may be what
-  // splits them.
-  // True if there were any.
-  bool drop_retained() {
-    std::map<std::uint32_t, std::uint32_t> runs;
-    {
-      std::lock_guard lock(mu);
-      runs.swap(retained);
-      retained_count = 0;
+  // Precondition: mu held. Puts back what take_runs took (nothing was committed meanwhile).
+  void give_back_runs(std::vector<TakenRun>& taken) {
+    for (const auto& t : taken) {
+      if (t.committed) {
+        add_retained(t.run.index, t.run.pages);
+      } else {
+        for (std::uint32_t k = 0; k < t.run.pages; ++k) free_pages.push_back(t.run.index + k);
+      }
     }
-    for (auto [first, n] : runs) return_memory(first, n, /*retain=*/false);
-    return !runs.empty();
+    taken.clear();
   }
 
   // Precondition: mu held. The first `n` indices of the smallest retained run that holds them.
@@ -199,27 +232,22 @@ struct HostBackend::State {
       }
     if (best == retained.end()) return false;
     index = best->first;
-    const std::uint32_t rest = best->second - n;
-    retained.erase(best);
-    if (rest > 0) retained.emplace(index + n, rest);
-    retained_count -= n;
+    take_retained_at(best, n);
     return true;
   }
 
-  // Precondition: mu held. Takes retained runs (from the highest index down) out into `out`
-  // until the pages in use and the retained ones fit the peak of pages in use again (a create of
-  // new memory raised in_use). Their memory goes back through return_memory(..., retain = false)
-  // once the lock is let go.
-  void take_retained_excess(std::vector<std::pair<std::uint32_t, std::uint32_t>>& out) {
-    while (in_use + retained_count > peak_in_use && !retained.empty()) {
-      auto last = std::prev(retained.end());
-      const std::uint32_t take =
-          std::uint32_t(std::min<std::size_t>(last->second, in_use + retained_count - peak_in_use));
-      last->second -= take;
-      out.emplace_back(last->first + last->second, take);
-      if (last->second == 0) retained.erase(last);
-      retained_count -= take;
-    }
+  // Precondition: mu held, n <= it->second. Takes the first `n` indices of the retained run `it`.
+  void take_retained_at(std::map<std::uint32_t, std::uint32_t>::iterator it, std::uint32_t n) {
+    const std::uint32_t index = it->first;
+    const std::uint32_t rest = it->second - n;
+    retained.erase(it);
+    if (rest > 0) retained.emplace(index + n, rest);
+    retained_count -= n;
+  }
+
+  // Precondition: mu held. Where a record's memory is.
+  static std::vector<Run> runs_of(std::uint32_t key, const PageRecord& rec) {
+    return rec.runs.empty() ? std::vector<Run>{{key, rec.pages}} : rec.runs;
   }
 
   // Precondition: mu held. Adds [index, index + n) to the retained runs, merged with its neighbours.

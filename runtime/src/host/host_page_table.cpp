@@ -73,55 +73,52 @@ Result<PhysicalPage> HostBackend::create_chunk(std::size_t pages) {
                       std::string(what) + ": " + std::to_string(pages) + " pages (the emulated device holds " +
                           std::to_string(s_->page_count) + ")");
   const auto n = std::uint32_t(pages);
-  std::uint32_t index = 0;
-  bool committed = false;
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> dropped;  // retained runs given back for it
-  for (int attempt = 0;; ++attempt) {
-    std::unique_lock lock(s_->mu);
+  std::vector<State::TakenRun> taken;
+  {
+    std::lock_guard lock(s_->mu);
     if (s_->in_use + n > s_->page_count)
       return make_error(Errc::out_of_memory, std::string(what) + ": the emulated device memory (" +
                                                  std::to_string(s_->options.capacity_bytes >> 20) +
                                                  " MiB) is full");
-    if (s_->take_indices(n, index, committed)) {
-      // Counted now, so that a create on another thread sees the capacity taken meanwhile; new
-      // memory first gives back retained memory past the peak of pages in use.
-      s_->in_use += n;
-      s_->peak_in_use = std::max(s_->peak_in_use, s_->in_use);
-      if (!committed) s_->take_retained_excess(dropped);
-      break;
-    }
-    lock.unlock();
-    // The retained runs may be what splits the free indices: give their memory back and retry.
-    if (attempt > 0 || !s_->drop_retained())
+    if (!s_->take_runs(n, taken))
       return make_error(Errc::out_of_memory, std::string(what) + ": no " + std::to_string(n) +
-                                                 " contiguous pages free in the emulation's memfd");
+                                                 " free indices in the emulation's memfd");
+    // Counted now, so that a create on another thread sees the capacity taken meanwhile.
+    s_->in_use += n;
+    s_->peak_in_use = std::max(s_->peak_in_use, s_->in_use);
   }
-  for (auto [first, k] : dropped) s_->return_memory(first, k, /*retain=*/false);
-  // Commit the memory now, as cuMemCreate does: a page that exists has memory behind it (a
+  // Commit the new memory now, as cuMemCreate does: a page that exists has memory behind it (a
   // retained page still has). The indices are off the free lists, so nobody else touches them;
   // the lock is not held meanwhile. Paced as a GPU (gpu_pace), the memory comes at first touch
   // instead: the driver's create costs microseconds at any size, a commit of a large chunk here
   // milliseconds, which the pace would count as the driver's.
-  if (!committed && !s_->options.gpu_pace && fallocate(s_->fd, 0, off_t(index) * off_t(kPage), off_t(n) * off_t(kPage)) != 0) {
+  for (const auto& t : taken) {
+    if (t.committed || s_->options.gpu_pace ||
+        fallocate(s_->fd, 0, off_t(t.run.index) * off_t(kPage), off_t(t.run.pages) * off_t(kPage)) == 0)
+      continue;
     const int err = errno;
     {
       std::lock_guard lock(s_->mu);
       s_->in_use -= n;
     }
-    s_->return_memory(index, n, /*retain=*/false);
+    for (const auto& r : taken) s_->return_memory(r.run.index, r.run.pages, /*retain=*/false);
     errno = err;
     if (err == ENOSPC || err == ENOMEM)
       return make_error(Errc::out_of_memory, std::string(what) + ": the host has no memory left for it");
     return sys_error("fallocate");
   }
+  const std::uint32_t key = taken.front().run.index;
   std::lock_guard lock(s_->mu);
-  s_->pages[index] = State::PageRecord{false, 0, n};
-  return PhysicalPage{std::uint64_t{index} + 1};
+  State::PageRecord& rec = s_->pages[key];
+  rec = State::PageRecord{false, 0, n, {}};
+  if (taken.size() > 1)
+    for (const auto& t : taken) rec.runs.push_back(t.run);
+  return PhysicalPage{std::uint64_t{key} + 1};
 }
 
 Status HostBackend::release_page(PhysicalPage page) {
   const std::uint64_t index = page.id - 1;
-  std::uint32_t n = 1;
+  std::vector<State::Run> runs;
   PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   {
     std::lock_guard lock(s_->mu);
@@ -132,10 +129,10 @@ Status HostBackend::release_page(PhysicalPage page) {
       rec->release_pending = true;
       return {};
     }
-    n = rec->pages;
+    runs = State::runs_of(std::uint32_t(index), *rec);
     s_->forget_page(std::uint32_t(index));
   }
-  s_->return_memory(std::uint32_t(index), n);
+  for (auto r : runs) s_->return_memory(r.index, r.pages);
   return {};
 }
 
@@ -151,9 +148,19 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
     return make_error(Errc::invalid_argument, "map: address not aligned or not inside a reservation");
   for (DevicePtr p = va; p < va + bytes; p += kPage)
     if (s_->mappings.count(p)) return make_error(Errc::invalid_state, "map: the address is already mapped");
-  void* r = mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, s_->fd,
-                 off_t(index) * off_t(kPage));
-  if (r == MAP_FAILED) return sys_error("mmap(MAP_SHARED|MAP_FIXED)");
+  DevicePtr at = va;
+  for (auto run : State::runs_of(std::uint32_t(index), *rec)) {
+    void* r = mmap(reinterpret_cast<void*>(at), std::size_t(run.pages) * kPage, PROT_NONE, MAP_SHARED | MAP_FIXED,
+                   s_->fd, off_t(run.index) * off_t(kPage));
+    if (r == MAP_FAILED) {
+      const Error e = sys_error("mmap(MAP_SHARED|MAP_FIXED)");
+      // The runs mapped so far go back to reserved-only address space.
+      (void)mmap(reinterpret_cast<void*>(va), bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+                 -1, 0);
+      return e;
+    }
+    at += std::size_t(run.pages) * kPage;
+  }
   for (DevicePtr p = va; p < va + bytes; p += kPage) s_->mappings.emplace(p, State::Mapping{std::uint32_t(index), false});
   ++rec->mappings;
   if (rec->pages > 1) s_->chunk_maps.add(va, bytes);
@@ -161,7 +168,7 @@ Status HostBackend::map(DevicePtr va, PhysicalPage page) {
 }
 
 Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> freed;  // (index, pages)
+  std::vector<State::Run> freed;
   PacedCall paced(s_->options.gpu_pace, s_->pace_mu);
   {
     std::lock_guard lock(s_->mu);
@@ -182,13 +189,13 @@ Status HostBackend::unmap(DevicePtr va, std::size_t bytes) {
       // A chunk's mapping is one mapping of its record, counted at its first page.
       if (rec.pages > 1 && !s_->chunk_maps.starts_at(p)) continue;
       if (--rec.mappings == 0 && rec.release_pending) {
-        freed.emplace_back(index, rec.pages);
+        for (auto r : State::runs_of(index, rec)) freed.push_back(r);
         s_->forget_page(index);
       }
     }
     s_->chunk_maps.forget(va, bytes);
   }
-  for (auto [index, n] : freed) s_->return_memory(index, n);
+  for (auto r : freed) s_->return_memory(r.index, r.pages);
   return {};
 }
 
