@@ -15,7 +15,10 @@
 # mapped, down to `hole_lo`, at most `move_budget_mib` a run: the highest object moves into the
 # best-fitting hole below it; where none fits, the cheapest segment of objects between two holes
 # slides down to merge them. Pins, fixed objects and stream order are not modelled.
-# docs/speed.md ("Session 31") has its figures.
+# --oracle N asks what knowing each object's lifetime would save (the trace's own future): no
+# object freed within N operations is moved (the highest that lives on moves instead; none within
+# --scan objects: the cycle waits for the frees), no slide moves one.
+# docs/speed.md ("Session 31", "Session 50") has its figures.
 #
 #   python3 arena_model.py TRACE [--chunk-mib 64] [--hole-hi 0.04 --hole-lo 0.03] [--eager] ...
 import sys, argparse
@@ -33,14 +36,23 @@ ap.add_argument("--eager", action="store_true")
 ap.add_argument("--hysteresis", type=int, default=1)
 ap.add_argument("--align", type=int, default=512)
 ap.add_argument("--window", type=int, default=2000, help="allocations the 'recent largest request' looks back over")
+ap.add_argument("--oracle", type=int, default=0,
+                help="a lifetime oracle (the trace's own future): compaction leaves alone a top object freed within this many "
+                     "operations (its free lowers the top anyway) and moves no object that dies that soon; 0: off")
 a = ap.parse_args()
+ops_list = list(read_ops(a.trace))
+free_at = {}
+for i, (op, v) in enumerate(ops_list):
+    if op == 'f': free_at[v[0]] = i
+now = 0  # the index of the operation being replayed
+def dies_soon(oid): return a.oracle > 0 and free_at.get(oid, 1 << 62) - now <= a.oracle
 C = int(a.chunk_mib * 2**20); AL = a.align
 cap = 8 << 30
 objs = {}; by_addr = SortedDict(); holes = SortedDict(); by_size = SortedList()
 top = 0; mapped = 0; live = 0; peak_live = 0; peak_mapped = 0; holes_total = 0
 st = dict(chunk_creates=0, chunk_releases=0, caller_grows=0, caller_grow_chunks=0, moves=0, moved_bytes=0, compactions=0,
           slide_moves=0, probes=0, probes_failed=0, probe_slides=0, probe_slide_bytes=0, allocs=0, hole_hits=0, top_allocs=0,
-          slides=0)
+          slides=0, oracle_waits=0, oracle_skipped_slides=0)
 sum_live = sum_mapped = 0; recent = []
 def rup(x, m): return (x + m - 1) // m * m
 def add_hole(s, n):
@@ -116,6 +128,20 @@ def compact():
     while holes_total > target and by_addr and st["moved_bytes"] - moved0 < budget:
         s, oid = by_addr.peekitem(-1)
         _, sz, size = objs[oid]
+        if dies_soon(oid):
+            # The highest object that lives on instead (its hole moves up, where the dying ones'
+            # frees merge it into the top); none within `scan` objects: wait for the frees.
+            found = None
+            for k in range(2, min(len(by_addr), a.scan) + 1):
+                s2, o2 = by_addr.peekitem(-k)
+                if not dies_soon(o2):
+                    found = (s2, o2)
+                    break
+            if found is None:
+                st["oracle_waits"] += 1
+                break
+            s, oid = found
+            _, sz, size = objs[oid]
         d = place(sz, below=s)
         if d is not None:
             del by_addr[s]; objs[oid] = (d, sz, size); by_addr[d] = oid
@@ -126,6 +152,9 @@ def compact():
         best = None
         for hs, hn in list(holes.items())[: a.scan]:
             b, starts = segment_after(hs, hn)
+            if a.oracle and any(dies_soon(by_addr[x]) for x in starts):
+                st["oracle_skipped_slides"] += 1
+                continue
             if best is None or b < best[0]: best = (b, hs, hn, starts)
         if best is None: break
         st["slides"] += 1
@@ -141,7 +170,7 @@ def probe(n):
         st["probe_slides"] += 1; st["probe_slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
     st["probes_failed"] += 1
 steps = 0
-for op, v in read_ops(a.trace):
+for now, (op, v) in enumerate(ops_list):
     if op == 'a': alloc(v[0], v[1]); keep()
     elif op == 'f':
         free(v[0])
@@ -159,4 +188,5 @@ print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f
       f"| chunks created {st['chunk_creates']} released {st['chunk_releases']} (~{chunk_s:.3f} s driver) | moves {st['moves']} "
       f"{st['moved_bytes']/2**30:.1f} GiB (~{copy_s*1e3:.1f} ms copy) compactions {st['compactions']} "
       f"slides {st['slides']} ({st['slide_moves']} objects slid, their bytes in the GiB moved) | probes {st['probes']} failed {st['probes_failed']} "
-      f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}")
+      f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}"
+      + (f" | oracle {a.oracle}: waits {st['oracle_waits']}, slides skipped {st['oracle_skipped_slides']}" if a.oracle else ""))
