@@ -34,8 +34,9 @@ struct HostBackendOptions {
   // near the driver's. A retained page is free in the emulated device's accounting
   // (memory_info, pages_in_use, the capacity), and its bytes are whatever its last owner left,
   // as the driver's uninitialised memory. The memory the emulation holds stays within the most
-  // pages in use at once (what it would hold at that peak without retaining): a create of new
-  // memory first returns retained memory past it. 0: every release returns its memory to the OS.
+  // pages in use at once (what it would hold at that peak without retaining): a create takes
+  // retained memory of any sizes before new memory (a chunk may be made of several runs of it).
+  // 0: every release returns its memory to the OS.
   std::size_t retained_bytes = SIZE_MAX;
   // The page calls (create, map, access grant, unmap, release) take as long as a GPU driver's,
   // one at a time: each holds one lock for its call and spins out the time an NVIDIA H200's
