@@ -17,7 +17,9 @@
 # slides down to merge them. Pins, fixed objects and stream order are not modelled.
 # --oracle N asks what knowing each object's lifetime would save (the trace's own future): no
 # object freed within N operations is moved (the highest that lives on moves instead; none within
-# --scan objects: the cycle waits for the frees), no slide moves one.
+# --scan objects: the cycle waits for the frees), no slide moves one. --fixed-share and
+# --pinned-share make a share of the objects never movable, or each move find its object pinned
+# with that probability; they are skipped the same way.
 # docs/speed.md ("Session 31", "Session 50") has its figures.
 #
 #   python3 arena_model.py TRACE [--chunk-mib 64] [--hole-hi 0.04 --hole-lo 0.03] [--eager] ...
@@ -39,7 +41,18 @@ ap.add_argument("--window", type=int, default=2000, help="allocations the 'recen
 ap.add_argument("--oracle", type=int, default=0,
                 help="a lifetime oracle (the trace's own future): compaction leaves alone a top object freed within this many "
                      "operations (its free lowers the top anyway) and moves no object that dies that soon; 0: off")
+ap.add_argument("--fixed-share", type=float, default=0.0,
+                help="this share of the objects (chosen at random at allocation) is fixed: never moved or slid")
+ap.add_argument("--pinned-share", type=float, default=0.0,
+                help="each move or slide finds each object it would move pinned with this probability (the move is skipped)")
+ap.add_argument("--seed", type=int, default=1)
 a = ap.parse_args()
+import random
+rng = random.Random(a.seed)
+fixed = set()
+def movable(oid):
+    if oid in fixed or dies_soon(oid): return False
+    return not (a.pinned_share > 0 and rng.random() < a.pinned_share)
 ops_list = list(read_ops(a.trace))
 free_at = {}
 for i, (op, v) in enumerate(ops_list):
@@ -99,10 +112,11 @@ def alloc(oid, size):
             need = rup(top, C); st["caller_grows"] += 1; st["caller_grow_chunks"] += (need - mapped) // C; st["chunk_creates"] += (need - mapped) // C; mapped = need
     else: st["hole_hits"] += 1
     objs[oid] = (s, sz, size); by_addr[s] = oid; live += size
+    if a.fixed_share > 0 and rng.random() < a.fixed_share: fixed.add(oid)
     if live > peak_live: peak_live = live; peak_mapped = max(peak_mapped, mapped)
 def free(oid):
     global live
-    s, sz, size = objs.pop(oid); del by_addr[s]; live -= size
+    s, sz, size = objs.pop(oid); del by_addr[s]; live -= size; fixed.discard(oid)
     add_hole(s, sz)
 def segment_after(hs, hn):
     # objects from the hole's end up to the next hole (or the top): (bytes, [starts])
@@ -128,13 +142,13 @@ def compact():
     while holes_total > target and by_addr and st["moved_bytes"] - moved0 < budget:
         s, oid = by_addr.peekitem(-1)
         _, sz, size = objs[oid]
-        if dies_soon(oid):
-            # The highest object that lives on instead (its hole moves up, where the dying ones'
+        if not movable(oid):
+            # The highest movable object that lives on instead (its hole moves up, where the dying ones'
             # frees merge it into the top); none within `scan` objects: wait for the frees.
             found = None
             for k in range(2, min(len(by_addr), a.scan) + 1):
                 s2, o2 = by_addr.peekitem(-k)
-                if not dies_soon(o2):
+                if movable(o2):
                     found = (s2, o2)
                     break
             if found is None:
@@ -152,7 +166,7 @@ def compact():
         best = None
         for hs, hn in list(holes.items())[: a.scan]:
             b, starts = segment_after(hs, hn)
-            if a.oracle and any(dies_soon(by_addr[x]) for x in starts):
+            if (a.oracle or fixed or a.pinned_share) and not all(movable(by_addr[x]) for x in starts):
                 st["oracle_skipped_slides"] += 1
                 continue
             if best is None or b < best[0]: best = (b, hs, hn, starts)
@@ -189,4 +203,5 @@ print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f
       f"{st['moved_bytes']/2**30:.1f} GiB (~{copy_s*1e3:.1f} ms copy) compactions {st['compactions']} "
       f"slides {st['slides']} ({st['slide_moves']} objects slid, their bytes in the GiB moved) | probes {st['probes']} failed {st['probes_failed']} "
       f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}"
-      + (f" | oracle {a.oracle}: waits {st['oracle_waits']}, slides skipped {st['oracle_skipped_slides']}" if a.oracle else ""))
+      + (f" | unmovable (oracle {a.oracle}, fixed {a.fixed_share}, pinned {a.pinned_share}): waits {st['oracle_waits']}, "
+         f"slides skipped {st['oracle_skipped_slides']}" if a.oracle or a.fixed_share or a.pinned_share else ""))
