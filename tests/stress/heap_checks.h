@@ -85,6 +85,7 @@ inline Obj allocate_filled(Heap& heap, std::size_t bytes, std::uint64_t seed) {
 // one of them at random; drain() checks and frees the rest. Bytes that differ and calls that fail
 // are counted for the thread to report.
 struct HeldObjects {
+  explicit HeldObjects(Heap& h) : heap(h) {}
   Heap& heap;
   std::size_t most = 3;
   std::vector<Obj> objects;

@@ -27,7 +27,8 @@ using control::encode_line;
 using control::error_reply;
 using Clock = std::chrono::steady_clock;
 
-namespace {
+// Named, not anonymous: ControlServer::Impl, a class with linkage, holds a list of them.
+namespace control_connection {
 
 struct Connection {
   int fd = -1;
@@ -46,7 +47,8 @@ struct Connection {
   bool idle() const { return !busy && !closing && !dead && out.empty() && in.empty() && discarded == 0; }
 };
 
-}  // namespace
+}  // namespace control_connection
+using control_connection::Connection;
 
 struct ControlServer::Impl {
   Heap& heap;
