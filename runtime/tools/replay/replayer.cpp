@@ -5,6 +5,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,15 @@ namespace valet::replay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The CPU time this thread has used: read around each allocation (outside its timed window), so
+// that a slow allocation tells whether it ran or waited off the CPU (descheduled, or asleep on
+// a lock or a condition).
+std::uint64_t thread_cpu_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return std::uint64_t(t.tv_sec) * 1'000'000'000u + std::uint64_t(t.tv_nsec);
+}
 
 std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
   return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
@@ -189,9 +199,11 @@ class Replayer {
     const std::uint64_t waited_before = Heap::this_thread_lock_wait_ns();
     const Heap::LockWaitsByHolder holders_before = Heap::this_thread_lock_wait_by_holder();
     const std::uint64_t misses_before = Heap::this_thread_background_misses();
+    const std::uint64_t cpu_before = thread_cpu_ns();
     const auto asked = Clock::now();
     auto h = allocate(op.bytes);
     const auto answered = Clock::now();
+    const std::uint64_t cpu_ns = thread_cpu_ns() - cpu_before;
     const std::uint64_t lock_wait_ns = Heap::this_thread_lock_wait_ns() - waited_before;
     const auto by_holder = waits_since(holders_before);
     alloc_lock_waits_.add(lock_wait_ns, by_holder);
@@ -206,7 +218,7 @@ class Replayer {
     report_.wall_parts_s.allocate += seconds_between(asked, answered);
     const std::uint64_t calls = count_driver_calls(window);
     if (calls > 0) ++report_.allocs_with_calls;
-    note_slow_allocation({op.line, op.bytes, ns, lock_wait_ns, calls, pending});
+    note_slow_allocation({op.line, op.bytes, ns, lock_wait_ns, calls, pending, cpu_ns});
     alloc_tail_.add(ns, lock_wait_ns, pending, calls > 0, op.bytes < kPageBytes, by_holder);
     ++report_.ops;
     if (!h.ok()) {

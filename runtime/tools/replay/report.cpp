@@ -119,7 +119,8 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
                                         {"ns", a.ns},
                                         {"lock_wait_ns", a.lock_wait_ns},
                                         {"pending", a.pending},
-                                        {"driver_calls", a.driver_calls}});
+                                        {"driver_calls", a.driver_calls},
+                                        {"cpu_ns", a.cpu_ns}});
   j["free_ns_median"] = r.free_ns_median;
   j["free_ns_p99"] = r.free_ns_p99;
   j["free_ns_max"] = r.free_ns_max;

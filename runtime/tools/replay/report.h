@@ -55,6 +55,9 @@ struct ReplayReport {
   struct SlowAllocation {
     std::uint64_t line = 0, bytes = 0, ns = 0, lock_wait_ns = 0, driver_calls = 0;
     bool pending = false;
+    // The thread's CPU time across the call (and two clock reads): well under `ns`, the call
+    // waited off the CPU for the difference (descheduled, or asleep on a lock).
+    std::uint64_t cpu_ns = 0;
   };
   static constexpr std::size_t kSlowestKept = 8;
   std::vector<SlowAllocation> slowest_allocations;

@@ -52,6 +52,11 @@ def latency_failures(out):
             failures.append(f"slowest_allocations not slowest first from alloc_ns_max: {ns}")
         if any(not isinstance(a.get("line"), int) or a["line"] <= 0 or a.get("bytes", 0) <= 0 for a in slowest):
             failures.append(f"slowest_allocations without a trace line or size: {slowest}")
+        # The thread's CPU time across each call: not more than the call's wall time and the two
+        # clock reads around it (50 us of slack), and some of it on the slowest.
+        cpu = [a.get("cpu_ns") for a in slowest]
+        if any(not isinstance(c, int) or c < 0 or c > a["ns"] + 50_000 for c, a in zip(cpu, slowest)) or max(cpu) <= 0:
+            failures.append(f"slowest_allocations' cpu_ns missing or beyond their ns: {slowest}")
     # The allocations at or over the p99 (a histogram's bucket: about 1% of them, not exactly),
     # each part a count within them.
     tail = out.get("alloc_tail")
