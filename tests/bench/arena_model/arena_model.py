@@ -19,7 +19,8 @@
 # object freed within N operations is moved (the highest that lives on moves instead; none within
 # --scan objects: the cycle waits for the frees), no slide moves one. --fixed-share and
 # --pinned-share make a share of the objects never movable, or each move find its object pinned
-# with that probability; they are skipped the same way.
+# with that probability; --long-pins K keeps K random live objects pinned, each for
+# --long-pin-ops operations. All are skipped the same way.
 # docs/speed.md ("Session 31", "Session 50") has its figures.
 #
 #   python3 arena_model.py TRACE [--chunk-mib 64] [--hole-hi 0.04 --hole-lo 0.03] [--eager] ...
@@ -45,13 +46,17 @@ ap.add_argument("--fixed-share", type=float, default=0.0,
                 help="this share of the objects (chosen at random at allocation) is fixed: never moved or slid")
 ap.add_argument("--pinned-share", type=float, default=0.0,
                 help="each move or slide finds each object it would move pinned with this probability (the move is skipped)")
+ap.add_argument("--long-pins", type=int, default=0,
+                help="this many live objects, chosen at random, are pinned at any time, each for --long-pin-ops operations")
+ap.add_argument("--long-pin-ops", type=int, default=1000)
 ap.add_argument("--seed", type=int, default=1)
 a = ap.parse_args()
 import random
 rng = random.Random(a.seed)
 fixed = set()
+long_pinned = {}  # object -> the operation its pin ends at
 def movable(oid):
-    if oid in fixed or dies_soon(oid): return False
+    if oid in fixed or oid in long_pinned or dies_soon(oid): return False
     return not (a.pinned_share > 0 and rng.random() < a.pinned_share)
 ops_list = list(read_ops(a.trace))
 free_at = {}
@@ -116,7 +121,7 @@ def alloc(oid, size):
     if live > peak_live: peak_live = live; peak_mapped = max(peak_mapped, mapped)
 def free(oid):
     global live
-    s, sz, size = objs.pop(oid); del by_addr[s]; live -= size; fixed.discard(oid)
+    s, sz, size = objs.pop(oid); del by_addr[s]; live -= size; fixed.discard(oid); long_pinned.pop(oid, None)
     add_hole(s, sz)
 def segment_after(hs, hn):
     # objects from the hole's end up to the next hole (or the top): (bytes, [starts])
@@ -166,7 +171,7 @@ def compact():
         best = None
         for hs, hn in list(holes.items())[: a.scan]:
             b, starts = segment_after(hs, hn)
-            if (a.oracle or fixed or a.pinned_share) and not all(movable(by_addr[x]) for x in starts):
+            if (a.oracle or fixed or a.pinned_share or long_pinned) and not all(movable(by_addr[x]) for x in starts):
                 st["oracle_skipped_slides"] += 1
                 continue
             if best is None or b < best[0]: best = (b, hs, hn, starts)
@@ -184,7 +189,13 @@ def probe(n):
         st["probe_slides"] += 1; st["probe_slide_bytes"] += sum(objs[o][1] for o in by_addr.values()); return
     st["probes_failed"] += 1
 steps = 0
+def renew_long_pins():
+    for o in [o for o, end in long_pinned.items() if end <= now]: del long_pinned[o]
+    while len(long_pinned) < a.long_pins and len(long_pinned) < len(objs):
+        o = by_addr.peekitem(rng.randrange(len(by_addr)))[1]
+        long_pinned.setdefault(o, now + a.long_pin_ops)
 for now, (op, v) in enumerate(ops_list):
+    if a.long_pins: renew_long_pins()
     if op == 'a': alloc(v[0], v[1]); keep()
     elif op == 'f':
         free(v[0])
@@ -204,4 +215,5 @@ print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f
       f"slides {st['slides']} ({st['slide_moves']} objects slid, their bytes in the GiB moved) | probes {st['probes']} failed {st['probes_failed']} "
       f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}"
       + (f" | unmovable (oracle {a.oracle}, fixed {a.fixed_share}, pinned {a.pinned_share}): waits {st['oracle_waits']}, "
-         f"slides skipped {st['oracle_skipped_slides']}" if a.oracle or a.fixed_share or a.pinned_share else ""))
+         f"slides skipped {st['oracle_skipped_slides']}" if a.oracle or a.fixed_share or a.pinned_share or a.long_pins else "")
+      + (f" | long pins {a.long_pins} x {a.long_pin_ops} ops" if a.long_pins else ""))
