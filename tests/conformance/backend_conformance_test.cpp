@@ -9,11 +9,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "valet/counting_backend.h"
@@ -580,9 +580,6 @@ std::size_t resident_bytes() {
   return n == 2 ? std::size_t(resident) * std::size_t(sysconf(_SC_PAGESIZE)) : 0;
 }
 
-// Per-page state is made on first use: 64 TiB of emulated memory (2^25 pages) costs neither time
-// nor host memory up front, and the emulation still refuses what CUDA refuses, at both ends of a
-// 16 TiB reservation.
 // HostBackendOptions::gpu_pace: each page call lasts at least a GPU driver's time for it, an
 // access grant and an unmap per mapping in their range, so that eight pages mapped one by one
 // cost several times what one chunk of eight does; calls from two threads take turns.
@@ -635,6 +632,9 @@ TEST(HostBackend, GpuPaceMakesPageCallsAsSlowAsADriversAndChunksCheaper) {
   ASSERT_TRUE(b.unreserve(*va, 16 * kPage).ok());
 }
 
+// Per-page state is made on first use: 64 TiB of emulated memory (2^25 pages) costs neither time
+// nor host memory up front, and the emulation still refuses what CUDA refuses, at both ends of a
+// 16 TiB reservation.
 TEST(HostBackend, HugeCapacityIsCheapAndStillChecked) {
   const std::size_t rss_before = resident_bytes();
   const auto start = std::chrono::steady_clock::now();

@@ -329,16 +329,19 @@ int print_report(valet::replay::ReplayReport& report, const Arguments& args, val
   return report.failed() ? kExitFailed : 0;
 }
 
-// The heap, on a backend whose page calls are delayed where --driver-delay-us asks it.
+// The heap, on a backend whose page calls are delayed (--driver-delay-us) or paced as a GPU's
+// (--gpu-pace, BackendOptions::host_gpu_pace) where asked: both on the host backend only.
 valet::Result<std::unique_ptr<valet::Heap>> open_replay_heap(valet::BackendOptions backend, const valet::Config& config,
                                                              int driver_delay_us) {
   using namespace valet;
-  if (driver_delay_us == 0) return open_heap(backend, config);
+  if (driver_delay_us == 0 && !backend.host_gpu_pace) return open_heap(backend, config);
   if (config.capacity) backend.host_capacity = config.capacity;
   auto opened = open_backend(backend);
   if (!opened.ok()) return opened.error();
   if ((*opened)->kind() != BackendKind::host)
-    return make_error(Errc::invalid_argument, "--driver-delay-us applies to the host backend only");
+    return make_error(Errc::invalid_argument, std::string(driver_delay_us > 0 ? "--driver-delay-us" : "--gpu-pace") +
+                                                  " applies to the host backend only");
+  if (driver_delay_us == 0) return Heap::create(std::move(opened).value(), config);
   auto delayed = std::make_unique<FaultInjectingBackend>(std::move(opened).value());
   delayed->delay_page_calls(std::chrono::microseconds(driver_delay_us));
   return Heap::create(std::move(delayed), config);
@@ -364,10 +367,6 @@ int run(int argc, char** argv) {
   auto heap = open_replay_heap(backend, config, args.driver_delay_us);
   if (!heap.ok()) {
     std::cerr << "valet-replay: cannot open a heap: " << heap.error().to_string() << "\n";
-    return kExitUsage;
-  }
-  if (args.gpu_pace && (*heap)->backend().kind() != BackendKind::host) {
-    std::cerr << "valet-replay: --gpu-pace applies to the host backend only\n";
     return kExitUsage;
   }
 
