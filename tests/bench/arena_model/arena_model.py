@@ -14,7 +14,8 @@
 # Compaction (at step lines, and with --eager after frees) runs while holes exceed `hole_hi` x
 # mapped, down to `hole_lo`, at most `move_budget_mib` a run: the highest object moves into the
 # best-fitting hole below it; where none fits, the cheapest segment of objects between two holes
-# slides down to merge them. Pins, fixed objects and stream order are not modelled.
+# slides down to merge them (--slide: or is staged, or evacuated to the top). Stream order is not
+# modelled; --region-min-bytes leaves small objects out (slab pages hold them).
 # --oracle N asks what knowing each object's lifetime would save (the trace's own future): no
 # object freed within N operations is moved (the highest that lives on moves instead; none within
 # --scan objects: the cycle waits for the frees), no slide moves one. --fixed-share and
@@ -50,6 +51,15 @@ ap.add_argument("--long-pins", type=int, default=0,
                 help="this many live objects, chosen at random, are pinned at any time, each for --long-pin-ops operations")
 ap.add_argument("--long-pin-ops", type=int, default=1000)
 ap.add_argument("--seed", type=int, default=1)
+ap.add_argument("--slide", choices=["shift", "stage", "evacuate"], default="shift",
+                help="how a run of objects between two holes is closed up. shift: each object copied down by the "
+                     "lower hole's size, counted once (optimistic: an object larger than the hole overlaps its own "
+                     "source, and each object's copy must wait for the one below it). stage: the same placement, "
+                     "the run copied out to free space and back in two batches (its bytes twice). evacuate: the "
+                     "run's objects copied to the top (once; the holes and the run's space become one hole)")
+ap.add_argument("--region-min-bytes", type=int, default=0,
+                help="only objects of at least this size live in the region (smaller ones are left out of every "
+                     "figure: slab pages hold them)")
 a = ap.parse_args()
 import random
 rng = random.Random(a.seed)
@@ -70,7 +80,8 @@ objs = {}; by_addr = SortedDict(); holes = SortedDict(); by_size = SortedList()
 top = 0; mapped = 0; live = 0; peak_live = 0; peak_mapped = 0; holes_total = 0
 st = dict(chunk_creates=0, chunk_releases=0, caller_grows=0, caller_grow_chunks=0, moves=0, moved_bytes=0, compactions=0,
           slide_moves=0, probes=0, probes_failed=0, probe_slides=0, probe_slide_bytes=0, allocs=0, hole_hits=0, top_allocs=0,
-          slides=0, oracle_waits=0, oracle_skipped_slides=0)
+          slides=0, oracle_waits=0, oracle_skipped_slides=0,
+          slide_bytes=0, overlapping_slide_bytes=0, staged_bytes=0, evacuated_bytes=0)
 sum_live = sum_mapped = 0; recent = []
 def rup(x, m): return (x + m - 1) // m * m
 def add_hole(s, n):
@@ -105,8 +116,10 @@ def keep():  # the background keeper: top space mapped ahead, surplus chunks rel
     want = min(want, cap)
     if mapped < want: st["chunk_creates"] += (want - mapped) // C; mapped = want
     elif mapped - want >= a.hysteresis * C: st["chunk_releases"] += (mapped - want) // C; mapped = want
+left_out = set()
 def alloc(oid, size):
     global top, mapped, live, peak_live, peak_mapped
+    if size < a.region_min_bytes: left_out.add(oid); return
     sz = rup(size, AL); st["allocs"] += 1
     recent.append(sz)
     if len(recent) > a.window: recent.pop(0)
@@ -121,6 +134,7 @@ def alloc(oid, size):
     if live > peak_live: peak_live = live; peak_mapped = max(peak_mapped, mapped)
 def free(oid):
     global live
+    if oid in left_out: left_out.discard(oid); return
     s, sz, size = objs.pop(oid); del by_addr[s]; live -= size; fixed.discard(oid); long_pinned.pop(oid, None)
     add_hole(s, sz)
 def segment_after(hs, hn):
@@ -136,9 +150,22 @@ def slide(hs, hn, starts):
     for x in starts:
         oid = by_addr.pop(x); _, sz, size = objs[oid]
         objs[oid] = (x - hn, sz, size); by_addr[x - hn] = oid
-        st["slide_moves"] += 1; st["moved_bytes"] += sz
+        st["slide_moves"] += 1; st["moved_bytes"] += sz; st["slide_bytes"] += sz
+        if sz > hn: st["overlapping_slide_bytes"] += sz
+        if a.slide == "stage": st["moved_bytes"] += sz; st["staged_bytes"] += sz
     end = starts[-1] - hn + objs[by_addr[starts[-1] - hn]][1] if starts else hs
     add_hole(end, hn)
+def evacuate(hs, hn, starts):
+    # the run's objects go to the top, lowest first; their old space joins the holes around it
+    global top, mapped
+    for x in starts:
+        oid = by_addr.pop(x); _, sz, size = objs[oid]
+        d = top; top += sz
+        objs[oid] = (d, sz, size); by_addr[d] = oid
+        st["slide_moves"] += 1; st["moved_bytes"] += sz; st["slide_bytes"] += sz; st["evacuated_bytes"] += sz
+        add_hole(x, sz)
+    if top > mapped:  # the keeper's headroom did not cover it: the cycle grows the region first
+        need = rup(top, C); st["chunk_creates"] += (need - mapped) // C; mapped = need
 def compact():
     st["compactions"] += 1
     target = a.hole_lo * mapped
@@ -177,7 +204,8 @@ def compact():
             if best is None or b < best[0]: best = (b, hs, hn, starts)
         if best is None: break
         st["slides"] += 1
-        slide(best[1], best[2], best[3])
+        if a.slide == "evacuate": evacuate(best[1], best[2], best[3])
+        else: slide(best[1], best[2], best[3])
 def probe(n):
     st["probes"] += 1
     sz = rup(n, AL)
@@ -216,4 +244,6 @@ print(f"peak live {peak_live/2**30:.2f} GiB; mean live {sum_live/steps/2**30:.2f
       f"(slid for {st['probe_slides']}: {st['probe_slide_bytes']/2**30:.1f} GiB) | hole hits {st['hole_hits']} top {st['top_allocs']}"
       + (f" | unmovable (oracle {a.oracle}, fixed {a.fixed_share}, pinned {a.pinned_share}): waits {st['oracle_waits']}, "
          f"slides skipped {st['oracle_skipped_slides']}" if a.oracle or a.fixed_share or a.pinned_share or a.long_pins else "")
+      + f" | slides ({a.slide}): {st['slide_bytes']/2**30:.1f} GiB, of it {st['overlapping_slide_bytes']/2**30:.1f} GiB in objects larger than the hole below them; staged {st['staged_bytes']/2**30:.1f} GiB, evacuated {st['evacuated_bytes']/2**30:.1f} GiB; object moves (repoints) {st['moves'] + st['slide_moves']}"
+      + (f" | region from {a.region_min_bytes} B" if a.region_min_bytes else "")
       + (f" | long pins {a.long_pins} x {a.long_pin_ops} ops" if a.long_pins else ""))
