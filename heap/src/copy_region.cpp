@@ -178,7 +178,7 @@ CopyRegion::Round CopyRegion::plan_round(const RoundLimits& limits, const std::f
     ++looked;
     const Object& obj = o->second;
     if (obj.use != Use::placed || obj.bytes > limits.max_move_bytes || !may_move(obj.owner)) continue;
-    const std::optional<Offset> to = best_hole(obj.bytes, o->first, limits.scan);
+    const std::optional<Offset> to = best_hole(obj.bytes, o->first, limits.hole_scan);
     if (!to) {
       if (!round.moves.empty()) return round;  // the rest after these moves' commits
       break;

@@ -53,6 +53,7 @@ class CopyRegion {
     std::size_t scan = 200;  // objects looked at below the top, and holes for a run
     // No object, and no run of objects, larger than this moves (a batch's bound).
     std::uint64_t max_move_bytes = ~std::uint64_t{0};
+    std::size_t hole_scan = 200;  // hole sizes looked at, from the tightest, for one below an object
   };
 
   struct Round {

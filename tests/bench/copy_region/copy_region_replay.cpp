@@ -48,7 +48,7 @@ struct Options {
   double hole_hi = 0.035, hole_lo = 0.025;
   double budget_mib = 64;
   std::uint32_t headroom_chunks = 1, hysteresis = 2;
-  std::size_t scan = 200;
+  std::size_t scan = 200, hole_scan = 200;
   bool eager = false, json = false;
 };
 
@@ -190,7 +190,7 @@ class Replay {
       const std::uint64_t target = std::uint64_t(lo * double(region_->mapped()));
       if (region_->hole_bytes() <= target) break;
       const auto r0 = CpuClock::now();
-      auto round = region_->plan_round({target, budget - spent, o_.scan}, [](std::uint32_t) { return true; });
+      auto round = region_->plan_round({target, budget - spent, o_.scan, ~std::uint64_t{0}, o_.hole_scan}, [](std::uint32_t) { return true; });
       f_.round_ns_max = std::max(f_.round_ns_max, std::uint64_t((CpuClock::now() - r0).count()));
       ++f_.rounds;
       if (round.growth_wanted) {
@@ -234,6 +234,8 @@ int main(int argc, char** argv) {
   app.add_option("--headroom-chunks", o.headroom_chunks, "chunks kept mapped above the top")->check(CLI::Range(0, 1024));
   app.add_option("--hysteresis", o.hysteresis, "surplus chunks before a trim")->check(CLI::Range(0, 1024));
   app.add_option("--scan", o.scan, "objects and holes a round looks at")->check(CLI::Range(1, 1 << 24));
+  app.add_option("--hole-scan", o.hole_scan, "hole sizes a move looks at, from the tightest, for one below its object")
+      ->check(CLI::Range(1, 1 << 24));
   app.add_flag("--eager", o.eager, "compact after frees as well as at step lines");
   app.add_flag("--json", o.json, "one JSON object");
   try {
