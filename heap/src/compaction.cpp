@@ -100,6 +100,11 @@ Result<CompactionRecord> HeapCore::compact_locked(std::unique_lock<HeapMutex>& l
   }
   after_release();
   if (!evacuated.ok()) return evacuated.error();
+  // The copying region's holes: closed by copies (heap_region.cpp), past its high threshold, or
+  // whatever they are when asked for explicitly or before an out-of-memory.
+  const bool asked = req.trigger == CompactionTrigger::explicit_request || req.trigger == CompactionTrigger::emergency;
+  const Status copied = req.evacuate ? compact_region(lock, bytes_left, asked, rec) : Status{};
+  if (!copied.ok()) return copied.error();
   rec.duration_ns = now_ns() - t0;
   rec.longest_pin_wait_ns = cycle_pin_wait_ns.load(std::memory_order_relaxed);
   record_cycle(rec);

@@ -78,8 +78,14 @@ class CopyRegion {
   // now; nullopt when the capacity cannot hold it at the top.
   std::optional<std::uint64_t> growth_for(std::uint64_t bytes) const;
   // Gives back the object at `at` (its range joins the neighbouring holes, or lowers the top).
-  // An error, nothing changed: no object starts there, or it is moving.
+  // An object being moved may be freed too (a pin cancelled its move and it was freed before the
+  // heap took the lock back): its source goes now, and its move can then only be cancelled, which
+  // gives back the destination. An error, nothing changed: no object (or only a move's
+  // destination) starts there.
   Status free(Offset at);
+  // Names `owner` as the owner of the placed object at `at` (the heap places before it has a
+  // handle). An error, nothing changed: no placed object starts there.
+  Status set_owner(Offset at, std::uint32_t owner);
   // The object at `at`: its footprint and owner (nullopt: none starts there).
   std::optional<std::pair<std::uint64_t, std::uint32_t>> object_at(Offset at) const;
 
@@ -98,8 +104,10 @@ class CopyRegion {
   // move now (not pinned, not fixed); it may be asked of objects the round then does not move.
   Round plan_round(const RoundLimits& limits, const std::function<bool(std::uint32_t)>& may_move);
   // A begun move's copy completed and the heap repointed its owner: the source becomes a hole.
+  // An error, nothing changed: no such move in flight, or its object was freed.
   Status commit(const Move& m);
-  // A begun move given up: the destination becomes a hole, the object stays at its source.
+  // A begun move given up: the destination becomes a hole, the object stays at its source (if it
+  // was not freed meanwhile).
   Status cancel(const Move& m);
 
   // --- figures ---
@@ -122,11 +130,19 @@ class CopyRegion {
 
  private:
   enum class Use : std::uint8_t { placed, leaving, arriving };
+  static constexpr Offset kNoPartner = ~Offset{0};
   struct Object {
     std::uint64_t bytes;
     std::uint32_t owner;
     Use use;
+    // A leaving object's destination, an arriving one's source (kNoPartner: the source was freed
+    // while the move was in flight).
+    Offset partner = kNoPartner;
   };
+  // The move `m` names, if it is in flight: its arriving destination (and its leaving source,
+  // objects_.end() when that was freed).
+  std::optional<std::pair<std::map<Offset, Object>::iterator, std::map<Offset, Object>::iterator>> in_flight(
+      const Move& m);
 
   explicit CopyRegion(const Shape& shape) : shape_(shape) {}
 

@@ -17,16 +17,19 @@
 
 namespace valet::detail {
 
-enum class ObjectKind : std::uint8_t { slab, large };
+enum class ObjectKind : std::uint8_t { slab, large, region };
 
 // Where an object lives. Slab: slot `index` of the slab page at virtual slot `page`. Large:
-// `pages` whole page slots from `page`.
+// `pages` whole page slots from `page`. Region (the copying region, HeapCore::Region): its
+// offset there, in units of kRegionAlign, in `index` (`page` and `pages` 0: it holds no slot).
 struct Location {
   ObjectKind kind = ObjectKind::slab;
   std::uint32_t page = 0;
-  std::uint32_t index = 0;  // slab slot index
+  std::uint32_t index = 0;  // slab slot index; region: offset / kRegionAlign
   std::uint32_t pages = 0;  // large: page count
 };
+// The copying region's alignment of every object (a PyTorch tensor's, too).
+inline constexpr std::uint64_t kRegionAlign = 512;
 
 struct alignas(64) HandleEntry {
   std::atomic<std::uint64_t> state{0};

@@ -49,12 +49,14 @@ std::size_t HeapCore::reap_deferred() {
 
 DevicePtr HeapCore::address_of(const Location& loc) const {
   if (loc.kind == ObjectKind::large) return pool.address(loc.page);
+  if (loc.kind == ObjectKind::region) return region_address(loc);
   const SlabPage* p = slabs.page(pool.slot(loc.page).owner);
   return pool.address(loc.page) + DevicePtr(loc.index) * class_size(p->cls);
 }
 
 std::size_t HeapCore::footprint_of(const Location& loc) const {
   if (loc.kind == ObjectKind::large) return std::size_t(loc.pages) * kPageSize;
+  if (loc.kind == ObjectKind::region) return std::size_t(region.book->object_at(region_offset(loc))->first);
   if (loc.page == kUnplaced) return class_size(loc.index);  // a pending small object: its class's
   return class_size(slabs.page(pool.slot(loc.page).owner)->cls);
 }
@@ -77,8 +79,11 @@ Result<std::uint32_t> HeapCore::take_run(std::unique_lock<HeapMutex>& lock, std:
 }
 
 Result<Location> HeapCore::place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss,
-                                  bool small_may_pend) {
+                                  bool small_may_pend, bool movable) {
   mu.assert_held();
+  // The copying region first, where it has room (no call); otherwise the page windows below.
+  if (region_takes(bytes, movable))
+    if (auto loc = place_in_region(lock, bytes)) return *loc;
   if (bytes <= kMaxSlabObject) {
     const std::uint32_t cls = class_of(bytes);
     // A new slab page where the reserve has none to give makes driver calls (a tail's alias or a
@@ -174,6 +179,13 @@ void HeapCore::release_location(const Location& loc) {
   mu.assert_held();
   if (loc.kind == ObjectKind::large) {
     release_large(loc);
+  } else if (loc.kind == ObjectKind::region) {
+    const Status freed = region.book->free(region_offset(loc));
+    VALET_ASSERT(freed.ok());
+    (void)freed;
+    const CopyRegion& book = *region.book;
+    if (book.surplus(std::uint64_t(config.copy_region_headroom_chunks) * book.chunk(), config.copy_region_hysteresis_chunks))
+      keeper.nudge();
   } else {
     retire_if_spare(free_slab_slot(loc));
   }
@@ -191,6 +203,9 @@ std::string HeapCore::held_pages() const {
   if (pool.promised_pages()) s += ", promised to pending misses " + n(pool.promised_pages());
   if (pool.credited_pages()) s += ", credited to thread caches " + n(pool.credited_pages());
   if (!prepared_aliases.empty()) s += ", prepared tail aliases " + n(prepared_aliases.size());
+  if (region_on())
+    s += ", copying region " + n(p.region) + " (holes " + mib(region.book->hole_bytes()) + ", headroom " +
+         mib(region.book->mapped() - region.book->top()) + ")";
   return s;
 }
 
@@ -206,6 +221,9 @@ Error HeapCore::out_of_memory(std::size_t asked, const Error& cause) const {
 
 std::uint64_t HeapCore::cache_key(const Location& loc) const {
   if (loc.kind == ObjectKind::large) return StreamReleases::large_key(loc.pages);
+  // No allocation asks for this key (reuse_cached asks by page count or class): a region
+  // object's stream-ordered free waits for its event, then goes back to the region.
+  if (loc.kind == ObjectKind::region) return StreamReleases::large_key(0);
   return slabs.page(pool.slot(loc.page).owner)->cls;
 }
 
@@ -227,6 +245,8 @@ std::optional<Location> HeapCore::reuse_cached(std::size_t bytes, Stream stream)
 void HeapCore::set_owner(const Location& loc, std::uint32_t owner) {
   if (loc.kind == ObjectKind::slab)
     slabs.set_owner(slabs.page(pool.slot(loc.page).owner), loc.index, owner);
+  else if (loc.kind == ObjectKind::region)
+    (void)region.book->set_owner(region_offset(loc), owner);
   else
     for (std::uint32_t k = 0; k < loc.pages; ++k) pool.slot(loc.page + k).owner = owner;
 }
@@ -247,7 +267,7 @@ Result<Handle> HeapCore::allocate_locked(std::unique_lock<HeapMutex>& lock, std:
   std::optional<PendingMiss> miss;
   if (may_pend && bytes > kMaxSlabObject) miss.emplace();
   // A placement may let the heap lock go for its driver calls: the object gets its handle after.
-  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr, may_pend);
+  auto loc = reused ? Result<Location>(*reused) : place(lock, bytes, miss ? &*miss : nullptr, may_pend, !fixed);
   if (!loc.ok()) return loc.error();
   if (loc->kind == ObjectKind::slab && loc->page == kUnplaced) {
     miss.emplace();
@@ -344,7 +364,7 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   // Pages moving without the lock come back first: out-of-memory is never reported while they
   // are on their way. The caller paused the keeper (KeeperPause), so no new batch of its starts
   // meanwhile; a free on another thread may still trim, and its batch is waited for too.
-  while (pool.batch_in_flight() || pool.drops_in_flight()) {
+  while (pool.batch_in_flight() || pool.drops_in_flight() || region.calls_in_flight) {
     lock.unlock();
     std::this_thread::yield();
     lock.lock();
@@ -355,6 +375,9 @@ void HeapCore::make_room(std::unique_lock<HeapMutex>& lock) {
   if (!tail_aliases_prepared) discard_tail_aliases(/*keep_standbys=*/false);
   // An emergency cycle (bounded: one full cycle) evacuates sparse pages.
   if (config.compact_on_oom) emergency_compact(lock);
+  // The copying region's chunks above its top (its headroom, and what that cycle's copies
+  // emptied) go back to the capacity.
+  trim_region(lock, 0, 0);
   // Aliases let go of (by the frees before, and by that cycle's meshing) are unmapped now: a
   // page only an alias still maps comes back idle, where the retry finds it.
   (void)keeper.drop_aliases(lock);
@@ -372,7 +395,9 @@ Result<Handle> HeapCore::allocate_object(std::size_t bytes, const Stream* stream
     if (auto cached = allocate_cached(bytes)) return *cached;
   // A large object while another thread holds the heap lock: pending at once, without waiting
   // for the lock (unlocked_misses.cpp); else the locked path.
-  const bool may_skip_lock = bytes > kMaxSlabObject && !stream && !fixed && config.unlocked_misses;
+  // (Not one the copying region takes: it is placed there under the lock, with no call.)
+  const bool may_skip_lock =
+      bytes > kMaxSlabObject && !stream && !fixed && config.unlocked_misses && !region_takes(bytes, true);
   std::unique_lock lock(mu, std::defer_lock);
   if (!may_skip_lock || !lock.try_lock()) {
     if (may_skip_lock)
@@ -466,10 +491,7 @@ Status HeapCore::finish_free(std::unique_lock<HeapMutex>& lock, Handle h, Handle
     // The memory stays taken, owned by nobody: until the streams pass their unpins, or, for a
     // stream-ordered free, reused only by its stream until an event covers it.
     const std::uint64_t key = cache_key(e->loc);
-    if (slab)
-      slabs.set_owner(page, e->loc.index, kNoOwner);
-    else
-      for (std::uint32_t k = 0; k < e->loc.pages; ++k) pool.slot(e->loc.page + k).owner = 0;
+    set_owner(e->loc, kNoOwner);
     if (unpins_pending) {
       // Both the unpins' streams and this free's stream must pass (a rare case: one event
       // recorded under the lock).
@@ -560,6 +582,7 @@ Status Heap::maintain() {
   c.retire_empty_slabs();
   // Aliases queued for a keeper (deferred drops) are unmapped here too.
   (void)c.keeper.drop_aliases(lock);
+  c.keep_region(lock);  // the copying region's headroom mapped, its surplus unmapped
   return c.keeper.balance();
 }
 

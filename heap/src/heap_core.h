@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "clock.h"
+#include "copy_region.h"
 #include "demand.h"
 #include "device_table.h"
 #include "handle_table.h"
@@ -106,6 +107,51 @@ struct HeapCore {
   bool safe_point_cycle = false;
 
   TailLinks tails;  // open and shared tails (tail_links.h); the operations are tails.cpp's
+
+  // --- the copying region (Config::copy_region_min_bytes; heap_region.cpp) ---
+  // Large movable objects as byte ranges in one virtual range, mapped by chunks at its top
+  // (docs/copying_placement.md). `book` decides places and moves; the chunks are lent pages of
+  // the pool's capacity (PagePool::lend). All under mu; a batch of the keeper's calls runs
+  // without it (`calls_in_flight`: one at a time; nothing below `book->mapped()` is touched by
+  // it, and nothing is placed above).
+  struct Region {
+    std::optional<CopyRegion> book;
+    DevicePtr base = 0;
+    std::size_t reserved = 0;
+    std::vector<PhysicalPage> chunks;  // chunk k is mapped at base + k * chunk bytes
+    bool calls_in_flight = false;
+    std::uint64_t growth_wanted = 0;   // bytes a compaction round asked for (the keeper maps them)
+    std::uint64_t placed = 0, fell_back = 0, rounds = 0, moves = 0, moves_cancelled = 0, bytes_moved = 0;
+    std::uint64_t chunks_mapped = 0, chunks_unmapped = 0;
+  } region;
+  bool region_on() const { return region.book.has_value(); }
+  // Whether an object of `bytes` goes to the region (a movable one of at least the minimum).
+  bool region_takes(std::size_t bytes, bool movable) const {
+    return movable && region_on() && bytes >= config.copy_region_min_bytes;
+  }
+  // Reserves the region's range at creation (nothing mapped); releases all of it at teardown.
+  Status create_region();
+  Status destroy_region();
+  // A place in the region for `bytes`, unowned, with no call: nullopt when it has no room now
+  // (the keeper is woken to grow it; the caller places the object in the page windows). Without
+  // the keeper's thread, this thread grows it first (`lock` is let go for the calls).
+  std::optional<Location> place_in_region(std::unique_lock<HeapMutex>& lock, std::size_t bytes);
+  DevicePtr region_address(const Location& loc) const { return region.base + region_offset(loc); }
+  static std::uint64_t region_offset(const Location& loc) { return std::uint64_t(loc.index) * kRegionAlign; }
+  // The keeper's turn (its thread, after its reserve work): maps chunks above the top up to the
+  // headroom (and any growth a round asked for), or unmaps the surplus past the hysteresis; one
+  // batch, its calls without the heap lock (`lock` is let go and retaken).
+  void keep_region(std::unique_lock<HeapMutex>& lock);
+  // Unmaps the chunks above the top past `headroom` bytes, once they are `hysteresis` chunks or
+  // more (keep_region's trims; make_room's, with no headroom and no hysteresis). One batch, its
+  // calls without the lock.
+  void trim_region(std::unique_lock<HeapMutex>& lock, std::uint64_t headroom, std::uint32_t hysteresis);
+  // Compaction's step for the region: rounds of copies (CopyRegion::plan_round) while its holes
+  // exceed the high threshold (any, `always`), down to the low one, within `bytes_left`.
+  Status compact_region(std::unique_lock<HeapMutex>& lock, std::uint64_t& bytes_left, bool always,
+                        CompactionRecord& rec);
+  // The region's book agrees with itself and with the live objects placed there.
+  Status validate_region() const;
 
   // --- handles (lock-free) ---
   // Checks tag, index and generation; the entry if the handle names a live object.
@@ -224,8 +270,9 @@ struct HeapCore {
   // kUnplaced (the mapper places it: place_miss). With `small_may_pend`, so is a small object
   // that needs a new slab page while the reserve has none (unplaced_small; the location's index
   // is its class): the caller makes its miss, of step `place`.
+  // `movable` (not a fixed object): it may go to the copying region (Config::copy_region_min_bytes).
   Result<Location> place(std::unique_lock<HeapMutex>& lock, std::size_t bytes, PendingMiss* miss = nullptr,
-                         bool small_may_pend = false);
+                         bool small_may_pend = false, bool movable = true);
   // place's small part: a slot of class `cls` (a new slab page may make driver calls here; with
   // `tail_first`, an open tail before a reserve page: the mapper's choice). slot_on: a slot of
   // `page`, unowned.

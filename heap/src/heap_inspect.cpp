@@ -75,6 +75,7 @@ HeapStats::Pages HeapCore::pages_by_use() const {
   p.chunks_created = pool.chunks_created();
   p.meshed = meshed_slots();
   p.shared_tails = tails.shared_count();
+  p.region = region.chunks.size() * (region_on() ? region.book->chunk() / kPageSize : 0);
   return p;
 }
 
@@ -102,6 +103,12 @@ HeapStats Heap::stats() const {
   s.peak_mapped_bytes = c.pool.peak_created_pages() * detail::kPageSize;
   s.reserved_bytes = std::size_t(c.pool.slot_count()) * detail::kPageSize;
   s.pages = c.pages_by_use();
+  if (c.region_on()) {
+    const detail::CopyRegion& book = *c.region.book;
+    const auto& r = c.region;
+    s.copy_region = {book.mapped(), book.top(), book.hole_bytes(), book.object_count(), r.placed,          r.fell_back,
+                     r.rounds,      r.moves,  r.moves_cancelled, r.bytes_moved,        r.chunks_mapped, r.chunks_unmapped};
+  }
   // The chunk reserve is mapped and unused too (outside the reserve's budget, not its count).
   s.reserve_bytes = s.pages.reserve * detail::kPageSize;
   s.fragmentation = s.mapped_bytes ? 1.0 - double(s.live_bytes) / double(s.mapped_bytes) : 0.0;

@@ -21,7 +21,10 @@ HeapCore::HeapCore(std::unique_ptr<Backend> b, const Config& c, std::size_t cap_
   backend->set_lock_probe(&this_thread_holds_a_heap_lock);
   static_assert(kLockRoles == kDriverThreadKinds);
   backend->set_thread_kind_probe(&this_thread_lock_role);
-  keeper.set_after_turn([this](std::unique_lock<HeapMutex>& lock) { keep_standby_alias(lock); });
+  keeper.set_after_turn([this](std::unique_lock<HeapMutex>& lock) {
+    keep_standby_alias(lock);
+    keep_region(lock);
+  });
   misses.set_collect([this] { collect_unlocked_misses(); });
 }
 
@@ -72,6 +75,7 @@ Status HeapCore::tear_down(const std::vector<std::uint32_t>& killed) {
   std::vector<SlabPage*> pages;
   slabs.for_each_page([&](const SlabPage& p) { pages.push_back(const_cast<SlabPage*>(&p)); });
   for (auto* p : pages) slabs.destroy(p);
+  note(destroy_region());  // its chunks are lent pages of the pool's
   note(pool.destroy());
   note(backend->destroy_stream(mover.stream()));
   live_bytes = live_objects = 0;
@@ -129,6 +133,21 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
     return make_error(Errc::invalid_argument, "Heap::create: standby_tail_aliases must be within [0, 64]");
   if (config.miss_mapper_spin_us > 100'000)
     return make_error(Errc::invalid_argument, "Heap::create: miss_mapper_spin_us must be within [0, 100000]");
+  if (config.copy_region_min_bytes != 0) {
+    if (config.copy_region_min_bytes <= detail::kMaxSlabObject || config.copy_region_min_bytes > (std::size_t{1} << 40))
+      return make_error(Errc::invalid_argument,
+                        "Heap::create: copy_region_min_bytes must be 0 (off) or within (1 MiB, 1 TiB]: slab pages hold the smaller objects");
+    if (config.copy_region_chunk_bytes == 0 || config.copy_region_chunk_bytes % detail::kPageSize != 0 ||
+        config.copy_region_chunk_bytes > (std::size_t{1} << 34))
+      return make_error(Errc::invalid_argument, "Heap::create: copy_region_chunk_bytes must be a multiple of 2 MiB within (0, 16 GiB]");
+    if (config.copy_region_chunk_bytes > pages * detail::kPageSize)
+      return make_error(Errc::invalid_argument, "Heap::create: copy_region_chunk_bytes exceeds the capacity");
+    if (config.copy_region_headroom_chunks > 1024 || config.copy_region_hysteresis_chunks > 1024)
+      return make_error(Errc::invalid_argument, "Heap::create: copy_region_headroom_chunks and copy_region_hysteresis_chunks must be within [0, 1024]");
+    if (!(config.copy_region_hole_low >= 0 && config.copy_region_hole_low <= config.copy_region_hole_high &&
+          config.copy_region_hole_high <= 1))
+      return make_error(Errc::invalid_argument, "Heap::create: copy_region_hole_low and _high must satisfy 0 <= low <= high <= 1");
+  }
   auto core = std::make_unique<HeapCore>(std::move(backend), config, pages);
   core->config.capacity = pages * detail::kPageSize;
   core->move_batch_bytes = config.move_batch_bytes ? config.move_batch_bytes
@@ -136,6 +155,10 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
                                                                         : std::size_t{2} << 20;
   const std::size_t slots = std::max<std::size_t>(pages * config.address_space_factor, 64);
   VALET_TRY(core->pool.init(slots));
+  if (auto made = core->create_region(); !made.ok()) {
+    (void)core->pool.destroy();
+    return made.error();
+  }
   core->pool.set_chunk_miss_pages(std::uint32_t(config.chunk_miss_pages));
   core->pool.set_chunk_min_pages(std::uint32_t(config.chunk_min_pages));
   // With background misses, the misses leave the keeper's low watermark in the reserve for new
@@ -143,6 +166,7 @@ Result<std::unique_ptr<Heap>> Heap::create(std::unique_ptr<Backend> backend, con
   if (config.background_misses) core->pool.set_miss_reserve_floor(config.reserve_low_pages);
   auto stream = core->backend->create_stream();
   if (!stream.ok()) {
+    (void)core->destroy_region();
     (void)core->pool.destroy();
     return stream.error();
   }

@@ -75,8 +75,10 @@ Status resize_large_unshared(HeapCore& c, std::uint32_t index, HandleEntry* e, s
   return {};
 }
 
-// The arena slots a location reads or writes.
+// The arena slots a location reads or writes (none for the copying region's: no slot of its is
+// ever unmapped beneath an object).
 void add_slots(const Location& loc, std::vector<std::uint32_t>& out) {
+  if (loc.kind == ObjectKind::region) return;
   const std::uint32_t n = loc.kind == ObjectKind::large ? loc.pages : 1;
   for (std::uint32_t k = 0; k < n; ++k) out.push_back(loc.page + k);
 }
@@ -107,10 +109,7 @@ Status resize_by_copy(HeapCore& c, std::unique_lock<detail::HeapMutex>& lock, st
     c.release_location(*dest);
     return st;
   }
-  if (slab)
-    c.slabs.set_owner(c.slabs.page(c.pool.slot(dest->page).owner), dest->index, index);
-  else
-    for (std::uint32_t k = 0; k < dest->pages; ++k) c.pool.slot(dest->page + k).owner = index;
+  c.set_owner(*dest, index);
   c.release_location(e->loc);
   e->loc = *dest;
   return {};
@@ -151,7 +150,7 @@ Status Heap::resize(Handle h, std::size_t bytes) {
   const std::size_t old_footprint = c.footprint_of(e->loc);
   const bool was_large = e->loc.kind == ObjectKind::large;
   const bool stays_large = was_large && bytes > detail::kMaxSlabObject;
-  const bool same_class = !was_large && bytes <= detail::kMaxSlabObject &&
+  const bool same_class = e->loc.kind == ObjectKind::slab && bytes <= detail::kMaxSlabObject &&
                           detail::class_of(bytes) == detail::class_of(old_size);
   Status st;
   if (same_class) {

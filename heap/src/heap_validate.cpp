@@ -232,6 +232,7 @@ Status check_slab_pages(const HeapCore& c, const CacheTally& cached, SlabTally& 
 
 // Every live object: its place names it back, its address is where it lives; sums are exact.
 Status check_objects(const HeapCore& c, const CacheTally& cached) {
+  std::size_t region_objects = 0;  // live objects placed in the copying region
   std::size_t live_bytes = 0, footprint = 0, objects = 0, fixed = 0, fixed_bytes = 0, unplaced_pages = 0, inbox_pages = 0;
   std::array<std::uint32_t, detail::kClassCount> unplaced_small{};
   for (std::uint32_t i = 1; i < c.handles.high_water(); ++i) {
@@ -270,6 +271,12 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
       const auto* p = c.slabs.page(slot.owner);
       if (!p || p->owners[e->loc.index] != i) return fail("object " + std::to_string(i) + " is not its slot's owner");
       if (e->size() > detail::class_size(p->cls)) return fail("object larger than its size class");
+    } else if (e->loc.kind == ObjectKind::region) {
+      // The copying region: its book has the object where the location says, as this handle's.
+      const auto placed = c.region_on() ? c.region.book->object_at(HeapCore::region_offset(e->loc)) : std::nullopt;
+      if (!placed || placed->second != i || placed->first < e->size())
+        return fail("region object " + std::to_string(i) + " is not its book's object at its offset");
+      ++region_objects;
     } else if (c.misses.is_pending(i)) {
       // Background misses: its run is a step in flight (provisioning slots, unowned ones taken
       // from the reserve, its own once a step booked them, a retargeted alias): no other
@@ -299,8 +306,15 @@ Status check_objects(const HeapCore& c, const CacheTally& cached) {
     if (!(s & state::kMoving) && e->address.load() != c.address_of(e->loc))
       return fail("object " + std::to_string(i) + " has a stale address");
   }
-  std::size_t deferred_footprint = 0;
-  c.releases.for_each_held([&](const detail::Location&, std::size_t f) { deferred_footprint += f; });
+  std::size_t deferred_footprint = 0, region_deferred = 0;
+  c.releases.for_each_held([&](const detail::Location& loc, std::size_t f) {
+    deferred_footprint += f;
+    region_deferred += loc.kind == ObjectKind::region;
+  });
+  // Every object in the region's book is a live object's or a deferred free's.
+  if (c.region_on() && c.region.book->object_count() != region_objects + region_deferred)
+    return fail("the region's book holds " + std::to_string(c.region.book->object_count()) + " objects for " +
+                std::to_string(region_objects) + " live ones and " + std::to_string(region_deferred) + " deferred frees");
   // The heap's counters with the caches' deltas not yet folded in.
   if (std::int64_t(objects) != std::int64_t(c.live_objects) + cached.live_objects) return fail("live object count is wrong");
   if (fixed != c.fixed_objects || fixed_bytes != c.fixed_bytes) return fail("fixed object counts are wrong");
@@ -358,6 +372,7 @@ Status Heap::validate() const {
   detail::FastPathGate gate(c.caches);
   // Each component's own invariants first.
   VALET_TRY(c.pool.validate());
+  VALET_TRY(c.validate_region());
   VALET_TRY(c.slabs.validate());
   CacheTally cached;
   VALET_TRY(check_caches(c, cached));

@@ -509,8 +509,8 @@ class PagePool {
   // Pages that hold data: created, less the reserve, idle pages and pages of a keeper's batch in
   // flight (a place batch's pages are an allocation's: used).
   std::size_t used_pages() const {
-    return created_ + freed_in_flight_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() - in_flight_idle_ -
-           fresh_in_flight_ + placing_pages();
+    return created_ + lent_ + freed_in_flight_ - reserve_pages() - chunk_reserve_pages() - releasing_pages() -
+           in_flight_idle_ - fresh_in_flight_ + placing_pages();
   }
   // What a request's size is weighed against (Demand::ordinary): the pages that hold data and
   // those promised to pending objects (with many misses pending, most of the objects' pages).
@@ -526,7 +526,23 @@ class PagePool {
   std::size_t held_slots() const;
 
   std::size_t capacity_pages() const { return capacity_pages_; }
-  std::size_t created_pages() const { return created_; }
+  // Pages created against the capacity: the pool's own and those lent to the copying region.
+  std::size_t created_pages() const { return created_ + lent_; }
+  // Pages lent to the copying region (HeapCore's region: chunks it creates and maps in a range
+  // of its own, docs/copying_placement.md): counted against the capacity, in created_pages() and
+  // used_pages(), but in no slot of the pool. lend(n): false (nothing changed) when fewer than n
+  // pages may still be created. unlend(n): the region released them (or never made them).
+  bool lend(std::size_t n) {
+    if (creatable_pages() < n) return false;
+    lent_ += n;
+    note_created_peak();
+    return true;
+  }
+  void unlend(std::size_t n) {
+    VALET_ASSERT(lent_ >= n);
+    lent_ -= n;
+  }
+  std::size_t lent_pages() const { return lent_; }
   // Pages promised to objects not placed yet (background misses that the mapper places,
   // docs/background_misses.md): out of the capacity that may be created, so that whatever the
   // pool does meanwhile, the promised pages can still be created when the object is placed.
@@ -563,7 +579,7 @@ class PagePool {
   std::size_t credited_pages() const { return credited_; }
   // Pages that may still be created: the capacity less what is created, promised and credited.
   std::size_t creatable_pages() const {
-    return capacity_pages_ - std::min(capacity_pages_, created_ + promised_ + credited_);
+    return capacity_pages_ - std::min(capacity_pages_, created_ + lent_ + promised_ + credited_);
   }
   // The most pages created at once (as created_pages counts them: a provision batch's new pages
   // from the moment it is booked), since the pool began.
@@ -745,7 +761,8 @@ class PagePool {
   std::size_t promised_ = 0;  // promise()
   std::size_t credited_ = 0;  // credit()
   std::size_t peak_created_ = 0;
-  void note_created_peak() { peak_created_ = std::max(peak_created_, created_); }
+  void note_created_peak() { peak_created_ = std::max(peak_created_, created_ + lent_); }
+  std::size_t lent_ = 0;  // pages lent to the copying region (lend)
   RangeSet unmapped_;
   RangeSet reserve_;
   RangeSet chunk_reserve_;  // free slots of chunks

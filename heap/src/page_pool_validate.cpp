@@ -106,8 +106,8 @@ Status PagePool::validate_pages(const std::vector<std::uint32_t>& maps, const st
   if (in_use + fresh_in_flight_ != created_ + freed_in_flight_)
     return bad("created page count is wrong (" + s(created_) + ", " + s(in_use) + " pages live, " +
                s(fresh_in_flight_) + " being created)");
-  if (created_ > capacity_pages_) return bad("more pages than the capacity");
-  if (peak_created_ < created_) return bad("the peak of created pages (" + s(peak_created_) + ") is below the count");
+  if (created_ + lent_ > capacity_pages_) return bad("more pages than the capacity");
+  if (peak_created_ < created_ + lent_) return bad("the peak of created pages (" + s(peak_created_) + ") is below the count");
   return {};
 }
 

@@ -96,6 +96,12 @@ class ReserveKeeper {
   // An allocation took reserve pages: wake the thread when the reserve is under its targets
   // (inline refills happen at the next balance, i.e. never on the allocation path).
   void want_refill();
+  // Wakes the thread for a turn (lock held; nothing without the thread): the copying region's
+  // headroom or surplus wants it (HeapCore::keep_region runs after each turn).
+  void nudge() {
+    mu_.assert_held();
+    if (thread_.joinable()) wake();
+  }
   // Pages went back to the reserve: wake the thread when they exceed its limit, or balance
   // inline to the watermarks when there is no thread.
   void after_release();

@@ -182,6 +182,21 @@ struct Config {
   std::size_t standby_tail_aliases = 0;
   // Emergency compaction: before reporting out-of-memory, evacuate sparse pages and retry.
   bool compact_on_oom = true;
+  // The copying region (docs/copying_placement.md; experimental, off by default): movable
+  // objects of at least `copy_region_min_bytes` are placed as byte ranges in one virtual range
+  // whose mapped extent grows and shrinks only at its top, by physical chunks of
+  // `copy_region_chunk_bytes`; compaction closes its holes by copying objects, never by moving
+  // pages. The keeper keeps `copy_region_headroom_chunks` chunks mapped above the top and unmaps
+  // the surplus once it reaches `copy_region_hysteresis_chunks`. An allocation that finds no room
+  // there takes the page windows as before (the keeper grows the region meanwhile). Compaction
+  // copies while the region's holes exceed `copy_region_hole_high` of its mapped bytes, down to
+  // `copy_region_hole_low`. Fixed objects never go there. 0: off (a size above 1 MiB: on).
+  std::size_t copy_region_min_bytes = 0;
+  std::size_t copy_region_chunk_bytes = std::size_t{64} << 20;
+  std::uint32_t copy_region_headroom_chunks = 1;
+  std::uint32_t copy_region_hysteresis_chunks = 2;
+  double copy_region_hole_high = 0.035;
+  double copy_region_hole_low = 0.025;
 };
 
 }  // namespace valet

@@ -116,14 +116,28 @@ struct HeapStats {
     // unmap. moving: pages a
     // move in flight has taken and not yet handed over (unsharing a tail copies into one without
     // the heap lock).
-    // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving = mapped pages.
+    // region: pages of the copying region's mapped chunks (Config::copy_region_min_bytes), its
+    // objects and holes and the headroom above its top.
+    // Physical pages: (slab - shared_tails) + large + reserve + releasing + moving + region =
+    // mapped pages.
     std::size_t slab = 0, large = 0, reserve = 0, meshed = 0, idle = 0, shared_tails = 0, releasing = 0, moving = 0;
+    std::size_t region = 0;
     // chunked: pages created as chunks (several pages in one physical allocation, counted among
     // large, reserve and releasing above); chunks: how many; chunk_reserve: free chunk pages
     // (counted in reserve), which serve large objects only.
     // chunks_created: chunks made since the heap began.
     std::size_t chunked = 0, chunks = 0, chunk_reserve = 0, chunks_created = 0;
   } pages;
+  // The copying region (Config::copy_region_min_bytes; all 0 while it is off): its mapped bytes,
+  // its top, the bytes of its holes below the top, the objects placed there; allocations placed
+  // there, and those it had no room for (placed in the page windows instead); compaction's rounds
+  // there, the objects they moved (and the moves cancelled by a pin or a claim refused), the
+  // bytes copied; chunks mapped and unmapped by the keeper.
+  struct CopyRegion {
+    std::size_t mapped_bytes = 0, top_bytes = 0, hole_bytes = 0, objects = 0;
+    std::uint64_t placed = 0, fell_back = 0, rounds = 0, moves = 0, moves_cancelled = 0, bytes_moved = 0;
+    std::uint64_t chunks_mapped = 0, chunks_unmapped = 0;
+  } copy_region;
   // Slab pages by occupancy: bin i counts pages with used/capacity in [i/10, (i+1)/10), bin 9
   // includes full pages.
   std::array<std::uint64_t, 10> occupancy_histogram{};
