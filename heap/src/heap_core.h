@@ -120,7 +120,10 @@ struct HeapCore {
     std::size_t reserved = 0;
     std::vector<PhysicalPage> chunks;  // chunk k is mapped at base + k * chunk bytes
     bool calls_in_flight = false;
-    std::uint64_t growth_wanted = 0;   // bytes a compaction round asked for (the keeper maps them)
+    // Bytes a compaction round's run (or, without the keeper's thread, an allocation) needs
+    // mapped above the top: the keeper keeps that much rather than its headroom until the
+    // round that asked uses it.
+    std::uint64_t room_wanted = 0;
     std::uint64_t placed = 0, fell_back = 0, rounds = 0, moves = 0, moves_cancelled = 0, bytes_moved = 0;
     std::uint64_t chunks_mapped = 0, chunks_unmapped = 0;
   } region;

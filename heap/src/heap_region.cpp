@@ -61,9 +61,10 @@ std::optional<Location> HeapCore::place_in_region(std::unique_lock<HeapMutex>& l
   if (!at && !keeper.running()) {
     // Without the keeper's thread this thread grows the region, its calls without the lock (as
     // a page window's miss maps its own pages then).
-    region.growth_wanted = std::max(region.growth_wanted, book.growth_for(bytes).value_or(0));
+    region.room_wanted = std::max(region.room_wanted, book.footprint(bytes));
     keep_region(lock);
     at = book.place(bytes, kNoOwner);
+    region.room_wanted = 0;
   }
   // Room for the next ones: the keeper maps the headroom again (and trims what frees left).
   const std::uint64_t headroom = std::uint64_t(config.copy_region_headroom_chunks) * book.chunk();
@@ -82,10 +83,9 @@ void HeapCore::keep_region(std::unique_lock<HeapMutex>& lock) {
   CopyRegion& book = *region.book;
   const std::uint64_t chunk = book.chunk();
   const std::uint64_t pages = pages_per_chunk(book);
-  const std::uint64_t headroom = std::uint64_t(config.copy_region_headroom_chunks) * chunk;
-  const std::uint64_t want =
-      std::min(book.capacity(), std::max((book.top() + headroom + chunk - 1) / chunk * chunk,
-                                         book.mapped() + region.growth_wanted));
+  const std::uint64_t headroom =
+      std::max(std::uint64_t(config.copy_region_headroom_chunks) * chunk, region.room_wanted);
+  const std::uint64_t want = std::min(book.capacity(), (book.top() + headroom + chunk - 1) / chunk * chunk);
   if (book.mapped() < want) {
     // Growth: chunks created, mapped and granted above the top, the calls without the lock.
     const std::size_t n = std::min<std::size_t>((want - book.mapped()) / chunk, pool.creatable_pages() / pages);
@@ -117,7 +117,6 @@ void HeapCore::keep_region(std::unique_lock<HeapMutex>& lock) {
     region.chunks.insert(region.chunks.end(), made.begin(), made.end());
     region_must(book.grow(made.size() * chunk));
     region.chunks_mapped += made.size();
-    region.growth_wanted = 0;
     return;
   }
   trim_region(lock, headroom, config.copy_region_hysteresis_chunks);
@@ -172,15 +171,26 @@ Status HeapCore::compact_region(std::unique_lock<HeapMutex>& lock, std::uint64_t
   while (bytes_left > 0 && !shut.load(std::memory_order_relaxed)) {
     const auto target = std::uint64_t(config.copy_region_hole_low * double(book.mapped()));
     if (book.hole_bytes() <= target) break;
+    // The request's byte budget is a bound (CompactRequest::max_bytes): a round's last move may
+    // pass the round's own budget, so what passes the cycle's is given back before anything is
+    // claimed. (The policy engine gives a region cycle at least a chunk's worth.)
     const CopyRegion::RoundLimits limits{target, std::min<std::uint64_t>(bytes_left, move_batch_bytes), 200, bytes_left};
     CopyRegion::Round round = book.plan_round(limits, may_move);
+    {
+      std::uint64_t planned = 0;
+      std::size_t keep = 0;
+      while (keep < round.moves.size() && planned + round.moves[keep].bytes <= bytes_left) planned += round.moves[keep++].bytes;
+      for (std::size_t k = round.moves.size(); k-- > keep;) region_must(book.cancel(round.moves[k]));
+      round.moves.resize(keep);
+    }
     ++region.rounds;
     if (round.growth_wanted) {  // a run goes to the top once the keeper has mapped room for it
-      region.growth_wanted = round.growth_wanted;
+      region.room_wanted = book.mapped() + round.growth_wanted - book.top();
       keeper.nudge();
       break;
     }
     if (round.moves.empty()) break;
+    region.room_wanted = 0;  // used (or not needed): the keeper keeps its headroom again
     std::vector<std::pair<CopyRegion::Move, HandleEntry*>> claimed;
     CopyBatch batch;
     for (const CopyRegion::Move& m : round.moves) {
@@ -225,7 +235,7 @@ Status HeapCore::compact_region(std::unique_lock<HeapMutex>& lock, std::uint64_t
     table.changed();
   }
   // The top may have fallen: the keeper trims what is past the hysteresis.
-  if (book.surplus(std::uint64_t(config.copy_region_headroom_chunks) * book.chunk(),
+  if (book.surplus(std::max(std::uint64_t(config.copy_region_headroom_chunks) * book.chunk(), region.room_wanted),
                    config.copy_region_hysteresis_chunks) > 0)
     keeper.nudge();
   return st;

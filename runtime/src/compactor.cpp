@@ -54,6 +54,10 @@ struct Compactor::Impl {
     o.live_bytes = s.live_bytes;
     o.mapped_bytes = s.mapped_bytes;
     o.reserve_bytes = s.reserve_bytes;
+    o.region_hole_bytes = s.copy_region.hole_bytes;
+    o.region_mapped_bytes = s.copy_region.mapped_bytes;
+    o.region_hole_high = heap.config().copy_region_hole_high;
+    o.region_chunk_bytes = heap.config().copy_region_chunk_bytes;
     return o;
   }
 

@@ -169,6 +169,30 @@ Decision tails_decision(const PolicySettings& s, const Observation& obs, EngineS
   return d;
 }
 
+// Whether the copying region's holes call for a cycle of their own (evacuation on).
+bool region_due(const PolicySettings& s, const Observation& obs) {
+  return s.evacuate && obs.region_mapped_bytes > 0 &&
+         double(obs.region_hole_bytes) > obs.region_hole_high * double(obs.region_mapped_bytes);
+}
+
+// A cycle for the copying region alone: its copies (the heap's evacuation step) within the
+// budget, at least a chunk's worth within the byte tokens (as a slab cycle gets a page's worth:
+// where copies are slow, a pause budget below the objects' sizes would move none of them), no
+// slab page evacuated or meshed.
+Decision region_decision(const PolicySettings& s, const Observation& obs, const EngineState& st, double budget,
+                         bool safepoint) {
+  budget = std::max(budget, std::min(st.byte_tokens, double(obs.region_chunk_bytes)));
+  Decision d;
+  d.trigger = safepoint ? CompactionTrigger::safepoint : CompactionTrigger::fragmentation;
+  d.request.max_bytes = std::uint64_t(budget);
+  d.request.max_pages = s.max_pages_per_cycle;
+  d.request.trigger = d.trigger;
+  d.request.mesh = false;
+  d.request.evacuate = true;
+  d.request.max_occupancy = 1e-6;
+  return d;
+}
+
 // The occupancy levels planned: 0.25, 0.5 and max_occupancy, those not above max_occupancy.
 std::vector<double> occupancy_levels(const PolicySettings& s, bool cheapest_only) {
   std::vector<double> levels;
@@ -211,10 +235,12 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
   const bool tails_here = !(safepoint && s.background);
   const bool tails_wanted = tails_here && tails_due(s, obs, tails, st);
   if (!trigger && tails_wanted) trigger = CompactionTrigger::tails;
-  if (!trigger) return std::nullopt;
+  const bool region = region_due(s, obs);
+  if (!trigger && !region) return std::nullopt;
 
   const double budget = cycle_budget(s, st);
   if (budget < 65536) return std::nullopt;
+  if (!trigger) return region_decision(s, obs, st, budget, safepoint);
   if (*trigger == CompactionTrigger::tails) return tails_decision(s, obs, st, tails, budget, safepoint);
 
   const auto plans = plan_levels(obs.classes, occupancy_levels(s, want.cheapest_only));
@@ -226,6 +252,7 @@ std::optional<Decision> decide(const PolicySettings& s, const Observation& obs, 
     const bool pressed = *trigger == CompactionTrigger::reserve_low || *trigger == CompactionTrigger::idle;
     if (pressed ? tails.pages_freed >= s.min_reclaim_pages : tails_wanted)
       return tails_decision(s, obs, st, tails, budget, safepoint);
+    if (region) return region_decision(s, obs, st, budget, safepoint);
     return std::nullopt;
   }
 

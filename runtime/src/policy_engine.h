@@ -23,6 +23,12 @@ struct Observation {
   std::uint64_t live_bytes = 0;
   std::uint64_t mapped_bytes = 0;
   std::uint64_t reserve_bytes = 0;
+  // The copying region (HeapStats::copy_region; 0 when off) and the heap's threshold for its
+  // holes (Config::copy_region_hole_high): above it a cycle is due for the region alone.
+  std::uint64_t region_hole_bytes = 0;
+  std::uint64_t region_mapped_bytes = 0;
+  double region_hole_high = 1;
+  std::uint64_t region_chunk_bytes = 0;  // Config::copy_region_chunk_bytes
 };
 
 // One candidate plan: evacuate pages of occupancy <= max_occupancy.

@@ -38,6 +38,8 @@ Result<StressHeap> open_stress_heap(const StressOptions& o) {
   config.capacity = o.capacity;
   config.chunk_min_pages = o.chunk_min_pages;
   config.chunk_miss_pages = o.chunk_miss_pages;
+  config.copy_region_min_bytes = o.copy_region_min_bytes;
+  config.copy_region_chunk_bytes = o.copy_region_chunk_bytes;
   config.keeper_defers = o.keeper_defers;
   config.background_misses = o.background_misses;
   config.reserve_hold_ms = o.reserve_hold_ms;

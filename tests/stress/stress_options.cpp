@@ -38,6 +38,10 @@ std::optional<int> parse_options(int argc, char** argv, StressOptions& o) {
   app.add_option("--chunk-miss-pages", o.chunk_miss_pages,
                  "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for its body "
                  "from this many pages (0: off)");
+  app.add_option("--copy-region-min-bytes", o.copy_region_min_bytes,
+                 "Config::copy_region_min_bytes: movable objects of at least this size go to the copying region, "
+                 "whose holes compaction closes by copies (0: off)");
+  app.add_option("--copy-region-chunk-bytes", o.copy_region_chunk_bytes, "Config::copy_region_chunk_bytes");
   app.add_flag("--keeper-defers", o.keeper_defers,
                "Config::keeper_defers: the keeper's driver calls wait while a caller's are under way");
   app.add_flag("--background-misses,!--no-background-misses", o.background_misses,
@@ -118,6 +122,7 @@ std::string describe(const StressOptions& o) {
          (o.faults ? ", faults at " + std::to_string(o.fault_rate) : "") +
          (o.driver_delay_us ? ", page calls delayed " + std::to_string(o.driver_delay_us) + " us" : "") +
          (o.lock_holder ? ", a lock holder" : "") +
+         (o.copy_region_min_bytes ? ", copying region from " + std::to_string(o.copy_region_min_bytes) + " B" : "") +
          (o.large_share != StressOptions{}.large_share ? ", large share " + std::to_string(int(o.large_share * 100 + 0.5)) + " %" : "") +
          (o.budget != StressOptions{}.budget ? ", budget " + std::to_string(int(o.budget * 100 + 0.5)) + " %" : "");
 }

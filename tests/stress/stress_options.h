@@ -27,6 +27,8 @@ struct StressOptions {
   double fault_rate = 0.01;              // per call of create_page, map, set_access and copy
   std::size_t chunk_min_pages = Config{}.chunk_min_pages;  // of the heap
   std::size_t chunk_miss_pages = Config{}.chunk_miss_pages;  // of the heap
+  std::size_t copy_region_min_bytes = Config{}.copy_region_min_bytes;  // of the heap
+  std::size_t copy_region_chunk_bytes = Config{}.copy_region_chunk_bytes;
   bool keeper_defers = Config{}.keeper_defers;  // of the heap
   bool background_misses = Config{}.background_misses;
   std::size_t reserve_hold_ms = Config{}.reserve_hold_ms;

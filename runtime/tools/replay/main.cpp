@@ -64,6 +64,9 @@ struct Arguments {
   std::optional<std::size_t> standby_tail_aliases;
   std::optional<std::size_t> chunk_min_pages;
   std::optional<std::size_t> chunk_miss_pages;
+  std::optional<std::size_t> copy_region_min_bytes, copy_region_chunk_bytes;
+  std::optional<std::uint32_t> copy_region_headroom_chunks, copy_region_hysteresis_chunks;
+  std::optional<double> copy_region_hole_high, copy_region_hole_low;
   std::optional<std::size_t> reserve_hold_ms;
   std::optional<std::size_t> reserve_hold_allocs;
   bool create_ahead = valet::Config{}.keeper_creates_ahead;
@@ -156,6 +159,15 @@ std::optional<int> parse_arguments(int argc, char** argv, Arguments& args) {
                  "Config::thread_cache_run_bytes: large runs a thread keeps for its next allocations (0: none)");
   app.add_option("--chunk-min-pages", args.chunk_min_pages,
                  "Config::chunk_min_pages: new pages of a large run created as one chunk from this many (0: page by page)");
+  app.add_option("--copy-region-min-bytes", args.copy_region_min_bytes,
+                 "Config::copy_region_min_bytes: movable objects of at least this size go to the copying region "
+                 "(docs/copying_placement.md; 0: off, the default)");
+  app.add_option("--copy-region-chunk-bytes", args.copy_region_chunk_bytes, "Config::copy_region_chunk_bytes");
+  app.add_option("--copy-region-headroom-chunks", args.copy_region_headroom_chunks, "Config::copy_region_headroom_chunks");
+  app.add_option("--copy-region-hysteresis-chunks", args.copy_region_hysteresis_chunks,
+                 "Config::copy_region_hysteresis_chunks");
+  app.add_option("--copy-region-hole-high", args.copy_region_hole_high, "Config::copy_region_hole_high");
+  app.add_option("--copy-region-hole-low", args.copy_region_hole_low, "Config::copy_region_hole_low");
   app.add_option("--chunk-miss-pages", args.chunk_miss_pages,
                  "Config::chunk_miss_pages: a large object no mapped run serves gets a new chunk for a body of "
                  "this many pages and more, within the peak bound (0: off)");
@@ -246,6 +258,12 @@ std::optional<int> make_config(const Arguments& args, const valet::replay::Trace
   if (args.standby_tail_aliases) config.standby_tail_aliases = *args.standby_tail_aliases;
   if (args.chunk_min_pages) config.chunk_min_pages = *args.chunk_min_pages;
   if (args.chunk_miss_pages) config.chunk_miss_pages = *args.chunk_miss_pages;
+  if (args.copy_region_min_bytes) config.copy_region_min_bytes = *args.copy_region_min_bytes;
+  if (args.copy_region_chunk_bytes) config.copy_region_chunk_bytes = *args.copy_region_chunk_bytes;
+  if (args.copy_region_headroom_chunks) config.copy_region_headroom_chunks = *args.copy_region_headroom_chunks;
+  if (args.copy_region_hysteresis_chunks) config.copy_region_hysteresis_chunks = *args.copy_region_hysteresis_chunks;
+  if (args.copy_region_hole_high) config.copy_region_hole_high = *args.copy_region_hole_high;
+  if (args.copy_region_hole_low) config.copy_region_hole_low = *args.copy_region_hole_low;
   if (args.reserve_hold_ms) config.reserve_hold_ms = *args.reserve_hold_ms;
   if (args.reserve_hold_allocs) config.reserve_hold_allocs = *args.reserve_hold_allocs;
   config.keeper_creates_ahead = args.create_ahead;

@@ -463,6 +463,7 @@ class Replayer {
     r.objects_moved = s.compaction.objects_moved;
     r.pages_freed = s.compaction.pages_freed;
     r.chunks_created = s.pages.chunks_created;
+    r.copy_region = s.copy_region;
     r.background_misses = s.ops.background_misses;
     r.lost_allocations = s.ops.lost_allocations;
     r.misses_placed_by_mapper = s.ops.misses_placed_by_mapper;

@@ -170,6 +170,11 @@ nlohmann::ordered_json to_json(const ReplayReport& r) {
   j["objects_moved"] = r.objects_moved;
   j["pages_freed"] = r.pages_freed;
   j["chunks_created"] = r.chunks_created;
+  const auto& cr = r.copy_region;
+  j["copy_region"] = {{"placed", cr.placed},          {"fell_back", cr.fell_back},
+                      {"rounds", cr.rounds},          {"moves", cr.moves},
+                      {"moves_cancelled", cr.moves_cancelled}, {"bytes_moved", cr.bytes_moved},
+                      {"chunks_mapped", cr.chunks_mapped},     {"chunks_unmapped", cr.chunks_unmapped}};
   j["background_misses"] = r.background_misses;
   j["lost_allocations"] = r.lost_allocations;
   j["misses_placed_by_mapper"] = r.misses_placed_by_mapper;

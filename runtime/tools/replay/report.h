@@ -146,6 +146,8 @@ struct ReplayReport {
   std::uint64_t objects_moved = 0;
   std::uint64_t pages_freed = 0;
   std::uint64_t chunks_created = 0;  // physical chunks the heap made (Config::chunk_min_pages)
+  // The copying region's counters at the end (Config::copy_region_min_bytes; all 0 when off).
+  HeapStats::CopyRegion copy_region{};
   // Config::background_misses: allocations whose run the heap's thread mapped; objects lost;
   // misses whose run the heap's thread also chose (Config::mapper_places_misses).
   std::uint64_t background_misses = 0, lost_allocations = 0, misses_placed_by_mapper = 0, small_misses_placed_by_mapper = 0;
