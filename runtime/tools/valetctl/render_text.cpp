@@ -51,7 +51,8 @@ void pages_text(const json& s, Line line) {
   line("pages (" + bytes_text(page) + " each)");
   line("  physical  " + count(num(s, "mapped_bytes") / page) + " mapped of " + count(num(s, "capacity_bytes") / page) +
        ": slab " + count(slab - tails) + ", large " + count(large) + ", reserve " + count(reserve) + " (idle " +
-       count(idle) + "), releasing " + count(releasing) + ", moving " + count(moving));
+       count(idle) + "), releasing " + count(releasing) + ", moving " + count(moving) +
+       (num(p, "region") > 0 ? ", copying region " + count(num(p, "region")) : std::string()));
   line("  virtual   " + count(slab + meshed + large + reserve - idle + releasing + moving) + " slots in use: slab " +
        count(slab) + ", meshed " + count(meshed) + ", large " + count(large) + ", reserve " +
        count(reserve - idle + releasing) + ", moving " + count(moving));
