@@ -387,7 +387,7 @@ void FuzzRun::finish() {
 
 void FuzzRun::run() {
   // The first byte shapes the heap: reserve watermarks, emergency compaction, deferred drops,
-  // chunks, background misses.
+  // chunks, background misses, the copying region.
   const std::uint8_t shape = in_.u8();
   Config config;
   config.capacity = kCapacity;
@@ -406,6 +406,12 @@ void FuzzRun::run() {
   config.mapper_places_misses = (shape & 0x02) != 0;
   // And half of them have pins serve queued misses (the fuzzer's pins make the calls).
   config.pins_serve_misses = (shape & 0x10) != 0;
+  // A quarter of the runs place objects over 1 MiB in the copying region (4 MiB chunks, grown on
+  // the allocating thread: no keeper thread here), whose holes the compactions close by copies.
+  if ((shape & 0x24) == 0x24) {
+    config.copy_region_min_bytes = kMiB + 1;
+    config.copy_region_chunk_bytes = 4 * kMiB;
+  }
   auto backend = std::make_unique<BackendModel<HostBackend>>(HostBackendOptions{.capacity_bytes = kCapacity});
   must(backend->impl().status(), "HostBackend");
   host_ = &backend->impl();
