@@ -5,6 +5,7 @@
 #include <atomic>
 #include <thread>
 
+#include "../support/test_scale.h"
 #include "heap_test_util.h"
 #include "valet/fault_injection.h"
 
@@ -283,9 +284,9 @@ TEST(CopyRegionHeap, ThreadsAllocateFreeAndPinWhileCompactionCopies) {
     workers.emplace_back([&, t] {
       std::mt19937_64 rng(std::uint64_t(t) + 1);
       std::vector<Kept> mine;
-      for (int i = 0; i < 400; ++i) {
+      for (int i = 0; i < scaled_ops(400); ++i) {
         if (mine.size() < 12 && (mine.empty() || rng() % 3 != 0)) {
-          auto h = heap->allocate(kMiB + 1 + rng() % (6 * kMiB));
+          auto h = heap->allocate(kMiB + 1 + rng() % (4 * kMiB));
           if (!h.ok()) continue;
           const std::uint64_t seed = rng();
           fill(*heap, *h, seed);
