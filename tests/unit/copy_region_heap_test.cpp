@@ -286,7 +286,9 @@ TEST(CopyRegionHeap, ThreadsAllocateFreeAndPinWhileCompactionCopies) {
       std::vector<Kept> mine;
       for (int i = 0; i < scaled_ops(400); ++i) {
         if (mine.size() < 12 && (mine.empty() || rng() % 3 != 0)) {
-          auto h = heap->allocate(kMiB + 1 + rng() % (4 * kMiB));
+          // Under the sanitizers the pattern fills and checks are most of the time (and a
+          // sanitized fill of MiBs is slow): smaller objects there.
+          auto h = heap->allocate(kMiB + 1 + rng() % (test_scale() > 1 ? kMiB / 2 : 4 * kMiB));
           if (!h.ok()) continue;
           const std::uint64_t seed = rng();
           fill(*heap, *h, seed);
